@@ -1,0 +1,39 @@
+# SuperIMAP: `make run` starts everything on SQLite; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint bench bench-engine bench-delivery system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/superimap up --host $(HOST) --port $(PORT)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+test: $(STAMP) system-deps
+	$(BIN)/ruff check superimap tests
+	SUPERIMAP_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check superimap tests
+
+bench: bench-engine bench-delivery
+
+bench-engine: $(STAMP)
+	$(BIN)/python -m superimap.bench.engine --out bench-results/engine.json
+
+bench-delivery: $(STAMP)
+	$(BIN)/python -m superimap.bench.delivery --out bench-results/delivery.json
+
+clean:
+	rm -rf $(VENV) var bench-results .pytest_cache

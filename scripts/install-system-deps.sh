@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the integration tests run for real: Dovecot (IMAP server)
+# and PostgreSQL (multi-process tests). Does nothing when they are there already.
+set -euo pipefail
+need=()
+[ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd dovecot-lmtpd)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+[ ${#need[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing system packages: ${need[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The packages start system-wide services; the tests run their own private instances.
+$SUDO systemctl disable --now dovecot postgresql >/dev/null 2>&1 || true

@@ -1,0 +1,38 @@
+"""Admin forms for encrypted fields: write-only, shown as "- encrypted -", never echoed back."""
+
+from __future__ import annotations
+
+from django import forms
+
+ENCRYPTED_PLACEHOLDER = "- encrypted -"
+
+
+class SecretInput(forms.PasswordInput):
+    def __init__(self, attrs=None):
+        super().__init__(attrs={"autocomplete": "new-password", **(attrs or {})}, render_value=False)
+
+    def get_context(self, name, value, attrs):
+        context = super().get_context(name, value, attrs)
+        if value:
+            context["widget"]["attrs"]["placeholder"] = ENCRYPTED_PLACEHOLDER
+        return context
+
+
+def secret_form(model, secret_fields: tuple[str, ...]):
+    """A ModelForm class whose secret fields keep their stored value when left empty."""
+
+    class SecretForm(forms.ModelForm):
+        class Meta:
+            fields = "__all__"
+            widgets = {name: SecretInput() for name in secret_fields}
+
+        def clean(self):
+            cleaned = super().clean()
+            for name in secret_fields:
+                if name in cleaned and not cleaned[name] and self.instance.pk:
+                    cleaned[name] = getattr(self.instance, name)
+            return cleaned
+
+    SecretForm.Meta.model = model
+    SecretForm.__name__ = f"{model.__name__}SecretForm"
+    return SecretForm

@@ -1,0 +1,171 @@
+"""REST API v1 (spec: "API"); every call is scoped to the partner owning the API key."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
+from django.http import HttpRequest
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import APIKeyHeader, APIKeyQuery
+
+from superimap.api import service
+from superimap.api.errors import ApiError, error_response
+from superimap.api.schemas import (
+    ConnectionIn,
+    ConnectionOut,
+    ConnectionUpdate,
+    ErrorOut,
+    UserIn,
+    UserOut,
+    UserUpdate,
+)
+from superimap.partners.models import Partner
+
+
+class ApiKeyHeader(APIKeyHeader):
+    param_name = "x-api-key"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Partner | None:
+        return Partner.for_api_key(key or "")
+
+
+class ApiKeyParam(APIKeyQuery):
+    param_name = "api_key"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Partner | None:
+        return Partner.for_api_key(key or "")
+
+
+api = NinjaAPI(
+    title="SuperIMAP API",
+    version="1",
+    description="Manage partner connections and mailbox users. Authenticate with the "
+    "partner's API key in the x-api-key header (preferred) or the api_key parameter.",
+    auth=[ApiKeyHeader(), ApiKeyParam()],
+    urls_namespace="api-v1",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+WRITE_ERRORS = {**ERRORS, 409: ErrorOut}
+
+
+@api.exception_handler(ApiError)
+def _api_error(request, exc: ApiError):
+    return error_response(exc.status, exc.code, exc.message)
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request, exc: ValidationError):
+    details = [
+        {"loc": list(e.get("loc", [])), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+        for e in exc.errors
+    ]
+    return error_response(422, "validation_error", "The request is not valid.", details)
+
+
+@api.exception_handler(AuthenticationError)
+def _auth_error(request, exc):
+    return error_response(401, "unauthorized", "Missing or invalid API key.")
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc: HttpError):
+    code = {400: "bad_request", 405: "method_not_allowed", 413: "payload_too_large"}
+    return error_response(exc.status_code, code.get(exc.status_code, "error"), str(exc))
+
+
+@api.exception_handler(IntegrityError)
+def _integrity_error(request, exc):
+    return error_response(409, "conflict", "The change conflicts with existing data.")
+
+
+# Connections ---------------------------------------------------------------------------
+
+
+@api.get("/connections", response={200: list[ConnectionOut], **ERRORS}, tags=["connections"])
+def list_connections(request):
+    """Connections of the calling partner."""
+    connections = (
+        request.auth.connections.select_related("provider")
+        .annotate(users_count=Count("users", filter=Q(users__archived=False)))
+        .order_by("provider__code")
+    )
+    return [service.connection_out(c) for c in connections]
+
+
+@api.post("/connections", response={201: ConnectionOut, **WRITE_ERRORS}, tags=["connections"])
+def create_connection(request, body: ConnectionIn):
+    """Create a connection. imap_provider_code is required; other fields depend on the provider."""
+    connection = service.create_connection(request.auth, body)
+    return 201, service.connection_out(connection)
+
+
+@api.get("/connections/{code}", response={200: ConnectionOut, **ERRORS}, tags=["connections"])
+def get_connection(request, code: str):
+    return service.connection_out(service.get_connection(request.auth, code))
+
+
+@api.put("/connections/{code}", response={200: ConnectionOut, **WRITE_ERRORS}, tags=["connections"])
+def update_connection(request, code: str, body: ConnectionUpdate):
+    connection = service.get_connection(request.auth, code)
+    service.update_connection(connection, body)
+    return service.connection_out(connection)
+
+
+@api.delete("/connections/{code}", response={204: None, **ERRORS}, tags=["connections"])
+def delete_connection(request, code: str):
+    """Delete a connection and all its users' data."""
+    service.get_connection(request.auth, code).delete()
+    return 204, None
+
+
+# Users ---------------------------------------------------------------------------------
+
+
+@api.get("/connections/{code}/users", response={200: list[UserOut], **ERRORS}, tags=["users"])
+def list_users(request, code: str, archived: bool = False):
+    """Users of a connection; archived users only when archived=true."""
+    connection = service.get_connection(request.auth, code)
+    users = connection.users.filter(archived=archived).select_related("connection__provider")
+    return [service.user_out(u) for u in users]
+
+
+@api.post(
+    "/connections/{code}/users", response={201: UserOut, **WRITE_ERRORS}, tags=["users"]
+)
+def create_user(request, code: str, body: UserIn):
+    """Create a user. tag is required and unique among the connection's active users."""
+    connection = service.get_connection(request.auth, code)
+    with transaction.atomic():
+        user = service.create_user(connection, body)
+    return 201, service.user_out(user)
+
+
+@api.get("/connections/{code}/users/{tag}", response={200: UserOut, **ERRORS}, tags=["users"])
+def get_user(request, code: str, tag: str):
+    """A user, with connect_url and disconnect_url (signed, valid for 30 minutes)."""
+    return service.user_out(service.get_user(request.auth, code, tag))
+
+
+@api.put(
+    "/connections/{code}/users/{tag}", response={200: UserOut, **WRITE_ERRORS}, tags=["users"]
+)
+def update_user(request, code: str, tag: str, body: UserUpdate):
+    """Update a user; an archived user is restored."""
+    user = service.get_user(request.auth, code, tag)
+    with transaction.atomic():
+        service.update_user(user, body)
+    return service.user_out(user)
+
+
+@api.delete(
+    "/connections/{code}/users/{tag}", response={204: None, **ERRORS}, tags=["users"]
+)
+def archive_user(request, code: str, tag: str):
+    """Archive a user: its mailbox is no longer watched. Restore it with PUT."""
+    user = service.get_user(request.auth, code, tag, include_archived=False)
+    user.archive()
+    return 204, None

@@ -1,0 +1,60 @@
+"""JSON errors for the API: {"error": {"code": ..., "message": ...}}, never HTML."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+
+
+class ApiError(Exception):
+    """Raised by API views; rendered as a JSON error with the given status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str, details=None) -> JsonResponse:
+    body: dict = {"error": {"code": code, "message": message}}
+    if details is not None:
+        body["error"]["details"] = details
+    return JsonResponse(body, status=status)
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def not_found_view(request: HttpRequest, exception=None) -> HttpResponse:
+    if _is_api(request):
+        return error_response(404, "not_found", "No such route.")
+    return defaults.page_not_found(request, exception)
+
+
+def server_error_view(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return error_response(500, "internal_error", "Internal server error.")
+    return defaults.server_error(request)
+
+
+class ApiBodyLimitMiddleware:
+    """Refuses oversized API bodies with a JSON 413 before anything reads them."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if _is_api(request):
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                return error_response(400, "bad_request", "Invalid Content-Length header.")
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            if length > limit:
+                return error_response(
+                    413, "payload_too_large", f"Request body is larger than {limit} bytes."
+                )
+        return self.get_response(request)

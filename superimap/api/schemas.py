@@ -1,0 +1,89 @@
+"""Request and response bodies of API v1."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from ninja import Schema
+from pydantic import ConfigDict, Field
+
+TlsMode = Literal["implicit", "starttls", "none"]
+
+
+class ErrorBody(Schema):
+    code: str
+    message: str
+    details: list | dict | None = None
+
+
+class ErrorOut(Schema):
+    error: ErrorBody
+
+
+class ConnectionIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    imap_provider_code: str = Field(min_length=1, max_length=64)
+    oauth_client_id: str | None = Field(default=None, max_length=500)
+    oauth_client_secret: str | None = Field(default=None, max_length=2000)
+    imap_host: str | None = Field(default=None, max_length=255)
+    imap_port: int | None = Field(default=None, ge=1, le=65535)
+    imap_tls: TlsMode | None = None
+
+
+class ConnectionUpdate(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    oauth_client_id: str | None = Field(default=None, max_length=500)
+    oauth_client_secret: str | None = Field(default=None, max_length=2000)
+    imap_host: str | None = Field(default=None, max_length=255)
+    imap_port: int | None = Field(default=None, ge=1, le=65535)
+    imap_tls: TlsMode | None = None
+
+
+class ConnectionOut(Schema):
+    imap_provider_code: str
+    imap_provider_title: str
+    auth_kind: str
+    oauth_client_id: str
+    oauth_client_secret: str = Field(description='"- encrypted -" when set; never the secret.')
+    imap_host: str
+    imap_port: int
+    imap_tls: str
+    users_count: int
+    created_at: datetime
+
+
+class UserIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field(min_length=1, max_length=255, pattern=r"^[^/\s]+$")
+    email: str | None = Field(default=None, max_length=320)
+    login_username: str | None = Field(default=None, max_length=320)
+    password: str | None = Field(default=None, max_length=2000)
+    enable_tracer: bool = False
+
+
+class UserUpdate(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(default=None, max_length=320)
+    login_username: str | None = Field(default=None, max_length=320)
+    password: str | None = Field(default=None, max_length=2000)
+    enable_tracer: bool | None = None
+
+
+class UserOut(Schema):
+    tag: str
+    imap_provider_code: str
+    email: str
+    connected_at: datetime | None
+    connect_url: str
+    disconnect_url: str
+    archived: bool
+    enable_tracer: bool
+    status: str
+    last_error: str
+    last_email_at: datetime | None
+    created_at: datetime

@@ -1,0 +1,168 @@
+"""What the API views do, kept apart from HTTP so the dashboard and tests can share it."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from superimap.api.errors import ApiError
+from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUpdate
+from superimap.mailboxes.links import make_link
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider, Partner
+
+ENCRYPTED = "- encrypted -"
+
+
+def connection_out(connection: Connection) -> dict:
+    host, port, tls = connection.server()
+    users_count = getattr(connection, "users_count", None)
+    if users_count is None:
+        users_count = connection.users.filter(archived=False).count()
+    return {
+        "imap_provider_code": connection.provider.code,
+        "imap_provider_title": connection.provider.title,
+        "auth_kind": connection.provider.auth_kind,
+        "oauth_client_id": connection.oauth_client_id,
+        "oauth_client_secret": ENCRYPTED if connection.oauth_client_secret else "",
+        "imap_host": host,
+        "imap_port": port,
+        "imap_tls": tls,
+        "users_count": users_count,
+        "created_at": connection.created_at,
+    }
+
+
+def user_out(user: MailboxUser) -> dict:
+    return {
+        "tag": user.tag,
+        "imap_provider_code": user.connection.provider.code,
+        "email": user.email,
+        "connected_at": user.connected_at,
+        "connect_url": make_link(user.id, "connect"),
+        "disconnect_url": make_link(user.id, "disconnect"),
+        "archived": user.archived,
+        "enable_tracer": user.enable_tracer,
+        "status": user.status,
+        "last_error": user.last_error,
+        "last_email_at": user.last_email_at,
+        "created_at": user.created_at,
+    }
+
+
+def _provider(code: str) -> ImapProvider:
+    provider = ImapProvider.objects.filter(code=code).first()
+    if provider is None or not provider.is_usable():
+        raise ApiError(422, "unknown_provider", f"Unknown IMAP provider code {code!r}.")
+    return provider
+
+
+def _apply_connection_fields(connection: Connection, body: ConnectionIn | ConnectionUpdate) -> None:
+    provider = connection.provider
+    fields = body.model_dump(exclude_unset=True, exclude={"imap_provider_code"})
+    if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
+        for name in ("imap_host", "imap_port", "imap_tls"):
+            if fields.get(name) is not None:
+                raise ApiError(422, "invalid_field", f"{name} is fixed for {provider.code}.")
+    elif not provider.host_per_connection:
+        for name in ("imap_host", "imap_port", "imap_tls", "oauth_client_id", "oauth_client_secret"):
+            if fields.get(name) is not None:
+                raise ApiError(422, "invalid_field", f"{name} does not apply to {provider.code}.")
+    for name, value in fields.items():
+        if value is not None:
+            setattr(connection, name, value.strip() if isinstance(value, str) else value)
+    if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
+        if not connection.oauth_client_id or not connection.oauth_client_secret:
+            raise ApiError(
+                422,
+                "missing_field",
+                f"oauth_client_id and oauth_client_secret are required for {provider.code}.",
+            )
+    if provider.host_per_connection:
+        if not connection.imap_host:
+            raise ApiError(422, "missing_field", f"imap_host is required for {provider.code}.")
+        if connection.imap_tls == ImapProvider.TlsMode.NONE and not provider.loopback_only:
+            raise ApiError(
+                422, "invalid_field", "imap_tls 'none' is only allowed for loopback test providers."
+            )
+
+
+def create_connection(partner: Partner, body: ConnectionIn) -> Connection:
+    provider = _provider(body.imap_provider_code)
+    if partner.connections.filter(provider=provider).exists():
+        raise ApiError(409, "duplicate", f"A {provider.code} connection exists already.")
+    connection = Connection(partner=partner, provider=provider)
+    _apply_connection_fields(connection, body)
+    connection.save()
+    return connection
+
+
+def update_connection(connection: Connection, body: ConnectionUpdate) -> None:
+    _apply_connection_fields(connection, body)
+    connection.save()
+
+
+def get_connection(partner: Partner, code: str) -> Connection:
+    connection = (
+        partner.connections.select_related("provider").filter(provider__code=code).first()
+    )
+    if connection is None:
+        raise ApiError(404, "not_found", f"No {code!r} connection for this partner.")
+    return connection
+
+
+def get_user(partner: Partner, code: str, tag: str, include_archived: bool = True) -> MailboxUser:
+    connection = get_connection(partner, code)
+    users = connection.users.select_related("connection__provider").filter(tag=tag)
+    # An active user wins; otherwise the most recently archived one (so PUT can restore it).
+    user = users.filter(archived=False).first()
+    if user is None and include_archived:
+        user = users.filter(archived=True).order_by("-archived_at", "-id").first()
+    if user is None:
+        raise ApiError(404, "not_found", f"No user {tag!r} in connection {code!r}.")
+    return user
+
+
+def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
+    provider = user.connection.provider
+    fields = body.model_dump(exclude_unset=True, exclude={"tag"})
+    if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
+        for name in ("password", "login_username"):
+            if fields.get(name):
+                raise ApiError(
+                    422,
+                    "invalid_field",
+                    f"{name} does not apply to {provider.code}; connect the user with connect_url.",
+                )
+    for name, value in fields.items():
+        if value is not None:
+            setattr(user, name, value.strip() if name != "password" else value)
+    if fields.get("password"):
+        if not (user.login_username or user.email):
+            raise ApiError(422, "missing_field", "login_username or email is required with password.")
+        user.connected_at = user.connected_at or timezone.now()
+        # New credentials deserve a fresh start, not the old back-off.
+        user.status = MailboxUser.Status.NEW
+        user.last_error = ""
+        user.consecutive_failures = 0
+
+
+def create_user(connection: Connection, body: UserIn) -> MailboxUser:
+    if connection.users.filter(tag=body.tag, archived=False).exists():
+        raise ApiError(409, "duplicate", f"User {body.tag!r} exists already in this connection.")
+    user = MailboxUser(connection=connection, tag=body.tag)
+    _apply_user_fields(user, body)
+    user.save()
+    user.connection = connection
+    return user
+
+
+def update_user(user: MailboxUser, body: UserUpdate) -> None:
+    if user.archived:
+        if user.connection.users.filter(tag=user.tag, archived=False).exists():
+            raise ApiError(409, "duplicate", f"An active user {user.tag!r} exists already.")
+        user.archived = False
+        user.archived_at = None
+    _apply_user_fields(user, body)
+    user.save()
+
+

@@ -1,0 +1,190 @@
+"""The `superimap` command. Thin: each subcommand calls into the apps."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+
+from superimap.config import ConfigError
+
+
+def _setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "superimap.settings")
+    try:
+        import django
+
+        django.setup()
+    except ConfigError as exc:
+        print(f"superimap: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _migrate(verbosity: int = 0) -> None:
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=verbosity)
+
+
+def ensure_default_admin(out=sys.stdout) -> str | None:
+    """On first start, create `admin` with a random password and print it once."""
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    if User.objects.filter(is_superuser=True).exists():
+        return None
+    password = secrets.token_urlsafe(15)
+    User.objects.create_superuser("admin", "admin@localhost", password)
+    out.write(
+        "\n"
+        "  SuperIMAP: created the dashboard admin (shown only this once)\n"
+        "    username: admin\n"
+        f"    password: {password}\n"
+        "  Change it after logging in (or: superimap createadmin --username NAME).\n\n"
+    )
+    out.flush()
+    return password
+
+
+def cmd_up(args) -> None:
+    from superimap import runtime
+
+    _migrate()
+    ensure_default_admin()
+    print(f"  Dashboard: http://{args.host}:{args.port}/admin/   API: http://{args.host}:{args.port}/api/v1/docs", flush=True)
+    print(f"  Database: {runtime.database_label()}", flush=True)
+    runtime.run(web=True, engine=True, worker=True, host=args.host, port=args.port)
+
+
+def cmd_web(args) -> None:
+    from superimap import runtime
+
+    ensure_default_admin()
+    runtime.run(web=True, engine=False, worker=False, host=args.host, port=args.port)
+
+
+def cmd_imap_client(args) -> None:
+    from superimap import runtime
+
+    runtime.run(web=False, engine=True, worker=False, host="", port=0)
+
+
+def cmd_worker(args) -> None:
+    from superimap import runtime
+
+    runtime.run(web=False, engine=False, worker=True, host="", port=0)
+
+
+def cmd_migrate(args) -> None:
+    _migrate(verbosity=1)
+
+
+def cmd_createadmin(args) -> None:
+    import getpass
+
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    password = args.password or os.environ.get("SUPERIMAP_ADMIN_PASSWORD")
+    generated = False
+    if not password:
+        if sys.stdin.isatty():
+            password = getpass.getpass(f"Password for {args.username}: ")
+        else:
+            password, generated = secrets.token_urlsafe(15), True
+    user, created = User.objects.get_or_create(username=args.username, defaults={"email": args.email})
+    user.is_staff = user.is_superuser = True
+    user.set_password(password)
+    user.save()
+    print(f"{'Created' if created else 'Updated'} admin {args.username!r}.")
+    if generated:
+        print(f"password: {password}")
+
+
+def cmd_rotate_keys(args) -> None:
+    from superimap.keys import reencrypt_all
+
+    total = reencrypt_all(progress=sys.stdout)
+    print(f"Re-encrypted {total} rows with the first ENCRYPTION_KEY.")
+
+
+def cmd_genkey(args) -> None:
+    from cryptography.fernet import Fernet
+
+    print(Fernet.generate_key().decode())
+
+
+def cmd_check(args) -> None:
+    from django.core.management import call_command
+
+    call_command("check")
+    print("configuration OK")
+
+
+def cmd_chaos_server(args) -> None:
+    from superimap.testing import chaos_server
+
+    chaos_server.main(args.rest)
+
+
+def cmd_webhook_inspector(args) -> None:
+    from superimap.testing import webhook_receiver
+
+    webhook_receiver.main(args.rest)
+
+
+def cmd_manage(args) -> None:
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["superimap manage", *args.rest])
+
+
+NEEDS_DJANGO = {"chaos-server": False, "genkey": False}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="superimap", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    for name, func, text in [
+        ("up", cmd_up, "web + engine + worker in one process (migrates first)"),
+        ("web", cmd_web, "the API and dashboard"),
+    ]:
+        p = add(name, func, text)
+        p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    add("imap-client", cmd_imap_client, "the IMAP engine: watch mailboxes")
+    add("worker", cmd_worker, "deliver webhooks")
+    add("migrate", cmd_migrate, "create or update the database tables")
+    p = add("createadmin", cmd_createadmin, "create or reset a dashboard admin")
+    p.add_argument("--username", default="admin")
+    p.add_argument("--email", default="admin@localhost")
+    p.add_argument("--password", help="default: prompt, or $SUPERIMAP_ADMIN_PASSWORD")
+    add("rotate-keys", cmd_rotate_keys, "re-encrypt every secret with the first ENCRYPTION_KEY")
+    add("genkey", cmd_genkey, "print a new ENCRYPTION_KEY")
+    add("check", cmd_check, "validate the configuration and exit")
+    for name, func, text in [
+        ("chaos-server", cmd_chaos_server, "the stress-test IMAP server (see --help)"),
+        ("webhook-inspector", cmd_webhook_inspector, "a local webhook receiver that checks signatures"),
+        ("manage", cmd_manage, "Django management commands"),
+    ]:
+        p = add(name, func, text)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if NEEDS_DJANGO.get(args.command, True):
+        _setup_django()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

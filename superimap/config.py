@@ -1,0 +1,99 @@
+"""Reading configuration from the environment.
+
+Every problem raises ConfigError naming the variable, so the process stops at start
+with one clear line (see cli.main).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+
+class ConfigError(Exception):
+    """Bad configuration: the message starts with the variable's name."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_int(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        raise ConfigError(name, f"must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and at most {maximum}"
+        raise ConfigError(name, f"must be at least {minimum}{upper}, got {value}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(name, f"must be true or false, got {raw!r}")
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def validate_fernet_keys(name: str, raw: str) -> list[str]:
+    keys = [k.strip() for k in raw.split(",") if k.strip()]
+    if not keys:
+        raise ConfigError(name, "is empty; give one or more comma-separated Fernet keys")
+    for index, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                name,
+                f"key #{index} is not a valid Fernet key (32 url-safe base64-encoded bytes); "
+                "make one with: superimap genkey",
+            ) from None
+    return keys
+
+
+def dev_secrets(var_dir: Path) -> dict[str, str]:
+    """Secrets for dev mode: generated once and kept in var/secrets.json (mode 0600)."""
+    path = var_dir / "secrets.json"
+    var_dir.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        data = json.loads(path.read_text())
+    else:
+        data = {}
+    changed = False
+    if "ENCRYPTION_KEY" not in data:
+        data["ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+        changed = True
+    if "SECRET_KEY_BASE" not in data:
+        data["SECRET_KEY_BASE"] = secrets.token_urlsafe(64)
+        changed = True
+    if changed:
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    return data

@@ -1,0 +1,49 @@
+from django.contrib import admin, messages
+
+from superimap.delivery.models import Delivery, DeliveryAttempt
+
+
+class DeliveryAttemptInline(admin.TabularInline):
+    model = DeliveryAttempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "started_at", "duration_ms", "status_code", "error", "response_excerpt"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = [
+        "event_id", "kind", "partner", "user", "status", "attempts", "last_status_code",
+        "next_attempt_at", "created_at",
+    ]
+    list_filter = ["status", "kind", "partner"]
+    list_select_related = ["partner", "user"]
+    search_fields = ["event_id", "message_id", "user__tag"]
+    raw_id_fields = ["user"]
+    show_full_result_count = False
+    inlines = [DeliveryAttemptInline]
+    actions = ["retry_now", "retry_all_failed_for_partner"]
+    readonly_fields = [
+        "event_id", "kind", "partner", "user", "message_id", "status", "attempts", "max_attempts",
+        "next_attempt_at", "claimed_by", "lease_until", "last_status_code", "last_error",
+        "created_at", "delivered_at", "payload",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Retry now")
+    def retry_now(self, request, queryset):
+        count = Delivery.retry_now(queryset)
+        self.message_user(request, f"{count} delivery(ies) queued for a retry.", messages.SUCCESS)
+
+    @admin.action(description="Retry all failed deliveries of the selected deliveries' partners")
+    def retry_all_failed_for_partner(self, request, queryset):
+        partner_ids = set(queryset.values_list("partner_id", flat=True))
+        failed = Delivery.objects.filter(partner_id__in=partner_ids, status=Delivery.Status.FAILED)
+        count = Delivery.retry_now(failed)
+        self.message_user(request, f"{count} failed delivery(ies) queued for a retry.", messages.SUCCESS)

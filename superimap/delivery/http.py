@@ -1,0 +1,77 @@
+"""All outbound webhook HTTP goes through here: timeout, no redirects, User-Agent, signatures.
+
+Secrets (API keys, webhook secrets) are used to sign and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from superimap import __version__
+from superimap.delivery.payloads import signed_body, standard_webhook_signature
+
+USER_AGENT = f"SuperIMAP/{__version__} (+webhooks)"
+EXCERPT_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class PostResult:
+    status_code: int | None
+    excerpt: str
+    error: str
+    duration_ms: int
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code <= 206
+
+
+def make_session(concurrency: int, timeout_seconds: float) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=60)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+        headers={"User-Agent": USER_AGENT},
+        json_serialize=json.dumps,
+    )
+
+
+def render_request(
+    payload: dict, *, event_id: str, kind: str, api_key: str, webhook_secret: str, timestamp: int
+) -> tuple[bytes, dict[str, str]]:
+    body = signed_body(payload, event_id=event_id, kind=kind, api_key=api_key, timestamp=timestamp)
+    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": standard_webhook_signature(webhook_secret, event_id, timestamp, raw),
+    }
+    return raw, headers
+
+
+async def post(session: aiohttp.ClientSession, url: str, raw: bytes, headers: dict) -> PostResult:
+    started = time.monotonic()
+    try:
+        async with session.post(url, data=raw, headers=headers, allow_redirects=False) as response:
+            excerpt = await response.content.read(EXCERPT_BYTES)
+            return PostResult(
+                status_code=response.status,
+                excerpt=excerpt.decode("utf-8", errors="replace"),
+                error="",
+                duration_ms=int((time.monotonic() - started) * 1000),
+            )
+    except TimeoutError:
+        error = "timed out"
+    except aiohttp.ClientError as exc:
+        error = f"{type(exc).__name__}: {exc}"[:1024]
+    except (OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"[:1024]
+    except asyncio.CancelledError:
+        raise
+    return PostResult(None, "", error, int((time.monotonic() - started) * 1000))

@@ -1,0 +1,101 @@
+"""The webhook outbox: one Delivery per event, one DeliveryAttempt per POST."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Partner
+
+
+class Delivery(models.Model):
+    class Kind(models.TextChoices):
+        NEW_MAIL = "new_mail", "New mail"
+        USER_CONNECTED = "user_connected", "User connected"
+        USER_DISCONNECTED = "user_disconnected", "User disconnected"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped (no webhook URL)"
+        CANCELLED = "cancelled", "Cancelled"
+
+    event_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="deliveries")
+    user = models.ForeignKey(
+        MailboxUser, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries"
+    )
+    # Dedup key for new_mail: at most one delivery per user and Message-ID.
+    message_id = models.CharField(max_length=998, blank=True)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # The first send plus 6 retries (spec); a manual retry grants another round.
+    max_attempts = models.PositiveIntegerField(default=7)
+    next_attempt_at = models.DateTimeField(db_index=True)
+    claimed_by = models.CharField(max_length=100, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.IntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=1024, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "deliveries"
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "message_id"],
+                condition=models.Q(kind="new_mail"),
+                name="delivery_unique_new_mail_per_message",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.event_id}"
+
+    @classmethod
+    def retry_now(cls, queryset) -> int:
+        """Make failed/skipped deliveries due now with a fresh round of attempts."""
+        count = 0
+        for delivery in queryset.exclude(status=cls.Status.PENDING).exclude(
+            status=cls.Status.DELIVERED
+        ):
+            delivery.status = cls.Status.PENDING
+            delivery.next_attempt_at = timezone.now()
+            delivery.max_attempts = delivery.attempts + 7
+            delivery.claimed_by = ""
+            delivery.lease_until = None
+            delivery.save(
+                update_fields=[
+                    "status", "next_attempt_at", "max_attempts", "claimed_by", "lease_until"
+                ]
+            )
+            count += 1
+        return count
+
+
+class DeliveryAttempt(models.Model):
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(default=0)
+    url = models.URLField(max_length=1000)
+    status_code = models.IntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True)
+    error = models.CharField(max_length=1024, blank=True)
+
+    class Meta:
+        ordering = ["delivery_id", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "number"], name="one_row_per_attempt")
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.delivery_id}"

@@ -1,0 +1,178 @@
+"""The Delivery table as an at-least-once queue (synchronous; run through the DB pool).
+
+A claim takes due rows atomically (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: the
+IMMEDIATE transaction holds the write lock), bumps `attempts` and sets a lease. The attempt
+number fences the result: a worker whose lease ran out and whose row was claimed again
+cannot overwrite the newer attempt's outcome.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import F, Q
+
+from superimap.delivery.http import PostResult
+from superimap.delivery.models import Delivery, DeliveryAttempt
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Partner
+
+RETRY_BASE_SECONDS = 10
+RETRY_FACTOR = 3
+RETRY_JITTER = 0.2
+
+
+def retry_delay(attempt: int, rng: random.Random | None = None) -> timedelta:
+    """Delay after failed attempt number `attempt` (1-based): 10 s, 30 s, 90 s, ... ±20 %."""
+    rng = rng or random
+    seconds = RETRY_BASE_SECONDS * RETRY_FACTOR ** (attempt - 1)
+    return timedelta(seconds=seconds * rng.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    event_id: str
+    kind: str
+    attempt: int
+    url: str
+    payload: dict
+    api_key: str
+    webhook_secret: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    claimed: Claimed
+    result: PostResult
+    started_at: datetime
+
+
+def _due(now: datetime):
+    return (
+        Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .order_by("next_attempt_at", "id")
+    )
+
+
+def claim_due(node_id: str, limit: int, now: datetime, lease: timedelta) -> list[Claimed]:
+    with transaction.atomic():
+        rows = _due(now)
+        if connection.vendor == "postgresql":
+            rows = rows.select_for_update(skip_locked=True)
+        rows = list(rows.only("id", "event_id", "kind", "attempts", "payload", "partner_id", "created_at")[:limit])
+        if not rows:
+            return []
+        partners = Partner.objects.in_bulk({r.partner_id for r in rows})
+        lease_until = now + lease
+        for row in rows:
+            row.attempts += 1
+            row.claimed_by = node_id
+            row.lease_until = lease_until
+        Delivery.objects.bulk_update(rows, ["attempts", "claimed_by", "lease_until"])
+    return [
+        Claimed(
+            id=row.id,
+            event_id=str(row.event_id),
+            kind=row.kind,
+            attempt=row.attempts,
+            url=partners[row.partner_id].webhook_url(row.kind),
+            payload=row.payload,
+            api_key=partners[row.partner_id].api_key,
+            webhook_secret=partners[row.partner_id].webhook_secret,
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]
+
+
+def record_outcomes(
+    node_id: str, outcomes: list[Outcome], now: datetime, rng: random.Random | None = None
+) -> dict[str, int]:
+    """Store each attempt and move its delivery on. Returns counts by resulting status."""
+    counts: dict[str, int] = {}
+    with transaction.atomic():
+        maxima = dict(
+            Delivery.objects.filter(id__in=[o.claimed.id for o in outcomes]).values_list(
+                "id", "max_attempts"
+            )
+        )
+        attempts = []
+        for outcome in outcomes:
+            status = _record_one(node_id, outcome, maxima.get(outcome.claimed.id, 0), now, rng)
+            counts[status] = counts.get(status, 0) + 1
+            result = outcome.result
+            attempts.append(
+                DeliveryAttempt(
+                    delivery_id=outcome.claimed.id,
+                    number=outcome.claimed.attempt,
+                    started_at=outcome.started_at,
+                    duration_ms=result.duration_ms,
+                    url=outcome.claimed.url,
+                    status_code=result.status_code,
+                    response_excerpt=result.excerpt,
+                    error=result.error,
+                )
+            )
+        DeliveryAttempt.objects.bulk_create(attempts, ignore_conflicts=True)
+    return counts
+
+
+def _record_one(
+    node_id: str, outcome: Outcome, max_attempts: int, now: datetime, rng: random.Random | None
+) -> str:
+    claimed, result = outcome.claimed, outcome.result
+    fenced = Delivery.objects.filter(
+        id=claimed.id, attempts=claimed.attempt, claimed_by=node_id, status=Delivery.Status.PENDING
+    )
+    common = {
+        "claimed_by": "",
+        "lease_until": None,
+        "last_status_code": result.status_code,
+        "last_error": (result.error or (f"HTTP {result.status_code}" if result.status_code else ""))[:1024],
+    }
+    if not claimed.url:
+        status = Delivery.Status.SKIPPED
+        common["last_error"] = f"partner has no {claimed.kind} webhook URL"
+        updated = fenced.update(status=status, **common)
+    elif result.succeeded:
+        status = Delivery.Status.DELIVERED
+        common["last_error"] = ""
+        updated = fenced.update(status=status, delivered_at=now, **common)
+    elif result.status_code == 403:
+        status = Delivery.Status.CANCELLED
+        common["last_error"] = "receiver answered 403 Forbidden: user archived"
+        updated = fenced.update(status=status, **common)
+        if updated:
+            _archive_user_of(claimed.id)
+    elif claimed.attempt >= max_attempts:
+        status = Delivery.Status.FAILED
+        updated = fenced.update(status=status, **common)
+    else:
+        status = Delivery.Status.PENDING
+        updated = fenced.update(
+            status=status, next_attempt_at=now + retry_delay(claimed.attempt, rng), **common
+        )
+    return status if updated else "stale"
+
+
+def _archive_user_of(delivery_id: int) -> None:
+    user_id = Delivery.objects.filter(id=delivery_id).values_list("user_id", flat=True).first()
+    if user_id is None:
+        return
+    user = MailboxUser.objects.filter(id=user_id, archived=False).first()
+    # Tracer users are our own monitoring mailboxes: a 403 must not switch them off.
+    if user is not None and not user.enable_tracer:
+        user.archive()
+
+
+def release_claims(node_id: str) -> int:
+    """On clean shutdown: hand back what this node claimed but did not send."""
+    return Delivery.objects.filter(claimed_by=node_id, status=Delivery.Status.PENDING).update(
+        claimed_by="", lease_until=None, attempts=F("attempts") - 1
+    )

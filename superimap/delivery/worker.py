@@ -1,0 +1,164 @@
+"""The webhook worker: claims due deliveries, POSTs them, records every attempt.
+
+Reads like a healthchecks worker: a loop of small steps, one log line per batch, a stop
+event set by the signal handlers. Database work goes through the bounded DbPool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from superimap.dbpool import DbPool
+from superimap.delivery import queue
+from superimap.delivery.http import PostResult, make_session, post, render_request
+
+log = logging.getLogger("superimap.worker")
+
+CLAIM_BATCH = 200
+
+
+class Worker:
+    def __init__(
+        self,
+        pool: DbPool,
+        node_id: str,
+        *,
+        concurrency: int | None = None,
+        timeout_seconds: float | None = None,
+        lease: timedelta | None = None,
+        poll_interval: float = 0.5,
+        clock: Callable[[], datetime] = timezone.now,
+    ) -> None:
+        self.pool = pool
+        self.node_id = node_id
+        self.concurrency = concurrency or settings.WEBHOOK_CONCURRENCY
+        self.timeout_seconds = timeout_seconds or settings.WEBHOOK_TIMEOUT
+        # A crashed worker's claims come back once the lease is over: the request timeout
+        # plus room to record the outcome.
+        self.lease = lease or timedelta(seconds=self.timeout_seconds + 30)
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._outcomes: list[queue.Outcome] = []
+        self._have_outcomes = asyncio.Event()
+        self._inflight = 0
+        self.sent = 0
+        self.counts: dict[str, int] = {}
+
+    def wake(self) -> None:
+        """New deliveries were just committed: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("worker %s started: concurrency=%d timeout=%ss", self.node_id, self.concurrency, self.timeout_seconds)
+        session = make_session(self.concurrency, self.timeout_seconds)
+        flusher = asyncio.create_task(self._flush_loop(stop))
+        tasks: set[asyncio.Task] = set()
+        try:
+            while not stop.is_set():
+                claimed = await self._claim(self.concurrency - self._inflight)
+                for item in claimed:
+                    self._inflight += 1
+                    task = asyncio.create_task(self._send(session, item))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if not claimed or self._inflight >= self.concurrency:
+                    await self._sleep(stop)
+        finally:
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
+                for task in tasks:
+                    task.cancel()
+            await session.close()
+            stop.set()
+            await flusher
+            released = await self.pool.run(queue.release_claims, self.node_id)
+            log.info("worker %s stopped: sent=%d released=%d %s", self.node_id, self.sent, released, self.counts)
+
+    async def process_once(self, session=None) -> int:
+        """Claim everything due now, send it, record the outcomes. For tests and tools."""
+        own_session = session is None
+        session = session or make_session(self.concurrency, self.timeout_seconds)
+        total = 0
+        try:
+            while claimed := await self._claim(self.concurrency):
+                outcomes = await asyncio.gather(*(self._attempt(session, c) for c in claimed))
+                await self._record(list(outcomes))
+                total += len(claimed)
+        finally:
+            if own_session:
+                await session.close()
+        return total
+
+    async def _claim(self, free: int) -> list[queue.Claimed]:
+        if free <= 0:
+            return []
+        return await self.pool.run(
+            queue.claim_due, self.node_id, min(free, CLAIM_BATCH), self.clock(), self.lease
+        )
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        self._wake.clear()
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _attempt(self, session, claimed: queue.Claimed) -> queue.Outcome:
+        started_at = self.clock()
+        if not claimed.url:
+            return queue.Outcome(claimed, PostResult(None, "", "no webhook URL", 0), started_at)
+        raw, headers = render_request(
+            claimed.payload,
+            event_id=claimed.event_id,
+            kind=claimed.kind,
+            api_key=claimed.api_key,
+            webhook_secret=claimed.webhook_secret,
+            timestamp=int(time.time()),
+        )
+        result = await post(session, claimed.url, raw, headers)
+        if not result.succeeded:
+            log.info(
+                "delivery %s attempt %d to partner webhook failed: %s",
+                claimed.event_id, claimed.attempt, result.error or f"HTTP {result.status_code}",
+            )
+        return queue.Outcome(claimed, result, started_at)
+
+    async def _send(self, session, claimed: queue.Claimed) -> None:
+        try:
+            outcome = await self._attempt(session, claimed)
+            self._outcomes.append(outcome)
+            self._have_outcomes.set()
+        finally:
+            self._inflight -= 1
+            self._wake.set()
+
+    async def _flush_loop(self, stop: asyncio.Event) -> None:
+        while True:
+            if not self._outcomes:
+                if stop.is_set() and self._inflight == 0:
+                    return
+                self._have_outcomes.clear()
+                try:
+                    await asyncio.wait_for(self._have_outcomes.wait(), timeout=self.poll_interval)
+                except TimeoutError:
+                    pass
+                continue
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self._record(batch)
+            except Exception:
+                log.exception("worker %s could not record %d outcomes; their leases will expire", self.node_id, len(batch))
+
+    async def _record(self, outcomes: list[queue.Outcome]) -> None:
+        counts = await self.pool.run(queue.record_outcomes, self.node_id, outcomes, self.clock())
+        self.sent += len(outcomes)
+        for status, count in counts.items():
+            self.counts[status] = self.counts.get(status, 0) + count

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class EngineConfig(AppConfig):
+    name = "superimap.engine"
+    verbose_name = "IMAP engine"

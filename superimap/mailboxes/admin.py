@@ -1,0 +1,161 @@
+from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html
+
+from superimap.admin_secrets import secret_form
+from superimap.mailboxes.links import make_link
+from superimap.mailboxes.models import MailboxUser, MailLog
+
+
+class StateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("active", "Active"),
+            ("archived", "Archived"),
+            ("tracer", "Tracer enabled"),
+            ("auth_failed", "Authentication failed"),
+            ("not_connected", "Not connected"),
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "active":
+            return queryset.filter(archived=False)
+        if value == "archived":
+            return queryset.filter(archived=True)
+        if value == "tracer":
+            return queryset.filter(enable_tracer=True, archived=False)
+        if value == "auth_failed":
+            return queryset.filter(status=MailboxUser.Status.AUTH_FAILED, archived=False)
+        if value == "not_connected":
+            return queryset.filter(connected_at__isnull=True, archived=False)
+        return queryset
+
+
+@admin.register(MailboxUser)
+class MailboxUserAdmin(admin.ModelAdmin):
+    form = secret_form(MailboxUser, ("password", "oauth_refresh_token"))
+    list_display = [
+        "tag",
+        "email",
+        "connection",
+        "status",
+        "connected_at",
+        "archived",
+        "enable_tracer",
+        "last_email_at",
+        "mail_log_link",
+    ]
+    list_filter = [StateFilter, "status", "connection__provider", "connection__partner"]
+    list_select_related = ["connection__partner", "connection__provider"]
+    search_fields = ["tag", "email", "login_username"]
+    raw_id_fields = ["connection"]
+    show_full_result_count = False
+    actions = ["archive_users", "restore_users", "enable_tracers", "disable_tracers"]
+    readonly_fields = [
+        "connect_link",
+        "disconnect_link",
+        "status",
+        "last_error",
+        "status_changed_at",
+        "consecutive_failures",
+        "uid_validity",
+        "last_uid",
+        "last_internal_date",
+        "last_email_at",
+        "owner_node",
+        "lease_until",
+        "archived_at",
+        "created_at",
+    ]
+    fieldsets = [
+        (None, {"fields": ["connection", "tag", "email", "enable_tracer", "archived", "archived_at"]}),
+        ("Credentials (encrypted)", {"fields": ["login_username", "password", "oauth_refresh_token", "connected_at"]}),
+        ("Connect", {"fields": ["connect_link", "disconnect_link"]}),
+        (
+            "Engine",
+            {
+                "fields": [
+                    "status",
+                    "last_error",
+                    "status_changed_at",
+                    "consecutive_failures",
+                    "uid_validity",
+                    "last_uid",
+                    "last_internal_date",
+                    "last_email_at",
+                    "owner_node",
+                    "lease_until",
+                    "created_at",
+                ]
+            },
+        ),
+    ]
+
+    @admin.display(description="Mail log")
+    def mail_log_link(self, user):
+        url = reverse("admin:mailboxes_maillog_changelist") + f"?user__id__exact={user.id}"
+        return format_html('<a href="{}">Emails</a>', url)
+
+    @admin.display(description="Connect link (30 min)")
+    def connect_link(self, user):
+        if not user.pk:
+            return "-"
+        return format_html('<a href="{0}">{0}</a>', make_link(user.id, "connect"))
+
+    @admin.display(description="Disconnect link (30 min)")
+    def disconnect_link(self, user):
+        if not user.pk:
+            return "-"
+        return format_html('<a href="{0}">{0}</a>', make_link(user.id, "disconnect"))
+
+    @admin.action(description="Archive selected users")
+    def archive_users(self, request, queryset):
+        count = 0
+        for user in queryset.filter(archived=False):
+            user.archive()
+            count += 1
+        self.message_user(request, f"Archived {count} user(s).", messages.SUCCESS)
+
+    @admin.action(description="Restore selected users")
+    def restore_users(self, request, queryset):
+        restored, refused = 0, 0
+        for user in queryset.filter(archived=True).select_related("connection"):
+            if user.connection.users.filter(tag=user.tag, archived=False).exists():
+                refused += 1
+                continue
+            user.restore()
+            restored += 1
+        self.message_user(request, f"Restored {restored} user(s).", messages.SUCCESS)
+        if refused:
+            self.message_user(
+                request, f"{refused} user(s) not restored: an active user has the same tag.", messages.WARNING
+            )
+
+    @admin.action(description="Enable tracer for selected users")
+    def enable_tracers(self, request, queryset):
+        count = queryset.update(enable_tracer=True)
+        self.message_user(request, f"Tracer enabled for {count} user(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable tracer for selected users")
+    def disable_tracers(self, request, queryset):
+        count = queryset.update(enable_tracer=False)
+        self.message_user(request, f"Tracer disabled for {count} user(s).", messages.SUCCESS)
+
+
+@admin.register(MailLog)
+class MailLogAdmin(admin.ModelAdmin):
+    list_display = ["message_id", "user", "uid", "size", "internal_date", "skipped_reason", "created_at"]
+    list_select_related = ["user"]
+    raw_id_fields = ["user"]
+    search_fields = ["message_id", "sha1"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,107 @@
+"""Mailbox users (the spec's "users") and the log of every email seen."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from superimap.fields import EncryptedTextField
+from superimap.partners.models import Connection
+
+
+class MailboxUser(models.Model):
+    class Status(models.TextChoices):
+        NEW = "new", "Not started"
+        CONNECTING = "connecting", "Connecting"
+        IDLE = "idle", "Idle"
+        POLLING = "polling", "Polling"
+        SYNCING = "syncing", "Catching up"
+        BACKING_OFF = "backing_off", "Backing off"
+        AUTH_FAILED = "auth_failed", "Authentication failed"
+        STOPPED = "stopped", "Stopped"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="users")
+    tag = models.CharField(max_length=255)
+    email = models.CharField(max_length=320, blank=True)
+    login_username = models.CharField(max_length=320, blank=True)
+    password = EncryptedTextField()
+    oauth_refresh_token = EncryptedTextField()
+    connected_at = models.DateTimeField(null=True, blank=True)
+    archived = models.BooleanField(default=False)
+    archived_at = models.DateTimeField(null=True, blank=True)
+    enable_tracer = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    # Checkpoint: what the engine has persisted so far.
+    uid_validity = models.BigIntegerField(null=True, blank=True)
+    last_uid = models.BigIntegerField(null=True, blank=True)
+    last_internal_date = models.DateTimeField(null=True, blank=True)
+    last_email_at = models.DateTimeField(null=True, blank=True)
+
+    # Engine status, for the API and the dashboard.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
+    last_error = models.CharField(max_length=500, blank=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+
+    # Lease: which engine node watches this mailbox (design.md section 9).
+    owner_node = models.CharField(max_length=100, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["connection_id", "tag", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "tag"],
+                condition=Q(archived=False),
+                name="unique_active_tag_per_connection",
+            )
+        ]
+        indexes = [models.Index(fields=["archived", "connected_at"])]
+
+    def __str__(self) -> str:
+        return self.tag
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.password or self.oauth_refresh_token)
+
+    @property
+    def watchable(self) -> bool:
+        return not self.archived and self.connected_at is not None and self.has_credentials
+
+    def archive(self) -> None:
+        self.archived = True
+        self.archived_at = timezone.now()
+        self.save(update_fields=["archived", "archived_at", "updated_at"])
+
+    def restore(self) -> None:
+        self.archived = False
+        self.archived_at = None
+        self.save(update_fields=["archived", "archived_at", "updated_at"])
+
+
+class MailLog(models.Model):
+    """One row per email seen; the dedup index of design.md section 4 step 6."""
+
+    user = models.ForeignKey(MailboxUser, on_delete=models.CASCADE, related_name="mail_logs")
+    message_id = models.CharField(max_length=998)
+    sha1 = models.CharField(max_length=40)
+    uid = models.BigIntegerField()
+    uid_validity = models.BigIntegerField()
+    internal_date = models.DateTimeField(null=True, blank=True)
+    size = models.PositiveIntegerField(default=0)
+    skipped_reason = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "message_id"], name="maillog_unique_message_id"),
+        ]
+        indexes = [models.Index(fields=["user", "sha1"])]
+
+    def __str__(self) -> str:
+        return self.message_id

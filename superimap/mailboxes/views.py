@@ -1,0 +1,117 @@
+"""Hosted connect/disconnect pages reached through a user's signed connect_url/disconnect_url."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from django import forms
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods
+
+from superimap.delivery.models import Delivery
+from superimap.delivery.outbox import enqueue_user_event
+from superimap.mailboxes.credentials import check_login
+from superimap.mailboxes.links import read_link
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import ImapProvider
+
+
+class PasswordConnectForm(forms.Form):
+    email = forms.EmailField(max_length=320)
+    login_username = forms.CharField(
+        max_length=320, required=False, help_text="Leave empty to log in with the email address."
+    )
+    password = forms.CharField(max_length=2000, widget=forms.PasswordInput(render_value=False))
+
+
+def _user_from_token(token: str, action: str) -> MailboxUser | None:
+    user_id = read_link(token, action)
+    if user_id is None:
+        return None
+    return (
+        MailboxUser.objects.select_related("connection__provider", "connection__partner")
+        .filter(id=user_id, archived=False)
+        .first()
+    )
+
+
+def _callback(request: HttpRequest, user: MailboxUser, outcome: str) -> str:
+    """The partner's callback URL for this outcome, only if it is on an allowed host."""
+    partner = user.connection.partner
+    url = request.GET.get(outcome) or request.POST.get(outcome) or ""
+    if url and partner.redirect_allowed(url):
+        return url
+    return partner.success_url if outcome == "success" else partner.failure_url
+
+
+def _finish(request: HttpRequest, user: MailboxUser, outcome: str, message: str) -> HttpResponse:
+    url = _callback(request, user, outcome)
+    if url:
+        return HttpResponseRedirect(url)
+    status = 200 if outcome == "success" else 400
+    return render(request, "mailboxes/result.html", {"user": user, "message": message}, status=status)
+
+
+def _invalid_link(request: HttpRequest) -> HttpResponse:
+    message = "This link is invalid or has expired. Ask the application for a new one."
+    return render(request, "mailboxes/result.html", {"message": message}, status=404)
+
+
+@require_http_methods(["GET", "POST"])
+def connect(request: HttpRequest, token: str) -> HttpResponse:
+    user = _user_from_token(token, "connect")
+    if user is None:
+        return _invalid_link(request)
+    provider = user.connection.provider
+    if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
+        return render(
+            request,
+            "mailboxes/result.html",
+            {
+                "user": user,
+                "message": f"{provider.title} sign-in (OAuth 2.0) is not enabled on this server yet.",
+            },
+            status=501,
+        )
+    form = PasswordConnectForm(request.POST or None, initial={"email": user.email})
+    if request.method == "POST" and form.is_valid():
+        username = form.cleaned_data["login_username"] or form.cleaned_data["email"]
+        problem = check_login(user.connection, username, form.cleaned_data["password"])
+        if problem:
+            form.add_error(None, problem)
+        else:
+            with transaction.atomic():
+                user.email = form.cleaned_data["email"]
+                user.login_username = username
+                user.password = form.cleaned_data["password"]
+                user.connected_at = timezone.now()
+                user.status = MailboxUser.Status.NEW
+                user.last_error = ""
+                user.consecutive_failures = 0
+                user.save()
+                enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
+            return _finish(request, user, "success", "Your mailbox is connected.")
+    query = urlencode({k: v for k, v in request.GET.items() if k in ("success", "failure")})
+    return render(
+        request, "mailboxes/connect.html", {"user": user, "form": form, "query": query}
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def disconnect(request: HttpRequest, token: str) -> HttpResponse:
+    user = _user_from_token(token, "disconnect")
+    if user is None:
+        return _invalid_link(request)
+    with transaction.atomic():
+        was_connected = user.connected_at is not None
+        user.password = ""
+        user.oauth_refresh_token = ""
+        user.connected_at = None
+        user.status = MailboxUser.Status.STOPPED
+        user.save()
+        if was_connected:
+            enqueue_user_event(Delivery.Kind.USER_DISCONNECTED, user)
+    return _finish(request, user, "success", "Your mailbox is disconnected.")

@@ -1,0 +1,114 @@
+"""Running the long-lived services (web, engine, worker) in one asyncio event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+
+import uvicorn
+from django.conf import settings
+
+from superimap import __version__
+
+log = logging.getLogger("superimap")
+
+
+def node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: our stop event decides when to exit."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def request_stop(signame: str) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now", signame)
+            os._exit(1)
+        log.info("%s received: stopping", signame)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop, sig.name)
+
+
+async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) -> None:
+    from superimap.dbpool import DbPool
+
+    stop = asyncio.Event()
+    _install_signal_handlers(stop)
+    pool = DbPool()
+    node = node_id()
+    tasks: list[asyncio.Task] = []
+    worker_service = None
+    if worker:
+        from superimap.delivery.worker import Worker
+
+        worker_service = Worker(pool, node)
+        tasks.append(asyncio.create_task(worker_service.run(stop), name="worker"))
+    if engine:
+        from superimap.engine.supervisor import Engine
+
+        engine_service = Engine(pool, node, on_new_deliveries=worker_service.wake if worker_service else None)
+        tasks.append(asyncio.create_task(engine_service.run(stop), name="engine"))
+    if web:
+        from superimap.asgi import application
+
+        config = uvicorn.Config(
+            application, host=host, port=port, lifespan="off", log_config=None, access_log=False
+        )
+        server = _Server(config)
+        tasks.append(asyncio.create_task(_run_web(server, stop), name="web"))
+        log.info("SuperIMAP %s listening on http://%s:%d (dashboard /admin/, API /api/v1/)", __version__, host, port)
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                log.error("service %s failed: %r", task.get_name(), task.exception())
+                stop.set()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        pool.shutdown()
+        log.info("SuperIMAP stopped")
+
+
+async def _run_web(server: uvicorn.Server, stop: asyncio.Event) -> None:
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopping.cancel()
+    await serving
+    if not stop.is_set():
+        # uvicorn gave up by itself (e.g. the port is taken): stop everything.
+        stop.set()
+        raise RuntimeError(f"web server on port {server.config.port} stopped")
+
+
+def run(**kwargs) -> None:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio works too
+        runner = asyncio.run
+    runner(serve(**kwargs))
+
+
+def database_label() -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"SQLite {db['NAME']}"
+    return f"PostgreSQL {db.get('HOST') or 'local'}/{db.get('NAME')}"

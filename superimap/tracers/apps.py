@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class TracersConfig(AppConfig):
+    name = "superimap.tracers"
+    verbose_name = "Tracers"

@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import path
+from django.views.generic import RedirectView
+
+from superimap.api.api import api
+from superimap.mailboxes import views as mailbox_views
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+admin.site.site_header = "SuperIMAP"
+admin.site.site_title = "SuperIMAP"
+admin.site.index_title = "Dashboard"
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
+    path("connect/<str:token>", mailbox_views.connect, name="connect"),
+    path("disconnect/<str:token>", mailbox_views.disconnect, name="disconnect"),
+    path("healthz", healthz),
+]
+
+handler404 = "superimap.api.errors.not_found_view"
+handler500 = "superimap.api.errors.server_error_view"
