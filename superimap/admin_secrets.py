@@ -9,7 +9,9 @@ ENCRYPTED_PLACEHOLDER = "- encrypted -"
 
 class SecretInput(forms.PasswordInput):
     def __init__(self, attrs=None):
-        super().__init__(attrs={"autocomplete": "new-password", **(attrs or {})}, render_value=False)
+        super().__init__(
+            attrs={"autocomplete": "new-password", **(attrs or {})}, render_value=False
+        )
 
     def get_context(self, name, value, attrs):
         context = super().get_context(name, value, attrs)

@@ -52,7 +52,10 @@ def cmd_up(args) -> None:
 
     _migrate()
     ensure_default_admin()
-    print(f"  Dashboard: http://{args.host}:{args.port}/admin/   API: http://{args.host}:{args.port}/api/v1/docs", flush=True)
+    print(
+        f"  Dashboard: http://{args.host}:{args.port}/admin/   API: http://{args.host}:{args.port}/api/v1/docs",
+        flush=True,
+    )
     print(f"  Database: {runtime.database_label()}", flush=True)
     runtime.run(web=True, engine=True, worker=True, host=args.host, port=args.port)
 
@@ -93,7 +96,9 @@ def cmd_createadmin(args) -> None:
             password = getpass.getpass(f"Password for {args.username}: ")
         else:
             password, generated = secrets.token_urlsafe(15), True
-    user, created = User.objects.get_or_create(username=args.username, defaults={"email": args.email})
+    user, created = User.objects.get_or_create(
+        username=args.username, defaults={"email": args.email}
+    )
     user.is_staff = user.is_superuser = True
     user.set_password(password)
     user.save()
@@ -171,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("check", cmd_check, "validate the configuration and exit")
     for name, func, text in [
         ("chaos-server", cmd_chaos_server, "the stress-test IMAP server (see --help)"),
-        ("webhook-inspector", cmd_webhook_inspector, "a local webhook receiver that checks signatures"),
+        (
+            "webhook-inspector",
+            cmd_webhook_inspector,
+            "a local webhook receiver that checks signatures",
+        ),
         ("manage", cmd_manage, "Django management commands"),
     ]:
         p = add(name, func, text)

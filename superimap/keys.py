@@ -27,7 +27,9 @@ def reencrypt_all(progress=None) -> int:
         ids = list(model.objects.order_by("pk").values_list("pk", flat=True))
         for start in range(0, len(ids), BATCH):
             with transaction.atomic():
-                rows = list(model.objects.filter(pk__in=ids[start : start + BATCH]).only("pk", *names))
+                rows = list(
+                    model.objects.filter(pk__in=ids[start : start + BATCH]).only("pk", *names)
+                )
                 # Reading decrypts with any key; saving encrypts with the first.
                 model.objects.bulk_update(rows, names)
             done += len(rows)

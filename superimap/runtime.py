@@ -60,7 +60,9 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
     if engine:
         from superimap.engine.supervisor import Engine
 
-        engine_service = Engine(pool, node, on_new_deliveries=worker_service.wake if worker_service else None)
+        engine_service = Engine(
+            pool, node, on_new_deliveries=worker_service.wake if worker_service else None
+        )
         tasks.append(asyncio.create_task(engine_service.run(stop), name="engine"))
     if web:
         from superimap.asgi import application
@@ -70,7 +72,12 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
         )
         server = _Server(config)
         tasks.append(asyncio.create_task(_run_web(server, stop), name="web"))
-        log.info("SuperIMAP %s listening on http://%s:%d (dashboard /admin/, API /api/v1/)", __version__, host, port)
+        log.info(
+            "SuperIMAP %s listening on http://%s:%d (dashboard /admin/, API /api/v1/)",
+            __version__,
+            host,
+            port,
+        )
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:

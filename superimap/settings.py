@@ -22,10 +22,13 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 SUPERIMAP_ENV = env_str("SUPERIMAP_ENV", "development").lower()
 if SUPERIMAP_ENV not in {"development", "production", "test"}:
-    raise ConfigError("SUPERIMAP_ENV", f"must be development, production or test, got {SUPERIMAP_ENV!r}")
+    raise ConfigError(
+        "SUPERIMAP_ENV", f"must be development, production or test, got {SUPERIMAP_ENV!r}"
+    )
 PRODUCTION = SUPERIMAP_ENV == "production"
 
-VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).resolve()
+_default_var = BASE_DIR / "var" / ("test" if SUPERIMAP_ENV == "test" else "")
+VAR_DIR = Path(env_str("VAR_DIR", str(_default_var))).resolve()
 
 if PRODUCTION:
     _secrets = {}
@@ -64,7 +67,9 @@ if LOG_FORMAT not in {"text", "json"}:
     raise ConfigError("LOG_FORMAT", f"must be text or json, got {LOG_FORMAT!r}")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
+ALLOWED_HOSTS = env_list(
+    "ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"]
+)
 if PRODUCTION and not ALLOWED_HOSTS:
     raise ConfigError("ALLOWED_HOSTS", "is required when SUPERIMAP_ENV=production")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [PUBLIC_URL])
@@ -136,6 +141,8 @@ def _database(url: str) -> dict:
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
         }
+        # Tests use a file, not :memory:, so the engine's DB threads share one database.
+        config["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
     elif engine == "django.db.backends.postgresql":
         config.setdefault("CONN_MAX_AGE", 60)
         config.setdefault("CONN_HEALTH_CHECKS", True)
@@ -174,7 +181,9 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # WhiteNoise serves files through a sync iterator under ASGI; that is fine for admin assets.
-warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
+warnings.filterwarnings(
+    "ignore", message="StreamingHttpResponse must consume synchronous iterators"
+)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

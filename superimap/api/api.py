@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Literal
+
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.http import HttpRequest
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import APIKeyHeader, APIKeyQuery
 
@@ -15,6 +18,7 @@ from superimap.api.schemas import (
     ConnectionIn,
     ConnectionOut,
     ConnectionUpdate,
+    DeliveryOut,
     ErrorOut,
     UserIn,
     UserOut,
@@ -100,7 +104,7 @@ def list_connections(request):
 def create_connection(request, body: ConnectionIn):
     """Create a connection. imap_provider_code is required; other fields depend on the provider."""
     connection = service.create_connection(request.auth, body)
-    return 201, service.connection_out(connection)
+    return Status(201, service.connection_out(connection))
 
 
 @api.get("/connections/{code}", response={200: ConnectionOut, **ERRORS}, tags=["connections"])
@@ -119,7 +123,7 @@ def update_connection(request, code: str, body: ConnectionUpdate):
 def delete_connection(request, code: str):
     """Delete a connection and all its users' data."""
     service.get_connection(request.auth, code).delete()
-    return 204, None
+    return Status(204, None)
 
 
 # Users ---------------------------------------------------------------------------------
@@ -133,15 +137,13 @@ def list_users(request, code: str, archived: bool = False):
     return [service.user_out(u) for u in users]
 
 
-@api.post(
-    "/connections/{code}/users", response={201: UserOut, **WRITE_ERRORS}, tags=["users"]
-)
+@api.post("/connections/{code}/users", response={201: UserOut, **WRITE_ERRORS}, tags=["users"])
 def create_user(request, code: str, body: UserIn):
     """Create a user. tag is required and unique among the connection's active users."""
     connection = service.get_connection(request.auth, code)
     with transaction.atomic():
         user = service.create_user(connection, body)
-    return 201, service.user_out(user)
+    return Status(201, service.user_out(user))
 
 
 @api.get("/connections/{code}/users/{tag}", response={200: UserOut, **ERRORS}, tags=["users"])
@@ -150,9 +152,7 @@ def get_user(request, code: str, tag: str):
     return service.user_out(service.get_user(request.auth, code, tag))
 
 
-@api.put(
-    "/connections/{code}/users/{tag}", response={200: UserOut, **WRITE_ERRORS}, tags=["users"]
-)
+@api.put("/connections/{code}/users/{tag}", response={200: UserOut, **WRITE_ERRORS}, tags=["users"])
 def update_user(request, code: str, tag: str, body: UserUpdate):
     """Update a user; an archived user is restored."""
     user = service.get_user(request.auth, code, tag)
@@ -161,11 +161,34 @@ def update_user(request, code: str, tag: str, body: UserUpdate):
     return service.user_out(user)
 
 
-@api.delete(
-    "/connections/{code}/users/{tag}", response={204: None, **ERRORS}, tags=["users"]
-)
+@api.delete("/connections/{code}/users/{tag}", response={204: None, **ERRORS}, tags=["users"])
 def archive_user(request, code: str, tag: str):
     """Archive a user: its mailbox is no longer watched. Restore it with PUT."""
     user = service.get_user(request.auth, code, tag, include_archived=False)
     user.archive()
-    return 204, None
+    return Status(204, None)
+
+
+# Deliveries ----------------------------------------------------------------------------
+
+DeliveryStatus = Literal["pending", "delivered", "failed", "skipped", "cancelled"]
+DeliveryKind = Literal["new_mail", "user_connected", "user_disconnected"]
+
+
+@api.get("/deliveries", response={200: list[DeliveryOut], **ERRORS}, tags=["deliveries"])
+def list_deliveries(
+    request,
+    status: DeliveryStatus | None = None,
+    kind: DeliveryKind | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+):
+    """The partner's webhook deliveries, newest first, with every attempt."""
+    return service.list_deliveries(request.auth, status=status, kind=kind, limit=limit)
+
+
+@api.post(
+    "/deliveries/{event_id}/retry", response={200: DeliveryOut, **WRITE_ERRORS}, tags=["deliveries"]
+)
+def retry_delivery(request, event_id: uuid.UUID):
+    """Send a failed, skipped or cancelled delivery again now, with a fresh round of retries."""
+    return service.retry_delivery(request.auth, event_id)

@@ -87,3 +87,26 @@ class UserOut(Schema):
     last_error: str
     last_email_at: datetime | None
     created_at: datetime
+
+
+class DeliveryAttemptOut(Schema):
+    number: int
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str
+    response_excerpt: str
+
+
+class DeliveryOut(Schema):
+    event_id: str
+    kind: str
+    status: str
+    user_tag: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str
+    created_at: datetime
+    delivered_at: datetime | None
+    attempt_log: list[DeliveryAttemptOut]

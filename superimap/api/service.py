@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from superimap.api.errors import ApiError
 from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUpdate
+from superimap.delivery.models import Delivery
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
@@ -64,7 +65,13 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
             if fields.get(name) is not None:
                 raise ApiError(422, "invalid_field", f"{name} is fixed for {provider.code}.")
     elif not provider.host_per_connection:
-        for name in ("imap_host", "imap_port", "imap_tls", "oauth_client_id", "oauth_client_secret"):
+        for name in (
+            "imap_host",
+            "imap_port",
+            "imap_tls",
+            "oauth_client_id",
+            "oauth_client_secret",
+        ):
             if fields.get(name) is not None:
                 raise ApiError(422, "invalid_field", f"{name} does not apply to {provider.code}.")
     for name, value in fields.items():
@@ -102,9 +109,7 @@ def update_connection(connection: Connection, body: ConnectionUpdate) -> None:
 
 
 def get_connection(partner: Partner, code: str) -> Connection:
-    connection = (
-        partner.connections.select_related("provider").filter(provider__code=code).first()
-    )
+    connection = partner.connections.select_related("provider").filter(provider__code=code).first()
     if connection is None:
         raise ApiError(404, "not_found", f"No {code!r} connection for this partner.")
     return connection
@@ -138,7 +143,9 @@ def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
             setattr(user, name, value.strip() if name != "password" else value)
     if fields.get("password"):
         if not (user.login_username or user.email):
-            raise ApiError(422, "missing_field", "login_username or email is required with password.")
+            raise ApiError(
+                422, "missing_field", "login_username or email is required with password."
+            )
         user.connected_at = user.connected_at or timezone.now()
         # New credentials deserve a fresh start, not the old back-off.
         user.status = MailboxUser.Status.NEW
@@ -166,3 +173,53 @@ def update_user(user: MailboxUser, body: UserUpdate) -> None:
     user.save()
 
 
+def delivery_out(delivery: Delivery) -> dict:
+    return {
+        "event_id": str(delivery.event_id),
+        "kind": delivery.kind,
+        "status": delivery.status,
+        "user_tag": delivery.user.tag if delivery.user else None,
+        "attempts": delivery.attempts,
+        "next_attempt_at": delivery.next_attempt_at
+        if delivery.status == Delivery.Status.PENDING
+        else None,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "created_at": delivery.created_at,
+        "delivered_at": delivery.delivered_at,
+        "attempt_log": [
+            {
+                "number": a.number,
+                "started_at": a.started_at,
+                "duration_ms": a.duration_ms,
+                "status_code": a.status_code,
+                "error": a.error,
+                "response_excerpt": a.response_excerpt,
+            }
+            for a in delivery.attempt_log.all()
+        ],
+    }
+
+
+def list_deliveries(
+    partner: Partner, *, status: str | None, kind: str | None, limit: int
+) -> list[dict]:
+    deliveries = partner.deliveries.select_related("user").prefetch_related("attempt_log")
+    if status:
+        deliveries = deliveries.filter(status=status)
+    if kind:
+        deliveries = deliveries.filter(kind=kind)
+    return [delivery_out(d) for d in deliveries.order_by("-id")[:limit]]
+
+
+def retry_delivery(partner: Partner, event_id) -> dict:
+    delivery = partner.deliveries.filter(event_id=event_id).first()
+    if delivery is None:
+        raise ApiError(404, "not_found", f"No delivery {event_id} for this partner.")
+    if delivery.status == Delivery.Status.DELIVERED:
+        raise ApiError(409, "already_delivered", "This delivery succeeded already.")
+    if delivery.status == Delivery.Status.PENDING:
+        raise ApiError(409, "pending", "This delivery is queued already.")
+    Delivery.retry_now(Delivery.objects.filter(id=delivery.id))
+    delivery.refresh_from_db()
+    return delivery_out(delivery)

@@ -17,8 +17,15 @@ class DeliveryAttemptInline(admin.TabularInline):
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
     list_display = [
-        "event_id", "kind", "partner", "user", "status", "attempts", "last_status_code",
-        "next_attempt_at", "created_at",
+        "event_id",
+        "kind",
+        "partner",
+        "user",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "created_at",
     ]
     list_filter = ["status", "kind", "partner"]
     list_select_related = ["partner", "user"]
@@ -28,9 +35,22 @@ class DeliveryAdmin(admin.ModelAdmin):
     inlines = [DeliveryAttemptInline]
     actions = ["retry_now", "retry_all_failed_for_partner"]
     readonly_fields = [
-        "event_id", "kind", "partner", "user", "message_id", "status", "attempts", "max_attempts",
-        "next_attempt_at", "claimed_by", "lease_until", "last_status_code", "last_error",
-        "created_at", "delivered_at", "payload",
+        "event_id",
+        "kind",
+        "partner",
+        "user",
+        "message_id",
+        "status",
+        "attempts",
+        "max_attempts",
+        "next_attempt_at",
+        "claimed_by",
+        "lease_until",
+        "last_status_code",
+        "last_error",
+        "created_at",
+        "delivered_at",
+        "payload",
     ]
 
     def has_add_permission(self, request):
@@ -46,4 +66,6 @@ class DeliveryAdmin(admin.ModelAdmin):
         partner_ids = set(queryset.values_list("partner_id", flat=True))
         failed = Delivery.objects.filter(partner_id__in=partner_ids, status=Delivery.Status.FAILED)
         count = Delivery.retry_now(failed)
-        self.message_user(request, f"{count} failed delivery(ies) queued for a retry.", messages.SUCCESS)
+        self.message_user(
+            request, f"{count} failed delivery(ies) queued for a retry.", messages.SUCCESS
+        )

@@ -32,7 +32,9 @@ class PostResult:
 
 
 def make_session(concurrency: int, timeout_seconds: float) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=60)
+    connector = aiohttp.TCPConnector(
+        limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=60
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_seconds),

@@ -74,7 +74,11 @@ class Delivery(models.Model):
             delivery.lease_until = None
             delivery.save(
                 update_fields=[
-                    "status", "next_attempt_at", "max_attempts", "claimed_by", "lease_until"
+                    "status",
+                    "next_attempt_at",
+                    "max_attempts",
+                    "claimed_by",
+                    "lease_until",
                 ]
             )
             count += 1

@@ -20,7 +20,9 @@ def enqueue(kind: str, user: MailboxUser, payload: dict, message_id: str = "") -
         payload=payload,
         status=status,
         next_attempt_at=timezone.now(),
-        last_error="" if status == Delivery.Status.PENDING else f"partner has no {kind} webhook URL",
+        last_error=""
+        if status == Delivery.Status.PENDING
+        else f"partner has no {kind} webhook URL",
     )
 
 

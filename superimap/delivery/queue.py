@@ -65,7 +65,11 @@ def claim_due(node_id: str, limit: int, now: datetime, lease: timedelta) -> list
         rows = _due(now)
         if connection.vendor == "postgresql":
             rows = rows.select_for_update(skip_locked=True)
-        rows = list(rows.only("id", "event_id", "kind", "attempts", "payload", "partner_id", "created_at")[:limit])
+        rows = list(
+            rows.only("id", "event_id", "kind", "attempts", "payload", "partner_id", "created_at")[
+                :limit
+            ]
+        )
         if not rows:
             return []
         partners = Partner.objects.in_bulk({r.partner_id for r in rows})
@@ -134,7 +138,9 @@ def _record_one(
         "claimed_by": "",
         "lease_until": None,
         "last_status_code": result.status_code,
-        "last_error": (result.error or (f"HTTP {result.status_code}" if result.status_code else ""))[:1024],
+        "last_error": (
+            result.error or (f"HTTP {result.status_code}" if result.status_code else "")
+        )[:1024],
     }
     if not claimed.url:
         status = Delivery.Status.SKIPPED

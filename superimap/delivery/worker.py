@@ -57,7 +57,12 @@ class Worker:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("worker %s started: concurrency=%d timeout=%ss", self.node_id, self.concurrency, self.timeout_seconds)
+        log.info(
+            "worker %s started: concurrency=%d timeout=%ss",
+            self.node_id,
+            self.concurrency,
+            self.timeout_seconds,
+        )
         session = make_session(self.concurrency, self.timeout_seconds)
         flusher = asyncio.create_task(self._flush_loop(stop))
         tasks: set[asyncio.Task] = set()
@@ -80,7 +85,13 @@ class Worker:
             stop.set()
             await flusher
             released = await self.pool.run(queue.release_claims, self.node_id)
-            log.info("worker %s stopped: sent=%d released=%d %s", self.node_id, self.sent, released, self.counts)
+            log.info(
+                "worker %s stopped: sent=%d released=%d %s",
+                self.node_id,
+                self.sent,
+                released,
+                self.counts,
+            )
 
     async def process_once(self, session=None) -> int:
         """Claim everything due now, send it, record the outcomes. For tests and tools."""
@@ -127,7 +138,9 @@ class Worker:
         if not result.succeeded:
             log.info(
                 "delivery %s attempt %d to partner webhook failed: %s",
-                claimed.event_id, claimed.attempt, result.error or f"HTTP {result.status_code}",
+                claimed.event_id,
+                claimed.attempt,
+                result.error or f"HTTP {result.status_code}",
             )
         return queue.Outcome(claimed, result, started_at)
 
@@ -155,7 +168,11 @@ class Worker:
             try:
                 await self._record(batch)
             except Exception:
-                log.exception("worker %s could not record %d outcomes; their leases will expire", self.node_id, len(batch))
+                log.exception(
+                    "worker %s could not record %d outcomes; their leases will expire",
+                    self.node_id,
+                    len(batch),
+                )
 
     async def _record(self, outcomes: list[queue.Outcome]) -> None:
         counts = await self.pool.run(queue.record_outcomes, self.node_id, outcomes, self.clock())

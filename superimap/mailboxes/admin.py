@@ -72,8 +72,14 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "created_at",
     ]
     fieldsets = [
-        (None, {"fields": ["connection", "tag", "email", "enable_tracer", "archived", "archived_at"]}),
-        ("Credentials (encrypted)", {"fields": ["login_username", "password", "oauth_refresh_token", "connected_at"]}),
+        (
+            None,
+            {"fields": ["connection", "tag", "email", "enable_tracer", "archived", "archived_at"]},
+        ),
+        (
+            "Credentials (encrypted)",
+            {"fields": ["login_username", "password", "oauth_refresh_token", "connected_at"]},
+        ),
         ("Connect", {"fields": ["connect_link", "disconnect_link"]}),
         (
             "Engine",
@@ -132,7 +138,9 @@ class MailboxUserAdmin(admin.ModelAdmin):
         self.message_user(request, f"Restored {restored} user(s).", messages.SUCCESS)
         if refused:
             self.message_user(
-                request, f"{refused} user(s) not restored: an active user has the same tag.", messages.WARNING
+                request,
+                f"{refused} user(s) not restored: an active user has the same tag.",
+                messages.WARNING,
             )
 
     @admin.action(description="Enable tracer for selected users")
@@ -148,7 +156,15 @@ class MailboxUserAdmin(admin.ModelAdmin):
 
 @admin.register(MailLog)
 class MailLogAdmin(admin.ModelAdmin):
-    list_display = ["message_id", "user", "uid", "size", "internal_date", "skipped_reason", "created_at"]
+    list_display = [
+        "message_id",
+        "user",
+        "uid",
+        "size",
+        "internal_date",
+        "skipped_reason",
+        "created_at",
+    ]
     list_select_related = ["user"]
     raw_id_fields = ["user"]
     search_fields = ["message_id", "sha1"]

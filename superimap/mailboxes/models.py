@@ -99,7 +99,9 @@ class MailLog(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [
-            models.UniqueConstraint(fields=["user", "message_id"], name="maillog_unique_message_id"),
+            models.UniqueConstraint(
+                fields=["user", "message_id"], name="maillog_unique_message_id"
+            ),
         ]
         indexes = [models.Index(fields=["user", "sha1"])]
 

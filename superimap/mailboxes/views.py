@@ -52,7 +52,9 @@ def _finish(request: HttpRequest, user: MailboxUser, outcome: str, message: str)
     if url:
         return HttpResponseRedirect(url)
     status = 200 if outcome == "success" else 400
-    return render(request, "mailboxes/result.html", {"user": user, "message": message}, status=status)
+    return render(
+        request, "mailboxes/result.html", {"user": user, "message": message}, status=status
+    )
 
 
 def _invalid_link(request: HttpRequest) -> HttpResponse:
@@ -72,7 +74,7 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
             "mailboxes/result.html",
             {
                 "user": user,
-                "message": f"{provider.title} sign-in (OAuth 2.0) is not enabled on this server yet.",
+                "message": f"{provider.title} sign-in (OAuth 2.0) is not enabled here yet.",
             },
             status=501,
         )
@@ -95,9 +97,7 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
                 enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
             return _finish(request, user, "success", "Your mailbox is connected.")
     query = urlencode({k: v for k, v in request.GET.items() if k in ("success", "failure")})
-    return render(
-        request, "mailboxes/connect.html", {"user": user, "form": form, "query": query}
-    )
+    return render(request, "mailboxes/connect.html", {"user": user, "form": form, "query": query})
 
 
 @require_http_methods(["GET", "POST"])

@@ -43,12 +43,23 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Users", ordering="user_count")
     def users_link(self, connection):
-        url = reverse("admin:mailboxes_mailboxuser_changelist") + f"?connection__id__exact={connection.id}"
+        url = (
+            reverse("admin:mailboxes_mailboxuser_changelist")
+            + f"?connection__id__exact={connection.id}"
+        )
         return format_html('<a href="{}">Users ({})</a>', url, connection.user_count)
 
 
 @admin.register(ImapProvider)
 class ImapProviderAdmin(admin.ModelAdmin):
-    list_display = ["code", "title", "auth_kind", "imap_host", "imap_port", "imap_tls", "loopback_only"]
+    list_display = [
+        "code",
+        "title",
+        "auth_kind",
+        "imap_host",
+        "imap_port",
+        "imap_tls",
+        "loopback_only",
+    ]
     list_filter = ["auth_kind", "loopback_only"]
     search_fields = ["code", "title"]

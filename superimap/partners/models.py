@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
-import base64
 
 from django.conf import settings
 from django.db import models
@@ -145,7 +145,9 @@ class Connection(models.Model):
     class Meta:
         ordering = ["partner_id", "provider__code"]
         constraints = [
-            models.UniqueConstraint(fields=["partner", "provider"], name="one_connection_per_provider")
+            models.UniqueConstraint(
+                fields=["partner", "provider"], name="one_connection_per_provider"
+            )
         ]
 
     def __str__(self) -> str:
@@ -159,5 +161,9 @@ class Connection(models.Model):
         """(host, port, tls mode) the engine connects to."""
         provider = self.provider
         if provider.host_per_connection:
-            return self.imap_host, self.imap_port or provider.imap_port, self.imap_tls or provider.imap_tls
+            return (
+                self.imap_host,
+                self.imap_port or provider.imap_port,
+                self.imap_tls or provider.imap_tls,
+            )
         return provider.imap_host, provider.imap_port, provider.imap_tls

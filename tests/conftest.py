@@ -1,0 +1,77 @@
+"""Shared fixtures: partners (owner / outsider personas) and API helpers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+
+from superimap.partners.models import Connection, ImapProvider, Partner
+
+
+@pytest.fixture
+def partner(db) -> Partner:
+    return Partner.objects.create(
+        name="Owner app",
+        new_mail_webhook="http://127.0.0.1:9/new-mail",
+        user_connected_webhook="http://127.0.0.1:9/connected",
+        user_disconnected_webhook="http://127.0.0.1:9/disconnected",
+        success_url="http://app.example/connected",
+        failure_url="http://app.example/failed",
+    )
+
+
+@pytest.fixture
+def outsider(db) -> Partner:
+    return Partner.objects.create(name="Outsider app")
+
+
+@pytest.fixture
+def plain_connection(partner) -> Connection:
+    return Connection.objects.create(
+        partner=partner,
+        provider=ImapProvider.objects.get(code="PLAIN"),
+        imap_host="imap.example.com",
+        imap_port=993,
+        imap_tls="implicit",
+    )
+
+
+class ApiClient:
+    """A Django test client that talks JSON with an API key."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.client = Client()
+        self.api_key = api_key
+
+    def _headers(self) -> dict:
+        return {"HTTP_X_API_KEY": self.api_key} if self.api_key else {}
+
+    def get(self, path: str, **params):
+        return self.client.get(f"/api/v1{path}", params, **self._headers())
+
+    def delete(self, path: str):
+        return self.client.delete(f"/api/v1{path}", **self._headers())
+
+    def post(self, path: str, body=None, raw: bytes | str | None = None):
+        data = raw if raw is not None else json.dumps(body or {})
+        return self.client.post(
+            f"/api/v1{path}", data, content_type="application/json", **self._headers()
+        )
+
+    def put(self, path: str, body=None, raw: bytes | str | None = None):
+        data = raw if raw is not None else json.dumps(body or {})
+        return self.client.put(
+            f"/api/v1{path}", data, content_type="application/json", **self._headers()
+        )
+
+
+@pytest.fixture
+def api(partner) -> ApiClient:
+    return ApiClient(partner.api_key)
+
+
+@pytest.fixture
+def outsider_api(outsider) -> ApiClient:
+    return ApiClient(outsider.api_key)
