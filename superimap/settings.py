@@ -91,6 +91,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "superimap.api.errors.ApiJsonErrorsMiddleware",
     "superimap.api.errors.ApiBodyLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -123,7 +124,10 @@ TEMPLATES = [
 
 def _database(url: str) -> dict:
     try:
-        config = environ.Env.db_url_config(url)
+        with warnings.catch_warnings():
+            # Unknown schemes are reported below as one ConfigError line, not a warning too.
+            warnings.simplefilter("ignore", UserWarning)
+            config = environ.Env.db_url_config(url)
     except Exception as exc:  # django-environ raises several types for bad URLs
         raise ConfigError("DATABASE_URL", f"cannot be parsed: {exc}") from None
     engine = config.get("ENGINE", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -75,3 +76,12 @@ def api(partner) -> ApiClient:
 @pytest.fixture
 def outsider_api(outsider) -> ApiClient:
     return ApiClient(outsider.api_key)
+
+
+@pytest.fixture
+def seeded_providers(transactional_db) -> None:
+    """transactional_db empties every table after each test; put the providers back."""
+    from django.apps import apps
+
+    seed = importlib.import_module("superimap.partners.migrations.0002_seed_providers").seed
+    seed(apps, None)

@@ -40,6 +40,40 @@ def server_error_view(request: HttpRequest) -> HttpResponse:
     return defaults.server_error(request)
 
 
+_DEFAULT_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+class ApiJsonErrorsMiddleware:
+    """Rewrites non-JSON error responses under /api/ (e.g. ninja's plain-text 405) as JSON."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if (
+            _is_api(request)
+            and response.status_code >= 400
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            status = response.status_code
+            message = response.reason_phrase or "Error."
+            if status == 405:
+                message = f"Method {request.method} is not allowed here."
+            json_response = error_response(status, _DEFAULT_CODES.get(status, "error"), message)
+            if response.has_header("Allow"):
+                json_response["Allow"] = response["Allow"]
+            return json_response
+        return response
+
+
 class ApiBodyLimitMiddleware:
     """Refuses oversized API bodies with a JSON 413 before anything reads them."""
 

@@ -9,6 +9,8 @@ from ninja import Schema
 from pydantic import ConfigDict, Field
 
 TlsMode = Literal["implicit", "starttls", "none"]
+# PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
+NO_NUL = r"^[^\x00]*$"
 
 
 class ErrorBody(Schema):
@@ -24,10 +26,10 @@ class ErrorOut(Schema):
 class ConnectionIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    imap_provider_code: str = Field(min_length=1, max_length=64)
-    oauth_client_id: str | None = Field(default=None, max_length=500)
-    oauth_client_secret: str | None = Field(default=None, max_length=2000)
-    imap_host: str | None = Field(default=None, max_length=255)
+    imap_provider_code: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    oauth_client_id: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    oauth_client_secret: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
+    imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_tls: TlsMode | None = None
 
@@ -35,9 +37,9 @@ class ConnectionIn(Schema):
 class ConnectionUpdate(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    oauth_client_id: str | None = Field(default=None, max_length=500)
-    oauth_client_secret: str | None = Field(default=None, max_length=2000)
-    imap_host: str | None = Field(default=None, max_length=255)
+    oauth_client_id: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    oauth_client_secret: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
+    imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_tls: TlsMode | None = None
 
@@ -58,19 +60,19 @@ class ConnectionOut(Schema):
 class UserIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    tag: str = Field(min_length=1, max_length=255, pattern=r"^[^/\s]+$")
-    email: str | None = Field(default=None, max_length=320)
-    login_username: str | None = Field(default=None, max_length=320)
-    password: str | None = Field(default=None, max_length=2000)
+    tag: str = Field(min_length=1, max_length=255, pattern=r"^[^/\s\x00]+$")
+    email: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
+    login_username: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
+    password: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
     enable_tracer: bool = False
 
 
 class UserUpdate(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    email: str | None = Field(default=None, max_length=320)
-    login_username: str | None = Field(default=None, max_length=320)
-    password: str | None = Field(default=None, max_length=2000)
+    email: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
+    login_username: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
+    password: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
     enable_tracer: bool | None = None
 
 

@@ -109,6 +109,8 @@ def update_connection(connection: Connection, body: ConnectionUpdate) -> None:
 
 
 def get_connection(partner: Partner, code: str) -> Connection:
+    if "\x00" in code:
+        raise ApiError(404, "not_found", "No such connection.")
     connection = partner.connections.select_related("provider").filter(provider__code=code).first()
     if connection is None:
         raise ApiError(404, "not_found", f"No {code!r} connection for this partner.")
@@ -117,6 +119,8 @@ def get_connection(partner: Partner, code: str) -> Connection:
 
 def get_user(partner: Partner, code: str, tag: str, include_archived: bool = True) -> MailboxUser:
     connection = get_connection(partner, code)
+    if "\x00" in tag:
+        raise ApiError(404, "not_found", "No such user.")
     users = connection.users.select_related("connection__provider").filter(tag=tag)
     # An active user wins; otherwise the most recently archived one (so PUT can restore it).
     user = users.filter(archived=False).first()
@@ -140,7 +144,9 @@ def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
                 )
     for name, value in fields.items():
         if value is not None:
-            setattr(user, name, value.strip() if name != "password" else value)
+            if isinstance(value, str) and name != "password":
+                value = value.strip()
+            setattr(user, name, value)
     if fields.get("password"):
         if not (user.login_username or user.email):
             raise ApiError(

@@ -1,0 +1,216 @@
+"""The engine's database side (synchronous; always called through the DbPool).
+
+persist_batch() is design.md section 4 step 6: MailLog rows, Delivery rows and the new
+checkpoint in ONE transaction. A crash before commit means the mail is fetched again;
+after commit the worker owns it. The checkpoint update is fenced by the lease, so a node
+that lost a mailbox to another node cannot write it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from superimap.delivery.models import Delivery
+from superimap.delivery.payloads import new_mail_payload
+from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
+from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.tracers.models import TracerLog
+
+TRACER_SUBJECT = re.compile(r"^TRACER:\s*(\S+)\s*$")
+
+
+class LeaseLost(Exception):
+    """This node no longer owns the mailbox: stop watching it."""
+
+
+@dataclass(frozen=True)
+class MailboxConfig:
+    """What a mailbox session needs, read once per session (credentials decrypted)."""
+
+    user_id: int
+    tag: str
+    provider_code: str
+    host: str
+    port: int
+    tls: str
+    insecure_tls: bool
+    auth_kind: str
+    username: str
+    password: str
+    refresh_token: str
+    folder: str
+    uid_validity: int | None
+    last_uid: int | None
+    enable_tracer: bool
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    uid: int
+    size: int
+    internal_date: datetime | None
+    raw: bytes | None  # None: not fetched (over MAX_EMAIL_SIZE)
+
+
+@dataclass
+class PersistResult:
+    new: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    tracers: int = 0
+    delivery_ids: list[int] = field(default_factory=list)
+
+
+def mailbox_config(user_id: int) -> MailboxConfig | None:
+    user = (
+        MailboxUser.objects.select_related("connection__provider")
+        .filter(id=user_id, archived=False)
+        .first()
+    )
+    if user is None or not user.watchable:
+        return None
+    connection = user.connection
+    provider = connection.provider
+    host, port, tls = connection.server()
+    return MailboxConfig(
+        user_id=user.id,
+        tag=user.tag,
+        provider_code=provider.code,
+        host=host,
+        port=port,
+        tls=tls,
+        insecure_tls=provider.loopback_only,
+        auth_kind=provider.auth_kind,
+        username=user.login_username or user.email,
+        password=user.password,
+        refresh_token=user.oauth_refresh_token,
+        folder=provider.folder or "INBOX",
+        uid_validity=user.uid_validity,
+        last_uid=user.last_uid,
+        enable_tracer=user.enable_tracer,
+    )
+
+
+def _owned(user_id: int, node_id: str):
+    return MailboxUser.objects.filter(id=user_id, owner_node=node_id, archived=False)
+
+
+def set_baseline(user_id: int, node_id: str, uid_validity: int, last_uid: int) -> None:
+    """First connection (or a changed UIDVALIDITY): start from here, send nothing older."""
+    updated = _owned(user_id, node_id).update(uid_validity=uid_validity, last_uid=last_uid)
+    if not updated:
+        raise LeaseLost(user_id)
+
+
+def persist_batch(
+    user_id: int,
+    node_id: str,
+    uid_validity: int,
+    folder: str,
+    messages: list[FetchedMessage],
+) -> PersistResult:
+    result = PersistResult()
+    if not messages:
+        return result
+    with transaction.atomic():
+        user = (
+            _owned(user_id, node_id).select_related("connection__provider", "connection__partner")
+        ).first()
+        if user is None:
+            raise LeaseLost(user_id)
+        partner = user.connection.partner
+        has_url = bool(partner.new_mail_webhook)
+        for message in sorted(messages, key=lambda m: m.uid):
+            _persist_one(user, partner, has_url, uid_validity, folder, message, result)
+        last = max(messages, key=lambda m: m.uid)
+        # After a UIDVALIDITY change the old last_uid means nothing in the new UID space.
+        previous = (user.last_uid or 0) if user.uid_validity == uid_validity else 0
+        fields = {"uid_validity": uid_validity, "last_uid": max(last.uid, previous)}
+        if last.internal_date:
+            fields["last_internal_date"] = last.internal_date
+        if result.new:
+            fields["last_email_at"] = timezone.now()
+        MailboxUser.objects.filter(id=user_id).update(**fields)
+    return result
+
+
+def _persist_one(user, partner, has_url, uid_validity, folder, message, result) -> None:
+    if message.raw is None:
+        sha1 = f"{message.uid:040d}"[-40:]
+        MailLog.objects.get_or_create(
+            user=user,
+            message_id=f"<uid-{uid_validity}-{message.uid}@oversize.superimap>",
+            defaults={
+                "sha1": sha1,
+                "uid": message.uid,
+                "uid_validity": uid_validity,
+                "internal_date": message.internal_date,
+                "size": message.size,
+                "skipped_reason": "over MAX_EMAIL_SIZE",
+            },
+        )
+        result.skipped += 1
+        return
+    sha1 = sha1_of(message.raw)
+    env = envelope(parse_headers(message.raw))
+    message_id = message_id_or_digest(env, sha1)
+    if MailLog.objects.filter(Q(message_id=message_id) | Q(sha1=sha1), user=user).exists():
+        result.duplicates += 1
+        return
+    MailLog.objects.create(
+        user=user,
+        message_id=message_id,
+        sha1=sha1,
+        uid=message.uid,
+        uid_validity=uid_validity,
+        internal_date=message.internal_date,
+        size=message.size or len(message.raw),
+    )
+    tracer = TRACER_SUBJECT.match(env.get("subject") or "")
+    if tracer and user.enable_tracer:
+        TracerLog.objects.filter(tracer_uid=tracer.group(1), detected_at__isnull=True).update(
+            detected_at=timezone.now()
+        )
+        result.tracers += 1
+        return
+    payload = new_mail_payload(
+        provider_code=user.connection.provider.code,
+        user_tag=user.tag,
+        raw=message.raw,
+        envelope=env,
+        uid=message.uid,
+        uid_validity=uid_validity,
+        folder=folder,
+        internal_date=message.internal_date.isoformat() if message.internal_date else None,
+    )
+    delivery = Delivery.objects.create(
+        kind=Delivery.Kind.NEW_MAIL,
+        partner=partner,
+        user=user,
+        message_id=message_id,
+        payload=payload,
+        status=Delivery.Status.PENDING if has_url else Delivery.Status.SKIPPED,
+        last_error="" if has_url else "partner has no new_mail webhook URL",
+        next_attempt_at=timezone.now(),
+    )
+    result.new += 1
+    result.delivery_ids.append(delivery.id)
+
+
+def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
+    """Batch of (status, last_error, consecutive_failures) per user id."""
+    now = timezone.now()
+    with transaction.atomic():
+        for user_id, (status, error, failures) in updates.items():
+            MailboxUser.objects.filter(id=user_id).update(
+                status=status,
+                last_error=error[:500],
+                consecutive_failures=failures,
+                status_changed_at=now,
+            )

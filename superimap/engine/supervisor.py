@@ -1,0 +1,159 @@
+"""The engine: starts and stops one MailboxSession task per mailbox this node holds.
+
+Every refresh (5 s) it renews its leases, picks up mailboxes that were connected, archived
+or deleted, publishes a heartbeat, saves status changes in one batch and logs the spec's
+metrics in the Librato log format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from superimap.dbpool import DbPool
+from superimap.engine import leases, store
+from superimap.engine.session import MailboxSession, SessionSettings
+
+log = logging.getLogger("superimap.engine")
+
+LEASE = timedelta(seconds=60)
+METRICS_EVERY = 60.0
+
+
+class Engine:
+    def __init__(
+        self,
+        pool: DbPool,
+        node_id: str,
+        *,
+        on_new_deliveries: Callable[[], None] | None = None,
+        capacity: int | None = None,
+        refresh_interval: float = 5.0,
+        session_settings: SessionSettings | None = None,
+        handshake_concurrency: int = 50,
+    ) -> None:
+        self.pool = pool
+        self.node_id = node_id
+        self.on_new_deliveries = on_new_deliveries
+        self.capacity = capacity or settings.MAX_USER_THREADS
+        self.refresh_interval = refresh_interval
+        self.session_settings = session_settings or SessionSettings(
+            idle_reissue=float(settings.IDLE_REISSUE_SECONDS),
+            poll_interval=float(settings.POLL_INTERVAL),
+            max_email_size=settings.MAX_EMAIL_SIZE,
+        )
+        self.handshakes = asyncio.Semaphore(handshake_concurrency)
+        self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
+        self._statuses: dict[int, tuple[str, str, int]] = {}
+        self.emails_processed = 0
+        self.started_at = timezone.now()
+
+    # --- called by sessions ---------------------------------------------------------------
+
+    def report(self, user_id: int, status: str, error: str, failures: int) -> None:
+        self._statuses[user_id] = (status, error, failures)
+
+    def record_persisted(self, result: store.PersistResult) -> None:
+        self.emails_processed += result.new + result.tracers
+        if result.new and self.on_new_deliveries:
+            self.on_new_deliveries()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("engine %s started: capacity=%d", self.node_id, self.capacity)
+        last_metrics = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    await self.refresh()
+                except Exception:  # noqa: BLE001 - the database may be briefly unavailable
+                    log.exception("engine %s: refresh failed; retrying", self.node_id)
+                if time.monotonic() - last_metrics >= METRICS_EVERY:
+                    self.log_metrics()
+                    last_metrics = time.monotonic()
+                try:
+                    await asyncio.wait_for(stop.wait(), self.refresh_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            await self.shutdown()
+
+    async def refresh(self) -> None:
+        held = await self.pool.run(
+            leases.claim_mailboxes,
+            self.node_id,
+            self.capacity,
+            LEASE,
+            settings.ALLOW_LOOPBACK_IMAP,
+        )
+        for user_id in list(self.sessions):
+            session, task, version = self.sessions[user_id]
+            if user_id not in held or held[user_id] != version or task.done():
+                await self._stop_session(user_id)
+        for user_id, version in held.items():
+            if user_id not in self.sessions and len(self.sessions) < self.capacity:
+                self._start_session(user_id, version)
+        await self.flush_statuses()
+        await self.pool.run(
+            leases.heartbeat, self.node_id, self.started_at, len(self.sessions), self.capacity
+        )
+
+    def _start_session(self, user_id: int, version) -> None:
+        session = MailboxSession(self, user_id)
+        task = asyncio.create_task(session.run(), name=f"mailbox-{user_id}")
+        self.sessions[user_id] = (session, task, version)
+
+    async def _stop_session(self, user_id: int) -> None:
+        session, task, _ = self.sessions.pop(user_id)
+        session.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 5)
+        except TimeoutError:
+            task.cancel()
+        except Exception:  # noqa: BLE001 - a failed session is replaced anyway
+            log.exception("mailbox %s: session failed", user_id)
+
+    async def flush_statuses(self) -> None:
+        if not self._statuses:
+            return
+        batch, self._statuses = self._statuses, {}
+        await self.pool.run(store.save_statuses, batch)
+
+    async def shutdown(self) -> None:
+        sessions = list(self.sessions.values())
+        for session, _, _ in sessions:
+            session.stop()
+        tasks = [task for _, task, _ in sessions]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self.sessions.clear()
+        try:
+            await self.flush_statuses()
+            await self.pool.run(leases.remove_node, self.node_id)
+        except Exception:  # noqa: BLE001 - leases expire by themselves
+            log.exception("engine %s: could not release leases", self.node_id)
+        log.info("engine %s stopped: %d emails processed", self.node_id, self.emails_processed)
+
+    def log_metrics(self) -> None:
+        pool = self.pool
+        latency = pool.latency_total / pool.calls if pool.calls else 0.0
+        log.info(
+            "source=%s sample#imap_client.user_thread.count=%d "
+            "sample#imap_client.total_emails_processed=%d "
+            "sample#imap_client.work_queue.length=%d sample#work_queue.latency=%.3fs",
+            self.node_id,
+            len(self.sessions),
+            self.emails_processed,
+            pool.queued,
+            latency,
+        )

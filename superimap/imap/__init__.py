@@ -1,0 +1,42 @@
+"""Sans-IO IMAP4rev1: framing, response events and a client state machine. No I/O here."""
+
+from superimap.imap.errors import ImapError, LocalProtocolError, RemoteProtocolError
+from superimap.imap.events import (
+    Bye,
+    Capability,
+    Continuation,
+    Event,
+    Exists,
+    Expunge,
+    Fetch,
+    Flags,
+    Greeting,
+    Recent,
+    SearchResult,
+    TaggedResponse,
+    Unknown,
+    UntaggedStatus,
+)
+from superimap.imap.protocol import ClientProtocol, State
+
+__all__ = [
+    "Bye",
+    "Capability",
+    "ClientProtocol",
+    "Continuation",
+    "Event",
+    "Exists",
+    "Expunge",
+    "Fetch",
+    "Flags",
+    "Greeting",
+    "ImapError",
+    "LocalProtocolError",
+    "Recent",
+    "RemoteProtocolError",
+    "SearchResult",
+    "State",
+    "TaggedResponse",
+    "Unknown",
+    "UntaggedStatus",
+]

@@ -1,0 +1,228 @@
+"""Turn one framed server response into one event."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from superimap.imap.errors import RemoteProtocolError
+from superimap.imap.events import (
+    Bye,
+    Capability,
+    Continuation,
+    Event,
+    Exists,
+    Expunge,
+    Fetch,
+    Flags,
+    Recent,
+    ResponseCode,
+    SearchResult,
+    TaggedResponse,
+    Unknown,
+    UntaggedStatus,
+)
+from superimap.imap.framing import Frame, Value, parse_values
+
+STATUSES = frozenset({"OK", "NO", "BAD"})
+_UNTAGGED_STATUSES = frozenset({"OK", "NO", "BAD", "PREAUTH"})
+_NUMERIC_CODES = frozenset({"UIDVALIDITY", "UIDNEXT", "UNSEEN", "HIGHESTMODSEQ"})
+_LIST_CODES = frozenset({"PERMANENTFLAGS", "BADCHARSET"})
+_KEYWORD = re.compile(rb"[A-Za-z][A-Za-z0-9._\-]*")
+_TAG = re.compile(rb"[\x21-\x7e]+")
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"],
+        start=1,
+    )
+}
+_INTERNALDATE = re.compile(
+    r"\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})\s*"
+)
+
+
+def parse_response(frame: Frame) -> Event:
+    """Parse a server response. Raises :class:`RemoteProtocolError` on garbage."""
+    line = frame.lines[0]
+    if line.startswith(b"+"):
+        return Continuation(_decode(frame.raw[1:]).strip())
+    tag, pos = _word(line, 0)
+    if tag == b"*":
+        return _untagged(frame, pos)
+    if not _TAG.fullmatch(tag):
+        raise RemoteProtocolError(f"malformed response line {line[:80]!r}")
+    status, pos = _word(line, pos)
+    status_text = status.decode("ascii", "replace").upper()
+    if status_text not in STATUSES:
+        raise RemoteProtocolError(f"bad status in tagged response {line[:80]!r}")
+    return TaggedResponse(tag.decode("ascii"), status_text, *parse_resp_text(frame, pos))
+
+
+def parse_resp_text(frame: Frame, pos: int) -> tuple[ResponseCode | None, str]:
+    """Split ``[CODE args] text`` into a parsed code and the human text."""
+    text = _decode(frame.raw[pos:]).strip()
+    if not text.startswith("["):
+        return None, text
+    close = text.find("]")
+    if close < 0:
+        return None, text
+    return _response_code(text[1:close]), text[close + 1 :].strip()
+
+
+def _response_code(inner: str) -> ResponseCode:
+    name, _, argument = inner.strip().partition(" ")
+    name = name.upper()
+    argument = argument.strip()
+    if name in _NUMERIC_CODES:
+        if not argument.isdigit() or not argument.isascii():
+            raise RemoteProtocolError(f"non-numeric {name} response code")
+        return (name, int(argument))
+    if name == "CAPABILITY":
+        return (name, tuple(word.upper() for word in argument.split()))
+    if name in _LIST_CODES:
+        return (name, tuple(argument.strip("()").split()))
+    return (name, argument) if argument else (name,)
+
+
+def _untagged(frame: Frame, pos: int) -> Event:
+    line = frame.lines[0]
+    first, pos = _word(line, pos)
+    if first.isdigit():
+        return _numbered(frame, _number(first), pos)
+    if not _KEYWORD.fullmatch(first):
+        raise RemoteProtocolError(f"malformed untagged response {line[:80]!r}")
+    keyword = first.decode("ascii").upper()
+    if keyword in _UNTAGGED_STATUSES:
+        return UntaggedStatus(keyword, *parse_resp_text(frame, pos))
+    if keyword == "BYE":
+        code, text = parse_resp_text(frame, pos)
+        return Bye(text, code)
+    if keyword == "CAPABILITY":
+        names = _decode(frame.raw[pos:]).upper().split()
+        return Capability(frozenset(names))
+    if keyword == "FLAGS":
+        values = parse_values(frame, 0, pos)
+        if len(values) != 1 or not isinstance(values[0], tuple):
+            raise RemoteProtocolError("malformed FLAGS response")
+        return Flags(_strings(values[0], "FLAGS"))
+    if keyword == "SEARCH":
+        return _search(parse_values(frame, 0, pos))
+    return Unknown(frame.raw)
+
+
+def _numbered(frame: Frame, number: int, pos: int) -> Event:
+    word, pos = _word(frame.lines[0], pos)
+    keyword = word.decode("ascii", "replace").upper()
+    if keyword == "EXISTS":
+        return Exists(number)
+    if keyword == "RECENT":
+        return Recent(number)
+    if keyword == "EXPUNGE":
+        return Expunge(number)
+    if keyword == "FETCH":
+        return _fetch(number, parse_values(frame, 0, pos))
+    if not _KEYWORD.fullmatch(word):
+        raise RemoteProtocolError(f"malformed numbered response {frame.lines[0][:80]!r}")
+    return Unknown(frame.raw)
+
+
+def _search(values: tuple[Value, ...]) -> SearchResult:
+    ids: list[int] = []
+    for value in values:
+        if isinstance(value, int):
+            ids.append(value)
+        elif not isinstance(value, tuple):  # a trailing (MODSEQ n) is allowed
+            raise RemoteProtocolError(f"non-numeric id in SEARCH response: {value!r}")
+    return SearchResult(tuple(ids))
+
+
+def _fetch(seq: int, values: tuple[Value, ...]) -> Fetch:
+    if len(values) != 1 or not isinstance(values[0], tuple) or len(values[0]) % 2:
+        raise RemoteProtocolError("malformed FETCH response")
+    items = values[0]
+    attributes: dict[str, Any] = {}
+    for key, value in zip(items[::2], items[1::2], strict=True):
+        if not isinstance(key, str):
+            raise RemoteProtocolError(f"bad FETCH attribute name {key!r}")
+        attributes[_fetch_key(key)] = value
+    return Fetch(
+        seq=seq,
+        uid=_optional_int(attributes, "UID"),
+        size=_optional_int(attributes, "RFC822.SIZE"),
+        internal_date=_internal_date(attributes.get("INTERNALDATE")),
+        body=_body(attributes),
+        flags=_strings(attributes["FLAGS"], "FLAGS") if "FLAGS" in attributes else None,
+        attributes=attributes,
+    )
+
+
+def _fetch_key(key: str) -> str:
+    key = key.upper()
+    if key.startswith("BODY.PEEK["):
+        return "BODY" + key[len("BODY.PEEK") :]
+    return key
+
+
+def _optional_int(attributes: dict[str, Any], name: str) -> int | None:
+    value = attributes.get(name)
+    if value is not None and not isinstance(value, int):
+        raise RemoteProtocolError(f"non-numeric {name} in FETCH response")
+    return value
+
+
+def _body(attributes: dict[str, Any]) -> bytes | None:
+    value = attributes.get("BODY[]", attributes.get("RFC822"))
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise RemoteProtocolError("malformed message body in FETCH response")
+
+
+def _internal_date(value: Value) -> datetime | None:
+    """Parse ``"17-Jul-1996 02:44:25 -0700"``; an unparsable date is kept only raw."""
+    if not isinstance(value, str):
+        return None
+    match = _INTERNALDATE.fullmatch(value)
+    if match is None or match.group(2).upper() not in _MONTHS:
+        return None
+    day, month, year, hour, minute, second, sign, off_h, off_m = match.groups()
+    offset = timedelta(hours=int(off_h), minutes=int(off_m))
+    try:
+        return datetime(
+            int(year),
+            _MONTHS[month.upper()],
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            tzinfo=timezone(-offset if sign == "-" else offset),
+        )
+    except ValueError:
+        return None
+
+
+def _strings(values: Value, what: str) -> tuple[str, ...]:
+    if not isinstance(values, tuple) or not all(isinstance(v, str) for v in values):
+        raise RemoteProtocolError(f"malformed {what}")
+    return values  # type: ignore[return-value]
+
+
+def _word(line: bytes, pos: int) -> tuple[bytes, int]:
+    while pos < len(line) and line[pos] == 0x20:
+        pos += 1
+    end = line.find(b" ", pos)
+    end = len(line) if end < 0 else end
+    return line[pos:end], end
+
+
+def _number(digits: bytes) -> int:
+    if len(digits) > 20:
+        raise RemoteProtocolError("number too long")
+    return int(digits)
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "replace")

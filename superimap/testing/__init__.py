@@ -1,0 +1,1 @@
+"""Test fixtures: Dovecot, PostgreSQL, the chaos IMAP server and a webhook receiver."""

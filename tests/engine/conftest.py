@@ -1,0 +1,99 @@
+"""Fixtures for engine tests: a real Dovecot, mailbox users, and an engine runner."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+from django.utils import timezone
+
+from superimap.dbpool import DbPool
+from superimap.engine.session import SessionSettings
+from superimap.engine.supervisor import Engine
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.testing.dovecot import DovecotServer
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    with DovecotServer() as server:
+        yield server
+
+
+@pytest.fixture
+def mail_partner(seeded_providers) -> Partner:
+    return Partner.objects.create(name="Mail app", new_mail_webhook="http://127.0.0.1:9/hook")
+
+
+def loopback_connection(partner: Partner, port: int, tls: str = "none") -> Connection:
+    return Connection.objects.create(
+        partner=partner,
+        provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
+        imap_host="127.0.0.1",
+        imap_port=port,
+        imap_tls=tls,
+    )
+
+
+@pytest.fixture
+def mailbox(mail_partner, dovecot):
+    """A fresh Dovecot user and a connected MailboxUser watching it over plain IMAP."""
+
+    def make(tls: str = "none", password: str | None = None) -> MailboxUser:
+        name = f"user{next(_names)}-{int(time.time() * 1000) % 100000}"
+        dovecot.add_user(name, "secret-pw")
+        port = dovecot.imaps_port if tls == "implicit" else dovecot.imap_port
+        connection = Connection.objects.filter(partner=mail_partner).first()
+        if connection is None:
+            connection = loopback_connection(mail_partner, port, tls)
+        return MailboxUser.objects.create(
+            connection=connection,
+            tag=name,
+            email=f"{name}@example.test",
+            login_username=name,
+            password=password or "secret-pw",
+            connected_at=timezone.now(),
+        )
+
+    return make
+
+
+FAST = SessionSettings(command_timeout=5, fetch_timeout=10, idle_reissue=60, poll_interval=0.5)
+
+
+class RunningEngine:
+    """An Engine on its own asyncio loop, for use inside `async` test bodies."""
+
+    def __init__(self, node_id: str = "test-node", **kwargs) -> None:
+        self.pool = DbPool(size=3)
+        kwargs.setdefault("session_settings", FAST)
+        kwargs.setdefault("refresh_interval", 0.2)
+        self.engine = Engine(self.pool, node_id, **kwargs)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Engine:
+        self.task = asyncio.create_task(self.engine.run(self.stop))
+        return self.engine
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+        self.pool.shutdown()
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll a sync DB predicate (run in a thread) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
