@@ -107,6 +107,20 @@ def cmd_createadmin(args) -> None:
         print(f"password: {password}")
 
 
+def cmd_createpartner(args) -> None:
+    from superimap.partners.models import Partner
+
+    partner = Partner.objects.create(
+        name=args.name,
+        new_mail_webhook=args.webhook or "",
+        user_connected_webhook=args.webhook or "",
+        user_disconnected_webhook=args.webhook or "",
+    )
+    print(f"Created partner {partner.name!r} (id {partner.id}).")
+    print(f"API key: {partner.api_key}")
+    print(f"Standard Webhooks secret: {partner.webhook_secret}")
+
+
 def cmd_rotate_keys(args) -> None:
     from superimap.keys import reencrypt_all
 
@@ -171,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--username", default="admin")
     p.add_argument("--email", default="admin@localhost")
     p.add_argument("--password", help="default: prompt, or $SUPERIMAP_ADMIN_PASSWORD")
+    p = add("createpartner", cmd_createpartner, "create a partner and print its API key")
+    p.add_argument("--name", required=True)
+    p.add_argument("--webhook", help="URL for all three webhooks (change later in the dashboard)")
     add("rotate-keys", cmd_rotate_keys, "re-encrypt every secret with the first ENCRYPTION_KEY")
     add("genkey", cmd_genkey, "print a new ENCRYPTION_KEY")
     add("check", cmd_check, "validate the configuration and exit")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -146,7 +147,8 @@ def _database(url: str) -> dict:
             "timeout": 30,
         }
         # Tests use a file, not :memory:, so the engine's DB threads share one database.
-        config["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+        # One file per test process, so parallel runs never share a database.
+        config["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
     elif engine == "django.db.backends.postgresql":
         config.setdefault("CONN_MAX_AGE", 60)
         config.setdefault("CONN_HEALTH_CHECKS", True)

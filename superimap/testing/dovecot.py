@@ -11,6 +11,7 @@ dir; the server listens on 127.0.0.1 on free ports and never touches the system 
 from __future__ import annotations
 
 import datetime
+import grp
 import ipaddress
 import os
 import pwd
@@ -142,7 +143,11 @@ def write_test_certificates(
     )
 
     pem = serialization.Encoding.PEM
-    files = CertificateFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files = CertificateFiles(
+        ca_cert=directory / "ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+    )
     files.ca_cert.write_bytes(ca_cert.public_bytes(pem))
     files.server_cert.write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
     files.server_key.write_bytes(
@@ -322,7 +327,7 @@ class DovecotServer:
         else:  # an unprivileged Dovecot runs every process as the current user
             uid, gid = os.geteuid(), os.getegid()
             internal_user = login_user = pwd.getpwuid(uid).pw_name
-            internal_group = str(gid)
+            internal_group = grp.getgrgid(gid).gr_name
         (root / "home").mkdir()
         os.chown(root / "home", uid, gid)
         self.imap_port, self.imaps_port = free_port(), free_port()

@@ -25,6 +25,7 @@ from typing import Any
 
 START_TIMEOUT = 15
 SERVER_USER_WHEN_ROOT = "postgres"
+_INITDB_OPTIONS = ("-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
 
 
 class PostgresError(RuntimeError):
@@ -109,16 +110,11 @@ class PostgresServer:
                 self._account = account
                 for path in (self.root, self.socket_dir):
                     os.chown(path, account.pw_uid, account.pw_gid)
-            self._run(
-                "initdb", "-D", str(self.data_dir), "-U", self.user, "-A", "trust",
-                "-E", "UTF8", "--locale=C", "--no-sync",
-            )
+            self._run("initdb", "-D", str(self.data_dir), "-U", self.user, *_INITDB_OPTIONS)
             self.port = _free_port()
             self._start_postgres()
-            self._run(
-                "createdb", "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user,
-                self.database,
-            )
+            connection = ("-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user)
+            self._run("createdb", *connection, self.database)
         except BaseException:
             self.stop()
             raise
@@ -127,16 +123,7 @@ class PostgresServer:
         # Started as our own child (not daemonized by pg_ctl) so that it is always reaped.
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
-                [
-                    str(self.bindir / "postgres"),
-                    "-D", str(self.data_dir),
-                    "-p", str(self.port),
-                    "-k", str(self.socket_dir),
-                    "-c", f"listen_addresses={self.host}",
-                    "-c", "fsync=off",
-                    "-c", "synchronous_commit=off",
-                    "-c", "full_page_writes=off",
-                ],
+                [str(self.bindir / "postgres"), "-D", str(self.data_dir), *self._server_options()],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -149,6 +136,18 @@ class PostgresServer:
             if time.monotonic() > deadline:
                 raise PostgresError(f"postgres not ready in {START_TIMEOUT}s:\n{self._log()}")
             time.sleep(0.05)
+
+    def _server_options(self) -> list[str]:
+        settings = {
+            "port": str(self.port),
+            "unix_socket_directories": str(self.socket_dir),
+            "listen_addresses": self.host,
+            # Throw-away data: durability only costs time.
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+        }
+        return [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
 
     def _accepts_connections(self) -> bool:
         ready = subprocess.run(

@@ -96,7 +96,8 @@ def test_it_refuses_a_blank_imap_host(api):
 
 def test_it_refuses_tls_none_for_plain(api, partner):
     r = api.post(
-        "/connections", {"imap_provider_code": "PLAIN", "imap_host": "h.example", "imap_tls": "none"}
+        "/connections",
+        {"imap_provider_code": "PLAIN", "imap_host": "h.example", "imap_tls": "none"},
     )
     assert_error(r, 422, "invalid_field")
     assert not partner.connections.exists()

@@ -14,7 +14,11 @@ def alice(api, plain_connection) -> MailboxUser:
 
 @pytest.fixture
 def gmail(api):
-    body = {"imap_provider_code": "GMAIL_OAUTH2", "oauth_client_id": "i", "oauth_client_secret": "s"}
+    body = {
+        "imap_provider_code": "GMAIL_OAUTH2",
+        "oauth_client_id": "i",
+        "oauth_client_secret": "s",
+    }
     assert api.post("/connections", body).status_code == 201
 
 
@@ -110,7 +114,9 @@ def test_it_lists_users_without_n_plus_1(api, plain_connection, django_assert_ma
 
 
 def test_it_updates_a_user(api, alice):
-    r = api.put("/connections/PLAIN/users/alice", {"enable_tracer": True, "email": "a2@example.com"})
+    r = api.put(
+        "/connections/PLAIN/users/alice", {"enable_tracer": True, "email": "a2@example.com"}
+    )
     assert r.status_code == 200, r.content
     alice.refresh_from_db()
     assert alice.enable_tracer is True

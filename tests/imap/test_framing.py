@@ -27,7 +27,10 @@ def test_it_frames_across_one_byte_reads() -> None:
     framer = Framer()
     data = b"* 1 FETCH (BODY[] {3}\r\na\r\n)\r\nA1 OK done\r\n"
     frames = [frame for byte in data for frame in frames_of(framer, bytes([byte]))]
-    assert [frame.raw for frame in frames] == [b"* 1 FETCH (BODY[] {3}\r\na\r\n)\r\n", b"A1 OK done\r\n"]
+    assert [frame.raw for frame in frames] == [
+        b"* 1 FETCH (BODY[] {3}\r\na\r\n)\r\n",
+        b"A1 OK done\r\n",
+    ]
     assert not framer.has_partial_frame
 
 

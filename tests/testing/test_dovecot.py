@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import email.policy
 import imaplib
 import ssl
 import time
 from collections.abc import Iterator
-import email.policy
 from email import message_from_bytes
 
 import pytest

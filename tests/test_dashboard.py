@@ -1,0 +1,235 @@
+"""The admin dashboard: login lockout, write-only secrets, drill-down and actions."""
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from superimap.delivery.models import Delivery
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def admin_user(django_user_model):
+    return django_user_model.objects.create_superuser("boss", "boss@example.com", PASSWORD)
+
+
+@pytest.fixture
+def admin(admin_user) -> Client:
+    client = Client()
+    client.force_login(admin_user, backend="django.contrib.auth.backends.ModelBackend")
+    return client
+
+
+@pytest.fixture
+def user(plain_connection) -> MailboxUser:
+    return MailboxUser.objects.create(
+        connection=plain_connection,
+        tag="alice",
+        email="alice@example.com",
+        password="alice-imap-secret",
+        oauth_refresh_token="alice-refresh-token",
+        connected_at=timezone.now(),
+    )
+
+
+def login(client: Client, password: str, ip: str = "127.0.0.1"):
+    return client.post(
+        "/admin/login/?next=/admin/",
+        {"username": "boss", "password": password},
+        REMOTE_ADDR=ip,
+    )
+
+
+def changelist_tags(response) -> set[str]:
+    return {u.tag for u in response.context["cl"].result_list}
+
+
+def test_it_logs_in(client, admin_user):
+    r = login(client, PASSWORD)
+    assert r.status_code == 302
+    assert r["Location"] == "/admin/"
+    assert client.get("/admin/").status_code == 200
+
+
+def test_it_refuses_a_wrong_password(client, admin_user):
+    assert login(client, "wrong").status_code == 200
+    assert client.get("/admin/").status_code == 302
+
+
+def test_it_locks_out_after_three_bad_logins(client, admin_user):
+    for _ in range(3):
+        login(client, "wrong")
+    r = login(client, PASSWORD)
+    assert r.status_code == 429
+    assert client.get("/admin/").status_code == 302
+
+
+def test_it_does_not_lock_out_another_ip(client, admin_user):
+    for _ in range(3):
+        login(client, "wrong", ip="10.0.0.1")
+    assert login(Client(), PASSWORD, ip="10.0.0.2").status_code == 302
+
+
+def test_it_never_renders_user_secrets(admin, user):
+    r = admin.get(f"/admin/mailboxes/mailboxuser/{user.id}/change/")
+    assert r.status_code == 200
+    assert b"alice-imap-secret" not in r.content
+    assert b"alice-refresh-token" not in r.content
+    assert b"- encrypted -" in r.content
+
+
+def test_it_keeps_the_stored_password_when_the_field_is_left_empty(admin, user):
+    r = admin.get(f"/admin/mailboxes/mailboxuser/{user.id}/change/")
+    form = r.context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None}
+    data.update(
+        connection=user.connection_id, password="", oauth_refresh_token="", email="new@example.com"
+    )
+    data["connected_at_0"], data["connected_at_1"] = "2025-01-01", "00:00:00"
+    r = admin.post(f"/admin/mailboxes/mailboxuser/{user.id}/change/", data)
+    assert r.status_code == 302, r.context["adminform"].form.errors
+    user.refresh_from_db()
+    assert user.email == "new@example.com"
+    assert user.password == "alice-imap-secret"
+    assert user.oauth_refresh_token == "alice-refresh-token"
+
+
+def test_it_never_renders_the_connection_client_secret(admin, partner):
+    connection = Connection.objects.create(
+        partner=partner,
+        provider=ImapProvider.objects.get(code="GMAIL_OAUTH2"),
+        oauth_client_id="cid",
+        oauth_client_secret="gmail-client-secret",
+    )
+    r = admin.get(f"/admin/partners/connection/{connection.id}/change/")
+    assert r.status_code == 200
+    assert b"gmail-client-secret" not in r.content
+
+
+def test_it_never_renders_mailbox_secrets_on_the_partner_page(admin, partner, user):
+    r = admin.get(f"/admin/partners/partner/{partner.id}/change/")
+    assert r.status_code == 200
+    assert b"alice-imap-secret" not in r.content
+    assert b"alice-refresh-token" not in r.content
+
+
+def test_it_links_partners_to_their_connections(admin, partner, plain_connection):
+    r = admin.get("/admin/partners/partner/")
+    url = f"/admin/partners/connection/?partner__id__exact={partner.id}"
+    assert url.encode() in r.content
+    r = admin.get(url)
+    assert r.status_code == 200
+    assert list(r.context["cl"].result_list) == [plain_connection]
+
+
+def test_it_links_connections_to_their_users(admin, plain_connection, user):
+    r = admin.get("/admin/partners/connection/")
+    url = f"/admin/mailboxes/mailboxuser/?connection__id__exact={plain_connection.id}"
+    assert url.encode() in r.content
+    r = admin.get(url)
+    assert r.status_code == 200
+    assert changelist_tags(r) == {"alice"}
+
+
+def run_action(admin, action: str, *users):
+    return admin.post(
+        "/admin/mailboxes/mailboxuser/",
+        {"action": action, "_selected_action": [u.id for u in users]},
+    )
+
+
+def test_it_archives_and_restores_users(admin, user):
+    assert run_action(admin, "archive_users", user).status_code == 302
+    user.refresh_from_db()
+    assert user.archived is True
+    run_action(admin, "restore_users", user)
+    user.refresh_from_db()
+    assert user.archived is False
+
+
+def test_it_refuses_to_restore_over_an_active_tag(admin, user):
+    user.archive()
+    MailboxUser.objects.create(connection=user.connection, tag="alice")
+    run_action(admin, "restore_users", user)
+    user.refresh_from_db()
+    assert user.archived is True
+
+
+def test_it_toggles_tracers(admin, user):
+    run_action(admin, "enable_tracers", user)
+    user.refresh_from_db()
+    assert user.enable_tracer is True
+    run_action(admin, "disable_tracers", user)
+    user.refresh_from_db()
+    assert user.enable_tracer is False
+
+
+@pytest.mark.parametrize(
+    "state, expected",
+    [
+        ("active", {"active", "tracer", "failed"}),
+        ("archived", {"archived"}),
+        ("tracer", {"tracer"}),
+        ("auth_failed", {"failed"}),
+    ],
+)
+def test_it_filters_users_by_state(admin, plain_connection, state, expected):
+    MailboxUser.objects.create(connection=plain_connection, tag="active")
+    MailboxUser.objects.create(connection=plain_connection, tag="archived", archived=True)
+    MailboxUser.objects.create(connection=plain_connection, tag="tracer", enable_tracer=True)
+    MailboxUser.objects.create(connection=plain_connection, tag="failed", status="auth_failed")
+    r = admin.get("/admin/mailboxes/mailboxuser/", {"state": state})
+    assert r.status_code == 200
+    assert changelist_tags(r) == expected
+
+
+def make_delivery(user, status: str) -> Delivery:
+    return Delivery.objects.create(
+        kind="user_connected",
+        partner=user.connection.partner,
+        user=user,
+        payload={},
+        status=status,
+        attempts=7,
+        next_attempt_at=timezone.now(),
+    )
+
+
+def test_it_retries_selected_deliveries(admin, user):
+    failed, delivered = make_delivery(user, "failed"), make_delivery(user, "delivered")
+    r = admin.post(
+        "/admin/delivery/delivery/",
+        {"action": "retry_now", "_selected_action": [failed.id, delivered.id]},
+    )
+    assert r.status_code == 302
+    failed.refresh_from_db()
+    delivered.refresh_from_db()
+    assert (failed.status, failed.max_attempts) == ("pending", 14)
+    assert delivered.status == "delivered"
+
+
+def test_it_retries_all_failed_deliveries_of_a_partner(admin, user, outsider):
+    selected, other_failed = make_delivery(user, "delivered"), make_delivery(user, "failed")
+    foreign = Delivery.objects.create(
+        kind="user_connected",
+        partner=outsider,
+        payload={},
+        status="failed",
+        next_attempt_at=timezone.now(),
+    )
+    admin.post(
+        "/admin/delivery/delivery/",
+        {"action": "retry_all_failed_for_partner", "_selected_action": [selected.id]},
+    )
+    other_failed.refresh_from_db()
+    foreign.refresh_from_db()
+    assert other_failed.status == "pending"
+    assert foreign.status == "failed"
+
+
+def test_it_shows_the_delivery_change_page(admin, user):
+    delivery = make_delivery(user, "failed")
+    assert admin.get(f"/admin/delivery/delivery/{delivery.id}/change/").status_code == 200
