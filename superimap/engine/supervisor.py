@@ -22,7 +22,6 @@ from superimap.engine.session import MailboxSession, SessionSettings
 
 log = logging.getLogger("superimap.engine")
 
-LEASE = timedelta(seconds=60)
 METRICS_EVERY = 60.0
 
 
@@ -34,7 +33,8 @@ class Engine:
         *,
         on_new_deliveries: Callable[[], None] | None = None,
         capacity: int | None = None,
-        refresh_interval: float = 5.0,
+        refresh_interval: float | None = None,
+        lease: timedelta | None = None,
         session_settings: SessionSettings | None = None,
         handshake_concurrency: int = 50,
     ) -> None:
@@ -42,7 +42,8 @@ class Engine:
         self.node_id = node_id
         self.on_new_deliveries = on_new_deliveries
         self.capacity = capacity or settings.MAX_USER_THREADS
-        self.refresh_interval = refresh_interval
+        self.refresh_interval = refresh_interval or float(settings.ENGINE_REFRESH_SECONDS)
+        self.lease = lease or timedelta(seconds=settings.ENGINE_LEASE_SECONDS)
         self.session_settings = session_settings or SessionSettings(
             idle_reissue=float(settings.IDLE_REISSUE_SECONDS),
             poll_interval=float(settings.POLL_INTERVAL),
@@ -90,7 +91,7 @@ class Engine:
             leases.claim_mailboxes,
             self.node_id,
             self.capacity,
-            LEASE,
+            self.lease,
             settings.ALLOW_LOOPBACK_IMAP,
         )
         for user_id in list(self.sessions):

@@ -202,3 +202,18 @@ def test_it_lets_another_partner_have_its_own_connection(outsider_api, outsider,
     plain_connection.refresh_from_db()
     assert plain_connection.imap_host == "imap.example.com"
     assert outsider.connections.get().imap_host == "o.example"
+
+
+def test_it_never_echoes_the_api_key(api, partner, plain_connection):
+    responses = [
+        api.get("/connections"),
+        api.get("/connections/PLAIN"),
+        api.put("/connections/PLAIN", {"imap_port": 994}),
+        api.post("/connections/PLAIN/users", {"tag": "u"}),
+        api.get("/connections/PLAIN/users"),
+        api.get("/deliveries"),
+    ]
+    for r in responses:
+        assert r.status_code in (200, 201)
+        assert partner.api_key.encode() not in r.content
+        assert partner.webhook_secret.encode() not in r.content

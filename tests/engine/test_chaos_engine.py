@@ -69,9 +69,7 @@ def test_it_delivers_every_message_exactly_once_under_chaos(mail_partner):
                     await asyncio.sleep(1)
                 server.chaos = False
                 expected = set(server.generated)
-                await wait_for(
-                    lambda: set(_delivered_ids()) >= expected, timeout=90, interval=0.5
-                )
+                await wait_for(lambda: set(_delivered_ids()) >= expected, timeout=90, interval=0.5)
                 await asyncio.sleep(2)  # anything extra would show up now
                 tasks = len(asyncio.all_tasks())
         finally:

@@ -1,0 +1,110 @@
+"""The `superimap` command: first-start admin, configuration errors, dev secrets, genkey."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from django.contrib.auth import get_user_model
+
+from superimap.cli import ensure_default_admin
+
+SUPERIMAP = str(Path(sys.executable).with_name("superimap"))
+
+
+@pytest.fixture(autouse=True)
+def fast_hasher(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "VAR_DIR": str(tmp_path)}
+    return subprocess.run(
+        [SUPERIMAP, *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+
+def test_it_creates_the_first_admin_once(db):
+    out = io.StringIO()
+    password = ensure_default_admin(out=out)
+    admin = get_user_model().objects.get()
+    assert admin.is_superuser and admin.username == "admin"
+    assert admin.check_password(password)
+    assert out.getvalue().count(password) == 1
+    again = io.StringIO()
+    assert ensure_default_admin(out=again) is None
+    assert again.getvalue() == ""
+    assert get_user_model().objects.count() == 1
+
+
+def test_it_makes_a_different_password_each_time(db):
+    first = ensure_default_admin(out=io.StringIO())
+    get_user_model().objects.all().delete()
+    assert ensure_default_admin(out=io.StringIO()) != first
+
+
+def test_it_leaves_an_existing_superuser_alone(db):
+    get_user_model().objects.create_superuser("owner", "o@example.com", "pw")
+    assert ensure_default_admin(out=io.StringIO()) is None
+    assert not get_user_model().objects.filter(username="admin").exists()
+
+
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({"SUPERIMAP_ENV": "production"}, "ENCRYPTION_KEY"),
+        ({"ENCRYPTION_KEY": "not-a-fernet-key"}, "ENCRYPTION_KEY"),
+        ({"MAX_USER_THREADS": "abc"}, "MAX_USER_THREADS"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "::::"}, "DATABASE_URL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"SUPERIMAP_ENV": "staging"}, "SUPERIMAP_ENV"),
+        ({"DEBUG": "maybe"}, "DEBUG"),
+    ],
+)
+def test_it_stops_with_one_line_naming_the_bad_variable(tmp_path, env, variable):
+    result = run(["check"], tmp_path, **env)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_it_checks_a_good_configuration(tmp_path):
+    result = run(["check"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+
+
+def test_it_generates_dev_secrets_once_and_reuses_them(tmp_path):
+    assert run(["check"], tmp_path).returncode == 0
+    path = tmp_path / "secrets.json"
+    first = json.loads(path.read_text())
+    Fernet(first["ENCRYPTION_KEY"])
+    assert len(first["SECRET_KEY_BASE"]) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert run(["check"], tmp_path).returncode == 0
+    assert json.loads(path.read_text()) == first
+
+
+def test_it_uses_no_dev_secrets_in_production(tmp_path):
+    run(["check"], tmp_path, SUPERIMAP_ENV="production")
+    assert not (tmp_path / "secrets.json").exists()
+
+
+def test_it_prints_a_valid_fernet_key(tmp_path):
+    result = run(["genkey"], tmp_path)
+    assert result.returncode == 0
+    key = result.stdout.strip()
+    Fernet(key)
+    assert run(["genkey"], tmp_path).stdout.strip() != key
