@@ -205,8 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PASSTHROUGH = {"chaos-server", "webhook-inspector", "manage"}
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        # These take their own options; argparse's REMAINDER mishandles leading "--x".
+        args = argparse.Namespace(command=argv[0], rest=argv[1:])
+        args.func = {
+            "chaos-server": cmd_chaos_server,
+            "webhook-inspector": cmd_webhook_inspector,
+            "manage": cmd_manage,
+        }[argv[0]]
+    else:
+        args = build_parser().parse_args(argv)
     if NEEDS_DJANGO.get(args.command, True):
         _setup_django()
     args.func(args)

@@ -65,8 +65,13 @@ if ENGINE_REFRESH_SECONDS * 2 > ENGINE_LEASE_SECONDS:
     raise ConfigError("ENGINE_LEASE_SECONDS", "must be at least twice ENGINE_REFRESH_SECONDS")
 WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 50, minimum=1, maximum=10000)
 WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 30, minimum=1, maximum=300)
+# A claimed delivery whose worker died is sent again once its lease is over.
+WEBHOOK_LEASE_SECONDS = env_int("WEBHOOK_LEASE_SECONDS", WEBHOOK_TIMEOUT + 30, minimum=2)
+if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
+    raise ConfigError("WEBHOOK_LEASE_SECONDS", "must be longer than WEBHOOK_TIMEOUT")
 ALLOW_LOOPBACK_IMAP = env_bool("ALLOW_LOOPBACK_IMAP", not PRODUCTION)
-PUBLIC_URL = env_str("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+_listen = f"http://{env_str('HOST', '127.0.0.1')}:{env_str('PORT', '8000')}"
+PUBLIC_URL = env_str("PUBLIC_URL", _listen).rstrip("/")
 LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
 if LOG_FORMAT not in {"text", "json"}:
     raise ConfigError("LOG_FORMAT", f"must be text or json, got {LOG_FORMAT!r}")

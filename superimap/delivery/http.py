@@ -61,7 +61,7 @@ async def post(session: aiohttp.ClientSession, url: str, raw: bytes, headers: di
     started = time.monotonic()
     try:
         async with session.post(url, data=raw, headers=headers, allow_redirects=False) as response:
-            excerpt = await response.content.read(EXCERPT_BYTES)
+            excerpt = await _read_prefix(response, EXCERPT_BYTES)
             return PostResult(
                 status_code=response.status,
                 excerpt=excerpt.decode("utf-8", errors="replace"),
@@ -77,3 +77,16 @@ async def post(session: aiohttp.ClientSession, url: str, raw: bytes, headers: di
     except asyncio.CancelledError:
         raise
     return PostResult(None, "", error, int((time.monotonic() - started) * 1000))
+
+
+async def _read_prefix(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to `limit` bytes of the body; one read() may return less than is on the way."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

@@ -27,23 +27,45 @@ def new_mail_payload(
     internal_date: str | None,
 ) -> dict:
     rfc822 = raw.decode("utf-8", errors="replace")
+    exact = "\ufffd" not in rfc822 or _is_utf8(raw)
+    if "\x00" in rfc822:
+        # PostgreSQL's jsonb cannot store U+0000: the row would never be written and the
+        # mail never sent. Replace it like invalid UTF-8 and send the exact bytes too.
+        rfc822 = rfc822.replace("\x00", "\ufffd")
+        exact = False
     payload = {
         "sha1": sha1_hex(rfc822),
         "imap_provider_code": provider_code,
         "user_tag": user_tag,
-        "envelope": envelope,
+        "envelope": _without_nul(envelope),
         "rfc822": rfc822,
         "uid": uid,
         "uid_validity": uid_validity,
         "folder": folder,
         "internal_date": internal_date,
     }
+    if not exact:
+        # beyond: the exact bytes when `rfc822` had to replace invalid UTF-8 (or NUL).
+        payload["rfc822_base64"] = base64.b64encode(raw).decode("ascii")
+    return payload
+
+
+def _is_utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
-        # beyond: the exact bytes when `rfc822` had to replace invalid UTF-8.
-        payload["rfc822_base64"] = base64.b64encode(raw).decode("ascii")
-    return payload
+        return False
+    return True
+
+
+def _without_nul(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {key: _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def user_event_payload(*, provider_code: str, user_tag: str, email: str | None = None) -> dict:

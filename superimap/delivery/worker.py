@@ -40,9 +40,14 @@ class Worker:
         self.node_id = node_id
         self.concurrency = concurrency or settings.WEBHOOK_CONCURRENCY
         self.timeout_seconds = timeout_seconds or settings.WEBHOOK_TIMEOUT
-        # A crashed worker's claims come back once the lease is over: the request timeout
-        # plus room to record the outcome.
-        self.lease = lease or timedelta(seconds=self.timeout_seconds + 30)
+        # A crashed worker's claims come back once the lease is over: longer than the
+        # request timeout, with room to record the outcome (WEBHOOK_LEASE_SECONDS).
+        if lease is None:
+            seconds = settings.WEBHOOK_LEASE_SECONDS
+            if seconds <= self.timeout_seconds:
+                seconds = self.timeout_seconds + 30
+            lease = timedelta(seconds=seconds)
+        self.lease = lease
         self.poll_interval = poll_interval
         self.clock = clock
         self._wake = asyncio.Event()

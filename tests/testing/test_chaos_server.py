@@ -21,7 +21,7 @@ from superimap.imap import (
     TaggedResponse,
     UntaggedStatus,
 )
-from superimap.testing.chaos_server import ChaosImapServer, Fault
+from superimap.testing.chaos_server import ChaosImapServer, Fault, main
 
 TIMEOUT = 2.0
 MESSAGE = b"From: a@example.com\r\nSubject: hi\r\nMessage-ID: <m1@example.com>\r\n\r\nbody\r\n"
@@ -310,3 +310,10 @@ def test_random_chaos_only_ever_raises_imap_errors() -> None:
         assert len(server.messages_of("user1")) == 1
 
     run(scenario, chaos=True, chaos_rate=0.2)
+
+
+def test_main_has_a_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--emails-per-minute" in capsys.readouterr().out

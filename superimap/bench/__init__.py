@@ -1,0 +1,1 @@
+"""Benchmarks (``python -m superimap.bench.<name> --out FILE``); see the Makefile."""

@@ -1,0 +1,216 @@
+"""Webhook delivery throughput: the real Worker against a local receiver.
+
+    python -m superimap.bench.delivery --out bench-results/delivery.json [--count 5000]
+
+A fresh SQLite database in a temp VAR_DIR (or --database-url), N pending new_mail
+deliveries (~2 KB payloads) inserted up front, one Worker running until every one is
+delivered. The receiver runs in its own process so it does not share the worker's CPU.
+Latency is from Delivery.created_at to receipt: with the whole backlog inserted first, it
+includes the time a row waits in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _receiver_process(conn) -> None:
+    """Child: serve 200s, note when each event_id arrived, hand the notes back on request."""
+    from superimap.testing.webhook_receiver import WebhookReceiver
+
+    async def main() -> None:
+        arrivals: list[tuple[str, float]] = []
+        receiver = WebhookReceiver()
+        receiver.on_request = lambda event: arrivals.append((event.json["event_id"], time.time()))
+        await receiver.start()
+        conn.send(receiver.port)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, conn.recv)  # "stop"
+        await receiver.stop()
+        conn.send(arrivals)
+
+    asyncio.run(main())
+
+
+def _configure(var_dir: Path, database_url: str | None, concurrency: int) -> None:
+    os.environ.update(
+        SUPERIMAP_ENV="test",
+        VAR_DIR=str(var_dir),
+        DATABASE_URL=database_url or f"sqlite:///{var_dir / 'bench.sqlite3'}",
+        WEBHOOK_CONCURRENCY=str(concurrency),
+        LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
+        DJANGO_SETTINGS_MODULE="superimap.settings",
+    )
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+def _insert(count: int, url: str) -> None:
+    from django.db import transaction
+    from django.utils import timezone
+
+    from superimap.delivery.models import Delivery
+    from superimap.delivery.payloads import new_mail_payload
+    from superimap.mailboxes.models import MailboxUser
+    from superimap.partners.models import Connection, ImapProvider, Partner
+
+    partner = Partner.objects.create(name="bench", new_mail_webhook=f"{url}/new-mail")
+    connection = Connection.objects.create(
+        partner=partner,
+        provider=ImapProvider.objects.get(code="PLAIN"),
+        imap_host="imap.example.com",
+        imap_port=993,
+        imap_tls="implicit",
+    )
+    user = MailboxUser.objects.create(connection=connection, tag="bench", password="pw")
+    body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 28)[:1600]
+    batch: list[Delivery] = []
+    for i in range(count):
+        message_id = f"<bench-{i}@superimap.test>"
+        raw = (
+            f"From: Sender <s@example.com>\r\nTo: r@example.org\r\nSubject: bench {i}\r\n"
+            f"Message-ID: {message_id}\r\n\r\n{body}\r\n"
+        ).encode()
+        envelope = {
+            "date": "2025-06-02T10:00:00+00:00",
+            "subject": f"bench {i}",
+            "from": [{"name": "Sender", "route": None, "mailbox": "s", "host": "example.com"}],
+            "to": [{"name": None, "route": None, "mailbox": "r", "host": "example.org"}],
+            "message_id": message_id,
+        }
+        payload = new_mail_payload(
+            provider_code="PLAIN",
+            user_tag=user.tag,
+            raw=raw,
+            envelope=envelope,
+            uid=i + 1,
+            uid_validity=1,
+            folder="INBOX",
+            internal_date=None,
+        )
+        batch.append(
+            Delivery(
+                kind=Delivery.Kind.NEW_MAIL,
+                partner=partner,
+                user=user,
+                message_id=message_id,
+                payload=payload,
+                next_attempt_at=timezone.now(),
+            )
+        )
+        if len(batch) == 1000 or i == count - 1:
+            with transaction.atomic():
+                Delivery.objects.bulk_create(batch)
+            batch = []
+
+
+async def _deliver(count: int, concurrency: int) -> tuple[float, dict]:
+    from superimap.dbpool import DbPool
+    from superimap.delivery.worker import Worker
+
+    pool = DbPool()
+    worker = Worker(pool, "bench", concurrency=concurrency, poll_interval=0.05)
+    stop = asyncio.Event()
+    started = time.monotonic()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        while worker.counts.get("delivered", 0) < count and not task.done():
+            await asyncio.sleep(0.25)
+            print(f"\rdelivered {worker.counts.get('delivered', 0)}/{count}", end="", flush=True)
+        seconds = time.monotonic() - started
+    finally:
+        stop.set()
+        await task
+        pool.shutdown()
+    print()
+    return seconds, dict(worker.counts)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m superimap.bench.delivery")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--database-url", help="default: a fresh SQLite file in a temp dir")
+    args = parser.parse_args(argv)
+
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    receiver = context.Process(target=_receiver_process, args=(child_end,), daemon=True)
+    receiver.start()
+    try:
+        port = parent_end.recv()
+        with tempfile.TemporaryDirectory(prefix="superimap-bench-") as tmp:
+            _configure(Path(tmp), args.database_url, args.concurrency)
+            from django.conf import settings
+
+            from superimap.delivery.models import Delivery
+
+            print(f"inserting {args.count} deliveries ...", flush=True)
+            _insert(args.count, f"http://127.0.0.1:{port}")
+            try:
+                import uvloop
+
+                runner = uvloop.run
+            except ImportError:  # pragma: no cover
+                runner = asyncio.run
+            seconds, counts = runner(_deliver(args.count, args.concurrency))
+            parent_end.send("stop")
+            arrivals = dict(parent_end.recv())
+            created = {
+                str(event_id): created_at.timestamp()
+                for event_id, created_at in Delivery.objects.values_list("event_id", "created_at")
+            }
+            engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+            from django.db import connections
+
+            connections.close_all()
+    finally:
+        receiver.join(5)
+        if receiver.is_alive():
+            receiver.kill()
+    latencies = [(arrivals[k] - created[k]) * 1000 for k in created if k in arrivals]
+    result = {
+        "benchmark": "delivery",
+        "count": args.count,
+        "concurrency": args.concurrency,
+        "delivered": counts.get("delivered", 0),
+        "received": len(arrivals),
+        "seconds": round(seconds, 3),
+        "deliveries_per_second": round(counts.get("delivered", 0) / seconds, 1),
+        "latency_ms_p50": round(_percentile(latencies, 0.50), 1),
+        "latency_ms_p99": round(_percentile(latencies, 0.99), 1),
+        "latency_ms_mean": round(statistics.fmean(latencies), 1) if latencies else 0.0,
+        "latency_note": "from Delivery.created_at to receipt; the backlog is inserted first",
+        "python": platform.python_version(),
+        "db_engine": engine,
+        "cpus": os.cpu_count(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0 if result["delivered"] == args.count else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Helpers for delivery tests: a receiver on its own thread, partners, users, a clock."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.testing.webhook_receiver import WebhookReceiver
+
+_tags = itertools.count()
+
+
+class ThreadedReceiver:
+    """A WebhookReceiver served by an event loop on a background thread.
+
+    The tests stay synchronous (Django ORM in the test thread) and run the worker with
+    asyncio.run(); the receiver keeps serving between those runs.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.receiver = self._call(self._make(kwargs))
+        self._call(self.receiver.start())
+
+    async def _make(self, kwargs) -> WebhookReceiver:
+        return WebhookReceiver(**kwargs)
+
+    def _call(self, coro, timeout: float = 10):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def url(self) -> str:
+        return self.receiver.url
+
+    @property
+    def received(self):
+        return list(self.receiver.received)
+
+    def wait_for(self, count: int, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while len(self.receiver.received) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"receiver got {len(self.receiver.received)} requests, expected {count}"
+                )
+            time.sleep(0.01)
+        return self.received[:count]
+
+    def close(self) -> None:
+        try:
+            self._call(self.receiver.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._loop.close()
+
+
+def make_partner(url: str | None, **extra) -> Partner:
+    urls = {}
+    if url is not None:
+        urls = {
+            "new_mail_webhook": f"{url}/new-mail",
+            "user_connected_webhook": f"{url}/connected",
+            "user_disconnected_webhook": f"{url}/disconnected",
+        }
+    return Partner.objects.create(name="Hook app", **{**urls, **extra})
+
+
+def make_user(partner: Partner, **extra) -> MailboxUser:
+    connection = Connection.objects.filter(partner=partner).first()
+    if connection is None:
+        connection = Connection.objects.create(
+            partner=partner,
+            provider=ImapProvider.objects.get(code="PLAIN"),
+            imap_host="imap.example.com",
+            imap_port=993,
+            imap_tls="implicit",
+        )
+    tag = f"user-{next(_tags)}"
+    return MailboxUser.objects.create(
+        connection=connection,
+        tag=tag,
+        email=f"{tag}@example.test",
+        login_username=tag,
+        password="pw",
+        connected_at=timezone.now(),
+        **extra,
+    )
+
+
+class Clock:
+    """A clock for the Worker that only moves when the test says so."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or timezone.now() + timedelta(seconds=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, when: datetime) -> None:
+        self.now = when
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

@@ -1,0 +1,266 @@
+"""Real worker processes: a kill -9 mid-delivery loses nothing, and two workers on one
+database never send the same attempt twice (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection, transaction
+
+from superimap.dbpool import DbPool
+from superimap.delivery import outbox
+from superimap.delivery.models import Delivery, DeliveryAttempt
+from superimap.delivery.worker import Worker
+from superimap.testing.postgres import PostgresError, PostgresServer, find_bindir
+from superimap.testing.webhook_receiver import HANG, Hang
+from tests.delivery.helpers import make_partner, make_user
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def superimap_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "DATABASE_"))}
+    env.update(
+        SUPERIMAP_ENV="test",
+        DATABASE_URL=database_url,
+        VAR_DIR=str(var_dir),
+        LOG_LEVEL="INFO",
+        DJANGO_SETTINGS_MODULE="superimap.settings",
+        **extra,
+    )
+    return env
+
+
+class Processes:
+    """Started subprocesses; every one is killed (by its own pid) when the block ends."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self, env: dict[str, str], *args: str) -> subprocess.Popen:
+        log = self.log_dir / f"proc-{len(self.started)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "superimap.cli", *args],
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.started.append((proc, log))
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 15) -> str:
+        """SIGTERM (a clean shutdown), wait, and return the process's output."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout)
+        return self.output(proc)
+
+    def output(self, proc: subprocess.Popen) -> str:
+        log = next(path for p, path in self.started if p is proc)
+        return log.read_text(errors="replace")
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc, _ in self.started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def sent_counts(outputs: list[str]) -> list[int]:
+    return [int(re.search(r"stopped: sent=(\d+)", out).group(1)) for out in outputs]
+
+
+def test_kill_9_mid_delivery_is_sent_again_and_recorded_once(
+    seeded_providers, make_receiver, tmp_path
+):
+    receiver = make_receiver(responses=[HANG])
+    partner = make_partner(receiver.url)
+    delivery = outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, make_user(partner))
+    env = superimap_env(
+        f"sqlite:///{connection.settings_dict['NAME']}",
+        settings.VAR_DIR,
+        WEBHOOK_TIMEOUT="2",
+        WEBHOOK_LEASE_SECONDS="3",
+    )
+    with Processes(tmp_path) as procs:
+        first = procs.start(env, "worker")
+        # Killed from the receiver's thread the moment the request is in: mid-delivery.
+        receiver.receiver.on_request = lambda event: (
+            os.kill(first.pid, signal.SIGKILL) if event.reply is HANG else None
+        )
+        receiver.wait_for(1, timeout=30)
+        assert first.wait(10) == -signal.SIGKILL, procs.output(first)
+        claimed = Delivery.objects.get(id=delivery.id)
+        assert claimed.status == Delivery.Status.PENDING and claimed.claimed_by
+        assert not DeliveryAttempt.objects.exists()
+
+        second = procs.start(env, "worker")
+        wait_until(
+            lambda: Delivery.objects.get(id=delivery.id).status == Delivery.Status.DELIVERED,
+            30,
+            "the second worker to deliver",
+        )
+        output = procs.stop(second)
+        assert second.returncode == 0, output
+
+    delivery.refresh_from_db()
+    assert delivery.attempts == 2 and delivery.claimed_by == "" and delivery.lease_until is None
+    [attempt] = DeliveryAttempt.objects.filter(delivery=delivery)
+    assert attempt.number == 2 and attempt.status_code == 200
+    # At-least-once: the receiver saw the event twice, with the same event_id to dedupe on.
+    assert [e.json["event_id"] for e in receiver.received] == [str(delivery.event_id)] * 2
+
+
+def test_two_workers_on_sqlite_never_send_an_attempt_twice(seeded_providers, make_receiver):
+    receiver = make_receiver(responses=lambda event: Hang(0.005))
+    partner = make_partner(receiver.url)
+    user = make_user(partner)
+    with transaction.atomic():
+        deliveries = [
+            outbox.enqueue_user_event(Delivery.Kind.USER_DISCONNECTED, user) for _ in range(300)
+        ]
+
+    async def scenario() -> list[Worker]:
+        pools = [DbPool(size=3), DbPool(size=3)]
+        workers = [
+            Worker(pool, f"node-{name}", concurrency=20, poll_interval=0.05)
+            for pool, name in zip(pools, "ab", strict=True)
+        ]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+        try:
+            deadline = time.monotonic() + 30
+            while sum(w.sent for w in workers) < 300 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            for pool in pools:
+                pool.shutdown()
+        return workers
+
+    workers = asyncio.run(scenario())
+    assert all(w.sent > 0 for w in workers), [w.sent for w in workers]
+    assert sum(w.sent for w in workers) == 300
+    ids = Counter(e.json["event_id"] for e in receiver.received)
+    assert set(ids) == {str(d.event_id) for d in deliveries}
+    assert set(ids.values()) == {1}
+    assert set(Delivery.objects.values_list("status", "attempts")) == {("delivered", 1)}
+    assert DeliveryAttempt.objects.filter(number=1, status_code=200).count() == 300
+    assert DeliveryAttempt.objects.count() == 300
+
+
+INSERT_SCRIPT = r"""
+import os
+from django.db import transaction
+from superimap.delivery import outbox
+from superimap.delivery.payloads import new_mail_payload
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider, Partner
+
+url = os.environ["RECEIVER_URL"]
+with transaction.atomic():
+    partner = Partner.objects.create(name="pg", new_mail_webhook=url + "/new-mail")
+    conn = Connection.objects.create(
+        partner=partner, provider=ImapProvider.objects.get(code="PLAIN"),
+        imap_host="imap.example.com", imap_port=993, imap_tls="implicit",
+    )
+    user = MailboxUser.objects.create(connection=conn, tag="pg", email="pg@x.test", password="pw")
+    for i in range(int(os.environ["COUNT"])):
+        # A NUL byte and invalid UTF-8: PostgreSQL's jsonb must still take the payload.
+        raw = b"Subject: m%d\r\nMessage-ID: <m%d@x>\r\n\r\nbody\x00\xff %d\r\n" % (i, i, i)
+        payload = new_mail_payload(
+            provider_code="PLAIN", user_tag=user.tag, raw=raw,
+            envelope={"subject": "m%d\x00" % i, "message_id": "<m%d@x>" % i},
+            uid=i + 1, uid_validity=1, folder="INBOX", internal_date=None,
+        )
+        outbox.enqueue("new_mail", user, payload, message_id="<m%d@x>" % i)
+print("inserted", partner.api_key)
+"""
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        find_bindir()
+    except PostgresError as exc:
+        pytest.skip(str(exc))
+    with PostgresServer() as server:
+        yield server
+
+
+def test_two_worker_processes_on_postgresql_never_send_an_attempt_twice(
+    postgres, make_receiver, tmp_path
+):
+    count = 300
+    receiver = make_receiver(responses=lambda event: Hang(0.005))
+    env = superimap_env(postgres.url, tmp_path / "var", WEBHOOK_CONCURRENCY="20")
+    script = tmp_path / "insert.py"
+    script.write_text(INSERT_SCRIPT)
+    run_env = {**env, "RECEIVER_URL": receiver.url, "COUNT": str(count)}
+    cli = [sys.executable, "-m", "superimap.cli"]
+    for args in (["migrate"], ["manage", "shell", "-c", f"exec(open({str(script)!r}).read())"]):
+        done = subprocess.run(
+            [*cli, *args], env=run_env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    api_key = done.stdout.split()[-1]
+    receiver.receiver.api_key = api_key
+
+    with psycopg.connect(postgres.url, autocommit=True) as db:
+
+        def delivered() -> bool:
+            (n,) = db.execute(
+                "SELECT count(*) FROM delivery_delivery WHERE status = 'delivered'"
+            ).fetchone()
+            return n == count
+
+        with Processes(tmp_path) as procs:
+            workers = [procs.start(env, "worker"), procs.start(env, "worker")]
+            wait_until(delivered, 40, f"{count} deliveries on PostgreSQL")
+            outputs = [procs.stop(w) for w in workers]
+            assert [w.returncode for w in workers] == [0, 0], outputs
+
+        rows = db.execute("SELECT status, attempts, lease_until FROM delivery_delivery").fetchall()
+        attempts = db.execute(
+            "SELECT delivery_id, number, status_code FROM delivery_deliveryattempt"
+        ).fetchall()
+
+    sent = sent_counts(outputs)
+    assert all(n > 0 for n in sent) and sum(sent) == count, sent
+    ids = Counter(e.json["event_id"] for e in receiver.received)
+    assert len(ids) == count and set(ids.values()) == {1}
+    assert all(e.valid_spec_signature for e in receiver.received)
+    assert all("rfc822_base64" in e.json for e in receiver.received)
+    assert set(rows) == {("delivered", 1, None)}
+    assert len(attempts) == count == len({(d, n) for d, n, _ in attempts})
+    assert {code for _, _, code in attempts} == {200}
