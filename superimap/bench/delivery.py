@@ -126,10 +126,17 @@ async def _deliver(count: int, concurrency: int) -> tuple[float, dict]:
     stop = asyncio.Event()
     started = time.monotonic()
     task = asyncio.create_task(worker.run(stop))
+    tty = sys.stdout.isatty()
+    ticks = 0
     try:
         while worker.counts.get("delivered", 0) < count and not task.done():
             await asyncio.sleep(0.25)
-            print(f"\rdelivered {worker.counts.get('delivered', 0)}/{count}", end="", flush=True)
+            ticks += 1
+            line = f"delivered {worker.counts.get('delivered', 0)}/{count}"
+            if tty:
+                print(f"\r{line}", end="", flush=True)
+            elif ticks % 4 == 0:
+                print(line, flush=True)
         seconds = time.monotonic() - started
     finally:
         stop.set()

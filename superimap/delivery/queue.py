@@ -73,12 +73,13 @@ def claim_due(node_id: str, limit: int, now: datetime, lease: timedelta) -> list
         if not rows:
             return []
         partners = Partner.objects.in_bulk({r.partner_id for r in rows})
-        lease_until = now + lease
+        # One UPDATE for the batch: the rows are ours until commit (row locks on
+        # PostgreSQL, the write lock on SQLite), so attempts + 1 is what we read + 1.
+        Delivery.objects.filter(id__in=[r.id for r in rows]).update(
+            attempts=F("attempts") + 1, claimed_by=node_id, lease_until=now + lease
+        )
         for row in rows:
             row.attempts += 1
-            row.claimed_by = node_id
-            row.lease_until = lease_until
-        Delivery.objects.bulk_update(rows, ["attempts", "claimed_by", "lease_until"])
     return [
         Claimed(
             id=row.id,
@@ -107,10 +108,17 @@ def record_outcomes(
             )
         )
         attempts = []
+        delivered: dict[tuple[int, int | None], list[int]] = {}
         for outcome in outcomes:
-            status = _record_one(node_id, outcome, maxima.get(outcome.claimed.id, 0), now, rng)
-            counts[status] = counts.get(status, 0) + 1
+            if outcome.claimed.id not in maxima:
+                continue  # deleted meanwhile (its partner was removed): nothing to record
             result = outcome.result
+            if outcome.claimed.url and result.succeeded:
+                key = (outcome.claimed.attempt, result.status_code)
+                delivered.setdefault(key, []).append(outcome.claimed.id)
+            else:
+                status = _record_one(node_id, outcome, maxima[outcome.claimed.id], now, rng)
+                counts[status] = counts.get(status, 0) + 1
             attempts.append(
                 DeliveryAttempt(
                     delivery_id=outcome.claimed.id,
@@ -123,17 +131,35 @@ def record_outcomes(
                     error=result.error,
                 )
             )
+        # The common case in one UPDATE per (attempt number, status code), still fenced.
+        for (attempt, status_code), ids in delivered.items():
+            updated = _fenced(node_id, ids, attempt).update(
+                status=Delivery.Status.DELIVERED,
+                delivered_at=now,
+                claimed_by="",
+                lease_until=None,
+                last_status_code=status_code,
+                last_error="",
+            )
+            counts[Delivery.Status.DELIVERED] = counts.get(Delivery.Status.DELIVERED, 0) + updated
+            if updated < len(ids):
+                counts["stale"] = counts.get("stale", 0) + len(ids) - updated
         DeliveryAttempt.objects.bulk_create(attempts, ignore_conflicts=True)
     return counts
+
+
+def _fenced(node_id: str, ids: list[int], attempt: int):
+    """Rows still claimed by this node for this attempt: a newer claim wins."""
+    return Delivery.objects.filter(
+        id__in=ids, attempts=attempt, claimed_by=node_id, status=Delivery.Status.PENDING
+    )
 
 
 def _record_one(
     node_id: str, outcome: Outcome, max_attempts: int, now: datetime, rng: random.Random | None
 ) -> str:
     claimed, result = outcome.claimed, outcome.result
-    fenced = Delivery.objects.filter(
-        id=claimed.id, attempts=claimed.attempt, claimed_by=node_id, status=Delivery.Status.PENDING
-    )
+    fenced = _fenced(node_id, [claimed.id], claimed.attempt)
     common = {
         "claimed_by": "",
         "lease_until": None,

@@ -7,6 +7,7 @@ event set by the signal handlers. Database work goes through the bounded DbPool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from superimap.delivery.http import PostResult, make_session, post, render_reque
 log = logging.getLogger("superimap.worker")
 
 CLAIM_BATCH = 200
+CLAIM_ERROR_PAUSE = 5.0
 
 
 class Worker:
@@ -73,7 +75,16 @@ class Worker:
         tasks: set[asyncio.Task] = set()
         try:
             while not stop.is_set():
-                claimed = await self._claim(self.concurrency - self._inflight)
+                # Cleared before claiming: a send finishing during the claim wakes us again.
+                self._wake.clear()
+                try:
+                    claimed = await self._claim(self.concurrency - self._inflight)
+                except Exception:
+                    # A database hiccup must not end the worker (and the process with it).
+                    log.exception("worker %s could not claim deliveries", self.node_id)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), CLAIM_ERROR_PAUSE)
+                    continue
                 for item in claimed:
                     self._inflight += 1
                     task = asyncio.create_task(self._send(session, item))
@@ -121,7 +132,6 @@ class Worker:
         )
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        self._wake.clear()
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
         await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:

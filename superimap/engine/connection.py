@@ -1,7 +1,9 @@
-"""The asyncio side of one IMAP connection: owns the socket, the timeouts and TLS.
+"""The asyncio side of one IMAP connection: owns the transport, the timeouts and TLS.
 
 The protocol itself lives in superimap.imap (sans-IO); this module only moves bytes and
-waits. Every wait has a timeout, so a stalled server can never hang a mailbox task.
+waits. It is an asyncio.Protocol rather than a pair of streams so that an idle mailbox
+costs one parked future and no extra tasks: thousands of them sit in IDLE at once. Every
+wait has a deadline, so a stalled server can never hang a mailbox task.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from superimap.imap import (
     Continuation,
     Event,
     Greeting,
+    ImapError,
     RemoteProtocolError,
     TaggedResponse,
 )
-
-READ_SIZE = 64 * 1024
 
 
 class ServerBye(Exception):
@@ -44,19 +45,17 @@ def client_tls_context(insecure: bool) -> ssl.SSLContext:
     return context
 
 
-class ImapConnection:
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        protocol: ClientProtocol,
-        timeout: float,
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
+class ImapConnection(asyncio.Protocol):
+    def __init__(self, protocol: ClientProtocol, timeout: float) -> None:
         self.protocol = protocol
         self.timeout = timeout
+        self.transport: asyncio.Transport | None = None
         self._backlog: deque[Event] = deque()
+        self._waiter: asyncio.Future | None = None
+        self._error: BaseException | None = None
+        self._interrupted = False
+
+    # --- opening ----------------------------------------------------------------------------
 
     @classmethod
     async def open(
@@ -69,14 +68,17 @@ class ImapConnection:
         timeout: float,
         max_literal_size: int,
     ) -> ImapConnection:
+        loop = asyncio.get_running_loop()
         context = client_tls_context(insecure) if implicit_tls else None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                host, port, ssl=context, server_hostname=host if context else None, limit=READ_SIZE
-            ),
-            timeout,
-        )
-        connection = cls(reader, writer, ClientProtocol(max_literal_size=max_literal_size), timeout)
+        protocol = ClientProtocol(max_literal_size=max_literal_size)
+        async with asyncio.timeout(timeout):
+            _, connection = await loop.create_connection(
+                lambda: cls(protocol, timeout),
+                host,
+                port,
+                ssl=context,
+                server_hostname=host if context else None,
+            )
         try:
             greeting = await connection.next_event(timeout)
             if isinstance(greeting, Bye):
@@ -91,32 +93,77 @@ class ImapConnection:
     async def start_tls(self, host: str, insecure: bool) -> None:
         """STARTTLS: ask, then upgrade the transport in place."""
         await self.command(*self.protocol.starttls())
-        await asyncio.wait_for(
-            self.writer.start_tls(client_tls_context(insecure), server_hostname=host),
-            self.timeout,
-        )
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.timeout):
+            self.transport = await loop.start_tls(
+                self.transport, self, client_tls_context(insecure), server_hostname=host
+            )
 
-    async def _read_more(self, timeout: float) -> None:
-        data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
-        events = self.protocol.receive_data(data)  # b"" at EOF raises unless after BYE
-        if not data:
-            raise ServerBye("connection closed by the server")
-        self._backlog.extend(events)
+    # --- asyncio.Protocol -------------------------------------------------------------------
 
-    async def next_event(self, timeout: float) -> Event:
-        """The next server event; TimeoutError if none arrives in time."""
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._backlog.extend(self.protocol.receive_data(data))
+        except ImapError as exc:
+            self._fail(exc)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        try:
+            self.protocol.receive_data(b"")
+            self._fail(ServerBye("connection closed by the server"))
+        except ImapError as exc:
+            self._fail(exc)
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ServerBye("connection closed"))
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Wake an interruptible wait (the session is stopping)."""
+        self._interrupted = True
+        self._wake()
+
+    async def next_event(self, timeout: float, interruptible: bool = False) -> Event | None:
+        """The next server event; None if interrupted; TimeoutError if none comes in time."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not self._backlog:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError("no response from the IMAP server")
-            await self._read_more(remaining)
+            if self._error is not None:
+                raise self._error
+            if interruptible and self._interrupted:
+                return None
+            self._waiter = loop.create_future()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._waiter
+            finally:
+                self._waiter = None
         return self._backlog.popleft()
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await asyncio.wait_for(self.writer.drain(), self.timeout)
+        if self._error is not None:
+            raise self._error
+        if self.transport is None or self.transport.is_closing():
+            raise ServerBye("connection is closed")
+        self.transport.write(data)
 
     async def command(
         self, tag: str, data: bytes, timeout: float | None = None, check: bool = True
@@ -144,37 +191,17 @@ class ImapConnection:
                 raise RemoteProtocolError("unexpected continuation request")
             untagged.append(event)
 
-    def take_backlog(self) -> list[Event]:
-        events = list(self._backlog)
-        self._backlog.clear()
-        return events
+    # --- closing ----------------------------------------------------------------------------
 
     async def logout(self) -> None:
         """Polite goodbye; any failure just means we close harder."""
         try:
             tag, data = self.protocol.logout()
             await self.send(data)
-            await asyncio.wait_for(self._drain_until_closed(tag), 2)
-        except Exception:  # noqa: BLE001 - a failed goodbye changes nothing
+            await self.collect(tag, 2.0, check=False)
+        except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError):
             pass
 
-    async def _drain_until_closed(self, tag: str) -> None:
-        while True:
-            event = await self.next_event(2)
-            if isinstance(event, TaggedResponse) and event.tag == tag:
-                return
-
     def abort(self) -> None:
-        transport = self.writer.transport
-        if not transport.is_closing():
-            transport.abort()
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
-        except Exception:  # noqa: BLE001 - closing harder is the answer to any failure
-            self.abort()
-        except asyncio.CancelledError:
-            self.abort()
-            raise
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()

@@ -71,9 +71,14 @@ class MailboxSession:
         self.conn: ImapConnection | None = None
         self.uid_validity: int | None = None
         self.last_uid: int | None = None
+        self._sleeper: asyncio.Future | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.conn is not None:
+            self.conn.interrupt()
+        if self._sleeper is not None and not self._sleeper.done():
+            self._sleeper.set_result(None)
 
     # --- the outer loop: connect, watch, back off -----------------------------------------
 
@@ -110,13 +115,21 @@ class MailboxSession:
             log.info(
                 "mailbox %s: %s; retry %d in %.1fs", self.user_id, error[:200], self.failures, delay
             )
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), delay)
-            except TimeoutError:
-                pass
+            await self._sleep(delay)
         if not auth_failed:
             # An auth failure stays visible after shutdown: it needs a human.
             self.engine.report(self.user_id, Status.STOPPED, "", self.failures)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Back-off that stop() can cut short, without a task of its own."""
+        loop = asyncio.get_running_loop()
+        self._sleeper = loop.create_future()
+        handle = loop.call_later(seconds, _resolve, self._sleeper)
+        try:
+            await self._sleeper
+        finally:
+            handle.cancel()
+            self._sleeper = None
 
     async def _disconnect(self) -> None:
         conn, self.conn = self.conn, None
@@ -307,38 +320,39 @@ class MailboxSession:
                 break
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.idle_reissue
-        stop_wait = asyncio.ensure_future(self.stop_event.wait())
-        try:
-            while loop.time() < deadline and not self.stop_event.is_set():
-                read = asyncio.ensure_future(conn.next_event(deadline - loop.time()))
-                done, _ = await asyncio.wait({read, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if read not in done:
-                    read.cancel()
-                    break
-                try:
-                    event = read.result()
-                except TimeoutError:
-                    break
-                if isinstance(event, Exists):
-                    break
-                if isinstance(event, Bye):
-                    raise ServerBye("server said BYE during IDLE")
-                self._check_uidvalidity([event])
-        finally:
-            stop_wait.cancel()
+        await self._wait_for_news(self.cfg.idle_reissue)
         await conn.send(conn.protocol.done())
         await conn.collect(tag, self.cfg.command_timeout)
 
     async def _poll(self) -> None:
-        try:
-            await asyncio.wait_for(self.stop_event.wait(), self.cfg.poll_interval)
+        await self._wait_for_news(self.cfg.poll_interval)
+        if self.stop_event.is_set():
             return
-        except TimeoutError:
-            pass
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())
         self._check_uidvalidity(untagged)
+
+    async def _wait_for_news(self, seconds: float) -> None:
+        """Until EXISTS, the deadline or stop(); BYE and UIDVALIDITY changes raise."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self.stop_event.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                event = await self.conn.next_event(remaining, interruptible=True)
+            except TimeoutError:
+                return
+            if event is None or isinstance(event, Exists):
+                return
+            if isinstance(event, Bye):
+                raise ServerBye("server said BYE while waiting")
+            self._check_uidvalidity([event])
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _chunks_by_size(messages: list[Fetch], limit: int):

@@ -58,10 +58,18 @@ class ThreadedReceiver:
     def close(self) -> None:
         try:
             self._call(self.receiver.stop())
+            self._call(_cancel_the_rest())  # handlers that were told to hang
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
             self._loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def make_partner(url: str | None, **extra) -> Partner:

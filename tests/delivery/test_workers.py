@@ -264,3 +264,43 @@ def test_two_worker_processes_on_postgresql_never_send_an_attempt_twice(
     assert set(rows) == {("delivered", 1, None)}
     assert len(attempts) == count == len({(d, n) for d, n, _ in attempts})
     assert {code for _, _, code in attempts} == {200}
+
+
+def test_a_failed_claim_does_not_end_the_worker(seeded_providers, make_receiver, monkeypatch):
+    from django.db import OperationalError
+
+    from superimap.delivery import queue, worker
+
+    real_claim = queue.claim_due
+    failures = []
+
+    def flaky_claim(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise OperationalError("database is locked")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "claim_due", flaky_claim)
+    monkeypatch.setattr(worker, "CLAIM_ERROR_PAUSE", 0.05)
+    receiver = make_receiver()
+    delivery = outbox.enqueue_user_event(
+        Delivery.Kind.USER_CONNECTED, make_user(make_partner(receiver.url))
+    )
+
+    async def scenario() -> None:
+        pool = DbPool(size=2)
+        stop = asyncio.Event()
+        task = asyncio.create_task(Worker(pool, "node-x", poll_interval=0.05).run(stop))
+        try:
+            for _ in range(200):
+                if receiver.received or task.done():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+            pool.shutdown()
+
+    asyncio.run(scenario())
+    assert failures == [1]
+    assert Delivery.objects.get(id=delivery.id).status == Delivery.Status.DELIVERED
