@@ -69,7 +69,8 @@ WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 30, minimum=1, maximum=300)
 WEBHOOK_LEASE_SECONDS = env_int("WEBHOOK_LEASE_SECONDS", WEBHOOK_TIMEOUT + 30, minimum=2)
 if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
     raise ConfigError("WEBHOOK_LEASE_SECONDS", "must be longer than WEBHOOK_TIMEOUT")
-ALLOW_LOOPBACK_IMAP = env_bool("ALLOW_LOOPBACK_IMAP", not PRODUCTION)
+# The loopback test provider skips TLS verification: off unless asked for (or under tests).
+ALLOW_LOOPBACK_IMAP = env_bool("ALLOW_LOOPBACK_IMAP", SUPERIMAP_ENV == "test")
 _listen = f"http://{env_str('HOST', '127.0.0.1')}:{env_str('PORT', '8000')}"
 PUBLIC_URL = env_str("PUBLIC_URL", _listen).rstrip("/")
 LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()

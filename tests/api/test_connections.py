@@ -111,6 +111,16 @@ def test_it_allows_tls_none_for_the_loopback_provider(api):
     assert r.status_code == 201, r.content
 
 
+def test_it_refuses_the_loopback_provider_unless_enabled(api, partner, settings):
+    settings.ALLOW_LOOPBACK_IMAP = False
+    r = api.post(
+        "/connections",
+        {"imap_provider_code": "LOOPBACK_PLAIN", "imap_host": "127.0.0.1", "imap_tls": "none"},
+    )
+    assert_error(r, 422, "unknown_provider")
+    assert not partner.connections.exists()
+
+
 def test_it_refuses_server_settings_for_an_oauth_provider(api):
     assert_error(api.post("/connections", {**GMAIL, "imap_host": "evil.example"}), 422)
 
