@@ -79,7 +79,8 @@ def envelope(headers: Message) -> dict:
 
 def message_id_or_digest(envelope_data: dict, sha1: str) -> str:
     """The Message-ID, or a stable stand-in for messages that lack one."""
-    message_id = (envelope_data.get("message_id") or "").strip()
+    # PostgreSQL text cannot hold NUL; a Message-ID with one is garbage anyway.
+    message_id = (envelope_data.get("message_id") or "").replace("\x00", "\ufffd").strip()
     if message_id:
         return message_id[:998]
     return f"<{sha1}@no-message-id.superimap>"

@@ -94,10 +94,12 @@ class Engine:
             self.lease,
             settings.ALLOW_LOOPBACK_IMAP,
         )
-        for user_id in list(self.sessions):
-            session, task, version = self.sessions[user_id]
-            if user_id not in held or held[user_id] != version or task.done():
-                await self._stop_session(user_id)
+        stale = [
+            user_id
+            for user_id, (_, task, version) in self.sessions.items()
+            if user_id not in held or held[user_id] != version or task.done()
+        ]
+        await self._stop_sessions(stale)
         for user_id, version in held.items():
             if user_id not in self.sessions and len(self.sessions) < self.capacity:
                 self._start_session(user_id, version)
@@ -111,15 +113,19 @@ class Engine:
         task = asyncio.create_task(session.run(), name=f"mailbox-{user_id}")
         self.sessions[user_id] = (session, task, version)
 
-    async def _stop_session(self, user_id: int) -> None:
-        session, task, _ = self.sessions.pop(user_id)
-        session.stop()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), 5)
-        except TimeoutError:
+    async def _stop_sessions(self, user_ids: list[int]) -> None:
+        """Ask sessions to stop (DONE, LOGOUT); cancel those still running after 5 s."""
+        if not user_ids:
+            return
+        tasks = []
+        for user_id in user_ids:
+            session, task, _ = self.sessions.pop(user_id)
+            session.stop()
+            tasks.append(task)
+        _, pending = await asyncio.wait(tasks, timeout=5)
+        for task in pending:
             task.cancel()
-        except Exception:  # noqa: BLE001 - a failed session is replaced anyway
-            log.exception("mailbox %s: session failed", user_id)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def flush_statuses(self) -> None:
         if not self._statuses:
@@ -128,16 +134,7 @@ class Engine:
         await self.pool.run(store.save_statuses, batch)
 
     async def shutdown(self) -> None:
-        sessions = list(self.sessions.values())
-        for session, _, _ in sessions:
-            session.stop()
-        tasks = [task for _, task, _ in sessions]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=10)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        self.sessions.clear()
+        await self._stop_sessions(list(self.sessions))
         try:
             await self.flush_statuses()
             await self.pool.run(leases.remove_node, self.node_id)

@@ -5,7 +5,12 @@ message has a unique Message-ID recorded in ``generated`` so tests can check tha
 was delivered exactly once. Faults only touch the wire, never the store, except
 UIDVALIDITY_CHANGE, which renumbers a mailbox but keeps its messages.
 
-Run: ``python -m superimap.testing.chaos_server --port 1143 --users 100 --chaos``.
+Every generated message also carries ``X-Chaos-Generated: <time.time()>`` so a benchmark
+can measure push-to-persist latency on the same clock.
+
+Run: ``python -m superimap.testing.chaos_server --port 1143 --users 100 --chaos``; add
+``--tls-cert/--tls-key`` for implicit TLS (IMAPS) and ``--control`` to take commands on stdin
+(``push COUNT RATE``, ``stats``, ``quit``; see :func:`_control`), as the engine benchmark does.
 """
 
 from __future__ import annotations
@@ -16,8 +21,12 @@ import base64
 import binascii
 import contextlib
 import enum
+import json
 import logging
 import random
+import ssl
+import sys
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -82,8 +91,10 @@ class ChaosImapServer:
         chaos: bool = False,
         seed: int | None = None,
         chaos_rate: float = 0.02,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.ssl_context = ssl_context
         self.port = port
         self.users = users
         self.emails_per_minute = emails_per_minute
@@ -105,7 +116,7 @@ class ChaosImapServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ImapSession(self), self.host, self.port, backlog=4096
+            lambda: ImapSession(self), self.host, self.port, backlog=4096, ssl=self.ssl_context
         )
         self.port = self._server.sockets[0].getsockname()[1]
         if self.emails_per_minute > 0:
@@ -169,7 +180,8 @@ class ChaosImapServer:
         raw = (
             f"From: Chaos <chaos@superimap.test>\r\nTo: {username}@superimap.test\r\n"
             f"Subject: chaos message {number}\r\nDate: {format_datetime(now)}\r\n"
-            f"Message-ID: {message_id}\r\nMIME-Version: 1.0\r\n"
+            f"Message-ID: {message_id}\r\nX-Chaos-Generated: {time.time():.6f}\r\n"
+            f"MIME-Version: 1.0\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
         ).encode()
         self.generated[message_id] = username
@@ -187,6 +199,16 @@ class ChaosImapServer:
             for _ in range(due - made):
                 self.generate_message()
             made = max(made, due)
+
+    async def push(self, count: int, per_second: float) -> None:
+        """Generate ``count`` messages for random users at a steady ``per_second`` rate."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for made in range(count):
+            delay = started + made / per_second - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.generate_message()
 
     # --- chaos --------------------------------------------------------------------------
 
@@ -522,14 +544,45 @@ def _now() -> datetime:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the SuperIMAP chaos IMAP server.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1143)
+    parser.add_argument("--port", type=int, default=1143, help="0 picks a free port")
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--emails-per-minute", type=float, default=60.0)
     parser.add_argument("--chaos", action="store_true", help="inject random faults")
     parser.add_argument("--chaos-rate", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--tls-cert", help="PEM certificate (chain): serve implicit TLS")
+    parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="print 'listening HOST PORT', then obey stdin lines: "
+        "'push COUNT RATE' (messages/s; answers 'pushed COUNT'), 'stats' (one JSON line), 'quit'",
+    )
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument(
+        "--max-open-files",
+        type=int,
+        default=0,
+        help="raise RLIMIT_NOFILE to this (or the hard limit) first",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    if args.max_open_files:
+        import resource
+
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (args.max_open_files,) * 2)
+        except (ValueError, OSError):  # not allowed to raise the hard limit: go up to it
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
     server = ChaosImapServer(
         args.host,
         args.port,
@@ -538,23 +591,76 @@ def main(argv: Sequence[str] | None = None) -> None:
         chaos=args.chaos,
         seed=args.seed,
         chaos_rate=args.chaos_rate,
+        ssl_context=context,
     )
+    runner = asyncio.run
+    if args.uvloop:
+        import uvloop
+
+        runner = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(server))
+        runner(_serve(server, args.control))
 
 
-async def _serve(server: ChaosImapServer) -> None:
+async def _serve(server: ChaosImapServer, control: bool = False) -> None:
     async with server:
-        while True:
-            await asyncio.sleep(10)
-            faults = ", ".join(f"{k}={v}" for k, v in sorted(server.fault_counts.items()))
-            log.info(
-                "sessions=%d generated=%d %s faults: %s",
-                len(server.sessions),
-                len(server.generated),
-                " ".join(f"{k}={v}" for k, v in sorted(server.stats.items())),
-                faults or "none",
-            )
+        if not control:
+            while True:
+                await asyncio.sleep(10)
+                _log_stats(server)
+        print(f"listening {server.host} {server.port}", flush=True)
+        logger = asyncio.create_task(_log_forever(server))
+        try:
+            await _control(server)
+        finally:
+            logger.cancel()
+
+
+async def _log_forever(server: ChaosImapServer) -> None:
+    while True:
+        await asyncio.sleep(10)
+        _log_stats(server)
+
+
+def _log_stats(server: ChaosImapServer) -> None:
+    faults = ", ".join(f"{k}={v}" for k, v in sorted(server.fault_counts.items()))
+    log.info(
+        "sessions=%d generated=%d %s faults: %s",
+        len(server.sessions),
+        len(server.generated),
+        " ".join(f"{k}={v}" for k, v in sorted(server.stats.items())),
+        faults or "none",
+    )
+
+
+async def _control(server: ChaosImapServer) -> None:
+    """Obey commands on stdin, one per line, answering on stdout; EOF or 'quit' stops."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    pushes: set[asyncio.Task[None]] = set()
+
+    async def push(count: int, rate: float) -> None:
+        await server.push(count, rate)
+        print(f"pushed {count}", flush=True)
+
+    while line := await reader.readline():
+        words = line.decode().split()
+        if not words:
+            continue
+        if words[0] == "quit":
+            break
+        if words[0] == "push" and len(words) == 3:
+            task = asyncio.create_task(push(int(words[1]), float(words[2])))
+            pushes.add(task)
+            task.add_done_callback(pushes.discard)
+        elif words[0] == "stats":
+            stats = {**server.stats, "sessions": len(server.sessions)}
+            print(json.dumps({"generated": len(server.generated), **stats}), flush=True)
+        else:
+            print(f"error unknown command {line.decode().strip()!r}", flush=True)
+    for task in pushes:
+        task.cancel()
 
 
 if __name__ == "__main__":

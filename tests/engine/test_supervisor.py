@@ -1,0 +1,138 @@
+"""The engine picks up, drops and caps mailboxes, and handles special mail, on Dovecot."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import timedelta
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from superimap.delivery.models import Delivery
+from superimap.engine.models import EngineNode
+from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.testing.mail import make_message
+from superimap.tracers.models import TracerLog
+from tests.engine.conftest import FAST, RunningEngine, wait_for
+
+
+def _user(user_id: int) -> MailboxUser:
+    close_old_connections()
+    return MailboxUser.objects.get(id=user_id)
+
+
+def _new_mail(user_id: int) -> list[Delivery]:
+    close_old_connections()
+    return list(Delivery.objects.filter(user_id=user_id, kind="new_mail"))
+
+
+def _send(dovecot, user, subject: str, **kwargs) -> asyncio.Future:
+    raw = make_message(subject, "a@example.test", user.email, kwargs.pop("body", "x"), **kwargs)
+    return asyncio.to_thread(dovecot.deliver, user.tag, raw)
+
+
+def test_it_stops_watching_an_archived_user_and_starts_a_new_one(mailbox, dovecot):
+    first = mailbox()
+
+    async def scenario():
+        async with RunningEngine(refresh_interval=0.5) as engine:
+            await wait_for(lambda: _user(first.id).status == "idle")
+            await asyncio.to_thread(lambda: _user(first.id).archive())
+            await wait_for(lambda: first.id not in engine.sessions, timeout=10)
+            second = await asyncio.to_thread(mailbox)
+            await wait_for(lambda: _user(second.id).status == "idle", timeout=10)
+            await _send(dovecot, first, "to the archived user")
+            await _send(dovecot, second, "to the new user")
+            await wait_for(lambda: _new_mail(second.id), timeout=5)
+            return second
+
+    second = asyncio.run(scenario())
+    assert _new_mail(first.id) == []
+    assert [d.payload["envelope"]["subject"] for d in _new_mail(second.id)] == ["to the new user"]
+    assert _user(first.id).owner_node == ""
+
+
+def test_it_holds_no_more_mailboxes_than_its_capacity(mailbox):
+    users = [mailbox() for _ in range(3)]
+
+    async def scenario():
+        async with RunningEngine(capacity=2) as engine:
+            await wait_for(lambda: len(engine.sessions) == 2)
+            await asyncio.sleep(0.6)
+            node = await asyncio.to_thread(lambda: EngineNode.objects.get(node_id="test-node"))
+            return len(engine.sessions), node
+
+    held, node = asyncio.run(scenario())
+    assert held == 2
+    assert node.mailboxes_held == 2 and node.capacity == 2
+    owners = [_user(u.id).owner_node for u in users]
+    assert owners.count("") == 3  # leases are released on shutdown
+
+
+def test_it_watches_over_starttls(mailbox, dovecot):
+    user = mailbox(tls="starttls")
+
+    async def scenario():
+        async with RunningEngine():
+            await wait_for(lambda: _user(user.id).status == "idle")
+            await _send(dovecot, user, "over starttls")
+            return await wait_for(lambda: _new_mail(user.id))
+
+    rows = asyncio.run(scenario())
+    assert [r.payload["envelope"]["subject"] for r in rows] == ["over starttls"]
+
+
+def test_it_skips_mail_over_the_size_limit_but_moves_on(mailbox, dovecot):
+    user = mailbox()
+    small_limit = dataclasses.replace(FAST, max_email_size=4096)
+
+    async def scenario():
+        async with RunningEngine(session_settings=small_limit):
+            await wait_for(lambda: _user(user.id).status == "idle")
+            await _send(dovecot, user, "too big", body="x" * 20000)
+            await _send(dovecot, user, "small")
+            return await wait_for(lambda: _new_mail(user.id))
+
+    rows = asyncio.run(scenario())
+    assert [r.payload["envelope"]["subject"] for r in rows] == ["small"]
+    skipped = MailLog.objects.get(user_id=user.id, skipped_reason__startswith="over")
+    assert skipped.size > 4096
+
+
+def test_it_delivers_a_message_id_only_once(mailbox, dovecot):
+    user = mailbox()
+
+    async def scenario():
+        async with RunningEngine():
+            await wait_for(lambda: _user(user.id).status == "idle")
+            await _send(dovecot, user, "copy 1", message_id="<same@example.test>")
+            await _send(dovecot, user, "copy 2", message_id="<same@example.test>")
+            await _send(dovecot, user, "other")
+            await wait_for(lambda: len(_new_mail(user.id)) == 2)
+            await asyncio.sleep(0.5)
+
+    asyncio.run(scenario())
+    subjects = sorted(d.payload["envelope"]["subject"] for d in _new_mail(user.id))
+    assert subjects == ["copy 1", "other"]
+
+
+def test_it_completes_tracers_without_delivering_them(mailbox, dovecot):
+    user = mailbox()
+    MailboxUser.objects.filter(id=user.id).update(enable_tracer=True)
+    tracer = TracerLog.objects.create(
+        tracer_uid="t-123", user=user, sent_at=timezone.now() - timedelta(seconds=3)
+    )
+
+    async def scenario():
+        async with RunningEngine():
+            await wait_for(lambda: _user(user.id).status == "idle")
+            await _send(dovecot, user, "TRACER: t-123")
+            await _send(dovecot, user, "regular")
+            await wait_for(lambda: _new_mail(user.id))
+
+    asyncio.run(scenario())
+    tracer.refresh_from_db()
+    assert tracer.detected_at is not None
+    assert 0 < tracer.latency_seconds < 60
+    assert [d.payload["envelope"]["subject"] for d in _new_mail(user.id)] == ["regular"]
