@@ -15,11 +15,8 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, Partner
 from tests.conftest import ApiClient
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
-
-
 @pytest.fixture
-def stored_secrets() -> dict[str, str]:
+def stored_secrets(seeded_providers) -> dict[str, str]:
     """A partner, an OAuth connection and a password user made through the API."""
     partner = Partner.objects.create(name="Crypto app")
     api = ApiClient(partner.api_key)

@@ -72,6 +72,7 @@ class MailboxSession:
         self.uid_validity: int | None = None
         self.last_uid: int | None = None
         self._sleeper: asyncio.Future | None = None
+        self._exists_at_search = 0
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -234,6 +235,7 @@ class MailboxSession:
     # --- catching up --------------------------------------------------------------------
 
     async def _catch_up(self, config: store.MailboxConfig) -> None:
+        self._exists_at_search = self.conn.exists_seen
         last = self.last_uid or 0
         uids = sorted(uid for uid in await self._search(f"UID {last + 1}:*") if uid > last)
         if uids:
@@ -336,6 +338,8 @@ class MailboxSession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while not self.stop_event.is_set():
+            if self.conn.exists_seen > self._exists_at_search:
+                return  # mail arrived since the last search (maybe with another response)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return

@@ -1,0 +1,112 @@
+"""Races a real server can produce, played by a scripted IMAP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from superimap.delivery.models import Delivery
+from superimap.mailboxes.models import MailboxUser
+from superimap.testing.mail import make_message
+from tests.engine.conftest import FAST, RunningEngine, loopback_connection, wait_for
+
+MESSAGE = make_message("raced", "a@example.test", "b@example.test", "hello")
+
+
+class ScriptedServer:
+    """Answers like a tiny IMAP server; on the first IDLE it announces mail *before* the
+    continuation, the way a server does when mail lands between a SEARCH and the IDLE."""
+
+    def __init__(self) -> None:
+        self.mail: list[bytes] = []
+        self.idles = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def serve(self, reader, writer) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
+        try:
+            while line := await reader.readline():
+                tag, _, rest = line.decode().strip().partition(" ")
+                command = rest.upper()
+                if command.startswith("LOGIN"):
+                    writer.write(f"{tag} OK [CAPABILITY IMAP4rev1 IDLE] logged in\r\n".encode())
+                elif command.startswith("SELECT"):
+                    writer.write(
+                        f"* {len(self.mail)} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n"
+                        f"* OK [UIDNEXT {len(self.mail) + 1}] ok\r\n{tag} OK selected\r\n".encode()
+                    )
+                elif command.startswith("UID SEARCH"):
+                    first = int(command.split()[3].split(":")[0])
+                    uids = " ".join(str(u) for u in range(first, len(self.mail) + 1))
+                    writer.write(f"* SEARCH {uids}\r\n{tag} OK done\r\n".encode())
+                elif command.startswith("UID FETCH"):
+                    for uid in (int(u) for u in command.split()[2].split(",")):
+                        raw = self.mail[uid - 1]
+                        if "BODY.PEEK" in command:
+                            head = f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n"
+                            writer.write(head.encode() + raw + b")\r\n")
+                        else:
+                            writer.write(
+                                f"* {uid} FETCH (UID {uid} RFC822.SIZE {len(raw)} "
+                                f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
+                            )
+                    writer.write(f"{tag} OK fetched\r\n".encode())
+                elif command == "IDLE":
+                    self.idles += 1
+                    if self.idles == 1:
+                        self.mail.append(MESSAGE)
+                        writer.write(f"* {len(self.mail)} EXISTS\r\n".encode())
+                    writer.write(b"+ idling\r\n")
+                    await reader.readline()  # DONE
+                    writer.write(f"{tag} OK idle done\r\n".encode())
+                elif command == "LOGOUT":
+                    writer.write(f"* BYE bye\r\n{tag} OK bye\r\n".encode())
+                    break
+                else:
+                    writer.write(f"{tag} OK\r\n".encode())
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+def test_it_sees_mail_announced_before_the_idle_continuation(mail_partner):
+    server = ScriptedServer()
+
+    async def scenario():
+        port = await server.start()
+        user = await asyncio.to_thread(
+            lambda: MailboxUser.objects.create(
+                connection=loopback_connection(mail_partner, port),
+                tag="raced",
+                login_username="u",
+                password="p",
+                connected_at=timezone.now(),
+            )
+        )
+        try:
+            # IDLE is re-issued only after 60 s: the mail must be seen long before that.
+            async with RunningEngine(session_settings=replace(FAST, idle_reissue=60)):
+                await wait_for(lambda: server.idles >= 1, timeout=5)
+                await wait_for(lambda: _deliveries(user), timeout=3)
+        finally:
+            await server.stop()
+        return user
+
+    user = asyncio.run(scenario())
+    assert _deliveries(user) == 1
+
+
+def _deliveries(user) -> int:
+    close_old_connections()
+    return Delivery.objects.filter(user=user).count()
