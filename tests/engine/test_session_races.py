@@ -20,9 +20,11 @@ class ScriptedServer:
     """Answers like a tiny IMAP server; on the first IDLE it announces mail *before* the
     continuation, the way a server does when mail lands between a SEARCH and the IDLE."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle: bool = True) -> None:
+        self.capabilities = "IMAP4rev1 IDLE" if idle else "IMAP4rev1"
         self.mail: list[bytes] = []
         self.idles = 0
+        self.noops = 0
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> int:
@@ -34,13 +36,14 @@ class ScriptedServer:
         await self.server.wait_closed()
 
     async def serve(self, reader, writer) -> None:
-        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
+        writer.write(f"* OK [CAPABILITY {self.capabilities}] ready\r\n".encode())
         try:
             while line := await reader.readline():
                 tag, _, rest = line.decode().strip().partition(" ")
                 command = rest.upper()
                 if command.startswith("LOGIN"):
-                    writer.write(f"{tag} OK [CAPABILITY IMAP4rev1 IDLE] logged in\r\n".encode())
+                    caps = self.capabilities
+                    writer.write(f"{tag} OK [CAPABILITY {caps}] logged in\r\n".encode())
                 elif command.startswith("SELECT"):
                     writer.write(
                         f"* {len(self.mail)} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n"
@@ -70,6 +73,12 @@ class ScriptedServer:
                     writer.write(b"+ idling\r\n")
                     await reader.readline()  # DONE
                     writer.write(f"{tag} OK idle done\r\n".encode())
+                elif command == "NOOP":
+                    self.noops += 1
+                    if self.noops == 2:
+                        self.mail.append(MESSAGE)
+                        writer.write(f"* {len(self.mail)} EXISTS\r\n".encode())
+                    writer.write(f"{tag} OK noop\r\n".encode())
                 elif command == "LOGOUT":
                     writer.write(f"* BYE bye\r\n{tag} OK bye\r\n".encode())
                     break
@@ -110,3 +119,36 @@ def test_it_sees_mail_announced_before_the_idle_continuation(mail_partner):
 def _deliveries(user) -> int:
     close_old_connections()
     return Delivery.objects.filter(user=user).count()
+
+
+def test_it_polls_with_noop_when_the_server_has_no_idle(mail_partner):
+    server = ScriptedServer(idle=False)
+
+    async def scenario():
+        port = await server.start()
+        user = await asyncio.to_thread(
+            lambda: MailboxUser.objects.create(
+                connection=loopback_connection(mail_partner, port),
+                tag="poller",
+                login_username="u",
+                password="p",
+                connected_at=timezone.now(),
+            )
+        )
+        try:
+            async with RunningEngine(session_settings=replace(FAST, poll_interval=0.3)):
+                await wait_for(lambda: _deliveries(user), timeout=5)
+                status = await asyncio.to_thread(_status, user)
+        finally:
+            await server.stop()
+        return user, status
+
+    user, status = asyncio.run(scenario())
+    assert server.idles == 0 and server.noops >= 2
+    assert status in ("polling", "syncing")
+    assert _deliveries(user) == 1
+
+
+def _status(user) -> str:
+    close_old_connections()
+    return MailboxUser.objects.get(id=user.id).status
