@@ -2,11 +2,13 @@
 
     python -m superimap.bench.delivery --out bench-results/delivery.json [--count 5000]
 
-A fresh SQLite database in a temp VAR_DIR (or --database-url), N pending new_mail
-deliveries (~2 KB payloads) inserted up front, one Worker running until every one is
-delivered. The receiver runs in its own process so it does not share the worker's CPU.
-Latency is from Delivery.created_at to receipt: with the whole backlog inserted first, it
-includes the time a row waits in the queue.
+A fresh SQLite database in a temp VAR_DIR (or --database-url) and two phases, each with
+the real Worker running until every delivery succeeded:
+- backlog: N pending new_mail deliveries (~2 KB payloads) inserted up front: throughput;
+  latency there includes the time a row waits in the queue.
+- steady: rows created at --rate per second while the worker runs: end-to-end latency
+  from Delivery.created_at to receipt.
+The receiver runs in its own process so it does not share the worker's CPU.
 """
 
 from __future__ import annotations
@@ -58,12 +60,7 @@ def _configure(var_dir: Path, database_url: str | None, concurrency: int) -> Non
     call_command("migrate", interactive=False, verbosity=0)
 
 
-def _insert(count: int, url: str) -> None:
-    from django.db import transaction
-    from django.utils import timezone
-
-    from superimap.delivery.models import Delivery
-    from superimap.delivery.payloads import new_mail_payload
+def _setup(url: str):
     from superimap.mailboxes.models import MailboxUser
     from superimap.partners.models import Connection, ImapProvider, Partner
 
@@ -75,10 +72,20 @@ def _insert(count: int, url: str) -> None:
         imap_port=993,
         imap_tls="implicit",
     )
-    user = MailboxUser.objects.create(connection=connection, tag="bench", password="pw")
+    return MailboxUser.objects.create(connection=connection, tag="bench", password="pw")
+
+
+def _insert(user, first: int, count: int) -> None:
+    from django.db import transaction
+    from django.utils import timezone
+
+    from superimap.delivery.models import Delivery
+    from superimap.delivery.payloads import new_mail_payload
+
+    partner = user.connection.partner
     body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 28)[:1600]
     batch: list[Delivery] = []
-    for i in range(count):
+    for i in range(first, first + count):
         message_id = f"<bench-{i}@superimap.test>"
         raw = (
             f"From: Sender <s@example.com>\r\nTo: r@example.org\r\nSubject: bench {i}\r\n"
@@ -111,13 +118,17 @@ def _insert(count: int, url: str) -> None:
                 next_attempt_at=timezone.now(),
             )
         )
-        if len(batch) == 1000 or i == count - 1:
+        if len(batch) == 1000 or i == first + count - 1:
             with transaction.atomic():
                 Delivery.objects.bulk_create(batch)
             batch = []
 
 
-async def _deliver(count: int, concurrency: int) -> tuple[float, dict]:
+async def _deliver(
+    count: int, concurrency: int, produce=None, already: int = 0
+) -> tuple[float, dict]:
+    """Run the Worker until `count` more deliveries succeeded; `produce(worker)` may feed
+    rows while it runs (the steady-rate phase)."""
     from superimap.dbpool import DbPool
     from superimap.delivery.worker import Worker
 
@@ -126,6 +137,7 @@ async def _deliver(count: int, concurrency: int) -> tuple[float, dict]:
     stop = asyncio.Event()
     started = time.monotonic()
     task = asyncio.create_task(worker.run(stop))
+    producer = asyncio.create_task(produce(worker)) if produce else None
     tty = sys.stdout.isatty()
     ticks = 0
     try:
@@ -139,11 +151,40 @@ async def _deliver(count: int, concurrency: int) -> tuple[float, dict]:
                 print(line, flush=True)
         seconds = time.monotonic() - started
     finally:
+        if producer:
+            producer.cancel()
         stop.set()
         await task
         pool.shutdown()
     print()
     return seconds, dict(worker.counts)
+
+
+def _steady_producer(user, first: int, count: int, rate: int):
+    """Insert `rate` rows per second in 20 small batches a second, waking the worker."""
+
+    async def produce(worker) -> None:
+        loop = asyncio.get_running_loop()
+        per_tick = max(1, rate // 20)
+        started = loop.time()
+        made = 0
+        while made < count:
+            n = min(per_tick, count - made)
+            await asyncio.to_thread(_insert_closing, user, first + made, n)
+            made += n
+            worker.wake()
+            await asyncio.sleep(max(0.0, started + made / rate - loop.time()))
+
+    return produce
+
+
+def _insert_closing(user, first: int, count: int) -> None:
+    from django.db import connection
+
+    try:
+        _insert(user, first, count)
+    finally:
+        connection.close()
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -156,11 +197,19 @@ def _percentile(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m superimap.bench.delivery")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--count", type=int, default=5000, help="backlog phase size")
+    parser.add_argument("--steady-count", type=int, default=5000, help="steady phase size")
+    parser.add_argument("--rate", type=int, default=500, help="steady phase rows per second")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--database-url", help="default: a fresh SQLite file in a temp dir")
     args = parser.parse_args(argv)
 
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
     context = multiprocessing.get_context("spawn")
     parent_end, child_end = context.Pipe()
     receiver = context.Process(target=_receiver_process, args=(child_end,), daemon=True)
@@ -170,53 +219,73 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="superimap-bench-") as tmp:
             _configure(Path(tmp), args.database_url, args.concurrency)
             from django.conf import settings
+            from django.db import connections
 
             from superimap.delivery.models import Delivery
 
-            print(f"inserting {args.count} deliveries ...", flush=True)
-            _insert(args.count, f"http://127.0.0.1:{port}")
-            try:
-                import uvloop
-
-                runner = uvloop.run
-            except ImportError:  # pragma: no cover
-                runner = asyncio.run
-            seconds, counts = runner(_deliver(args.count, args.concurrency))
+            user = _setup(f"http://127.0.0.1:{port}")
+            print(f"backlog: inserting {args.count} deliveries ...", flush=True)
+            _insert(user, 0, args.count)
+            backlog = runner(_deliver(args.count, args.concurrency))
+            print(f"steady: {args.steady_count} deliveries at {args.rate}/s ...", flush=True)
+            produce = _steady_producer(user, args.count, args.steady_count, args.rate)
+            steady = runner(_deliver(args.steady_count, args.concurrency, produce))
             parent_end.send("stop")
             arrivals = dict(parent_end.recv())
-            created = {
-                str(event_id): created_at.timestamp()
-                for event_id, created_at in Delivery.objects.values_list("event_id", "created_at")
-            }
+            rows = Delivery.objects.values_list("event_id", "message_id", "created_at")
+            phase_of = {}
+            created = {}
+            for event_id, message_id, created_at in rows:
+                number = int(message_id.split("-")[1].split("@")[0])
+                phase_of[str(event_id)] = "backlog" if number < args.count else "steady"
+                created[str(event_id)] = created_at.timestamp()
             engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
-            from django.db import connections
-
             connections.close_all()
     finally:
         receiver.join(5)
         if receiver.is_alive():
             receiver.kill()
-    latencies = [(arrivals[k] - created[k]) * 1000 for k in created if k in arrivals]
-    result = {
+
+    def latencies(phase: str) -> list[float]:
+        return [
+            (arrivals[k] - created[k]) * 1000
+            for k, p in phase_of.items()
+            if p == phase and k in arrivals
+        ]
+
+    common = {
         "benchmark": "delivery",
-        "count": args.count,
         "concurrency": args.concurrency,
-        "delivered": counts.get("delivered", 0),
-        "received": len(arrivals),
-        "seconds": round(seconds, 3),
-        "deliveries_per_second": round(counts.get("delivered", 0) / seconds, 1),
-        "latency_ms_p50": round(_percentile(latencies, 0.50), 1),
-        "latency_ms_p99": round(_percentile(latencies, 0.99), 1),
-        "latency_ms_mean": round(statistics.fmean(latencies), 1) if latencies else 0.0,
-        "latency_note": "from Delivery.created_at to receipt; the backlog is inserted first",
         "python": platform.python_version(),
         "db_engine": engine,
         "cpus": os.cpu_count(),
     }
+    results = []
+    for phase, count, (seconds, counts), note in [
+        ("backlog", args.count, backlog, "all rows inserted first: latency includes queueing"),
+        ("steady", args.steady_count, steady, f"rows created at {args.rate}/s while running"),
+    ]:
+        values = latencies(phase)
+        results.append(
+            {
+                **common,
+                "phase": phase,
+                "count": count,
+                "delivered": counts.get("delivered", 0),
+                "received": len(values),
+                "seconds": round(seconds, 3),
+                "deliveries_per_second": round(counts.get("delivered", 0) / seconds, 1),
+                "latency_ms_p50": round(_percentile(values, 0.50), 1),
+                "latency_ms_p99": round(_percentile(values, 0.99), 1),
+                "latency_ms_mean": round(statistics.fmean(values), 1) if values else 0.0,
+                "latency_note": f"Delivery.created_at to receipt; {note}",
+            }
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return 0 if result["delivered"] == args.count else 1
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    ok = all(r["delivered"] == r["count"] for r in results)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
