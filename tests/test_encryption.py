@@ -15,6 +15,7 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, Partner
 from tests.conftest import ApiClient
 
+
 @pytest.fixture
 def stored_secrets(seeded_providers) -> dict[str, str]:
     """A partner, an OAuth connection and a password user made through the API."""
