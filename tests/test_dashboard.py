@@ -238,3 +238,24 @@ def test_it_retries_all_failed_deliveries_of_a_partner(admin, user, outsider):
 def test_it_shows_the_delivery_change_page(admin, user):
     delivery = make_delivery(user, "failed")
     assert admin.get(f"/admin/delivery/delivery/{delivery.id}/change/").status_code == 200
+
+
+def test_it_shows_the_overview_on_the_dashboard_index(admin_client, plain_connection):
+    from superimap.delivery.models import Delivery
+    from superimap.mailboxes.models import MailboxUser
+
+    user = MailboxUser.objects.create(
+        connection=plain_connection, tag="t", status=MailboxUser.Status.AUTH_FAILED
+    )
+    Delivery.objects.create(
+        kind="new_mail",
+        partner=plain_connection.partner,
+        user=user,
+        payload={},
+        status=Delivery.Status.FAILED,
+        next_attempt_at=user.created_at,
+    )
+    html = admin_client.get("/admin/").content.decode()
+    assert "Overview" in html
+    assert "Authentication failed" in html
+    assert "?status__exact=failed" in html

@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.db import models
 from django.db.models import Count
 from django.urls import reverse
 from django.utils.html import format_html
@@ -9,6 +10,8 @@ from superimap.partners.models import Connection, ImapProvider, Partner
 
 @admin.register(Partner)
 class PartnerAdmin(admin.ModelAdmin):
+    # Django 6's default already: a scheme-less URL typed in the form means https.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ["name", "connections_link", "new_mail_webhook", "created_at"]
     search_fields = ["name"]
     readonly_fields = ["api_key", "webhook_secret", "created_at"]
