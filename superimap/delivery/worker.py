@@ -193,4 +193,5 @@ class Worker:
         counts = await self.pool.run(queue.record_outcomes, self.node_id, outcomes, self.clock())
         self.sent += len(outcomes)
         for status, count in counts.items():
-            self.counts[status] = self.counts.get(status, 0) + count
+            key = str(status)  # plain text in logs and JSON, not the enum repr
+            self.counts[key] = self.counts.get(key, 0) + count
