@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 
 import pytest
@@ -85,3 +86,21 @@ def seeded_providers(transactional_db) -> None:
 
     seed = importlib.import_module("superimap.partners.migrations.0002_seed_providers").seed
     seed(apps, None)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL on 127.0.0.1 for multi-process tests (make test installs it)."""
+    from superimap.testing.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a fresh, empty database for this test."""
+    return postgres_server.create_database(f"test_{next(_databases)}")
+
+
+_databases = itertools.count()

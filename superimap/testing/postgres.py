@@ -79,7 +79,16 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+        return self.url_for(self.database)
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new empty database on this server (one per test keeps tests apart); its URL."""
+        connection = ("-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user)
+        self._run("createdb", *connection, name)
+        return self.url_for(name)
 
     @property
     def data_dir(self) -> Path:

@@ -11,10 +11,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import psycopg
-import pytest
 from django.conf import settings
 from django.db import connection, transaction
 
@@ -22,77 +20,9 @@ from superimap.dbpool import DbPool
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.worker import Worker
-from superimap.testing.postgres import PostgresError, PostgresServer, find_bindir
 from superimap.testing.webhook_receiver import HANG, Hang
 from tests.delivery.helpers import make_partner, make_user
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def superimap_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "DATABASE_"))}
-    env.update(
-        SUPERIMAP_ENV="test",
-        DATABASE_URL=database_url,
-        VAR_DIR=str(var_dir),
-        LOG_LEVEL="INFO",
-        DJANGO_SETTINGS_MODULE="superimap.settings",
-        **extra,
-    )
-    return env
-
-
-class Processes:
-    """Started subprocesses; every one is killed (by its own pid) when the block ends."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[tuple[subprocess.Popen, Path]] = []
-
-    def start(self, env: dict[str, str], *args: str) -> subprocess.Popen:
-        log = self.log_dir / f"proc-{len(self.started)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "superimap.cli", *args],
-                env=env,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.started.append((proc, log))
-        return proc
-
-    def stop(self, proc: subprocess.Popen, timeout: float = 15) -> str:
-        """SIGTERM (a clean shutdown), wait, and return the process's output."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout)
-        return self.output(proc)
-
-    def output(self, proc: subprocess.Popen) -> str:
-        log = next(path for p, path in self.started if p is proc)
-        return log.read_text(errors="replace")
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for proc, _ in self.started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+from tests.processes import ROOT, Processes, superimap_env, wait_until
 
 
 def sent_counts(outputs: list[str]) -> list[int]:
@@ -208,22 +138,12 @@ print("inserted", partner.api_key)
 """
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        find_bindir()
-    except PostgresError as exc:
-        pytest.skip(str(exc))
-    with PostgresServer() as server:
-        yield server
-
-
 def test_two_worker_processes_on_postgresql_never_send_an_attempt_twice(
-    postgres, make_receiver, tmp_path
+    postgres_url, make_receiver, tmp_path
 ):
     count = 300
     receiver = make_receiver(responses=lambda event: Hang(0.005))
-    env = superimap_env(postgres.url, tmp_path / "var", WEBHOOK_CONCURRENCY="20")
+    env = superimap_env(postgres_url, tmp_path / "var", WEBHOOK_CONCURRENCY="20")
     script = tmp_path / "insert.py"
     script.write_text(INSERT_SCRIPT)
     run_env = {**env, "RECEIVER_URL": receiver.url, "COUNT": str(count)}
@@ -236,7 +156,7 @@ def test_two_worker_processes_on_postgresql_never_send_an_attempt_twice(
     api_key = done.stdout.split()[-1]
     receiver.receiver.api_key = api_key
 
-    with psycopg.connect(postgres.url, autocommit=True) as db:
+    with psycopg.connect(postgres_url, autocommit=True) as db:
 
         def delivered() -> bool:
             (n,) = db.execute(

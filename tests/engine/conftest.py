@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from superimap.engine.session import SessionSettings
 from superimap.engine.supervisor import Engine
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.testing.chaos_server import ChaosImapServer
 from superimap.testing.dovecot import DovecotServer
 
 _names = itertools.count()
@@ -61,6 +63,46 @@ def mailbox(mail_partner, dovecot):
         )
 
     return make
+
+
+def loopback_users(partner: Partner, port: int, count: int) -> None:
+    """`count` users of the chaos server (user{i} / pass{i}) on a loopback connection."""
+    connection = loopback_connection(partner, port)
+    MailboxUser.objects.bulk_create(
+        MailboxUser(
+            connection=connection,
+            tag=f"user{i}",
+            login_username=f"user{i}",
+            password=f"pass{i}",
+            connected_at=timezone.now(),
+        )
+        for i in range(count)
+    )
+
+
+class ServerThread:
+    """The chaos server on its own event loop in a thread, so engine subprocesses reach it."""
+
+    def __init__(self, users: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = ChaosImapServer(users=users, seed=3)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self
+
+    def call(self, fn, *args):
+        async def run():
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 FAST = SessionSettings(command_timeout=5, fetch_timeout=10, idle_reissue=60, poll_interval=0.5)

@@ -7,13 +7,12 @@ import os
 import time
 
 from django.db import close_old_connections
-from django.utils import timezone
 
 from superimap.delivery.models import Delivery
 from superimap.engine.session import SessionSettings
 from superimap.mailboxes.models import MailboxUser
 from superimap.testing.chaos_server import ChaosImapServer
-from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
+from tests.engine.conftest import RunningEngine, loopback_users, wait_for
 
 MAILBOXES = 200
 CHAOS_SECONDS = 60
@@ -34,20 +33,6 @@ def _open_sockets() -> int:
     return count
 
 
-def _make_users(partner, port: int, count: int) -> None:
-    connection = loopback_connection(partner, port)
-    MailboxUser.objects.bulk_create(
-        MailboxUser(
-            connection=connection,
-            tag=f"user{i}",
-            login_username=f"user{i}",
-            password=f"pass{i}",
-            connected_at=timezone.now(),
-        )
-        for i in range(count)
-    )
-
-
 def _baselined() -> int:
     close_old_connections()
     return MailboxUser.objects.filter(last_uid__isnull=False).count()
@@ -64,7 +49,7 @@ def test_it_delivers_every_message_exactly_once_under_chaos(mail_partner):
     async def scenario():
         server = ChaosImapServer(users=MAILBOXES, chaos=False, seed=7, chaos_rate=0.03)
         await server.start()
-        await asyncio.to_thread(_make_users, mail_partner, server.port, MAILBOXES)
+        await asyncio.to_thread(loopback_users, mail_partner, server.port, MAILBOXES)
         try:
             async with RunningEngine(session_settings=CHAOS_SETTINGS, refresh_interval=1):
                 await wait_for(lambda: _baselined() == MAILBOXES, timeout=60, interval=0.5)

@@ -2,52 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.db import close_old_connections
-from django.utils import timezone
 
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.chaos_server import ChaosImapServer
-from tests.engine.conftest import loopback_connection
+from tests.engine.conftest import ServerThread, loopback_users
 
 USERS = 20
 BURST = 600
-
-
-class ServerThread:
-    """The chaos server on its own event loop in a thread, so engine subprocesses reach it."""
-
-    def __init__(self, users: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = ChaosImapServer(users=users, seed=3)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        return self
-
-    def call(self, fn, *args):
-        async def run():
-            return fn(*args)
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def _start_engine(log_path: Path) -> subprocess.Popen:
@@ -86,17 +57,7 @@ def _wait(predicate, timeout: float) -> None:
 def test_it_loses_and_duplicates_nothing_when_the_engine_is_killed(mail_partner, tmp_path):
     with ServerThread(USERS) as chaos:
         server = chaos.server
-        connection = loopback_connection(mail_partner, server.port)
-        MailboxUser.objects.bulk_create(
-            MailboxUser(
-                connection=connection,
-                tag=f"user{i}",
-                login_username=f"user{i}",
-                password=f"pass{i}",
-                connected_at=timezone.now(),
-            )
-            for i in range(USERS)
-        )
+        loopback_users(mail_partner, server.port, USERS)
         log_path = tmp_path / "engine.log"
         engine = _start_engine(log_path)
         try:

@@ -9,7 +9,7 @@ from superimap.engine.envelope import envelope, message_id_or_digest, parse_head
 RAW = (
     b"Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\r\n"
     b"From: =?UTF-8?B?SsO2cmcgTcO8bGxlcg==?= <joerg@example.de>\r\n"
-    b"To: a@example.com, \"B, Person\" <b@example.com>\r\n"
+    b'To: a@example.com, "B, Person" <b@example.com>\r\n'
     b"Cc: c@example.com\r\n"
     b"Subject: =?ISO-8859-1?Q?Gr=FC=DFe?= aus Berlin\r\n"
     b"In-Reply-To: <parent@example.de>\r\n"

@@ -1,0 +1,129 @@
+"""Two engine processes on PostgreSQL: a mailbox is never watched twice, and when the node
+holding the mailboxes is killed, the other takes them over and no mail is lost or repeated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import psycopg
+
+from tests.engine.conftest import ServerThread
+from tests.processes import ROOT, Processes, superimap_env, wait_until
+
+USERS = 20
+SETUP_SCRIPT = """
+import os
+from django.utils import timezone
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider, Partner
+
+partner = Partner.objects.create(name="failover", new_mail_webhook="http://127.0.0.1:9/hook")
+connection = Connection.objects.create(
+    partner=partner, provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
+    imap_host="127.0.0.1", imap_port=int(os.environ["CHAOS_PORT"]), imap_tls="none")
+MailboxUser.objects.bulk_create(
+    MailboxUser(connection=connection, tag=f"user{i}", login_username=f"user{i}",
+                password=f"pass{i}", connected_at=timezone.now())
+    for i in range(int(os.environ["USERS"])))
+"""
+
+
+class SessionSampler:
+    """Samples, from the chaos server's own loop, the most IMAP sessions any user had."""
+
+    def __init__(self, chaos: ServerThread) -> None:
+        self.chaos = chaos
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        sessions = self.chaos.server.sessions_by_user.values()
+        return max((len(s) for s in sessions), default=0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.most = max(self.most, self.chaos.call(self._sample))
+            time.sleep(0.05)
+
+    def __enter__(self) -> SessionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_a_killed_node_hands_its_mailboxes_over_without_loss(postgres_url, tmp_path):
+    with ServerThread(USERS) as chaos, Processes(tmp_path) as procs:
+        server = chaos.server
+        env = superimap_env(
+            postgres_url,
+            tmp_path / "var",
+            ALLOW_LOOPBACK_IMAP="true",
+            ENGINE_LEASE_SECONDS="3",
+            ENGINE_REFRESH_SECONDS="1",
+        )
+        setup_env = {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)}
+        for args in (["migrate"], ["manage", "shell", "-c", SETUP_SCRIPT]):
+            done = subprocess.run(
+                [sys.executable, "-m", "superimap.cli", *args],
+                env=setup_env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+
+            def owners() -> Counter:
+                rows = db.execute("SELECT owner_node FROM mailboxes_mailboxuser").fetchall()
+                return Counter(owner for (owner,) in rows)
+
+            def baselined() -> bool:
+                (n,) = db.execute(
+                    "SELECT count(*) FROM mailboxes_mailboxuser WHERE last_uid IS NOT NULL"
+                ).fetchone()
+                return n == USERS
+
+            def delivered() -> list[str]:
+                rows = db.execute(
+                    "SELECT message_id FROM delivery_delivery WHERE kind = 'new_mail'"
+                ).fetchall()
+                return [m for (m,) in rows]
+
+            with SessionSampler(chaos) as sampler:
+                first = procs.start(env, "imap-client")
+                wait_until(baselined, 30, "the first node to baseline every mailbox")
+                second = procs.start(env, "imap-client")
+                time.sleep(3)  # the second node renews, sees nothing free, holds nothing
+                [(first_node, held)] = owners().items()
+                assert held == USERS and first_node
+
+                for _ in range(100):
+                    chaos.call(server.generate_message)
+                wait_until(lambda: len(delivered()) >= 20, 30, "some mail on the first node")
+                first.kill()  # kill -9: its leases stay until they expire
+                first.wait(10)
+                for _ in range(100):
+                    chaos.call(server.generate_message)
+                wait_until(lambda: len(delivered()) >= 200, 60, "all mail after the handover")
+                time.sleep(1.5)  # anything delivered twice would show up now
+                most_sessions = sampler.most
+
+            final_owners = owners()
+            messages = delivered()
+        output = procs.stop(second)
+
+    assert second.returncode == 0, output
+    assert most_sessions == 1, "a mailbox was watched by two sessions at once"
+    assert len(final_owners) == 1 and first_node not in final_owners
+    assert len(messages) == len(set(messages)) == 200
+    assert set(messages) == set(server.generated)

@@ -1,0 +1,78 @@
+"""Running superimap commands as real subprocesses in tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def superimap_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "DATABASE_"))}
+    env.update(
+        SUPERIMAP_ENV="test",
+        DATABASE_URL=database_url,
+        VAR_DIR=str(var_dir),
+        LOG_LEVEL="INFO",
+        DJANGO_SETTINGS_MODULE="superimap.settings",
+        **extra,
+    )
+    return env
+
+
+class Processes:
+    """Started subprocesses; every one is killed (by its own pid) when the block ends."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self, env: dict[str, str], *args: str) -> subprocess.Popen:
+        log = self.log_dir / f"proc-{len(self.started)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "superimap.cli", *args],
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.started.append((proc, log))
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 15) -> str:
+        """SIGTERM (a clean shutdown), wait, and return the process's output."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout)
+        return self.output(proc)
+
+    def output(self, proc: subprocess.Popen) -> str:
+        log = next(path for p, path in self.started if p is proc)
+        return log.read_text(errors="replace")
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc, _ in self.started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
