@@ -212,6 +212,10 @@ def _setup_django(var_dir: Path) -> None:
     import django
 
     django.setup()
+    import logging
+
+    # Session chatter (one line per reconnect) would drown the progress lines.
+    logging.getLogger("superimap").setLevel(logging.WARNING)
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
@@ -304,7 +308,20 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         idle_cpu = (_cpu_seconds() - cpu_before) / (time.monotonic() - wall_before) * 100
         print(f"idle CPU {idle_cpu:.2f}% over {args.idle_seconds:.0f}s", flush=True)
 
-        latencies, delivered = await _push(args, server, pool, count, loop)
+        gc_pauses: list[float] = []
+        gc_started = [0.0]
+
+        def on_gc(phase: str, info: dict) -> None:
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+            elif info["generation"] == 2:
+                gc_pauses.append((time.perf_counter() - gc_started[0]) * 1000)
+
+        gc.callbacks.append(on_gc)
+        try:
+            latencies, delivered = await _push(args, server, pool, count, loop)
+        finally:
+            gc.callbacks.remove(on_gc)
         rss_after_pushes = _rss_kb()
     finally:
         stop.set()
@@ -330,6 +347,8 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
             "p99": round(_percentile(latencies, 99), 1),
             "max": round(latencies[-1], 1) if latencies else None,
         },
+        "gc_full_collections_during_pushes": len(gc_pauses),
+        "gc_full_pause_ms_max": round(max(gc_pauses, default=0.0), 1),
         "handshake_concurrency": args.handshake_concurrency,
         "db": "sqlite",
         "python": platform.python_version(),
@@ -382,11 +401,13 @@ async def _push(args, server, pool, count: int, loop) -> tuple[list[float], int]
     def rows():
         return list(Delivery.objects.filter(kind="new_mail").values_list("created_at", "payload"))
 
-    latencies = []
+    samples = []
     for created_at, payload in await pool.run(rows):
         generated = _generated_at(payload["rfc822"])
-        latencies.append((created_at.timestamp() - generated) * 1000)
-    return latencies, len(latencies)
+        samples.append((generated, (created_at.timestamp() - generated) * 1000))
+    if dump := os.environ.get("SUPERIMAP_BENCH_LATENCY_DUMP"):  # (generated, ms) for digging
+        Path(dump).write_text(json.dumps(sorted(samples)))
+    return [latency for _, latency in samples], len(samples)
 
 
 def _generated_at(rfc822: str) -> float:

@@ -23,6 +23,7 @@ from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.tracers.models import TracerLog
 
 TRACER_SUBJECT = re.compile(r"^TRACER:\s*(\S+)\s*$")
+STATUS_BATCH = 500  # ids per UPDATE: well under every backend's parameter limit
 
 
 class LeaseLost(Exception):
@@ -204,13 +205,22 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
 
 
 def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
-    """Batch of (status, last_error, consecutive_failures) per user id."""
+    """Batch of (status, last_error, consecutive_failures) per user id.
+
+    One UPDATE per distinct (status, error, failures), not one per user: when thousands of
+    mailboxes come online together they share a handful of values, and 20,000 single-row
+    updates held the (SQLite) write lock for ~2 s, stalling every persist behind them.
+    """
     now = timezone.now()
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    for user_id, (status, error, failures) in updates.items():
+        groups.setdefault((status, error[:500], failures), []).append(user_id)
     with transaction.atomic():
-        for user_id, (status, error, failures) in updates.items():
-            MailboxUser.objects.filter(id=user_id).update(
-                status=status,
-                last_error=error[:500],
-                consecutive_failures=failures,
-                status_changed_at=now,
-            )
+        for (status, error, failures), user_ids in groups.items():
+            for start in range(0, len(user_ids), STATUS_BATCH):
+                MailboxUser.objects.filter(id__in=user_ids[start : start + STATUS_BATCH]).update(
+                    status=status,
+                    last_error=error,
+                    consecutive_failures=failures,
+                    status_changed_at=now,
+                )

@@ -269,8 +269,8 @@ class ImapSession(asyncio.Protocol):
     # --- transport callbacks ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # No isinstance check: uvloop's TLS transport is not an asyncio.Transport subclass.
+        self.transport = transport  # type: ignore[assignment]
         self.server.sessions.add(self)
         self.server.stats["connections"] += 1
         self.write(untagged("OK", "SuperIMAP chaos server ready", f"CAPABILITY {CAPABILITIES}"))
