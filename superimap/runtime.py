@@ -50,6 +50,7 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
     _install_signal_handlers(stop)
     pool = DbPool()
     node = node_id()
+    _expose_metrics(pool, web)
     tasks: list[asyncio.Task] = []
     worker_service = None
     if worker:
@@ -89,6 +90,18 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
         await asyncio.gather(*tasks, return_exceptions=True)
         pool.shutdown()
         log.info("SuperIMAP stopped")
+
+
+def _expose_metrics(pool, web: bool) -> None:
+    from prometheus_client import start_http_server
+
+    from superimap.metrics import DB_QUEUE
+
+    DB_QUEUE.set_function(lambda: pool.queued)
+    if settings.METRICS_PORT and not web:
+        # Engine or worker on its own: its counters on a port of its own.
+        start_http_server(settings.METRICS_PORT, addr="127.0.0.1")
+        log.info("metrics on http://127.0.0.1:%d/metrics", settings.METRICS_PORT)
 
 
 async def _run_web(server: uvicorn.Server, stop: asyncio.Event) -> None:

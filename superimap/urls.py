@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 
 from superimap.api.api import api
 from superimap.mailboxes import views as mailbox_views
+from superimap.metrics import metrics_view
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -22,6 +23,7 @@ urlpatterns = [
     path("connect/<str:token>", mailbox_views.connect, name="connect"),
     path("disconnect/<str:token>", mailbox_views.disconnect, name="disconnect"),
     path("healthz", healthz),
+    path("metrics", metrics_view),
 ]
 
 handler404 = "superimap.api.errors.not_found_view"

@@ -19,6 +19,7 @@ from django.utils import timezone
 from superimap.dbpool import DbPool
 from superimap.delivery import queue
 from superimap.delivery.http import PostResult, make_session, post, render_request
+from superimap.metrics import WEBHOOK_ATTEMPTS
 
 log = logging.getLogger("superimap.worker")
 
@@ -195,3 +196,4 @@ class Worker:
         for status, count in counts.items():
             key = str(status)  # plain text in logs and JSON, not the enum repr
             self.counts[key] = self.counts.get(key, 0) + count
+            WEBHOOK_ATTEMPTS.labels(outcome=key).inc(count)

@@ -1,0 +1,98 @@
+"""Prometheus metrics (design.md section 11).
+
+Counters live in the process that does the work (engine, worker); `/metrics` on the web
+process adds gauges read from the database, so one scrape of `superimap up` shows it all.
+Engine and worker processes run on their own can expose theirs with METRICS_PORT.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count, Min
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+EMAILS_PROCESSED = Counter(
+    "superimap_emails_processed", "New emails persisted by this process's engine"
+)
+MAILBOX_SESSIONS = Gauge("superimap_mailbox_sessions", "Mailbox sessions this process runs")
+WEBHOOK_ATTEMPTS = Counter(
+    "superimap_webhook_attempts", "Webhook POST attempts by outcome", ["outcome"]
+)
+DB_QUEUE = Gauge("superimap_db_queue_length", "Calls waiting for a database thread")
+
+NODE_ALIVE = timedelta(seconds=30)
+
+
+class DatabaseCollector:
+    """Gauges computed from the database at scrape time."""
+
+    def collect(self):
+        from superimap.delivery.models import Delivery
+        from superimap.engine.models import EngineNode
+        from superimap.mailboxes.models import MailboxUser
+
+        mailboxes = GaugeMetricFamily(
+            "superimap_mailboxes", "Active mailboxes by engine status", labels=["status"]
+        )
+        counts = dict(
+            MailboxUser.objects.filter(archived=False)
+            .values_list("status")
+            .annotate(n=Count("id"))
+            .values_list("status", "n")
+        )
+        for status, _ in MailboxUser.Status.choices:
+            mailboxes.add_metric([status], counts.get(status, 0))
+        yield mailboxes
+
+        deliveries = GaugeMetricFamily(
+            "superimap_deliveries", "Webhook deliveries by status", labels=["status"]
+        )
+        counts = dict(
+            Delivery.objects.values_list("status")
+            .annotate(n=Count("id"))
+            .values_list("status", "n")
+        )
+        for status, _ in Delivery.Status.choices:
+            deliveries.add_metric([status], counts.get(status, 0))
+        yield deliveries
+
+        now = timezone.now()
+        oldest = Delivery.objects.filter(status=Delivery.Status.PENDING).aggregate(
+            oldest=Min("created_at")
+        )["oldest"]
+        yield GaugeMetricFamily(
+            "superimap_oldest_pending_delivery_seconds",
+            "Age of the oldest pending webhook delivery",
+            value=(now - oldest).total_seconds() if oldest else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "superimap_engine_nodes_alive",
+            "Engine nodes with a heartbeat in the last 30 s",
+            value=EngineNode.objects.filter(last_seen__gte=now - NODE_ALIVE).count(),
+        )
+
+
+_scrape_registry = CollectorRegistry()
+_scrape_registry.register(DatabaseCollector())
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    token = settings.METRICS_TOKEN
+    if token and request.headers.get("Authorization", "") != f"Bearer {token}":
+        return HttpResponse(
+            "metrics need the bearer token\n", status=401, content_type="text/plain"
+        )
+    body = generate_latest(REGISTRY) + generate_latest(_scrape_registry)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,31 @@
+"""The Prometheus endpoint."""
+
+from superimap.delivery.models import Delivery
+from superimap.mailboxes.models import MailboxUser
+
+
+def test_it_serves_database_gauges(client, plain_connection):
+    user = MailboxUser.objects.create(
+        connection=plain_connection, tag="m", status=MailboxUser.Status.IDLE
+    )
+    Delivery.objects.create(
+        kind="new_mail",
+        partner=plain_connection.partner,
+        user=user,
+        payload={},
+        next_attempt_at=user.created_at,
+    )
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    text = r.content.decode()
+    assert 'superimap_mailboxes{status="idle"} 1.0' in text
+    assert 'superimap_deliveries{status="pending"} 1.0' in text
+    assert "superimap_oldest_pending_delivery_seconds" in text
+    assert "superimap_webhook_attempts_total" in text
+
+
+def test_it_requires_the_token_when_one_is_set(client, settings, db):
+    settings.METRICS_TOKEN = "s3cret"
+    assert client.get("/metrics").status_code == 401
+    r = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret")
+    assert r.status_code == 200
