@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.db import models
 
 ENCRYPTED_PLACEHOLDER = "- encrypted -"
 
@@ -20,6 +21,12 @@ class SecretInput(forms.PasswordInput):
         return context
 
 
+def _formfield(db_field, **kwargs):
+    if isinstance(db_field, models.URLField):
+        kwargs.setdefault("assume_scheme", "https")  # Django 6's default already
+    return db_field.formfield(**kwargs)
+
+
 def secret_form(model, secret_fields: tuple[str, ...]):
     """A ModelForm class whose secret fields keep their stored value when left empty."""
 
@@ -27,6 +34,7 @@ def secret_form(model, secret_fields: tuple[str, ...]):
         class Meta:
             fields = "__all__"
             widgets = {name: SecretInput() for name in secret_fields}
+            formfield_callback = _formfield
 
         def clean(self):
             cleaned = super().clean()

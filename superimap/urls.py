@@ -4,6 +4,7 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from superimap.api.api import api
+from superimap.mailboxes import oauth as mailbox_oauth
 from superimap.mailboxes import views as mailbox_views
 from superimap.metrics import metrics_view
 
@@ -22,6 +23,7 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("connect/<str:token>", mailbox_views.connect, name="connect"),
     path("disconnect/<str:token>", mailbox_views.disconnect, name="disconnect"),
+    path("oauth2/callback", mailbox_oauth.callback, name="oauth2-callback"),
     path("healthz", healthz),
     path("metrics", metrics_view),
 ]

@@ -11,6 +11,7 @@ from pydantic import ConfigDict, Field
 TlsMode = Literal["implicit", "starttls", "none"]
 # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
 NO_NUL = r"^[^\x00]*$"
+OAUTH_BASE_URL = r"^https?://[^\s\x00]+$"
 
 
 class ErrorBody(Schema):
@@ -32,6 +33,12 @@ class ConnectionIn(Schema):
     imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_tls: TlsMode | None = None
+    oauth_base_url: str | None = Field(
+        default=None,
+        max_length=500,
+        pattern=OAUTH_BASE_URL,
+        description="Loopback OAuth test providers only: the local OAuth server's base URL.",
+    )
 
 
 class ConnectionUpdate(Schema):
@@ -42,6 +49,12 @@ class ConnectionUpdate(Schema):
     imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_tls: TlsMode | None = None
+    oauth_base_url: str | None = Field(
+        default=None,
+        max_length=500,
+        pattern=OAUTH_BASE_URL,
+        description="Loopback OAuth test providers only: the local OAuth server's base URL.",
+    )
 
 
 class ConnectionOut(Schema):
@@ -53,6 +66,7 @@ class ConnectionOut(Schema):
     imap_host: str
     imap_port: int
     imap_tls: str
+    oauth_base_url: str = ""
     users_count: int
     created_at: datetime
 

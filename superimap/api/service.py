@@ -28,6 +28,7 @@ def connection_out(connection: Connection) -> dict:
         "imap_host": host,
         "imap_port": port,
         "imap_tls": tls,
+        "oauth_base_url": connection.oauth_base_url,
         "users_count": users_count,
         "created_at": connection.created_at,
     }
@@ -60,7 +61,11 @@ def _provider(code: str) -> ImapProvider:
 def _apply_connection_fields(connection: Connection, body: ConnectionIn | ConnectionUpdate) -> None:
     provider = connection.provider
     fields = body.model_dump(exclude_unset=True, exclude={"imap_provider_code"})
-    if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
+    if fields.get("oauth_base_url") is not None and not (
+        provider.loopback_only and provider.auth_kind == ImapProvider.AuthKind.OAUTH2
+    ):
+        raise ApiError(422, "invalid_field", f"oauth_base_url does not apply to {provider.code}.")
+    if provider.auth_kind == ImapProvider.AuthKind.OAUTH2 and not provider.host_per_connection:
         for name in ("imap_host", "imap_port", "imap_tls"):
             if fields.get(name) is not None:
                 raise ApiError(422, "invalid_field", f"{name} is fixed for {provider.code}.")
@@ -84,6 +89,8 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
                 "missing_field",
                 f"oauth_client_id and oauth_client_secret are required for {provider.code}.",
             )
+        if not connection.oauth_url("token"):
+            raise ApiError(422, "missing_field", f"oauth_base_url is required for {provider.code}.")
     if provider.host_per_connection:
         if not connection.imap_host:
             raise ApiError(422, "missing_field", f"imap_host is required for {provider.code}.")

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from superimap import __version__
 from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser
+
+ID_BATCH = 500  # ids per statement: well under every backend's parameter limit
 
 
 def watchable(allow_loopback: bool) -> Q:
@@ -29,29 +33,74 @@ def watchable(allow_loopback: bool) -> Q:
     return rule
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What claim_mailboxes() changed. ``complete``: ``versions`` is everything this node
+    holds ({id: updated_at as text, only ever compared for equality}); otherwise a delta:
+    ``versions`` holds the mailboxes newly claimed or whose updated_at moved since
+    ``since``, and ``gone`` those no longer held."""
+
+    versions: dict[int, str]
+    gone: frozenset[int]
+    complete: bool
+    as_of: datetime
+
+
 def claim_mailboxes(
-    node_id: str, capacity: int, lease: timedelta, allow_loopback: bool
-) -> dict[int, datetime]:
-    """Renew, release and claim; returns {user id: updated_at} of what this node holds."""
+    node_id: str,
+    capacity: int,
+    lease: timedelta,
+    allow_loopback: bool,
+    known: int | None = None,
+    since: datetime | None = None,
+) -> Claim:
+    """Renew, release and claim, in one transaction.
+
+    ``known``: how many mailboxes the caller believes it holds after the last call, and
+    ``since``: report held mailboxes whose updated_at is at least this. Without them (or
+    when the renewed count shows the held set changed some other way, e.g. an expired
+    lease taken by another node) every held row is read back; otherwise only the delta,
+    which spares reading and parsing ~20,000 rows inside the write transaction each refresh.
+    """
     now = timezone.now()
     rule = watchable(allow_loopback)
+    free_lease = Q(owner_node="") | Q(lease_until__lt=now) | Q(lease_until__isnull=True)
     with transaction.atomic():
-        mine = MailboxUser.objects.filter(owner_node=node_id)
-        mine.exclude(rule).update(owner_node="", lease_until=None)
-        mine.update(lease_until=now + lease)
-        free = capacity - mine.count()
+        mine = MailboxUser.objects.filter(owner_node=node_id).order_by()
+        released = list(mine.exclude(rule).values_list("id", flat=True))
+        for start in range(0, len(released), ID_BATCH):
+            mine.filter(id__in=released[start : start + ID_BATCH]).update(
+                owner_node="", lease_until=None
+            )
+        renewed = mine.update(lease_until=now + lease)
+        free = capacity - renewed
+        claimed: list[int] = []
         if free > 0:
             candidates = list(
                 MailboxUser.objects.filter(rule)
-                .filter(Q(owner_node="") | Q(lease_until__lt=now) | Q(lease_until__isnull=True))
+                .filter(free_lease)
                 .order_by("id")
                 .values_list("id", flat=True)[:free]
             )
-            if candidates:
-                MailboxUser.objects.filter(id__in=candidates).filter(
-                    Q(owner_node="") | Q(lease_until__lt=now) | Q(lease_until__isnull=True)
-                ).update(owner_node=node_id, lease_until=now + lease)
-        return dict(MailboxUser.objects.filter(owner_node=node_id).values_list("id", "updated_at"))
+            for start in range(0, len(candidates), ID_BATCH):
+                batch = candidates[start : start + ID_BATCH]
+                taken = MailboxUser.objects.filter(free_lease, id__in=batch).update(
+                    owner_node=node_id, lease_until=now + lease
+                )
+                if taken:
+                    claimed.extend(batch)
+        # updated_at as text: parsing 20,000 datetimes took 4x as long as reading them.
+        version = Cast("updated_at", TextField())
+        if known is None or since is None or renewed != known - len(released):
+            versions = dict(mine.values_list("id", version))
+            return Claim(versions, frozenset(), complete=True, as_of=now)
+        versions = dict(mine.filter(updated_at__gte=since).values_list("id", version))
+        for start in range(0, len(claimed), ID_BATCH):
+            # Claimed rows are ours unless another node raced us to them (PostgreSQL).
+            versions.update(
+                mine.filter(id__in=claimed[start : start + ID_BATCH]).values_list("id", version)
+            )
+        return Claim(versions, frozenset(released), complete=False, as_of=now)
 
 
 def release_mailboxes(node_id: str, user_ids: list[int] | None = None) -> int:

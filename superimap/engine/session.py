@@ -41,6 +41,19 @@ class AuthFailed(Exception):
     pass
 
 
+# RFC 5530 codes that say "not now" rather than "not these credentials".
+TRANSIENT_CODES = frozenset({"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "OVERQUOTA"})
+
+
+def refused_for_credentials(response: TaggedResponse) -> bool:
+    """A NO to LOGIN/AUTHENTICATE that a human must fix; BAD and 'try later' codes are
+    transient and only back off like any other failure."""
+    if response.status != "NO":
+        return False
+    code = str(response.code[0]).upper() if response.code else ""
+    return code not in TRANSIENT_CODES
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     command_timeout: float = 30.0
@@ -62,9 +75,12 @@ def backoff_delay(failures: int, auth: bool, cfg: SessionSettings) -> float:
 
 
 class MailboxSession:
-    def __init__(self, engine, user_id: int) -> None:
+    def __init__(self, engine, user_id: int, config: store.MailboxConfig | None = None) -> None:
         self.engine = engine
         self.user_id = user_id
+        # Handed over by the supervisor (loaded in bulk) for the first connection; every
+        # reconnect reads it again, so changed credentials and checkpoints are picked up.
+        self._first_config = config
         self.cfg: SessionSettings = engine.session_settings
         self.stop_event = asyncio.Event()
         self.failures = 0
@@ -86,7 +102,9 @@ class MailboxSession:
     async def run(self) -> None:
         auth_failed = False
         while not self.stop_event.is_set():
-            config = await self.engine.pool.run(store.mailbox_config, self.user_id)
+            config, self._first_config = self._first_config, None
+            if config is None:
+                config = await self.engine.pool.run(store.mailbox_config, self.user_id)
             if config is None:
                 return
             auth_failed = False
@@ -176,11 +194,16 @@ class MailboxSession:
         if not conn.protocol.capabilities:
             await conn.command(*conn.protocol.capability())
         if config.auth_kind == "oauth2":
-            raise AuthFailed("OAuth 2.0 sign-in is not enabled on this server yet")
-        try:
-            await conn.command(*conn.protocol.login(config.username, config.password))
-        except CommandFailed as exc:
-            raise AuthFailed(f"login refused: {exc.response.text[:200]}") from None
+            from superimap.engine.oauth import authenticate_xoauth2  # imports this module
+
+            await authenticate_xoauth2(self.engine, conn, config)
+        else:
+            try:
+                await conn.command(*conn.protocol.login(config.username, config.password))
+            except CommandFailed as exc:
+                if refused_for_credentials(exc.response):
+                    raise AuthFailed(f"login refused: {exc.response.text[:200]}") from None
+                raise
         if not conn.protocol.capabilities or "IDLE" not in conn.protocol.capabilities:
             await conn.command(*conn.protocol.capability())
 

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from superimap.dbpool import read_only
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import new_mail_payload
 from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
@@ -24,6 +25,7 @@ from superimap.tracers.models import TracerLog
 
 TRACER_SUBJECT = re.compile(r"^TRACER:\s*(\S+)\s*$")
 STATUS_BATCH = 500  # ids per UPDATE: well under every backend's parameter limit
+CONFIG_BATCH = 500  # ids per config SELECT, likewise
 
 
 class LeaseLost(Exception):
@@ -49,6 +51,10 @@ class MailboxConfig:
     uid_validity: int | None
     last_uid: int | None
     enable_tracer: bool
+    # OAuth 2.0 (engine/oauth.py): where and as whom to refresh the access token.
+    oauth_token_url: str = ""
+    oauth_client_id: str = ""
+    oauth_client_secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,34 @@ class PersistResult:
     delivery_ids: list[int] = field(default_factory=list)
 
 
+@read_only
 def mailbox_config(user_id: int) -> MailboxConfig | None:
-    user = (
-        MailboxUser.objects.select_related("connection__provider")
-        .filter(id=user_id, archived=False)
-        .first()
-    )
-    if user is None or not user.watchable:
-        return None
+    """One mailbox's config (a session reconnecting); None if it is no longer watchable."""
+    return mailbox_configs([user_id]).get(user_id)
+
+
+@read_only
+def mailbox_configs(user_ids: list[int]) -> dict[int, MailboxConfig]:
+    """Configs of the watchable mailboxes among ``user_ids``, CONFIG_BATCH ids per query.
+
+    The supervisor loads them for every session it starts in a refresh: one query per
+    batch instead of one per session, so 20,000 starting sessions do not queue 20,000
+    reads in the DbPool ahead of the writes (baselines, persists) that follow them.
+    """
+    configs: dict[int, MailboxConfig] = {}
+    for start in range(0, len(user_ids), CONFIG_BATCH):
+        users = (
+            MailboxUser.objects.select_related("connection__provider")
+            .order_by()
+            .filter(id__in=user_ids[start : start + CONFIG_BATCH], archived=False)
+        )
+        for user in users:
+            if user.watchable:
+                configs[user.id] = _config_of(user)
+    return configs
+
+
+def _config_of(user: MailboxUser) -> MailboxConfig:
     connection = user.connection
     provider = connection.provider
     host, port, tls = connection.server()
@@ -95,6 +121,9 @@ def mailbox_config(user_id: int) -> MailboxConfig | None:
         uid_validity=user.uid_validity,
         last_uid=user.last_uid,
         enable_tracer=user.enable_tracer,
+        oauth_token_url=connection.oauth_url("token") if provider.auth_kind == "oauth2" else "",
+        oauth_client_id=connection.oauth_client_id,
+        oauth_client_secret=connection.oauth_client_secret,
     )
 
 
@@ -121,8 +150,11 @@ def persist_batch(
         return result
     with transaction.atomic():
         user = (
-            _owned(user_id, node_id).select_related("connection__provider", "connection__partner")
-        ).first()
+            _owned(user_id, node_id)
+            .select_related("connection__provider", "connection__partner")
+            .defer("password", "oauth_refresh_token")  # not needed; decrypting costs CPU
+            .first()
+        )
         if user is None:
             raise LeaseLost(user_id)
         partner = user.connection.partner

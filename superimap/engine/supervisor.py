@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -23,6 +23,10 @@ from superimap.engine.session import MailboxSession, SessionSettings
 log = logging.getLogger("superimap.engine")
 
 METRICS_EVERY = 60.0
+FULL_READ_EVERY = 12  # refreshes between full read-backs of the held set (1 min at 5 s)
+# Changes are looked for from this long before the previous refresh: a row saved just
+# before that refresh may have committed after it (SQLite's busy timeout is 30 s).
+CHANGE_SLACK = timedelta(seconds=30)
 
 
 class Engine:
@@ -52,6 +56,11 @@ class Engine:
         self.handshakes = asyncio.Semaphore(handshake_concurrency)
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
+        # What this node holds ({user id: updated_at}), kept up to date from the deltas
+        # claim_mailboxes() returns; re-read in full every FULL_READ_EVERY refreshes.
+        self._held: dict[int, str] = {}
+        self._held_as_of: datetime | None = None
+        self._refreshes = 0
         self.emails_processed = 0
         self.started_at = timezone.now()
 
@@ -87,29 +96,47 @@ class Engine:
             await self.shutdown()
 
     async def refresh(self) -> None:
-        held = await self.pool.run(
+        full = self._held_as_of is None or self._refreshes % FULL_READ_EVERY == 0
+        claim = await self.pool.run(
             leases.claim_mailboxes,
             self.node_id,
             self.capacity,
             self.lease,
             settings.ALLOW_LOOPBACK_IMAP,
+            None if full else len(self._held),
+            None if full else self._held_as_of - CHANGE_SLACK,
         )
+        if claim.complete:
+            self._held = claim.versions
+        else:
+            for user_id in claim.gone:
+                self._held.pop(user_id, None)
+            self._held.update(claim.versions)
+        self._held_as_of = claim.as_of
+        self._refreshes += 1
+        held = self._held
         stale = [
             user_id
             for user_id, (_, task, version) in self.sessions.items()
             if user_id not in held or held[user_id] != version or task.done()
         ]
         await self._stop_sessions(stale)
-        for user_id, version in held.items():
-            if user_id not in self.sessions and len(self.sessions) < self.capacity:
-                self._start_session(user_id, version)
+        room = self.capacity - len(self.sessions)
+        starting = [user_id for user_id in held if user_id not in self.sessions][: max(0, room)]
+        if starting:
+            # One bulk read for every session started now (they reload only on reconnect).
+            configs = await self.pool.run(store.mailbox_configs, starting)
+            for user_id in starting:
+                config = configs.get(user_id)
+                if config is not None:
+                    self._start_session(user_id, held[user_id], config)
         await self.flush_statuses()
         await self.pool.run(
             leases.heartbeat, self.node_id, self.started_at, len(self.sessions), self.capacity
         )
 
-    def _start_session(self, user_id: int, version) -> None:
-        session = MailboxSession(self, user_id)
+    def _start_session(self, user_id: int, version, config: store.MailboxConfig) -> None:
+        session = MailboxSession(self, user_id, config)
         task = asyncio.create_task(session.run(), name=f"mailbox-{user_id}")
         self.sessions[user_id] = (session, task, version)
 

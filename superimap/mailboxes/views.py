@@ -13,6 +13,7 @@ from django.views.decorators.http import require_http_methods
 
 from superimap.delivery.models import Delivery
 from superimap.delivery.outbox import enqueue_user_event
+from superimap.mailboxes import oauth
 from superimap.mailboxes.credentials import check_login
 from superimap.mailboxes.links import read_link
 from superimap.mailboxes.models import MailboxUser
@@ -69,15 +70,8 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
         return _invalid_link(request)
     provider = user.connection.provider
     if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
-        return render(
-            request,
-            "mailboxes/result.html",
-            {
-                "user": user,
-                "message": f"{provider.title} sign-in (OAuth 2.0) is not enabled here yet.",
-            },
-            status=501,
-        )
+        success, failure = _callback(request, user, "success"), _callback(request, user, "failure")
+        return oauth.begin(request, user, success, failure)
     form = PasswordConnectForm(request.POST or None, initial={"email": user.email})
     if request.method == "POST" and form.is_valid():
         username = form.cleaned_data["login_username"] or form.cleaned_data["email"]
@@ -105,6 +99,8 @@ def disconnect(request: HttpRequest, token: str) -> HttpResponse:
     user = _user_from_token(token, "disconnect")
     if user is None:
         return _invalid_link(request)
+    if user.oauth_refresh_token and user.connection.provider.auth_kind == "oauth2":
+        oauth.revoke_refresh_token(user)  # best effort: the credentials go either way
     with transaction.atomic():
         was_connected = user.connected_at is not None
         user.password = ""

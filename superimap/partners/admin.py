@@ -7,11 +7,13 @@ from django.utils.html import format_html
 from superimap.admin_secrets import secret_form
 from superimap.partners.models import Connection, ImapProvider, Partner
 
+# Django 6's default already: a scheme-less URL typed in a form means https.
+HTTPS_URLS = {models.URLField: {"assume_scheme": "https"}}
+
 
 @admin.register(Partner)
 class PartnerAdmin(admin.ModelAdmin):
-    # Django 6's default already: a scheme-less URL typed in the form means https.
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    formfield_overrides = HTTPS_URLS
     list_display = ["name", "connections_link", "new_mail_webhook", "created_at"]
     search_fields = ["name"]
     readonly_fields = ["api_key", "webhook_secret", "created_at"]
@@ -35,7 +37,9 @@ class PartnerAdmin(admin.ModelAdmin):
 
 @admin.register(Connection)
 class ConnectionAdmin(admin.ModelAdmin):
+    formfield_overrides = HTTPS_URLS
     form = secret_form(Connection, ("oauth_client_secret",))
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ["__str__", "partner", "provider", "users_link", "created_at"]
     list_filter = ["provider", "partner"]
     list_select_related = ["partner", "provider"]

@@ -11,6 +11,8 @@ from django.db import models
 
 from superimap.fields import EncryptedTextField
 
+OAUTH_ENDPOINTS = ("authorize", "token", "revoke", "userinfo")
+
 
 def new_api_key() -> str:
     return secrets.token_urlsafe(32)
@@ -140,6 +142,13 @@ class Connection(models.Model):
     imap_host = models.CharField(max_length=255, blank=True)
     imap_port = models.PositiveIntegerField(null=True, blank=True)
     imap_tls = models.CharField(max_length=16, choices=ImapProvider.TlsMode.choices, blank=True)
+    # Loopback OAuth providers only: the local OAuth server ({base}/authorize, /token, ...).
+    oauth_base_url = models.URLField(
+        "OAuth base URL",
+        max_length=500,
+        blank=True,
+        help_text="Loopback test providers only: authorize, token, revoke and userinfo under it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -156,6 +165,22 @@ class Connection(models.Model):
     @property
     def code(self) -> str:
         return self.provider.code
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.oauth_base_url and self.provider_id and not self.provider.loopback_only:
+            raise ValidationError(
+                {"oauth_base_url": "Only loopback test providers take an OAuth base URL."}
+            )
+
+    def oauth_url(self, endpoint: str) -> str:
+        """The provider's OAuth endpoint ("authorize", "token", "revoke" or "userinfo")."""
+        if endpoint not in OAUTH_ENDPOINTS:
+            raise ValueError(endpoint)
+        if self.oauth_base_url and self.provider.loopback_only:
+            return f"{self.oauth_base_url.rstrip('/')}/{endpoint}"
+        return getattr(self.provider, f"oauth_{endpoint}_url")
 
     def server(self) -> tuple[str, int, str]:
         """(host, port, tls mode) the engine connects to."""

@@ -20,7 +20,9 @@ class ScriptedServer:
     """Answers like a tiny IMAP server; on the first IDLE it announces mail *before* the
     continuation, the way a server does when mail lands between a SEARCH and the IDLE."""
 
-    def __init__(self, idle: bool = True) -> None:
+    def __init__(self, idle: bool = True, login_replies: tuple[str, ...] = ()) -> None:
+        self.login_replies = list(login_replies)
+        self.logins = 0
         self.capabilities = "IMAP4rev1 IDLE" if idle else "IMAP4rev1"
         self.mail: list[bytes] = []
         self.idles = 0
@@ -41,7 +43,11 @@ class ScriptedServer:
             while line := await reader.readline():
                 tag, _, rest = line.decode().strip().partition(" ")
                 command = rest.upper()
-                if command.startswith("LOGIN"):
+                if command.startswith("LOGIN") and self.login_replies:
+                    self.logins += 1
+                    writer.write(f"{tag} {self.login_replies.pop(0)}\r\n".encode())
+                elif command.startswith("LOGIN"):
+                    self.logins += 1
                     caps = self.capabilities
                     writer.write(f"{tag} OK [CAPABILITY {caps}] logged in\r\n".encode())
                 elif command.startswith("SELECT"):
@@ -152,3 +158,30 @@ def test_it_polls_with_noop_when_the_server_has_no_idle(mail_partner):
 def _status(user) -> str:
     close_old_connections()
     return MailboxUser.objects.get(id=user.id).status
+
+
+def test_it_backs_off_but_does_not_mark_auth_failed_when_login_is_unavailable(mail_partner):
+    server = ScriptedServer(login_replies=("NO [UNAVAILABLE] try again later",))
+
+    async def scenario():
+        port = await server.start()
+        user = await asyncio.to_thread(
+            lambda: MailboxUser.objects.create(
+                connection=loopback_connection(mail_partner, port),
+                tag="unavailable",
+                login_username="u",
+                password="p",
+                connected_at=timezone.now(),
+            )
+        )
+        try:
+            async with RunningEngine():
+                await wait_for(lambda: _status(user) == "idle", timeout=10)
+        finally:
+            await server.stop()
+        return user
+
+    user = asyncio.run(scenario())
+    assert server.logins == 2
+    user.refresh_from_db()
+    assert user.status != "auth_failed"

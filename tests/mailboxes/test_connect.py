@@ -179,7 +179,7 @@ def test_it_answers_404_for_a_forged_disconnect_link(client, user):
     assert client.get("/disconnect/forged").status_code == 404
 
 
-def test_it_answers_501_for_an_oauth_provider(client, partner):
+def test_it_sends_a_user_of_an_oauth_provider_to_its_consent_page(client, partner):
     gmail = Connection.objects.create(
         partner=partner,
         provider=ImapProvider.objects.get(code="GMAIL_OAUTH2"),
@@ -188,6 +188,6 @@ def test_it_answers_501_for_an_oauth_provider(client, partner):
     )
     user = MailboxUser.objects.create(connection=gmail, tag="g")
     r = client.get(path(user))
-    assert r.status_code == 501
-    assert b"OAuth 2.0" in r.content
-    assert b"not enabled" in r.content
+    assert r.status_code == 302
+    assert r["Location"].startswith("https://accounts.google.com/o/oauth2/v2/auth?")
+    assert "state=" in r["Location"]
