@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from superimap.engine import store
 from superimap.engine.connection import CommandFailed, ImapConnection, ServerBye
 from superimap.engine.session import AuthFailed, refused_for_credentials
 from superimap.engine.store import MailboxConfig
@@ -52,8 +53,10 @@ def _fingerprint(refresh_token: str) -> str:
 class AccessTokens:
     """Per-engine cache of access tokens (user id -> token until shortly before expiry)."""
 
-    def __init__(self, timeout: float = REFRESH_TIMEOUT_SECONDS) -> None:
+    def __init__(self, timeout: float = REFRESH_TIMEOUT_SECONDS, on_rotated=None) -> None:
         self.timeout = timeout
+        # Called with (config, new refresh token) when the provider rotates it.
+        self.on_rotated = on_rotated
         self._cache: dict[int, _Cached] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._refreshes = asyncio.Semaphore(MAX_CONCURRENT_REFRESHES)
@@ -81,14 +84,16 @@ class AccessTokens:
             if token is not None:
                 return token
             async with self._refreshes:
-                token, expires_in = await self._refresh(config)
+                token, expires_in, rotated = await self._refresh(config)
+            if rotated and rotated != config.refresh_token and self.on_rotated is not None:
+                await self.on_rotated(config, rotated)
             margin = min(MAX_EXPIRY_MARGIN_SECONDS, expires_in * 0.1)
             self._cache[config.user_id] = _Cached(
                 token, time.monotonic() + expires_in - margin, _fingerprint(config.refresh_token)
             )
             return token
 
-    async def _refresh(self, config: MailboxConfig) -> tuple[str, float]:
+    async def _refresh(self, config: MailboxConfig) -> tuple[str, float, str | None]:
         if not config.refresh_token:
             raise AuthFailed("no refresh token: the user must connect again")
         if not config.oauth_token_url or not config.oauth_client_id:
@@ -127,7 +132,8 @@ class AccessTokens:
         except (TypeError, ValueError):
             expires_in = DEFAULT_EXPIRES_IN
         log.info("mailbox %s: access token refreshed (expires in %ds)", config.user_id, expires_in)
-        return token, max(0.0, expires_in)
+        rotated = body.get("refresh_token")
+        return token, max(0.0, expires_in), rotated if isinstance(rotated, str) else None
 
 
 _engines: weakref.WeakKeyDictionary[object, AccessTokens] = weakref.WeakKeyDictionary()
@@ -137,7 +143,13 @@ def access_tokens(engine: object) -> AccessTokens:
     """The engine's token cache (created on first use)."""
     tokens = _engines.get(engine)
     if tokens is None:
-        tokens = _engines[engine] = AccessTokens()
+
+        async def keep_rotated(config: MailboxConfig, refresh_token: str) -> None:
+            await engine.pool.run(
+                store.save_refresh_token, config.user_id, engine.node_id, refresh_token
+            )
+
+        tokens = _engines[engine] = AccessTokens(on_rotated=keep_rotated)
     return tokens
 
 

@@ -236,6 +236,13 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
     result.delivery_ids.append(delivery.id)
 
 
+def save_refresh_token(user_id: int, node_id: str, refresh_token: str) -> None:
+    """Keep a refresh token the provider rotated (Microsoft does), fenced by the lease.
+
+    A queryset update leaves updated_at alone, so the session is not restarted for it."""
+    _owned(user_id, node_id).update(oauth_refresh_token=refresh_token)
+
+
 def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
     """Batch of (status, last_error, consecutive_failures) per user id.
 

@@ -63,6 +63,8 @@ class LoopbackOAuthServer:
     omit_refresh_token: bool = False
     include_id_token: bool = False
     expires_in: int = 3600
+    # Like Microsoft: every refresh answers with a new refresh token (the old one stays valid).
+    rotate_refresh_tokens: bool = False
     # Records.
     requests: list[RecordedRequest] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
@@ -190,6 +192,9 @@ class LoopbackOAuthServer:
                 if grant is None or grant.revoked:
                     return _error(400, "invalid_grant")
                 self.refreshes += 1
+                if self.rotate_refresh_tokens:
+                    refresh_token = f"refresh-{grant.login}-{secrets.token_urlsafe(12)}"
+                    self._refresh_tokens[refresh_token] = grant
             else:
                 return _error(400, "unsupported_grant_type")
             self.access_tokens_issued += 1
@@ -199,7 +204,8 @@ class LoopbackOAuthServer:
             "expires_in": self.expires_in,
             "scope": grant.scope,
         }
-        if grant_type == "authorization_code" and not self.omit_refresh_token:
+        rotated = grant_type == "refresh_token" and self.rotate_refresh_tokens
+        if (grant_type == "authorization_code" and not self.omit_refresh_token) or rotated:
             body["refresh_token"] = refresh_token
         if grant_type == "authorization_code" and self.include_id_token:
             body["id_token"] = _unsigned_jwt(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from superimap.delivery.models import Delivery
@@ -151,6 +151,31 @@ def test_the_access_token_is_refreshed_after_it_expires(mail_partner):
     assert refreshes_at_first == 1
     assert oauth.refreshes == 2
     assert [d.message_id for d in deliveries] == [message_id]
+
+
+def test_a_rotated_refresh_token_is_kept_encrypted(mail_partner):
+    async def scenario():
+        imap, oauth = await _servers()
+        oauth.rotate_refresh_tokens = True
+        try:
+            first_token = oauth.issue_refresh_token("user4")
+            user_id = await _add_user(mail_partner, imap, oauth, "user4", token=first_token)
+            async with RunningEngine():
+                await wait_for(lambda: _user(user_id).status == "idle")
+                await wait_for(lambda: _user(user_id).oauth_refresh_token != first_token)
+        finally:
+            await _stop(imap, oauth)
+        return first_token, user_id
+
+    first_token, user_id = asyncio.run(scenario())
+    stored = _user(user_id).oauth_refresh_token
+    assert stored.startswith("refresh-user4-") and stored != first_token
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT oauth_refresh_token FROM mailboxes_mailboxuser WHERE id = %s", [user_id]
+        )
+        (raw,) = cursor.fetchone()
+    assert raw.startswith("gAAAA") and stored not in raw  # a Fernet token, not the secret
 
 
 def test_invalid_grant_marks_the_user_auth_failed_and_others_go_on(mail_partner):
