@@ -259,3 +259,18 @@ def test_it_shows_the_overview_on_the_dashboard_index(admin_client, plain_connec
     assert "Overview" in html
     assert "Authentication failed" in html
     assert "?status__exact=failed" in html
+
+
+def test_every_dashboard_list_and_add_page_renders(admin_client, user):
+    from django.contrib import admin as django_admin
+    from django.urls import NoReverseMatch, reverse
+
+    for model in django_admin.site._registry:
+        meta = model._meta
+        changelist = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+        assert admin_client.get(changelist).status_code == 200, changelist
+        try:
+            add = reverse(f"admin:{meta.app_label}_{meta.model_name}_add")
+        except NoReverseMatch:
+            continue
+        assert admin_client.get(add).status_code in (200, 403), add

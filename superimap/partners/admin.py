@@ -59,6 +59,7 @@ class ConnectionAdmin(admin.ModelAdmin):
 
 @admin.register(ImapProvider)
 class ImapProviderAdmin(admin.ModelAdmin):
+    formfield_overrides = HTTPS_URLS
     list_display = [
         "code",
         "title",
