@@ -104,3 +104,12 @@ def postgres_url(postgres_server) -> str:
 
 
 _databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    """One private Dovecot on 127.0.0.1 for the whole run (make test installs it)."""
+    from superimap.testing.dovecot import DovecotServer
+
+    with DovecotServer() as server:
+        yield server

@@ -33,6 +33,9 @@ class ConnectionIn(Schema):
     imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_tls: TlsMode | None = None
+    smtp_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_tls: TlsMode | None = None
     oauth_base_url: str | None = Field(
         default=None,
         max_length=500,
@@ -49,6 +52,9 @@ class ConnectionUpdate(Schema):
     imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_tls: TlsMode | None = None
+    smtp_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_tls: TlsMode | None = None
     oauth_base_url: str | None = Field(
         default=None,
         max_length=500,
@@ -66,6 +72,9 @@ class ConnectionOut(Schema):
     imap_host: str
     imap_port: int
     imap_tls: str
+    smtp_host: str = Field(default="", description="Where tracer emails are sent from.")
+    smtp_port: int = 587
+    smtp_tls: str = "starttls"
     oauth_base_url: str = ""
     users_count: int
     created_at: datetime

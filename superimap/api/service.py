@@ -12,10 +12,12 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
 
 ENCRYPTED = "- encrypted -"
+SMTP_FIELDS = ("smtp_host", "smtp_port", "smtp_tls")  # host-per-connection providers only
 
 
 def connection_out(connection: Connection) -> dict:
     host, port, tls = connection.server()
+    smtp_host, smtp_port, smtp_tls = connection.smtp_server()
     users_count = getattr(connection, "users_count", None)
     if users_count is None:
         users_count = connection.users.filter(archived=False).count()
@@ -28,6 +30,9 @@ def connection_out(connection: Connection) -> dict:
         "imap_host": host,
         "imap_port": port,
         "imap_tls": tls,
+        "smtp_host": smtp_host,
+        "smtp_port": smtp_port,
+        "smtp_tls": smtp_tls,
         "oauth_base_url": connection.oauth_base_url,
         "users_count": users_count,
         "created_at": connection.created_at,
@@ -66,7 +71,7 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
     ):
         raise ApiError(422, "invalid_field", f"oauth_base_url does not apply to {provider.code}.")
     if provider.auth_kind == ImapProvider.AuthKind.OAUTH2 and not provider.host_per_connection:
-        for name in ("imap_host", "imap_port", "imap_tls"):
+        for name in ("imap_host", "imap_port", "imap_tls", *SMTP_FIELDS):
             if fields.get(name) is not None:
                 raise ApiError(422, "invalid_field", f"{name} is fixed for {provider.code}.")
     elif not provider.host_per_connection:
@@ -74,6 +79,7 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
             "imap_host",
             "imap_port",
             "imap_tls",
+            *SMTP_FIELDS,
             "oauth_client_id",
             "oauth_client_secret",
         ):
@@ -94,10 +100,16 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
     if provider.host_per_connection:
         if not connection.imap_host:
             raise ApiError(422, "missing_field", f"imap_host is required for {provider.code}.")
-        if connection.imap_tls == ImapProvider.TlsMode.NONE and not provider.loopback_only:
-            raise ApiError(
-                422, "invalid_field", "imap_tls 'none' is only allowed for loopback test providers."
-            )
+        for name in ("imap_tls", "smtp_tls"):
+            if (
+                getattr(connection, name) == ImapProvider.TlsMode.NONE
+                and not provider.loopback_only
+            ):
+                raise ApiError(
+                    422,
+                    "invalid_field",
+                    f"{name} 'none' is only allowed for loopback test providers.",
+                )
 
 
 def create_connection(partner: Partner, body: ConnectionIn) -> Connection:

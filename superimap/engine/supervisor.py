@@ -19,6 +19,7 @@ from django.utils import timezone
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.session import MailboxSession, SessionSettings
+from superimap.tracers.sender import TracerSender
 
 log = logging.getLogger("superimap.engine")
 
@@ -41,6 +42,8 @@ class Engine:
         lease: timedelta | None = None,
         session_settings: SessionSettings | None = None,
         handshake_concurrency: int = 50,
+        tracer_interval: float | None = None,
+        num_tracers: int | None = None,
     ) -> None:
         self.pool = pool
         self.node_id = node_id
@@ -63,6 +66,7 @@ class Engine:
         self._refreshes = 0
         self.emails_processed = 0
         self.started_at = timezone.now()
+        self.tracers = TracerSender(self, tracer_interval, num_tracers)
 
     # --- called by sessions ---------------------------------------------------------------
 
@@ -79,6 +83,7 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("engine %s started: capacity=%d", self.node_id, self.capacity)
         last_metrics = time.monotonic()
+        tracers = asyncio.create_task(self.tracers.run(), name=f"tracers-{self.node_id}")
         try:
             while not stop.is_set():
                 try:
@@ -93,6 +98,8 @@ class Engine:
                 except TimeoutError:
                     pass
         finally:
+            tracers.cancel()
+            await asyncio.gather(tracers, return_exceptions=True)
             await self.shutdown()
 
     async def refresh(self) -> None:

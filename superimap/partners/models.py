@@ -142,6 +142,10 @@ class Connection(models.Model):
     imap_host = models.CharField(max_length=255, blank=True)
     imap_port = models.PositiveIntegerField(null=True, blank=True)
     imap_tls = models.CharField(max_length=16, choices=ImapProvider.TlsMode.choices, blank=True)
+    # SMTP for tracer emails, likewise only for host-per-connection providers.
+    smtp_host = models.CharField(max_length=255, blank=True)
+    smtp_port = models.PositiveIntegerField(null=True, blank=True)
+    smtp_tls = models.CharField(max_length=16, choices=ImapProvider.TlsMode.choices, blank=True)
     # Loopback OAuth providers only: the local OAuth server ({base}/authorize, /token, ...).
     oauth_base_url = models.URLField(
         "OAuth base URL",
@@ -192,3 +196,17 @@ class Connection(models.Model):
                 self.imap_tls or provider.imap_tls,
             )
         return provider.imap_host, provider.imap_port, provider.imap_tls
+
+    def smtp_server(self) -> tuple[str, int, str]:
+        """(host, port, tls mode) tracer emails are sent through; host "" when unknown.
+
+        Without an explicit TLS mode, port 465 means implicit TLS and any other STARTTLS.
+        """
+        provider = self.provider
+        if provider.host_per_connection:
+            host, port, tls = self.smtp_host, self.smtp_port or provider.smtp_port, self.smtp_tls
+        else:
+            host, port, tls = provider.smtp_host, provider.smtp_port, ""
+        if not tls:
+            tls = ImapProvider.TlsMode.IMPLICIT if port == 465 else ImapProvider.TlsMode.STARTTLS
+        return host, port, tls

@@ -16,15 +16,8 @@ from superimap.engine.supervisor import Engine
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
 from superimap.testing.chaos_server import ChaosImapServer
-from superimap.testing.dovecot import DovecotServer
 
 _names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def dovecot():
-    with DovecotServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from statistics import median
 
 from django import template
 from django.db.models import Count
@@ -11,6 +12,7 @@ from django.utils import timezone
 from superimap.delivery.models import Delivery
 from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser
+from superimap.tracers.models import TracerLog
 
 register = template.Library()
 
@@ -33,6 +35,12 @@ def overview() -> dict:
         status=Delivery.Status.DELIVERED, delivered_at__gte=now - timedelta(hours=1)
     ).count()
     nodes = list(EngineNode.objects.filter(last_seen__gte=now - NODE_ALIVE))
+    tracers = list(
+        TracerLog.objects.filter(sent_at__gte=now - timedelta(hours=1)).values_list(
+            "sent_at", "detected_at"
+        )
+    )
+    latencies = sorted((d - s).total_seconds() for s, d in tracers if d is not None)
     return {
         "mailboxes": [
             (label, statuses.get(value, 0)) for value, label in MailboxUser.Status.choices
@@ -42,4 +50,7 @@ def overview() -> dict:
         "failed": deliveries.get(Delivery.Status.FAILED, 0),
         "delivered_last_hour": delivered_last_hour,
         "nodes": nodes,
+        "tracers_sent": len(tracers),
+        "tracers_detected": len(latencies),
+        "tracer_median": median(latencies) if latencies else None,
     }
