@@ -61,6 +61,8 @@ POLL_INTERVAL = env_int("POLL_INTERVAL", 60, minimum=1)
 IDLE_REISSUE_SECONDS = env_int("IDLE_REISSUE_SECONDS", 25 * 60, minimum=1, maximum=29 * 60)
 ENGINE_LEASE_SECONDS = env_int("ENGINE_LEASE_SECONDS", 60, minimum=2, maximum=3600)
 ENGINE_REFRESH_SECONDS = env_int("ENGINE_REFRESH_SECONDS", 5, minimum=1, maximum=60)
+# Nodes with a heartbeat this recent share the mailboxes (spec "Scaling": 30 s).
+ENGINE_NODE_ALIVE_SECONDS = env_int("ENGINE_NODE_ALIVE_SECONDS", 30, minimum=2, maximum=600)
 if ENGINE_REFRESH_SECONDS * 2 > ENGINE_LEASE_SECONDS:
     raise ConfigError("ENGINE_LEASE_SECONDS", "must be at least twice ENGINE_REFRESH_SECONDS")
 WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 50, minimum=1, maximum=10000)

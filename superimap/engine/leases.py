@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +23,32 @@ from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser
 
 ID_BATCH = 500  # ids per statement: well under every backend's parameter limit
+
+
+def alive_nodes(now: datetime, node_id: str, capacity: int, alive: timedelta) -> dict[str, int]:
+    """{node id: capacity} of the nodes with a recent heartbeat, this one included."""
+    nodes = dict(
+        EngineNode.objects.filter(last_seen__gte=now - alive).values_list("node_id", "capacity")
+    )
+    nodes[node_id] = capacity
+    return nodes
+
+
+def rendezvous_owners(user_ids: list[int], nodes: dict[str, int]) -> dict[int, str]:
+    """Bounded-load rendezvous hashing (design.md 9): each user, in id order, goes to the
+    highest-ranked node that still has room. Every node computes the same answer from the
+    same heartbeats, so no master is needed; a joining node takes ~1/n of the users."""
+    load = dict.fromkeys(nodes, 0)
+    owners: dict[int, str] = {}
+    names = sorted(nodes)
+    for user_id in user_ids:
+        ranked = sorted(names, key=lambda n: zlib.crc32(f"{n}:{user_id}".encode()), reverse=True)
+        for name in ranked:
+            if load[name] < nodes[name]:
+                owners[user_id] = name
+                load[name] += 1
+                break
+    return owners
 
 
 def watchable(allow_loopback: bool) -> Q:
@@ -44,6 +71,9 @@ class Claim:
     gone: frozenset[int]
     complete: bool
     as_of: datetime
+    # Still ours in the database, but ranked to another live node: stop their sessions,
+    # then release_mailboxes() them, so two nodes never watch one mailbox at once.
+    handover: frozenset[int] = frozenset()
 
 
 def claim_mailboxes(
@@ -53,6 +83,7 @@ def claim_mailboxes(
     allow_loopback: bool,
     known: int | None = None,
     since: datetime | None = None,
+    node_alive: timedelta = timedelta(seconds=30),
 ) -> Claim:
     """Renew, release and claim, in one transaction.
 
@@ -73,15 +104,27 @@ def claim_mailboxes(
                 owner_node="", lease_until=None
             )
         renewed = mine.update(lease_until=now + lease)
-        free = capacity - renewed
+        nodes = alive_nodes(now, node_id, capacity, node_alive)
+        desired: set[int] | None = None
+        handover: frozenset[int] = frozenset()
+        if len(nodes) > 1:
+            ids = list(MailboxUser.objects.filter(rule).order_by("id").values_list("id", flat=True))
+            owners = rendezvous_owners(ids, nodes)
+            desired = {user_id for user_id, owner in owners.items() if owner == node_id}
+            held_now = mine.values_list("id", flat=True)
+            handover = frozenset(i for i in held_now if i not in desired and i in owners)
+        free = capacity - renewed + len(handover)
         claimed: list[int] = []
         if free > 0:
             candidates = list(
                 MailboxUser.objects.filter(rule)
                 .filter(free_lease)
                 .order_by("id")
-                .values_list("id", flat=True)[:free]
+                .values_list("id", flat=True)
             )
+            if desired is not None:
+                candidates = [i for i in candidates if i in desired]
+            candidates = candidates[:free]
             for start in range(0, len(candidates), ID_BATCH):
                 batch = candidates[start : start + ID_BATCH]
                 taken = MailboxUser.objects.filter(free_lease, id__in=batch).update(
@@ -93,14 +136,20 @@ def claim_mailboxes(
         version = Cast("updated_at", TextField())
         if known is None or since is None or renewed != known - len(released):
             versions = dict(mine.values_list("id", version))
-            return Claim(versions, frozenset(), complete=True, as_of=now)
+            for user_id in handover:
+                versions.pop(user_id, None)
+            return Claim(versions, frozenset(), complete=True, as_of=now, handover=handover)
         versions = dict(mine.filter(updated_at__gte=since).values_list("id", version))
         for start in range(0, len(claimed), ID_BATCH):
             # Claimed rows are ours unless another node raced us to them (PostgreSQL).
             versions.update(
                 mine.filter(id__in=claimed[start : start + ID_BATCH]).values_list("id", version)
             )
-        return Claim(versions, frozenset(released), complete=False, as_of=now)
+        for user_id in handover:
+            versions.pop(user_id, None)
+        return Claim(
+            versions, frozenset(released) | handover, complete=False, as_of=now, handover=handover
+        )
 
 
 def release_mailboxes(node_id: str, user_ids: list[int] | None = None) -> int:

@@ -51,6 +51,7 @@ class Engine:
         self.capacity = capacity or settings.MAX_USER_THREADS
         self.refresh_interval = refresh_interval or float(settings.ENGINE_REFRESH_SECONDS)
         self.lease = lease or timedelta(seconds=settings.ENGINE_LEASE_SECONDS)
+        self.node_alive = timedelta(seconds=settings.ENGINE_NODE_ALIVE_SECONDS)
         self.session_settings = session_settings or SessionSettings(
             idle_reissue=float(settings.IDLE_REISSUE_SECONDS),
             poll_interval=float(settings.POLL_INTERVAL),
@@ -112,6 +113,7 @@ class Engine:
             settings.ALLOW_LOOPBACK_IMAP,
             None if full else len(self._held),
             None if full else self._held_as_of - CHANGE_SLACK,
+            self.node_alive,
         )
         if claim.complete:
             self._held = claim.versions
@@ -128,6 +130,10 @@ class Engine:
             if user_id not in held or held[user_id] != version or task.done()
         ]
         await self._stop_sessions(stale)
+        if claim.handover:
+            # Their sessions are stopped: now the node they rank first may take them.
+            await self.pool.run(leases.release_mailboxes, self.node_id, list(claim.handover))
+            log.info("engine %s: handed %d mailboxes over", self.node_id, len(claim.handover))
         room = self.capacity - len(self.sessions)
         starting = [user_id for user_id in held if user_id not in self.sessions][: max(0, room)]
         if starting:

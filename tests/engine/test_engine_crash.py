@@ -30,6 +30,7 @@ def _start_engine(log_path: Path) -> subprocess.Popen:
         "ALLOW_LOOPBACK_IMAP": "true",
         "ENGINE_LEASE_SECONDS": "2",
         "ENGINE_REFRESH_SECONDS": "1",
+        "ENGINE_NODE_ALIVE_SECONDS": "3",
     }
     with open(log_path, "ab") as log:
         return subprocess.Popen(

@@ -1,5 +1,6 @@
-"""Two engine processes on PostgreSQL: a mailbox is never watched twice, and when the node
-holding the mailboxes is killed, the other takes them over and no mail is lost or repeated."""
+"""Two engine processes on PostgreSQL share the mailboxes by rendezvous hashing; a mailbox is
+never watched twice, and when one node is killed the other takes its mailboxes over without
+losing or repeating mail."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class SessionSampler:
         self._thread.join(5)
 
 
-def test_a_killed_node_hands_its_mailboxes_over_without_loss(postgres_url, tmp_path):
+def test_nodes_share_mailboxes_and_a_killed_nodes_are_taken_over(postgres_url, tmp_path):
     with ServerThread(USERS) as chaos, Processes(tmp_path) as procs:
         server = chaos.server
         env = superimap_env(
@@ -68,6 +69,7 @@ def test_a_killed_node_hands_its_mailboxes_over_without_loss(postgres_url, tmp_p
             ALLOW_LOOPBACK_IMAP="true",
             ENGINE_LEASE_SECONDS="3",
             ENGINE_REFRESH_SECONDS="1",
+            ENGINE_NODE_ALIVE_SECONDS="3",
         )
         setup_env = {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)}
         for args in (["migrate"], ["manage", "shell", "-c", SETUP_SCRIPT]):
@@ -102,14 +104,20 @@ def test_a_killed_node_hands_its_mailboxes_over_without_loss(postgres_url, tmp_p
             with SessionSampler(chaos) as sampler:
                 first = procs.start(env, "imap-client")
                 wait_until(baselined, 30, "the first node to baseline every mailbox")
-                second = procs.start(env, "imap-client")
-                time.sleep(3)  # the second node renews, sees nothing free, holds nothing
                 [(first_node, held)] = owners().items()
                 assert held == USERS and first_node
+                second = procs.start(env, "imap-client")
+                # Rendezvous hashing: the new node takes its share, handed over cleanly.
+                split = wait_until(
+                    lambda: (o := owners()) and len(o) == 2 and "" not in o and o,
+                    20,
+                    "the second node to take its share",
+                )
+                assert sum(split.values()) == USERS and min(split.values()) >= 3, split
 
                 for _ in range(100):
                     chaos.call(server.generate_message)
-                wait_until(lambda: len(delivered()) >= 20, 30, "some mail on the first node")
+                wait_until(lambda: len(delivered()) >= 20, 30, "some mail delivered")
                 first.kill()  # kill -9: its leases stay until they expire
                 first.wait(10)
                 for _ in range(100):
