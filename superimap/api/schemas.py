@@ -24,26 +24,6 @@ class ErrorOut(Schema):
     error: ErrorBody
 
 
-class ConnectionIn(Schema):
-    model_config = ConfigDict(extra="forbid")
-
-    imap_provider_code: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
-    oauth_client_id: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
-    oauth_client_secret: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
-    imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
-    imap_port: int | None = Field(default=None, ge=1, le=65535)
-    imap_tls: TlsMode | None = None
-    smtp_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
-    smtp_port: int | None = Field(default=None, ge=1, le=65535)
-    smtp_tls: TlsMode | None = None
-    oauth_base_url: str | None = Field(
-        default=None,
-        max_length=500,
-        pattern=OAUTH_BASE_URL,
-        description="Loopback OAuth test providers only: the local OAuth server's base URL.",
-    )
-
-
 class ConnectionUpdate(Schema):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +41,12 @@ class ConnectionUpdate(Schema):
         pattern=OAUTH_BASE_URL,
         description="Loopback OAuth test providers only: the local OAuth server's base URL.",
     )
+
+
+class ConnectionIn(ConnectionUpdate):
+    """A new connection: the provider code, plus the settings that provider needs."""
+
+    imap_provider_code: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
 
 
 class ConnectionOut(Schema):
