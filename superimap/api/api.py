@@ -169,6 +169,20 @@ def archive_user(request, code: str, tag: str):
     return Status(204, None)
 
 
+@api.post(
+    "/connections/{code}/users/{tag}/sweep",
+    response={202: UserOut, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut},
+    tags=["users"],
+)
+def sweep_user(request, code: str, tag: str):
+    """Sweep the user's inbox: send a new_mail webhook for every email not sent yet (such as
+    mail older than the user); already-sent mail is not sent again. Done in the background;
+    sweep_requested_at is cleared when the sweep is done. 409 if archived or not connected."""
+    user = service.get_user(request.auth, code, tag)
+    service.sweep_user(user)
+    return Status(202, service.user_out(user))
+
+
 # Deliveries ----------------------------------------------------------------------------
 
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped", "cancelled"]

@@ -97,6 +97,9 @@ class UserOut(Schema):
     status: str
     last_error: str
     last_email_at: datetime | None
+    sweep_requested_at: datetime | None = Field(
+        default=None, description="Set while a requested inbox sweep is pending."
+    )
     created_at: datetime
 
 

@@ -52,6 +52,7 @@ def user_out(user: MailboxUser) -> dict:
         "status": user.status,
         "last_error": user.last_error,
         "last_email_at": user.last_email_at,
+        "sweep_requested_at": user.sweep_requested_at,
         "created_at": user.created_at,
     }
 
@@ -196,6 +197,15 @@ def update_user(user: MailboxUser, body: UserUpdate) -> None:
         user.archived_at = None
     _apply_user_fields(user, body)
     user.save()
+
+
+def sweep_user(user: MailboxUser) -> None:
+    """Ask the engine to send new_mail for every message of the inbox not sent yet."""
+    if user.archived:
+        raise ApiError(409, "archived", f"User {user.tag!r} is archived; restore it with PUT.")
+    if not user.watchable:
+        raise ApiError(409, "not_connected", f"User {user.tag!r} is not connected.")
+    user.request_sweep()
 
 
 def delivery_out(delivery: Delivery) -> dict:

@@ -175,6 +175,8 @@ class MailboxSession:
                 await self.conn.start_tls(config.host, config.insecure_tls)
             await self._authenticate(config)
         await self._select(config)
+        if config.sweep_requested_at is not None:
+            await self._sweep(config)
         await self._catch_up(config)
         if self.failures:
             self.failures = 0
@@ -264,6 +266,18 @@ class MailboxSession:
         if uids:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
         await self._fetch_and_persist(config, uids)
+
+    async def _sweep(self, config: store.MailboxConfig) -> None:
+        """Everything from UID 1: dedup (persist_batch) skips mail that was sent already, so
+        only mail never sent (e.g. older than the user) produces new_mail deliveries."""
+        uids = sorted(await self._search("UID 1:*"))
+        log.info("mailbox %s: sweeping %d message(s)", self.user_id, len(uids))
+        if uids:
+            self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
+        await self._fetch_and_persist(config, uids)
+        await self.engine.pool.run(
+            store.finish_sweep, self.user_id, self.engine.node_id, config.sweep_requested_at
+        )
 
     async def _catch_up_since_days(self, config: store.MailboxConfig, days: int) -> None:
         since = (timezone.now() - timedelta(days=days)).strftime("%d-%b-%Y")

@@ -55,6 +55,8 @@ class MailboxConfig:
     oauth_token_url: str = ""
     oauth_client_id: str = ""
     oauth_client_secret: str = ""
+    # A sweep was requested: catch up from UID 1 once (dedup keeps sent mail from repeating).
+    sweep_requested_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def _config_of(user: MailboxUser) -> MailboxConfig:
         oauth_token_url=connection.oauth_url("token") if provider.auth_kind == "oauth2" else "",
         oauth_client_id=connection.oauth_client_id,
         oauth_client_secret=connection.oauth_client_secret,
+        sweep_requested_at=user.sweep_requested_at,
     )
 
 
@@ -136,6 +139,13 @@ def set_baseline(user_id: int, node_id: str, uid_validity: int, last_uid: int) -
     updated = _owned(user_id, node_id).update(uid_validity=uid_validity, last_uid=last_uid)
     if not updated:
         raise LeaseLost(user_id)
+
+
+def finish_sweep(user_id: int, node_id: str, requested_at: datetime) -> bool:
+    """Clear the sweep request this session served, fenced by the lease; a newer request
+    (another timestamp) stays. A queryset update leaves updated_at alone: no restart."""
+    owned = _owned(user_id, node_id).filter(sweep_requested_at=requested_at)
+    return bool(owned.update(sweep_requested_at=None))
 
 
 def persist_batch(

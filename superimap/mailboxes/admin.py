@@ -54,7 +54,13 @@ class MailboxUserAdmin(admin.ModelAdmin):
     search_fields = ["tag", "email", "login_username"]
     raw_id_fields = ["connection"]
     show_full_result_count = False
-    actions = ["archive_users", "restore_users", "enable_tracers", "disable_tracers"]
+    actions = [
+        "archive_users",
+        "restore_users",
+        "enable_tracers",
+        "disable_tracers",
+        "sweep_inboxes",
+    ]
     readonly_fields = [
         "connect_link",
         "disconnect_link",
@@ -66,6 +72,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "last_uid",
         "last_internal_date",
         "last_email_at",
+        "sweep_requested_at",
         "owner_node",
         "lease_until",
         "archived_at",
@@ -93,6 +100,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
                     "last_uid",
                     "last_internal_date",
                     "last_email_at",
+                    "sweep_requested_at",
                     "owner_node",
                     "lease_until",
                     "created_at",
@@ -152,6 +160,23 @@ class MailboxUserAdmin(admin.ModelAdmin):
     def disable_tracers(self, request, queryset):
         count = queryset.update(enable_tracer=False)
         self.message_user(request, f"Tracer disabled for {count} user(s).", messages.SUCCESS)
+
+    @admin.action(description="Sweep inbox (send webhooks for all mail)")
+    def sweep_inboxes(self, request, queryset):
+        count, skipped = 0, 0
+        for user in queryset.select_related("connection"):
+            if not user.watchable:
+                skipped += 1
+                continue
+            user.request_sweep()
+            count += 1
+        self.message_user(request, f"Sweep requested for {count} user(s).", messages.SUCCESS)
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} user(s) skipped: archived or not connected.",
+                messages.WARNING,
+            )
 
 
 @admin.register(MailLog)

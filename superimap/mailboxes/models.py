@@ -39,6 +39,9 @@ class MailboxUser(models.Model):
     last_uid = models.BigIntegerField(null=True, blank=True)
     last_internal_date = models.DateTimeField(null=True, blank=True)
     last_email_at = models.DateTimeField(null=True, blank=True)
+    # Set to ask the engine to "sweep" the inbox: send new_mail for every message not sent
+    # yet (e.g. older than the user); the engine clears it when the sweep is done.
+    sweep_requested_at = models.DateTimeField(null=True, blank=True)
 
     # Engine status, for the API and the dashboard.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
@@ -76,6 +79,11 @@ class MailboxUser(models.Model):
         self.archived = True
         self.archived_at = timezone.now()
         self.save(update_fields=["archived", "archived_at", "updated_at"])
+
+    def request_sweep(self) -> None:
+        """Ask for a sweep; save() moves updated_at, so the engine restarts the session."""
+        self.sweep_requested_at = timezone.now()
+        self.save(update_fields=["sweep_requested_at", "updated_at"])
 
     def restore(self) -> None:
         self.archived = False

@@ -194,3 +194,38 @@ def test_it_creates_a_tracer_user(api, plain_connection):
     r = api.post("/connections/PLAIN/users", {"tag": "tracer", "enable_tracer": True})
     assert r.status_code == 201, r.content
     assert r.json()["enable_tracer"] is True
+
+
+# Inbox sweep.
+
+
+def test_it_requests_a_sweep(api, alice):
+    r = api.post("/connections/PLAIN/users/alice/sweep", {})
+    assert r.status_code == 202, r.content
+    assert r.json()["tag"] == "alice"
+    assert r.json()["sweep_requested_at"] is not None
+    alice.refresh_from_db()
+    assert alice.sweep_requested_at is not None
+
+
+def test_it_refuses_to_sweep_an_archived_user(api, alice):
+    api.delete("/connections/PLAIN/users/alice")
+    assert_error(api.post("/connections/PLAIN/users/alice/sweep", {}), 409, "archived")
+    alice.refresh_from_db()
+    assert alice.sweep_requested_at is None
+
+
+def test_it_refuses_to_sweep_a_user_that_is_not_connected(api, plain_connection):
+    api.post("/connections/PLAIN/users", {"tag": "bob"})
+    assert_error(api.post("/connections/PLAIN/users/bob/sweep", {}), 409, "not_connected")
+    assert MailboxUser.objects.get(tag="bob").sweep_requested_at is None
+
+
+def test_it_answers_404_when_sweeping_an_unknown_user(api, plain_connection):
+    assert_error(api.post("/connections/PLAIN/users/nobody/sweep", {}), 404)
+
+
+def test_it_stops_another_partner_sweeping_a_user(outsider_api, alice):
+    assert_error(outsider_api.post("/connections/PLAIN/users/alice/sweep", {}), 404)
+    alice.refresh_from_db()
+    assert alice.sweep_requested_at is None

@@ -1,0 +1,65 @@
+"""Inbox sweep against a real Dovecot: mail older than the user is sent, nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+from django.db import close_old_connections
+
+from superimap.delivery.models import Delivery
+from superimap.engine import store
+from superimap.mailboxes.models import MailboxUser
+from superimap.testing.mail import make_message
+from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
+
+
+def _user(user_id: int) -> MailboxUser:
+    close_old_connections()
+    return MailboxUser.objects.get(id=user_id)
+
+
+def _subjects(user_id: int) -> list[str]:
+    close_old_connections()
+    rows = Delivery.objects.filter(user_id=user_id, kind="new_mail").order_by("id")
+    return [d.payload["envelope"]["subject"] for d in rows]
+
+
+def _request_sweep(user_id: int) -> None:
+    close_old_connections()
+    MailboxUser.objects.get(id=user_id).request_sweep()
+
+
+def test_a_sweep_sends_the_mail_that_predates_the_user_once(mailbox, dovecot):
+    user = mailbox()
+    for subject in ("old 1", "old 2"):
+        dovecot.deliver(user.tag, make_message(subject, "a@example.test", user.email, "x"))
+
+    async def scenario():
+        async with RunningEngine():
+            await wait_for(lambda: _user(user.id).status == "idle")
+            msg = make_message("later", "a@example.test", user.email, "y")
+            await asyncio.to_thread(dovecot.deliver, user.tag, msg)
+            await wait_for(lambda: _subjects(user.id) == ["later"])
+            await asyncio.to_thread(_request_sweep, user.id)
+            await wait_for(lambda: _user(user.id).sweep_requested_at is None, timeout=15)
+            await wait_for(lambda: _user(user.id).status == "idle")
+            await asyncio.sleep(0.5)
+
+    asyncio.run(scenario())
+    subjects = _subjects(user.id)
+    assert subjects[0] == "later"
+    assert sorted(subjects[1:]) == ["old 1", "old 2"]
+    assert _user(user.id).sweep_requested_at is None
+
+
+def test_finishing_a_sweep_keeps_a_newer_request_and_is_fenced_by_the_lease(mail_partner):
+    connection = loopback_connection(mail_partner, 1)
+    user = MailboxUser.objects.create(connection=connection, tag="u", owner_node="n1")
+    user.request_sweep()
+    served = user.sweep_requested_at
+    assert not store.finish_sweep(user.id, "other-node", served)
+    user.request_sweep()  # a newer request arrives while the sweep runs
+    assert not store.finish_sweep(user.id, "n1", served)
+    assert _user(user.id).sweep_requested_at == user.sweep_requested_at
+    assert store.finish_sweep(user.id, "n1", user.sweep_requested_at)
+    assert _user(user.id).sweep_requested_at is None
