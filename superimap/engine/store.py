@@ -99,11 +99,12 @@ def mailbox_configs(user_ids: list[int]) -> dict[int, MailboxConfig]:
         )
         for user in users:
             if user.watchable:
-                configs[user.id] = _config_of(user)
+                configs[user.id] = config_of(user)
     return configs
 
 
-def _config_of(user: MailboxUser) -> MailboxConfig:
+def config_of(user: MailboxUser) -> MailboxConfig:
+    """The session settings of a user loaded with connection__provider."""
     connection = user.connection
     provider = connection.provider
     host, port, tls = connection.server()

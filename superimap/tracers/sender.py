@@ -16,7 +16,6 @@ import asyncio
 import logging
 import random
 import secrets
-import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -26,6 +25,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from superimap.engine import store
+from superimap.engine.connection import client_tls_context
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import ImapProvider
 from superimap.tracers.models import TracerLog
@@ -40,16 +40,16 @@ WATCHED = (MailboxUser.Status.IDLE, MailboxUser.Status.POLLING)
 class TracerTarget:
     """One round: whom to mail, through which server, and the tracer uids to send."""
 
-    user_id: int
+    config: store.MailboxConfig  # who signs in, and how (password or OAuth)
     address: str
     host: str
     port: int
     tls: str
-    insecure_tls: bool
-    auth_kind: str
-    username: str
-    password: str
     uids: tuple[str, ...]
+
+    @property
+    def user_id(self) -> int:
+        return self.config.user_id
 
 
 def pick_target(held: list[int], count: int) -> TracerTarget | None:
@@ -76,20 +76,15 @@ def pick_target(held: list[int], count: int) -> TracerTarget | None:
     if user is None or not user.watchable or not user.enable_tracer:
         return None
     host, port, tls = user.connection.smtp_server()
-    provider = user.connection.provider
     now = timezone.now()
     uids = tuple(secrets.token_hex(16) for _ in range(count))
     TracerLog.objects.bulk_create(TracerLog(tracer_uid=uid, user=user, sent_at=now) for uid in uids)
     return TracerTarget(
-        user_id=user.id,
+        config=store.config_of(user),
         address=user.email or user.login_username,
         host=host,
         port=port,
         tls=tls,
-        insecure_tls=provider.loopback_only,
-        auth_kind=provider.auth_kind,
-        username=user.login_username or user.email,
-        password=user.password if provider.auth_kind == ImapProvider.AuthKind.PASSWORD else "",
         uids=uids,
     )
 
@@ -160,7 +155,8 @@ class TracerSender:
     async def _send(self, target: TracerTarget) -> None:
         if not target.host:
             raise ValueError("no SMTP host configured for this connection")
-        if target.tls == ImapProvider.TlsMode.NONE and not target.insecure_tls:
+        config = target.config
+        if target.tls == ImapProvider.TlsMode.NONE and not config.insecure_tls:
             raise ValueError("SMTP without TLS is only allowed for loopback test providers")
         smtp = aiosmtplib.SMTP(
             hostname=target.host,
@@ -168,14 +164,17 @@ class TracerSender:
             timeout=self.timeout,
             use_tls=target.tls == ImapProvider.TlsMode.IMPLICIT,
             start_tls=target.tls == ImapProvider.TlsMode.STARTTLS,
-            tls_context=_tls_context(target.insecure_tls),
+            tls_context=client_tls_context(config.insecure_tls),
         )
         await smtp.connect()
         try:
-            if target.auth_kind == ImapProvider.AuthKind.OAUTH2:
-                await smtp.auth_xoauth2(target.username, await self._access_token(target))
+            if config.auth_kind == ImapProvider.AuthKind.OAUTH2:
+                from superimap.engine.oauth import access_tokens  # oauth imports the engine
+
+                token = await access_tokens(self.engine).get(config)
+                await smtp.auth_xoauth2(config.username, token)
             else:
-                await smtp.login(target.username, target.password)
+                await smtp.login(config.username, config.password)
             for uid in target.uids:
                 await smtp.send_message(tracer_message(target.address, uid))
                 self.sent += 1
@@ -185,22 +184,6 @@ class TracerSender:
             except Exception:  # noqa: BLE001 - the connection may be gone already
                 smtp.close()
         log.info("tracer: %d sent to mailbox %s", len(target.uids), target.user_id)
-
-    async def _access_token(self, target: TracerTarget) -> str:
-        from superimap.engine.oauth import access_tokens
-
-        config = await self.engine.pool.run(store.mailbox_config, target.user_id)
-        if config is None:
-            raise ValueError("mailbox is no longer watchable")
-        return await access_tokens(self.engine).get(config)
-
-
-def _tls_context(insecure: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if insecure:  # loopback test providers only (self-signed test certificates)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _describe(exc: BaseException) -> str:
