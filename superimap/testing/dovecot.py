@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from superimap.testing import free_port
+
 START_TIMEOUT = 15.0
 MAIL_USER_WHEN_ROOT = "nobody"
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin", "/sbin")
@@ -52,12 +54,6 @@ def find_binary(name: str) -> str:
         f"{name!r} not found: install Dovecot (Debian: apt-get install dovecot-imapd "
         "dovecot-lmtpd) to run the Dovecot integration tests"
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- TLS -------------------------------------------------------------------------------------

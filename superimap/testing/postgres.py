@@ -15,13 +15,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from superimap.testing import free_port
 
 START_TIMEOUT = 15
 SERVER_USER_WHEN_ROOT = "postgres"
@@ -45,12 +46,6 @@ def find_bindir() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install PostgreSQL "
         "(Debian: apt-get install postgresql) to run the PostgreSQL integration tests"
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresServer:
@@ -120,7 +115,7 @@ class PostgresServer:
                 for path in (self.root, self.socket_dir):
                     os.chown(path, account.pw_uid, account.pw_gid)
             self._run("initdb", "-D", str(self.data_dir), "-U", self.user, *_INITDB_OPTIONS)
-            self.port = _free_port()
+            self.port = free_port()
             self._start_postgres()
             connection = ("-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user)
             self._run("createdb", *connection, self.database)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 from django.db import close_old_connections
 
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
+from superimap.testing import free_port
 from superimap.testing.smtp_server import SmtpServer
 from superimap.tracers.models import TracerLog
 from tests.engine.conftest import RunningEngine, wait_for
@@ -39,12 +39,6 @@ def _into_dovecot(dovecot):
             dovecot.deliver(rcpt.split("@")[0], raw)
 
     return deliver
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_tracer_mails_come_back_detected_and_are_not_delivered(mailbox, dovecot):
@@ -103,7 +97,7 @@ def test_smtp_down_leaves_tracers_undetected_and_engine_running(mailbox, dovecot
     user = mailbox()
     user.enable_tracer = True
     user.save()
-    _use_smtp(user, _free_port())
+    _use_smtp(user, free_port())
     caplog.set_level(logging.INFO, logger="superimap")
 
     async def scenario():
