@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from urllib.parse import quote
+
+from django.conf import settings
 
 
 def sha1_hex(text: str) -> str:
@@ -66,6 +69,20 @@ def _without_nul(value):
     if isinstance(value, list):
         return [_without_nul(item) for item in value]
     return value
+
+
+def message_url(provider_code: str, user_tag: str, uid_validity: int, uid: int) -> str:
+    """The API route that streams one message's raw bytes (``rfc822_url`` in new_mail).
+
+    The partner fetches it with its API key; the web process reads the message from the IMAP
+    server on demand, so a URL stays valid as long as the message and its UIDVALIDITY do.
+    """
+    code = quote(provider_code, safe="")
+    tag = quote(user_tag, safe="")
+    return (
+        f"{settings.PUBLIC_URL}/api/v1/connections/{code}/users/{tag}"
+        f"/messages/{int(uid_validity)}/{int(uid)}"
+    )
 
 
 def user_event_payload(*, provider_code: str, user_tag: str, email: str | None = None) -> dict:

@@ -132,7 +132,11 @@ def config_of(user: MailboxUser) -> MailboxConfig:
 
 
 def _owned(user_id: int, node_id: str):
-    return MailboxUser.objects.filter(id=user_id, owner_node=node_id, archived=False)
+    """The user if this node holds its lease AND it is still watchable: a disconnected
+    (connected_at cleared) or archived user fences the session like a lost lease."""
+    return MailboxUser.objects.filter(
+        id=user_id, owner_node=node_id, archived=False, connected_at__isnull=False
+    )
 
 
 def set_baseline(user_id: int, node_id: str, uid_validity: int, last_uid: int) -> None:
@@ -160,8 +164,13 @@ def persist_batch(
     if not messages:
         return result
     with transaction.atomic():
+        # FOR UPDATE (PostgreSQL; SQLite's IMMEDIATE transaction holds the write lock
+        # already): a disconnect or archive either commits first, and this finds no user and
+        # discards the batch, or waits for this commit, so its user_disconnected comes after
+        # every new_mail (design note loss-api, "nothing after the user leaves").
         user = (
             _owned(user_id, node_id)
+            .select_for_update(of=("self",))
             .select_related("connection__provider", "connection__partner")
             .defer("password", "oauth_refresh_token")  # not needed; decrypting costs CPU
             .first()
