@@ -74,6 +74,49 @@ def backoff_delay(failures: int, auth: bool, cfg: SessionSettings) -> float:
     return max(0.0, base * random.uniform(0.8, 1.2))
 
 
+async def open_connection(
+    config: store.MailboxConfig, *, timeout: float, max_literal_size: int
+) -> ImapConnection:
+    """Connect (implicit TLS or STARTTLS as configured) and read the greeting."""
+    conn = await ImapConnection.open(
+        config.host,
+        config.port,
+        implicit_tls=config.tls == "implicit",
+        insecure=config.insecure_tls,
+        timeout=timeout,
+        max_literal_size=max_literal_size,
+    )
+    try:
+        if config.tls == "starttls":
+            await conn.start_tls(config.host, config.insecure_tls)
+    except BaseException:
+        conn.abort()
+        raise
+    return conn
+
+
+async def authenticate(
+    conn: ImapConnection, config: store.MailboxConfig, *, engine=None, tokens=None
+) -> None:
+    """LOGIN, or AUTHENTICATE XOAUTH2 with an access token from ``tokens`` (default: the
+    engine's cache); AuthFailed when the server refuses the credentials."""
+    if not conn.protocol.capabilities:
+        await conn.command(*conn.protocol.capability())
+    if config.auth_kind == "oauth2":
+        from superimap.engine.oauth import authenticate_xoauth2  # imports this module
+
+        await authenticate_xoauth2(engine, conn, config, tokens=tokens)
+    else:
+        try:
+            await conn.command(*conn.protocol.login(config.username, config.password))
+        except CommandFailed as exc:
+            if refused_for_credentials(exc.response):
+                raise AuthFailed(f"login refused: {exc.response.text[:200]}") from None
+            raise
+    if not conn.protocol.capabilities or "IDLE" not in conn.protocol.capabilities:
+        await conn.command(*conn.protocol.capability())
+
+
 class MailboxSession:
     def __init__(self, engine, user_id: int, config: store.MailboxConfig | None = None) -> None:
         self.engine = engine
@@ -163,17 +206,12 @@ class MailboxSession:
     async def _watch(self, config: store.MailboxConfig) -> None:
         self.engine.report(self.user_id, Status.CONNECTING, "", self.failures)
         async with self.engine.handshakes:
-            self.conn = await ImapConnection.open(
-                config.host,
-                config.port,
-                implicit_tls=config.tls == "implicit",
-                insecure=config.insecure_tls,
+            self.conn = await open_connection(
+                config,
                 timeout=self.cfg.command_timeout,
                 max_literal_size=self.cfg.max_email_size + 64 * 1024,
             )
-            if config.tls == "starttls":
-                await self.conn.start_tls(config.host, config.insecure_tls)
-            await self._authenticate(config)
+            await authenticate(self.conn, config, engine=self.engine)
         await self._select(config)
         if config.sweep_requested_at is not None:
             await self._sweep(config)
@@ -190,24 +228,6 @@ class MailboxSession:
             if self.stop_event.is_set():
                 return
             await self._catch_up(config)
-
-    async def _authenticate(self, config: store.MailboxConfig) -> None:
-        conn = self.conn
-        if not conn.protocol.capabilities:
-            await conn.command(*conn.protocol.capability())
-        if config.auth_kind == "oauth2":
-            from superimap.engine.oauth import authenticate_xoauth2  # imports this module
-
-            await authenticate_xoauth2(self.engine, conn, config)
-        else:
-            try:
-                await conn.command(*conn.protocol.login(config.username, config.password))
-            except CommandFailed as exc:
-                if refused_for_credentials(exc.response):
-                    raise AuthFailed(f"login refused: {exc.response.text[:200]}") from None
-                raise
-        if not conn.protocol.capabilities or "IDLE" not in conn.protocol.capabilities:
-            await conn.command(*conn.protocol.capability())
 
     async def _select(self, config: store.MailboxConfig) -> None:
         untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
