@@ -115,6 +115,8 @@ def cmd_createpartner(args) -> None:
         new_mail_webhook=args.webhook or "",
         user_connected_webhook=args.webhook or "",
         user_disconnected_webhook=args.webhook or "",
+        user_error_webhook=args.webhook or "",
+        user_recovered_webhook=args.webhook or "",
     )
     print(f"Created partner {partner.name!r} (id {partner.id}).")
     print(f"API key: {partner.api_key}")

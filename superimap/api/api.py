@@ -212,7 +212,9 @@ async def get_message(request, code: str, tag: str, uid_validity: int, uid: int)
 # Deliveries ----------------------------------------------------------------------------
 
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped", "cancelled"]
-DeliveryKind = Literal["new_mail", "user_connected", "user_disconnected"]
+DeliveryKind = Literal[
+    "new_mail", "user_connected", "user_disconnected", "user_error", "user_recovered"
+]
 
 
 @api.get("/deliveries", response={200: list[DeliveryOut], **ERRORS}, tags=["deliveries"])

@@ -96,6 +96,24 @@ def user_event_payload(*, provider_code: str, user_tag: str, email: str | None =
     return payload
 
 
+def user_error_payload(
+    *, provider_code: str, user_tag: str, status: str, error: str, failing_since: str | None
+) -> dict:
+    """user_error: the mailbox needs attention (auth_failed, tls_failed, or failing 15 min)."""
+    payload = user_event_payload(provider_code=provider_code, user_tag=user_tag)
+    payload.update(status=status, error=error, failing_since=failing_since)
+    return payload
+
+
+def user_recovered_payload(
+    *, provider_code: str, user_tag: str, status: str, failing_since: str | None
+) -> dict:
+    """user_recovered: a mailbox reported with user_error is watched again."""
+    payload = user_event_payload(provider_code=provider_code, user_tag=user_tag)
+    payload.update(status=status, failing_since=failing_since)
+    return payload
+
+
 def spec_signature(api_key: str, timestamp: int, sha1: str) -> str:
     """OpenSSL::HMAC.hexdigest(sha256, api_key, "#{timestamp}#{sha1}")."""
     message = f"{timestamp}{sha1}".encode()

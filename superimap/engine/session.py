@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -127,6 +128,11 @@ class MailboxSession:
         self.cfg: SessionSettings = engine.session_settings
         self.stop_event = asyncio.Event()
         self.failures = 0
+        # Back-off counts failures of one kind in a row: a dropped connection before a
+        # refused login must not make the first auth back-off the second one (543 s).
+        self._failure_kind = ""
+        self._kind_failures = 0
+        self._last_error = ""  # kept while reconnecting, so user_error can say what failed
         self.conn: ImapConnection | None = None
         self.uid_validity: int | None = None
         self.last_uid: int | None = None
@@ -143,24 +149,26 @@ class MailboxSession:
     # --- the outer loop: connect, watch, back off -----------------------------------------
 
     async def run(self) -> None:
-        auth_failed = False
+        needs_human = False
         while not self.stop_event.is_set():
             config, self._first_config = self._first_config, None
             if config is None:
                 config = await self.engine.pool.run(store.mailbox_config, self.user_id)
             if config is None:
                 return
-            auth_failed = False
+            status = Status.BACKING_OFF
             try:
                 await self._watch(config)
                 if self.stop_event.is_set():
                     break
                 error = "session ended"
             except store.LeaseLost:
-                log.info("mailbox %s: lease lost, stopping", self.user_id)
+                log.info("mailbox %s: lease lost or user gone, stopping", self.user_id)
                 return
             except AuthFailed as exc:
-                auth_failed, error = True, str(exc)
+                status, error = Status.AUTH_FAILED, str(exc)
+            except ssl.SSLCertVerificationError as exc:
+                status, error = Status.TLS_FAILED, f"certificate check failed: {exc.reason}"
             except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
@@ -170,17 +178,25 @@ class MailboxSession:
                 await self._disconnect()
             if self.stop_event.is_set():
                 break
-            self.failures += 1
-            delay = backoff_delay(self.failures, auth_failed, self.cfg)
-            status = Status.AUTH_FAILED if auth_failed else Status.BACKING_OFF
+            needs_human = status != Status.BACKING_OFF
+            delay = self._count_failure(status)
+            self._last_error = error[:500]
             self.engine.report(self.user_id, status, error[:500], self.failures)
             log.info(
                 "mailbox %s: %s; retry %d in %.1fs", self.user_id, error[:200], self.failures, delay
             )
             await self._sleep(delay)
-        if not auth_failed:
-            # An auth failure stays visible after shutdown: it needs a human.
+        if not needs_human:
+            # An auth or certificate failure stays visible after shutdown: it needs a human.
             self.engine.report(self.user_id, Status.STOPPED, "", self.failures)
+
+    def _count_failure(self, status: str) -> float:
+        """Count this failure once and return the back-off before the next try."""
+        self.failures += 1
+        if status != self._failure_kind:
+            self._failure_kind, self._kind_failures = status, 0
+        self._kind_failures += 1
+        return backoff_delay(self._kind_failures, status != Status.BACKING_OFF, self.cfg)
 
     async def _sleep(self, seconds: float) -> None:
         """Back-off that stop() can cut short, without a task of its own."""
@@ -204,7 +220,8 @@ class MailboxSession:
     # --- one session --------------------------------------------------------------------
 
     async def _watch(self, config: store.MailboxConfig) -> None:
-        self.engine.report(self.user_id, Status.CONNECTING, "", self.failures)
+        error = self._last_error if self.failures else ""
+        self.engine.report(self.user_id, Status.CONNECTING, error, self.failures)
         async with self.engine.handshakes:
             self.conn = await open_connection(
                 config,
@@ -218,6 +235,7 @@ class MailboxSession:
         await self._catch_up(config)
         if self.failures:
             self.failures = 0
+            self._failure_kind, self._kind_failures, self._last_error = "", 0, ""
         idle = "IDLE" in self.conn.protocol.capabilities
         while not self.stop_event.is_set():
             self.engine.report(self.user_id, Status.IDLE if idle else Status.POLLING, "", 0)
