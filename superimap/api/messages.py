@@ -95,7 +95,7 @@ async def stream_message(
         raise ApiError(
             502, "imap_unavailable", f"The IMAP server could not be read: {type(exc).__name__}"
         ) from None
-    response = StreamingHttpResponse(message.chunks(), content_type="message/rfc822")
+    response = StreamingHttpResponse(message, content_type="message/rfc822")
     response["Content-Disposition"] = f'attachment; filename="{uid_validity}-{uid}.eml"'
     response["Cache-Control"] = "private, no-store"
     response["X-Message-Size"] = str(message.size)

@@ -34,7 +34,9 @@ class MessageGone(Exception):
 
 @dataclass
 class OpenMessage:
-    """A message found on the server, ready to be streamed; close() if never streamed."""
+    """A message found on the server: iterate it (async) for its bytes. close() drops the
+    connection; Django's StreamingHttpResponse calls it when the response ends, also when
+    the body was never read."""
 
     conn: ImapConnection
     uid: int
@@ -70,8 +72,10 @@ class OpenMessage:
         # Expunged while streaming: the status line is sent already, so the stream breaks.
         raise MessageGone(f"uid {self.uid} vanished at byte {offset}")
 
-    async def close(self) -> None:
-        await self.conn.logout()
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks()
+
+    def close(self) -> None:
         self.conn.abort()
 
 

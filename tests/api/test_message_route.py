@@ -211,3 +211,45 @@ def test_it_streams_for_an_oauth2_user_over_xoauth2(owner):
     raw, status, body = asyncio.run(scenario())
     assert status == 200
     assert body == raw
+
+
+def test_a_response_never_read_still_closes_its_imap_connection(owner):
+    async def scenario():
+        imap = ChaosImapServer(users=1, seed=5)
+        await imap.start()
+        try:
+            uid = imap.add_message("user0", _with_8bit_body("unread"))
+
+            def make_user() -> MailboxUser:
+                connection = Connection.objects.create(
+                    partner=owner,
+                    provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
+                    imap_host="127.0.0.1",
+                    imap_port=imap.port,
+                    imap_tls="none",
+                )
+                return MailboxUser.objects.create(
+                    connection=connection,
+                    tag="unread",
+                    login_username="user0",
+                    password="pass0",
+                    connected_at=timezone.now(),
+                )
+
+            user = await asyncio.to_thread(make_user)
+            path = _path(user, imap.mailbox("user0").uidvalidity, uid)
+            response = await AsyncClient().get(path, headers={"x-api-key": owner.api_key})
+            open_before = len(imap.sessions_by_user.get("user0", ()))
+            response.close()
+            for _ in range(100):
+                if not imap.sessions_by_user.get("user0"):
+                    break
+                await asyncio.sleep(0.02)
+            return response.status_code, open_before, len(imap.sessions_by_user.get("user0", ()))
+        finally:
+            await imap.stop()
+
+    close_old_connections()
+    status, open_before, open_after = asyncio.run(scenario())
+    assert status == 200
+    assert (open_before, open_after) == (1, 0)
