@@ -8,6 +8,7 @@ import logging
 import re
 from datetime import timedelta
 
+import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
@@ -70,14 +71,15 @@ def test_a_refused_login_is_told_once_across_retries_and_restarts_then_recovery_
     assert user.failing_since is None and user.error_notified_at is None
 
 
-def test_a_certificate_failure_is_tls_failed_and_told(mail_partner, dovecot):
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+def test_a_certificate_failure_is_tls_failed_and_told(mail_partner, dovecot, tls):
     dovecot.add_user("tlsuser", "pw")
     connection = Connection.objects.create(
         partner=mail_partner,
         provider=ImapProvider.objects.get(code="PLAIN"),  # verifies certificates
         imap_host="127.0.0.1",
-        imap_port=dovecot.imaps_port,
-        imap_tls="implicit",
+        imap_port=dovecot.imaps_port if tls == "implicit" else dovecot.imap_port,
+        imap_tls=tls,
     )
     user = MailboxUser.objects.create(
         connection=connection,
