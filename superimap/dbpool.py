@@ -43,7 +43,10 @@ def queued_total() -> int:
 
 class DbPool:
     def __init__(self, size: int | None = None) -> None:
+        from superimap.metrics import DB_QUEUE, expose  # metrics imports this module
+
         _pools.add(self)
+        expose([DB_QUEUE])
         self.size = size or settings.NUM_WORKER_THREADS
         self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="db")
         self.queued = 0

@@ -95,8 +95,6 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
 def _expose_metrics(web: bool) -> None:
     from prometheus_client import start_http_server
 
-    import superimap.metrics  # noqa: F401 - registers the metrics before the port serves them
-
     if settings.METRICS_PORT and not web:
         # Engine or worker on its own: its counters on a port of its own.
         start_http_server(settings.METRICS_PORT, addr="127.0.0.1")

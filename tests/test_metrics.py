@@ -21,7 +21,6 @@ def test_it_serves_database_gauges(client, plain_connection):
     assert 'superimap_mailboxes{status="idle"} 1.0' in text
     assert 'superimap_deliveries{status="pending"} 1.0' in text
     assert "superimap_oldest_pending_delivery_seconds" in text
-    assert "superimap_webhook_attempts_total" in text
 
 
 def test_it_requires_the_token_when_one_is_set(client, settings, db):

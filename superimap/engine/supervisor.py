@@ -19,7 +19,7 @@ from django.utils import timezone
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.session import MailboxSession, SessionSettings
-from superimap.metrics import EMAILS_PROCESSED, MAILBOX_SESSIONS
+from superimap.metrics import EMAILS_PROCESSED, ENGINE_METRICS, MAILBOX_SESSIONS, expose
 from superimap.tracers.sender import TracerSender
 
 log = logging.getLogger("superimap.engine")
@@ -69,6 +69,7 @@ class Engine:
         self.emails_processed = 0
         self.started_at = timezone.now()
         self.tracers = TracerSender(self, tracer_interval, num_tracers)
+        expose(ENGINE_METRICS)
 
     # --- called by sessions ---------------------------------------------------------------
 
