@@ -27,25 +27,22 @@ class ErrorOut(Schema):
 class OriginalNames(Schema):
     """Accepts the original's field names as aliases of ours (`ALIASES`: theirs -> ours).
 
-    An alias is moved onto our field before validation; giving both with different values is
-    a 422. The alias fields are declared too, only so that the OpenAPI schema lists them.
+    An alias's value is copied onto our field (declared with the same constraints); giving
+    both with different values is a 422. Services read our names only.
     """
 
     ALIASES: ClassVar[dict[str, str]] = {}
 
-    @model_validator(mode="before")
-    @classmethod
-    def _fold_aliases(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for theirs, ours in cls.ALIASES.items():
-            if theirs in data:
-                value = data.pop(theirs)
-                if ours in data and data[ours] != value:
+    @model_validator(mode="after")
+    def _fold_aliases(self) -> Any:
+        for theirs, ours in self.ALIASES.items():
+            if theirs in self.model_fields_set:
+                value = getattr(self, theirs)
+                if ours in self.model_fields_set and getattr(self, ours) != value:
                     raise ValueError(f"{theirs} and {ours} name the same field; give one.")
-                data[ours] = value
-        return data
+                self.__dict__[ours] = value
+                self.model_fields_set.add(ours)
+        return self
 
 
 def alias_of(ours: str, **constraints) -> Any:
