@@ -10,7 +10,10 @@ body into the one JSON object our schemas validate:
   form, whatever the Content-Type says (a form body declared as JSON is still understood);
 - query-string parameters are merged over the body's, as Rails does (`api_key` and `format`
   are not body fields);
-- form keys `name[]` make lists; for a key given twice the last value wins, as in Rails.
+- form keys `name[]` make lists; for a key given twice the last value wins, as in Rails;
+- `api_key` in the body authenticates like the header or query parameter (Rails' `params`);
+- a `.json` format suffix on the path is dropped (`/api/v1/connections.json`), as Rails routes
+  took `(.:format)`.
 
 A body that is none of these is left alone, so the API answers its usual JSON 400.
 """
@@ -28,6 +31,8 @@ from superimap.api.errors import error_response
 
 WRITE_METHODS = {"POST", "PUT", "PATCH"}
 NOT_BODY_FIELDS = {"api_key", "format"}
+JSON_SUFFIX = ".json"
+KEEP_SUFFIX_FOR = "/openapi.json"  # a file, not a resource
 
 
 def _from_pairs(pairs: list[tuple[str, str]]) -> dict:
@@ -75,11 +80,18 @@ def body_params(request: HttpRequest, body: bytes) -> dict | None:
 
 
 def merged_params(request: HttpRequest) -> dict | None:
+    """Body and query parameters in one dict (the query wins); `format` dropped."""
     body = body_params(request, request.body)
     if body is None:
         return None
     query = {k: v for k, v in _from_querydict(request.GET).items() if k not in NOT_BODY_FIELDS}
-    return {**body, **query}
+    params = {**body, **query}
+    params.pop("format", None)
+    return params
+
+
+def _key_given(request: HttpRequest) -> bool:
+    return bool(request.META.get("HTTP_X_API_KEY") or request.GET.get("api_key"))
 
 
 class RailsParamsMiddleware:
@@ -89,10 +101,15 @@ class RailsParamsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method in WRITE_METHODS and request.path.startswith("/api/"):
-            rewritten = self._rewrite(request)
-            if rewritten is not None:
-                return rewritten
+        if request.path.startswith("/api/"):
+            path = request.path_info
+            if path.endswith(JSON_SUFFIX) and not path.endswith(KEEP_SUFFIX_FOR):
+                request.path_info = request.path_info.removesuffix(JSON_SUFFIX)
+                request.path = request.path.removesuffix(JSON_SUFFIX)
+            if request.method in WRITE_METHODS:
+                refused = self._rewrite(request)
+                if refused is not None:
+                    return refused
         return self.get_response(request)
 
     def _rewrite(self, request: HttpRequest) -> HttpResponse | None:
@@ -101,6 +118,9 @@ class RailsParamsMiddleware:
         except (ValueError, OSError):
             return error_response(400, "bad_request", "Cannot read the request body.")
         if params is not None:
+            body_key = params.pop("api_key", None)
+            if isinstance(body_key, str) and not _key_given(request):
+                request.META["HTTP_X_API_KEY"] = body_key
             request._body = json.dumps(params).encode()
             request.META["CONTENT_TYPE"] = "application/json"
             request.META["CONTENT_LENGTH"] = str(len(request._body))

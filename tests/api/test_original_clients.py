@@ -368,3 +368,31 @@ def test_it_renders_the_originals_connection_fields(partner, plain_connection):
     body = send("GET", "/connections/PLAIN", partner.api_key).json()
     assert body["imap_provider_code"] == "PLAIN"
     assert body["users_count"] == 1 and isinstance(body["users_count"], int)
+
+
+def test_it_takes_the_api_key_from_a_form_body_as_rails_params_did(partner, plain_connection):
+    body = form({"tag": "bob", "api_key": partner.api_key})
+    r = Client().post("/api/v1/connections/PLAIN/users", body, content_type="application/json")
+    assert r.status_code == 201, r.content
+    assert r.json()["tag"] == "bob"
+
+
+def test_it_refuses_a_wrong_api_key_in_the_body(partner, plain_connection):
+    body = form({"tag": "bob", "api_key": "wrong"})
+    r = Client().post("/api/v1/connections/PLAIN/users", body, content_type="application/json")
+    assert_error(r, 401)
+
+
+def test_it_lets_the_header_key_win_over_a_body_key(partner, outsider, plain_connection):
+    body = form({"tag": "bob", "api_key": outsider.api_key})
+    r = send("POST", "/connections/PLAIN/users", partner.api_key, body, "application/json")
+    assert r.status_code == 201, r.content
+
+
+@pytest.mark.parametrize(
+    "path", ["/connections.json", "/connections/PLAIN.json", "/connections/PLAIN/users/bob.json"]
+)
+def test_it_accepts_the_json_format_suffix_rails_routes_took(partner, plain_connection, path):
+    MailboxUser.objects.create(connection=plain_connection, tag="bob")
+    r = send("GET", path, partner.api_key)
+    assert r.status_code == 200, r.content

@@ -68,7 +68,7 @@ def test_it_takes_allowed_hosts_as_a_comma_separated_form_field(api, partner):
         {"new_mail_webhook": "ftp://x.example/"},
         {"success_url": "javascript:alert(1)"},
         {"allowed_redirect_hosts": ["bad host/"]},
-        {"api_key": "mine"},
+        {"webhook_secret": "whsec_mine"},
     ],
 )
 def test_it_refuses_bad_settings_with_422(api, partner, body):
