@@ -90,7 +90,8 @@ class Partner(models.Model):
     allowed_redirect_hosts = models.CharField(
         max_length=1000,
         blank=True,
-        help_text="Comma-separated host names that success/failure callbacks may point to.",
+        help_text="Comma-separated host names that success/failure callbacks may point to, "
+        "besides the hosts of this partner's webhook and success/failure URLs.",
     )
     # Rotation through the API: the previous key / secret stays valid until *_until.
     previous_api_key_hash = models.CharField(max_length=64, blank=True, db_index=True)
