@@ -58,7 +58,7 @@ def body_params(request: HttpRequest, body: bytes) -> dict | None:
     if body.lstrip()[:1] == b"{":
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if isinstance(data, dict):
             return data

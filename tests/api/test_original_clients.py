@@ -396,3 +396,9 @@ def test_it_accepts_the_json_format_suffix_rails_routes_took(partner, plain_conn
     MailboxUser.objects.create(connection=plain_connection, tag="bob")
     r = send("GET", path, partner.api_key)
     assert r.status_code == 200, r.content
+
+
+def test_it_answers_a_json_400_for_deeply_nested_json(partner, plain_connection):
+    body = b'{"tag": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = send("POST", "/connections/PLAIN/users", partner.api_key, body, "application/json")
+    assert_error(r, 400)
