@@ -142,6 +142,16 @@ def update_connection(request, code: str, body: ConnectionUpdate):
     return service.connection_out(connection)
 
 
+# Rails routes `resources` sent PATCH to update as well as PUT.
+api.patch(
+    "/connections/{code}",
+    response={200: ConnectionOut, **WRITE_ERRORS},
+    tags=["connections"],
+    operation_id="patch_connection",
+    summary="Update Connection (PATCH, as PUT)",
+)(update_connection)
+
+
 @api.delete("/connections/{code}", response={204: None, **ERRORS}, tags=["connections"])
 def delete_connection(request, code: str):
     """Delete a connection and all its users' data."""
@@ -184,6 +194,15 @@ def update_user(request, code: str, tag: str, body: UserUpdate):
     with transaction.atomic():
         service.update_user(user, body)
     return service.user_out(user)
+
+
+api.patch(
+    "/connections/{code}/users/{tag}",
+    response={200: UserOut, **WRITE_ERRORS},
+    tags=["users"],
+    operation_id="patch_user",
+    summary="Update User (PATCH, as PUT)",
+)(update_user)
 
 
 @api.delete("/connections/{code}/users/{tag}", response={204: None, **ERRORS}, tags=["users"])

@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Literal
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -68,6 +69,24 @@ class PartnerUpdate(Schema):
         default=None,
         description="A list of host names, or one comma-separated string (form bodies).",
     )
+
+    @field_validator(
+        "new_mail_webhook",
+        "user_connected_webhook",
+        "user_disconnected_webhook",
+        "success_url",
+        "failure_url",
+    )
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                host = urlsplit(value).hostname
+            except ValueError:
+                host = None
+            if not host:
+                raise ValueError("must be an http(s) URL with a host name")
+        return value
 
     @field_validator("allowed_redirect_hosts")
     @classmethod

@@ -25,6 +25,14 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def _hostname(url: str) -> str:
+    """The URL's host name in lower case; "" when it has none or cannot be parsed."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
 def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
@@ -166,7 +174,7 @@ class Partner(models.Model):
         own = (self.success_url, self.failure_url, *map(self.webhook_url, self.WEBHOOK_KINDS))
         for url in own:
             if url:
-                hosts.add((urlsplit(url).hostname or "").lower())
+                hosts.add(_hostname(url))
         hosts.discard("")
         return hosts
 

@@ -402,3 +402,13 @@ def test_it_answers_a_json_400_for_deeply_nested_json(partner, plain_connection)
     body = b'{"tag": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     r = send("POST", "/connections/PLAIN/users", partner.api_key, body, "application/json")
     assert_error(r, 400)
+
+
+def test_it_updates_with_patch_as_rails_resources_routed_it(partner, plain_connection):
+    MailboxUser.objects.create(connection=plain_connection, tag="bob")
+    r = send("PATCH", "/connections/PLAIN/users/bob", partner.api_key, form({"email": "b@x.io"}))
+    assert r.status_code == 200, r.content
+    assert r.json()["email"] == "b@x.io"
+    r = send("PATCH", "/connections/PLAIN", partner.api_key, form({"imap_port": "143"}))
+    assert r.status_code == 200, r.content
+    assert r.json()["imap_port"] == 143

@@ -67,6 +67,8 @@ def test_it_takes_allowed_hosts_as_a_comma_separated_form_field(api, partner):
     [
         {"new_mail_webhook": "ftp://x.example/"},
         {"success_url": "javascript:alert(1)"},
+        {"success_url": "https://[k\u00db\u008f\u00f4"},
+        {"failure_url": "http://:80/"},
         {"allowed_redirect_hosts": ["bad host/"]},
         {"webhook_secret": "whsec_mine"},
     ],
