@@ -282,7 +282,10 @@ def describe(event: ReceivedRequest) -> str:
     ):
         if valid is not None:
             checks.append(f"{name} {'OK' if valid else 'BAD'}")
-    parts = [str(kind), f"user_tag={payload.get('user_tag')!r}"]
+    if kind == "ping":  # POST /api/v1/partner/test-webhook: no user
+        parts = [str(kind), f"for={payload.get('webhook_kind')!r}"]
+    else:
+        parts = [str(kind), f"user_tag={payload.get('user_tag')!r}"]
     if subject is not None:
         parts.append(f"subject={subject!r}")
     return "  ".join(parts + checks)

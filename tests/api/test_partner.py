@@ -9,7 +9,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from superimap.partners.models import Partner
-from superimap.testing.webhook_receiver import verify_spec_signature
+from superimap.testing.webhook_receiver import describe, verify_spec_signature
 from tests.api.helpers import assert_error
 from tests.conftest import ApiClient
 from tests.delivery.helpers import ThreadedReceiver
@@ -133,6 +133,7 @@ def test_it_rotates_the_signing_secret_and_sends_a_ping_signed_by_both(api, part
         assert Webhook(secret).verify(event.body, event.headers)["event"] == "ping"
     assert event.json["event_id"] == result["event_id"]
     assert verify_spec_signature(event.json, partner.api_key)
+    assert describe(event).startswith("ping  for='new_mail'")
 
 
 def test_it_reports_a_failing_receiver(api, partner):
