@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shlex
 import sys
 
 from superimap.config import ConfigError
@@ -28,7 +29,8 @@ def _migrate(verbosity: int = 0) -> None:
 
 
 def ensure_default_admin(out=sys.stdout) -> str | None:
-    """On first start, create `admin` with a random password and print it once."""
+    """On first start, create `admin` with a random password and print it once (to `out`;
+    None to leave printing it to the caller)."""
     from django.contrib.auth import get_user_model
 
     User = get_user_model()
@@ -36,35 +38,70 @@ def ensure_default_admin(out=sys.stdout) -> str | None:
         return None
     password = secrets.token_urlsafe(15)
     User.objects.create_superuser("admin", "admin@localhost", password)
-    out.write(
-        "\n"
-        "  SuperIMAP: created the dashboard admin (shown only this once)\n"
-        "    username: admin\n"
-        f"    password: {password}\n"
-        "  Change it after logging in (or: superimap createadmin --username NAME).\n\n"
-    )
-    out.flush()
+    if out is not None:
+        out.write(
+            "\n"
+            "  SuperIMAP: created the dashboard admin (shown only this once)\n"
+            "    username: admin\n"
+            f"    password: {password}\n"
+            "  Change it after logging in (or: superimap createadmin --username NAME).\n\n"
+        )
+        out.flush()
     return password
 
 
-def cmd_up(args) -> None:
+def startup_banner(host: str, port: int, password: str | None, services: str) -> str:
+    """The last lines of start-up: where to go, how to log in, how to stop."""
+    from superimap import __version__, runtime
+
+    url = f"http://{host}:{port}"
+    if password:
+        login = f"admin / {password}   (new admin: shown this once, change it after login)"
+    else:
+        login = "admin (password from the first start; reset: superimap createadmin)"
+    rule = "  " + "-" * 72
+    return "\n".join(
+        [
+            "",
+            rule,
+            f"  SuperIMAP {__version__} is running: {services}",
+            f"    Dashboard   {url}/admin/",
+            f"    Login       {login}",
+            f"    API         {url}/api/v1/   (docs {url}/api/v1/docs)",
+            f"    Database    {runtime.database_label()}",
+            "    Stop        Ctrl-C",
+            rule,
+            "",
+        ]
+    )
+
+
+def _serve_with_banner(args, password: str | None, services: str, **which: bool) -> None:
     from superimap import runtime
 
+    shown = []
+
+    def show() -> None:
+        print(startup_banner(args.host, args.port, password, services), flush=True)
+        shown.append(True)
+
+    try:
+        runtime.run(host=args.host, port=args.port, on_listening=show, **which)
+    finally:
+        if password and not shown:
+            # The web server never came up: the one-time password must not be lost.
+            print(f"  SuperIMAP: the new dashboard admin is admin / {password}", flush=True)
+
+
+def cmd_up(args) -> None:
     _migrate()
-    ensure_default_admin()
-    print(
-        f"  Dashboard: http://{args.host}:{args.port}/admin/   API: http://{args.host}:{args.port}/api/v1/docs",
-        flush=True,
-    )
-    print(f"  Database: {runtime.database_label()}", flush=True)
-    runtime.run(web=True, engine=True, worker=True, host=args.host, port=args.port)
+    password = ensure_default_admin(out=None)
+    _serve_with_banner(args, password, "web + engine + worker", web=True, engine=True, worker=True)
 
 
 def cmd_web(args) -> None:
-    from superimap import runtime
-
-    ensure_default_admin()
-    runtime.run(web=True, engine=False, worker=False, host=args.host, port=args.port)
+    password = ensure_default_admin(out=None)
+    _serve_with_banner(args, password, "web", web=True, engine=False, worker=False)
 
 
 def cmd_imap_client(args) -> None:
@@ -118,6 +155,12 @@ def cmd_createpartner(args) -> None:
         user_error_webhook=args.webhook or "",
         user_recovered_webhook=args.webhook or "",
     )
+    if args.export:
+        # For `eval "$(superimap createpartner ... --export)"`: the next commands need both.
+        print(f"# Created partner {partner.name!r} (id {partner.id}).")
+        print(f"export API_KEY={shlex.quote(partner.api_key)}")
+        print(f"export WEBHOOK_SECRET={shlex.quote(partner.webhook_secret)}")
+        return
     print(f"Created partner {partner.name!r} (id {partner.id}).")
     print(f"API key: {partner.api_key}")
     print(f"Standard Webhooks secret: {partner.webhook_secret}")
@@ -190,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("createpartner", cmd_createpartner, "create a partner and print its API key")
     p.add_argument("--name", required=True)
     p.add_argument("--webhook", help="URL for every webhook kind (change later in the dashboard)")
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="print shell `export API_KEY=... WEBHOOK_SECRET=...` lines, for eval",
+    )
     add("rotate-keys", cmd_rotate_keys, "re-encrypt every secret with the first ENCRYPTION_KEY")
     add("genkey", cmd_genkey, "print a new ENCRYPTION_KEY")
     add("check", cmd_check, "validate the configuration and exit")

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 import uvicorn
 from django.conf import settings
@@ -43,7 +44,17 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, request_stop, sig.name)
 
 
-async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) -> None:
+async def serve(
+    *,
+    web: bool,
+    engine: bool,
+    worker: bool,
+    host: str,
+    port: int,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Run the chosen services until SIGINT/SIGTERM; `on_listening` is called once the web
+    server accepts connections (the start-up banner)."""
     from superimap.dbpool import DbPool
 
     stop = asyncio.Event()
@@ -52,6 +63,7 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
     node = node_id()
     _expose_metrics(web)
     tasks: list[asyncio.Task] = []
+    announcer: asyncio.Task | None = None
     worker_service = None
     if worker:
         from superimap.delivery.worker import Worker
@@ -73,6 +85,8 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
         )
         server = _Server(config)
         tasks.append(asyncio.create_task(_run_web(server, stop), name="web"))
+        if on_listening is not None:
+            announcer = asyncio.create_task(_when_started(server, on_listening))
         log.info(
             "SuperIMAP %s listening on http://%s:%d (dashboard /admin/, API /api/v1/)",
             __version__,
@@ -87,6 +101,8 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
                 stop.set()
     finally:
         stop.set()
+        if announcer is not None:
+            announcer.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         pool.shutdown()
         log.info("SuperIMAP stopped")
@@ -99,6 +115,12 @@ def _expose_metrics(web: bool) -> None:
         # Engine or worker on its own: its counters on a port of its own.
         start_http_server(settings.METRICS_PORT, addr="127.0.0.1")
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.METRICS_PORT)
+
+
+async def _when_started(server: uvicorn.Server, callback: Callable[[], None]) -> None:
+    while not server.started:
+        await asyncio.sleep(0.05)
+    callback()
 
 
 async def _run_web(server: uvicorn.Server, stop: asyncio.Event) -> None:

@@ -108,6 +108,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "superimap.api.errors.ApiJsonErrorsMiddleware",
     "superimap.api.errors.ApiBodyLimitMiddleware",
+    "superimap.api.params.RailsParamsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -108,3 +108,29 @@ def test_it_prints_a_valid_fernet_key(tmp_path):
     key = result.stdout.strip()
     Fernet(key)
     assert run(["genkey"], tmp_path).stdout.strip() != key
+
+
+def test_it_prints_a_new_partners_key_and_secret_as_shell_exports(tmp_path):
+    assert run(["migrate"], tmp_path).returncode == 0
+    args = ["createpartner", "--name", "My app", "--webhook", "http://127.0.0.1:9/h", "--export"]
+    result = run(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    shell = subprocess.run(
+        ["bash", "-c", result.stdout + '\nprintf "%s\\n%s\\n" "$API_KEY" "$WEBHOOK_SECRET"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    api_key, secret = shell.stdout.splitlines()
+    assert secret.startswith("whsec_") and len(api_key) > 20
+
+
+def test_it_ends_start_up_with_a_banner_naming_url_login_and_how_to_stop(db):
+    from superimap.cli import startup_banner
+
+    first = startup_banner("127.0.0.1", 8123, "s3cret-pw", "web + engine + worker")
+    assert "http://127.0.0.1:8123/admin/" in first
+    assert "admin / s3cret-pw" in first and "Ctrl-C" in first
+    later = startup_banner("127.0.0.1", 8123, None, "web")
+    assert "s3cret-pw" not in later and "superimap createadmin" in later
+    assert len(first.splitlines()) <= 12

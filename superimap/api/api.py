@@ -14,6 +14,7 @@ from ninja.security import APIKeyHeader, APIKeyQuery
 
 from superimap.api import messages, service
 from superimap.api.errors import ApiError, error_response
+from superimap.api.partner import router as partner_router
 from superimap.api.schemas import (
     ConnectionIn,
     ConnectionOut,
@@ -41,11 +42,30 @@ class ApiKeyParam(APIKeyQuery):
         return Partner.for_api_key(key or "")
 
 
-api = NinjaAPI(
+FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class SuperImapApi(NinjaAPI):
+    def get_openapi_schema(self, *args, **kwargs):
+        """Bodies are also accepted form-encoded or multipart (superimap.api.params): say so."""
+        schema = super().get_openapi_schema(*args, **kwargs)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                content = operation.get("requestBody", {}).get("content", {})
+                if "application/json" in content:
+                    for media_type in FORM_MEDIA_TYPES:
+                        content.setdefault(media_type, content["application/json"])
+        return schema
+
+
+api = SuperImapApi(
     title="SuperIMAP API",
     version="1",
     description="Manage partner connections and mailbox users. Authenticate with the "
-    "partner's API key in the x-api-key header (preferred) or the api_key parameter.",
+    "partner's API key in the x-api-key header (preferred) or the api_key parameter. "
+    "Bodies may be JSON, form-encoded or multipart, whatever the Content-Type says, and "
+    "query-string parameters are merged over the body's, as the original (Rails) did. "
+    "The original's field names are accepted as aliases of ours.",
     auth=[ApiKeyHeader(), ApiKeyParam()],
     urls_namespace="api-v1",
     docs_url="/docs",
@@ -86,6 +106,9 @@ def _integrity_error(request, exc):
     return error_response(409, "conflict", "The change conflicts with existing data.")
 
 
+api.add_router("", partner_router)
+
+
 # Connections ---------------------------------------------------------------------------
 
 
@@ -119,6 +142,16 @@ def update_connection(request, code: str, body: ConnectionUpdate):
     return service.connection_out(connection)
 
 
+# Rails routes `resources` sent PATCH to update as well as PUT.
+api.patch(
+    "/connections/{code}",
+    response={200: ConnectionOut, **WRITE_ERRORS},
+    tags=["connections"],
+    operation_id="patch_connection",
+    summary="Update Connection (PATCH, as PUT)",
+)(update_connection)
+
+
 @api.delete("/connections/{code}", response={204: None, **ERRORS}, tags=["connections"])
 def delete_connection(request, code: str):
     """Delete a connection and all its users' data."""
@@ -139,7 +172,8 @@ def list_users(request, code: str, archived: bool = False):
 
 @api.post("/connections/{code}/users", response={201: UserOut, **WRITE_ERRORS}, tags=["users"])
 def create_user(request, code: str, body: UserIn):
-    """Create a user. tag is required and unique among the connection's active users."""
+    """Create a user. tag is required and unique among the connection's active users; with
+    credentials (password or refresh token) the user is connected and user_connected sent."""
     connection = service.get_connection(request.auth, code)
     with transaction.atomic():
         user = service.create_user(connection, body)
@@ -154,11 +188,21 @@ def get_user(request, code: str, tag: str):
 
 @api.put("/connections/{code}/users/{tag}", response={200: UserOut, **WRITE_ERRORS}, tags=["users"])
 def update_user(request, code: str, tag: str, body: UserUpdate):
-    """Update a user; an archived user is restored."""
+    """Update a user. archived=false restores an archived user, archived=true archives it;
+    setting a password or refresh token connects the user and sends user_connected."""
     user = service.get_user(request.auth, code, tag)
     with transaction.atomic():
         service.update_user(user, body)
     return service.user_out(user)
+
+
+api.patch(
+    "/connections/{code}/users/{tag}",
+    response={200: UserOut, **WRITE_ERRORS},
+    tags=["users"],
+    operation_id="patch_user",
+    summary="Update User (PATCH, as PUT)",
+)(update_user)
 
 
 @api.delete("/connections/{code}/users/{tag}", response={204: None, **ERRORS}, tags=["users"])

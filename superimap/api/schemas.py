@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from ninja import Schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 TlsMode = Literal["implicit", "starttls", "none"]
 # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
@@ -24,8 +24,39 @@ class ErrorOut(Schema):
     error: ErrorBody
 
 
-class ConnectionUpdate(Schema):
+class OriginalNames(Schema):
+    """Accepts the original's field names as aliases of ours (`ALIASES`: theirs -> ours).
+
+    An alias's value is copied onto our field (declared with the same constraints); giving
+    both with different values is a 422. Services read our names only.
+    """
+
+    ALIASES: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="after")
+    def _fold_aliases(self) -> Any:
+        for theirs, ours in self.ALIASES.items():
+            if theirs in self.model_fields_set:
+                value = getattr(self, theirs)
+                if ours in self.model_fields_set and getattr(self, ours) != value:
+                    raise ValueError(f"{theirs} and {ours} name the same field; give one.")
+                self.__dict__[ours] = value
+                self.model_fields_set.add(ours)
+        return self
+
+
+def alias_of(ours: str, **constraints) -> Any:
+    return Field(
+        default=None, description=f"The original's name for `{ours}`; same meaning.", **constraints
+    )
+
+
+class ConnectionUpdate(OriginalNames):
     model_config = ConfigDict(extra="forbid")
+    ALIASES: ClassVar[dict[str, str]] = {
+        "oauth2_client_id": "oauth_client_id",
+        "oauth2_client_secret": "oauth_client_secret",
+    }
 
     oauth_client_id: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
     oauth_client_secret: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
@@ -40,6 +71,15 @@ class ConnectionUpdate(Schema):
         max_length=500,
         pattern=OAUTH_BASE_URL,
         description="Loopback OAuth test providers only: the local OAuth server's base URL.",
+    )
+    oauth2_client_id: str | None = alias_of("oauth_client_id", max_length=500, pattern=NO_NUL)
+    oauth2_client_secret: str | None = alias_of(
+        "oauth_client_secret", max_length=2000, pattern=NO_NUL
+    )
+    imap_provider_code: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Ignored on update: the path's code wins, as in the original.",
     )
 
 
@@ -66,29 +106,56 @@ class ConnectionOut(Schema):
     created_at: datetime
 
 
-class UserIn(Schema):
+class UserFields(OriginalNames):
     model_config = ConfigDict(extra="forbid")
+    ALIASES: ClassVar[dict[str, str]] = {
+        "login_password": "password",
+        "oauth2_refresh_token": "oauth_refresh_token",
+    }
 
-    tag: str = Field(min_length=1, max_length=255, pattern=r"^[^/\s\x00]+$")
     email: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
     login_username: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
-    password: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
+    password: str | None = Field(
+        default=None,
+        max_length=2000,
+        pattern=NO_NUL,
+        description="Password users: with login_username (or email) connects the user and "
+        "sends user_connected.",
+    )
+    oauth_refresh_token: str | None = Field(
+        default=None,
+        max_length=4000,
+        pattern=NO_NUL,
+        description="OAuth users: a refresh token the partner already holds; with email it "
+        "connects the user (no connect flow) and sends user_connected.",
+    )
+    archived: bool | None = Field(
+        default=None, description="true archives the user, false restores it; unset keeps it."
+    )
+    login_password: str | None = alias_of("password", max_length=2000, pattern=NO_NUL)
+    oauth2_refresh_token: str | None = alias_of(
+        "oauth_refresh_token", max_length=4000, pattern=NO_NUL
+    )
+
+
+class UserIn(UserFields):
+    tag: str = Field(min_length=1, max_length=255, pattern=r"^[^/\s\x00]+$")
     enable_tracer: bool = False
 
 
-class UserUpdate(Schema):
-    model_config = ConfigDict(extra="forbid")
-
-    email: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
-    login_username: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
-    password: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
+class UserUpdate(UserFields):
     enable_tracer: bool | None = None
+    tag: str | None = Field(
+        default=None,
+        max_length=255,
+        description="Ignored: the path's tag wins, as in the original.",
+    )
 
 
 class UserOut(Schema):
     tag: str
     imap_provider_code: str
-    email: str
+    email: str | None = Field(description="null until known, as in the original.")
     connected_at: datetime | None
     connect_url: str
     disconnect_url: str

@@ -7,12 +7,20 @@ from django.utils import timezone
 from superimap.api.errors import ApiError
 from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUpdate
 from superimap.delivery.models import Delivery
+from superimap.delivery.outbox import enqueue_user_event
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
 
 ENCRYPTED = "- encrypted -"
 SMTP_FIELDS = ("smtp_host", "smtp_port", "smtp_tls")  # host-per-connection providers only
+# Declared only to document the original's names; their values are moved onto ours.
+ALIAS_FIELDS = {
+    "oauth2_client_id",
+    "oauth2_client_secret",
+    "login_password",
+    "oauth2_refresh_token",
+}
 
 
 def connection_out(connection: Connection) -> dict:
@@ -43,7 +51,7 @@ def user_out(user: MailboxUser) -> dict:
     return {
         "tag": user.tag,
         "imap_provider_code": user.connection.provider.code,
-        "email": user.email,
+        "email": user.email or None,
         "connected_at": user.connected_at,
         "connect_url": make_link(user.id, "connect"),
         "disconnect_url": make_link(user.id, "disconnect"),
@@ -67,7 +75,7 @@ def _provider(code: str) -> ImapProvider:
 
 def _apply_connection_fields(connection: Connection, body: ConnectionIn | ConnectionUpdate) -> None:
     provider = connection.provider
-    fields = body.model_dump(exclude_unset=True, exclude={"imap_provider_code"})
+    fields = body.model_dump(exclude_unset=True, exclude={"imap_provider_code", *ALIAS_FIELDS})
     if fields.get("oauth_base_url") is not None and not (
         provider.loopback_only and provider.auth_kind == ImapProvider.AuthKind.OAUTH2
     ):
@@ -152,9 +160,11 @@ def get_user(partner: Partner, code: str, tag: str, include_archived: bool = Tru
     return user
 
 
-def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
+def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> bool:
+    """Set the body's fields on the user; True when it set credentials (a password or a
+    refresh token), which connects the user as the hosted connect flow would."""
     provider = user.connection.provider
-    fields = body.model_dump(exclude_unset=True, exclude={"tag"})
+    fields = body.model_dump(exclude_unset=True, exclude={"tag", "archived", *ALIAS_FIELDS})
     if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
         for name in ("password", "login_username"):
             if fields.get(name):
@@ -163,41 +173,58 @@ def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
                     "invalid_field",
                     f"{name} does not apply to {provider.code}; connect the user with connect_url.",
                 )
+    elif fields.get("oauth_refresh_token"):
+        raise ApiError(
+            422, "invalid_field", f"oauth_refresh_token does not apply to {provider.code}."
+        )
     for name, value in fields.items():
         if value is not None:
-            if isinstance(value, str) and name != "password":
+            if isinstance(value, str) and name not in ("password", "oauth_refresh_token"):
                 value = value.strip()
             setattr(user, name, value)
-    if fields.get("password"):
-        if not (user.login_username or user.email):
-            raise ApiError(
-                422, "missing_field", "login_username or email is required with password."
-            )
+    credentials = bool(fields.get("password") or fields.get("oauth_refresh_token"))
+    if fields.get("password") and not (user.login_username or user.email):
+        raise ApiError(422, "missing_field", "login_username or email is required with password.")
+    if fields.get("oauth_refresh_token") and not user.email:
+        raise ApiError(422, "missing_field", "email is required with oauth_refresh_token.")
+    if credentials:
         user.connected_at = user.connected_at or timezone.now()
         # New credentials deserve a fresh start, not the old back-off.
         user.status = MailboxUser.Status.NEW
         user.last_error = ""
         user.consecutive_failures = 0
+    return credentials
 
 
 def create_user(connection: Connection, body: UserIn) -> MailboxUser:
+    """Create a user; run inside a transaction (it may queue user_connected)."""
     if connection.users.filter(tag=body.tag, archived=False).exists():
         raise ApiError(409, "duplicate", f"User {body.tag!r} exists already in this connection.")
     user = MailboxUser(connection=connection, tag=body.tag)
-    _apply_user_fields(user, body)
+    connected = _apply_user_fields(user, body)
+    if body.archived:
+        user.archived, user.archived_at = True, timezone.now()
     user.save()
     user.connection = connection
+    if connected and not user.archived:
+        enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
     return user
 
 
 def update_user(user: MailboxUser, body: UserUpdate) -> None:
-    if user.archived:
+    """Update a user; run inside a transaction. `archived` false restores an archived user,
+    true archives it; without it the user stays as it is (the original's PUT semantics)."""
+    if body.archived is False and user.archived:
         if user.connection.users.filter(tag=user.tag, archived=False).exists():
             raise ApiError(409, "duplicate", f"An active user {user.tag!r} exists already.")
         user.archived = False
         user.archived_at = None
-    _apply_user_fields(user, body)
+    elif body.archived is True and not user.archived:
+        user.archived, user.archived_at = True, timezone.now()
+    connected = _apply_user_fields(user, body)
     user.save()
+    if connected and not user.archived:
+        enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
 
 
 def sweep_user(user: MailboxUser) -> None:

@@ -44,15 +44,27 @@ def make_session(concurrency: int, timeout_seconds: float) -> aiohttp.ClientSess
 
 
 def render_request(
-    payload: dict, *, event_id: str, kind: str, api_key: str, webhook_secret: str, timestamp: int
+    payload: dict,
+    *,
+    event_id: str,
+    kind: str,
+    api_key: str,
+    webhook_secrets: tuple[str, ...],
+    timestamp: int,
 ) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one webhook. With several secrets (a rotation's grace period)
+    `webhook-signature` carries one signature per secret, space-separated, as Standard
+    Webhooks allows, so receivers holding either secret verify it."""
     body = signed_body(payload, event_id=event_id, kind=kind, api_key=api_key, timestamp=timestamp)
     raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    signatures = [
+        standard_webhook_signature(secret, event_id, timestamp, raw) for secret in webhook_secrets
+    ]
     headers = {
         "Content-Type": "application/json",
         "webhook-id": event_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": standard_webhook_signature(webhook_secret, event_id, timestamp, raw),
+        "webhook-signature": " ".join(signatures),
     }
     return raw, headers
 

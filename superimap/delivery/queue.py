@@ -41,7 +41,8 @@ class Claimed:
     url: str
     payload: dict
     api_key: str
-    webhook_secret: str
+    webhook_secrets: tuple[str, ...]
+    """whsec_ secrets to sign with: the current one, plus the previous during its grace."""
     created_at: datetime
 
 
@@ -89,7 +90,7 @@ def claim_due(node_id: str, limit: int, now: datetime, lease: timedelta) -> list
             url=partners[row.partner_id].webhook_url(row.kind),
             payload=row.payload,
             api_key=partners[row.partner_id].api_key,
-            webhook_secret=partners[row.partner_id].webhook_secret,
+            webhook_secrets=partners[row.partner_id].signing_secrets(),
             created_at=row.created_at,
         )
         for row in rows

@@ -148,7 +148,7 @@ class Worker:
             event_id=claimed.event_id,
             kind=claimed.kind,
             api_key=claimed.api_key,
-            webhook_secret=claimed.webhook_secret,
+            webhook_secrets=claimed.webhook_secrets,
             timestamp=int(time.time()),
         )
         result = await post(session, claimed.url, raw, headers)

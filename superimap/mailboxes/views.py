@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+import logging
+from urllib.parse import urlencode, urlsplit
 
 from django import forms
 from django.db import transaction
@@ -18,6 +19,8 @@ from superimap.mailboxes.credentials import check_login
 from superimap.mailboxes.links import read_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import ImapProvider
+
+log = logging.getLogger("superimap.mailboxes")
 
 
 class PasswordConnectForm(forms.Form):
@@ -39,13 +42,45 @@ def _user_from_token(token: str, action: str) -> MailboxUser | None:
     )
 
 
+def _requested_callback(request: HttpRequest, outcome: str) -> str:
+    return request.GET.get(outcome) or request.POST.get(outcome) or ""
+
+
 def _callback(request: HttpRequest, user: MailboxUser, outcome: str) -> str:
     """The partner's callback URL for this outcome, only if it is on an allowed host."""
     partner = user.connection.partner
-    url = request.GET.get(outcome) or request.POST.get(outcome) or ""
+    url = _requested_callback(request, outcome)
     if url and partner.redirect_allowed(url):
         return url
     return partner.success_url if outcome == "success" else partner.failure_url
+
+
+def _refused_callback(request: HttpRequest, user: MailboxUser) -> HttpResponse | None:
+    """An error page (and a log line) when ?success= or ?failure= points to a host the partner
+    did not allow: never an open redirect, and never a silent fallback either."""
+    partner = user.connection.partner
+    for outcome in ("success", "failure"):
+        url = _requested_callback(request, outcome)
+        if url and not partner.redirect_allowed(url):
+            try:
+                host = urlsplit(url).hostname or url[:100]
+            except ValueError:
+                host = url[:100]
+            log.warning(
+                "callback refused: %s host %r is not allowed for partner %r (id %s); "
+                "allow it in the partner's allowed_redirect_hosts",
+                outcome,
+                host,
+                partner.name,
+                partner.id,
+            )
+            message = (
+                f"This link would send you back to {host!r} afterwards, which the application "
+                "has not registered with SuperIMAP, so nothing was done. Please tell the "
+                "application's support: the host must be added to its allowed redirect hosts."
+            )
+            return render(request, "mailboxes/result.html", {"message": message}, status=400)
+    return None
 
 
 def _finish(request: HttpRequest, user: MailboxUser, outcome: str, message: str) -> HttpResponse:
@@ -68,6 +103,9 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
     user = _user_from_token(token, "connect")
     if user is None:
         return _invalid_link(request)
+    refused = _refused_callback(request, user)
+    if refused is not None:
+        return refused
     provider = user.connection.provider
     if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
         success, failure = _callback(request, user, "success"), _callback(request, user, "failure")
@@ -99,6 +137,9 @@ def disconnect(request: HttpRequest, token: str) -> HttpResponse:
     user = _user_from_token(token, "disconnect")
     if user is None:
         return _invalid_link(request)
+    refused = _refused_callback(request, user)
+    if refused is not None:
+        return refused
     if user.oauth_refresh_token and user.connection.provider.auth_kind == "oauth2":
         oauth.revoke_refresh_token(user)  # best effort: the credentials go either way
     with transaction.atomic():

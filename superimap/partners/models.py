@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from datetime import timedelta
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from superimap.fields import EncryptedTextField
 
@@ -20,6 +23,14 @@ def new_api_key() -> str:
 
 def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _hostname(url: str) -> str:
+    """The URL's host name in lower case; "" when it has none or cannot be parsed."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 def hash_api_key(api_key: str) -> str:
@@ -99,8 +110,14 @@ class Partner(models.Model):
     allowed_redirect_hosts = models.CharField(
         max_length=1000,
         blank=True,
-        help_text="Comma-separated host names that success/failure callbacks may point to.",
+        help_text="Comma-separated host names that success/failure callbacks may point to, "
+        "besides the hosts of this partner's webhook and success/failure URLs.",
     )
+    # Rotation through the API: the previous key / secret stays valid until *_until.
+    previous_api_key_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    previous_api_key_until = models.DateTimeField(null=True, blank=True)
+    previous_webhook_secret = EncryptedTextField()
+    previous_webhook_secret_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -119,30 +136,74 @@ class Partner(models.Model):
 
     @classmethod
     def for_api_key(cls, api_key: str) -> Partner | None:
+        """The partner with this API key, or whose previous key it is, in its grace period."""
         if not api_key:
             return None
-        return cls.objects.filter(api_key_hash=hash_api_key(api_key)).first()
+        hashed = hash_api_key(api_key)
+        partner = cls.objects.filter(api_key_hash=hashed).first()
+        if partner is None:
+            partner = cls.objects.filter(
+                previous_api_key_hash=hashed, previous_api_key_until__gt=timezone.now()
+            ).first()
+        return partner
+
+    def rotate_api_key(self, grace: timedelta) -> str:
+        """A new API key; the current one keeps working for `grace`. Returns the new key."""
+        self.previous_api_key_hash = self.api_key_hash
+        self.previous_api_key_until = timezone.now() + grace
+        self.api_key = new_api_key()
+        self.save()
+        return self.api_key
+
+    def rotate_webhook_secret(self, grace: timedelta) -> str:
+        """A new signing secret; webhooks carry signatures by both for `grace`."""
+        self.previous_webhook_secret = self.webhook_secret
+        self.previous_webhook_secret_until = timezone.now() + grace
+        self.webhook_secret = new_webhook_secret()
+        self.save()
+        return self.webhook_secret
+
+    def signing_secrets(self) -> tuple[str, ...]:
+        """The whsec_ secrets webhooks are signed with now: the current one first."""
+        until = self.previous_webhook_secret_until
+        if self.previous_webhook_secret and until and until > timezone.now():
+            return (self.webhook_secret, self.previous_webhook_secret)
+        return (self.webhook_secret,)
+
+    WEBHOOK_KINDS = (
+        "new_mail",
+        "user_connected",
+        "user_disconnected",
+        "user_error",
+        "user_recovered",
+    )
 
     def webhook_url(self, kind: str) -> str:
-        return {
-            "new_mail": self.new_mail_webhook,
-            "user_connected": self.user_connected_webhook,
-            "user_disconnected": self.user_disconnected_webhook,
-            "user_error": self.user_error_webhook,
-            "user_recovered": self.user_recovered_webhook,
-        }[kind]
+        """The URL of one event kind (its field is ``<kind>_webhook``); "" when not set."""
+        if kind not in self.WEBHOOK_KINDS:
+            raise KeyError(kind)
+        return getattr(self, f"{kind}_webhook")
+
+    def redirect_hosts(self) -> set[str]:
+        """Hosts callbacks may point to: allowed_redirect_hosts, plus by default the hosts of
+        the partner's own success/failure URLs and webhook URLs (its own servers)."""
+        hosts = {h.strip().lower() for h in self.allowed_redirect_hosts.split(",") if h.strip()}
+        own = (self.success_url, self.failure_url, *map(self.webhook_url, self.WEBHOOK_KINDS))
+        for url in own:
+            if url:
+                hosts.add(_hostname(url))
+        hosts.discard("")
+        return hosts
 
     def redirect_allowed(self, url: str) -> bool:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:
             return False
-        hosts = {h.strip().lower() for h in self.allowed_redirect_hosts.split(",") if h.strip()}
-        for default in (self.success_url, self.failure_url):
-            if default:
-                hosts.add((urlsplit(default).hostname or "").lower())
-        return parts.hostname.lower() in hosts
+        if parts.scheme not in {"http", "https"} or not hostname:
+            return False
+        return hostname.lower() in self.redirect_hosts()
 
 
 class Connection(models.Model):

@@ -282,7 +282,10 @@ def describe(event: ReceivedRequest) -> str:
     ):
         if valid is not None:
             checks.append(f"{name} {'OK' if valid else 'BAD'}")
-    parts = [str(kind), f"user_tag={payload.get('user_tag')!r}"]
+    if kind == "ping":  # POST /api/v1/partner/test-webhook: no user
+        parts = [str(kind), f"for={payload.get('webhook_kind')!r}"]
+    else:
+        parts = [str(kind), f"user_tag={payload.get('user_tag')!r}"]
     if subject is not None:
         parts.append(f"subject={subject!r}")
     return "  ".join(parts + checks)
@@ -302,6 +305,9 @@ def _guess_kind(payload: Mapping[str, Any]) -> str | None:
     return None
 
 
+NOT_CHECKED = {"--api-key": "'signature'", "--secret": "'webhook-signature'"}
+
+
 async def _serve(args: argparse.Namespace) -> None:
     receiver = WebhookReceiver(
         api_key=args.api_key, whsec_secret=args.secret, port=args.port, host=args.host
@@ -309,6 +315,9 @@ async def _serve(args: argparse.Namespace) -> None:
     receiver.on_request = lambda event: print(describe(event), flush=True)
     await receiver.start()
     print(f"Listening on {receiver.url}/ (Ctrl-C to stop)", flush=True)
+    for option, checks in (("--api-key", args.api_key), ("--secret", args.secret)):
+        if checks is None:
+            print(f"  not checking {NOT_CHECKED[option]}: no {option} given", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

@@ -67,7 +67,7 @@ def test_it_answers_404_json_outside_v1(client):
         ("patch", "/api/v1/connections"),
         ("delete", "/api/v1/connections"),
         ("post", "/api/v1/connections/PLAIN"),
-        ("patch", "/api/v1/connections/PLAIN/users/alice"),
+        ("post", "/api/v1/connections/PLAIN/users/alice"),
         ("get", "/api/v1/deliveries/00000000-0000-0000-0000-000000000000/retry"),
     ],
 )

@@ -35,6 +35,10 @@ def test_it_serves_the_openapi_schema(client, db):
         "/api/v1/connections/{code}/users/{tag}/messages/{uid_validity}/{uid}",
         "/api/v1/deliveries",
         "/api/v1/deliveries/{event_id}/retry",
+        "/api/v1/partner",
+        "/api/v1/partner/rotate-api-key",
+        "/api/v1/partner/rotate-secret",
+        "/api/v1/partner/test-webhook",
     }
 
 
@@ -46,6 +50,26 @@ def test_it_declares_the_message_route_as_rfc822_with_json_errors(client, db):
     assert "application/json" in route["responses"]["404"]["content"]
 
 
+def test_it_documents_form_bodies_and_the_originals_names(client, db):
+    schema = client.get("/api/v1/openapi.json").json()
+    create_user = schema["paths"]["/api/v1/connections/{code}/users"]["post"]["requestBody"]
+    assert set(create_user["content"]) == {
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    }
+    components = schema["components"]["schemas"]
+    assert {"login_password", "oauth2_refresh_token", "archived"} <= set(
+        components["UserIn"]["properties"]
+    )
+    assert {"login_password", "oauth2_refresh_token", "archived"} <= set(
+        components["UserUpdate"]["properties"]
+    )
+    assert {"oauth2_client_id", "oauth2_client_secret"} <= set(
+        components["ConnectionIn"]["properties"]
+    )
+
+
 def test_it_documents_both_ways_to_send_the_key(client, db):
     schemes = client.get("/api/v1/openapi.json").json()["components"]["securitySchemes"]
     locations = {(s["in"], s["name"]) for s in schemes.values()}
@@ -54,7 +78,7 @@ def test_it_documents_both_ways_to_send_the_key(client, db):
 
 def test_it_loads_as_a_valid_schema_in_schemathesis():
     operations = [op.ok() for op in SCHEMA.get_all_operations()]
-    assert len(operations) == 14
+    assert len(operations) == 21
 
 
 def test_it_renders_the_docs_page(client, db):

@@ -145,13 +145,30 @@ def test_it_answers_404_when_archiving_an_archived_user(api, alice):
     assert_error(api.delete("/connections/PLAIN/users/alice"), 404)
 
 
-def test_it_restores_an_archived_user_on_put(api, alice):
+def test_it_restores_an_archived_user_on_put_with_archived_false(api, alice):
     api.delete("/connections/PLAIN/users/alice")
-    r = api.put("/connections/PLAIN/users/alice", {})
+    r = api.put("/connections/PLAIN/users/alice", {"archived": False})
     assert r.status_code == 200
     assert r.json()["archived"] is False
     alice.refresh_from_db()
     assert alice.archived is False and alice.archived_at is None
+
+
+def test_it_keeps_an_archived_user_archived_on_a_put_without_archived(api, alice):
+    api.delete("/connections/PLAIN/users/alice")
+    r = api.put("/connections/PLAIN/users/alice", {"email": "new@example.com"})
+    assert r.status_code == 200
+    assert r.json()["archived"] is True
+    alice.refresh_from_db()
+    assert alice.archived is True and alice.email == "new@example.com"
+
+
+def test_it_archives_a_user_on_put_with_archived_true(api, alice):
+    r = api.put("/connections/PLAIN/users/alice", {"archived": True})
+    assert r.status_code == 200
+    assert r.json()["archived"] is True
+    alice.refresh_from_db()
+    assert alice.archived is True and alice.archived_at is not None
 
 
 # Tenant isolation.

@@ -141,10 +141,47 @@ def test_it_redirects_to_a_host_in_allowed_redirect_hosts(client, user, check_lo
         "http://app.example@evil.example/",
     ],
 )
-def test_it_refuses_an_open_redirect(client, user, check_login, callback):
+def test_it_refuses_an_open_redirect_with_an_error_page(
+    client, user, check_login, callback, caplog
+):
     r = client.post(path(user), {**FORM, "success": callback})
+    assert r.status_code == 400
+    assert b"allowed redirect hosts" in r.content
+    assert "callback refused" in caplog.text
+    user.refresh_from_db()
+    assert user.connected_at is None and not check_login.called
+
+
+def test_it_shows_the_error_page_before_the_form_for_a_refused_callback(client, user, caplog):
+    r = client.get(path(user) + "?success=https://evil.example/x")
+    assert r.status_code == 400
+    assert b"evil.example" in r.content and b"<form" not in r.content
+    assert "'evil.example' is not allowed" in caplog.text
+
+
+def test_it_refuses_a_failure_callback_on_another_host_when_disconnecting(client, user, caplog):
+    r = client.get(path(user, "disconnect") + "?failure=https://evil.example/x")
+    assert r.status_code == 400
+    assert "callback refused: failure" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "callback",
+    ["http://127.0.0.1:9/after-connect", "https://app.example/other-page"],
+    ids=["webhook-host", "success-url-host"],
+)
+def test_it_allows_the_hosts_of_the_partners_own_urls_by_default(
+    client, user, check_login, callback
+):
+    r = client.post(path(user) + f"?success={callback}", FORM)
     assert r.status_code == 302
-    assert r["Location"] == "http://app.example/connected"
+    assert r["Location"] == callback
+
+
+def test_it_allows_callbacks_to_hosts_set_through_the_api(client, user, check_login, api):
+    assert api.put("/partner", {"allowed_redirect_hosts": ["crm.example"]}).status_code == 200
+    r = client.post(path(user) + "?success=https://crm.example/done", FORM)
+    assert r["Location"] == "https://crm.example/done"
 
 
 def test_it_shows_a_page_when_the_partner_has_no_success_url(client, user, check_login):

@@ -155,9 +155,11 @@ def test_it_redirects_to_an_allowed_success_callback(client, user):
     assert r["Location"] == "http://app.example/done?id=1"
 
 
-def test_it_refuses_an_open_redirect_after_the_dance(client, user):
-    r = dance(client, user, "?success=http://evil.example/phish")
-    assert r["Location"] == "http://app.example/connected"
+def test_it_refuses_an_open_redirect_before_the_dance(client, user):
+    r = client.get(path(user) + "?success=http://evil.example/phish")
+    assert r.status_code == 400
+    assert b"evil.example" in r.content
+    assert_nothing_saved(user)
 
 
 def test_it_shows_a_page_when_the_partner_has_no_success_url(client, user):

@@ -225,3 +225,23 @@ def test_main_has_a_help() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_the_inspector_says_which_signature_it_cannot_check() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "superimap.testing.webhook_receiver", "--port", "0"]
+        + ["--api-key", "k"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().startswith("Listening on http://127.0.0.1:")
+        assert proc.stdout.readline().strip() == (
+            "not checking 'webhook-signature': no --secret given"
+        )
+    finally:
+        proc.kill()
+        proc.wait(5)

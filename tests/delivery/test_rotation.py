@@ -1,0 +1,50 @@
+"""Signing secret rotation: during the grace period webhooks carry one Standard Webhooks
+signature per secret, and a stock Standard Webhooks library verifies either."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from superimap.delivery import outbox
+from superimap.delivery.models import Delivery
+from tests.delivery.helpers import make_partner, make_user
+
+
+def test_it_signs_with_both_secrets_during_the_grace_period(
+    seeded_providers, make_receiver, process
+):
+    receiver = make_receiver()
+    partner = make_partner(receiver.url)
+    old_secret = partner.webhook_secret
+    new_secret = partner.rotate_webhook_secret(timedelta(hours=1))
+    outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, make_user(partner))
+
+    assert process() == 1
+    [event] = receiver.wait_for(1)
+    headers = {name.lower(): value for name, value in event.headers.items()}
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (old_secret, new_secret):
+        payload = Webhook(secret).verify(event.body, event.headers)
+        assert payload["event"] == "user_connected"
+
+
+def test_it_signs_with_the_new_secret_only_after_the_grace_period(
+    seeded_providers, make_receiver, process
+):
+    receiver = make_receiver()
+    partner = make_partner(receiver.url)
+    old_secret = partner.webhook_secret
+    new_secret = partner.rotate_webhook_secret(timedelta(seconds=0))
+    outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, make_user(partner))
+
+    assert process() == 1
+    [event] = receiver.wait_for(1)
+    assert Webhook(new_secret).verify(event.body, event.headers)["event"] == "user_connected"
+    try:
+        Webhook(old_secret).verify(event.body, event.headers)
+    except WebhookVerificationError:
+        pass
+    else:
+        raise AssertionError("the old secret still verifies after its grace period")
