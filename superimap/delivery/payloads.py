@@ -9,10 +9,51 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from urllib.parse import quote
+
+from django.conf import settings
 
 
 def sha1_hex(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def message_url(provider_code: str, user_tag: str, uid_validity: int, uid: int) -> str:
+    """Where the partner fetches one raw message (the API's message route streams it)."""
+    path = "/".join(
+        quote(str(part), safe="")
+        for part in ("connections", provider_code, "users", user_tag, "messages")
+    )
+    return f"{settings.PUBLIC_URL}/api/v1/{path}/{int(uid_validity)}/{int(uid)}"
+
+
+def truncated_mail_payload(
+    *,
+    provider_code: str,
+    user_tag: str,
+    header: bytes,
+    envelope: dict,
+    size: int,
+    uid: int,
+    uid_validity: int,
+    folder: str,
+    internal_date: str | None,
+) -> dict:
+    """new_mail for a message over MAX_EMAIL_SIZE: the envelope, no `rfc822`, a URL to
+    fetch it; `sha1` is the SHA-1 of the header block (the only bytes fetched)."""
+    return {
+        "sha1": sha1_hex(header.decode("utf-8", errors="replace").replace("\x00", "\ufffd")),
+        "imap_provider_code": provider_code,
+        "user_tag": user_tag,
+        "envelope": _without_nul(envelope),
+        "size": size,
+        "truncated": True,
+        "rfc822_url": message_url(provider_code, user_tag, uid_validity, uid),
+        "uid": uid,
+        "uid_validity": uid_validity,
+        "folder": folder,
+        "internal_date": internal_date,
+    }
 
 
 def new_mail_payload(
@@ -25,6 +66,7 @@ def new_mail_payload(
     uid_validity: int,
     folder: str,
     internal_date: str | None,
+    size: int | None = None,
 ) -> dict:
     rfc822 = raw.decode("utf-8", errors="replace")
     exact = "\ufffd" not in rfc822 or _is_utf8(raw)
@@ -39,6 +81,7 @@ def new_mail_payload(
         "user_tag": user_tag,
         "envelope": _without_nul(envelope),
         "rfc822": rfc822,
+        "size": len(raw) if size is None else size,
         "uid": uid,
         "uid_validity": uid_validity,
         "folder": folder,
