@@ -30,6 +30,11 @@ MAILBOX_SESSIONS = Gauge("superimap_mailbox_sessions", "Mailbox sessions this pr
 WEBHOOK_ATTEMPTS = Counter(
     "superimap_webhook_attempts", "Webhook POST attempts by outcome", ["outcome"]
 )
+MAIL_SKIPPED = Counter(
+    "superimap_mail_skipped",
+    "Messages this process's engine recorded as skipped (no new_mail), by reason",
+    ["reason"],
+)
 DB_QUEUE = Gauge("superimap_db_queue_length", "Calls waiting for a database thread")
 
 NODE_ALIVE = timedelta(seconds=30)

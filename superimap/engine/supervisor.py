@@ -19,6 +19,8 @@ from django.utils import timezone
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.session import MailboxSession, SessionSettings
+from superimap.mailboxes.models import MailLog
+from superimap.metrics import MAIL_SKIPPED
 from superimap.tracers.sender import TracerSender
 
 log = logging.getLogger("superimap.engine")
@@ -66,6 +68,8 @@ class Engine:
         self._held_as_of: datetime | None = None
         self._refreshes = 0
         self.emails_processed = 0
+        for reason in MailLog.Reason.values:
+            MAIL_SKIPPED.labels(reason)  # every reason shows in /metrics, at 0 until used
         self.started_at = timezone.now()
         self.tracers = TracerSender(self, tracer_interval, num_tracers)
 
@@ -75,7 +79,10 @@ class Engine:
         self._statuses[user_id] = (status, error, failures)
 
     def record_persisted(self, result: store.PersistResult) -> None:
+        """After a batch committed: counters, and the worker woken for new deliveries."""
         self.emails_processed += result.new + result.tracers
+        for reason, count in result.skips.items():
+            MAIL_SKIPPED.labels(reason).inc(count)
         if result.new and self.on_new_deliveries:
             self.on_new_deliveries()
 
