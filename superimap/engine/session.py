@@ -98,6 +98,10 @@ class MailboxSession:
         self.last_uid: int | None = None
         self._sleeper: asyncio.Future | None = None
         self._exists_at_search = 0
+        # UIDs a SEARCH returned that are not persisted yet (uid_validity, uids): if the
+        # connection drops first and a later SEARCH no longer finds one, it was expunged
+        # meanwhile and is recorded so, not forgotten.
+        self._unpersisted: tuple[int | None, set[int]] = (None, set())
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -277,7 +281,13 @@ class MailboxSession:
     async def _catch_up(self, config: store.MailboxConfig) -> None:
         self._exists_at_search = self.conn.exists_seen
         last = self.last_uid or 0
-        uids = sorted(uid for uid in await self._search(f"UID {last + 1}:*") if uid > last)
+        found = {uid for uid in await self._search(f"UID {last + 1}:*") if uid > last}
+        validity, seen = self._unpersisted
+        if validity != self.uid_validity:
+            seen = set()
+        # Seen by an earlier session but gone now: _fetch_batch records them as expunged.
+        uids = sorted(found | {uid for uid in seen if uid > last})
+        self._unpersisted = (self.uid_validity, set(uids))
         if uids:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
         await self._fetch_and_persist(config, uids)
@@ -353,6 +363,7 @@ class MailboxSession:
             )
             self.last_uid = max(self.last_uid or 0, max(m.uid for m in messages))
             self.engine.record_persisted(result)
+            self._unpersisted[1].difference_update(batch)
 
     async def _fetch_batch(
         self, uids: list[int], before: datetime | None = None

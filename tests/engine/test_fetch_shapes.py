@@ -36,6 +36,7 @@ class FolderServer:
             self.box.append(make_message(f"m{i + 1}", "a@example.test", "u@example.test", "x"), now)
         self.on_fetch = on_fetch
         self.body_fetches = 0
+        self.drop_on_noop = False  # the next NOOP closes the connection instead
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> int:
@@ -85,6 +86,9 @@ class FolderServer:
                             answer = self.on_fetch(self, uids, items)
                     responses, status = answer or (self.answer(uids, items), "OK fetched")
                     writer.write(b"".join(responses) + f"{tag} {status}\r\n".encode())
+                elif command == "NOOP" and self.drop_on_noop:
+                    self.drop_on_noop = False
+                    break
                 elif command == "IDLE":
                     writer.write(b"+ idling\r\n")
                     await writer.drain()
@@ -262,3 +266,18 @@ def test_a_temporary_no_for_the_whole_fetch_retries_the_session(mail_partner):
     subjects, skips = _outcome(user)
     assert sorted(subjects) == _subjects(1, 2, 3)
     assert skips == {}
+
+
+def test_a_message_seen_then_gone_across_a_reconnect_is_recorded_as_expunged(mail_partner):
+    def nil_then_drop(server, uids, items):
+        if server.body_fetches > 1:
+            return None
+        server.expunge(2)
+        server.drop_on_noop = True  # the connection dies before uid 2 is re-checked
+        nil = b"* 2 FETCH (UID 2 BODY[] NIL)\r\n"
+        return [nil, *server.answer(uids, items, skip={2})], "OK fetched"
+
+    user = _run(mail_partner, FolderServer(5, nil_then_drop), last_uid=5)
+    subjects, skips = _outcome(user)
+    assert subjects == _subjects(1, 3, 4, 5)
+    assert skips == {2: "expunged"}
