@@ -260,8 +260,12 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
     message_id = message_id_or_digest(env, sha1)
     size = message.size or len(content)
     identity = identity_of(message_id, size, env.get("date"))
-    same = MailLog.objects.filter(user=user, skipped_reason__in=DEDUP_AGAINST).filter(
-        Q(sha1=sha1) | Q(identity=identity)
+    # (user, sha1) OR (user, identity): each side uses its own index (SQLite's MULTI-INDEX
+    # OR); "user AND (sha1 OR identity)" scanned all of the user's rows.
+    same = (
+        MailLog.objects.filter(Q(user=user, sha1=sha1) | Q(user=user, identity=identity))
+        .filter(skipped_reason__in=DEDUP_AGAINST)
+        .order_by()
     )
     if same.exists():
         result.duplicates += 1
