@@ -362,6 +362,7 @@ class MailboxSession:
                 sweep,
             )
             self.last_uid = max(self.last_uid or 0, max(m.uid for m in messages))
+            result.log_skips(self.user_id, self.uid_validity, config.folder)
             self.engine.record_persisted(result)
             self._unpersisted[1].difference_update(batch)
 

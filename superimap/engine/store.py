@@ -91,6 +91,23 @@ class PersistResult:
     truncated: int = 0
     delivery_ids: list[int] = field(default_factory=list)
     skips: Counter[str] = field(default_factory=Counter)  # reason -> count
+    # (uid, reason, message_id, size) of each skip, logged once the batch committed.
+    skipped_rows: list[tuple[int, str, str, int]] = field(default_factory=list)
+
+    def log_skips(self, user_id: int, uid_validity: int, folder: str) -> None:
+        """One INFO line per skip, for the operator (after the commit, so a rolled back
+        batch that is fetched again does not log its skips twice)."""
+        for uid, reason, message_id, size in self.skipped_rows:
+            log.info(
+                "mailbox %s: skipped uid %d (uidvalidity %d, %s) as %s: message_id=%s size=%d",
+                user_id,
+                uid,
+                uid_validity,
+                folder,
+                reason,
+                message_id or "-",
+                size,
+            )
 
 
 @read_only
@@ -332,16 +349,7 @@ def _skip(user, uid_validity, folder, message, reason, env, sha1, identity, resu
     row = _log_row(user, uid_validity, folder, message, reason, env, sha1, identity)
     result.skipped += 1
     result.skips[reason] += 1
-    log.info(
-        "mailbox %s: skipped uid %d (uidvalidity %d, %s) as %s: message_id=%s size=%d",
-        user.id,
-        message.uid,
-        uid_validity,
-        folder,
-        reason,
-        row.message_id or "-",
-        row.size,
-    )
+    result.skipped_rows.append((message.uid, reason, row.message_id, row.size))
 
 
 def save_refresh_token(user_id: int, node_id: str, refresh_token: str) -> None:

@@ -6,6 +6,7 @@ passes a UID that is neither persisted nor confirmed gone."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -158,7 +159,9 @@ def _subjects(*numbers: int) -> list[str]:
     return [f"m{n}" for n in numbers]
 
 
-def test_a_nil_body_for_a_message_expunged_meanwhile_is_skipped_as_expunged(mail_partner):
+def test_a_nil_body_for_a_message_expunged_meanwhile_is_skipped_as_expunged(mail_partner, caplog):
+    caplog.set_level(logging.INFO, logger="superimap.engine")
+
     def nil_for_uid_2(server, uids, items):
         if server.body_fetches > 1:
             return None
@@ -177,6 +180,11 @@ def test_a_nil_body_for_a_message_expunged_meanwhile_is_skipped_as_expunged(mail
     assert (row.uid_validity, row.folder, row.size) == (UIDVALIDITY, "INBOX", row.size)
     assert row.size > 0  # known from the first FETCH
     assert _skipped("expunged") == before + 1
+    lines = [r.getMessage() for r in caplog.records if "skipped uid" in r.getMessage()]
+    assert lines == [
+        f"mailbox {user.id}: skipped uid 2 (uidvalidity 7, INBOX) as expunged: "
+        f"message_id=- size={row.size}"
+    ]
 
 
 def test_a_uid_left_out_with_ok_expungeissued_is_skipped_as_expunged(mail_partner):
