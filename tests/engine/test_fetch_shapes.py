@@ -177,7 +177,7 @@ def test_a_nil_body_for_a_message_expunged_meanwhile_is_skipped_as_expunged(mail
     assert skips == {2: "expunged"}
     assert len(subjects) + len(skips) == 5
     row = MailLog.objects.get(user=user, uid=2)
-    assert (row.uid_validity, row.folder, row.size) == (UIDVALIDITY, "INBOX", row.size)
+    assert (row.uid_validity, row.folder) == (UIDVALIDITY, "INBOX")
     assert row.size > 0  # known from the first FETCH
     assert _skipped("expunged") == before + 1
     lines = [r.getMessage() for r in caplog.records if "skipped uid" in r.getMessage()]
