@@ -387,7 +387,10 @@ class MailboxSession:
                     break
             missing = [uid for uid in pending if uid not in meta]
             if missing:
-                meta.update(await self._fetch_items(missing, "(UID RFC822.SIZE INTERNALDATE)"))
+                for event in await self._fetch_items(missing, "(UID RFC822.SIZE INTERNALDATE)"):
+                    # Not an unsolicited FLAGS update for the same UID, if there is better.
+                    if event.uid not in meta or meta[event.uid].size is None:
+                        meta[event.uid] = event
             ready = [meta[uid] for uid in pending if uid in meta]
             old = {m.uid for m in ready if before and m.internal_date and m.internal_date < before}
             whole = [m for m in ready if m.uid not in old and self._fits(m)]
@@ -441,9 +444,10 @@ class MailboxSession:
             skip=reason,
         )
 
-    async def _fetch_items(self, uids: list[int], items: str) -> dict[int, Fetch]:
-        """UID FETCH ``items`` of ``uids``: the FETCH responses by UID, in whatever order
-        they come; UIDs not asked for (unsolicited FLAGS updates...) are ignored."""
+    async def _fetch_items(self, uids: list[int], items: str) -> list[Fetch]:
+        """UID FETCH ``items`` of ``uids``: the FETCH responses for those UIDs, in whatever
+        order they come (a UID may also get an unsolicited FLAGS update of its own); UIDs
+        not asked for are ignored."""
         untagged, tagged = await self.conn.command(
             *self.conn.protocol.uid_fetch(",".join(map(str, uids)), items),
             timeout=self.cfg.fetch_timeout,
@@ -460,20 +464,19 @@ class MailboxSession:
                 tagged.text[:200],
             )
         wanted = set(uids)
-        return {e.uid: e for e in untagged if isinstance(e, Fetch) and e.uid in wanted}
+        return [e for e in untagged if isinstance(e, Fetch) and e.uid in wanted]
 
     async def _fetch_parts(self, messages: list[Fetch], item: str, key: str) -> dict[int, bytes]:
         """``item`` (a body section) of ``messages`` in chunks of at most
         BODY_BYTES_PER_FETCH; a NIL or missing section is left out."""
         parts: dict[int, bytes] = {}
         for chunk in _chunks_by_size(messages, BODY_BYTES_PER_FETCH):
-            fetched = await self._fetch_items([m.uid for m in chunk], f"(UID {item})")
-            for uid, event in fetched.items():
+            for event in await self._fetch_items([m.uid for m in chunk], f"(UID {item})"):
                 value = event.body if key == "BODY[]" else event.attributes.get(key)
                 if isinstance(value, str):
                     value = value.encode("utf-8")
                 if isinstance(value, bytes):
-                    parts[uid] = value
+                    parts[event.uid] = value
         return parts
 
     # --- waiting for mail ---------------------------------------------------------------

@@ -289,3 +289,16 @@ def test_a_message_seen_then_gone_across_a_reconnect_is_recorded_as_expunged(mai
     subjects, skips = _outcome(user)
     assert subjects == _subjects(1, 3, 4, 5)
     assert skips == {2: "expunged"}
+
+
+def test_an_unsolicited_flags_update_after_the_body_does_not_hide_it(mail_partner):
+    def flags_after_body(server, uids, items):
+        flags = [b"* %d FETCH (UID %d FLAGS (\\Seen))\r\n" % (uid, uid) for uid in uids]
+        return [*server.answer(uids, items), *flags], "OK fetched"
+
+    server = FolderServer(3, flags_after_body)
+    user = _run(mail_partner, server, last_uid=3)
+    subjects, skips = _outcome(user)
+    assert sorted(subjects) == _subjects(1, 2, 3)
+    assert skips == {}
+    assert server.body_fetches == 1
