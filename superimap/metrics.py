@@ -38,9 +38,15 @@ MAILBOX_SESSIONS = Gauge(
 WEBHOOK_ATTEMPTS = Counter(
     "superimap_webhook_attempts", "Webhook POST attempts by outcome", ["outcome"], registry=None
 )
+MAIL_SKIPPED = Counter(
+    "superimap_mail_skipped",
+    "Messages this process's engine recorded as skipped (no new_mail), by reason",
+    ["reason"],
+    registry=None,
+)
 DB_QUEUE = Gauge("superimap_db_queue_length", "Calls waiting for a database thread", registry=None)
 DB_QUEUE.set_function(queued_total)
-ENGINE_METRICS = (EMAILS_PROCESSED, MAILBOX_SESSIONS)
+ENGINE_METRICS = (EMAILS_PROCESSED, MAILBOX_SESSIONS, MAIL_SKIPPED)
 WORKER_METRICS = (WEBHOOK_ATTEMPTS,)
 _exposed: set[int] = set()
 

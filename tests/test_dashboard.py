@@ -5,7 +5,7 @@ from django.test import Client
 from django.utils import timezone
 
 from superimap.delivery.models import Delivery
-from superimap.mailboxes.models import MailboxUser
+from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.partners.models import Connection, ImapProvider
 
 PASSWORD = "correct horse battery staple"
@@ -203,6 +203,30 @@ def test_it_filters_users_by_state(admin, plain_connection, state, expected):
     r = admin.get("/admin/mailboxes/mailboxuser/", {"state": state})
     assert r.status_code == 200
     assert changelist_tags(r) == expected
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({}, {"<kept@t>", "<gone@t>", "<again@t>"}),
+        ({"status": "delivered"}, {"<kept@t>"}),
+        ({"status": "skipped"}, {"<gone@t>", "<again@t>"}),
+        ({"reason": "expunged"}, {"<gone@t>"}),
+        ({"reason": "duplicate"}, {"<again@t>"}),
+    ],
+)
+def test_it_filters_mail_logs_by_status_and_reason(admin, user, params, expected):
+    for uid, (message_id, reason) in enumerate(
+        [("<kept@t>", ""), ("<gone@t>", "expunged"), ("<again@t>", "duplicate")], start=1
+    ):
+        MailLog.objects.create(
+            user=user, uid=uid, uid_validity=1, message_id=message_id, skipped_reason=reason
+        )
+    r = admin.get("/admin/mailboxes/maillog/", params)
+    assert r.status_code == 200
+    page = r.content.decode()
+    shown = {m for m in ("<kept@t>", "<gone@t>", "<again@t>") if m.strip("<>") in page}
+    assert shown == expected
 
 
 def make_delivery(user, status: str) -> Delivery:

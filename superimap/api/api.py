@@ -21,6 +21,7 @@ from superimap.api.schemas import (
     ConnectionUpdate,
     DeliveryOut,
     ErrorOut,
+    MessagePage,
     UserIn,
     UserOut,
     UserUpdate,
@@ -228,6 +229,31 @@ def sweep_user(request, code: str, tag: str):
 
 
 # Messages ------------------------------------------------------------------------------
+
+MessageStatus = Literal["delivered", "skipped"]
+
+
+@api.get(
+    "/connections/{code}/users/{tag}/messages",
+    response={200: MessagePage, **ERRORS},
+    tags=["messages"],
+)
+def list_messages(
+    request,
+    code: str,
+    tag: str,
+    status: MessageStatus | None = None,
+    reason: str | None = Query(None, max_length=100, pattern=r"^[a-z_]+$"),
+    cursor: str | None = Query(None, pattern=r"^[1-9][0-9]{0,17}$"),
+    limit: int = Query(100, ge=1, le=1000),
+):
+    """Every message the engine saw in the user's folder, newest first, and what became of
+    it: delivered as new_mail, or skipped with a reason (expunged, duplicate,
+    before_baseline, tracer, unfetchable). Filter with status= and reason=; page with the
+    next_cursor of the previous answer."""
+    user = service.get_user(request.auth, code, tag)
+    return service.list_messages(user, status=status, reason=reason, cursor=cursor, limit=limit)
+
 
 RFC822_RESPONSE = {
     "responses": {

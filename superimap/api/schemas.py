@@ -195,3 +195,26 @@ class DeliveryOut(Schema):
     created_at: datetime
     delivered_at: datetime | None
     attempt_log: list[DeliveryAttemptOut]
+
+
+class MessageOut(Schema):
+    uid: int
+    uid_validity: int
+    folder: str
+    message_id: str = Field(description="Empty when the message was gone before it was read.")
+    subject: str
+    size: int
+    internal_date: datetime | None
+    status: Literal["delivered", "skipped"]
+    reason: str | None = Field(
+        description="Why it was skipped: expunged, duplicate, before_baseline, tracer, "
+        "unfetchable (older rows may hold free text); null when delivered as new_mail."
+    )
+    created_at: datetime
+
+
+class MessagePage(Schema):
+    messages: list[MessageOut]
+    next_cursor: str | None = Field(
+        description="Pass as cursor= for the next (older) page; null on the last page."
+    )

@@ -9,7 +9,7 @@ from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUp
 from superimap.delivery.models import Delivery
 from superimap.delivery.outbox import enqueue_user_event
 from superimap.mailboxes.links import make_link
-from superimap.mailboxes.models import MailboxUser
+from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.partners.models import Connection, ImapProvider, Partner
 
 ENCRYPTED = "- encrypted -"
@@ -286,3 +286,41 @@ def retry_delivery(partner: Partner, event_id) -> dict:
     Delivery.retry_now(Delivery.objects.filter(id=delivery.id))
     delivery.refresh_from_db()
     return delivery_out(delivery)
+
+
+def message_out(row: MailLog) -> dict:
+    return {
+        "uid": row.uid,
+        "uid_validity": row.uid_validity,
+        "folder": row.folder,
+        "message_id": row.message_id,
+        "subject": row.subject,
+        "size": row.size,
+        "internal_date": row.internal_date,
+        "status": row.status,
+        "reason": row.skipped_reason or None,
+        "created_at": row.created_at,
+    }
+
+
+def list_messages(
+    user: MailboxUser, *, status: str | None, reason: str | None, cursor: str | None, limit: int
+) -> dict:
+    """What became of each message the engine saw for ``user``, newest first: delivered as
+    new_mail, or skipped with a reason. Cursor pagination on the row id."""
+    rows = MailLog.objects.filter(user=user)
+    if status == "skipped":
+        rows = rows.exclude(skipped_reason="")
+    elif status == "delivered":
+        rows = rows.filter(skipped_reason="")
+    if reason:
+        rows = rows.filter(skipped_reason=reason)
+    if cursor:
+        rows = rows.filter(id__lt=int(cursor))
+    page = list(rows.order_by("-id")[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "messages": [message_out(row) for row in page],
+        "next_cursor": str(page[-1].id) if more else None,
+    }

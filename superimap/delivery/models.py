@@ -32,8 +32,10 @@ class Delivery(models.Model):
     user = models.ForeignKey(
         MailboxUser, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries"
     )
-    # Dedup key for new_mail: at most one delivery per user and Message-ID.
+    # The Message-ID of a new_mail (for search); not unique: lists and forwards reuse them.
     message_id = models.CharField(max_length=998, blank=True)
+    # Dedup key of a new_mail: MailLog.identity (Message-ID, size, Date). One per user.
+    dedup_key = models.CharField(max_length=40, blank=True)
     payload = models.JSONField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
@@ -53,9 +55,9 @@ class Delivery(models.Model):
         indexes = [models.Index(fields=["status", "next_attempt_at"])]
         constraints = [
             models.UniqueConstraint(
-                fields=["user", "message_id"],
-                condition=models.Q(kind="new_mail"),
-                name="delivery_unique_new_mail_per_message",
+                fields=["user", "dedup_key"],
+                condition=models.Q(kind="new_mail") & ~models.Q(dedup_key=""),
+                name="delivery_unique_new_mail_per_dedup_key",
             )
         ]
 

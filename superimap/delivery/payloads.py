@@ -18,6 +18,35 @@ def sha1_hex(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+def truncated_mail_payload(
+    *,
+    provider_code: str,
+    user_tag: str,
+    header: bytes,
+    envelope: dict,
+    size: int,
+    uid: int,
+    uid_validity: int,
+    folder: str,
+    internal_date: str | None,
+) -> dict:
+    """new_mail for a message over MAX_EMAIL_SIZE: the envelope, no `rfc822`, a URL to
+    fetch it; `sha1` is the SHA-1 of the header block (the only bytes fetched)."""
+    return {
+        "sha1": sha1_hex(header.decode("utf-8", errors="replace").replace("\x00", "\ufffd")),
+        "imap_provider_code": provider_code,
+        "user_tag": user_tag,
+        "envelope": _without_nul(envelope),
+        "size": size,
+        "truncated": True,
+        "rfc822_url": message_url(provider_code, user_tag, uid_validity, uid),
+        "uid": uid,
+        "uid_validity": uid_validity,
+        "folder": folder,
+        "internal_date": internal_date,
+    }
+
+
 def new_mail_payload(
     *,
     provider_code: str,
@@ -28,6 +57,7 @@ def new_mail_payload(
     uid_validity: int,
     folder: str,
     internal_date: str | None,
+    size: int | None = None,
 ) -> dict:
     rfc822 = raw.decode("utf-8", errors="replace")
     exact = "\ufffd" not in rfc822 or _is_utf8(raw)
@@ -42,6 +72,7 @@ def new_mail_payload(
         "user_tag": user_tag,
         "envelope": _without_nul(envelope),
         "rfc822": rfc822,
+        "size": len(raw) if size is None else size,
         "uid": uid,
         "uid_validity": uid_validity,
         "folder": folder,

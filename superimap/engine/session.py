@@ -12,7 +12,7 @@ import logging
 import random
 import ssl
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 
@@ -28,14 +28,23 @@ from superimap.imap import (
     TaggedResponse,
     UntaggedStatus,
 )
-from superimap.mailboxes.models import MailboxUser
+from superimap.mailboxes.models import MailboxUser, MailLog
 
 log = logging.getLogger("superimap.engine")
 Status = MailboxUser.Status
+Reason = MailLog.Reason
 
 BATCH_SIZE = 100
 BODY_BYTES_PER_FETCH = 8 * 1024 * 1024
-SINCE_DAYS_AFTER_UIDVALIDITY_CHANGE = 2
+# After a UIDVALIDITY change, search by date from a day before the last mail persisted
+# (SINCE has day granularity and ignores time zones).
+SINCE_MARGIN = timedelta(days=1)
+# A UID the server does not return is re-checked (NOOP, UID SEARCH) and fetched again up
+# to this many times in all; still present but never returned: skipped as unfetchable.
+FETCH_ROUNDS = 3
+# A NO with one of these codes means "not now" for the whole command: reconnect and retry.
+# Any other NO to a UID FETCH (EXPUNGEISSUED, no code...) is about some of its messages.
+RETRY_LATER_CODES = frozenset({"UNAVAILABLE", "INUSE", "LIMIT", "OVERQUOTA"})
 
 
 class AuthFailed(Exception):
@@ -138,6 +147,10 @@ class MailboxSession:
         self.last_uid: int | None = None
         self._sleeper: asyncio.Future | None = None
         self._exists_at_search = 0
+        # UIDs a SEARCH returned that are not persisted yet (uid_validity, uids): if the
+        # connection drops first and a later SEARCH no longer finds one, it was expunged
+        # meanwhile and is recorded so, not forgotten.
+        self._unpersisted: tuple[int | None, set[int]] = (None, set())
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -263,7 +276,12 @@ class MailboxSession:
             # First connection: mail that predates the user is not sent.
             baseline = uid_next - 1 if uid_next else await self._highest_uid()
             await self.engine.pool.run(
-                store.set_baseline, self.user_id, self.engine.node_id, uid_validity, baseline
+                store.set_baseline,
+                self.user_id,
+                self.engine.node_id,
+                uid_validity,
+                baseline,
+                True,
             )
             self.last_uid = baseline
             log.info(
@@ -276,7 +294,8 @@ class MailboxSession:
                 config.uid_validity,
                 uid_validity,
             )
-            await self._catch_up_since_days(config, SINCE_DAYS_AFTER_UIDVALIDITY_CHANGE)
+            highest = uid_next - 1 if uid_next else await self._highest_uid()
+            await self._catch_up_after_uidvalidity_change(config, highest)
         else:
             self.last_uid = config.last_uid
 
@@ -300,41 +319,77 @@ class MailboxSession:
     async def _catch_up(self, config: store.MailboxConfig) -> None:
         self._exists_at_search = self.conn.exists_seen
         last = self.last_uid or 0
-        uids = sorted(uid for uid in await self._search(f"UID {last + 1}:*") if uid > last)
+        found = {uid for uid in await self._search(f"UID {last + 1}:*") if uid > last}
+        validity, seen = self._unpersisted
+        if validity != self.uid_validity:
+            seen = set()
+        # Seen by an earlier session but gone now: _fetch_batch records them as expunged.
+        uids = sorted(found | {uid for uid in seen if uid > last})
+        self._unpersisted = (self.uid_validity, set(uids))
         if uids:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
         await self._fetch_and_persist(config, uids)
 
     async def _sweep(self, config: store.MailboxConfig) -> None:
-        """Everything from UID 1: dedup (persist_batch) skips mail that was sent already, so
-        only mail never sent (e.g. older than the user) produces new_mail deliveries."""
+        """Everything from UID 1: UIDs already delivered or skipped are not fetched again,
+        so only mail never sent (e.g. older than the user) produces new_mail deliveries."""
         uids = sorted(await self._search("UID 1:*"))
         log.info("mailbox %s: sweeping %d message(s)", self.user_id, len(uids))
         if uids:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
-        await self._fetch_and_persist(config, uids)
+        await self._fetch_and_persist(config, uids, sweep=True)
         await self.engine.pool.run(
             store.finish_sweep, self.user_id, self.engine.node_id, config.sweep_requested_at
         )
 
-    async def _catch_up_since_days(self, config: store.MailboxConfig, days: int) -> None:
-        since = (timezone.now() - timedelta(days=days)).strftime("%d-%b-%Y")
-        uids = sorted(await self._search(f"SINCE {since}"))
+    async def _catch_up_after_uidvalidity_change(
+        self, config: store.MailboxConfig, highest: int
+    ) -> None:
+        """The old UIDs mean nothing now: look at the mail since a day before the last one
+        persisted. What predates the user's baseline is skipped (before_baseline), what was
+        delivered already is a duplicate, the rest is new. ``highest`` was the last UID at
+        SELECT: mail arriving during this has a higher UID and the next catch-up gets it."""
+        baseline = await self.engine.pool.run(store.baseline_moment, self.user_id)
+        now = timezone.now()
+        start = min(config.last_internal_date or baseline or now, now) - SINCE_MARGIN
+        uids = sorted(await self._search(f"SINCE {start.strftime('%d-%b-%Y')}"))
+        log.info(
+            "mailbox %s: %d message(s) since %s to check after the UIDVALIDITY change",
+            self.user_id,
+            len(uids),
+            start.date(),
+        )
         self.last_uid = 0
-        await self._fetch_and_persist(config, uids)
-        if not uids:
-            highest = await self._highest_uid()
-            await self.engine.pool.run(
-                store.set_baseline, self.user_id, self.engine.node_id, self.uid_validity, highest
-            )
-            self.last_uid = highest
+        # INTERNALDATE has whole seconds: a message of the baseline's second is new.
+        cutoff = baseline.replace(microsecond=0) if baseline else None
+        await self._fetch_and_persist(config, uids, before=cutoff, skip_recorded=True)
+        checkpoint = max(highest, self.last_uid)
+        await self.engine.pool.run(
+            store.set_baseline, self.user_id, self.engine.node_id, self.uid_validity, checkpoint
+        )
+        self.last_uid = checkpoint
 
-    async def _fetch_and_persist(self, config: store.MailboxConfig, uids: list[int]) -> None:
+    async def _fetch_and_persist(
+        self,
+        config: store.MailboxConfig,
+        uids: list[int],
+        *,
+        sweep: bool = False,
+        skip_recorded: bool = False,
+        before: datetime | None = None,
+    ) -> None:
+        """Fetch and persist ``uids`` batch by batch; each batch's UIDs all end in a state
+        (persisted or skipped) before the checkpoint moves past them."""
         for start in range(0, len(uids), BATCH_SIZE):
             batch = uids[start : start + BATCH_SIZE]
-            messages = await self._fetch_batch(batch)
-            if not messages:
+            if sweep or skip_recorded:
+                done = await self.engine.pool.run(
+                    store.recorded_uids, self.user_id, self.uid_validity, batch
+                )
+                batch = [uid for uid in batch if uid not in done]
+            if not batch:
                 continue
+            messages = await self._fetch_batch(batch, before)
             result = await self.engine.pool.run(
                 store.persist_batch,
                 self.user_id,
@@ -342,45 +397,125 @@ class MailboxSession:
                 self.uid_validity,
                 config.folder,
                 messages,
+                sweep,
             )
             self.last_uid = max(self.last_uid or 0, max(m.uid for m in messages))
+            result.log_skips(self.user_id, self.uid_validity, config.folder)
             self.engine.record_persisted(result)
+            self._unpersisted[1].difference_update(batch)
 
-    async def _fetch_batch(self, uids: list[int]) -> list[store.FetchedMessage]:
-        uid_set = ",".join(str(u) for u in uids)
-        untagged, _ = await self.conn.command(
-            *self.conn.protocol.uid_fetch(uid_set, "(UID RFC822.SIZE INTERNALDATE)")
-        )
-        self._check_uidvalidity(untagged)
-        meta = {e.uid: e for e in untagged if isinstance(e, Fetch) and e.uid in set(uids)}
-        wanted = [meta[u] for u in uids if u in meta]
-        small = [m for m in wanted if (m.size or 0) <= self.cfg.max_email_size]
-        bodies: dict[int, bytes] = {}
-        for chunk in _chunks_by_size(small, BODY_BYTES_PER_FETCH):
-            chunk_set = ",".join(str(m.uid) for m in chunk)
-            untagged, _ = await self.conn.command(
-                *self.conn.protocol.uid_fetch(chunk_set, "(UID BODY.PEEK[])"),
-                timeout=self.cfg.fetch_timeout,
-            )
-            for event in untagged:
-                if isinstance(event, Fetch) and event.uid is not None and event.body is not None:
-                    bodies[event.uid] = event.body
-        messages = []
-        for m in wanted:
-            oversize = (m.size or 0) > self.cfg.max_email_size
-            if not oversize and m.uid not in bodies:
-                # Expunged between the two fetches, or the server misbehaved: stop here so
-                # the checkpoint never passes a message we did not persist.
-                break
-            messages.append(
-                store.FetchedMessage(
+    async def _fetch_batch(
+        self, uids: list[int], before: datetime | None = None
+    ) -> list[store.FetchedMessage]:
+        """One FetchedMessage per UID of ``uids``, whatever the server answers.
+
+        Servers answer a message expunged meanwhile with a NIL body, by leaving it out
+        (often with OK or NO [EXPUNGEISSUED]), and may answer in any order. A UID without
+        an answer is checked again (NOOP, then UID SEARCH): gone, it is skipped as
+        expunged; present, it is fetched again. Mail older than ``before`` is skipped as
+        before_baseline after fetching its header only; mail over MAX_EMAIL_SIZE gets its
+        header fetched and is sent truncated."""
+        done: dict[int, store.FetchedMessage] = {}
+        meta: dict[int, Fetch] = {}
+        pending = list(uids)
+        for attempt in range(FETCH_ROUNDS):
+            if attempt:
+                pending = await self._still_present(pending, meta, done)
+                if not pending:
+                    break
+            missing = [uid for uid in pending if uid not in meta]
+            if missing:
+                for event in await self._fetch_items(missing, "(UID RFC822.SIZE INTERNALDATE)"):
+                    # Not an unsolicited FLAGS update for the same UID, if there is better.
+                    if event.uid not in meta or meta[event.uid].size is None:
+                        meta[event.uid] = event
+            ready = [meta[uid] for uid in pending if uid in meta]
+            old = {m.uid for m in ready if before and m.internal_date and m.internal_date < before}
+            whole = [m for m in ready if m.uid not in old and self._fits(m)]
+            heads = [m for m in ready if m.uid not in old and not self._fits(m)]
+            heads += [m for m in ready if m.uid in old]
+            parts = await self._fetch_parts(whole, "BODY.PEEK[]", "BODY[]")
+            parts.update(await self._fetch_parts(heads, "BODY.PEEK[HEADER]", "BODY[HEADER]"))
+            for m in ready:
+                part = parts.get(m.uid)
+                if part is None:
+                    continue
+                fits = m.uid not in old and self._fits(m)
+                done[m.uid] = store.FetchedMessage(
                     uid=m.uid,
                     size=m.size or 0,
                     internal_date=m.internal_date,
-                    raw=None if oversize else bodies[m.uid],
+                    raw=part if fits else None,
+                    header=None if fits else part,
+                    skip=Reason.BEFORE_BASELINE if m.uid in old else "",
                 )
+            pending = [uid for uid in pending if uid not in done]
+            if not pending:
+                break
+        for uid in pending:
+            log.warning("mailbox %s: uid %d present but never returned by FETCH", self.user_id, uid)
+            done[uid] = self._skipped(uid, meta, Reason.UNFETCHABLE)
+        return [done[uid] for uid in uids]
+
+    def _fits(self, message: Fetch) -> bool:
+        return (message.size or 0) <= self.cfg.max_email_size
+
+    async def _still_present(self, pending, meta, done) -> list[int]:
+        """Of ``pending`` (UIDs the server did not return), those still in the folder; the
+        others are recorded as expunged in ``done``."""
+        untagged, _ = await self.conn.command(*self.conn.protocol.noop())
+        self._check_uidvalidity(untagged)
+        present = set(await self._search("UID " + ",".join(map(str, pending))))
+        for uid in pending:
+            if uid not in present:
+                done[uid] = self._skipped(uid, meta, Reason.EXPUNGED)
+        return [uid for uid in pending if uid in present]
+
+    @staticmethod
+    def _skipped(uid: int, meta: dict[int, Fetch], reason: str) -> store.FetchedMessage:
+        m = meta.get(uid)
+        return store.FetchedMessage(
+            uid=uid,
+            size=(m.size or 0) if m else 0,
+            internal_date=m.internal_date if m else None,
+            raw=None,
+            skip=reason,
+        )
+
+    async def _fetch_items(self, uids: list[int], items: str) -> list[Fetch]:
+        """UID FETCH ``items`` of ``uids``: the FETCH responses for those UIDs, in whatever
+        order they come (a UID may also get an unsolicited FLAGS update of its own); UIDs
+        not asked for are ignored."""
+        untagged, tagged = await self.conn.command(
+            *self.conn.protocol.uid_fetch(",".join(map(str, uids)), items),
+            timeout=self.cfg.fetch_timeout,
+            check=False,
+        )
+        self._check_uidvalidity(untagged)
+        if tagged.status != "OK":
+            code = str(tagged.code[0]).upper() if tagged.code else ""
+            if tagged.status != "NO" or code in RETRY_LATER_CODES:
+                raise CommandFailed("UID FETCH", tagged)
+            log.info(
+                "mailbox %s: UID FETCH answered NO for some messages: %s",
+                self.user_id,
+                tagged.text[:200],
             )
-        return messages
+        wanted = set(uids)
+        return [e for e in untagged if isinstance(e, Fetch) and e.uid in wanted]
+
+    async def _fetch_parts(self, messages: list[Fetch], item: str, key: str) -> dict[int, bytes]:
+        """``item`` (a body section) of ``messages`` in chunks of at most
+        BODY_BYTES_PER_FETCH; a NIL or missing section is left out."""
+        parts: dict[int, bytes] = {}
+        for chunk in _chunks_by_size(messages, BODY_BYTES_PER_FETCH):
+            for event in await self._fetch_items([m.uid for m in chunk], f"(UID {item})"):
+                value = event.body if key == "BODY[]" else event.attributes.get(key)
+                if isinstance(value, str):
+                    value = value.encode("utf-8")
+                if isinstance(value, bytes):
+                    parts[event.uid] = value
+        return parts
 
     # --- waiting for mail ---------------------------------------------------------------
 

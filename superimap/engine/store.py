@@ -8,7 +8,10 @@ that lost a mailbox to another node cannot write it.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -19,11 +22,15 @@ from django.utils import timezone
 from superimap.dbpool import read_only
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery
-from superimap.delivery.payloads import new_mail_payload
+from superimap.delivery.payloads import new_mail_payload, truncated_mail_payload
 from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.tracers.models import TracerLog
 
+log = logging.getLogger("superimap.engine")
+Reason = MailLog.Reason
+# Rows a new message is compared with for dedup: mail that was delivered (or a tracer).
+DEDUP_AGAINST = ("", Reason.TRACER)
 TRACER_SUBJECT = re.compile(r"^TRACER:\s*(\S+)\s*$")
 STATUS_BATCH = 500  # ids per UPDATE: well under every backend's parameter limit
 # user_error: at once for what needs a human, after this long for any other failure.
@@ -62,23 +69,50 @@ class MailboxConfig:
     oauth_client_secret: str = ""
     # A sweep was requested: catch up from UID 1 once (dedup keeps sent mail from repeating).
     sweep_requested_at: datetime | None = None
+    # INTERNALDATE of the last message persisted: where a date catch-up starts.
+    last_internal_date: datetime | None = None
 
 
 @dataclass(frozen=True)
 class FetchedMessage:
+    """What the session learnt about one UID of a batch. Exactly one of: ``raw`` (the
+    whole message), ``header`` alone (over MAX_EMAIL_SIZE: sent truncated), or ``skip``
+    (a MailLog.Reason the session decided: expunged, before_baseline, unfetchable)."""
+
     uid: int
     size: int
     internal_date: datetime | None
-    raw: bytes | None  # None: not fetched (over MAX_EMAIL_SIZE)
+    raw: bytes | None  # None: not fetched (over MAX_EMAIL_SIZE, or skipped)
+    header: bytes | None = None  # BODY[HEADER], when the whole message was not fetched
+    skip: str = ""
 
 
 @dataclass
 class PersistResult:
     new: int = 0
     duplicates: int = 0
-    skipped: int = 0
+    skipped: int = 0  # all skips, duplicates and tracers included
     tracers: int = 0
+    truncated: int = 0
     delivery_ids: list[int] = field(default_factory=list)
+    skips: Counter[str] = field(default_factory=Counter)  # reason -> count
+    # (uid, reason, message_id, size) of each skip, logged once the batch committed.
+    skipped_rows: list[tuple[int, str, str, int]] = field(default_factory=list)
+
+    def log_skips(self, user_id: int, uid_validity: int, folder: str) -> None:
+        """One INFO line per skip, for the operator (after the commit, so a rolled back
+        batch that is fetched again does not log its skips twice)."""
+        for uid, reason, message_id, size in self.skipped_rows:
+            log.info(
+                "mailbox %s: skipped uid %d (uidvalidity %d, %s) as %s: message_id=%s size=%d",
+                user_id,
+                uid,
+                uid_validity,
+                folder,
+                reason,
+                message_id or "-",
+                size,
+            )
 
 
 @read_only
@@ -133,6 +167,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         oauth_client_id=connection.oauth_client_id,
         oauth_client_secret=connection.oauth_client_secret,
         sweep_requested_at=user.sweep_requested_at,
+        last_internal_date=user.last_internal_date,
     )
 
 
@@ -144,11 +179,35 @@ def _owned(user_id: int, node_id: str):
     )
 
 
-def set_baseline(user_id: int, node_id: str, uid_validity: int, last_uid: int) -> None:
-    """First connection (or a changed UIDVALIDITY): start from here, send nothing older."""
-    updated = _owned(user_id, node_id).update(uid_validity=uid_validity, last_uid=last_uid)
-    if not updated:
-        raise LeaseLost(user_id)
+def set_baseline(
+    user_id: int, node_id: str, uid_validity: int, last_uid: int, first: bool = False
+) -> None:
+    """First connection (or a changed UIDVALIDITY): start from here, send nothing older.
+
+    The first baseline also sets ``baseline_at``: after a UIDVALIDITY change, mail with an
+    INTERNALDATE before it is older than the user (recorded as before_baseline)."""
+    with transaction.atomic():
+        updated = _owned(user_id, node_id).update(uid_validity=uid_validity, last_uid=last_uid)
+        if not updated:
+            raise LeaseLost(user_id)
+        _owned(user_id, node_id).filter(baseline_at__isnull=True).update(baseline_at=timezone.now())
+
+
+@read_only
+def baseline_moment(user_id: int) -> datetime | None:
+    """When the user's mail starts: its first baseline (older users: when it connected)."""
+    row = MailboxUser.objects.filter(id=user_id).values("baseline_at", "connected_at").first()
+    if row is None:
+        return None
+    return row["baseline_at"] or row["connected_at"]
+
+
+@read_only
+def recorded_uids(user_id: int, uid_validity: int, uids: list[int]) -> set[int]:
+    """UIDs of ``uids`` that already ended in a state (delivered or skipped), except those
+    skipped as before_baseline, which a sweep may still send."""
+    rows = MailLog.objects.filter(user_id=user_id, uid_validity=uid_validity, uid__in=uids)
+    return set(rows.exclude(skipped_reason=Reason.BEFORE_BASELINE).values_list("uid", flat=True))
 
 
 def finish_sweep(user_id: int, node_id: str, requested_at: datetime) -> bool:
@@ -164,7 +223,11 @@ def persist_batch(
     uid_validity: int,
     folder: str,
     messages: list[FetchedMessage],
+    sweep: bool = False,
 ) -> PersistResult:
+    """Every message ends here in exactly one state: a MailLog row plus a new_mail
+    Delivery, or a MailLog row with a skip reason. A UID that already has a row is left
+    alone (a re-fetch after a crash, or a sweep); a sweep sends before_baseline mail."""
     result = PersistResult()
     if not messages:
         return result
@@ -184,7 +247,19 @@ def persist_batch(
             raise LeaseLost(user_id)
         partner = user.connection.partner
         has_url = bool(partner.new_mail_webhook)
+        uids = [m.uid for m in messages]
+        seen = dict(
+            MailLog.objects.filter(user=user, uid_validity=uid_validity, uid__in=uids)
+            .values_list("uid", "skipped_reason")
+            .order_by()
+        )
         for message in sorted(messages, key=lambda m: m.uid):
+            if message.uid in seen:
+                if not (sweep and seen[message.uid] == Reason.BEFORE_BASELINE and not message.skip):
+                    continue
+                MailLog.objects.filter(
+                    user=user, uid_validity=uid_validity, uid=message.uid
+                ).delete()
             _persist_one(user, partner, has_url, uid_validity, folder, message, result)
         last = max(messages, key=lambda m: m.uid)
         # After a UIDVALIDITY change the old last_uid means nothing in the new UID space.
@@ -198,60 +273,64 @@ def persist_batch(
     return result
 
 
+def identity_of(message_id: str, size: int, date: str | None) -> str:
+    """Dedup key: the same Message-ID, size and Date header mean the same message."""
+    text = f"{message_id}\x00{size}\x00{(date or '').strip()}"
+    return hashlib.sha1(text.encode("utf-8", errors="replace")).hexdigest()
+
+
 def _persist_one(user, partner, has_url, uid_validity, folder, message, result) -> None:
-    if message.raw is None:
-        sha1 = f"{message.uid:040d}"[-40:]
-        MailLog.objects.get_or_create(
-            user=user,
-            message_id=f"<uid-{uid_validity}-{message.uid}@oversize.superimap>",
-            defaults={
-                "sha1": sha1,
-                "uid": message.uid,
-                "uid_validity": uid_validity,
-                "internal_date": message.internal_date,
-                "size": message.size,
-                "skipped_reason": "over MAX_EMAIL_SIZE",
-            },
-        )
-        result.skipped += 1
+    content = message.raw if message.raw is not None else message.header
+    if message.skip or content is None:
+        env = envelope(parse_headers(content)) if content is not None else {}
+        reason = message.skip or Reason.UNFETCHABLE
+        _skip(user, uid_validity, folder, message, reason, env, "", "", result)
         return
-    sha1 = sha1_of(message.raw)
-    env = envelope(parse_headers(message.raw))
+    sha1 = sha1_of(content)
+    env = envelope(parse_headers(content))
     message_id = message_id_or_digest(env, sha1)
-    if MailLog.objects.filter(Q(message_id=message_id) | Q(sha1=sha1), user=user).exists():
-        result.duplicates += 1
-        return
-    MailLog.objects.create(
-        user=user,
-        message_id=message_id,
-        sha1=sha1,
-        uid=message.uid,
-        uid_validity=uid_validity,
-        internal_date=message.internal_date,
-        size=message.size or len(message.raw),
+    size = message.size or len(content)
+    identity = identity_of(message_id, size, env.get("date"))
+    # (user, sha1) OR (user, identity): each side uses its own index (SQLite's MULTI-INDEX
+    # OR); "user AND (sha1 OR identity)" scanned all of the user's rows.
+    same = (
+        MailLog.objects.filter(Q(user=user, sha1=sha1) | Q(user=user, identity=identity))
+        .filter(skipped_reason__in=DEDUP_AGAINST)
+        .order_by()
     )
+    if same.exists():
+        result.duplicates += 1
+        _skip(user, uid_validity, folder, message, Reason.DUPLICATE, env, sha1, identity, result)
+        return
     tracer = TRACER_SUBJECT.match(env.get("subject") or "")
     if tracer and user.enable_tracer:
         TracerLog.objects.filter(tracer_uid=tracer.group(1), detected_at__isnull=True).update(
             detected_at=timezone.now()
         )
         result.tracers += 1
+        _skip(user, uid_validity, folder, message, Reason.TRACER, env, sha1, identity, result)
         return
-    payload = new_mail_payload(
-        provider_code=user.connection.provider.code,
-        user_tag=user.tag,
-        raw=message.raw,
-        envelope=env,
-        uid=message.uid,
-        uid_validity=uid_validity,
-        folder=folder,
-        internal_date=message.internal_date.isoformat() if message.internal_date else None,
-    )
+    _log_row(user, uid_validity, folder, message, "", env, sha1, identity)
+    common = {
+        "provider_code": user.connection.provider.code,
+        "user_tag": user.tag,
+        "envelope": env,
+        "uid": message.uid,
+        "uid_validity": uid_validity,
+        "folder": folder,
+        "internal_date": message.internal_date.isoformat() if message.internal_date else None,
+    }
+    if message.raw is None:
+        payload = truncated_mail_payload(header=content, size=size, **common)
+        result.truncated += 1
+    else:
+        payload = new_mail_payload(raw=message.raw, size=size, **common)
     delivery = Delivery.objects.create(
         kind=Delivery.Kind.NEW_MAIL,
         partner=partner,
         user=user,
         message_id=message_id,
+        dedup_key=identity,
         payload=payload,
         status=Delivery.Status.PENDING if has_url else Delivery.Status.SKIPPED,
         last_error="" if has_url else "partner has no new_mail webhook URL",
@@ -259,6 +338,32 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
     )
     result.new += 1
     result.delivery_ids.append(delivery.id)
+
+
+def _log_row(user, uid_validity, folder, message, reason, env, sha1, identity) -> MailLog:
+    message_id = (env.get("message_id") or "").replace("\x00", "\ufffd").strip()
+    subject = (env.get("subject") or "").replace("\x00", "\ufffd")
+    return MailLog.objects.create(
+        user=user,
+        message_id=message_id[:998],
+        sha1=sha1,
+        identity=identity,
+        uid=message.uid,
+        uid_validity=uid_validity,
+        folder=folder[:255],
+        subject=subject[:998],
+        internal_date=message.internal_date,
+        size=message.size or len(message.raw or b""),
+        skipped_reason=reason,
+    )
+
+
+def _skip(user, uid_validity, folder, message, reason, env, sha1, identity, result) -> None:
+    """Record a skip where the partner (API) and the operator (dashboard, log) see it."""
+    row = _log_row(user, uid_validity, folder, message, reason, env, sha1, identity)
+    result.skipped += 1
+    result.skips[reason] += 1
+    result.skipped_rows.append((message.uid, reason, row.message_id, row.size))
 
 
 def save_refresh_token(user_id: int, node_id: str, refresh_token: str) -> None:

@@ -19,7 +19,14 @@ from django.utils import timezone
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.session import MailboxSession, SessionSettings
-from superimap.metrics import EMAILS_PROCESSED, ENGINE_METRICS, MAILBOX_SESSIONS, expose
+from superimap.mailboxes.models import MailLog
+from superimap.metrics import (
+    EMAILS_PROCESSED,
+    ENGINE_METRICS,
+    MAIL_SKIPPED,
+    MAILBOX_SESSIONS,
+    expose,
+)
 from superimap.tracers.sender import TracerSender
 
 log = logging.getLogger("superimap.engine")
@@ -67,6 +74,8 @@ class Engine:
         self._held_as_of: datetime | None = None
         self._refreshes = 0
         self.emails_processed = 0
+        for reason in MailLog.Reason.values:
+            MAIL_SKIPPED.labels(reason)  # every reason shows in /metrics, at 0 until used
         self.started_at = timezone.now()
         self.tracers = TracerSender(self, tracer_interval, num_tracers)
         expose(ENGINE_METRICS)
@@ -77,7 +86,10 @@ class Engine:
         self._statuses[user_id] = (status, error, failures)
 
     def record_persisted(self, result: store.PersistResult) -> None:
+        """After a batch committed: counters, and the worker woken for new deliveries."""
         self.emails_processed += result.new + result.tracers
+        for reason, count in result.skips.items():
+            MAIL_SKIPPED.labels(reason).inc(count)
         EMAILS_PROCESSED.inc(result.new + result.tracers)
         if result.new and self.on_new_deliveries:
             self.on_new_deliveries()

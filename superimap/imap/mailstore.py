@@ -13,7 +13,17 @@ SEEN = "\\Seen"
 _SEARCH_DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})")
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 FETCH_ITEMS = frozenset(
-    {"UID", "RFC822.SIZE", "INTERNALDATE", "FLAGS", "BODY[]", "BODY.PEEK[]", "RFC822"}
+    {
+        "UID",
+        "RFC822.SIZE",
+        "INTERNALDATE",
+        "FLAGS",
+        "BODY[]",
+        "BODY.PEEK[]",
+        "RFC822",
+        "BODY[HEADER]",
+        "BODY.PEEK[HEADER]",
+    }
 )
 # A partial body fetch, BODY.PEEK[]<origin.length> (RFC 3501 6.4.5), answered BODY[]<origin>.
 _PARTIAL_BODY = re.compile(r"BODY(?:\.PEEK)?\[\]<(\d+)\.(\d+)>")
@@ -32,7 +42,7 @@ class StoredMessage:
 
 
 class Mailbox:
-    """One user's INBOX. Messages are never expunged, so sequence number = index + 1."""
+    """One user's INBOX. Sequence number = index + 1 (expunge() shifts the ones after)."""
 
     __slots__ = ("uidvalidity", "uidnext", "messages")
 
@@ -53,6 +63,20 @@ class Mailbox:
         for uid, message in enumerate(self.messages, start=1):
             message.uid = uid
         self.uidnext = len(self.messages) + 1
+
+    def expunge(self, uid: int) -> int | None:
+        """Remove the message with ``uid``; return the sequence number it had."""
+        for seq, message in enumerate(self.messages, start=1):
+            if message.uid == uid:
+                del self.messages[seq - 1]
+                return seq
+        return None
+
+    def seq_of(self, uid: int) -> int | None:
+        for seq, message in enumerate(self.messages, start=1):
+            if message.uid == uid:
+                return seq
+        return None
 
     @property
     def largest_uid(self) -> int:
@@ -107,6 +131,8 @@ class Mailbox:
                 rendered.append(("BODY[]", literal(message.raw)))
             elif item == "RFC822":
                 rendered.append((item, literal(message.raw)))
+            elif item in ("BODY[HEADER]", "BODY.PEEK[HEADER]"):
+                rendered.append(("BODY[HEADER]", literal(header_of(message.raw))))
             elif partial := _PARTIAL_BODY.fullmatch(item):
                 origin, length = int(partial.group(1)), int(partial.group(2))
                 part = message.raw[origin : origin + length]
@@ -114,6 +140,15 @@ class Mailbox:
         if "FLAGS" in items or flags_changed:
             rendered.append(("FLAGS", render_flags(message.flags)))
         return fetch_response(seq, rendered)
+
+
+def header_of(raw: bytes) -> bytes:
+    """The header block, blank line included (what BODY[HEADER] returns)."""
+    end = raw.find(b"\r\n\r\n")
+    if end >= 0:
+        return raw[: end + 4]
+    end = raw.find(b"\n\n")
+    return raw[: end + 2] if end >= 0 else raw
 
 
 def render_flags(flags: set[str]) -> bytes:

@@ -186,20 +186,52 @@ class MailboxUserAdmin(admin.ModelAdmin):
             )
 
 
+class MailStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("delivered", "Delivered (new_mail)"), ("skipped", "Skipped")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "delivered":
+            return queryset.filter(skipped_reason="")
+        if self.value() == "skipped":
+            return queryset.exclude(skipped_reason="")
+        return queryset
+
+
+class SkipReasonFilter(admin.SimpleListFilter):
+    title = "skip reason"
+    parameter_name = "reason"
+
+    def lookups(self, request, model_admin):
+        return MailLog.Reason.choices
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(skipped_reason=self.value())
+        return queryset
+
+
 @admin.register(MailLog)
 class MailLogAdmin(admin.ModelAdmin):
     list_display = [
         "message_id",
+        "subject",
         "user",
         "uid",
+        "uid_validity",
         "size",
         "internal_date",
+        "status",
         "skipped_reason",
         "created_at",
     ]
+    list_filter = [MailStatusFilter, SkipReasonFilter]
     list_select_related = ["user"]
     raw_id_fields = ["user"]
-    search_fields = ["message_id", "sha1"]
+    search_fields = ["message_id", "sha1", "subject", "user__tag"]
     show_full_result_count = False
 
     def has_add_permission(self, request):

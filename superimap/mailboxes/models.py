@@ -40,6 +40,9 @@ class MailboxUser(models.Model):
     last_uid = models.BigIntegerField(null=True, blank=True)
     last_internal_date = models.DateTimeField(null=True, blank=True)
     last_email_at = models.DateTimeField(null=True, blank=True)
+    # When the first baseline was taken: mail with an INTERNALDATE before it predates the
+    # user and is never new, also after a UIDVALIDITY change (design-notes/loss-engine.md).
+    baseline_at = models.DateTimeField(null=True, blank=True)
     # Set to ask the engine to "sweep" the inbox: send new_mail for every message not sent
     # yet (e.g. older than the user); the engine clears it when the sweep is done.
     sweep_requested_at = models.DateTimeField(null=True, blank=True)
@@ -98,15 +101,28 @@ class MailboxUser(models.Model):
 
 
 class MailLog(models.Model):
-    """One row per email seen; the dedup index of design.md section 4 step 6."""
+    """One row per message the engine saw at a (uid_validity, uid): delivered as new_mail
+    (``skipped_reason`` empty) or skipped with a reason code. Also the dedup index."""
+
+    class Reason(models.TextChoices):
+        EXPUNGED = "expunged", "Expunged before it could be fetched"
+        DUPLICATE = "duplicate", "Same message as one already delivered"
+        BEFORE_BASELINE = "before_baseline", "Older than the user's baseline"
+        TRACER = "tracer", "Tracer email"
+        UNFETCHABLE = "unfetchable", "The server refused to return it"
 
     user = models.ForeignKey(MailboxUser, on_delete=models.CASCADE, related_name="mail_logs")
-    message_id = models.CharField(max_length=998)
-    sha1 = models.CharField(max_length=40)
+    message_id = models.CharField(max_length=998, blank=True)
+    sha1 = models.CharField(max_length=40, blank=True)
+    # Dedup key: SHA-1 of Message-ID, size and Date header (engine/store.py identity_of).
+    identity = models.CharField(max_length=40, blank=True)
     uid = models.BigIntegerField()
     uid_validity = models.BigIntegerField()
+    folder = models.CharField(max_length=255, blank=True)
+    subject = models.CharField(max_length=998, blank=True)
     internal_date = models.DateTimeField(null=True, blank=True)
     size = models.PositiveIntegerField(default=0)
+    # Empty: delivered as new_mail. Otherwise a Reason code (older rows: free text).
     skipped_reason = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -114,10 +130,17 @@ class MailLog(models.Model):
         ordering = ["-id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["user", "message_id"], name="maillog_unique_message_id"
+                fields=["user", "uid_validity", "uid"], name="maillog_one_row_per_uid"
             ),
         ]
-        indexes = [models.Index(fields=["user", "sha1"])]
+        indexes = [
+            models.Index(fields=["user", "sha1"]),
+            models.Index(fields=["user", "identity"], name="maillog_user_identity"),
+        ]
 
     def __str__(self) -> str:
-        return self.message_id
+        return self.message_id or f"uid {self.uid}"
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.skipped_reason else "delivered"

@@ -3,7 +3,10 @@
 Users are ``user{i}`` / ``pass{i}`` (XOAUTH2 token ``token-for-user{i}``). Every generated
 message has a unique Message-ID recorded in ``generated`` so tests can check that each one
 was delivered exactly once. Faults only touch the wire, never the store, except
-UIDVALIDITY_CHANGE, which renumbers a mailbox but keeps its messages.
+UIDVALIDITY_CHANGE, which renumbers a mailbox but keeps its messages, and
+``expunge_rate``: a UID FETCH of bodies then expunges some of the messages it asks for just
+before answering, the way a concurrent client does, answering for each a NIL body or
+nothing, then OK or NO [EXPUNGEISSUED]; ``expunged`` lists them (username, Message-ID).
 
 Every generated message also carries ``X-Chaos-Generated: <time.time()>`` so a benchmark
 can measure push-to-persist latency on the same clock.
@@ -34,7 +37,7 @@ from email.utils import format_datetime
 
 from superimap.imap.errors import RemoteProtocolError
 from superimap.imap.framing import Value
-from superimap.imap.mailstore import Mailbox, SearchError, StoredMessage
+from superimap.imap.mailstore import Mailbox, SearchError, StoredMessage, in_set
 from superimap.imap.server import (
     BadCommand,
     Command,
@@ -92,8 +95,13 @@ class ChaosImapServer:
         seed: int | None = None,
         chaos_rate: float = 0.02,
         ssl_context: ssl.SSLContext | None = None,
+        expunge_rate: float = 0.0,
+        faults: Sequence[Fault] | None = None,
     ) -> None:
         self.host = host
+        self.expunge_rate = expunge_rate
+        self.faults = tuple(faults) if faults is not None else tuple(Fault)
+        self.expunged: list[tuple[str, str]] = []
         self.ssl_context = ssl_context
         self.port = port
         self.users = users
@@ -222,8 +230,25 @@ class ChaosImapServer:
             return forced.popleft()
         if not self.chaos or self.random.random() >= self.chaos_rate:
             return None
-        faults = [f for f in Fault if username or f is not Fault.UIDVALIDITY_CHANGE]
+        faults = [f for f in self.faults if username or f is not Fault.UIDVALIDITY_CHANGE]
+        if not faults:
+            return None
         return self.random.choices(faults, [_FAULT_WEIGHTS[f] for f in faults])[0]
+
+    def expunge(self, username: str, uid: int) -> bool:
+        """Remove a message as another client would; selected sessions get EXPUNGE."""
+        mailbox = self.mailbox(username)
+        message = next((m for m in mailbox.messages if m.uid == uid), None)
+        if message is None:
+            return False
+        seq = mailbox.expunge(uid)
+        self.expunged.append((username, _message_id(message.raw)))
+        self.stats["expunged"] += 1
+        for session in self.sessions_by_user.get(username, ()):
+            if session.selected and session.reported_exists >= (seq or 0):
+                session.reported_exists -= 1
+                session.write(untagged_data(f"{seq} EXPUNGE"))
+        return True
 
     def change_uidvalidity(self, username: str) -> None:
         mailbox = self.mailbox(username)
@@ -485,16 +510,47 @@ class ImapSession(asyncio.Protocol):
             return
         uid_set, items = command.args
         names = items if isinstance(items, tuple) else (items,)
+        wanted = tuple(_text(name).upper() for name in names)
+        mailbox = self.server.mailbox(self.username)
         try:
-            responses = self.server.mailbox(self.username).uid_fetch(
-                _text(uid_set), tuple(_text(name).upper() for name in names), self.readonly
-            )
+            vanished, nil_answers = self.expunge_some(_text(uid_set), wanted)
+            responses = mailbox.uid_fetch(_text(uid_set), wanted, self.readonly)
         except SearchError as error:
             self.write(tagged(command.tag, "BAD", str(error)))
             return
+        if vanished and self.server.random.random() < 0.5:
+            self.server.random.shuffle(responses)  # another order than asked
         self.sync_exists()
-        self.write(b"".join(responses))
-        self.write(tagged(command.tag, "OK", "FETCH completed"))
+        self.write(b"".join([*nil_answers, *responses]))
+        if not vanished:
+            self.write(tagged(command.tag, "OK", "FETCH completed"))
+        elif self.server.random.random() < 0.5:
+            self.write(tagged(command.tag, "OK", "Some messages were expunged", "EXPUNGEISSUED"))
+        else:
+            self.write(tagged(command.tag, "NO", "Some messages were expunged", "EXPUNGEISSUED"))
+
+    def expunge_some(self, uid_set: str, items: tuple[str, ...]) -> tuple[int, list[bytes]]:
+        """With ``expunge_rate``, expunge messages a body fetch asks for just before it is
+        answered; return how many, and the NIL-body responses of those answered that way
+        (the others are left out of the answer)."""
+        server = self.server
+        if not server.expunge_rate or not {"BODY[]", "BODY.PEEK[]"} & set(items):
+            return 0, []
+        assert self.username is not None
+        mailbox = server.mailbox(self.username)
+        largest = mailbox.largest_uid
+        victims = [
+            m.uid
+            for m in mailbox.messages
+            if in_set(m.uid, uid_set, largest) and server.random.random() < server.expunge_rate
+        ]
+        nil_answers = []
+        for uid in victims:
+            seq = mailbox.seq_of(uid)
+            server.expunge(self.username, uid)
+            if seq is not None and server.random.random() < 0.5:
+                nil_answers.append(untagged_data(f"{seq} FETCH (UID {uid} BODY[] NIL)"))
+        return len(victims), nil_answers
 
     def cmd_idle(self, command: Command) -> None:
         self.idle_tag = command.tag
@@ -532,6 +588,13 @@ def _text(value: Value) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return "" if value is None else str(value)
+
+
+def _message_id(raw: bytes) -> str:
+    for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().decode("utf-8", "replace")
+    return ""
 
 
 def _now() -> datetime:

@@ -425,6 +425,14 @@ class DovecotServer:
         """Store ``raw`` in ``mailbox``; IDLE clients on it are told (EXISTS) promptly."""
         self.doveadm("save", "-u", username, "-m", mailbox, stdin=raw)
 
+    def expunge(self, username: str, uid: int, mailbox: str = "INBOX") -> None:
+        """Remove one message, as another mail client would."""
+        self.doveadm("expunge", "-u", username, "mailbox", mailbox, "uid", str(uid))
+
+    def uids(self, username: str, mailbox: str = "INBOX") -> list[int]:
+        out = self.doveadm("-f", "tab", "fetch", "-u", username, "uid", "mailbox", mailbox)
+        return sorted(int(row["uid"]) for row in _parse_tab(out))
+
     def create_mailbox(self, username: str, mailbox: str) -> None:
         self.doveadm("mailbox", "create", "-u", username, mailbox)
 

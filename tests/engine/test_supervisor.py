@@ -83,7 +83,7 @@ def test_it_watches_over_starttls(mailbox, dovecot):
     assert [r.payload["envelope"]["subject"] for r in rows] == ["over starttls"]
 
 
-def test_it_skips_mail_over_the_size_limit_but_moves_on(mailbox, dovecot):
+def test_it_sends_mail_over_the_size_limit_truncated_and_moves_on(mailbox, dovecot):
     user = mailbox()
     small_limit = dataclasses.replace(FAST, max_email_size=4096)
 
@@ -92,29 +92,35 @@ def test_it_skips_mail_over_the_size_limit_but_moves_on(mailbox, dovecot):
             await wait_for(lambda: _user(user.id).status == "idle")
             await _send(dovecot, user, "too big", body="x" * 20000)
             await _send(dovecot, user, "small")
-            return await wait_for(lambda: _new_mail(user.id))
+            return await wait_for(lambda: len(_new_mail(user.id)) == 2 and _new_mail(user.id))
 
     rows = asyncio.run(scenario())
-    assert [r.payload["envelope"]["subject"] for r in rows] == ["small"]
-    skipped = MailLog.objects.get(user_id=user.id, skipped_reason__startswith="over")
-    assert skipped.size > 4096
+    by_subject = {r.payload["envelope"]["subject"]: r.payload for r in rows}
+    big, small = by_subject.pop("too big"), by_subject.pop("small")
+    assert big["truncated"] is True and big["size"] > 4096 and "rfc822" not in big
+    assert "truncated" not in small and "rfc822" in small
+    logged = MailLog.objects.get(user_id=user.id, subject="too big")
+    assert logged.size > 4096 and logged.skipped_reason == ""
 
 
-def test_it_delivers_a_message_id_only_once(mailbox, dovecot):
+def test_it_delivers_the_same_message_only_once(mailbox, dovecot):
     user = mailbox()
+    copy = make_message("copy", "a@example.test", user.email, "x", "<same@example.test>")
 
     async def scenario():
         async with RunningEngine():
             await wait_for(lambda: _user(user.id).status == "idle")
-            await _send(dovecot, user, "copy 1", message_id="<same@example.test>")
-            await _send(dovecot, user, "copy 2", message_id="<same@example.test>")
+            for _ in range(2):
+                await asyncio.to_thread(dovecot.deliver, user.tag, copy)
             await _send(dovecot, user, "other")
             await wait_for(lambda: len(_new_mail(user.id)) == 2)
             await asyncio.sleep(0.5)
 
     asyncio.run(scenario())
     subjects = sorted(d.payload["envelope"]["subject"] for d in _new_mail(user.id))
-    assert subjects == ["copy 1", "other"]
+    assert subjects == ["copy", "other"]
+    skipped = MailLog.objects.exclude(skipped_reason="").get(user_id=user.id)
+    assert (skipped.skipped_reason, skipped.message_id) == ("duplicate", "<same@example.test>")
 
 
 def test_it_completes_tracers_without_delivering_them(mailbox, dovecot):

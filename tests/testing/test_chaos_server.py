@@ -14,6 +14,7 @@ from superimap.imap import (
     Continuation,
     Event,
     Exists,
+    Expunge,
     Fetch,
     ImapError,
     RemoteProtocolError,
@@ -317,3 +318,47 @@ def test_main_has_a_command_line(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--emails-per-minute" in capsys.readouterr().out
+
+
+def test_it_fetches_the_header_block_alone() -> None:
+    async def scenario(server: ChaosImapServer) -> None:
+        server.add_message("user0", MESSAGE)
+        client = await Client.connect(server.port)
+        await client.login()
+        await client.send(client.protocol.select("INBOX"))
+        events = await client.send(client.protocol.uid_fetch("1", "(UID BODY.PEEK[HEADER])"))
+        header = MESSAGE[: MESSAGE.index(b"\r\n\r\n") + 4]
+        assert events[0].attributes["BODY[HEADER]"] == header
+        assert server.messages_of("user0")[0].flags == set()
+        await client.close()
+
+    run(scenario)
+
+
+def test_expunges_during_a_body_fetch_are_announced_and_recorded() -> None:
+    async def scenario(server: ChaosImapServer) -> None:
+        for _ in range(20):
+            server.add_message("user0", MESSAGE)
+        client = await Client.connect(server.port)
+        await client.login()
+        await client.send(client.protocol.select("INBOX"))
+        events = await client.send(client.protocol.uid_fetch("1:*", "(UID BODY.PEEK[])"))
+        tagged = events[-1]
+        returned = {e.uid for e in events if isinstance(e, Fetch) and e.body is not None}
+        nil = {e.uid for e in events if isinstance(e, Fetch) and e.body is None}
+        expunges = [e for e in events if isinstance(e, Expunge)]
+        left = {m.uid for m in server.messages_of("user0")}
+        assert len(server.expunged) == len(expunges) == 20 - len(left) > 0
+        assert returned == left and nil <= set(range(1, 21)) - left
+        assert tagged.code == ("EXPUNGEISSUED",) and tagged.status in ("OK", "NO")
+        events = await client.send(client.protocol.uid_search("UID 1:*"))
+        assert SearchResult(tuple(sorted(left))) in events
+        await client.close()
+
+    run(scenario, expunge_rate=0.3)
+
+
+def test_it_injects_only_the_faults_asked_for() -> None:
+    server = ChaosImapServer(users=1, seed=1, chaos=True, chaos_rate=1.0, faults=[Fault.NO])
+    assert {server.pick_fault("user0") for _ in range(50)} == {Fault.NO}
+    assert ChaosImapServer(chaos=True, chaos_rate=1.0, faults=[]).pick_fault("user0") is None
