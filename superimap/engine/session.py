@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from django.utils import timezone
 
-from superimap.engine import store
-from superimap.engine.connection import CommandFailed, ImapConnection, ServerBye
+from superimap.engine import folders, store
+from superimap.engine.connection import (
+    CommandFailed,
+    ImapConnection,
+    ServerBye,
+    TlsCertificateFailed,
+)
 from superimap.imap import (
     Bye,
     Continuation,
@@ -65,6 +70,16 @@ class SessionSettings:
     max_auth_backoff: float = 3600.0
 
 
+def idle_period(config: store.MailboxConfig, cfg: SessionSettings) -> float:
+    """How long one IDLE lasts: IDLE_REISSUE_SECONDS, or the connection's (or provider's)
+    idle_refresh_seconds when shorter. Stock Cyrus (without idled) and Courier (without
+    enhanced IDLE) only look for new mail when IDLE starts, so a short period bounds
+    their push latency; the catch-up SEARCH after each DONE finds what IDLE did not tell."""
+    if config.idle_refresh > 0:
+        return min(float(config.idle_refresh), cfg.idle_reissue)
+    return cfg.idle_reissue
+
+
 def backoff_delay(failures: int, auth: bool, cfg: SessionSettings) -> float:
     """min(300, failures**3 - 1) s with ±20 % jitter; auth failures wait much longer."""
     if auth:
@@ -89,6 +104,7 @@ class MailboxSession:
         self.last_uid: int | None = None
         self._sleeper: asyncio.Future | None = None
         self._exists_at_search = 0
+        self._idle_period = self.cfg.idle_reissue
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -101,13 +117,14 @@ class MailboxSession:
 
     async def run(self) -> None:
         auth_failed = False
+        tls_failed = False
         while not self.stop_event.is_set():
             config, self._first_config = self._first_config, None
             if config is None:
                 config = await self.engine.pool.run(store.mailbox_config, self.user_id)
             if config is None:
                 return
-            auth_failed = False
+            auth_failed = tls_failed = False
             try:
                 await self._watch(config)
                 if self.stop_event.is_set():
@@ -118,6 +135,9 @@ class MailboxSession:
                 return
             except AuthFailed as exc:
                 auth_failed, error = True, str(exc)
+            except TlsCertificateFailed as exc:
+                # Needs a human like a refused login: the long back-off, not every ~5 min.
+                tls_failed, error = True, str(exc)
             except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
@@ -128,15 +148,17 @@ class MailboxSession:
             if self.stop_event.is_set():
                 break
             self.failures += 1
-            delay = backoff_delay(self.failures, auth_failed, self.cfg)
-            status = Status.AUTH_FAILED if auth_failed else Status.BACKING_OFF
+            delay = backoff_delay(self.failures, auth_failed or tls_failed, self.cfg)
+            status = Status.BACKING_OFF
+            if auth_failed or tls_failed:
+                status = Status.AUTH_FAILED if auth_failed else Status.TLS_FAILED
             self.engine.report(self.user_id, status, error[:500], self.failures)
             log.info(
                 "mailbox %s: %s; retry %d in %.1fs", self.user_id, error[:200], self.failures, delay
             )
             await self._sleep(delay)
-        if not auth_failed:
-            # An auth failure stays visible after shutdown: it needs a human.
+        if not (auth_failed or tls_failed):
+            # An auth or certificate failure stays visible after shutdown: it needs a human.
             self.engine.report(self.user_id, Status.STOPPED, "", self.failures)
 
     async def _sleep(self, seconds: float) -> None:
@@ -170,10 +192,12 @@ class MailboxSession:
                 insecure=config.insecure_tls,
                 timeout=self.cfg.command_timeout,
                 max_literal_size=self.cfg.max_email_size + 64 * 1024,
+                ca_pem=config.tls_ca,
             )
             if config.tls == "starttls":
-                await self.conn.start_tls(config.host, config.insecure_tls)
+                await self.conn.start_tls(config.host, config.insecure_tls, config.tls_ca)
             await self._authenticate(config)
+        config = replace(config, folder=await folders.choose_folder(self.conn, config.folder))
         await self._select(config)
         if config.sweep_requested_at is not None:
             await self._sweep(config)
@@ -181,6 +205,7 @@ class MailboxSession:
         if self.failures:
             self.failures = 0
         idle = "IDLE" in self.conn.protocol.capabilities
+        self._idle_period = idle_period(config, self.cfg)
         while not self.stop_event.is_set():
             self.engine.report(self.user_id, Status.IDLE if idle else Status.POLLING, "", 0)
             if idle:
@@ -221,11 +246,21 @@ class MailboxSession:
         if uid_validity is None:
             raise CommandFailed("SELECT", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
         self.uid_validity = uid_validity
-        if config.uid_validity is None or config.last_uid is None:
-            # First connection: mail that predates the user is not sent.
+        if (
+            config.uid_validity is None
+            or config.last_uid is None
+            or config.checkpoint_folder != config.folder
+        ):
+            # First connection (or a checkpoint of another folder): mail that predates the
+            # user is not sent.
             baseline = uid_next - 1 if uid_next else await self._highest_uid()
             await self.engine.pool.run(
-                store.set_baseline, self.user_id, self.engine.node_id, uid_validity, baseline
+                store.set_baseline,
+                self.user_id,
+                self.engine.node_id,
+                uid_validity,
+                baseline,
+                config.folder,
             )
             self.last_uid = baseline
             log.info(
@@ -359,7 +394,7 @@ class MailboxSession:
                 break
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
-        await self._wait_for_news(self.cfg.idle_reissue)
+        await self._wait_for_news(self._idle_period)
         await conn.send(conn.protocol.done())
         await conn.collect(tag, self.cfg.command_timeout)
 

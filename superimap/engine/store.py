@@ -57,6 +57,12 @@ class MailboxConfig:
     oauth_client_secret: str = ""
     # A sweep was requested: catch up from UID 1 once (dedup keeps sent mail from repeating).
     sweep_requested_at: datetime | None = None
+    # The folder uid_validity/last_uid belong to (engine/folders.py).
+    checkpoint_folder: str = "INBOX"
+    # The connection's own CA bundle (PEM) for a self-hosted server; "" = system CAs.
+    tls_ca: str = ""
+    # Seconds between IDLE re-issues for servers that only look for mail then; 0: off.
+    idle_refresh: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
     connection = user.connection
     provider = connection.provider
     host, port, tls = connection.server()
+    tls_ca, tls_verify = connection.tls_options()
     return MailboxConfig(
         user_id=user.id,
         tag=user.tag,
@@ -115,7 +122,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         host=host,
         port=port,
         tls=tls,
-        insecure_tls=provider.loopback_only,
+        insecure_tls=provider.loopback_only or not tls_verify,
         auth_kind=provider.auth_kind,
         username=user.login_username or user.email,
         password=user.password,
@@ -128,6 +135,9 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         oauth_client_id=connection.oauth_client_id,
         oauth_client_secret=connection.oauth_client_secret,
         sweep_requested_at=user.sweep_requested_at,
+        checkpoint_folder=user.checkpoint_folder,
+        tls_ca=tls_ca,
+        idle_refresh=connection.effective_idle_refresh,
     )
 
 
@@ -135,9 +145,15 @@ def _owned(user_id: int, node_id: str):
     return MailboxUser.objects.filter(id=user_id, owner_node=node_id, archived=False)
 
 
-def set_baseline(user_id: int, node_id: str, uid_validity: int, last_uid: int) -> None:
-    """First connection (or a changed UIDVALIDITY): start from here, send nothing older."""
-    updated = _owned(user_id, node_id).update(uid_validity=uid_validity, last_uid=last_uid)
+def set_baseline(
+    user_id: int, node_id: str, uid_validity: int, last_uid: int, folder: str | None = None
+) -> None:
+    """First connection (or a changed UIDVALIDITY or folder): start from here, send
+    nothing older."""
+    fields = {"uid_validity": uid_validity, "last_uid": last_uid}
+    if folder is not None:
+        fields["checkpoint_folder"] = folder
+    updated = _owned(user_id, node_id).update(**fields)
     if not updated:
         raise LeaseLost(user_id)
 

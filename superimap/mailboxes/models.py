@@ -19,6 +19,7 @@ class MailboxUser(models.Model):
         SYNCING = "syncing", "Catching up"
         BACKING_OFF = "backing_off", "Backing off"
         AUTH_FAILED = "auth_failed", "Authentication failed"
+        TLS_FAILED = "tls_failed", "TLS certificate not trusted"
         STOPPED = "stopped", "Stopped"
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="users")
@@ -37,6 +38,8 @@ class MailboxUser(models.Model):
     # Checkpoint: what the engine has persisted so far.
     uid_validity = models.BigIntegerField(null=True, blank=True)
     last_uid = models.BigIntegerField(null=True, blank=True)
+    # The folder the checkpoint belongs to (the engine picks it: engine/folders.py).
+    checkpoint_folder = models.CharField(max_length=1000, default="INBOX")
     last_internal_date = models.DateTimeField(null=True, blank=True)
     last_email_at = models.DateTimeField(null=True, blank=True)
     # Set to ask the engine to "sweep" the inbox: send new_mail for every message not sent

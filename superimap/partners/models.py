@@ -53,6 +53,9 @@ class ImapProvider(models.Model):
     oauth_userinfo_url = models.URLField(blank=True)
     oauth_scopes = models.CharField(max_length=500, blank=True)
     folder = models.CharField(max_length=255, default="INBOX")
+    # DONE + IDLE this often, for servers that only look for new mail when IDLE starts
+    # (stock Cyrus without idled, Courier without enhanced IDLE); 0: IDLE_REISSUE_SECONDS.
+    idle_refresh_seconds = models.PositiveIntegerField(default=0)
     # Loopback providers may skip TLS verification; usable only with ALLOW_LOOPBACK_IMAP.
     loopback_only = models.BooleanField(default=False)
 
@@ -142,6 +145,25 @@ class Connection(models.Model):
     imap_host = models.CharField(max_length=255, blank=True)
     imap_port = models.PositiveIntegerField(null=True, blank=True)
     imap_tls = models.CharField(max_length=16, choices=ImapProvider.TlsMode.choices, blank=True)
+    # Self-hosted servers (host-per-connection providers only): trust this PEM bundle
+    # instead of the system CAs; or, explicitly, skip verification or TLS altogether.
+    imap_tls_ca = models.TextField(
+        "IMAP TLS CA bundle",
+        blank=True,
+        help_text="PEM certificates to trust for this server instead of the system CAs.",
+    )
+    imap_tls_verify = models.BooleanField(
+        "verify the IMAP certificate",
+        default=True,
+        help_text="Off: any certificate is accepted (insecure; shown as a warning).",
+    )
+    imap_allow_plaintext = models.BooleanField(
+        "allow IMAP without TLS",
+        default=False,
+        help_text='Needed for imap_tls "none": password and mail cross the network in clear.',
+    )
+    # Overrides the provider's idle_refresh_seconds when set (0 turns it off).
+    idle_refresh_seconds = models.PositiveIntegerField(null=True, blank=True)
     # SMTP for tracer emails, likewise only for host-per-connection providers.
     smtp_host = models.CharField(max_length=255, blank=True)
     smtp_port = models.PositiveIntegerField(null=True, blank=True)
@@ -196,6 +218,33 @@ class Connection(models.Model):
                 self.imap_tls or provider.imap_tls,
             )
         return provider.imap_host, provider.imap_port, provider.imap_tls
+
+    @property
+    def effective_idle_refresh(self) -> int:
+        """Seconds between IDLE re-issues for this connection; 0: only IDLE_REISSUE_SECONDS."""
+        if self.idle_refresh_seconds is not None:
+            return self.idle_refresh_seconds
+        return self.provider.idle_refresh_seconds
+
+    def tls_options(self) -> tuple[str, bool]:
+        """(CA bundle PEM, verify) for the IMAP server; fixed-host providers: ("", True)."""
+        if not self.provider.host_per_connection:
+            return "", True
+        return self.imap_tls_ca, self.imap_tls_verify and not self.provider.loopback_only
+
+    def tls_warnings(self) -> list[str]:
+        """What the dashboard and the API show about an insecure IMAP connection."""
+        if not self.provider.host_per_connection or self.provider.loopback_only:
+            return []
+        warnings = []
+        if self.server()[2] == ImapProvider.TlsMode.NONE:
+            warnings.append("IMAP without TLS: passwords and mail cross the network unencrypted.")
+        elif not self.imap_tls_verify:
+            warnings.append(
+                "TLS certificate verification is off (imap_tls_verify: false): anyone on "
+                "the network path can impersonate the server; prefer imap_tls_ca."
+            )
+        return warnings
 
     def smtp_server(self) -> tuple[str, int, str]:
         """(host, port, tls mode) tracer emails are sent through; host "" when unknown.
