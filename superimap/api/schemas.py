@@ -51,8 +51,9 @@ class ConnectionUpdate(Schema):
         default=None,
         ge=0,
         le=1740,
-        description="End IDLE and start it again this often (servers that only look for new "
-        "mail when IDLE starts, e.g. Cyrus without idled, Courier); 0: the provider's default.",
+        description="End IDLE and start it again this often, for servers that only look for "
+        "new mail when IDLE starts (stock Cyrus without idled, Courier); 0: off. Unset: "
+        "automatic (15 s for servers whose greeting names Cyrus or Courier, else off).",
     )
     smtp_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     smtp_port: int | None = Field(default=None, ge=1, le=65535)
@@ -83,8 +84,9 @@ class ConnectionOut(Schema):
     imap_tls_ca: str = ""
     imap_tls_verify: bool = True
     imap_allow_plaintext: bool = False
-    idle_refresh_seconds: int = Field(
-        default=0, description="Effective IDLE re-issue period in seconds; 0: off."
+    idle_refresh_seconds: int | None = Field(
+        default=None,
+        description="IDLE re-issue period in seconds; 0: off; null: automatic by server.",
     )
     warnings: list[str] = Field(
         default_factory=list, description="Insecure settings (no TLS, no verification)."

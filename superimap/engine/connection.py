@@ -80,6 +80,7 @@ class ImapConnection(asyncio.Protocol):
         # Counts EXISTS responses wherever they arrive (in IDLE, or amid another command's
         # responses), so the session never misses news that came with something else.
         self.exists_seen = 0
+        self.greeting_text = ""  # tells the server software (engine/session.py idle_period)
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class ImapConnection(asyncio.Protocol):
                 raise ServerBye(f"server refused the connection: {greeting.text[:200]}")
             if not isinstance(greeting, Greeting):
                 raise RemoteProtocolError(f"expected a greeting, got {greeting!r}")
+            connection.greeting_text = greeting.text[:200]
         except BaseException:
             connection.abort()
             raise

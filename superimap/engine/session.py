@@ -70,13 +70,25 @@ class SessionSettings:
     max_auth_backoff: float = 3600.0
 
 
-def idle_period(config: store.MailboxConfig, cfg: SessionSettings) -> float:
-    """How long one IDLE lasts: IDLE_REISSUE_SECONDS, or the connection's (or provider's)
-    idle_refresh_seconds when shorter. Stock Cyrus (without idled) and Courier (without
-    enhanced IDLE) only look for new mail when IDLE starts, so a short period bounds
-    their push latency; the catch-up SEARCH after each DONE finds what IDLE did not tell."""
-    if config.idle_refresh > 0:
-        return min(float(config.idle_refresh), cfg.idle_reissue)
+# Servers known to look for new mail only when IDLE starts (or every 60 s): stock Cyrus
+# without idled, Courier without enhanced IDLE. Told apart by their greeting.
+SLOW_IDLE_GREETINGS = ("cyrus imap", "courier-imap")
+SLOW_IDLE_REFRESH = 15.0
+
+
+def idle_period(config: store.MailboxConfig, cfg: SessionSettings, greeting: str = "") -> float:
+    """How long one IDLE lasts: IDLE_REISSUE_SECONDS, or idle_refresh_seconds when shorter.
+
+    The connection's setting wins, then the provider's; neither set (None) means automatic:
+    SLOW_IDLE_REFRESH for servers whose greeting names Cyrus or Courier, which only check
+    the mailbox when IDLE is issued again, so a short period bounds their push latency
+    (the catch-up SEARCH after each DONE finds what the IDLE did not tell); 0 is off."""
+    refresh = config.idle_refresh
+    if refresh is None:
+        slow = any(name in greeting.lower() for name in SLOW_IDLE_GREETINGS)
+        refresh = SLOW_IDLE_REFRESH if slow else 0
+    if refresh > 0:
+        return min(float(refresh), cfg.idle_reissue)
     return cfg.idle_reissue
 
 
@@ -205,7 +217,7 @@ class MailboxSession:
         if self.failures:
             self.failures = 0
         idle = "IDLE" in self.conn.protocol.capabilities
-        self._idle_period = idle_period(config, self.cfg)
+        self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
         while not self.stop_event.is_set():
             self.engine.report(self.user_id, Status.IDLE if idle else Status.POLLING, "", 0)
             if idle:

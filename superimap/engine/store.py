@@ -61,8 +61,9 @@ class MailboxConfig:
     checkpoint_folder: str = "INBOX"
     # The connection's own CA bundle (PEM) for a self-hosted server; "" = system CAs.
     tls_ca: str = ""
-    # Seconds between IDLE re-issues for servers that only look for mail then; 0: off.
-    idle_refresh: int = 0
+    # Seconds between IDLE re-issues for servers that only look for mail then; 0: off;
+    # None: automatic (engine/session.py idle_period).
+    idle_refresh: int | None = None
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,9 @@ class ImapProvider(models.Model):
     oauth_scopes = models.CharField(max_length=500, blank=True)
     folder = models.CharField(max_length=255, default="INBOX")
     # DONE + IDLE this often, for servers that only look for new mail when IDLE starts
-    # (stock Cyrus without idled, Courier without enhanced IDLE); 0: IDLE_REISSUE_SECONDS.
-    idle_refresh_seconds = models.PositiveIntegerField(default=0)
+    # (stock Cyrus without idled, Courier without enhanced IDLE); 0: only every
+    # IDLE_REISSUE_SECONDS; None: automatic, by the server's greeting (engine/session.py).
+    idle_refresh_seconds = models.PositiveIntegerField(null=True, blank=True)
     # Loopback providers may skip TLS verification; usable only with ALLOW_LOOPBACK_IMAP.
     loopback_only = models.BooleanField(default=False)
 
@@ -220,8 +221,9 @@ class Connection(models.Model):
         return provider.imap_host, provider.imap_port, provider.imap_tls
 
     @property
-    def effective_idle_refresh(self) -> int:
-        """Seconds between IDLE re-issues for this connection; 0: only IDLE_REISSUE_SECONDS."""
+    def effective_idle_refresh(self) -> int | None:
+        """Seconds between IDLE re-issues for this connection; 0: only every
+        IDLE_REISSUE_SECONDS; None: automatic (by the server's greeting)."""
         if self.idle_refresh_seconds is not None:
             return self.idle_refresh_seconds
         return self.provider.idle_refresh_seconds

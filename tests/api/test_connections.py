@@ -294,6 +294,7 @@ def test_it_refuses_tls_options_for_a_fixed_host_provider(api, field):
 
 
 def test_it_sets_idle_refresh_per_connection_over_the_provider_default(api):
+    assert api.post("/connections", GMAIL).json()["idle_refresh_seconds"] is None  # automatic
     r = api.post("/connections", {**PLAIN_HOST, "idle_refresh_seconds": 30})
     assert r.status_code == 201, r.content
     assert r.json()["idle_refresh_seconds"] == 30

@@ -12,6 +12,7 @@ import asyncio
 import time
 from dataclasses import replace
 
+import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
@@ -41,7 +42,7 @@ class CheckOnIdleServer:
         await self.server.wait_closed()
 
     async def serve(self, reader, writer) -> None:
-        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] Cyrus-like ready\r\n")
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] mail.example.test ready\r\n")
         try:
             while line := await reader.readline():
                 tag, _, rest = line.decode().strip().partition(" ")
@@ -139,12 +140,13 @@ def test_idle_refresh_finds_mail_a_server_reports_only_on_reissue(mail_partner):
 
 
 def test_without_idle_refresh_that_server_tells_nothing_until_the_reissue(mail_partner):
-    # The control: IDLE re-issued every 60 s only, so nothing in 3 s.
+    # The control: IDLE re-issued every 60 s only (automatic: the greeting names neither
+    # Cyrus nor Courier), so nothing in 3 s.
     assert _seconds_to_see_mail(mail_partner, idle_refresh=None, wait=3) is None
 
 
-def test_the_idle_period_is_the_shorter_of_refresh_and_reissue() -> None:
-    config = MailboxConfig(
+def _config() -> MailboxConfig:
+    return MailboxConfig(
         user_id=1,
         tag="t",
         provider_code="PLAIN",
@@ -161,7 +163,27 @@ def test_the_idle_period_is_the_shorter_of_refresh_and_reissue() -> None:
         last_uid=None,
         enable_tracer=False,
     )
+
+
+def test_the_idle_period_is_the_shorter_of_refresh_and_reissue() -> None:
+    config = _config()
     settings = SessionSettings(idle_reissue=1500)
-    assert idle_period(config, settings) == 1500
+    assert idle_period(replace(config, idle_refresh=0), settings) == 1500
     assert idle_period(replace(config, idle_refresh=30), settings) == 30
     assert idle_period(replace(config, idle_refresh=3000), settings) == 1500
+
+
+@pytest.mark.parametrize(
+    ("greeting", "idle_refresh", "expected"),
+    [
+        ("imap.example.org Cyrus IMAP 3.6.1-Debian server ready", None, 15),
+        ("Courier-IMAP ready. Copyright 1998-2018 Double Precision, Inc.", None, 15),
+        ("Dovecot (Debian) ready.", None, 1500),
+        ("Gimap ready for requests from 192.0.2.1", None, 1500),
+        ("imap.example.org Cyrus IMAP 3.6.1-Debian server ready", 0, 1500),
+        ("Dovecot (Debian) ready.", 40, 40),
+    ],
+)
+def test_automatic_idle_refresh_knows_the_slow_servers(greeting, idle_refresh, expected) -> None:
+    config = replace(_config(), idle_refresh=idle_refresh)
+    assert idle_period(config, SessionSettings(idle_reissue=1500), greeting) == expected
