@@ -95,6 +95,10 @@ def parse(data: bytes):
         ),
         (b'* LIST () "/" {5}\r\nA "b"\r\n', MailboxListing((), "/", 'A "b"')),
         (b'* LIST () "/" 2024\r\n', MailboxListing((), "/", "2024")),
+        (  # Dovecot sends this name as an atom
+            b'* LIST (\\HasNoChildren \\Junk) "/" [Gmail]/Spam\r\n',
+            MailboxListing(("\\HasNoChildren", "\\Junk"), "/", "[Gmail]/Spam"),
+        ),
         (b'* LIST () "/" "a&-b"\r\n', MailboxListing((), "/", "a&b")),
         (b'* LIST () "/" "bad&utf7"\r\n', MailboxListing((), "/", "bad&utf7")),
         (
