@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
-
 from django.utils import timezone
 
 from superimap.api.errors import ApiError
@@ -11,7 +9,7 @@ from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUp
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
-from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.partners.models import Connection, ImapProvider, Partner, ca_bundle_problem
 
 ENCRYPTED = "- encrypted -"
 SMTP_FIELDS = ("smtp_host", "smtp_port", "smtp_tls")  # host-per-connection providers only
@@ -132,14 +130,8 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
 
 def _check_ca_bundle(pem: str) -> None:
     """422 unless ``pem`` holds at least one certificate that ssl can load."""
-    if "-----BEGIN CERTIFICATE-----" not in pem:
-        raise ApiError(422, "invalid_field", "imap_tls_ca must be PEM certificate(s).")
-    try:
-        ssl.create_default_context(cadata=pem)
-    except (ssl.SSLError, ValueError) as exc:
-        raise ApiError(
-            422, "invalid_field", f"imap_tls_ca is not a valid PEM certificate bundle: {exc}"
-        ) from None
+    if problem := ca_bundle_problem(pem):
+        raise ApiError(422, "invalid_field", f"imap_tls_ca {problem}.")
 
 
 def create_connection(partner: Partner, body: ConnectionIn) -> Connection:

@@ -44,11 +44,13 @@ class TlsCertificateFailed(Exception):
 
     def __init__(self, host: str, error: ssl.SSLCertVerificationError) -> None:
         reason = error.verify_message or error.reason or str(error)
-        super().__init__(
-            f"TLS certificate of {host} not trusted ({reason}). Fix: give the connection "
-            "the server's CA certificate as imap_tls_ca (PEM), or, insecure, set "
-            "imap_tls_verify to false"
+        fix = (
+            "give the connection the server's CA certificate as imap_tls_ca (PEM), or, "
+            "insecure, set imap_tls_verify to false"
         )
+        if "hostname" in reason.lower():
+            fix = f"set imap_host to a name the certificate is for, or {fix}"
+        super().__init__(f"TLS certificate of {host} not trusted ({reason}). Fix: {fix}")
 
 
 @functools.lru_cache(maxsize=256)

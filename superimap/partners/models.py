@@ -26,6 +26,20 @@ def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
+def ca_bundle_problem(pem: str) -> str | None:
+    """Why ``pem`` is no usable CA bundle (None if it is): it must hold certificates in PEM
+    that ssl loads, as the engine will (engine/connection.py client_tls_context)."""
+    import ssl
+
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        return "must be PEM certificate(s) (-----BEGIN CERTIFICATE-----)"
+    try:
+        ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        return f"is not a valid PEM certificate bundle: {exc}"
+    return None
+
+
 class ImapProvider(models.Model):
     """How to reach one kind of mailbox. Seeded by a data migration."""
 
@@ -200,6 +214,8 @@ class Connection(models.Model):
             raise ValidationError(
                 {"oauth_base_url": "Only loopback test providers take an OAuth base URL."}
             )
+        if self.imap_tls_ca and (problem := ca_bundle_problem(self.imap_tls_ca)):
+            raise ValidationError({"imap_tls_ca": f"The CA bundle {problem}."})
 
     def oauth_url(self, endpoint: str) -> str:
         """The provider's OAuth endpoint ("authorize", "token", "revoke" or "userinfo")."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 
 import pytest
 from django.db import close_old_connections
@@ -14,6 +15,7 @@ from django.utils import timezone
 from superimap.api.schemas import ConnectionUpdate
 from superimap.api.service import update_connection
 from superimap.delivery.models import Delivery
+from superimap.engine.connection import TlsCertificateFailed
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
 from superimap.testing.mail import make_message
@@ -120,3 +122,11 @@ def _update(connection_id: int, body: ConnectionUpdate) -> None:
 async def _run(coroutine) -> None:
     async with RunningEngine():
         await coroutine
+
+
+def test_a_host_name_mismatch_names_imap_host_in_the_fix() -> None:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_message = "Hostname mismatch, certificate is not valid for 'mail.example'."
+    message = str(TlsCertificateFailed("mail.example", error))
+    assert "Hostname mismatch" in message
+    assert "set imap_host to a name the certificate is for" in message
