@@ -82,28 +82,28 @@ class NodeLock:
     # --- while running --------------------------------------------------------------------
 
     def still_held(self) -> bool:
-        """False if the lock was lost (PostgreSQL: the lock's connection broke and another
-        process took the name meanwhile). A broken connection is re-established and the
-        lock taken again when still free."""
-        if self._file is not None:
-            return True
-        if self._connection is None:
-            return False
-        try:
-            (held,) = self._connection.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND pid = pg_backend_pid()"
-            ).fetchone()
-            return held > 0
-        except Exception:  # noqa: BLE001 - any database error: reconnect and retry once
-            self._close_connection()
+        """False if the lock is proven lost (PostgreSQL: the lock's connection broke and
+        another process holds the name now). A broken connection is re-opened and the lock
+        taken again; while the database is unreachable the lock counts as held (this
+        engine cannot renew its leases then either, and they expire)."""
+        if not _is_postgresql():
+            return self._file is not None
+        if self._connection is not None:
             try:
-                self._acquire_advisory()
-            except ConfigError:
-                return False
-            except Exception:  # noqa: BLE001 - database still down: not proven lost yet
-                return True
-            return True
+                (held,) = self._connection.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND pid = pg_backend_pid()"
+                ).fetchone()
+                return held > 0
+            except Exception:  # noqa: BLE001 - any database error: reconnect below
+                self._close_connection()
+        try:
+            self._acquire_advisory()
+        except ConfigError:
+            return False
+        except Exception:  # noqa: BLE001 - database still unreachable: not proven lost
+            self._close_connection()
+        return True
 
     def release(self) -> None:
         if self._file is not None:

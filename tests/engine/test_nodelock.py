@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from superimap.config import ConfigError
@@ -32,3 +34,49 @@ def test_advisory_keys_are_stable_signed_bigints() -> None:
     key = advisory_key("node-1")
     assert key == advisory_key("node-1") != advisory_key("node-2")
     assert -(2**63) <= key < 2**63
+
+
+def test_postgresql_advisory_lock_is_lost_with_its_connection(monkeypatch, postgres_url):
+    """A second process with the name is refused; when the holder's lock connection dies,
+    the lock goes with it, another holder may take it, and the first one learns it lost it."""
+    import psycopg
+
+    from superimap.engine import nodelock
+
+    monkeypatch.setattr(nodelock, "_is_postgresql", lambda: True)
+    monkeypatch.setattr(
+        nodelock,
+        "_connect",
+        lambda: psycopg.connect(
+            postgres_url, autocommit=True, application_name="superimap-engine-node-lock"
+        ),
+    )
+    first = NodeLock("pg-node").acquire()
+    assert first.description == "PostgreSQL advisory lock"
+    with pytest.raises(ConfigError, match="ENGINE_NODE_NAME"):
+        NodeLock("pg-node").acquire()
+    assert first.still_held()
+
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'superimap-engine-node-lock'"
+        )
+    second = _acquire_within(NodeLock("pg-node"), 10)  # the dead connection's lock is free
+    assert not first.still_held()  # reconnects, finds the name taken: lost
+    assert second.still_held()
+    second.release()
+    assert first.still_held()  # free again: re-taken on the next check
+    first.release()
+
+
+def _acquire_within(lock: NodeLock, seconds: float) -> NodeLock:
+    """pg_terminate_backend only signals: the backend's exit frees the lock soon after."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return lock.acquire()
+        except ConfigError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
