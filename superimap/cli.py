@@ -115,6 +115,8 @@ def cmd_createpartner(args) -> None:
         new_mail_webhook=args.webhook or "",
         user_connected_webhook=args.webhook or "",
         user_disconnected_webhook=args.webhook or "",
+        user_error_webhook=args.webhook or "",
+        user_recovered_webhook=args.webhook or "",
     )
     print(f"Created partner {partner.name!r} (id {partner.id}).")
     print(f"API key: {partner.api_key}")
@@ -187,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password", help="default: prompt, or $SUPERIMAP_ADMIN_PASSWORD")
     p = add("createpartner", cmd_createpartner, "create a partner and print its API key")
     p.add_argument("--name", required=True)
-    p.add_argument("--webhook", help="URL for all three webhooks (change later in the dashboard)")
+    p.add_argument("--webhook", help="URL for every webhook kind (change later in the dashboard)")
     add("rotate-keys", cmd_rotate_keys, "re-encrypt every secret with the first ENCRYPTION_KEY")
     add("genkey", cmd_genkey, "print a new ENCRYPTION_KEY")
     add("check", cmd_check, "validate the configuration and exit")

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -32,8 +33,20 @@ def read_only(fn: Callable[..., T]) -> Callable[..., T]:
     return fn
 
 
+_pools: weakref.WeakSet[DbPool] = weakref.WeakSet()
+
+
+def queued_total() -> int:
+    """Calls waiting for a database thread, over every pool of this process (a metric)."""
+    return sum(pool.queued for pool in list(_pools))
+
+
 class DbPool:
     def __init__(self, size: int | None = None) -> None:
+        from superimap.metrics import DB_QUEUE, expose  # metrics imports this module
+
+        _pools.add(self)
+        expose([DB_QUEUE])
         self.size = size or settings.NUM_WORKER_THREADS
         self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="db")
         self.queued = 0

@@ -2,7 +2,9 @@
 
 Counters live in the process that does the work (engine, worker); `/metrics` on the web
 process adds gauges read from the database, so one scrape of `superimap up` shows it all.
-Engine and worker processes run on their own can expose theirs with METRICS_PORT.
+Engine and worker processes run on their own can expose theirs with METRICS_PORT; the
+database gauges (`superimap_engine_mailbox_sessions` among them) cover every process. The
+process counters appear only where their service runs.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Sum
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from prometheus_client import (
@@ -23,14 +25,33 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from superimap.dbpool import queued_total
+
+# Registered by the services that move them (expose()), so a process without an engine or a
+# worker (`superimap web` alone) does not show their counters as a misleading 0.
 EMAILS_PROCESSED = Counter(
-    "superimap_emails_processed", "New emails persisted by this process's engine"
+    "superimap_emails_processed", "New emails persisted by this process's engine", registry=None
 )
-MAILBOX_SESSIONS = Gauge("superimap_mailbox_sessions", "Mailbox sessions this process runs")
+MAILBOX_SESSIONS = Gauge(
+    "superimap_mailbox_sessions", "Mailbox sessions this process runs", registry=None
+)
 WEBHOOK_ATTEMPTS = Counter(
-    "superimap_webhook_attempts", "Webhook POST attempts by outcome", ["outcome"]
+    "superimap_webhook_attempts", "Webhook POST attempts by outcome", ["outcome"], registry=None
 )
-DB_QUEUE = Gauge("superimap_db_queue_length", "Calls waiting for a database thread")
+DB_QUEUE = Gauge("superimap_db_queue_length", "Calls waiting for a database thread", registry=None)
+DB_QUEUE.set_function(queued_total)
+ENGINE_METRICS = (EMAILS_PROCESSED, MAILBOX_SESSIONS)
+WORKER_METRICS = (WEBHOOK_ATTEMPTS,)
+_exposed: set[int] = set()
+
+
+def expose(metrics) -> None:
+    """Show these metrics on this process's /metrics (and METRICS_PORT); idempotent."""
+    for metric in metrics:
+        if id(metric) not in _exposed:
+            REGISTRY.register(metric)
+            _exposed.add(id(metric))
+
 
 NODE_ALIVE = timedelta(seconds=30)
 
@@ -77,10 +98,18 @@ class DatabaseCollector:
             "Age of the oldest pending webhook delivery",
             value=(now - oldest).total_seconds() if oldest else 0.0,
         )
+        alive = EngineNode.objects.filter(last_seen__gte=now - NODE_ALIVE).aggregate(
+            nodes=Count("id"), sessions=Sum("mailboxes_held")
+        )
         yield GaugeMetricFamily(
             "superimap_engine_nodes_alive",
             "Engine nodes with a heartbeat in the last 30 s",
-            value=EngineNode.objects.filter(last_seen__gte=now - NODE_ALIVE).count(),
+            value=alive["nodes"],
+        )
+        yield GaugeMetricFamily(
+            "superimap_engine_mailbox_sessions",
+            "Mailbox sessions of all live engine nodes (their last heartbeat)",
+            value=alive["sessions"] or 0,
         )
 
 

@@ -55,7 +55,7 @@ async def serve(
     _install_signal_handlers(stop)
     pool = DbPool()
     node = node_id()
-    _expose_metrics(pool, web)
+    _expose_metrics(web)
     tasks: list[asyncio.Task] = []
     worker_service = None
     if worker:
@@ -100,12 +100,9 @@ async def serve(
         log.info("SuperIMAP stopped")
 
 
-def _expose_metrics(pool, web: bool) -> None:
+def _expose_metrics(web: bool) -> None:
     from prometheus_client import start_http_server
 
-    from superimap.metrics import DB_QUEUE
-
-    DB_QUEUE.set_function(lambda: pool.queued)
     if settings.METRICS_PORT and not web:
         # Engine or worker on its own: its counters on a port of its own.
         start_http_server(settings.METRICS_PORT, addr="127.0.0.1")

@@ -121,6 +121,13 @@ def test_it_never_renders_mailbox_secrets_on_the_partner_page(admin, partner, us
     assert b"alice-refresh-token" not in r.content
 
 
+def test_it_edits_the_user_error_and_user_recovered_urls(admin, partner):
+    r = admin.get(f"/admin/partners/partner/{partner.id}/change/")
+    assert r.status_code == 200
+    assert b'name="user_error_webhook"' in r.content
+    assert b'name="user_recovered_webhook"' in r.content
+
+
 def test_it_links_partners_to_their_connections(admin, partner, plain_connection):
     r = admin.get("/admin/partners/partner/")
     url = f"/admin/partners/connection/?partner__id__exact={partner.id}"
@@ -179,13 +186,20 @@ def test_it_toggles_tracers(admin, user):
         ("archived", {"archived"}),
         ("tracer", {"tracer"}),
         ("auth_failed", {"failed"}),
+        ("needs_attention", {"failed"}),
     ],
 )
 def test_it_filters_users_by_state(admin, plain_connection, state, expected):
     MailboxUser.objects.create(connection=plain_connection, tag="active")
     MailboxUser.objects.create(connection=plain_connection, tag="archived", archived=True)
     MailboxUser.objects.create(connection=plain_connection, tag="tracer", enable_tracer=True)
-    MailboxUser.objects.create(connection=plain_connection, tag="failed", status="auth_failed")
+    MailboxUser.objects.create(
+        connection=plain_connection,
+        tag="failed",
+        status="auth_failed",
+        failing_since=timezone.now(),
+        error_notified_at=timezone.now(),
+    )
     r = admin.get("/admin/mailboxes/mailboxuser/", {"state": state})
     assert r.status_code == 200
     assert changelist_tags(r) == expected

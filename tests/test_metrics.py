@@ -21,7 +21,6 @@ def test_it_serves_database_gauges(client, plain_connection):
     assert 'superimap_mailboxes{status="idle"} 1.0' in text
     assert 'superimap_deliveries{status="pending"} 1.0' in text
     assert "superimap_oldest_pending_delivery_seconds" in text
-    assert "superimap_webhook_attempts_total" in text
 
 
 def test_it_requires_the_token_when_one_is_set(client, settings, db):
@@ -29,3 +28,31 @@ def test_it_requires_the_token_when_one_is_set(client, settings, db):
     assert client.get("/metrics").status_code == 401
     r = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret")
     assert r.status_code == 200
+
+
+def test_it_reports_calls_waiting_for_a_database_thread(transactional_db):
+    import asyncio
+    import threading
+
+    from superimap.dbpool import DbPool
+    from superimap.testing.metrics import scrape, value
+
+    release = threading.Event()
+    pool = DbPool(size=1)
+
+    async def scenario():
+        blocker = asyncio.create_task(pool.run(release.wait, 10))
+        waiting = [asyncio.create_task(pool.run(lambda: None)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        during = await asyncio.to_thread(scrape)
+        release.set()
+        await asyncio.gather(blocker, *waiting)
+        return during
+
+    try:
+        during = asyncio.run(scenario())
+    finally:
+        release.set()
+        pool.shutdown()
+    assert value(during, "superimap_db_queue_length") == 3
+    assert value(scrape(), "superimap_db_queue_length") == 0

@@ -12,7 +12,7 @@ from ninja import NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import APIKeyHeader, APIKeyQuery
 
-from superimap.api import service
+from superimap.api import messages, service
 from superimap.api.errors import ApiError, error_response
 from superimap.api.schemas import (
     ConnectionIn,
@@ -183,10 +183,38 @@ def sweep_user(request, code: str, tag: str):
     return Status(202, service.user_out(user))
 
 
+# Messages ------------------------------------------------------------------------------
+
+RFC822_RESPONSE = {
+    "responses": {
+        200: {
+            "description": "The raw message (RFC 5322 bytes), streamed from the IMAP server.",
+            "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+}
+
+
+@api.get(
+    "/connections/{code}/users/{tag}/messages/{uid_validity}/{uid}",
+    response={401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut, 502: ErrorOut},
+    openapi_extra=RFC822_RESPONSE,
+    tags=["messages"],
+)
+async def get_message(request, code: str, tag: str, uid_validity: int, uid: int):
+    """The raw message with this UIDVALIDITY and UID (new_mail's `rfc822_url`), read from
+    the IMAP server on demand and streamed as message/rfc822. 404 if the message is gone
+    (expunged, or the mailbox's UIDVALIDITY changed) or unknown; 409 if the user is archived
+    or not connected; 502 if the IMAP server cannot be read."""
+    return await messages.stream_message(request.auth, code, tag, uid_validity, uid)
+
+
 # Deliveries ----------------------------------------------------------------------------
 
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped", "cancelled"]
-DeliveryKind = Literal["new_mail", "user_connected", "user_disconnected"]
+DeliveryKind = Literal[
+    "new_mail", "user_connected", "user_disconnected", "user_error", "user_recovered"
+]
 
 
 @api.get("/deliveries", response={200: list[DeliveryOut], **ERRORS}, tags=["deliveries"])

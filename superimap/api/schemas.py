@@ -130,6 +130,10 @@ class UserOut(Schema):
     status: str
     last_error: str
     last_email_at: datetime | None
+    failing_since: datetime | None = Field(
+        default=None,
+        description="Since when the mailbox has been failing; cleared once it is watched again.",
+    )
     sweep_requested_at: datetime | None = Field(
         default=None, description="Set while a requested inbox sweep is pending."
     )

@@ -59,6 +59,7 @@ def user_out(user: MailboxUser) -> dict:
         "status": user.status,
         "last_error": user.last_error,
         "last_email_at": user.last_email_at,
+        "failing_since": user.failing_since,
         "sweep_requested_at": user.sweep_requested_at,
         "created_at": user.created_at,
     }

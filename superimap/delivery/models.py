@@ -16,6 +16,8 @@ class Delivery(models.Model):
         NEW_MAIL = "new_mail", "New mail"
         USER_CONNECTED = "user_connected", "User connected"
         USER_DISCONNECTED = "user_disconnected", "User disconnected"
+        USER_ERROR = "user_error", "User error"
+        USER_RECOVERED = "user_recovered", "User recovered"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"

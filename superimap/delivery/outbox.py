@@ -5,7 +5,11 @@ from __future__ import annotations
 from django.utils import timezone
 
 from superimap.delivery.models import Delivery
-from superimap.delivery.payloads import user_event_payload
+from superimap.delivery.payloads import (
+    user_error_payload,
+    user_event_payload,
+    user_recovered_payload,
+)
 from superimap.mailboxes.models import MailboxUser
 
 
@@ -32,3 +36,24 @@ def enqueue_user_event(kind: str, user: MailboxUser) -> Delivery:
         provider_code=user.connection.provider.code, user_tag=user.tag, email=email
     )
     return enqueue(kind, user, payload)
+
+
+def enqueue_user_error(user: MailboxUser, status: str, error: str) -> Delivery:
+    payload = user_error_payload(
+        provider_code=user.connection.provider.code,
+        user_tag=user.tag,
+        status=status,
+        error=error,
+        failing_since=user.failing_since.isoformat() if user.failing_since else None,
+    )
+    return enqueue(Delivery.Kind.USER_ERROR, user, payload)
+
+
+def enqueue_user_recovered(user: MailboxUser, status: str) -> Delivery:
+    payload = user_recovered_payload(
+        provider_code=user.connection.provider.code,
+        user_tag=user.tag,
+        status=status,
+        failing_since=user.failing_since.isoformat() if user.failing_since else None,
+    )
+    return enqueue(Delivery.Kind.USER_RECOVERED, user, payload)

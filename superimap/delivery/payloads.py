@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from urllib.parse import quote
+
+from django.conf import settings
 
 
 def sha1_hex(text: str) -> str:
@@ -68,6 +71,20 @@ def _without_nul(value):
     return value
 
 
+def message_url(provider_code: str, user_tag: str, uid_validity: int, uid: int) -> str:
+    """The API route that streams one message's raw bytes (``rfc822_url`` in new_mail).
+
+    The partner fetches it with its API key; the web process reads the message from the IMAP
+    server on demand, so a URL stays valid as long as the message and its UIDVALIDITY do.
+    """
+    code = quote(provider_code, safe="")
+    tag = quote(user_tag, safe="")
+    return (
+        f"{settings.PUBLIC_URL}/api/v1/connections/{code}/users/{tag}"
+        f"/messages/{int(uid_validity)}/{int(uid)}"
+    )
+
+
 def user_event_payload(*, provider_code: str, user_tag: str, email: str | None = None) -> dict:
     payload = {
         "sha1": sha1_hex(user_tag),
@@ -76,6 +93,24 @@ def user_event_payload(*, provider_code: str, user_tag: str, email: str | None =
     }
     if email is not None:
         payload["email"] = email
+    return payload
+
+
+def user_error_payload(
+    *, provider_code: str, user_tag: str, status: str, error: str, failing_since: str | None
+) -> dict:
+    """user_error: the mailbox needs attention (auth_failed, tls_failed, or failing 15 min)."""
+    payload = user_event_payload(provider_code=provider_code, user_tag=user_tag)
+    payload.update(status=status, error=error, failing_since=failing_since)
+    return payload
+
+
+def user_recovered_payload(
+    *, provider_code: str, user_tag: str, status: str, failing_since: str | None
+) -> dict:
+    """user_recovered: a mailbox reported with user_error is watched again."""
+    payload = user_event_payload(provider_code=provider_code, user_tag=user_tag)
+    payload.update(status=status, failing_since=failing_since)
     return payload
 
 

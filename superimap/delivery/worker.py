@@ -19,7 +19,7 @@ from django.utils import timezone
 from superimap.dbpool import DbPool
 from superimap.delivery import queue
 from superimap.delivery.http import PostResult, make_session, post, render_request
-from superimap.metrics import WEBHOOK_ATTEMPTS
+from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
 
 log = logging.getLogger("superimap.worker")
 
@@ -40,6 +40,7 @@ class Worker:
         clock: Callable[[], datetime] = timezone.now,
     ) -> None:
         self.pool = pool
+        expose(WORKER_METRICS)
         self.node_id = node_id
         self.concurrency = concurrency or settings.WEBHOOK_CONCURRENCY
         self.timeout_seconds = timeout_seconds or settings.WEBHOOK_TIMEOUT

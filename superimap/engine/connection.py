@@ -38,19 +38,24 @@ class CommandFailed(Exception):
         self.response = response
 
 
-class TlsCertificateFailed(Exception):
+class TlsCertificateFailed(ssl.SSLCertVerificationError):
     """The server's certificate did not verify: a human must fix the connection's TLS
-    settings, so the session reports tls_failed instead of retrying at the normal pace."""
+    settings, so the session reports tls_failed instead of retrying at the normal pace.
+    Still an SSLCertVerificationError, with the fix in its message and ``reason``."""
 
     def __init__(self, host: str, error: ssl.SSLCertVerificationError) -> None:
-        reason = error.verify_message or error.reason or str(error)
+        reason = getattr(error, "verify_message", None) or error.reason or str(error)
         fix = (
             "give the connection the server's CA certificate as imap_tls_ca (PEM), or, "
             "insecure, set imap_tls_verify to false"
         )
         if "hostname" in reason.lower():
             fix = f"set imap_host to a name the certificate is for, or {fix}"
-        super().__init__(f"TLS certificate of {host} not trusted ({reason}). Fix: {fix}")
+        message = f"TLS certificate of {host} not trusted ({reason}). Fix: {fix}"
+        super().__init__(message)
+        self.reason = message
+        self.verify_message = getattr(error, "verify_message", None)
+        self.verify_code = getattr(error, "verify_code", None)
 
 
 @functools.lru_cache(maxsize=256)

@@ -153,12 +153,15 @@ def access_tokens(engine: object) -> AccessTokens:
     return tokens
 
 
-async def authenticate_xoauth2(engine: object, conn: ImapConnection, config: MailboxConfig):
+async def authenticate_xoauth2(
+    engine: object, conn: ImapConnection, config: MailboxConfig, tokens: AccessTokens | None = None
+):
     """AUTHENTICATE XOAUTH2 with an access token; AuthFailed if the server refuses it.
 
-    A refused cached token is dropped and one fresh token is tried before giving up.
+    Tokens come from ``tokens`` or else the engine's cache. A refused cached token is
+    dropped and one fresh token is tried before giving up.
     """
-    tokens = access_tokens(engine)
+    tokens = tokens or access_tokens(engine)
     from_cache = tokens.cached(config) is not None
     token = await tokens.get(config)
     if _accepted(await _xoauth2(conn, config.username, token)):

@@ -101,6 +101,50 @@ def backoff_delay(failures: int, auth: bool, cfg: SessionSettings) -> float:
     return max(0.0, base * random.uniform(0.8, 1.2))
 
 
+async def open_connection(
+    config: store.MailboxConfig, *, timeout: float, max_literal_size: int
+) -> ImapConnection:
+    """Connect (implicit TLS or STARTTLS as configured) and read the greeting."""
+    conn = await ImapConnection.open(
+        config.host,
+        config.port,
+        implicit_tls=config.tls == "implicit",
+        insecure=config.insecure_tls,
+        timeout=timeout,
+        max_literal_size=max_literal_size,
+        ca_pem=config.tls_ca,
+    )
+    try:
+        if config.tls == "starttls":
+            await conn.start_tls(config.host, config.insecure_tls, config.tls_ca)
+    except BaseException:
+        conn.abort()
+        raise
+    return conn
+
+
+async def authenticate(
+    conn: ImapConnection, config: store.MailboxConfig, *, engine=None, tokens=None
+) -> None:
+    """LOGIN, or AUTHENTICATE XOAUTH2 with an access token from ``tokens`` (default: the
+    engine's cache); AuthFailed when the server refuses the credentials."""
+    if not conn.protocol.capabilities:
+        await conn.command(*conn.protocol.capability())
+    if config.auth_kind == "oauth2":
+        from superimap.engine.oauth import authenticate_xoauth2  # imports this module
+
+        await authenticate_xoauth2(engine, conn, config, tokens=tokens)
+    else:
+        try:
+            await conn.command(*conn.protocol.login(config.username, config.password))
+        except CommandFailed as exc:
+            if refused_for_credentials(exc.response):
+                raise AuthFailed(f"login refused: {exc.response.text[:200]}") from None
+            raise
+    if not conn.protocol.capabilities or "IDLE" not in conn.protocol.capabilities:
+        await conn.command(*conn.protocol.capability())
+
+
 class MailboxSession:
     def __init__(self, engine, user_id: int, config: store.MailboxConfig | None = None) -> None:
         self.engine = engine
@@ -111,6 +155,11 @@ class MailboxSession:
         self.cfg: SessionSettings = engine.session_settings
         self.stop_event = asyncio.Event()
         self.failures = 0
+        # Back-off counts failures of one kind in a row: a dropped connection before a
+        # refused login must not make the first auth back-off the second one (543 s).
+        self._failure_kind = ""
+        self._kind_failures = 0
+        self._last_error = ""  # kept while reconnecting, so user_error can say what failed
         self.conn: ImapConnection | None = None
         self.uid_validity: int | None = None
         self.last_uid: int | None = None
@@ -128,28 +177,28 @@ class MailboxSession:
     # --- the outer loop: connect, watch, back off -----------------------------------------
 
     async def run(self) -> None:
-        auth_failed = False
-        tls_failed = False
+        needs_human = False
         while not self.stop_event.is_set():
             config, self._first_config = self._first_config, None
             if config is None:
                 config = await self.engine.pool.run(store.mailbox_config, self.user_id)
             if config is None:
                 return
-            auth_failed = tls_failed = False
+            status = Status.BACKING_OFF
             try:
                 await self._watch(config)
                 if self.stop_event.is_set():
                     break
                 error = "session ended"
             except store.LeaseLost:
-                log.info("mailbox %s: lease lost, stopping", self.user_id)
+                log.info("mailbox %s: lease lost or user gone, stopping", self.user_id)
                 return
             except AuthFailed as exc:
-                auth_failed, error = True, str(exc)
+                status, error = Status.AUTH_FAILED, str(exc)
             except TlsCertificateFailed as exc:
-                # Needs a human like a refused login: the long back-off, not every ~5 min.
-                tls_failed, error = True, str(exc)
+                # Needs a human like a refused login: the long back-off, and the message
+                # names the fix (imap_tls_ca or imap_tls_verify).
+                status, error = Status.TLS_FAILED, str(exc)
             except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
@@ -159,19 +208,25 @@ class MailboxSession:
                 await self._disconnect()
             if self.stop_event.is_set():
                 break
-            self.failures += 1
-            delay = backoff_delay(self.failures, auth_failed or tls_failed, self.cfg)
-            status = Status.BACKING_OFF
-            if auth_failed or tls_failed:
-                status = Status.AUTH_FAILED if auth_failed else Status.TLS_FAILED
+            needs_human = status != Status.BACKING_OFF
+            delay = self._count_failure(status)
+            self._last_error = error[:500]
             self.engine.report(self.user_id, status, error[:500], self.failures)
             log.info(
                 "mailbox %s: %s; retry %d in %.1fs", self.user_id, error[:200], self.failures, delay
             )
             await self._sleep(delay)
-        if not (auth_failed or tls_failed):
+        if not needs_human:
             # An auth or certificate failure stays visible after shutdown: it needs a human.
             self.engine.report(self.user_id, Status.STOPPED, "", self.failures)
+
+    def _count_failure(self, status: str) -> float:
+        """Count this failure once and return the back-off before the next try."""
+        self.failures += 1
+        if status != self._failure_kind:
+            self._failure_kind, self._kind_failures = status, 0
+        self._kind_failures += 1
+        return backoff_delay(self._kind_failures, status != Status.BACKING_OFF, self.cfg)
 
     async def _sleep(self, seconds: float) -> None:
         """Back-off that stop() can cut short, without a task of its own."""
@@ -195,20 +250,15 @@ class MailboxSession:
     # --- one session --------------------------------------------------------------------
 
     async def _watch(self, config: store.MailboxConfig) -> None:
-        self.engine.report(self.user_id, Status.CONNECTING, "", self.failures)
+        error = self._last_error if self.failures else ""
+        self.engine.report(self.user_id, Status.CONNECTING, error, self.failures)
         async with self.engine.handshakes:
-            self.conn = await ImapConnection.open(
-                config.host,
-                config.port,
-                implicit_tls=config.tls == "implicit",
-                insecure=config.insecure_tls,
+            self.conn = await open_connection(
+                config,
                 timeout=self.cfg.command_timeout,
                 max_literal_size=self.cfg.max_email_size + 64 * 1024,
-                ca_pem=config.tls_ca,
             )
-            if config.tls == "starttls":
-                await self.conn.start_tls(config.host, config.insecure_tls, config.tls_ca)
-            await self._authenticate(config)
+            await authenticate(self.conn, config, engine=self.engine)
         config = replace(config, folder=await folders.choose_folder(self.conn, config.folder))
         await self._select(config)
         if config.sweep_requested_at is not None:
@@ -216,6 +266,7 @@ class MailboxSession:
         await self._catch_up(config)
         if self.failures:
             self.failures = 0
+            self._failure_kind, self._kind_failures, self._last_error = "", 0, ""
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
         while not self.stop_event.is_set():
@@ -227,24 +278,6 @@ class MailboxSession:
             if self.stop_event.is_set():
                 return
             await self._catch_up(config)
-
-    async def _authenticate(self, config: store.MailboxConfig) -> None:
-        conn = self.conn
-        if not conn.protocol.capabilities:
-            await conn.command(*conn.protocol.capability())
-        if config.auth_kind == "oauth2":
-            from superimap.engine.oauth import authenticate_xoauth2  # imports this module
-
-            await authenticate_xoauth2(self.engine, conn, config)
-        else:
-            try:
-                await conn.command(*conn.protocol.login(config.username, config.password))
-            except CommandFailed as exc:
-                if refused_for_credentials(exc.response):
-                    raise AuthFailed(f"login refused: {exc.response.text[:200]}") from None
-                raise
-        if not conn.protocol.capabilities or "IDLE" not in conn.protocol.capabilities:
-            await conn.command(*conn.protocol.capability())
 
     async def _select(self, config: store.MailboxConfig) -> None:
         untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from superimap.dbpool import read_only
+from superimap.delivery import outbox
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import new_mail_payload
 from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
@@ -25,6 +26,10 @@ from superimap.tracers.models import TracerLog
 
 TRACER_SUBJECT = re.compile(r"^TRACER:\s*(\S+)\s*$")
 STATUS_BATCH = 500  # ids per UPDATE: well under every backend's parameter limit
+# user_error: at once for what needs a human, after this long for any other failure.
+NEEDS_HUMAN = frozenset({MailboxUser.Status.AUTH_FAILED, MailboxUser.Status.TLS_FAILED})
+WATCHING = frozenset({MailboxUser.Status.IDLE, MailboxUser.Status.POLLING})
+USER_ERROR_AFTER = timedelta(minutes=15)
 CONFIG_BATCH = 500  # ids per config SELECT, likewise
 
 
@@ -143,7 +148,11 @@ def config_of(user: MailboxUser) -> MailboxConfig:
 
 
 def _owned(user_id: int, node_id: str):
-    return MailboxUser.objects.filter(id=user_id, owner_node=node_id, archived=False)
+    """The user if this node holds its lease AND it is still watchable: a disconnected
+    (connected_at cleared) or archived user fences the session like a lost lease."""
+    return MailboxUser.objects.filter(
+        id=user_id, owner_node=node_id, archived=False, connected_at__isnull=False
+    )
 
 
 def set_baseline(
@@ -177,8 +186,13 @@ def persist_batch(
     if not messages:
         return result
     with transaction.atomic():
+        # FOR UPDATE (PostgreSQL; SQLite's IMMEDIATE transaction holds the write lock
+        # already): a disconnect or archive either commits first, and this finds no user and
+        # discards the batch, or waits for this commit, so its user_disconnected comes after
+        # every new_mail (design note loss-api, "nothing after the user leaves").
         user = (
             _owned(user_id, node_id)
+            .select_for_update(of=("self",))
             .select_related("connection__provider", "connection__partner")
             .defer("password", "oauth_refresh_token")  # not needed; decrypting costs CPU
             .first()
@@ -277,6 +291,9 @@ def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
     One UPDATE per distinct (status, error, failures), not one per user: when thousands of
     mailboxes come online together they share a handful of values, and 20,000 single-row
     updates held the (SQLite) write lock for ~2 s, stalling every persist behind them.
+
+    In the same transaction, the partner is told of transitions (user_error, user_recovered):
+    see tell_transitions().
     """
     now = timezone.now()
     groups: dict[tuple[str, str, int], list[int]] = {}
@@ -291,3 +308,53 @@ def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
                     consecutive_failures=failures,
                     status_changed_at=now,
                 )
+        tell_transitions(updates, now)
+
+
+def _batches(ids: list[int]):
+    for start in range(0, len(ids), STATUS_BATCH):
+        yield ids[start : start + STATUS_BATCH]
+
+
+def tell_transitions(updates: dict[int, tuple[str, str, int]], now: datetime) -> None:
+    """user_error once when a mailbox starts needing attention, user_recovered once when it
+    is watched again. The state lives in the user row (failing_since, error_notified_at) and
+    each event is enqueued only by the UPDATE that flips error_notified_at, so neither a
+    retry, an engine restart nor a second node can send one twice."""
+    failing = [
+        user_id
+        for user_id, (status, _, failures) in updates.items()
+        if failures > 0 or status in NEEDS_HUMAN
+    ]
+    watching = [user_id for user_id, (status, _, _) in updates.items() if status in WATCHING]
+    for ids in _batches(failing):
+        MailboxUser.objects.filter(id__in=ids, failing_since__isnull=True).update(failing_since=now)
+        candidates = (
+            MailboxUser.objects.filter(id__in=ids, error_notified_at__isnull=True, archived=False)
+            .exclude(connected_at__isnull=True)
+            .filter(Q(status__in=NEEDS_HUMAN) | Q(failing_since__lte=now - USER_ERROR_AFTER))
+            .select_related("connection__provider", "connection__partner")
+            .defer("password", "oauth_refresh_token")
+        )
+        for user in candidates:
+            flipped = MailboxUser.objects.filter(id=user.id, error_notified_at__isnull=True).update(
+                error_notified_at=now
+            )
+            if flipped:
+                status, error, _ = updates[user.id]
+                outbox.enqueue_user_error(user, status, error)
+    for ids in _batches(watching):
+        recovered = (
+            MailboxUser.objects.filter(id__in=ids, error_notified_at__isnull=False)
+            .select_related("connection__provider", "connection__partner")
+            .defer("password", "oauth_refresh_token")
+        )
+        for user in recovered:
+            flipped = MailboxUser.objects.filter(
+                id=user.id, error_notified_at__isnull=False
+            ).update(error_notified_at=None, failing_since=None)
+            if flipped and not user.archived and user.connected_at is not None:
+                outbox.enqueue_user_recovered(user, updates[user.id][0])
+        MailboxUser.objects.filter(id__in=ids, failing_since__isnull=False).update(
+            failing_since=None
+        )

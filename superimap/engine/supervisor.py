@@ -19,6 +19,7 @@ from django.utils import timezone
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.session import MailboxSession, SessionSettings
+from superimap.metrics import EMAILS_PROCESSED, ENGINE_METRICS, MAILBOX_SESSIONS, expose
 from superimap.tracers.sender import TracerSender
 
 log = logging.getLogger("superimap.engine")
@@ -72,6 +73,7 @@ class Engine:
         self.emails_processed = 0
         self.started_at = timezone.now()
         self.tracers = TracerSender(self, tracer_interval, num_tracers)
+        expose(ENGINE_METRICS)
 
     # --- called by sessions ---------------------------------------------------------------
 
@@ -80,6 +82,7 @@ class Engine:
 
     def record_persisted(self, result: store.PersistResult) -> None:
         self.emails_processed += result.new + result.tracers
+        EMAILS_PROCESSED.inc(result.new + result.tracers)
         if result.new and self.on_new_deliveries:
             self.on_new_deliveries()
 
@@ -168,6 +171,7 @@ class Engine:
         session = MailboxSession(self, user_id, config)
         task = asyncio.create_task(session.run(), name=f"mailbox-{user_id}")
         self.sessions[user_id] = (session, task, version)
+        MAILBOX_SESSIONS.inc()
 
     async def _stop_sessions(self, user_ids: list[int]) -> None:
         """Ask sessions to stop (DONE, LOGOUT); cancel those still running after 5 s."""
@@ -176,6 +180,7 @@ class Engine:
         tasks = []
         for user_id in user_ids:
             session, task, _ = self.sessions.pop(user_id)
+            MAILBOX_SESSIONS.dec()
             session.stop()
             tasks.append(task)
         _, pending = await asyncio.wait(tasks, timeout=5)

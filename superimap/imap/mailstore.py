@@ -15,6 +15,8 @@ _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
 FETCH_ITEMS = frozenset(
     {"UID", "RFC822.SIZE", "INTERNALDATE", "FLAGS", "BODY[]", "BODY.PEEK[]", "RFC822"}
 )
+# A partial body fetch, BODY.PEEK[]<origin.length> (RFC 3501 6.4.5), answered BODY[]<origin>.
+_PARTIAL_BODY = re.compile(r"BODY(?:\.PEEK)?\[\]<(\d+)\.(\d+)>")
 
 
 class SearchError(ValueError):
@@ -78,7 +80,7 @@ class Mailbox:
 
     def uid_fetch(self, uid_set: str, items: tuple[str, ...], readonly: bool) -> list[bytes]:
         """Render FETCH responses; a non-PEEK body fetch sets \\Seen unless read-only."""
-        unknown = set(items) - FETCH_ITEMS
+        unknown = {i for i in items if i not in FETCH_ITEMS and not _PARTIAL_BODY.fullmatch(i)}
         if unknown:
             raise SearchError(f"unsupported fetch items {sorted(unknown)}")
         largest = self.largest_uid
@@ -105,6 +107,10 @@ class Mailbox:
                 rendered.append(("BODY[]", literal(message.raw)))
             elif item == "RFC822":
                 rendered.append((item, literal(message.raw)))
+            elif partial := _PARTIAL_BODY.fullmatch(item):
+                origin, length = int(partial.group(1)), int(partial.group(2))
+                part = message.raw[origin : origin + length]
+                rendered.append((f"BODY[]<{origin}>", literal(part)))
         if "FLAGS" in items or flags_changed:
             rendered.append(("FLAGS", render_flags(message.flags)))
         return fetch_response(seq, rendered)

@@ -17,6 +17,7 @@ class StateFilter(admin.SimpleListFilter):
             ("archived", "Archived"),
             ("tracer", "Tracer enabled"),
             ("auth_failed", "Authentication failed"),
+            ("needs_attention", "Partner told: needs attention (user_error)"),
             ("not_connected", "Not connected"),
         ]
 
@@ -30,6 +31,8 @@ class StateFilter(admin.SimpleListFilter):
             return queryset.filter(enable_tracer=True, archived=False)
         if value == "auth_failed":
             return queryset.filter(status=MailboxUser.Status.AUTH_FAILED, archived=False)
+        if value == "needs_attention":
+            return queryset.filter(error_notified_at__isnull=False, archived=False)
         if value == "not_connected":
             return queryset.filter(connected_at__isnull=True, archived=False)
         return queryset
@@ -68,6 +71,8 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "last_error",
         "status_changed_at",
         "consecutive_failures",
+        "failing_since",
+        "error_notified_at",
         "uid_validity",
         "last_uid",
         "last_internal_date",
@@ -96,6 +101,8 @@ class MailboxUserAdmin(admin.ModelAdmin):
                     "last_error",
                     "status_changed_at",
                     "consecutive_failures",
+                    "failing_since",
+                    "error_notified_at",
                     "uid_validity",
                     "last_uid",
                     "last_internal_date",

@@ -19,7 +19,7 @@ class MailboxUser(models.Model):
         SYNCING = "syncing", "Catching up"
         BACKING_OFF = "backing_off", "Backing off"
         AUTH_FAILED = "auth_failed", "Authentication failed"
-        TLS_FAILED = "tls_failed", "TLS certificate not trusted"
+        TLS_FAILED = "tls_failed", "TLS certificate check failed"
         STOPPED = "stopped", "Stopped"
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="users")
@@ -51,6 +51,11 @@ class MailboxUser(models.Model):
     last_error = models.CharField(max_length=500, blank=True)
     status_changed_at = models.DateTimeField(null=True, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
+    # Since when the mailbox has been failing (cleared when it is watched again), and when
+    # the partner was sent user_error for it (cleared with user_recovered): kept here, not in
+    # a session, so each transition is told once across restarts and engine nodes.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    error_notified_at = models.DateTimeField(null=True, blank=True)
 
     # Lease: which engine node watches this mailbox (design.md section 9).
     owner_node = models.CharField(max_length=100, blank=True)

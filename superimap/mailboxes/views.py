@@ -102,12 +102,25 @@ def disconnect(request: HttpRequest, token: str) -> HttpResponse:
     if user.oauth_refresh_token and user.connection.provider.auth_kind == "oauth2":
         oauth.revoke_refresh_token(user)  # best effort: the credentials go either way
     with transaction.atomic():
-        was_connected = user.connected_at is not None
-        user.password = ""
-        user.oauth_refresh_token = ""
-        user.connected_at = None
-        user.status = MailboxUser.Status.STOPPED
-        user.save()
+        # Locked and re-read: the engine's persist_batch locks the same row, so either its
+        # new_mail commits before this (and before user_disconnected) or it sees the user
+        # gone and discards its batch. Never a new_mail after user_disconnected.
+        locked = MailboxUser.objects.select_for_update().filter(id=user.id).first()
+        was_connected = locked is not None and locked.connected_at is not None
+        if locked is not None:
+            locked.password = ""
+            locked.oauth_refresh_token = ""
+            locked.connected_at = None
+            locked.status = MailboxUser.Status.STOPPED
+            locked.save(
+                update_fields=[
+                    "password",
+                    "oauth_refresh_token",
+                    "connected_at",
+                    "status",
+                    "updated_at",
+                ]
+            )
         if was_connected:
             enqueue_user_event(Delivery.Kind.USER_DISCONNECTED, user)
     return _finish(request, user, "success", "Your mailbox is disconnected.")

@@ -21,7 +21,15 @@ class PartnerAdmin(admin.ModelAdmin):
         (None, {"fields": ["name", "api_key", "webhook_secret", "created_at"]}),
         (
             "Webhooks",
-            {"fields": ["new_mail_webhook", "user_connected_webhook", "user_disconnected_webhook"]},
+            {
+                "fields": [
+                    "new_mail_webhook",
+                    "user_connected_webhook",
+                    "user_disconnected_webhook",
+                    "user_error_webhook",
+                    "user_recovered_webhook",
+                ]
+            },
         ),
         ("Connect callbacks", {"fields": ["success_url", "failure_url", "allowed_redirect_hosts"]}),
     ]

@@ -100,6 +100,18 @@ class Partner(models.Model):
     user_disconnected_webhook = models.URLField(
         "user disconnected webhook", max_length=1000, blank=True
     )
+    user_error_webhook = models.URLField(
+        "user error webhook",
+        max_length=1000,
+        blank=True,
+        help_text="Told when a mailbox needs attention (auth_failed, tls_failed, failing 15 min).",
+    )
+    user_recovered_webhook = models.URLField(
+        "user recovered webhook",
+        max_length=1000,
+        blank=True,
+        help_text="Told when a mailbox that was reported with user_error is watched again.",
+    )
     success_url = models.URLField(max_length=1000, blank=True, help_text="Default after connect.")
     failure_url = models.URLField(max_length=1000, blank=True, help_text="Default after a failure.")
     allowed_redirect_hosts = models.CharField(
@@ -134,6 +146,8 @@ class Partner(models.Model):
             "new_mail": self.new_mail_webhook,
             "user_connected": self.user_connected_webhook,
             "user_disconnected": self.user_disconnected_webhook,
+            "user_error": self.user_error_webhook,
+            "user_recovered": self.user_recovered_webhook,
         }[kind]
 
     def redirect_allowed(self, url: str) -> bool:

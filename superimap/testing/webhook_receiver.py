@@ -293,6 +293,10 @@ def _guess_kind(payload: Mapping[str, Any]) -> str | None:
         return "new_mail"
     if "email" in payload:
         return "user_connected"
+    if "error" in payload and "status" in payload:
+        return "user_error"
+    if "status" in payload:
+        return "user_recovered"
     if "user_tag" in payload:
         return "user_disconnected"
     return None

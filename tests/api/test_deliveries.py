@@ -1,7 +1,9 @@
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.mailboxes.models import MailboxUser
@@ -120,3 +122,24 @@ def test_it_stops_another_partner_retrying_a_delivery(outsider_api, user):
     assert_error(outsider_api.post(f"/deliveries/{delivery.event_id}/retry"), 404)
     delivery.refresh_from_db()
     assert (delivery.status, delivery.max_attempts) == ("failed", 7)
+
+
+def test_it_filters_by_the_user_error_and_user_recovered_kinds(api, user):
+    error = make_delivery(user, kind="user_error")
+    recovered = make_delivery(user, kind="user_recovered")
+    make_delivery(user, kind="user_connected")
+    assert [d["event_id"] for d in api.get("/deliveries", kind="user_error").json()] == [
+        str(error.event_id)
+    ]
+    assert [d["event_id"] for d in api.get("/deliveries", kind="user_recovered").json()] == [
+        str(recovered.event_id)
+    ]
+
+
+def test_a_user_shows_since_when_it_has_been_failing(api, user):
+    assert api.get("/connections/PLAIN/users/alice").json()["failing_since"] is None
+    since = timezone.now()
+    MailboxUser.objects.filter(id=user.id).update(status="tls_failed", failing_since=since)
+    body = api.get("/connections/PLAIN/users/alice").json()
+    assert body["status"] == "tls_failed"
+    assert abs(parse_datetime(body["failing_since"]) - since) < timedelta(milliseconds=1)

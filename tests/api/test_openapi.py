@@ -32,9 +32,18 @@ def test_it_serves_the_openapi_schema(client, db):
         "/api/v1/connections/{code}/users",
         "/api/v1/connections/{code}/users/{tag}",
         "/api/v1/connections/{code}/users/{tag}/sweep",
+        "/api/v1/connections/{code}/users/{tag}/messages/{uid_validity}/{uid}",
         "/api/v1/deliveries",
         "/api/v1/deliveries/{event_id}/retry",
     }
+
+
+def test_it_declares_the_message_route_as_rfc822_with_json_errors(client, db):
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    route = paths["/api/v1/connections/{code}/users/{tag}/messages/{uid_validity}/{uid}"]["get"]
+    assert set(route["responses"]) == {"200", "401", "404", "409", "422", "502"}
+    assert "message/rfc822" in route["responses"]["200"]["content"]
+    assert "application/json" in route["responses"]["404"]["content"]
 
 
 def test_it_documents_both_ways_to_send_the_key(client, db):
@@ -45,7 +54,7 @@ def test_it_documents_both_ways_to_send_the_key(client, db):
 
 def test_it_loads_as_a_valid_schema_in_schemathesis():
     operations = [op.ok() for op in SCHEMA.get_all_operations()]
-    assert len(operations) == 13
+    assert len(operations) == 14
 
 
 def test_it_renders_the_docs_page(client, db):
@@ -78,7 +87,13 @@ def seeded(api, partner):
         status="failed",
         next_attempt_at=timezone.now(),
     )
-    partner.existing = {"code": "PLAIN", "tag": "alice", "event_id": str(failed.event_id)}
+    partner.existing = {
+        "code": "PLAIN",
+        "tag": "alice",
+        "event_id": str(failed.event_id),
+        "uid_validity": 1,
+        "uid": 1,
+    }
     # The raw WSGI app closes DB connections after each request, which would end the test's
     # transaction; Django's test client avoids that the same way. (Done after seeding, since
     # the test client reconnects the receivers after each of its requests.)

@@ -9,6 +9,7 @@ import hmac
 import time
 
 import pytest
+from django.utils import timezone
 
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
@@ -139,6 +140,43 @@ def test_user_connected_and_disconnected(seeded_providers, make_receiver, proces
     assert body["user_tag"] == user.tag
     assert body["sha1"] == hashlib.sha1(user.tag.encode()).hexdigest()
     assert set(Delivery.objects.values_list("status", flat=True)) == {"delivered"}
+
+
+def test_user_error_and_user_recovered_are_signed_to_their_own_urls(
+    seeded_providers, make_receiver, process
+):
+    receiver = make_receiver()
+    partner = make_partner(
+        receiver.url,
+        user_error_webhook=f"{receiver.url}/error",
+        user_recovered_webhook=f"{receiver.url}/recovered",
+    )
+    receiver.receiver.api_key = partner.api_key
+    receiver.receiver.whsec_secret = partner.webhook_secret
+    user = make_user(partner, failing_since=timezone.now())
+    error = outbox.enqueue_user_error(user, "auth_failed", "login refused: [AUTHENTICATIONFAILED]")
+    recovered = outbox.enqueue_user_recovered(user, "idle")
+
+    assert process() == 2
+    events = {e.path: e for e in receiver.wait_for(2)}
+    body = assert_signed(events["/error"], partner, error)
+    assert body["event"] == "user_error"
+    assert body["status"] == "auth_failed"
+    assert body["error"] == "login refused: [AUTHENTICATIONFAILED]"
+    assert body["failing_since"] == user.failing_since.isoformat()
+    assert body["sha1"] == hashlib.sha1(user.tag.encode()).hexdigest()
+    assert body["user_tag"] == user.tag and body["imap_provider_code"] == "PLAIN"
+    body = assert_signed(events["/recovered"], partner, recovered)
+    assert body["event"] == "user_recovered" and body["status"] == "idle"
+    assert body["failing_since"] == user.failing_since.isoformat()
+
+
+def test_a_partner_without_a_user_error_url_gets_skipped_deliveries(seeded_providers):
+    partner = make_partner("http://127.0.0.1:9")
+    user = make_user(partner)
+    error = outbox.enqueue_user_error(user, "tls_failed", "certificate check failed")
+    assert error.status == Delivery.Status.SKIPPED
+    assert error.last_error == "partner has no user_error webhook URL"
 
 
 def test_each_send_is_signed_with_a_fresh_timestamp(seeded_providers, make_receiver, process):

@@ -23,6 +23,7 @@ from superimap.testing.dovecot import (
     DovecotServer,
 )
 from superimap.testing.mail import make_message
+from tests.api.test_message_route import _get, _path
 from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
 
 ALL_MAIL = "[Gmail]/All Mail"
@@ -176,3 +177,18 @@ def test_a_checkpoint_of_another_folder_takes_a_new_baseline(mail_partner, gmail
 )
 def test_it_picks_all_then_gmail_names_then_inbox(listings, expected) -> None:
     assert pick_folder(listings) == expected
+
+
+def test_the_message_route_reads_the_watched_folder(mail_partner, gmail_dovecot):
+    """new_mail's uid_validity/uid are All Mail's: the message route must EXAMINE All Mail,
+    not INBOX (whose UIDVALIDITY Dovecot may share, which would hand out the wrong mail)."""
+    user = _user(mail_partner, gmail_dovecot, checkpoint_folder=ALL_MAIL)
+    archived = make_message("archived", "a@example.test", user.email, "only in All Mail")
+    gmail_dovecot.deliver(user.tag, archived, ALL_MAIL)
+    gmail_dovecot.deliver(user.tag, make_message("inbox", "a@x.test", user.email, "other"))
+    uid_validity = gmail_dovecot.uidvalidity(user.tag, ALL_MAIL)
+
+    status, _, body = _get(_path(user, uid_validity, 1), mail_partner.api_key)
+
+    assert status == 200, body[:300]
+    assert body == archived

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from django.db import close_old_connections
+from django.utils import timezone
 
 from superimap.delivery.models import Delivery
 from superimap.engine import store
@@ -54,7 +55,9 @@ def test_a_sweep_sends_the_mail_that_predates_the_user_once(mailbox, dovecot):
 
 def test_finishing_a_sweep_keeps_a_newer_request_and_is_fenced_by_the_lease(mail_partner):
     connection = loopback_connection(mail_partner, 1)
-    user = MailboxUser.objects.create(connection=connection, tag="u", owner_node="n1")
+    user = MailboxUser.objects.create(
+        connection=connection, tag="u", owner_node="n1", connected_at=timezone.now()
+    )
     user.request_sweep()
     served = user.sweep_requested_at
     assert not store.finish_sweep(user.id, "other-node", served)

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mailboxes', '0002_sweep_requested_at'),
+        ('mailboxes', '0003_failing_since_and_tls_failed'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('partners', '0006_connection_tls_options'),
+        ('partners', '0007_connection_tls_options'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('partners', '0005_connection_smtp'),
+        ('partners', '0006_user_error_and_recovered_webhooks'),
     ]
 
     operations = [

@@ -1,0 +1,99 @@
+"""Nothing after the user leaves: no new_mail once a user is disconnected or archived."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from django.db import close_old_connections
+from django.test import Client
+from django.utils import timezone
+
+from superimap.delivery.models import Delivery
+from superimap.engine import store
+from superimap.mailboxes.links import make_link
+from superimap.mailboxes.models import MailboxUser
+from superimap.testing.mail import make_message
+from tests.engine.conftest import RunningEngine, wait_for
+
+
+def _status(user_id: int) -> str:
+    close_old_connections()
+    return MailboxUser.objects.get(id=user_id).status
+
+
+def _events(user_id: int) -> list[Delivery]:
+    close_old_connections()
+    return list(Delivery.objects.filter(user_id=user_id).order_by("id"))
+
+
+def _message(uid: int) -> store.FetchedMessage:
+    raw = make_message(f"m{uid}", "a@example.test", "b@example.test", "body")
+    return store.FetchedMessage(uid=uid, size=len(raw), internal_date=timezone.now(), raw=raw)
+
+
+@pytest.fixture
+def held_user(mailbox) -> MailboxUser:
+    user = mailbox()
+    MailboxUser.objects.filter(id=user.id).update(owner_node="n1", uid_validity=7, last_uid=0)
+    return user
+
+
+def test_it_discards_a_batch_for_a_disconnected_user(held_user):
+    MailboxUser.objects.filter(id=held_user.id).update(connected_at=None)
+    with pytest.raises(store.LeaseLost):
+        store.persist_batch(held_user.id, "n1", 7, "INBOX", [_message(1)])
+    assert not Delivery.objects.filter(user=held_user).exists()
+    assert MailboxUser.objects.get(id=held_user.id).last_uid == 0
+
+
+def test_it_discards_a_batch_for_an_archived_user(held_user):
+    held_user.archive()
+    with pytest.raises(store.LeaseLost):
+        store.persist_batch(held_user.id, "n1", 7, "INBOX", [_message(1)])
+    assert not Delivery.objects.filter(user=held_user).exists()
+
+
+def test_no_new_mail_follows_user_disconnected_while_mail_keeps_arriving(mailbox, dovecot):
+    user = mailbox()
+    stop_sending = threading.Event()
+    sent: list[float] = []
+
+    def send_continuously() -> None:
+        i = 0
+        while not stop_sending.is_set():
+            raw = make_message(f"stream {i}", "a@example.test", user.email, "x")
+            dovecot.deliver(user.tag, raw)
+            sent.append(time.monotonic())
+            i += 1
+
+    def disconnect() -> None:
+        close_old_connections()
+        response = Client().post(make_link(user.id, "disconnect"))
+        assert response.status_code in (200, 302)
+
+    async def scenario():
+        # A slow refresh: only the fence can stop the session in time, not the supervisor.
+        async with RunningEngine(refresh_interval=2.0):
+            await wait_for(lambda: _status(user.id) == "idle", timeout=15)
+            sender = threading.Thread(target=send_continuously, daemon=True)
+            sender.start()
+            await wait_for(lambda: len(_events(user.id)) >= 5, timeout=15)
+            await asyncio.to_thread(disconnect)
+            await asyncio.sleep(3.0)  # mail keeps arriving well past the next refresh
+            stop_sending.set()
+            await asyncio.to_thread(sender.join, 10)
+            await asyncio.sleep(1.0)
+
+    asyncio.run(scenario())
+    events = _events(user.id)
+    kinds = [e.kind for e in events]
+    assert kinds.count("user_disconnected") == 1
+    cut = kinds.index("user_disconnected")
+    assert cut >= 5 and set(kinds[:cut]) == {"new_mail"}
+    assert kinds[cut + 1 :] == [], f"created after user_disconnected: {kinds[cut + 1 :]}"
+    disconnected_at = events[cut].created_at
+    assert all(e.created_at <= disconnected_at for e in events[:cut])
+    assert len(sent) > cut  # mail did keep arriving after the disconnect
