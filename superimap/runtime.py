@@ -8,17 +8,20 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 
 import uvicorn
 from django.conf import settings
 
 from superimap import __version__
+from superimap.config import ConfigError
 
 log = logging.getLogger("superimap")
 
 
 def node_id() -> str:
+    """The worker's identity: one per process (the engine's is ENGINE_NODE_NAME)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -52,9 +55,11 @@ async def serve(
     host: str,
     port: int,
     on_listening: Callable[[], None] | None = None,
+    node_lock=None,
 ) -> None:
     """Run the chosen services until SIGINT/SIGTERM; `on_listening` is called once the web
-    server accepts connections (the start-up banner)."""
+    server accepts connections (the start-up banner). `node_lock` holds the engine's node
+    name for as long as the engine runs."""
     from superimap.dbpool import DbPool
 
     stop = asyncio.Event()
@@ -74,7 +79,10 @@ async def serve(
         from superimap.engine.supervisor import Engine
 
         engine_service = Engine(
-            pool, node, on_new_deliveries=worker_service.wake if worker_service else None
+            pool,
+            settings.ENGINE_NODE_NAME,
+            on_new_deliveries=worker_service.wake if worker_service else None,
+            node_lock=node_lock,
         )
         tasks.append(asyncio.create_task(engine_service.run(stop), name="engine"))
     if web:
@@ -143,7 +151,20 @@ def run(**kwargs) -> None:
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio works too
         runner = asyncio.run
-    runner(serve(**kwargs))
+    node_lock = None
+    if kwargs.get("engine"):
+        from superimap.engine.nodelock import NodeLock
+
+        try:
+            node_lock = NodeLock(settings.ENGINE_NODE_NAME).acquire()
+        except ConfigError as exc:
+            print(f"superimap: configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    try:
+        runner(serve(**kwargs, node_lock=node_lock))
+    finally:
+        if node_lock is not None:
+            node_lock.release()
 
 
 def database_label() -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -63,6 +65,13 @@ ENGINE_LEASE_SECONDS = env_int("ENGINE_LEASE_SECONDS", 60, minimum=2, maximum=36
 ENGINE_REFRESH_SECONDS = env_int("ENGINE_REFRESH_SECONDS", 5, minimum=1, maximum=60)
 # Nodes with a heartbeat this recent share the mailboxes (spec "Scaling": 30 s).
 ENGINE_NODE_ALIVE_SECONDS = env_int("ENGINE_NODE_ALIVE_SECONDS", 30, minimum=2, maximum=600)
+# A stable name: a restarted engine takes its own leases back at once (engine/nodelock.py).
+ENGINE_NODE_NAME = env_str("ENGINE_NODE_NAME", socket.gethostname())
+if not re.fullmatch(r"[A-Za-z0-9._:@-]{1,100}", ENGINE_NODE_NAME):
+    raise ConfigError(
+        "ENGINE_NODE_NAME",
+        f"must be 1-100 letters, digits or . _ : @ -, got {ENGINE_NODE_NAME!r}",
+    )
 if ENGINE_REFRESH_SECONDS * 2 > ENGINE_LEASE_SECONDS:
     raise ConfigError("ENGINE_LEASE_SECONDS", "must be at least twice ENGINE_REFRESH_SECONDS")
 WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 50, minimum=1, maximum=10000)

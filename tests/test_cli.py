@@ -69,6 +69,8 @@ def test_it_leaves_an_existing_superuser_alone(db):
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"SUPERIMAP_ENV": "staging"}, "SUPERIMAP_ENV"),
         ({"DEBUG": "maybe"}, "DEBUG"),
+        ({"ENGINE_NODE_NAME": "two words"}, "ENGINE_NODE_NAME"),
+        ({"ENGINE_NODE_NAME": "x" * 101}, "ENGINE_NODE_NAME"),
     ],
 )
 def test_it_stops_with_one_line_naming_the_bad_variable(tmp_path, env, variable):

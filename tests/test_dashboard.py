@@ -312,3 +312,29 @@ def test_every_dashboard_list_and_add_page_renders(admin_client, user):
         except NoReverseMatch:
             continue
         assert admin_client.get(add).status_code in (200, 403), add
+
+
+def test_it_warns_about_a_connection_without_certificate_verification(admin, plain_connection):
+    plain_connection.imap_tls_verify = False
+    plain_connection.save()
+    listing = admin.get("/admin/partners/connection/").content.decode()
+    assert "TLS certificate verification is off" in listing
+    page = admin.get(f"/admin/partners/connection/{plain_connection.id}/change/").content.decode()
+    assert "TLS certificate verification is off" in page
+
+
+def test_it_shows_no_warning_for_a_verified_connection(admin, plain_connection):
+    listing = admin.get("/admin/partners/connection/").content.decode()
+    assert "verification is off" not in listing and "without TLS" not in listing
+
+
+def test_it_refuses_a_broken_ca_bundle_on_the_connection_form(admin, plain_connection):
+    page = admin.get(f"/admin/partners/connection/{plain_connection.id}/change/")
+    form = page.context["adminform"].form
+    data = {name: form[name].value() or "" for name in form.fields}
+    data.update(imap_tls_ca="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    response = admin.post(f"/admin/partners/connection/{plain_connection.id}/change/", data)
+    assert response.status_code == 200  # the form again, with the error
+    assert "The CA bundle is not a valid PEM certificate bundle" in response.content.decode()
+    plain_connection.refresh_from_db()
+    assert plain_connection.imap_tls_ca == ""

@@ -63,6 +63,29 @@ class ConnectionUpdate(OriginalNames):
     imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_tls: TlsMode | None = None
+    imap_tls_ca: str | None = Field(
+        default=None,
+        max_length=65536,
+        pattern=NO_NUL,
+        description="PLAIN: PEM certificate(s) to trust for this server instead of the "
+        'system CAs (a private CA or a self-signed certificate); "" clears it.',
+    )
+    imap_tls_verify: bool | None = Field(
+        default=None,
+        description="PLAIN: false accepts any certificate (insecure; reported in warnings).",
+    )
+    imap_allow_plaintext: bool | None = Field(
+        default=None,
+        description='PLAIN: true allows imap_tls "none" (no TLS; reported in warnings).',
+    )
+    idle_refresh_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=1740,
+        description="End IDLE and start it again this often, for servers that only look for "
+        "new mail when IDLE starts (stock Cyrus without idled, Courier); 0: off. Unset: "
+        "automatic (15 s for servers whose greeting names Cyrus or Courier, else off).",
+    )
     smtp_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     smtp_port: int | None = Field(default=None, ge=1, le=65535)
     smtp_tls: TlsMode | None = None
@@ -98,6 +121,16 @@ class ConnectionOut(Schema):
     imap_host: str
     imap_port: int
     imap_tls: str
+    imap_tls_ca: str = ""
+    imap_tls_verify: bool = True
+    imap_allow_plaintext: bool = False
+    idle_refresh_seconds: int | None = Field(
+        default=None,
+        description="IDLE re-issue period in seconds; 0: off; null: automatic by server.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="Insecure settings (no TLS, no verification)."
+    )
     smtp_host: str = Field(default="", description="Where tracer emails are sent from.")
     smtp_port: int = 587
     smtp_tls: str = "starttls"

@@ -10,7 +10,7 @@ from superimap.delivery.models import Delivery
 from superimap.delivery.outbox import enqueue_user_event
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.partners.models import Connection, ImapProvider, Partner, ca_bundle_problem
 
 ENCRYPTED = "- encrypted -"
 SMTP_FIELDS = ("smtp_host", "smtp_port", "smtp_tls")  # host-per-connection providers only
@@ -21,6 +21,8 @@ ALIAS_FIELDS = {
     "login_password",
     "oauth2_refresh_token",
 }
+# Self-hosted servers' TLS options: host-per-connection providers only.
+TLS_FIELDS = ("imap_tls_ca", "imap_tls_verify", "imap_allow_plaintext")
 
 
 def connection_out(connection: Connection) -> dict:
@@ -38,6 +40,11 @@ def connection_out(connection: Connection) -> dict:
         "imap_host": host,
         "imap_port": port,
         "imap_tls": tls,
+        "imap_tls_ca": connection.imap_tls_ca,
+        "imap_tls_verify": connection.imap_tls_verify,
+        "imap_allow_plaintext": connection.imap_allow_plaintext,
+        "idle_refresh_seconds": connection.effective_idle_refresh,
+        "warnings": connection.tls_warnings(),
         "smtp_host": smtp_host,
         "smtp_port": smtp_port,
         "smtp_tls": smtp_tls,
@@ -81,7 +88,7 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
     ):
         raise ApiError(422, "invalid_field", f"oauth_base_url does not apply to {provider.code}.")
     if provider.auth_kind == ImapProvider.AuthKind.OAUTH2 and not provider.host_per_connection:
-        for name in ("imap_host", "imap_port", "imap_tls", *SMTP_FIELDS):
+        for name in ("imap_host", "imap_port", "imap_tls", *SMTP_FIELDS, *TLS_FIELDS):
             if fields.get(name) is not None:
                 raise ApiError(422, "invalid_field", f"{name} is fixed for {provider.code}.")
     elif not provider.host_per_connection:
@@ -90,11 +97,14 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
             "imap_port",
             "imap_tls",
             *SMTP_FIELDS,
+            *TLS_FIELDS,
             "oauth_client_id",
             "oauth_client_secret",
         ):
             if fields.get(name) is not None:
                 raise ApiError(422, "invalid_field", f"{name} does not apply to {provider.code}.")
+    if fields.get("imap_tls_ca"):
+        _check_ca_bundle(fields["imap_tls_ca"])
     for name, value in fields.items():
         if value is not None:
             setattr(connection, name, value.strip() if isinstance(value, str) else value)
@@ -110,16 +120,27 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
     if provider.host_per_connection:
         if not connection.imap_host:
             raise ApiError(422, "missing_field", f"imap_host is required for {provider.code}.")
-        for name in ("imap_tls", "smtp_tls"):
-            if (
-                getattr(connection, name) == ImapProvider.TlsMode.NONE
-                and not provider.loopback_only
-            ):
-                raise ApiError(
-                    422,
-                    "invalid_field",
-                    f"{name} 'none' is only allowed for loopback test providers.",
-                )
+        if (
+            connection.imap_tls == ImapProvider.TlsMode.NONE
+            and not provider.loopback_only
+            and not connection.imap_allow_plaintext
+        ):
+            raise ApiError(
+                422,
+                "invalid_field",
+                "imap_tls 'none' sends the password and mail unencrypted; "
+                "set imap_allow_plaintext to true to allow it.",
+            )
+        if connection.smtp_tls == ImapProvider.TlsMode.NONE and not provider.loopback_only:
+            raise ApiError(
+                422, "invalid_field", "smtp_tls 'none' is only allowed for loopback test providers."
+            )
+
+
+def _check_ca_bundle(pem: str) -> None:
+    """422 unless ``pem`` holds at least one certificate that ssl can load."""
+    if problem := ca_bundle_problem(pem):
+        raise ApiError(422, "invalid_field", f"imap_tls_ca {problem}.")
 
 
 def create_connection(partner: Partner, body: ConnectionIn) -> Connection:
@@ -135,6 +156,9 @@ def create_connection(partner: Partner, body: ConnectionIn) -> Connection:
 def update_connection(connection: Connection, body: ConnectionUpdate) -> None:
     _apply_connection_fields(connection, body)
     connection.save()
+    # The engine restarts a session when its user's row changes: new server or TLS
+    # settings apply at once (a tls_failed mailbox need not wait out its back-off).
+    connection.users.filter(archived=False).update(updated_at=timezone.now())
 
 
 def get_connection(partner: Partner, code: str) -> Connection:

@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--push-rate", type=float, default=200.0, help="messages per second")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--handshake-concurrency", type=int, default=50)
+    parser.add_argument(
+        "--idle-refresh",
+        type=int,
+        default=0,
+        help="the connection's idle_refresh_seconds (0: off): the cost of re-issuing IDLE",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -106,6 +112,8 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
             str(args.idle_seconds),
             "--handshake-concurrency",
             str(args.handshake_concurrency),
+            "--idle-refresh",
+            str(args.idle_refresh),
         ]
         if tls:
             command.append("--tls")
@@ -129,7 +137,7 @@ def run_one(count: int, tls: bool, args: argparse.Namespace) -> dict:
         server = ChaosServerProcess(var_dir, count, tls)
         try:
             _setup_django(var_dir)
-            _make_mailboxes(count, server.port, tls)
+            _make_mailboxes(count, server.port, tls, args.idle_refresh)
             import uvloop
 
             return uvloop.run(_measure(count, tls, args, server))
@@ -221,7 +229,7 @@ def _setup_django(var_dir: Path) -> None:
     call_command("migrate", verbosity=0)
 
 
-def _make_mailboxes(count: int, port: int, tls: bool) -> None:
+def _make_mailboxes(count: int, port: int, tls: bool, idle_refresh: int = 0) -> None:
     from django.utils import timezone
 
     from superimap.mailboxes.models import MailboxUser
@@ -234,6 +242,7 @@ def _make_mailboxes(count: int, port: int, tls: bool) -> None:
         imap_host="127.0.0.1",
         imap_port=port,
         imap_tls="implicit" if tls else "none",
+        idle_refresh_seconds=idle_refresh,
     )
     now = timezone.now()
     MailboxUser.objects.bulk_create(
@@ -350,6 +359,7 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         "gc_full_collections_during_pushes": len(gc_pauses),
         "gc_full_pause_ms_max": round(max(gc_pauses, default=0.0), 1),
         "handshake_concurrency": args.handshake_concurrency,
+        "idle_refresh_seconds": args.idle_refresh,
         "db": "sqlite",
         "python": platform.python_version(),
         "uvloop": _uvloop_version(),

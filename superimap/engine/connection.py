@@ -38,15 +38,38 @@ class CommandFailed(Exception):
         self.response = response
 
 
-@functools.cache
-def client_tls_context(insecure: bool) -> ssl.SSLContext:
-    """One shared context per mode, never one per connection: a connection keeps its
-    context alive, and each create_default_context() parses the whole system CA store
-    (~0.9 MB of RSS per TLS mailbox and ~25 ms of CPU per handshake before this was cached).
+class TlsCertificateFailed(ssl.SSLCertVerificationError):
+    """The server's certificate did not verify: a human must fix the connection's TLS
+    settings, so the session reports tls_failed instead of retrying at the normal pace.
+    Still an SSLCertVerificationError, with the fix in its message and ``reason``."""
+
+    def __init__(self, host: str, error: ssl.SSLCertVerificationError) -> None:
+        reason = getattr(error, "verify_message", None) or error.reason or str(error)
+        fix = (
+            "give the connection the server's CA certificate as imap_tls_ca (PEM), or, "
+            "insecure, set imap_tls_verify to false"
+        )
+        if "hostname" in reason.lower():
+            fix = f"set imap_host to a name the certificate is for, or {fix}"
+        message = f"TLS certificate of {host} not trusted ({reason}). Fix: {fix}"
+        super().__init__(message)
+        self.reason = message
+        self.verify_message = getattr(error, "verify_message", None)
+        self.verify_code = getattr(error, "verify_code", None)
+
+
+@functools.lru_cache(maxsize=256)
+def client_tls_context(insecure: bool, ca_pem: str = "") -> ssl.SSLContext:
+    """One shared context per mode and CA bundle, never one per connection: a connection
+    keeps its context alive, and each create_default_context() parses the whole system CA
+    store (~0.9 MB of RSS per TLS mailbox and ~25 ms of CPU per handshake before this was
+    cached). A connection's own bundle (``imap_tls_ca``) replaces the system CAs.
     """
+    if ca_pem and not insecure:
+        return ssl.create_default_context(cadata=ca_pem)
     context = ssl.create_default_context()
     if insecure:
-        # Only for loopback test providers (self-signed certificates).
+        # Loopback test providers, and connections with imap_tls_verify false.
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
@@ -64,6 +87,7 @@ class ImapConnection(asyncio.Protocol):
         # Counts EXISTS responses wherever they arrive (in IDLE, or amid another command's
         # responses), so the session never misses news that came with something else.
         self.exists_seen = 0
+        self.greeting_text = ""  # tells the server software (engine/session.py idle_period)
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -77,37 +101,46 @@ class ImapConnection(asyncio.Protocol):
         insecure: bool,
         timeout: float,
         max_literal_size: int,
+        ca_pem: str = "",
     ) -> ImapConnection:
         loop = asyncio.get_running_loop()
-        context = client_tls_context(insecure) if implicit_tls else None
+        context = client_tls_context(insecure, ca_pem) if implicit_tls else None
         protocol = ClientProtocol(max_literal_size=max_literal_size)
-        async with asyncio.timeout(timeout):
-            _, connection = await loop.create_connection(
-                lambda: cls(protocol, timeout),
-                host,
-                port,
-                ssl=context,
-                server_hostname=host if context else None,
-            )
+        try:
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(
+                    lambda: cls(protocol, timeout),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context else None,
+                )
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsCertificateFailed(host, exc) from exc
         try:
             greeting = await connection.next_event(timeout)
             if isinstance(greeting, Bye):
                 raise ServerBye(f"server refused the connection: {greeting.text[:200]}")
             if not isinstance(greeting, Greeting):
                 raise RemoteProtocolError(f"expected a greeting, got {greeting!r}")
+            connection.greeting_text = greeting.text[:200]
         except BaseException:
             connection.abort()
             raise
         return connection
 
-    async def start_tls(self, host: str, insecure: bool) -> None:
+    async def start_tls(self, host: str, insecure: bool, ca_pem: str = "") -> None:
         """STARTTLS: ask, then upgrade the transport in place."""
         await self.command(*self.protocol.starttls())
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.timeout):
-            self.transport = await loop.start_tls(
-                self.transport, self, client_tls_context(insecure), server_hostname=host
-            )
+        context = client_tls_context(insecure, ca_pem)
+        try:
+            async with asyncio.timeout(self.timeout):
+                self.transport = await loop.start_tls(
+                    self.transport, self, context, server_hostname=host
+                )
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsCertificateFailed(host, exc) from exc
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 

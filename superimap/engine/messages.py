@@ -104,7 +104,8 @@ async def open_message(
     )
     try:
         await authenticate(conn, config, tokens=tokens)
-        current = await _examine(conn, config.folder)
+        # The folder the engine watches and its webhooks' UIDs belong to (engine/folders.py).
+        current = await _examine(conn, config.checkpoint_folder)
         if current != uid_validity:
             raise MessageGone(f"UIDVALIDITY is {current}, not {uid_validity}")
         untagged, _ = await conn.command(*conn.protocol.uid_fetch(str(uid), "(UID RFC822.SIZE)"))

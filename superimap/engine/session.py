@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from superimap.engine import store
-from superimap.engine.connection import CommandFailed, ImapConnection, ServerBye
+from superimap.engine import folders, store
+from superimap.engine.connection import (
+    CommandFailed,
+    ImapConnection,
+    ServerBye,
+    TlsCertificateFailed,
+)
 from superimap.imap import (
     Bye,
     Continuation,
@@ -75,6 +79,28 @@ class SessionSettings:
     max_auth_backoff: float = 3600.0
 
 
+# Servers known to look for new mail only when IDLE starts (or every 60 s): stock Cyrus
+# without idled, Courier without enhanced IDLE. Told apart by their greeting.
+SLOW_IDLE_GREETINGS = ("cyrus imap", "courier-imap")
+SLOW_IDLE_REFRESH = 15.0
+
+
+def idle_period(config: store.MailboxConfig, cfg: SessionSettings, greeting: str = "") -> float:
+    """How long one IDLE lasts: IDLE_REISSUE_SECONDS, or idle_refresh_seconds when shorter.
+
+    The connection's setting wins, then the provider's; neither set (None) means automatic:
+    SLOW_IDLE_REFRESH for servers whose greeting names Cyrus or Courier, which only check
+    the mailbox when IDLE is issued again, so a short period bounds their push latency
+    (the catch-up SEARCH after each DONE finds what the IDLE did not tell); 0 is off."""
+    refresh = config.idle_refresh
+    if refresh is None:
+        slow = any(name in greeting.lower() for name in SLOW_IDLE_GREETINGS)
+        refresh = SLOW_IDLE_REFRESH if slow else 0
+    if refresh > 0:
+        return min(float(refresh), cfg.idle_reissue)
+    return cfg.idle_reissue
+
+
 def backoff_delay(failures: int, auth: bool, cfg: SessionSettings) -> float:
     """min(300, failures**3 - 1) s with ±20 % jitter; auth failures wait much longer."""
     if auth:
@@ -95,10 +121,11 @@ async def open_connection(
         insecure=config.insecure_tls,
         timeout=timeout,
         max_literal_size=max_literal_size,
+        ca_pem=config.tls_ca,
     )
     try:
         if config.tls == "starttls":
-            await conn.start_tls(config.host, config.insecure_tls)
+            await conn.start_tls(config.host, config.insecure_tls, config.tls_ca)
     except BaseException:
         conn.abort()
         raise
@@ -151,6 +178,7 @@ class MailboxSession:
         # connection drops first and a later SEARCH no longer finds one, it was expunged
         # meanwhile and is recorded so, not forgotten.
         self._unpersisted: tuple[int | None, set[int]] = (None, set())
+        self._idle_period = self.cfg.idle_reissue
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -180,8 +208,10 @@ class MailboxSession:
                 return
             except AuthFailed as exc:
                 status, error = Status.AUTH_FAILED, str(exc)
-            except ssl.SSLCertVerificationError as exc:
-                status, error = Status.TLS_FAILED, f"certificate check failed: {exc.reason}"
+            except TlsCertificateFailed as exc:
+                # Needs a human like a refused login: the long back-off, and the message
+                # names the fix (imap_tls_ca or imap_tls_verify).
+                status, error = Status.TLS_FAILED, str(exc)
             except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
@@ -242,6 +272,7 @@ class MailboxSession:
                 max_literal_size=self.cfg.max_email_size + 64 * 1024,
             )
             await authenticate(self.conn, config, engine=self.engine)
+        config = replace(config, folder=await folders.choose_folder(self.conn, config.folder))
         await self._select(config)
         if config.sweep_requested_at is not None:
             await self._sweep(config)
@@ -250,6 +281,7 @@ class MailboxSession:
             self.failures = 0
             self._failure_kind, self._kind_failures, self._last_error = "", 0, ""
         idle = "IDLE" in self.conn.protocol.capabilities
+        self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
         while not self.stop_event.is_set():
             self.engine.report(self.user_id, Status.IDLE if idle else Status.POLLING, "", 0)
             if idle:
@@ -272,8 +304,13 @@ class MailboxSession:
         if uid_validity is None:
             raise CommandFailed("SELECT", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
         self.uid_validity = uid_validity
-        if config.uid_validity is None or config.last_uid is None:
-            # First connection: mail that predates the user is not sent.
+        if (
+            config.uid_validity is None
+            or config.last_uid is None
+            or config.checkpoint_folder != config.folder
+        ):
+            # First connection (or a checkpoint of another folder): mail that predates the
+            # user is not sent.
             baseline = uid_next - 1 if uid_next else await self._highest_uid()
             await self.engine.pool.run(
                 store.set_baseline,
@@ -281,7 +318,7 @@ class MailboxSession:
                 self.engine.node_id,
                 uid_validity,
                 baseline,
-                True,
+                folder=config.folder,
             )
             self.last_uid = baseline
             log.info(
@@ -532,7 +569,7 @@ class MailboxSession:
                 break
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
-        await self._wait_for_news(self.cfg.idle_reissue)
+        await self._wait_for_news(self._idle_period)
         await conn.send(conn.protocol.done())
         await conn.collect(tag, self.cfg.command_timeout)
 

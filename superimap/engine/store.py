@@ -71,6 +71,13 @@ class MailboxConfig:
     sweep_requested_at: datetime | None = None
     # INTERNALDATE of the last message persisted: where a date catch-up starts.
     last_internal_date: datetime | None = None
+    # The folder uid_validity/last_uid belong to (engine/folders.py).
+    checkpoint_folder: str = "INBOX"
+    # The connection's own CA bundle (PEM) for a self-hosted server; "" = system CAs.
+    tls_ca: str = ""
+    # Seconds between IDLE re-issues for servers that only look for mail then; 0: off;
+    # None: automatic (engine/session.py idle_period).
+    idle_refresh: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
     connection = user.connection
     provider = connection.provider
     host, port, tls = connection.server()
+    tls_ca, tls_verify = connection.tls_options()
     return MailboxConfig(
         user_id=user.id,
         tag=user.tag,
@@ -154,7 +162,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         host=host,
         port=port,
         tls=tls,
-        insecure_tls=provider.loopback_only,
+        insecure_tls=provider.loopback_only or not tls_verify,
         auth_kind=provider.auth_kind,
         username=user.login_username or user.email,
         password=user.password,
@@ -168,6 +176,9 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         oauth_client_secret=connection.oauth_client_secret,
         sweep_requested_at=user.sweep_requested_at,
         last_internal_date=user.last_internal_date,
+        checkpoint_folder=user.checkpoint_folder,
+        tls_ca=tls_ca,
+        idle_refresh=connection.effective_idle_refresh,
     )
 
 
@@ -180,14 +191,18 @@ def _owned(user_id: int, node_id: str):
 
 
 def set_baseline(
-    user_id: int, node_id: str, uid_validity: int, last_uid: int, first: bool = False
+    user_id: int, node_id: str, uid_validity: int, last_uid: int, folder: str | None = None
 ) -> None:
-    """First connection (or a changed UIDVALIDITY): start from here, send nothing older.
+    """First connection (or a changed UIDVALIDITY or folder): start from here, send
+    nothing older; ``folder`` names the folder the checkpoint now belongs to.
 
     The first baseline also sets ``baseline_at``: after a UIDVALIDITY change, mail with an
     INTERNALDATE before it is older than the user (recorded as before_baseline)."""
     with transaction.atomic():
-        updated = _owned(user_id, node_id).update(uid_validity=uid_validity, last_uid=last_uid)
+        fields = {"uid_validity": uid_validity, "last_uid": last_uid}
+        if folder is not None:
+            fields["checkpoint_folder"] = folder
+        updated = _owned(user_id, node_id).update(**fields)
         if not updated:
             raise LeaseLost(user_id)
         _owned(user_id, node_id).filter(baseline_at__isnull=True).update(baseline_at=timezone.now())

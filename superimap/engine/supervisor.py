@@ -52,9 +52,13 @@ class Engine:
         handshake_concurrency: int = 50,
         tracer_interval: float | None = None,
         num_tracers: int | None = None,
+        node_lock=None,
     ) -> None:
         self.pool = pool
         self.node_id = node_id
+        # engine/nodelock.py: this process alone runs under node_id (None in-process tests).
+        self.node_lock = node_lock
+        self._lock_lost = False
         self.on_new_deliveries = on_new_deliveries
         self.capacity = capacity or settings.MAX_USER_THREADS
         self.refresh_interval = refresh_interval or float(settings.ENGINE_REFRESH_SECONDS)
@@ -97,11 +101,23 @@ class Engine:
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("engine %s started: capacity=%d", self.node_id, self.capacity)
+        log.info(
+            "engine %s started: capacity=%d%s",
+            self.node_id,
+            self.capacity,
+            f", holding the {self.node_lock.description}" if self.node_lock else "",
+        )
         last_metrics = time.monotonic()
         tracers = asyncio.create_task(self.tracers.run(), name=f"tracers-{self.node_id}")
         try:
             while not stop.is_set():
+                if self.node_lock is not None and not await self.pool.run(
+                    self.node_lock.still_held
+                ):
+                    # Another process may run under this name now: stop before two do, and
+                    # leave the leases alone (they may be the other process's now).
+                    self._lock_lost = True
+                    raise RuntimeError(f"engine {self.node_id}: node name lock lost")
                 try:
                     await self.refresh()
                 except Exception:  # noqa: BLE001 - the database may be briefly unavailable
@@ -192,6 +208,8 @@ class Engine:
 
     async def shutdown(self) -> None:
         await self._stop_sessions(list(self.sessions))
+        if self._lock_lost:
+            return
         try:
             await self.flush_statuses()
             await self.pool.run(leases.remove_node, self.node_id)

@@ -69,6 +69,17 @@ class Flags:
 
 
 @dataclass(frozen=True)
+class MailboxListing:
+    """One ``* LIST`` response: name attributes (``\\HasNoChildren``, and the RFC 6154
+    special-use flags ``\\All``, ``\\Sent``, ``\\Junk``...), hierarchy delimiter (None when
+    the server has none) and the mailbox name, decoded from modified UTF-7."""
+
+    attributes: tuple[str, ...]
+    delimiter: str | None
+    name: str
+
+
+@dataclass(frozen=True)
 class SearchResult:
     ids: tuple[int, ...]
 
@@ -92,7 +103,7 @@ class Continuation:
 
 @dataclass(frozen=True)
 class Unknown:
-    """Well-formed untagged data we do not interpret (LIST, STATUS, ESEARCH...)."""
+    """Well-formed untagged data we do not interpret (STATUS, ESEARCH...)."""
 
     line: bytes
 
@@ -108,6 +119,7 @@ Event = (
     | Expunge
     | Flags
     | SearchResult
+    | MailboxListing
     | Fetch
     | Continuation
     | Unknown

@@ -36,8 +36,8 @@ class State(enum.Enum):
 _ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT"})
 ALLOWED_COMMANDS: dict[State, frozenset[str]] = {
     State.NOT_AUTHENTICATED: _ANY_STATE | {"LOGIN", "AUTHENTICATE", "STARTTLS"},
-    State.AUTHENTICATED: _ANY_STATE | {"SELECT", "EXAMINE", "IDLE"},
-    State.SELECTED: _ANY_STATE | {"SELECT", "EXAMINE", "IDLE", "UID SEARCH", "UID FETCH"},
+    State.AUTHENTICATED: _ANY_STATE | {"SELECT", "EXAMINE", "IDLE", "LIST"},
+    State.SELECTED: _ANY_STATE | {"SELECT", "EXAMINE", "IDLE", "LIST", "UID SEARCH", "UID FETCH"},
     State.IDLING: frozenset(),  # only done()
     State.LOGOUT: frozenset(),
 }
@@ -202,6 +202,18 @@ class ClientProtocol:
     def select(self, mailbox: str, readonly: bool = False) -> tuple[str, bytes]:
         name = "EXAMINE" if readonly else "SELECT"
         return self._command(name, quote(encode_mailbox_name(mailbox)))
+
+    def list_mailboxes(
+        self, reference: str = "", pattern: str = "*", special_use_only: bool = False
+    ) -> tuple[str, bytes]:
+        """``LIST``; with ``special_use_only`` the RFC 6154 selection option
+        ``LIST (SPECIAL-USE) ...`` (only for servers advertising SPECIAL-USE), which lists
+        just the mailboxes that have a special use, each with its flags."""
+        arguments = quote(encode_mailbox_name(reference)) + b" "
+        arguments += quote(encode_mailbox_name(pattern))
+        if special_use_only:
+            arguments = b"(SPECIAL-USE) " + arguments
+        return self._command("LIST", arguments)
 
     def uid_search(self, criteria: str) -> tuple[str, bytes]:
         _check_text(criteria)

@@ -16,6 +16,7 @@ from superimap.imap.events import (
     Expunge,
     Fetch,
     Flags,
+    MailboxListing,
     Recent,
     ResponseCode,
     SearchResult,
@@ -24,6 +25,7 @@ from superimap.imap.events import (
     UntaggedStatus,
 )
 from superimap.imap.framing import Frame, Value, parse_values
+from superimap.imap.utf7 import decode_mailbox_name
 
 STATUSES = frozenset({"OK", "NO", "BAD"})
 _UNTAGGED_STATUSES = frozenset({"OK", "NO", "BAD", "PREAUTH"})
@@ -109,6 +111,8 @@ def _untagged(frame: Frame, pos: int) -> Event:
         return Flags(_strings(values[0], "FLAGS"))
     if keyword == "SEARCH":
         return _search(parse_values(frame, 0, pos))
+    if keyword == "LIST":
+        return _listing(parse_values(frame, 0, pos))
     return Unknown(frame.raw)
 
 
@@ -136,6 +140,31 @@ def _search(values: tuple[Value, ...]) -> SearchResult:
         elif not isinstance(value, tuple):  # a trailing (MODSEQ n) is allowed
             raise RemoteProtocolError(f"non-numeric id in SEARCH response: {value!r}")
     return SearchResult(tuple(ids))
+
+
+def _listing(values: tuple[Value, ...]) -> MailboxListing:
+    """``(attributes) delimiter name [(extended data)]`` (RFC 3501 7.2.2, RFC 5258)."""
+    if len(values) not in (3, 4) or not isinstance(values[0], tuple):
+        raise RemoteProtocolError("malformed LIST response")
+    attributes, delimiter, name = values[0], values[1], values[2]
+    if delimiter is not None and not (isinstance(delimiter, str) and len(delimiter) == 1):
+        raise RemoteProtocolError(f"bad hierarchy delimiter in LIST response: {delimiter!r}")
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    elif isinstance(name, int):  # an all-digit atom is still a name
+        name = str(name)
+    if not isinstance(name, str):
+        raise RemoteProtocolError("malformed mailbox name in LIST response")
+    if name.upper() == "INBOX":
+        name = "INBOX"  # case-insensitive by RFC 3501
+    return MailboxListing(_strings(attributes, "LIST attributes"), delimiter, _utf7(name))
+
+
+def _utf7(name: str) -> str:
+    try:
+        return decode_mailbox_name(name)
+    except ValueError:
+        return name  # not modified UTF-7 (a UTF8=ACCEPT server): keep it as sent
 
 
 def _fetch(seq: int, values: tuple[Value, ...]) -> Fetch:

@@ -5,33 +5,33 @@ from __future__ import annotations
 import imaplib
 import ssl
 
+from superimap.engine.connection import client_tls_context
 from superimap.partners.models import Connection, ImapProvider
 
 CHECK_TIMEOUT_SECONDS = 15
 
 
-def tls_context(provider: ImapProvider) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if provider.loopback_only:
-        # Loopback test servers use self-signed certificates.
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+def tls_context(connection: Connection) -> ssl.SSLContext:
+    """The engine's context for this connection (its CA bundle, or no verification where
+    the connection or a loopback test provider says so)."""
+    ca_pem, verify = connection.tls_options()
+    return client_tls_context(not verify, ca_pem)
 
 
 def check_login(connection: Connection, username: str, password: str) -> str | None:
     """None when the server accepts the login, otherwise a message safe to show the user."""
     host, port, tls = connection.server()
-    provider = connection.provider
     try:
         if tls == ImapProvider.TlsMode.IMPLICIT:
             client = imaplib.IMAP4_SSL(
-                host, port, ssl_context=tls_context(provider), timeout=CHECK_TIMEOUT_SECONDS
+                host, port, ssl_context=tls_context(connection), timeout=CHECK_TIMEOUT_SECONDS
             )
         else:
             client = imaplib.IMAP4(host, port, timeout=CHECK_TIMEOUT_SECONDS)
             if tls == ImapProvider.TlsMode.STARTTLS:
-                client.starttls(ssl_context=tls_context(provider))
+                client.starttls(ssl_context=tls_context(connection))
+    except ssl.SSLCertVerificationError:
+        return "The mail server's TLS certificate is not trusted (see imap_tls_ca)."
     except (OSError, imaplib.IMAP4.error) as exc:
         return f"Cannot reach the mail server ({type(exc).__name__})."
     try:

@@ -38,6 +38,8 @@ class MailboxUser(models.Model):
     # Checkpoint: what the engine has persisted so far.
     uid_validity = models.BigIntegerField(null=True, blank=True)
     last_uid = models.BigIntegerField(null=True, blank=True)
+    # The folder the checkpoint belongs to (the engine picks it: engine/folders.py).
+    checkpoint_folder = models.CharField(max_length=1000, default="INBOX")
     last_internal_date = models.DateTimeField(null=True, blank=True)
     last_email_at = models.DateTimeField(null=True, blank=True)
     # When the first baseline was taken: mail with an INTERNALDATE before it predates the

@@ -48,10 +48,21 @@ class ConnectionAdmin(admin.ModelAdmin):
     formfield_overrides = HTTPS_URLS
     form = secret_form(Connection, ("oauth_client_secret",))
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    list_display = ["__str__", "partner", "provider", "users_link", "created_at"]
+    list_display = ["__str__", "partner", "provider", "users_link", "security", "created_at"]
     list_filter = ["provider", "partner"]
     list_select_related = ["partner", "provider"]
     search_fields = ["partner__name", "provider__code"]
+    readonly_fields = ["security"]
+
+    @admin.display(description="Security")
+    def security(self, connection):
+        """Insecure IMAP settings (no TLS, no certificate verification) as a warning."""
+        if connection.pk is None:
+            return "-"
+        warnings = connection.tls_warnings()
+        if not warnings:
+            return "OK"
+        return format_html('<strong style="color: #ba2121">&#9888; {}</strong>', " ".join(warnings))
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(user_count=Count("users"))

@@ -37,6 +37,20 @@ def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
+def ca_bundle_problem(pem: str) -> str | None:
+    """Why ``pem`` is no usable CA bundle (None if it is): it must hold certificates in PEM
+    that ssl loads, as the engine will (engine/connection.py client_tls_context)."""
+    import ssl
+
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        return "must be PEM certificate(s) (-----BEGIN CERTIFICATE-----)"
+    try:
+        ssl.create_default_context(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        return f"is not a valid PEM certificate bundle: {exc}"
+    return None
+
+
 class ImapProvider(models.Model):
     """How to reach one kind of mailbox. Seeded by a data migration."""
 
@@ -64,6 +78,10 @@ class ImapProvider(models.Model):
     oauth_userinfo_url = models.URLField(blank=True)
     oauth_scopes = models.CharField(max_length=500, blank=True)
     folder = models.CharField(max_length=255, default="INBOX")
+    # DONE + IDLE this often, for servers that only look for new mail when IDLE starts
+    # (stock Cyrus without idled, Courier without enhanced IDLE); 0: only every
+    # IDLE_REISSUE_SECONDS; None: automatic, by the server's greeting (engine/session.py).
+    idle_refresh_seconds = models.PositiveIntegerField(null=True, blank=True)
     # Loopback providers may skip TLS verification; usable only with ALLOW_LOOPBACK_IMAP.
     loopback_only = models.BooleanField(default=False)
 
@@ -217,6 +235,25 @@ class Connection(models.Model):
     imap_host = models.CharField(max_length=255, blank=True)
     imap_port = models.PositiveIntegerField(null=True, blank=True)
     imap_tls = models.CharField(max_length=16, choices=ImapProvider.TlsMode.choices, blank=True)
+    # Self-hosted servers (host-per-connection providers only): trust this PEM bundle
+    # instead of the system CAs; or, explicitly, skip verification or TLS altogether.
+    imap_tls_ca = models.TextField(
+        "IMAP TLS CA bundle",
+        blank=True,
+        help_text="PEM certificates to trust for this server instead of the system CAs.",
+    )
+    imap_tls_verify = models.BooleanField(
+        "verify the IMAP certificate",
+        default=True,
+        help_text="Off: any certificate is accepted (insecure; shown as a warning).",
+    )
+    imap_allow_plaintext = models.BooleanField(
+        "allow IMAP without TLS",
+        default=False,
+        help_text='Needed for imap_tls "none": password and mail cross the network in clear.',
+    )
+    # Overrides the provider's idle_refresh_seconds when set (0 turns it off).
+    idle_refresh_seconds = models.PositiveIntegerField(null=True, blank=True)
     # SMTP for tracer emails, likewise only for host-per-connection providers.
     smtp_host = models.CharField(max_length=255, blank=True)
     smtp_port = models.PositiveIntegerField(null=True, blank=True)
@@ -252,6 +289,8 @@ class Connection(models.Model):
             raise ValidationError(
                 {"oauth_base_url": "Only loopback test providers take an OAuth base URL."}
             )
+        if self.imap_tls_ca and (problem := ca_bundle_problem(self.imap_tls_ca)):
+            raise ValidationError({"imap_tls_ca": f"The CA bundle {problem}."})
 
     def oauth_url(self, endpoint: str) -> str:
         """The provider's OAuth endpoint ("authorize", "token", "revoke" or "userinfo")."""
@@ -271,6 +310,34 @@ class Connection(models.Model):
                 self.imap_tls or provider.imap_tls,
             )
         return provider.imap_host, provider.imap_port, provider.imap_tls
+
+    @property
+    def effective_idle_refresh(self) -> int | None:
+        """Seconds between IDLE re-issues for this connection; 0: only every
+        IDLE_REISSUE_SECONDS; None: automatic (by the server's greeting)."""
+        if self.idle_refresh_seconds is not None:
+            return self.idle_refresh_seconds
+        return self.provider.idle_refresh_seconds
+
+    def tls_options(self) -> tuple[str, bool]:
+        """(CA bundle PEM, verify) for the IMAP server; fixed-host providers: ("", True)."""
+        if not self.provider.host_per_connection:
+            return "", True
+        return self.imap_tls_ca, self.imap_tls_verify and not self.provider.loopback_only
+
+    def tls_warnings(self) -> list[str]:
+        """What the dashboard and the API show about an insecure IMAP connection."""
+        if not self.provider.host_per_connection or self.provider.loopback_only:
+            return []
+        warnings = []
+        if self.server()[2] == ImapProvider.TlsMode.NONE:
+            warnings.append("IMAP without TLS: passwords and mail cross the network unencrypted.")
+        elif not self.imap_tls_verify:
+            warnings.append(
+                "TLS certificate verification is off (imap_tls_verify: false): anyone on "
+                "the network path can impersonate the server; prefer imap_tls_ca."
+            )
+        return warnings
 
     def smtp_server(self) -> tuple[str, int, str]:
         """(host, port, tls mode) tracer emails are sent through; host "" when unknown.

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 CAPABILITIES = "IMAP4rev1 IDLE LITERAL+ SASL-IR AUTH=PLAIN AUTH=XOAUTH2"
 _NOT_AUTHENTICATED = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "LOGIN", "AUTHENTICATE"})
-_AUTHENTICATED = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "SELECT", "EXAMINE", "IDLE"})
+_AUTHENTICATED = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "SELECT", "EXAMINE", "IDLE", "LIST"})
 _SELECTED = _AUTHENTICATED | {"UID SEARCH", "UID FETCH"}
 _TAGGED_GIBBERISH = (b"WHAT?! (((", b"\x00\xff\xfe\x01", b"OKAY [UIDNEXT x", b"{-1}")
 _UNTAGGED_GIBBERISH = (
@@ -472,6 +472,13 @@ class ImapSession(asyncio.Protocol):
         self.server.sessions_by_user.setdefault(user, set()).add(self)
         self.write(tagged(tag, "OK", "logged in", f"CAPABILITY {CAPABILITIES}"))
 
+    def cmd_list(self, command: Command) -> None:
+        """Each user has only INBOX (no special-use folders)."""
+        pattern = _text(command.args[-1]) if command.args else ""
+        if pattern in ("*", "%", "INBOX"):
+            self.write(untagged_data('LIST (\\HasNoChildren) "/" INBOX'))
+        self.write(tagged(command.tag, "OK", "LIST completed"))
+
     def cmd_select(self, command: Command) -> None:
         assert self.username is not None
         self.selected = False
@@ -567,6 +574,7 @@ _HANDLERS: dict[str, Callable[[ImapSession, Command], None]] = {
     "AUTHENTICATE": ImapSession.cmd_authenticate,
     "SELECT": ImapSession.cmd_select,
     "EXAMINE": ImapSession.cmd_select,
+    "LIST": ImapSession.cmd_list,
     "UID SEARCH": ImapSession.cmd_uid_search,
     "UID FETCH": ImapSession.cmd_uid_fetch,
     "IDLE": ImapSession.cmd_idle,

@@ -221,6 +221,38 @@ service lmtp {{
 """
 
 
+# A Gmail-like layout (issue 8 item 1): every message lives in "[Gmail]/All Mail", flagged
+# \All by RFC 6154 SPECIAL-USE; INBOX holds only some of them. Pass as extra_config.
+GMAIL_LIKE_NAMESPACE = """\
+namespace inbox {
+  inbox = yes
+  separator = /
+  mailbox "[Gmail]/All Mail" {
+    auto = create
+    special_use = \\All
+  }
+  mailbox "[Gmail]/Sent Mail" {
+    auto = create
+    special_use = \\Sent
+  }
+  mailbox "[Gmail]/Spam" {
+    auto = create
+    special_use = \\Junk
+  }
+}
+"""
+# The same folders without their special-use flags: only the name fallback can find them.
+GMAIL_NAMES_WITHOUT_SPECIAL_USE = """\
+namespace inbox {
+  inbox = yes
+  separator = /
+  mailbox "[Gmail]/All Mail" {
+    auto = create
+  }
+}
+"""
+
+
 def _parse_tab(output: str) -> list[dict[str, str]]:
     """Parse ``doveadm -f tab`` output: a header line, then one tab-separated row per item."""
     lines = output.splitlines()
@@ -235,7 +267,8 @@ class DovecotServer:
 
     host = "127.0.0.1"
 
-    def __init__(self) -> None:
+    def __init__(self, extra_config: str = "") -> None:
+        self.extra_config = extra_config
         self._dovecot_bin = find_binary("dovecot")
         self._doveadm_bin = find_binary("doveadm")
         self.root: Path | None = None
@@ -341,6 +374,7 @@ class DovecotServer:
                 imap_port=self.imap_port,
                 imaps_port=self.imaps_port,
             )
+            + self.extra_config
         )
 
     def _wait_until_listening(self) -> None:

@@ -1,6 +1,12 @@
+import pytest
+
+from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
+from superimap.testing.dovecot import write_test_certificates
 from tests.api.helpers import assert_error
 from tests.conftest import ApiClient
+
+PLAIN_HOST = {"imap_provider_code": "PLAIN", "imap_host": "mail.example.org"}
 
 GMAIL = {
     "imap_provider_code": "GMAIL_OAUTH2",
@@ -227,3 +233,83 @@ def test_it_never_echoes_the_api_key(api, partner, plain_connection):
         assert r.status_code in (200, 201)
         assert partner.api_key.encode() not in r.content
         assert partner.webhook_secret.encode() not in r.content
+
+
+# --- self-hosted servers: TLS options (issue 8 item 4) and idle refresh (item 3) ---------
+
+
+def _test_ca_pem(tmp_path) -> str:
+    return write_test_certificates(tmp_path).ca_cert.read_text()
+
+
+def test_it_takes_a_ca_bundle_for_plain(api, tmp_path):
+    pem = _test_ca_pem(tmp_path)
+    r = api.post("/connections", {**PLAIN_HOST, "imap_tls_ca": pem})
+    assert r.status_code == 201, r.content
+    body = r.json()
+    assert body["imap_tls_ca"] == pem.strip()
+    assert body["imap_tls_verify"] is True
+    assert body["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not a certificate",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        "x" * 70000,
+        12,
+    ],
+)
+def test_it_refuses_a_bad_ca_bundle(api, partner, value):
+    assert_error(api.post("/connections", {**PLAIN_HOST, "imap_tls_ca": value}), 422)
+    assert not partner.connections.exists()
+
+
+def test_it_shows_turned_off_verification_as_a_warning(api):
+    r = api.post("/connections", {**PLAIN_HOST, "imap_tls_verify": False})
+    assert r.status_code == 201, r.content
+    assert r.json()["imap_tls_verify"] is False
+    assert "verification is off" in r.json()["warnings"][0]
+    assert "verification is off" in api.get("/connections/PLAIN").json()["warnings"][0]
+
+
+def test_it_allows_plain_imap_only_by_explicit_opt_in(api, partner):
+    none = {**PLAIN_HOST, "imap_tls": "none", "imap_port": 143}
+    error = assert_error(api.post("/connections", none), 422, "invalid_field")
+    assert "imap_allow_plaintext" in error["message"]
+    r = api.post("/connections", {**none, "imap_allow_plaintext": True})
+    assert r.status_code == 201, r.content
+    assert r.json()["imap_tls"] == "none"
+    assert "without TLS" in r.json()["warnings"][0]
+    # Withdrawing the opt-in while still on "none" is refused too.
+    assert_error(api.put("/connections/PLAIN", {"imap_allow_plaintext": False}), 422)
+
+
+@pytest.mark.parametrize(
+    "field", [("imap_tls_ca", "x"), ("imap_tls_verify", False), ("imap_allow_plaintext", True)]
+)
+def test_it_refuses_tls_options_for_a_fixed_host_provider(api, field):
+    assert_error(api.post("/connections", {**GMAIL, field[0]: field[1]}), 422, "invalid_field")
+
+
+def test_it_sets_idle_refresh_per_connection_over_the_provider_default(api):
+    assert api.post("/connections", GMAIL).json()["idle_refresh_seconds"] is None  # automatic
+    r = api.post("/connections", {**PLAIN_HOST, "idle_refresh_seconds": 30})
+    assert r.status_code == 201, r.content
+    assert r.json()["idle_refresh_seconds"] == 30
+    r = api.put("/connections/PLAIN", {"idle_refresh_seconds": 0})
+    assert r.json()["idle_refresh_seconds"] == 0
+
+
+@pytest.mark.parametrize("value", [-1, 1741, "soon", 2.5])
+def test_it_refuses_a_bad_idle_refresh(api, value):
+    assert_error(api.post("/connections", {**PLAIN_HOST, "idle_refresh_seconds": value}), 422)
+
+
+def test_updating_a_connection_restarts_its_users_sessions(api, plain_connection):
+    user = MailboxUser.objects.create(connection=plain_connection, tag="u1")
+    before = user.updated_at
+    assert api.put("/connections/PLAIN", {"imap_tls_verify": False}).status_code == 200
+    user.refresh_from_db()
+    assert user.updated_at > before

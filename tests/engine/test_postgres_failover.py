@@ -102,11 +102,11 @@ def test_nodes_share_mailboxes_and_a_killed_nodes_are_taken_over(postgres_url, t
                 return [m for (m,) in rows]
 
             with SessionSampler(chaos) as sampler:
-                first = procs.start(env, "imap-client")
+                first = procs.start({**env, "ENGINE_NODE_NAME": "node-a"}, "imap-client")
                 wait_until(baselined, 30, "the first node to baseline every mailbox")
                 [(first_node, held)] = owners().items()
                 assert held == USERS and first_node
-                second = procs.start(env, "imap-client")
+                second = procs.start({**env, "ENGINE_NODE_NAME": "node-b"}, "imap-client")
                 # Rendezvous hashing: the new node takes its share, handed over cleanly.
                 split = wait_until(
                     lambda: (o := owners()) and len(o) == 2 and "" not in o and o,

@@ -16,6 +16,7 @@ from superimap.imap import (
     Flags,
     Greeting,
     LocalProtocolError,
+    MailboxListing,
     Recent,
     RemoteProtocolError,
     SearchResult,
@@ -202,6 +203,7 @@ def test_it_reports_a_bye_greeting() -> None:
         (greeted, ("uid_search", "ALL")),
         (logged_in, ("uid_fetch", "1", "(UID)")),
         (logged_in, ("login", "u", "p")),
+        (greeted, ("list_mailboxes",)),
         (selected, ("starttls",)),
         (selected, ("done",)),
     ],
@@ -332,3 +334,23 @@ def test_modified_utf7_round_trips(name: str) -> None:
 def test_it_refuses_a_bad_uid_set() -> None:
     with pytest.raises(LocalProtocolError):
         selected().uid_fetch("1 BODY[]", "(UID)")
+
+
+def test_it_lists_special_use_mailboxes_like_dovecot() -> None:
+    protocol = logged_in()
+    tag, data = protocol.list_mailboxes(special_use_only=True)
+    assert data == b'A0002 LIST (SPECIAL-USE) "" "*"\r\n'
+    events = protocol.receive_data(
+        b'* LIST (\\HasNoChildren \\All) "/" "[Gmail]/All Mail"\r\n'
+        b'* LIST (\\HasNoChildren \\Sent) "/" "[Gmail]/Sent Mail"\r\n'
+        + f"{tag} OK List completed (0.001 + 0.000 secs).\r\n".encode()
+    )
+    assert events[:2] == [
+        MailboxListing(("\\HasNoChildren", "\\All"), "/", "[Gmail]/All Mail"),
+        MailboxListing(("\\HasNoChildren", "\\Sent"), "/", "[Gmail]/Sent Mail"),
+    ]
+    assert protocol.state is State.AUTHENTICATED
+
+
+def test_it_lists_with_an_encoded_pattern_in_the_selected_state() -> None:
+    assert selected().list_mailboxes("", "Entwürfe/%")[1] == b'A0003 LIST "" "Entw&APw-rfe/%"\r\n'

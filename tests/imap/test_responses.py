@@ -15,6 +15,7 @@ from superimap.imap.events import (
     Expunge,
     Fetch,
     Flags,
+    MailboxListing,
     Recent,
     SearchResult,
     TaggedResponse,
@@ -80,7 +81,29 @@ def parse(data: bytes):
         (b"A0002 no  [TRYCREATE]  nope\r\n", TaggedResponse("A0002", "NO", ("TRYCREATE",), "nope")),
         (
             b'* LIST (\\HasNoChildren) "/" INBOX\r\n',
-            Unknown(b'* LIST (\\HasNoChildren) "/" INBOX\r\n'),
+            MailboxListing(("\\HasNoChildren",), "/", "INBOX"),
+        ),
+        (b'* list () "." inbox\r\n', MailboxListing((), ".", "INBOX")),
+        (
+            b'* LIST (\\All \\HasNoChildren) "/" "[Gmail]/All Mail"\r\n',
+            MailboxListing(("\\All", "\\HasNoChildren"), "/", "[Gmail]/All Mail"),
+        ),
+        (b'* LIST (\\Noselect) NIL ""\r\n', MailboxListing(("\\Noselect",), None, "")),
+        (
+            b'* LIST (\\Junk) "/" "Entw&APw-rfe"\r\n',
+            MailboxListing(("\\Junk",), "/", "Entw\u00fcrfe"),
+        ),
+        (b'* LIST () "/" {5}\r\nA "b"\r\n', MailboxListing((), "/", 'A "b"')),
+        (b'* LIST () "/" 2024\r\n', MailboxListing((), "/", "2024")),
+        (  # Dovecot sends this name as an atom
+            b'* LIST (\\HasNoChildren \\Junk) "/" [Gmail]/Spam\r\n',
+            MailboxListing(("\\HasNoChildren", "\\Junk"), "/", "[Gmail]/Spam"),
+        ),
+        (b'* LIST () "/" "a&-b"\r\n', MailboxListing((), "/", "a&b")),
+        (b'* LIST () "/" "bad&utf7"\r\n', MailboxListing((), "/", "bad&utf7")),
+        (
+            b'* LIST (\\Sent) "/" Sent ("CHILDINFO" ("SUBSCRIBED"))\r\n',
+            MailboxListing(("\\Sent",), "/", "Sent"),
         ),
         (
             b"* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)\r\n",
@@ -145,6 +168,11 @@ def test_it_keeps_an_unparsable_internaldate_raw() -> None:
         b"\x16\x03\x01\x00\r\n",
         b"*\r\n",
         b"* \xff\xfe\r\n",
+        b'* LIST \\HasNoChildren "/" INBOX\r\n',
+        b'* LIST () "/"\r\n',
+        b'* LIST () "//" INBOX\r\n',
+        b'* LIST () "/" (INBOX)\r\n',
+        b'* LIST (("x")) "/" INBOX\r\n',
     ],
 )
 def test_it_rejects_garbage(data: bytes) -> None:

@@ -1,0 +1,189 @@
+"""Servers that only look for new mail when IDLE starts (issue 8 item 3).
+
+Stock Cyrus (without idled) and Courier (without enhanced IDLE) accept IDLE but check the
+mailbox only every 60 s or when IDLE is issued again. The scripted server here plays the
+strict form: mail that arrives becomes visible to the session (EXISTS, SEARCH, FETCH) only
+when the client issues IDLE again, and nothing is ever pushed during an IDLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import pytest
+from django.db import close_old_connections
+from django.utils import timezone
+
+from superimap.delivery.models import Delivery
+from superimap.engine.session import SessionSettings, idle_period
+from superimap.engine.store import MailboxConfig
+from superimap.mailboxes.models import MailboxUser
+from superimap.testing.mail import make_message
+from tests.engine.conftest import FAST, RunningEngine, loopback_connection, wait_for
+
+
+class CheckOnIdleServer:
+    """A tiny IMAP server whose view of the mailbox is refreshed only by a new IDLE."""
+
+    def __init__(self) -> None:
+        self.arrived: list[bytes] = []  # in the mailbox on "disk"
+        self.visible: list[bytes] = []  # what the session has been told about
+        self.idles = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def serve(self, reader, writer) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] mail.example.test ready\r\n")
+        try:
+            while line := await reader.readline():
+                tag, _, rest = line.decode().strip().partition(" ")
+                command = rest.upper()
+                if command.startswith("SELECT"):
+                    self.visible = list(self.arrived)
+                    writer.write(
+                        f"* {len(self.visible)} EXISTS\r\n* OK [UIDVALIDITY 9] ok\r\n"
+                        f"* OK [UIDNEXT {len(self.visible) + 1}] ok\r\n{tag} OK sel\r\n".encode()
+                    )
+                elif command.startswith("UID SEARCH"):
+                    first = int(command.split()[3].split(":")[0])
+                    uids = " ".join(str(u) for u in range(first, len(self.visible) + 1))
+                    writer.write(f"* SEARCH {uids}\r\n{tag} OK done\r\n".encode())
+                elif command.startswith("UID FETCH"):
+                    for uid in (int(u) for u in command.split()[2].split(",")):
+                        raw = self.visible[uid - 1]
+                        if "BODY.PEEK" in command:
+                            head = f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n"
+                            writer.write(head.encode() + raw + b")\r\n")
+                        else:
+                            writer.write(
+                                f"* {uid} FETCH (UID {uid} RFC822.SIZE {len(raw)} "
+                                f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
+                            )
+                    writer.write(f"{tag} OK fetched\r\n".encode())
+                elif command == "IDLE":
+                    self.idles += 1
+                    writer.write(b"+ idling\r\n")
+                    if len(self.arrived) > len(self.visible):  # the check on re-issue
+                        self.visible = list(self.arrived)
+                        writer.write(f"* {len(self.visible)} EXISTS\r\n".encode())
+                    await writer.drain()
+                    await reader.readline()  # DONE; nothing is pushed meanwhile
+                    writer.write(f"{tag} OK idle done\r\n".encode())
+                elif command == "LOGOUT":
+                    writer.write(f"* BYE bye\r\n{tag} OK bye\r\n".encode())
+                    break
+                else:  # LOGIN, CAPABILITY, LIST, NOOP
+                    writer.write(f"{tag} OK\r\n".encode())
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+def _new_mail(user_id: int) -> int:
+    close_old_connections()
+    return Delivery.objects.filter(user_id=user_id, kind="new_mail").count()
+
+
+def _status(user_id: int) -> str:
+    close_old_connections()
+    return MailboxUser.objects.get(id=user_id).status
+
+
+def _seconds_to_see_mail(partner, idle_refresh: int | None, wait: float) -> float | None:
+    """Deliver one message while the engine idles; seconds until its webhook row, or None."""
+    server = CheckOnIdleServer()
+
+    async def scenario() -> float | None:
+        port = await server.start()
+
+        def make_user() -> MailboxUser:
+            connection = loopback_connection(partner, port)
+            connection.idle_refresh_seconds = idle_refresh
+            connection.save()
+            return MailboxUser.objects.create(
+                connection=connection,
+                tag="cyrus",
+                login_username="u",
+                password="p",
+                connected_at=timezone.now(),
+            )
+
+        user = await asyncio.to_thread(make_user)
+        try:
+            async with RunningEngine(session_settings=replace(FAST, idle_reissue=60)):
+                await wait_for(lambda: _status(user.id) == "idle")
+                server.arrived.append(make_message("late", "a@example.test", "b@x.test", "hi"))
+                started = time.monotonic()
+                try:
+                    await wait_for(lambda: _new_mail(user.id), timeout=wait)
+                except AssertionError:
+                    return None
+                return time.monotonic() - started
+        finally:
+            await server.stop()
+
+    return asyncio.run(scenario())
+
+
+def test_idle_refresh_finds_mail_a_server_reports_only_on_reissue(mail_partner):
+    seconds = _seconds_to_see_mail(mail_partner, idle_refresh=1, wait=5)
+    assert seconds is not None and seconds < 2.5
+
+
+def test_without_idle_refresh_that_server_tells_nothing_until_the_reissue(mail_partner):
+    # The control: IDLE re-issued every 60 s only (automatic: the greeting names neither
+    # Cyrus nor Courier), so nothing in 3 s.
+    assert _seconds_to_see_mail(mail_partner, idle_refresh=None, wait=3) is None
+
+
+def _config() -> MailboxConfig:
+    return MailboxConfig(
+        user_id=1,
+        tag="t",
+        provider_code="PLAIN",
+        host="h",
+        port=993,
+        tls="implicit",
+        insecure_tls=False,
+        auth_kind="password",
+        username="u",
+        password="p",
+        refresh_token="",
+        folder="INBOX",
+        uid_validity=None,
+        last_uid=None,
+        enable_tracer=False,
+    )
+
+
+def test_the_idle_period_is_the_shorter_of_refresh_and_reissue() -> None:
+    config = _config()
+    settings = SessionSettings(idle_reissue=1500)
+    assert idle_period(replace(config, idle_refresh=0), settings) == 1500
+    assert idle_period(replace(config, idle_refresh=30), settings) == 30
+    assert idle_period(replace(config, idle_refresh=3000), settings) == 1500
+
+
+@pytest.mark.parametrize(
+    ("greeting", "idle_refresh", "expected"),
+    [
+        ("imap.example.org Cyrus IMAP 3.6.1-Debian server ready", None, 15),
+        ("Courier-IMAP ready. Copyright 1998-2018 Double Precision, Inc.", None, 15),
+        ("Dovecot (Debian) ready.", None, 1500),
+        ("Gimap ready for requests from 192.0.2.1", None, 1500),
+        ("imap.example.org Cyrus IMAP 3.6.1-Debian server ready", 0, 1500),
+        ("Dovecot (Debian) ready.", 40, 40),
+    ],
+)
+def test_automatic_idle_refresh_knows_the_slow_servers(greeting, idle_refresh, expected) -> None:
+    config = replace(_config(), idle_refresh=idle_refresh)
+    assert idle_period(config, SessionSettings(idle_reissue=1500), greeting) == expected
