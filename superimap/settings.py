@@ -214,8 +214,12 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
-# API bodies are small JSON documents; anything larger is refused with 413.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
+# Request bodies are counted while they arrive (superimap.frontdoor) and refused with 413
+# past these limits: API bodies are small JSON documents; dashboard and connect forms get
+# more room. Django's own limit is the larger one, so it never fires first.
+API_BODY_LIMIT = env_int("API_BODY_LIMIT", 256 * 1024, minimum=1024)
+FORM_BODY_LIMIT = env_int("FORM_BODY_LIMIT", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_BODY_LIMIT, FORM_BODY_LIMIT)
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
@@ -237,7 +241,14 @@ LOGGING = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "superimap.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "filters": {"short_client_errors": {"()": "superimap.frontdoor.ShortClientErrors"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["short_client_errors"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
