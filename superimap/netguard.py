@@ -42,7 +42,8 @@ class PrivateTargetRefused(ValueError):
     """The host resolves to an address that is not on the public internet."""
 
     def __init__(self, host: str, port: int, address: str) -> None:
-        super().__init__(f"{host}:{port} resolves to a private or reserved address ({address})")
+        # The message names no address: it may reach a partner (last_error).
+        super().__init__(f"{host}:{port} resolves to a private or reserved address")
         self.host = host
         self.port = port
         self.address = address
@@ -112,14 +113,22 @@ def _addresses(host: str, port: int, infos) -> list[str]:
     return addresses
 
 
+def _bare(host: str) -> str:
+    """An IPv6 literal may come in URL brackets ([::1])."""
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return host
+
+
 def check_host(host: str, port: int) -> list[str]:
     """Resolve host (getaddrinfo) and return its addresses; PrivateTargetRefused if any of
     them is private. socket.gaierror (an OSError) when the name does not resolve."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = socket.getaddrinfo(_bare(host), port, type=socket.SOCK_STREAM)
     return _addresses(host, port, infos)
 
 
 async def check_host_async(host: str, port: int) -> list[str]:
     """check_host() through the running loop's getaddrinfo (does not block the loop)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(_bare(host), port, type=socket.SOCK_STREAM)
     return _addresses(host, port, infos)

@@ -73,6 +73,9 @@ if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
     raise ConfigError("WEBHOOK_LEASE_SECONDS", "must be longer than WEBHOOK_TIMEOUT")
 # The loopback test provider skips TLS verification: off unless asked for (or under tests).
 ALLOW_LOOPBACK_IMAP = env_bool("ALLOW_LOOPBACK_IMAP", SUPERIMAP_ENV == "test")
+# Partners choose PLAIN connections' imap_host/smtp_host: in production refuse hosts that
+# resolve to loopback, private, link-local or reserved addresses (superimap.netguard).
+IMAP_ALLOW_PRIVATE_HOSTS = env_bool("IMAP_ALLOW_PRIVATE_HOSTS", not PRODUCTION)
 _listen = f"http://{env_str('HOST', '127.0.0.1')}:{env_str('PORT', '8000')}"
 PUBLIC_URL = env_str("PUBLIC_URL", _listen).rstrip("/")
 LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()

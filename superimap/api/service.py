@@ -101,6 +101,8 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
     if provider.host_per_connection:
         if not connection.imap_host:
             raise ApiError(422, "missing_field", f"imap_host is required for {provider.code}.")
+        for message in connection.private_host_problems().values():
+            raise ApiError(422, "private_host", message)
         for name in ("imap_tls", "smtp_tls"):
             if (
                 getattr(connection, name) == ImapProvider.TlsMode.NONE

@@ -177,6 +177,37 @@ class Connection(models.Model):
             raise ValidationError(
                 {"oauth_base_url": "Only loopback test providers take an OAuth base URL."}
             )
+        if self.provider_id:
+            problems = self.private_host_problems()
+            if problems:
+                raise ValidationError(problems)
+
+    def private_host_problems(self) -> dict[str, str]:
+        """{field: message} for a partner-chosen host (imap_host, smtp_host) that resolves
+        to a private or reserved address, unless IMAP_ALLOW_PRIVATE_HOSTS. A name that does
+        not resolve now passes: the engine checks again before every connection."""
+
+        from superimap.netguard import PrivateTargetRefused, check_host
+
+        if settings.IMAP_ALLOW_PRIVATE_HOSTS or not self.provider.host_per_connection:
+            return {}
+        problems = {}
+        for field, (host, port, _tls) in (
+            ("imap_host", self.server()),
+            ("smtp_host", self.smtp_server()),
+        ):
+            if not host:
+                continue
+            try:
+                check_host(host, port)
+            except PrivateTargetRefused:
+                problems[field] = (
+                    f"{field} must be a public mail server; it resolves to a private or "
+                    "reserved address."
+                )
+            except (OSError, UnicodeError):
+                pass
+        return problems
 
     def oauth_url(self, endpoint: str) -> str:
         """The provider's OAuth endpoint ("authorize", "token", "revoke" or "userinfo")."""
