@@ -115,3 +115,13 @@ class MailLog(models.Model):
 
     def __str__(self) -> str:
         return self.message_id
+
+
+class UsedLink(models.Model):
+    """The nonce of a connect/disconnect link that did its job (links are single-use)."""
+
+    nonce = models.CharField(max_length=64, unique=True)
+    used_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.nonce
