@@ -73,6 +73,11 @@ if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
     raise ConfigError("WEBHOOK_LEASE_SECONDS", "must be longer than WEBHOOK_TIMEOUT")
 # The loopback test provider skips TLS verification: off unless asked for (or under tests).
 ALLOW_LOOPBACK_IMAP = env_bool("ALLOW_LOOPBACK_IMAP", SUPERIMAP_ENV == "test")
+# Login rate limits (engine/ratelimit.py): token buckets per mailbox and per server host.
+IMAP_LOGIN_BURST_PER_MAILBOX = env_int("IMAP_LOGIN_BURST_PER_MAILBOX", 5, minimum=1)
+IMAP_LOGIN_INTERVAL_PER_MAILBOX = env_int("IMAP_LOGIN_INTERVAL_PER_MAILBOX", 30, minimum=1)
+IMAP_LOGIN_BURST_PER_HOST = env_int("IMAP_LOGIN_BURST_PER_HOST", 500, minimum=1)
+IMAP_LOGINS_PER_SECOND_PER_HOST = env_int("IMAP_LOGINS_PER_SECOND_PER_HOST", 50, minimum=1)
 # Partners choose PLAIN connections' imap_host/smtp_host: in production refuse hosts that
 # resolve to loopback, private, link-local or reserved addresses (superimap.netguard).
 IMAP_ALLOW_PRIVATE_HOSTS = env_bool("IMAP_ALLOW_PRIVATE_HOSTS", not PRODUCTION)

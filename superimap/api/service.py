@@ -175,10 +175,15 @@ def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
                 422, "missing_field", "login_username or email is required with password."
             )
         user.connected_at = user.connected_at or timezone.now()
-        # New credentials deserve a fresh start, not the old back-off.
-        user.status = MailboxUser.Status.NEW
-        user.last_error = ""
-        user.consecutive_failures = 0
+        failing = user.status in (MailboxUser.Status.AUTH_FAILED, MailboxUser.Status.BACKING_OFF)
+        if user.tracked_changed() or failing:
+            # New credentials (or the same ones sent again after a failure) deserve a fresh
+            # start, not the old back-off; the same ones again on a working mailbox change
+            # nothing (no new login).
+            user.restart_session()
+            user.status = MailboxUser.Status.NEW
+            user.last_error = ""
+            user.consecutive_failures = 0
 
 
 def create_user(connection: Connection, body: UserIn) -> MailboxUser:

@@ -9,6 +9,7 @@ import secrets
 from django.conf import settings
 from django.db import models
 
+from superimap.changes import TrackedFields, new_session_version
 from superimap.fields import EncryptedTextField
 
 OAUTH_ENDPOINTS = ("authorize", "token", "revoke", "userinfo")
@@ -26,8 +27,17 @@ def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-class ImapProvider(models.Model):
+def restart_sessions(users) -> None:
+    """Make the engine restart the IMAP sessions of these users (a queryset)."""
+    from django.utils import timezone
+
+    users.update(session_version=new_session_version(), updated_at=timezone.now())
+
+
+class ImapProvider(TrackedFields, models.Model):
     """How to reach one kind of mailbox. Seeded by a data migration."""
+
+    TRACKED = ("imap_host", "imap_port", "imap_tls", "folder")
 
     class AuthKind(models.TextChoices):
         OAUTH2 = "oauth2", "OAuth 2.0"
@@ -61,6 +71,15 @@ class ImapProvider(models.Model):
 
     def __str__(self) -> str:
         return self.code
+
+    def save(self, *args, **kwargs):
+        changed = self.pk is not None and self.tracked_changed()
+        super().save(*args, **kwargs)
+        self._remember_tracked()
+        if changed:
+            from superimap.mailboxes.models import MailboxUser
+
+            restart_sessions(MailboxUser.objects.filter(connection__provider=self))
 
     @property
     def host_per_connection(self) -> bool:
@@ -131,8 +150,18 @@ class Partner(models.Model):
         return parts.hostname.lower() in hosts
 
 
-class Connection(models.Model):
+class Connection(TrackedFields, models.Model):
     """A partner's use of one provider, with the partner's OAuth client or server settings."""
+
+    # What its mailboxes' IMAP sessions use: changing one restarts them.
+    TRACKED = (
+        "imap_host",
+        "imap_port",
+        "imap_tls",
+        "oauth_client_id",
+        "oauth_client_secret",
+        "oauth_base_url",
+    )
 
     partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="connections")
     provider = models.ForeignKey(ImapProvider, on_delete=models.PROTECT, related_name="connections")
@@ -169,6 +198,13 @@ class Connection(models.Model):
     @property
     def code(self) -> str:
         return self.provider.code
+
+    def save(self, *args, **kwargs):
+        changed = self.pk is not None and self.tracked_changed()
+        super().save(*args, **kwargs)
+        self._remember_tracked()
+        if changed:
+            restart_sessions(self.users.all())
 
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
