@@ -68,10 +68,7 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
     if web:
         from superimap.asgi import application
 
-        config = uvicorn.Config(
-            application, host=host, port=port, lifespan="off", log_config=None, access_log=False
-        )
-        server = _Server(config)
+        server = _Server(web_config(application, host, port))
         tasks.append(asyncio.create_task(_run_web(server, stop), name="web"))
         log.info(
             "SuperIMAP %s listening on http://%s:%d (dashboard /admin/, API /api/v1/)",
@@ -102,6 +99,24 @@ def _expose_metrics(pool, web: bool) -> None:
         # Engine or worker on its own: its counters on a port of its own.
         start_http_server(settings.METRICS_PORT, addr="127.0.0.1")
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.METRICS_PORT)
+
+
+def web_config(application, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings. Forwarded headers (X-Forwarded-For, -Proto) are believed only
+    from TRUSTED_PROXIES (none by default): uvicorn's own default trusts 127.0.0.1, so any
+    local client could pose as any address and dodge the per-IP login lockout."""
+    trusted = settings.TRUSTED_PROXIES
+    return uvicorn.Config(
+        application,
+        host=host,
+        port=port,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=list(trusted) if trusted else [],
+        server_header=False,
+    )
 
 
 async def _run_web(server: uvicorn.Server, stop: asyncio.Event) -> None:
