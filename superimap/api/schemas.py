@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Literal
 
 from ninja import Schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 TlsMode = Literal["implicit", "starttls", "none"]
 # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
 NO_NUL = r"^[^\x00]*$"
 OAUTH_BASE_URL = r"^https?://[^\s\x00]+$"
+# The seeded providers (partners/migrations); an operator-added one works too (the service
+# checks the code against the database), it is just not listed here.
+PROVIDER_CODES = [
+    "GMAIL_OAUTH2",
+    "OUTLOOK_OAUTH2",
+    "PLAIN",
+    "YAHOO_PLAIN",
+    "ICLOUD_PLAIN",
+    "FASTMAIL_PLAIN",
+    "LOOPBACK_PLAIN",
+    "LOOPBACK_OAUTH2",
+]
+# Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned
+# characters, and line/paragraph separators: a tag shows in dashboards and logs as is.
+INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def visible_tag(value: str) -> str:
+    for char in value:
+        if unicodedata.category(char) in INVISIBLE_CATEGORIES:
+            raise ValueError(
+                f"tag must not contain control, bidi or zero-width characters (U+{ord(char):04X})"
+            )
+    return value
 
 
 class ErrorBody(Schema):
@@ -30,10 +55,11 @@ class ConnectionUpdate(Schema):
     oauth_client_id: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
     oauth_client_secret: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
     imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
-    imap_port: int | None = Field(default=None, ge=1, le=65535)
+    # strict: true and "993" are not ports.
+    imap_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     imap_tls: TlsMode | None = None
     smtp_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
-    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     smtp_tls: TlsMode | None = None
     oauth_base_url: str | None = Field(
         default=None,
@@ -46,7 +72,9 @@ class ConnectionUpdate(Schema):
 class ConnectionIn(ConnectionUpdate):
     """A new connection: the provider code, plus the settings that provider needs."""
 
-    imap_provider_code: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    imap_provider_code: str = Field(
+        min_length=1, max_length=64, pattern=NO_NUL, json_schema_extra={"enum": PROVIDER_CODES}
+    )
 
 
 class ConnectionOut(Schema):
@@ -74,6 +102,11 @@ class UserIn(Schema):
     login_username: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
     password: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
     enable_tracer: bool = False
+
+    @field_validator("tag")
+    @classmethod
+    def tag_is_visible(cls, value: str) -> str:
+        return visible_tag(value)
 
 
 class UserUpdate(Schema):

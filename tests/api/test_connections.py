@@ -1,3 +1,5 @@
+import pytest
+
 from superimap.partners.models import Connection, ImapProvider
 from tests.api.helpers import assert_error
 from tests.conftest import ApiClient
@@ -227,3 +229,17 @@ def test_it_never_echoes_the_api_key(api, partner, plain_connection):
         assert r.status_code in (200, 201)
         assert partner.api_key.encode() not in r.content
         assert partner.webhook_secret.encode() not in r.content
+
+
+@pytest.mark.parametrize("port", [True, False, "993", 993.0, "0x3e1"])
+@pytest.mark.parametrize("field", ["imap_port", "smtp_port"])
+def test_it_refuses_ports_that_are_not_integers(api, field, port):
+    body = {"imap_provider_code": "PLAIN", "imap_host": "imap.example.com", field: port}
+    assert_error(api.post("/connections", body), 422, "validation_error")
+
+
+def test_the_schema_lists_the_provider_codes(client, db):
+    schema = client.get("/api/v1/openapi.json").json()
+    field = schema["components"]["schemas"]["ConnectionIn"]["properties"]["imap_provider_code"]
+    assert "PLAIN" in field["enum"] and "GMAIL_OAUTH2" in field["enum"]
+    assert set(field["enum"]) == set(ImapProvider.objects.values_list("code", flat=True))

@@ -229,3 +229,26 @@ def test_it_stops_another_partner_sweeping_a_user(outsider_api, alice):
     assert_error(outsider_api.post("/connections/PLAIN/users/alice/sweep", {}), 404)
     alice.refresh_from_db()
     assert alice.sweep_requested_at is None
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "alice\u202ecod.exe",  # right-to-left override
+        "ali\u200bce",  # zero-width space
+        "al\u2066ice",  # left-to-right isolate
+        "\ufeffalice",  # byte-order mark / zero-width no-break space
+        "ali\x07ce",  # bell
+        "ali\x7fce",  # delete
+        "alice\u2028",  # line separator
+    ],
+)
+def test_it_refuses_invisible_and_control_characters_in_tags(api, plain_connection, tag):
+    r = api.post("/connections/PLAIN/users", {"tag": tag})
+    assert_error(r, 422, "validation_error")
+    assert not plain_connection.users.exists()
+
+
+def test_it_accepts_a_non_ascii_visible_tag(api, plain_connection):
+    r = api.post("/connections/PLAIN/users", {"tag": "zoë-日本"})
+    assert r.status_code == 201, r.content
