@@ -92,12 +92,14 @@ async def serve(*, web: bool, engine: bool, worker: bool, host: str, port: int) 
 def _expose_metrics(pool, web: bool) -> None:
     from prometheus_client import start_http_server
 
-    from superimap.metrics import DB_QUEUE
+    from superimap.metrics import DB_QUEUE, port_registry
 
     DB_QUEUE.set_function(lambda: pool.queued)
-    if settings.METRICS_PORT and not web:
-        # Engine or worker on its own: its counters on a port of its own.
-        start_http_server(settings.METRICS_PORT, addr="127.0.0.1")
+    if settings.METRICS_PORT:
+        # A port of its own on 127.0.0.1, no token: for an engine or worker on its own, and
+        # for the web process in production without METRICS_TOKEN (its /metrics is off).
+        registry = port_registry(with_database=web)
+        start_http_server(settings.METRICS_PORT, addr="127.0.0.1", registry=registry)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.METRICS_PORT)
 
 

@@ -125,6 +125,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "superimap.security.ContentSecurityPolicyMiddleware",
     "superimap.api.errors.ApiJsonErrorsMiddleware",
     "superimap.api.errors.ApiBodyLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
