@@ -157,6 +157,19 @@ TEMPLATES = [
 ]
 
 
+def _private_sqlite_files(name: str) -> None:
+    """The database holds every email body: owner-only (0600). SQLite creates the -wal and
+    -shm files with the database file's mode, so creating that one 0600 is enough; files
+    made before this rule are tightened too."""
+    try:
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o600))
+        for path in (name, f"{name}-wal", f"{name}-shm", f"{name}-journal"):
+            if os.path.exists(path) and os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+    except OSError as exc:
+        raise ConfigError("DATABASE_URL", f"cannot create {name}: {exc.strerror}") from None
+
+
 def _database(url: str) -> dict:
     try:
         with warnings.catch_warnings():
@@ -173,6 +186,7 @@ def _database(url: str) -> dict:
         config["NAME"] = name
         if name and name != ":memory:":
             Path(name).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_files(name)
         config["OPTIONS"] = {
             # WAL lets readers go on while one writer commits; IMMEDIATE takes the write
             # lock at BEGIN so concurrent writers queue instead of failing mid-transaction.
