@@ -108,14 +108,30 @@ def cmd_createadmin(args) -> None:
 
 
 def cmd_createpartner(args) -> None:
+    from django.core.exceptions import ValidationError
+
     from superimap.partners.models import Partner
 
-    partner = Partner.objects.create(
+    partner = Partner(
         name=args.name,
         new_mail_webhook=args.webhook or "",
         user_connected_webhook=args.webhook or "",
         user_disconnected_webhook=args.webhook or "",
     )
+    try:
+        # The dashboard's rules (a URL, at most 1,000 characters, a name), and webhooks
+        # are POSTed over HTTP: http(s) only.
+        partner.full_clean(exclude=["api_key", "api_key_hash", "webhook_secret"])
+        if args.webhook and not args.webhook.lower().startswith(("http://", "https://")):
+            raise ValidationError({"webhook": ["Enter an http:// or https:// URL."]})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'--webhook' if 'webhook' in field else '--' + field}: {' '.join(errors)}"
+            for field, errors in sorted(exc.message_dict.items())
+        )
+        print(f"superimap: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
+    partner.save()
     print(f"Created partner {partner.name!r} (id {partner.id}).")
     print(f"API key: {partner.api_key}")
     print(f"Standard Webhooks secret: {partner.webhook_secret}")

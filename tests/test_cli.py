@@ -108,3 +108,25 @@ def test_it_prints_a_valid_fernet_key(tmp_path):
     key = result.stdout.strip()
     Fernet(key)
     assert run(["genkey"], tmp_path).stdout.strip() != key
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    ["javascript:alert(1)", "file:///etc/passwd", "ftp://example.com/x", "not a url", "http://"],
+)
+def test_createpartner_validates_the_webhook_url_like_the_dashboard(tmp_path, webhook):
+    assert run(["migrate"], tmp_path).returncode == 0
+    result = run(["createpartner", "--name", "Bad", "--webhook", webhook], tmp_path)
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "--webhook" in lines[0], result.stderr
+    assert "API key" not in result.stdout
+
+
+def test_createpartner_accepts_a_good_webhook_url(tmp_path):
+    assert run(["migrate"], tmp_path).returncode == 0
+    result = run(
+        ["createpartner", "--name", "Good", "--webhook", "https://app.example/hook"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "API key: " in result.stdout
