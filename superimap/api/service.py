@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db.models import F
 from django.utils import timezone
 
 from superimap.api.errors import ApiError
@@ -144,10 +145,11 @@ def get_user(partner: Partner, code: str, tag: str, include_archived: bool = Tru
     if "\x00" in tag:
         raise ApiError(404, "not_found", "No such user.")
     users = connection.users.select_related("connection__provider").filter(tag=tag)
+    if not include_archived:
+        users = users.filter(archived=False)
     # An active user wins; otherwise the most recently archived one (so PUT can restore it).
-    user = users.filter(archived=False).first()
-    if user is None and include_archived:
-        user = users.filter(archived=True).order_by("-archived_at", "-id").first()
+    # One statement: with two, a restore committed between them made the user vanish (404).
+    user = users.order_by("archived", F("archived_at").desc(nulls_last=True), "-id").first()
     if user is None:
         raise ApiError(404, "not_found", f"No user {tag!r} in connection {code!r}.")
     return user
@@ -198,7 +200,8 @@ def create_user(connection: Connection, body: UserIn) -> MailboxUser:
 
 def update_user(user: MailboxUser, body: UserUpdate) -> None:
     if user.archived:
-        if user.connection.users.filter(tag=user.tag, archived=False).exists():
+        active = user.connection.users.filter(tag=user.tag, archived=False).exclude(id=user.id)
+        if active.exists():  # not this user, restored meanwhile by a concurrent PUT
             raise ApiError(409, "duplicate", f"An active user {user.tag!r} exists already.")
         user.archived = False
         user.archived_at = None
