@@ -204,3 +204,29 @@ def test_it_answers_400_to_a_bad_content_length(transactional_db):
     call = Call("POST", "/api/v1/connections", headers=[("content-length", "ten")]).run()
     assert call.status == 400
     assert call.json()["error"]["code"] == "bad_request"
+
+
+def test_django_4xx_log_lines_lose_their_traceback_and_are_rate_limited():
+    import sys
+
+    from superimap.frontdoor import ShortClientErrors
+
+    client_errors = ShortClientErrors()
+    client_errors._limit = type(client_errors._limit)(logging.getLogger("t"), per_minute=5)
+    try:
+        raise ValueError("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.")
+    except ValueError:
+        exc_info = sys.exc_info()
+    kept = []
+    for _ in range(20):
+        record = logging.LogRecord(
+            "django.security.RequestDataTooBig", logging.ERROR, "x", 1, "too big", (), exc_info
+        )
+        record.status_code = 400
+        if client_errors.filter(record):
+            kept.append(record)
+    assert len(kept) == 5
+    assert all(r.exc_info is None for r in kept)
+    server_error = logging.LogRecord("django.request", logging.ERROR, "x", 1, "boom", (), exc_info)
+    server_error.status_code = 500
+    assert client_errors.filter(server_error) and server_error.exc_info is exc_info
