@@ -148,3 +148,38 @@ def test_the_hosted_form_says_the_same_for_open_and_closed_private_ports(
     message = messages.pop()
     assert "Error" not in message and "Refused" not in message
     assert listener.accepted() == 0
+
+
+def test_the_engine_reports_a_refused_host_without_any_network_detail(
+    seeded_providers, listener, production_hosts
+):
+    from django.db import close_old_connections
+    from django.utils import timezone
+
+    from superimap.mailboxes.models import MailboxUser
+    from superimap.partners.models import Partner
+    from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
+
+    mail_partner = Partner.objects.create(name="Mail app")
+
+    # Saved while allowed (or a name that resolved elsewhere then): refused on connect.
+    user = MailboxUser.objects.create(
+        connection=loopback_connection(mail_partner, listener.port),
+        tag="alice",
+        login_username="alice",
+        password="pw",
+        connected_at=timezone.now(),
+    )
+
+    def last_error() -> str:
+        close_old_connections()
+        return MailboxUser.objects.get(id=user.id).last_error
+
+    async def scenario():
+        async with RunningEngine():
+            return await wait_for(last_error)
+
+    error = asyncio.run(scenario())
+    expected = f"127.0.0.1:{listener.port} resolves to a private or reserved address"
+    assert error == f"PrivateTargetRefused: {expected}"
+    assert listener.accepted() == 0
