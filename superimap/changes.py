@@ -26,6 +26,10 @@ class TrackedFields:
         instance._remember_tracked()
         return instance
 
+    def refresh_from_db(self, *args, **kwargs) -> None:
+        super().refresh_from_db(*args, **kwargs)
+        self._remember_tracked()
+
     def _remember_tracked(self) -> None:
         # Deferred fields (not loaded) are left out: they cannot have been changed unseen.
         loaded = self.__dict__

@@ -132,3 +132,31 @@ def test_the_limiter_has_documented_defaults(settings):
     assert limiter.mailbox_delay(8) == 0  # another mailbox has its own bucket
     assert [limiter.host_delay("IMAP.example.com") for _ in range(500)][-1] == 0
     assert limiter.host_delay("imap.example.com") == 1 / 50
+
+
+def test_only_session_fields_move_the_session_version(plain_connection):
+    user = MailboxUser.objects.create(connection=plain_connection, tag="v", password="pw")
+    first = user.session_version
+    assert first
+    user.enable_tracer = True
+    user.status = MailboxUser.Status.IDLE
+    user.save()
+    user.archive()
+    user.restore()
+    assert MailboxUser.objects.get(id=user.id).session_version == first
+    # Changed elsewhere, then re-read: not a change made here.
+    MailboxUser.objects.filter(id=user.id).update(password="")
+    user.refresh_from_db()
+    user.save()
+    assert MailboxUser.objects.get(id=user.id).session_version == first
+    user.password = "new-pw"
+    user.save()
+    second = MailboxUser.objects.get(id=user.id).session_version
+    assert second != first
+    plain_connection.refresh_from_db()
+    plain_connection.smtp_host = "smtp.example.com"  # tracers only: no restart
+    plain_connection.save()
+    assert MailboxUser.objects.get(id=user.id).session_version == second
+    plain_connection.imap_port = 143
+    plain_connection.save()
+    assert MailboxUser.objects.get(id=user.id).session_version != second
