@@ -183,3 +183,38 @@ def test_the_engine_reports_a_refused_host_without_any_network_detail(
     expected = f"127.0.0.1:{listener.port} resolves to a private or reserved address"
     assert error == f"PrivateTargetRefused: {expected}"
     assert listener.accepted() == 0
+
+
+def test_tracer_smtp_refuses_a_private_host_when_connecting(listener, production_hosts):
+    from superimap.engine.store import MailboxConfig
+    from superimap.tracers.sender import TracerSender, TracerTarget
+
+    config = MailboxConfig(
+        user_id=1,
+        tag="alice",
+        provider_code="PLAIN",
+        host="imap.example.com",
+        port=993,
+        tls="implicit",
+        insecure_tls=False,
+        auth_kind="password",
+        username="alice",
+        password="pw",
+        refresh_token="",
+        folder="INBOX",
+        uid_validity=None,
+        last_uid=None,
+        enable_tracer=True,
+    )
+    target = TracerTarget(
+        config=config,
+        address="alice@example.com",
+        host="127.0.0.1",
+        port=listener.port,
+        tls="starttls",
+        uids=("u1",),
+    )
+    sender = TracerSender(engine=None, interval=60, count=1, timeout=2)
+    with pytest.raises(PrivateTargetRefused):
+        asyncio.run(sender._send(target))
+    assert listener.accepted() == 0
