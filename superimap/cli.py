@@ -145,9 +145,11 @@ def cmd_createadmin(args) -> None:
 
 
 def cmd_createpartner(args) -> None:
+    from django.core.exceptions import ValidationError
+
     from superimap.partners.models import Partner
 
-    partner = Partner.objects.create(
+    partner = Partner(
         name=args.name,
         new_mail_webhook=args.webhook or "",
         user_connected_webhook=args.webhook or "",
@@ -155,6 +157,20 @@ def cmd_createpartner(args) -> None:
         user_error_webhook=args.webhook or "",
         user_recovered_webhook=args.webhook or "",
     )
+    try:
+        # The dashboard's rules (a URL, at most 1,000 characters, a name), and webhooks
+        # are POSTed over HTTP: http(s) only.
+        partner.full_clean(exclude=["api_key", "api_key_hash", "webhook_secret"])
+        if args.webhook and not args.webhook.lower().startswith(("http://", "https://")):
+            raise ValidationError({"webhook": ["Enter an http:// or https:// URL."]})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'--webhook' if 'webhook' in field else '--' + field}: {' '.join(errors)}"
+            for field, errors in sorted(exc.message_dict.items())
+        )
+        print(f"superimap: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
+    partner.save()
     if args.export:
         # For `eval "$(superimap createpartner ... --export)"`: the next commands need both.
         print(f"# Created partner {partner.name!r} (id {partner.id}).")

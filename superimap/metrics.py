@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db.models import Count, Min, Sum
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -123,9 +124,37 @@ _scrape_registry = CollectorRegistry()
 _scrape_registry.register(DatabaseCollector())
 
 
+class _Registries:
+    """Several registries scraped as one."""
+
+    def __init__(self, *registries) -> None:
+        self.registries = registries
+
+    def collect(self):
+        for registry in self.registries:
+            yield from registry.collect()
+
+
+def port_registry(with_database: bool):
+    """What METRICS_PORT serves: this process's counters, and with_database the gauges
+    /metrics adds (for a web process)."""
+    return _Registries(REGISTRY, _scrape_registry) if with_database else REGISTRY
+
+
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    """/metrics on the web port. In production it needs METRICS_TOKEN: without one set it
+    is refused (mailbox counts and queue depths are not for everyone); the engine's and
+    worker's own METRICS_PORT (127.0.0.1 only) is the way to scrape without a token."""
     token = settings.METRICS_TOKEN
-    if token and request.headers.get("Authorization", "") != f"Bearer {token}":
+    if not token and settings.PRODUCTION:
+        return HttpResponse(
+            "metrics are off on the web port: set METRICS_TOKEN\n",
+            status=403,
+            content_type="text/plain",
+        )
+    if token and not constant_time_compare(
+        request.headers.get("Authorization", ""), f"Bearer {token}"
+    ):
         return HttpResponse(
             "metrics need the bearer token\n", status=401, content_type="text/plain"
         )

@@ -88,10 +88,7 @@ async def serve(
     if web:
         from superimap.asgi import application
 
-        config = uvicorn.Config(
-            application, host=host, port=port, lifespan="off", log_config=None, access_log=False
-        )
-        server = _Server(config)
+        server = _Server(web_config(application, host, port))
         tasks.append(asyncio.create_task(_run_web(server, stop), name="web"))
         if on_listening is not None:
             announcer = asyncio.create_task(_when_started(server, on_listening))
@@ -119,9 +116,13 @@ async def serve(
 def _expose_metrics(web: bool) -> None:
     from prometheus_client import start_http_server
 
-    if settings.METRICS_PORT and not web:
-        # Engine or worker on its own: its counters on a port of its own.
-        start_http_server(settings.METRICS_PORT, addr="127.0.0.1")
+    from superimap.metrics import port_registry
+
+    if settings.METRICS_PORT:
+        # A port of its own on 127.0.0.1, no token: for an engine or worker on its own, and
+        # for the web process in production without METRICS_TOKEN (its /metrics is off).
+        registry = port_registry(with_database=web)
+        start_http_server(settings.METRICS_PORT, addr="127.0.0.1", registry=registry)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.METRICS_PORT)
 
 
@@ -129,6 +130,24 @@ async def _when_started(server: uvicorn.Server, callback: Callable[[], None]) ->
     while not server.started:
         await asyncio.sleep(0.05)
     callback()
+
+
+def web_config(application, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings. Forwarded headers (X-Forwarded-For, -Proto) are believed only
+    from TRUSTED_PROXIES (none by default): uvicorn's own default trusts 127.0.0.1, so any
+    local client could pose as any address and dodge the per-IP login lockout."""
+    trusted = settings.TRUSTED_PROXIES
+    return uvicorn.Config(
+        application,
+        host=host,
+        port=port,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=list(trusted) if trusted else [],
+        server_header=False,
+    )
 
 
 async def _run_web(server: uvicorn.Server, stop: asyncio.Event) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -82,6 +83,14 @@ if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
     raise ConfigError("WEBHOOK_LEASE_SECONDS", "must be longer than WEBHOOK_TIMEOUT")
 # The loopback test provider skips TLS verification: off unless asked for (or under tests).
 ALLOW_LOOPBACK_IMAP = env_bool("ALLOW_LOOPBACK_IMAP", SUPERIMAP_ENV == "test")
+# Login rate limits (engine/ratelimit.py): token buckets per mailbox and per server host.
+IMAP_LOGIN_BURST_PER_MAILBOX = env_int("IMAP_LOGIN_BURST_PER_MAILBOX", 5, minimum=1)
+IMAP_LOGIN_INTERVAL_PER_MAILBOX = env_int("IMAP_LOGIN_INTERVAL_PER_MAILBOX", 30, minimum=1)
+IMAP_LOGIN_BURST_PER_HOST = env_int("IMAP_LOGIN_BURST_PER_HOST", 500, minimum=1)
+IMAP_LOGINS_PER_SECOND_PER_HOST = env_int("IMAP_LOGINS_PER_SECOND_PER_HOST", 50, minimum=1)
+# Partners choose PLAIN connections' imap_host/smtp_host: in production refuse hosts that
+# resolve to loopback, private, link-local or reserved addresses (superimap.netguard).
+IMAP_ALLOW_PRIVATE_HOSTS = env_bool("IMAP_ALLOW_PRIVATE_HOSTS", not PRODUCTION)
 _listen = f"http://{env_str('HOST', '127.0.0.1')}:{env_str('PORT', '8000')}"
 PUBLIC_URL = env_str("PUBLIC_URL", _listen).rstrip("/")
 LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
@@ -97,6 +106,16 @@ ALLOWED_HOSTS = env_list(
 if PRODUCTION and not ALLOWED_HOSTS:
     raise ConfigError("ALLOWED_HOSTS", "is required when SUPERIMAP_ENV=production")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [PUBLIC_URL])
+# Reverse proxies whose X-Forwarded-For/-Proto headers are believed (IPs or CIDRs; default
+# none): the client address (login lockout, logs) and https come from them only.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ConfigError(
+            "TRUSTED_PROXIES", f"must be IP addresses or networks, got {_proxy!r}"
+        ) from None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -115,6 +134,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "superimap.security.ContentSecurityPolicyMiddleware",
     "superimap.api.errors.ApiJsonErrorsMiddleware",
     "superimap.api.errors.ApiBodyLimitMiddleware",
     "superimap.api.params.RailsParamsMiddleware",
@@ -147,6 +167,19 @@ TEMPLATES = [
 ]
 
 
+def _private_sqlite_files(name: str) -> None:
+    """The database holds every email body: owner-only (0600). SQLite creates the -wal and
+    -shm files with the database file's mode, so creating that one 0600 is enough; files
+    made before this rule are tightened too."""
+    try:
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o600))
+        for path in (name, f"{name}-wal", f"{name}-shm", f"{name}-journal"):
+            if os.path.exists(path) and os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+    except OSError as exc:
+        raise ConfigError("DATABASE_URL", f"cannot create {name}: {exc.strerror}") from None
+
+
 def _database(url: str) -> dict:
     try:
         with warnings.catch_warnings():
@@ -163,6 +196,7 @@ def _database(url: str) -> dict:
         config["NAME"] = name
         if name and name != ":memory:":
             Path(name).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_files(name)
         config["OPTIONS"] = {
             # WAL lets readers go on while one writer commits; IMMEDIATE takes the write
             # lock at BEGIN so concurrent writers queue instead of failing mid-transaction.
@@ -224,8 +258,12 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
-# API bodies are small JSON documents; anything larger is refused with 413.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
+# Request bodies are counted while they arrive (superimap.frontdoor) and refused with 413
+# past these limits: API bodies are small JSON documents; dashboard and connect forms get
+# more room. Django's own limit is the larger one, so it never fires first.
+API_BODY_LIMIT = env_int("API_BODY_LIMIT", 256 * 1024, minimum=1024)
+FORM_BODY_LIMIT = env_int("FORM_BODY_LIMIT", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_BODY_LIMIT, FORM_BODY_LIMIT)
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
@@ -233,7 +271,8 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 if PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # No SECURE_PROXY_SSL_HEADER: Django would believe X-Forwarded-Proto from anyone.
+    # uvicorn sets the scheme from it, for TRUSTED_PROXIES only (runtime.web_config).
     SECURE_HSTS_SECONDS = 31536000
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SESSION_COOKIE_SECURE = True
@@ -247,7 +286,14 @@ LOGGING = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "superimap.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "filters": {"short_client_errors": {"()": "superimap.frontdoor.ShortClientErrors"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["short_client_errors"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

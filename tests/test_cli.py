@@ -136,3 +136,25 @@ def test_it_ends_start_up_with_a_banner_naming_url_login_and_how_to_stop(db):
     later = startup_banner("127.0.0.1", 8123, None, "web")
     assert "s3cret-pw" not in later and "superimap createadmin" in later
     assert len(first.splitlines()) <= 12
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    ["javascript:alert(1)", "file:///etc/passwd", "ftp://example.com/x", "not a url", "http://"],
+)
+def test_createpartner_validates_the_webhook_url_like_the_dashboard(tmp_path, webhook):
+    assert run(["migrate"], tmp_path).returncode == 0
+    result = run(["createpartner", "--name", "Bad", "--webhook", webhook], tmp_path)
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "--webhook" in lines[0], result.stderr
+    assert "API key" not in result.stdout
+
+
+def test_createpartner_accepts_a_good_webhook_url(tmp_path):
+    assert run(["migrate"], tmp_path).returncode == 0
+    result = run(
+        ["createpartner", "--name", "Good", "--webhook", "https://app.example/hook"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "API key: " in result.stdout

@@ -338,3 +338,55 @@ def test_it_refuses_a_broken_ca_bundle_on_the_connection_form(admin, plain_conne
     assert "The CA bundle is not a valid PEM certificate bundle" in response.content.decode()
     plain_connection.refresh_from_db()
     assert plain_connection.imap_tls_ca == ""
+
+
+# --- partner secrets: a prefix only, revealed once at creation and on rotation ---------------
+
+
+def test_the_partner_page_shows_only_a_prefix_of_its_secrets(admin, partner):
+    r = admin.get(f"/admin/partners/partner/{partner.id}/change/")
+    assert r.status_code == 200
+    assert partner.api_key.encode() not in r.content
+    assert partner.webhook_secret.encode() not in r.content
+    assert partner.api_key[:6].encode() in r.content
+    assert b"- encrypted -" in r.content
+    listing = admin.get("/admin/partners/partner/")
+    assert partner.api_key.encode() not in listing.content
+
+
+def test_a_new_partners_secrets_are_revealed_once(admin, db):
+    from superimap.partners.models import Partner
+
+    r = admin.post("/admin/partners/partner/add/", {"name": "Fresh app"}, follow=True)
+    assert r.status_code == 200
+    partner = Partner.objects.get(name="Fresh app")
+    assert partner.api_key.encode() in r.content
+    assert partner.webhook_secret.encode() in r.content
+    again = admin.get(f"/admin/partners/partner/{partner.id}/change/")
+    assert partner.api_key.encode() not in again.content
+    assert partner.webhook_secret.encode() not in again.content
+
+
+@pytest.mark.parametrize("action", ["rotate_api_key", "rotate_webhook_secret"])
+def test_rotating_a_secret_reveals_the_new_one_once(admin, partner, action):
+    from superimap.partners.models import Partner
+
+    old_key, old_secret = partner.api_key, partner.webhook_secret
+    r = admin.post(
+        "/admin/partners/partner/",
+        {"action": action, "_selected_action": [partner.id]},
+        follow=True,
+    )
+    assert r.status_code == 200
+    partner = Partner.objects.get(id=partner.id)
+    if action == "rotate_api_key":
+        assert partner.api_key != old_key and partner.webhook_secret == old_secret
+        assert partner.api_key.encode() in r.content
+        assert Partner.for_api_key(old_key) is None
+        assert Partner.for_api_key(partner.api_key) == partner
+    else:
+        assert partner.webhook_secret != old_secret and partner.api_key == old_key
+        assert partner.webhook_secret.encode() in r.content
+    again = admin.get(f"/admin/partners/partner/{partner.id}/change/")
+    assert partner.api_key.encode() not in again.content
+    assert partner.webhook_secret.encode() not in again.content

@@ -56,3 +56,29 @@ def test_it_reports_calls_waiting_for_a_database_thread(transactional_db):
         pool.shutdown()
     assert value(during, "superimap_db_queue_length") == 3
     assert value(scrape(), "superimap_db_queue_length") == 0
+
+
+def test_it_refuses_metrics_on_the_web_port_in_production_without_a_token(client, settings, db):
+    settings.PRODUCTION = True
+    settings.METRICS_TOKEN = ""
+    r = client.get("/metrics")
+    assert r.status_code == 403
+    assert b"superimap_" not in r.content
+    settings.METRICS_TOKEN = "s3cret"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+def test_the_metrics_port_serves_the_database_gauges_for_a_web_process(plain_connection):
+    from prometheus_client import generate_latest
+
+    from superimap.metrics import WORKER_METRICS, expose, port_registry
+
+    expose(WORKER_METRICS)  # what a worker process registers
+
+    MailboxUser.objects.create(connection=plain_connection, tag="m")
+    text = generate_latest(port_registry(with_database=True)).decode()
+    assert 'superimap_mailboxes{status="new"} 1.0' in text
+    assert "superimap_webhook_attempts_total" in text
+    assert "superimap_mailboxes{" not in generate_latest(port_registry(False)).decode()

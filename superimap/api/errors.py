@@ -86,7 +86,7 @@ class ApiBodyLimitMiddleware:
                 length = int(request.META.get("CONTENT_LENGTH") or 0)
             except ValueError:
                 return error_response(400, "bad_request", "Invalid Content-Length header.")
-            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            limit = settings.API_BODY_LIMIT
             if length > limit:
                 return error_response(
                     413, "payload_too_large", f"Request body is larger than {limit} bytes."

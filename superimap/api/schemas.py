@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from ninja import Schema
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 TlsMode = Literal["implicit", "starttls", "none"]
 # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
 NO_NUL = r"^[^\x00]*$"
 OAUTH_BASE_URL = r"^https?://[^\s\x00]+$"
+# The seeded providers (partners/migrations); an operator-added one works too (the service
+# checks the code against the database), it is just not listed here.
+PROVIDER_CODES = [
+    "GMAIL_OAUTH2",
+    "OUTLOOK_OAUTH2",
+    "PLAIN",
+    "YAHOO_PLAIN",
+    "ICLOUD_PLAIN",
+    "FASTMAIL_PLAIN",
+    "LOOPBACK_PLAIN",
+    "LOOPBACK_OAUTH2",
+]
+# Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned
+# characters, and line/paragraph separators: a tag shows in dashboards and logs as is.
+INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def visible_tag(value: str) -> str:
+    for char in value:
+        if unicodedata.category(char) in INVISIBLE_CATEGORIES:
+            raise ValueError(
+                f"tag must not contain control, bidi or zero-width characters (U+{ord(char):04X})"
+            )
+    return value
 
 
 class ErrorBody(Schema):
@@ -61,7 +86,8 @@ class ConnectionUpdate(OriginalNames):
     oauth_client_id: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
     oauth_client_secret: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
     imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
-    imap_port: int | None = Field(default=None, ge=1, le=65535)
+    # strict: true and "993" are not ports.
+    imap_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     imap_tls: TlsMode | None = None
     imap_tls_ca: str | None = Field(
         default=None,
@@ -87,7 +113,7 @@ class ConnectionUpdate(OriginalNames):
         "automatic (15 s for servers whose greeting names Cyrus or Courier, else off).",
     )
     smtp_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
-    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     smtp_tls: TlsMode | None = None
     oauth_base_url: str | None = Field(
         default=None,
@@ -109,7 +135,9 @@ class ConnectionUpdate(OriginalNames):
 class ConnectionIn(ConnectionUpdate):
     """A new connection: the provider code, plus the settings that provider needs."""
 
-    imap_provider_code: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    imap_provider_code: str = Field(
+        min_length=1, max_length=64, pattern=NO_NUL, json_schema_extra={"enum": PROVIDER_CODES}
+    )
 
 
 class ConnectionOut(Schema):
@@ -174,6 +202,11 @@ class UserFields(OriginalNames):
 class UserIn(UserFields):
     tag: str = Field(min_length=1, max_length=255, pattern=r"^[^/\s\x00]+$")
     enable_tracer: bool = False
+
+    @field_validator("tag")
+    @classmethod
+    def tag_is_visible(cls, value: str) -> str:
+        return visible_tag(value)
 
 
 class UserUpdate(UserFields):

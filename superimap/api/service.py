@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db.models import F
 from django.utils import timezone
 
 from superimap.api.errors import ApiError
@@ -120,6 +121,8 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
     if provider.host_per_connection:
         if not connection.imap_host:
             raise ApiError(422, "missing_field", f"imap_host is required for {provider.code}.")
+        for message in connection.private_host_problems().values():
+            raise ApiError(422, "private_host", message)
         if (
             connection.imap_tls == ImapProvider.TlsMode.NONE
             and not provider.loopback_only
@@ -155,10 +158,9 @@ def create_connection(partner: Partner, body: ConnectionIn) -> Connection:
 
 def update_connection(connection: Connection, body: ConnectionUpdate) -> None:
     _apply_connection_fields(connection, body)
+    # A changed server, TLS or OAuth setting (Connection.TRACKED) restarts its users'
+    # sessions at once, so a tls_failed mailbox need not wait out its back-off.
     connection.save()
-    # The engine restarts a session when its user's row changes: new server or TLS
-    # settings apply at once (a tls_failed mailbox need not wait out its back-off).
-    connection.users.filter(archived=False).update(updated_at=timezone.now())
 
 
 def get_connection(partner: Partner, code: str) -> Connection:
@@ -175,10 +177,11 @@ def get_user(partner: Partner, code: str, tag: str, include_archived: bool = Tru
     if "\x00" in tag:
         raise ApiError(404, "not_found", "No such user.")
     users = connection.users.select_related("connection__provider").filter(tag=tag)
+    if not include_archived:
+        users = users.filter(archived=False)
     # An active user wins; otherwise the most recently archived one (so PUT can restore it).
-    user = users.filter(archived=False).first()
-    if user is None and include_archived:
-        user = users.filter(archived=True).order_by("-archived_at", "-id").first()
+    # One statement: with two, a restore committed between them made the user vanish (404).
+    user = users.order_by("archived", F("archived_at").desc(nulls_last=True), "-id").first()
     if user is None:
         raise ApiError(404, "not_found", f"No user {tag!r} in connection {code!r}.")
     return user
@@ -213,10 +216,19 @@ def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> bool:
         raise ApiError(422, "missing_field", "email is required with oauth_refresh_token.")
     if credentials:
         user.connected_at = user.connected_at or timezone.now()
-        # New credentials deserve a fresh start, not the old back-off.
-        user.status = MailboxUser.Status.NEW
-        user.last_error = ""
-        user.consecutive_failures = 0
+        failing = user.status in (
+            MailboxUser.Status.AUTH_FAILED,
+            MailboxUser.Status.TLS_FAILED,
+            MailboxUser.Status.BACKING_OFF,
+        )
+        if user.tracked_changed() or failing:
+            # New credentials (or the same ones sent again after a failure) deserve a fresh
+            # start, not the old back-off; the same ones again on a working mailbox change
+            # nothing (no new login).
+            user.restart_session()
+            user.status = MailboxUser.Status.NEW
+            user.last_error = ""
+            user.consecutive_failures = 0
     return credentials
 
 
@@ -239,7 +251,8 @@ def update_user(user: MailboxUser, body: UserUpdate) -> None:
     """Update a user; run inside a transaction. `archived` false restores an archived user,
     true archives it; without it the user stays as it is (the original's PUT semantics)."""
     if body.archived is False and user.archived:
-        if user.connection.users.filter(tag=user.tag, archived=False).exists():
+        active = user.connection.users.filter(tag=user.tag, archived=False).exclude(id=user.id)
+        if active.exists():  # not this user, restored meanwhile by a concurrent PUT
             raise ApiError(409, "duplicate", f"An active user {user.tag!r} exists already.")
         user.archived = False
         user.archived_at = None

@@ -277,6 +277,7 @@ def _cpu_seconds() -> float:
 
 async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> dict:
     from superimap.dbpool import DbPool
+    from superimap.engine.ratelimit import LoginLimiter
     from superimap.engine.supervisor import Engine
     from superimap.mailboxes.models import MailboxUser
 
@@ -284,7 +285,12 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
     loop = asyncio.get_running_loop()
     pool = DbPool()
     engine = Engine(
-        pool, "bench-node", capacity=count, handshake_concurrency=args.handshake_concurrency
+        pool,
+        "bench-node",
+        capacity=count,
+        handshake_concurrency=args.handshake_concurrency,
+        # Measures the engine, not the per-host login limit (50/s by default): all at once.
+        login_limiter=LoginLimiter(host_burst=count, host_rate=count),
     )
     statuses: dict[int, str] = {}
     report = engine.report

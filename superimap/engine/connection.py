@@ -13,6 +13,9 @@ import functools
 import ssl
 from collections import deque
 
+from django.conf import settings
+
+from superimap import netguard
 from superimap.imap import (
     Bye,
     ClientProtocol,
@@ -106,17 +109,28 @@ class ImapConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         context = client_tls_context(insecure, ca_pem) if implicit_tls else None
         protocol = ClientProtocol(max_literal_size=max_literal_size)
-        try:
-            async with asyncio.timeout(timeout):
-                _, connection = await loop.create_connection(
-                    lambda: cls(protocol, timeout),
-                    host,
-                    port,
-                    ssl=context,
-                    server_hostname=host if context else None,
-                )
-        except ssl.SSLCertVerificationError as exc:
-            raise TlsCertificateFailed(host, exc) from exc
+        async with asyncio.timeout(timeout):
+            if settings.IMAP_ALLOW_PRIVATE_HOSTS:
+                targets = [host]
+            else:
+                # Resolve and check here, then connect to a checked address (not the name
+                # again), so DNS cannot hand a private address to the connection itself.
+                targets = await netguard.check_host_async(host, port)
+            for index, target in enumerate(targets):
+                try:
+                    _, connection = await loop.create_connection(
+                        lambda: cls(protocol, timeout),
+                        target,
+                        port,
+                        ssl=context,
+                        server_hostname=host if context else None,
+                    )
+                    break
+                except ssl.SSLCertVerificationError as exc:
+                    raise TlsCertificateFailed(host, exc) from exc
+                except OSError:
+                    if index == len(targets) - 1:
+                        raise
         try:
             greeting = await connection.next_event(timeout)
             if isinstance(greeting, Bye):

@@ -265,6 +265,9 @@ class MailboxSession:
     async def _watch(self, config: store.MailboxConfig) -> None:
         error = self._last_error if self.failures else ""
         self.engine.report(self.user_id, Status.CONNECTING, error, self.failures)
+        await self.engine.logins.wait_turn(self.user_id, config.host, self._sleep)
+        if self.stop_event.is_set():
+            return
         async with self.engine.handshakes:
             self.conn = await open_connection(
                 config,

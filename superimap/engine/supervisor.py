@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
+from superimap.engine.ratelimit import LoginLimiter
 from superimap.engine.session import MailboxSession, SessionSettings
 from superimap.mailboxes.models import MailLog
 from superimap.metrics import (
@@ -53,6 +54,7 @@ class Engine:
         tracer_interval: float | None = None,
         num_tracers: int | None = None,
         node_lock=None,
+        login_limiter: LoginLimiter | None = None,
     ) -> None:
         self.pool = pool
         self.node_id = node_id
@@ -70,9 +72,11 @@ class Engine:
             max_email_size=settings.MAX_EMAIL_SIZE,
         )
         self.handshakes = asyncio.Semaphore(handshake_concurrency)
+        # Every login waits for a token per mailbox and per host (engine/ratelimit.py).
+        self.logins = login_limiter or LoginLimiter()
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
-        # What this node holds ({user id: updated_at}), kept up to date from the deltas
+        # What this node holds ({user id: session_version}), kept up to date from the deltas
         # claim_mailboxes() returns; re-read in full every FULL_READ_EVERY refreshes.
         self._held: dict[int, str] = {}
         self._held_as_of: datetime | None = None

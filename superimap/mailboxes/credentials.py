@@ -5,10 +5,15 @@ from __future__ import annotations
 import imaplib
 import ssl
 
+from django.conf import settings
+
 from superimap.engine.connection import client_tls_context
+from superimap.netguard import PrivateTargetRefused, check_host
 from superimap.partners.models import Connection, ImapProvider
 
 CHECK_TIMEOUT_SECONDS = 15
+# Shown to the end user for every network failure alike (refused, closed, timed out).
+UNREACHABLE = "Cannot reach the mail server. Check its settings with the application."
 
 
 def tls_context(connection: Connection) -> ssl.SSLContext:
@@ -21,6 +26,12 @@ def tls_context(connection: Connection) -> ssl.SSLContext:
 def check_login(connection: Connection, username: str, password: str) -> str | None:
     """None when the server accepts the login, otherwise a message safe to show the user."""
     host, port, tls = connection.server()
+    if not settings.IMAP_ALLOW_PRIVATE_HOSTS:
+        try:
+            check_host(host, port)
+        except (PrivateTargetRefused, OSError, UnicodeError):
+            # The same words whatever happened: no hint of which hosts or ports answer.
+            return UNREACHABLE
     try:
         if tls == ImapProvider.TlsMode.IMPLICIT:
             client = imaplib.IMAP4_SSL(
@@ -32,14 +43,14 @@ def check_login(connection: Connection, username: str, password: str) -> str | N
                 client.starttls(ssl_context=tls_context(connection))
     except ssl.SSLCertVerificationError:
         return "The mail server's TLS certificate is not trusted (see imap_tls_ca)."
-    except (OSError, imaplib.IMAP4.error) as exc:
-        return f"Cannot reach the mail server ({type(exc).__name__})."
+    except (OSError, imaplib.IMAP4.error):
+        return UNREACHABLE
     try:
         client.login(username, password)
     except imaplib.IMAP4.error:
         return "The mail server refused this username and password."
-    except OSError as exc:
-        return f"The mail server connection failed ({type(exc).__name__})."
+    except OSError:
+        return UNREACHABLE
     finally:
         try:
             client.logout()

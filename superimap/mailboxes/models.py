@@ -6,11 +6,15 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from superimap.changes import TrackedFields, new_session_version
 from superimap.fields import EncryptedTextField
 from superimap.partners.models import Connection
 
 
-class MailboxUser(models.Model):
+class MailboxUser(TrackedFields, models.Model):
+    # What the IMAP session logs in with: changing one of these restarts the session.
+    TRACKED = ("email", "login_username", "password", "oauth_refresh_token")
+
     class Status(models.TextChoices):
         NEW = "new", "Not started"
         CONNECTING = "connecting", "Connecting"
@@ -60,6 +64,11 @@ class MailboxUser(models.Model):
     failing_since = models.DateTimeField(null=True, blank=True)
     error_notified_at = models.DateTimeField(null=True, blank=True)
 
+    # Changes whenever the IMAP session must restart (design-notes/harden.md): a tracked
+    # field, the connection's server settings, a requested sweep. The engine compares it,
+    # not updated_at, so a no-op PUT does not cost a login.
+    session_version = models.CharField(max_length=32, blank=True, default="", editable=False)
+
     # Lease: which engine node watches this mailbox (design.md section 9).
     owner_node = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
@@ -78,6 +87,21 @@ class MailboxUser(models.Model):
     def __str__(self) -> str:
         return self.tag
 
+    def save(self, *args, **kwargs):
+        update_fields = kwargs.get("update_fields")
+        if self.tracked_changed():
+            self.restart_session()
+        if update_fields is not None and getattr(self, "_restart", False):
+            kwargs["update_fields"] = {*update_fields, "session_version"}
+        super().save(*args, **kwargs)
+        self._restart = False
+        self._remember_tracked()
+
+    def restart_session(self) -> None:
+        """Make the engine restart this mailbox's IMAP session once this is saved."""
+        self.session_version = new_session_version()
+        self._restart = True
+
     @property
     def has_credentials(self) -> bool:
         return bool(self.password or self.oauth_refresh_token)
@@ -92,8 +116,9 @@ class MailboxUser(models.Model):
         self.save(update_fields=["archived", "archived_at", "updated_at"])
 
     def request_sweep(self) -> None:
-        """Ask for a sweep; save() moves updated_at, so the engine restarts the session."""
+        """Ask for a sweep; the engine restarts the session, which sweeps first."""
         self.sweep_requested_at = timezone.now()
+        self.restart_session()
         self.save(update_fields=["sweep_requested_at", "updated_at"])
 
     def restore(self) -> None:
@@ -146,3 +171,13 @@ class MailLog(models.Model):
     @property
     def status(self) -> str:
         return "skipped" if self.skipped_reason else "delivered"
+
+
+class UsedLink(models.Model):
+    """The nonce of a connect/disconnect link that did its job (links are single-use)."""
+
+    nonce = models.CharField(max_length=64, unique=True)
+    used_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.nonce

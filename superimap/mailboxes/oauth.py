@@ -32,7 +32,7 @@ from django.views.decorators.http import require_GET
 
 from superimap.delivery.models import Delivery
 from superimap.delivery.outbox import enqueue_user_event
-from superimap.mailboxes.links import LINK_MAX_AGE_SECONDS
+from superimap.mailboxes.links import LINK_MAX_AGE_SECONDS, use_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
 
@@ -76,8 +76,11 @@ def _configured(connection: Connection) -> bool:
 # --- connect: to the provider ---------------------------------------------------------------
 
 
-def begin(request: HttpRequest, user: MailboxUser, success: str, failure: str) -> HttpResponse:
-    """Redirect to the provider's consent page. success/failure are already allowed URLs."""
+def begin(
+    request: HttpRequest, user: MailboxUser, success: str, failure: str, *, link_nonce: str = ""
+) -> HttpResponse:
+    """Redirect to the provider's consent page. success/failure are already allowed URLs;
+    link_nonce: the connect link's, recorded as used when the sign-in succeeds."""
     connection = user.connection
     if not _configured(connection):
         message = f"{connection.provider.title} sign-in is not set up for this application."
@@ -93,7 +96,13 @@ def begin(request: HttpRequest, user: MailboxUser, success: str, failure: str) -
         : max(0, len(pending) - MAX_PENDING + 1)
     ]:
         del pending[key]
-    pending[state] = {"user": user.id, "success": success, "failure": failure, "at": now}
+    pending[state] = {
+        "user": user.id,
+        "success": success,
+        "failure": failure,
+        "at": now,
+        "nonce": link_nonce,
+    }
     request.session[SESSION_KEY] = pending
     extra = {"access_type": "offline", "prompt": "consent"}  # Google: needed for a refresh token
     if user.email:
@@ -144,6 +153,9 @@ def callback(request: HttpRequest) -> HttpResponse:
         log.warning("oauth connect of user %s failed: %s", user.id, exc)
         return _finish(request, user, entry["failure"], f"Sign-in failed: {exc}", ok=False)
     with transaction.atomic():
+        if entry.get("nonce") and not use_link(entry["nonce"]):
+            message = "This connect link was used already. Start again from the application."
+            return _page(request, None, message, 400)
         user.email = email
         user.login_username = ""
         user.password = ""

@@ -16,7 +16,7 @@ from superimap.delivery.models import Delivery
 from superimap.delivery.outbox import enqueue_user_event
 from superimap.mailboxes import oauth
 from superimap.mailboxes.credentials import check_login
-from superimap.mailboxes.links import read_link
+from superimap.mailboxes.links import Link, parse_link, use_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import ImapProvider
 
@@ -31,15 +31,16 @@ class PasswordConnectForm(forms.Form):
     password = forms.CharField(max_length=2000, widget=forms.PasswordInput(render_value=False))
 
 
-def _user_from_token(token: str, action: str) -> MailboxUser | None:
-    user_id = read_link(token, action)
-    if user_id is None:
-        return None
-    return (
+def _user_from_token(token: str, action: str) -> tuple[MailboxUser | None, Link | None]:
+    link = parse_link(token, action)
+    if link is None:
+        return None, None
+    user = (
         MailboxUser.objects.select_related("connection__provider", "connection__partner")
-        .filter(id=user_id, archived=False)
+        .filter(id=link.user_id, archived=False)
         .first()
     )
+    return user, link
 
 
 def _requested_callback(request: HttpRequest, outcome: str) -> str:
@@ -100,7 +101,7 @@ def _invalid_link(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 def connect(request: HttpRequest, token: str) -> HttpResponse:
-    user = _user_from_token(token, "connect")
+    user, link = _user_from_token(token, "connect")
     if user is None:
         return _invalid_link(request)
     refused = _refused_callback(request, user)
@@ -109,7 +110,7 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
     provider = user.connection.provider
     if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
         success, failure = _callback(request, user, "success"), _callback(request, user, "failure")
-        return oauth.begin(request, user, success, failure)
+        return oauth.begin(request, user, success, failure, link_nonce=link.nonce)
     form = PasswordConnectForm(request.POST or None, initial={"email": user.email})
     if request.method == "POST" and form.is_valid():
         username = form.cleaned_data["login_username"] or form.cleaned_data["email"]
@@ -118,6 +119,8 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
             form.add_error(None, problem)
         else:
             with transaction.atomic():
+                if not use_link(link.nonce):  # a concurrent request used it first
+                    return _invalid_link(request)
                 user.email = form.cleaned_data["email"]
                 user.login_username = username
                 user.password = form.cleaned_data["password"]
@@ -134,15 +137,22 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 def disconnect(request: HttpRequest, token: str) -> HttpResponse:
-    user = _user_from_token(token, "disconnect")
+    """GET shows a confirmation page; only its POST (CSRF-protected) disconnects, so mail
+    scanners and link previews that fetch the URL change nothing."""
+    user, link = _user_from_token(token, "disconnect")
     if user is None:
         return _invalid_link(request)
     refused = _refused_callback(request, user)
     if refused is not None:
         return refused
+    if request.method == "GET":
+        query = urlencode({k: v for k, v in request.GET.items() if k in ("success", "failure")})
+        return render(request, "mailboxes/disconnect.html", {"user": user, "query": query})
     if user.oauth_refresh_token and user.connection.provider.auth_kind == "oauth2":
         oauth.revoke_refresh_token(user)  # best effort: the credentials go either way
     with transaction.atomic():
+        if not use_link(link.nonce):  # a concurrent request used it first
+            return _invalid_link(request)
         # Locked and re-read: the engine's persist_batch locks the same row, so either its
         # new_mail commits before this (and before user_disconnected) or it sees the user
         # gone and discards its batch. Never a new_mail after user_disconnected.
@@ -153,15 +163,7 @@ def disconnect(request: HttpRequest, token: str) -> HttpResponse:
             locked.oauth_refresh_token = ""
             locked.connected_at = None
             locked.status = MailboxUser.Status.STOPPED
-            locked.save(
-                update_fields=[
-                    "password",
-                    "oauth_refresh_token",
-                    "connected_at",
-                    "status",
-                    "updated_at",
-                ]
-            )
+            locked.save()
         if was_connected:
             enqueue_user_event(Delivery.Kind.USER_DISCONNECTED, user)
     return _finish(request, user, "success", "Your mailbox is disconnected.")

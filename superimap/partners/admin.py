@@ -1,11 +1,41 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import models
 from django.db.models import Count
 from django.urls import reverse
 from django.utils.html import format_html
 
 from superimap.admin_secrets import secret_form
-from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.partners.models import (
+    Connection,
+    ImapProvider,
+    Partner,
+    new_api_key,
+    new_webhook_secret,
+)
+
+SHOWN_PREFIX = 6  # characters of a secret the dashboard shows after it was revealed once
+
+
+def secret_prefix(value: str, skip: str = "") -> str:
+    """ "abc123… - encrypted -": enough to tell keys apart, never enough to use one."""
+    if not value:
+        return ""
+    return f"{value[: len(skip) + SHOWN_PREFIX]}… - encrypted -"
+
+
+def _reveal(request, partner: Partner, what: str, value: str) -> None:
+    # Shown once, on the next page only (the message is gone after that).
+    messages.warning(
+        request,
+        format_html(
+            "{} of {}: <code>{}</code> (shown once: copy it now; the dashboard keeps "
+            "only its first characters visible)",
+            what,
+            partner.name,
+            value,
+        ),
+    )
+
 
 # Django 6's default already: a scheme-less URL typed in a form means https.
 HTTPS_URLS = {models.URLField: {"assume_scheme": "https"}}
@@ -16,9 +46,10 @@ class PartnerAdmin(admin.ModelAdmin):
     formfield_overrides = HTTPS_URLS
     list_display = ["name", "connections_link", "new_mail_webhook", "created_at"]
     search_fields = ["name"]
-    readonly_fields = ["api_key", "webhook_secret", "created_at"]
+    readonly_fields = ["api_key_prefix", "webhook_secret_prefix", "created_at"]
+    actions = ["rotate_api_key", "rotate_webhook_secret"]
     fieldsets = [
-        (None, {"fields": ["name", "api_key", "webhook_secret", "created_at"]}),
+        (None, {"fields": ["name", "api_key_prefix", "webhook_secret_prefix", "created_at"]}),
         (
             "Webhooks",
             {
@@ -36,6 +67,34 @@ class PartnerAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(connection_count=Count("connections"))
+
+    @admin.display(description="API key")
+    def api_key_prefix(self, partner):
+        return secret_prefix(partner.api_key)
+
+    @admin.display(description="Webhook secret")
+    def webhook_secret_prefix(self, partner):
+        return secret_prefix(partner.webhook_secret, skip="whsec_")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:
+            _reveal(request, obj, "API key", obj.api_key)
+            _reveal(request, obj, "Webhook secret", obj.webhook_secret)
+
+    @admin.action(description="Rotate the API key (the old one stops working now)")
+    def rotate_api_key(self, request, queryset):
+        for partner in queryset:
+            partner.api_key = new_api_key()
+            partner.save()
+            _reveal(request, partner, "New API key", partner.api_key)
+
+    @admin.action(description="Rotate the webhook secret")
+    def rotate_webhook_secret(self, request, queryset):
+        for partner in queryset:
+            partner.webhook_secret = new_webhook_secret()
+            partner.save(update_fields=["webhook_secret"])
+            _reveal(request, partner, "New webhook secret", partner.webhook_secret)
 
     @admin.display(description="Connections", ordering="connection_count")
     def connections_link(self, partner):

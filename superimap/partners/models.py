@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from superimap.changes import TrackedFields, new_session_version
 from superimap.fields import EncryptedTextField
 
 OAUTH_ENDPOINTS = ("authorize", "token", "revoke", "userinfo")
@@ -51,8 +52,17 @@ def ca_bundle_problem(pem: str) -> str | None:
     return None
 
 
-class ImapProvider(models.Model):
+def restart_sessions(users) -> None:
+    """Make the engine restart the IMAP sessions of these users (a queryset)."""
+    from django.utils import timezone
+
+    users.update(session_version=new_session_version(), updated_at=timezone.now())
+
+
+class ImapProvider(TrackedFields, models.Model):
     """How to reach one kind of mailbox. Seeded by a data migration."""
+
+    TRACKED = ("imap_host", "imap_port", "imap_tls", "folder", "idle_refresh_seconds")
 
     class AuthKind(models.TextChoices):
         OAUTH2 = "oauth2", "OAuth 2.0"
@@ -90,6 +100,15 @@ class ImapProvider(models.Model):
 
     def __str__(self) -> str:
         return self.code
+
+    def save(self, *args, **kwargs):
+        changed = self.pk is not None and self.tracked_changed()
+        super().save(*args, **kwargs)
+        self._remember_tracked()
+        if changed:
+            from superimap.mailboxes.models import MailboxUser
+
+            restart_sessions(MailboxUser.objects.filter(connection__provider=self))
 
     @property
     def host_per_connection(self) -> bool:
@@ -224,8 +243,22 @@ class Partner(models.Model):
         return hostname.lower() in self.redirect_hosts()
 
 
-class Connection(models.Model):
+class Connection(TrackedFields, models.Model):
     """A partner's use of one provider, with the partner's OAuth client or server settings."""
+
+    # What its mailboxes' IMAP sessions use: changing one restarts them.
+    TRACKED = (
+        "imap_host",
+        "imap_port",
+        "imap_tls",
+        "oauth_client_id",
+        "oauth_client_secret",
+        "oauth_base_url",
+        "imap_tls_ca",
+        "imap_tls_verify",
+        "imap_allow_plaintext",
+        "idle_refresh_seconds",
+    )
 
     partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="connections")
     provider = models.ForeignKey(ImapProvider, on_delete=models.PROTECT, related_name="connections")
@@ -282,6 +315,13 @@ class Connection(models.Model):
     def code(self) -> str:
         return self.provider.code
 
+    def save(self, *args, **kwargs):
+        changed = self.pk is not None and self.tracked_changed()
+        super().save(*args, **kwargs)
+        self._remember_tracked()
+        if changed:
+            restart_sessions(self.users.all())
+
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
@@ -291,6 +331,37 @@ class Connection(models.Model):
             )
         if self.imap_tls_ca and (problem := ca_bundle_problem(self.imap_tls_ca)):
             raise ValidationError({"imap_tls_ca": f"The CA bundle {problem}."})
+        if self.provider_id:
+            problems = self.private_host_problems()
+            if problems:
+                raise ValidationError(problems)
+
+    def private_host_problems(self) -> dict[str, str]:
+        """{field: message} for a partner-chosen host (imap_host, smtp_host) that resolves
+        to a private or reserved address, unless IMAP_ALLOW_PRIVATE_HOSTS. A name that does
+        not resolve now passes: the engine checks again before every connection."""
+
+        from superimap.netguard import PrivateTargetRefused, check_host
+
+        if settings.IMAP_ALLOW_PRIVATE_HOSTS or not self.provider.host_per_connection:
+            return {}
+        problems = {}
+        for field, (host, port, _tls) in (
+            ("imap_host", self.server()),
+            ("smtp_host", self.smtp_server()),
+        ):
+            if not host:
+                continue
+            try:
+                check_host(host, port)
+            except PrivateTargetRefused:
+                problems[field] = (
+                    f"{field} must be a public mail server; it resolves to a private or "
+                    "reserved address."
+                )
+            except (OSError, UnicodeError):
+                pass
+        return problems
 
     def oauth_url(self, endpoint: str) -> str:
         """The provider's OAuth endpoint ("authorize", "token", "revoke" or "userinfo")."""

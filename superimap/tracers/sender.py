@@ -24,6 +24,7 @@ import aiosmtplib
 from django.conf import settings
 from django.utils import timezone
 
+from superimap import netguard
 from superimap.engine import store
 from superimap.engine.connection import client_tls_context
 from superimap.mailboxes.models import MailboxUser
@@ -158,6 +159,8 @@ class TracerSender:
         config = target.config
         if target.tls == ImapProvider.TlsMode.NONE and not config.insecure_tls:
             raise ValueError("SMTP without TLS is only allowed for loopback test providers")
+        if not settings.IMAP_ALLOW_PRIVATE_HOSTS:
+            await netguard.check_host_async(target.host, target.port)
         smtp = aiosmtplib.SMTP(
             hostname=target.host,
             port=target.port,

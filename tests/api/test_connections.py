@@ -309,7 +309,21 @@ def test_it_refuses_a_bad_idle_refresh(api, value):
 
 def test_updating_a_connection_restarts_its_users_sessions(api, plain_connection):
     user = MailboxUser.objects.create(connection=plain_connection, tag="u1")
-    before = user.updated_at
+    before = user.session_version
     assert api.put("/connections/PLAIN", {"imap_tls_verify": False}).status_code == 200
     user.refresh_from_db()
-    assert user.updated_at > before
+    assert user.session_version != before
+
+
+@pytest.mark.parametrize("port", [True, False, "993", 993.0, "0x3e1"])
+@pytest.mark.parametrize("field", ["imap_port", "smtp_port"])
+def test_it_refuses_ports_that_are_not_integers(api, field, port):
+    body = {"imap_provider_code": "PLAIN", "imap_host": "imap.example.com", field: port}
+    assert_error(api.post("/connections", body), 422, "validation_error")
+
+
+def test_the_schema_lists_the_provider_codes(client, db):
+    schema = client.get("/api/v1/openapi.json").json()
+    field = schema["components"]["schemas"]["ConnectionIn"]["properties"]["imap_provider_code"]
+    assert "PLAIN" in field["enum"] and "GMAIL_OAUTH2" in field["enum"]
+    assert set(field["enum"]) == set(ImapProvider.objects.values_list("code", flat=True))

@@ -48,7 +48,7 @@ def test_it_answers_404_json_for_a_nul_in_the_path(api, plain_connection):
 
 
 def test_it_answers_413_json_for_an_oversized_body(api, partner):
-    raw = '{"imap_provider_code": "' + "x" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE + '"}'
+    raw = '{"imap_provider_code": "' + "x" * settings.API_BODY_LIMIT + '"}'
     assert_error(api.post("/connections", raw=raw), 413, "payload_too_large")
     assert not partner.connections.exists()
 

@@ -246,3 +246,59 @@ def test_it_stops_another_partner_sweeping_a_user(outsider_api, alice):
     assert_error(outsider_api.post("/connections/PLAIN/users/alice/sweep", {}), 404)
     alice.refresh_from_db()
     assert alice.sweep_requested_at is None
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "alice\u202ecod.exe",  # right-to-left override
+        "ali\u200bce",  # zero-width space
+        "al\u2066ice",  # left-to-right isolate
+        "\ufeffalice",  # byte-order mark / zero-width no-break space
+        "ali\x07ce",  # bell
+        "ali\x7fce",  # delete
+        "alice\u2028",  # line separator
+    ],
+)
+def test_it_refuses_invisible_and_control_characters_in_tags(api, plain_connection, tag):
+    r = api.post("/connections/PLAIN/users", {"tag": tag})
+    assert_error(r, 422, "validation_error")
+    assert not plain_connection.users.exists()
+
+
+def test_it_accepts_a_non_ascii_visible_tag(api, plain_connection):
+    r = api.post("/connections/PLAIN/users", {"tag": "zoë-日本"})
+    assert r.status_code == 201, r.content
+
+
+def _restore_after_the_first_lookup(user_id: int):
+    """A query hook: right after the first SELECT of a user by tag, another request's
+    restore of that user commits (as it can between two statements of this one)."""
+    from django.db import connection
+
+    state = {"done": False}
+
+    def hook(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not state["done"] and sql.lstrip().upper().startswith("SELECT"):
+            if "mailboxes_mailboxuser" in sql and '"tag" =' in sql:
+                state["done"] = True
+                MailboxUser.objects.filter(id=user_id).update(archived=False, archived_at=None)
+        return result
+
+    return connection.execute_wrapper(hook), state
+
+
+@pytest.mark.parametrize("method", ["get", "put"])
+def test_a_concurrent_restore_never_answers_404_for_an_existing_user(api, plain_connection, method):
+    user = MailboxUser.objects.create(connection=plain_connection, tag="alice")
+    user.archive()
+    hook, state = _restore_after_the_first_lookup(user.id)
+    with hook:
+        r = getattr(api, method)(
+            "/connections/PLAIN/users/alice", **({"body": {}} if method == "put" else {})
+        )
+    assert state["done"]
+    assert r.status_code == 200, r.content
+    assert r.json()["tag"] == "alice"
+    assert MailboxUser.objects.filter(tag="alice", archived=False).count() == 1

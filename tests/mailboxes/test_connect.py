@@ -198,7 +198,7 @@ def test_it_disconnects_and_clears_credentials(client, user):
     user.email = "alice@example.com"
     user.connected_at = user.created_at
     user.save()
-    r = client.get(path(user, "disconnect"))
+    r = client.post(path(user, "disconnect"))
     assert r.status_code == 302
     user.refresh_from_db()
     assert (user.password, user.oauth_refresh_token, user.connected_at) == ("", "", None)
@@ -208,7 +208,7 @@ def test_it_disconnects_and_clears_credentials(client, user):
 
 
 def test_it_sends_no_event_when_disconnecting_a_user_that_was_not_connected(client, user):
-    client.get(path(user, "disconnect"))
+    client.post(path(user, "disconnect"))
     assert not Delivery.objects.exists()
 
 
@@ -228,3 +228,83 @@ def test_it_sends_a_user_of_an_oauth_provider_to_its_consent_page(client, partne
     assert r.status_code == 302
     assert r["Location"].startswith("https://accounts.google.com/o/oauth2/v2/auth?")
     assert "state=" in r["Location"]
+
+
+# --- single-use links, disconnect confirmation ---------------------------------------------
+
+
+def connected(user):
+    user.password = "old-pw"
+    user.email = "alice@example.com"
+    user.login_username = "alice@example.com"
+    user.connected_at = user.created_at
+    user.save()
+    return user
+
+
+def test_a_connect_link_cannot_be_used_again_after_success(client, user, check_login):
+    link = path(user)
+    assert client.post(link, FORM).status_code == 302
+    other = {"email": "mallory@evil.example", "password": "mallory-pw"}
+    r = client.post(link, other)
+    assert r.status_code == 404
+    assert client.get(link).status_code == 404
+    user.refresh_from_db()
+    assert (user.email, user.password) == ("alice@example.com", "alice-imap-pw")
+    assert check_login.call_count == 1
+
+
+def test_a_failed_attempt_does_not_use_the_link_up(client, user, check_login):
+    link = path(user)
+    check_login.return_value = "The mail server refused this username and password."
+    assert client.post(link, FORM).status_code == 200
+    check_login.return_value = None
+    assert client.post(link, FORM).status_code == 302
+
+
+def test_each_link_is_single_use_on_its_own(client, user, check_login):
+    first, second = path(user), path(user)
+    assert first != second
+    assert client.post(first, FORM).status_code == 302
+    assert client.post(second, FORM).status_code == 302
+
+
+def test_a_get_of_the_disconnect_link_changes_nothing(client, user):
+    connected(user)
+    for _ in range(3):  # a mail scanner, a link preview, the user
+        r = client.get(path(user, "disconnect"))
+        assert r.status_code == 200
+        assert b'method="post"' in r.content
+        assert b"csrfmiddlewaretoken" in r.content
+    user.refresh_from_db()
+    assert user.password == "old-pw" and user.connected_at is not None
+    assert not Delivery.objects.exists()
+
+
+def test_the_disconnect_confirmation_is_csrf_protected(user):
+    from django.test import Client
+
+    connected(user)
+    browser = Client(enforce_csrf_checks=True)
+    link = path(user, "disconnect")
+    assert browser.post(link).status_code == 403  # a cross-site form post
+    user.refresh_from_db()
+    assert user.connected_at is not None
+    page = browser.get(link)
+    token = page.context["csrf_token"]
+    r = browser.post(link, {"csrfmiddlewaretoken": str(token)})
+    assert r.status_code == 302
+    user.refresh_from_db()
+    assert user.connected_at is None
+
+
+def test_a_disconnect_link_cannot_be_used_again(client, user):
+    connected(user)
+    link = path(user, "disconnect")
+    assert client.post(link).status_code == 302
+    connected(user)  # connected again through a fresh connect link
+    assert client.post(link).status_code == 404
+    assert client.get(link).status_code == 404
+    user.refresh_from_db()
+    assert user.connected_at is not None
+    assert Delivery.objects.filter(kind="user_disconnected").count() == 1

@@ -265,7 +265,7 @@ def test_disconnect_revokes_the_refresh_token_at_the_provider(client, user, oaut
     dance(client, user)
     user.refresh_from_db()
     refresh_token = user.oauth_refresh_token
-    r = client.get(path(user, "disconnect"))
+    r = client.post(path(user, "disconnect"))
     assert r.status_code == 302
     assert oauth_server.revoked == [refresh_token]
     revoke = oauth_server.requests_to("/revoke")[0]
@@ -281,7 +281,7 @@ def test_disconnect_works_when_the_revoke_endpoint_is_down(client, user, oauth_s
     refresh_token = user.oauth_refresh_token
     user.connection.oauth_base_url = "http://127.0.0.1:9"
     user.connection.save()
-    r = client.get(path(user, "disconnect"))
+    r = client.post(path(user, "disconnect"))
     assert r.status_code == 302
     user.refresh_from_db()
     assert (user.oauth_refresh_token, user.connected_at) == ("", None)
@@ -421,3 +421,24 @@ def test_the_api_refuses_an_oauth_base_url_for_real_providers(partner, code):
     assert r.status_code == 422
     assert "oauth_base_url" in r.json()["error"]["message"]
     assert not partner.connections.exists()
+
+
+def test_an_oauth_connect_link_cannot_be_used_again_after_success(client, user, oauth_server):
+    link = path(user)
+    r = client.get(link)
+    assert r.status_code == 302
+    back_to_us(client, consent(r["Location"]))
+    user.refresh_from_db()
+    assert user.connected_at is not None
+    assert client.get(link).status_code == 404  # the link did its job
+
+
+def test_two_sign_ins_started_from_one_link_connect_once(client, user, oauth_server):
+    link = path(user)
+    first = client.get(link)["Location"]
+    second = client.get(link)["Location"]
+    assert back_to_us(client, consent(first)).status_code == 302
+    r = back_to_us(client, consent(second))
+    assert r.status_code == 400
+    assert b"used already" in r.content
+    assert Delivery.objects.filter(kind="user_connected").count() == 1

@@ -1,0 +1,162 @@
+"""Sessions restart only for changes that matter to them, and logins are rate-limited per
+mailbox and per server host, so no API pattern or reconnect storm hammers a provider."""
+
+from __future__ import annotations
+
+import asyncio
+
+from django.db import close_old_connections
+
+from superimap.engine.ratelimit import LoginLimiter, TokenBucket
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection
+from superimap.testing.chaos_server import ChaosImapServer
+from tests.conftest import ApiClient
+from tests.engine.conftest import RunningEngine, loopback_users, wait_for
+
+USER = "/connections/LOOPBACK_PLAIN/users/user0"
+
+
+def _status(tag: str = "user0") -> str:
+    close_old_connections()
+    return MailboxUser.objects.get(tag=tag, archived=False).status
+
+
+def _put(api: ApiClient, path: str, body: dict) -> None:
+    close_old_connections()
+    r = api.put(path, body)
+    assert r.status_code == 200, r.content
+
+
+async def _settle(seconds: float = 1.5) -> None:
+    await asyncio.sleep(seconds)  # several engine refreshes (0.2 s each)
+
+
+def test_no_op_puts_do_not_log_in_again(mail_partner):
+    api = ApiClient(mail_partner.api_key)
+
+    async def scenario():
+        async with ChaosImapServer(users=1) as server:
+            await asyncio.to_thread(loopback_users, mail_partner, server.port, 1)
+            async with RunningEngine():
+                await wait_for(lambda: _status() == "idle")
+                assert server.stats["logins"] == 1
+                same = {"login_username": "user0", "password": "pass0", "enable_tracer": False}
+                for _ in range(30):
+                    await asyncio.to_thread(_put, api, USER, same)
+                    await asyncio.to_thread(_put, api, USER, {})
+                await asyncio.to_thread(_put, api, "/connections/LOOPBACK_PLAIN", {})
+                await _settle()
+                assert server.stats["logins"] == 1
+                assert await asyncio.to_thread(_status) == "idle"
+                # A change that matters does restart the session, once.
+                await asyncio.to_thread(_put, api, USER, {"email": "user0@chaos.test"})
+                await wait_for(lambda: server.stats["logins"] == 2)
+                await _settle()
+                assert server.stats["logins"] == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_server_setting_change_restarts_the_sessions_of_the_connection(mail_partner):
+    async def scenario():
+        async with ChaosImapServer(users=2) as server, ChaosImapServer(users=2) as moved:
+            await asyncio.to_thread(loopback_users, mail_partner, server.port, 2)
+            async with RunningEngine():
+                await wait_for(lambda: _status("user1") == "idle" and _status() == "idle")
+
+                def move():
+                    close_old_connections()
+                    connection = Connection.objects.get(partner=mail_partner)
+                    connection.imap_port = moved.port
+                    connection.save()
+
+                await asyncio.to_thread(move)
+                await wait_for(lambda: moved.stats["logins"] == 2)
+                assert server.stats["logins"] == 2
+
+    asyncio.run(scenario())
+
+
+def test_changing_credentials_in_a_loop_logs_in_no_faster_than_the_mailbox_bucket(mail_partner):
+    api = ApiClient(mail_partner.api_key)
+    limiter = LoginLimiter(mailbox_burst=2, mailbox_interval=3600)
+
+    async def scenario():
+        async with ChaosImapServer(users=1) as server:
+            await asyncio.to_thread(loopback_users, mail_partner, server.port, 1)
+            async with RunningEngine(login_limiter=limiter):
+                await wait_for(lambda: _status() == "idle")
+                for i in range(8):  # each a real change: the session restarts each time
+                    await asyncio.to_thread(_put, api, USER, {"email": f"u{i}@chaos.test"})
+                    await _settle(0.5)
+                await _settle()
+                assert server.stats["logins"] == 2
+                assert limiter.waited > 0
+                assert await asyncio.to_thread(_status) == "connecting"
+
+    asyncio.run(scenario())
+
+
+def test_many_mailboxes_on_one_host_log_in_no_faster_than_the_host_bucket(mail_partner):
+    limiter = LoginLimiter(host_burst=3, host_rate=0.01)
+
+    async def scenario():
+        async with ChaosImapServer(users=10) as server:
+            await asyncio.to_thread(loopback_users, mail_partner, server.port, 10)
+            async with RunningEngine(login_limiter=limiter) as engine:
+                await wait_for(lambda: len(engine.sessions) == 10)
+                await _settle(2)
+                assert server.stats["logins"] == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_token_bucket_allows_its_burst_then_its_rate():
+    bucket = TokenBucket(rate=0.5, burst=3, now=100.0)
+    assert [bucket.reserve(100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.reserve(100.0) == 2.0  # the next token comes in 2 s
+    assert bucket.reserve(100.0) == 4.0  # and the one after it, queued behind
+    assert bucket.reserve(110.0) == 0.0  # refilled meanwhile (never past the burst)
+    assert bucket.full(1000.0)
+
+
+def test_the_limiter_has_documented_defaults(settings):
+    limiter = LoginLimiter()
+    assert (limiter.mailbox_burst, 1 / limiter.mailbox_rate) == (5, 30)
+    assert (limiter.host_burst, limiter.host_rate) == (500, 50)
+    clock = [0.0]
+    limiter = LoginLimiter(clock=lambda: clock[0])
+    delays = [limiter.mailbox_delay(7) for _ in range(6)]
+    assert delays == [0, 0, 0, 0, 0, 30]
+    assert limiter.mailbox_delay(8) == 0  # another mailbox has its own bucket
+    assert [limiter.host_delay("IMAP.example.com") for _ in range(500)][-1] == 0
+    assert limiter.host_delay("imap.example.com") == 1 / 50
+
+
+def test_only_session_fields_move_the_session_version(plain_connection):
+    user = MailboxUser.objects.create(connection=plain_connection, tag="v", password="pw")
+    first = user.session_version
+    assert first
+    user.enable_tracer = True
+    user.status = MailboxUser.Status.IDLE
+    user.save()
+    user.archive()
+    user.restore()
+    assert MailboxUser.objects.get(id=user.id).session_version == first
+    # Changed elsewhere, then re-read: not a change made here.
+    MailboxUser.objects.filter(id=user.id).update(password="")
+    user.refresh_from_db()
+    user.save()
+    assert MailboxUser.objects.get(id=user.id).session_version == first
+    user.password = "new-pw"
+    user.save()
+    second = MailboxUser.objects.get(id=user.id).session_version
+    assert second != first
+    plain_connection.refresh_from_db()
+    plain_connection.smtp_host = "smtp.example.com"  # tracers only: no restart
+    plain_connection.save()
+    assert MailboxUser.objects.get(id=user.id).session_version == second
+    plain_connection.imap_port = 143
+    plain_connection.save()
+    assert MailboxUser.objects.get(id=user.id).session_version != second

@@ -1,0 +1,37 @@
+"""The hosted form's password check, against a real Dovecot."""
+
+from __future__ import annotations
+
+import pytest
+
+from superimap.mailboxes.credentials import UNREACHABLE, check_login
+from superimap.partners.models import Connection, ImapProvider
+from superimap.testing import free_port
+
+
+@pytest.fixture
+def connection(partner, dovecot) -> Connection:
+    dovecot.add_user("checker", "checker-pw")
+    return Connection(
+        partner=partner,
+        provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
+        imap_host="127.0.0.1",
+        imap_port=dovecot.imap_port,
+        imap_tls="none",
+    )
+
+
+def test_it_accepts_the_right_password(connection):
+    assert check_login(connection, "checker", "checker-pw") is None
+
+
+def test_it_says_when_the_server_refuses_the_password(connection):
+    assert check_login(connection, "checker", "wrong") == (
+        "The mail server refused this username and password."
+    )
+
+
+def test_it_says_the_same_for_every_network_failure(connection):
+    connection.imap_port = free_port()
+    assert check_login(connection, "checker", "checker-pw") == UNREACHABLE
+    assert "Error" not in UNREACHABLE

@@ -1,0 +1,149 @@
+"""The front door of a real `superimap web` process (uvicorn): bodies of callers without
+a key are never read, oversized ones are cut off at the limit, and X-Forwarded-For from
+an untrusted client does not reset the login lockout."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import time
+import urllib.parse
+
+import pytest
+
+from superimap.testing import free_port
+from tests.processes import Processes, superimap_env, wait_until
+from tests.test_cli import run
+
+CHUNK = b"x" * 65536
+
+
+@pytest.fixture
+def web(tmp_path):
+    env = superimap_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", tmp_path)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    env["TMPDIR"] = str(spool)
+    base = {k: env[k] for k in ("DATABASE_URL", "VAR_DIR", "SUPERIMAP_ENV")}
+    assert run(["migrate"], tmp_path, **base).returncode == 0
+    admin = run(["createadmin", "--username", "boss"], tmp_path, **base)
+    password = re.search(r"password: (\S+)", admin.stdout).group(1)
+    partner = run(["createpartner", "--name", "Web app"], tmp_path, **base)
+    api_key = re.search(r"API key: (\S+)", partner.stdout).group(1)
+    port = free_port()
+    with Processes(tmp_path) as procs:
+        proc = procs.start(env, "web", "--port", str(port))
+
+        def up() -> bool:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/healthz")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+
+        wait_until(up, 30, "the web process")
+        yield {
+            "port": port,
+            "spool": spool,
+            "password": password,
+            "api_key": api_key,
+            "output": lambda: procs.output(proc),
+        }
+
+
+def chunked_post(port: int, path: str, headers: dict, total: int) -> tuple[int, int, bytes]:
+    """POST a chunked body of `total` bytes, reading the answer as soon as one comes.
+    Returns (status, bytes sent before the answer, body)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    sock.sendall(head.encode())
+    sock.setblocking(False)
+    sent, answer = 0, b""
+    deadline = time.monotonic() + 30
+    while b"\r\n\r\n" not in answer and time.monotonic() < deadline:
+        try:
+            answer += sock.recv(65536)
+            continue
+        except BlockingIOError:
+            pass
+        if sent < total:
+            try:
+                sock.send(b"%x\r\n" % len(CHUNK) + CHUNK + b"\r\n")
+                sent += len(CHUNK)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                time.sleep(0.01)  # the server closed: read its answer
+        else:
+            time.sleep(0.01)
+    sock.setblocking(True)
+    sock.settimeout(5)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    except OSError:
+        pass
+    sock.close()
+    assert answer, "no answer"
+    status = int(answer.split(b" ", 2)[1])
+    return status, sent, answer.split(b"\r\n\r\n", 1)[1]
+
+
+def test_a_body_without_a_key_is_never_read(web):
+    status, sent, body = chunked_post(
+        web["port"], "/api/v1/connections", {"Content-Type": "application/json"}, 64 << 20
+    )
+    assert status == 401
+    assert b'"unauthorized"' in body
+    assert sent < 64 << 20
+    assert list(web["spool"].iterdir()) == []
+
+
+def test_an_oversized_chunked_body_gets_413_at_the_limit_not_a_traceback(web):
+    status, sent, body = chunked_post(
+        web["port"],
+        "/api/v1/connections",
+        {"Content-Type": "application/json", "x-api-key": web["api_key"]},
+        64 << 20,
+    )
+    assert status == 413
+    assert b'"payload_too_large"' in body
+    assert sent < 64 << 20
+    assert list(web["spool"].iterdir()) == []
+    assert "Traceback" not in web["output"]()
+
+
+def login(port: int, password: str, forwarded_for: str | None = None) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/admin/login/")
+    page = conn.getresponse()
+    html = page.read().decode()
+    cookie = re.search(r"csrftoken=([^;]+)", page.getheader("Set-Cookie")).group(1)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+    form = urllib.parse.urlencode(
+        {"username": "boss", "password": password, "csrfmiddlewaretoken": token}
+    )
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Cookie": f"csrftoken={cookie}",
+    }
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for
+    conn.request("POST", "/admin/login/?next=/admin/", form, headers)
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def test_x_forwarded_for_from_an_untrusted_client_does_not_reset_the_lockout(web):
+    statuses = [login(web["port"], "wrong password") for _ in range(3)]
+    assert statuses == [200, 200, 429]  # the form again with an error, then the lockout
+    assert login(web["port"], web["password"]) == 429
+    # Posing as another address (uvicorn's default trusts it from 127.0.0.1) gets nowhere.
+    assert login(web["port"], web["password"], forwarded_for="203.0.113.9") == 429
