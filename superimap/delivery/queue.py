@@ -18,7 +18,7 @@ from django.db.models import F, Q
 
 from superimap.delivery import health
 from superimap.delivery.http import PostResult
-from superimap.delivery.models import Delivery, DeliveryAttempt
+from superimap.delivery.models import Delivery, DeliveryAttempt, EndpointHealth
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Partner
 
@@ -37,8 +37,9 @@ def retry_delay(attempt: int, rng: random.Random | None = None) -> timedelta:
 
 def free_429_window() -> timedelta:
     """A 429 does not use up a retry while the delivery is younger than this (twice the
-    schedule's span), so a receiver that answers 429 forever cannot keep it pending forever."""
-    return timedelta(seconds=2 * sum(settings.WEBHOOK_RETRY_SCHEDULE))
+    schedule's span, at least a day), so a receiver answering 429 forever cannot keep a
+    delivery pending forever."""
+    return timedelta(seconds=max(2 * sum(settings.WEBHOOK_RETRY_SCHEDULE), 86400))
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ def claim_due(node_id: str, limit: int, now: datetime, lease: timedelta) -> list
                 :limit
             ]
         )
+        rows = _hold_paused(rows, now)
         if not rows:
             return []
         partners = Partner.objects.in_bulk({r.partner_id for r in rows})
@@ -105,6 +107,31 @@ def claim_due(node_id: str, limit: int, now: datetime, lease: timedelta) -> list
         )
         for row in rows
     ]
+
+
+def _hold_paused(rows: list[Delivery], now: datetime) -> list[Delivery]:
+    """Rows for endpoints paused by a 429's Retry-After wait until then, unclaimed."""
+    if not rows:
+        return rows
+    paused = {
+        (partner_id, kind): until
+        for partner_id, kind, until in EndpointHealth.objects.filter(
+            paused_until__gt=now
+        ).values_list("partner_id", "kind", "paused_until")
+    }
+    if not paused:
+        return rows
+    held: dict[datetime, list[int]] = {}
+    ready = []
+    for row in rows:
+        until = paused.get((row.partner_id, row.kind))
+        if until is None:
+            ready.append(row)
+        else:
+            held.setdefault(until, []).append(row.id)
+    for until, ids in held.items():
+        Delivery.objects.filter(id__in=ids).update(next_attempt_at=until)
+    return ready
 
 
 def record_outcomes(
