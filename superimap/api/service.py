@@ -258,3 +258,18 @@ def retry_delivery(partner: Partner, event_id) -> dict:
     Delivery.retry_now(Delivery.objects.filter(id=delivery.id))
     delivery.refresh_from_db()
     return delivery_out(delivery)
+
+
+def replay_deliveries(partner: Partner, body) -> dict:
+    """Send the partner's deliveries created in [since, until) again, same event_id."""
+    deliveries = partner.deliveries.filter(
+        created_at__gte=body.since, created_at__lt=body.until
+    ).exclude(status=Delivery.Status.PENDING)
+    if body.event:
+        deliveries = deliveries.filter(kind=body.event)
+    if body.user_tag is not None:
+        deliveries = deliveries.filter(user__tag=body.user_tag)
+    if body.status:
+        deliveries = deliveries.filter(status=body.status)
+    purged = deliveries.filter(payload_purged_at__isnull=False).count()
+    return {"queued": Delivery.replay(deliveries), "not_replayable": purged}
