@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from superimap.dbpool import read_only
+from superimap.delivery.content import with_content_options
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import new_mail_payload
 from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
@@ -232,6 +234,13 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
         uid_validity=uid_validity,
         folder=folder,
         internal_date=message.internal_date.isoformat() if message.internal_date else None,
+    )
+    payload = with_content_options(
+        payload,
+        message.raw,
+        include_rfc822=partner.include_rfc822,
+        include_parsed=partner.include_parsed,
+        max_chars=settings.WEBHOOK_PARSED_MAX_CHARS,
     )
     delivery = Delivery.objects.create(
         kind=Delivery.Kind.NEW_MAIL,
