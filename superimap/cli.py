@@ -108,8 +108,14 @@ def cmd_createadmin(args) -> None:
 
 
 def cmd_createpartner(args) -> None:
+    from superimap.delivery.targets import WebhookTargetError, check_webhook_url
     from superimap.partners.models import Partner
 
+    if args.webhook:
+        try:
+            check_webhook_url(args.webhook)
+        except WebhookTargetError as exc:
+            raise SystemExit(f"--webhook: {exc}") from None
     partner = Partner.objects.create(
         name=args.name,
         new_mail_webhook=args.webhook or "",

@@ -78,9 +78,7 @@ def _parse(raw: bytes, max_chars: int) -> dict:
 
 
 def _unsplit_multipart(message) -> bool:
-    return message.get_content_maintype() == "multipart" and isinstance(
-        message.get_payload(), str
-    )
+    return message.get_content_maintype() == "multipart" and isinstance(message.get_payload(), str)
 
 
 def _empty(defects: list[str]) -> dict:

@@ -23,11 +23,25 @@ class PartnerAdmin(admin.ModelAdmin):
             "Webhooks",
             {"fields": ["new_mail_webhook", "user_connected_webhook", "user_disconnected_webhook"]},
         ),
+        ("new_mail content", {"fields": ["include_rfc822", "include_parsed"]}),
         ("Connect callbacks", {"fields": ["success_url", "failure_url", "allowed_redirect_hosts"]}),
     ]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(connection_count=Count("connections"))
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # A URL set again after a 410 Gone: the endpoint is no longer shown as disabled.
+        from superimap.delivery.models import EndpointHealth
+
+        for health in EndpointHealth.objects.filter(
+            partner=obj, state=EndpointHealth.State.DISABLED
+        ):
+            if obj.webhook_url(health.kind):
+                health.state = EndpointHealth.State.HEALTHY
+                health.consecutive_failures = 0
+                health.save(update_fields=["state", "consecutive_failures", "updated_at"])
 
     @admin.display(description="Connections", ordering="connection_count")
     def connections_link(self, partner):
