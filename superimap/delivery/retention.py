@@ -25,8 +25,17 @@ PURGE_BATCH = 500
 
 
 class Purger:
-    def __init__(self, batch: int = PURGE_BATCH) -> None:
+    """Retention periods default to the settings; the soak benchmark passes shorter ones."""
+
+    def __init__(
+        self,
+        batch: int = PURGE_BATCH,
+        retention: timedelta | None = None,
+        failed_retention: timedelta | None = None,
+    ) -> None:
         self.batch = batch
+        self.retention = retention
+        self.failed_retention = failed_retention
         self._cursor: dict[str, datetime | None] = {
             Delivery.Status.DELIVERED: None,
             Delivery.Status.FAILED: None,
@@ -39,6 +48,8 @@ class Purger:
         failed_retention: timedelta | None = None,
     ) -> int:
         """Purge at most one batch per status; returns how many payloads were dropped."""
+        retention = retention or self.retention
+        failed_retention = failed_retention or self.failed_retention
         keep = {
             Delivery.Status.DELIVERED: retention or timedelta(days=settings.WEBHOOK_RETENTION_DAYS),
             Delivery.Status.FAILED: failed_retention
