@@ -79,7 +79,8 @@ def record(outcomes, now: datetime) -> None:
         ):
             continue  # the common case: nothing to write
         if row is None:
-            row = EndpointHealth.objects.create(partner_id=key[0], kind=key[1])
+            # get_or_create: another worker may be creating the same row right now.
+            row, _ = EndpointHealth.objects.get_or_create(partner_id=key[0], kind=key[1])
         _apply(row, verdicts, now)
 
 
