@@ -227,3 +227,28 @@ def test_it_shows_a_failing_endpoint_on_the_dashboard_and_in_metrics(
     assert [(s.labels, s.value) for s in samples] == [
         ({"partner_id": str(partner.id), "kind": "user_connected"}, 1.0)
     ]
+
+
+def test_it_reads_retry_after_as_seconds_or_an_http_date():
+    from superimap.delivery.http import parse_retry_after
+
+    now = 1_700_000_000.0
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:15:20 GMT", now) == 120.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0  # past: now
+    for unusable in ("", "soon", "-5", "1.5", "Tue, 14 Nov 2023 22:15:20"):
+        assert parse_retry_after(unusable, now) is None
+
+
+def test_a_503_with_retry_after_counts_as_a_failure_but_waits_as_asked(
+    seeded_providers, make_receiver, process, clock
+):
+    receiver = make_receiver(responses=[(503, "busy", {"Retry-After": "900"})])
+    partner = make_partner(receiver.url)
+    delivery = connected_event(partner, clock)
+    process()
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.PENDING and delivery.attempts == 1
+    assert delivery.max_attempts == 7  # used up one of the round's attempts
+    assert (delivery.next_attempt_at - clock()).total_seconds() == 900  # not the 10 s step
+    assert health_of(partner).consecutive_failures == 1
