@@ -40,6 +40,28 @@ def env_int(name: str, default: int, minimum: int = 0, maximum: int | None = Non
     return value
 
 
+def env_int_list(name: str, default: list[int], minimum: int = 0, maximum: int | None = None):
+    """Comma-separated integers, at least one, each within [minimum, maximum]."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    values = []
+    for item in raw.split(","):
+        try:
+            value = int(item.strip().replace("_", ""))
+        except ValueError:
+            raise ConfigError(
+                name, f"must be comma-separated integers (seconds), got {raw!r}"
+            ) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = "" if maximum is None else f" and at most {maximum}"
+            raise ConfigError(name, f"every value must be at least {minimum}{upper}, got {value}")
+        values.append(value)
+    if len(values) > 50:
+        raise ConfigError(name, f"at most 50 values, got {len(values)}")
+    return values
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":

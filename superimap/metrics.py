@@ -67,7 +67,7 @@ class DatabaseCollector:
     """Gauges computed from the database at scrape time."""
 
     def collect(self):
-        from superimap.delivery.models import Delivery
+        from superimap.delivery.models import Delivery, EndpointHealth
         from superimap.engine.models import EngineNode
         from superimap.mailboxes.models import MailboxUser
 
@@ -95,6 +95,30 @@ class DatabaseCollector:
         for status, _ in Delivery.Status.choices:
             deliveries.add_metric([status], counts.get(status, 0))
         yield deliveries
+
+        endpoints = GaugeMetricFamily(
+            "superimap_webhook_endpoints",
+            "Webhook endpoints (partner and kind) with a health record, by state",
+            labels=["state"],
+        )
+        states = dict(
+            EndpointHealth.objects.values_list("state")
+            .annotate(n=Count("id"))
+            .values_list("state", "n")
+        )
+        for state, _ in EndpointHealth.State.choices:
+            endpoints.add_metric([state], states.get(state, 0))
+        yield endpoints
+        failing = GaugeMetricFamily(
+            "superimap_webhook_endpoint_failing",
+            "1 for each webhook endpoint that is failing or disabled (410 Gone)",
+            labels=["partner_id", "kind"],
+        )
+        for partner_id, kind in EndpointHealth.objects.exclude(
+            state=EndpointHealth.State.HEALTHY
+        ).values_list("partner_id", "kind"):
+            failing.add_metric([str(partner_id), kind], 1)
+        yield failing
 
         now = timezone.now()
         oldest = Delivery.objects.filter(status=Delivery.Status.PENDING).aggregate(

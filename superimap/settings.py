@@ -17,6 +17,7 @@ from superimap.config import (
     dev_secrets,
     env_bool,
     env_int,
+    env_int_list,
     env_list,
     env_str,
     validate_fernet_keys,
@@ -81,6 +82,35 @@ WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 30, minimum=1, maximum=300)
 WEBHOOK_LEASE_SECONDS = env_int("WEBHOOK_LEASE_SECONDS", WEBHOOK_TIMEOUT + 30, minimum=2)
 if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
     raise ConfigError("WEBHOOK_LEASE_SECONDS", "must be longer than WEBHOOK_TIMEOUT")
+# Retries after a failed POST, in seconds: the first send plus one attempt per entry.
+# The default (factor 6 from 10 s) spans about 26 hours, so a receiver down overnight
+# gets its mail without anyone clicking "retry".
+WEBHOOK_RETRY_SCHEDULE = env_int_list(
+    "WEBHOOK_RETRY_SCHEDULE", [10, 60, 360, 2160, 12960, 77760], minimum=1, maximum=7 * 86400
+)
+# An endpoint (partner and kind) is "failing" after this many failed POSTs in a row.
+WEBHOOK_FAILING_AFTER = env_int("WEBHOOK_FAILING_AFTER", 5, minimum=1, maximum=1000)
+# When a failing endpoint answers again, its failed deliveries of this many hours are sent
+# again, oldest first, at most WEBHOOK_AUTO_REPLAY_RATE per second (0 hours: off).
+WEBHOOK_AUTO_REPLAY_HOURS = env_int("WEBHOOK_AUTO_REPLAY_HOURS", 72, minimum=0, maximum=24 * 90)
+WEBHOOK_AUTO_REPLAY_RATE = env_int("WEBHOOK_AUTO_REPLAY_RATE", 50, minimum=1, maximum=10000)
+# A 429's Retry-After is honoured up to this many seconds.
+WEBHOOK_RETRY_AFTER_MAX = env_int("WEBHOOK_RETRY_AFTER_MAX", 3600, minimum=1, maximum=86400)
+# Payload bodies of delivered new_mail webhooks are purged after this many days, failed
+# ones after WEBHOOK_FAILED_RETENTION_DAYS; rows and attempts stay.
+WEBHOOK_RETENTION_DAYS = env_int("WEBHOOK_RETENTION_DAYS", 7, minimum=1, maximum=3650)
+WEBHOOK_FAILED_RETENTION_DAYS = env_int(
+    "WEBHOOK_FAILED_RETENTION_DAYS", 30, minimum=1, maximum=3650
+)
+if WEBHOOK_FAILED_RETENTION_DAYS < WEBHOOK_RETENTION_DAYS:
+    raise ConfigError("WEBHOOK_FAILED_RETENTION_DAYS", "must be at least WEBHOOK_RETENTION_DAYS")
+# include_parsed: text and html bodies are each cut at this many characters.
+WEBHOOK_PARSED_MAX_CHARS = env_int(
+    "WEBHOOK_PARSED_MAX_CHARS", 100_000, minimum=1000, maximum=10_000_000
+)
+# Webhook URLs resolving to loopback, private, link-local or reserved addresses are refused
+# (at save time and at connect time) unless this is on; it is on outside production.
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", not PRODUCTION)
 # The loopback test provider skips TLS verification: off unless asked for (or under tests).
 ALLOW_LOOPBACK_IMAP = env_bool("ALLOW_LOOPBACK_IMAP", SUPERIMAP_ENV == "test")
 # Login rate limits (engine/ratelimit.py): token buckets per mailbox and per server host.

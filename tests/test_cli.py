@@ -71,6 +71,16 @@ def test_it_leaves_an_existing_superuser_alone(db):
         ({"DEBUG": "maybe"}, "DEBUG"),
         ({"ENGINE_NODE_NAME": "two words"}, "ENGINE_NODE_NAME"),
         ({"ENGINE_NODE_NAME": "x" * 101}, "ENGINE_NODE_NAME"),
+        ({"WEBHOOK_RETRY_SCHEDULE": "10,1m,6m"}, "WEBHOOK_RETRY_SCHEDULE"),
+        ({"WEBHOOK_RETRY_SCHEDULE": "10,0"}, "WEBHOOK_RETRY_SCHEDULE"),
+        ({"WEBHOOK_RETRY_SCHEDULE": ",".join(["10"] * 51)}, "WEBHOOK_RETRY_SCHEDULE"),
+        ({"WEBHOOK_FAILING_AFTER": "0"}, "WEBHOOK_FAILING_AFTER"),
+        ({"WEBHOOK_AUTO_REPLAY_HOURS": "-1"}, "WEBHOOK_AUTO_REPLAY_HOURS"),
+        (
+            {"WEBHOOK_RETENTION_DAYS": "30", "WEBHOOK_FAILED_RETENTION_DAYS": "7"},
+            "WEBHOOK_FAILED_RETENTION_DAYS",
+        ),
+        ({"WEBHOOK_ALLOW_PRIVATE": "sometimes"}, "WEBHOOK_ALLOW_PRIVATE"),
     ],
 )
 def test_it_stops_with_one_line_naming_the_bad_variable(tmp_path, env, variable):

@@ -254,6 +254,25 @@ def test_it_retries_selected_deliveries(admin, user):
     assert delivered.status == "delivered"
 
 
+def test_it_replays_selected_deliveries_delivered_ones_too(admin, user):
+    delivered, failed = make_delivery(user, "delivered"), make_delivery(user, "failed")
+    pending, purged = make_delivery(user, "pending"), make_delivery(user, "delivered")
+    Delivery.objects.filter(id=purged.id).update(payload_purged_at=timezone.now())
+    r = admin.post(
+        "/admin/delivery/delivery/",
+        {
+            "action": "replay",
+            "_selected_action": [d.id for d in (delivered, failed, pending, purged)],
+        },
+        follow=True,
+    )
+    assert "2 delivery(ies) queued to be sent again." in r.content.decode()
+    assert "1 had their payload purged" in r.content.decode()
+    statuses = [Delivery.objects.get(id=d.id) for d in (delivered, failed, pending, purged)]
+    assert [d.status for d in statuses] == ["pending", "pending", "pending", "delivered"]
+    assert statuses[0].event_id == delivered.event_id and statuses[0].max_attempts == 14
+
+
 def test_it_retries_all_failed_deliveries_of_a_partner(admin, user, outsider):
     selected, other_failed = make_delivery(user, "delivered"), make_delivery(user, "failed")
     foreign = Delivery.objects.create(

@@ -22,6 +22,8 @@ from superimap.api.schemas import (
     DeliveryOut,
     ErrorOut,
     MessagePage,
+    ReplayIn,
+    ReplayOut,
     UserIn,
     UserOut,
     UserUpdate,
@@ -304,3 +306,16 @@ def list_deliveries(
 def retry_delivery(request, event_id: uuid.UUID):
     """Send a failed, skipped or cancelled delivery again now, with a fresh round of retries."""
     return service.retry_delivery(request.auth, event_id)
+
+
+@api.post(
+    "/deliveries/replay",
+    response={200: ReplayOut, 400: ErrorOut, 401: ErrorOut, 413: ErrorOut, 422: ErrorOut},
+    tags=["deliveries"],
+)
+def replay_deliveries(request, body: ReplayIn):
+    """Send the partner's deliveries created in [since, until) again, delivered ones too,
+    with the same event_id (receivers dedupe on it), optionally only one event kind, user or
+    status. Pending ones are queued already and left alone; deliveries whose payload was
+    purged by retention cannot be replayed (not_replayable). Returns how many were queued."""
+    return service.replay_deliveries(request.auth, body)

@@ -12,6 +12,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from ninja import Router, Schema
@@ -184,6 +185,11 @@ def update_partner(request, body: PartnerUpdate):
         if name == "allowed_redirect_hosts":
             value = ",".join(value)
         setattr(partner, name, value.strip() if isinstance(value, str) else value)
+    try:
+        partner.clean()  # webhook URLs: http(s), and no internal address in production
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise ApiError(422, "invalid_field", f"{field}: {' '.join(messages)}") from None
     partner.save()
     return partner_out(partner)
 

@@ -284,3 +284,33 @@ class MessagePage(Schema):
     next_cursor: str | None = Field(
         description="Pass as cursor= for the next (older) page; null on the last page."
     )
+
+
+class ReplayIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime = Field(description="Deliveries created at or after this time (ISO 8601).")
+    until: datetime = Field(description="... and before this time.")
+    event: (
+        Literal["new_mail", "user_connected", "user_disconnected", "user_error", "user_recovered"]
+        | None
+    ) = None
+    user_tag: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
+    status: Literal["delivered", "failed", "skipped", "cancelled"] | None = Field(
+        default=None, description="Only deliveries in this state; default: all but pending."
+    )
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.since.tzinfo is None or self.until.tzinfo is None:
+            raise ValueError("since and until need a time zone (e.g. 2026-01-01T00:00:00Z)")
+        if self.since >= self.until:
+            raise ValueError("since must be before until")
+        return self
+
+
+class ReplayOut(Schema):
+    queued: int = Field(description="Deliveries queued to be sent again (same event_id).")
+    not_replayable: int = Field(
+        description="Matching deliveries whose payload was purged by retention."
+    )

@@ -361,3 +361,18 @@ def list_messages(
         "messages": [message_out(row) for row in page],
         "next_cursor": str(page[-1].id) if more else None,
     }
+
+
+def replay_deliveries(partner: Partner, body) -> dict:
+    """Send the partner's deliveries created in [since, until) again, same event_id."""
+    deliveries = partner.deliveries.filter(
+        created_at__gte=body.since, created_at__lt=body.until
+    ).exclude(status=Delivery.Status.PENDING)
+    if body.event:
+        deliveries = deliveries.filter(kind=body.event)
+    if body.user_tag is not None:
+        deliveries = deliveries.filter(user__tag=body.user_tag)
+    if body.status:
+        deliveries = deliveries.filter(status=body.status)
+    purged = deliveries.filter(payload_purged_at__isnull=False).count()
+    return {"queued": Delivery.replay(deliveries), "not_replayable": purged}

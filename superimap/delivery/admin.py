@@ -27,13 +27,13 @@ class DeliveryAdmin(admin.ModelAdmin):
         "next_attempt_at",
         "created_at",
     ]
-    list_filter = ["status", "kind", "partner"]
+    list_filter = ["status", "kind", "partner", "created_at"]
     list_select_related = ["partner", "user"]
     search_fields = ["event_id", "message_id", "user__tag"]
     raw_id_fields = ["user"]
     show_full_result_count = False
     inlines = [DeliveryAttemptInline]
-    actions = ["retry_now", "retry_all_failed_for_partner"]
+    actions = ["retry_now", "retry_all_failed_for_partner", "replay"]
     readonly_fields = [
         "event_id",
         "kind",
@@ -50,6 +50,7 @@ class DeliveryAdmin(admin.ModelAdmin):
         "last_error",
         "created_at",
         "delivered_at",
+        "payload_purged_at",
         "payload",
     ]
 
@@ -69,3 +70,12 @@ class DeliveryAdmin(admin.ModelAdmin):
         self.message_user(
             request, f"{count} failed delivery(ies) queued for a retry.", messages.SUCCESS
         )
+
+    @admin.action(description="Replay: send again with the same event_id (delivered ones too)")
+    def replay(self, request, queryset):
+        purged = queryset.filter(payload_purged_at__isnull=False).count()
+        count = Delivery.replay(queryset)
+        message = f"{count} delivery(ies) queued to be sent again."
+        if purged:
+            message += f" {purged} had their payload purged by retention and cannot be replayed."
+        self.message_user(request, message, messages.SUCCESS)

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from superimap import __version__
 from superimap.delivery.payloads import signed_body, standard_webhook_signature
+from superimap.netguard import PrivateTargetRefused, address_is_private
 
 USER_AGENT = f"SuperIMAP/{__version__} (+webhooks)"
 EXCERPT_BYTES = 1024
@@ -25,15 +31,44 @@ class PostResult:
     excerpt: str
     error: str
     duration_ms: int
+    # Seconds from a Retry-After header (429 and 503 answers), else None.
+    retry_after: float | None = None
 
     @property
     def succeeded(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code <= 206
 
 
-def make_session(concurrency: int, timeout_seconds: float) -> aiohttp.ClientSession:
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves like aiohttp's default resolver, then refuses non-public addresses.
+
+    aiohttp connects to exactly the addresses returned here, so the check holds at connect
+    time: a DNS answer that changes after the save-time check (rebinding) is caught."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        private = [r["host"] for r in results if address_is_private(r["host"])]
+        if private or not results:
+            raise PrivateTargetRefused(host, port, private[0] if private else "")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def make_session(
+    concurrency: int, timeout_seconds: float, *, allow_private: bool = True
+) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
-        limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=60
+        limit=concurrency,
+        limit_per_host=concurrency,
+        ttl_dns_cache=60,
+        resolver=None if allow_private else PublicOnlyResolver(),
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -41,6 +76,17 @@ def make_session(concurrency: int, timeout_seconds: float) -> aiohttp.ClientSess
         headers={"User-Agent": USER_AGENT},
         json_serialize=json.dumps,
     )
+
+
+def refuse_private_literal(url: str) -> None:
+    """aiohttp skips the resolver for IP-literal hosts: check those here."""
+    host = urlsplit(url).hostname or ""
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return  # a name: PublicOnlyResolver checks what it resolves to
+    if address_is_private(host):
+        raise PrivateTargetRefused(host, urlsplit(url).port or 0, host)
 
 
 def render_request(
@@ -69,19 +115,34 @@ def render_request(
     return raw, headers
 
 
-async def post(session: aiohttp.ClientSession, url: str, raw: bytes, headers: dict) -> PostResult:
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    raw: bytes,
+    headers: dict,
+    *,
+    allow_private: bool = True,
+) -> PostResult:
     started = time.monotonic()
     try:
+        if not allow_private:
+            refuse_private_literal(url)
         async with session.post(url, data=raw, headers=headers, allow_redirects=False) as response:
             excerpt = await _read_prefix(response, EXCERPT_BYTES)
+            retry_after = None
+            if response.status in (429, 503):
+                retry_after = parse_retry_after(response.headers.get("Retry-After", ""))
             return PostResult(
                 status_code=response.status,
                 excerpt=excerpt.decode("utf-8", errors="replace"),
                 error="",
                 duration_ms=int((time.monotonic() - started) * 1000),
+                retry_after=retry_after,
             )
     except TimeoutError:
         error = "timed out"
+    except PrivateTargetRefused as exc:
+        error = f"refused: {exc}"[:1024]
     except aiohttp.ClientError as exc:
         error = f"{type(exc).__name__}: {exc}"[:1024]
     except (OSError, ValueError) as exc:
@@ -102,3 +163,19 @@ async def _read_prefix(response: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def parse_retry_after(value: str, now: float | None = None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if unusable."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

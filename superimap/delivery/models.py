@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
+from django.db.models import F
 from django.utils import timezone
 
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Partner
+
+
+def attempts_per_round() -> int:
+    """The first send plus one retry per WEBHOOK_RETRY_SCHEDULE entry."""
+    return len(settings.WEBHOOK_RETRY_SCHEDULE) + 1
 
 
 class Delivery(models.Model):
@@ -39,8 +46,8 @@ class Delivery(models.Model):
     payload = models.JSONField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
-    # The first send plus 6 retries (spec); a manual retry grants another round.
-    max_attempts = models.PositiveIntegerField(default=7)
+    # The first send plus one per retry (spec: 6); a manual retry or replay grants a round.
+    max_attempts = models.PositiveIntegerField(default=attempts_per_round)
     next_attempt_at = models.DateTimeField(db_index=True)
     claimed_by = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
@@ -48,6 +55,8 @@ class Delivery(models.Model):
     last_error = models.CharField(max_length=1024, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # Retention: when the payload body was dropped (WEBHOOK_RETENTION_DAYS); not replayable.
+    payload_purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -73,7 +82,7 @@ class Delivery(models.Model):
         ):
             delivery.status = cls.Status.PENDING
             delivery.next_attempt_at = timezone.now()
-            delivery.max_attempts = delivery.attempts + 7
+            delivery.max_attempts = delivery.attempts + attempts_per_round()
             delivery.claimed_by = ""
             delivery.lease_until = None
             delivery.save(
@@ -87,6 +96,62 @@ class Delivery(models.Model):
             )
             count += 1
         return count
+
+    @classmethod
+    def replay(cls, queryset, now=None) -> int:
+        """Send finished deliveries again (delivered ones too) with the same event_id.
+
+        Pending ones are queued already and purged ones have no body left: both are left
+        alone. One UPDATE; returns how many were queued."""
+        return (
+            queryset.exclude(status=cls.Status.PENDING)
+            .filter(payload_purged_at__isnull=True)
+            .update(
+                status=cls.Status.PENDING,
+                next_attempt_at=now or timezone.now(),
+                max_attempts=F("attempts") + attempts_per_round(),
+                claimed_by="",
+                lease_until=None,
+            )
+        )
+
+
+class EndpointHealth(models.Model):
+    """How one partner's webhook URL for one kind is doing, from the worker's attempts."""
+
+    class State(models.TextChoices):
+        HEALTHY = "healthy", "Healthy"
+        FAILING = "failing", "Failing"
+        DISABLED = "disabled", "Disabled (410 Gone)"
+
+    partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="endpoints")
+    kind = models.CharField(max_length=32)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.HEALTHY)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=1024, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    # 429 Retry-After: nothing is sent to this endpoint before then.
+    paused_until = models.DateTimeField(null=True, blank=True)
+    # After a recovery: failed deliveries created in [replay_from, replay_until] are being
+    # re-queued, oldest first, a few per second; replay_cursor is the last id re-queued.
+    replay_from = models.DateTimeField(null=True, blank=True)
+    replay_until = models.DateTimeField(null=True, blank=True)
+    replay_cursor = models.BigIntegerField(default=0)
+    # 410 Gone: the URL that was switched off, for the operator.
+    disabled_url = models.URLField(max_length=1000, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["partner_id", "kind"]
+        verbose_name = "webhook endpoint"
+        constraints = [
+            models.UniqueConstraint(fields=["partner", "kind"], name="one_health_per_endpoint")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.partner} / {self.kind}: {self.state}"
 
 
 class DeliveryAttempt(models.Model):

@@ -12,24 +12,34 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 
+from superimap.delivery import health
 from superimap.delivery.http import PostResult
-from superimap.delivery.models import Delivery, DeliveryAttempt
+from superimap.delivery.models import Delivery, DeliveryAttempt, EndpointHealth
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Partner
 
-RETRY_BASE_SECONDS = 10
-RETRY_FACTOR = 3
 RETRY_JITTER = 0.2
 
 
 def retry_delay(attempt: int, rng: random.Random | None = None) -> timedelta:
-    """Delay after failed attempt number `attempt` (1-based): 10 s, 30 s, 90 s, ... ±20 %."""
+    """Delay after failed attempt number `attempt` (1-based), from WEBHOOK_RETRY_SCHEDULE
+    (default 10 s, 1 min, 6 min, 36 min, 3.6 h, 21.6 h), ±20 %. A later round (manual
+    retry, replay) starts over at the first step."""
     rng = rng or random
-    seconds = RETRY_BASE_SECONDS * RETRY_FACTOR ** (attempt - 1)
+    schedule = settings.WEBHOOK_RETRY_SCHEDULE
+    seconds = schedule[(attempt - 1) % len(schedule)]
     return timedelta(seconds=seconds * rng.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER))
+
+
+def free_429_window() -> timedelta:
+    """A 429 does not use up a retry while the delivery is younger than this (twice the
+    schedule's span, at least a day), so a receiver answering 429 forever cannot keep a
+    delivery pending forever."""
+    return timedelta(seconds=max(2 * sum(settings.WEBHOOK_RETRY_SCHEDULE), 86400))
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class Claimed:
     webhook_secrets: tuple[str, ...]
     """whsec_ secrets to sign with: the current one, plus the previous during its grace."""
     created_at: datetime
+    partner_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ def claim_due(node_id: str, limit: int, now: datetime, lease: timedelta) -> list
                 :limit
             ]
         )
+        rows = _hold_paused(rows, now)
         if not rows:
             return []
         partners = Partner.objects.in_bulk({r.partner_id for r in rows})
@@ -92,9 +104,35 @@ def claim_due(node_id: str, limit: int, now: datetime, lease: timedelta) -> list
             api_key=partners[row.partner_id].api_key,
             webhook_secrets=partners[row.partner_id].signing_secrets(),
             created_at=row.created_at,
+            partner_id=row.partner_id,
         )
         for row in rows
     ]
+
+
+def _hold_paused(rows: list[Delivery], now: datetime) -> list[Delivery]:
+    """Rows for endpoints paused by a 429's Retry-After wait until then, unclaimed."""
+    if not rows:
+        return rows
+    paused = {
+        (partner_id, kind): until
+        for partner_id, kind, until in EndpointHealth.objects.filter(
+            paused_until__gt=now
+        ).values_list("partner_id", "kind", "paused_until")
+    }
+    if not paused:
+        return rows
+    held: dict[datetime, list[int]] = {}
+    ready = []
+    for row in rows:
+        until = paused.get((row.partner_id, row.kind))
+        if until is None:
+            ready.append(row)
+        else:
+            held.setdefault(until, []).append(row.id)
+    for until, ids in held.items():
+        Delivery.objects.filter(id__in=ids).update(next_attempt_at=until)
+    return ready
 
 
 def record_outcomes(
@@ -146,6 +184,7 @@ def record_outcomes(
             if updated < len(ids):
                 counts["stale"] = counts.get("stale", 0) + len(ids) - updated
         DeliveryAttempt.objects.bulk_create(attempts, ignore_conflicts=True)
+        health.record(outcomes, now)
     return counts
 
 
@@ -177,6 +216,19 @@ def _record_one(
         status = Delivery.Status.DELIVERED
         common["last_error"] = ""
         updated = fenced.update(status=status, delivered_at=now, **common)
+    elif result.status_code == 410:
+        status = Delivery.Status.CANCELLED
+        common["last_error"] = f"receiver answered 410 Gone: {claimed.kind} webhook URL disabled"
+        updated = fenced.update(status=status, **common)
+    elif result.status_code == 429 and now - claimed.created_at < free_429_window():
+        # Rate limited: wait as asked (or the usual delay) without using up a retry.
+        status = Delivery.Status.PENDING
+        updated = fenced.update(
+            status=status,
+            next_attempt_at=now + health.retry_after_delay(result, claimed.attempt, rng),
+            max_attempts=F("max_attempts") + 1,
+            **common,
+        )
     elif result.status_code == 403:
         status = Delivery.Status.CANCELLED
         common["last_error"] = "receiver answered 403 Forbidden: user archived"
@@ -188,9 +240,10 @@ def _record_one(
         updated = fenced.update(status=status, **common)
     else:
         status = Delivery.Status.PENDING
-        updated = fenced.update(
-            status=status, next_attempt_at=now + retry_delay(claimed.attempt, rng), **common
-        )
+        delay = retry_delay(claimed.attempt, rng)
+        if result.retry_after is not None:  # 503 + Retry-After: not sooner than asked
+            delay = max(delay, health.retry_after_delay(result, claimed.attempt, rng))
+        updated = fenced.update(status=status, next_attempt_at=now + delay, **common)
     return status if updated else "stale"
 
 

@@ -17,14 +17,21 @@ from django.conf import settings
 from django.utils import timezone
 
 from superimap.dbpool import DbPool
-from superimap.delivery import queue
+from superimap.delivery import health, queue
 from superimap.delivery.http import PostResult, make_session, post, render_request
+from superimap.delivery.retention import Purger
 from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
 
 log = logging.getLogger("superimap.worker")
 
 CLAIM_BATCH = 200
 CLAIM_ERROR_PAUSE = 5.0
+# Housekeeping: auto-replay after a recovery every second (WEBHOOK_AUTO_REPLAY_RATE per
+# second); retention purge batches every few seconds, a pause between batches.
+REPLAY_INTERVAL = 1.0
+PURGE_INTERVAL = 5.0
+PURGE_MAX_BATCHES = 20
+PURGE_PAUSE = 0.05
 
 
 class Worker:
@@ -60,6 +67,8 @@ class Worker:
         self._inflight = 0
         self.sent = 0
         self.counts: dict[str, int] = {}
+        self.allow_private = settings.WEBHOOK_ALLOW_PRIVATE
+        self.purger = Purger()
 
     def wake(self) -> None:
         """New deliveries were just committed: look now instead of at the next poll."""
@@ -72,8 +81,9 @@ class Worker:
             self.concurrency,
             self.timeout_seconds,
         )
-        session = make_session(self.concurrency, self.timeout_seconds)
+        session = self._session()
         flusher = asyncio.create_task(self._flush_loop(stop))
+        housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
         tasks: set[asyncio.Task] = set()
         try:
             while not stop.is_set():
@@ -102,6 +112,7 @@ class Worker:
             await session.close()
             stop.set()
             await flusher
+            await housekeeper
             released = await self.pool.run(queue.release_claims, self.node_id)
             log.info(
                 "worker %s stopped: sent=%d released=%d %s",
@@ -114,9 +125,10 @@ class Worker:
     async def process_once(self, session=None) -> int:
         """Claim everything due now, send it, record the outcomes. For tests and tools."""
         own_session = session is None
-        session = session or make_session(self.concurrency, self.timeout_seconds)
+        session = session or self._session()
         total = 0
         try:
+            await self.housekeep()
             while claimed := await self._claim(self.concurrency):
                 outcomes = await asyncio.gather(*(self._attempt(session, c) for c in claimed))
                 await self._record(list(outcomes))
@@ -125,6 +137,42 @@ class Worker:
             if own_session:
                 await session.close()
         return total
+
+    def _session(self):
+        return make_session(
+            self.concurrency, self.timeout_seconds, allow_private=self.allow_private
+        )
+
+    async def housekeep(self, *, purge: bool = True) -> tuple[int, int]:
+        """One auto-replay step and one retention pass: (re-queued, purged)."""
+        now = self.clock()
+        replayed = await self.pool.run(health.replay_step, now, settings.WEBHOOK_AUTO_REPLAY_RATE)
+        purged = 0
+        if purge:
+            for _ in range(PURGE_MAX_BATCHES):
+                count = await self.pool.run(self.purger.step, now)
+                purged += count
+                if count < self.purger.batch:
+                    break
+                await asyncio.sleep(PURGE_PAUSE)
+        if replayed or purged:
+            log.info("worker %s re-queued %d, purged %d payloads", self.node_id, replayed, purged)
+            self.wake()
+        return replayed, purged
+
+    async def _housekeeping_loop(self, stop: asyncio.Event) -> None:
+        last_purge = 0.0
+        while not stop.is_set():
+            started = time.monotonic()
+            purge = started - last_purge >= PURGE_INTERVAL
+            try:
+                await self.housekeep(purge=purge)
+            except Exception:
+                log.exception("worker %s housekeeping failed", self.node_id)
+            if purge:
+                last_purge = started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPLAY_INTERVAL)
 
     async def _claim(self, free: int) -> list[queue.Claimed]:
         if free <= 0:
@@ -151,7 +199,7 @@ class Worker:
             webhook_secrets=claimed.webhook_secrets,
             timestamp=int(time.time()),
         )
-        result = await post(session, claimed.url, raw, headers)
+        result = await post(session, claimed.url, raw, headers, allow_private=self.allow_private)
         if not result.succeeded:
             log.info(
                 "delivery %s attempt %d to partner webhook failed: %s",

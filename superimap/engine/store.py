@@ -15,12 +15,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from superimap.dbpool import read_only
 from superimap.delivery import outbox
+from superimap.delivery.content import with_content_options
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import new_mail_payload, truncated_mail_payload
 from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
@@ -339,7 +341,13 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
         payload = truncated_mail_payload(header=content, size=size, **common)
         result.truncated += 1
     else:
-        payload = new_mail_payload(raw=message.raw, size=size, **common)
+        payload = with_content_options(
+            new_mail_payload(raw=message.raw, size=size, **common),
+            message.raw,
+            include_rfc822=partner.include_rfc822,
+            include_parsed=partner.include_parsed,
+            max_chars=settings.WEBHOOK_PARSED_MAX_CHARS,
+        )
     delivery = Delivery.objects.create(
         kind=Delivery.Kind.NEW_MAIL,
         partner=partner,

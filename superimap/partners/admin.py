@@ -62,6 +62,7 @@ class PartnerAdmin(admin.ModelAdmin):
                 ]
             },
         ),
+        ("new_mail content", {"fields": ["include_rfc822", "include_parsed"]}),
         ("Connect callbacks", {"fields": ["success_url", "failure_url", "allowed_redirect_hosts"]}),
     ]
 
@@ -81,6 +82,16 @@ class PartnerAdmin(admin.ModelAdmin):
         if not change:
             _reveal(request, obj, "API key", obj.api_key)
             _reveal(request, obj, "Webhook secret", obj.webhook_secret)
+        # A URL set again after a 410 Gone: the endpoint is no longer shown as disabled.
+        from superimap.delivery.models import EndpointHealth
+
+        for health in EndpointHealth.objects.filter(
+            partner=obj, state=EndpointHealth.State.DISABLED
+        ):
+            if obj.webhook_url(health.kind):
+                health.state = EndpointHealth.State.HEALTHY
+                health.consecutive_failures = 0
+                health.save(update_fields=["state", "consecutive_failures", "updated_at"])
 
     @admin.action(description="Rotate the API key (the old one stops working now)")
     def rotate_api_key(self, request, queryset):

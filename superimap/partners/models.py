@@ -142,6 +142,15 @@ class Partner(models.Model):
         blank=True,
         help_text="Told when a mailbox that was reported with user_error is watched again.",
     )
+    # new_mail content options: the raw message (the original's behaviour) and/or bodies
+    # and attachment metadata parsed by SuperIMAP (superimap.delivery.content).
+    include_rfc822 = models.BooleanField(
+        "include rfc822", default=True, help_text="new_mail carries the raw message."
+    )
+    include_parsed = models.BooleanField(
+        default=False,
+        help_text="new_mail carries parsed text and html bodies and attachment metadata.",
+    )
     success_url = models.URLField(max_length=1000, blank=True, help_text="Default after connect.")
     failure_url = models.URLField(max_length=1000, blank=True, help_text="Default after a failure.")
     allowed_redirect_hosts = models.CharField(
@@ -231,6 +240,33 @@ class Partner(models.Model):
                 hosts.add(_hostname(url))
         hosts.discard("")
         return hosts
+
+    def webhook_fields(self) -> list[str]:
+        return [f.name for f in self._meta.get_fields() if f.name.endswith("_webhook")]
+
+    def disable_webhook(self, kind: str) -> str:
+        """Switch off the URL for `kind` (after a 410 Gone); returns the URL it had."""
+        field = f"{kind}_webhook"
+        url = getattr(self, field)
+        type(self).objects.filter(id=self.id).update(**{field: ""})
+        setattr(self, field, "")
+        return url
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from superimap.delivery.targets import WebhookTargetError, check_webhook_url
+
+        errors = {}
+        for field in self.webhook_fields():
+            url = getattr(self, field)
+            if url:
+                try:
+                    check_webhook_url(url)
+                except WebhookTargetError as exc:
+                    errors[field] = str(exc)
+        if errors:
+            raise ValidationError(errors)
 
     def redirect_allowed(self, url: str) -> bool:
         try:

@@ -133,7 +133,8 @@ class Hang:
 
 
 HANG = Hang()
-Reply = tuple[int, str] | Hang
+# (status, body), or (status, body, headers) for answers such as 429 with Retry-After.
+Reply = tuple[int, str] | tuple[int, str, dict[str, str]] | Hang
 
 
 @dataclass
@@ -262,8 +263,8 @@ async def _respond(reply: Reply) -> web.Response:
         else:
             await asyncio.sleep(reply.seconds)
         reply = (reply.status, reply.body)
-    status, text = reply
-    return web.Response(status=status, text=text)
+    status, text, *rest = reply
+    return web.Response(status=status, text=text, headers=rest[0] if rest else None)
 
 
 # --- Command line ----------------------------------------------------------------------------

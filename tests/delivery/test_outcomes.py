@@ -15,7 +15,7 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.testing.webhook_receiver import HANG
 from tests.delivery.helpers import make_partner, make_user
 
-SCHEDULE = [10, 30, 90, 270, 810, 2430]
+SCHEDULE = [10, 60, 360, 2160, 12960, 77760]  # the default WEBHOOK_RETRY_SCHEDULE
 
 
 def connected_event(partner, **user_fields) -> Delivery:

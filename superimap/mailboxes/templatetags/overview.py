@@ -9,6 +9,7 @@ from django import template
 from django.db.models import Count
 from django.utils import timezone
 
+from superimap.delivery.health import failing_endpoints
 from superimap.delivery.models import Delivery
 from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser
@@ -53,4 +54,5 @@ def overview() -> dict:
         "tracers_sent": len(tracers),
         "tracers_detected": len(latencies),
         "tracer_median": median(latencies) if latencies else None,
+        "unhealthy_endpoints": list(failing_endpoints()[:50]),
     }
