@@ -88,7 +88,7 @@ def test_the_dashboard_form_shows_the_refusal(admin_client, settings):
         },
     )
     assert r.status_code == 200
-    assert "non-public address" in r.content.decode()
+    assert "private or reserved address" in r.content.decode()
     assert not Partner.objects.filter(name="evil").exists()
 
 
