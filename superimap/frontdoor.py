@@ -1,4 +1,4 @@
-"""The front door: an ASGI middleware in front of Django (design-notes/harden.md).
+"""The front door: an ASGI middleware in front of Django (docs/design.md 7.1).
 
 Django's ASGI handler reads a whole request body (into a temporary file past 2.5 MiB)
 before any Django middleware runs, so limits and API key checks in Django come too late:

@@ -252,7 +252,7 @@ def persist_batch(
         # FOR UPDATE (PostgreSQL; SQLite's IMMEDIATE transaction holds the write lock
         # already): a disconnect or archive either commits first, and this finds no user and
         # discards the batch, or waits for this commit, so its user_disconnected comes after
-        # every new_mail (design note loss-api, "nothing after the user leaves").
+        # every new_mail (docs/design.md 4.4).
         user = (
             _owned(user_id, node_id)
             .select_for_update(of=("self",))

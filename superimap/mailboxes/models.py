@@ -47,7 +47,7 @@ class MailboxUser(TrackedFields, models.Model):
     last_internal_date = models.DateTimeField(null=True, blank=True)
     last_email_at = models.DateTimeField(null=True, blank=True)
     # When the first baseline was taken: mail with an INTERNALDATE before it predates the
-    # user and is never new, also after a UIDVALIDITY change (design-notes/loss-engine.md).
+    # user and is never new, also after a UIDVALIDITY change (docs/design.md 4.3).
     baseline_at = models.DateTimeField(null=True, blank=True)
     # Set to ask the engine to "sweep" the inbox: send new_mail for every message not sent
     # yet (e.g. older than the user); the engine clears it when the sweep is done.
@@ -64,7 +64,7 @@ class MailboxUser(TrackedFields, models.Model):
     failing_since = models.DateTimeField(null=True, blank=True)
     error_notified_at = models.DateTimeField(null=True, blank=True)
 
-    # Changes whenever the IMAP session must restart (design-notes/harden.md): a tracked
+    # Changes whenever the IMAP session must restart (docs/design.md 4.8): a tracked
     # field, the connection's server settings, a requested sweep. The engine compares it,
     # not updated_at, so a no-op PUT does not cost a login.
     session_version = models.CharField(max_length=32, blank=True, default="", editable=False)
