@@ -8,9 +8,16 @@ a 1 GiB upload without a key was spooled to disk before its 401. This middleware
   and counts the bytes of every body while receiving (chunked bodies have no length), so
   no more than the limit plus one chunk is ever read; the body is kept in memory and
   handed to Django only when complete;
-- for API routes that need a key, checks the key (x-api-key header or api_key parameter)
-  before reading the body, and answers 401 without reading it when the key is missing
-  or wrong;
+- for API routes that need a key, checks a key sent in the x-api-key header or the api_key
+  query parameter before reading the body, with the API's own lookup
+  (Partner.for_api_key: the current key, or the previous one during its rotation grace
+  period), and answers 401 without reading the body when that key is wrong;
+- a request that sends no key there may carry `api_key` in its body, as the original's
+  (Rails) clients could: its body is read, in memory, up to KEYLESS_BODY_LIMIT only. A
+  Content-Length past that bound gets 401 before any byte is read; otherwise the bytes are
+  counted while receiving and the 401 comes with the message that crosses the bound (so at
+  most the bound plus one message is read). A body within the bound goes to Django, whose
+  API auth decides;
 - logs every request it refuses as one short line, at most LOG_LINES_PER_MINUTE a minute.
 
 Limits: API_BODY_LIMIT for /api/ (JSON documents), FORM_BODY_LIMIT for everything else
@@ -31,6 +38,9 @@ from django.conf import settings
 log = logging.getLogger("superimap.frontdoor")
 
 LOG_LINES_PER_MINUTE = 20
+# How much of a body the door reads for a request that names no key in its header or query
+# string: enough for the original's small forms carrying `api_key`, never an upload.
+KEYLESS_BODY_LIMIT = 16 * 1024
 # API routes that anyone may call (the schema and its docs page).
 OPEN_API_PATHS = ("/api/v1/openapi.json", "/api/v1/docs")
 
@@ -94,12 +104,22 @@ class ShortClientErrors(logging.Filter):
 
 
 def _api_key_valid(key: str) -> bool:
-    from superimap.partners.models import Partner, hash_api_key
+    """The API's own lookup (superimap.api.api authenticates with it too)."""
+    from superimap.partners.models import Partner
 
-    return bool(key) and Partner.objects.filter(api_key_hash=hash_api_key(key)).exists()
+    return Partner.for_api_key(key) is not None
 
 
 _check_key = sync_to_async(_api_key_valid, thread_sensitive=True)
+
+
+def _key_outside_body(headers: dict[bytes, bytes], scope) -> str:
+    """The key of the x-api-key header, else of the api_key query parameter ("" if none)."""
+    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    if not key:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        key = (query.get("api_key") or [""])[0].strip()
+    return key
 
 
 def _client(scope) -> str:
@@ -146,21 +166,23 @@ class FrontDoor:
                 scope, send, 413, "payload_too_large", f"Request body is larger than {limit} bytes."
             )
             return
+        keyless = False
         if has_body and is_api and not path.startswith(OPEN_API_PATHS):
-            key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
-            if not key:
-                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-                key = (query.get("api_key") or [""])[0].strip()
-            try:
-                valid = await _check_key(key)
-            except Exception:  # noqa: BLE001 - the database may be down: let Django answer
-                log.exception("front door: could not check an API key")
-                valid = True
-            if not valid:
-                await self.refuse(
-                    scope, send, 401, "unauthorized", "Missing or invalid API key.", method=method
-                )
-                return
+            key = _key_outside_body(headers, scope)
+            if key:
+                try:
+                    valid = await _check_key(key)
+                except Exception:  # noqa: BLE001 - the database may be down: let Django answer
+                    log.exception("front door: could not check an API key")
+                    valid = True
+                if not valid:
+                    await self.refuse_key(scope, send, method)
+                    return
+            else:
+                keyless = True
+                if length is not None and length > KEYLESS_BODY_LIMIT:
+                    await self.refuse_key(scope, send, method)
+                    return
         chunks: list[bytes] = []
         received = 0
         while True:
@@ -169,6 +191,9 @@ class FrontDoor:
                 return
             body = message.get("body", b"")
             received += len(body)
+            if keyless and received > KEYLESS_BODY_LIMIT:
+                await self.refuse_key(scope, send, method)
+                return
             if received > limit:
                 await self.refuse(
                     scope,
@@ -192,6 +217,11 @@ class FrontDoor:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def refuse_key(self, scope, send, method: str) -> None:
+        await self.refuse(
+            scope, send, 401, "unauthorized", "Missing or invalid API key.", method=method
+        )
 
     async def refuse(
         self, scope, send, status: int, code: str, message: str, *, method: str | None = None

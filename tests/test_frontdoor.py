@@ -9,12 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
+from superimap import frontdoor
 from superimap.asgi import application  # configures logging once, before caplog hooks in
+from superimap.frontdoor import KEYLESS_BODY_LIMIT
 from superimap.partners.models import ImapProvider, Partner
+from tests.api.test_original_clients import REST_CLIENT_REQUESTS
 
 CHUNK = 64 * 1024
 
@@ -22,7 +28,7 @@ CHUNK = 64 * 1024
 class Call:
     """One HTTP request through the ASGI app; the body is produced lazily, chunk by chunk."""
 
-    def __init__(self, method, path, *, headers=(), body_size=0, body=b"", query=b""):
+    def __init__(self, method, path, *, headers=(), body_size=0, body=b"", query=b"", chunk=CHUNK):
         self.scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -33,12 +39,15 @@ class Call:
             "raw_path": path.encode(),
             "query_string": query,
             "root_path": "",
-            "headers": [(b"host", b"127.0.0.1")] + [(k.encode(), v.encode()) for k, v in headers],
+            "headers": [(k.encode(), v.encode()) for k, v in headers],
             "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 8000),
         }
+        if not any(name.lower() == "host" for name, _ in headers):
+            self.scope["headers"].insert(0, (b"host", b"127.0.0.1"))
         self.body = body
         self.body_size = body_size or len(body)
+        self.chunk = chunk
         self.consumed = 0
         self.status = None
         self.response = b""
@@ -48,9 +57,9 @@ class Call:
         if self.consumed >= self.body_size:
             await asyncio.Event().wait()  # the client stays connected
         if self.body:
-            chunk = self.body[self.consumed : self.consumed + CHUNK]
+            chunk = self.body[self.consumed : self.consumed + self.chunk]
         else:
-            chunk = b"x" * min(CHUNK, self.body_size - self.consumed)
+            chunk = b"x" * min(self.chunk, self.body_size - self.consumed)
         self.consumed += len(chunk)
         return {
             "type": "http.request",
@@ -64,6 +73,16 @@ class Call:
             self.response_headers = {k.decode().lower(): v.decode() for k, v in message["headers"]}
         elif message["type"] == "http.response.body":
             self.response += message.get("body", b"")
+
+    @classmethod
+    def raw(cls, request: str) -> Call:
+        """A request as a client wrote it on the wire (request line, headers, body)."""
+        head, _, body = request.partition("\r\n\r\n")
+        request_line, *header_lines = head.split("\r\n")
+        method, target, _ = request_line.split(" ")
+        path, _, query = target.partition("?")
+        headers = [tuple(line.split(": ", 1)) for line in header_lines]
+        return cls(method, path, headers=headers, body=body.encode(), query=query.encode())
 
     def run(self):
         asyncio.run(asyncio.wait_for(application(self.scope, self.receive, self.send), 60))
@@ -111,13 +130,15 @@ def test_it_answers_413_by_content_length_without_reading_the_body(key):
 @pytest.mark.parametrize(
     "headers, query",
     [
-        ([("transfer-encoding", "chunked")], b""),
         ([("x-api-key", "wrong"), ("transfer-encoding", "chunked")], b""),
         ([("transfer-encoding", "chunked")], b"api_key=wrong"),
         ([("content-length", str(100 * 1024))], b""),
     ],
+    ids=["wrong-header-key", "wrong-query-key", "no-key-length-over-keyless-bound"],
 )
-def test_it_answers_401_without_reading_the_body_of_a_caller_without_a_key(key, headers, query):
+def test_it_answers_401_without_reading_the_body_of_a_caller_without_a_valid_key(
+    key, headers, query
+):
     call = Call(
         "POST", "/api/v1/connections", headers=headers, body_size=100 * 1024, query=query
     ).run()
@@ -159,6 +180,148 @@ def test_it_accepts_the_key_as_a_parameter_too(key):
     assert call.status == 201, call.response
 
 
+def _connection_body() -> bytes:
+    return json.dumps({"imap_provider_code": "PLAIN", "imap_host": "imap.example.com"}).encode()
+
+
+def _rotated(key: str, grace: timedelta) -> str:
+    """Rotate the partner's key; returns the new one (the old one is `key`)."""
+    return Partner.for_api_key(key).rotate_api_key(grace)
+
+
+def test_it_accepts_the_previous_key_with_a_body_during_its_grace_period(key):
+    _rotated(key, timedelta(hours=1))
+    body = _connection_body()
+    call = Call(
+        "POST",
+        "/api/v1/connections",
+        headers=[
+            ("x-api-key", key),
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+        ],
+        body=body,
+    ).run()
+    assert call.status == 201, call.response
+
+
+def test_it_answers_401_without_reading_the_body_for_a_previous_key_past_its_grace(key):
+    _rotated(key, timedelta(hours=1))
+    Partner.objects.update(previous_api_key_until=timezone.now() - timedelta(seconds=1))
+    call = Call(
+        "POST",
+        "/api/v1/connections",
+        headers=[("x-api-key", key), ("transfer-encoding", "chunked")],
+        body_size=100 * 1024,
+    ).run()
+    assert call.status == 401
+    assert call.json()["error"]["code"] == "unauthorized"
+    assert call.consumed == 0
+
+
+def _multipart(fields: dict) -> tuple[bytes, str]:
+    boundary = "BoUnDaRy"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    return ("".join(parts) + f"--{boundary}--\r\n").encode(), (
+        f"multipart/form-data; boundary={boundary}"
+    )
+
+
+@pytest.mark.parametrize("encoding", ["form", "form-chunked", "multipart", "json"])
+def test_it_takes_the_api_key_from_a_small_body_without_a_key_elsewhere(key, encoding):
+    fields = {"imap_provider_code": "PLAIN", "imap_host": "imap.example.com", "api_key": key}
+    if encoding == "multipart":
+        body, content_type = _multipart(fields)
+    elif encoding == "json":
+        body, content_type = json.dumps(fields).encode(), "application/json"
+    else:
+        body, content_type = urlencode(fields).encode(), "application/x-www-form-urlencoded"
+    framing = (
+        ("transfer-encoding", "chunked")
+        if encoding == "form-chunked"
+        else ("content-length", str(len(body)))
+    )
+    call = Call(
+        "POST",
+        "/api/v1/connections",
+        headers=[("content-type", content_type), framing],
+        body=body,
+        chunk=16,  # many small messages
+    ).run()
+    assert call.status == 201, call.response
+    assert call.json()["imap_host"] == "imap.example.com"
+
+
+def test_it_answers_401_after_reading_at_most_the_bound_of_a_large_body_without_a_key(key):
+    chunk = 1024
+    call = Call(
+        "POST",
+        "/api/v1/connections",
+        headers=[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("transfer-encoding", "chunked"),
+        ],
+        body_size=1024 * 1024,
+        chunk=chunk,
+    ).run()
+    assert call.status == 401
+    assert call.json() == {
+        "error": {"code": "unauthorized", "message": "Missing or invalid API key."}
+    }
+    # The message that crosses the bound is the last one read.
+    assert KEYLESS_BODY_LIMIT < call.consumed <= KEYLESS_BODY_LIMIT + chunk
+    # A Content-Length past the bound is refused before reading (past API_BODY_LIMIT too,
+    # the 413 comes first, as for any caller).
+    by_length = Call(
+        "POST",
+        "/api/v1/connections",
+        headers=[("content-length", str(KEYLESS_BODY_LIMIT + 1))],
+        body_size=KEYLESS_BODY_LIMIT + 1,
+    ).run()
+    assert (by_length.status, by_length.consumed) == (401, 0)
+
+
+def test_it_lets_the_api_answer_401_to_a_small_body_without_any_key(key):
+    body = urlencode({"imap_provider_code": "PLAIN", "api_key": "wrong"}).encode()
+    call = Call(
+        "POST",
+        "/api/v1/connections",
+        headers=[("content-length", str(len(body)))],
+        body=body,
+    ).run()
+    assert call.status == 401
+    assert call.json()["error"]["code"] == "unauthorized"
+    assert call.consumed == len(body)
+    assert not ImapProvider.objects.get(code="PLAIN").connections.exists()
+
+
+def test_it_answers_the_original_readme_snippet_as_rest_client_sends_it(key):
+    call = Call.raw(REST_CLIENT_REQUESTS["create_connection"].replace("$API_KEY$", key)).run()
+    assert call.status == 201, call.response
+    assert call.json()["imap_provider_code"] == "GMAIL_OAUTH2"
+
+
+def test_it_answers_the_original_readme_snippet_with_the_previous_key_in_grace(key):
+    _rotated(key, timedelta(hours=1))
+    call = Call.raw(REST_CLIENT_REQUESTS["create_connection"].replace("$API_KEY$", key)).run()
+    assert call.status == 201, call.response
+
+
+def test_it_answers_the_original_readme_snippet_with_the_key_in_its_form_body(key):
+    # The snippet as a client that passes `api_key` in its payload hash sends it: no
+    # X-Api-Key header, the key form-encoded in the body (Rails' params).
+    raw = REST_CLIENT_REQUESTS["create_connection"].replace("X-Api-Key: $API_KEY$\r\n", "")
+    head, _, body = raw.partition("\r\n\r\n")
+    body += f"&api_key={key}"
+    head = head.replace("Content-Length: 74", f"Content-Length: {len(body)}")
+    call = Call.raw(f"{head}\r\n\r\n{body}").run()
+    assert call.status == 201, call.response
+    assert call.json()["imap_provider_code"] == "GMAIL_OAUTH2"
+
+
 @pytest.mark.parametrize("path", ["/admin/login/", "/connect/any-token", "/disconnect/x"])
 def test_it_limits_form_pages_with_their_own_larger_limit(transactional_db, path):
     assert settings.FORM_BODY_LIMIT > settings.API_BODY_LIMIT
@@ -192,7 +355,9 @@ def test_it_lets_a_form_body_under_the_form_limit_through(transactional_db):
     assert call.consumed == size
 
 
-def test_it_rate_limits_its_log_lines(transactional_db, caplog):
+def test_it_rate_limits_its_log_lines(transactional_db, caplog, monkeypatch):
+    # A fresh minute: the refusals of the tests before this one count in the shared window.
+    monkeypatch.setattr(frontdoor, "_refusals", frontdoor.RateLimitedLog(frontdoor.log))
     with caplog.at_level(logging.INFO):
         for _ in range(60):
             Call("POST", "/api/v1/connections", headers=[("content-length", str(10**9))]).run()

@@ -1,10 +1,12 @@
 """The front door of a real `superimap web` process (uvicorn): bodies of callers without
-a key are never read, oversized ones are cut off at the limit, and X-Forwarded-For from
-an untrusted client does not reset the login lockout."""
+a key are cut off at a small bound, oversized ones at the limit, the original's clients
+(previous key in its grace period, `api_key` in a form body) get through, and
+X-Forwarded-For from an untrusted client does not reset the login lockout."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import socket
 import time
@@ -13,6 +15,7 @@ import urllib.parse
 import pytest
 
 from superimap.testing import free_port
+from tests.api.test_original_clients import REST_CLIENT_REQUESTS
 from tests.processes import Processes, superimap_env, wait_until
 from tests.test_cli import run
 
@@ -95,7 +98,7 @@ def chunked_post(port: int, path: str, headers: dict, total: int) -> tuple[int, 
     return status, sent, answer.split(b"\r\n\r\n", 1)[1]
 
 
-def test_a_body_without_a_key_is_never_read(web):
+def test_a_large_body_without_a_key_is_cut_off_at_the_keyless_bound(web):
     status, sent, body = chunked_post(
         web["port"], "/api/v1/connections", {"Content-Type": "application/json"}, 64 << 20
     )
@@ -117,6 +120,41 @@ def test_an_oversized_chunked_body_gets_413_at_the_limit_not_a_traceback(web):
     assert sent < 64 << 20
     assert list(web["spool"].iterdir()) == []
     assert "Traceback" not in web["output"]()
+
+
+def raw_request(port: int, request: str) -> tuple[int, bytes]:
+    """Send a request exactly as written (as a captured client sent it); (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.connect()
+    conn.sock.sendall(request.encode())
+    response = http.client.HTTPResponse(conn.sock, method=request.split(" ", 1)[0])
+    response.begin()
+    body = response.read()
+    conn.close()
+    return response.status, body
+
+
+def test_the_original_readme_snippet_works_with_the_previous_key_in_grace(web):
+    port, old_key = web["port"], web["api_key"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/api/v1/partner/rotate-api-key", "{}", {"x-api-key": old_key})
+    rotated = conn.getresponse()
+    assert rotated.status == 200
+    new_key = json.loads(rotated.read())["api_key"]
+    assert new_key != old_key
+    request = REST_CLIENT_REQUESTS["create_connection"].replace("$API_KEY$", old_key)
+    status, body = raw_request(port, request)
+    assert status == 201, body
+
+
+def test_the_original_readme_snippet_works_with_the_key_in_its_form_body(web):
+    raw = REST_CLIENT_REQUESTS["create_connection"].replace("X-Api-Key: $API_KEY$\r\n", "")
+    head, _, form = raw.partition("\r\n\r\n")
+    form += f"&api_key={web['api_key']}"
+    head = head.replace("Content-Length: 74", f"Content-Length: {len(form)}")
+    status, body = raw_request(web["port"], f"{head}\r\n\r\n{form}")
+    assert status == 201, body
+    assert list(web["spool"].iterdir()) == []
 
 
 def login(port: int, password: str, forwarded_for: str | None = None) -> int:
