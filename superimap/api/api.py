@@ -193,6 +193,7 @@ def update_user(request, code: str, tag: str, body: UserUpdate):
     setting a password or refresh token connects the user and sends user_connected."""
     user = service.get_user(request.auth, code, tag)
     with transaction.atomic():
+        user = service.lock_user(user)
         service.update_user(user, body)
     return service.user_out(user)
 
