@@ -26,6 +26,7 @@ from superimap.engine.oauth import AccessTokens
 from superimap.engine.session import AuthFailed
 from superimap.imap import ImapError
 from superimap.mailboxes.models import MailboxUser
+from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Partner
 
 log = logging.getLogger("superimap.messages")
@@ -85,6 +86,11 @@ async def stream_message(
     except AuthFailed as exc:
         raise ApiError(
             502, "imap_auth_failed", f"The IMAP server refused the login: {exc}"
+        ) from None
+    except PrivateTargetRefused as exc:
+        # As the engine reports it (last_error): the host and port, no address or detail.
+        raise ApiError(
+            502, "imap_unavailable", f"The IMAP server could not be read: {exc}"
         ) from None
     except ssl.SSLCertVerificationError as exc:
         raise ApiError(
