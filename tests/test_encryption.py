@@ -1,7 +1,6 @@
 """Secrets are Fernet tokens at rest, never plaintext; keys can be rotated."""
 
 import secrets
-from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, MultiFernet
@@ -13,7 +12,7 @@ from superimap.fields import DecryptionError
 from superimap.keys import encrypted_fields, reencrypt_all
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, Partner
-from tests.conftest import ApiClient
+from tests.conftest import ApiClient, database_file_bytes
 
 
 @pytest.fixture
@@ -52,16 +51,8 @@ def raw_column(table: str, column: str) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def database_bytes() -> bytes:
-    name = Path(settings.DATABASES["default"]["NAME"])
-    connection.close()  # the last connection to close checkpoints the WAL into the file
-    return b"".join(
-        p.read_bytes() for p in (name, name.with_name(name.name + "-wal")) if p.exists()
-    )
-
-
 def test_it_never_writes_a_secret_in_plaintext(stored_secrets):
-    data = database_bytes()
+    data = database_file_bytes()
     assert b"u@x.example" in data  # control: unencrypted columns of the same rows are there
     for name, secret in stored_secrets.items():
         assert secret.encode() not in data, name

@@ -185,6 +185,32 @@ def test_the_engine_reports_a_refused_host_without_any_network_detail(
     assert listener.accepted() == 0
 
 
+def test_the_message_route_refuses_a_private_host_when_connecting(
+    partner, listener, production_hosts
+):
+    from django.test import Client
+    from django.utils import timezone
+
+    from superimap.delivery.payloads import message_url
+    from superimap.mailboxes.models import MailboxUser
+    from tests.engine.conftest import loopback_connection
+
+    user = MailboxUser.objects.create(
+        connection=loopback_connection(partner, listener.port),
+        tag="alice",
+        login_username="alice",
+        password="pw",
+        connected_at=timezone.now(),
+    )
+    url = message_url("LOOPBACK_PLAIN", user.tag, 1, 1)
+    r = Client().get(url[url.index("/api/v1/") :], HTTP_X_API_KEY=partner.api_key)
+    error = assert_error(r, 502, "imap_unavailable")
+    assert (
+        f"127.0.0.1:{listener.port} resolves to a private or reserved address" in error["message"]
+    )
+    assert listener.accepted() == 0
+
+
 def test_tracer_smtp_refuses_a_private_host_when_connecting(listener, production_hosts):
     from superimap.engine.store import MailboxConfig
     from superimap.tracers.sender import TracerSender, TracerTarget

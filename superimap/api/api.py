@@ -195,6 +195,7 @@ def update_user(request, code: str, tag: str, body: UserUpdate):
     setting a password or refresh token connects the user and sends user_connected."""
     user = service.get_user(request.auth, code, tag)
     with transaction.atomic():
+        user = service.lock_user(user)
         service.update_user(user, body)
     return service.user_out(user)
 
@@ -269,7 +270,14 @@ RFC822_RESPONSE = {
 
 @api.get(
     "/connections/{code}/users/{tag}/messages/{uid_validity}/{uid}",
-    response={401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut, 502: ErrorOut},
+    response={
+        401: ErrorOut,
+        404: ErrorOut,
+        409: ErrorOut,
+        422: ErrorOut,
+        429: ErrorOut,
+        502: ErrorOut,
+    },
     openapi_extra=RFC822_RESPONSE,
     tags=["messages"],
 )
@@ -277,7 +285,8 @@ async def get_message(request, code: str, tag: str, uid_validity: int, uid: int)
     """The raw message with this UIDVALIDITY and UID (new_mail's `rfc822_url`), read from
     the IMAP server on demand and streamed as message/rfc822. 404 if the message is gone
     (expunged, or the mailbox's UIDVALIDITY changed) or unknown; 409 if the user is archived
-    or not connected; 502 if the IMAP server cannot be read."""
+    or not connected; 429 when the mailbox or its server had too many logins lately (each
+    request is one); 502 if the IMAP server cannot be read."""
     return await messages.stream_message(request.auth, code, tag, uid_validity, uid)
 
 

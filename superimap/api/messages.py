@@ -4,13 +4,15 @@ GET /api/v1/connections/{code}/users/{tag}/messages/{uid_validity}/{uid} answers
 ``message/rfc822``, read a slice at a time by superimap.engine.messages (never the whole
 message in memory), or a JSON error: 404 when the user or the message is unknown (another
 partner's, expunged, or an old UIDVALIDITY), 409 when the user is archived or not connected,
-502 when the IMAP server cannot be reached or refuses the stored credentials.
+429 when the login limits (engine/ratelimit.py) say not now, 502 when the IMAP server
+cannot be reached or refuses the stored credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import weakref
 
@@ -23,9 +25,11 @@ from superimap.engine import store
 from superimap.engine.connection import CommandFailed, ServerBye
 from superimap.engine.messages import MessageGone, open_message
 from superimap.engine.oauth import AccessTokens
+from superimap.engine.ratelimit import LoginLimiter
 from superimap.engine.session import AuthFailed
 from superimap.imap import ImapError
 from superimap.mailboxes.models import MailboxUser
+from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Partner
 
 log = logging.getLogger("superimap.messages")
@@ -34,6 +38,18 @@ log = logging.getLogger("superimap.messages")
 _tokens: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AccessTokens] = (
     weakref.WeakKeyDictionary()
 )
+
+
+_limiter: LoginLimiter | None = None
+
+
+def logins() -> LoginLimiter:
+    """The web process's login limits: every request here is an IMAP login, so without
+    them API calls could hammer one account or provider (engine/ratelimit.py)."""
+    global _limiter
+    if _limiter is None:
+        _limiter = LoginLimiter()
+    return _limiter
 
 
 def _save_rotated(user_id: int, refresh_token: str) -> None:
@@ -73,6 +89,13 @@ async def stream_message(
     config = await sync_to_async(_load_config)(partner, code, tag)
     if uid_validity < 1 or uid < 1:
         raise ApiError(404, "message_not_found", "No such message.")
+    wait = logins().try_login(config.user_id, config.host)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "imap_rate_limited",
+            f"Too many IMAP logins for this mailbox or its server; retry in {math.ceil(wait)} s.",
+        )
     try:
         message = await open_message(config, uid_validity, uid, _web_tokens())
     except MessageGone as exc:
@@ -85,6 +108,11 @@ async def stream_message(
     except AuthFailed as exc:
         raise ApiError(
             502, "imap_auth_failed", f"The IMAP server refused the login: {exc}"
+        ) from None
+    except PrivateTargetRefused as exc:
+        # As the engine reports it (last_error): the host and port, no address or detail.
+        raise ApiError(
+            502, "imap_unavailable", f"The IMAP server could not be read: {exc}"
         ) from None
     except ssl.SSLCertVerificationError as exc:
         raise ApiError(

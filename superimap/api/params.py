@@ -11,6 +11,8 @@ body into the one JSON object our schemas validate:
 - query-string parameters are merged over the body's, as Rails does (`api_key` and `format`
   are not body fields);
 - form keys `name[]` make lists; for a key given twice the last value wins, as in Rails;
+- form and query values are text, as in Rails; digit strings of the integer fields that are
+  strict in JSON (`STRICT_INTEGER_FIELDS`: ports) are read as numbers, as Rails cast them;
 - `api_key` in the body authenticates like the header or query parameter (Rails' `params`);
 - a `.json` format suffix on the path is dropped (`/api/v1/connections.json`), as Rails routes
   took `(.:format)`.
@@ -28,6 +30,7 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.http.multipartparser import MultiPartParser, MultiPartParserError
 
 from superimap.api.errors import error_response
+from superimap.api.schemas import STRICT_INTEGER_FIELDS
 
 WRITE_METHODS = {"POST", "PUT", "PATCH"}
 NOT_BODY_FIELDS = {"api_key", "format"}
@@ -38,9 +41,17 @@ KEEP_SUFFIX_FOR = "/openapi.json"  # a file, not a resource
 INTEGER_FIELDS = {"imap_port", "smtp_port", "idle_refresh_seconds", "grace_seconds"}
 
 
+def _text_value(key: str, value: str) -> str | int:
+    """A form or query value: text, except a digit string for a strict integer field."""
+    if key in STRICT_INTEGER_FIELDS and value.isascii() and value.isdigit():
+        return int(value)
+    return value
+
+
 def _from_pairs(pairs: list[tuple[str, str]]) -> dict:
     params: dict = {}
-    for key, value in pairs:
+    for key, text in pairs:
+        value = _text_value(key.removesuffix("[]"), text)
         if key.endswith("[]"):
             params.setdefault(key[:-2], [])
             if isinstance(params[key[:-2]], list):

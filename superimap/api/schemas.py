@@ -25,6 +25,10 @@ PROVIDER_CODES = [
     "LOOPBACK_PLAIN",
     "LOOPBACK_OAUTH2",
 ]
+# Integer fields that are strict in JSON (true and "993" are not ports). A form body or a
+# query string can only carry text, so RailsParamsMiddleware turns their digit strings into
+# numbers first, as the original's Rails models cast them.
+STRICT_INTEGER_FIELDS = frozenset({"imap_port", "smtp_port"})
 # Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned
 # characters, and line/paragraph separators: a tag shows in dashboards and logs as is.
 INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
@@ -86,7 +90,7 @@ class ConnectionUpdate(OriginalNames):
     oauth_client_id: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
     oauth_client_secret: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
     imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
-    # strict: true and "993" are not ports.
+    # strict (STRICT_INTEGER_FIELDS): true and "993" are not ports.
     imap_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     imap_tls: TlsMode | None = None
     imap_tls_ca: str | None = Field(

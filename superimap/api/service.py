@@ -187,6 +187,23 @@ def get_user(partner: Partner, code: str, tag: str, include_archived: bool = Tru
     return user
 
 
+def lock_user(user: MailboxUser) -> MailboxUser:
+    """The user's row read again under its lock; run inside a transaction. update_user
+    saves every field, so it must start from what others committed since get_user (a
+    concurrent restore, the engine's status and checkpoint), not undo it."""
+    locked = (
+        MailboxUser.objects.select_for_update(of=("self",))
+        .select_related("connection__provider")
+        .filter(id=user.id)
+        .first()
+    )
+    if locked is None:
+        raise ApiError(
+            404, "not_found", f"No user {user.tag!r} in connection {user.connection.code!r}."
+        )
+    return locked
+
+
 def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> bool:
     """Set the body's fields on the user; True when it set credentials (a password or a
     refresh token), which connects the user as the hosted connect flow would."""

@@ -9,6 +9,10 @@ account, or to one provider, faster than the operator allows:
   IMAP_LOGIN_INTERVAL_PER_MAILBOX seconds (defaults 5 and 30 s: at most 120 an hour);
 - per host: IMAP_LOGIN_BURST_PER_HOST at once, then IMAP_LOGINS_PER_SECOND_PER_HOST a
   second (defaults 500 and 50/s: 20,000 mailboxes on one provider start in ~7 minutes).
+
+The API's message route logs in too, once per request, from the web process: it takes its
+tokens from a limiter of its own (the same limits, separate from the engine's) and answers
+429 instead of waiting.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ class TokenBucket:
         self.tokens -= 1.0
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there, taking none."""
+        tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def full(self, now: float) -> bool:
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
@@ -63,12 +72,15 @@ class LoginLimiter:
 
     def _take(self, buckets: dict, key, rate: float, burst: int) -> float:
         now = self.clock()
+        return self._bucket(buckets, key, rate, burst, now).reserve(now)
+
+    def _bucket(self, buckets: dict, key, rate: float, burst: int, now: float) -> TokenBucket:
         bucket = buckets.get(key)
         if bucket is None:
             if len(buckets) > 1000 and len(buckets) % 1000 == 0:
                 self._forget_full(buckets, now)
             bucket = buckets[key] = TokenBucket(rate, burst, now)
-        return bucket.reserve(now)
+        return bucket
 
     @staticmethod
     def _forget_full(buckets: dict, now: float) -> None:
@@ -81,6 +93,21 @@ class LoginLimiter:
 
     def host_delay(self, host: str) -> float:
         return self._take(self.hosts, host.lower(), self.host_rate, self.host_burst)
+
+    def try_login(self, user_id: int, host: str) -> float:
+        """For a caller that answers rather than waits (the API's message route): 0.0 and
+        both tokens taken when this mailbox may log in now, otherwise the seconds until it
+        may, taking none."""
+        now = self.clock()
+        buckets = [
+            self._bucket(self.mailboxes, user_id, self.mailbox_rate, self.mailbox_burst, now),
+            self._bucket(self.hosts, host.lower(), self.host_rate, self.host_burst, now),
+        ]
+        wait = max(bucket.wait(now) for bucket in buckets)
+        if wait == 0.0:
+            for bucket in buckets:
+                bucket.reserve(now)
+        return wait
 
     async def wait_turn(
         self, user_id: int, host: str, sleep: Callable[[float], Awaitable[None]]

@@ -9,7 +9,8 @@ import itertools
 import time
 
 import pytest
-from django.db import close_old_connections
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, connections
 from django.test import AsyncClient
 from django.utils import timezone
 
@@ -49,6 +50,25 @@ def dovecot_user(owner, dovecot):
     )
 
 
+async def _close_request_connections() -> None:
+    """Close the database connections the requests opened: Django runs the views' queries
+    in asgiref's one thread for sync code, which lives as long as this process, so they
+    would stay open through every later test."""
+    await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+
+async def _in_thread(fn):
+    """fn() in a thread of its own, closing the database connections it opened there."""
+
+    def call():
+        try:
+            return fn()
+        finally:
+            connections.close_all()
+
+    return await asyncio.to_thread(call)
+
+
 def _path(user: MailboxUser, uid_validity: int, uid: int) -> str:
     url = message_url(user.connection.provider.code, user.tag, uid_validity, uid)
     return url[url.index("/api/v1/") :]
@@ -59,11 +79,14 @@ def _get(path: str, api_key: str | None) -> tuple[int, dict, bytes]:
 
     async def run():
         headers = {"x-api-key": api_key} if api_key else {}
-        response = await AsyncClient().get(path, headers=headers)
-        if response.streaming:
-            body = b"".join([part async for part in response.streaming_content])
-        else:
-            body = response.content
+        try:
+            response = await AsyncClient().get(path, headers=headers)
+            if response.streaming:
+                body = b"".join([part async for part in response.streaming_content])
+            else:
+                body = response.content
+        finally:
+            await _close_request_connections()
         return response.status_code, response.headers, body
 
     close_old_connections()
@@ -197,13 +220,14 @@ def test_it_streams_for_an_oauth2_user_over_xoauth2(owner):
                     connected_at=timezone.now(),
                 )
 
-            user = await asyncio.to_thread(make_user)
+            user = await _in_thread(make_user)
             response = await AsyncClient().get(
                 _path(user, uid_validity, uid), headers={"x-api-key": owner.api_key}
             )
             body = b"".join([part async for part in response.streaming_content])
             return raw, response.status_code, body
         finally:
+            await _close_request_connections()
             await oauth.stop()
             await imap.stop()
 
@@ -236,7 +260,7 @@ def test_a_response_never_read_still_closes_its_imap_connection(owner):
                     connected_at=timezone.now(),
                 )
 
-            user = await asyncio.to_thread(make_user)
+            user = await _in_thread(make_user)
             path = _path(user, imap.mailbox("user0").uidvalidity, uid)
             response = await AsyncClient().get(path, headers={"x-api-key": owner.api_key})
             open_before = len(imap.sessions_by_user.get("user0", ()))
@@ -247,6 +271,7 @@ def test_a_response_never_read_still_closes_its_imap_connection(owner):
                 await asyncio.sleep(0.02)
             return response.status_code, open_before, len(imap.sessions_by_user.get("user0", ()))
         finally:
+            await _close_request_connections()
             await imap.stop()
 
     close_old_connections()

@@ -47,7 +47,7 @@ def test_it_serves_the_openapi_schema(client, db):
 def test_it_declares_the_message_route_as_rfc822_with_json_errors(client, db):
     paths = client.get("/api/v1/openapi.json").json()["paths"]
     route = paths["/api/v1/connections/{code}/users/{tag}/messages/{uid_validity}/{uid}"]["get"]
-    assert set(route["responses"]) == {"200", "401", "404", "409", "422", "502"}
+    assert set(route["responses"]) == {"200", "401", "404", "409", "422", "429", "502"}
     assert "message/rfc822" in route["responses"]["200"]["content"]
     assert "application/json" in route["responses"]["404"]["content"]
 

@@ -244,6 +244,22 @@ def test_it_reads_form_values_as_numbers_and_booleans(partner):
     assert r.json()["imap_port"] == 143
 
 
+@pytest.mark.parametrize("port", ["0x3e1", "true", "143.0", " 143", ""])
+def test_it_refuses_form_ports_that_are_not_digits(partner, port):
+    # A form's digit strings are numbers (above); anything else stays as strict as JSON.
+    body = form({"imap_provider_code": "PLAIN", "imap_host": "mail.example.com", "imap_port": port})
+    r = send("POST", "/connections", partner.api_key, body, "application/x-www-form-urlencoded")
+    assert_error(r, 422, "validation_error")
+    assert not partner.connections.exists()
+
+
+def test_it_reads_a_port_in_the_query_string_as_a_number(partner):
+    body = json.dumps({"imap_provider_code": "PLAIN", "imap_host": "mail.example.com"})
+    r = send("POST", "/connections?imap_port=143", partner.api_key, body, "application/json")
+    assert r.status_code == 201, r.content
+    assert r.json()["imap_port"] == 143
+
+
 def test_it_answers_a_json_400_for_a_body_that_is_neither_json_nor_a_form(
     partner, plain_connection
 ):

@@ -160,3 +160,54 @@ def test_only_session_fields_move_the_session_version(plain_connection):
     plain_connection.imap_port = 143
     plain_connection.save()
     assert MailboxUser.objects.get(id=user.id).session_version != second
+
+
+def test_try_login_takes_both_tokens_or_none():
+    clock = [0.0]
+    limiter = LoginLimiter(mailbox_burst=2, host_burst=3, host_rate=0.5, clock=lambda: clock[0])
+    assert [limiter.try_login(1, "imap.example.com") for _ in range(3)] == [0, 0, 30]
+    assert limiter.try_login(2, "IMAP.example.com") == 0  # the host's third token
+    assert limiter.try_login(3, "imap.example.com") == 2  # host empty: mailbox 3 keeps its tokens
+    clock[0] = 2.0
+    assert limiter.try_login(3, "imap.example.com") == 0
+    assert limiter.try_login(3, "imap.example.com") == 2  # its second token is still there
+
+
+def test_the_message_route_answers_429_past_the_mailbox_login_limit(partner, monkeypatch):
+    from django.test import Client
+    from django.utils import timezone
+
+    from superimap.api import messages
+    from superimap.delivery.payloads import message_url
+    from superimap.partners.models import ImapProvider
+    from superimap.testing import free_port
+
+    clock = [0.0]
+    monkeypatch.setattr(messages, "_limiter", LoginLimiter(clock=lambda: clock[0]))
+    connection = Connection.objects.create(
+        partner=partner,
+        provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
+        imap_host="127.0.0.1",
+        imap_port=free_port(),  # nothing listens: each request that tries is a 502
+        imap_tls="none",
+    )
+    user = MailboxUser.objects.create(
+        connection=connection,
+        tag="alice",
+        login_username="alice",
+        password="pw",
+        connected_at=timezone.now(),
+    )
+    url = message_url("LOOPBACK_PLAIN", user.tag, 1, 1)
+
+    def get():
+        return Client().get(url[url.index("/api/v1/") :], HTTP_X_API_KEY=partner.api_key)
+
+    assert [get().status_code for _ in range(5)] == [502] * 5
+    refused = get()
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "imap_rate_limited"
+    assert "retry in 30 s" in refused.json()["error"]["message"]
+    clock[0] = 30.0
+    assert get().status_code == 502  # one more login after the interval
+    assert get().status_code == 429

@@ -21,8 +21,13 @@ WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 @pytest.fixture
 def user(mail_partner) -> MailboxUser:
+    # Connected: persist_batch discards a batch for a user that is not (nothing after the
+    # user leaves, tests/engine/test_user_leaves.py).
     return MailboxUser.objects.create(
-        connection=loopback_connection(mail_partner, 1), tag="u", owner_node=NODE
+        connection=loopback_connection(mail_partner, 1),
+        tag="u",
+        owner_node=NODE,
+        connected_at=WHEN,
     )
 
 

@@ -13,6 +13,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from superimap.delivery.models import Delivery
+from superimap.engine.ratelimit import LoginLimiter
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
 from superimap.testing import free_port
@@ -20,6 +21,14 @@ from tests.engine.conftest import FAST, RunningEngine, wait_for
 
 # Retries every few tenths of a second, so "not per retry" is put to the test.
 RETRY_FAST = dataclasses.replace(FAST, max_backoff=0.3, max_auth_backoff=0.3)
+
+
+def fast_engine(**kwargs) -> RunningEngine:
+    """An engine that retries at RETRY_FAST's pace: the login limits (5 logins per mailbox,
+    then one per 30 s; tests/engine/test_login_limits.py) would hold it after 5 retries."""
+    return RunningEngine(
+        session_settings=RETRY_FAST, login_limiter=LoginLimiter(mailbox_burst=10_000), **kwargs
+    )
 
 
 def _user(user_id: int) -> MailboxUser:
@@ -40,10 +49,10 @@ def test_a_refused_login_is_told_once_across_retries_and_restarts_then_recovery_
     user = mailbox(password="wrong-password")
 
     async def scenario():
-        async with RunningEngine(session_settings=RETRY_FAST):
+        async with fast_engine():
             await wait_for(lambda: _user(user.id).consecutive_failures >= 5)
         # A new engine (as after a restart) finds the user still failing: no second event.
-        async with RunningEngine(node_id="other-node", session_settings=RETRY_FAST):
+        async with fast_engine(node_id="other-node"):
             failures = await asyncio.to_thread(lambda: _user(user.id).consecutive_failures)
             await wait_for(lambda: _user(user.id).consecutive_failures >= failures + 3)
             errors = await asyncio.to_thread(_events, user.id, "user_error")
@@ -90,7 +99,7 @@ def test_a_certificate_failure_is_tls_failed_and_told(mail_partner, dovecot, tls
     )
 
     async def scenario():
-        async with RunningEngine(session_settings=RETRY_FAST):
+        async with fast_engine():
             await wait_for(lambda: _user(user.id).status == "tls_failed")
             await wait_for(lambda: _events(user.id, "user_error"))
             await wait_for(lambda: _user(user.id).consecutive_failures >= 3)
@@ -124,7 +133,7 @@ def test_backing_off_is_told_only_after_15_minutes(mail_partner):
         )
 
     async def scenario():
-        async with RunningEngine(session_settings=RETRY_FAST):
+        async with fast_engine():
             await wait_for(lambda: _user(user.id).failing_since is not None)
             await wait_for(lambda: _user(user.id).consecutive_failures >= 5)
             told_early = await asyncio.to_thread(_events, user.id, "user_error")

@@ -8,7 +8,6 @@ taken back into the test client (same session cookie) at /oauth2/callback.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
@@ -23,7 +22,7 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.mailboxes.oauth import email_from_userinfo, id_token_claims
 from superimap.partners.models import Connection, ImapProvider
 from superimap.testing.oauth_server import LoopbackOAuthServer
-from tests.conftest import ApiClient
+from tests.conftest import ApiClient, database_file_bytes
 
 
 @pytest.fixture
@@ -309,10 +308,7 @@ def test_the_refresh_token_is_encrypted_in_the_database_file(
             "SELECT oauth_refresh_token FROM mailboxes_mailboxuser WHERE id = %s", [user.id]
         )
         assert cursor.fetchone()[0].startswith("gAAAAA")
-    database = Path(db_connection.settings_dict["NAME"])
-    for file in (database, Path(f"{database}-wal")):
-        if file.exists():
-            assert token.encode() not in file.read_bytes()
+    assert token.encode() not in database_file_bytes()
     assert token not in caplog.text
     assert "token-for-alice" not in caplog.text
 
