@@ -36,9 +36,6 @@ WRITE_METHODS = {"POST", "PUT", "PATCH"}
 NOT_BODY_FIELDS = {"api_key", "format"}
 JSON_SUFFIX = ".json"
 KEEP_SUFFIX_FOR = "/openapi.json"  # a file, not a resource
-# Integer fields of the write schemas. Form and query values are text by nature, so "143"
-# there is the number 143, as Rails read it; a JSON body must send a number (strict schema).
-INTEGER_FIELDS = {"imap_port", "smtp_port", "idle_refresh_seconds", "grace_seconds"}
 
 
 def _text_value(key: str, value: str) -> str | int:
@@ -65,17 +62,6 @@ def _from_querydict(data: QueryDict) -> dict:
     return _from_pairs([(key, value) for key, values in data.lists() for value in values])
 
 
-def _numbers_from_text(params: dict) -> dict:
-    """Form/query text of the integer fields as numbers ("143" -> 143); anything else, e.g.
-    "0x8f" or "true", stays text for the schema to refuse."""
-    return {
-        key: int(value)
-        if key in INTEGER_FIELDS and isinstance(value, str) and value.isascii() and value.isdigit()
-        else value
-        for key, value in params.items()
-    }
-
-
 def body_params(request: HttpRequest, body: bytes) -> dict | None:
     """The body's parameters, or None when it cannot be read as JSON, multipart or a form."""
     if not body.strip():
@@ -95,13 +81,13 @@ def body_params(request: HttpRequest, body: bytes) -> dict | None:
             ).parse()
         except MultiPartParserError:
             return None
-        return _numbers_from_text(_from_querydict(fields))
+        return _from_querydict(fields)
     try:
         text = body.decode("utf-8")
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
     except (UnicodeDecodeError, ValueError):
         return None
-    return _numbers_from_text(_from_pairs(pairs))
+    return _from_pairs(pairs)
 
 
 def merged_params(request: HttpRequest) -> dict | None:
@@ -109,11 +95,7 @@ def merged_params(request: HttpRequest) -> dict | None:
     body = body_params(request, request.body)
     if body is None:
         return None
-    query = {
-        k: v
-        for k, v in _numbers_from_text(_from_querydict(request.GET)).items()
-        if k not in NOT_BODY_FIELDS
-    }
+    query = {k: v for k, v in _from_querydict(request.GET).items() if k not in NOT_BODY_FIELDS}
     params = {**body, **query}
     params.pop("format", None)
     return params
