@@ -63,6 +63,17 @@ def expose(metrics) -> None:
 NODE_ALIVE = timedelta(seconds=30)
 
 
+def _count_by(name: str, documentation: str, field: str, rows, choices) -> GaugeMetricFamily:
+    """One gauge per choice of ``field`` (0 where no row has it), counted in one query."""
+    gauge = GaugeMetricFamily(name, documentation, labels=[field])
+    counts = dict(
+        rows.order_by().values_list(field).annotate(n=Count("id")).values_list(field, "n")
+    )
+    for value, _label in choices:
+        gauge.add_metric([value], counts.get(value, 0))
+    return gauge
+
+
 class DatabaseCollector:
     """Gauges computed from the database at scrape time."""
 
@@ -71,44 +82,27 @@ class DatabaseCollector:
         from superimap.engine.models import EngineNode
         from superimap.mailboxes.models import MailboxUser
 
-        mailboxes = GaugeMetricFamily(
-            "superimap_mailboxes", "Active mailboxes by engine status", labels=["status"]
+        yield _count_by(
+            "superimap_mailboxes",
+            "Active mailboxes by engine status",
+            "status",
+            MailboxUser.objects.filter(archived=False),
+            MailboxUser.Status.choices,
         )
-        counts = dict(
-            MailboxUser.objects.filter(archived=False)
-            .values_list("status")
-            .annotate(n=Count("id"))
-            .values_list("status", "n")
+        yield _count_by(
+            "superimap_deliveries",
+            "Webhook deliveries by status",
+            "status",
+            Delivery.objects.all(),
+            Delivery.Status.choices,
         )
-        for status, _ in MailboxUser.Status.choices:
-            mailboxes.add_metric([status], counts.get(status, 0))
-        yield mailboxes
-
-        deliveries = GaugeMetricFamily(
-            "superimap_deliveries", "Webhook deliveries by status", labels=["status"]
-        )
-        counts = dict(
-            Delivery.objects.values_list("status")
-            .annotate(n=Count("id"))
-            .values_list("status", "n")
-        )
-        for status, _ in Delivery.Status.choices:
-            deliveries.add_metric([status], counts.get(status, 0))
-        yield deliveries
-
-        endpoints = GaugeMetricFamily(
+        yield _count_by(
             "superimap_webhook_endpoints",
             "Webhook endpoints (partner and kind) with a health record, by state",
-            labels=["state"],
+            "state",
+            EndpointHealth.objects.all(),
+            EndpointHealth.State.choices,
         )
-        states = dict(
-            EndpointHealth.objects.values_list("state")
-            .annotate(n=Count("id"))
-            .values_list("state", "n")
-        )
-        for state, _ in EndpointHealth.State.choices:
-            endpoints.add_metric([state], states.get(state, 0))
-        yield endpoints
         failing = GaugeMetricFamily(
             "superimap_webhook_endpoint_failing",
             "1 for each webhook endpoint that is failing or disabled (410 Gone)",
