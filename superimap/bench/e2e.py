@@ -338,9 +338,11 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         raise RuntimeError("the chaos server did not push")
     pushed_at = time.monotonic()
     received = receiver.count()
+    progress = [(round(pushed_at - started, 1), received)]  # (seconds since push, arrived)
     while received < expected and time.monotonic() < pushed_at + args.drain:
         time.sleep(0.5)
         received = receiver.count()
+        progress.append((round(time.monotonic() - started, 1), received))
         print(f"  received {received}/{expected}", flush=True)
     time.sleep(1.0)  # duplicates that would follow the last message
     seconds = time.monotonic() - started
@@ -373,6 +375,7 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         "cpu_seconds": {name: round(value, 2) for name, value in cpu.items()},
         "rss_mb": rss,
         "online_seconds": round(online, 1),
+        "arrived_after_push": progress,
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "load_average_at_push": [round(x, 2) for x in load_at_push],
         "python": platform.python_version(),
