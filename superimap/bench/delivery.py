@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--database-url", help="default: a fresh SQLite file in a temp dir")
     args = parser.parse_args(argv)
+    load = [round(x, 2) for x in os.getloadavg()]
 
     try:
         import uvloop
@@ -307,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "db_engine": engine,
         "cpus": os.cpu_count(),
+        "load_average_at_start": load,
     }
     results = []
     for phase, count, (seconds, counts), note in [
