@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench bench-engine bench-delivery system-deps clean
+.PHONY: run test lint bench bench-engine bench-delivery bench-e2e system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,15 @@ bench-delivery: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var bench-results .pytest_cache
+
+# End-to-end: chaos IMAP server -> engine -> worker -> verifying receiver, each its own process.
+# RATE, MAILBOXES, DURATION, MODE (separate|up), BACKEND (sqlite|postgres).
+RATE ?= 100
+MAILBOXES ?= 1000
+DURATION ?= 20
+MODE ?= separate
+BACKEND ?= sqlite
+
+bench-e2e: $(STAMP)
+	$(BIN)/python -m superimap.bench.e2e --out bench-results/e2e.json --rate $(RATE) \
+		--mailboxes $(MAILBOXES) --duration $(DURATION) --mode $(MODE) --backend $(BACKEND)

@@ -65,6 +65,11 @@ POLL_INTERVAL = env_int("POLL_INTERVAL", 60, minimum=1)
 IDLE_REISSUE_SECONDS = env_int("IDLE_REISSUE_SECONDS", 25 * 60, minimum=1, maximum=29 * 60)
 ENGINE_LEASE_SECONDS = env_int("ENGINE_LEASE_SECONDS", 60, minimum=2, maximum=3600)
 ENGINE_REFRESH_SECONDS = env_int("ENGINE_REFRESH_SECONDS", 5, minimum=1, maximum=60)
+# Group commit (engine/persister.py): batches arriving this close share one transaction.
+ENGINE_GROUP_COMMIT_MS = env_int("ENGINE_GROUP_COMMIT_MS", 2, minimum=0, maximum=1000)
+ENGINE_GROUP_COMMIT_MESSAGES = env_int(
+    "ENGINE_GROUP_COMMIT_MESSAGES", 500, minimum=1, maximum=10000
+)
 # Nodes with a heartbeat this recent share the mailboxes (spec "Scaling": 30 s).
 ENGINE_NODE_ALIVE_SECONDS = env_int("ENGINE_NODE_ALIVE_SECONDS", 30, minimum=2, maximum=600)
 # A stable name: a restarted engine takes its own leases back at once (engine/nodelock.py).

@@ -430,8 +430,7 @@ class MailboxSession:
             if not batch:
                 continue
             messages = await self._fetch_batch(batch, before)
-            result = await self.engine.pool.run(
-                store.persist_batch,
+            result = await self.engine.persister.persist(
                 self.user_id,
                 self.engine.node_id,
                 self.uid_validity,

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
+from superimap.engine.persister import GroupPersister
 from superimap.engine.ratelimit import LoginLimiter
 from superimap.engine.session import MailboxSession, SessionSettings
 from superimap.mailboxes.models import MailLog
@@ -58,6 +59,7 @@ class Engine:
     ) -> None:
         self.pool = pool
         self.node_id = node_id
+        self.persister = GroupPersister(pool)
         # engine/nodelock.py: this process alone runs under node_id (None in-process tests).
         self.node_lock = node_lock
         self._lock_lost = False

@@ -21,7 +21,7 @@ USERS = 20
 BURST = 600
 
 
-def _start_engine(log_path: Path) -> subprocess.Popen:
+def _start_engine(log_path: Path, group_commit: tuple[int, int]) -> subprocess.Popen:
     env = {
         **os.environ,
         "SUPERIMAP_ENV": "test",
@@ -31,6 +31,8 @@ def _start_engine(log_path: Path) -> subprocess.Popen:
         "ENGINE_LEASE_SECONDS": "2",
         "ENGINE_REFRESH_SECONDS": "1",
         "ENGINE_NODE_ALIVE_SECONDS": "3",
+        "ENGINE_GROUP_COMMIT_MS": str(group_commit[0]),
+        "ENGINE_GROUP_COMMIT_MESSAGES": str(group_commit[1]),
     }
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -55,12 +57,17 @@ def _wait(predicate, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_it_loses_and_duplicates_nothing_when_the_engine_is_killed(mail_partner, tmp_path):
+# (ms, messages): the default group commit; and groups of many sessions' batches, 200 ms or
+# 50 messages apart, so the kill lands while a group is collected or committed.
+@pytest.mark.parametrize("group_commit", [(2, 500), (200, 50)], ids=["default", "wide"])
+def test_it_loses_and_duplicates_nothing_when_the_engine_is_killed(
+    mail_partner, tmp_path, group_commit
+):
     with ServerThread(USERS) as chaos:
         server = chaos.server
         loopback_users(mail_partner, server.port, USERS)
         log_path = tmp_path / "engine.log"
-        engine = _start_engine(log_path)
+        engine = _start_engine(log_path, group_commit)
         try:
             _wait(lambda: MailboxUser.objects.filter(last_uid__isnull=False).count() == USERS, 30)
             for _ in range(BURST):
@@ -70,7 +77,7 @@ def test_it_loses_and_duplicates_nothing_when_the_engine_is_killed(mail_partner,
             engine.wait(10)
             killed_at = _count()
             assert killed_at < BURST, "the burst finished before the kill; make it bigger"
-            engine = _start_engine(log_path)
+            engine = _start_engine(log_path, group_commit)
             _wait(lambda: _count() >= BURST, 60)
             time.sleep(1.5)  # anything delivered twice would show up now
         finally:
