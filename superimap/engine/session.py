@@ -28,6 +28,7 @@ from superimap.imap import (
     Exists,
     Fetch,
     ImapError,
+    MailboxStatus,
     SearchResult,
     TaggedResponse,
     UntaggedStatus,
@@ -77,6 +78,21 @@ class SessionSettings:
     max_email_size: int = 1024 * 1024
     max_backoff: float = 300.0
     max_auth_backoff: float = 3600.0
+    # Secondary folders (design.md 4.10): STATUS this often where NOTIFY is not used.
+    folder_poll: float = 60.0
+    use_notify: bool = True
+
+
+@dataclass
+class FolderWatch:
+    """A secondary folder while its session runs: the checkpoint it has persisted to, and
+    the UIDs a SEARCH found there that are not persisted yet."""
+
+    uid_validity: int
+    last_uid: int
+    last_internal_date: datetime | None = None
+    # As MailboxSession._unpersisted: (uid_validity, UIDs found but not persisted yet).
+    unpersisted: tuple[int | None, set[int]] = (None, set())
 
 
 # Servers known to look for new mail only when IDLE starts (or every 60 s): stock Cyrus
@@ -179,6 +195,11 @@ class MailboxSession:
         # meanwhile and is recorded so, not forgotten.
         self._unpersisted: tuple[int | None, set[int]] = (None, set())
         self._idle_period = self.cfg.idle_reissue
+        # Folders besides the primary one (design.md 4.10) and how their news is learnt.
+        self._secondary: dict[str, FolderWatch] = {}
+        self._notify = False
+        self._next_poll = 0.0
+        self._folder_warning = ""
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -275,18 +296,25 @@ class MailboxSession:
                 max_literal_size=self.cfg.max_email_size + 64 * 1024,
             )
             await authenticate(self.conn, config, engine=self.engine)
-        config = replace(config, folder=await folders.choose_folder(self.conn, config.folder))
+        names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)
+        self._folder_warning = f"folders not found: {', '.join(missing)}" if missing else ""
+        config = replace(config, folder=names[0])
         await self._select(config)
         if config.sweep_requested_at is not None:
             await self._sweep(config)
         await self._catch_up(config)
+        await self._start_secondaries(config, names[1:])
         if self.failures:
             self.failures = 0
             self._failure_kind, self._kind_failures, self._last_error = "", 0, ""
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
+        if self._secondary and not self._notify:
+            # STATUS polling is folded into the idle refresh.
+            self._idle_period = min(self._idle_period, self.cfg.folder_poll)
         while not self.stop_event.is_set():
-            self.engine.report(self.user_id, Status.IDLE if idle else Status.POLLING, "", 0)
+            status = Status.IDLE if idle else Status.POLLING
+            self.engine.report(self.user_id, status, self._folder_warning, 0)
             if idle:
                 await self._idle()
             else:
@@ -294,6 +322,7 @@ class MailboxSession:
             if self.stop_event.is_set():
                 return
             await self._catch_up(config)
+            await self._check_secondaries(config)
 
     async def _select(self, config: store.MailboxConfig) -> None:
         untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
@@ -307,6 +336,26 @@ class MailboxSession:
         if uid_validity is None:
             raise CommandFailed("SELECT", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
         self.uid_validity = uid_validity
+        if config.checkpoint_folder != config.folder:
+            # A folder watched before as a secondary one keeps its checkpoint.
+            known = await self.engine.pool.run(store.folder_states, self.user_id)
+            state = known.get(config.folder)
+            if state is not None:
+                config = replace(
+                    config,
+                    uid_validity=state.uid_validity,
+                    last_uid=state.last_uid,
+                    last_internal_date=state.last_internal_date,
+                )
+                await self.engine.pool.run(
+                    store.set_baseline,
+                    self.user_id,
+                    self.engine.node_id,
+                    state.uid_validity,
+                    state.last_uid,
+                    folder=config.folder,
+                )
+                config = replace(config, checkpoint_folder=config.folder)
         if (
             config.uid_validity is None
             or config.last_uid is None
@@ -338,6 +387,154 @@ class MailboxSession:
             await self._catch_up_after_uidvalidity_change(config, highest)
         else:
             self.last_uid = config.last_uid
+
+    # --- secondary folders (design.md 4.10) ----------------------------------------------
+
+    async def _start_secondaries(self, config: store.MailboxConfig, names: list[str]) -> None:
+        """Checkpoints of the other folders: a folder new to the user gets a baseline at its
+        UIDNEXT (no old mail); a known one is caught up if it moved. Then NOTIFY where the
+        server has it, else STATUS polling every folder_poll seconds."""
+        # What a previous connection of this session found but did not persist stays known.
+        previous, self._secondary = self._secondary, {}
+        if not names:
+            return
+        known = await self.engine.pool.run(store.folder_states, self.user_id)
+        for name in names:
+            status = await self._status(name)
+            if status is None:
+                continue
+            if name in known:
+                state = known[name]
+                watch = FolderWatch(state.uid_validity, state.last_uid, state.last_internal_date)
+            else:
+                watch = FolderWatch(status["UIDVALIDITY"], status["UIDNEXT"] - 1)
+                await self.engine.pool.run(
+                    store.set_folder_baseline,
+                    self.user_id,
+                    self.engine.node_id,
+                    name,
+                    watch.uid_validity,
+                    watch.last_uid,
+                )
+                log.info(
+                    "mailbox %s: baseline uid %d (uidvalidity %d, %s)",
+                    self.user_id,
+                    watch.last_uid,
+                    watch.uid_validity,
+                    name,
+                )
+            if name in previous:
+                watch.unpersisted = previous[name].unpersisted
+            self._secondary[name] = watch
+        self._notify = False
+        if "NOTIFY" in self.conn.protocol.capabilities and self.cfg.use_notify:
+            try:
+                await self.conn.command(*self.conn.protocol.notify_set(list(self._secondary)))
+                self._notify = True
+            except CommandFailed as exc:
+                log.info("mailbox %s: NOTIFY refused (%s); polling", self.user_id, exc)
+        self._next_poll = asyncio.get_running_loop().time() + self.cfg.folder_poll
+        await self._visit_folders_with_news(config)
+
+    async def _status(self, name: str) -> dict[str, int] | None:
+        """STATUS (UIDNEXT UIDVALIDITY) of ``name``; None (and named in last_error) if the
+        server refuses it, e.g. the folder was deleted."""
+        try:
+            untagged, _ = await self.conn.command(*self.conn.protocol.status(name))
+        except CommandFailed as exc:
+            log.warning("mailbox %s: STATUS %s refused: %s", self.user_id, name, exc)
+            self._folder_warning = f"folder {name} not readable: {exc}"[:500]
+            self._secondary.pop(name, None)
+            return None
+        for event in untagged:
+            if isinstance(event, MailboxStatus) and "UIDNEXT" in event.items:
+                if "UIDVALIDITY" in event.items:
+                    return event.items
+        raise CommandFailed("STATUS", TaggedResponse("", "NO", None, "no UIDNEXT/UIDVALIDITY"))
+
+    async def _check_secondaries(self, config: store.MailboxConfig) -> None:
+        """After each wait: poll the other folders when due (without NOTIFY their news comes
+        as * STATUS by itself), then catch up those that moved."""
+        if not self._secondary:
+            return
+        loop = asyncio.get_running_loop()
+        if not self._notify and loop.time() >= self._next_poll:
+            for name in list(self._secondary):
+                await self._status(name)
+            self._next_poll = loop.time() + self.cfg.folder_poll
+        await self._visit_folders_with_news(config)
+
+    def _has_news(self, name: str) -> bool:
+        status = self.conn.statuses.pop(name, None)
+        if status is None:
+            return False
+        watch = self._secondary[name]
+        if status.items.get("UIDVALIDITY", watch.uid_validity) != watch.uid_validity:
+            return True
+        return status.items.get("UIDNEXT", watch.last_uid + 2) - 1 > watch.last_uid
+
+    async def _visit_folders_with_news(self, config: store.MailboxConfig) -> None:
+        due = [name for name in list(self._secondary) if self._has_news(name)]
+        if not due:
+            return
+        primary = (self.uid_validity, self.last_uid, self._unpersisted)
+        try:
+            for name in due:
+                await self._visit(config, name)
+        finally:
+            self.uid_validity, self.last_uid, self._unpersisted = primary
+        # Back to the primary folder; mail that arrived there meanwhile is caught up now.
+        untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
+        if _code_value([*untagged, tagged], "UIDVALIDITY") != self.uid_validity:
+            raise ServerBye("UIDVALIDITY changed while another folder was read")
+        await self._catch_up(config)
+
+    async def _visit(self, config: store.MailboxConfig, name: str) -> None:
+        """EXAMINE a secondary folder and catch it up exactly as the primary one (4.3)."""
+        watch = self._secondary[name]
+        untagged, tagged = await self.conn.command(*self.conn.protocol.select(name, readonly=True))
+        uid_validity = _code_value([*untagged, tagged], "UIDVALIDITY")
+        uid_next = _code_value([*untagged, tagged], "UIDNEXT")
+        if uid_validity is None:
+            raise CommandFailed("EXAMINE", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
+        folder_config = replace(
+            config,
+            folder=name,
+            last_internal_date=watch.last_internal_date,
+            sweep_requested_at=None,
+        )
+        self.uid_validity = uid_validity
+        self._unpersisted = watch.unpersisted
+        if uid_validity != watch.uid_validity:
+            log.warning(
+                "mailbox %s: UIDVALIDITY of %s changed %s -> %s; catching up by date",
+                self.user_id,
+                name,
+                watch.uid_validity,
+                uid_validity,
+            )
+            highest = uid_next - 1 if uid_next else await self._highest_uid()
+            await self._catch_up_after_uidvalidity_change(folder_config, highest)
+        else:
+            self.last_uid = watch.last_uid
+            await self._catch_up(folder_config)
+        watch.uid_validity, watch.last_uid = uid_validity, self.last_uid or 0
+        watch.unpersisted = self._unpersisted
+
+    async def _save_baseline(self, config: store.MailboxConfig, checkpoint: int) -> None:
+        if config.folder in self._secondary:
+            await self.engine.pool.run(
+                store.set_folder_baseline,
+                self.user_id,
+                self.engine.node_id,
+                config.folder,
+                self.uid_validity,
+                checkpoint,
+            )
+        else:
+            await self.engine.pool.run(
+                store.set_baseline, self.user_id, self.engine.node_id, self.uid_validity, checkpoint
+            )
 
     async def _highest_uid(self) -> int:
         uids = await self._search("UID 1:*")
@@ -404,9 +601,7 @@ class MailboxSession:
         cutoff = baseline.replace(microsecond=0) if baseline else None
         await self._fetch_and_persist(config, uids, before=cutoff, skip_recorded=True)
         checkpoint = max(highest, self.last_uid)
-        await self.engine.pool.run(
-            store.set_baseline, self.user_id, self.engine.node_id, self.uid_validity, checkpoint
-        )
+        await self._save_baseline(config, checkpoint)
         self.last_uid = checkpoint
 
     async def _fetch_and_persist(
@@ -424,7 +619,7 @@ class MailboxSession:
             batch = uids[start : start + BATCH_SIZE]
             if sweep or skip_recorded:
                 done = await self.engine.pool.run(
-                    store.recorded_uids, self.user_id, self.uid_validity, batch
+                    store.recorded_uids, self.user_id, self.uid_validity, batch, config.folder
                 )
                 batch = [uid for uid in batch if uid not in done]
             if not batch:
@@ -597,11 +792,20 @@ class MailboxSession:
                 event = await self.conn.next_event(remaining, interruptible=True)
             except TimeoutError:
                 return
-            if event is None or isinstance(event, Exists):
-                return
+            if event is None or isinstance(event, Exists | MailboxStatus):
+                return  # new mail here, or (NOTIFY) in another folder
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE while waiting")
             self._check_uidvalidity([event])
+
+
+def _code_value(events, name: str) -> int | None:
+    """The number of response code ``name`` (UIDVALIDITY, UIDNEXT) among ``events``."""
+    for event in events:
+        code = getattr(event, "code", None)
+        if code and code[0] == name:
+            return int(code[1])
+    return None
 
 
 def _resolve(future: asyncio.Future) -> None:
