@@ -15,11 +15,13 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from superimap.delivery.models import Delivery
+from superimap.delivery.payloads import message_url
 from superimap.engine.folders import match_folders
 from superimap.imap import MailboxListing
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
 from superimap.testing.dovecot import MORE_FOLDERS_NAMESPACE, DovecotServer
 from superimap.testing.mail import make_message
+from tests.api.test_message_route import _get, _path
 from tests.engine.conftest import FAST, RunningEngine, loopback_connection, wait_for
 
 _names = itertools.count()
@@ -208,3 +210,21 @@ def test_it_resolves_names_and_special_use_flags(specs, names, missing) -> None:
         MailboxListing(("\\All", "\\Noselect"), "/", "Virtual"),
     ]
     assert match_folders(listings, specs) == (names, missing)
+
+
+def test_the_message_route_reads_the_folder_of_rfc822_url(mail_partner, folders_dovecot):
+    """Dovecot gives folders created in the same second the same UIDVALIDITY: UID 1 of
+    Lists and UID 1 of INBOX differ, and only the folder in the URL tells them apart."""
+    user = _user(mail_partner, folders_dovecot, ["INBOX", "Lists"])
+    in_lists = _message(user, "in Lists")
+    folders_dovecot.deliver(user.tag, in_lists, "Lists")
+    folders_dovecot.deliver(user.tag, _message(user, "in INBOX"), "INBOX")
+    uid_validity = folders_dovecot.uidvalidity(user.tag, "Lists")
+    url = message_url(user.connection.provider.code, user.tag, uid_validity, 1, "Lists")
+    assert url.endswith(f"/messages/{uid_validity}/1?folder=Lists")
+
+    status, _, body = _get(url[url.index("/api/v1/") :], mail_partner.api_key)
+    assert status == 200, body[:300]
+    assert body == in_lists
+    status, _, body = _get(_path(user, uid_validity, 1) + "?folder=Nope", mail_partner.api_key)
+    assert status == 404 and b"message_not_found" in body

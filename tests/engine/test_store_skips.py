@@ -95,7 +95,7 @@ def test_mail_over_the_limit_is_delivered_truncated(user, settings):
     assert payload["truncated"] is True and payload["size"] == len(raw)
     assert (
         payload["rfc822_url"]
-        == "https://h.example/api/v1/connections/LOOPBACK_PLAIN/users/u/messages/9/7"
+        == "https://h.example/api/v1/connections/LOOPBACK_PLAIN/users/u/messages/9/7?folder=INBOX"
     )
 
 
