@@ -9,6 +9,8 @@ from typing import Any, ClassVar, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from superimap.partners.folders import FOLDER_FLAGS, MAX_FOLDERS, checked_folders
+
 TlsMode = Literal["implicit", "starttls", "none"]
 # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
 NO_NUL = r"^[^\x00]*$"
@@ -34,18 +36,6 @@ STRICT_INTEGER_FIELDS = frozenset({"imap_port", "smtp_port"})
 INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
-# RFC 6154 special-use flags (and \\Inbox) a `folders` entry may name instead of a folder.
-FOLDER_FLAGS = (
-    "\\Inbox",
-    "\\All",
-    "\\Archive",
-    "\\Drafts",
-    "\\Flagged",
-    "\\Junk",
-    "\\Sent",
-    "\\Trash",
-)
-MAX_FOLDERS = 10
 FOLDERS_DESCRIPTION = (
     'Folders to watch: names (e.g. "INBOX", "Lists/dev") or special-use flags ('
     + ", ".join(FOLDER_FLAGS)
@@ -53,26 +43,6 @@ FOLDERS_DESCRIPTION = (
     "by STATUS every FOLDER_POLL_SECONDS (60 s). [] or unset: the default (the \\All folder, "
     "else Gmail's All Mail, else INBOX). A user's list wins over its connection's."
 )
-
-
-def checked_folders(value: list[str] | None) -> list[str] | None:
-    """Each entry a folder name or one of FOLDER_FLAGS (any case); no repeats."""
-    if value is None:
-        return None
-    flags = {flag.upper(): flag for flag in FOLDER_FLAGS}
-    result: list[str] = []
-    for entry in value:
-        entry = entry.strip()
-        if not entry or any(char in entry for char in "\x00\r\n"):
-            raise ValueError("folders entries must be non-empty names without NUL, CR or LF")
-        if entry.startswith("\\"):
-            if entry.upper() not in flags:
-                raise ValueError(f"unknown special-use flag {entry!r}; use one of {FOLDER_FLAGS}")
-            entry = flags[entry.upper()]
-        if entry in result:
-            raise ValueError(f"folders names {entry!r} twice")
-        result.append(entry)
-    return result
 
 
 def folders_field() -> Any:
@@ -189,7 +159,7 @@ class ConnectionUpdate(OriginalNames):
     @field_validator("folders")
     @classmethod
     def folders_are_names_or_flags(cls, value: list[str] | None) -> list[str] | None:
-        return checked_folders(value)
+        return None if value is None else checked_folders(value)
 
 
 class ConnectionIn(ConnectionUpdate):
@@ -263,7 +233,7 @@ class UserFields(OriginalNames):
     @field_validator("folders")
     @classmethod
     def folders_are_names_or_flags(cls, value: list[str] | None) -> list[str] | None:
-        return checked_folders(value)
+        return None if value is None else checked_folders(value)
 
 
 class UserIn(UserFields):

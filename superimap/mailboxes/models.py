@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from superimap.changes import TrackedFields, new_session_version
 from superimap.fields import EncryptedTextField
+from superimap.partners.folders import validate_folders
 from superimap.partners.models import Connection
 
 
@@ -38,7 +39,7 @@ class MailboxUser(TrackedFields, models.Model):
     enable_tracer = models.BooleanField(default=False)
     # Folders to watch (names or special-use flags, engine/folders.py); empty: the
     # connection's, else the one folder of design.md 4.5.
-    folders = models.JSONField(default=list, blank=True)
+    folders = models.JSONField(default=list, blank=True, validators=[validate_folders])
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

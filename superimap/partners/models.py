@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from superimap.changes import TrackedFields, new_session_version
 from superimap.fields import EncryptedTextField
+from superimap.partners.folders import validate_folders
 
 OAUTH_ENDPOINTS = ("authorize", "token", "revoke", "userinfo")
 
@@ -326,7 +327,7 @@ class Connection(TrackedFields, models.Model):
     idle_refresh_seconds = models.PositiveIntegerField(null=True, blank=True)
     # Folders its users' sessions watch (names or special-use flags like "\\Junk"; the
     # first is watched by IDLE); empty: the one folder of design.md 4.5. A user's own wins.
-    folders = models.JSONField(default=list, blank=True)
+    folders = models.JSONField(default=list, blank=True, validators=[validate_folders])
     # SMTP for tracer emails, likewise only for host-per-connection providers.
     smtp_host = models.CharField(max_length=255, blank=True)
     smtp_port = models.PositiveIntegerField(null=True, blank=True)
