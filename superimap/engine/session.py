@@ -433,8 +433,13 @@ class MailboxSession:
                 self._notify = True
             except CommandFailed as exc:
                 log.info("mailbox %s: NOTIFY refused (%s); polling", self.user_id, exc)
-        self._next_poll = asyncio.get_running_loop().time() + self.cfg.folder_poll
+        self._next_poll = asyncio.get_running_loop().time() + self._poll_every()
         await self._visit_folders_with_news(config)
+
+    def _poll_every(self) -> float:
+        """STATUS polling period: FOLDER_POLL_SECONDS, or with NOTIFY only at each IDLE
+        re-issue, a safety net should a server drop a report."""
+        return self.cfg.idle_reissue if self._notify else self.cfg.folder_poll
 
     async def _status(self, name: str) -> dict[str, int] | None:
         """STATUS (UIDNEXT UIDVALIDITY) of ``name``; None (and named in last_error) if the
@@ -458,10 +463,10 @@ class MailboxSession:
         if not self._secondary:
             return
         loop = asyncio.get_running_loop()
-        if not self._notify and loop.time() >= self._next_poll:
+        if loop.time() >= self._next_poll:
             for name in list(self._secondary):
                 await self._status(name)
-            self._next_poll = loop.time() + self.cfg.folder_poll
+            self._next_poll = loop.time() + self._poll_every()
         await self._visit_folders_with_news(config)
 
     def _has_news(self, name: str) -> bool:
@@ -475,19 +480,23 @@ class MailboxSession:
 
     async def _visit_folders_with_news(self, config: store.MailboxConfig) -> None:
         due = [name for name in list(self._secondary) if self._has_news(name)]
-        if not due:
-            return
-        primary = (self.uid_validity, self.last_uid, self._unpersisted)
-        try:
+        while due:
+            primary = (self.uid_validity, self.last_uid, self._unpersisted)
+            try:
+                for name in due:
+                    await self._visit(config, name)
+            finally:
+                self.uid_validity, self.last_uid, self._unpersisted = primary
+            # Back to the primary folder; mail that arrived there meanwhile is caught up now.
+            untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
+            if _code_value([*untagged, tagged], "UIDVALIDITY") != self.uid_validity:
+                raise ServerBye("UIDVALIDITY changed while another folder was read")
+            await self._catch_up(config)
+            # Mail that reached a visited folder after its SEARCH came as EXISTS while it
+            # was selected, not as a NOTIFY report: ask once more.
             for name in due:
-                await self._visit(config, name)
-        finally:
-            self.uid_validity, self.last_uid, self._unpersisted = primary
-        # Back to the primary folder; mail that arrived there meanwhile is caught up now.
-        untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
-        if _code_value([*untagged, tagged], "UIDVALIDITY") != self.uid_validity:
-            raise ServerBye("UIDVALIDITY changed while another folder was read")
-        await self._catch_up(config)
+                await self._status(name)
+            due = [name for name in list(self._secondary) if self._has_news(name)]
 
     async def _visit(self, config: store.MailboxConfig, name: str) -> None:
         """EXAMINE a secondary folder and catch it up exactly as the primary one (4.3)."""
@@ -505,21 +514,24 @@ class MailboxSession:
         )
         self.uid_validity = uid_validity
         self._unpersisted = watch.unpersisted
-        if uid_validity != watch.uid_validity:
-            log.warning(
-                "mailbox %s: UIDVALIDITY of %s changed %s -> %s; catching up by date",
-                self.user_id,
-                name,
-                watch.uid_validity,
-                uid_validity,
-            )
-            highest = uid_next - 1 if uid_next else await self._highest_uid()
-            await self._catch_up_after_uidvalidity_change(folder_config, highest)
-        else:
-            self.last_uid = watch.last_uid
-            await self._catch_up(folder_config)
-        watch.uid_validity, watch.last_uid = uid_validity, self.last_uid or 0
-        watch.unpersisted = self._unpersisted
+        try:
+            if uid_validity != watch.uid_validity:
+                log.warning(
+                    "mailbox %s: UIDVALIDITY of %s changed %s -> %s; catching up by date",
+                    self.user_id,
+                    name,
+                    watch.uid_validity,
+                    uid_validity,
+                )
+                highest = uid_next - 1 if uid_next else await self._highest_uid()
+                await self._catch_up_after_uidvalidity_change(folder_config, highest)
+            else:
+                self.last_uid = watch.last_uid
+                await self._catch_up(folder_config)
+            watch.uid_validity, watch.last_uid = uid_validity, self.last_uid or 0
+        finally:
+            # Found but not persisted (a dropped connection): recorded expunged if gone.
+            watch.unpersisted = self._unpersisted
 
     async def _save_baseline(self, config: store.MailboxConfig, checkpoint: int) -> None:
         if config.folder in self._secondary:
@@ -785,6 +797,8 @@ class MailboxSession:
         while not self.stop_event.is_set():
             if self.conn.exists_seen > self._exists_at_search:
                 return  # mail arrived since the last search (maybe with another response)
+            if self._secondary and not self.conn.statuses.keys().isdisjoint(self._secondary):
+                return  # a NOTIFY report came with another response
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return

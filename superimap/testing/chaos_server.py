@@ -290,6 +290,7 @@ class ImapSession(asyncio.Protocol):
         "selected",
         "selected_folder",
         "notify",
+        "notify_pending",
         "readonly",
         "reported_exists",
         "idle_tag",
@@ -306,6 +307,7 @@ class ImapSession(asyncio.Protocol):
         self.selected = False
         self.selected_folder = "INBOX"
         self.notify = False  # NOTIFY SET: report new mail in the other folders
+        self.notify_pending: set[str] = set()  # reports due at the next response
         self.readonly = False
         self.reported_exists = 0
         self.idle_tag: str | None = None
@@ -360,12 +362,10 @@ class ImapSession(asyncio.Protocol):
             self.transport.abort()
 
     def mailbox_changed(self, folder: str = "INBOX") -> None:
-        if self.idle_tag is None or self.stalled:
-            return
-        if folder == self.selected_folder:
+        if folder != self.selected_folder and self.notify:
+            self.notify_pending.add(folder)  # like EXISTS: sent now if idling, else later
+        if self.idle_tag is not None and not self.stalled:
             self.sync_exists()
-        elif self.notify:
-            self.write(untagged_data(self.status_of(folder)))
 
     def status_of(self, folder: str) -> str:
         assert self.username is not None
@@ -376,6 +376,10 @@ class ImapSession(asyncio.Protocol):
         )
 
     def sync_exists(self) -> None:
+        if self.username is not None and self.notify_pending:
+            for folder in sorted(self.notify_pending):
+                self.write(untagged_data(self.status_of(folder)))
+            self.notify_pending.clear()
         if not self.selected or self.username is None:
             return
         count = len(self.server.mailbox(self.username, self.selected_folder).messages)
