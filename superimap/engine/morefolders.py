@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -79,7 +80,10 @@ class SecondaryFolders:
                 self._notify = True
             except CommandFailed as exc:
                 log.info("mailbox %s: NOTIFY refused (%s); polling", self.user_id, exc)
-        self._next_poll = asyncio.get_running_loop().time() + self._poll_every()
+        # The first poll at a random point of the period: mailboxes that connected together
+        # (an engine start) do not all poll in the same second, every period.
+        period = self._poll_every()
+        self._next_poll = asyncio.get_running_loop().time() + random.uniform(0, period)
         await self._visit_folders_with_news(config)
 
     def _poll_every(self) -> float:
