@@ -86,6 +86,13 @@ class SecondaryFolders:
         self._next_poll = asyncio.get_running_loop().time() + random.uniform(0, period)
         await self._visit_folders_with_news(config)
 
+    def _until_poll(self, period: float) -> float:
+        """How long the next IDLE (or NOOP wait) lasts: ``period``, or until the secondary
+        folders' next poll if that is sooner. Polling is folded into the idle refresh."""
+        if not self._secondary:
+            return period
+        return max(0.0, min(period, self._next_poll - asyncio.get_running_loop().time()))
+
     def _poll_every(self) -> float:
         """STATUS polling period: FOLDER_POLL_SECONDS, or with NOTIFY only at each IDLE
         re-issue, a safety net should a server drop a report."""

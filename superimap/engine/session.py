@@ -298,9 +298,6 @@ class MailboxSession(SecondaryFolders):
             self._failure_kind, self._kind_failures, self._last_error = "", 0, ""
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
-        if self._secondary and not self._notify:
-            # STATUS polling is folded into the idle refresh.
-            self._idle_period = min(self._idle_period, self.cfg.folder_poll)
         while not self.stop_event.is_set():
             status = Status.IDLE if idle else Status.POLLING
             self.engine.report(self.user_id, status, self._folder_warning, 0)
@@ -608,12 +605,12 @@ class MailboxSession(SecondaryFolders):
                 break
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
-        await self._wait_for_news(self._idle_period)
+        await self._wait_for_news(self._until_poll(self._idle_period))
         await conn.send(conn.protocol.done())
         await conn.collect(tag, self.cfg.command_timeout)
 
     async def _poll(self) -> None:
-        await self._wait_for_news(self.cfg.poll_interval)
+        await self._wait_for_news(self._until_poll(self.cfg.poll_interval))
         if self.stop_event.is_set():
             return
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())
