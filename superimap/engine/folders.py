@@ -74,13 +74,6 @@ async def choose_folder(conn, configured: str) -> str:
     return pick_folder(untagged, configured)
 
 
-# RFC 6154 special-use flags (and \\Inbox, which every account has) a partner may name.
-SPECIAL_USE_FLAGS = frozenset(
-    {"\\INBOX", "\\ALL", "\\ARCHIVE", "\\DRAFTS", "\\FLAGGED", "\\JUNK", "\\SENT", "\\TRASH"}
-)
-MAX_FOLDERS = 10
-
-
 def is_flag(spec: str) -> bool:
     return spec.startswith("\\")
 
