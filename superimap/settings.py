@@ -62,6 +62,8 @@ MAX_EMAIL_SIZE = env_int("MAX_EMAIL_SIZE", 1024 * 1024, minimum=1024)
 TRACER_INTERVAL = env_int("TRACER_INTERVAL", 600, minimum=1)
 NUM_TRACERS = env_int("NUM_TRACERS", 3, minimum=0)
 POLL_INTERVAL = env_int("POLL_INTERVAL", 60, minimum=1)
+# Secondary folders of servers without NOTIFY: STATUS this often (design.md 4.10).
+FOLDER_POLL_SECONDS = env_int("FOLDER_POLL_SECONDS", 60, minimum=1, maximum=29 * 60)
 IDLE_REISSUE_SECONDS = env_int("IDLE_REISSUE_SECONDS", 25 * 60, minimum=1, maximum=29 * 60)
 ENGINE_LEASE_SECONDS = env_int("ENGINE_LEASE_SECONDS", 60, minimum=2, maximum=3600)
 ENGINE_REFRESH_SECONDS = env_int("ENGINE_REFRESH_SECONDS", 5, minimum=1, maximum=60)

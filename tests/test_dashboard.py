@@ -409,3 +409,18 @@ def test_rotating_a_secret_reveals_the_new_one_once(admin, partner, action):
     again = admin.get(f"/admin/partners/partner/{partner.id}/change/")
     assert partner.api_key.encode() not in again.content
     assert partner.webhook_secret.encode() not in again.content
+
+
+def test_it_edits_a_users_folders_and_refuses_an_unknown_flag(admin, user):
+    url = f"/admin/mailboxes/mailboxuser/{user.id}/change/"
+    form = admin.get(url).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None}
+    data.update(connection=user.connection_id, password="", oauth_refresh_token="")
+    data["connected_at_0"], data["connected_at_1"] = "2025-01-01", "00:00:00"
+    r = admin.post(url, {**data, "folders": '["INBOX", "\\\\Spam"]'})
+    assert r.status_code == 200 and "unknown special-use flag" in r.content.decode()
+    r = admin.post(url, {**data, "folders": '["INBOX", "\\\\Junk"]'})
+    assert r.status_code == 302, r.context["adminform"].form.errors
+    user.refresh_from_db()
+    assert user.folders == ["INBOX", "\\Junk"]
+    assert b"Other folders" in admin.get(url).content

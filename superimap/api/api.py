@@ -281,13 +281,27 @@ RFC822_RESPONSE = {
     openapi_extra=RFC822_RESPONSE,
     tags=["messages"],
 )
-async def get_message(request, code: str, tag: str, uid_validity: int, uid: int):
+async def get_message(
+    request,
+    code: str,
+    tag: str,
+    uid_validity: int,
+    uid: int,
+    folder: str | None = Query(
+        None,
+        min_length=1,
+        max_length=1000,
+        pattern=r"^[^\x00\r\n]*$",
+        description="The folder of the UID (new_mail's `folder`); default: the user's "
+        "primary folder, the one watched by IDLE.",
+    ),
+):
     """The raw message with this UIDVALIDITY and UID (new_mail's `rfc822_url`), read from
     the IMAP server on demand and streamed as message/rfc822. 404 if the message is gone
-    (expunged, or the mailbox's UIDVALIDITY changed) or unknown; 409 if the user is archived
-    or not connected; 429 when the mailbox or its server had too many logins lately (each
-    request is one); 502 if the IMAP server cannot be read."""
-    return await messages.stream_message(request.auth, code, tag, uid_validity, uid)
+    (expunged, or the mailbox's UIDVALIDITY changed), unknown or in no such folder; 409 if
+    the user is archived or not connected; 429 when the mailbox or its server had too many
+    logins lately (each request is one); 502 if the IMAP server cannot be read."""
+    return await messages.stream_message(request.auth, code, tag, uid_validity, uid, folder)
 
 
 # Deliveries ----------------------------------------------------------------------------

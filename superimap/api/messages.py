@@ -84,7 +84,7 @@ def _load_config(partner: Partner, code: str, tag: str) -> store.MailboxConfig:
 
 
 async def stream_message(
-    partner: Partner, code: str, tag: str, uid_validity: int, uid: int
+    partner: Partner, code: str, tag: str, uid_validity: int, uid: int, folder: str | None = None
 ) -> StreamingHttpResponse:
     config = await sync_to_async(_load_config)(partner, code, tag)
     if uid_validity < 1 or uid < 1:
@@ -97,7 +97,7 @@ async def stream_message(
             f"Too many IMAP logins for this mailbox or its server; retry in {math.ceil(wait)} s.",
         )
     try:
-        message = await open_message(config, uid_validity, uid, _web_tokens())
+        message = await open_message(config, uid_validity, uid, _web_tokens(), folder)
     except MessageGone as exc:
         raise ApiError(
             404,

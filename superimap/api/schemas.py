@@ -9,6 +9,8 @@ from typing import Any, ClassVar, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from superimap.partners.folders import FOLDER_FLAGS, MAX_FOLDERS, checked_folders
+
 TlsMode = Literal["implicit", "starttls", "none"]
 # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
 NO_NUL = r"^[^\x00]*$"
@@ -32,6 +34,24 @@ STRICT_INTEGER_FIELDS = frozenset({"imap_port", "smtp_port"})
 # Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned
 # characters, and line/paragraph separators: a tag shows in dashboards and logs as is.
 INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+FOLDERS_DESCRIPTION = (
+    'Folders to watch: names (e.g. "INBOX", "Lists/dev") or special-use flags ('
+    + ", ".join(FOLDER_FLAGS)
+    + "). The first is watched by IDLE, the others by NOTIFY where the server has it, else "
+    "by STATUS every FOLDER_POLL_SECONDS (60 s). [] or unset: the default (the \\All folder, "
+    "else Gmail's All Mail, else INBOX). A user's list wins over its connection's."
+)
+
+
+def folders_field() -> Any:
+    return Field(
+        default=None,
+        max_length=MAX_FOLDERS,
+        description=FOLDERS_DESCRIPTION,
+        json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": 1000}},
+    )
 
 
 def visible_tag(value: str) -> str:
@@ -116,6 +136,7 @@ class ConnectionUpdate(OriginalNames):
         "new mail when IDLE starts (stock Cyrus without idled, Courier); 0: off. Unset: "
         "automatic (15 s for servers whose greeting names Cyrus or Courier, else off).",
     )
+    folders: list[str] | None = folders_field()
     smtp_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     smtp_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     smtp_tls: TlsMode | None = None
@@ -134,6 +155,11 @@ class ConnectionUpdate(OriginalNames):
         max_length=64,
         description="Ignored on update: the path's code wins, as in the original.",
     )
+
+    @field_validator("folders")
+    @classmethod
+    def folders_are_names_or_flags(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else checked_folders(value)
 
 
 class ConnectionIn(ConnectionUpdate):
@@ -160,6 +186,7 @@ class ConnectionOut(Schema):
         default=None,
         description="IDLE re-issue period in seconds; 0: off; null: automatic by server.",
     )
+    folders: list[str] = Field(default_factory=list, description=FOLDERS_DESCRIPTION)
     warnings: list[str] = Field(
         default_factory=list, description="Insecure settings (no TLS, no verification)."
     )
@@ -197,10 +224,16 @@ class UserFields(OriginalNames):
     archived: bool | None = Field(
         default=None, description="true archives the user, false restores it; unset keeps it."
     )
+    folders: list[str] | None = folders_field()
     login_password: str | None = alias_of("password", max_length=2000, pattern=NO_NUL)
     oauth2_refresh_token: str | None = alias_of(
         "oauth_refresh_token", max_length=4000, pattern=NO_NUL
     )
+
+    @field_validator("folders")
+    @classmethod
+    def folders_are_names_or_flags(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else checked_folders(value)
 
 
 class UserIn(UserFields):
@@ -231,6 +264,9 @@ class UserOut(Schema):
     disconnect_url: str
     archived: bool
     enable_tracer: bool
+    folders: list[str] = Field(
+        default_factory=list, description="The user's own folders ([]: its connection's)."
+    )
     status: str
     last_error: str
     last_email_at: datetime | None

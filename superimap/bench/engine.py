@@ -17,6 +17,11 @@ VAR_DIR with N users, and runs the real Engine on uvloop as production does. It 
 - latency_ms: the server generates --pushes messages at --push-rate/s across random users;
   each carries X-Chaos-Generated (time.time() at generation); latency is
   Delivery.created_at (set inside the persisting transaction) minus that, same clock.
+
+--folders 1,3 watches that many folders per mailbox (INBOX, then Lists and Spam; design.md
+4.10), pushes going to a random one of them: --folder-mode notify has the server advertise
+NOTIFY, poll has it not, so the other folders are polled every --folder-poll seconds.
+Each result notes the load average when it started (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 OPEN_FILES = 65536
+FOLDER_NAMES = ("INBOX", "Lists", "Spam")
 
 
 # --- the parent: one child process per configuration ------------------------------------
@@ -63,6 +69,11 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="the connection's idle_refresh_seconds (0: off): the cost of re-issuing IDLE",
     )
+    parser.add_argument(
+        "--folders", default="1", help="folders per mailbox: 1 or 3, or both comma-separated"
+    )
+    parser.add_argument("--folder-mode", choices=["notify", "poll"], default="notify")
+    parser.add_argument("--folder-poll", type=int, default=60, help="FOLDER_POLL_SECONDS")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -72,10 +83,13 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.result).write_text(json.dumps(result))
         return
     modes = [True] if args.tls else [False] if args.plain else [False, True]
+    folder_counts = [int(n) for n in args.folders.split(",") if n]
+    if args.child:
+        folder_counts = folder_counts[:1]
     results = []
-    for count in counts:
+    for count, folders in ((c, f) for c in counts for f in folder_counts):
         for tls in modes:
-            result = _run_child(count, tls, args)
+            result = _run_child(count, tls, replace_folders(args, folders))
             if result is not None:
                 results.append(result)
                 out = Path(args.out)
@@ -87,10 +101,17 @@ def main(argv: list[str] | None = None) -> None:
             f"  N={r['mailboxes']:>6} {'TLS  ' if r['tls'] else 'plain'} "
             f"rss/mailbox={r['rss_per_mailbox_kb']} KiB total={r['rss_total_mb']} MB "
             f"idle cpu={r['idle_cpu_percent']}% online={r['online_seconds']}s "
-            f"pushes={r['pushes_delivered']}/{r['pushes']} latency ms={r['latency_ms']}"
+            f"pushes={r['pushes_delivered']}/{r['pushes']} latency ms={r['latency_ms']} "
+            f"folders={r['folders']} ({r['folder_mode']})"
         )
-    if len(results) < len(counts) * len(modes):
+    if len(results) < len(counts) * len(modes) * len(folder_counts):
         sys.exit(1)
+
+
+def replace_folders(args: argparse.Namespace, folders: int) -> argparse.Namespace:
+    if folders not in (1, 3):
+        raise SystemExit("--folders takes 1 or 3")
+    return argparse.Namespace(**{**vars(args), "folders": str(folders)})
 
 
 def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
@@ -114,6 +135,12 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
             str(args.handshake_concurrency),
             "--idle-refresh",
             str(args.idle_refresh),
+            "--folders",
+            args.folders,
+            "--folder-mode",
+            args.folder_mode,
+            "--folder-poll",
+            str(args.folder_poll),
         ]
         if tls:
             command.append("--tls")
@@ -134,10 +161,14 @@ def run_one(count: int, tls: bool, args: argparse.Namespace) -> dict:
         raise SystemExit(f"{count} mailboxes need more than the {limit} open files allowed")
     with tempfile.TemporaryDirectory(prefix="superimap-bench-engine-") as tmp:
         var_dir = Path(tmp)
-        server = ChaosServerProcess(var_dir, count, tls)
+        folders = FOLDER_NAMES[: int(args.folders)]
+        server = ChaosServerProcess(
+            var_dir, count, tls, folders=folders, notify=args.folder_mode == "notify"
+        )
         try:
+            os.environ["FOLDER_POLL_SECONDS"] = str(args.folder_poll)
             _setup_django(var_dir)
-            _make_mailboxes(count, server.port, tls, args.idle_refresh)
+            _make_mailboxes(count, server.port, tls, args.idle_refresh, folders)
             import uvloop
 
             return uvloop.run(_measure(count, tls, args, server))
@@ -159,7 +190,14 @@ def raise_open_files(wanted: int) -> int:
 class ChaosServerProcess:
     """superimap.testing.chaos_server in its own process, driven through stdin."""
 
-    def __init__(self, var_dir: Path, users: int, tls: bool) -> None:
+    def __init__(
+        self,
+        var_dir: Path,
+        users: int,
+        tls: bool,
+        folders: tuple[str, ...] = ("INBOX",),
+        notify: bool = False,
+    ) -> None:
         command = [
             sys.executable,
             "-m",
@@ -170,7 +208,10 @@ class ChaosServerProcess:
             "--control",
             "--uvloop",
             f"--max-open-files={OPEN_FILES}",
+            f"--folders={','.join(folders)}",
         ]
+        if notify:
+            command.append("--notify")
         if tls:
             from superimap.testing.dovecot import write_test_certificates
 
@@ -229,7 +270,9 @@ def _setup_django(var_dir: Path) -> None:
     call_command("migrate", verbosity=0)
 
 
-def _make_mailboxes(count: int, port: int, tls: bool, idle_refresh: int = 0) -> None:
+def _make_mailboxes(
+    count: int, port: int, tls: bool, idle_refresh: int = 0, folders: tuple[str, ...] = ()
+) -> None:
     from django.utils import timezone
 
     from superimap.mailboxes.models import MailboxUser
@@ -243,6 +286,7 @@ def _make_mailboxes(count: int, port: int, tls: bool, idle_refresh: int = 0) -> 
         imap_port=port,
         imap_tls="implicit" if tls else "none",
         idle_refresh_seconds=idle_refresh,
+        folders=list(folders) if len(folders) > 1 else [],
     )
     now = timezone.now()
     MailboxUser.objects.bulk_create(
@@ -303,6 +347,7 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
     await pool.run(lambda: None)  # start a DB thread before the baseline
     gc.collect()
     rss_before = _rss_kb()
+    load_at_start = os.getloadavg()
     stop = asyncio.Event()
     started = time.monotonic()
     task = asyncio.create_task(engine.run(stop))
@@ -366,6 +411,10 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         "gc_full_pause_ms_max": round(max(gc_pauses, default=0.0), 1),
         "handshake_concurrency": args.handshake_concurrency,
         "idle_refresh_seconds": args.idle_refresh,
+        "folders": int(args.folders),
+        "folder_mode": args.folder_mode if int(args.folders) > 1 else "-",
+        "folder_poll_seconds": args.folder_poll,
+        "load_average_at_start": [round(value, 2) for value in load_at_start],
         "db": "sqlite",
         "python": platform.python_version(),
         "uvloop": _uvloop_version(),

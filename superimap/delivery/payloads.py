@@ -39,7 +39,7 @@ def truncated_mail_payload(
         "envelope": _without_nul(envelope),
         "size": size,
         "truncated": True,
-        "rfc822_url": message_url(provider_code, user_tag, uid_validity, uid),
+        "rfc822_url": message_url(provider_code, user_tag, uid_validity, uid, folder),
         "uid": uid,
         "uid_validity": uid_validity,
         "folder": folder,
@@ -102,18 +102,25 @@ def _without_nul(value):
     return value
 
 
-def message_url(provider_code: str, user_tag: str, uid_validity: int, uid: int) -> str:
+def message_url(
+    provider_code: str, user_tag: str, uid_validity: int, uid: int, folder: str | None = None
+) -> str:
     """The API route that streams one message's raw bytes (``rfc822_url`` in new_mail).
 
     The partner fetches it with its API key; the web process reads the message from the IMAP
     server on demand, so a URL stays valid as long as the message and its UIDVALIDITY do.
+    ``folder`` (the query parameter) names the folder the UID belongs to; without it the
+    route reads the user's primary folder.
     """
     code = quote(provider_code, safe="")
     tag = quote(user_tag, safe="")
-    return (
+    url = (
         f"{settings.PUBLIC_URL}/api/v1/connections/{code}/users/{tag}"
         f"/messages/{int(uid_validity)}/{int(uid)}"
     )
+    if folder:
+        url += f"?folder={quote(folder, safe='')}"
+    return url
 
 
 def user_event_payload(*, provider_code: str, user_tag: str, email: str | None = None) -> dict:

@@ -24,6 +24,7 @@ from superimap.imap import (
     Exists,
     Greeting,
     ImapError,
+    MailboxStatus,
     RemoteProtocolError,
     TaggedResponse,
 )
@@ -90,6 +91,9 @@ class ImapConnection(asyncio.Protocol):
         # Counts EXISTS responses wherever they arrive (in IDLE, or amid another command's
         # responses), so the session never misses news that came with something else.
         self.exists_seen = 0
+        # The last ``* STATUS`` per mailbox, an answer to STATUS or a NOTIFY report (RFC
+        # 5465), wherever it arrived: the session reads news of its other folders here.
+        self.statuses: dict[str, MailboxStatus] = {}
         self.greeting_text = ""  # tells the server software (engine/session.py idle_period)
 
     # --- opening ----------------------------------------------------------------------------
@@ -170,6 +174,8 @@ class ImapConnection(asyncio.Protocol):
         for event in events:
             if isinstance(event, Exists):
                 self.exists_seen += 1
+            elif isinstance(event, MailboxStatus):
+                self.statuses[event.name] = event
         self._backlog.extend(events)
         self._wake()
 

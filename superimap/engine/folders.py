@@ -11,6 +11,11 @@ seen. The rule, after login and before SELECT:
 3. else the configured folder (the provider's, INBOX by default).
 
 A provider configured with a folder other than INBOX keeps that folder: no LIST at all.
+
+A user (else its connection) may name the folders to watch instead (``folders``: names or
+special-use flags such as ``\\Junk``; design.md 4.10): resolve_folders() maps them to
+the account's folder names with one LIST; the first is watched by IDLE, the others by
+NOTIFY or STATUS polling (engine/session.py).
 The checkpoint (UIDVALIDITY, last UID) belongs to one folder: when the chosen folder is
 not the checkpoint's (an upgrade from INBOX to All Mail), the session takes a new baseline
 there instead of applying one folder's UIDs to another.
@@ -67,3 +72,55 @@ async def choose_folder(conn, configured: str) -> str:
     except CommandFailed:
         return configured  # a server that refuses LIST still has an INBOX
     return pick_folder(untagged, configured)
+
+
+def is_flag(spec: str) -> bool:
+    return spec.startswith("\\")
+
+
+def match_folders(listings: Iterable[Event], specs: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(folder names to watch, in the order of ``specs`` without repeats; the specs that
+    match no selectable folder of the account)."""
+    selectable = [
+        event
+        for event in listings
+        if isinstance(event, MailboxListing)
+        and not UNSELECTABLE & {attribute.upper() for attribute in event.attributes}
+    ]
+    names: list[str] = []
+    missing: list[str] = []
+    for spec in specs:
+        if spec.upper() in ("INBOX", "\\INBOX"):
+            found = "INBOX"
+        elif is_flag(spec):
+            flag = spec.upper()
+            found = next(
+                (
+                    listing.name
+                    for listing in selectable
+                    if flag in {attribute.upper() for attribute in listing.attributes}
+                ),
+                None,
+            )
+        else:
+            found = next((listing.name for listing in selectable if listing.name == spec), None)
+        if found is None:
+            missing.append(spec)
+        elif found not in names:
+            names.append(found)
+    return names, missing
+
+
+async def resolve_folders(
+    conn, specs: tuple[str, ...], configured: str
+) -> tuple[list[str], list[str]]:
+    """The folders a session watches, primary first, and the specs that named nothing.
+    Without ``specs``: the one folder of choose_folder(). If nothing matches: INBOX."""
+    if not specs:
+        return [await choose_folder(conn, configured)], []
+    try:
+        untagged, _ = await conn.command(*conn.protocol.list_mailboxes())
+    except CommandFailed:
+        untagged = []
+    names, missing = match_folders(untagged, specs)
+    return names or ["INBOX"], missing

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from superimap.engine import store
-from superimap.engine.connection import ImapConnection
+from superimap.engine.connection import CommandFailed, ImapConnection
 from superimap.engine.oauth import AccessTokens
 from superimap.engine.session import authenticate, open_connection
 from superimap.imap import Fetch, TaggedResponse, UntaggedStatus
@@ -96,7 +96,11 @@ def partial_body(event: Fetch, origin: int) -> bytes | None:
 
 
 async def open_message(
-    config: store.MailboxConfig, uid_validity: int, uid: int, tokens: AccessTokens
+    config: store.MailboxConfig,
+    uid_validity: int,
+    uid: int,
+    tokens: AccessTokens,
+    folder: str | None = None,
 ) -> OpenMessage:
     """Connect, log in and find the message; MessageGone if it is not there (any more)."""
     conn = await open_connection(
@@ -104,8 +108,13 @@ async def open_message(
     )
     try:
         await authenticate(conn, config, tokens=tokens)
-        # The folder the engine watches and its webhooks' UIDs belong to (engine/folders.py).
-        current = await _examine(conn, config.checkpoint_folder)
+        # The folder the UID belongs to: new_mail's folder, by default the primary one.
+        try:
+            current = await _examine(conn, folder or config.checkpoint_folder)
+        except CommandFailed as exc:
+            if folder is None:
+                raise
+            raise MessageGone(f"no folder {folder!r}: {exc}") from None
         if current != uid_validity:
             raise MessageGone(f"UIDVALIDITY is {current}, not {uid_validity}")
         untagged, _ = await conn.command(*conn.protocol.uid_fetch(str(uid), "(UID RFC822.SIZE)"))

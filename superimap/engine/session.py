@@ -22,12 +22,14 @@ from superimap.engine.connection import (
     ServerBye,
     TlsCertificateFailed,
 )
+from superimap.engine.morefolders import FolderWatch, SecondaryFolders
 from superimap.imap import (
     Bye,
     Continuation,
     Exists,
     Fetch,
     ImapError,
+    MailboxStatus,
     SearchResult,
     TaggedResponse,
     UntaggedStatus,
@@ -77,6 +79,9 @@ class SessionSettings:
     max_email_size: int = 1024 * 1024
     max_backoff: float = 300.0
     max_auth_backoff: float = 3600.0
+    # Secondary folders (design.md 4.10): STATUS this often where NOTIFY is not used.
+    folder_poll: float = 60.0
+    use_notify: bool = True
 
 
 # Servers known to look for new mail only when IDLE starts (or every 60 s): stock Cyrus
@@ -154,7 +159,7 @@ async def authenticate(
         await conn.command(*conn.protocol.capability())
 
 
-class MailboxSession:
+class MailboxSession(SecondaryFolders):
     def __init__(self, engine, user_id: int, config: store.MailboxConfig | None = None) -> None:
         self.engine = engine
         self.user_id = user_id
@@ -179,6 +184,11 @@ class MailboxSession:
         # meanwhile and is recorded so, not forgotten.
         self._unpersisted: tuple[int | None, set[int]] = (None, set())
         self._idle_period = self.cfg.idle_reissue
+        # Folders besides the primary one (design.md 4.10) and how their news is learnt.
+        self._secondary: dict[str, FolderWatch] = {}
+        self._notify = False
+        self._next_poll = 0.0
+        self._folder_warning = ""
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -275,18 +285,22 @@ class MailboxSession:
                 max_literal_size=self.cfg.max_email_size + 64 * 1024,
             )
             await authenticate(self.conn, config, engine=self.engine)
-        config = replace(config, folder=await folders.choose_folder(self.conn, config.folder))
+        names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)
+        self._folder_warning = f"folders not found: {', '.join(missing)}" if missing else ""
+        config = replace(config, folder=names[0])
         await self._select(config)
         if config.sweep_requested_at is not None:
             await self._sweep(config)
         await self._catch_up(config)
+        await self._start_secondaries(config, names[1:])
         if self.failures:
             self.failures = 0
             self._failure_kind, self._kind_failures, self._last_error = "", 0, ""
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
         while not self.stop_event.is_set():
-            self.engine.report(self.user_id, Status.IDLE if idle else Status.POLLING, "", 0)
+            status = Status.IDLE if idle else Status.POLLING
+            self.engine.report(self.user_id, status, self._folder_warning, 0)
             if idle:
                 await self._idle()
             else:
@@ -294,6 +308,7 @@ class MailboxSession:
             if self.stop_event.is_set():
                 return
             await self._catch_up(config)
+            await self._check_secondaries(config)
 
     async def _select(self, config: store.MailboxConfig) -> None:
         untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
@@ -307,6 +322,26 @@ class MailboxSession:
         if uid_validity is None:
             raise CommandFailed("SELECT", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
         self.uid_validity = uid_validity
+        if config.checkpoint_folder != config.folder:
+            # A folder watched before as a secondary one keeps its checkpoint.
+            known = await self.engine.pool.run(store.folder_states, self.user_id)
+            state = known.get(config.folder)
+            if state is not None:
+                config = replace(
+                    config,
+                    uid_validity=state.uid_validity,
+                    last_uid=state.last_uid,
+                    last_internal_date=state.last_internal_date,
+                )
+                await self.engine.pool.run(
+                    store.set_baseline,
+                    self.user_id,
+                    self.engine.node_id,
+                    state.uid_validity,
+                    state.last_uid,
+                    folder=config.folder,
+                )
+                config = replace(config, checkpoint_folder=config.folder)
         if (
             config.uid_validity is None
             or config.last_uid is None
@@ -404,9 +439,7 @@ class MailboxSession:
         cutoff = baseline.replace(microsecond=0) if baseline else None
         await self._fetch_and_persist(config, uids, before=cutoff, skip_recorded=True)
         checkpoint = max(highest, self.last_uid)
-        await self.engine.pool.run(
-            store.set_baseline, self.user_id, self.engine.node_id, self.uid_validity, checkpoint
-        )
+        await self._save_baseline(config, checkpoint)
         self.last_uid = checkpoint
 
     async def _fetch_and_persist(
@@ -424,7 +457,7 @@ class MailboxSession:
             batch = uids[start : start + BATCH_SIZE]
             if sweep or skip_recorded:
                 done = await self.engine.pool.run(
-                    store.recorded_uids, self.user_id, self.uid_validity, batch
+                    store.recorded_uids, self.user_id, self.uid_validity, batch, config.folder
                 )
                 batch = [uid for uid in batch if uid not in done]
             if not batch:
@@ -571,12 +604,12 @@ class MailboxSession:
                 break
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
-        await self._wait_for_news(self._idle_period)
+        await self._wait_for_news(self._until_poll(self._idle_period))
         await conn.send(conn.protocol.done())
         await conn.collect(tag, self.cfg.command_timeout)
 
     async def _poll(self) -> None:
-        await self._wait_for_news(self.cfg.poll_interval)
+        await self._wait_for_news(self._until_poll(self.cfg.poll_interval))
         if self.stop_event.is_set():
             return
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())
@@ -589,6 +622,8 @@ class MailboxSession:
         while not self.stop_event.is_set():
             if self.conn.exists_seen > self._exists_at_search:
                 return  # mail arrived since the last search (maybe with another response)
+            if self._secondary and not self.conn.statuses.keys().isdisjoint(self._secondary):
+                return  # a NOTIFY report came with another response
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
@@ -596,8 +631,8 @@ class MailboxSession:
                 event = await self.conn.next_event(remaining, interruptible=True)
             except TimeoutError:
                 return
-            if event is None or isinstance(event, Exists):
-                return
+            if event is None or isinstance(event, Exists | MailboxStatus):
+                return  # new mail here, or (NOTIFY) in another folder
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE while waiting")
             self._check_uidvalidity([event])

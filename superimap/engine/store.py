@@ -26,7 +26,7 @@ from superimap.delivery.content import with_content_options
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import new_mail_payload, truncated_mail_payload
 from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
-from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
 from superimap.tracers.models import TracerLog
 
 log = logging.getLogger("superimap.engine")
@@ -80,6 +80,18 @@ class MailboxConfig:
     # Seconds between IDLE re-issues for servers that only look for mail then; 0: off;
     # None: automatic (engine/session.py idle_period).
     idle_refresh: int | None = None
+    # Folders to watch (names or special-use flags: engine/folders.py resolve_folders);
+    # empty: the one folder of design.md 4.5.
+    folders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """A secondary folder's checkpoint (FolderCheckpoint)."""
+
+    uid_validity: int
+    last_uid: int
+    last_internal_date: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         checkpoint_folder=user.checkpoint_folder,
         tls_ca=tls_ca,
         idle_refresh=connection.effective_idle_refresh,
+        folders=tuple(user.folders or connection.folders or ()),
     )
 
 
@@ -201,13 +214,52 @@ def set_baseline(
     The first baseline also sets ``baseline_at``: after a UIDVALIDITY change, mail with an
     INTERNALDATE before it is older than the user (recorded as before_baseline)."""
     with transaction.atomic():
-        fields = {"uid_validity": uid_validity, "last_uid": last_uid}
-        if folder is not None:
-            fields["checkpoint_folder"] = folder
-        updated = _owned(user_id, node_id).update(**fields)
-        if not updated:
+        user = _owned(user_id, node_id).select_for_update(of=("self",)).first()
+        if user is None:
             raise LeaseLost(user_id)
+        fields = {"uid_validity": uid_validity, "last_uid": last_uid}
+        if folder is not None and folder != user.checkpoint_folder:
+            fields["checkpoint_folder"] = folder
+            # The old primary folder keeps its checkpoint (it may be watched as a secondary
+            # folder now); the new one's, if it was a secondary folder, is this one now.
+            if user.uid_validity is not None and user.last_uid is not None:
+                FolderCheckpoint.objects.update_or_create(
+                    user=user,
+                    folder=user.checkpoint_folder,
+                    defaults={
+                        "uid_validity": user.uid_validity,
+                        "last_uid": user.last_uid,
+                        "last_internal_date": user.last_internal_date,
+                    },
+                )
+            FolderCheckpoint.objects.filter(user=user, folder=folder).delete()
+        _owned(user_id, node_id).update(**fields)
         _owned(user_id, node_id).filter(baseline_at__isnull=True).update(baseline_at=timezone.now())
+
+
+def set_folder_baseline(
+    user_id: int, node_id: str, folder: str, uid_validity: int, last_uid: int
+) -> None:
+    """A secondary folder's checkpoint starts (or, after a UIDVALIDITY change, restarts)
+    here; fenced like set_baseline."""
+    with transaction.atomic():
+        if not _owned(user_id, node_id).select_for_update(of=("self",)).exists():
+            raise LeaseLost(user_id)
+        FolderCheckpoint.objects.update_or_create(
+            user_id=user_id,
+            folder=folder,
+            defaults={"uid_validity": uid_validity, "last_uid": last_uid},
+        )
+
+
+@read_only
+def folder_states(user_id: int) -> dict[str, FolderState]:
+    """The user's secondary-folder checkpoints by folder name."""
+    rows = FolderCheckpoint.objects.filter(user_id=user_id).order_by()
+    return {
+        row.folder: FolderState(row.uid_validity, row.last_uid, row.last_internal_date)
+        for row in rows
+    }
 
 
 @read_only
@@ -219,11 +271,19 @@ def baseline_moment(user_id: int) -> datetime | None:
     return row["baseline_at"] or row["connected_at"]
 
 
+def _in_folder(folder: str) -> Q:
+    """MailLog rows of ``folder``; rows written before the folder was recorded have ""
+    (they all belong to the one folder watched then, the primary)."""
+    return Q(folder=folder) | Q(folder="")
+
+
 @read_only
-def recorded_uids(user_id: int, uid_validity: int, uids: list[int]) -> set[int]:
-    """UIDs of ``uids`` that already ended in a state (delivered or skipped), except those
-    skipped as before_baseline, which a sweep may still send."""
-    rows = MailLog.objects.filter(user_id=user_id, uid_validity=uid_validity, uid__in=uids)
+def recorded_uids(user_id: int, uid_validity: int, uids: list[int], folder: str) -> set[int]:
+    """UIDs of ``uids`` in ``folder`` that already ended in a state (delivered or skipped),
+    except those skipped as before_baseline, which a sweep may still send."""
+    rows = MailLog.objects.filter(
+        _in_folder(folder), user_id=user_id, uid_validity=uid_validity, uid__in=uids
+    )
     return set(rows.exclude(skipped_reason=Reason.BEFORE_BASELINE).values_list("uid", flat=True))
 
 
@@ -266,7 +326,9 @@ def persist_batch(
         has_url = bool(partner.new_mail_webhook)
         uids = [m.uid for m in messages]
         seen = dict(
-            MailLog.objects.filter(user=user, uid_validity=uid_validity, uid__in=uids)
+            MailLog.objects.filter(
+                _in_folder(folder), user=user, uid_validity=uid_validity, uid__in=uids
+            )
             .values_list("uid", "skipped_reason")
             .order_by()
         )
@@ -275,19 +337,33 @@ def persist_batch(
                 if not (sweep and seen[message.uid] == Reason.BEFORE_BASELINE and not message.skip):
                     continue
                 MailLog.objects.filter(
-                    user=user, uid_validity=uid_validity, uid=message.uid
+                    _in_folder(folder), user=user, uid_validity=uid_validity, uid=message.uid
                 ).delete()
             _persist_one(user, partner, has_url, uid_validity, folder, message, result)
         last = max(messages, key=lambda m: m.uid)
-        # After a UIDVALIDITY change the old last_uid means nothing in the new UID space.
-        previous = (user.last_uid or 0) if user.uid_validity == uid_validity else 0
-        fields = {"uid_validity": uid_validity, "last_uid": max(last.uid, previous)}
-        if last.internal_date:
-            fields["last_internal_date"] = last.internal_date
+        if folder == user.checkpoint_folder:
+            # After a UIDVALIDITY change the old last_uid means nothing in the new UID space.
+            previous = (user.last_uid or 0) if user.uid_validity == uid_validity else 0
+            fields = {"uid_validity": uid_validity, "last_uid": max(last.uid, previous)}
+            if last.internal_date:
+                fields["last_internal_date"] = last.internal_date
+        else:
+            _move_folder_checkpoint(user, folder, uid_validity, last)
+            fields = {}
         if result.new:
             fields["last_email_at"] = timezone.now()
-        MailboxUser.objects.filter(id=user_id).update(**fields)
+        if fields:
+            MailboxUser.objects.filter(id=user_id).update(**fields)
     return result
+
+
+def _move_folder_checkpoint(user, folder: str, uid_validity: int, last: FetchedMessage) -> None:
+    row = FolderCheckpoint.objects.select_for_update().filter(user=user, folder=folder).first()
+    previous = row.last_uid if row is not None and row.uid_validity == uid_validity else 0
+    fields = {"uid_validity": uid_validity, "last_uid": max(last.uid, previous)}
+    if last.internal_date:
+        fields["last_internal_date"] = last.internal_date
+    FolderCheckpoint.objects.update_or_create(user=user, folder=folder, defaults=fields)
 
 
 def identity_of(message_id: str, size: int, date: str | None) -> str:

@@ -71,6 +71,7 @@ class Engine:
         self.session_settings = session_settings or SessionSettings(
             idle_reissue=float(settings.IDLE_REISSUE_SECONDS),
             poll_interval=float(settings.POLL_INTERVAL),
+            folder_poll=float(settings.FOLDER_POLL_SECONDS),
             max_email_size=settings.MAX_EMAIL_SIZE,
         )
         self.handshakes = asyncio.Semaphore(handshake_concurrency)

@@ -80,6 +80,15 @@ class MailboxListing:
 
 
 @dataclass(frozen=True)
+class MailboxStatus:
+    """``* STATUS <mailbox> (UIDNEXT n UIDVALIDITY n ...)``: an answer to STATUS, or a
+    NOTIFY (RFC 5465) report that another mailbox changed."""
+
+    name: str
+    items: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SearchResult:
     ids: tuple[int, ...]
 
@@ -120,6 +129,7 @@ Event = (
     | Flags
     | SearchResult
     | MailboxListing
+    | MailboxStatus
     | Fetch
     | Continuation
     | Unknown

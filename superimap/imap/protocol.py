@@ -36,8 +36,9 @@ class State(enum.Enum):
 _ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT"})
 ALLOWED_COMMANDS: dict[State, frozenset[str]] = {
     State.NOT_AUTHENTICATED: _ANY_STATE | {"LOGIN", "AUTHENTICATE", "STARTTLS"},
-    State.AUTHENTICATED: _ANY_STATE | {"SELECT", "EXAMINE", "IDLE", "LIST"},
-    State.SELECTED: _ANY_STATE | {"SELECT", "EXAMINE", "IDLE", "LIST", "UID SEARCH", "UID FETCH"},
+    State.AUTHENTICATED: _ANY_STATE | {"SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY"},
+    State.SELECTED: _ANY_STATE
+    | {"SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY", "UID SEARCH", "UID FETCH"},
     State.IDLING: frozenset(),  # only done()
     State.LOGOUT: frozenset(),
 }
@@ -214,6 +215,19 @@ class ClientProtocol:
         if special_use_only:
             arguments = b"(SPECIAL-USE) " + arguments
         return self._command("LIST", arguments)
+
+    def status(self, mailbox: str, items: str = "UIDNEXT UIDVALIDITY") -> tuple[str, bytes]:
+        _check_text(items)
+        return self._command("STATUS", quote(encode_mailbox_name(mailbox)) + f" ({items})".encode())
+
+    def notify_set(self, mailboxes: list[str]) -> tuple[str, bytes]:
+        """RFC 5465: new mail and expunges of the selected mailbox as usual, and a
+        ``* STATUS`` report when mail arrives in one of ``mailboxes``."""
+        names = b" ".join(quote(encode_mailbox_name(name)) for name in mailboxes)
+        arguments = b"SET (selected (MessageNew MessageExpunge))"
+        if mailboxes:
+            arguments += b" (mailboxes (" + names + b") (MessageNew))"
+        return self._command("NOTIFY", arguments)
 
     def uid_search(self, criteria: str) -> tuple[str, bytes]:
         _check_text(criteria)

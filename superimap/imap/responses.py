@@ -17,6 +17,7 @@ from superimap.imap.events import (
     Fetch,
     Flags,
     MailboxListing,
+    MailboxStatus,
     Recent,
     ResponseCode,
     SearchResult,
@@ -113,6 +114,8 @@ def _untagged(frame: Frame, pos: int) -> Event:
         return _search(parse_values(frame, 0, pos))
     if keyword == "LIST":
         return _listing(parse_values(frame, 0, pos))
+    if keyword == "STATUS":
+        return _mailbox_status(parse_values(frame, 0, pos))
     return Unknown(frame.raw)
 
 
@@ -158,6 +161,24 @@ def _listing(values: tuple[Value, ...]) -> MailboxListing:
     if name.upper() == "INBOX":
         name = "INBOX"  # case-insensitive by RFC 3501
     return MailboxListing(_strings(attributes, "LIST attributes"), delimiter, _utf7(name))
+
+
+def _mailbox_status(values: tuple[Value, ...]) -> MailboxStatus:
+    """``mailbox (name number ...)`` (RFC 3501 7.2.4); non-numeric items are left out."""
+    if len(values) != 2 or not isinstance(values[1], tuple) or len(values[1]) % 2:
+        raise RemoteProtocolError("malformed STATUS response")
+    name = values[0]
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    elif isinstance(name, int):
+        name = str(name)
+    if not isinstance(name, str):
+        raise RemoteProtocolError("malformed mailbox name in STATUS response")
+    if name.upper() == "INBOX":
+        name = "INBOX"
+    pairs = zip(values[1][::2], values[1][1::2], strict=True)
+    items = {str(k).upper(): v for k, v in pairs if isinstance(v, int) and isinstance(k, str)}
+    return MailboxStatus(_utf7(name), items)
 
 
 def _utf7(name: str) -> str:

@@ -75,6 +75,8 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "error_notified_at",
         "uid_validity",
         "last_uid",
+        "checkpoint_folder",
+        "other_folders",
         "last_internal_date",
         "last_email_at",
         "sweep_requested_at",
@@ -86,7 +88,17 @@ class MailboxUserAdmin(admin.ModelAdmin):
     fieldsets = [
         (
             None,
-            {"fields": ["connection", "tag", "email", "enable_tracer", "archived", "archived_at"]},
+            {
+                "fields": [
+                    "connection",
+                    "tag",
+                    "email",
+                    "folders",
+                    "enable_tracer",
+                    "archived",
+                    "archived_at",
+                ]
+            },
         ),
         (
             "Credentials (encrypted)",
@@ -103,8 +115,10 @@ class MailboxUserAdmin(admin.ModelAdmin):
                     "consecutive_failures",
                     "failing_since",
                     "error_notified_at",
+                    "checkpoint_folder",
                     "uid_validity",
                     "last_uid",
+                    "other_folders",
                     "last_internal_date",
                     "last_email_at",
                     "sweep_requested_at",
@@ -115,6 +129,12 @@ class MailboxUserAdmin(admin.ModelAdmin):
             },
         ),
     ]
+
+    @admin.display(description="Other folders (UIDVALIDITY/last UID)")
+    def other_folders(self, user):
+        """The checkpoints of the folders watched besides the primary one (design.md 4.10)."""
+        rows = user.folder_checkpoints.order_by("folder") if user.pk else []
+        return ", ".join(str(row) for row in rows) or "-"
 
     @admin.display(description="Mail log")
     def mail_log_link(self, user):

@@ -8,12 +8,13 @@ from django.utils import timezone
 
 from superimap.changes import TrackedFields, new_session_version
 from superimap.fields import EncryptedTextField
+from superimap.partners.folders import validate_folders
 from superimap.partners.models import Connection
 
 
 class MailboxUser(TrackedFields, models.Model):
     # What the IMAP session logs in with: changing one of these restarts the session.
-    TRACKED = ("email", "login_username", "password", "oauth_refresh_token")
+    TRACKED = ("email", "login_username", "password", "oauth_refresh_token", "folders")
 
     class Status(models.TextChoices):
         NEW = "new", "Not started"
@@ -36,10 +37,14 @@ class MailboxUser(TrackedFields, models.Model):
     archived = models.BooleanField(default=False)
     archived_at = models.DateTimeField(null=True, blank=True)
     enable_tracer = models.BooleanField(default=False)
+    # Folders to watch (names or special-use flags, engine/folders.py); empty: the
+    # connection's, else the one folder of design.md 4.5.
+    folders = models.JSONField(default=list, blank=True, validators=[validate_folders])
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    # Checkpoint: what the engine has persisted so far.
+    # Checkpoint of the primary folder (the one watched by IDLE): what the engine has
+    # persisted so far. Other folders have a FolderCheckpoint each.
     uid_validity = models.BigIntegerField(null=True, blank=True)
     last_uid = models.BigIntegerField(null=True, blank=True)
     # The folder the checkpoint belongs to (the engine picks it: engine/folders.py).
@@ -156,8 +161,10 @@ class MailLog(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [
+            # Folders created in the same second share a UIDVALIDITY on Dovecot: a UID is
+            # one message per folder only.
             models.UniqueConstraint(
-                fields=["user", "uid_validity", "uid"], name="maillog_one_row_per_uid"
+                fields=["user", "folder", "uid_validity", "uid"], name="maillog_one_row_per_uid"
             ),
         ]
         indexes = [
@@ -171,6 +178,28 @@ class MailLog(models.Model):
     @property
     def status(self) -> str:
         return "skipped" if self.skipped_reason else "delivered"
+
+
+class FolderCheckpoint(models.Model):
+    """What the engine has persisted so far in a folder other than the user's primary one
+    (whose checkpoint is MailboxUser.uid_validity/last_uid/checkpoint_folder)."""
+
+    user = models.ForeignKey(
+        MailboxUser, on_delete=models.CASCADE, related_name="folder_checkpoints"
+    )
+    folder = models.CharField(max_length=1000)
+    uid_validity = models.BigIntegerField()
+    last_uid = models.BigIntegerField()
+    last_internal_date = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "folder"], name="one_checkpoint_per_folder")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.folder} {self.uid_validity}/{self.last_uid}"
 
 
 class UsedLink(models.Model):

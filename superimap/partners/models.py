@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from superimap.changes import TrackedFields, new_session_version
 from superimap.fields import EncryptedTextField
+from superimap.partners.folders import validate_folders
 
 OAUTH_ENDPOINTS = ("authorize", "token", "revoke", "userinfo")
 
@@ -294,6 +295,7 @@ class Connection(TrackedFields, models.Model):
         "imap_tls_verify",
         "imap_allow_plaintext",
         "idle_refresh_seconds",
+        "folders",
     )
 
     partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="connections")
@@ -323,6 +325,9 @@ class Connection(TrackedFields, models.Model):
     )
     # Overrides the provider's idle_refresh_seconds when set (0 turns it off).
     idle_refresh_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # Folders its users' sessions watch (names or special-use flags like "\\Junk"; the
+    # first is watched by IDLE); empty: the one folder of design.md 4.5. A user's own wins.
+    folders = models.JSONField(default=list, blank=True, validators=[validate_folders])
     # SMTP for tracer emails, likewise only for host-per-connection providers.
     smtp_host = models.CharField(max_length=255, blank=True)
     smtp_port = models.PositiveIntegerField(null=True, blank=True)

@@ -54,7 +54,9 @@ log = logging.getLogger(__name__)
 
 CAPABILITIES = "IMAP4rev1 IDLE LITERAL+ SASL-IR AUTH=PLAIN AUTH=XOAUTH2"
 _NOT_AUTHENTICATED = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "LOGIN", "AUTHENTICATE"})
-_AUTHENTICATED = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "SELECT", "EXAMINE", "IDLE", "LIST"})
+_AUTHENTICATED = frozenset(
+    {"CAPABILITY", "NOOP", "LOGOUT", "SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY"}
+)
 _SELECTED = _AUTHENTICATED | {"UID SEARCH", "UID FETCH"}
 _TAGGED_GIBBERISH = (b"WHAT?! (((", b"\x00\xff\xfe\x01", b"OKAY [UIDNEXT x", b"{-1}")
 _UNTAGGED_GIBBERISH = (
@@ -97,8 +99,15 @@ class ChaosImapServer:
         ssl_context: ssl.SSLContext | None = None,
         expunge_rate: float = 0.0,
         faults: Sequence[Fault] | None = None,
+        folders: Sequence[str] = ("INBOX",),
+        notify: bool = False,
     ) -> None:
         self.host = host
+        # Every user has these folders; generated mail goes to a random one of them. With
+        # ``notify`` the server advertises NOTIFY (RFC 5465) and reports new mail in the
+        # other folders to a session that asked, as * STATUS.
+        self.folders = tuple(folders)
+        self.capabilities = CAPABILITIES + (" NOTIFY" if notify else "")
         self.expunge_rate = expunge_rate
         self.faults = tuple(faults) if faults is not None else tuple(Fault)
         self.expunged: list[tuple[str, str]] = []
@@ -159,22 +168,30 @@ class ChaosImapServer:
     def check_password(self, username: str, password: str) -> bool:
         return self.is_user(username) and password == "pass" + username.removeprefix("user")
 
-    def mailbox(self, username: str) -> Mailbox:
-        if username not in self._mailboxes:
-            self._mailboxes[username] = Mailbox(self.random.randrange(1, 2**31))
-        return self._mailboxes[username]
+    def mailbox(self, username: str, folder: str = "INBOX") -> Mailbox:
+        key = username if folder == "INBOX" else f"{username}\x00{folder}"
+        if key not in self._mailboxes:
+            self._mailboxes[key] = Mailbox(self.random.randrange(1, 2**31))
+        return self._mailboxes[key]
 
     def messages_of(self, username: str) -> list[StoredMessage]:
         return list(self.mailbox(username).messages)
 
-    def add_message(self, username: str, raw: bytes, internal_date: datetime | None = None) -> int:
-        """Deliver ``raw`` to ``username``'s INBOX, notify idling sessions; return the UID."""
+    def add_message(
+        self,
+        username: str,
+        raw: bytes,
+        internal_date: datetime | None = None,
+        folder: str = "INBOX",
+    ) -> int:
+        """Deliver ``raw`` to a folder of ``username``, notify idling sessions; return the
+        UID."""
         if not self.is_user(username):
             raise KeyError(username)
-        message = self.mailbox(username).append(raw, internal_date or _now())
+        message = self.mailbox(username, folder).append(raw, internal_date or _now())
         self.stats["messages"] += 1
         for session in self.sessions_by_user.get(username, ()):
-            session.mailbox_changed()
+            session.mailbox_changed(folder)
         return message.uid
 
     def generate_message(self, username: str | None = None) -> str:
@@ -193,7 +210,8 @@ class ChaosImapServer:
             f"Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
         ).encode()
         self.generated[message_id] = username
-        self.add_message(username, raw, now)
+        folder = self.random.choice(self.folders) if len(self.folders) > 1 else self.folders[0]
+        self.add_message(username, raw, now, folder)
         return message_id
 
     async def _generate_forever(self) -> None:
@@ -270,6 +288,9 @@ class ImapSession(asyncio.Protocol):
         "transport",
         "username",
         "selected",
+        "selected_folder",
+        "notify",
+        "notify_pending",
         "readonly",
         "reported_exists",
         "idle_tag",
@@ -284,6 +305,9 @@ class ImapSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.username: str | None = None
         self.selected = False
+        self.selected_folder = "INBOX"
+        self.notify = False  # NOTIFY SET: report new mail in the other folders
+        self.notify_pending: set[str] = set()  # reports due at the next response
         self.readonly = False
         self.reported_exists = 0
         self.idle_tag: str | None = None
@@ -337,14 +361,28 @@ class ImapSession(asyncio.Protocol):
             self.closed = True
             self.transport.abort()
 
-    def mailbox_changed(self) -> None:
+    def mailbox_changed(self, folder: str = "INBOX") -> None:
+        if folder != self.selected_folder and self.notify:
+            self.notify_pending.add(folder)  # like EXISTS: sent now if idling, else later
         if self.idle_tag is not None and not self.stalled:
             self.sync_exists()
 
+    def status_of(self, folder: str) -> str:
+        assert self.username is not None
+        mailbox = self.server.mailbox(self.username, folder)
+        return (
+            f'STATUS "{folder}" (MESSAGES {len(mailbox.messages)} UIDNEXT {mailbox.uidnext} '
+            f"UIDVALIDITY {mailbox.uidvalidity})"
+        )
+
     def sync_exists(self) -> None:
+        if self.username is not None and self.notify_pending:
+            for folder in sorted(self.notify_pending):
+                self.write(untagged_data(self.status_of(folder)))
+            self.notify_pending.clear()
         if not self.selected or self.username is None:
             return
-        count = len(self.server.mailbox(self.username).messages)
+        count = len(self.server.mailbox(self.username, self.selected_folder).messages)
         if count != self.reported_exists:
             self.reported_exists = count
             self.write(untagged_data(f"{count} EXISTS"))
@@ -417,7 +455,7 @@ class ImapSession(asyncio.Protocol):
         return fault is Fault.UIDVALIDITY_CHANGE and not self.closed
 
     def cmd_capability(self, command: Command) -> None:
-        self.write(untagged_data(f"CAPABILITY {CAPABILITIES}"))
+        self.write(untagged_data(f"CAPABILITY {self.server.capabilities}"))
         self.write(tagged(command.tag, "OK", "CAPABILITY completed"))
 
     def cmd_noop(self, command: Command) -> None:
@@ -470,23 +508,42 @@ class ImapSession(asyncio.Protocol):
         self.server.stats["logins"] += 1
         self.username = user
         self.server.sessions_by_user.setdefault(user, set()).add(self)
-        self.write(tagged(tag, "OK", "logged in", f"CAPABILITY {CAPABILITIES}"))
+        self.write(tagged(tag, "OK", "logged in", f"CAPABILITY {self.server.capabilities}"))
 
     def cmd_list(self, command: Command) -> None:
-        """Each user has only INBOX (no special-use folders)."""
+        """Each user has the server's folders (no special-use flags)."""
         pattern = _text(command.args[-1]) if command.args else ""
-        if pattern in ("*", "%", "INBOX"):
-            self.write(untagged_data('LIST (\\HasNoChildren) "/" INBOX'))
+        for folder in self.server.folders:
+            if pattern in ("*", "%", folder):
+                self.write(untagged_data(f'LIST (\\HasNoChildren) "/" "{folder}"'))
         self.write(tagged(command.tag, "OK", "LIST completed"))
+
+    def cmd_status(self, command: Command) -> None:
+        name = _text(command.args[0]) if command.args else ""
+        folder = "INBOX" if name.upper() == "INBOX" else name
+        if folder not in self.server.folders:
+            self.write(tagged(command.tag, "NO", "no such mailbox", "NONEXISTENT"))
+            return
+        self.write(untagged_data(self.status_of(folder)))
+        self.write(tagged(command.tag, "OK", "STATUS completed"))
+
+    def cmd_notify(self, command: Command) -> None:
+        if "NOTIFY" not in self.server.capabilities:
+            self.write(tagged(command.tag, "BAD", "NOTIFY not supported"))
+            return
+        self.notify = True
+        self.write(tagged(command.tag, "OK", "NOTIFY completed"))
 
     def cmd_select(self, command: Command) -> None:
         assert self.username is not None
         self.selected = False
         name = _text(command.args[0]) if len(command.args) == 1 else ""
-        if name.upper() != "INBOX":
+        folder = "INBOX" if name.upper() == "INBOX" else name
+        if folder not in self.server.folders:
             self.write(tagged(command.tag, "NO", "no such mailbox", "NONEXISTENT"))
             return
-        mailbox = self.server.mailbox(self.username)
+        self.selected_folder = folder
+        mailbox = self.server.mailbox(self.username, folder)
         self.selected = True
         self.readonly = command.name == "EXAMINE"
         self.reported_exists = len(mailbox.messages)
@@ -502,7 +559,7 @@ class ImapSession(asyncio.Protocol):
     def cmd_uid_search(self, command: Command) -> None:
         assert self.username is not None
         try:
-            uids = self.server.mailbox(self.username).uid_search(command.args)
+            uids = self.server.mailbox(self.username, self.selected_folder).uid_search(command.args)
         except SearchError as error:
             self.write(tagged(command.tag, "BAD", str(error)))
             return
@@ -518,7 +575,7 @@ class ImapSession(asyncio.Protocol):
         uid_set, items = command.args
         names = items if isinstance(items, tuple) else (items,)
         wanted = tuple(_text(name).upper() for name in names)
-        mailbox = self.server.mailbox(self.username)
+        mailbox = self.server.mailbox(self.username, self.selected_folder)
         try:
             vanished, nil_answers = self.expunge_some(_text(uid_set), wanted)
             responses = mailbox.uid_fetch(_text(uid_set), wanted, self.readonly)
@@ -575,6 +632,8 @@ _HANDLERS: dict[str, Callable[[ImapSession, Command], None]] = {
     "SELECT": ImapSession.cmd_select,
     "EXAMINE": ImapSession.cmd_select,
     "LIST": ImapSession.cmd_list,
+    "STATUS": ImapSession.cmd_status,
+    "NOTIFY": ImapSession.cmd_notify,
     "UID SEARCH": ImapSession.cmd_uid_search,
     "UID FETCH": ImapSession.cmd_uid_fetch,
     "IDLE": ImapSession.cmd_idle,
@@ -631,6 +690,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument(
+        "--folders",
+        default="INBOX",
+        help="comma-separated folders of every user; generated mail goes to a random one",
+    )
+    parser.add_argument("--notify", action="store_true", help="advertise and serve NOTIFY")
+    parser.add_argument(
         "--max-open-files",
         type=int,
         default=0,
@@ -663,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         chaos_rate=args.chaos_rate,
         ssl_context=context,
+        folders=[name for name in args.folders.split(",") if name],
+        notify=args.notify,
     )
     runner = asyncio.run
     if args.uvloop:

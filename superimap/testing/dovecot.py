@@ -241,6 +241,22 @@ namespace inbox {
   }
 }
 """
+# Several folders to watch at once (design.md 4.10): INBOX, a plain "Lists" and "Spam"
+# flagged \Junk. The mailbox list index is what makes Dovecot 2.3 advertise NOTIFY.
+MORE_FOLDERS_NAMESPACE = """\
+mailbox_list_index = yes
+namespace inbox {
+  inbox = yes
+  separator = /
+  mailbox Lists {
+    auto = create
+  }
+  mailbox Spam {
+    auto = create
+    special_use = \\Junk
+  }
+}
+"""
 # The same folders without their special-use flags: only the name fallback can find them.
 GMAIL_NAMES_WITHOUT_SPECIAL_USE = """\
 namespace inbox {

@@ -152,7 +152,7 @@ def test_mail_over_max_email_size_is_sent_truncated_with_a_url(mailbox, dovecot,
     assert truncated["envelope"]["from"][0]["mailbox"] == "ann"
     assert truncated["rfc822_url"] == (
         f"https://imap.example.test/api/v1/connections/LOOPBACK_PLAIN/users/{user.tag}"
-        f"/messages/{validity}/{uid}"
+        f"/messages/{validity}/{uid}?folder=INBOX"
     )
     header = big[: big.index(b"\r\n\r\n") + 4]
     assert truncated["sha1"] == hashlib.sha1(header).hexdigest()

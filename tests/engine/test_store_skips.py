@@ -78,12 +78,12 @@ def test_a_skipped_message_is_no_dedup_reference(user):
 def test_a_sweep_sends_mail_skipped_as_before_baseline(user):
     raw = make_message("old", "a@x.test", "b@x.test", "body", "<old@t>")
     persist(user, header_only(1, raw, skip="before_baseline"))
-    assert store.recorded_uids(user.id, 9, [1]) == set()
+    assert store.recorded_uids(user.id, 9, [1], "INBOX") == set()
     assert persist(user, whole(1, raw)).new == 0  # a catch-up leaves it skipped
     assert persist(user, whole(1, raw), sweep=True).new == 1
     row = MailLog.objects.get(user=user, uid=1)
     assert row.skipped_reason == "" and row.subject == "old"
-    assert store.recorded_uids(user.id, 9, [1]) == {1}
+    assert store.recorded_uids(user.id, 9, [1], "INBOX") == {1}
 
 
 def test_mail_over_the_limit_is_delivered_truncated(user, settings):
@@ -95,7 +95,7 @@ def test_mail_over_the_limit_is_delivered_truncated(user, settings):
     assert payload["truncated"] is True and payload["size"] == len(raw)
     assert (
         payload["rfc822_url"]
-        == "https://h.example/api/v1/connections/LOOPBACK_PLAIN/users/u/messages/9/7"
+        == "https://h.example/api/v1/connections/LOOPBACK_PLAIN/users/u/messages/9/7?folder=INBOX"
     )
 
 

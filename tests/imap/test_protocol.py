@@ -354,3 +354,21 @@ def test_it_lists_special_use_mailboxes_like_dovecot() -> None:
 
 def test_it_lists_with_an_encoded_pattern_in_the_selected_state() -> None:
     assert selected().list_mailboxes("", "Entwürfe/%")[1] == b'A0003 LIST "" "Entw&APw-rfe/%"\r\n'
+
+
+def test_it_asks_for_the_status_of_another_folder() -> None:
+    assert selected().status("Entwürfe")[1] == (
+        b'A0003 STATUS "Entw&APw-rfe" (UIDNEXT UIDVALIDITY)\r\n'
+    )
+
+
+def test_it_sets_notify_for_the_selected_and_other_folders() -> None:
+    assert selected().notify_set(["Lists", "Spam"])[1] == (
+        b"A0003 NOTIFY SET (selected (MessageNew MessageExpunge))"
+        b' (mailboxes ("Lists" "Spam") (MessageNew))\r\n'
+    )
+
+
+def test_it_refuses_status_before_login() -> None:
+    with pytest.raises(LocalProtocolError):
+        greeted().status("INBOX")

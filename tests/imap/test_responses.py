@@ -16,6 +16,7 @@ from superimap.imap.events import (
     Fetch,
     Flags,
     MailboxListing,
+    MailboxStatus,
     Recent,
     SearchResult,
     TaggedResponse,
@@ -107,8 +108,13 @@ def parse(data: bytes):
         ),
         (
             b"* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)\r\n",
-            Unknown(b"* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)\r\n"),
+            MailboxStatus("blurdybloop", {"MESSAGES": 231, "UIDNEXT": 44292}),
         ),
+        (
+            b'* STATUS "Lists/&AOk-t&AOk-" (UIDNEXT 2 UIDVALIDITY 9 HIGHESTMODSEQ 4)\r\n',
+            MailboxStatus("Lists/été", {"UIDNEXT": 2, "UIDVALIDITY": 9, "HIGHESTMODSEQ": 4}),
+        ),
+        (b"* STATUS inbox (UIDNEXT 5)\r\n", MailboxStatus("INBOX", {"UIDNEXT": 5})),
         (b"* 4 VANISHED\r\n", Unknown(b"* 4 VANISHED\r\n")),
     ],
 )
