@@ -21,7 +21,13 @@ from superimap.engine.session import SessionSettings, idle_period
 from superimap.engine.store import MailboxConfig
 from superimap.mailboxes.models import MailboxUser
 from superimap.testing.mail import make_message
-from tests.engine.conftest import FAST, RunningEngine, loopback_connection, wait_for
+from tests.engine.conftest import (
+    FAST,
+    RunningEngine,
+    answer_uid_command,
+    loopback_connection,
+    wait_for,
+)
 
 
 class CheckOnIdleServer:
@@ -53,22 +59,8 @@ class CheckOnIdleServer:
                         f"* {len(self.visible)} EXISTS\r\n* OK [UIDVALIDITY 9] ok\r\n"
                         f"* OK [UIDNEXT {len(self.visible) + 1}] ok\r\n{tag} OK sel\r\n".encode()
                     )
-                elif command.startswith("UID SEARCH"):
-                    first = int(command.split()[3].split(":")[0])
-                    uids = " ".join(str(u) for u in range(first, len(self.visible) + 1))
-                    writer.write(f"* SEARCH {uids}\r\n{tag} OK done\r\n".encode())
-                elif command.startswith("UID FETCH"):
-                    for uid in (int(u) for u in command.split()[2].split(",")):
-                        raw = self.visible[uid - 1]
-                        if "BODY.PEEK" in command:
-                            head = f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n"
-                            writer.write(head.encode() + raw + b")\r\n")
-                        else:
-                            writer.write(
-                                f"* {uid} FETCH (UID {uid} RFC822.SIZE {len(raw)} "
-                                f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
-                            )
-                    writer.write(f"{tag} OK fetched\r\n".encode())
+                elif command.startswith(("UID SEARCH", "UID FETCH")):
+                    answer_uid_command(writer, tag, command, self.visible)
                 elif command == "IDLE":
                     self.idles += 1
                     writer.write(b"+ idling\r\n")

@@ -12,7 +12,13 @@ from django.utils import timezone
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
 from superimap.testing.mail import make_message
-from tests.engine.conftest import FAST, RunningEngine, loopback_connection, wait_for
+from tests.engine.conftest import (
+    FAST,
+    RunningEngine,
+    answer_uid_command,
+    loopback_connection,
+    wait_for,
+)
 
 MESSAGE = make_message("raced", "a@example.test", "b@example.test", "hello")
 
@@ -56,22 +62,8 @@ class ScriptedServer:
                         f"* {len(self.mail)} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n"
                         f"* OK [UIDNEXT {len(self.mail) + 1}] ok\r\n{tag} OK selected\r\n".encode()
                     )
-                elif command.startswith("UID SEARCH"):
-                    first = int(command.split()[3].split(":")[0])
-                    uids = " ".join(str(u) for u in range(first, len(self.mail) + 1))
-                    writer.write(f"* SEARCH {uids}\r\n{tag} OK done\r\n".encode())
-                elif command.startswith("UID FETCH"):
-                    for uid in (int(u) for u in command.split()[2].split(",")):
-                        raw = self.mail[uid - 1]
-                        if "BODY.PEEK" in command:
-                            head = f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n"
-                            writer.write(head.encode() + raw + b")\r\n")
-                        else:
-                            writer.write(
-                                f"* {uid} FETCH (UID {uid} RFC822.SIZE {len(raw)} "
-                                f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
-                            )
-                    writer.write(f"{tag} OK fetched\r\n".encode())
+                elif command.startswith(("UID SEARCH", "UID FETCH")):
+                    answer_uid_command(writer, tag, command, self.mail)
                 elif command == "IDLE":
                     self.idles += 1
                     if self.idles == 1:
