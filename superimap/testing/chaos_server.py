@@ -7,6 +7,8 @@ UIDVALIDITY_CHANGE, which renumbers a mailbox but keeps its messages, and
 ``expunge_rate``: a UID FETCH of bodies then expunges some of the messages it asks for just
 before answering, the way a concurrent client does, answering for each a NIL body or
 nothing, then OK or NO [EXPUNGEISSUED]; ``expunged`` lists them (username, Message-ID).
+``expunge_first``: that many body fetches expunge one message each whatever the rate says,
+so a test that needs the path sees it on every run.
 
 Every generated message also carries ``X-Chaos-Generated: <time.time()>`` so a benchmark
 can measure push-to-persist latency on the same clock.
@@ -98,6 +100,7 @@ class ChaosImapServer:
         chaos_rate: float = 0.02,
         ssl_context: ssl.SSLContext | None = None,
         expunge_rate: float = 0.0,
+        expunge_first: int = 0,
         faults: Sequence[Fault] | None = None,
         folders: Sequence[str] = ("INBOX",),
         notify: bool = False,
@@ -109,6 +112,7 @@ class ChaosImapServer:
         self.folders = tuple(folders)
         self.capabilities = CAPABILITIES + (" NOTIFY" if notify else "")
         self.expunge_rate = expunge_rate
+        self.expunges_owed = expunge_first
         self.faults = tuple(faults) if faults is not None else tuple(Fault)
         self.expunged: list[tuple[str, str]] = []
         self.ssl_context = ssl_context
@@ -598,16 +602,18 @@ class ImapSession(asyncio.Protocol):
         answered; return how many, and the NIL-body responses of those answered that way
         (the others are left out of the answer)."""
         server = self.server
-        if not server.expunge_rate or not {"BODY[]", "BODY.PEEK[]"} & set(items):
+        if not (server.expunge_rate or server.expunges_owed):
+            return 0, []
+        if not {"BODY[]", "BODY.PEEK[]"} & set(items):
             return 0, []
         assert self.username is not None
         mailbox = server.mailbox(self.username)
         largest = mailbox.largest_uid
-        victims = [
-            m.uid
-            for m in mailbox.messages
-            if in_set(m.uid, uid_set, largest) and server.random.random() < server.expunge_rate
-        ]
+        asked = [m.uid for m in mailbox.messages if in_set(m.uid, uid_set, largest)]
+        victims = [uid for uid in asked if server.random.random() < server.expunge_rate]
+        if asked and not victims and server.expunges_owed:
+            victims = [asked[0]]
+        server.expunges_owed = max(0, server.expunges_owed - len(victims))
         nil_answers = []
         for uid in victims:
             seq = mailbox.seq_of(uid)
