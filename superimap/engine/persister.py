@@ -3,13 +3,15 @@
 A session calls ``await engine.persister.persist(...)`` with the arguments of
 ``store.persist_batch``. The persister collects the batches that arrive within
 ENGINE_GROUP_COMMIT_MS (or until ENGINE_GROUP_COMMIT_MESSAGES messages are waiting) and
-runs them in ONE database transaction, each batch unchanged through ``store.persist_batch``
-inside a savepoint of its own (its own ``transaction.atomic()`` nests inside). A batch that
-raises (LeaseLost, or any error) rolls back to its savepoint: only its own rows go, the
-others' stay. Every session is woken after the COMMIT with its own result or exception,
-so no session moves its checkpoint past a UID before the rows that record it are durable;
-if the COMMIT itself fails, every session of the group gets that error and fetches its
-batch again (design.md 4.3), exactly as when its own transaction failed.
+writes them in ONE database transaction with a few set-based statements
+(engine/groupwrite.py). If one of those fails, the group falls back to running each batch
+through ``store.persist_batch`` inside a savepoint of its own: a batch that raises rolls
+back to its savepoint, only its own rows go, the others' stay. A batch whose mailbox this
+node no longer owns gets LeaseLost either way. Every session is woken after the COMMIT
+with its own result or exception, so no session moves its checkpoint past a UID before
+the rows that record it are durable; if the COMMIT itself fails, every session of the
+group gets that error and fetches its batch again (design.md 4.3), exactly as when its
+own transaction failed.
 
 Only one group is in flight at a time: while it commits, the next one fills up, so groups
 grow with the load and the per-transaction cost (the SQLite writer lock, the fsync) is
@@ -26,7 +28,7 @@ from django.conf import settings
 from django.db import transaction
 
 from superimap.dbpool import DbPool
-from superimap.engine import store
+from superimap.engine import groupwrite, store
 
 log = logging.getLogger("superimap.engine")
 
@@ -106,20 +108,37 @@ class GroupPersister:
 
 
 def persist_group(jobs: list[tuple]) -> list[store.PersistResult | Exception]:
-    """Run each job's ``persist_batch`` in its own savepoint of one transaction; return
-    each job's result or exception. Raises only if the transaction as a whole fails."""
-    outcomes: list[store.PersistResult | Exception] = []
+    """Each job's result or exception, all in one transaction. Raises only if the
+    transaction as a whole fails.
+
+    First the set-based path (engine/groupwrite.py: a few statements for the whole group)
+    inside a savepoint; if any of its statements fails, the savepoint is rolled back and
+    every job runs through ``store.persist_batch`` in a savepoint of its own, so the job
+    that caused the error fails alone and the others are written."""
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                return groupwrite.persist_jobs(jobs)
+        except Exception:  # noqa: BLE001 - retried job by job just below
+            log.warning(
+                "group of %d batches failed as a whole; persisting them one by one",
+                len(jobs),
+                exc_info=True,
+            )
+        return persist_one_by_one(jobs)
+
+
+def persist_one_by_one(jobs: list[tuple]) -> list[store.PersistResult | Exception]:
+    """Run each job's ``persist_batch`` in its own savepoint of the current transaction;
+    return each job's result or exception."""
     # Rows are locked in user id order, whatever order the batches came in: two groups (two
     # nodes on PostgreSQL) never wait for each other's locks in a cycle.
     order = sorted(range(len(jobs)), key=lambda i: jobs[i][0])
     by_index: dict[int, store.PersistResult | Exception] = {}
-    with transaction.atomic():
-        for i in order:
-            try:
-                with transaction.atomic():  # this batch's savepoint: its error undoes it alone
-                    by_index[i] = store.persist_batch(*jobs[i])
-            except Exception as exc:  # noqa: BLE001 - handed to the session it belongs to
-                by_index[i] = exc
-    for i in range(len(jobs)):
-        outcomes.append(by_index[i])
-    return outcomes
+    for i in order:
+        try:
+            with transaction.atomic():  # this batch's savepoint: its error undoes it alone
+                by_index[i] = store.persist_batch(*jobs[i])
+        except Exception as exc:  # noqa: BLE001 - handed to the session it belongs to
+            by_index[i] = exc
+    return [by_index[i] for i in range(len(jobs))]

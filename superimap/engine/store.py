@@ -115,7 +115,6 @@ class PersistResult:
     skipped: int = 0  # all skips, duplicates and tracers included
     tracers: int = 0
     truncated: int = 0
-    delivery_ids: list[int] = field(default_factory=list)
     skips: Counter[str] = field(default_factory=Counter)  # reason -> count
     # (uid, reason, message_id, size) of each skip, logged once the batch committed.
     skipped_rows: list[tuple[int, str, str, int]] = field(default_factory=list)
@@ -424,7 +423,7 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
             include_parsed=partner.include_parsed,
             max_chars=settings.WEBHOOK_PARSED_MAX_CHARS,
         )
-    delivery = Delivery.objects.create(
+    Delivery.objects.create(
         kind=Delivery.Kind.NEW_MAIL,
         partner=partner,
         user=user,
@@ -436,7 +435,6 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
         next_attempt_at=timezone.now(),
     )
     result.new += 1
-    result.delivery_ids.append(delivery.id)
 
 
 def _log_row(user, uid_validity, folder, message, reason, env, sha1, identity) -> MailLog:

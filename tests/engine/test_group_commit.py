@@ -1,5 +1,6 @@
-"""Group commit (engine/persister.py): one transaction for many sessions' batches, each in its
-own savepoint, each session woken with its own result or exception."""
+"""Group commit (engine/persister.py): one transaction for many sessions' batches (written
+together by engine/groupwrite.py, or job by job in savepoints when that fails), each
+session woken with its own result or exception."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from superimap.dbpool import DbPool
 from superimap.delivery.models import Delivery
-from superimap.engine import store
+from superimap.engine import groupwrite, store
 from superimap.engine.persister import GroupPersister, persist_group
 from superimap.engine.store import FetchedMessage
 from superimap.mailboxes.models import MailboxUser, MailLog
@@ -66,6 +67,10 @@ def test_an_error_after_writing_rolls_back_that_batchs_rows_only(users, monkeypa
             raise RuntimeError("boom")  # ... and undone with it
         return result
 
+    def group_path_fails(jobs):
+        raise RuntimeError("the group's INSERT failed")  # the jobs then go one by one
+
+    monkeypatch.setattr(groupwrite, "persist_jobs", group_path_fails)
     monkeypatch.setattr(store, "persist_batch", failing_for_the_second_user)
     outcomes = persist_group([batch(users[0], 1), batch(users[1], 1, 2)])
     assert outcomes[0].new == 1

@@ -1,0 +1,117 @@
+"""The set-based write path (engine/groupwrite.py) writes exactly what store.persist_batch
+writes, on SQLite and PostgreSQL, and a group it cannot write falls back job by job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from django.db import connection
+
+from superimap.delivery.models import Delivery
+from superimap.engine import groupwrite, store
+from superimap.engine.persister import persist_group
+from superimap.mailboxes.models import MailboxUser, MailLog
+from tests.engine.groupwrite_cases import compare
+from tests.engine.test_group_commit import batch, users  # noqa: F401 - fixture
+from tests.processes import ROOT, superimap_env
+
+
+def test_the_insert_columns_are_every_column_of_the_tables():
+    for model, columns in (
+        (MailLog, groupwrite.MAILLOG_COLUMNS),
+        (Delivery, groupwrite.DELIVERY_COLUMNS),
+    ):
+        concrete = {f.column for f in model._meta.concrete_fields if not f.primary_key}
+        assert set(columns) == concrete, model.__name__
+        assert len(columns) == len(set(columns))
+
+
+def _check(result: dict) -> None:
+    group, one_by_one = result["group"], result["one_by_one"]
+    for key in group:
+        assert group[key] == one_by_one[key], key
+    assert result["tracer_detected"]
+    results = group["results"]
+    # What the group holds, so an equal pair of empty answers cannot pass.
+    assert [r if isinstance(r, str) else (r["new"], r["skipped"]) for r in results] == [
+        (2, 1),
+        (1, 1),
+        (1, 3),
+        (1, 1),
+        (1, 0),
+        (1, 0),
+        (1, 0),
+        (1, 0),
+        (1, 0),
+        "LeaseLost",
+        (1, 0),
+        (1, 0),
+        (0, 0),
+    ]
+    assert results[2]["skips"] == {"duplicate": 1, "expunged": 1, "unfetchable": 1}
+    assert results[3]["skips"] == {"tracer": 1} and results[3]["truncated"] == 1
+    assert len(group["deliveries"]) == 12
+    statuses = {row[0]: row[6] for row in group["deliveries"]}
+    assert statuses["i"] == "skipped" and statuses["a"] == "pending"
+    checkpoints = {row[0]: row[1:3] for row in group["users"]}
+    assert checkpoints["a"] == [9, 5] and checkpoints["f"] == [10, 3]
+    assert checkpoints["g"] == [9, 0]
+    assert ["e", "Archive", 3, 1, "None"] in group["folders"]
+    assert ["e", "Spam", 4, 9, "2026-01-02 03:04:05+00:00"] in group["folders"]
+
+
+def test_the_group_path_writes_what_persist_batch_writes(seeded_providers):
+    assert connection.vendor == "sqlite"
+    _check(compare())
+
+
+def test_the_group_path_writes_what_persist_batch_writes_on_postgresql(postgres_url, tmp_path):
+    env = superimap_env(postgres_url, tmp_path / "var")
+    for args in (
+        ["migrate"],
+        [
+            "manage",
+            "shell",
+            "-c",
+            "import json; from tests.engine.groupwrite_cases import compare; "
+            "from django.db import connection; assert connection.vendor == 'postgresql'; "
+            "print('RESULT ' + json.dumps(compare()))",
+        ],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "superimap.cli", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    _check(json.loads(done.stdout.split("RESULT ", 1)[1]))
+
+
+def test_a_group_that_fails_as_a_whole_is_written_job_by_job(users, caplog):  # noqa: F811
+    # A Delivery for users[1]'s message already exists without its MailLog row: the
+    # group's one INSERT of every delivery fails; then only users[1]'s batch does.
+    job = batch(users[1], 1)
+    raw = job[4][0].raw
+    from superimap.engine.envelope import envelope, parse_headers
+
+    env = envelope(parse_headers(raw))
+    Delivery.objects.create(
+        kind="new_mail",
+        partner=users[1].connection.partner,
+        user=users[1],
+        dedup_key=store.identity_of(env["message_id"], len(raw), env["date"]),
+        payload={},
+        next_attempt_at=users[1].connected_at,
+    )
+    outcomes = persist_group([batch(users[0], 1, 2), job, batch(users[2], 4)])
+    assert "failed as a whole" in caplog.text
+    assert (outcomes[0].new, outcomes[2].new) == (2, 1)
+    assert type(outcomes[1]).__name__ == "IntegrityError"
+    assert not MailLog.objects.filter(user=users[1]).exists()
+    assert MailboxUser.objects.get(id=users[1].id).last_uid is None
+    assert Delivery.objects.filter(kind="new_mail", user__in=[users[0], users[2]]).count() == 3
