@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
 import os
 import platform
+import pstats
 import resource
 import statistics
 import subprocess
@@ -74,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--folder-mode", choices=["notify", "poll"], default="notify")
     parser.add_argument("--folder-poll", type=int, default=60, help="FOLDER_POLL_SECONDS")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the event loop thread's busiest functions during the pushes (cProfile)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -144,6 +151,8 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
         ]
         if tls:
             command.append("--tls")
+        if args.profile:
+            command.append("--profile")
         print(f"=== N={count} {'TLS' if tls else 'plain'} ===", flush=True)
         code = subprocess.call(command)
         if code != 0:
@@ -378,10 +387,19 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
                 gc_pauses.append((time.perf_counter() - gc_started[0]) * 1000)
 
         gc.callbacks.append(on_gc)
+        profiler = cProfile.Profile() if args.profile else None
+        cpu_before_pushes = _cpu_seconds()
         try:
+            if profiler:
+                profiler.enable()
             latencies, delivered = await _push(args, server, pool, count, loop)
         finally:
+            if profiler:
+                profiler.disable()
             gc.callbacks.remove(on_gc)
+        push_cpu = _cpu_seconds() - cpu_before_pushes
+        if profiler:
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
         rss_after_pushes = _rss_kb()
     finally:
         stop.set()
@@ -402,6 +420,8 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         "pushes": args.pushes,
         "push_rate": args.push_rate,
         "pushes_delivered": delivered,
+        # Engine process CPU (all threads: event loop and DbPool) while pushing, per mail.
+        "push_cpu_ms_per_mail": round(push_cpu * 1000 / max(delivered, 1), 2),
         "latency_ms": {
             "p50": round(_percentile(latencies, 50), 1),
             "p99": round(_percentile(latencies, 99), 1),

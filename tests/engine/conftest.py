@@ -81,7 +81,7 @@ def answer_uid_command(writer, tag: str, command: str, mail: list[bytes]) -> Non
         uids = " ".join(str(u) for u in range(first, len(mail) + 1))
         writer.write(f"* SEARCH {uids}\r\n{tag} OK done\r\n".encode())
         return
-    for uid in (int(u) for u in command.split()[2].split(",")):
+    for uid in uid_set(command.split()[2], len(mail)):
         raw = mail[uid - 1]
         if "BODY.PEEK" in command:
             head = f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n"
@@ -92,6 +92,19 @@ def answer_uid_command(writer, tag: str, command: str, mail: list[bytes]) -> Non
                 f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
             )
     writer.write(f"{tag} OK fetched\r\n".encode())
+
+
+def uid_set(text: str, largest: int) -> list[int]:
+    """The UIDs of an IMAP set ("3", "1,4", "5:*") among 1..largest; "n:*" with n above
+    the largest UID means the largest (RFC 3501 6.4.8), as real servers answer."""
+    uids: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition(":")
+        first = largest if low == "*" else int(low)
+        last = first if not high else largest if high == "*" else int(high)
+        first, last = min(first, last), max(first, last)
+        uids.update(u for u in range(first, last + 1) if 1 <= u <= largest)
+    return sorted(uids)
 
 
 class ServerThread:

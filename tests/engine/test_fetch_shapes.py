@@ -20,6 +20,7 @@ from superimap.imap.server import untagged_data
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.testing.mail import make_message
 from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
+from tests.engine.conftest import uid_set as uid_set_of
 
 UIDVALIDITY = 7
 # on_fetch(server, uids, items) -> (untagged responses, tagged status text) or None to
@@ -79,7 +80,10 @@ class FolderServer:
                     _, _, uid_set, items_text = rest.split(" ", 3)
                     items = tuple(items_text.strip("()").upper().split())
                     largest = self.box.largest_uid
-                    uids = [int(u) for u in uid_set.split(",") if int(u) <= largest]
+                    uids = uid_set_of(uid_set, largest)
+                    if ":" in uid_set:  # a range: the messages in it
+                        present = {m.uid for m in self.box.messages}
+                        uids = [u for u in uids if u in present]
                     answer = None
                     if "BODY.PEEK[]" in items:
                         self.body_fetches += 1
