@@ -12,6 +12,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """``python -m superimap.cli ARGS`` to the end; its stdout (the test fails on an error)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "superimap.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def superimap_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "DATABASE_"))}
     env.update(

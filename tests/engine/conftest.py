@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import itertools
 import threading
@@ -92,6 +93,24 @@ def answer_uid_command(writer, tag: str, command: str, mail: list[bytes]) -> Non
                 f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
             )
     writer.write(f"{tag} OK fetched\r\n".encode())
+
+
+class LoopbackServer(abc.ABC):
+    """A TCP server on 127.0.0.1 (a free port) handing each connection to serve()."""
+
+    server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    @abc.abstractmethod
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Talk to one client."""
 
 
 def uid_set(text: str, largest: int) -> list[int]:

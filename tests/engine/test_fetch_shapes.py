@@ -19,7 +19,7 @@ from superimap.imap.mailstore import Mailbox
 from superimap.imap.server import untagged_data
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.testing.mail import make_message
-from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
+from tests.engine.conftest import LoopbackServer, RunningEngine, loopback_connection, wait_for
 from tests.engine.conftest import uid_set as uid_set_of
 
 UIDVALIDITY = 7
@@ -28,7 +28,7 @@ UIDVALIDITY = 7
 FetchHook = Callable[["FolderServer", list[int], tuple[str, ...]], tuple[list[bytes], str] | None]
 
 
-class FolderServer:
+class FolderServer(LoopbackServer):
     """A tiny IMAP server over one in-memory folder (superimap.imap.mailstore)."""
 
     def __init__(self, count: int, on_fetch: FetchHook | None = None) -> None:
@@ -39,15 +39,6 @@ class FolderServer:
         self.on_fetch = on_fetch
         self.body_fetches = 0
         self.drop_on_noop = False  # the next NOOP closes the connection instead
-        self.server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
 
     def answer(self, uids: list[int], items: tuple[str, ...], skip=()) -> list[bytes]:
         """The normal FETCH responses for ``uids`` (minus ``skip``)."""

@@ -4,8 +4,6 @@ writes, on SQLite and PostgreSQL, and a group it cannot write falls back job by 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from django.db import connection
 
@@ -15,7 +13,7 @@ from superimap.engine.persister import persist_group
 from superimap.mailboxes.models import MailboxUser, MailLog
 from tests.engine.groupwrite_cases import compare
 from tests.engine.test_group_commit import batch, users  # noqa: F401 - fixture
-from tests.processes import ROOT, superimap_env
+from tests.processes import run_cli, superimap_env
 
 
 def test_the_insert_columns_are_every_column_of_the_tables():
@@ -69,27 +67,14 @@ def test_the_group_path_writes_what_persist_batch_writes(seeded_providers):
 
 def test_the_group_path_writes_what_persist_batch_writes_on_postgresql(postgres_url, tmp_path):
     env = superimap_env(postgres_url, tmp_path / "var")
-    for args in (
-        ["migrate"],
-        [
-            "manage",
-            "shell",
-            "-c",
-            "import json; from tests.engine.groupwrite_cases import compare; "
-            "from django.db import connection; assert connection.vendor == 'postgresql'; "
-            "print('RESULT ' + json.dumps(compare()))",
-        ],
-    ):
-        done = subprocess.run(
-            [sys.executable, "-m", "superimap.cli", *args],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-    _check(json.loads(done.stdout.split("RESULT ", 1)[1]))
+    run_cli(env, "migrate")
+    code = (
+        "import json; from tests.engine.groupwrite_cases import compare; "
+        "from django.db import connection; assert connection.vendor == 'postgresql'; "
+        "print('RESULT ' + json.dumps(compare()))"
+    )
+    out = run_cli(env, "manage", "shell", "-c", code)
+    _check(json.loads(out.split("RESULT ", 1)[1]))
 
 
 def test_a_group_that_fails_as_a_whole_is_written_job_by_job(users, caplog):  # noqa: F811

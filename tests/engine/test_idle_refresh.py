@@ -23,6 +23,7 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.testing.mail import make_message
 from tests.engine.conftest import (
     FAST,
+    LoopbackServer,
     RunningEngine,
     answer_uid_command,
     loopback_connection,
@@ -30,22 +31,13 @@ from tests.engine.conftest import (
 )
 
 
-class CheckOnIdleServer:
+class CheckOnIdleServer(LoopbackServer):
     """A tiny IMAP server whose view of the mailbox is refreshed only by a new IDLE."""
 
     def __init__(self) -> None:
         self.arrived: list[bytes] = []  # in the mailbox on "disk"
         self.visible: list[bytes] = []  # what the session has been told about
         self.idles = 0
-        self.server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
 
     async def serve(self, reader, writer) -> None:
         writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] mail.example.test ready\r\n")

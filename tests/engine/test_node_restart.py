@@ -6,8 +6,6 @@ sessions. On SQLite (lock file in VAR_DIR) and PostgreSQL (advisory lock)."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import psycopg
@@ -16,7 +14,7 @@ import pytest
 from tests.delivery.helpers import ThreadedReceiver
 from tests.engine.conftest import ServerThread
 from tests.engine.test_postgres_failover import SessionSampler
-from tests.processes import ROOT, Processes, superimap_env, wait_until
+from tests.processes import Processes, run_cli, superimap_env, wait_until
 
 USERS = 5
 SETUP_SCRIPT = """
@@ -79,16 +77,8 @@ def _run(database_url, tmp_path, chaos, procs, receiver) -> None:
         "USERS": str(USERS),
         "HOOK_URL": f"{receiver.url}/new-mail",
     }
-    for args in (["migrate"], ["manage", "shell", "-c", SETUP_SCRIPT]):
-        done = subprocess.run(
-            [sys.executable, "-m", "superimap.cli", *args],
-            env=setup_env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+    run_cli(setup_env, "migrate")
+    run_cli(setup_env, "manage", "shell", "-c", SETUP_SCRIPT)
 
     with SessionSampler(chaos) as sampler:
         procs.start(env, "worker")

@@ -4,8 +4,6 @@ losing or repeating mail."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -13,7 +11,7 @@ from collections import Counter
 import psycopg
 
 from tests.engine.conftest import ServerThread
-from tests.processes import ROOT, Processes, superimap_env, wait_until
+from tests.processes import Processes, run_cli, superimap_env, wait_until
 
 USERS = 20
 SETUP_SCRIPT = """
@@ -72,16 +70,8 @@ def test_nodes_share_mailboxes_and_a_killed_nodes_are_taken_over(postgres_url, t
             ENGINE_NODE_ALIVE_SECONDS="3",
         )
         setup_env = {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)}
-        for args in (["migrate"], ["manage", "shell", "-c", SETUP_SCRIPT]):
-            done = subprocess.run(
-                [sys.executable, "-m", "superimap.cli", *args],
-                env=setup_env,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert done.returncode == 0, done.stdout + done.stderr
+        run_cli(setup_env, "migrate")
+        run_cli(setup_env, "manage", "shell", "-c", SETUP_SCRIPT)
 
         with psycopg.connect(postgres_url, autocommit=True) as db:
 

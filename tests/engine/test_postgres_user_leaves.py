@@ -4,10 +4,8 @@ commits before user_disconnected or finds the user gone. Never a new_mail after 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tests.processes import ROOT, superimap_env
+from tests.processes import run_cli, superimap_env
 
 SCENARIO = """
 import json, threading, time
@@ -58,22 +56,9 @@ print("RESULT " + json.dumps({"persist": outcome.get("persist"), "kinds": kinds}
 """
 
 
-def _run(env: dict, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "superimap.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
 def test_a_persist_racing_a_disconnect_discards_its_batch(postgres_url, tmp_path):
     env = superimap_env(postgres_url, tmp_path / "var")
-    _run(env, "migrate")
-    out = _run(env, "manage", "shell", "-c", SCENARIO)
+    run_cli(env, "migrate")
+    out = run_cli(env, "manage", "shell", "-c", SCENARIO)
     result = json.loads(out.split("RESULT ", 1)[1])
     assert result == {"persist": "lease_lost", "kinds": ["user_disconnected"]}

@@ -12,26 +12,17 @@ from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.testing.chaos_server import ChaosImapServer
 from superimap.testing.mail import make_message
-from tests.engine.conftest import RunningEngine, loopback_users, wait_for
+from tests.engine.conftest import LoopbackServer, RunningEngine, loopback_users, wait_for
 
 
-class RecordingProxy:
+class RecordingProxy(LoopbackServer):
     """Forwards 127.0.0.1 TCP to ``port``; keeps each chunk the client wrote."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.chunks: list[bytes] = []
-        self.server: asyncio.AbstractServer | None = None
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
-
-    async def _serve(self, client_reader, client_writer) -> None:
+    async def serve(self, client_reader, client_writer) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
 
         async def pipe(source, sink, record: bool) -> None:

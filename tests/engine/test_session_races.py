@@ -14,6 +14,7 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.testing.mail import make_message
 from tests.engine.conftest import (
     FAST,
+    LoopbackServer,
     RunningEngine,
     answer_uid_command,
     loopback_connection,
@@ -23,7 +24,7 @@ from tests.engine.conftest import (
 MESSAGE = make_message("raced", "a@example.test", "b@example.test", "hello")
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """Answers like a tiny IMAP server; on the first IDLE it announces mail *before* the
     continuation, the way a server does when mail lands between a SEARCH and the IDLE."""
 
@@ -34,15 +35,6 @@ class ScriptedServer:
         self.mail: list[bytes] = []
         self.idles = 0
         self.noops = 0
-        self.server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
 
     async def serve(self, reader, writer) -> None:
         writer.write(f"* OK [CAPABILITY {self.capabilities}] ready\r\n".encode())
