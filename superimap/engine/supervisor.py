@@ -152,6 +152,8 @@ class Engine:
             None if full else len(self._held),
             None if full else self._held_as_of - CHANGE_SLACK,
             self.node_alive,
+            len(self.sessions),
+            self.started_at,
         )
         if claim.complete:
             self._held = claim.versions
@@ -182,9 +184,6 @@ class Engine:
                 if config is not None:
                     self._start_session(user_id, held[user_id], config)
         await self.flush_statuses()
-        await self.pool.run(
-            leases.heartbeat, self.node_id, self.started_at, len(self.sessions), self.capacity
-        )
 
     def _start_session(self, user_id: int, version, config: store.MailboxConfig) -> None:
         session = MailboxSession(self, user_id, config)
