@@ -28,6 +28,8 @@ ID_BATCH = 500  # ids per statement: well under every backend's parameter limit
 # rendezvous_owners() of the last refresh, kept while neither the nodes nor the
 # watchable mailboxes change: ~10 ms of hashing per 10,000 mailboxes and node.
 _ranked: tuple[tuple, dict[int, str]] | None = None
+# The live nodes each node id saw at its previous refresh (one id per process but in tests).
+_last_nodes: dict[str, dict[str, int]] = {}
 
 
 def alive_nodes(now: datetime, node_id: str, capacity: int, alive: timedelta) -> dict[str, int]:
@@ -128,24 +130,32 @@ def claim_mailboxes(
             mine.filter(id__in=released[start : start + ID_BATCH]).update(owner_node="")
         held = mine.count() if full else known - len(released)
         nodes = alive_nodes(now, node_id, capacity, node_alive)
+        unowned = list(
+            MailboxUser.objects.filter(rule, owner_node="")
+            .order_by("id")
+            .values_list("id", flat=True)
+        )
         desired: set[int] | None = None
         handover: frozenset[int] = frozenset()
-        if len(nodes) > 1:
+        if len(nodes) > 1 and (
+            full
+            or unowned
+            or released
+            or nodes != _last_nodes.get(node_id)
+            or MailboxUser.objects.filter(updated_at__gte=since).exists()
+        ):
+            # Who ranks first changes only with the nodes or the watchable mailboxes; and
+            # with nothing unowned there is nothing to take: otherwise this is skipped.
             ids = list(MailboxUser.objects.filter(rule).order_by("id").values_list("id", flat=True))
             owners = _cached_owners(ids, nodes)
             desired = {user_id for user_id, owner in owners.items() if owner == node_id}
             held_now = mine.values_list("id", flat=True)
             handover = frozenset(i for i in held_now if i not in desired and i in owners)
+        _last_nodes[node_id] = nodes
         free = capacity - held + len(handover)
         claimed: list[int] = []
-        if free > 0:
-            candidates = list(
-                MailboxUser.objects.filter(rule, owner_node="")
-                .order_by("id")
-                .values_list("id", flat=True)
-            )
-            if desired is not None:
-                candidates = [i for i in candidates if i in desired]
+        if free > 0 and unowned:
+            candidates = unowned if desired is None else [i for i in unowned if i in desired]
             candidates = candidates[:free]
             for start in range(0, len(candidates), ID_BATCH):
                 batch = candidates[start : start + ID_BATCH]

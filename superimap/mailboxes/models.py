@@ -91,6 +91,8 @@ class MailboxUser(TrackedFields, models.Model):
             models.Index(fields=["archived", "connected_at"]),
             # A node's refresh: its rows changed since the last one, and the unowned ones.
             models.Index(fields=["owner_node", "updated_at"], name="mailbox_owner_changed"),
+            # Did any mailbox change since the last refresh (rendezvous between nodes)?
+            models.Index(fields=["updated_at"], name="mailbox_changed"),
         ]
 
     def __str__(self) -> str:

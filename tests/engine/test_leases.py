@@ -142,3 +142,21 @@ def test_removing_a_node_frees_its_mailboxes_and_row(users):
     remove_node("a")
     assert owners() == {"": 30}
     assert not EngineNode.objects.exists()
+
+
+def test_an_idle_refresh_beside_another_node_does_not_rank_every_mailbox(users):
+    first = claim("a")
+    claim("b")
+    handing = claim("a", claimed=first)
+    MailboxUser.objects.filter(id__in=handing.handover).update(owner_node="")
+    claim("b")
+    with CaptureQueriesContext(connection) as queries:
+        idle = claim("a", claimed=handing)
+    assert idle.versions == {} and idle.gone == frozenset() and idle.handover == frozenset()
+    reads = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith("SELECT") and "mailboxes_mailboxuser" in q["sql"]
+    ]
+    # Only rows changed since the last refresh, and unowned ones: no scan of every mailbox.
+    assert reads and all('"owner_node" =' in sql or '"updated_at" >=' in sql for sql in reads)

@@ -17,4 +17,8 @@ class Migration(migrations.Migration):
             model_name="mailboxuser",
             index=models.Index(fields=["owner_node", "updated_at"], name="mailbox_owner_changed"),
         ),
+        migrations.AddIndex(
+            model_name="mailboxuser",
+            index=models.Index(fields=["updated_at"], name="mailbox_changed"),
+        ),
     ]
