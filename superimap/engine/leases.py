@@ -14,7 +14,7 @@ import os
 import socket
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Q
@@ -207,7 +207,9 @@ def _free_dead_nodes(node_id: str, expired: datetime) -> None:
     """Delete the heartbeat rows older than the lease and free their nodes' mailboxes.
 
     The DELETE re-checks last_seen under the row lock (PostgreSQL re-evaluates its WHERE
-    on the row's newest version), so a node that renewed in the meantime keeps its row."""
+    on the row's newest version), so a node that renewed in the meantime keeps its row.
+    Django sends it as one DELETE … WHERE because nothing refers to EngineNode; a foreign
+    key to it would make Django select the rows first and delete by id, losing the check."""
     dead = EngineNode.objects.filter(last_seen__lt=expired).exclude(node_id=node_id)
     for name in list(dead.values_list("node_id", flat=True)):
         deleted, _ = EngineNode.objects.filter(node_id=name, last_seen__lt=expired).delete()
@@ -226,7 +228,7 @@ def _free_orphans() -> None:
     )
     orphans = owners - set(EngineNode.objects.values_list("node_id", flat=True))
     if orphans:
-        epoch = timezone.now().replace(year=2000)
+        epoch = datetime(2000, 1, 1, tzinfo=UTC)
         EngineNode.objects.bulk_create(
             [
                 EngineNode(
