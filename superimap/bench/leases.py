@@ -1,9 +1,11 @@
 """What an idle engine pays per refresh: ``leases.claim_mailboxes`` with N held mailboxes.
 
-    python -m superimap.bench.leases [--mailboxes 1000,10000] [--refreshes 20]
+    python -m superimap.bench.leases [--mailboxes 1000,10000] [--refreshes 20] [--nodes 1]
 
-A fresh SQLite database, N watchable users all held by one node (as after start-up),
-then --refreshes delta refreshes as the supervisor makes every ENGINE_REFRESH_SECONDS.
+A fresh SQLite database, N watchable users held by one node (as after start-up; with
+--nodes K, split by rendezvous hashing among K live nodes, and the node measured holds
+its share), then --refreshes delta refreshes as the supervisor makes every
+ENGINE_REFRESH_SECONDS.
 Prints the CPU of this process per refresh (SQLite runs in it), what that is as a share of
 one core at one refresh per 5 s, and the time of each statement of one refresh.
 """
@@ -26,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m superimap.bench.leases")
     parser.add_argument("--mailboxes", default="1000,10000")
     parser.add_argument("--refreshes", type=int, default=20)
+    parser.add_argument("--nodes", type=int, default=1)
     args = parser.parse_args(argv)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="superimap-bench-leases-") as tmp:
         _setup(Path(tmp))
         for count in [int(n) for n in args.mailboxes.split(",") if n]:
-            _run(count, args.refreshes)
+            _run(count, args.refreshes, args.nodes)
     return 0
 
 
@@ -50,8 +53,9 @@ def _setup(tmp: Path) -> None:
     call_command("migrate", interactive=False, verbosity=0)
 
 
-def _run(count: int, refreshes: int) -> None:
-    """A fresh set of ``count`` users, held by this node, refreshed ``refreshes`` times."""
+def _run(count: int, refreshes: int, nodes: int) -> None:
+    """A fresh set of ``count`` users, held by ``nodes`` nodes, refreshed ``refreshes`` times
+    by one of them."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -60,6 +64,8 @@ def _run(count: int, refreshes: int) -> None:
 
     Partner.objects.all().delete()  # and their connections and users
     _make_users(count)
+    if nodes > 1:
+        _share(nodes)
     claim = leases.claim_mailboxes(NODE, 20000, LEASE, True)
     held, as_of = len(claim.versions), claim.as_of
 
@@ -71,13 +77,36 @@ def _run(count: int, refreshes: int) -> None:
         as_of = refresh().as_of
     per_refresh = (time.process_time() - started) / refreshes * 1000
     print(
-        f"N={count}: {per_refresh:.1f} ms CPU per refresh, "
+        f"N={count}, nodes={nodes}, held={held}: {per_refresh:.1f} ms CPU per refresh, "
         f"{per_refresh / 5000 * 100:.2f} % of a core at one refresh per 5 s"
     )
     with CaptureQueriesContext(connection) as queries:
         refresh()
     for query in queries.captured_queries:
         print(f"  {float(query['time']) * 1000:6.1f} ms  {query['sql'][:100]}")
+
+
+def _share(nodes: int) -> None:
+    """Live heartbeats of nodes-1 other nodes, each owning its rendezvous share."""
+    from django.utils import timezone
+
+    from superimap.engine import leases
+    from superimap.engine.models import EngineNode
+    from superimap.mailboxes.models import MailboxUser
+
+    now = timezone.now()
+    names = [NODE] + [f"bench-other-{k}" for k in range(1, nodes)]
+    EngineNode.objects.all().delete()
+    for name in names[1:]:
+        EngineNode.objects.create(
+            node_id=name, host="", pid=0, version="", started_at=now, last_seen=now, capacity=20000
+        )
+    ids = list(MailboxUser.objects.order_by("id").values_list("id", flat=True))
+    owners = leases.rendezvous_owners(ids, dict.fromkeys(names, 20000))
+    for name in names[1:]:
+        mine = [i for i in ids if owners[i] == name]
+        for start in range(0, len(mine), 500):
+            MailboxUser.objects.filter(id__in=mine[start : start + 500]).update(owner_node=name)
 
 
 def _make_users(count: int) -> None:
@@ -108,6 +137,9 @@ def _make_users(count: int) -> None:
         ),
         batch_size=2000,
     )
+    # Connected an hour ago, as idle mailboxes are: a refresh looks again at rows changed
+    # since its previous one (minus a slack), which would be all of them right after the insert.
+    MailboxUser.objects.update(updated_at=now - timedelta(hours=1))
 
 
 if __name__ == "__main__":

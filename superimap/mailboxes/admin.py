@@ -81,7 +81,6 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "last_email_at",
         "sweep_requested_at",
         "owner_node",
-        "lease_until",
         "archived_at",
         "created_at",
     ]
@@ -123,7 +122,6 @@ class MailboxUserAdmin(admin.ModelAdmin):
                     "last_email_at",
                     "sweep_requested_at",
                     "owner_node",
-                    "lease_until",
                     "created_at",
                 ]
             },

@@ -74,9 +74,9 @@ class MailboxUser(TrackedFields, models.Model):
     # not updated_at, so a no-op PUT does not cost a login.
     session_version = models.CharField(max_length=32, blank=True, default="", editable=False)
 
-    # Lease: which engine node watches this mailbox (design.md section 9).
+    # Which engine node watches this mailbox: valid while that node's heartbeat row lives
+    # (a node lease, design.md section 8).
     owner_node = models.CharField(max_length=100, blank=True)
-    lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["connection_id", "tag", "id"]
@@ -87,7 +87,13 @@ class MailboxUser(TrackedFields, models.Model):
                 name="unique_active_tag_per_connection",
             )
         ]
-        indexes = [models.Index(fields=["archived", "connected_at"])]
+        indexes = [
+            models.Index(fields=["archived", "connected_at"]),
+            # A node's refresh: its rows changed since the last one, and the unowned ones.
+            models.Index(fields=["owner_node", "updated_at"], name="mailbox_owner_changed"),
+            # Did any mailbox change since the last refresh (rendezvous between nodes)?
+            models.Index(fields=["updated_at"], name="mailbox_changed"),
+        ]
 
     def __str__(self) -> str:
         return self.tag

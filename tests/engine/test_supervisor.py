@@ -142,3 +142,23 @@ def test_it_completes_tracers_without_delivering_them(mailbox, dovecot):
     assert tracer.detected_at is not None
     assert 0 < tracer.latency_seconds < 60
     assert [d.payload["envelope"]["subject"] for d in _new_mail(user.id)] == ["regular"]
+
+
+def test_a_session_that_ended_is_started_again_by_the_next_refresh(mailbox):
+    user = mailbox()
+
+    async def scenario():
+        async with RunningEngine() as engine:
+
+            def task() -> asyncio.Task | None:
+                running = engine.sessions.get(user.id)
+                return running[1] if running else None
+
+            await wait_for(lambda: _user(user.id).status == "idle")
+            first = task()
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            await wait_for(lambda: task() not in (None, first), timeout=5)
+            return task().done()
+
+    assert asyncio.run(scenario()) is False
