@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from superimap.dbpool import DbPool
 from superimap.delivery import health, queue
-from superimap.delivery.http import PostResult, make_session, post, render_request
+from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
 from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
 
@@ -191,8 +191,9 @@ class Worker:
         started_at = self.clock()
         if not claimed.url:
             return queue.Outcome(claimed, PostResult(None, "", "no webhook URL", 0), started_at)
-        raw, headers = render_request(
-            claimed.payload,
+        raw, headers = render_stored_request(
+            claimed.payload_json,
+            claimed.sha1,
             event_id=claimed.event_id,
             kind=claimed.kind,
             api_key=claimed.api_key,
