@@ -66,18 +66,19 @@ def record(outcomes, now: datetime) -> None:
     if not by_endpoint:
         return
     partner_ids = {partner_id for partner_id, _ in by_endpoint}
-    rows = {
-        (row.partner_id, row.kind): row
-        for row in EndpointHealth.objects.filter(partner_id__in=partner_ids)
+    # The common case (successes to healthy endpoints) reads three columns, no model rows.
+    states = {
+        (partner_id, kind): (state, failures)
+        for partner_id, kind, state, failures in EndpointHealth.objects.filter(
+            partner_id__in=partner_ids
+        ).values_list("partner_id", "kind", "state", "consecutive_failures")
     }
     for key, verdicts in by_endpoint.items():
         kinds = {verdict for verdict, _ in verdicts}
-        row = rows.get(key)
-        if kinds == {SUCCESS} and (
-            row is None
-            or (row.state == EndpointHealth.State.HEALTHY and row.consecutive_failures == 0)
-        ):
+        state = states.get(key)
+        if kinds == {SUCCESS} and (state is None or state == (EndpointHealth.State.HEALTHY, 0)):
             continue  # the common case: nothing to write
+        row = EndpointHealth.objects.filter(partner_id=key[0], kind=key[1]).first()
         if row is None:
             # get_or_create: another worker may be creating the same row right now.
             row, _ = EndpointHealth.objects.get_or_create(partner_id=key[0], kind=key[1])

@@ -136,17 +136,12 @@ def render_stored_request(
             timestamp=timestamp,
         )
     head = text[:-1].rstrip()
-    tail = json.dumps(
-        {
-            "event_id": event_id,
-            "event": kind,
-            "timestamp": timestamp,
-            "signature": spec_signature(api_key, timestamp, sha1),
-        },
-        separators=(",", ":"),
+    # event_id is a UUID and the signature hex: only the kind needs JSON quoting.
+    tail = (
+        f'"event_id":"{event_id}","event":{json.dumps(kind)},"timestamp":{int(timestamp)},'
+        f'"signature":"{spec_signature(api_key, timestamp, sha1)}"}}'
     )
-    joined = head + ("" if head.endswith("{") else ",") + tail[1:]
-    raw = joined.encode("utf-8")
+    raw = (head + ("" if head.endswith("{") else ",") + tail).encode("utf-8")
     return raw, _headers(raw, event_id, timestamp, webhook_secrets)
 
 

@@ -200,8 +200,7 @@ def _hold_paused(cursor, rows: list, paused: dict) -> list:
             held.setdefault(until, []).append(row[0])
     for until, ids in held.items():
         cursor.execute(
-            f"UPDATE {Delivery._meta.db_table} SET next_attempt_at = %s "
-            f"WHERE id IN ({_in(ids)})",
+            f"UPDATE {Delivery._meta.db_table} SET next_attempt_at = %s WHERE id IN ({_in(ids)})",
             [_db_time(until), *ids],
         )
     return ready

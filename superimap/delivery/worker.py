@@ -25,6 +25,10 @@ from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
 log = logging.getLogger("superimap.worker")
 
 CLAIM_BATCH = 200
+# While sends are in flight, claim again once this fraction of the slots is free.
+CLAIM_FRACTION = 4
+# Outcomes are recorded in batches: after the first one arrives, wait this long for more.
+RECORD_GATHER_SECONDS = 0.01
 CLAIM_ERROR_PAUSE = 5.0
 # Housekeeping: auto-replay after a recovery every second (WEBHOOK_AUTO_REPLAY_RATE per
 # second); retention purge batches every few seconds, a pause between batches.
@@ -60,6 +64,7 @@ class Worker:
             lease = timedelta(seconds=seconds)
         self.lease = lease
         self.poll_interval = poll_interval
+        self.claim_at_least = max(1, self.concurrency // CLAIM_FRACTION)
         self.clock = clock
         self._wake = asyncio.Event()
         self._outcomes: list[queue.Outcome] = []
@@ -89,8 +94,14 @@ class Worker:
             while not stop.is_set():
                 # Cleared before claiming: a send finishing during the claim wakes us again.
                 self._wake.clear()
+                free = self.concurrency - self._inflight
+                if self._inflight and free < self.claim_at_least:
+                    # Claim in batches, not one row per finished send: a claim costs
+                    # about as much for one row as for dozens.
+                    await self._sleep(stop)
+                    continue
                 try:
-                    claimed = await self._claim(self.concurrency - self._inflight)
+                    claimed = await self._claim(free)
                 except Exception:
                     # A database hiccup must not end the worker (and the process with it).
                     log.exception("worker %s could not claim deliveries", self.node_id)
@@ -102,7 +113,7 @@ class Worker:
                     task = asyncio.create_task(self._send(session, item))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                if not claimed or self._inflight >= self.concurrency:
+                if not claimed:
                     await self._sleep(stop)
         finally:
             if tasks:
@@ -230,6 +241,8 @@ class Worker:
                 except TimeoutError:
                     pass
                 continue
+            if len(self._outcomes) < self.concurrency // 2 and not stop.is_set():
+                await asyncio.sleep(RECORD_GATHER_SECONDS)
             batch, self._outcomes = self._outcomes, []
             try:
                 await self._record(batch)
