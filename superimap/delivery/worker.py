@@ -47,7 +47,7 @@ class Worker:
         concurrency: int | None = None,
         timeout_seconds: float | None = None,
         lease: timedelta | None = None,
-        poll_interval: float = 0.5,
+        poll_interval: float | None = None,
         clock: Callable[[], datetime] = timezone.now,
     ) -> None:
         self.pool = pool
@@ -63,7 +63,7 @@ class Worker:
                 seconds = self.timeout_seconds + 30
             lease = timedelta(seconds=seconds)
         self.lease = lease
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval or settings.WEBHOOK_POLL_MS / 1000
         self.claim_at_least = max(1, self.concurrency // CLAIM_FRACTION)
         self.clock = clock
         self._wake = asyncio.Event()
