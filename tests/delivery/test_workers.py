@@ -224,3 +224,46 @@ def test_a_failed_claim_does_not_end_the_worker(seeded_providers, make_receiver,
     asyncio.run(scenario())
     assert failures == [1]
     assert Delivery.objects.get(id=delivery.id).status == Delivery.Status.DELIVERED
+
+
+def test_a_busy_worker_claims_in_batches_not_one_row_per_finished_send(
+    seeded_providers, make_receiver, monkeypatch
+):
+    from superimap.delivery import queue
+
+    count, concurrency = 40, 8
+    real_claim = queue.claim_due
+    claims: list[int] = []
+
+    def counting_claim(*args, **kwargs):
+        claimed = real_claim(*args, **kwargs)
+        if claimed:
+            claims.append(len(claimed))
+        return claimed
+
+    monkeypatch.setattr(queue, "claim_due", counting_claim)
+    receiver = make_receiver(responses=lambda event: Hang(0.02))
+    user = make_user(make_partner(receiver.url))
+    for _ in range(count):
+        outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
+
+    async def scenario() -> None:
+        pool = DbPool(size=2)
+        stop = asyncio.Event()
+        worker = Worker(pool, "node-b", concurrency=concurrency, poll_interval=0.05)
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            for _ in range(400):
+                if worker.counts.get("delivered", 0) == count or task.done():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+            pool.shutdown()
+
+    asyncio.run(scenario())
+    assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == count
+    assert sum(claims) == count
+    # A claim waits for a quarter of the slots (2 of 8): one row per claim was 40 claims.
+    assert min(claims) >= 2 and len(claims) <= count // 2, claims
