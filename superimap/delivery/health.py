@@ -22,6 +22,7 @@ import random
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 
 from superimap.delivery.models import Delivery, EndpointHealth
@@ -65,14 +66,16 @@ def record(outcomes, now: datetime) -> None:
             by_endpoint.setdefault(key, []).append((verdict, outcome))
     if not by_endpoint:
         return
-    partner_ids = {partner_id for partner_id, _ in by_endpoint}
-    # The common case (successes to healthy endpoints) reads three columns, no model rows.
-    states = {
-        (partner_id, kind): (state, failures)
-        for partner_id, kind, state, failures in EndpointHealth.objects.filter(
-            partner_id__in=partner_ids
-        ).values_list("partner_id", "kind", "state", "consecutive_failures")
-    }
+    partner_ids = sorted({partner_id for partner_id, _ in by_endpoint})
+    # The common case (successes to healthy endpoints): one plain SELECT, no model rows.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT partner_id, kind, state, consecutive_failures FROM "
+            f"{EndpointHealth._meta.db_table} WHERE partner_id IN "
+            f"({', '.join(['%s'] * len(partner_ids))})",
+            partner_ids,
+        )
+        states = {(pid, kind): (state, failures) for pid, kind, state, failures in cursor}
     for key, verdicts in by_endpoint.items():
         kinds = {verdict for verdict, _ in verdicts}
         state = states.get(key)
