@@ -158,8 +158,15 @@ class WakeListener:
     async def start(self) -> None:
         if self.postgresql:
             self._task = asyncio.create_task(self._listen_postgresql(), name="wakeup-listen")
-        else:
+            return
+        try:
             self._bind_socket()
+        except OSError as exc:
+            # Best effort: without the socket the worker still polls.
+            log.warning("worker cannot listen for wake-ups (polling only): %s", exc)
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
 
     async def stop(self) -> None:
         if self._task is not None:

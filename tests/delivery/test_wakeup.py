@@ -162,3 +162,18 @@ def test_a_deep_var_dir_uses_a_short_socket_directory(settings, tmp_path):
     directory = socket_dir()
     assert len(str(directory)) + 40 <= 100
     assert directory != settings.VAR_DIR / "wakeup"
+
+
+def test_a_worker_that_cannot_bind_its_socket_still_starts(monkeypatch, tmp_path):
+    from superimap.delivery import wakeup
+
+    blocker = tmp_path / "var"
+    blocker.write_text("a file where the socket directory would go")
+    monkeypatch.setattr(wakeup, "socket_dir", lambda: blocker / "wakeup")
+
+    async def scenario() -> None:
+        listener = WakeListener(lambda: None)
+        await listener.start()  # logs a warning; the worker polls
+        await listener.stop()
+
+    asyncio.run(scenario())
