@@ -70,18 +70,25 @@ async def serve(
     tasks: list[asyncio.Task] = []
     announcer: asyncio.Task | None = None
     worker_service = None
+    listener = sender = None
     if worker:
+        from superimap.delivery.wakeup import WakeListener
         from superimap.delivery.worker import Worker
 
         worker_service = Worker(pool, node)
+        # Woken by engines in other processes too (delivery/wakeup.py), not only by polling.
+        listener = WakeListener(worker_service.wake)
+        await listener.start()
         tasks.append(asyncio.create_task(worker_service.run(stop), name="worker"))
     if engine:
+        from superimap.delivery.wakeup import WakeSender
         from superimap.engine.supervisor import Engine
 
+        sender = WakeSender(pool)
         engine_service = Engine(
             pool,
             settings.ENGINE_NODE_NAME,
-            on_new_deliveries=worker_service.wake if worker_service else None,
+            on_new_deliveries=_wake_all(worker_service, sender),
             node_lock=node_lock,
         )
         tasks.append(asyncio.create_task(engine_service.run(stop), name="engine"))
@@ -109,8 +116,24 @@ async def serve(
         if announcer is not None:
             announcer.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if listener is not None:
+            await listener.stop()
+        if sender is not None:
+            sender.close()
         pool.shutdown()
         log.info("SuperIMAP stopped")
+
+
+def _wake_all(worker_service, sender) -> Callable[[], None]:
+    """After the engine commits new deliveries: wake this process's worker, if any, and the
+    workers of other processes."""
+
+    def wake() -> None:
+        if worker_service is not None:
+            worker_service.wake()
+        sender.notify()
+
+    return wake
 
 
 def _expose_metrics(web: bool) -> None:

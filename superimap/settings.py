@@ -89,6 +89,9 @@ WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 30, minimum=1, maximum=300)
 WEBHOOK_LEASE_SECONDS = env_int("WEBHOOK_LEASE_SECONDS", WEBHOOK_TIMEOUT + 30, minimum=2)
 if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
     raise ConfigError("WEBHOOK_LEASE_SECONDS", "must be longer than WEBHOOK_TIMEOUT")
+# How often a worker looks for due deliveries when nothing woke it (new deliveries wake it
+# at once: in-process, or through delivery/wakeup.py from an engine in another process).
+WEBHOOK_POLL_MS = env_int("WEBHOOK_POLL_MS", 500, minimum=10, maximum=60_000)
 # Retries after a failed POST, in seconds: the first send plus one attempt per entry.
 # The default (factor 6 from 10 s) spans about 26 hours, so a receiver down overnight
 # gets its mail without anyone clicking "retry".

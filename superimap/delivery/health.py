@@ -22,6 +22,7 @@ import random
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 
 from superimap.delivery.models import Delivery, EndpointHealth
@@ -65,19 +66,22 @@ def record(outcomes, now: datetime) -> None:
             by_endpoint.setdefault(key, []).append((verdict, outcome))
     if not by_endpoint:
         return
-    partner_ids = {partner_id for partner_id, _ in by_endpoint}
-    rows = {
-        (row.partner_id, row.kind): row
-        for row in EndpointHealth.objects.filter(partner_id__in=partner_ids)
-    }
+    partner_ids = sorted({partner_id for partner_id, _ in by_endpoint})
+    # The common case (successes to healthy endpoints): one plain SELECT, no model rows.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT partner_id, kind, state, consecutive_failures FROM "
+            f"{EndpointHealth._meta.db_table} WHERE partner_id IN "
+            f"({', '.join(['%s'] * len(partner_ids))})",
+            partner_ids,
+        )
+        states = {(pid, kind): (state, failures) for pid, kind, state, failures in cursor}
     for key, verdicts in by_endpoint.items():
         kinds = {verdict for verdict, _ in verdicts}
-        row = rows.get(key)
-        if kinds == {SUCCESS} and (
-            row is None
-            or (row.state == EndpointHealth.State.HEALTHY and row.consecutive_failures == 0)
-        ):
+        state = states.get(key)
+        if kinds == {SUCCESS} and (state is None or state == (EndpointHealth.State.HEALTHY, 0)):
             continue  # the common case: nothing to write
+        row = EndpointHealth.objects.filter(partner_id=key[0], kind=key[1]).first()
         if row is None:
             # get_or_create: another worker may be creating the same row right now.
             row, _ = EndpointHealth.objects.get_or_create(partner_id=key[0], kind=key[1])

@@ -18,7 +18,11 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from superimap import __version__
-from superimap.delivery.payloads import signed_body, standard_webhook_signature
+from superimap.delivery.payloads import (
+    signed_body,
+    spec_signature,
+    standard_webhook_signature,
+)
 from superimap.netguard import PrivateTargetRefused, address_is_private
 
 USER_AGENT = f"SuperIMAP/{__version__} (+webhooks)"
@@ -89,6 +93,10 @@ def refuse_private_literal(url: str) -> None:
         raise PrivateTargetRefused(host, urlsplit(url).port or 0, host)
 
 
+# Keys added at each send; a stored payload that seems to hold one is re-encoded whole.
+SEND_KEYS = ("event_id", "event", "timestamp", "signature")
+
+
 def render_request(
     payload: dict,
     *,
@@ -98,21 +106,60 @@ def render_request(
     webhook_secrets: tuple[str, ...],
     timestamp: int,
 ) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of one webhook. With several secrets (a rotation's grace period)
-    `webhook-signature` carries one signature per secret, space-separated, as Standard
-    Webhooks allows, so receivers holding either secret verify it."""
+    """The body and headers of one webhook."""
     body = signed_body(payload, event_id=event_id, kind=kind, api_key=api_key, timestamp=timestamp)
     raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return raw, _headers(raw, event_id, timestamp, webhook_secrets)
+
+
+def render_stored_request(
+    payload_json: str,
+    sha1: str | None,
+    *,
+    event_id: str,
+    kind: str,
+    api_key: str,
+    webhook_secrets: tuple[str, ...],
+    timestamp: int,
+) -> tuple[bytes, dict[str, str]]:
+    """The same webhook from the payload as stored (JSON text of an object) and its `sha1`:
+    the per-send fields are appended to the stored text instead of decoding and re-encoding
+    the whole payload (the raw message is most of it)."""
+    text = payload_json.rstrip()
+    if sha1 is None or not text.endswith("}") or any(f'"{key}"' in text for key in SEND_KEYS):
+        return render_request(
+            json.loads(payload_json),
+            event_id=event_id,
+            kind=kind,
+            api_key=api_key,
+            webhook_secrets=webhook_secrets,
+            timestamp=timestamp,
+        )
+    head = text[:-1].rstrip()
+    # event_id is a UUID and the signature hex: only the kind needs JSON quoting.
+    tail = (
+        f'"event_id":"{event_id}","event":{json.dumps(kind)},"timestamp":{int(timestamp)},'
+        f'"signature":"{spec_signature(api_key, timestamp, sha1)}"}}'
+    )
+    raw = (head + ("" if head.endswith("{") else ",") + tail).encode("utf-8")
+    return raw, _headers(raw, event_id, timestamp, webhook_secrets)
+
+
+def _headers(
+    raw: bytes, event_id: str, timestamp: int, webhook_secrets: tuple[str, ...]
+) -> dict[str, str]:
+    """With several secrets (a rotation's grace period) `webhook-signature` carries one
+    signature per secret, space-separated, as Standard Webhooks allows, so receivers holding
+    either secret verify it."""
     signatures = [
         standard_webhook_signature(secret, event_id, timestamp, raw) for secret in webhook_secrets
     ]
-    headers = {
+    return {
         "Content-Type": "application/json",
         "webhook-id": event_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": " ".join(signatures),
     }
-    return raw, headers
 
 
 async def post(

@@ -18,13 +18,17 @@ from django.utils import timezone
 
 from superimap.dbpool import DbPool
 from superimap.delivery import health, queue
-from superimap.delivery.http import PostResult, make_session, post, render_request
+from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
 from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
 
 log = logging.getLogger("superimap.worker")
 
 CLAIM_BATCH = 200
+# While sends are in flight, claim again once this fraction of the slots is free.
+CLAIM_FRACTION = 4
+# Outcomes are recorded in batches: after the first one arrives, wait this long for more.
+RECORD_GATHER_SECONDS = 0.01
 CLAIM_ERROR_PAUSE = 5.0
 # Housekeeping: auto-replay after a recovery every second (WEBHOOK_AUTO_REPLAY_RATE per
 # second); retention purge batches every few seconds, a pause between batches.
@@ -43,7 +47,7 @@ class Worker:
         concurrency: int | None = None,
         timeout_seconds: float | None = None,
         lease: timedelta | None = None,
-        poll_interval: float = 0.5,
+        poll_interval: float | None = None,
         clock: Callable[[], datetime] = timezone.now,
     ) -> None:
         self.pool = pool
@@ -59,7 +63,8 @@ class Worker:
                 seconds = self.timeout_seconds + 30
             lease = timedelta(seconds=seconds)
         self.lease = lease
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval or settings.WEBHOOK_POLL_MS / 1000
+        self.claim_at_least = max(1, self.concurrency // CLAIM_FRACTION)
         self.clock = clock
         self._wake = asyncio.Event()
         self._outcomes: list[queue.Outcome] = []
@@ -89,8 +94,14 @@ class Worker:
             while not stop.is_set():
                 # Cleared before claiming: a send finishing during the claim wakes us again.
                 self._wake.clear()
+                free = self.concurrency - self._inflight
+                if self._inflight and free < self.claim_at_least:
+                    # Claim in batches, not one row per finished send: a claim costs
+                    # about as much for one row as for dozens.
+                    await self._sleep(stop)
+                    continue
                 try:
-                    claimed = await self._claim(self.concurrency - self._inflight)
+                    claimed = await self._claim(free)
                 except Exception:
                     # A database hiccup must not end the worker (and the process with it).
                     log.exception("worker %s could not claim deliveries", self.node_id)
@@ -102,7 +113,7 @@ class Worker:
                     task = asyncio.create_task(self._send(session, item))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                if not claimed or self._inflight >= self.concurrency:
+                if not claimed:
                     await self._sleep(stop)
         finally:
             if tasks:
@@ -191,8 +202,9 @@ class Worker:
         started_at = self.clock()
         if not claimed.url:
             return queue.Outcome(claimed, PostResult(None, "", "no webhook URL", 0), started_at)
-        raw, headers = render_request(
-            claimed.payload,
+        raw, headers = render_stored_request(
+            claimed.payload_json,
+            claimed.sha1,
             event_id=claimed.event_id,
             kind=claimed.kind,
             api_key=claimed.api_key,
@@ -229,6 +241,8 @@ class Worker:
                 except TimeoutError:
                     pass
                 continue
+            if len(self._outcomes) < self.concurrency // 2 and not stop.is_set():
+                await asyncio.sleep(RECORD_GATHER_SECONDS)
             batch, self._outcomes = self._outcomes, []
             try:
                 await self._record(batch)

@@ -48,3 +48,24 @@ def test_it_signs_with_the_new_secret_only_after_the_grace_period(
         pass
     else:
         raise AssertionError("the old secret still verifies after its grace period")
+
+
+def test_a_rotation_after_a_send_is_used_by_the_next_claim(
+    seeded_providers, make_receiver, process
+):
+    # The worker keeps decrypted secrets per stored ciphertext: a rotation stores a new
+    # ciphertext, so the next claim signs with the new secret and the new API key.
+    receiver = make_receiver()
+    partner = make_partner(receiver.url)
+    user = make_user(partner)
+    outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
+    assert process() == 1
+    receiver.wait_for(1)
+
+    new_secret = partner.rotate_webhook_secret(timedelta(seconds=0))
+    receiver.receiver.api_key = partner.rotate_api_key(timedelta(seconds=0))
+    outbox.enqueue_user_event(Delivery.Kind.USER_DISCONNECTED, user)
+    assert process() == 1
+    first, second = receiver.wait_for(2)
+    assert Webhook(new_secret).verify(second.body, second.headers)["event"] == "user_disconnected"
+    assert second.valid_spec_signature

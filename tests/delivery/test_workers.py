@@ -4,6 +4,7 @@ database never send the same attempt twice (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -245,3 +246,48 @@ def test_a_failed_claim_does_not_end_the_worker(seeded_providers, make_receiver,
     asyncio.run(scenario())
     assert failures == [1]
     assert Delivery.objects.get(id=delivery.id).status == Delivery.Status.DELIVERED
+
+
+def test_a_busy_worker_claims_in_batches_not_one_row_per_finished_send(
+    seeded_providers, make_receiver, monkeypatch
+):
+    from superimap.delivery import queue
+
+    count, concurrency = 40, 8
+    real_claim = queue.claim_due
+    claims: list[int] = []
+
+    def counting_claim(*args, **kwargs):
+        claimed = real_claim(*args, **kwargs)
+        if claimed:
+            claims.append(len(claimed))
+        return claimed
+
+    monkeypatch.setattr(queue, "claim_due", counting_claim)
+    # Staggered answers, so sends finish one at a time.
+    delays = itertools.cycle([0.01, 0.025, 0.04, 0.055])
+    receiver = make_receiver(responses=lambda event: Hang(next(delays)))
+    user = make_user(make_partner(receiver.url))
+    for _ in range(count):
+        outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
+
+    async def scenario() -> None:
+        pool = DbPool(size=2)
+        stop = asyncio.Event()
+        worker = Worker(pool, "node-b", concurrency=concurrency, poll_interval=0.05)
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            for _ in range(400):
+                if worker.counts.get("delivered", 0) == count or task.done():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+            pool.shutdown()
+
+    asyncio.run(scenario())
+    assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == count
+    assert sum(claims) == count
+    # A claim waits for a quarter of the slots (2 of 8); only the last may find one row due.
+    assert claims[:-1].count(1) == 0, claims

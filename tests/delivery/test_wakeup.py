@@ -1,0 +1,179 @@
+"""The engine wakes a worker in another process when new deliveries commit (issue 12 item 2):
+with the worker's poll at 5 s, a pushed mail is posted well under a second later. SQLite
+(UNIX datagram sockets in VAR_DIR) and PostgreSQL (LISTEN/NOTIFY), real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from superimap.delivery.wakeup import SOCKET_SUFFIX, WakeListener, WakeSender, socket_dir
+from tests.delivery.helpers import ThreadedReceiver
+from tests.engine.conftest import ServerThread
+from tests.processes import ROOT, Processes, superimap_env, wait_until
+
+USERS = 3
+PUSHES = 6
+POLL_MS = 5000
+SETUP_SCRIPT = """
+import os
+from django.utils import timezone
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider, Partner
+
+partner = Partner.objects.create(name="wakeup", new_mail_webhook=os.environ["HOOK_URL"])
+connection = Connection.objects.create(
+    partner=partner, provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
+    imap_host="127.0.0.1", imap_port=int(os.environ["CHAOS_PORT"]), imap_tls="none")
+MailboxUser.objects.bulk_create(
+    MailboxUser(connection=connection, tag=f"user{i}", login_username=f"user{i}",
+                password=f"pass{i}", connected_at=timezone.now())
+    for i in range(int(os.environ["USERS"])))
+"""
+BASELINED = "SELECT count(*) FROM mailboxes_mailboxuser WHERE last_uid IS NOT NULL"
+
+
+def _count(database_url: str, sql: str) -> int:
+    if database_url.startswith("sqlite:///"):
+        import sqlite3
+
+        with sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=30) as db:
+            return db.execute(sql).fetchone()[0]
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as db:
+        return db.execute(sql).fetchone()[0]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'wakeup.sqlite3'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_it_posts_a_new_mail_well_before_the_workers_poll(database_url, tmp_path):
+    receiver = ThreadedReceiver()
+    arrivals: list[float] = []
+    receiver.receiver.on_request = lambda event: arrivals.append(time.monotonic())
+    try:
+        with ServerThread(USERS) as chaos, Processes(tmp_path) as procs:
+            latencies, outputs = _run(database_url, tmp_path, chaos, procs, receiver, arrivals)
+    finally:
+        receiver.close()
+    print(f"push -> webhook {[round(x * 1000) for x in latencies]} ms ({database_url[:10]})")
+    assert len(latencies) == PUSHES
+    # Polling alone would take 0-5 s (2.5 s on average) for each of them.
+    assert max(latencies) < 1.0, outputs
+
+
+def _run(database_url, tmp_path, chaos, procs, receiver, arrivals):
+    server = chaos.server
+    env = superimap_env(
+        database_url,
+        tmp_path / "var",
+        ALLOW_LOOPBACK_IMAP="true",
+        ENGINE_NODE_NAME="wakeup-node",
+        WEBHOOK_POLL_MS=str(POLL_MS),
+    )
+    setup_env = {
+        **env,
+        "CHAOS_PORT": str(server.port),
+        "USERS": str(USERS),
+        "HOOK_URL": f"{receiver.url}/new-mail",
+    }
+    for args in (["migrate"], ["manage", "shell", "-c", SETUP_SCRIPT]):
+        done = subprocess.run(
+            [sys.executable, "-m", "superimap.cli", *args],
+            env=setup_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    worker = procs.start(env, "worker")
+    engine = procs.start(env, "imap-client")
+    wait_until(lambda: "listens for wake-ups" in procs.output(worker), 30, "the worker to listen")
+    wait_until(lambda: _count(database_url, BASELINED) == USERS, 30, "every mailbox baselined")
+    # The worker's first claims and polls happen now; let it settle into its 5 s poll.
+    time.sleep(1.0)
+
+    latencies = []
+    for i in range(PUSHES):
+        pushed = time.monotonic()
+        chaos.call(server.generate_message, f"user{i % USERS}")
+        receiver.wait_for(i + 1, timeout=2 * POLL_MS / 1000)
+        latencies.append(arrivals[i] - pushed)
+        time.sleep(0.3)
+    outputs = [procs.stop(engine), procs.stop(worker)]
+    assert [engine.returncode, worker.returncode] == [0, 0], outputs
+    return latencies, outputs
+
+
+# --- the two ends in one process -----------------------------------------------------------
+
+
+def test_a_datagram_wakes_the_listener_and_a_dead_workers_socket_is_removed(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    directory = socket_dir()
+    directory.mkdir(parents=True)
+    stale = directory / f"worker-1-dead{SOCKET_SUFFIX}"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(stale))
+    dead.close()  # bound once, nobody listens now: a killed worker's leftover
+
+    async def scenario() -> tuple[int, int]:
+        woken = asyncio.Event()
+        listener = WakeListener(woken.set)
+        await listener.start()
+        sender = WakeSender(pool=None)
+        try:
+            sender.notify()
+            await asyncio.wait_for(woken.wait(), 2)
+            return listener.received, sender.sent
+        finally:
+            sender.close()
+            await listener.stop()
+
+    received, sent = asyncio.run(scenario())
+    assert (received, sent) == (1, 1)
+    assert not stale.exists()
+    assert not [name for name in os.listdir(directory) if name.endswith(SOCKET_SUFFIX)]
+
+
+def test_the_sender_does_nothing_when_no_worker_ever_started(settings, tmp_path):
+    settings.VAR_DIR = tmp_path / "never-used"
+    sender = WakeSender(pool=None)
+    sender.notify()
+    assert sender.sent == 0
+    sender.close()
+
+
+def test_a_deep_var_dir_uses_a_short_socket_directory(settings, tmp_path):
+    settings.VAR_DIR = tmp_path / ("d" * 120)
+    directory = socket_dir()
+    assert len(str(directory)) + 40 <= 100
+    assert directory != settings.VAR_DIR / "wakeup"
+
+
+def test_a_worker_that_cannot_bind_its_socket_still_starts(monkeypatch, tmp_path):
+    from superimap.delivery import wakeup
+
+    blocker = tmp_path / "var"
+    blocker.write_text("a file where the socket directory would go")
+    monkeypatch.setattr(wakeup, "socket_dir", lambda: blocker / "wakeup")
+
+    async def scenario() -> None:
+        listener = WakeListener(lambda: None)
+        await listener.start()  # logs a warning; the worker polls
+        await listener.stop()
+
+    asyncio.run(scenario())
