@@ -90,6 +90,7 @@ async def serve(
             settings.ENGINE_NODE_NAME,
             on_new_deliveries=_wake_all(worker_service, sender),
             node_lock=node_lock,
+            gc_freeze=True,
         )
         tasks.append(asyncio.create_task(engine_service.run(stop), name="engine"))
     if web:

@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="print the event loop thread's busiest functions during the pushes (cProfile)",
     )
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave every session object in the collector's full scans (engine/gcfreeze.py)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -153,6 +158,8 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
             command.append("--tls")
         if args.profile:
             command.append("--profile")
+        if args.no_gc_freeze:
+            command.append("--no-gc-freeze")
         print(f"=== N={count} {'TLS' if tls else 'plain'} ===", flush=True)
         code = subprocess.call(command)
         if code != 0:
@@ -347,6 +354,7 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         handshake_concurrency=args.handshake_concurrency,
         # Measures the engine, not the per-host login limit (50/s by default): all at once.
         login_limiter=LoginLimiter(host_burst=count, host_rate=count),
+        gc_freeze=not args.no_gc_freeze,
     )
     statuses: dict[int, str] = {}
     report = engine.report
@@ -390,6 +398,7 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
                 gc_pauses.append((time.perf_counter() - gc_started[0]) * 1000)
 
         gc.callbacks.append(on_gc)
+        frozen_at_push = gc.get_freeze_count()
         profiler = cProfile.Profile() if args.profile else None
         cpu_before_pushes = _cpu_seconds()
         try:
@@ -433,6 +442,8 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         "gc_full_collections_during_pushes": len(gc_pauses),
         "gc_full_pause_ms_max": round(max(gc_pauses, default=0.0), 1),
         "handshake_concurrency": args.handshake_concurrency,
+        "gc_freeze": not args.no_gc_freeze,
+        "gc_frozen_objects_at_push": frozen_at_push,
         "idle_refresh_seconds": args.idle_refresh,
         "folders": int(args.folders),
         "folder_mode": args.folder_mode if int(args.folders) > 1 else "-",

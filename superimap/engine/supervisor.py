@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
+from superimap.engine.gcfreeze import GcFreezer
 from superimap.engine.persister import GroupPersister
 from superimap.engine.ratelimit import LoginLimiter
 from superimap.engine.session import MailboxSession, SessionSettings
@@ -56,6 +57,7 @@ class Engine:
         num_tracers: int | None = None,
         node_lock=None,
         login_limiter: LoginLimiter | None = None,
+        gc_freeze: bool = False,
     ) -> None:
         self.pool = pool
         self.node_id = node_id
@@ -91,6 +93,8 @@ class Engine:
         for reason in MailLog.Reason.values:
             MAIL_SKIPPED.labels(reason)  # every reason shows in /metrics, at 0 until used
         self.started_at = timezone.now()
+        # engine/gcfreeze.py; off for engines that share a process with other code (tests).
+        self.gc_freezer = GcFreezer() if gc_freeze else None
         self.tracers = TracerSender(self, tracer_interval, num_tracers)
         expose(ENGINE_METRICS)
 
@@ -193,9 +197,13 @@ class Engine:
                 config = configs.get(user_id)
                 if config is not None:
                     self._start_session(user_id, held[user_id], config)
+            if self.gc_freezer is not None:
+                self.gc_freezer.sessions_started()
         # Held but not started (no room, or no config yet): looked at again next time.
         self._touched.update(u for u in waiting if u not in self.sessions)
         await self.flush_statuses()
+        if self.gc_freezer is not None:
+            self.gc_freezer.tick()
 
     def _start_session(self, user_id: int, version, config: store.MailboxConfig) -> None:
         session = MailboxSession(self, user_id, config)
