@@ -126,6 +126,29 @@ def _message_number(rfc822: str) -> int:
     return int(rfc822[start : rfc822.index(".", start)])
 
 
+def _by_second(notes: list[tuple]) -> list[dict]:
+    """p50/p99/max latency (ms) of the messages pushed in each second of the push."""
+    if not notes:
+        return []
+    first = min(generated for _, generated, _, _ in notes)
+    seconds: dict[int, list[float]] = {}
+    for _, generated, arrived, _ in notes:
+        seconds.setdefault(int(generated - first), []).append((arrived - generated) * 1000)
+    rows = []
+    for second in sorted(seconds):
+        values = sorted(seconds[second])
+        rows.append(
+            {
+                "second": second,
+                "count": len(values),
+                "p50": _percentile(values, 0.50),
+                "p99": _percentile(values, 0.99),
+                "max": round(values[-1], 1),
+            }
+        )
+    return rows
+
+
 def _generated_at(rfc822: str) -> float:
     start = rfc822.index("X-Chaos-Generated: ") + len("X-Chaos-Generated: ")
     return float(rfc822[start : rfc822.index("\r\n", start)])
@@ -376,6 +399,8 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         "rss_mb": rss,
         "online_seconds": round(online, 1),
         "arrived_after_push": progress,
+        # Where the slow ones were: latency by the second of the push they were pushed in.
+        "latency_ms_by_push_second": _by_second(notes),
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "load_average_at_push": [round(x, 2) for x in load_at_push],
         "python": platform.python_version(),
