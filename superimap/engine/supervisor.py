@@ -81,6 +81,11 @@ class Engine:
         self.logins = login_limiter or LoginLimiter()
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
+        # The watching statuses (idle, polling, no failures) last written per running
+        # session: a session reports one before every IDLE, i.e. after every new message,
+        # and rewriting an unchanged row for each of them was thousands of UPDATEs per
+        # flush at 500 mails/s, holding SQLite's writer while sessions waited to persist.
+        self._written: dict[int, tuple[str, str, int]] = {}
         # What this node holds ({user id: session_version}), kept up to date from the deltas
         # claim_mailboxes() returns; re-read in full every FULL_READ_EVERY refreshes.
         self._held: dict[int, str] = {}
@@ -220,6 +225,7 @@ class Engine:
         tasks = []
         for user_id in user_ids:
             session, task, _ = self.sessions.pop(user_id)
+            self._written.pop(user_id, None)  # the row may be changed by others now
             MAILBOX_SESSIONS.dec()
             session.stop()
             tasks.append(task)
@@ -229,10 +235,24 @@ class Engine:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def flush_statuses(self) -> None:
+        """Write the statuses reported since the last flush, except a watching status a
+        running session already has in the database (only changes matter there; failing
+        and other statuses are always written: 4.9 counts on seeing them)."""
         if not self._statuses:
             return
-        batch, self._statuses = self._statuses, {}
-        await self.pool.run(store.save_statuses, batch)
+        reported, self._statuses = self._statuses, {}
+        batch = {
+            user_id: value
+            for user_id, value in reported.items()
+            if not (_quiet(value) and self._written.get(user_id) == value)
+        }
+        if batch:
+            await self.pool.run(store.save_statuses, batch)
+        for user_id, value in batch.items():
+            if _quiet(value) and user_id in self.sessions:
+                self._written[user_id] = value
+            else:
+                self._written.pop(user_id, None)
 
     async def shutdown(self) -> None:
         await self._stop_sessions(list(self.sessions))
@@ -258,3 +278,9 @@ class Engine:
             pool.queued,
             latency,
         )
+
+
+def _quiet(value: tuple[str, str, int]) -> bool:
+    """A watching status without failures: rewriting it unchanged tells nobody anything."""
+    status, _, failures = value
+    return status in store.WATCHING and failures == 0

@@ -162,3 +162,42 @@ def test_a_session_that_ended_is_started_again_by_the_next_refresh(mailbox):
             return task().done()
 
     assert asyncio.run(scenario()) is False
+
+
+def test_an_unchanged_watching_status_is_not_written_again(mail_partner):
+    """A session reports idle before every IDLE, i.e. after every new message: only a
+    change reaches the database (at 500 mails/s the rewrites held SQLite's writer)."""
+    from superimap.dbpool import DbPool
+    from superimap.engine.supervisor import Engine
+    from tests.engine.conftest import loopback_users
+
+    loopback_users(mail_partner, 1, 1)
+    user = MailboxUser.objects.get()
+
+    def changed_at():
+        return _user(user.id).status_changed_at
+
+    async def scenario() -> list:
+        pool = DbPool(size=1)
+        engine = Engine(pool, "n1")
+        engine.sessions[user.id] = (None, None, "v1")  # a running session of this user
+        seen = []
+        try:
+            for reports in (
+                [("idle", "", 0)],
+                [("syncing", "", 0), ("idle", "", 0)],  # a new message: the same in the end
+                [("connecting", "dropped", 1)],
+                [("idle", "", 0)],
+            ):
+                for status, error, failures in reports:
+                    engine.report(user.id, status, error, failures)
+                await engine.flush_statuses()
+                seen.append(await asyncio.to_thread(changed_at))
+        finally:
+            pool.shutdown()
+        return seen
+
+    first, unchanged, failing, recovered = asyncio.run(scenario())
+    assert first is not None and unchanged == first
+    assert failing > first and recovered > failing
+    assert _user(user.id).status == "idle"
