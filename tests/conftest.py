@@ -109,6 +109,14 @@ def postgres_url(postgres_server) -> str:
 _databases = itertools.count()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """A fresh database for superimap subprocesses: a SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'superimap.sqlite3'}"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture(scope="session")
 def dovecot():
     """One private Dovecot on 127.0.0.1 for the whole run (make test installs it)."""

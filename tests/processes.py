@@ -12,6 +12,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# `superimap manage shell -c` script: a partner (webhook HOOK_URL, if set), one loopback
+# connection to the chaos server on CHAOS_PORT and USERS connected users user{i}/pass{i}.
+CHAOS_USERS_SCRIPT = """
+import os
+from django.utils import timezone
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider, Partner
+
+partner = Partner.objects.create(
+    name="chaos", new_mail_webhook=os.environ.get("HOOK_URL", "http://127.0.0.1:9/hook"))
+connection = Connection.objects.create(
+    partner=partner, provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
+    imap_host="127.0.0.1", imap_port=int(os.environ["CHAOS_PORT"]), imap_tls="none")
+MailboxUser.objects.bulk_create(
+    MailboxUser(connection=connection, tag=f"user{i}", login_username=f"user{i}",
+                password=f"pass{i}", connected_at=timezone.now())
+    for i in range(int(os.environ["USERS"])))
+"""
+
+
+BASELINED = "SELECT count(*) FROM mailboxes_mailboxuser WHERE last_uid IS NOT NULL"
+
+
+def query(database_url: str, sql: str) -> list[tuple]:
+    """Rows of ``sql`` read straight from a SQLite file or a PostgreSQL database."""
+    if database_url.startswith("sqlite:///"):
+        import sqlite3
+
+        with sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=30) as db:
+            return db.execute(sql).fetchall()
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as db:
+        return db.execute(sql).fetchall()
+
+
 def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     """``python -m superimap.cli ARGS`` to the end; its stdout (the test fails on an error)."""
     done = subprocess.run(

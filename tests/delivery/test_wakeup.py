@@ -7,55 +7,24 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
-import sys
 import time
-
-import pytest
 
 from superimap.delivery.wakeup import SOCKET_SUFFIX, WakeListener, WakeSender, socket_dir
 from tests.delivery.helpers import ThreadedReceiver
 from tests.engine.conftest import ServerThread
-from tests.processes import ROOT, Processes, superimap_env, wait_until
+from tests.processes import (
+    BASELINED,
+    CHAOS_USERS_SCRIPT,
+    Processes,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 USERS = 3
 PUSHES = 6
 POLL_MS = 5000
-SETUP_SCRIPT = """
-import os
-from django.utils import timezone
-from superimap.mailboxes.models import MailboxUser
-from superimap.partners.models import Connection, ImapProvider, Partner
-
-partner = Partner.objects.create(name="wakeup", new_mail_webhook=os.environ["HOOK_URL"])
-connection = Connection.objects.create(
-    partner=partner, provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
-    imap_host="127.0.0.1", imap_port=int(os.environ["CHAOS_PORT"]), imap_tls="none")
-MailboxUser.objects.bulk_create(
-    MailboxUser(connection=connection, tag=f"user{i}", login_username=f"user{i}",
-                password=f"pass{i}", connected_at=timezone.now())
-    for i in range(int(os.environ["USERS"])))
-"""
-BASELINED = "SELECT count(*) FROM mailboxes_mailboxuser WHERE last_uid IS NOT NULL"
-
-
-def _count(database_url: str, sql: str) -> int:
-    if database_url.startswith("sqlite:///"):
-        import sqlite3
-
-        with sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=30) as db:
-            return db.execute(sql).fetchone()[0]
-    import psycopg
-
-    with psycopg.connect(database_url, autocommit=True) as db:
-        return db.execute(sql).fetchone()[0]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'wakeup.sqlite3'}"
-    return request.getfixturevalue("postgres_url")
 
 
 def test_it_posts_a_new_mail_well_before_the_workers_poll(database_url, tmp_path):
@@ -88,21 +57,13 @@ def _run(database_url, tmp_path, chaos, procs, receiver, arrivals):
         "USERS": str(USERS),
         "HOOK_URL": f"{receiver.url}/new-mail",
     }
-    for args in (["migrate"], ["manage", "shell", "-c", SETUP_SCRIPT]):
-        done = subprocess.run(
-            [sys.executable, "-m", "superimap.cli", *args],
-            env=setup_env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+    run_cli(setup_env, "migrate")
+    run_cli(setup_env, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
 
     worker = procs.start(env, "worker")
     engine = procs.start(env, "imap-client")
     wait_until(lambda: "listens for wake-ups" in procs.output(worker), 30, "the worker to listen")
-    wait_until(lambda: _count(database_url, BASELINED) == USERS, 30, "every mailbox baselined")
+    wait_until(lambda: query(database_url, BASELINED)[0][0] == USERS, 30, "every mailbox baselined")
     # The worker's first claims and polls happen now; let it settle into its 5 s poll.
     time.sleep(1.0)
 

@@ -8,49 +8,21 @@ from __future__ import annotations
 import signal
 import time
 
-import psycopg
-import pytest
-
 from tests.delivery.helpers import ThreadedReceiver
 from tests.engine.conftest import ServerThread
 from tests.engine.test_postgres_failover import SessionSampler
-from tests.processes import Processes, run_cli, superimap_env, wait_until
+from tests.processes import (
+    BASELINED,
+    CHAOS_USERS_SCRIPT,
+    Processes,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 USERS = 5
-SETUP_SCRIPT = """
-import os
-from django.utils import timezone
-from superimap.mailboxes.models import MailboxUser
-from superimap.partners.models import Connection, ImapProvider, Partner
-
-partner = Partner.objects.create(name="restart", new_mail_webhook=os.environ["HOOK_URL"])
-connection = Connection.objects.create(
-    partner=partner, provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
-    imap_host="127.0.0.1", imap_port=int(os.environ["CHAOS_PORT"]), imap_tls="none")
-MailboxUser.objects.bulk_create(
-    MailboxUser(connection=connection, tag=f"user{i}", login_username=f"user{i}",
-                password=f"pass{i}", connected_at=timezone.now())
-    for i in range(int(os.environ["USERS"])))
-"""
-BASELINED = "SELECT count(*) FROM mailboxes_mailboxuser WHERE last_uid IS NOT NULL"
 OWNERS = "SELECT DISTINCT owner_node FROM mailboxes_mailboxuser"
-
-
-def _query(database_url: str, sql: str) -> list[tuple]:
-    if database_url.startswith("sqlite:///"):
-        import sqlite3
-
-        with sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=30) as db:
-            return db.execute(sql).fetchall()
-    with psycopg.connect(database_url, autocommit=True) as db:
-        return db.execute(sql).fetchall()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'restart.sqlite3'}"
-    return request.getfixturevalue("postgres_url")
 
 
 def test_a_restarted_node_takes_its_leases_back_at_once(database_url, tmp_path):
@@ -78,15 +50,15 @@ def _run(database_url, tmp_path, chaos, procs, receiver) -> None:
         "HOOK_URL": f"{receiver.url}/new-mail",
     }
     run_cli(setup_env, "migrate")
-    run_cli(setup_env, "manage", "shell", "-c", SETUP_SCRIPT)
+    run_cli(setup_env, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
 
     with SessionSampler(chaos) as sampler:
         procs.start(env, "worker")
         first = procs.start(env, "imap-client")
         wait_until(
-            lambda: _query(database_url, BASELINED)[0][0] == USERS, 30, "every mailbox baselined"
+            lambda: query(database_url, BASELINED)[0][0] == USERS, 30, "every mailbox baselined"
         )
-        assert _query(database_url, OWNERS) == [("restarting-node",)]
+        assert query(database_url, OWNERS) == [("restarting-node",)]
 
         # A second live process with the same name is refused at start, naming the variable.
         twin = procs.start(env, "imap-client")

@@ -11,24 +11,9 @@ from collections import Counter
 import psycopg
 
 from tests.engine.conftest import ServerThread
-from tests.processes import Processes, run_cli, superimap_env, wait_until
+from tests.processes import CHAOS_USERS_SCRIPT, Processes, run_cli, superimap_env, wait_until
 
 USERS = 20
-SETUP_SCRIPT = """
-import os
-from django.utils import timezone
-from superimap.mailboxes.models import MailboxUser
-from superimap.partners.models import Connection, ImapProvider, Partner
-
-partner = Partner.objects.create(name="failover", new_mail_webhook="http://127.0.0.1:9/hook")
-connection = Connection.objects.create(
-    partner=partner, provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
-    imap_host="127.0.0.1", imap_port=int(os.environ["CHAOS_PORT"]), imap_tls="none")
-MailboxUser.objects.bulk_create(
-    MailboxUser(connection=connection, tag=f"user{i}", login_username=f"user{i}",
-                password=f"pass{i}", connected_at=timezone.now())
-    for i in range(int(os.environ["USERS"])))
-"""
 
 
 class SessionSampler:
@@ -71,7 +56,7 @@ def test_nodes_share_mailboxes_and_a_killed_nodes_are_taken_over(postgres_url, t
         )
         setup_env = {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)}
         run_cli(setup_env, "migrate")
-        run_cli(setup_env, "manage", "shell", "-c", SETUP_SCRIPT)
+        run_cli(setup_env, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
 
         with psycopg.connect(postgres_url, autocommit=True) as db:
 
