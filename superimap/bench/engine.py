@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         "--profile",
         action="store_true",
         help="print the event loop thread's busiest functions during the pushes (cProfile)",
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="a throwaway PostgreSQL instead of SQLite"
     )
     parser.add_argument(
         "--no-gc-freeze",
@@ -160,6 +164,8 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
             command.append("--profile")
         if args.no_gc_freeze:
             command.append("--no-gc-freeze")
+        if args.postgres:
+            command.append("--postgres")
         print(f"=== N={count} {'TLS' if tls else 'plain'} ===", flush=True)
         code = subprocess.call(command)
         if code != 0:
@@ -175,15 +181,20 @@ def run_one(count: int, tls: bool, args: argparse.Namespace) -> dict:
     limit = raise_open_files(OPEN_FILES)
     if count + 100 > limit:
         raise SystemExit(f"{count} mailboxes need more than the {limit} open files allowed")
-    with tempfile.TemporaryDirectory(prefix="superimap-bench-engine-") as tmp:
-        var_dir = Path(tmp)
+    with ExitStack() as stack:
+        var_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="superimap-bench-")))
+        database_url = f"sqlite:///{var_dir / 'bench.sqlite3'}"
+        if args.postgres:
+            from superimap.testing.postgres import PostgresServer
+
+            database_url = stack.enter_context(PostgresServer()).url
         folders = FOLDER_NAMES[: int(args.folders)]
         server = ChaosServerProcess(
             var_dir, count, tls, folders=folders, notify=args.folder_mode == "notify"
         )
         try:
             os.environ["FOLDER_POLL_SECONDS"] = str(args.folder_poll)
-            _setup_django(var_dir)
+            _setup_django(var_dir, database_url)
             _make_mailboxes(count, server.port, tls, args.idle_refresh, folders)
             import uvloop
 
@@ -266,11 +277,11 @@ class ChaosServerProcess:
             self.process.wait()
 
 
-def _setup_django(var_dir: Path) -> None:
+def _setup_django(var_dir: Path, database_url: str) -> None:
     os.environ.update(
         SUPERIMAP_ENV="test",
         VAR_DIR=str(var_dir),
-        DATABASE_URL=f"sqlite:///{var_dir / 'bench.sqlite3'}",
+        DATABASE_URL=database_url,
         ALLOW_LOOPBACK_IMAP="true",
     )
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "superimap.settings")
@@ -449,7 +460,7 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         "folder_mode": args.folder_mode if int(args.folders) > 1 else "-",
         "folder_poll_seconds": args.folder_poll,
         "load_average_at_start": [round(value, 2) for value in load_at_start],
-        "db": "sqlite",
+        "db": "postgresql" if args.postgres else "sqlite",
         "python": platform.python_version(),
         "uvloop": _uvloop_version(),
         "cpus": os.cpu_count(),
