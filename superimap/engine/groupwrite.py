@@ -43,6 +43,7 @@ from superimap.tracers.models import TracerLog
 Reason = MailLog.Reason
 DEDUP_AGAINST = tuple(str(reason) for reason in store.DEDUP_AGAINST)
 IN_BATCH = 400  # values per IN (...): far under every backend's parameter limit
+MAX_PARAMETERS = 2000  # per statement of OR-ed terms (SQLite allows 32,766, PostgreSQL 65,535)
 
 # Every concrete column of the two tables, in INSERT order (tests/engine/test_groupwrite.py
 # checks these lists against the models, so a new field cannot be silently left out).
@@ -82,6 +83,15 @@ DELIVERY_COLUMNS = (
 )
 
 
+# One job's checkpoint: a None leaves the column as it is (a secondary folder's batch only
+# moves last_email_at here; its checkpoint is a FolderCheckpoint row).
+CHECKPOINT_SQL = (
+    f"UPDATE {MailboxUser._meta.db_table} SET uid_validity = COALESCE(%s, uid_validity), "
+    "last_uid = COALESCE(%s, last_uid), last_internal_date = COALESCE(%s, last_internal_date), "
+    "last_email_at = COALESCE(%s, last_email_at) WHERE id = %s"
+)
+
+
 def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
     return f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"
@@ -114,6 +124,8 @@ class _Plan:
         self.recorded: set[tuple[int, str, int, int]] = set()  # (user, folder, uidv, uid)
         self.sha1s: dict[int, set[str]] = {}  # user -> delivered or tracer sha1s
         self.identities: dict[int, set[str]] = {}
+        self.checkpoints: list[tuple] = []  # CHECKPOINT_SQL parameters, in job order
+        self.digests: dict[tuple[int, str, int, int], _Digest] = {}  # by (user, folder, ...)
         self.db_now = connection.ops.adapt_datetimefield_value(self.now)
         json_field = Delivery._meta.get_field("payload")
         self.prep_payload = lambda payload: json_field.get_db_prep_save(payload, connection)
@@ -141,13 +153,16 @@ def persist_jobs(jobs: list[tuple]) -> list[store.PersistResult | Exception]:
             ids = sorted({jobs[i][0] for i in rest if jobs[i][1] == node_id})
             users.update(_fence(ids, node_id))
         plan = _Plan()
+        live = []
         for i in rest:
+            if jobs[i][0] in users:
+                live.append(i)
+            else:
+                outcomes[i] = store.LeaseLost(jobs[i][0])
+        _prefetch(plan, [jobs[i] for i in live])
+        for i in live:
             user_id, _, uid_validity, folder, messages, _ = jobs[i]
-            user = users.get(user_id)
-            if user is None:
-                outcomes[i] = store.LeaseLost(user_id)
-                continue
-            outcomes[i] = _plan_job(plan, user, uid_validity, folder, messages)
+            outcomes[i] = _plan_job(plan, users[user_id], uid_validity, folder, messages)
         with connection.cursor() as cursor:
             if plan.maillog:
                 cursor.executemany(
@@ -157,6 +172,8 @@ def persist_jobs(jobs: list[tuple]) -> list[store.PersistResult | Exception]:
                 cursor.executemany(
                     _insert_sql(Delivery._meta.db_table, DELIVERY_COLUMNS), plan.deliveries
                 )
+            if plan.checkpoints:
+                cursor.executemany(CHECKPOINT_SQL, plan.checkpoints)
     return [outcomes[i] for i in range(len(jobs))]
 
 
@@ -229,12 +246,14 @@ def _plan_job(
     result = store.PersistResult()
     if not messages:
         return result
-    recorded = _recorded(plan, user.id, uid_validity, folder, [m.uid for m in messages])
-    digests = [_digest(m) for m in sorted(messages, key=lambda m: m.uid) if m.uid not in recorded]
-    sha1s, identities = _known(plan, user.id, digests)
-    for digest in digests:
-        message = digest.message
-        plan.recorded.add((user.id, folder, uid_validity, message.uid))
+    sha1s = plan.sha1s.setdefault(user.id, set())
+    identities = plan.identities.setdefault(user.id, set())
+    for message in sorted(messages, key=lambda m: m.uid):
+        key = (user.id, folder, uid_validity, message.uid)
+        if key in plan.recorded or (user.id, "", uid_validity, message.uid) in plan.recorded:
+            continue  # a row exists (a re-fetch after a crash): left alone
+        digest = plan.digests.get(key) or _digest(message)
+        plan.recorded.add(key)
         if digest.content is None:
             reason = message.skip or Reason.UNFETCHABLE
             _skip(plan, user, uid_validity, folder, digest, reason, result)
@@ -264,46 +283,71 @@ def _in(values: list) -> str:
     return ", ".join(["%s"] * len(values))
 
 
-def _recorded(plan: _Plan, user_id: int, uid_validity: int, folder: str, uids: list[int]) -> set:
-    """UIDs of ``uids`` that already have a row in ``folder`` (rows written before folders
-    were recorded have "": they belong to the primary folder): left alone, as in
-    persist_batch (only a sweep, which does not come here, replaces before_baseline rows)."""
-    found = {uid for uid in uids if (user_id, folder, uid_validity, uid) in plan.recorded}
-    with connection.cursor() as cursor:
+def _prefetch(plan: _Plan, jobs: list[tuple]) -> None:
+    """Before any job is planned, with one statement per kind for the whole group (each
+    a network round trip on PostgreSQL): the UIDs that already have a row, and the
+    delivered-or-tracer rows sharing a sha1 or an identity with a message of the group.
+
+    Rows written before folders were recorded have folder "" and belong to the primary
+    folder; they are found under "" and matched by _plan_job. Dedup rows are kept only if
+    delivered or tracer (DEDUP_AGAINST), filtered here so that each OR term of the query
+    stays a plain probe of its (user, sha1) or (user, identity) index."""
+    table = MailLog._meta.db_table
+    terms, params = [], []
+    wanted: dict[int, tuple[set[str], set[str]]] = {}
+    for user_id, _, uid_validity, folder, messages, _ in jobs:
+        uids = [m.uid for m in messages]
         for start in range(0, len(uids), IN_BATCH):
             part = uids[start : start + IN_BATCH]
-            cursor.execute(
-                f"SELECT uid FROM {MailLog._meta.db_table} WHERE user_id = %s "
-                f"AND uid_validity = %s AND folder IN (%s, '') AND uid IN ({_in(part)})",
-                [user_id, uid_validity, folder, *part],
+            terms.append(
+                "(user_id = %s AND folder IN (%s, '') AND uid_validity = %s"
+                f" AND uid IN ({_in(part)}))"
             )
-            found.update(row[0] for row in cursor.fetchall())
-    return found
-
-
-def _known(plan: _Plan, user_id: int, digests: list[_Digest]) -> tuple[set[str], set[str]]:
-    """The user's delivered-or-tracer sha1s and identities among those of ``digests``
-    (each side uses its own (user, ...) index), plus those the group added already."""
-    sha1s = plan.sha1s.setdefault(user_id, set())
-    identities = plan.identities.setdefault(user_id, set())
-    wanted_sha1 = sorted({d.sha1 for d in digests if d.sha1} - sha1s)
-    wanted_identity = sorted({d.identity for d in digests if d.identity} - identities)
-    table = MailLog._meta.db_table
+            params.append([user_id, folder, uid_validity, *part])
+        sha1s, identities = wanted.setdefault(user_id, (set(), set()))
+        for message in messages:
+            digest = _digest(message)
+            plan.digests[(user_id, folder, uid_validity, message.uid)] = digest
+            if digest.sha1:
+                sha1s.add(digest.sha1)
+                identities.add(digest.identity)
     with connection.cursor() as cursor:
-        for column, wanted in (("sha1", wanted_sha1), ("identity", wanted_identity)):
-            for start in range(0, len(wanted), IN_BATCH):
-                part = wanted[start : start + IN_BATCH]
-                cursor.execute(
-                    f"SELECT sha1, identity FROM {table} WHERE user_id = %s "
-                    f"AND {column} IN ({_in(part)}) AND skipped_reason IN (%s, %s)",
-                    [user_id, *part, *DEDUP_AGAINST],
-                )
-                for sha1, identity in cursor.fetchall():
-                    sha1s.add(sha1)
-                    identities.add(identity)
-    sha1s.discard("")
-    identities.discard("")
-    return sha1s, identities
+        for sql_terms, sql_params in _statements(terms, params):
+            cursor.execute(
+                f"SELECT user_id, folder, uid_validity, uid FROM {table} WHERE {sql_terms}",
+                sql_params,
+            )
+            plan.recorded.update(tuple(row) for row in cursor.fetchall())
+        terms, params = [], []
+        for user_id, (sha1s, identities) in wanted.items():
+            for column, values in (("sha1", sorted(sha1s)), ("identity", sorted(identities))):
+                for start in range(0, len(values), IN_BATCH):
+                    part = values[start : start + IN_BATCH]
+                    terms.append(f"(user_id = %s AND {column} IN ({_in(part)}))")
+                    params.append([user_id, *part])
+        for sql_terms, sql_params in _statements(terms, params):
+            cursor.execute(
+                f"SELECT user_id, sha1, identity, skipped_reason FROM {table} WHERE {sql_terms}",
+                sql_params,
+            )
+            for user_id, sha1, identity, reason in cursor.fetchall():
+                if reason in DEDUP_AGAINST:
+                    plan.sha1s.setdefault(user_id, set()).add(sha1)
+                    plan.identities.setdefault(user_id, set()).add(identity)
+    for known in (*plan.sha1s.values(), *plan.identities.values()):
+        known.discard("")
+
+
+def _statements(terms: list[str], params: list[list]):
+    """OR-ed ``terms`` in statements of at most MAX_PARAMETERS parameters each."""
+    start = 0
+    while start < len(terms):
+        end, count = start, 0
+        while end < len(terms) and (end == start or count + len(params[end]) <= MAX_PARAMETERS):
+            count += len(params[end])
+            end += 1
+        yield " OR ".join(terms[start:end]), [p for group in params[start:end] for p in group]
+        start = end
 
 
 def _log_row(plan: _Plan, user: _User, uid_validity, folder, digest: _Digest, reason: str):
@@ -391,28 +435,22 @@ def _delivery_row(plan, user: _User, uid_validity, folder, digest: _Digest, resu
 
 def _move_checkpoint(plan, user: _User, uid_validity, folder, messages, any_new: bool) -> None:
     """The primary folder's checkpoint in the user row (never backwards within one UID
-    space), or the secondary folder's FolderCheckpoint; last_email_at when mail was new."""
+    space), or the secondary folder's FolderCheckpoint; last_email_at when mail was new.
+    The user row's UPDATEs of the whole group go out in one executemany."""
     last = max(messages, key=lambda m: m.uid)
-    table = MailboxUser._meta.db_table
-    with connection.cursor() as cursor:
-        if folder == user.checkpoint_folder:
-            previous = (user.last_uid or 0) if user.uid_validity == uid_validity else 0
-            user.uid_validity, user.last_uid = uid_validity, max(last.uid, previous)
-            sets = ["uid_validity = %s", "last_uid = %s"]
-            params: list = [user.uid_validity, user.last_uid]
-            if last.internal_date:
-                sets.append("last_internal_date = %s")
-                params.append(connection.ops.adapt_datetimefield_value(last.internal_date))
-        else:
+    checkpoint: list = [None, None, None]  # uid_validity, last_uid, last_internal_date
+    if folder == user.checkpoint_folder:
+        previous = (user.last_uid or 0) if user.uid_validity == uid_validity else 0
+        user.uid_validity, user.last_uid = uid_validity, max(last.uid, previous)
+        checkpoint = [user.uid_validity, user.last_uid, None]
+        if last.internal_date:
+            checkpoint[2] = connection.ops.adapt_datetimefield_value(last.internal_date)
+    else:
+        with connection.cursor() as cursor:
             _move_folder_checkpoint(cursor, user.id, folder, uid_validity, last, plan)
-            sets, params = [], []
-        if any_new:
-            sets.append("last_email_at = %s")
-            params.append(plan.db_now)
-        if sets:
-            cursor.execute(
-                f"UPDATE {table} SET {', '.join(sets)} WHERE id = %s", [*params, user.id]
-            )
+        if not any_new:
+            return
+    plan.checkpoints.append((*checkpoint, plan.db_now if any_new else None, user.id))
 
 
 def _move_folder_checkpoint(cursor, user_id: int, folder: str, uid_validity, last, plan) -> None:

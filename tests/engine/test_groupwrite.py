@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from django.db import connection
+from django.utils import timezone
 
 from superimap.delivery.models import Delivery
 from superimap.engine import groupwrite, store
@@ -100,3 +101,30 @@ def test_a_group_that_fails_as_a_whole_is_written_job_by_job(users, caplog):  # 
     assert not MailLog.objects.filter(user=users[1]).exists()
     assert MailboxUser.objects.get(id=users[1].id).last_uid is None
     assert Delivery.objects.filter(kind="new_mail", user__in=[users[0], users[2]]).count() == 3
+
+
+def test_a_group_costs_a_fixed_number_of_statements_whatever_its_batches(mail_partner):
+    """One fence, one "already recorded" query, one dedup query, the inserts and the
+    checkpoint updates: the same few statements for 1 batch or 30 (each a network round
+    trip on PostgreSQL)."""
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.engine.conftest import loopback_connection
+
+    link = loopback_connection(mail_partner, 1)
+    group = [
+        MailboxUser.objects.create(
+            connection=link, tag=f"g{i}", owner_node="n1", connected_at=timezone.now()
+        )
+        for i in range(30)
+    ]
+
+    def statements(owners: list, uid: int) -> int:
+        with CaptureQueriesContext(db) as queries:
+            outcomes = persist_group([batch(user, uid) for user in owners])
+        assert all(outcome.new == 1 for outcome in outcomes)
+        return len(queries.captured_queries)
+
+    assert statements(group[:1], 1) == statements(group, 2)
+    assert statements(group, 3) < len(group) / 2
