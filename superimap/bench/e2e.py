@@ -254,10 +254,8 @@ def _setup_django() -> None:
 
 
 def _make_mailboxes(count: int, imap_port: int, hook_port: int, api_key: str, whsec: str):
-    from django.utils import timezone
-
-    from superimap.mailboxes.models import MailboxUser
-    from superimap.partners.models import Connection, ImapProvider, Partner
+    from superimap.partners.models import Partner
+    from superimap.testing.users import chaos_users
 
     partner = Partner.objects.create(
         name="Bench",
@@ -265,27 +263,7 @@ def _make_mailboxes(count: int, imap_port: int, hook_port: int, api_key: str, wh
         api_key=api_key,
         webhook_secret=whsec,
     )
-    connection = Connection.objects.create(
-        partner=partner,
-        provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
-        imap_host="127.0.0.1",
-        imap_port=imap_port,
-        imap_tls="none",
-    )
-    now = timezone.now()
-    MailboxUser.objects.bulk_create(
-        (
-            MailboxUser(
-                connection=connection,
-                tag=f"user{i}",
-                login_username=f"user{i}",
-                password=f"pass{i}",
-                connected_at=now,
-            )
-            for i in range(count)
-        ),
-        batch_size=2000,
-    )
+    chaos_users(partner, imap_port, count)
     from django.db import connections
 
     connections.close_all()

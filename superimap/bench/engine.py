@@ -300,38 +300,21 @@ def _setup_django(var_dir: Path, database_url: str) -> None:
 def _make_mailboxes(
     count: int, port: int, tls: bool, idle_refresh: int = 0, folders: tuple[str, ...] = ()
 ) -> None:
-    from django.utils import timezone
-
-    from superimap.mailboxes.models import MailboxUser
-    from superimap.partners.models import Connection, ImapProvider, Partner
+    from superimap.partners.models import Partner
+    from superimap.testing.users import chaos_users
 
     partner = Partner.objects.create(name="Bench", new_mail_webhook="http://127.0.0.1:9/hook")
-    connection = Connection.objects.create(
-        partner=partner,
-        provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
-        imap_host="127.0.0.1",
-        imap_port=port,
+    # Connected an hour ago, as idle mailboxes are: the engine looks again at rows changed
+    # in the last CHANGE_SLACK (30 s), which would be all of them right after the insert.
+    chaos_users(
+        partner,
+        port,
+        count,
+        idle_for=timedelta(hours=1),
         imap_tls="implicit" if tls else "none",
         idle_refresh_seconds=idle_refresh,
         folders=list(folders) if len(folders) > 1 else [],
     )
-    now = timezone.now()
-    MailboxUser.objects.bulk_create(
-        (
-            MailboxUser(
-                connection=connection,
-                tag=f"user{i}",
-                login_username=f"user{i}",
-                password=f"pass{i}",
-                connected_at=now,
-            )
-            for i in range(count)
-        ),
-        batch_size=2000,
-    )
-    # Connected an hour ago, as idle mailboxes are: the engine looks again at rows changed
-    # in the last CHANGE_SLACK (30 s), which would be all of them right after the insert.
-    MailboxUser.objects.update(updated_at=now - timedelta(hours=1))
 
 
 def _rss_kb() -> int:

@@ -110,36 +110,13 @@ def _share(nodes: int) -> None:
 
 
 def _make_users(count: int) -> None:
-    from django.utils import timezone
-
-    from superimap.mailboxes.models import MailboxUser
-    from superimap.partners.models import Connection, ImapProvider, Partner
+    from superimap.partners.models import Partner
+    from superimap.testing.users import chaos_users
 
     partner = Partner.objects.create(name="Bench", new_mail_webhook="http://127.0.0.1:9/hook")
-    connection = Connection.objects.create(
-        partner=partner,
-        provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
-        imap_host="127.0.0.1",
-        imap_port=1,
-        imap_tls="none",
-    )
-    now = timezone.now()
-    MailboxUser.objects.bulk_create(
-        (
-            MailboxUser(
-                connection=connection,
-                tag=f"user{i}",
-                login_username=f"user{i}",
-                password=f"pass{i}",
-                connected_at=now,
-            )
-            for i in range(count)
-        ),
-        batch_size=2000,
-    )
     # Connected an hour ago, as idle mailboxes are: a refresh looks again at rows changed
     # since its previous one (minus a slack), which would be all of them right after the insert.
-    MailboxUser.objects.update(updated_at=now - timedelta(hours=1))
+    chaos_users(partner, 1, count, idle_for=timedelta(hours=1))
 
 
 if __name__ == "__main__":

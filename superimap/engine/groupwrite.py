@@ -252,7 +252,7 @@ def _plan_job(
         key = (user.id, folder, uid_validity, message.uid)
         if key in plan.recorded or (user.id, "", uid_validity, message.uid) in plan.recorded:
             continue  # a row exists (a re-fetch after a crash): left alone
-        digest = plan.digests.get(key) or _digest(message)
+        digest = plan.digests[key]  # every message was digested by _prefetch
         plan.recorded.add(key)
         if digest.content is None:
             reason = message.skip or Reason.UNFETCHABLE

@@ -17,6 +17,7 @@ from superimap.engine.supervisor import Engine
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
 from superimap.testing.chaos_server import ChaosImapServer
+from superimap.testing.users import chaos_users
 
 _names = itertools.count()
 
@@ -61,38 +62,7 @@ def mailbox(mail_partner, dovecot):
 
 def loopback_users(partner: Partner, port: int, count: int) -> None:
     """`count` users of the chaos server (user{i} / pass{i}) on a loopback connection."""
-    connection = loopback_connection(partner, port)
-    MailboxUser.objects.bulk_create(
-        MailboxUser(
-            connection=connection,
-            tag=f"user{i}",
-            login_username=f"user{i}",
-            password=f"pass{i}",
-            connected_at=timezone.now(),
-        )
-        for i in range(count)
-    )
-
-
-def answer_uid_command(writer, tag: str, command: str, mail: list[bytes]) -> None:
-    """A scripted server's answer to ``UID SEARCH UID n:*`` or ``UID FETCH`` (size and date,
-    or ``BODY.PEEK[]``) over ``mail``, where message i has UID i + 1."""
-    if command.startswith("UID SEARCH"):
-        first = int(command.split()[3].split(":")[0])
-        uids = " ".join(str(u) for u in range(first, len(mail) + 1))
-        writer.write(f"* SEARCH {uids}\r\n{tag} OK done\r\n".encode())
-        return
-    for uid in uid_set(command.split()[2], len(mail)):
-        raw = mail[uid - 1]
-        if "BODY.PEEK" in command:
-            head = f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n"
-            writer.write(head.encode() + raw + b")\r\n")
-        else:
-            writer.write(
-                f"* {uid} FETCH (UID {uid} RFC822.SIZE {len(raw)} "
-                f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
-            )
-    writer.write(f"{tag} OK fetched\r\n".encode())
+    chaos_users(partner, port, count)
 
 
 class LoopbackServer(abc.ABC):
