@@ -65,6 +65,27 @@ def loopback_users(partner: Partner, port: int, count: int) -> None:
     chaos_users(partner, port, count)
 
 
+def answer_uid_command(writer, tag: str, command: str, mail: list[bytes]) -> None:
+    """A scripted server's answer to ``UID SEARCH UID n:*`` or ``UID FETCH`` (size and date,
+    or ``BODY.PEEK[]``) over ``mail``, where message i has UID i + 1."""
+    if command.startswith("UID SEARCH"):
+        first = int(command.split()[3].split(":")[0])
+        uids = " ".join(str(u) for u in range(first, len(mail) + 1))
+        writer.write(f"* SEARCH {uids}\r\n{tag} OK done\r\n".encode())
+        return
+    for uid in uid_set(command.split()[2], len(mail)):
+        raw = mail[uid - 1]
+        if "BODY.PEEK" in command:
+            head = f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n"
+            writer.write(head.encode() + raw + b")\r\n")
+        else:
+            writer.write(
+                f"* {uid} FETCH (UID {uid} RFC822.SIZE {len(raw)} "
+                f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
+            )
+    writer.write(f"{tag} OK fetched\r\n".encode())
+
+
 class LoopbackServer(abc.ABC):
     """A TCP server on 127.0.0.1 (a free port) handing each connection to serve()."""
 
