@@ -10,7 +10,8 @@ from superimap.netguard import (
     PrivateTargetRefused,
     address_is_private,
     check_host,
-    check_host_async,
+    resolve_checked,
+    resolve_checked_async,
 )
 
 PRIVATE = [
@@ -62,14 +63,21 @@ def test_it_refuses_a_host_resolving_to_loopback():
     with pytest.raises(PrivateTargetRefused):
         check_host("127.0.0.1", 80)
     with pytest.raises(PrivateTargetRefused):
-        asyncio.run(check_host_async("localhost", 443))
+        asyncio.run(resolve_checked_async("localhost", 443))
 
 
 def test_it_returns_the_addresses_of_a_public_host():
     # An IP literal resolves without any DNS server.
     assert check_host("93.184.216.34", 443) == ["93.184.216.34"]
-    assert asyncio.run(check_host_async("8.8.8.8", 80)) == ["8.8.8.8"]
+    assert asyncio.run(resolve_checked_async("8.8.8.8", 80)) == ["8.8.8.8"]
 
 
 def test_a_refusal_is_a_value_error():
     assert issubclass(PrivateTargetRefused, ValueError)
+
+
+def test_the_operators_switch_skips_the_check_but_not_the_lookup():
+    assert resolve_checked("127.0.0.1", 80, allow_private=True) == ["127.0.0.1"]
+    assert asyncio.run(resolve_checked_async("127.0.0.1", 80, allow_private=True)) == [
+        "127.0.0.1"
+    ]

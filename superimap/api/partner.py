@@ -249,5 +249,6 @@ def test_webhook(request, body: TestWebhookIn):
 
 async def _send(url: str, raw: bytes, headers: dict):
     timeout = min(float(settings.WEBHOOK_TIMEOUT), PING_TIMEOUT_SECONDS)
-    async with make_session(1, timeout) as session:
+    allow_private = settings.WEBHOOK_ALLOW_PRIVATE  # the worker's rule, checked at connect
+    async with make_session(1, timeout, allow_private=allow_private) as session:
         return await post(session, url, raw, headers)
