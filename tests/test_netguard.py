@@ -78,6 +78,4 @@ def test_a_refusal_is_a_value_error():
 
 def test_the_operators_switch_skips_the_check_but_not_the_lookup():
     assert resolve_checked("127.0.0.1", 80, allow_private=True) == ["127.0.0.1"]
-    assert asyncio.run(resolve_checked_async("127.0.0.1", 80, allow_private=True)) == [
-        "127.0.0.1"
-    ]
+    assert asyncio.run(resolve_checked_async("127.0.0.1", 80, allow_private=True)) == ["127.0.0.1"]
