@@ -61,5 +61,6 @@ def rebinding() -> Iterator[RebindingDns]:
     dns = RebindingDns()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket, "getaddrinfo", dns.getaddrinfo)
-        patch.setattr(socket.socket, "connect", dns.connect)
+        # A plain function, so that it binds to each socket as a method does.
+        patch.setattr(socket.socket, "connect", lambda sock, address: dns.connect(sock, address))
         yield dns
