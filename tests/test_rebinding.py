@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
+import json
+import re
 from urllib.parse import urlsplit
 
 import pytest
+from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.test import Client
 
@@ -24,10 +28,13 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.mailboxes.oauth import ConnectFailed, exchange_code, revoke_refresh_token
 from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Connection, ImapProvider
+from superimap.testing import free_port
 from superimap.testing.oauth_server import LoopbackOAuthServer
 from superimap.tracers.sender import TracerSender, TracerTarget
 from tests.delivery.helpers import ThreadedReceiver
+from tests.processes import Processes, query, superimap_env, wait_until
 from tests.rebinding import PUBLIC, rebinding
+from tests.test_cli import run
 from tests.test_private_hosts import Listener
 
 INTERNAL_BODY = "internal admin page: secret=hunter2"
@@ -280,3 +287,54 @@ def test_tracer_smtp_never_connects_to_an_internal_server_through_rebinding(prod
             asyncio.run(sender._send(_tracer_target(name, listener.port)))
     assert dns.lookups[name] == 2
     assert listener.accepted() == 0
+
+
+# --- a real production process ------------------------------------------------------------
+
+
+def test_a_production_web_process_never_reads_an_internal_service_through_test_webhook(
+    tmp_path, internal_http
+):
+    """`superimap web` with SUPERIMAP_ENV=production: the partner's webhook host was public
+    when saved (written straight into the row here) and now resolves to 127.0.0.1."""
+    database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    production = {
+        "SUPERIMAP_ENV": "production",
+        "ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "SECRET_KEY_BASE": "s" * 40,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "false",  # plain HTTP on 127.0.0.1 in this test
+    }
+    env = {**superimap_env(database_url, tmp_path), **production}
+    base = {"DATABASE_URL": database_url, "VAR_DIR": str(tmp_path), **production}
+    assert run(["migrate"], tmp_path, **base).returncode == 0
+    created = run(["createpartner", "--name", "Hostile app"], tmp_path, **base)
+    api_key = re.search(r"API key: (\S+)", created.stdout).group(1)
+    hook_port = urlsplit(internal_http.url).port
+    query(
+        database_url,
+        f"UPDATE partners_partner SET new_mail_webhook = 'http://localhost:{hook_port}/hook'",
+    )
+    port = free_port()
+    with Processes(tmp_path) as procs:
+        procs.start(env, "web", "--port", str(port))
+
+        def test_webhook():
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+                conn.request(
+                    "POST",
+                    "/api/v1/partner/test-webhook",
+                    body=json.dumps({"kind": "new_mail"}),
+                    headers={"X-API-Key": api_key, "Content-Type": "application/json"},
+                )
+                response = conn.getresponse()
+                return response.status, json.loads(response.read())
+            except OSError:
+                return None
+
+        status, result = wait_until(test_webhook, 30, "the production web process")
+    assert status == 200, result
+    assert result["status_code"] is None and result["response_excerpt"] == ""
+    assert result["error"].startswith(f"refused: localhost:{hook_port} resolves to a private")
+    assert internal_http.received == []
