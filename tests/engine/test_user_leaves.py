@@ -56,6 +56,26 @@ def test_it_discards_a_batch_for_an_archived_user(held_user):
     assert not Delivery.objects.filter(user=held_user).exists()
 
 
+@pytest.mark.parametrize("leave", ["disconnect", "archive"])
+def test_a_status_report_does_not_revive_a_user_that_left(held_user, leave):
+    if leave == "disconnect":
+        Client().post(make_link(held_user.id, "disconnect"))
+    else:
+        MailboxUser.objects.get(id=held_user.id).archive()
+    assert _status(held_user.id) == "stopped"
+    # The session's last report, flushed after the user left (its batch found it gone).
+    store.save_statuses({held_user.id: ("syncing", "", 0)})
+    store.save_statuses({held_user.id: ("auth_failed", "login refused", 1)})
+    user = MailboxUser.objects.get(id=held_user.id)
+    assert (user.status, user.last_error, user.consecutive_failures) == ("stopped", "", 0)
+    assert not Delivery.objects.filter(user=held_user, kind="user_error").exists()
+
+
+def test_a_status_report_is_written_for_a_connected_user(held_user):
+    store.save_statuses({held_user.id: ("syncing", "", 0)})
+    assert _status(held_user.id) == "syncing"
+
+
 def test_no_new_mail_follows_user_disconnected_while_mail_keeps_arriving(mailbox, dovecot):
     user = mailbox()
     stop_sending = threading.Event()
@@ -97,3 +117,6 @@ def test_no_new_mail_follows_user_disconnected_while_mail_keeps_arriving(mailbox
     disconnected_at = events[cut].created_at
     assert all(e.created_at <= disconnected_at for e in events[:cut])
     assert len(sent) > cut  # mail did keep arriving after the disconnect
+    # The session's last report (syncing, from the batch that found the user gone) did
+    # not overwrite what the disconnect set, neither while running nor at shutdown.
+    assert _status(user.id) == "stopped"
