@@ -84,6 +84,7 @@ def test_a_refused_first_login_sends_user_error_and_no_user_connected_until_fixe
     kinds = _kinds(user_id)
     assert kinds.count("user_connected") == 1
     assert kinds.index("user_connected") < kinds.index("new_mail")
+    assert kinds.count("user_recovered") == 1  # the user_error ended
     close_old_connections()
     error = Delivery.objects.get(user_id=user_id, kind="user_error")
     assert error.payload["status"] == "auth_failed"
