@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('mailboxes', '0010_mailboxuser_node_lease'),
+        ("mailboxes", "0010_mailboxuser_node_lease"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='mailboxuser',
-            name='connect_pending',
-            field=models.CharField(blank=True, default='', editable=False, max_length=32),
+            model_name="mailboxuser",
+            name="connect_pending",
+            field=models.CharField(blank=True, default="", editable=False, max_length=32),
         ),
     ]
