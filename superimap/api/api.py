@@ -173,11 +173,20 @@ def list_users(request, code: str, archived: bool = False):
     return [service.user_out(u) for u in users]
 
 
-@api.post("/connections/{code}/users", response={201: UserOut, **WRITE_ERRORS}, tags=["users"])
+@api.post(
+    "/connections/{code}/users",
+    response={201: UserOut, **WRITE_ERRORS, 502: ErrorOut},
+    tags=["users"],
+)
 def create_user(request, code: str, body: UserIn):
     """Create a user. tag is required and unique among the connection's active users; with
-    credentials (password or refresh token) the user is connected and user_connected sent."""
+    credentials (password or refresh token) the user is connected, and user_connected is
+    sent once the engine's first login with them succeeds (user_error if it is refused).
+    verify=true logs in during the call first: 422 imap_auth_failed (nothing saved) if the
+    server refuses the credentials, 502 if it cannot be reached."""
     connection = service.get_connection(request.auth, code)
+    if body.verify:
+        service.verify_login(connection, None, body)
     with transaction.atomic():
         user = service.create_user(connection, body)
     return Status(201, service.user_out(user))
@@ -189,11 +198,19 @@ def get_user(request, code: str, tag: str):
     return service.user_out(service.get_user(request.auth, code, tag))
 
 
-@api.put("/connections/{code}/users/{tag}", response={200: UserOut, **WRITE_ERRORS}, tags=["users"])
+@api.put(
+    "/connections/{code}/users/{tag}",
+    response={200: UserOut, **WRITE_ERRORS, 502: ErrorOut},
+    tags=["users"],
+)
 def update_user(request, code: str, tag: str, body: UserUpdate):
     """Update a user. archived=false restores an archived user, archived=true archives it;
-    setting a password or refresh token connects the user and sends user_connected."""
+    new credentials (a password or refresh token) connect the user, and user_connected is
+    sent once the engine's first login with them succeeds. verify=true logs in during the
+    call first: 422 imap_auth_failed (nothing saved), or 502 if the server cannot be reached."""
     user = service.get_user(request.auth, code, tag)
+    if body.verify:
+        service.verify_login(user.connection, user, body)
     with transaction.atomic():
         user = service.lock_user(user)
         service.update_user(user, body)
@@ -202,7 +219,7 @@ def update_user(request, code: str, tag: str, body: UserUpdate):
 
 api.patch(
     "/connections/{code}/users/{tag}",
-    response={200: UserOut, **WRITE_ERRORS},
+    response={200: UserOut, **WRITE_ERRORS, 502: ErrorOut},
     tags=["users"],
     operation_id="patch_user",
     summary="Update User (PATCH, as PUT)",

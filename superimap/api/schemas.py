@@ -211,20 +211,29 @@ class UserFields(OriginalNames):
         default=None,
         max_length=2000,
         pattern=NO_NUL,
-        description="Password users: with login_username (or email) connects the user and "
-        "sends user_connected.",
+        description="Password users: with login_username (or email) connects the user; "
+        "user_connected is sent once the engine's first login with it succeeds "
+        "(user_error auth_failed if the server refuses it).",
     )
     oauth_refresh_token: str | None = Field(
         default=None,
         max_length=4000,
         pattern=NO_NUL,
         description="OAuth users: a refresh token the partner already holds; with email it "
-        "connects the user (no connect flow) and sends user_connected.",
+        "connects the user (no connect flow); user_connected is sent once the engine's "
+        "first XOAUTH2 login with it succeeds.",
     )
     archived: bool | None = Field(
         default=None, description="true archives the user, false restores it; unset keeps it."
     )
     folders: list[str] | None = folders_field()
+    verify: bool | None = Field(
+        default=None,
+        description="Password users: true logs in with the credentials during the call, "
+        "before anything is saved: 422 imap_auth_failed if the server refuses them, 502 "
+        "imap_unavailable or imap_tls_failed if it cannot be reached or its certificate "
+        "does not verify. Not stored.",
+    )
     login_password: str | None = alias_of("password", max_length=2000, pattern=NO_NUL)
     oauth2_refresh_token: str | None = alias_of(
         "oauth_refresh_token", max_length=4000, pattern=NO_NUL

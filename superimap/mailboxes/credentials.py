@@ -15,6 +15,8 @@ from superimap.partners.models import Connection, ImapProvider
 CHECK_TIMEOUT_SECONDS = 15
 # Shown to the end user for every network failure alike (refused, closed, timed out).
 UNREACHABLE = "Cannot reach the mail server. Check its settings with the application."
+REFUSED = "The mail server refused this username and password."
+UNTRUSTED = "The mail server's TLS certificate is not trusted (see imap_tls_ca)."
 
 
 def tls_context(connection: Connection) -> ssl.SSLContext:
@@ -68,14 +70,14 @@ def check_login(connection: Connection, username: str, password: str) -> str | N
             if tls == ImapProvider.TlsMode.STARTTLS:
                 client.starttls(ssl_context=tls_context(connection))
     except ssl.SSLCertVerificationError:
-        return "The mail server's TLS certificate is not trusted (see imap_tls_ca)."
+        return UNTRUSTED
     except (OSError, PrivateTargetRefused, UnicodeError, imaplib.IMAP4.error):
         # The same words whatever happened: no hint of which hosts or ports answer.
         return UNREACHABLE
     try:
         client.login(username, password)
     except imaplib.IMAP4.error:
-        return "The mail server refused this username and password."
+        return REFUSED
     except OSError:
         return UNREACHABLE
     finally:

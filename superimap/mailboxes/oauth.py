@@ -32,8 +32,6 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from superimap import netguard
-from superimap.delivery.models import Delivery
-from superimap.delivery.outbox import enqueue_user_event
 from superimap.mailboxes.links import LINK_MAX_AGE_SECONDS, use_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
@@ -168,8 +166,8 @@ def callback(request: HttpRequest) -> HttpResponse:
         user.status = MailboxUser.Status.NEW
         user.last_error = ""
         user.consecutive_failures = 0
+        user.owe_connected()  # sent once the engine's first XOAUTH2 login succeeds
         user.save()
-        enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
     log.info("oauth connect of user %s succeeded", user.id)
     return _finish(request, user, entry["success"], "Your mailbox is connected.", ok=True)
 
