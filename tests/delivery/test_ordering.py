@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
 from superimap.delivery import outbox, queue
@@ -14,6 +15,7 @@ from superimap.delivery.models import Delivery
 from tests.delivery.helpers import make_partner, make_user
 
 LEASE = timedelta(seconds=60)
+LIFECYCLE = ["user_connected", "user_error", "user_recovered", "user_disconnected"]
 
 
 def new_mail(user, n: int = 0) -> Delivery:
@@ -30,23 +32,25 @@ def sent(receiver) -> list[tuple[str, str, int]]:
     return [(e.path, e.json["event_id"], e.reply[0]) for e in receiver.received]
 
 
-def test_user_disconnected_waits_for_an_earlier_mail_in_back_off(
-    seeded_providers, make_receiver, process, clock
+@pytest.mark.parametrize("kind", LIFECYCLE)
+def test_a_lifecycle_event_waits_for_an_earlier_mail_in_back_off(
+    seeded_providers, make_receiver, process, clock, kind
 ):
     receiver = make_receiver(responses=[(500, "down")])
-    user = make_user(make_partner(receiver.url))
+    urls = {f"{k}_webhook": f"{receiver.url}/{k}" for k in LIFECYCLE}
+    user = make_user(make_partner(receiver.url, **urls))
     mail = new_mail(user)
-    gone = disconnected(user)
+    event = outbox.enqueue(kind, user, {"sha1": "s", "user_tag": user.tag})
     clock.set(timezone.now() + timedelta(seconds=1))
 
-    assert process() == 1  # the mail fails; user_disconnected is held, not sent
+    assert process() == 1  # the mail fails; the lifecycle event is held, not sent
     assert sent(receiver) == [("/new-mail", str(mail.event_id), 500)]
     clock.set(Delivery.objects.get(id=mail.id).next_attempt_at)
-    assert process() == 2  # the retry, then user_disconnected
+    assert process() == 2  # the retry, then the lifecycle event
     assert sent(receiver) == [
         ("/new-mail", str(mail.event_id), 500),
         ("/new-mail", str(mail.event_id), 200),
-        ("/disconnected", str(gone.event_id), 200),
+        (f"/{kind}", str(event.event_id), 200),
     ]
 
 
