@@ -49,8 +49,7 @@ class Delivery(models.Model):
     # The first send plus one per retry (spec: 6); a manual retry or replay grants a round.
     max_attempts = models.PositiveIntegerField(default=attempts_per_round)
     # Real failures in this round (429s are not failures): the retry schedule's step.
-    # A database default: the engine's group write inserts rows in plain SQL.
-    failures = models.PositiveIntegerField(default=0, db_default=0)
+    failures = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(db_index=True)
     claimed_by = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)

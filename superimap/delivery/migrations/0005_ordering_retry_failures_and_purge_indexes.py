@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='delivery',
             name='failures',
-            field=models.PositiveIntegerField(db_default=0, default=0),
+            field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddIndex(
             model_name='delivery',
