@@ -1,0 +1,80 @@
+"""uvicorn's HTTP/1.1 protocol (h11) with the limits an ASGI middleware cannot set.
+
+The front door (frontdoor.py) bounds what a request may hold once its head has arrived.
+Before that, uvicorn alone holds the connection, with no limit on how many are open and no
+deadline for a request head (its keep-alive timeout starts after a response, and any byte
+received cancels it), so connections that trickle a head in, or say nothing, would stay
+forever. This protocol:
+
+- closes a connection past WEB_MAX_CONNECTIONS open ones at once, with a 503;
+- closes a connection whose request head is not complete WEB_HEADER_TIMEOUT seconds after
+  it opened or after its previous response (408);
+- caps a request head at WEB_MAX_HEADER_BYTES (h11's max_incomplete_event_size; 400 past
+  it), set in runtime.web_config.
+
+h11 is chosen explicitly: uvicorn would pick httptools when installed, which has no cap on
+header size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h11
+from django.conf import settings
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+def _raw_answer(status: str, text: str) -> bytes:
+    body = f"{text}\n".encode()
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n"
+        "x-content-type-options: nosniff\r\n\r\n"
+    ).encode() + body
+
+
+TOO_MANY_CONNECTIONS = _raw_answer("503 Service Unavailable", "Too many connections.")
+HEAD_TIMEOUT = _raw_answer("408 Request Timeout", "The request head did not arrive in time.")
+
+
+class GuardedH11Protocol(H11Protocol):
+    head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > settings.WEB_MAX_CONNECTIONS:
+            transport.write(TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        self._wait_for_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.head_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._stop_waiting()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._wait_for_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _wait_for_head(self) -> None:
+        self._stop_waiting()
+        self.head_timer = self.loop.call_later(settings.WEB_HEADER_TIMEOUT, self._head_late)
+
+    def _stop_waiting(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_late(self) -> None:
+        self.head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self.conn.our_state is h11.IDLE:
+                self.transport.write(HEAD_TIMEOUT)
+            self.transport.close()
