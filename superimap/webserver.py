@@ -9,8 +9,10 @@ forever. This protocol:
 - closes a connection past WEB_MAX_CONNECTIONS open ones at once, with a 503;
 - closes a connection whose request head is not complete WEB_HEADER_TIMEOUT seconds after
   it opened or after its previous response (408);
-- caps a request head at WEB_MAX_HEADER_BYTES (h11's max_incomplete_event_size; 400 past
-  it), set in runtime.web_config.
+- answers 431 and closes when a request head (request line and headers) passes
+  WEB_MAX_HEADER_BYTES: h11's max_incomplete_event_size (set to the same in
+  runtime.web_config) bounds only a head still incomplete, and one that arrives in a
+  single read could be as large as the read.
 
 h11 is chosen explicitly: uvicorn would pick httptools when installed, which has no cap on
 header size.
@@ -36,10 +38,15 @@ def _raw_answer(status: str, text: str) -> bytes:
 
 TOO_MANY_CONNECTIONS = _raw_answer("503 Service Unavailable", "Too many connections.")
 HEAD_TIMEOUT = _raw_answer("408 Request Timeout", "The request head did not arrive in time.")
+HEAD_TOO_LARGE = _raw_answer(
+    "431 Request Header Fields Too Large", "The request head is too large."
+)
 
 
 class GuardedH11Protocol(H11Protocol):
     head_timer: asyncio.TimerHandle | None = None
+    head_seen = 0  # bytes of the current request head so far
+    head_tail = b""  # its last 3 bytes, for an end (CR LF CR LF) split between reads
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -50,6 +57,11 @@ class GuardedH11Protocol(H11Protocol):
         self._wait_for_head()
 
     def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and not self._head_fits(data):
+            self._stop_waiting()
+            self.transport.write(HEAD_TOO_LARGE)
+            self.transport.close()
+            return
         super().data_received(data)
         if self.head_timer is not None and self.conn.their_state is not h11.IDLE:
             self._stop_waiting()
@@ -62,6 +74,18 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
         super().connection_lost(exc)
+
+    def _head_fits(self, data: bytes) -> bool:
+        window = self.head_tail + data
+        end = window.find(b"\r\n\r\n")
+        if end >= 0:
+            size = self.head_seen - len(self.head_tail) + end + 4
+            self.head_seen, self.head_tail = 0, b""
+        else:
+            self.head_seen += len(data)
+            self.head_tail = window[-3:]
+            size = self.head_seen
+        return size <= settings.WEB_MAX_HEADER_BYTES
 
     def _wait_for_head(self) -> None:
         self._stop_waiting()

@@ -155,9 +155,7 @@ async def slow_body(
             continue
         stats.opened += 1
         framing = (
-            "Transfer-Encoding: chunked"
-            if args.framing == "chunked"
-            else f"Content-Length: {BODY}"
+            "Transfer-Encoding: chunked" if args.framing == "chunked" else f"Content-Length: {BODY}"
         )
         writer.write(
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
