@@ -99,8 +99,9 @@ class Call:
         headers = [tuple(line.split(": ", 1)) for line in header_lines]
         return cls(method, path, headers=headers, body=body.encode(), query=query.encode())
 
-    def run(self):
-        asyncio.run(asyncio.wait_for(application(self.scope, self.receive, self.send), 60))
+    def run(self, app=None):
+        app = app or application
+        asyncio.run(asyncio.wait_for(app(self.scope, self.receive, self.send), 60))
         return self
 
     def json(self):
@@ -494,3 +495,60 @@ def test_django_4xx_log_lines_lose_their_traceback_and_are_rate_limited():
     server_error = logging.LogRecord("django.request", logging.ERROR, "x", 1, "boom", (), exc_info)
     server_error.status_code = 500
     assert client_errors.filter(server_error) and server_error.exc_info is exc_info
+
+
+SECURITY_HEADERS = (
+    "content-security-policy",
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+    "cross-origin-opener-policy",
+    "strict-transport-security",
+)
+
+
+@pytest.mark.parametrize(
+    "path, door_headers, door_status",
+    [
+        ("/api/v1/connections", [("x-api-key", "wrong"), ("content-length", "10")], 401),
+        ("/api/v1/connections", [("content-length", str(10**9))], 413),
+        ("/admin/login/", [("content-length", str(10**9))], 413),
+        ("/connect/any-token", [("content-length", str(10**9))], 413),
+        ("/nonexistent", [("content-length", "10")], 413),
+    ],
+)
+def test_the_doors_answers_carry_the_security_headers_of_the_apps(
+    key, settings, path, door_headers, door_status
+):
+    from django.core.handlers.asgi import ASGIHandler
+
+    from superimap.frontdoor import FrontDoor
+
+    # Production's headers (HSTS over https), and an app built with them.
+    settings.SECURE_HSTS_SECONDS = 31536000
+    settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    app = FrontDoor(ASGIHandler())
+    django_answer = Call("GET", path)
+    django_answer.scope["scheme"] = "https"
+    django_answer.run(app)
+    door_answer = Call("POST", path, headers=door_headers, body_size=10)
+    door_answer.scope["scheme"] = "https"
+    door_answer.run(app)
+    assert door_answer.status == door_status
+    assert door_answer.consumed == 0  # answered by the door
+    expected = {name: django_answer.response_headers.get(name) for name in SECURITY_HEADERS}
+    assert None not in expected.values(), expected
+    assert {name: door_answer.response_headers.get(name) for name in SECURITY_HEADERS} == expected
+
+
+def test_it_logs_a_refused_path_with_its_control_characters_escaped(
+    transactional_db, caplog, monkeypatch
+):
+    monkeypatch.setattr(frontdoor, "_refusals", frontdoor.RateLimitedLog(frontdoor.log))
+    path = "/x\r\n2026-12-06 20:00:00,000 CRITICAL superimap forged"
+    with caplog.at_level(logging.INFO):
+        call = Call("POST", path, headers=[("content-length", "5")], body_size=5).run()
+    assert call.status == 413
+    [line] = [r.getMessage() for r in caplog.records if r.name == "superimap.frontdoor"]
+    assert "\r" not in line and "\n" not in line
+    assert "/x\\r\\n2026-12-06 20:00:00,000 CRITICAL superimap forged" in line
