@@ -16,11 +16,19 @@ forever. This protocol:
 
 h11 is chosen explicitly: uvicorn would pick httptools when installed, which has no cap on
 header size.
+
+After a burst of connections (at least BURST open at once) has mostly ended, the memory
+they freed is handed back to the system (glibc's malloc_trim, at most every TRIM_EVERY
+seconds): glibc keeps freed memory for reuse, and a burst of 1,000 attacking connections
+left ~14 MiB of RSS behind it without this, ~9 MiB with it (bench.slowbody).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import time
 
 import h11
 from django.conf import settings
@@ -43,6 +51,42 @@ HEAD_TOO_LARGE = _raw_answer(
 )
 
 
+BURST = 100
+TRIM_EVERY = 10.0
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+class MemoryReturn:
+    """Calls malloc_trim once the open connections fall to a quarter of a burst's peak."""
+
+    def __init__(self) -> None:
+        self.trim = _malloc_trim()
+        self.peak = 0
+        self.last = 0.0
+        self.trims = 0
+
+    def opened(self, count: int) -> None:
+        self.peak = max(self.peak, count)
+
+    def closed(self, count: int) -> None:
+        if self.peak < BURST or count > self.peak // 4 or self.trim is None:
+            return
+        now = time.monotonic()
+        if now - self.last >= TRIM_EVERY:
+            self.last, self.peak = now, count
+            self.trims += 1
+            self.trim(0)
+
+
+memory_return = MemoryReturn()
+
+
 class GuardedH11Protocol(H11Protocol):
     head_timer: asyncio.TimerHandle | None = None
     head_seen = 0  # bytes of the current request head so far
@@ -54,6 +98,7 @@ class GuardedH11Protocol(H11Protocol):
             transport.write(TOO_MANY_CONNECTIONS)
             transport.close()
             return
+        memory_return.opened(len(self.connections))
         self._wait_for_head()
 
     def data_received(self, data: bytes) -> None:
@@ -74,6 +119,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
         super().connection_lost(exc)
+        memory_return.closed(len(self.connections))
 
     def _head_fits(self, data: bytes) -> bool:
         window = self.head_tail + data
