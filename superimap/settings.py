@@ -353,6 +353,9 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django's own handlers (a console one under DEBUG, mail_admins) would write its
+        # records a second time, unescaped: they go to the root handler only.
+        "django": {"handlers": [], "level": "INFO"},
         "django.db.backends": {"level": "WARNING"},
         "axes": {"level": "WARNING"},
         "uvicorn.access": {"level": "WARNING"},

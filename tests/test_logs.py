@@ -55,3 +55,16 @@ def test_the_configured_handlers_use_these_formatters():
 
     assert settings.LOGGING["formatters"]["text"]["()"] == "superimap.logs.TextFormatter"
     assert settings.LOGGING["formatters"]["json"]["()"] == "superimap.logs.JsonFormatter"
+
+
+def test_every_handler_a_request_record_reaches_escapes_it():
+    import superimap.asgi  # noqa: F401 - logging as the web process configures it
+
+    formatters = []
+    for name in ("django.request", "django.security.csrf", "superimap.frontdoor", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        while logger is not None:
+            formatters += [handler.formatter for handler in logger.handlers]
+            logger = logger.parent if logger.propagate else None
+    assert formatters
+    assert all(isinstance(f, TextFormatter | JsonFormatter) for f in formatters), formatters
