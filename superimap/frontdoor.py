@@ -203,7 +203,7 @@ class FrontDoor:
             return settings.ANONYMOUS_BODY_LIMIT
         return 0
 
-    async def allowance(self, scope, headers: dict[bytes, bytes], length: int | None) -> Allowance:
+    async def allowance(self, scope, headers: dict[bytes, bytes]) -> Allowance:
         """What this caller may send; raises Refused (a wrong key) before any byte is read."""
         path = scope.get("path", "")
         anonymous = Allowance(min(settings.ANONYMOUS_BODY_LIMIT, self.ceiling(path)), True)
@@ -255,7 +255,7 @@ class FrontDoor:
             ceiling = self.ceiling(scope.get("path", ""))
             if length is not None and length > ceiling:
                 raise _too_large(ceiling)
-            allowance = await self.allowance(scope, headers, length)
+            allowance = await self.allowance(scope, headers)
             if length is not None and length > allowance.limit:
                 raise allowance.past_limit()
             chunks = await self.read_body(receive, allowance, held)
