@@ -172,10 +172,11 @@ def cmd_createpartner(args) -> None:
         if args.webhook and not args.webhook.lower().startswith(("http://", "https://")):
             raise ValidationError({"webhook": ["Enter an http:// or https:// URL."]})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_option(field)}: {' '.join(dict.fromkeys(errors))}"
-            for field, errors in sorted(exc.message_dict.items())
-        )
+        # One line; the five webhook fields share --webhook: say each problem once.
+        by_option: dict[str, dict[str, None]] = {}
+        for field, errors in sorted(exc.message_dict.items()):
+            by_option.setdefault(_option(field), {}).update(dict.fromkeys(errors))
+        problems = "; ".join(f"{option}: {' '.join(e)}" for option, e in by_option.items())
         print(f"superimap: {problems}", file=sys.stderr)
         raise SystemExit(2) from None
     partner.save()

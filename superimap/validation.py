@@ -131,11 +131,11 @@ def url_host_problem(url: str) -> str | None:
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
-        return "must be an http(s) URL with a host name (and a valid port)"
+        return "The URL must be an http(s) URL with a host name (and a valid port)"
     if not host:
-        return "must be an http(s) URL with a host name"
+        return "The URL must be an http(s) URL with a host name"
     if problem := host_problem(host):
-        return f"its host {problem}"
+        return f"The URL's host {problem}"
     return None
 
 
@@ -143,9 +143,3 @@ def validate_host_name(value: str) -> None:
     """Django validator (model fields, admin forms) for host_problem()."""
     if value and (problem := host_problem(value)):
         raise ValidationError(f"The host {problem}.", code="invalid_host")
-
-
-def validate_url_host(value: str) -> None:
-    """Django validator for URL fields: the URL's host follows host_problem()."""
-    if value and (problem := url_host_problem(value)):
-        raise ValidationError(f"The URL {problem}.", code="invalid_host")

@@ -301,7 +301,7 @@ class Partner(models.Model):
             if not url:
                 continue
             if problem := url_host_problem(url):
-                problems[field] = f"The URL {problem}."
+                problems[field] = f"{problem}."
             elif field.endswith("_webhook"):
                 try:
                     check_webhook_url(url)

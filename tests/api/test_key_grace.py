@@ -109,9 +109,7 @@ def admin(django_user_model, settings) -> Client:
 
 
 def _run_action(admin: Client, action: str, partner: Partner) -> None:
-    r = admin.post(
-        "/admin/partners/partner/", {"action": action, "_selected_action": [partner.id]}
-    )
+    r = admin.post("/admin/partners/partner/", {"action": action, "_selected_action": [partner.id]})
     assert r.status_code == 302, r.content
 
 

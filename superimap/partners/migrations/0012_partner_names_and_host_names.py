@@ -14,12 +14,14 @@ NAME_MAX = 200
 
 def rename_duplicate_names(apps, schema_editor):
     Partner = apps.get_model("partners", "Partner")
-    taken: set[str] = set()
-    renamed = []
-    for partner in Partner.objects.order_by("created_at", "id").only("id", "name"):
+    partners = list(Partner.objects.order_by("created_at", "id").only("id", "name"))
+    # Every name in use stays taken, so a renamed partner never takes another's name.
+    taken = {partner.name.lower() for partner in partners}
+    kept: set[str] = set()
+    for partner in partners:
         key = partner.name.lower()
-        if key not in taken:
-            taken.add(key)
+        if key not in kept:
+            kept.add(key)  # the oldest partner of each name keeps it
             continue
         number = 2
         while True:
@@ -29,9 +31,8 @@ def rename_duplicate_names(apps, schema_editor):
                 break
             number += 1
         taken.add(name.lower())
-        renamed.append((partner.id, name))
-    for partner_id, name in renamed:
-        Partner.objects.filter(id=partner_id).update(name=name)
+        kept.add(name.lower())
+        Partner.objects.filter(id=partner.id).update(name=name)
 
 
 class Migration(migrations.Migration):
