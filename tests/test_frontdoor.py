@@ -180,10 +180,6 @@ def test_it_accepts_the_key_as_a_parameter_too(key):
     assert call.status == 201, call.response
 
 
-def _connection_body() -> bytes:
-    return json.dumps({"imap_provider_code": "PLAIN", "imap_host": "imap.example.com"}).encode()
-
-
 def _plain_connection(key: str) -> None:
     Connection.objects.create(
         partner=Partner.for_api_key(key),
