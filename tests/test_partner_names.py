@@ -4,7 +4,10 @@ and the database (migration 0012 renames existing duplicates first)."""
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
+import psycopg
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
@@ -13,6 +16,7 @@ from django.test import Client
 from superimap import cli
 from superimap.partners.models import Partner
 from tests.api.helpers import assert_error
+from tests.processes import ROOT, superimap_env
 
 MIGRATION = "0012_partner_names_and_host_names"
 
@@ -84,3 +88,39 @@ def test_the_migrations_renaming_step_leaves_distinct_names_alone(db):
 
     module.rename_duplicate_names(apps, None)
     assert sorted(Partner.objects.values_list("name", flat=True)) == ["One", "Two"]
+
+
+MIGRATE_WITH_DUPLICATES = """
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+executor = MigrationExecutor(connection)
+executor.migrate([("partners", "0011_connection_folders")])
+Old = executor.loader.project_state([("partners", "0011_connection_folders")]).apps.get_model(
+    "partners", "Partner"
+)
+for name in ["Acme", "ACME", "acme", "Acme (2)", "Other"]:
+    Old.objects.create(name=name, api_key_hash="h-" + name, api_key="", webhook_secret="")
+executor.loader.build_graph()
+executor.migrate(executor.loader.graph.leaf_nodes())
+from superimap.partners.models import Partner
+print(list(Partner.objects.order_by("id").values_list("name", flat=True)))
+"""
+
+
+def test_the_migration_renames_duplicates_on_postgresql_too(postgres_url, tmp_path):
+    env = superimap_env(postgres_url, tmp_path / "var")
+    done = subprocess.run(
+        [sys.executable, "-m", "superimap.cli", "manage", "shell", "-c", MIGRATE_WITH_DUPLICATES],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last == str(["Acme", "ACME (3)", "acme (4)", "Acme (2)", "Other"])
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            db.execute("UPDATE partners_partner SET name = 'OTHER' WHERE name = 'Acme'")
