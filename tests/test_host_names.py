@@ -108,6 +108,7 @@ def test_the_dashboards_connection_form_shows_the_host_rule(partner, django_user
     assert r.status_code == 200  # the form again, with the error
     errors = r.context["adminform"].form.errors
     assert "imap_host" in errors and "host name" in str(errors["imap_host"])
+    assert len(errors["imap_host"]) == 1  # said once
     assert not Connection.objects.exists()
 
 

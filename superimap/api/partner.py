@@ -168,7 +168,7 @@ def _while_valid(until: datetime | None) -> datetime | None:
     return until if until and until > timezone.now() else None
 
 
-def partner_out(partner: Partner, warnings: list[str] | None = None) -> dict:
+def partner_out(partner: Partner) -> dict:
     return {
         "name": partner.name,
         **{f"{kind}_webhook": partner.webhook_url(kind) for kind in Partner.WEBHOOK_KINDS},
@@ -180,7 +180,7 @@ def partner_out(partner: Partner, warnings: list[str] | None = None) -> dict:
         "effective_redirect_hosts": sorted(partner.redirect_hosts()),
         "previous_api_key_valid_until": _while_valid(partner.previous_api_key_until),
         "previous_webhook_secret_valid_until": _while_valid(partner.previous_webhook_secret_until),
-        "warnings": partner.stale_url_warnings() if warnings is None else warnings,
+        "warnings": partner.stale_url_warnings(),
     }
 
 

@@ -311,8 +311,10 @@ class Partner(models.Model):
 
     def changed_url_fields(self) -> list[str]:
         """The URL fields whose value differs from the saved row (all of them if new)."""
-        saved = type(self).objects.filter(pk=self.pk).values(*URL_FIELDS).first() or {}
-        return [f for f in URL_FIELDS if not saved or saved[f] != getattr(self, f)]
+        saved = None
+        if self.pk is not None:
+            saved = type(self).objects.filter(pk=self.pk).values(*URL_FIELDS).first()
+        return [f for f in URL_FIELDS if saved is None or saved[f] != getattr(self, f)]
 
     def clean(self, given: tuple[str, ...] = ()) -> None:
         """Checks the URLs being changed or ``given`` (the API's body); a URL saved earlier
@@ -321,7 +323,8 @@ class Partner(models.Model):
         reports it (stale_url_warnings())."""
         from django.core.exceptions import ValidationError
 
-        fields = [f for f in URL_FIELDS if f in given or f in self.changed_url_fields()]
+        changed = self.changed_url_fields()
+        fields = [f for f in URL_FIELDS if f in given or f in changed]
         errors = self.url_problems(fields)
         for host in self.allowed_redirect_hosts.split(","):
             if host.strip() and (problem := host_problem(host.strip())):
@@ -437,19 +440,10 @@ class Connection(TrackedFields, models.Model):
         if self.imap_tls_ca and (problem := ca_bundle_problem(self.imap_tls_ca)):
             raise ValidationError({"imap_tls_ca": f"The CA bundle {problem}."})
         if self.provider_id:
-            problems = {**self.host_problems(), **self.tls_problems()}
-            problems = problems or self.private_host_problems()
+            # Host names themselves: the fields' validate_host_name (clean_fields).
+            problems = self.tls_problems() or self.private_host_problems()
             if problems:
                 raise ValidationError(problems)
-
-    def host_problems(self) -> dict[str, str]:
-        """{field: why} for an imap_host or smtp_host that is no host name."""
-        problems = {}
-        for field in ("imap_host", "smtp_host"):
-            value = getattr(self, field)
-            if value and (problem := host_problem(value)):
-                problems[field] = f"{field} {problem}."
-        return problems
 
     def tls_problems(self) -> dict[str, str]:
         """{field: why} for a connection without TLS that was not opted into: IMAP without
