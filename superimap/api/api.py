@@ -14,6 +14,7 @@ from ninja.security import APIKeyHeader, APIKeyQuery
 
 from superimap.api import messages, service
 from superimap.api.errors import ApiError, error_response
+from superimap.api.partner import refuse_key_in_grace
 from superimap.api.partner import router as partner_router
 from superimap.api.schemas import (
     ConnectionIn,
@@ -77,6 +78,8 @@ api = SuperImapApi(
 
 ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
 WRITE_ERRORS = {**ERRORS, 409: ErrorOut}
+# Connection writes change settings (servers, OAuth client secrets): 403 key_in_grace.
+SETTINGS_WRITE_ERRORS = {**WRITE_ERRORS, 403: ErrorOut}
 
 
 @api.exception_handler(ApiError)
@@ -126,9 +129,12 @@ def list_connections(request):
     return [service.connection_out(c) for c in connections]
 
 
-@api.post("/connections", response={201: ConnectionOut, **WRITE_ERRORS}, tags=["connections"])
+@api.post(
+    "/connections", response={201: ConnectionOut, **SETTINGS_WRITE_ERRORS}, tags=["connections"]
+)
 def create_connection(request, body: ConnectionIn):
     """Create a connection. imap_provider_code is required; other fields depend on the provider."""
+    refuse_key_in_grace(request)
     connection = service.create_connection(request.auth, body)
     return Status(201, service.connection_out(connection))
 
@@ -138,8 +144,13 @@ def get_connection(request, code: str):
     return service.connection_out(service.get_connection(request.auth, code))
 
 
-@api.put("/connections/{code}", response={200: ConnectionOut, **WRITE_ERRORS}, tags=["connections"])
+@api.put(
+    "/connections/{code}",
+    response={200: ConnectionOut, **SETTINGS_WRITE_ERRORS},
+    tags=["connections"],
+)
 def update_connection(request, code: str, body: ConnectionUpdate):
+    refuse_key_in_grace(request)
     connection = service.get_connection(request.auth, code)
     service.update_connection(connection, body)
     return service.connection_out(connection)
@@ -148,16 +159,19 @@ def update_connection(request, code: str, body: ConnectionUpdate):
 # Rails routes `resources` sent PATCH to update as well as PUT.
 api.patch(
     "/connections/{code}",
-    response={200: ConnectionOut, **WRITE_ERRORS},
+    response={200: ConnectionOut, **SETTINGS_WRITE_ERRORS},
     tags=["connections"],
     operation_id="patch_connection",
     summary="Update Connection (PATCH, as PUT)",
 )(update_connection)
 
 
-@api.delete("/connections/{code}", response={204: None, **ERRORS}, tags=["connections"])
+@api.delete(
+    "/connections/{code}", response={204: None, 403: ErrorOut, **ERRORS}, tags=["connections"]
+)
 def delete_connection(request, code: str):
-    """Delete a connection and all its users' data."""
+    """Delete a connection and all its users' data. 403 key_in_grace with a rotated key."""
+    refuse_key_in_grace(request)
     service.get_connection(request.auth, code).delete()
     return Status(204, None)
 

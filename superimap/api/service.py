@@ -125,21 +125,9 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
             raise ApiError(422, "missing_field", f"imap_host is required for {provider.code}.")
         for message in connection.private_host_problems().values():
             raise ApiError(422, "private_host", message)
-        if (
-            connection.imap_tls == ImapProvider.TlsMode.NONE
-            and not provider.loopback_only
-            and not connection.imap_allow_plaintext
-        ):
-            raise ApiError(
-                422,
-                "invalid_field",
-                "imap_tls 'none' sends the password and mail unencrypted; "
-                "set imap_allow_plaintext to true to allow it.",
-            )
-        if connection.smtp_tls == ImapProvider.TlsMode.NONE and not provider.loopback_only:
-            raise ApiError(
-                422, "invalid_field", "smtp_tls 'none' is only allowed for loopback test providers."
-            )
+        # The rules the dashboard applies too (Connection.clean), in one place.
+        for message in connection.tls_problems().values():
+            raise ApiError(422, "invalid_field", message)
 
 
 def _check_ca_bundle(pem: str) -> None:
