@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the integration tests run for real: Dovecot (IMAP server)
-# and PostgreSQL (multi-process tests). Does nothing when they are there already.
+# Installs the Debian packages the integration tests run for real: Dovecot (IMAP server),
+# PostgreSQL (multi-process tests) and Chromium with its driver (pages looked at in a real
+# browser, tests/browser.py). Does nothing when they are there already.
 set -euo pipefail
 need=()
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd dovecot-lmtpd)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
