@@ -17,7 +17,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from superimap.dbpool import DbPool
-from superimap.delivery import health, queue
+from superimap.delivery import health, heartbeat, queue
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
 from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
@@ -74,6 +74,14 @@ class Worker:
         self.counts: dict[str, int] = {}
         self.allow_private = settings.WEBHOOK_ALLOW_PRIVATE
         self.purger = Purger()
+        # Liveness (delivery/heartbeat.py): when the last heartbeat that got through was
+        # sent (monotonic), and a number bumped when this worker learns it was found dead,
+        # so claims taken before that are not sent (another worker has them now).
+        self.alive = timedelta(seconds=settings.WEBHOOK_WORKER_ALIVE_SECONDS)
+        self.started_at = timezone.now()
+        self._beat_at: float | None = None
+        self._epoch = 0
+        self._unsent: list[int] = []
 
     def wake(self) -> None:
         """New deliveries were just committed: look now instead of at the next poll."""
@@ -89,6 +97,7 @@ class Worker:
         session = self._session()
         flusher = asyncio.create_task(self._flush_loop(stop))
         housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
+        heart = asyncio.create_task(self._heartbeat_loop(stop))
         tasks: set[asyncio.Task] = set()
         try:
             while not stop.is_set():
@@ -110,7 +119,7 @@ class Worker:
                     continue
                 for item in claimed:
                     self._inflight += 1
-                    task = asyncio.create_task(self._send(session, item))
+                    task = asyncio.create_task(self._send(session, item, self._epoch))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if not claimed:
@@ -124,7 +133,9 @@ class Worker:
             stop.set()
             await flusher
             await housekeeper
+            await heart
             released = await self.pool.run(queue.release_claims, self.node_id)
+            await self.pool.run(heartbeat.leave, self.node_id)
             log.info(
                 "worker %s stopped: sent=%d released=%d %s",
                 self.node_id,
@@ -221,8 +232,55 @@ class Worker:
             )
         return queue.Outcome(claimed, result, started_at)
 
-    async def _send(self, session, claimed: queue.Claimed) -> None:
+    def claims_valid(self) -> bool:
+        """Whether this worker's claims are still its own: its heartbeat got through
+        recently enough that no other worker can have found it dead."""
+        if self._beat_at is None:
+            return True  # no heartbeat row yet: nobody releases these claims early
+        limit = self.alive.total_seconds() - heartbeat.HEARTBEAT_EVERY
+        return time.monotonic() - self._beat_at < limit
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            sent_at = time.monotonic()
+            try:
+                beat = await self.pool.run(
+                    heartbeat.beat, self.node_id, self.clock(), self.alive, self.started_at
+                )
+            except Exception:  # noqa: BLE001 - logged once per outage by the pool's caller
+                log.warning("worker %s: heartbeat failed", self.node_id, exc_info=True)
+            else:
+                self._beat_at = sent_at
+                if beat.lapsed:
+                    self._epoch += 1
+                    self._unsent = []
+                    log.warning(
+                        "worker %s was found dead (no heartbeat for %ss): its claims went to "
+                        "other workers",
+                        self.node_id,
+                        settings.WEBHOOK_WORKER_ALIVE_SECONDS,
+                    )
+                elif self._unsent:
+                    unsent, self._unsent = self._unsent, []
+                    await self.pool.run(queue.release_claims, self.node_id, unsent)
+                if beat.released:
+                    log.warning(
+                        "worker %s: workers %s stopped sending heartbeats; their claimed "
+                        "deliveries are due again",
+                        self.node_id,
+                        ", ".join(beat.released),
+                    )
+                    self.wake()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), heartbeat.HEARTBEAT_EVERY)
+
+    async def _send(self, session, claimed: queue.Claimed, epoch: int = 0) -> None:
         try:
+            if epoch != self._epoch or not self.claims_valid():
+                # Found dead, or may be by now: another worker sends it. Not sent here.
+                if epoch == self._epoch:
+                    self._unsent.append(claimed.id)
+                return
             outcome = await self._attempt(session, claimed)
             self._outcomes.append(outcome)
             self._have_outcomes.set()
