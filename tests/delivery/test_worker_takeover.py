@@ -61,10 +61,12 @@ def test_a_killed_workers_claims_are_sent_by_the_live_worker_in_seconds(
         run(*shell, PHASE="deliveries")
         doomed_id = f"{socket.gethostname()}:{doomed.pid}"
         wait_until(
-            lambda: rows(
-                f"SELECT count(*) FROM delivery_delivery WHERE claimed_by = '{doomed_id}'"
-            )[0][0]
-            >= 10,
+            lambda: (
+                rows(f"SELECT count(*) FROM delivery_delivery WHERE claimed_by = '{doomed_id}'")[0][
+                    0
+                ]
+                >= 10
+            ),
             30,
             "the first worker to be mid-batch",
         )
@@ -94,8 +96,10 @@ def test_a_killed_workers_claims_are_sent_by_the_live_worker_in_seconds(
         wait_until(orphans_sent, 40, "the dead worker's claims to be delivered")
         takeover = time.monotonic() - killed_at
         wait_until(
-            lambda: rows("SELECT count(*) FROM delivery_delivery WHERE status = 'delivered'")[0][0]
-            == COUNT,
+            lambda: (
+                rows("SELECT count(*) FROM delivery_delivery WHERE status = 'delivered'")[0][0]
+                == COUNT
+            ),
             40,
             "every delivery",
         )
