@@ -45,9 +45,14 @@ MAIL_SKIPPED = Counter(
     ["reason"],
     registry=None,
 )
+NODES_TAKEN_OVER = Counter(
+    "superimap_engine_nodes_taken_over",
+    "Dead engine nodes (lease over, or process gone) whose mailboxes this engine freed",
+    registry=None,
+)
 DB_QUEUE = Gauge("superimap_db_queue_length", "Calls waiting for a database thread", registry=None)
 DB_QUEUE.set_function(queued_total)
-ENGINE_METRICS = (EMAILS_PROCESSED, MAILBOX_SESSIONS, MAIL_SKIPPED)
+ENGINE_METRICS = (EMAILS_PROCESSED, MAILBOX_SESSIONS, MAIL_SKIPPED, NODES_TAKEN_OVER)
 WORKER_METRICS = (WEBHOOK_ATTEMPTS,)
 _exposed: set[int] = set()
 

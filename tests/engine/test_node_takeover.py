@@ -1,0 +1,90 @@
+"""kill -9 one of two engine nodes (issue 16 item 5): the survivor watches the dead node's
+mailboxes again (IDLE on the chaos server) within 10 s, with the default 60 s lease and
+5 s refresh: the dead process's name lock is free (a lock file on SQLite, an advisory lock
+on PostgreSQL), so it need not wait out the lease. No mailbox ever has two sessions, and
+mail that arrives after the takeover is recorded once. Real processes, both databases."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from tests.engine.conftest import ServerThread
+from tests.engine.test_postgres_failover import SessionSampler
+from tests.processes import CHAOS_USERS_SCRIPT, Processes, query, run_cli, superimap_env, wait_until
+
+USERS = 20
+TAKEOVER_LIMIT = 10.0
+
+
+def idling(server) -> set[str]:
+    """Users with a live session in IDLE (called on the chaos server's loop)."""
+    return {
+        user
+        for user, sessions in server.sessions_by_user.items()
+        if any(s.idle_tag is not None and not s.closed for s in sessions)
+    }
+
+
+def test_a_killed_nodes_mailboxes_are_watched_by_the_survivor_in_seconds(database_url, tmp_path):
+    with ServerThread(USERS) as chaos, Processes(tmp_path) as procs:
+        server = chaos.server
+        env = superimap_env(database_url, tmp_path / "var", ALLOW_LOOPBACK_IMAP="true")
+        run_cli(env, "migrate")
+        run_cli(
+            {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)},
+            "manage",
+            "shell",
+            "-c",
+            CHAOS_USERS_SCRIPT,
+        )
+
+        def owners() -> dict[str, str]:
+            rows = query(database_url, "SELECT tag, owner_node FROM mailboxes_mailboxuser")
+            return dict(rows)
+
+        def all_idle() -> bool:
+            return len(chaos.call(lambda: idling(server))) == USERS
+
+        with SessionSampler(chaos) as sampler:
+            doomed = procs.start({**env, "ENGINE_NODE_NAME": "node-a"}, "imap-client")
+            wait_until(lambda: set(owners().values()) == {"node-a"}, 30, "node-a to claim all")
+            survivor = procs.start({**env, "ENGINE_NODE_NAME": "node-b"}, "imap-client")
+            wait_until(
+                lambda: set(owners().values()) == {"node-a", "node-b"} and all_idle(),
+                60,
+                "both nodes to share the mailboxes, every one in IDLE",
+            )
+            moving = {tag for tag, node in owners().items() if node == "node-a"}
+
+            doomed.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            assert doomed.wait(10) == -signal.SIGKILL
+            wait_until(
+                lambda: set(owners().values()) == {"node-b"} and all_idle(),
+                70,
+                "the survivor to watch every mailbox",
+            )
+            takeover = time.monotonic() - killed_at
+
+            for i in range(USERS):
+                chaos.call(server.generate_message, f"user{i}")
+            wait_until(
+                lambda: (
+                    query(database_url, "SELECT count(*) FROM delivery_delivery")[0][0] >= USERS
+                ),
+                30,
+                "the new mail recorded",
+            )
+            time.sleep(1.0)  # anything recorded twice would show now
+            most_sessions = sampler.most
+        messages = [m for (m,) in query(database_url, "SELECT message_id FROM delivery_delivery")]
+        output = procs.stop(survivor)
+
+    print(f"takeover of {len(moving)} mailboxes: {takeover:.2f} s")
+    assert survivor.returncode == 0, output
+    assert 0 < len(moving) < USERS
+    assert takeover < TAKEOVER_LIMIT, f"the survivor took {takeover:.1f} s"
+    assert "engine node node-a is dead" in output
+    assert most_sessions == 1, "a mailbox was watched by two sessions at once"
+    assert len(messages) == len(set(messages)) == USERS
