@@ -38,8 +38,11 @@ class Beat:
     """This worker had been found dead (a long pause): its claims were released."""
 
 
-def beat(worker_id: str, now: datetime, alive: timedelta, started_at: datetime) -> Beat:
-    """Renew this worker's heartbeat; release the claims of workers dead for ``alive``."""
+def beat(
+    worker_id: str, now: datetime, alive: timedelta, started_at: datetime, judge: bool = True
+) -> Beat:
+    """Renew this worker's heartbeat; with ``judge``, release the claims of workers dead for
+    ``alive`` (a worker that was itself cut off from the database does not judge yet)."""
     with transaction.atomic():
         mine = WorkerNode.objects.filter(worker_id=worker_id)
         lapsed = False
@@ -54,6 +57,8 @@ def beat(worker_id: str, now: datetime, alive: timedelta, started_at: datetime) 
                     started_at=started_at,
                     last_seen=now,
                 )
+        if not judge:
+            return Beat([], lapsed)
         cutoff = now - alive
         dead = list(
             WorkerNode.objects.filter(last_seen__lt=cutoff, released_at__isnull=True)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from superimap import dboutage
 from superimap.dbpool import DbPool
 from superimap.delivery import health, heartbeat, queue
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
@@ -36,6 +37,7 @@ REPLAY_INTERVAL = 1.0
 PURGE_INTERVAL = 5.0
 PURGE_MAX_BATCHES = 20
 PURGE_PAUSE = 0.05
+OUTAGE_RETRY_SECONDS = 1.0
 
 
 class Worker:
@@ -80,6 +82,7 @@ class Worker:
         self.alive = timedelta(seconds=settings.WEBHOOK_WORKER_ALIVE_SECONDS)
         self.started_at = timezone.now()
         self._beat_at: float | None = None
+        self._beating_since: float | None = None  # first beat of the current unbroken run
         self._epoch = 0
         self._unsent: list[int] = []
 
@@ -111,9 +114,10 @@ class Worker:
                     continue
                 try:
                     claimed = await self._claim(free)
-                except Exception:
+                except Exception as exc:
                     # A database hiccup must not end the worker (and the process with it).
-                    log.exception("worker %s could not claim deliveries", self.node_id)
+                    if not dboutage.lost(exc):
+                        log.exception("worker %s could not claim deliveries", self.node_id)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), CLAIM_ERROR_PAUSE)
                     continue
@@ -189,8 +193,9 @@ class Worker:
             purge = started - last_purge >= PURGE_INTERVAL
             try:
                 await self.housekeep(purge=purge)
-            except Exception:
-                log.exception("worker %s housekeeping failed", self.node_id)
+            except Exception as exc:
+                if not dboutage.lost(exc):
+                    log.exception("worker %s housekeeping failed", self.node_id)
             if purge:
                 last_purge = started
             with contextlib.suppress(TimeoutError):
@@ -243,14 +248,25 @@ class Worker:
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             sent_at = time.monotonic()
+            # Others are judged only after this worker's own beats went through for a full
+            # WEBHOOK_WORKER_ALIVE_SECONDS: after a database outage every row is stale, and
+            # the others need a beat to show they are alive.
+            judge = (
+                self._beating_since is not None
+                and sent_at - self._beating_since >= self.alive.total_seconds()
+            )
             try:
                 beat = await self.pool.run(
-                    heartbeat.beat, self.node_id, self.clock(), self.alive, self.started_at
+                    heartbeat.beat, self.node_id, self.clock(), self.alive, self.started_at, judge
                 )
-            except Exception:  # noqa: BLE001 - logged once per outage by the pool's caller
-                log.warning("worker %s: heartbeat failed", self.node_id, exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                self._beating_since = None
+                if not dboutage.lost(exc):
+                    log.warning("worker %s: heartbeat failed", self.node_id, exc_info=True)
             else:
                 self._beat_at = sent_at
+                if self._beating_since is None:
+                    self._beating_since = sent_at
                 if beat.lapsed:
                     self._epoch += 1
                     self._unsent = []
@@ -304,7 +320,13 @@ class Worker:
             batch, self._outcomes = self._outcomes, []
             try:
                 await self._record(batch)
-            except Exception:
+            except Exception as exc:
+                if dboutage.lost(exc) and not stop.is_set():
+                    # Kept and recorded once the database is back: these were sent, and
+                    # sending them again after their lease would double them.
+                    self._outcomes = batch + self._outcomes
+                    await asyncio.sleep(OUTAGE_RETRY_SECONDS)
+                    continue
                 log.exception(
                     "worker %s could not record %d outcomes; their leases will expire",
                     self.node_id,

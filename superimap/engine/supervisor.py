@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from superimap import dboutage
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.gcfreeze import GcFreezer
@@ -141,8 +142,9 @@ class Engine:
                 await self._check_lock()
                 try:
                     await self.refresh()
-                except Exception:  # noqa: BLE001 - the database may be briefly unavailable
-                    log.exception("engine %s: refresh failed; retrying", self.node_id)
+                except Exception as exc:  # noqa: BLE001 - the database may be briefly away
+                    if not dboutage.lost(exc):
+                        log.exception("engine %s: refresh failed; retrying", self.node_id)
                 if time.monotonic() - last_metrics >= METRICS_EVERY:
                     self.log_metrics()
                     last_metrics = time.monotonic()
@@ -309,8 +311,9 @@ class Engine:
         try:
             await self.flush_statuses()
             await self.pool.run(leases.remove_node, self.node_id)
-        except Exception:  # noqa: BLE001 - leases expire by themselves
-            log.exception("engine %s: could not release leases", self.node_id)
+        except Exception as exc:  # noqa: BLE001 - leases expire by themselves
+            if not dboutage.lost(exc):
+                log.exception("engine %s: could not release leases", self.node_id)
         log.info("engine %s stopped: %d emails processed", self.node_id, self.emails_processed)
 
     def log_metrics(self) -> None:
