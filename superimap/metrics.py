@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Min, Sum
+from django.db.models import Count, Max, Min, Sum
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
@@ -141,6 +141,52 @@ class DatabaseCollector:
             "Mailbox sessions of all live engine nodes (their last heartbeat)",
             value=alive["sessions"] or 0,
         )
+        yield from _liveness(now)
+
+
+def _liveness(now):
+    """Heartbeat ages and what a dead part leaves behind (superimap/healthz.py)."""
+    from superimap import healthz
+    from superimap.delivery.models import WorkerNode
+    from superimap.engine.leases import watchable
+    from superimap.engine.models import EngineNode
+    from superimap.mailboxes.models import MailboxUser
+
+    engines = GaugeMetricFamily(
+        "superimap_engine_node_heartbeat_age_seconds",
+        "Seconds since each engine node's last heartbeat (a dead node's row goes when "
+        "another node takes its mailboxes over)",
+        labels=["node"],
+    )
+    for node, last_seen in EngineNode.objects.values_list("node_id", "last_seen"):
+        engines.add_metric([node], (now - last_seen).total_seconds())
+    yield engines
+    workers = GaugeMetricFamily(
+        "superimap_worker_heartbeat_age_seconds",
+        "Seconds since the last heartbeat of the freshest webhook worker of each host",
+        labels=["host"],
+    )
+    for host, last_seen in (
+        WorkerNode.objects.order_by().values_list("host").annotate(last=Max("last_seen"))
+    ):
+        workers.add_metric([host], (now - last_seen).total_seconds())
+    yield workers
+    yield GaugeMetricFamily(
+        "superimap_oldest_due_delivery_seconds",
+        "Seconds the oldest due, unsent webhook delivery has waited past its due time",
+        value=healthz.oldest_due_age(now),
+    )
+    live = healthz.live_engine_nodes(now)
+    unwatched = (
+        MailboxUser.objects.filter(watchable(settings.ALLOW_LOOPBACK_IMAP))
+        .exclude(owner_node__in=live)
+        .count()
+    )
+    yield GaugeMetricFamily(
+        "superimap_mailboxes_unwatched",
+        "Connected mailboxes no live engine node holds (a dead engine, or none running)",
+        value=unwatched,
+    )
 
 
 _scrape_registry = CollectorRegistry()
