@@ -135,8 +135,7 @@ def _report(now: datetime) -> dict:
             problems.append(f"worker {local_worker}: no heartbeat row")
     if ours and not ours[0]["alive"]:
         problems.append(
-            f"worker {ours[0]['worker']}: no heartbeat for "
-            f"{ours[0]['heartbeat_age_seconds']:.0f} s"
+            f"worker {ours[0]['worker']}: no heartbeat for {ours[0]['heartbeat_age_seconds']:.0f} s"
         )
 
     oldest_pending = Delivery.objects.filter(status=Delivery.Status.PENDING).aggregate(

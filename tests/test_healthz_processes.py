@@ -15,7 +15,9 @@ from tests.engine.conftest import ServerThread
 from tests.processes import CHAOS_USERS_SCRIPT, Processes, query, run_cli, superimap_env, wait_until
 
 USERS = 3
-API_KEY_SCRIPT = "from superimap.partners.models import Partner; print(Partner.objects.get().api_key)"
+API_KEY_SCRIPT = (
+    "from superimap.partners.models import Partner; print(Partner.objects.get().api_key)"
+)
 
 
 def get(port: int, path: str, api_key: str | None = None) -> tuple[int, str]:

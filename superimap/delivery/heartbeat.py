@@ -1,4 +1,4 @@
-"""Worker liveness (design.md 5.1): a heartbeat row per worker process, and the claims of
+"""Worker liveness (design.md 8): a heartbeat row per worker process, and the claims of
 dead workers handed back in seconds.
 
 Every worker renews its WorkerNode row every HEARTBEAT_EVERY seconds. A row older than

@@ -88,3 +88,61 @@ def test_a_killed_nodes_mailboxes_are_watched_by_the_survivor_in_seconds(databas
     assert "engine node node-a is dead" in output
     assert most_sessions == 1, "a mailbox was watched by two sessions at once"
     assert len(messages) == len(set(messages)) == USERS
+
+
+MANY = 100
+BURST, RATE = 10, 10.0
+
+
+def test_mailboxes_moving_at_once_log_in_no_faster_than_the_host_limit(database_url, tmp_path):
+    """The survivor's logins to the IMAP host stay within IMAP_LOGIN_BURST_PER_HOST and
+    IMAP_LOGINS_PER_SECOND_PER_HOST however many mailboxes move at once."""
+    with ServerThread(MANY) as chaos, Processes(tmp_path) as procs:
+        server = chaos.server
+        env = superimap_env(
+            database_url,
+            tmp_path / "var",
+            ALLOW_LOOPBACK_IMAP="true",
+            IMAP_LOGIN_BURST_PER_HOST=str(BURST),
+            IMAP_LOGINS_PER_SECOND_PER_HOST=str(int(RATE)),
+        )
+        run_cli(env, "migrate")
+        setup = {**env, "CHAOS_PORT": str(server.port), "USERS": str(MANY)}
+        run_cli(setup, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
+
+        def owners() -> dict[str, str]:
+            return dict(query(database_url, "SELECT tag, owner_node FROM mailboxes_mailboxuser"))
+
+        def all_idle() -> bool:
+            return len(chaos.call(lambda: idling(server))) == MANY
+
+        doomed = procs.start({**env, "ENGINE_NODE_NAME": "node-a"}, "imap-client")
+        survivor = procs.start({**env, "ENGINE_NODE_NAME": "node-b"}, "imap-client")
+        wait_until(
+            lambda: set(owners().values()) == {"node-a", "node-b"} and all_idle(),
+            120,
+            "both nodes sharing the mailboxes, every one in IDLE",
+        )
+        moving = sum(1 for node in owners().values() if node == "node-a")
+        time.sleep(BURST / RATE + 0.5)  # the survivor's host bucket is full again
+        logins_before = chaos.call(lambda: server.stats["logins"])
+        doomed.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_until(lambda: not all_idle(), 10, "the dead node's connections to close")
+        samples: list[tuple[float, int]] = []
+        while not all_idle():
+            logins = chaos.call(lambda: server.stats["logins"]) - logins_before
+            samples.append((time.monotonic() - killed_at, logins))
+            assert samples[-1][0] < 90, "the survivor did not take every mailbox"
+            time.sleep(0.1)
+        took = time.monotonic() - killed_at
+        samples.append((took, chaos.call(lambda: server.stats["logins"]) - logins_before))
+        output = procs.stop(survivor)
+
+    print(f"{moving} mailboxes moved, all in IDLE after {took:.1f} s; logins {samples[-1][1]}")
+    assert moving > 2 * BURST, moving
+    assert samples[-1][1] >= moving
+    for elapsed, logins in samples:
+        assert logins <= BURST + RATE * elapsed + 1, (elapsed, logins)
+    assert took >= (moving - BURST) / RATE
+    assert "engine node node-a is dead" in output

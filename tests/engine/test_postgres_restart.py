@@ -58,7 +58,8 @@ def test_a_postgresql_restart_is_one_warning_and_one_info_line_per_process(
 
             def settled() -> bool:
                 nodes = set(owners().values())
-                return nodes == {"node-a", "node-b"} and len(chaos.call(lambda: idling(server))) == USERS
+                idle = chaos.call(lambda: idling(server))
+                return nodes == {"node-a", "node-b"} and len(idle) == USERS
 
             worker = procs.start(env, "worker")
             engines = [
