@@ -256,8 +256,9 @@ class Worker:
                 and sent_at - self._beating_since >= self.alive.total_seconds()
             )
             try:
+                # Real time, not self.clock: other processes compare it with theirs.
                 beat = await self.pool.run(
-                    heartbeat.beat, self.node_id, self.clock(), self.alive, self.started_at, judge
+                    heartbeat.beat, self.node_id, timezone.now(), self.alive, self.started_at, judge
                 )
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 self._beating_since = None
@@ -277,8 +278,7 @@ class Worker:
                         settings.WEBHOOK_WORKER_ALIVE_SECONDS,
                     )
                 elif self._unsent:
-                    unsent, self._unsent = self._unsent, []
-                    await self.pool.run(queue.release_claims, self.node_id, unsent)
+                    await self._hand_back_unsent()
                 if beat.released:
                     log.warning(
                         "worker %s: workers %s stopped sending heartbeats; their claimed "
@@ -289,6 +289,15 @@ class Worker:
                     self.wake()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), heartbeat.HEARTBEAT_EVERY)
+
+    async def _hand_back_unsent(self) -> None:
+        """Claims this worker chose not to send while its heartbeat was stale: due again."""
+        unsent, self._unsent = self._unsent, []
+        try:
+            await self.pool.run(queue.release_claims, self.node_id, unsent)
+        except Exception as exc:  # noqa: BLE001 - their lease runs out instead
+            if not dboutage.lost(exc):
+                log.exception("worker %s could not hand back %d claims", self.node_id, len(unsent))
 
     async def _send(self, session, claimed: queue.Claimed, epoch: int = 0) -> None:
         try:

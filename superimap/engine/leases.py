@@ -9,7 +9,8 @@ its process finds its heartbeat row gone at its next refresh.
 
 A node need not wait out the lease when its process is provably dead: its heartbeat row
 names the lock that keeps its name (engine/nodelock.py), and once that lock is free and
-the heartbeat has missed a refresh (``lock_grace``), it is freed the same way.
+the heartbeat (renewed every second by beat()) is ``lock_grace`` old, it is freed the same
+way.
 """
 
 from __future__ import annotations
