@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 
+from superimap.testing import free_port
 from tests.engine.conftest import ServerThread
 from tests.engine.test_postgres_failover import SessionSampler
 from tests.processes import CHAOS_USERS_SCRIPT, Processes, query, run_cli, superimap_env, wait_until
@@ -49,7 +51,11 @@ def test_a_killed_nodes_mailboxes_are_watched_by_the_survivor_in_seconds(databas
         with SessionSampler(chaos) as sampler:
             doomed = procs.start({**env, "ENGINE_NODE_NAME": "node-a"}, "imap-client")
             wait_until(lambda: set(owners().values()) == {"node-a"}, 30, "node-a to claim all")
-            survivor = procs.start({**env, "ENGINE_NODE_NAME": "node-b"}, "imap-client")
+            metrics_port = free_port()
+            survivor = procs.start(
+                {**env, "ENGINE_NODE_NAME": "node-b", "METRICS_PORT": str(metrics_port)},
+                "imap-client",
+            )
             wait_until(
                 lambda: set(owners().values()) == {"node-a", "node-b"} and all_idle(),
                 60,
@@ -66,6 +72,8 @@ def test_a_killed_nodes_mailboxes_are_watched_by_the_survivor_in_seconds(databas
                 "the survivor to watch every mailbox",
             )
             takeover = time.monotonic() - killed_at
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as page:
+                metrics = page.read().decode()
 
             for i in range(USERS):
                 chaos.call(server.generate_message, f"user{i}")
@@ -86,6 +94,7 @@ def test_a_killed_nodes_mailboxes_are_watched_by_the_survivor_in_seconds(databas
     assert 0 < len(moving) < USERS
     assert takeover < TAKEOVER_LIMIT, f"the survivor took {takeover:.1f} s"
     assert "engine node node-a is dead" in output
+    assert "superimap_engine_nodes_taken_over_total 1.0" in metrics
     assert most_sessions == 1, "a mailbox was watched by two sessions at once"
     assert len(messages) == len(set(messages)) == USERS
 
