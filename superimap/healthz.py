@@ -66,6 +66,15 @@ def shown_status(user: MailboxUser, live_nodes: set[str]) -> str:
     return ENGINE_DOWN if user.status in _WATCHING else user.status
 
 
+def unwatched_count(now: datetime | None = None) -> int:
+    """Connected mailboxes no live engine node holds."""
+    from superimap.engine.leases import watchable
+
+    live = live_engine_nodes(now)
+    rows = MailboxUser.objects.filter(watchable(settings.ALLOW_LOOPBACK_IMAP))
+    return rows.exclude(owner_node__in=live).count()
+
+
 def oldest_due_age(now: datetime) -> float:
     """Seconds the oldest due, unsent webhook has waited past its due time (0: none)."""
     from superimap.delivery.models import Delivery

@@ -148,9 +148,7 @@ def _liveness(now):
     """Heartbeat ages and what a dead part leaves behind (superimap/healthz.py)."""
     from superimap import healthz
     from superimap.delivery.models import WorkerNode
-    from superimap.engine.leases import watchable
     from superimap.engine.models import EngineNode
-    from superimap.mailboxes.models import MailboxUser
 
     engines = GaugeMetricFamily(
         "superimap_engine_node_heartbeat_age_seconds",
@@ -176,16 +174,10 @@ def _liveness(now):
         "Seconds the oldest due, unsent webhook delivery has waited past its due time",
         value=healthz.oldest_due_age(now),
     )
-    live = healthz.live_engine_nodes(now)
-    unwatched = (
-        MailboxUser.objects.filter(watchable(settings.ALLOW_LOOPBACK_IMAP))
-        .exclude(owner_node__in=live)
-        .count()
-    )
     yield GaugeMetricFamily(
         "superimap_mailboxes_unwatched",
         "Connected mailboxes no live engine node holds (a dead engine, or none running)",
-        value=unwatched,
+        value=healthz.unwatched_count(now),
     )
 
 

@@ -165,3 +165,23 @@ def test_metrics_show_heartbeat_ages_backlog_and_unwatched_mailboxes(settings, u
 
 def _samples(text: str) -> list[str]:
     return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_dashboard_overview_names_dead_parts_and_unwatched_mailboxes(
+    admin_client, user, settings
+):
+    settings.ENGINE_NODE_NAME = "dead"
+    heartbeat("dead", 3 * settings.ENGINE_REFRESH_SECONDS + 1)
+    MailboxUser.objects.filter(id=user.id).update(owner_node="dead", status="idle")
+    page = admin_client.get("/admin/").content.decode()
+    assert "1 connected mailbox not watched" in page
+    assert "/healthz: engine dead: no heartbeat for 16 s" in page
+
+
+def test_the_dashboard_lists_engine_nodes_and_workers_with_their_heartbeat(admin_client):
+    heartbeat("node-1", 1)
+    worker_beat("box:1", 100)
+    nodes = admin_client.get("/admin/engine/enginenode/").content.decode()
+    workers = admin_client.get("/admin/delivery/workernode/").content.decode()
+    assert "alive, 1 s ago" in nodes
+    assert "DEAD, 100 s ago" in workers
