@@ -244,18 +244,22 @@ def beat(node_id: str, lease: timedelta, lock_grace: timedelta | None) -> tuple[
 def _dead(node_id: str, expired: datetime, unlocked_before: datetime | None) -> dict:
     """{name: the last_seen it must be older than} of the nodes dead by the lease, or by a
     free name lock and a heartbeat older than ``unlocked_before``."""
-    others = EngineNode.objects.exclude(node_id=node_id)
-    lapsed = others.filter(last_seen__lt=expired).values_list("node_id", flat=True)
-    dead = {name: expired for name in lapsed}
-    if unlocked_before is not None:
-        quiet = list(
-            others.filter(last_seen__lt=unlocked_before, last_seen__gte=expired)
-            .exclude(name_lock="")
-            .values_list("node_id", "name_lock")
-        )
-        if quiet:
-            for name in nodelock.free_names(quiet, own=node_id):
-                dead[name] = unlocked_before
+    latest = max(expired, unlocked_before) if unlocked_before is not None else expired
+    rows = (
+        EngineNode.objects.exclude(node_id=node_id)
+        .filter(last_seen__lt=latest)
+        .values_list("node_id", "last_seen", "name_lock")
+    )
+    dead: dict[str, datetime] = {}
+    quiet = []
+    for name, last_seen, name_lock in rows:
+        if last_seen < expired:
+            dead[name] = expired
+        elif name_lock:
+            quiet.append((name, name_lock))
+    if quiet:
+        for name in nodelock.free_names(quiet, own=node_id):
+            dead[name] = unlocked_before
     return dead
 
 
