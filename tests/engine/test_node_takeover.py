@@ -155,3 +155,54 @@ def test_mailboxes_moving_at_once_log_in_no_faster_than_the_host_limit(database_
         assert logins <= BURST + RATE * elapsed + 1, (elapsed, logins)
     assert took >= (moving - BURST) / RATE
     assert "engine node node-a is dead" in output
+
+
+def test_a_paused_node_keeps_its_mailboxes(database_url, tmp_path):
+    """SIGSTOP is not death: the paused process holds its name lock, so the other node does
+    not take its mailboxes (the lease, 60 s, would); after SIGCONT it goes on alone."""
+    with ServerThread(USERS) as chaos, Processes(tmp_path) as procs:
+        server = chaos.server
+        env = superimap_env(database_url, tmp_path / "var", ALLOW_LOOPBACK_IMAP="true")
+        run_cli(env, "migrate")
+        setup = {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)}
+        run_cli(setup, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
+
+        def owners() -> dict[str, str]:
+            return dict(query(database_url, "SELECT tag, owner_node FROM mailboxes_mailboxuser"))
+
+        with SessionSampler(chaos) as sampler:
+            paused = procs.start({**env, "ENGINE_NODE_NAME": "node-a"}, "imap-client")
+            other = procs.start({**env, "ENGINE_NODE_NAME": "node-b"}, "imap-client")
+            wait_until(
+                lambda: (
+                    set(owners().values()) == {"node-a", "node-b"}
+                    and len(chaos.call(lambda: idling(server))) == USERS
+                ),
+                60,
+                "both nodes sharing the mailboxes, every one in IDLE",
+            )
+            before = owners()
+            paused.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(10)  # its heartbeat is 10 s old: dead by age, alive by its lock
+                during = owners()
+            finally:
+                paused.send_signal(signal.SIGCONT)
+            for i in range(USERS):
+                chaos.call(server.generate_message, f"user{i}")
+            wait_until(
+                lambda: (
+                    query(database_url, "SELECT count(*) FROM delivery_delivery")[0][0] >= USERS
+                ),
+                30,
+                "the new mail recorded",
+            )
+            time.sleep(1.0)
+            most_sessions = sampler.most
+        messages = [m for (m,) in query(database_url, "SELECT message_id FROM delivery_delivery")]
+        outputs = [procs.stop(paused), procs.stop(other)]
+
+    assert during == before, "a paused node's mailboxes were taken over"
+    assert most_sessions == 1
+    assert len(messages) == len(set(messages)) == USERS
+    assert not any("is dead" in output for output in outputs), outputs
