@@ -60,6 +60,7 @@ async def serve(
     """Run the chosen services until SIGINT/SIGTERM; `on_listening` is called once the web
     server accepts connections (the start-up banner). `node_lock` holds the engine's node
     name for as long as the engine runs."""
+    from superimap import healthz
     from superimap.dbpool import DbPool
 
     stop = asyncio.Event()
@@ -76,6 +77,7 @@ async def serve(
         from superimap.delivery.worker import Worker
 
         worker_service = Worker(pool, node)
+        healthz.runs("worker", node)
         # Woken by engines in other processes too (delivery/wakeup.py), not only by polling.
         listener = WakeListener(worker_service.wake)
         await listener.start()
@@ -85,6 +87,7 @@ async def serve(
         from superimap.engine.supervisor import Engine
 
         sender = WakeSender(pool)
+        healthz.runs("engine", settings.ENGINE_NODE_NAME)
         engine_service = Engine(
             pool,
             settings.ENGINE_NODE_NAME,

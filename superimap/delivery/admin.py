@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
+from django.utils import timezone
 
-from superimap.delivery.models import Delivery, DeliveryAttempt
+from superimap import healthz
+from superimap.delivery.models import Delivery, DeliveryAttempt, WorkerNode
 
 
 class DeliveryAttemptInline(admin.TabularInline):
@@ -79,3 +81,22 @@ class DeliveryAdmin(admin.ModelAdmin):
         if purged:
             message += f" {purged} had their payload purged by retention and cannot be replayed."
         self.message_user(request, message, messages.SUCCESS)
+
+
+@admin.register(WorkerNode)
+class WorkerNodeAdmin(admin.ModelAdmin):
+    """Webhook worker heartbeats (delivery/heartbeat.py)."""
+
+    list_display = ["worker_id", "host", "pid", "version", "started_at", "heartbeat"]
+    readonly_fields = [f.name for f in WorkerNode._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="Heartbeat")
+    def heartbeat(self, worker: WorkerNode) -> str:
+        age = timezone.now() - worker.last_seen
+        if worker.released_at is not None:
+            return f"DEAD, claims handed back at {worker.released_at:%Y-%m-%d %H:%M:%S}"
+        state = "alive" if age <= healthz.worker_dead_after() else "DEAD"
+        return f"{state}, {age.total_seconds():.0f} s ago"

@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from superimap import dboutage
 from superimap.dbpool import DbPool
-from superimap.delivery import health, queue
+from superimap.delivery import health, heartbeat, queue
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
 from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
@@ -36,6 +37,7 @@ REPLAY_INTERVAL = 1.0
 PURGE_INTERVAL = 5.0
 PURGE_MAX_BATCHES = 20
 PURGE_PAUSE = 0.05
+OUTAGE_RETRY_SECONDS = 1.0
 
 
 class Worker:
@@ -74,6 +76,15 @@ class Worker:
         self.counts: dict[str, int] = {}
         self.allow_private = settings.WEBHOOK_ALLOW_PRIVATE
         self.purger = Purger()
+        # Liveness (delivery/heartbeat.py): when the last heartbeat that got through was
+        # sent (monotonic), and a number bumped when this worker learns it was found dead,
+        # so claims taken before that are not sent (another worker has them now).
+        self.alive = timedelta(seconds=settings.WEBHOOK_WORKER_ALIVE_SECONDS)
+        self.started_at = timezone.now()
+        self._beat_at: float | None = None
+        self._beating_since: float | None = None  # first beat of the current unbroken run
+        self._epoch = 0
+        self._unsent: list[int] = []
 
     def wake(self) -> None:
         """New deliveries were just committed: look now instead of at the next poll."""
@@ -89,6 +100,7 @@ class Worker:
         session = self._session()
         flusher = asyncio.create_task(self._flush_loop(stop))
         housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
+        heart = asyncio.create_task(self._heartbeat_loop(stop))
         tasks: set[asyncio.Task] = set()
         try:
             while not stop.is_set():
@@ -102,15 +114,16 @@ class Worker:
                     continue
                 try:
                     claimed = await self._claim(free)
-                except Exception:
+                except Exception as exc:
                     # A database hiccup must not end the worker (and the process with it).
-                    log.exception("worker %s could not claim deliveries", self.node_id)
+                    if not dboutage.lost(exc):
+                        log.exception("worker %s could not claim deliveries", self.node_id)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), CLAIM_ERROR_PAUSE)
                     continue
                 for item in claimed:
                     self._inflight += 1
-                    task = asyncio.create_task(self._send(session, item))
+                    task = asyncio.create_task(self._send(session, item, self._epoch))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if not claimed:
@@ -124,7 +137,9 @@ class Worker:
             stop.set()
             await flusher
             await housekeeper
+            await heart
             released = await self.pool.run(queue.release_claims, self.node_id)
+            await self.pool.run(heartbeat.leave, self.node_id)
             log.info(
                 "worker %s stopped: sent=%d released=%d %s",
                 self.node_id,
@@ -178,8 +193,9 @@ class Worker:
             purge = started - last_purge >= PURGE_INTERVAL
             try:
                 await self.housekeep(purge=purge)
-            except Exception:
-                log.exception("worker %s housekeeping failed", self.node_id)
+            except Exception as exc:
+                if not dboutage.lost(exc):
+                    log.exception("worker %s housekeeping failed", self.node_id)
             if purge:
                 last_purge = started
             with contextlib.suppress(TimeoutError):
@@ -221,8 +237,75 @@ class Worker:
             )
         return queue.Outcome(claimed, result, started_at)
 
-    async def _send(self, session, claimed: queue.Claimed) -> None:
+    def claims_valid(self) -> bool:
+        """Whether this worker's claims are still its own: its heartbeat got through
+        recently enough that no other worker can have found it dead."""
+        if self._beat_at is None:
+            return True  # no heartbeat row yet: nobody releases these claims early
+        limit = self.alive.total_seconds() - heartbeat.HEARTBEAT_EVERY
+        return time.monotonic() - self._beat_at < limit
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            sent_at = time.monotonic()
+            # Others are judged only after this worker's own beats went through for a full
+            # WEBHOOK_WORKER_ALIVE_SECONDS: after a database outage every row is stale, and
+            # the others need a beat to show they are alive.
+            judge = (
+                self._beating_since is not None
+                and sent_at - self._beating_since >= self.alive.total_seconds()
+            )
+            try:
+                # Real time, not self.clock: other processes compare it with theirs.
+                beat = await self.pool.run(
+                    heartbeat.beat, self.node_id, timezone.now(), self.alive, self.started_at, judge
+                )
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                self._beating_since = None
+                if not dboutage.lost(exc):
+                    log.warning("worker %s: heartbeat failed", self.node_id, exc_info=True)
+            else:
+                self._beat_at = sent_at
+                if self._beating_since is None:
+                    self._beating_since = sent_at
+                if beat.lapsed:
+                    self._epoch += 1
+                    self._unsent = []
+                    log.warning(
+                        "worker %s was found dead (no heartbeat for %ss): its claims went to "
+                        "other workers",
+                        self.node_id,
+                        settings.WEBHOOK_WORKER_ALIVE_SECONDS,
+                    )
+                elif self._unsent:
+                    await self._hand_back_unsent()
+                if beat.released:
+                    log.warning(
+                        "worker %s: workers %s stopped sending heartbeats; their claimed "
+                        "deliveries are due again",
+                        self.node_id,
+                        ", ".join(beat.released),
+                    )
+                    self.wake()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), heartbeat.HEARTBEAT_EVERY)
+
+    async def _hand_back_unsent(self) -> None:
+        """Claims this worker chose not to send while its heartbeat was stale: due again."""
+        unsent, self._unsent = self._unsent, []
         try:
+            await self.pool.run(queue.release_claims, self.node_id, unsent)
+        except Exception as exc:  # noqa: BLE001 - their lease runs out instead
+            if not dboutage.lost(exc):
+                log.exception("worker %s could not hand back %d claims", self.node_id, len(unsent))
+
+    async def _send(self, session, claimed: queue.Claimed, epoch: int = 0) -> None:
+        try:
+            if epoch != self._epoch or not self.claims_valid():
+                # Found dead, or may be by now: another worker sends it. Not sent here.
+                if epoch == self._epoch:
+                    self._unsent.append(claimed.id)
+                return
             outcome = await self._attempt(session, claimed)
             self._outcomes.append(outcome)
             self._have_outcomes.set()
@@ -246,7 +329,13 @@ class Worker:
             batch, self._outcomes = self._outcomes, []
             try:
                 await self._record(batch)
-            except Exception:
+            except Exception as exc:
+                if dboutage.lost(exc) and not stop.is_set():
+                    # Kept and recorded once the database is back: these were sent, and
+                    # sending them again after their lease would double them.
+                    self._outcomes = batch + self._outcomes
+                    await asyncio.sleep(OUTAGE_RETRY_SECONDS)
+                    continue
                 log.exception(
                     "worker %s could not record %d outcomes; their leases will expire",
                     self.node_id,

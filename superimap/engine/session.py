@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from superimap import dboutage
 from superimap.engine import folders, store
 from superimap.engine.connection import (
     CommandFailed,
@@ -228,7 +229,8 @@ class MailboxSession(SecondaryFolders):
             except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
-                log.exception("mailbox %s: unexpected error", self.user_id)
+                if not dboutage.lost(exc):  # an outage is logged once per process
+                    log.exception("mailbox %s: unexpected error", self.user_id)
                 error = f"{type(exc).__name__}: {exc}"
             finally:
                 await self._disconnect()
@@ -238,8 +240,13 @@ class MailboxSession(SecondaryFolders):
             delay = self._count_failure(status)
             self._last_error = error[:500]
             self.engine.report(self.user_id, status, error[:500], self.failures)
-            log.info(
-                "mailbox %s: %s; retry %d in %.1fs", self.user_id, error[:200], self.failures, delay
+            log.log(
+                logging.DEBUG if dboutage.is_down() else logging.INFO,
+                "mailbox %s: %s; retry %d in %.1fs",
+                self.user_id,
+                error[:200],
+                self.failures,
+                delay,
             )
             await self._sleep(delay)
         if not needs_human:
