@@ -21,8 +21,9 @@ ALIVE = timedelta(seconds=5)
 
 
 def claimed_by(worker: str, count: int, partner) -> list[Delivery]:
-    user = make_user(partner)
-    rows = [outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, user) for _ in range(count)]
+    # One user each: a user's lifecycle events go one at a time (per-user order).
+    users = [make_user(partner) for _ in range(count)]
+    rows = [outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, user) for user in users]
     claims = queue.claim_due(worker, count, timezone.now(), timedelta(seconds=60))
     assert len(claims) == count
     return rows
