@@ -170,6 +170,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
+    # django-ninja's own copies of Swagger UI (static files, templates): the API docs load
+    # from this origin, as the CSP (superimap.security) requires, never from a CDN.
+    "ninja",
     "superimap.partners",
     "superimap.mailboxes",
     "superimap.delivery",
