@@ -180,3 +180,16 @@ def test_it_has_no_server_errors_in_production_mode(case, seeded, production_mod
     case.call_and_validate(
         headers={"x-api-key": seeded.api_key}, checks=[no_server_error, json_error_shape]
     )
+
+
+def test_the_docs_page_loads_swagger_ui_from_this_origin_only(client, db):
+    r = client.get("/api/v1/docs")
+    assert r.status_code == 200
+    page = r.content.decode()
+    assert "/static/ninja/swagger-ui-bundle.js" in page
+    assert "/static/ninja/swagger-ui-init.js" in page
+    assert "https://" not in page  # no CDN, no validator badge
+    assert '"validatorUrl": null' in page
+    assert "script-src 'self'" in r["Content-Security-Policy"]
+    assert "unsafe-inline" not in r["Content-Security-Policy"].split("script-src")[1].split(";")[0]
+    assert client.get("/static/ninja/swagger-ui-bundle.js").status_code == 200
