@@ -111,7 +111,9 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
     if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
         success, failure = _callback(request, user, "success"), _callback(request, user, "failure")
         return oauth.begin(request, user, success, failure, link_nonce=link.nonce)
-    form = PasswordConnectForm(request.POST or None, initial={"email": user.email})
+    # Prefilled with what the partner gave through the API; the person adds the password.
+    initial = {"email": user.email, "login_username": user.login_username}
+    form = PasswordConnectForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         username = form.cleaned_data["login_username"] or form.cleaned_data["email"]
         problem = check_login(user.connection, username, form.cleaned_data["password"])

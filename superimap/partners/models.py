@@ -423,6 +423,15 @@ class Connection(TrackedFields, models.Model):
     def code(self) -> str:
         return self.provider.code
 
+    @property
+    def inbox_name(self) -> str:
+        """The user's inbox as the hosted pages name it to the mailbox's owner: by the
+        provider's brand ("Gmail inbox"), or by the server for a host given per connection
+        ("inbox on mail.example.com"); never the operator's notes in the provider's title."""
+        if self.provider.host_per_connection:
+            return f"inbox on {self.imap_host}"
+        return f"{self.provider.title.split(' (')[0]} inbox"
+
     def save(self, *args, **kwargs):
         changed = self.pk is not None and self.tracked_changed()
         super().save(*args, **kwargs)
