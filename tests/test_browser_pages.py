@@ -29,18 +29,27 @@ def api(web: dict, method: str, path: str, body: dict | None = None) -> dict:
 
 def a_user(web: dict, **fields) -> dict:
     """A loopback connection and a user on it, created through the API."""
-    api(web, "POST", "/connections", {
-        "imap_provider_code": "LOOPBACK_PLAIN", "imap_host": "127.0.0.1",
-        "imap_port": free_port(), "imap_tls": "none",
-    })
+    api(
+        web,
+        "POST",
+        "/connections",
+        {
+            "imap_provider_code": "LOOPBACK_PLAIN",
+            "imap_host": "127.0.0.1",
+            "imap_port": free_port(),
+            "imap_tls": "none",
+        },
+    )
     return api(web, "POST", "/connections/LOOPBACK_PLAIN/users", {"tag": "alice", **fields})
 
 
 def local(web: dict, url: str) -> str:
     """A link the API made (on PUBLIC_URL), on the test server."""
     parts = urlsplit(url)
-    return f"{web['base_url']}{parts.path}?{parts.query}" if parts.query else (
-        f"{web['base_url']}{parts.path}"
+    return (
+        f"{web['base_url']}{parts.path}?{parts.query}"
+        if parts.query
+        else (f"{web['base_url']}{parts.path}")
     )
 
 
