@@ -92,10 +92,24 @@ def _api_error(request, exc: ApiError):
     return error_response(exc.status, exc.code, exc.message)
 
 
+def _public_loc(loc) -> list:
+    """Where the error is, as the caller sees the request: ["body", "field"], ["query",
+    "limit"]. ninja puts the view's body parameter name second (["body", "body", "field"]),
+    a name of our code, not of the request: dropped (every view has one body parameter)."""
+    loc = list(loc)
+    if len(loc) >= 2 and loc[0] == "body":
+        del loc[1]
+    return loc
+
+
 @api.exception_handler(ValidationError)
 def _validation_error(request, exc: ValidationError):
     details = [
-        {"loc": list(e.get("loc", [])), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+        {
+            "loc": _public_loc(e.get("loc", [])),
+            "msg": str(e.get("msg", "")),
+            "type": e.get("type", ""),
+        }
         for e in exc.errors
     ]
     return error_response(422, "validation_error", "The request is not valid.", details)

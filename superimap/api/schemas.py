@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import validate_email
 from ninja import Schema
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -219,7 +221,12 @@ class UserFields(OriginalNames):
         "oauth2_refresh_token": "oauth_refresh_token",
     }
 
-    email: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
+    email: str | None = Field(
+        default=None,
+        max_length=320,
+        pattern=NO_NUL,
+        description="The mailbox's email address (name@domain); empty clears it.",
+    )
     login_username: str | None = Field(default=None, max_length=320, pattern=NO_NUL)
     password: str | None = Field(
         default=None,
@@ -257,6 +264,18 @@ class UserFields(OriginalNames):
     @classmethod
     def folders_are_names_or_flags(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else checked_folders(value)
+
+    @field_validator("email")
+    @classmethod
+    def email_is_an_address(cls, value: str | None) -> str | None:
+        """The hosted form and XOAUTH2 logins use it as an address: refuse what is not one
+        (Django's rule, as the hosted form's EmailField)."""
+        if value:
+            try:
+                validate_email(value)
+            except DjangoValidationError:
+                raise ValueError("not an email address (name@domain)") from None
+        return value
 
 
 class UserIn(UserFields):

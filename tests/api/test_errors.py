@@ -86,3 +86,16 @@ def test_it_keeps_html_404_outside_the_api(client, db):
     r = client.get("/no-such-page")
     assert r.status_code == 404
     assert not r["Content-Type"].startswith("application/json")
+
+
+def test_422_locations_name_the_field_as_the_caller_sent_it(api, plain_connection):
+    error = assert_error(api.post("/connections", {"imap_provider_code": 5}), 422)
+    assert error["details"][0]["loc"] == ["body", "imap_provider_code"]
+    error = assert_error(api.put("/connections/PLAIN/users/x", {"enable_tracer": "x"}), 422)
+    assert error["details"][0]["loc"] == ["body", "enable_tracer"]
+    error = assert_error(api.post("/deliveries/replay", {"since": "2026-01-01T00:00:00Z"}), 422)
+    assert error["details"] == [
+        {"loc": ["body", "until"], "msg": "Field required", "type": "missing"}
+    ]
+    error = assert_error(api.get("/deliveries?limit=0"), 422)
+    assert error["details"][0]["loc"] == ["query", "limit"]

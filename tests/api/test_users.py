@@ -331,3 +331,16 @@ def test_a_concurrent_restore_never_answers_404_for_an_existing_user(
     assert r.status_code == 200, r.content
     assert r.json()["tag"] == "alice"
     assert MailboxUser.objects.filter(tag="alice", archived=False).count() == 1
+
+
+@pytest.mark.parametrize("email", ["not an email", "alice@", "@example.com", "a b@example.com"])
+def test_it_refuses_an_email_that_is_not_an_address_with_a_clear_422(api, plain_connection, email):
+    r = api.post("/connections/PLAIN/users", {"tag": "alice", "email": email})
+    error = assert_error(r, 422, "validation_error")
+    assert error["details"][0]["loc"] == ["body", "email"]
+    assert "not an email address" in error["details"][0]["msg"]
+    r = api.post("/connections/PLAIN/users", {"tag": "alice", "email": "alice@example.com"})
+    assert r.status_code == 201
+    r = api.put("/connections/PLAIN/users/alice", {"email": email})
+    assert assert_error(r, 422)["details"][0]["loc"] == ["body", "email"]
+    assert api.get("/connections/PLAIN/users/alice").json()["email"] == "alice@example.com"
