@@ -262,9 +262,11 @@ api.patch(
 
 @api.delete("/connections/{code}/users/{tag}", response={204: None, **ERRORS}, tags=["users"])
 def archive_user(request, code: str, tag: str):
-    """Archive a user: its mailbox is no longer watched. Restore it with PUT."""
-    user = service.get_user(request.auth, code, tag, include_archived=False)
-    user.archive()
+    """Archive a user: its mailbox is no longer watched. Restore it with PUT. An archived
+    user stays as it is (204 again), as PUT with archived=true answers it."""
+    user = service.get_user(request.auth, code, tag)
+    if not user.archived:
+        user.archive()
     return Status(204, None)
 
 

@@ -140,9 +140,15 @@ def test_it_archives_a_user_on_delete(api, alice):
     assert api.get("/connections/PLAIN/users/alice").json()["archived"] is True
 
 
-def test_it_answers_404_when_archiving_an_archived_user(api, alice):
-    api.delete("/connections/PLAIN/users/alice")
-    assert_error(api.delete("/connections/PLAIN/users/alice"), 404)
+def test_it_answers_an_archived_user_s_delete_as_put_does_and_changes_nothing(api, alice):
+    assert api.delete("/connections/PLAIN/users/alice").status_code == 204
+    alice.refresh_from_db()
+    archived_at = alice.archived_at
+    assert api.put("/connections/PLAIN/users/alice", {"archived": True}).status_code == 200
+    assert api.delete("/connections/PLAIN/users/alice").status_code == 204
+    alice.refresh_from_db()
+    assert alice.archived is True and alice.archived_at == archived_at
+    assert_error(api.delete("/connections/PLAIN/users/nobody"), 404, "not_found")
 
 
 def test_it_restores_an_archived_user_on_put_with_archived_false(api, alice):
