@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Literal
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.openapi.docs import Swagger
@@ -365,15 +366,50 @@ DeliveryKind = Literal[
 ]
 
 
-@api.get("/deliveries", response={200: list[DeliveryOut], **ERRORS}, tags=["deliveries"])
+DELIVERIES_PAGING = {
+    "responses": {
+        200: {
+            "description": "Newest first. With more to read, the Next-Cursor header holds "
+            "the cursor= of the next (older) page, and Link its URL (rel=next); neither on "
+            "the last page.",
+            "headers": {
+                "Next-Cursor": {"schema": {"type": "string"}},
+                "Link": {"schema": {"type": "string"}},
+            },
+        }
+    }
+}
+
+
+@api.get(
+    "/deliveries",
+    response={200: list[DeliveryOut], **ERRORS},
+    tags=["deliveries"],
+    openapi_extra=DELIVERIES_PAGING,
+)
 def list_deliveries(
     request,
+    response: HttpResponse,
     status: DeliveryStatus | None = None,
     kind: DeliveryKind | None = None,
+    since: datetime | None = None,
+    cursor: str | None = Query(None, pattern=r"^[1-9][0-9]{0,17}$"),
     limit: int = Query(100, ge=1, le=1000),
 ):
-    """The partner's webhook deliveries, newest first, with every attempt."""
-    return service.list_deliveries(request.auth, status=status, kind=kind, limit=limit)
+    """The partner's webhook deliveries, newest first, with every attempt; since= (ISO 8601
+    with a time zone) keeps those created at or after it. The body is the list, as ever;
+    page with cursor= from the Next-Cursor header (as /messages' next_cursor)."""
+    if since is not None and since.tzinfo is None:
+        raise ApiError(422, "invalid_field", "since needs a time zone (e.g. 2026-01-01T00:00:00Z).")
+    page, next_cursor = service.list_deliveries(
+        request.auth, status=status, kind=kind, since=since, cursor=cursor, limit=limit
+    )
+    if next_cursor:
+        query = request.GET.copy()
+        query["cursor"] = next_cursor
+        response["Next-Cursor"] = next_cursor
+        response["Link"] = f'<{request.path}?{query.urlencode()}>; rel="next"'
+    return page
 
 
 @api.post(

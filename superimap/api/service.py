@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db.models import F
 from django.utils import timezone
 
@@ -344,14 +346,29 @@ def delivery_out(delivery: Delivery) -> dict:
 
 
 def list_deliveries(
-    partner: Partner, *, status: str | None, kind: str | None, limit: int
-) -> list[dict]:
+    partner: Partner,
+    *,
+    status: str | None,
+    kind: str | None,
+    since: datetime | None = None,
+    cursor: str | None = None,
+    limit: int,
+) -> tuple[list[dict], str | None]:
+    """A page of the partner's deliveries, newest first, and the cursor of the next (older)
+    page (None on the last). Cursor pagination on the row id, as list_messages."""
     deliveries = partner.deliveries.select_related("user").prefetch_related("attempt_log")
     if status:
         deliveries = deliveries.filter(status=status)
     if kind:
         deliveries = deliveries.filter(kind=kind)
-    return [delivery_out(d) for d in deliveries.order_by("-id")[:limit]]
+    if since is not None:
+        deliveries = deliveries.filter(created_at__gte=since)
+    if cursor:
+        deliveries = deliveries.filter(id__lt=int(cursor))
+    page = list(deliveries.order_by("-id")[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return [delivery_out(d) for d in page], (str(page[-1].id) if more else None)
 
 
 def retry_delivery(partner: Partner, event_id) -> dict:
