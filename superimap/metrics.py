@@ -37,8 +37,16 @@ MAILBOX_SESSIONS = Gauge(
     "superimap_mailbox_sessions", "Mailbox sessions this process runs", registry=None
 )
 WEBHOOK_ATTEMPTS = Counter(
-    "superimap_webhook_attempts", "Webhook POST attempts by outcome", ["outcome"], registry=None
+    "superimap_webhook_attempts",
+    "Webhook POST attempts by outcome: delivered; retrying (refused or unreachable, another "
+    "attempt is scheduled); failed (refused, no retries left); cancelled (410 or 403); "
+    "skipped (no webhook URL); stale (its lease was lost, not recorded)",
+    ["outcome"],
+    registry=None,
 )
+# A delivery left pending after an attempt will be tried again: the attempt's outcome is
+# "retrying", not the delivery's status (the deliveries gauge counts those as pending).
+ATTEMPT_OUTCOMES = {"pending": "retrying"}
 MAIL_SKIPPED = Counter(
     "superimap_mail_skipped",
     "Messages this process's engine recorded as skipped (no new_mail), by reason",

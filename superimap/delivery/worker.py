@@ -21,7 +21,7 @@ from superimap.dbpool import DbPool
 from superimap.delivery import health, heartbeat, queue
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
-from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
+from superimap.metrics import ATTEMPT_OUTCOMES, WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
 
 log = logging.getLogger("superimap.worker")
 
@@ -347,5 +347,6 @@ class Worker:
         self.sent += len(outcomes)
         for status, count in counts.items():
             key = str(status)  # plain text in logs and JSON, not the enum repr
+            key = ATTEMPT_OUTCOMES.get(key, key)
             self.counts[key] = self.counts.get(key, 0) + count
             WEBHOOK_ATTEMPTS.labels(outcome=key).inc(count)

@@ -25,8 +25,11 @@ def test_it_counts_webhook_attempts_by_outcome(seeded_providers, make_receiver, 
         value(after, ATTEMPTS, outcome="delivered") - value(before, ATTEMPTS, outcome="delivered")
         == 1
     )
+    # The 500 leaves its delivery pending, to be tried again: the attempt is "retrying".
     assert (
-        value(after, ATTEMPTS, outcome="pending") - value(before, ATTEMPTS, outcome="pending") == 1
+        value(after, ATTEMPTS, outcome="retrying") - value(before, ATTEMPTS, outcome="retrying")
+        == 1
     )
+    assert value(after, ATTEMPTS, outcome="pending") == 0
     assert value(after, "superimap_deliveries", status="delivered") == 1
     assert value(after, "superimap_deliveries", status="pending") == 1
