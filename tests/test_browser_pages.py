@@ -6,6 +6,7 @@ docs at `/api/v1/docs`."."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from urllib.parse import urlsplit
 
@@ -13,7 +14,9 @@ from selenium.webdriver.common.by import By
 
 from superimap.testing import free_port
 from tests.browser import blocked_by_csp, chromium, console, log_in, wait_for
-from tests.processes import run_cli, web_server
+from tests.processes import ROOT, run_cli, web_server
+
+README = (ROOT / "README.md").read_text()
 
 
 def api(web: dict, method: str, path: str, body: dict | None = None) -> dict:
@@ -55,7 +58,8 @@ def local(web: dict, url: str) -> str:
 
 def test_the_api_docs_list_the_operations_with_nothing_blocked(tmp_path):
     with web_server(tmp_path) as web, chromium() as driver:
-        driver.get(f"{web['base_url']}/api/v1/docs")
+        docs = re.search(r"interactive docs at `(/[^`]+)`", README).group(1)
+        driver.get(f"{web['base_url']}{docs}")
         block = wait_for(driver, '.opblock-summary-path[data-path="/api/v1/connections"]')
         assert block.is_displayed()
         paths = {
