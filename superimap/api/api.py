@@ -406,6 +406,7 @@ def list_deliveries(
     )
     if next_cursor:
         query = request.GET.copy()
+        query.pop("api_key", None)  # a secret: not echoed in a header proxies may log
         query["cursor"] = next_cursor
         response["Next-Cursor"] = next_cursor
         response["Link"] = f'<{request.path}?{query.urlencode()}>; rel="next"'

@@ -143,3 +143,42 @@ def test_a_user_shows_since_when_it_has_been_failing(api, user):
     body = api.get("/connections/PLAIN/users/alice").json()
     assert body["status"] == "tls_failed"
     assert abs(parse_datetime(body["failing_since"]) - since) < timedelta(milliseconds=1)
+
+
+def test_it_pages_with_the_next_cursor_and_keeps_the_body_a_list(api, user):
+    made = [make_delivery(user) for _ in range(5)]
+    newest_first = [str(d.event_id) for d in reversed(made)]
+    r = api.get("/deliveries", limit=2)
+    assert [d["event_id"] for d in r.json()] == newest_first[:2]
+    cursor = r["Next-Cursor"]
+    assert r["Link"] == f'</api/v1/deliveries?limit=2&cursor={cursor}>; rel="next"'
+    seen = [d["event_id"] for d in r.json()]
+    while "Next-Cursor" in r:
+        r = api.get("/deliveries", limit=2, cursor=r["Next-Cursor"])
+        seen += [d["event_id"] for d in r.json()]
+    assert seen == newest_first
+    assert "Link" not in r
+
+
+def test_it_lists_the_deliveries_since_a_time(api, user):
+    old, new = make_delivery(user), make_delivery(user)
+    Delivery.objects.filter(id=old.id).update(created_at=timezone.now() - timedelta(hours=2))
+    since = (timezone.now() - timedelta(hours=1)).isoformat()
+    r = api.get("/deliveries", since=since)
+    assert [d["event_id"] for d in r.json()] == [str(new.event_id)]
+    assert "Next-Cursor" not in r
+
+
+def test_it_refuses_a_since_without_a_time_zone_or_a_bad_cursor(api, user):
+    assert_error(api.get("/deliveries", since="2026-01-01T00:00:00"), 422, "invalid_field")
+    assert_error(api.get("/deliveries", since="yesterday"), 422, "validation_error")
+    assert_error(api.get("/deliveries", cursor="0"), 422, "validation_error")
+
+
+def test_the_next_page_link_never_carries_the_api_key(client, partner, user):
+    for _ in range(3):
+        make_delivery(user)
+    r = client.get("/api/v1/deliveries", {"api_key": partner.api_key, "limit": 1})
+    assert r.status_code == 200 and len(r.json()) == 1
+    assert "api_key" not in r["Link"] and partner.api_key not in r["Link"]
+    assert r["Link"] == f'</api/v1/deliveries?limit=1&cursor={r["Next-Cursor"]}>; rel="next"'
