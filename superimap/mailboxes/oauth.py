@@ -85,7 +85,7 @@ def begin(
     link_nonce: the connect link's, recorded as used when the sign-in succeeds."""
     connection = user.connection
     if not _configured(connection):
-        message = f"{connection.provider.title} sign-in is not set up for this application."
+        message = f"{connection.provider.brand} sign-in is not set up for this application."
         return _page(request, user, message, 503)
     state = generate_token(40)
     now = time.time()

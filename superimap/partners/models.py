@@ -120,6 +120,12 @@ class ImapProvider(TrackedFields, models.Model):
     def host_per_connection(self) -> bool:
         return not self.imap_host
 
+    @property
+    def brand(self) -> str:
+        """The provider as its users know it ("Gmail"): the title without the operator's
+        notes in parentheses ("(OAuth 2.0)", "(app password)")."""
+        return self.title.split(" (")[0]
+
     def is_usable(self) -> bool:
         return not self.loopback_only or settings.ALLOW_LOOPBACK_IMAP
 
@@ -430,7 +436,7 @@ class Connection(TrackedFields, models.Model):
         ("inbox on mail.example.com"); never the operator's notes in the provider's title."""
         if self.provider.host_per_connection:
             return f"inbox on {self.imap_host}"
-        return f"{self.provider.title.split(' (')[0]} inbox"
+        return f"{self.provider.brand} inbox"
 
     def save(self, *args, **kwargs):
         changed = self.pk is not None and self.tracked_changed()

@@ -315,3 +315,24 @@ def test_a_disconnect_link_cannot_be_used_again(client, user):
     user.refresh_from_db()
     assert user.connected_at is not None
     assert Delivery.objects.filter(kind="user_disconnected").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [("YAHOO_PLAIN", "your Yahoo Mail inbox"), ("GMAIL_OAUTH2", "your Gmail inbox")],
+)
+def test_the_pages_name_a_fixed_providers_inbox_by_its_brand(client, partner, code, shown):
+    provider = ImapProvider.objects.get(code=code)
+    connection = Connection.objects.create(partner=partner, provider=provider)
+    user = MailboxUser.objects.create(connection=connection, tag="bob", email="bob@example.com")
+    r = client.get(path(user, "disconnect"))
+    assert shown in r.content.decode()
+    assert provider.title not in r.content.decode()  # "(app password)", "(OAuth 2.0)"
+
+
+def test_the_password_form_is_prefilled_with_what_the_partner_gave(client, user):
+    user.email, user.login_username = "alice@example.com", "alice.login"
+    user.save()
+    page = client.get(path(user)).content.decode()
+    assert 'value="alice.login"' in page and 'value="alice@example.com"' in page
+    assert "your inbox on imap.example.com" in page
