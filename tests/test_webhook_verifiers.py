@@ -49,9 +49,12 @@ console.log("signature", ok(verifySignature(body, process.env.API_KEY)),
 """,
     "ruby": """
 body = STDIN.binmode.read
-headers = %w[webhook-id webhook-timestamp webhook-signature].to_h { |k| [k, ENV["H_" + k.upcase.tr("-", "_")]] }
+names = %w[webhook-id webhook-timestamp webhook-signature]
+headers = names.to_h { |k| [k, ENV["H_" + k.upcase.tr("-", "_")]] }
 ok = ->(b) { b ? "OK" : "BAD" }
-puts "signature #{ok.(verify_signature(body, ENV['API_KEY']))} webhook-signature #{ok.(verify_webhook_signature(body, headers, ENV['SECRET']))}"
+spec = ok.(verify_signature(body, ENV["API_KEY"]))
+standard = ok.(verify_webhook_signature(body, headers, ENV["SECRET"]))
+puts "signature #{spec} webhook-signature #{standard}"
 """,
 }
 
@@ -122,12 +125,18 @@ def test_verifiers_accept_what_the_service_signs_and_refuse_changes(tmp_path, ve
     env = superimap_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", tmp_path)
     run_cli(env, "migrate")
     exported = run_cli(
-        env, "createpartner", "--name", "My app", "--export",
-        "--webhook", f"http://127.0.0.1:{receiver_port}/webhook",
+        env,
+        "createpartner",
+        "--name",
+        "My app",
+        "--export",
+        "--webhook",
+        f"http://127.0.0.1:{receiver_port}/webhook",
     )
     values = dict(
         shlex.split(line.removeprefix("export "))[0].split("=", 1)
-        for line in exported.splitlines() if line.startswith("export ")
+        for line in exported.splitlines()
+        if line.startswith("export ")
     )
     keys.update(api_key=values["API_KEY"], secret=values["WEBHOOK_SECRET"])
     port = free_port()
@@ -135,7 +144,9 @@ def test_verifiers_accept_what_the_service_signs_and_refuse_changes(tmp_path, ve
 
     def call(path: str, **fields) -> dict:
         request = urllib.request.Request(
-            f"{base}/{path}", data=json.dumps(fields).encode(), method="POST",
+            f"{base}/{path}",
+            data=json.dumps(fields).encode(),
+            method="POST",
             headers={"x-api-key": keys["api_key"], "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as answer:
@@ -170,7 +181,8 @@ def test_verifiers_accept_what_the_service_signs_and_refuse_changes(tmp_path, ve
     changed = body.replace(b'"webhook_kind":"new_mail"', b'"webhook_kind":"new_mall"')
     assert changed != body
     assert run_verifiers(verifiers, changed, headers, keys["api_key"], new_secret) == dict.fromkeys(
-        LANGUAGES, "signature OK webhook-signature BAD"  # the body signature covers sha1 only
+        LANGUAGES,
+        "signature OK webhook-signature BAD",  # the body signature covers sha1 only
     )
     assert run_verifiers(verifiers, body, headers, "wrong-key", new_secret) == dict.fromkeys(
         LANGUAGES, "signature BAD webhook-signature OK"
