@@ -109,6 +109,14 @@ async def serve(
             host,
             port,
         )
+    if worker or engine:
+        from superimap.summary import Summary
+
+        summary = Summary(pool, engine_service if engine else None, worker_service)
+        # Not among `tasks`: its end ends nothing; it stops with the others.
+        summarizer = asyncio.create_task(summary.run(stop), name="summary")
+    else:
+        summarizer = None
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
@@ -120,6 +128,8 @@ async def serve(
         if announcer is not None:
             announcer.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if summarizer is not None:
+            await asyncio.gather(summarizer, return_exceptions=True)
         if listener is not None:
             await listener.stop()
         if sender is not None:
