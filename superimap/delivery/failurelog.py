@@ -23,13 +23,17 @@ log = logging.getLogger("superimap.worker")
 SUMMARY_EVERY = 60.0
 
 
+def endpoint_host(url: str) -> str:
+    """The host of a webhook URL, for log lines (no path, query or credentials)."""
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"
+
+
 def endpoint_label(partner: str, kind: str, url: str) -> str:
     """``My app new_mail webhook at hooks.example.com``: no path, query or credentials."""
-    try:
-        host = urlsplit(url).hostname or "?"
-    except ValueError:
-        host = "?"
-    return f"{partner} {kind} webhook at {host}"
+    return f"{partner} {kind} webhook at {endpoint_host(url)}"
 
 
 @dataclass
