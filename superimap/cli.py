@@ -218,6 +218,8 @@ def _validate_webhook(partner, webhook: str) -> None:
         for field, errors in sorted(exc.message_dict.items()):
             by_option.setdefault(_option(field), {}).update(dict.fromkeys(errors))
         problems = "; ".join(f"{option}: {' '.join(e)}" for option, e in by_option.items())
+        if partner.pk is None and partner.name_taken():
+            problems += " (--if-exists rotate gives that partner a new API key and secret)"
         print(f"superimap: {problems}", file=sys.stderr)
         raise SystemExit(2) from None
 

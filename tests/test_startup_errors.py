@@ -31,9 +31,7 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def run(args: list[str], env: dict[str, str], timeout: float = 30):
     started = time.monotonic()
-    done = subprocess.run(
-        args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     return done, time.monotonic() - started
 
 
