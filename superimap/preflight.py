@@ -77,7 +77,7 @@ def _one_line(exc: Exception, limit: int = 300) -> str:
         text = text.removeprefix(prefix)
     # 'connection to server at "127.0.0.1", port 9 failed: Connection refused': we name the
     # server already.
-    text = re.sub(r'^connection to server (at|on) .*? failed: ', "", text)
+    text = re.sub(r"^connection to server (at|on) .*? failed: ", "", text)
     return text[:limit] or type(exc).__name__
 
 
@@ -106,7 +106,7 @@ def bind_web(host: str, port: int) -> socket.socket:
                 ) from None
             raise ConfigError(
                 "PORT",
-                f"{host}:{port} is in use by another program; stop it or choose another "
+                f"{host}:{port} is in use; stop what listens there or choose another "
                 "port (PORT=8002, or --port 8002)",
             ) from None
         if exc.errno in (errno.EACCES, errno.EPERM):

@@ -119,7 +119,11 @@ def test_a_second_make_run_says_already_running_with_the_pid(tmp_path):
         assert f"already running (pid {first.pid}) on port {port}" in done.stderr, done.stderr
         assert done.returncode != 0 and elapsed < 20
         done, _ = run([SUPERIMAP, "up", "--port", str(port)], env)
-        assert_one_line(done, f"already running (pid {first.pid}) on port {port}")
+        line = assert_one_line(done, f"already running (pid {first.pid}) on port {port}")
+        # The README's Quick start quotes this line (with pid 4242, port 8000).
+        readme = " ".join((ROOT / "README.md").read_text().split())
+        quoted = line.replace(str(first.pid), "4242").replace(str(port), "8000")
+        assert f"`{quoted}`" in readme, quoted
         # On another port the engine's node name is the clash: named, with the pid.
         done, _ = run([SUPERIMAP, "up", "--port", str(free_port())], env)
         assert_one_line(done, "ENGINE_NODE_NAME", f"pid {first.pid}")
