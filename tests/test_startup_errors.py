@@ -133,3 +133,17 @@ def test_a_second_make_run_says_already_running_with_the_pid(tmp_path):
     # Gone: the port is free again and a new start works.
     done, _ = run([SUPERIMAP, "check", "--port", str(port)], env)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", ["chaos-server", "webhook-inspector"])
+def test_the_try_it_helpers_say_their_port_is_taken_in_one_line(tmp_path, held_port, command):
+    done, elapsed = run([SUPERIMAP, command, "--port", str(held_port)], env_for(tmp_path))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "in use" in line]
+    what = "a chaos server" if command == "chaos-server" else "an inspector"
+    assert errors == [
+        f"superimap {command}: port {held_port} is in use ({what} running already?); "
+        "stop it or choose another --port"
+    ], done.stderr
+    assert elapsed < 15
