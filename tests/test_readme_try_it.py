@@ -153,6 +153,28 @@ def survivors(group: int) -> list[int]:
     return found
 
 
+def test_the_readme_inspector_command_takes_a_key_that_begins_with_a_dash(tmp_path):
+    """API keys are url-safe base64: one in 64 begins with "-", which `--api-key "$KEY"`
+    would read as an option (a Try it run failed so)."""
+    [line] = [line for line in try_it_commands().splitlines() if "webhook-inspector" in line]
+    port = free_port()
+    command = re.sub(r"\b8001\b", str(port), line.rstrip(" &"))
+    env = {**os.environ, "API_KEY": "-starts-with-a-dash", "WEBHOOK_SECRET": "whsec_c2VjcmV0"}
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        lines = read_until(proc, lambda seen: any("Listening on" in x for x in seen), 30)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert any(f"Listening on http://127.0.0.1:{port}/" in x for x in lines), lines
+
+
 def new_mail_seen(lines: list[str]) -> bool:
     return any(
         line.startswith("new_mail  user_tag='MY_USER'")
