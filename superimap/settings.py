@@ -143,6 +143,10 @@ LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
 if LOG_FORMAT not in {"text", "json"}:
     raise ConfigError("LOG_FORMAT", f"must be text or json, got {LOG_FORMAT!r}")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ConfigError(
+        "LOG_LEVEL", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
+    )
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 METRICS_PORT = env_int("METRICS_PORT", 0, minimum=0, maximum=65535)
 
@@ -241,7 +245,16 @@ def _database(url: str) -> dict:
             name = str((BASE_DIR / name).resolve())
         config["NAME"] = name
         if name and name != ":memory:":
-            Path(name).parent.mkdir(parents=True, exist_ok=True)
+            # Only VAR_DIR is made on demand: a mistyped folder is an error, not a new,
+            # empty database somewhere else (README "Configuration").
+            folder = Path(name).parent
+            if folder != VAR_DIR and not folder.is_dir():
+                raise ConfigError(
+                    "DATABASE_URL",
+                    f"the folder of the SQLite file {name} does not exist; create it first "
+                    "(only VAR_DIR is created automatically)",
+                )
+            folder.mkdir(parents=True, exist_ok=True)
             _private_sqlite_files(name)
         config["OPTIONS"] = {
             # WAL lets readers go on while one writer commits; IMMEDIATE takes the write
