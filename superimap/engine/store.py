@@ -517,6 +517,7 @@ def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
                     id__in=user_ids[start : start + STATUS_BATCH],
                     archived=False,
                     connected_at__isnull=False,
+                    paused_at__isnull=True,
                 ).update(
                     status=status,
                     last_error=error,
