@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from django.contrib import admin, messages
 from django.db.models import Exists, OuterRef
 from django.urls import reverse
@@ -6,6 +8,9 @@ from django.utils.html import format_html
 
 from superimap import healthz
 from superimap.admin_secrets import secret_form
+from superimap.api import service
+from superimap.api.errors import ApiError
+from superimap.engine.session import SessionSettings
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser, MailLog
 
@@ -19,6 +24,8 @@ class StateFilter(admin.SimpleListFilter):
             ("active", "Active"),
             ("archived", "Archived"),
             ("tracer", "Tracer enabled"),
+            ("failing", "Failing (any reason)"),
+            ("paused", "Paused"),
             ("auth_failed", "Authentication failed"),
             ("needs_attention", "Partner told: needs attention (user_error)"),
             ("not_connected", "Not connected"),
@@ -32,6 +39,10 @@ class StateFilter(admin.SimpleListFilter):
             return queryset.filter(archived=True)
         if value == "tracer":
             return queryset.filter(enable_tracer=True, archived=False)
+        if value == "failing":
+            return queryset.filter(failing_since__isnull=False, archived=False)
+        if value == "paused":
+            return queryset.filter(paused_at__isnull=False, archived=False)
         if value == "auth_failed":
             return queryset.filter(status=MailboxUser.Status.AUTH_FAILED, archived=False)
         if value == "needs_attention":
@@ -47,11 +58,13 @@ class MailboxUserAdmin(admin.ModelAdmin):
     list_display = [
         "tag",
         "email",
-        "connection",
+        "partner",
         "watch_status",
-        "connected_at",
-        "archived",
-        "enable_tracer",
+        "error_text",
+        "failing_since",
+        "next_retry",
+        "watched_folders",
+        "owner_node",
         "last_email_at",
         "mail_log_link",
     ]
@@ -61,6 +74,9 @@ class MailboxUserAdmin(admin.ModelAdmin):
     raw_id_fields = ["connection"]
     show_full_result_count = False
     actions = [
+        "reconnect_now",
+        "pause_mailboxes",
+        "resume_mailboxes",
         "archive_users",
         "restore_users",
         "enable_tracers",
@@ -84,6 +100,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "last_internal_date",
         "last_email_at",
         "sweep_requested_at",
+        "paused_at",
         "owner_node",
         "archived_at",
         "created_at",
@@ -126,6 +143,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
                     "last_internal_date",
                     "last_email_at",
                     "sweep_requested_at",
+                    "paused_at",
                     "owner_node",
                     "created_at",
                 ]
@@ -152,6 +170,43 @@ class MailboxUserAdmin(admin.ModelAdmin):
             return format_html('<strong style="color:#b00">{}</strong>', "engine down")
         return user.get_status_display()
 
+    @admin.display(description="Partner", ordering="connection__partner__name")
+    def partner(self, user):
+        return user.connection.partner.name
+
+    @admin.display(description="Last error")
+    def error_text(self, user):
+        """Why the mailbox fails, in the list (wrapped, cut at 160 characters)."""
+        if not user.last_error:
+            return "-"
+        text = user.last_error
+        short = text if len(text) <= 160 else text[:159] + "…"
+        return format_html('<span class="si-error" title="{}">{}</span>', text, short)
+
+    @admin.display(description="Next retry (about)")
+    def next_retry(self, user):
+        """When a failing session tries again: the back-off after its last failure
+        (engine/session.py backoff_delay without its ±20 % jitter). Reconnect now skips it."""
+        failing = {
+            MailboxUser.Status.BACKING_OFF,
+            MailboxUser.Status.AUTH_FAILED,
+            MailboxUser.Status.TLS_FAILED,
+        }
+        if user.status not in failing or user.status_changed_at is None or user.paused_at:
+            return "-"
+        cfg = SessionSettings()
+        failures = max(1, user.consecutive_failures)
+        if user.status == MailboxUser.Status.BACKING_OFF:
+            delay = min(cfg.max_backoff, float(failures**3 - 1))
+        else:
+            delay = min(cfg.max_auth_backoff, 300.0 * failures)
+        return user.status_changed_at + timedelta(seconds=delay)
+
+    @admin.display(description="Folders")
+    def watched_folders(self, user):
+        folders = user.folders or user.connection.folders or [user.checkpoint_folder]
+        return ", ".join(folders)
+
     @admin.display(description="Other folders (UIDVALIDITY/last UID)")
     def other_folders(self, user):
         """The checkpoints of the folders watched besides the primary one (design.md 4.10)."""
@@ -174,6 +229,31 @@ class MailboxUserAdmin(admin.ModelAdmin):
         if not user.pk:
             return "-"
         return format_html('<a href="{0}">{0}</a>', make_link(user.id, "disconnect"))
+
+    def _each(self, request, queryset, act, verb: str) -> None:
+        """Run a service action (the API's) on each selected mailbox; say what happened."""
+        done, refused = 0, []
+        for user in queryset.select_related("connection"):
+            try:
+                act(user)
+                done += 1
+            except ApiError as exc:
+                refused.append(f"{user.tag}: {exc.message}")
+        self.message_user(request, f"{verb} {done} mailbox(es).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not done: " + " ".join(refused), messages.WARNING)
+
+    @admin.action(description="Reconnect now / retry login now (skip the back-off)")
+    def reconnect_now(self, request, queryset):
+        self._each(request, queryset, service.reconnect_user, "Reconnect requested for")
+
+    @admin.action(description="Pause selected mailboxes (no session until resumed)")
+    def pause_mailboxes(self, request, queryset):
+        self._each(request, queryset, service.pause_user, "Paused")
+
+    @admin.action(description="Resume selected mailboxes (catch up from the checkpoint)")
+    def resume_mailboxes(self, request, queryset):
+        self._each(request, queryset, service.resume_user, "Resumed")
 
     @admin.action(description="Archive selected users")
     def archive_users(self, request, queryset):
@@ -281,3 +361,6 @@ class MailLogAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # read-only: retention purges (design.md 6.3)
