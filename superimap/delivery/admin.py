@@ -4,6 +4,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from superimap import healthz
+from superimap.console import CONSOLE_CSS
 from superimap.delivery.models import Delivery, DeliveryAttempt, EndpointHealth, WorkerNode
 from superimap.mailboxes.models import MailLog
 
@@ -31,6 +32,9 @@ class DeliveryAttemptInline(admin.TabularInline):
 
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
+    class Media:
+        css = CONSOLE_CSS
+
     list_display = [
         "short_event_id",
         "kind",
@@ -152,6 +156,9 @@ class DeliveryAdmin(admin.ModelAdmin):
 @admin.register(EndpointHealth)
 class EndpointHealthAdmin(admin.ModelAdmin):
     """Each partner's webhook endpoints, as the worker sees them (read-only)."""
+
+    class Media:
+        css = CONSOLE_CSS
 
     list_display = [
         "partner",

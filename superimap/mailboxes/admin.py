@@ -10,6 +10,7 @@ from superimap import healthz
 from superimap.admin_secrets import secret_form
 from superimap.api import service
 from superimap.api.errors import ApiError
+from superimap.console import CONSOLE_CSS
 from superimap.engine.session import SessionSettings
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser, MailLog
@@ -54,6 +55,9 @@ class StateFilter(admin.SimpleListFilter):
 
 @admin.register(MailboxUser)
 class MailboxUserAdmin(admin.ModelAdmin):
+    class Media:
+        css = CONSOLE_CSS
+
     form = secret_form(MailboxUser, ("password", "oauth_refresh_token"))
     list_display = [
         "tag",
@@ -338,6 +342,9 @@ class SkipReasonFilter(admin.SimpleListFilter):
 
 @admin.register(MailLog)
 class MailLogAdmin(admin.ModelAdmin):
+    class Media:
+        css = CONSOLE_CSS
+
     list_display = [
         "message_id",
         "subject",

@@ -10,6 +10,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from superimap.admin_secrets import secret_form
+from superimap.console import CONSOLE_CSS
 from superimap.partners.models import DEFAULT_ROTATION_GRACE, Connection, ImapProvider, Partner
 
 SHOWN_PREFIX = 6  # characters of a secret the dashboard shows after it was revealed once
@@ -42,6 +43,9 @@ HTTPS_URLS = {models.URLField: {"assume_scheme": "https"}}
 
 @admin.register(Partner)
 class PartnerAdmin(admin.ModelAdmin):
+    class Media:
+        css = CONSOLE_CSS
+
     formfield_overrides = HTTPS_URLS
     list_display = ["name", "connections_link", "new_mail_webhook", "created_at"]
     search_fields = ["name"]
