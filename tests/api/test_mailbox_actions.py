@@ -1,7 +1,11 @@
 """Reconnect now, pause and resume a mailbox through the API (issue 17)."""
 
-import pytest
+from datetime import timedelta
 
+import pytest
+from django.utils import timezone
+
+from superimap.delivery.models import Delivery
 from superimap.engine import store
 from superimap.engine.leases import watchable
 from superimap.mailboxes.models import MailboxUser
@@ -118,3 +122,13 @@ def test_the_routes_are_in_the_openapi_schema(api):
             "responses"
         ]
         assert {ok, "401", "404", "409", "422"} <= set(responses)
+
+
+def test_a_paused_mailboxs_last_report_tells_the_partner_nothing(api, alice):
+    MailboxUser.objects.filter(id=alice.id).update(
+        failing_since=timezone.now() - timedelta(hours=2)
+    )
+    api.post(f"{BASE}/pause", {})
+    # The session stopping after the pause reports its failures one last time.
+    store.save_statuses({alice.id: ("stopped", "login refused", 3)})
+    assert not Delivery.objects.filter(user=alice, kind="user_error").exists()
