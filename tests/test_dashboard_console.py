@@ -227,3 +227,22 @@ def test_the_partner_page_shows_endpoint_health_and_sends_a_test_webhook(admin, 
         assert "No user_error webhook URL is set." in r.content.decode()
     finally:
         receiver.close()
+
+
+def test_the_mailbox_page_has_reconnect_pause_and_resume_buttons(admin, failing):
+    page = admin.get(f"/admin/mailboxes/mailboxuser/{failing.id}/change/").content.decode()
+    for label in ("Reconnect now", "Pause", "Resume"):
+        assert f">{label}</button>" in page
+    url = f"/admin/mailboxes/mailboxuser/{failing.id}/operate/"
+    version = failing.session_version
+    r = admin.post(url, {"operate": "reconnect"}, follow=True)
+    assert "Reconnect requested for 1 mailbox(es)." in r.content.decode()
+    failing.refresh_from_db()
+    assert failing.session_version != version
+    admin.post(url, {"operate": "pause"})
+    failing.refresh_from_db()
+    assert failing.status == "paused"
+    admin.post(url, {"operate": "resume"})
+    failing.refresh_from_db()
+    assert failing.paused_at is None
+    assert admin.get(url).status_code == 405

@@ -1,10 +1,13 @@
 from datetime import timedelta
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef
-from django.urls import reverse
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from superimap import healthz
 from superimap.admin_secrets import secret_form
@@ -88,6 +91,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "sweep_inboxes",
     ]
     readonly_fields = [
+        "operate",
         "connect_link",
         "disconnect_link",
         "watch_status",
@@ -133,6 +137,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
             "Engine",
             {
                 "fields": [
+                    "operate",
                     "watch_status",
                     "status",
                     "last_error",
@@ -173,6 +178,51 @@ class MailboxUserAdmin(admin.ModelAdmin):
         if shown == healthz.ENGINE_DOWN:
             return format_html('<strong style="color:#b00">{}</strong>', "engine down")
         return user.get_status_display()
+
+    OPERATIONS = {
+        "reconnect": (service.reconnect_user, "Reconnect requested for"),
+        "pause": (service.pause_user, "Paused"),
+        "resume": (service.resume_user, "Resumed"),
+    }
+
+    def get_urls(self):
+        own = [
+            path(
+                "<int:user_id>/operate/",
+                self.admin_site.admin_view(self.operate_view),
+                name="mailboxes_mailboxuser_operate",
+            )
+        ]
+        return own + super().get_urls()
+
+    def operate_view(self, request, user_id: int):
+        """The change page's buttons: one mailbox, the same service functions as the list's
+        actions and the API."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        user = get_object_or_404(MailboxUser.objects.select_related("connection"), pk=user_id)
+        if not self.has_change_permission(request, user):
+            raise PermissionDenied
+        operation = self.OPERATIONS.get(request.POST.get("operate", ""))
+        if operation is None:
+            self.message_user(request, "Unknown operation.", messages.ERROR)
+        else:
+            self._each(request, MailboxUser.objects.filter(pk=user.pk), *operation)
+        return HttpResponseRedirect(reverse("admin:mailboxes_mailboxuser_change", args=[user.pk]))
+
+    @admin.display(description="Operate")
+    def operate(self, user):
+        """Buttons posting the page's form (and its CSRF token) to operate_view: no script."""
+        if user.pk is None:
+            return "-"
+        action = reverse("admin:mailboxes_mailboxuser_operate", args=[user.pk])
+        labels = [("reconnect", "Reconnect now"), ("pause", "Pause"), ("resume", "Resume")]
+        return format_html_join(
+            " ",
+            '<button type="submit" class="button" formaction="{}" formmethod="post" '
+            'name="operate" value="{}">{}</button>',
+            [(action, value, label) for value, label in labels],
+        )
 
     @admin.display(description="Partner", ordering="connection__partner__name")
     def partner(self, user):
