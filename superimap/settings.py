@@ -196,6 +196,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    "superimap.dashboard_tz.DashboardTimeZoneMiddleware",
 ]
 
 ROOT_URLCONF = "superimap.urls"
@@ -297,9 +298,14 @@ AXES_COOLOFF_TIME = timedelta(hours=1)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
+AXES_ENABLE_ADMIN = False  # lockout internals are no operator's business (issue 17)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# The dashboard shows times in this zone (an IANA name, e.g. Europe/Paris), to the second;
+# everything stored and the API stay in UTC.
+DASHBOARD_TIME_ZONE = env_str("DASHBOARD_TIME_ZONE", "UTC")
+FORMAT_MODULE_PATH = ["superimap.formats"]
 USE_I18N = True
 USE_TZ = True
 

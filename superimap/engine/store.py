@@ -533,6 +533,7 @@ def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
                     id__in=user_ids[start : start + STATUS_BATCH],
                     archived=False,
                     connected_at__isnull=False,
+                    paused_at__isnull=True,
                 ).update(
                     status=status,
                     last_error=error,
@@ -559,9 +560,14 @@ def tell_transitions(updates: dict[int, tuple[str, str, int]], now: datetime) ->
     ]
     watching = [user_id for user_id, (status, _, _) in updates.items() if status in WATCHING]
     for ids in _batches(failing):
-        MailboxUser.objects.filter(id__in=ids, failing_since__isnull=True).update(failing_since=now)
+        # A paused mailbox's last report (its session stopping) starts no failure.
+        MailboxUser.objects.filter(
+            id__in=ids, failing_since__isnull=True, paused_at__isnull=True
+        ).update(failing_since=now)
         candidates = (
-            MailboxUser.objects.filter(id__in=ids, error_notified_at__isnull=True, archived=False)
+            MailboxUser.objects.filter(
+                id__in=ids, error_notified_at__isnull=True, archived=False, paused_at__isnull=True
+            )
             .exclude(connected_at__isnull=True)
             .filter(Q(status__in=NEEDS_HUMAN) | Q(failing_since__lte=now - USER_ERROR_AFTER))
             .select_related("connection__provider", "connection__partner")
