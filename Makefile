@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+# exec: make's child is superimap itself, so a SIGTERM to make (`kill %1` of `make run &`,
+# also outside an interactive shell) reaches it and everything stops.
 run: $(STAMP)
-	HOST=$(HOST) PORT=$(PORT) $(BIN)/superimap up
+	HOST=$(HOST) PORT=$(PORT) exec $(BIN)/superimap up
 
 system-deps:
 	bash scripts/install-system-deps.sh

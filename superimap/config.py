@@ -14,7 +14,12 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 
 
-class ConfigError(Exception):
+class StartupError(Exception):
+    """The process cannot start: the message is one line that names the cause and the fix
+    (cli.main prints it and exits with status 2)."""
+
+
+class ConfigError(StartupError):
     """Bad configuration: the message starts with the variable's name."""
 
     def __init__(self, variable: str, problem: str) -> None:

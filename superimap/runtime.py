@@ -8,14 +8,12 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 
 import uvicorn
 from django.conf import settings
 
 from superimap import __version__
-from superimap.config import ConfigError
 
 log = logging.getLogger("superimap")
 
@@ -56,10 +54,12 @@ async def serve(
     port: int,
     on_listening: Callable[[], None] | None = None,
     node_lock=None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Run the chosen services until SIGINT/SIGTERM; `on_listening` is called once the web
     server accepts connections (the start-up banner). `node_lock` holds the engine's node
-    name for as long as the engine runs."""
+    name for as long as the engine runs. `sock`: the web port, bound already
+    (preflight.bind_web); without it uvicorn binds host:port itself."""
     from superimap import healthz
     from superimap.dbpool import DbPool
 
@@ -100,7 +100,7 @@ async def serve(
         from superimap.asgi import application
 
         server = _Server(web_config(application, host, port))
-        tasks.append(asyncio.create_task(_run_web(server, stop), name="web"))
+        tasks.append(asyncio.create_task(_run_web(server, stop, sock), name="web"))
         if on_listening is not None:
             announcer = asyncio.create_task(_when_started(server, on_listening))
         log.info(
@@ -109,6 +109,14 @@ async def serve(
             host,
             port,
         )
+    if worker or engine:
+        from superimap.summary import Summary
+
+        summary = Summary(pool, engine_service if engine else None, worker_service)
+        # Not among `tasks`: its end ends nothing; it stops with the others.
+        summarizer = asyncio.create_task(summary.run(stop), name="summary")
+    else:
+        summarizer = None
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
@@ -120,6 +128,8 @@ async def serve(
         if announcer is not None:
             announcer.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if summarizer is not None:
+            await asyncio.gather(summarizer, return_exceptions=True)
         if listener is not None:
             await listener.stop()
         if sender is not None:
@@ -183,8 +193,10 @@ def web_config(application, host: str, port: int) -> uvicorn.Config:
     )
 
 
-async def _run_web(server: uvicorn.Server, stop: asyncio.Event) -> None:
-    serving = asyncio.create_task(server.serve())
+async def _run_web(
+    server: uvicorn.Server, stop: asyncio.Event, sock: socket.socket | None = None
+) -> None:
+    serving = asyncio.create_task(server.serve(sockets=[sock] if sock is not None else None))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
@@ -207,11 +219,8 @@ def run(**kwargs) -> None:
     if kwargs.get("engine"):
         from superimap.engine.nodelock import NodeLock
 
-        try:
-            node_lock = NodeLock(settings.ENGINE_NODE_NAME).acquire()
-        except ConfigError as exc:
-            print(f"superimap: configuration error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+        # A StartupError (ENGINE_NODE_NAME taken) stops the process with one line (cli.main).
+        node_lock = NodeLock(settings.ENGINE_NODE_NAME).acquire()
     try:
         runner(serve(**kwargs, node_lock=node_lock))
     finally:

@@ -94,6 +94,7 @@ if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
 WEBHOOK_WORKER_ALIVE_SECONDS = env_int("WEBHOOK_WORKER_ALIVE_SECONDS", 5, minimum=3, maximum=600)
 # /healthz answers 503 when the oldest due, unsent webhook has waited longer than this.
 HEALTHZ_BACKLOG_SECONDS = env_int("HEALTHZ_BACKLOG_SECONDS", 300, minimum=10, maximum=86400)
+LOG_SUMMARY_SECONDS = env_int("LOG_SUMMARY_SECONDS", 60, minimum=1, maximum=3600)
 # How often a worker looks for due deliveries when nothing woke it (new deliveries wake it
 # at once: in-process, or through delivery/wakeup.py from an engine in another process).
 WEBHOOK_POLL_MS = env_int("WEBHOOK_POLL_MS", 500, minimum=10, maximum=60_000)
@@ -142,6 +143,10 @@ LOG_FORMAT = env_str("LOG_FORMAT", "text").lower()
 if LOG_FORMAT not in {"text", "json"}:
     raise ConfigError("LOG_FORMAT", f"must be text or json, got {LOG_FORMAT!r}")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ConfigError(
+        "LOG_LEVEL", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
+    )
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 METRICS_PORT = env_int("METRICS_PORT", 0, minimum=0, maximum=65535)
 
@@ -194,6 +199,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    "superimap.dashboard_tz.DashboardTimeZoneMiddleware",
 ]
 
 ROOT_URLCONF = "superimap.urls"
@@ -243,7 +249,16 @@ def _database(url: str) -> dict:
             name = str((BASE_DIR / name).resolve())
         config["NAME"] = name
         if name and name != ":memory:":
-            Path(name).parent.mkdir(parents=True, exist_ok=True)
+            # Only VAR_DIR is made on demand: a mistyped folder is an error, not a new,
+            # empty database somewhere else (README "Configuration").
+            folder = Path(name).parent
+            if folder != VAR_DIR and not folder.is_dir():
+                raise ConfigError(
+                    "DATABASE_URL",
+                    f"the folder of the SQLite file {name} does not exist; create it first "
+                    "(only VAR_DIR is created automatically)",
+                )
+            folder.mkdir(parents=True, exist_ok=True)
             _private_sqlite_files(name)
         config["OPTIONS"] = {
             # WAL lets readers go on while one writer commits; IMMEDIATE takes the write
@@ -286,11 +301,16 @@ AXES_COOLOFF_TIME = timedelta(hours=1)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
+AXES_ENABLE_ADMIN = False  # lockout internals are no operator's business (issue 17)
 # A page that says for how long, and the command that unlocks (superimap.lockout).
 AXES_LOCKOUT_CALLABLE = "superimap.lockout.lockout_response"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# The dashboard shows times in this zone (an IANA name, e.g. Europe/Paris), to the second;
+# everything stored and the API stay in UTC.
+DASHBOARD_TIME_ZONE = env_str("DASHBOARD_TIME_ZONE", "UTC")
+FORMAT_MODULE_PATH = ["superimap.formats"]
 USE_I18N = True
 USE_TZ = True
 

@@ -1,5 +1,6 @@
 """The `superimap` command: first-start admin, configuration errors, dev secrets, genkey."""
 
+import argparse
 import io
 import json
 import os
@@ -12,6 +13,7 @@ from cryptography.fernet import Fernet
 from django.contrib.auth import get_user_model
 
 from superimap.cli import ensure_default_admin
+from superimap.testing import free_port
 
 SUPERIMAP = str(Path(sys.executable).with_name("superimap"))
 
@@ -22,7 +24,12 @@ def fast_hasher(settings):
 
 
 def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    base = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "VAR_DIR": str(tmp_path)}
+    base = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "VAR_DIR": str(tmp_path),
+        "PORT": str(free_port()),  # `check` tries the web port; others use 8000 here
+    }
     return subprocess.run(
         [SUPERIMAP, *args],
         env={**base, **env},
@@ -168,3 +175,113 @@ def test_createpartner_accepts_a_good_webhook_url(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "API key: " in result.stdout
+
+
+def partner_rows(tmp_path: Path) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "superimap.sqlite3") as db:
+        return db.execute(
+            "SELECT name, api_key_hash, previous_api_key_hash, new_mail_webhook, "
+            "user_error_webhook FROM partners_partner"
+        ).fetchall()
+
+
+def exported(stdout: str) -> tuple[str, str]:
+    shell = subprocess.run(
+        ["bash", "-c", stdout + '\nprintf "%s\\n%s\\n" "$API_KEY" "$WEBHOOK_SECRET"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    api_key, secret = shell.stdout.splitlines()
+    return api_key, secret
+
+
+def test_createpartner_if_exists_rotate_gives_the_same_partner_new_credentials(tmp_path):
+    """The README's Try it, run again: one partner "My app", a new key and secret that work
+    at once, the old ones stop (no grace), nothing stored in plain text."""
+    from superimap.partners.models import hash_api_key
+
+    assert run(["migrate"], tmp_path).returncode == 0
+    hook = "http://127.0.0.1:8001/webhook"
+    args = ["createpartner", "--name", "My app", "--webhook", hook, "--export"]
+    first = run([*args, "--if-exists", "rotate"], tmp_path)  # none yet: created
+    assert first.returncode == 0, first.stderr
+    assert "# Created partner 'My app'" in first.stdout
+    key1, secret1 = exported(first.stdout)
+
+    again = run(args, tmp_path)  # the default: an existing name is an error
+    assert again.returncode == 2
+    assert len(again.stderr.splitlines()) == 1 and "--if-exists rotate" in again.stderr
+
+    moved = "http://127.0.0.1:8002/webhook"
+    rotated = run(
+        [
+            "createpartner",
+            "--name",
+            "my APP",
+            "--webhook",
+            moved,
+            "--export",
+            "--if-exists",
+            "rotate",
+        ],
+        tmp_path,
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    assert "exists: new API key and webhook secret" in rotated.stdout
+    key2, secret2 = exported(rotated.stdout)
+    assert key2 != key1 and secret2 != secret1 and secret2.startswith("whsec_")
+    [(name, key_hash, previous_hash, new_mail, user_error)] = partner_rows(tmp_path)
+    assert name == "My app"
+    assert key_hash == hash_api_key(key2) and previous_hash == ""  # the old key is gone
+    assert new_mail == user_error == moved
+    stored = (tmp_path / "superimap.sqlite3").read_bytes()
+    assert key2.encode() not in stored and secret2.encode() not in stored
+
+
+def help_options(text: str) -> dict[str, str]:
+    """argparse --help output: each option (and positional) with its help text."""
+    options: dict[str, str] = {}
+    lines = text.splitlines()
+    section = False
+    for index, line in enumerate(lines):
+        if line.endswith(":") and not line.startswith(" "):
+            section = line in {"options:", "positional arguments:"}
+            continue
+        if not section or not line.startswith("  ") or line.startswith("   "):
+            continue
+        invocation, _, help_text = line.strip().partition("  ")
+        if not help_text.strip() and index + 1 < len(lines):
+            following = lines[index + 1]
+            if following.startswith("      "):
+                help_text = following.strip()
+        options[invocation] = help_text.strip()
+    return options
+
+
+def test_version_and_every_subcommand_has_help_for_every_option(tmp_path):
+    from superimap import __version__
+    from superimap.cli import build_parser
+
+    version = run(["--version"], tmp_path)
+    assert version.returncode == 0 and version.stdout.strip() == f"superimap {__version__}"
+    parser = build_parser()
+    [subparsers] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    names = list(subparsers.choices)
+    assert {"up", "web", "check", "createpartner", "chaos-server", "webhook-inspector"} <= set(
+        names
+    )
+    for name in names:
+        result = run([name, "--help"], tmp_path)
+        assert result.returncode == 0, (name, result.stderr)
+        if name == "manage":  # Django's own commands and options
+            continue
+        assert result.stdout.startswith(f"usage: superimap {name} "), (name, result.stdout)
+        options = help_options(result.stdout)
+        assert options, (name, result.stdout)
+        for option, text in options.items():
+            assert text, f"superimap {name}: {option} has no help text"
+    assert "(default: 127.0.0.1)" in run(["up", "--help"], tmp_path).stdout
+    assert "(default: 1143)" in run(["chaos-server", "--help"], tmp_path).stdout

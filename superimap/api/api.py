@@ -285,6 +285,49 @@ def sweep_user(request, code: str, tag: str):
     return Status(202, service.user_out(user))
 
 
+ACTION_ERRORS = {401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
+
+
+@api.post(
+    "/connections/{code}/users/{tag}/reconnect",
+    response={202: UserOut, **ACTION_ERRORS},
+    tags=["users"],
+)
+def reconnect_user(request, code: str, tag: str):
+    """Reconnect now: skip the back-off (e.g. after fixing the password on the mail server)
+    and log in again within a few seconds. No mail is sent again: the new session catches up
+    from where the last one stopped. 409 if archived, not connected or paused."""
+    user = service.get_user(request.auth, code, tag)
+    service.reconnect_user(user)
+    return Status(202, service.user_out(user))
+
+
+@api.post(
+    "/connections/{code}/users/{tag}/pause",
+    response={200: UserOut, **ACTION_ERRORS},
+    tags=["users"],
+)
+def pause_user(request, code: str, tag: str):
+    """Pause: stop watching the mailbox (status paused) until resumed. No mail is lost: a
+    resume catches up from the checkpoint. 409 if archived or not connected."""
+    user = service.get_user(request.auth, code, tag)
+    service.pause_user(user)
+    return service.user_out(user)
+
+
+@api.post(
+    "/connections/{code}/users/{tag}/resume",
+    response={200: UserOut, **ACTION_ERRORS},
+    tags=["users"],
+)
+def resume_user(request, code: str, tag: str):
+    """Resume a paused mailbox: the engine watches it again within a few seconds and sends
+    the mail that arrived meanwhile. 409 if archived."""
+    user = service.get_user(request.auth, code, tag)
+    service.resume_user(user)
+    return service.user_out(user)
+
+
 # Messages ------------------------------------------------------------------------------
 
 MessageStatus = Literal["delivered", "skipped"]

@@ -250,13 +250,19 @@ def rotate_secret(request, body: RotateIn):
 def test_webhook(request, body: TestWebhookIn):
     """Send a signed `ping` event to the URL of one webhook kind now (no retries) and report
     the receiver's status code and latency. 409 if the partner has no URL for that kind."""
-    partner: Partner = request.auth
-    url = partner.webhook_url(body.kind)
+    return send_test_webhook(request.auth, body.kind)
+
+
+def send_test_webhook(partner: Partner, kind: str) -> dict:
+    """POST a signed ping to the partner's URL for ``kind`` through the worker's checked
+    connector (netguard: private addresses refused unless allowed). Shared by the API and the
+    dashboard's "Send test webhook" button. ApiError 409 without a URL for that kind."""
+    url = partner.webhook_url(kind)
     if not url:
-        raise ApiError(409, "no_webhook_url", f"No {body.kind} webhook URL is set.")
+        raise ApiError(409, "no_webhook_url", f"No {kind} webhook URL is set.")
     event_id = str(uuid.uuid4())
     raw, headers = render_request(
-        {"sha1": sha1_hex(event_id), "webhook_kind": body.kind},
+        {"sha1": sha1_hex(event_id), "webhook_kind": kind},
         event_id=event_id,
         kind="ping",
         api_key=partner.api_key,
@@ -265,7 +271,7 @@ def test_webhook(request, body: TestWebhookIn):
     )
     result = asyncio.run(_send(url, raw, headers))
     return {
-        "kind": body.kind,
+        "kind": kind,
         "url": url,
         "event_id": event_id,
         "status_code": result.status_code,

@@ -311,7 +311,8 @@ class UserOut(Schema):
     )
     status: str = Field(
         description="The engine's status (new, connecting, idle, polling, syncing, backing_off, "
-        "auth_failed, tls_failed, stopped), or engine_down: the engine node watching it "
+        "auth_failed, tls_failed, stopped), paused (by POST .../pause: not watched until "
+        "POST .../resume), or engine_down: the engine node watching it "
         "stopped and no other has taken it over yet (it is not watched)."
     )
     last_error: str
@@ -322,6 +323,9 @@ class UserOut(Schema):
     )
     sweep_requested_at: datetime | None = Field(
         default=None, description="Set while a requested inbox sweep is pending."
+    )
+    paused_at: datetime | None = Field(
+        default=None, description="Set while the mailbox is paused (not watched)."
     )
     created_at: datetime
 

@@ -78,6 +78,7 @@ def user_out(user: MailboxUser, live_nodes: set[str] | None = None) -> dict:
         "last_email_at": user.last_email_at,
         "failing_since": user.failing_since,
         "sweep_requested_at": user.sweep_requested_at,
+        "paused_at": user.paused_at,
         "created_at": user.created_at,
     }
 
@@ -315,6 +316,38 @@ def sweep_user(user: MailboxUser) -> None:
     if not user.watchable:
         raise ApiError(409, "not_connected", f"User {user.tag!r} is not connected.")
     user.request_sweep()
+
+
+def _must_be_watchable(user: MailboxUser) -> None:
+    if user.archived:
+        raise ApiError(409, "archived", f"User {user.tag!r} is archived; restore it with PUT.")
+    if not user.watchable:
+        raise ApiError(409, "not_connected", f"User {user.tag!r} is not connected.")
+
+
+def reconnect_user(user: MailboxUser) -> None:
+    """Skip the back-off: the engine restarts the session within a refresh (a few seconds)
+    and logs in at once; nothing is sent again (the session catches up from the
+    checkpoint). Shared by the API and the dashboard."""
+    _must_be_watchable(user)
+    if user.paused_at is not None:
+        raise ApiError(409, "paused", f"User {user.tag!r} is paused; resume it instead.")
+    user.reconnect()
+
+
+def pause_user(user: MailboxUser) -> None:
+    """Stop watching the mailbox (no session) until it is resumed; idempotent."""
+    _must_be_watchable(user)
+    if user.paused_at is None:
+        user.pause()
+
+
+def resume_user(user: MailboxUser) -> None:
+    """Watch a paused mailbox again, catching up from its checkpoint; idempotent."""
+    if user.archived:
+        raise ApiError(409, "archived", f"User {user.tag!r} is archived; restore it with PUT.")
+    if user.paused_at is not None:
+        user.resume()
 
 
 def delivery_out(delivery: Delivery) -> dict:

@@ -1,8 +1,19 @@
 from django.contrib import admin, messages
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
+from django.utils.html import format_html
 
 from superimap import healthz
-from superimap.delivery.models import Delivery, DeliveryAttempt, WorkerNode
+from superimap.console import CONSOLE_CSS
+from superimap.delivery.models import Delivery, DeliveryAttempt, EndpointHealth, WorkerNode
+from superimap.mailboxes.models import MailLog
+
+
+def _subject_of():
+    """The subject of a new_mail's message, from the mail log (kept after retention purges
+    the payload): same user, same dedup key."""
+    rows = MailLog.objects.filter(user=OuterRef("user"), identity=OuterRef("dedup_key"))
+    return Subquery(rows.order_by("-id").values("subject")[:1])
 
 
 class DeliveryAttemptInline(admin.TabularInline):
@@ -15,23 +26,33 @@ class DeliveryAttemptInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
+    class Media:
+        css = CONSOLE_CSS
+
     list_display = [
-        "event_id",
+        "short_event_id",
         "kind",
         "partner",
         "user",
+        "subject",
         "status",
         "attempts",
-        "last_status_code",
-        "next_attempt_at",
+        "error_text",
+        "latency",
         "created_at",
     ]
+    list_display_links = ["short_event_id"]
     list_filter = ["status", "kind", "partner", "created_at"]
     list_select_related = ["partner", "user"]
-    search_fields = ["event_id", "message_id", "user__tag"]
+    # Subject (from the mail log) is searched in get_search_results.
+    search_fields = ["event_id", "message_id", "user__tag", "user__email"]
+    search_help_text = "Event id (or its start), subject, user tag or email, Message-ID."
     raw_id_fields = ["user"]
     show_full_result_count = False
     inlines = [DeliveryAttemptInline]
@@ -59,6 +80,55 @@ class DeliveryAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    # Read-only (design.md 6.3): deliveries are the record of what was sent; retention
+    # purges them. Nothing to edit (not even the dedup key), nothing to delete.
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(subject_text=_subject_of())
+
+    def get_search_results(self, request, queryset, search_term):
+        results, duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        if term:
+            by_subject = MailLog.objects.filter(
+                user=OuterRef("user"), identity=OuterRef("dedup_key"), subject__icontains=term
+            )
+            results = results | queryset.filter(Exists(by_subject))
+        return results, duplicates
+
+    @admin.display(description="Event", ordering="event_id")
+    def short_event_id(self, delivery):
+        text = str(delivery.event_id)
+        return format_html('<code title="{}">{}</code>', text, text[:8])
+
+    @admin.display(description="Subject")
+    def subject(self, delivery):
+        text = getattr(delivery, "subject_text", None) or ""
+        if not text:
+            return "-"
+        return text if len(text) <= 80 else text[:79] + "…"
+
+    @admin.display(description="Last error")
+    def error_text(self, delivery):
+        if not delivery.last_error:
+            return "-"
+        text = delivery.last_error
+        short = text if len(text) <= 160 else text[:159] + "…"
+        return format_html('<span class="si-error" title="{}">{}</span>', text, short)
+
+    @admin.display(description="Latency")
+    def latency(self, delivery):
+        """From the event's creation to its delivery."""
+        if delivery.delivered_at is None:
+            return "-"
+        seconds = (delivery.delivered_at - delivery.created_at).total_seconds()
+        return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
     @admin.action(description="Retry now")
     def retry_now(self, request, queryset):
         count = Delivery.retry_now(queryset)
@@ -81,6 +151,35 @@ class DeliveryAdmin(admin.ModelAdmin):
         if purged:
             message += f" {purged} had their payload purged by retention and cannot be replayed."
         self.message_user(request, message, messages.SUCCESS)
+
+
+@admin.register(EndpointHealth)
+class EndpointHealthAdmin(admin.ModelAdmin):
+    """Each partner's webhook endpoints, as the worker sees them (read-only)."""
+
+    class Media:
+        css = CONSOLE_CSS
+
+    list_display = [
+        "partner",
+        "kind",
+        "state",
+        "consecutive_failures",
+        "failing_since",
+        "last_success_at",
+        "last_error",
+    ]
+    list_filter = ["state", "kind"]
+    list_select_related = ["partner"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(WorkerNode)

@@ -149,12 +149,34 @@ async def post(
     except PrivateTargetRefused as exc:
         error = f"refused: {exc}"[:1024]
     except aiohttp.ClientError as exc:
-        error = f"{type(exc).__name__}: {exc}"[:1024]
+        error = describe_client_error(exc)[:1024]
     except (OSError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:1024]
     except asyncio.CancelledError:
         raise
     return PostResult(None, "", error, int((time.monotonic() - started) * 1000))
+
+
+def describe_client_error(exc: aiohttp.ClientError) -> str:
+    """An operator-readable reason for a failed POST (the dashboard's and the API's
+    last_error): what went wrong and with which host, then aiohttp's own words."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup failed for {exc.host}: {_os_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate check failed for {exc.host}:{exc.port}: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = f"{exc.host}:{exc.port}"
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return f"connection refused by {where} (nothing listening?)"
+        return f"could not connect to {where}: {_os_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the receiver closed the connection without answering"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
 
 
 async def _read_prefix(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -19,6 +19,7 @@ from django.utils import timezone
 from superimap import dboutage
 from superimap.dbpool import DbPool
 from superimap.delivery import health, heartbeat, queue
+from superimap.delivery.failurelog import FailureLog, endpoint_label
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
 from superimap.metrics import ATTEMPT_OUTCOMES, WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
@@ -85,6 +86,9 @@ class Worker:
         self._beating_since: float | None = None  # first beat of the current unbroken run
         self._epoch = 0
         self._unsent: list[int] = []
+        # Failed attempts: the first of an endpoint logged, the rest summed up per minute.
+        self.failure_log = FailureLog(every=settings.LOG_SUMMARY_SECONDS)
+        self._partner_names: dict[int, str] = {}
 
     def wake(self) -> None:
         """New deliveries were just committed: look now instead of at the next poll."""
@@ -138,6 +142,7 @@ class Worker:
             await flusher
             await housekeeper
             await heart
+            self.failure_log.flush(force=True)
             released = await self.pool.run(queue.release_claims, self.node_id)
             await self.pool.run(heartbeat.leave, self.node_id)
             log.info(
@@ -198,6 +203,7 @@ class Worker:
                     log.exception("worker %s housekeeping failed", self.node_id)
             if purge:
                 last_purge = started
+            self.failure_log.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPLAY_INTERVAL)
 
@@ -229,13 +235,27 @@ class Worker:
         )
         result = await post(session, claimed.url, raw, headers)
         if not result.succeeded:
-            log.info(
-                "delivery %s attempt %d to partner webhook failed: %s",
+            self.failure_log.failed(
+                (claimed.partner_id, claimed.kind),
+                endpoint_label(
+                    await self._partner_name(claimed.partner_id), claimed.kind, claimed.url
+                ),
                 claimed.event_id,
                 claimed.attempt,
                 result.error or f"HTTP {result.status_code}",
             )
         return queue.Outcome(claimed, result, started_at)
+
+    async def _partner_name(self, partner_id: int) -> str:
+        """The partner's name for log lines (read once per partner and process)."""
+        name = self._partner_names.get(partner_id)
+        if name is None:
+            try:
+                name = await self.pool.run(_partner_name, partner_id)
+            except Exception:  # noqa: BLE001 - a log line must not fail a delivery
+                return f"partner {partner_id}"
+            self._partner_names[partner_id] = name
+        return name
 
     def claims_valid(self) -> bool:
         """Whether this worker's claims are still its own: its heartbeat got through
@@ -350,3 +370,10 @@ class Worker:
             key = ATTEMPT_OUTCOMES.get(key, key)
             self.counts[key] = self.counts.get(key, 0) + count
             WEBHOOK_ATTEMPTS.labels(outcome=key).inc(count)
+
+
+def _partner_name(partner_id: int) -> str:
+    from superimap.partners.models import Partner
+
+    name = Partner.objects.filter(id=partner_id).values_list("name", flat=True).first()
+    return f"partner {partner_id}" if name is None else name

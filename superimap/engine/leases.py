@@ -73,7 +73,7 @@ def _cached_owners(user_ids: list[int], nodes: dict[str, int]) -> dict[int, str]
 
 
 def watchable(allow_loopback: bool) -> Q:
-    rule = Q(archived=False, connected_at__isnull=False) & (
+    rule = Q(archived=False, connected_at__isnull=False, paused_at__isnull=True) & (
         ~Q(password="") | ~Q(oauth_refresh_token="")
     )
     if not allow_loopback:

@@ -70,11 +70,13 @@ class NodeLock:
                 if time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
+            pid = f"pid {holder}, " if holder.isdigit() else ""
             raise ConfigError(
                 "ENGINE_NODE_NAME",
-                f"{self.name!r} is in use by another live engine process ({path} is locked); "
-                "give each engine process its own name",
+                f"{self.name!r} is in use by another live engine process ({pid}{path} is "
+                "locked); stop it first, or give each engine process its own name",
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

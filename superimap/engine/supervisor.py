@@ -90,6 +90,7 @@ class Engine:
         self.logins = login_limiter or LoginLimiter()
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
+        self._current: dict[int, str] = {}  # latest status per session, for the summary
         # The watching statuses (idle, polling, no failures) last written per running
         # session: a session reports one before every IDLE, i.e. after every new message,
         # and rewriting an unchanged row for each of them was thousands of UPDATEs per
@@ -116,6 +117,15 @@ class Engine:
 
     def report(self, user_id: int, status: str, error: str, failures: int) -> None:
         self._statuses[user_id] = (status, error, failures)
+        self._current[user_id] = status
+
+    def session_states(self) -> dict[str, int]:
+        """This engine's mailbox sessions by their latest status (the per-minute summary)."""
+        states: dict[str, int] = {}
+        for user_id in self.sessions:
+            status = str(self._current.get(user_id, "starting"))
+            states[status] = states.get(status, 0) + 1
+        return states
 
     def record_persisted(self, result: store.PersistResult) -> None:
         """After a batch committed: counters, and the worker woken for new deliveries."""
@@ -283,6 +293,9 @@ class Engine:
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for user_id in user_ids:
+            if user_id not in self.sessions:
+                self._current.pop(user_id, None)
 
     async def flush_statuses(self) -> None:
         """Write the statuses reported since the last flush, except a watching status a

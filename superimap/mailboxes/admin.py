@@ -1,11 +1,20 @@
+from datetime import timedelta
+
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef
-from django.urls import reverse
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from superimap import healthz
 from superimap.admin_secrets import secret_form
+from superimap.api import service
+from superimap.api.errors import ApiError
+from superimap.console import CONSOLE_CSS
+from superimap.engine.session import SessionSettings
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser, MailLog
 
@@ -19,6 +28,8 @@ class StateFilter(admin.SimpleListFilter):
             ("active", "Active"),
             ("archived", "Archived"),
             ("tracer", "Tracer enabled"),
+            ("failing", "Failing (any reason)"),
+            ("paused", "Paused"),
             ("auth_failed", "Authentication failed"),
             ("needs_attention", "Partner told: needs attention (user_error)"),
             ("not_connected", "Not connected"),
@@ -32,6 +43,10 @@ class StateFilter(admin.SimpleListFilter):
             return queryset.filter(archived=True)
         if value == "tracer":
             return queryset.filter(enable_tracer=True, archived=False)
+        if value == "failing":
+            return queryset.filter(failing_since__isnull=False, archived=False)
+        if value == "paused":
+            return queryset.filter(paused_at__isnull=False, archived=False)
         if value == "auth_failed":
             return queryset.filter(status=MailboxUser.Status.AUTH_FAILED, archived=False)
         if value == "needs_attention":
@@ -43,15 +58,20 @@ class StateFilter(admin.SimpleListFilter):
 
 @admin.register(MailboxUser)
 class MailboxUserAdmin(admin.ModelAdmin):
+    class Media:
+        css = CONSOLE_CSS
+
     form = secret_form(MailboxUser, ("password", "oauth_refresh_token"))
     list_display = [
         "tag",
         "email",
-        "connection",
+        "partner",
         "watch_status",
-        "connected_at",
-        "archived",
-        "enable_tracer",
+        "error_text",
+        "failing_since",
+        "next_retry",
+        "watched_folders",
+        "owner_node",
         "last_email_at",
         "mail_log_link",
     ]
@@ -61,6 +81,9 @@ class MailboxUserAdmin(admin.ModelAdmin):
     raw_id_fields = ["connection"]
     show_full_result_count = False
     actions = [
+        "reconnect_now",
+        "pause_mailboxes",
+        "resume_mailboxes",
         "archive_users",
         "restore_users",
         "enable_tracers",
@@ -68,6 +91,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "sweep_inboxes",
     ]
     readonly_fields = [
+        "operate",
         "connect_link",
         "disconnect_link",
         "watch_status",
@@ -84,6 +108,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "last_internal_date",
         "last_email_at",
         "sweep_requested_at",
+        "paused_at",
         "owner_node",
         "archived_at",
         "created_at",
@@ -112,6 +137,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
             "Engine",
             {
                 "fields": [
+                    "operate",
                     "watch_status",
                     "status",
                     "last_error",
@@ -126,6 +152,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
                     "last_internal_date",
                     "last_email_at",
                     "sweep_requested_at",
+                    "paused_at",
                     "owner_node",
                     "created_at",
                 ]
@@ -152,6 +179,88 @@ class MailboxUserAdmin(admin.ModelAdmin):
             return format_html('<strong style="color:#b00">{}</strong>', "engine down")
         return user.get_status_display()
 
+    OPERATIONS = {
+        "reconnect": (service.reconnect_user, "Reconnect requested for"),
+        "pause": (service.pause_user, "Paused"),
+        "resume": (service.resume_user, "Resumed"),
+    }
+
+    def get_urls(self):
+        own = [
+            path(
+                "<int:user_id>/operate/",
+                self.admin_site.admin_view(self.operate_view),
+                name="mailboxes_mailboxuser_operate",
+            )
+        ]
+        return own + super().get_urls()
+
+    def operate_view(self, request, user_id: int):
+        """The change page's buttons: one mailbox, the same service functions as the list's
+        actions and the API."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        user = get_object_or_404(MailboxUser.objects.select_related("connection"), pk=user_id)
+        if not self.has_change_permission(request, user):
+            raise PermissionDenied
+        operation = self.OPERATIONS.get(request.POST.get("operate", ""))
+        if operation is None:
+            self.message_user(request, "Unknown operation.", messages.ERROR)
+        else:
+            self._each(request, MailboxUser.objects.filter(pk=user.pk), *operation)
+        return HttpResponseRedirect(reverse("admin:mailboxes_mailboxuser_change", args=[user.pk]))
+
+    @admin.display(description="Operate")
+    def operate(self, user):
+        """Buttons posting the page's form (and its CSRF token) to operate_view: no script."""
+        if user.pk is None:
+            return "-"
+        action = reverse("admin:mailboxes_mailboxuser_operate", args=[user.pk])
+        labels = [("reconnect", "Reconnect now"), ("pause", "Pause"), ("resume", "Resume")]
+        return format_html_join(
+            " ",
+            '<button type="submit" class="button" formaction="{}" formmethod="post" '
+            'name="operate" value="{}">{}</button>',
+            [(action, value, label) for value, label in labels],
+        )
+
+    @admin.display(description="Partner", ordering="connection__partner__name")
+    def partner(self, user):
+        return user.connection.partner.name
+
+    @admin.display(description="Last error")
+    def error_text(self, user):
+        """Why the mailbox fails, in the list (wrapped, cut at 160 characters)."""
+        if not user.last_error:
+            return "-"
+        text = user.last_error
+        short = text if len(text) <= 160 else text[:159] + "…"
+        return format_html('<span class="si-error" title="{}">{}</span>', text, short)
+
+    @admin.display(description="Next retry (about)")
+    def next_retry(self, user):
+        """When a failing session tries again: the back-off after its last failure
+        (engine/session.py backoff_delay without its ±20 % jitter). Reconnect now skips it."""
+        failing = {
+            MailboxUser.Status.BACKING_OFF,
+            MailboxUser.Status.AUTH_FAILED,
+            MailboxUser.Status.TLS_FAILED,
+        }
+        if user.status not in failing or user.status_changed_at is None or user.paused_at:
+            return "-"
+        cfg = SessionSettings()
+        failures = max(1, user.consecutive_failures)
+        if user.status == MailboxUser.Status.BACKING_OFF:
+            delay = min(cfg.max_backoff, float(failures**3 - 1))
+        else:
+            delay = min(cfg.max_auth_backoff, 300.0 * failures)
+        return user.status_changed_at + timedelta(seconds=delay)
+
+    @admin.display(description="Folders")
+    def watched_folders(self, user):
+        folders = user.folders or user.connection.folders or [user.checkpoint_folder]
+        return ", ".join(folders)
+
     @admin.display(description="Other folders (UIDVALIDITY/last UID)")
     def other_folders(self, user):
         """The checkpoints of the folders watched besides the primary one (design.md 4.10)."""
@@ -174,6 +283,31 @@ class MailboxUserAdmin(admin.ModelAdmin):
         if not user.pk:
             return "-"
         return format_html('<a href="{0}">{0}</a>', make_link(user.id, "disconnect"))
+
+    def _each(self, request, queryset, act, verb: str) -> None:
+        """Run a service action (the API's) on each selected mailbox; say what happened."""
+        done, refused = 0, []
+        for user in queryset.select_related("connection"):
+            try:
+                act(user)
+                done += 1
+            except ApiError as exc:
+                refused.append(f"{user.tag}: {exc.message}")
+        self.message_user(request, f"{verb} {done} mailbox(es).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not done: " + " ".join(refused), messages.WARNING)
+
+    @admin.action(description="Reconnect now / retry login now (skip the back-off)")
+    def reconnect_now(self, request, queryset):
+        self._each(request, queryset, service.reconnect_user, "Reconnect requested for")
+
+    @admin.action(description="Pause selected mailboxes (no session until resumed)")
+    def pause_mailboxes(self, request, queryset):
+        self._each(request, queryset, service.pause_user, "Paused")
+
+    @admin.action(description="Resume selected mailboxes (catch up from the checkpoint)")
+    def resume_mailboxes(self, request, queryset):
+        self._each(request, queryset, service.resume_user, "Resumed")
 
     @admin.action(description="Archive selected users")
     def archive_users(self, request, queryset):
@@ -258,6 +392,9 @@ class SkipReasonFilter(admin.SimpleListFilter):
 
 @admin.register(MailLog)
 class MailLogAdmin(admin.ModelAdmin):
+    class Media:
+        css = CONSOLE_CSS
+
     list_display = [
         "message_id",
         "subject",
@@ -281,3 +418,6 @@ class MailLogAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # read-only: retention purges (design.md 6.3)

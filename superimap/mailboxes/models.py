@@ -27,6 +27,7 @@ class MailboxUser(TrackedFields, models.Model):
         AUTH_FAILED = "auth_failed", "Authentication failed"
         TLS_FAILED = "tls_failed", "TLS certificate check failed"
         STOPPED = "stopped", "Stopped"
+        PAUSED = "paused", "Paused"
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="users")
     tag = models.CharField(max_length=255)
@@ -58,6 +59,10 @@ class MailboxUser(TrackedFields, models.Model):
     # Set to ask the engine to "sweep" the inbox: send new_mail for every message not sent
     # yet (e.g. older than the user); the engine clears it when the sweep is done.
     sweep_requested_at = models.DateTimeField(null=True, blank=True)
+    # Set while an operator has paused the mailbox: no engine session holds it (engine/
+    # leases.py watchable()); resume() clears it and the next session catches up from the
+    # checkpoint, so no mail is lost.
+    paused_at = models.DateTimeField(null=True, blank=True)
 
     # Engine status, for the API and the dashboard.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
@@ -157,6 +162,29 @@ class MailboxUser(TrackedFields, models.Model):
         self.sweep_requested_at = timezone.now()
         self.restart_session()
         self.save(update_fields=["sweep_requested_at", "updated_at"])
+
+    def reconnect(self) -> None:
+        """Skip the back-off: the engine restarts the session at its next refresh (it
+        compares session_version) and the new session logs in at once. Nothing is sent
+        again: the new session catches up from the checkpoint."""
+        self.restart_session()
+        self.save(update_fields=["updated_at"])
+
+    def pause(self) -> None:
+        """Stop watching without archiving: the engine releases the mailbox at its next
+        refresh; the session's own last status report is not written (store.save_statuses)."""
+        self.paused_at = timezone.now()
+        self.status = self.Status.PAUSED
+        self.status_changed_at = self.paused_at
+        self.save(update_fields=["paused_at", "status", "status_changed_at", "updated_at"])
+
+    def resume(self) -> None:
+        """Watch again; the new session catches up from the checkpoint."""
+        self.paused_at = None
+        self.status = self.Status.NEW
+        self.status_changed_at = timezone.now()
+        self.restart_session()
+        self.save(update_fields=["paused_at", "status", "status_changed_at", "updated_at"])
 
     def restore(self) -> None:
         self.archived = False

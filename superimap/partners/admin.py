@@ -1,10 +1,16 @@
 from django.contrib import admin, messages
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Count
-from django.urls import reverse
-from django.utils.html import format_html
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from superimap.admin_secrets import secret_form
+from superimap.console import CONSOLE_CSS
 from superimap.partners.models import DEFAULT_ROTATION_GRACE, Connection, ImapProvider, Partner
 
 SHOWN_PREFIX = 6  # characters of a secret the dashboard shows after it was revealed once
@@ -37,13 +43,17 @@ HTTPS_URLS = {models.URLField: {"assume_scheme": "https"}}
 
 @admin.register(Partner)
 class PartnerAdmin(admin.ModelAdmin):
+    class Media:
+        css = CONSOLE_CSS
+
     formfield_overrides = HTTPS_URLS
     list_display = ["name", "connections_link", "new_mail_webhook", "created_at"]
     search_fields = ["name"]
-    readonly_fields = ["api_key_prefix", "webhook_secret_prefix", "created_at"]
+    readonly_fields = ["api_key_prefix", "webhook_secret_prefix", "created_at", "endpoints"]
     actions = ["rotate_api_key", "rotate_webhook_secret"]
     fieldsets = [
         (None, {"fields": ["name", "api_key_prefix", "webhook_secret_prefix", "created_at"]}),
+        ("Endpoint health", {"fields": ["endpoints"]}),
         (
             "Webhooks",
             {
@@ -62,6 +72,92 @@ class PartnerAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(connection_count=Count("connections"))
+
+    def get_urls(self):
+        own = [
+            path(
+                "<int:partner_id>/test-webhook/",
+                self.admin_site.admin_view(self.test_webhook_view),
+                name="partners_partner_test_webhook",
+            )
+        ]
+        return own + super().get_urls()
+
+    def test_webhook_view(self, request, partner_id: int):
+        """The "Send test webhook" buttons: the API's test-webhook code path (a signed ping
+        through the worker's checked connector), the outcome shown as a message."""
+        from superimap.api.errors import ApiError
+        from superimap.api.partner import send_test_webhook
+
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        partner = get_object_or_404(Partner, pk=partner_id)
+        if not self.has_view_or_change_permission(request, partner):
+            raise PermissionDenied
+        kind = request.POST.get("test_webhook_kind", "")
+        back = reverse("admin:partners_partner_change", args=[partner.pk])
+        if kind not in Partner.WEBHOOK_KINDS:
+            self.message_user(request, f"Unknown webhook kind {kind!r}.", messages.ERROR)
+            return HttpResponseRedirect(back)
+        try:
+            result = send_test_webhook(partner, kind)
+        except ApiError as exc:
+            self.message_user(request, exc.message, messages.WARNING)
+            return HttpResponseRedirect(back)
+        if result["succeeded"]:
+            self.message_user(
+                request,
+                f"Test {kind} webhook to {result['url']}: HTTP {result['status_code']} in "
+                f"{result['latency_ms']} ms.",
+                messages.SUCCESS,
+            )
+        else:
+            reason = result["error"] or f"HTTP {result['status_code']}"
+            self.message_user(
+                request,
+                f"Test {kind} webhook to {result['url']} failed: {reason} "
+                f"({result['latency_ms']} ms).",
+                messages.ERROR,
+            )
+        return HttpResponseRedirect(back)
+
+    @admin.display(description="Endpoints")
+    def endpoints(self, partner):
+        """Each webhook URL's health (from the worker's attempts) and a test button."""
+        from superimap.delivery.models import EndpointHealth
+
+        if partner.pk is None:
+            return "-"
+        health = {row.kind: row for row in EndpointHealth.objects.filter(partner=partner)}
+        action = reverse("admin:partners_partner_test_webhook", args=[partner.pk])
+        rows = []
+        for kind in Partner.WEBHOOK_KINDS:
+            url = partner.webhook_url(kind)
+            row = health.get(kind)
+            if not url:
+                state, detail = "no URL", ""
+            elif row is None:
+                state, detail = "nothing sent yet", ""
+            else:
+                state = row.get_state_display()
+                if row.state == EndpointHealth.State.HEALTHY:
+                    seen = row.last_success_at and timezone.localtime(row.last_success_at)
+                    detail = f"last success {seen:%Y-%m-%d %H:%M:%S}" if seen else ""
+                else:
+                    detail = f"{row.consecutive_failures} failure(s) in a row: {row.last_error}"
+            rows.append((kind, url or "-", state, detail, action, kind, "" if url else "disabled"))
+        body = format_html_join(
+            "",
+            '<tr><td>{}</td><td class="si-url">{}</td><td>{}</td><td>{}</td><td>'
+            '<button type="submit" class="button" formaction="{}" formmethod="post" '
+            'name="test_webhook_kind" value="{}" {}>Send test webhook</button></td></tr>',
+            rows,
+        )
+        return format_html(
+            "<table><thead><tr><th>Kind</th><th>URL</th><th>State</th><th>Detail</th>"
+            "<th></th></tr></thead><tbody>{}</tbody></table>",
+            body,
+        )
 
     @admin.display(description="API key")
     def api_key_prefix(self, partner):
@@ -154,3 +250,14 @@ class ImapProviderAdmin(admin.ModelAdmin):
     ]
     list_filter = ["auth_kind", "loopback_only"]
     search_fields = ["code", "title"]
+
+    def has_add_permission(self, request):
+        # Providers come with the install (migrations) and the API; adding one is not an
+        # operator's everyday job, so the dashboard does not offer it.
+        return False
+
+
+# Groups are unused (operators are superusers); axes' lockout rows stay out of the way
+# too (AXES_ENABLE_ADMIN = False in settings).
+if admin.site.is_registered(Group):
+    admin.site.unregister(Group)

@@ -26,6 +26,7 @@ import base64
 import binascii
 import contextlib
 import enum
+import errno
 import json
 import logging
 import random
@@ -37,6 +38,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from superimap.helpformat import DefaultsHelpFormatter
 from superimap.imap.errors import RemoteProtocolError
 from superimap.imap.framing import Value
 from superimap.imap.mailstore import Mailbox, SearchError, StoredMessage, in_set
@@ -678,14 +680,23 @@ def _now() -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the SuperIMAP chaos IMAP server.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1143, help="0 picks a free port")
-    parser.add_argument("--users", type=int, default=100)
-    parser.add_argument("--emails-per-minute", type=float, default=60.0)
+    parser = argparse.ArgumentParser(
+        prog="superimap chaos-server",
+        description="Run the SuperIMAP chaos IMAP server: users user0..userN-1 (passwords "
+        "pass0..passN-1) who get generated mail.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=1143, help="port; 0 picks a free port")
+    parser.add_argument("--users", type=int, default=100, help="how many mailboxes")
+    parser.add_argument(
+        "--emails-per-minute", type=float, default=60.0, help="new emails per minute, all users"
+    )
     parser.add_argument("--chaos", action="store_true", help="inject random faults")
-    parser.add_argument("--chaos-rate", type=float, default=0.02)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--chaos-rate", type=float, default=0.02, help="with --chaos: the chance of a fault"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
     parser.add_argument("--tls-cert", help="PEM certificate (chain): serve implicit TLS")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     parser.add_argument(
@@ -743,7 +754,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         runner = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(_serve(server, args.control))
+        try:
+            runner(_serve(server, args.control))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            print(
+                f"superimap chaos-server: port {args.port} is in use (a chaos server running "
+                "already?); stop it or choose another --port",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
 
 
 async def _serve(server: ChaosImapServer, control: bool = False) -> None:

@@ -18,11 +18,13 @@ import argparse
 import asyncio
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import json
 import math
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
+
+from superimap.helpformat import DefaultsHelpFormatter
 
 STANDARD_WEBHOOK_TOLERANCE = 5 * 60
 
@@ -333,9 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="superimap webhook-inspector",
         description="Receive SuperIMAP webhooks on 127.0.0.1 and check their signatures.",
+        formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on")
     parser.add_argument("--api-key", help="the partner API key, to check 'signature'")
     parser.add_argument("--secret", help="the whsec_ secret, to check 'webhook-signature'")
     args = parser.parse_args(argv)
@@ -343,6 +348,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"superimap webhook-inspector: port {args.port} is in use (an inspector running "
+            "already?); stop it or choose another --port",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -70,7 +70,7 @@ def pick_target(held: list[int], count: int) -> TracerTarget | None:
     if not candidates:
         return None
     user = (
-        MailboxUser.objects.select_related("connection__provider")
+        MailboxUser.objects.select_related("connection__provider", "connection__partner")
         .filter(id=random.choice(candidates))
         .first()
     )

@@ -80,7 +80,7 @@ def test_it_documents_both_ways_to_send_the_key(client, db):
 
 def test_it_loads_as_a_valid_schema_in_schemathesis():
     operations = [op.ok() for op in SCHEMA.get_all_operations()]
-    assert len(operations) == 23
+    assert len(operations) == 26
 
 
 def test_it_renders_the_docs_page(client, db):
