@@ -85,6 +85,12 @@ if ENGINE_REFRESH_SECONDS * 2 > ENGINE_LEASE_SECONDS:
     raise ConfigError("ENGINE_LEASE_SECONDS", "must be at least twice ENGINE_REFRESH_SECONDS")
 WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 50, minimum=1, maximum=10000)
 WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 30, minimum=1, maximum=300)
+# Fair sharing (delivery/fairness.py), per worker: POSTs open at once per partner and per
+# endpoint (partner and kind); 0 means 60 % / 40 % of WEBHOOK_CONCURRENCY. A slow endpoint
+# (a POST open 5 s, or its last attempt took 5 s or got no answer) gets the third.
+WEBHOOK_PARTNER_CONCURRENCY = env_int("WEBHOOK_PARTNER_CONCURRENCY", 0, minimum=0)
+WEBHOOK_ENDPOINT_CONCURRENCY = env_int("WEBHOOK_ENDPOINT_CONCURRENCY", 0, minimum=0)
+WEBHOOK_SLOW_ENDPOINT_CONCURRENCY = env_int("WEBHOOK_SLOW_ENDPOINT_CONCURRENCY", 4, minimum=1)
 # A claimed delivery whose worker died is sent again once its lease is over.
 WEBHOOK_LEASE_SECONDS = env_int("WEBHOOK_LEASE_SECONDS", WEBHOOK_TIMEOUT + 30, minimum=2)
 if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:

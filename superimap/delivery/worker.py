@@ -17,7 +17,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from superimap.dbpool import DbPool
-from superimap.delivery import health, queue
+from superimap.delivery import fairness, health, queue
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
 from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
@@ -65,6 +65,11 @@ class Worker:
         self.lease = lease
         self.poll_interval = poll_interval or settings.WEBHOOK_POLL_MS / 1000
         self.claim_at_least = max(1, self.concurrency // CLAIM_FRACTION)
+        # Fair sharing between partners (fairness.py): open POSTs per partner and endpoint.
+        self.shares = fairness.Shares(fairness.Caps.for_concurrency(self.concurrency))
+        self._work_arrived = False
+        self._finished_since_claim = 0
+        self._claimed_at = 0.0
         self.clock = clock
         self._wake = asyncio.Event()
         self._outcomes: list[queue.Outcome] = []
@@ -77,6 +82,7 @@ class Worker:
 
     def wake(self) -> None:
         """New deliveries were just committed: look now instead of at the next poll."""
+        self._work_arrived = True
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -95,7 +101,7 @@ class Worker:
                 # Cleared before claiming: a send finishing during the claim wakes us again.
                 self._wake.clear()
                 free = self.concurrency - self._inflight
-                if self._inflight and free < self.claim_at_least:
+                if self._inflight and not self._claim_now(free):
                     # Claim in batches, not one row per finished send: a claim costs
                     # about as much for one row as for dozens.
                     await self._sleep(stop)
@@ -110,6 +116,7 @@ class Worker:
                     continue
                 for item in claimed:
                     self._inflight += 1
+                    self.shares.opened(item.id, item.partner_id, item.kind)
                     task = asyncio.create_task(self._send(session, item))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -141,7 +148,11 @@ class Worker:
         try:
             await self.housekeep()
             while claimed := await self._claim(self.concurrency):
+                for item in claimed:
+                    self.shares.opened(item.id, item.partner_id, item.kind)
                 outcomes = await asyncio.gather(*(self._attempt(session, c) for c in claimed))
+                for outcome in outcomes:
+                    self._closed(outcome)
                 await self._record(list(outcomes))
                 total += len(claimed)
         finally:
@@ -185,11 +196,31 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPLAY_INTERVAL)
 
+    def _claim_now(self, free: int) -> bool:
+        """While sends are in flight: claim when new work came in, when a batch of sends
+        finished (free slots alone do not say so: the full partners' rows are not
+        claimable), or when a poll interval passed (retries that came due)."""
+        if free <= 0:
+            return False
+        return (
+            self._work_arrived
+            or self._finished_since_claim >= self.claim_at_least
+            or time.monotonic() - self._claimed_at >= self.poll_interval
+        )
+
     async def _claim(self, free: int) -> list[queue.Claimed]:
         if free <= 0:
             return []
+        self._work_arrived = False
+        self._finished_since_claim = 0
+        self._claimed_at = time.monotonic()
         return await self.pool.run(
-            queue.claim_due, self.node_id, min(free, CLAIM_BATCH), self.clock(), self.lease
+            queue.claim_due,
+            self.node_id,
+            min(free, CLAIM_BATCH),
+            self.clock(),
+            self.lease,
+            self.shares.room(),
         )
 
     async def _sleep(self, stop: asyncio.Event) -> None:
@@ -222,13 +253,25 @@ class Worker:
         return queue.Outcome(claimed, result, started_at)
 
     async def _send(self, session, claimed: queue.Claimed) -> None:
+        outcome = None
         try:
             outcome = await self._attempt(session, claimed)
             self._outcomes.append(outcome)
             self._have_outcomes.set()
         finally:
             self._inflight -= 1
+            self._finished_since_claim += 1
+            if outcome is None:
+                self.shares.closed(claimed.id, answered=False, seconds=0.0)
+            else:
+                self._closed(outcome)
             self._wake.set()
+
+    def _closed(self, outcome: queue.Outcome) -> None:
+        result = outcome.result
+        # No URL (skipped) is not the endpoint's fault: only a missing answer makes it slow.
+        answered = result.status_code is not None or not outcome.claimed.url
+        self.shares.closed(outcome.claimed.id, answered, result.duration_ms / 1000)
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while True:
