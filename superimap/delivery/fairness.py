@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 SLOW_AFTER_SECONDS = 5.0
-# A claim that skipped rows of endpoints it just filled looks again without them, at most
-# this many times (each look is one more SELECT in the same transaction).
+# A claim that skipped rows of endpoints it just filled may look again without them, at
+# most this many times in all. Each look is one more SELECT in the same transaction, and it
+# walks past the skipped backlog, so the worker allows it only when new work came in or a
+# poll interval passed, not for every batch of finished sends.
 CLAIM_ROUNDS = 3
 
 Endpoint = tuple[int, str]  # (partner_id, kind)
@@ -55,6 +57,8 @@ class Room:
     partner_open: Counter = field(default_factory=Counter)
     endpoint_open: Counter = field(default_factory=Counter)
     slow: frozenset = frozenset()
+    rounds: int = 1
+    """How many SELECTs the claim may use (fair_rows)."""
 
     def endpoint_cap(self, endpoint: Endpoint) -> int:
         return self.caps.slow_endpoint if endpoint in self.slow else self.caps.endpoint
@@ -103,8 +107,8 @@ class Shares:
         else:
             self._slow.add(endpoint)
 
-    def room(self) -> Room:
-        room = Room(self.caps)
+    def room(self, rounds: int = 1) -> Room:
+        room = Room(self.caps, rounds=rounds)
         slow = set(self._slow)
         stale = self.clock() - SLOW_AFTER_SECONDS
         for endpoint, started in self._open.values():
@@ -137,7 +141,7 @@ def skipping(due_sql: str, params: list, room: Room) -> tuple[str, list]:
 
 def fair_rows(cursor, due_sql: str, params: list, limit: int, room: Room | None) -> list:
     """Due rows for one claim: without a room, the plain SELECT; with one, up to
-    CLAIM_ROUNDS SELECTs that skip what is full and keep only what fits.
+    `room.rounds` SELECTs that skip what is full and keep only what fits.
 
     Row columns used: [2] kind, [6] partner_id (as queue._claim_sql selects them)."""
     if room is None:
@@ -145,7 +149,7 @@ def fair_rows(cursor, due_sql: str, params: list, limit: int, room: Room | None)
         return cursor.fetchall()
     taken: list = []
     seen: set = set()
-    for _ in range(CLAIM_ROUNDS):
+    for _ in range(room.rounds):
         # The full LIMIT each time: rows taken in an earlier look (not yet leased) come
         # back, and there are never more of them than rows still wanted are missing.
         sql, values = skipping(due_sql, [*params, limit], room)

@@ -69,7 +69,7 @@ class Worker:
         self.shares = fairness.Shares(fairness.Caps.for_concurrency(self.concurrency))
         self._work_arrived = False
         self._finished_since_claim = 0
-        self._claimed_at = 0.0
+        self._idle_poll = True  # a poll interval passed with nothing waking us
         self.clock = clock
         self._wake = asyncio.Event()
         self._outcomes: list[queue.Outcome] = []
@@ -205,29 +205,34 @@ class Worker:
         return (
             self._work_arrived
             or self._finished_since_claim >= self.claim_at_least
-            or time.monotonic() - self._claimed_at >= self.poll_interval
+            or self._idle_poll
         )
 
     async def _claim(self, free: int) -> list[queue.Claimed]:
         if free <= 0:
             return []
-        self._work_arrived = False
+        # Looking past full partners' backlog costs a walk over it: only for new work.
+        news = self._work_arrived or self._idle_poll
+        self._work_arrived = self._idle_poll = False
         self._finished_since_claim = 0
-        self._claimed_at = time.monotonic()
         return await self.pool.run(
             queue.claim_due,
             self.node_id,
             min(free, CLAIM_BATCH),
             self.clock(),
             self.lease,
-            self.shares.room(),
+            self.shares.room(fairness.CLAIM_ROUNDS if news else 1),
         )
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
-        await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+        )
         for waiter in waiters:
             waiter.cancel()
+        if not done:
+            self._idle_poll = True
 
     async def _attempt(self, session, claimed: queue.Claimed) -> queue.Outcome:
         started_at = self.clock()

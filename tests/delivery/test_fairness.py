@@ -92,7 +92,7 @@ def test_a_claim_takes_each_partners_rows_even_behind_a_large_older_backlog(
     queue_user_events(a, 300)
     b_ids = {d.id for d in queue_user_events(b, 5)}
     caps = fairness.Caps(partner=30, endpoint=20, slow_endpoint=4)
-    room = fairness.Shares(caps).room()
+    room = fairness.Shares(caps).room(fairness.CLAIM_ROUNDS)
     now = timezone.now() + timedelta(seconds=1)
 
     claimed = queue.claim_due("node", 50, now, timedelta(seconds=60), room)
@@ -115,7 +115,9 @@ def test_a_partner_with_all_its_kinds_on_one_endpoint_is_held_to_the_partner_sha
     caps = fairness.Caps(partner=30, endpoint=20, slow_endpoint=4)
     now = timezone.now() + timedelta(seconds=1)
 
-    claimed = queue.claim_due("node", 50, now, timedelta(seconds=60), fairness.Shares(caps).room())
+    room = fairness.Shares(caps).room(fairness.CLAIM_ROUNDS)
+
+    claimed = queue.claim_due("node", 50, now, timedelta(seconds=60), room)
 
     assert len(claimed) == caps.partner
     assert max(sum(1 for c in claimed if c.kind == k) for k in {c.kind for c in claimed}) <= 20
