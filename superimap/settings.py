@@ -110,6 +110,10 @@ WEBHOOK_FAILING_AFTER = env_int("WEBHOOK_FAILING_AFTER", 5, minimum=1, maximum=1
 # again, oldest first, at most WEBHOOK_AUTO_REPLAY_RATE per second (0 hours: off).
 WEBHOOK_AUTO_REPLAY_HOURS = env_int("WEBHOOK_AUTO_REPLAY_HOURS", 72, minimum=0, maximum=24 * 90)
 WEBHOOK_AUTO_REPLAY_RATE = env_int("WEBHOOK_AUTO_REPLAY_RATE", 50, minimum=1, maximum=10000)
+# Replay and retry (API and dashboard) re-queue at most this many deliveries of a partner
+# at once, refilled at this many per second (delivery/replaylimit.py): 429 + Retry-After.
+WEBHOOK_REPLAY_BURST = env_int("WEBHOOK_REPLAY_BURST", 1000, minimum=1, maximum=10_000_000)
+WEBHOOK_REPLAY_PER_SECOND = env_int("WEBHOOK_REPLAY_PER_SECOND", 20, minimum=1, maximum=100_000)
 # A 429's Retry-After is honoured up to this many seconds.
 WEBHOOK_RETRY_AFTER_MAX = env_int("WEBHOOK_RETRY_AFTER_MAX", 3600, minimum=1, maximum=86400)
 # Payload bodies of delivered new_mail webhooks are purged after this many days, failed

@@ -172,3 +172,18 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.delivery_id}"
+
+
+class ReplayAllowance(models.Model):
+    """A partner's token bucket for re-queueing finished deliveries (replay, retry): up to
+    WEBHOOK_REPLAY_BURST at once, refilled at WEBHOOK_REPLAY_PER_SECOND (replaylimit.py).
+    One row per partner, created at its first replay."""
+
+    partner = models.OneToOneField(
+        Partner, on_delete=models.CASCADE, related_name="replay_allowance"
+    )
+    tokens = models.FloatField()
+    refilled_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.partner}: {self.tokens:.0f} replays left"
