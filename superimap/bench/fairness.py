@@ -342,19 +342,21 @@ def _append(path: Path, result: dict) -> None:
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    """Per label and scenario: every run's B p50/p99 (null: not arrived by the end) and the
-    median of them (null sorts last: a run where B's p99 never arrived is the slowest)."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """Per label, scenario and A's queue: every run's B p50/p99 (null: not arrived by the
+    end) and their median (null sorts last: a run where B's p99 never arrived is slowest)."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
     for result in runs:
-        groups.setdefault((result["label"], result["scenario"]), []).append(result)
+        key = (result["label"], result["scenario"], result["a"]["deliveries_queued"])
+        groups.setdefault(key, []).append(result)
     summary = []
-    for (label, scenario), results in sorted(groups.items()):
+    for (label, scenario, a_count), results in sorted(groups.items()):
         p50s = [r["b"]["latency_ms"]["p50"] for r in results]
         p99s = [r["b"]["latency_ms"]["p99"] for r in results]
         summary.append(
             {
                 "label": label,
                 "scenario": scenario,
+                "a_deliveries_queued": a_count,
                 "runs": len(results),
                 "b_p50_ms_median": _median(p50s),
                 "b_p99_ms_median": _median(p99s),
