@@ -144,13 +144,20 @@ def cmd_createadmin(args) -> None:
         print(f"password: {password}")
 
 
+def _option(field: str) -> str:
+    """The createpartner option a model field's error is about."""
+    if "webhook" in field:
+        return "--webhook"
+    return "--name" if field in {"name", "__all__"} else f"--{field}"
+
+
 def cmd_createpartner(args) -> None:
     from django.core.exceptions import ValidationError
 
     from superimap.partners.models import Partner
 
     partner = Partner(
-        name=args.name,
+        name=args.name.strip(),
         new_mail_webhook=args.webhook or "",
         user_connected_webhook=args.webhook or "",
         user_disconnected_webhook=args.webhook or "",
@@ -158,16 +165,18 @@ def cmd_createpartner(args) -> None:
         user_recovered_webhook=args.webhook or "",
     )
     try:
-        # The dashboard's rules (a URL, at most 1,000 characters, a name), and webhooks
-        # are POSTed over HTTP: http(s) only.
+        # The dashboard's rules (a URL whose host is a host name, at most 1,000 characters,
+        # a name no other partner has, ignoring case), and webhooks are POSTed over HTTP:
+        # http(s) only.
         partner.full_clean(exclude=["api_key", "api_key_hash", "webhook_secret"])
         if args.webhook and not args.webhook.lower().startswith(("http://", "https://")):
             raise ValidationError({"webhook": ["Enter an http:// or https:// URL."]})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'--webhook' if 'webhook' in field else '--' + field}: {' '.join(errors)}"
-            for field, errors in sorted(exc.message_dict.items())
-        )
+        # One line; the five webhook fields share --webhook: say each problem once.
+        by_option: dict[str, dict[str, None]] = {}
+        for field, errors in sorted(exc.message_dict.items()):
+            by_option.setdefault(_option(field), {}).update(dict.fromkeys(errors))
+        problems = "; ".join(f"{option}: {' '.join(e)}" for option, e in by_option.items())
         print(f"superimap: {problems}", file=sys.stderr)
         raise SystemExit(2) from None
     partner.save()

@@ -1,15 +1,25 @@
-"""Refusing outbound connections to private networks (SSRF guard).
+"""One way out to the network: every connection made for a partner (SSRF guard).
 
-A partner chooses the host SuperIMAP connects to (a PLAIN connection's imap_host and
-smtp_host; webhook URLs). Without a guard a partner could make the service open connections
-to the cloud metadata endpoint, to services on the loopback interface or to the operator's
-private network, and tell open ports from closed ones by the error it reports.
+A partner chooses hosts SuperIMAP connects to (a PLAIN connection's imap_host and smtp_host,
+a loopback provider's OAuth URLs, webhook URLs). Without a guard a partner could make the
+service open connections to the cloud metadata endpoint, to services on the loopback
+interface or to the operator's private network, read their answers (test-webhook reports
+the first KiB) and tell open ports from closed ones by the error it reports.
 
 The checks run on the addresses a name resolves to, not on the name: a public name may
-resolve to 127.0.0.1. Callers check when a host is saved and again right before connecting
-(the name may resolve differently by then), and pass on the addresses they got, so the
-connection goes to an address that was checked. The operator's switch
-(IMAP_ALLOW_PRIVATE_HOSTS) is applied by the callers, not here.
+resolve to 127.0.0.1. And a name may resolve to a public address at one lookup and to
+127.0.0.1 at the next (DNS rebinding), so checking a name and then letting a client library
+connect "by name" leaves a window. Hence one function, resolve_checked(), resolves once,
+checks every address and hands them to the adapters below, which connect to exactly those
+addresses; the host name is kept for TLS (SNI and the certificate check) and HTTP's Host:
+
+- connect() / connect_async(): a connected socket (imaplib, asyncio protocols, aiosmtplib);
+- CheckedConnector: an aiohttp connector (webhooks, the engine's OAuth token calls);
+- CheckedTransport: an httpx2 transport (authlib's OAuth client in the hosted pages).
+
+The operator's switches (WEBHOOK_ALLOW_PRIVATE, IMAP_ALLOW_PRIVATE_HOSTS) reach here as
+allow_private: the name is still resolved once and the client still connects to the
+address resolved, only the check is skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +27,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+
+import aiohttp
+import httpcore2
+import httpx2
+from aiohttp.abc import ResolveResult
 
 # Ranges that are not the public internet, beyond what ipaddress's is_private/is_reserved/...
 # flags cover in every Python 3.11 release.
@@ -101,15 +116,18 @@ def address_is_private(ip: str) -> bool:
     )
 
 
-def _addresses(host: str, port: int, infos) -> list[str]:
+def _addresses(host: str, port: int, infos, allow_private: bool) -> list[str]:
     addresses: list[str] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
         address = str(sockaddr[0])
         if address not in addresses:
             addresses.append(address)
-    for address in addresses:
-        if address_is_private(address):
-            raise PrivateTargetRefused(host, port, address)
+    if not addresses:
+        raise socket.gaierror(socket.EAI_NONAME, f"{host} has no address")
+    if not allow_private:
+        for address in addresses:
+            if address_is_private(address):
+                raise PrivateTargetRefused(host, port, address)
     return addresses
 
 
@@ -120,15 +138,128 @@ def _bare(host: str) -> str:
     return host
 
 
-def check_host(host: str, port: int) -> list[str]:
-    """Resolve host (getaddrinfo) and return its addresses; PrivateTargetRefused if any of
-    them is private. socket.gaierror (an OSError) when the name does not resolve."""
+def resolve_checked(host: str, port: int, *, allow_private: bool = False) -> list[str]:
+    """Resolve host once (getaddrinfo) and return its addresses; PrivateTargetRefused if any
+    of them is private, unless allow_private. socket.gaierror (an OSError) when the name
+    does not resolve. Connect to what this returns, never to the name again."""
     infos = socket.getaddrinfo(_bare(host), port, type=socket.SOCK_STREAM)
-    return _addresses(host, port, infos)
+    return _addresses(host, port, infos, allow_private)
 
 
-async def check_host_async(host: str, port: int) -> list[str]:
-    """check_host() through the running loop's getaddrinfo (does not block the loop)."""
+async def resolve_checked_async(host: str, port: int, *, allow_private: bool = False) -> list[str]:
+    """resolve_checked() through the running loop's getaddrinfo (does not block the loop)."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(_bare(host), port, type=socket.SOCK_STREAM)
-    return _addresses(host, port, infos)
+    return _addresses(host, port, infos, allow_private)
+
+
+def check_host(host: str, port: int) -> list[str]:
+    """The save-time check of a partner's host (API, dashboard): resolve_checked() without
+    the operator's switch, which the callers apply."""
+    return resolve_checked(host, port)
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _sockaddr(address: str, port: int) -> tuple:
+    return (address, port, 0, 0) if ":" in address else (address, port)
+
+
+def connect(host: str, port: int, *, timeout: float | None, allow_private: bool) -> socket.socket:
+    """A blocking socket connected to a checked address of host (each in turn, like
+    socket.create_connection); the last error if none answers."""
+    error: OSError | None = None
+    for address in resolve_checked(host, port, allow_private=allow_private):
+        sock = socket.socket(_family(address), socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(_sockaddr(address, port))
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    assert error is not None  # resolve_checked() returns at least one address
+    raise error
+
+
+async def connect_async(host: str, port: int, *, allow_private: bool) -> socket.socket:
+    """connect() on the running loop: a non-blocking connected socket, to hand to
+    loop.create_connection(sock=..., server_hostname=host) or aiosmtplib. The caller sets
+    the deadline (asyncio.timeout)."""
+    loop = asyncio.get_running_loop()
+    error: OSError | None = None
+    for address in await resolve_checked_async(host, port, allow_private=allow_private):
+        sock = socket.socket(_family(address), socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, _sockaddr(address, port))
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    assert error is not None
+    raise error
+
+
+class CheckedConnector(aiohttp.TCPConnector):
+    """An aiohttp connector that resolves every host through resolve_checked_async().
+
+    aiohttp connects to exactly the addresses _resolve_host() returns. Overriding it (and
+    not only the resolver) also covers IP literals, which aiohttp never hands to a
+    resolver, and hosts reached by a redirect. PrivateTargetRefused comes out of the
+    request unwrapped (it is no OSError, so aiohttp does not turn it into a DNS error)."""
+
+    def __init__(self, *, allow_private: bool, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.allow_private = allow_private
+
+    async def _resolve_host(self, host: str, port: int, traces=None) -> list[ResolveResult]:
+        addresses = await resolve_checked_async(host, port, allow_private=self.allow_private)
+        flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+        return [
+            ResolveResult(hostname=host, host=a, port=port, family=_family(a), proto=0, flags=flags)
+            for a in addresses
+        ]
+
+
+class _CheckedBackend(httpcore2.SyncBackend):
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+
+    def connect_tcp(
+        self, host, port, timeout=None, local_address=None, socket_options=None
+    ) -> httpcore2.NetworkStream:
+        try:
+            addresses = resolve_checked(host, port, allow_private=self.allow_private)
+        except (OSError, UnicodeError) as exc:
+            raise httpcore2.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                # An IP literal: the base class's create_connection() does no DNS lookup.
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+
+class CheckedTransport(httpx2.HTTPTransport):
+    """An httpx2 transport whose connections go to resolve_checked() addresses; TLS and the
+    Host header keep the URL's host (httpcore2 takes both from the request's origin).
+    Proxies from the environment are ignored: they would resolve the name themselves."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore2.ConnectionPool(
+            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            network_backend=_CheckedBackend(allow_private),
+        )

@@ -159,7 +159,10 @@ async def _when_started(server: uvicorn.Server, callback: Callable[[], None]) ->
 def web_config(application, host: str, port: int) -> uvicorn.Config:
     """uvicorn's settings. Forwarded headers (X-Forwarded-For, -Proto) are believed only
     from TRUSTED_PROXIES (none by default): uvicorn's own default trusts 127.0.0.1, so any
-    local client could pose as any address and dodge the per-IP login lockout."""
+    local client could pose as any address and dodge the per-IP login lockout. The HTTP
+    protocol caps connections, request heads and the time to send one (webserver.py)."""
+    from superimap.webserver import GuardedH11Protocol
+
     trusted = settings.TRUSTED_PROXIES
     return uvicorn.Config(
         application,
@@ -171,6 +174,9 @@ def web_config(application, host: str, port: int) -> uvicorn.Config:
         proxy_headers=bool(trusted),
         forwarded_allow_ips=list(trusted) if trusted else [],
         server_header=False,
+        http=GuardedH11Protocol,
+        h11_max_incomplete_event_size=settings.WEB_MAX_HEADER_BYTES,
+        timeout_keep_alive=5,
     )
 
 

@@ -314,6 +314,20 @@ WHITENOISE_AUTOREFRESH = DEBUG
 API_BODY_LIMIT = env_int("API_BODY_LIMIT", 256 * 1024, minimum=1024)
 FORM_BODY_LIMIT = env_int("FORM_BODY_LIMIT", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_BODY_LIMIT, FORM_BODY_LIMIT)
+# What a request without credentials (no valid API key outside its body, no staff session)
+# may hold: its body up to ANONYMOUS_BODY_LIMIT (the login form, the connect pages, a body
+# carrying `api_key`), and all such bodies together up to ANONYMOUS_BODY_MEMORY (503 past
+# it). Paths that take no body (anything but /api/, /admin/, /connect/, /disconnect/) read
+# none. A body must arrive within WEB_BODY_TIMEOUT seconds, a request head within
+# WEB_HEADER_TIMEOUT and WEB_MAX_HEADER_BYTES; at most WEB_MAX_CONNECTIONS are open at once.
+ANONYMOUS_BODY_LIMIT = env_int("ANONYMOUS_BODY_LIMIT", 16 * 1024, minimum=1024)
+ANONYMOUS_BODY_MEMORY = env_int("ANONYMOUS_BODY_MEMORY", 8 * 1024 * 1024, minimum=64 * 1024)
+if ANONYMOUS_BODY_LIMIT > ANONYMOUS_BODY_MEMORY:
+    raise ConfigError("ANONYMOUS_BODY_LIMIT", "must not exceed ANONYMOUS_BODY_MEMORY")
+WEB_BODY_TIMEOUT = env_int("WEB_BODY_TIMEOUT", 30, minimum=1, maximum=3600)
+WEB_HEADER_TIMEOUT = env_int("WEB_HEADER_TIMEOUT", 10, minimum=1, maximum=600)
+WEB_MAX_HEADER_BYTES = env_int("WEB_MAX_HEADER_BYTES", 16 * 1024, minimum=1024, maximum=1 << 20)
+WEB_MAX_CONNECTIONS = env_int("WEB_MAX_CONNECTIONS", 1000, minimum=1, maximum=100_000)
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
@@ -333,7 +347,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {
+            "()": "superimap.logs.TextFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
         "json": {"()": "superimap.logs.JsonFormatter"},
     },
     "filters": {"short_client_errors": {"()": "superimap.frontdoor.ShortClientErrors"}},
@@ -346,6 +363,9 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django's own handlers (a console one under DEBUG, mail_admins) would write its
+        # records a second time, unescaped: they go to the root handler only.
+        "django": {"handlers": [], "level": "INFO"},
         "django.db.backends": {"level": "WARNING"},
         "axes": {"level": "WARNING"},
         "uvicorn.access": {"level": "WARNING"},

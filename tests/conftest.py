@@ -152,3 +152,13 @@ def database_file_bytes() -> bytes:
     return subprocess.run(
         [sys.executable, "-c", _CAT, *files], capture_output=True, check=True
     ).stdout
+
+
+@pytest.fixture
+def production_mode(settings) -> None:
+    """The settings SUPERIMAP_ENV=production changes for partner input: internal webhook,
+    IMAP and SMTP targets refused, loopback providers off."""
+    settings.PRODUCTION = True
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = False
+    settings.ALLOW_LOOPBACK_IMAP = False

@@ -18,8 +18,7 @@ from django.utils import timezone
 
 from superimap import frontdoor
 from superimap.asgi import application  # configures logging once, before caplog hooks in
-from superimap.frontdoor import KEYLESS_BODY_LIMIT
-from superimap.partners.models import ImapProvider, Partner
+from superimap.partners.models import Connection, ImapProvider, Partner
 from tests.api.test_original_clients import REST_CLIENT_REQUESTS
 
 CHUNK = 64 * 1024
@@ -28,7 +27,18 @@ CHUNK = 64 * 1024
 class Call:
     """One HTTP request through the ASGI app; the body is produced lazily, chunk by chunk."""
 
-    def __init__(self, method, path, *, headers=(), body_size=0, body=b"", query=b"", chunk=CHUNK):
+    def __init__(
+        self,
+        method,
+        path,
+        *,
+        headers=(),
+        body_size=0,
+        body=b"",
+        query=b"",
+        chunk=CHUNK,
+        hang_at=None,
+    ):
         self.scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -48,13 +58,18 @@ class Call:
         self.body = body
         self.body_size = body_size or len(body)
         self.chunk = chunk
+        self.hang_at = hang_at  # stop sending (but stay connected) after this many bytes
         self.consumed = 0
+        self.sent_empty = False
         self.status = None
         self.response = b""
         self.response_headers = {}
 
     async def receive(self):
-        if self.consumed >= self.body_size:
+        if self.body_size == 0 and not self.sent_empty:
+            self.sent_empty = True  # as uvicorn: one empty message for a request without a body
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if self.consumed >= min(self.body_size, self.hang_at or self.body_size):
             await asyncio.Event().wait()  # the client stays connected
         if self.body:
             chunk = self.body[self.consumed : self.consumed + self.chunk]
@@ -84,8 +99,9 @@ class Call:
         headers = [tuple(line.split(": ", 1)) for line in header_lines]
         return cls(method, path, headers=headers, body=body.encode(), query=query.encode())
 
-    def run(self):
-        asyncio.run(asyncio.wait_for(application(self.scope, self.receive, self.send), 60))
+    def run(self, app=None):
+        app = app or application
+        asyncio.run(asyncio.wait_for(app(self.scope, self.receive, self.send), 60))
         return self
 
     def json(self):
@@ -180,8 +196,12 @@ def test_it_accepts_the_key_as_a_parameter_too(key):
     assert call.status == 201, call.response
 
 
-def _connection_body() -> bytes:
-    return json.dumps({"imap_provider_code": "PLAIN", "imap_host": "imap.example.com"}).encode()
+def _plain_connection(key: str) -> None:
+    Connection.objects.create(
+        partner=Partner.for_api_key(key),
+        provider=ImapProvider.objects.get(code="PLAIN"),
+        imap_host="imap.example.com",
+    )
 
 
 def _rotated(key: str, grace: timedelta) -> str:
@@ -190,11 +210,14 @@ def _rotated(key: str, grace: timedelta) -> str:
 
 
 def test_it_accepts_the_previous_key_with_a_body_during_its_grace_period(key):
+    # A data route: a key in its grace may not change settings such as connections (403
+    # key_in_grace, tests/api/test_key_grace.py), but that is the API's answer, not ours.
+    _plain_connection(key)
     _rotated(key, timedelta(hours=1))
-    body = _connection_body()
+    body = json.dumps({"tag": "door-user"}).encode()
     call = Call(
         "POST",
-        "/api/v1/connections",
+        "/api/v1/connections/PLAIN/users",
         headers=[
             ("x-api-key", key),
             ("content-type", "application/json"),
@@ -272,14 +295,14 @@ def test_it_answers_401_after_reading_at_most_the_bound_of_a_large_body_without_
         "error": {"code": "unauthorized", "message": "Missing or invalid API key."}
     }
     # The message that crosses the bound is the last one read.
-    assert KEYLESS_BODY_LIMIT < call.consumed <= KEYLESS_BODY_LIMIT + chunk
+    assert settings.ANONYMOUS_BODY_LIMIT < call.consumed <= settings.ANONYMOUS_BODY_LIMIT + chunk
     # A Content-Length past the bound is refused before reading (past API_BODY_LIMIT too,
     # the 413 comes first, as for any caller).
     by_length = Call(
         "POST",
         "/api/v1/connections",
-        headers=[("content-length", str(KEYLESS_BODY_LIMIT + 1))],
-        body_size=KEYLESS_BODY_LIMIT + 1,
+        headers=[("content-length", str(settings.ANONYMOUS_BODY_LIMIT + 1))],
+        body_size=settings.ANONYMOUS_BODY_LIMIT + 1,
     ).run()
     assert (by_length.status, by_length.consumed) == (401, 0)
 
@@ -305,8 +328,14 @@ def test_it_answers_the_original_readme_snippet_as_rest_client_sends_it(key):
 
 
 def test_it_answers_the_original_readme_snippet_with_the_previous_key_in_grace(key):
+    Connection.objects.create(
+        partner=Partner.for_api_key(key),
+        provider=ImapProvider.objects.get(code="GMAIL_OAUTH2"),
+        oauth_client_id="id",
+        oauth_client_secret="secret",
+    )
     _rotated(key, timedelta(hours=1))
-    call = Call.raw(REST_CLIENT_REQUESTS["create_connection"].replace("$API_KEY$", key)).run()
+    call = Call.raw(REST_CLIENT_REQUESTS["create_user"].replace("$API_KEY$", key)).run()
     assert call.status == 201, call.response
 
 
@@ -323,36 +352,120 @@ def test_it_answers_the_original_readme_snippet_with_the_key_in_its_form_body(ke
 
 
 @pytest.mark.parametrize("path", ["/admin/login/", "/connect/any-token", "/disconnect/x"])
-def test_it_limits_form_pages_with_their_own_larger_limit(transactional_db, path):
-    assert settings.FORM_BODY_LIMIT > settings.API_BODY_LIMIT
+def test_it_reads_at_most_the_anonymous_bound_of_a_form_without_a_session(
+    transactional_db, path
+):
+    assert settings.ANONYMOUS_BODY_LIMIT < settings.API_BODY_LIMIT < settings.FORM_BODY_LIMIT
     call = Call(
         "POST", path, headers=[("transfer-encoding", "chunked")], body_size=16 * 1024 * 1024
     ).run()
     assert call.status == 413
-    assert settings.FORM_BODY_LIMIT < call.consumed <= settings.FORM_BODY_LIMIT + CHUNK
+    bound = settings.ANONYMOUS_BODY_LIMIT
+    assert bound < call.consumed <= bound + CHUNK
     by_length = Call(
-        "POST",
-        path,
-        headers=[("content-length", str(settings.FORM_BODY_LIMIT + 1))],
-        body_size=settings.FORM_BODY_LIMIT + 1,
+        "POST", path, headers=[("content-length", str(bound + 1))], body_size=bound + 1
     ).run()
     assert (by_length.status, by_length.consumed) == (413, 0)
 
 
-def test_it_lets_a_form_body_under_the_form_limit_through(transactional_db):
-    # Over the API limit, under the form limit: Django answers (403 CSRF), not the door.
+@pytest.mark.parametrize("path", ["/nonexistent", "/healthz", "/oauth2/callback", "/"])
+def test_it_reads_no_body_for_a_path_that_takes_none(transactional_db, path):
+    call = Call(
+        "POST", path, headers=[("transfer-encoding", "chunked")], body_size=1024 * 1024
+    ).run()
+    assert call.status == 413
+    assert call.consumed <= CHUNK
+    assert b"takes no request body" in call.response
+    by_length = Call("POST", path, headers=[("content-length", "1")], body_size=1).run()
+    assert (by_length.status, by_length.consumed) == (413, 0)
+    assert Call("GET", path).run().status != 413
+
+
+@pytest.fixture
+def staff_cookie(transactional_db) -> str:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    get_user_model().objects.create_superuser("boss", "boss@example.com", "a-long-password")
+    client = Client()
+    client.force_login(get_user_model().objects.get(username="boss"))
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+def test_it_gives_a_staff_session_the_form_limit(staff_cookie):
+    # Over the anonymous and API limits, under the form limit: Django answers (403 CSRF).
     size = settings.API_BODY_LIMIT + CHUNK
+    headers = [("content-type", "application/x-www-form-urlencoded")]
     call = Call(
         "POST",
-        "/admin/login/",
-        headers=[
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("content-length", str(size)),
-        ],
+        "/admin/partners/partner/add/",
+        headers=[*headers, ("content-length", str(size)), ("cookie", staff_cookie)],
         body_size=size,
     ).run()
     assert call.status == 403
     assert call.consumed == size
+    chunked = Call(
+        "POST",
+        "/admin/partners/partner/add/",
+        headers=[*headers, ("transfer-encoding", "chunked"), ("cookie", staff_cookie)],
+        body_size=16 * 1024 * 1024,
+    ).run()
+    assert chunked.status == 413
+    assert settings.FORM_BODY_LIMIT < chunked.consumed <= settings.FORM_BODY_LIMIT + CHUNK
+    forged = Call(
+        "POST",
+        "/admin/partners/partner/add/",
+        headers=[*headers, ("content-length", str(size)), ("cookie", "sessionid=forged")],
+        body_size=size,
+    ).run()
+    assert (forged.status, forged.consumed) == (413, 0)
+
+
+def test_it_caps_the_memory_all_anonymous_bodies_hold_together(transactional_db, settings):
+    settings.ANONYMOUS_BODY_MEMORY = 4 * settings.ANONYMOUS_BODY_LIMIT
+
+    async def many():
+        calls = [
+            Call(
+                "POST",
+                "/admin/login/",
+                headers=[("transfer-encoding", "chunked")],
+                body_size=settings.ANONYMOUS_BODY_LIMIT,
+                chunk=1024,
+                hang_at=settings.ANONYMOUS_BODY_LIMIT - 1024,  # within the bound, unfinished
+            )
+            for _ in range(8)
+        ]
+        calls_done = [
+            asyncio.create_task(application(c.scope, c.receive, c.send)) for c in calls
+        ]
+        await asyncio.sleep(1.0)
+        for task in calls_done:
+            task.cancel()
+        await asyncio.gather(*calls_done, return_exceptions=True)
+        return calls
+
+    calls = asyncio.run(many())
+    busy = [c for c in calls if c.status == 503]
+    assert busy and all(b"try again" in c.response for c in busy)
+    assert all(c.response_headers["retry-after"] == "5" for c in busy)
+    held = sum(c.consumed for c in calls if c.status is None)
+    assert held <= settings.ANONYMOUS_BODY_MEMORY
+    assert application.anonymous_held == 0  # all released
+
+
+def test_it_answers_408_to_a_body_that_does_not_arrive_in_time(transactional_db, settings):
+    settings.WEB_BODY_TIMEOUT = 1
+    call = Call(
+        "POST",
+        "/admin/login/",
+        headers=[("content-length", "100")],
+        body_size=100,
+        chunk=10,
+        hang_at=10,
+    ).run()
+    assert call.status == 408
+    assert call.response_headers["connection"] == "close"
 
 
 def test_it_rate_limits_its_log_lines(transactional_db, caplog, monkeypatch):
@@ -395,3 +508,60 @@ def test_django_4xx_log_lines_lose_their_traceback_and_are_rate_limited():
     server_error = logging.LogRecord("django.request", logging.ERROR, "x", 1, "boom", (), exc_info)
     server_error.status_code = 500
     assert client_errors.filter(server_error) and server_error.exc_info is exc_info
+
+
+SECURITY_HEADERS = (
+    "content-security-policy",
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+    "cross-origin-opener-policy",
+    "strict-transport-security",
+)
+
+
+@pytest.mark.parametrize(
+    "path, door_headers, door_status",
+    [
+        ("/api/v1/connections", [("x-api-key", "wrong"), ("content-length", "10")], 401),
+        ("/api/v1/connections", [("content-length", str(10**9))], 413),
+        ("/admin/login/", [("content-length", str(10**9))], 413),
+        ("/connect/any-token", [("content-length", str(10**9))], 413),
+        ("/nonexistent", [("content-length", "10")], 413),
+    ],
+)
+def test_the_doors_answers_carry_the_security_headers_of_the_apps(
+    key, settings, path, door_headers, door_status
+):
+    from django.core.handlers.asgi import ASGIHandler
+
+    from superimap.frontdoor import FrontDoor
+
+    # Production's headers (HSTS over https), and an app built with them.
+    settings.SECURE_HSTS_SECONDS = 31536000
+    settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    app = FrontDoor(ASGIHandler())
+    django_answer = Call("GET", path)
+    django_answer.scope["scheme"] = "https"
+    django_answer.run(app)
+    door_answer = Call("POST", path, headers=door_headers, body_size=10)
+    door_answer.scope["scheme"] = "https"
+    door_answer.run(app)
+    assert door_answer.status == door_status
+    assert door_answer.consumed == 0  # answered by the door
+    expected = {name: django_answer.response_headers.get(name) for name in SECURITY_HEADERS}
+    assert None not in expected.values(), expected
+    assert {name: door_answer.response_headers.get(name) for name in SECURITY_HEADERS} == expected
+
+
+def test_it_logs_a_refused_path_with_its_control_characters_escaped(
+    transactional_db, caplog, monkeypatch
+):
+    monkeypatch.setattr(frontdoor, "_refusals", frontdoor.RateLimitedLog(frontdoor.log))
+    path = "/x\r\n2026-12-06 20:00:00,000 CRITICAL superimap forged"
+    with caplog.at_level(logging.INFO):
+        call = Call("POST", path, headers=[("content-length", "5")], body_size=5).run()
+    assert call.status == 413
+    [line] = [r.getMessage() for r in caplog.records if r.name == "superimap.frontdoor"]
+    assert "\r" not in line and "\n" not in line
+    assert "/x\\r\\n2026-12-06 20:00:00,000 CRITICAL superimap forged" in line

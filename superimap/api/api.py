@@ -14,6 +14,7 @@ from ninja.security import APIKeyHeader, APIKeyQuery
 
 from superimap.api import messages, service
 from superimap.api.errors import ApiError, error_response
+from superimap.api.partner import refuse_key_in_grace
 from superimap.api.partner import router as partner_router
 from superimap.api.schemas import (
     ConnectionIn,
@@ -78,6 +79,8 @@ api = SuperImapApi(
 
 ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
 WRITE_ERRORS = {**ERRORS, 409: ErrorOut}
+# Connection writes change settings (servers, OAuth client secrets): 403 key_in_grace.
+SETTINGS_WRITE_ERRORS = {**WRITE_ERRORS, 403: ErrorOut}
 
 
 @api.exception_handler(ApiError)
@@ -136,9 +139,12 @@ def list_connections(request):
     return [service.connection_out(c) for c in connections]
 
 
-@api.post("/connections", response={201: ConnectionOut, **WRITE_ERRORS}, tags=["connections"])
+@api.post(
+    "/connections", response={201: ConnectionOut, **SETTINGS_WRITE_ERRORS}, tags=["connections"]
+)
 def create_connection(request, body: ConnectionIn):
     """Create a connection. imap_provider_code is required; other fields depend on the provider."""
+    refuse_key_in_grace(request)
     connection = service.create_connection(request.auth, body)
     return Status(201, service.connection_out(connection))
 
@@ -148,8 +154,13 @@ def get_connection(request, code: str):
     return service.connection_out(service.get_connection(request.auth, code))
 
 
-@api.put("/connections/{code}", response={200: ConnectionOut, **WRITE_ERRORS}, tags=["connections"])
+@api.put(
+    "/connections/{code}",
+    response={200: ConnectionOut, **SETTINGS_WRITE_ERRORS},
+    tags=["connections"],
+)
 def update_connection(request, code: str, body: ConnectionUpdate):
+    refuse_key_in_grace(request)
     connection = service.get_connection(request.auth, code)
     service.update_connection(connection, body)
     return service.connection_out(connection)
@@ -158,16 +169,19 @@ def update_connection(request, code: str, body: ConnectionUpdate):
 # Rails routes `resources` sent PATCH to update as well as PUT.
 api.patch(
     "/connections/{code}",
-    response={200: ConnectionOut, **WRITE_ERRORS},
+    response={200: ConnectionOut, **SETTINGS_WRITE_ERRORS},
     tags=["connections"],
     operation_id="patch_connection",
     summary="Update Connection (PATCH, as PUT)",
 )(update_connection)
 
 
-@api.delete("/connections/{code}", response={204: None, **ERRORS}, tags=["connections"])
+@api.delete(
+    "/connections/{code}", response={204: None, 403: ErrorOut, **ERRORS}, tags=["connections"]
+)
 def delete_connection(request, code: str):
-    """Delete a connection and all its users' data."""
+    """Delete a connection and all its users' data. 403 key_in_grace with a rotated key."""
+    refuse_key_in_grace(request)
     service.get_connection(request.auth, code).delete()
     return Status(204, None)
 
@@ -183,11 +197,20 @@ def list_users(request, code: str, archived: bool = False):
     return [service.user_out(u) for u in users]
 
 
-@api.post("/connections/{code}/users", response={201: UserOut, **WRITE_ERRORS}, tags=["users"])
+@api.post(
+    "/connections/{code}/users",
+    response={201: UserOut, **WRITE_ERRORS, 502: ErrorOut},
+    tags=["users"],
+)
 def create_user(request, code: str, body: UserIn):
     """Create a user. tag is required and unique among the connection's active users; with
-    credentials (password or refresh token) the user is connected and user_connected sent."""
+    credentials (password or refresh token) the user is connected, and user_connected is
+    sent once the engine's first login with them succeeds (user_error if it is refused).
+    verify=true logs in during the call first: 422 imap_auth_failed (nothing saved) if the
+    server refuses the credentials, 502 if it cannot be reached."""
     connection = service.get_connection(request.auth, code)
+    if body.verify:
+        service.verify_login(connection, None, body)
     with transaction.atomic():
         user = service.create_user(connection, body)
     return Status(201, service.user_out(user))
@@ -199,11 +222,19 @@ def get_user(request, code: str, tag: str):
     return service.user_out(service.get_user(request.auth, code, tag))
 
 
-@api.put("/connections/{code}/users/{tag}", response={200: UserOut, **WRITE_ERRORS}, tags=["users"])
+@api.put(
+    "/connections/{code}/users/{tag}",
+    response={200: UserOut, **WRITE_ERRORS, 502: ErrorOut},
+    tags=["users"],
+)
 def update_user(request, code: str, tag: str, body: UserUpdate):
     """Update a user. archived=false restores an archived user, archived=true archives it;
-    setting a password or refresh token connects the user and sends user_connected."""
+    new credentials (a password or refresh token) connect the user, and user_connected is
+    sent once the engine's first login with them succeeds. verify=true logs in during the
+    call first: 422 imap_auth_failed (nothing saved), or 502 if the server cannot be reached."""
     user = service.get_user(request.auth, code, tag)
+    if body.verify:
+        service.verify_login(user.connection, user, body)
     with transaction.atomic():
         user = service.lock_user(user)
         service.update_user(user, body)
@@ -212,7 +243,7 @@ def update_user(request, code: str, tag: str, body: UserUpdate):
 
 api.patch(
     "/connections/{code}/users/{tag}",
-    response={200: UserOut, **WRITE_ERRORS},
+    response={200: UserOut, **WRITE_ERRORS, 502: ErrorOut},
     tags=["users"],
     operation_id="patch_user",
     summary="Update User (PATCH, as PUT)",

@@ -4,12 +4,10 @@ test webhook. The API key and the signing secret are shown only by the call that
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Literal
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -22,7 +20,8 @@ from superimap.api.errors import ApiError
 from superimap.api.schemas import NO_NUL, ErrorOut
 from superimap.delivery.http import make_session, post, render_request
 from superimap.delivery.payloads import sha1_hex
-from superimap.partners.models import Partner
+from superimap.partners.models import DEFAULT_ROTATION_GRACE, NAME_TAKEN, Partner
+from superimap.validation import host_problem, url_host_problem
 
 router = Router(tags=["partner"])
 
@@ -30,11 +29,26 @@ WebhookKind = Literal[
     "new_mail", "user_connected", "user_disconnected", "user_error", "user_recovered"
 ]
 URL = r"^(https?://[^\s\x00]+)?$"
-HOST = r"^[A-Za-z0-9.-]+$"
-DEFAULT_GRACE_SECONDS = 24 * 3600
+DEFAULT_GRACE_SECONDS = int(DEFAULT_ROTATION_GRACE.total_seconds())
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 PING_TIMEOUT_SECONDS = 10.0
 ERRORS = {401: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+# Routes that change keys, secrets, URLs or other settings: 403 for a key in its grace.
+SETTINGS_ERRORS = {**ERRORS, 403: ErrorOut}
+
+
+def refuse_key_in_grace(request) -> None:
+    """403 key_in_grace when the call was made with the previous API key, in its rotation
+    grace period. That key may keep using the data routes (users, deliveries, messages) while
+    deployments switch over, but not change keys, secrets, webhook URLs, callback hosts or
+    other settings: a leaked old key cannot lock the owner out or re-point the webhooks."""
+    if getattr(request.auth, "key_in_grace", False):
+        raise ApiError(
+            403,
+            "key_in_grace",
+            "This API key was rotated and is valid only in its grace period, for data "
+            "routes; use the current key to change keys, secrets or settings.",
+        )
 
 
 class PartnerOut(Schema):
@@ -58,6 +72,11 @@ class PartnerOut(Schema):
     )
     previous_webhook_secret_valid_until: datetime | None = Field(
         description="While set, webhooks are signed by the previous secret too."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Saved URLs that are refused now (a host that no longer resolves, or "
+        "resolves to an internal address): the worker will not send to them until fixed.",
     )
 
 
@@ -88,13 +107,8 @@ class PartnerUpdate(Schema):
     )
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value:
-            try:
-                host = urlsplit(value).hostname
-            except ValueError:
-                host = None
-            if not host:
-                raise ValueError("must be an http(s) URL with a host name")
+        if value and (problem := url_host_problem(value.strip())):
+            raise ValueError(problem)
         return value
 
     @field_validator("allowed_redirect_hosts")
@@ -105,8 +119,8 @@ class PartnerUpdate(Schema):
         hosts = value.split(",") if isinstance(value, str) else value
         cleaned = [h.strip().lower() for h in hosts if h.strip()]
         for host in cleaned:
-            if len(host) > 253 or not re.fullmatch(HOST, host):
-                raise ValueError(f"{host!r} is not a host name.")
+            if problem := host_problem(host):
+                raise ValueError(f"{host!r} {problem}.")
         if len(",".join(cleaned)) > 1000:
             raise ValueError("Too many hosts (1000 characters at most).")
         return cleaned
@@ -166,6 +180,7 @@ def partner_out(partner: Partner) -> dict:
         "effective_redirect_hosts": sorted(partner.redirect_hosts()),
         "previous_api_key_valid_until": _while_valid(partner.previous_api_key_until),
         "previous_webhook_secret_valid_until": _while_valid(partner.previous_webhook_secret_until),
+        "warnings": partner.stale_url_warnings(),
     }
 
 
@@ -175,39 +190,53 @@ def get_partner(request):
     return partner_out(request.auth)
 
 
-@router.put("/partner", response={200: PartnerOut, **ERRORS})
+@router.put("/partner", response={200: PartnerOut, 409: ErrorOut, **SETTINGS_ERRORS})
 def update_partner(request, body: PartnerUpdate):
-    """Change webhook URLs, success/failure URLs or allowed callback hosts ("" clears a URL)."""
+    """Change the name, webhook URLs, success/failure URLs or allowed callback hosts ("" clears
+    a URL). Only the URLs given are checked: one saved earlier that is refused now does not
+    block the change; it is listed in `warnings`. 409 if another partner has the name
+    (ignoring case); 403 key_in_grace with a rotated key."""
+    refuse_key_in_grace(request)
     partner: Partner = request.auth
-    for name, value in body.model_dump(exclude_unset=True).items():
+    given = body.model_dump(exclude_unset=True)
+    for name, value in given.items():
         if value is None:
             continue
         if name == "allowed_redirect_hosts":
             value = ",".join(value)
         setattr(partner, name, value.strip() if isinstance(value, str) else value)
     try:
-        partner.clean()  # webhook URLs: http(s), and no internal address in production
+        # URLs given or changed: a host name, http(s), and no internal address in production.
+        partner.clean(given=tuple(given))
     except ValidationError as exc:
         field, messages = next(iter(exc.message_dict.items()))
         raise ApiError(422, "invalid_field", f"{field}: {' '.join(messages)}") from None
+    if not partner.name:
+        raise ApiError(422, "invalid_field", "name: must not be blank.")
+    if partner.name_taken():
+        raise ApiError(409, "name_taken", NAME_TAKEN)
     partner.save()
     return partner_out(partner)
 
 
-@router.post("/partner/rotate-api-key", response={200: ApiKeyOut, **ERRORS})
+@router.post("/partner/rotate-api-key", response={200: ApiKeyOut, **SETTINGS_ERRORS})
 def rotate_api_key(request, body: RotateIn):
     """A new API key. The key used for this call stays valid for grace_seconds (default 24 h)
-    so deployments can switch over; the body `signature` of webhooks uses the new key."""
+    so deployments can switch over; the body `signature` of webhooks uses the new key.
+    Rotating again ends the grace of the key before. 403 key_in_grace with a rotated key."""
+    refuse_key_in_grace(request)
     with transaction.atomic():
         partner = Partner.objects.select_for_update().get(pk=request.auth.pk)
         key = partner.rotate_api_key(timedelta(seconds=body.grace_seconds))
     return {"api_key": key, "previous_api_key_valid_until": partner.previous_api_key_until}
 
 
-@router.post("/partner/rotate-secret", response={200: SecretOut, **ERRORS})
+@router.post("/partner/rotate-secret", response={200: SecretOut, **SETTINGS_ERRORS})
 def rotate_secret(request, body: RotateIn):
     """A new Standard Webhooks signing secret. For grace_seconds (default 24 h) every webhook
-    carries two signatures in `webhook-signature`, by the new and the previous secret."""
+    carries two signatures in `webhook-signature`, by the new and the previous secret.
+    403 key_in_grace with a rotated key."""
+    refuse_key_in_grace(request)
     with transaction.atomic():
         partner = Partner.objects.select_for_update().get(pk=request.auth.pk)
         secret = partner.rotate_webhook_secret(timedelta(seconds=body.grace_seconds))
@@ -249,5 +278,6 @@ def test_webhook(request, body: TestWebhookIn):
 
 async def _send(url: str, raw: bytes, headers: dict):
     timeout = min(float(settings.WEBHOOK_TIMEOUT), PING_TIMEOUT_SECONDS)
-    async with make_session(1, timeout) as session:
+    allow_private = settings.WEBHOOK_ALLOW_PRIVATE  # the worker's rule, checked at connect
+    async with make_session(1, timeout, allow_private=allow_private) as session:
         return await post(session, url, raw, headers)

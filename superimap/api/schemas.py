@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -10,6 +9,7 @@ from ninja import Schema
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from superimap.partners.folders import FOLDER_FLAGS, MAX_FOLDERS, checked_folders
+from superimap.validation import host_problem, invisible_char_problem
 
 TlsMode = Literal["implicit", "starttls", "none"]
 # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
@@ -31,9 +31,7 @@ PROVIDER_CODES = [
 # query string can only carry text, so RailsParamsMiddleware turns their digit strings into
 # numbers first, as the original's Rails models cast them.
 STRICT_INTEGER_FIELDS = frozenset({"imap_port", "smtp_port"})
-# Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned
-# characters, and line/paragraph separators: a tag shows in dashboards and logs as is.
-INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+HOST_DESCRIPTION = "An IP address or a host name (RFC 1123; Unicode names as IDNA)."
 
 
 FOLDERS_DESCRIPTION = (
@@ -55,11 +53,18 @@ def folders_field() -> Any:
 
 
 def visible_tag(value: str) -> str:
-    for char in value:
-        if unicodedata.category(char) in INVISIBLE_CATEGORIES:
-            raise ValueError(
-                f"tag must not contain control, bidi or zero-width characters (U+{ord(char):04X})"
-            )
+    """A tag shows in dashboards and logs as is: no control, bidi, zero-width or other
+    default-ignorable character (such as the Hangul filler U+3164)."""
+    if problem := invisible_char_problem(value):
+        raise ValueError(f"tag {problem}")
+    return value
+
+
+def host_name(value: str | None) -> str | None:
+    """imap_host / smtp_host: validation.host_problem(), as the dashboard and the CLI."""
+    # Blank: "imap_host is required" (missing_field) comes from the service.
+    if value and value.strip() and (problem := host_problem(value.strip())):
+        raise ValueError(f"host {problem}")
     return value
 
 
@@ -109,7 +114,9 @@ class ConnectionUpdate(OriginalNames):
 
     oauth_client_id: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
     oauth_client_secret: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
-    imap_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
+    imap_host: str | None = Field(
+        default=None, max_length=255, pattern=NO_NUL, description=HOST_DESCRIPTION
+    )
     # strict (STRICT_INTEGER_FIELDS): true and "993" are not ports.
     imap_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     imap_tls: TlsMode | None = None
@@ -137,7 +144,9 @@ class ConnectionUpdate(OriginalNames):
         "automatic (15 s for servers whose greeting names Cyrus or Courier, else off).",
     )
     folders: list[str] | None = folders_field()
-    smtp_host: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
+    smtp_host: str | None = Field(
+        default=None, max_length=255, pattern=NO_NUL, description=HOST_DESCRIPTION
+    )
     smtp_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     smtp_tls: TlsMode | None = None
     oauth_base_url: str | None = Field(
@@ -160,6 +169,11 @@ class ConnectionUpdate(OriginalNames):
     @classmethod
     def folders_are_names_or_flags(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else checked_folders(value)
+
+    @field_validator("imap_host", "smtp_host")
+    @classmethod
+    def hosts_are_host_names(cls, value: str | None) -> str | None:
+        return host_name(value)
 
 
 class ConnectionIn(ConnectionUpdate):
@@ -211,20 +225,29 @@ class UserFields(OriginalNames):
         default=None,
         max_length=2000,
         pattern=NO_NUL,
-        description="Password users: with login_username (or email) connects the user and "
-        "sends user_connected.",
+        description="Password users: with login_username (or email) connects the user; "
+        "user_connected is sent once the engine's first login with it succeeds "
+        "(user_error auth_failed if the server refuses it).",
     )
     oauth_refresh_token: str | None = Field(
         default=None,
         max_length=4000,
         pattern=NO_NUL,
         description="OAuth users: a refresh token the partner already holds; with email it "
-        "connects the user (no connect flow) and sends user_connected.",
+        "connects the user (no connect flow); user_connected is sent once the engine's "
+        "first XOAUTH2 login with it succeeds.",
     )
     archived: bool | None = Field(
         default=None, description="true archives the user, false restores it; unset keeps it."
     )
     folders: list[str] | None = folders_field()
+    verify: bool | None = Field(
+        default=None,
+        description="Password users: true logs in with the credentials during the call, "
+        "before anything is saved: 422 imap_auth_failed if the server refuses them, 502 "
+        "imap_unavailable or imap_tls_failed if it cannot be reached or its certificate "
+        "does not verify. Not stored.",
+    )
     login_password: str | None = alias_of("password", max_length=2000, pattern=NO_NUL)
     oauth2_refresh_token: str | None = alias_of(
         "oauth_refresh_token", max_length=4000, pattern=NO_NUL

@@ -10,7 +10,7 @@ from superimap.api.errors import ApiError
 from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUpdate
 from superimap.delivery import replaylimit
 from superimap.delivery.models import Delivery
-from superimap.delivery.outbox import enqueue_user_event
+from superimap.mailboxes.credentials import REFUSED, UNTRUSTED, check_login
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.partners.models import Connection, ImapProvider, Partner, ca_bundle_problem
@@ -127,21 +127,9 @@ def _apply_connection_fields(connection: Connection, body: ConnectionIn | Connec
             raise ApiError(422, "missing_field", f"imap_host is required for {provider.code}.")
         for message in connection.private_host_problems().values():
             raise ApiError(422, "private_host", message)
-        if (
-            connection.imap_tls == ImapProvider.TlsMode.NONE
-            and not provider.loopback_only
-            and not connection.imap_allow_plaintext
-        ):
-            raise ApiError(
-                422,
-                "invalid_field",
-                "imap_tls 'none' sends the password and mail unencrypted; "
-                "set imap_allow_plaintext to true to allow it.",
-            )
-        if connection.smtp_tls == ImapProvider.TlsMode.NONE and not provider.loopback_only:
-            raise ApiError(
-                422, "invalid_field", "smtp_tls 'none' is only allowed for loopback test providers."
-            )
+        # The rules the dashboard applies too (Connection.clean), in one place.
+        for message in connection.tls_problems().values():
+            raise ApiError(422, "invalid_field", message)
 
 
 def _check_ca_bundle(pem: str) -> None:
@@ -208,11 +196,14 @@ def lock_user(user: MailboxUser) -> MailboxUser:
     return locked
 
 
-def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> bool:
-    """Set the body's fields on the user; True when it set credentials (a password or a
-    refresh token), which connects the user as the hosted connect flow would."""
+def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
+    """Set the body's fields on the user. Credentials (a password or a refresh token)
+    connect the user as the hosted connect flow would; new ones owe user_connected, sent
+    once the engine's first login with them succeeds (design.md 4.9)."""
     provider = user.connection.provider
-    fields = body.model_dump(exclude_unset=True, exclude={"tag", "archived", *ALIAS_FIELDS})
+    fields = body.model_dump(
+        exclude_unset=True, exclude={"tag", "archived", "verify", *ALIAS_FIELDS}
+    )
     if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
         for name in ("password", "login_username"):
             if fields.get(name):
@@ -237,6 +228,8 @@ def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> bool:
         raise ApiError(422, "missing_field", "email is required with oauth_refresh_token.")
     if credentials:
         user.connected_at = user.connected_at or timezone.now()
+        if user.credentials_changed():
+            user.owe_connected()
         failing = user.status in (
             MailboxUser.Status.AUTH_FAILED,
             MailboxUser.Status.TLS_FAILED,
@@ -245,26 +238,52 @@ def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> bool:
         if user.tracked_changed() or failing:
             # New credentials (or the same ones sent again after a failure) deserve a fresh
             # start, not the old back-off; the same ones again on a working mailbox change
-            # nothing (no new login).
+            # nothing (no new login, no second user_connected).
             user.restart_session()
             user.status = MailboxUser.Status.NEW
             user.last_error = ""
             user.consecutive_failures = 0
-    return credentials
+
+
+def verify_login(connection: Connection, user: MailboxUser | None, body: UserIn | UserUpdate):
+    """verify=true: log in with the credentials the body would leave the user with, before
+    anything is saved; 422 imap_auth_failed if the server refuses them, 502 if it cannot be
+    reached or its certificate does not verify. The hosted form's check (check_login)."""
+    provider = connection.provider
+    if provider.auth_kind != ImapProvider.AuthKind.PASSWORD:
+        raise ApiError(
+            422,
+            "invalid_field",
+            f"verify applies to password logins only, not to {provider.code}.",
+        )
+    password = body.password if body.password is not None else (user.password if user else "")
+    login_username = body.login_username
+    if login_username is None:
+        login_username = user.login_username if user else ""
+    email = body.email if body.email is not None else (user.email if user else "")
+    username = login_username.strip() or email.strip()
+    if not password or not username:
+        raise ApiError(422, "missing_field", "verify needs a password and login_username or email.")
+    problem = check_login(connection, username, password)
+    if problem == REFUSED:
+        raise ApiError(422, "imap_auth_failed", problem)
+    if problem == UNTRUSTED:
+        raise ApiError(502, "imap_tls_failed", problem)
+    if problem:
+        raise ApiError(502, "imap_unavailable", problem)
 
 
 def create_user(connection: Connection, body: UserIn) -> MailboxUser:
-    """Create a user; run inside a transaction (it may queue user_connected)."""
+    """Create a user; run inside a transaction."""
     if connection.users.filter(tag=body.tag, archived=False).exists():
         raise ApiError(409, "duplicate", f"User {body.tag!r} exists already in this connection.")
     user = MailboxUser(connection=connection, tag=body.tag)
-    connected = _apply_user_fields(user, body)
+    _apply_user_fields(user, body)
     if body.archived:
         user.archived, user.archived_at = True, timezone.now()
+        user.status = MailboxUser.Status.STOPPED
     user.save()
     user.connection = connection
-    if connected and not user.archived:
-        enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
     return user
 
 
@@ -279,10 +298,10 @@ def update_user(user: MailboxUser, body: UserUpdate) -> None:
         user.archived_at = None
     elif body.archived is True and not user.archived:
         user.archived, user.archived_at = True, timezone.now()
-    connected = _apply_user_fields(user, body)
+    _apply_user_fields(user, body)
+    if user.archived:
+        user.status = MailboxUser.Status.STOPPED  # the engine writes no status for it now
     user.save()
-    if connected and not user.archived:
-        enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
 
 
 def sweep_user(user: MailboxUser) -> None:

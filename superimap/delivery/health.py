@@ -46,13 +46,14 @@ def classify(outcome) -> str | None:
     return FAILURE
 
 
-def retry_after_delay(result, attempt: int, rng: random.Random | None = None) -> timedelta:
-    """How long to wait after a 429/503: Retry-After if given (capped), else the schedule."""
+def retry_after_delay(result, failures: int, rng: random.Random | None = None) -> timedelta:
+    """How long to wait after a 429/503: Retry-After if given (capped), else the step the
+    delivery's next failure would wait (`failures` so far in its round; not used up)."""
     if result.retry_after is not None:
         return timedelta(seconds=min(result.retry_after, settings.WEBHOOK_RETRY_AFTER_MAX))
     from superimap.delivery.queue import retry_delay
 
-    return retry_delay(attempt, rng)
+    return retry_delay(failures + 1, rng)
 
 
 def record(outcomes, now: datetime) -> None:
@@ -118,7 +119,7 @@ def _apply(row: EndpointHealth, verdicts, now: datetime) -> None:
                     row.last_error,
                 )
         elif verdict == RATE_LIMITED:
-            until = now + retry_after_delay(result, outcome.claimed.attempt)
+            until = now + retry_after_delay(result, 0)  # the endpoint's pause: no step used
             if row.paused_until is None or until > row.paused_until:
                 row.paused_until = until
                 _hold_pending(row, until)

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 from superimap import __version__
 from superimap.delivery.payloads import (
@@ -23,7 +19,7 @@ from superimap.delivery.payloads import (
     spec_signature,
     standard_webhook_signature,
 )
-from superimap.netguard import PrivateTargetRefused, address_is_private
+from superimap.netguard import CheckedConnector, PrivateTargetRefused
 
 USER_AGENT = f"SuperIMAP/{__version__} (+webhooks)"
 EXCERPT_BYTES = 1024
@@ -43,36 +39,13 @@ class PostResult:
         return self.status_code is not None and 200 <= self.status_code <= 206
 
 
-class PublicOnlyResolver(AbstractResolver):
-    """Resolves like aiohttp's default resolver, then refuses non-public addresses.
-
-    aiohttp connects to exactly the addresses returned here, so the check holds at connect
-    time: a DNS answer that changes after the save-time check (rebinding) is caught."""
-
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        private = [r["host"] for r in results if address_is_private(r["host"])]
-        if private or not results:
-            raise PrivateTargetRefused(host, port, private[0] if private else "")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 def make_session(
-    concurrency: int, timeout_seconds: float, *, allow_private: bool = True
+    concurrency: int, timeout_seconds: float, *, allow_private: bool
 ) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=concurrency,
-        limit_per_host=concurrency,
-        ttl_dns_cache=60,
-        resolver=None if allow_private else PublicOnlyResolver(),
+    """A session whose connections go to addresses netguard resolved and checked (unless
+    allow_private, WEBHOOK_ALLOW_PRIVATE): the test webhook and the worker alike."""
+    connector = CheckedConnector(
+        allow_private=allow_private, limit=concurrency, limit_per_host=concurrency
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -80,17 +53,6 @@ def make_session(
         headers={"User-Agent": USER_AGENT},
         json_serialize=json.dumps,
     )
-
-
-def refuse_private_literal(url: str) -> None:
-    """aiohttp skips the resolver for IP-literal hosts: check those here."""
-    host = urlsplit(url).hostname or ""
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        return  # a name: PublicOnlyResolver checks what it resolves to
-    if address_is_private(host):
-        raise PrivateTargetRefused(host, urlsplit(url).port or 0, host)
 
 
 # Keys added at each send; a stored payload that seems to hold one is re-encoded whole.
@@ -167,13 +129,9 @@ async def post(
     url: str,
     raw: bytes,
     headers: dict,
-    *,
-    allow_private: bool = True,
 ) -> PostResult:
     started = time.monotonic()
     try:
-        if not allow_private:
-            refuse_private_literal(url)
         async with session.post(url, data=raw, headers=headers, allow_redirects=False) as response:
             excerpt = await _read_prefix(response, EXCERPT_BYTES)
             retry_after = None

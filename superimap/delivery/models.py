@@ -48,6 +48,8 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     # The first send plus one per retry (spec: 6); a manual retry or replay grants a round.
     max_attempts = models.PositiveIntegerField(default=attempts_per_round)
+    # Real failures in this round (429s are not failures): the retry schedule's step.
+    failures = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(db_index=True)
     claimed_by = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
@@ -61,7 +63,38 @@ class Delivery(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "deliveries"
-        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"]),
+            # Per-user order (queue.ORDER_GATE): is an earlier delivery of this user still
+            # pending; has a later user_disconnected of this user gone out. Partial, so
+            # small: pending rows, user_disconnected rows.
+            models.Index(
+                fields=["user", "id"],
+                condition=models.Q(status="pending"),
+                name="delivery_pending_by_user",
+            ),
+            models.Index(
+                fields=["user", "id"],
+                condition=models.Q(kind="user_disconnected"),
+                name="delivery_disconnect_by_user",
+            ),
+            # Retention (retention.py): exactly the rows still holding a payload, in the
+            # order they become purgeable; a purged row leaves the index.
+            models.Index(
+                fields=["delivered_at"],
+                condition=models.Q(
+                    kind="new_mail", status="delivered", payload_purged_at__isnull=True
+                ),
+                name="delivery_delivered_payloads",
+            ),
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(
+                    kind="new_mail", status="failed", payload_purged_at__isnull=True
+                ),
+                name="delivery_failed_payloads",
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "dedup_key"],
@@ -83,6 +116,7 @@ class Delivery(models.Model):
             delivery.status = cls.Status.PENDING
             delivery.next_attempt_at = timezone.now()
             delivery.max_attempts = delivery.attempts + attempts_per_round()
+            delivery.failures = 0
             delivery.claimed_by = ""
             delivery.lease_until = None
             delivery.save(
@@ -90,6 +124,7 @@ class Delivery(models.Model):
                     "status",
                     "next_attempt_at",
                     "max_attempts",
+                    "failures",
                     "claimed_by",
                     "lease_until",
                 ]
@@ -110,6 +145,7 @@ class Delivery(models.Model):
                 status=cls.Status.PENDING,
                 next_attempt_at=now or timezone.now(),
                 max_attempts=F("attempts") + attempts_per_round(),
+                failures=0,
                 claimed_by="",
                 lease_until=None,
             )

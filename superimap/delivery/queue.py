@@ -30,13 +30,14 @@ from superimap.partners.models import Partner
 RETRY_JITTER = 0.2
 
 
-def retry_delay(attempt: int, rng: random.Random | None = None) -> timedelta:
-    """Delay after failed attempt number `attempt` (1-based), from WEBHOOK_RETRY_SCHEDULE
-    (default 10 s, 1 min, 6 min, 36 min, 3.6 h, 21.6 h), ±20 %. A later round (manual
-    retry, replay) starts over at the first step."""
+def retry_delay(failure: int, rng: random.Random | None = None) -> timedelta:
+    """Delay after real failure number `failure` (1-based) of the current round, from
+    WEBHOOK_RETRY_SCHEDULE (default 10 s, 1 min, 6 min, 36 min, 3.6 h, 21.6 h), ±20 %.
+    Counted in `Delivery.failures`, not in attempts: a 429 is not a failure and uses no step,
+    and a new round (manual retry, replay) starts over at the first step."""
     rng = rng or random
     schedule = settings.WEBHOOK_RETRY_SCHEDULE
-    seconds = schedule[(attempt - 1) % len(schedule)]
+    seconds = schedule[min(max(failure, 1), len(schedule)) - 1]
     return timedelta(seconds=seconds * rng.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER))
 
 
@@ -97,6 +98,50 @@ def _decrypted(token: str) -> str:
     return decrypt(token) if token else token
 
 
+# --- Per-user order (docs/design.md 5.1) ----------------------------------------------------
+# A lifecycle event (user_connected, user_error, user_recovered, user_disconnected) is
+# claimable only when no earlier delivery of its user is pending (in flight or waiting for a
+# retry): it goes out after every earlier event of that user is final. new_mail does not
+# wait, so mail stays parallel. Both probes use small partial indexes (models.py) and
+# literal values, which SQLite needs to match a partial index.
+def _order_gate(table: str) -> str:
+    return (
+        f"(kind = 'new_mail' OR NOT EXISTS (SELECT 1 FROM {table} e "
+        f"WHERE e.user_id = {table}.user_id AND e.status = 'pending' AND e.id < {table}.id))"
+    )
+
+
+# Nothing of a user is sent after its user_disconnected: a delivery (re-queued by a replay,
+# "Retry now" or auto-replay) with a later user_disconnected of its user that went out or
+# is going out now is cancelled at claim instead of sent. A skipped user_disconnected (no
+# URL) never went out and cancels nothing.
+def _superseded(table: str) -> str:
+    return (
+        f"(kind <> 'user_disconnected' AND EXISTS (SELECT 1 FROM {table} e "
+        f"WHERE e.user_id = {table}.user_id AND e.kind = 'user_disconnected' "
+        f"AND e.id > {table}.id "
+        "AND (e.status NOT IN ('pending', 'skipped') OR e.lease_until IS NOT NULL)))"
+    )
+
+
+SUPERSEDED_ERROR = "not sent: the user's user_disconnected went out before it"
+
+
+def _cancel_superseded(cursor, rows: list) -> list:
+    """Cancel the rows whose last column (_superseded) is true; the others, without it."""
+    cancelled = [row[0] for row in rows if row[-1]]
+    if cancelled:
+        cursor.execute(
+            f"UPDATE {Delivery._meta.db_table} SET status = %s, last_error = %s, "
+            f"claimed_by = '', lease_until = NULL WHERE id IN ({_in(cancelled)})",
+            [Delivery.Status.CANCELLED.value, SUPERSEDED_ERROR, *cancelled],
+        )
+    return [row[:-1] for row in rows if not row[-1]]
+
+
+# --- end of per-user order -------------------------------------------------------------------
+
+
 @functools.lru_cache(maxsize=1)
 def _claim_sql(vendor: str) -> tuple[str, str, str]:
     d = Delivery._meta.db_table
@@ -106,9 +151,11 @@ def _claim_sql(vendor: str) -> tuple[str, str, str]:
     else:  # SQLite: the IMMEDIATE transaction holds the write lock
         text, sha1, lock = "payload", "json_extract(payload, '$.sha1')", ""
     due = (
-        f"SELECT id, event_id, kind, attempts, {text}, {sha1}, partner_id, created_at FROM {d} "
+        f"SELECT id, event_id, kind, attempts, {text}, {sha1}, partner_id, created_at, "
+        f"{_superseded(d)} FROM {d} "
         "WHERE status = %s AND next_attempt_at <= %s "
         "AND (lease_until IS NULL OR lease_until < %s) "
+        f"AND {_order_gate(d)} "
         f"ORDER BY next_attempt_at, id LIMIT %s{lock}"
     )
     urls = ", ".join(f"{kind}_webhook" for kind in Partner.WEBHOOK_KINDS)
@@ -159,6 +206,7 @@ def claim_due(
         db_now = _db_time(now)
         params = [Delivery.Status.PENDING.value, db_now, db_now]
         rows = fairness.fair_rows(cursor, due, params, limit, room)
+        rows = _cancel_superseded(cursor, rows)
         if not rows:
             return []
         cursor.execute(paused_sql, [db_now])
@@ -226,8 +274,10 @@ def record_outcomes(
     table = Delivery._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
         ids = [o.claimed.id for o in outcomes]
-        cursor.execute(f"SELECT id, max_attempts FROM {table} WHERE id IN ({_in(ids)})", ids)
-        maxima = dict(cursor.fetchall())
+        cursor.execute(
+            f"SELECT id, max_attempts, failures FROM {table} WHERE id IN ({_in(ids)})", ids
+        )
+        maxima = {id_: (most, failures) for id_, most, failures in cursor.fetchall()}
         attempts = []
         delivered: dict[tuple[int, int | None], list[int]] = {}
         for outcome in outcomes:
@@ -238,7 +288,7 @@ def record_outcomes(
                 key = (outcome.claimed.attempt, result.status_code)
                 delivered.setdefault(key, []).append(outcome.claimed.id)
             else:
-                status = _record_one(node_id, outcome, maxima[outcome.claimed.id], now, rng)
+                status = _record_one(node_id, outcome, *maxima[outcome.claimed.id], now, rng)
                 counts[status] = counts.get(status, 0) + 1
             attempts.append(
                 (
@@ -293,7 +343,12 @@ def _fenced(node_id: str, ids: list[int], attempt: int):
 
 
 def _record_one(
-    node_id: str, outcome: Outcome, max_attempts: int, now: datetime, rng: random.Random | None
+    node_id: str,
+    outcome: Outcome,
+    max_attempts: int,
+    failures: int,
+    now: datetime,
+    rng: random.Random | None,
 ) -> str:
     claimed, result = outcome.claimed, outcome.result
     fenced = _fenced(node_id, [claimed.id], claimed.attempt)
@@ -318,11 +373,12 @@ def _record_one(
         common["last_error"] = f"receiver answered 410 Gone: {claimed.kind} webhook URL disabled"
         updated = fenced.update(status=status, **common)
     elif result.status_code == 429 and now - claimed.created_at < free_429_window():
-        # Rate limited: wait as asked (or the usual delay) without using up a retry.
+        # Rate limited: wait as asked (or as long as the next failure would) without using
+        # up a retry or a step of the schedule.
         status = Delivery.Status.PENDING
         updated = fenced.update(
             status=status,
-            next_attempt_at=now + health.retry_after_delay(result, claimed.attempt, rng),
+            next_attempt_at=now + health.retry_after_delay(result, failures, rng),
             max_attempts=F("max_attempts") + 1,
             **common,
         )
@@ -334,13 +390,15 @@ def _record_one(
             _archive_user_of(claimed.id)
     elif claimed.attempt >= max_attempts:
         status = Delivery.Status.FAILED
-        updated = fenced.update(status=status, **common)
+        updated = fenced.update(status=status, failures=F("failures") + 1, **common)
     else:
         status = Delivery.Status.PENDING
-        delay = retry_delay(claimed.attempt, rng)
+        delay = retry_delay(failures + 1, rng)
         if result.retry_after is not None:  # 503 + Retry-After: not sooner than asked
-            delay = max(delay, health.retry_after_delay(result, claimed.attempt, rng))
-        updated = fenced.update(status=status, next_attempt_at=now + delay, **common)
+            delay = max(delay, health.retry_after_delay(result, failures + 1, rng))
+        updated = fenced.update(
+            status=status, next_attempt_at=now + delay, failures=F("failures") + 1, **common
+        )
     return status if updated else "stale"
 
 

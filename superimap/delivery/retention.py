@@ -1,15 +1,17 @@
 """Retention: dropping old new_mail payload bodies (the raw email) in small batches.
 
-Delivered deliveries lose their payload WEBHOOK_RETENTION_DAYS after creation (and
-delivery), failed ones after WEBHOOK_FAILED_RETENTION_DAYS; the rows, their status and
-every attempt stay. User events are a few hundred bytes and are kept. Each batch is one
-short UPDATE by primary key, so the queue's writers wait milliseconds at most; SQLite
+Delivered deliveries lose their payload WEBHOOK_RETENTION_DAYS after delivery (and so
+after creation), failed ones WEBHOOK_FAILED_RETENTION_DAYS after creation; the rows, their
+status and every attempt stay. User events are a few hundred bytes and are kept. Each batch
+is one short UPDATE by primary key, so the queue's writers wait milliseconds at most; SQLite
 reuses the freed pages, so the database file stops growing once the oldest payloads go.
 
-The scan walks `created_at` upwards from a cursor kept in memory: a step reads only rows
-that crossed the cutoff since the last step. A row that becomes purgeable after the cursor
-passed it (a very old delivery replayed and delivered again) is purged after the next
-restart of the worker.
+No cursor and no memory between steps: each step reads a partial index that holds exactly
+the rows still holding a payload of that status (models.py, `delivery_delivered_payloads`
+on delivered_at, `delivery_failed_payloads` on created_at), oldest first. Every entry before
+the cutoff is purgeable, so a step reads no row it leaves alone, and a row that becomes
+purgeable late (a replayed delivery delivered or failed again) is found by the next step,
+whatever the process did before.
 """
 
 from __future__ import annotations
@@ -17,11 +19,30 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from superimap.delivery.models import Delivery
 
 PURGE_BATCH = 500
+
+
+def _purgeable_sql(vendor: str) -> dict[str, str]:
+    # Literal kind and status: SQLite uses a partial index only when the query's WHERE
+    # names the index's condition terms as written, not as bound parameters; and it is told
+    # which (without statistics it preferred the status index and a sort).
+    table = Delivery._meta.db_table
+    found = {}
+    for status, column, index in (
+        (Delivery.Status.DELIVERED, "delivered_at", "delivery_delivered_payloads"),
+        (Delivery.Status.FAILED, "created_at", "delivery_failed_payloads"),
+    ):
+        hint = f" INDEXED BY {index}" if vendor == "sqlite" else ""
+        found[status] = (
+            f"SELECT id FROM {table}{hint} WHERE kind = 'new_mail' "
+            f"AND status = '{status.value}' "
+            f"AND payload_purged_at IS NULL AND {column} < %s ORDER BY {column} LIMIT %s"
+        )
+    return found
 
 
 class Purger:
@@ -36,10 +57,6 @@ class Purger:
         self.batch = batch
         self.retention = retention
         self.failed_retention = failed_retention
-        self._cursor: dict[str, datetime | None] = {
-            Delivery.Status.DELIVERED: None,
-            Delivery.Status.FAILED: None,
-        }
 
     def step(
         self,
@@ -56,26 +73,17 @@ class Purger:
             or timedelta(days=settings.WEBHOOK_FAILED_RETENTION_DAYS),
         }
         purged = 0
-        for status, cursor in self._cursor.items():
-            cutoff = now - keep[status]
-            rows = Delivery.objects.filter(
-                kind=Delivery.Kind.NEW_MAIL,
-                status=status,
-                created_at__lt=cutoff,
-                payload_purged_at__isnull=True,
-            )
-            if cursor is not None:
-                rows = rows.filter(created_at__gte=cursor)
-            if status == Delivery.Status.DELIVERED:
-                rows = rows.filter(delivered_at__lt=cutoff)
-            found = list(rows.order_by("created_at").values_list("id", "created_at")[: self.batch])
-            if found:
+        for status, sql in _purgeable_sql(connection.vendor).items():
+            cutoff = connection.ops.adapt_datetimefield_value(now - keep[status])
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [cutoff, self.batch])
+                ids = [row_id for (row_id,) in cursor.fetchall()]
+            if ids:
                 with transaction.atomic():
-                    purged += Delivery.objects.filter(
-                        id__in=[row_id for row_id, _ in found], status=status
-                    ).update(payload={}, payload_purged_at=now)
-            # A short batch means everything before the cutoff was looked at.
-            self._cursor[status] = found[-1][1] if len(found) == self.batch else cutoff
+                    # status again: a row replayed since the SELECT keeps its payload.
+                    purged += Delivery.objects.filter(id__in=ids, status=status).update(
+                        payload={}, payload_purged_at=now
+                    )
         return purged
 
     def purge(self, now: datetime, **kwargs) -> int:

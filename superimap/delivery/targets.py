@@ -1,7 +1,7 @@
 """Webhook URLs a partner may use: http(s) only, and in production only public addresses.
 
 Checked when a URL is saved (Partner.clean, createpartner) and again when the worker
-connects (http.PublicOnlyResolver), unless WEBHOOK_ALLOW_PRIVATE is on.
+connects (netguard.CheckedConnector), unless WEBHOOK_ALLOW_PRIVATE is on.
 """
 
 from __future__ import annotations

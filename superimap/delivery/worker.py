@@ -247,7 +247,7 @@ class Worker:
             webhook_secrets=claimed.webhook_secrets,
             timestamp=int(time.time()),
         )
-        result = await post(session, claimed.url, raw, headers, allow_private=self.allow_private)
+        result = await post(session, claimed.url, raw, headers)
         if not result.succeeded:
             log.info(
                 "delivery %s attempt %d to partner webhook failed: %s",

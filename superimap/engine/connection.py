@@ -118,27 +118,24 @@ class ImapConnection(asyncio.Protocol):
         context = client_tls_context(insecure, ca_pem) if implicit_tls else None
         protocol = ClientProtocol(max_literal_size=max_literal_size)
         async with asyncio.timeout(timeout):
-            if settings.IMAP_ALLOW_PRIVATE_HOSTS:
-                targets = [host]
-            else:
-                # Resolve and check here, then connect to a checked address (not the name
-                # again), so DNS cannot hand a private address to the connection itself.
-                targets = await netguard.check_host_async(host, port)
-            for index, target in enumerate(targets):
-                try:
-                    _, connection = await loop.create_connection(
-                        lambda: cls(protocol, timeout),
-                        target,
-                        port,
-                        ssl=context,
-                        server_hostname=host if context else None,
-                    )
-                    break
-                except ssl.SSLCertVerificationError as exc:
-                    raise TlsCertificateFailed(host, exc) from exc
-                except OSError:
-                    if index == len(targets) - 1:
-                        raise
+            # One lookup, checked, and the connection goes to that address (not the name
+            # again), so DNS cannot hand a private address to the connection itself.
+            sock = await netguard.connect_async(
+                host, port, allow_private=settings.IMAP_ALLOW_PRIVATE_HOSTS
+            )
+            try:
+                _, connection = await loop.create_connection(
+                    lambda: cls(protocol, timeout),
+                    sock=sock,
+                    ssl=context,
+                    server_hostname=host if context else None,
+                )
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise TlsCertificateFailed(host, exc) from exc
+            except BaseException:
+                sock.close()
+                raise
         try:
             greeting = await connection.next_event(timeout)
             if isinstance(greeting, Bye):

@@ -17,7 +17,9 @@ import weakref
 from dataclasses import dataclass
 
 import aiohttp
+from django.conf import settings
 
+from superimap import netguard
 from superimap.engine import store
 from superimap.engine.connection import CommandFailed, ImapConnection, ServerBye
 from superimap.engine.session import AuthFailed, refused_for_credentials
@@ -107,7 +109,10 @@ class AccessTokens:
         self.refresh_count += 1
         try:
             async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout)
+                connector=netguard.CheckedConnector(
+                    allow_private=settings.IMAP_ALLOW_PRIVATE_HOSTS
+                ),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as http:
                 async with http.post(
                     config.oauth_token_url, data=form, headers={"Accept": "application/json"}

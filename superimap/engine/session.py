@@ -288,6 +288,8 @@ class MailboxSession(SecondaryFolders):
                 max_literal_size=self.cfg.max_email_size + 64 * 1024,
             )
             await authenticate(self.conn, config, engine=self.engine)
+        if config.connect_pending:
+            await self._tell_connected(config.connect_pending)
         names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)
         self._folder_warning = f"folders not found: {', '.join(missing)}" if missing else ""
         config = replace(config, folder=names[0])
@@ -312,6 +314,15 @@ class MailboxSession(SecondaryFolders):
                 return
             await self._catch_up(config, steady=True)
             await self._check_secondaries(config)
+
+    async def _tell_connected(self, token: str) -> None:
+        """The first login with new credentials succeeded: user_connected, before any
+        new_mail of this session is persisted."""
+        engine = self.engine
+        if await engine.pool.run(store.tell_connected, self.user_id, engine.node_id, token):
+            log.info("mailbox %s: first login with new credentials; user_connected", self.user_id)
+            if engine.on_new_deliveries:
+                engine.on_new_deliveries()
 
     async def _select(self, config: store.MailboxConfig) -> None:
         self._count_at_search = None  # counts of another connection or folder mean nothing

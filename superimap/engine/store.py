@@ -83,6 +83,9 @@ class MailboxConfig:
     # Folders to watch (names or special-use flags: engine/folders.py resolve_folders);
     # empty: the one folder of design.md 4.5.
     folders: tuple[str, ...] = ()
+    # MailboxUser.connect_pending as read: user_connected is owed once a login with these
+    # credentials succeeds (tell_connected).
+    connect_pending: str = ""
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         tls_ca=tls_ca,
         idle_refresh=connection.effective_idle_refresh,
         folders=tuple(user.folders or connection.folders or ()),
+        connect_pending=user.connect_pending,
     )
 
 
@@ -463,6 +467,24 @@ def _skip(user, uid_validity, folder, message, reason, env, sha1, identity, resu
     result.skipped_rows.append((message.uid, reason, row.message_id, row.size))
 
 
+def tell_connected(user_id: int, node_id: str, token: str) -> bool:
+    """After the session's login succeeded with credentials that owe user_connected: clear
+    the token and enqueue user_connected in one transaction. Only the UPDATE that clears
+    this very token enqueues, so it is sent once per credential change (not again after a
+    crash or by another node), never for credentials replaced meanwhile (another token),
+    and not for a user that left (fenced like persist_batch). True if it was enqueued."""
+    with transaction.atomic():
+        if not _owned(user_id, node_id).filter(connect_pending=token).update(connect_pending=""):
+            return False
+        user = (
+            MailboxUser.objects.select_related("connection__provider", "connection__partner")
+            .defer("password", "oauth_refresh_token")
+            .get(id=user_id)
+        )
+        outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
+    return True
+
+
 def save_refresh_token(user_id: int, node_id: str, refresh_token: str) -> None:
     """Keep a refresh token the provider rotated (Microsoft does), fenced by the lease.
 
@@ -477,6 +499,10 @@ def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
     mailboxes come online together they share a handful of values, and 20,000 single-row
     updates held the (SQLite) write lock for ~2 s, stalling every persist behind them.
 
+    Only users still connected and not archived are written (in the UPDATE's WHERE): a
+    disconnect or archive sets ``stopped`` itself, and a session's last report (``syncing``
+    when its batch found the user gone) must not overwrite it.
+
     In the same transaction, the partner is told of transitions (user_error, user_recovered):
     see tell_transitions().
     """
@@ -487,7 +513,11 @@ def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
     with transaction.atomic():
         for (status, error, failures), user_ids in groups.items():
             for start in range(0, len(user_ids), STATUS_BATCH):
-                MailboxUser.objects.filter(id__in=user_ids[start : start + STATUS_BATCH]).update(
+                MailboxUser.objects.filter(
+                    id__in=user_ids[start : start + STATUS_BATCH],
+                    archived=False,
+                    connected_at__isnull=False,
+                ).update(
                     status=status,
                     last_error=error,
                     consecutive_failures=failures,

@@ -15,6 +15,7 @@ from superimap.partners.models import Connection
 class MailboxUser(TrackedFields, models.Model):
     # What the IMAP session logs in with: changing one of these restarts the session.
     TRACKED = ("email", "login_username", "password", "oauth_refresh_token", "folders")
+    CREDENTIALS = ("email", "login_username", "password", "oauth_refresh_token")
 
     class Status(models.TextChoices):
         NEW = "new", "Not started"
@@ -74,6 +75,13 @@ class MailboxUser(TrackedFields, models.Model):
     # not updated_at, so a no-op PUT does not cost a login.
     session_version = models.CharField(max_length=32, blank=True, default="", editable=False)
 
+    # user_connected is owed (design.md 4.9): a random token set with new credentials (API,
+    # hosted form, OAuth), cleared by the engine's first successful login with them in the
+    # transaction that enqueues user_connected. Kept here, not in a session, so it is sent
+    # once per credential change across restarts and nodes; a newer token (credentials
+    # changed again meanwhile) is not cleared by a login with the older credentials.
+    connect_pending = models.CharField(max_length=32, blank=True, default="", editable=False)
+
     # Which engine node watches this mailbox: valid while that node's heartbeat row lives
     # (a node lease, design.md section 8).
     owner_node = models.CharField(max_length=100, blank=True)
@@ -113,6 +121,23 @@ class MailboxUser(TrackedFields, models.Model):
         self.session_version = new_session_version()
         self._restart = True
 
+    def credentials_changed(self) -> bool:
+        """True if a credential field differs from its loaded value (always, for a new row)."""
+        tracked = getattr(self, "_tracked", None)
+        if tracked is None or self.pk is None:
+            return True
+        return any(
+            self.__dict__.get(name, tracked[name]) != tracked[name]
+            for name in self.CREDENTIALS
+            if name in tracked
+        )
+
+    def owe_connected(self) -> None:
+        """New credentials: user_connected is sent once the engine's first login with them
+        succeeds (the session restarts to make that login)."""
+        self.connect_pending = new_session_version()
+        self.restart_session()
+
     @property
     def has_credentials(self) -> bool:
         return bool(self.password or self.oauth_refresh_token)
@@ -124,7 +149,8 @@ class MailboxUser(TrackedFields, models.Model):
     def archive(self) -> None:
         self.archived = True
         self.archived_at = timezone.now()
-        self.save(update_fields=["archived", "archived_at", "updated_at"])
+        self.status = self.Status.STOPPED  # the engine writes no status for it any more
+        self.save(update_fields=["archived", "archived_at", "status", "updated_at"])
 
     def request_sweep(self) -> None:
         """Ask for a sweep; the engine restarts the session, which sweeps first."""

@@ -7,8 +7,9 @@ redirects to the provider's consent page. The provider sends the browser back to
 tokens, reads the email address and saves the refresh token (encrypted). Disconnect revokes
 the refresh token where the provider can (``revoke_refresh_token()``).
 
-The HTTP client is authlib's httpx2 integration (sync: Django views run in a thread).
-Tokens are never logged and never shown.
+The HTTP client is authlib's httpx2 integration (sync: Django views run in a thread), over
+netguard's transport: under IMAP_ALLOW_PRIVATE_HOSTS off, OAuth endpoints that resolve to
+internal addresses are refused like mail hosts. Tokens are never logged and never shown.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from superimap.delivery.models import Delivery
-from superimap.delivery.outbox import enqueue_user_event
+from superimap import netguard
 from superimap.mailboxes.links import LINK_MAX_AGE_SECONDS, use_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
@@ -60,6 +60,8 @@ def _client(connection: Connection) -> OAuth2Client:
         scope=connection.provider.oauth_scopes,
         redirect_uri=callback_url(),
         timeout=HTTP_TIMEOUT_SECONDS,
+        # Token, userinfo and revoke calls connect to addresses netguard checked.
+        transport=netguard.CheckedTransport(allow_private=settings.IMAP_ALLOW_PRIVATE_HOSTS),
     )
 
 
@@ -164,8 +166,8 @@ def callback(request: HttpRequest) -> HttpResponse:
         user.status = MailboxUser.Status.NEW
         user.last_error = ""
         user.consecutive_failures = 0
+        user.owe_connected()  # sent once the engine's first XOAUTH2 login succeeds
         user.save()
-        enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
     log.info("oauth connect of user %s succeeded", user.id)
     return _finish(request, user, entry["success"], "Your mailbox is connected.", ok=True)
 

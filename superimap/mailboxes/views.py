@@ -128,8 +128,10 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
                 user.status = MailboxUser.Status.NEW
                 user.last_error = ""
                 user.consecutive_failures = 0
+                # Sent by the engine's first login with these credentials, as for the API
+                # (one rule; this check's login is the form's, not the engine's).
+                user.owe_connected()
                 user.save()
-                enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
             return _finish(request, user, "success", "Your mailbox is connected.")
     query = urlencode({k: v for k, v in request.GET.items() if k in ("success", "failure")})
     return render(request, "mailboxes/connect.html", {"user": user, "form": form, "query": query})
@@ -162,6 +164,7 @@ def disconnect(request: HttpRequest, token: str) -> HttpResponse:
             locked.password = ""
             locked.oauth_refresh_token = ""
             locked.connected_at = None
+            locked.connect_pending = ""  # its credentials are gone: nothing left to tell
             locked.status = MailboxUser.Status.STOPPED
             locked.save()
         if was_connected:

@@ -5,13 +5,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from superimap.admin_secrets import secret_form
-from superimap.partners.models import (
-    Connection,
-    ImapProvider,
-    Partner,
-    new_api_key,
-    new_webhook_secret,
-)
+from superimap.partners.models import DEFAULT_ROTATION_GRACE, Connection, ImapProvider, Partner
 
 SHOWN_PREFIX = 6  # characters of a secret the dashboard shows after it was revealed once
 
@@ -93,19 +87,19 @@ class PartnerAdmin(admin.ModelAdmin):
                 health.consecutive_failures = 0
                 health.save(update_fields=["state", "consecutive_failures", "updated_at"])
 
-    @admin.action(description="Rotate the API key (the old one stops working now)")
+    # The same grace period as the API's rotate routes: deployments switch over meanwhile;
+    # the previous key may use data routes only (403 key_in_grace on settings routes).
+    @admin.action(description="Rotate the API key (the old one works 24 h more, data routes only)")
     def rotate_api_key(self, request, queryset):
         for partner in queryset:
-            partner.api_key = new_api_key()
-            partner.save()
-            _reveal(request, partner, "New API key", partner.api_key)
+            key = partner.rotate_api_key(DEFAULT_ROTATION_GRACE)
+            _reveal(request, partner, "New API key", key)
 
-    @admin.action(description="Rotate the webhook secret")
+    @admin.action(description="Rotate the webhook secret (webhooks signed by both for 24 h)")
     def rotate_webhook_secret(self, request, queryset):
         for partner in queryset:
-            partner.webhook_secret = new_webhook_secret()
-            partner.save(update_fields=["webhook_secret"])
-            _reveal(request, partner, "New webhook secret", partner.webhook_secret)
+            secret = partner.rotate_webhook_secret(DEFAULT_ROTATION_GRACE)
+            _reveal(request, partner, "New webhook secret", secret)
 
     @admin.display(description="Connections", ordering="connection_count")
     def connections_link(self, partner):

@@ -10,13 +10,18 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from superimap.changes import TrackedFields, new_session_version
 from superimap.fields import EncryptedTextField
 from superimap.partners.folders import validate_folders
+from superimap.validation import host_problem, url_host_problem, validate_host_name
 
 OAUTH_ENDPOINTS = ("authorize", "token", "revoke", "userinfo")
+# How long the previous API key or webhook secret keeps working after a rotation, by
+# default (API rotate routes, dashboard actions).
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
 
 
 def new_api_key() -> str:
@@ -78,10 +83,10 @@ class ImapProvider(TrackedFields, models.Model):
     title = models.CharField(max_length=200)
     auth_kind = models.CharField(max_length=16, choices=AuthKind.choices)
     # Empty host: given per connection (PLAIN and LOOPBACK providers).
-    imap_host = models.CharField(max_length=255, blank=True)
+    imap_host = models.CharField(max_length=255, blank=True, validators=[validate_host_name])
     imap_port = models.PositiveIntegerField(default=993)
     imap_tls = models.CharField(max_length=16, choices=TlsMode.choices, default=TlsMode.IMPLICIT)
-    smtp_host = models.CharField(max_length=255, blank=True)
+    smtp_host = models.CharField(max_length=255, blank=True, validators=[validate_host_name])
     smtp_port = models.PositiveIntegerField(default=587)
     oauth_authorize_url = models.URLField(blank=True)
     oauth_token_url = models.URLField(blank=True)
@@ -117,6 +122,18 @@ class ImapProvider(TrackedFields, models.Model):
 
     def is_usable(self) -> bool:
         return not self.loopback_only or settings.ALLOW_LOOPBACK_IMAP
+
+
+NAME_TAKEN = "A partner with this name exists already (names are compared ignoring case)."
+URL_FIELDS = (
+    "new_mail_webhook",
+    "user_connected_webhook",
+    "user_disconnected_webhook",
+    "user_error_webhook",
+    "user_recovered_webhook",
+    "success_url",
+    "failure_url",
+)
 
 
 class Partner(models.Model):
@@ -169,6 +186,17 @@ class Partner(models.Model):
 
     class Meta:
         ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                Lower("name"),
+                name="partner_name_unique_ignoring_case",
+                violation_error_message=NAME_TAKEN,
+            )
+        ]
+
+    # Set on the instance for_api_key() returns when the key it was given is the previous
+    # one, in its rotation grace period: it may use data routes, not change settings.
+    key_in_grace = False
 
     def __str__(self) -> str:
         return self.name
@@ -192,7 +220,15 @@ class Partner(models.Model):
             partner = cls.objects.filter(
                 previous_api_key_hash=hashed, previous_api_key_until__gt=timezone.now()
             ).first()
+            if partner is not None:
+                partner.key_in_grace = True
         return partner
+
+    def name_taken(self) -> bool:
+        """Another partner has this name, ignoring case (the unique constraint's rule)."""
+        return (
+            type(self).objects.filter(name__iexact=self.name.strip()).exclude(pk=self.pk).exists()
+        )
 
     def rotate_api_key(self, grace: timedelta) -> str:
         """A new API key; the current one keeps working for `grace`. Returns the new key."""
@@ -253,21 +289,52 @@ class Partner(models.Model):
         setattr(self, field, "")
         return url
 
-    def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
+    def url_problems(self, fields=URL_FIELDS) -> dict[str, str]:
+        """{field: why} for the URLs among ``fields`` that are refused now: a host that is
+        no host name (validation.host_problem), or a webhook URL that is not http(s) or, in
+        production, resolves to an internal address (or does not resolve)."""
         from superimap.delivery.targets import WebhookTargetError, check_webhook_url
 
-        errors = {}
-        for field in self.webhook_fields():
+        problems = {}
+        for field in fields:
             url = getattr(self, field)
-            if url:
+            if not url:
+                continue
+            if problem := url_host_problem(url):
+                problems[field] = f"{problem}."
+            elif field.endswith("_webhook"):
                 try:
                     check_webhook_url(url)
                 except WebhookTargetError as exc:
-                    errors[field] = str(exc)
+                    problems[field] = str(exc)
+        return problems
+
+    def changed_url_fields(self) -> list[str]:
+        """The URL fields whose value differs from the saved row (all of them if new)."""
+        saved = None
+        if self.pk is not None:
+            saved = type(self).objects.filter(pk=self.pk).values(*URL_FIELDS).first()
+        return [f for f in URL_FIELDS if saved is None or saved[f] != getattr(self, f)]
+
+    def clean(self, given: tuple[str, ...] = ()) -> None:
+        """Checks the URLs being changed or ``given`` (the API's body); a URL saved earlier
+        that is refused now (a stale name, or one that resolves to a private address since)
+        does not block an unrelated change: the worker refuses it when it sends, and the API
+        reports it (stale_url_warnings())."""
+        from django.core.exceptions import ValidationError
+
+        changed = self.changed_url_fields()
+        fields = [f for f in URL_FIELDS if f in given or f in changed]
+        errors = self.url_problems(fields)
+        for host in self.allowed_redirect_hosts.split(","):
+            if host.strip() and (problem := host_problem(host.strip())):
+                errors["allowed_redirect_hosts"] = f"{host.strip()!r} {problem}."
         if errors:
             raise ValidationError(errors)
+
+    def stale_url_warnings(self) -> list[str]:
+        """What is wrong with the saved URLs, for the partner to fix (API answers)."""
+        return [f"{field}: {problem}" for field, problem in self.url_problems().items()]
 
     def redirect_allowed(self, url: str) -> bool:
         try:
@@ -303,7 +370,7 @@ class Connection(TrackedFields, models.Model):
     oauth_client_id = models.CharField(max_length=500, blank=True)
     oauth_client_secret = EncryptedTextField()
     # Server settings for providers whose host is given per connection (PLAIN, LOOPBACK).
-    imap_host = models.CharField(max_length=255, blank=True)
+    imap_host = models.CharField(max_length=255, blank=True, validators=[validate_host_name])
     imap_port = models.PositiveIntegerField(null=True, blank=True)
     imap_tls = models.CharField(max_length=16, choices=ImapProvider.TlsMode.choices, blank=True)
     # Self-hosted servers (host-per-connection providers only): trust this PEM bundle
@@ -329,7 +396,7 @@ class Connection(TrackedFields, models.Model):
     # first is watched by IDLE); empty: the one folder of design.md 4.5. A user's own wins.
     folders = models.JSONField(default=list, blank=True, validators=[validate_folders])
     # SMTP for tracer emails, likewise only for host-per-connection providers.
-    smtp_host = models.CharField(max_length=255, blank=True)
+    smtp_host = models.CharField(max_length=255, blank=True, validators=[validate_host_name])
     smtp_port = models.PositiveIntegerField(null=True, blank=True)
     smtp_tls = models.CharField(max_length=16, choices=ImapProvider.TlsMode.choices, blank=True)
     # Loopback OAuth providers only: the local OAuth server ({base}/authorize, /token, ...).
@@ -373,9 +440,26 @@ class Connection(TrackedFields, models.Model):
         if self.imap_tls_ca and (problem := ca_bundle_problem(self.imap_tls_ca)):
             raise ValidationError({"imap_tls_ca": f"The CA bundle {problem}."})
         if self.provider_id:
-            problems = self.private_host_problems()
+            # Host names themselves: the fields' validate_host_name (clean_fields).
+            problems = self.tls_problems() or self.private_host_problems()
             if problems:
                 raise ValidationError(problems)
+
+    def tls_problems(self) -> dict[str, str]:
+        """{field: why} for a connection without TLS that was not opted into: IMAP without
+        TLS needs imap_allow_plaintext; SMTP without TLS is for loopback test providers."""
+        provider = self.provider
+        if not provider.host_per_connection or provider.loopback_only:
+            return {}
+        problems = {}
+        if self.imap_tls == ImapProvider.TlsMode.NONE and not self.imap_allow_plaintext:
+            problems["imap_tls"] = (
+                "imap_tls 'none' sends the password and mail unencrypted; "
+                "set imap_allow_plaintext to true to allow it."
+            )
+        if self.smtp_tls == ImapProvider.TlsMode.NONE:
+            problems["smtp_tls"] = "smtp_tls 'none' is only allowed for loopback test providers."
+        return problems
 
     def private_host_problems(self) -> dict[str, str]:
         """{field: message} for a partner-chosen host (imap_host, smtp_host) that resolves
@@ -391,7 +475,7 @@ class Connection(TrackedFields, models.Model):
             ("imap_host", self.server()),
             ("smtp_host", self.smtp_server()),
         ):
-            if not host:
+            if not host or host_problem(host):
                 continue
             try:
                 check_host(host, port)

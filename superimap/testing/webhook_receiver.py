@@ -151,6 +151,8 @@ class ReceivedRequest:
     valid_standard_signature: bool | None = None
     """None when the receiver has no ``whsec_`` secret."""
     reply: Reply | None = field(default=None, repr=False)
+    answered_at: float | None = None
+    """``time.monotonic()`` when the reply was ready (after a scripted wait)."""
 
 
 Responses = Sequence[Reply] | Callable[[ReceivedRequest], Reply]
@@ -238,7 +240,9 @@ class WebhookReceiver:
             self._arrived.notify_all()
         if self.on_request is not None:
             self.on_request(event)
-        return await _respond(event.reply)
+        response = await _respond(event.reply)
+        event.answered_at = time.monotonic()
+        return response
 
     def _next_reply(self, event: ReceivedRequest) -> Reply:
         if callable(self._responses):

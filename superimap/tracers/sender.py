@@ -159,17 +159,25 @@ class TracerSender:
         config = target.config
         if target.tls == ImapProvider.TlsMode.NONE and not config.insecure_tls:
             raise ValueError("SMTP without TLS is only allowed for loopback test providers")
-        if not settings.IMAP_ALLOW_PRIVATE_HOSTS:
-            await netguard.check_host_async(target.host, target.port)
+        # aiosmtplib gets a socket connected to the checked address (not the name, which
+        # it would resolve again); hostname stays the name, for TLS.
+        async with asyncio.timeout(self.timeout):
+            sock = await netguard.connect_async(
+                target.host, target.port, allow_private=settings.IMAP_ALLOW_PRIVATE_HOSTS
+            )
         smtp = aiosmtplib.SMTP(
             hostname=target.host,
-            port=target.port,
+            sock=sock,
             timeout=self.timeout,
             use_tls=target.tls == ImapProvider.TlsMode.IMPLICIT,
             start_tls=target.tls == ImapProvider.TlsMode.STARTTLS,
             tls_context=client_tls_context(config.insecure_tls),
         )
-        await smtp.connect()
+        try:
+            await smtp.connect()
+        except BaseException:
+            sock.close()
+            raise
         try:
             if config.auth_kind == ImapProvider.AuthKind.OAUTH2:
                 from superimap.engine.oauth import access_tokens  # oauth imports the engine

@@ -145,3 +145,22 @@ def test_it_has_no_server_errors(case, seeded):
     case.call_and_validate(
         headers={"x-api-key": seeded.api_key}, checks=[not_a_server_error, json_error_shape]
     )
+
+
+@SCHEMA.parametrize()
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_it_has_no_server_errors_in_production_mode(case, seeded, production_mode):
+    """As above with the settings of SUPERIMAP_ENV=production (webhook, IMAP and SMTP hosts
+    are resolved and internal ones refused): host names the IDNA encoder refuses were 500s."""
+    if case.path_parameters and zlib.crc32(repr(case.path_parameters).encode()) % 4:
+        for name in case.path_parameters:
+            case.path_parameters[name] = seeded.existing[name]
+    case.call_and_validate(
+        headers={"x-api-key": seeded.api_key}, checks=[not_a_server_error, json_error_shape]
+    )

@@ -335,34 +335,42 @@ def test_it_ignores_a_tag_in_an_update_body_as_the_path_wins(partner, plain_conn
     assert r.json()["tag"] == "bob"
 
 
-# Credentials set through the API send user_connected, like the hosted flows.
+# Credentials set through the API connect the user, like the hosted flows; user_connected
+# is owed until the engine's first login with them succeeds (tests/engine/test_user_connected.py).
 
 
-def test_it_sends_user_connected_when_a_password_is_set_on_create(partner, plain_connection):
+def _owed(tag: str) -> bool:
+    user = MailboxUser.objects.get(tag=tag, archived=False)
+    return bool(user.connect_pending) and user.connected_at is not None
+
+
+def test_it_connects_the_user_when_a_password_is_set_on_create(partner, plain_connection):
     body = form({"tag": "bob", "login_username": "bob@example.com", "login_password": "pw"})
-    send("POST", "/connections/PLAIN/users", partner.api_key, body, "application/json")
-    [delivery] = Delivery.objects.filter(kind="user_connected")
-    assert delivery.status == "pending"
-    assert delivery.payload["user_tag"] == "bob"
+    r = send("POST", "/connections/PLAIN/users", partner.api_key, body, "application/json")
+    assert r.status_code == 201, r.content
+    assert _owed("bob")
+    assert not Delivery.objects.filter(kind="user_connected").exists()  # no login yet
 
 
-def test_it_sends_user_connected_when_a_password_is_set_on_update(partner, plain_connection):
+def test_it_connects_the_user_when_a_password_is_set_on_update(partner, plain_connection):
     MailboxUser.objects.create(connection=plain_connection, tag="bob", email="b@example.com")
-    send("PUT", "/connections/PLAIN/users/bob", partner.api_key, form({"login_password": "pw"}))
-    [delivery] = Delivery.objects.filter(kind="user_connected")
-    assert delivery.payload["email"] == "b@example.com"
+    r = send("PUT", "/connections/PLAIN/users/bob", partner.api_key, form({"login_password": "pw"}))
+    assert r.status_code == 200, r.content
+    assert _owed("bob")
 
 
-def test_it_sends_user_connected_for_a_refresh_token(partner, gmail):
+def test_it_connects_the_user_for_a_refresh_token(partner, gmail):
     body = form({"tag": "bob", "email": "bob@gmail.example", "oauth2_refresh_token": "rt"})
-    send("POST", "/connections/GMAIL_OAUTH2/users", partner.api_key, body)
-    assert Delivery.objects.filter(kind="user_connected", user__tag="bob").count() == 1
+    r = send("POST", "/connections/GMAIL_OAUTH2/users", partner.api_key, body)
+    assert r.status_code == 201, r.content
+    assert _owed("bob")
 
 
-def test_it_sends_no_user_connected_without_credentials(partner, plain_connection):
+def test_it_owes_no_user_connected_without_credentials(partner, plain_connection):
     send("POST", "/connections/PLAIN/users", partner.api_key, form({"tag": "bob"}))
     send("PUT", "/connections/PLAIN/users/bob", partner.api_key, form({"email": "b@x.example"}))
     assert not Delivery.objects.exists()
+    assert not _owed("bob")
 
 
 # Responses carry every field the original rendered, with its name and type.

@@ -266,6 +266,25 @@ def test_it_refuses_invisible_and_control_characters_in_tags(api, plain_connecti
     assert not plain_connection.users.exists()
 
 
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "alice\u3164",  # Hangul filler: a letter (Lo) that renders as nothing
+        "\u115falice",  # Hangul choseong filler
+        "ali\uffa0ce",  # halfwidth Hangul filler
+        "ali\u034fce",  # combining grapheme joiner (Mn)
+        "alice\ufe0f",  # variation selector (Mn)
+        "ali\u17b4ce",  # Khmer inherent vowel (Mn)
+        "alice\U000e0100",  # variation selector supplement (Mn)
+    ],
+)
+def test_it_refuses_default_ignorable_code_points_in_tags(api, plain_connection, tag):
+    r = api.post("/connections/PLAIN/users", {"tag": tag})
+    error = assert_error(r, 422, "validation_error")
+    assert "invisible" in error["details"][0]["msg"]
+    assert not plain_connection.users.exists()
+
+
 def test_it_accepts_a_non_ascii_visible_tag(api, plain_connection):
     r = api.post("/connections/PLAIN/users", {"tag": "zoë-日本"})
     assert r.status_code == 201, r.content

@@ -252,3 +252,63 @@ def test_a_503_with_retry_after_counts_as_a_failure_but_waits_as_asked(
     assert delivery.max_attempts == 7  # used up one of the round's attempts
     assert (delivery.next_attempt_at - clock()).total_seconds() == 900  # not the 10 s step
     assert health_of(partner).consecutive_failures == 1
+
+
+def wait_seconds(delivery, clock) -> float:
+    delivery.refresh_from_db()
+    return (delivery.next_attempt_at - clock()).total_seconds()
+
+
+def test_429s_use_no_step_of_the_retry_schedule(seeded_providers, make_receiver, process, clock):
+    """Issue 16 item 4: after five 429s with Retry-After, one 500 parked a delivery 17.6 h
+    (the schedule's sixth step). The first real failure waits the first step, whatever
+    came before it."""
+    replies = [(429, "slow down", {"Retry-After": "5"})] * 5 + [(500, "oops")] * 2
+    receiver = make_receiver(responses=replies)
+    delivery = connected_event(make_partner(receiver.url), clock)
+    for _ in range(5):
+        process()
+        assert wait_seconds(delivery, clock) == 5
+        clock.set(delivery.next_attempt_at)
+    process()  # the first 500
+    assert 8 <= wait_seconds(delivery, clock) <= 12  # 10 s ±20 %, not 77,760 s
+    assert delivery.failures == 1 and delivery.attempts == 6
+    clock.set(delivery.next_attempt_at)
+    process()  # the second 500: the second step
+    assert 48 <= wait_seconds(delivery, clock) <= 72
+    assert [e.reply[0] for e in receiver.received] == [429] * 5 + [500] * 2
+
+
+def test_a_429_without_retry_after_waits_the_current_step_without_using_it(
+    seeded_providers, make_receiver, process, clock
+):
+    receiver = make_receiver(responses=[(500, "a"), (429, "b"), (429, "c"), (500, "d")])
+    delivery = connected_event(make_partner(receiver.url), clock)
+    process()  # failure 1: the first step
+    assert 8 <= wait_seconds(delivery, clock) <= 12
+    for _ in range(2):  # 429s: as long as the next failure would wait (the second step)
+        clock.set(delivery.next_attempt_at)
+        process()
+        assert 48 <= wait_seconds(delivery, clock) <= 72
+    clock.set(delivery.next_attempt_at)
+    process()  # failure 2: the second step, still
+    assert 48 <= wait_seconds(delivery, clock) <= 72
+    assert delivery.failures == 2 and delivery.attempts == 4
+
+
+def test_a_new_round_starts_at_the_first_step(
+    seeded_providers, make_receiver, process, clock, settings
+):
+    settings.WEBHOOK_RETRY_SCHEDULE = [10, 60, 360]
+    receiver = make_receiver(responses=lambda event: (500, "down"))
+    delivery = connected_event(make_partner(receiver.url), clock)
+    for _ in range(4):
+        process()
+        delivery.refresh_from_db()
+        clock.set(delivery.next_attempt_at)
+    assert delivery.status == Delivery.Status.FAILED and delivery.attempts == 4
+    assert Delivery.retry_now(Delivery.objects.filter(id=delivery.id)) == 1
+    clock.set(Delivery.objects.get(id=delivery.id).next_attempt_at)
+    process()
+    assert 8 <= wait_seconds(delivery, clock) <= 12  # not the second step (attempt 5)
+    assert delivery.attempts == 5 and delivery.failures == 1

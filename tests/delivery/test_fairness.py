@@ -18,9 +18,11 @@ from superimap.testing.webhook_receiver import HANG
 from tests.delivery.helpers import make_partner, make_user
 
 
-def queue_user_events(user, count: int, kind=Delivery.Kind.USER_CONNECTED) -> list[Delivery]:
+def queue_user_events(partner, count: int, kind=Delivery.Kind.USER_CONNECTED) -> list[Delivery]:
+    """One event each of `count` users of the partner (as when that many connect at once:
+    per-user order holds back a user's later lifecycle events, not other users')."""
     with transaction.atomic():
-        return [outbox.enqueue_user_event(kind, user) for _ in range(count)]
+        return [outbox.enqueue_user_event(kind, make_user(partner)) for _ in range(count)]
 
 
 def run_worker_until(worker: Worker, pool: DbPool, done, timeout: float, during=None):
@@ -52,8 +54,8 @@ def test_a_hanging_partner_does_not_delay_another_partners_webhook(
     # answers, and partner B's webhook waited for A's timeout.
     hanging = make_receiver(responses=lambda event: HANG)
     healthy = make_receiver()
-    queue_user_events(make_user(make_partner(hanging.url)), 60)
-    b_user = make_user(make_partner(healthy.url))
+    queue_user_events(make_partner(hanging.url, name="A"), 60)
+    b_user = make_user(make_partner(healthy.url, name="B"))
     pool = DbPool(size=2)
     worker = Worker(pool, "fair-node", concurrency=50, timeout_seconds=10, poll_interval=0.05)
     sent_at = []
@@ -87,8 +89,8 @@ def _enqueue_closing(user) -> None:
 def test_a_claim_takes_each_partners_rows_even_behind_a_large_older_backlog(
     seeded_providers, make_receiver
 ):
-    a = make_user(make_partner("http://a.example.test"))
-    b = make_user(make_partner("http://b.example.test"))
+    a = make_partner("http://a.example.test", name="A")
+    b = make_partner("http://b.example.test", name="B")
     queue_user_events(a, 300)
     b_ids = {d.id for d in queue_user_events(b, 5)}
     caps = fairness.Caps(partner=30, endpoint=20, slow_endpoint=4)
@@ -100,8 +102,8 @@ def test_a_claim_takes_each_partners_rows_even_behind_a_large_older_backlog(
     by_partner = {}
     for item in claimed:
         by_partner.setdefault(item.partner_id, []).append(item.id)
-    assert set(by_partner[b.connection.partner_id]) == b_ids
-    assert len(by_partner[a.connection.partner_id]) == caps.endpoint
+    assert set(by_partner[b.id]) == b_ids
+    assert len(by_partner[a.id]) == caps.endpoint
     # Only what was taken is leased: A's other rows stay claimable.
     assert Delivery.objects.filter(lease_until__isnull=False).count() == caps.endpoint + 5
 
@@ -109,7 +111,7 @@ def test_a_claim_takes_each_partners_rows_even_behind_a_large_older_backlog(
 def test_a_partner_with_all_its_kinds_on_one_endpoint_is_held_to_the_partner_share(
     seeded_providers,
 ):
-    a = make_user(make_partner("http://a.example.test"))
+    a = make_partner("http://a.example.test", name="A")
     for kind in (Delivery.Kind.USER_CONNECTED, Delivery.Kind.USER_DISCONNECTED):
         queue_user_events(a, 40, kind)
     caps = fairness.Caps(partner=30, endpoint=20, slow_endpoint=4)
@@ -124,19 +126,19 @@ def test_a_partner_with_all_its_kinds_on_one_endpoint_is_held_to_the_partner_sha
 
 
 def test_a_claim_skips_partners_whose_share_is_in_flight(seeded_providers):
-    a = make_user(make_partner("http://a.example.test"))
-    b = make_user(make_partner("http://b.example.test"))
+    a = make_partner("http://a.example.test", name="A")
+    b = make_partner("http://b.example.test", name="B")
     queue_user_events(a, 100)
     queue_user_events(b, 3)
     shares = fairness.Shares(fairness.Caps(partner=10, endpoint=10, slow_endpoint=2))
     for number in range(10):  # A's share is open already
-        shares.opened(-1 - number, a.connection.partner_id, Delivery.Kind.USER_CONNECTED)
+        shares.opened(-1 - number, a.id, Delivery.Kind.USER_CONNECTED)
     now = timezone.now() + timedelta(seconds=1)
 
     # LIMIT 3: without skipping A in SQL, A's older rows would fill it.
     claimed = queue.claim_due("node", 3, now, timedelta(seconds=60), shares.room())
 
-    assert {c.partner_id for c in claimed} == {b.connection.partner_id}
+    assert {c.partner_id for c in claimed} == {b.id}
     assert len(claimed) == 3
 
 

@@ -168,3 +168,26 @@ def test_purging_under_load_does_not_stall_delivery(seeded_providers, make_recei
     )
     assert statistics.median(latencies) < 0.5, statistics.median(latencies)
     assert max(latencies) < 3.0, max(latencies)
+
+
+def test_a_row_that_becomes_purgeable_late_is_purged_by_the_next_step(seeded_providers):
+    """Issue 16 item 7: the purge's progress lived in the worker's memory, so rows that
+    became purgeable behind it (retried or replayed late) stayed until a restart."""
+    user = make_user(make_partner("http://127.0.0.1:9"))
+    purger = Purger()  # one worker's purger, never restarted
+    now = timezone.now()
+    replayed_failed = mail(user, 1, "failed", age_days=35)
+    replayed_delivered = mail(user, 2, "failed", age_days=10)
+    Delivery.replay(Delivery.objects.filter(id__in=[replayed_failed.id, replayed_delivered.id]))
+    assert purger.step(now) == 0  # both pending again: not purgeable
+
+    # The old failed one fails again an hour later: purgeable at once (created 35 days ago).
+    later = now + timedelta(hours=1)
+    Delivery.objects.filter(id=replayed_failed.id).update(status="failed")
+    # The other is delivered an hour later: purgeable 7 days after that delivery.
+    Delivery.objects.filter(id=replayed_delivered.id).update(status="delivered", delivered_at=later)
+    assert purger.step(later) == 1
+    assert Delivery.objects.get(id=replayed_failed.id).payload == {}
+    assert purger.step(later + timedelta(days=6)) == 0
+    assert purger.step(later + timedelta(days=7, seconds=1)) == 1
+    assert Delivery.objects.get(id=replayed_delivered.id).payload == {}

@@ -4,18 +4,19 @@ default) internal addresses are refused when a URL is saved and again at connect
 from __future__ import annotations
 
 import asyncio
-import socket
+from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from django.core.exceptions import ValidationError
 
 from superimap.delivery import outbox
-from superimap.delivery.http import PublicOnlyResolver
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.targets import WebhookTargetError, check_webhook_url
-from superimap.netguard import PrivateTargetRefused
+from superimap.netguard import CheckedConnector, PrivateTargetRefused
 from superimap.partners.models import Partner
 from tests.delivery.helpers import make_partner, make_user
+from tests.rebinding import PUBLIC, rebinding
 
 REFUSED = [
     "http://127.0.0.1/hook",
@@ -115,18 +116,37 @@ def test_the_worker_refuses_internal_targets_at_connect_time(
     assert len(receiver.wait_for(1)) == 1
 
 
-def test_the_resolver_refuses_a_name_that_now_resolves_internally():
-    """Rebinding: whatever the name resolved to at save time, the addresses aiohttp will
-    connect to are the ones checked here."""
+def test_the_worker_refuses_a_name_rebound_to_loopback_after_it_was_saved(
+    seeded_providers, make_receiver, process, clock, settings
+):
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    receiver = make_receiver()
+    port = urlsplit(receiver.url).port
+    with rebinding() as dns:
+        name = dns.script("hooks.rebind.test", PUBLIC, "127.0.0.1")
+        url = f"http://{name}:{port}"
+        check_webhook_url(url)  # saved while the name pointed to a public address
+        partner = make_partner(url)
+        delivery = outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, make_user(partner))
+        clock.set(delivery.next_attempt_at)
+        assert process() == 1
+    assert dns.lookups[name] == 2  # the save, then the connection (to what it checked)
+    assert receiver.received == []
+    delivery.refresh_from_db()
+    assert delivery.last_error.startswith("refused:")
+    assert delivery.status == Delivery.Status.PENDING
+
+
+@pytest.mark.parametrize(
+    "url", ["http://localhost:9/", "http://127.0.0.1:9/", "http://[::1]:9/", "http://127.1:9/"]
+)
+def test_the_connector_refuses_internal_names_and_literals_alike(url):
+    """aiohttp hands IP literals to no resolver; CheckedConnector checks them too."""
 
     async def scenario():
-        resolver = PublicOnlyResolver()
-        try:
-            with pytest.raises(PrivateTargetRefused):
-                await resolver.resolve("localhost", 80, socket.AF_UNSPEC)
-            public = await resolver.resolve("93.184.216.34", 80, socket.AF_INET)
-            return [r["host"] for r in public]
-        finally:
-            await resolver.close()
+        connector = CheckedConnector(allow_private=False)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await session.get(url)
 
-    assert asyncio.run(scenario()) == ["93.184.216.34"]
+    with pytest.raises((PrivateTargetRefused, aiohttp.InvalidUrlClientError)):
+        asyncio.run(scenario())

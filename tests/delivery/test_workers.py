@@ -74,10 +74,11 @@ def test_kill_9_mid_delivery_is_sent_again_and_recorded_once(
 def test_two_workers_on_sqlite_never_send_an_attempt_twice(seeded_providers, make_receiver):
     receiver = make_receiver(responses=lambda event: Hang(0.005))
     partner = make_partner(receiver.url)
-    user = make_user(partner)
+    users = [make_user(partner) for _ in range(30)]  # one user's lifecycle events go in turn
     with transaction.atomic():
         deliveries = [
-            outbox.enqueue_user_event(Delivery.Kind.USER_DISCONNECTED, user) for _ in range(300)
+            outbox.enqueue_user_event(Delivery.Kind.USER_DISCONNECTED, users[i % 30])
+            for i in range(300)
         ]
 
     async def scenario() -> list[Worker]:
@@ -267,9 +268,9 @@ def test_a_busy_worker_claims_in_batches_not_one_row_per_finished_send(
     # Staggered answers, so sends finish one at a time.
     delays = itertools.cycle([0.01, 0.025, 0.04, 0.055])
     receiver = make_receiver(responses=lambda event: Hang(next(delays)))
-    user = make_user(make_partner(receiver.url))
-    for _ in range(count):
-        outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, user)
+    partner = make_partner(receiver.url)
+    for _ in range(count):  # one user each: one user's lifecycle events go one at a time
+        outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, make_user(partner))
 
     async def scenario() -> None:
         pool = DbPool(size=2)

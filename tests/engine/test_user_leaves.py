@@ -56,6 +56,26 @@ def test_it_discards_a_batch_for_an_archived_user(held_user):
     assert not Delivery.objects.filter(user=held_user).exists()
 
 
+@pytest.mark.parametrize("leave", ["disconnect", "archive"])
+def test_a_status_report_does_not_revive_a_user_that_left(held_user, leave):
+    if leave == "disconnect":
+        Client().post(make_link(held_user.id, "disconnect"))
+    else:
+        MailboxUser.objects.get(id=held_user.id).archive()
+    assert _status(held_user.id) == "stopped"
+    # The session's last report, flushed after the user left (its batch found it gone).
+    store.save_statuses({held_user.id: ("syncing", "", 0)})
+    store.save_statuses({held_user.id: ("auth_failed", "login refused", 1)})
+    user = MailboxUser.objects.get(id=held_user.id)
+    assert (user.status, user.last_error, user.consecutive_failures) == ("stopped", "", 0)
+    assert not Delivery.objects.filter(user=held_user, kind="user_error").exists()
+
+
+def test_a_status_report_is_written_for_a_connected_user(held_user):
+    store.save_statuses({held_user.id: ("syncing", "", 0)})
+    assert _status(held_user.id) == "syncing"
+
+
 def test_no_new_mail_follows_user_disconnected_while_mail_keeps_arriving(mailbox, dovecot):
     user = mailbox()
     stop_sending = threading.Event()
@@ -97,3 +117,61 @@ def test_no_new_mail_follows_user_disconnected_while_mail_keeps_arriving(mailbox
     disconnected_at = events[cut].created_at
     assert all(e.created_at <= disconnected_at for e in events[:cut])
     assert len(sent) > cut  # mail did keep arriving after the disconnect
+    # The session's last report (syncing, from the batch that found the user gone) did
+    # not overwrite what the disconnect set, neither while running nor at shutdown.
+    assert _status(user.id) == "stopped"
+
+
+def test_mail_that_arrived_before_the_disconnect_is_sent_if_the_user_connects_again(
+    mailbox, dovecot
+):
+    """The batch in flight at the disconnect is discarded, and the checkpoint stays where
+    the last committed batch left it: a later connect catches up from there (design.md 4.4)."""
+    user = mailbox()
+    stop_sending = threading.Event()
+    sent: list[int] = []
+
+    def send_continuously() -> None:
+        while not stop_sending.is_set():
+            raw = make_message(f"stream {len(sent)}", "a@example.test", user.email, "x")
+            dovecot.deliver(user.tag, raw)
+            sent.append(len(sent))
+
+    def post(action: str, data: dict | None = None) -> None:
+        close_old_connections()
+        response = Client().post(make_link(user.id, action), data or {})
+        assert response.status_code in (200, 302), response.content
+
+    def new_mail() -> int:
+        return [e.kind for e in _events(user.id)].count("new_mail")
+
+    async def scenario():
+        async with RunningEngine(refresh_interval=2.0):
+            await wait_for(lambda: _status(user.id) == "idle", timeout=15)
+            sender = threading.Thread(target=send_continuously, daemon=True)
+            sender.start()
+            await wait_for(lambda: new_mail() >= 3, timeout=15)
+            await asyncio.to_thread(post, "disconnect")
+            stop_sending.set()
+            await asyncio.to_thread(sender.join, 10)
+            await asyncio.sleep(2.5)  # the next refresh stops the session
+            for _ in range(2):  # and mail that arrives while the user is disconnected
+                raw = make_message(f"stream {len(sent)}", "a@example.test", user.email, "x")
+                await asyncio.to_thread(dovecot.deliver, user.tag, raw)
+                sent.append(len(sent))
+            at_disconnect = await asyncio.to_thread(new_mail)
+            form = {"email": user.email, "login_username": user.tag, "password": "secret-pw"}
+            await asyncio.to_thread(post, "connect", form)
+            await wait_for(lambda: new_mail() == len(sent), timeout=20)
+            await asyncio.sleep(1.0)  # anything sent twice would show up now
+            return at_disconnect
+
+    at_disconnect = asyncio.run(scenario())
+    assert at_disconnect <= len(sent) - 2  # not sent while disconnected...
+    events = _events(user.id)
+    kinds = [e.kind for e in events]
+    cut = kinds.index("user_disconnected")
+    assert kinds[cut + 1] == "user_connected"
+    assert kinds.count("new_mail") == len(sent)  # ...and all of it is sent after the connect
+    subjects = [e.payload["envelope"]["subject"] for e in events if e.kind == "new_mail"]
+    assert sorted(subjects) == sorted(f"stream {i}" for i in sent)

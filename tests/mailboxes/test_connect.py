@@ -108,14 +108,21 @@ def test_it_saves_encrypted_credentials_on_success(client, user, check_login):
         assert cursor.fetchone()[0].startswith("gAAAAA")
 
 
-def test_it_enqueues_user_connected_with_the_sha1_of_the_tag(client, user, check_login):
+def test_it_owes_user_connected_to_the_engines_first_login(client, user, check_login):
     client.post(path(user), FORM)
-    delivery = Delivery.objects.get()
-    assert delivery.kind == "user_connected"
-    assert delivery.status == "pending"
-    assert delivery.payload["sha1"] == hashlib.sha1(b"alice").hexdigest()
-    assert delivery.payload["user_tag"] == "alice"
-    assert delivery.payload["email"] == "alice@example.com"
+    user.refresh_from_db()
+    assert user.connect_pending  # sent by the engine (tests/engine/test_user_connected.py)
+    assert not Delivery.objects.exists()
+
+
+def test_connecting_again_owes_a_new_user_connected(client, user, check_login):
+    client.post(path(user), FORM)
+    user.refresh_from_db()
+    first = (user.connect_pending, user.session_version)
+    client.post(path(user), FORM)  # same password, a new link: a new connect all the same
+    user.refresh_from_db()
+    assert user.connect_pending and user.connect_pending != first[0]
+    assert user.session_version != first[1]  # the session logs in again to tell it
 
 
 def test_it_redirects_to_an_allowed_success_callback(client, user, check_login):

@@ -7,7 +7,6 @@ taken back into the test client (same session cookie) at /oauth2/callback.
 
 from __future__ import annotations
 
-import hashlib
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
@@ -129,15 +128,11 @@ def test_it_connects_through_the_whole_dance(client, user, oauth_server):
     assert userinfo.authorization == "Bearer token-for-alice"
 
 
-def test_it_enqueues_user_connected_with_the_email_and_sha1_of_the_tag(client, user):
+def test_it_owes_user_connected_to_the_engines_first_login(client, user):
     dance(client, user)
-    delivery = Delivery.objects.get()
-    assert delivery.kind == "user_connected"
-    assert delivery.status == "pending"
-    assert delivery.payload["email"] == "alice@example.com"
-    assert delivery.payload["sha1"] == hashlib.sha1(b"alice").hexdigest()
-    assert delivery.payload["user_tag"] == "alice"
-    assert delivery.payload["imap_provider_code"] == "LOOPBACK_OAUTH2"
+    user.refresh_from_db()
+    assert user.connect_pending  # sent by the engine's XOAUTH2 login (test_user_connected.py)
+    assert not Delivery.objects.exists()
 
 
 def test_it_reads_the_email_from_the_id_token_when_there_is_one(client, user, oauth_server):
@@ -197,8 +192,9 @@ def test_it_refuses_a_callback_in_another_browser_session(client, user):
 def test_a_state_is_good_for_one_use_only(client, user):
     back = consent(to_provider(client, user))
     assert back_to_us(client, back).status_code == 302
+    pending = MailboxUser.objects.get(id=user.id).connect_pending
     assert back_to_us(client, back).status_code == 400
-    assert Delivery.objects.count() == 1
+    assert MailboxUser.objects.get(id=user.id).connect_pending == pending  # connected once
 
 
 # --- provider errors ------------------------------------------------------------------------
@@ -434,7 +430,8 @@ def test_two_sign_ins_started_from_one_link_connect_once(client, user, oauth_ser
     first = client.get(link)["Location"]
     second = client.get(link)["Location"]
     assert back_to_us(client, consent(first)).status_code == 302
+    pending = MailboxUser.objects.get(id=user.id).connect_pending
     r = back_to_us(client, consent(second))
     assert r.status_code == 400
     assert b"used already" in r.content
-    assert Delivery.objects.filter(kind="user_connected").count() == 1
+    assert MailboxUser.objects.get(id=user.id).connect_pending == pending  # connected once

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('delivery', '0004_retention_and_endpoint_health'),
+        ('delivery', '0005_ordering_retry_failures_and_purge_indexes'),
         ('partners', '0011_connection_folders'),
     ]
 
