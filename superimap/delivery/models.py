@@ -64,7 +64,12 @@ class Delivery(models.Model):
         ordering = ["-id"]
         verbose_name_plural = "deliveries"
         indexes = [
-            models.Index(fields=["status", "next_attempt_at"]),
+            # The claim walks due rows in this order; partner and kind let it skip a full
+            # partner's backlog on the index alone (fairness.py, design.md 5.1).
+            models.Index(
+                fields=["status", "next_attempt_at", "partner", "kind"],
+                name="delivery_due_by_endpoint",
+            ),
             # Per-user order (queue.ORDER_GATE): is an earlier delivery of this user still
             # pending; has a later user_disconnected of this user gone out. Partial, so
             # small: pending rows, user_disconnected rows.
