@@ -67,7 +67,7 @@ class Delivery(models.Model):
             # The claim walks due rows in this order; partner and kind let it skip a full
             # partner's backlog on the index alone (fairness.py, design.md 5.1).
             models.Index(
-                fields=["status", "next_attempt_at", "partner", "kind"],
+                fields=["status", "next_attempt_at", "id", "partner", "kind"],
                 name="delivery_due_by_endpoint",
             ),
             # Per-user order (queue.ORDER_GATE): is an earlier delivery of this user still

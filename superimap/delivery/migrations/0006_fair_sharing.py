@@ -27,7 +27,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='delivery',
-            index=models.Index(fields=['status', 'next_attempt_at', 'partner', 'kind'], name='delivery_due_by_endpoint'),
+            index=models.Index(fields=['status', 'next_attempt_at', 'id', 'partner', 'kind'], name='delivery_due_by_endpoint'),
         ),
         migrations.AddField(
             model_name='replayallowance',
