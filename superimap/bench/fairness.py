@@ -40,6 +40,7 @@ from pathlib import Path
 
 from superimap.bench.e2e import (
     Receiver,
+    _by_second,
     _cpu_seconds,
     _environment,
     _setup_django,
@@ -183,11 +184,20 @@ def run(args: argparse.Namespace) -> dict:
         a_count = args.a_deliveries if args.scenario == "with_a" else 0
         _make_partners(args.mailboxes, server.port, receiver.port, hanging.port, api_key, whsec)
         _queue_a(a_count)
+        services_started = time.monotonic()
         services = _start_services("separate", var_dir, env)
         stack.callback(_stop_services, services)
         online = _wait_online(args.mailboxes, services, 300)
         return _push_and_measure(
-            args, server, receiver, hanging, services, a_count, online, load_at_start
+            args,
+            server,
+            receiver,
+            hanging,
+            services,
+            a_count,
+            online,
+            load_at_start,
+            services_started,
         )
     raise AssertionError("unreachable")
 
@@ -242,9 +252,12 @@ def _queue_a(count: int) -> None:
     connections.close_all()
 
 
-def _push_and_measure(args, server, receiver, hanging, services, a_count, online, load) -> dict:
+def _push_and_measure(
+    args, server, receiver, hanging, services, a_count, online, load, services_started
+) -> dict:
     expected = int(args.rate * args.duration)
     time.sleep(3.0)  # as e2e: let the last status flushes settle
+    push_offset = time.monotonic() - services_started
     a_connections_at_push = hanging.connections()
     worker_pid = services["worker"].pid
     cpu_before = _cpu_seconds(worker_pid)
@@ -303,6 +316,9 @@ def _push_and_measure(args, server, receiver, hanging, services, a_count, online
                 "p99": _percentile(latencies, 0.99),
             },
         },
+        # Where the slow ones were (A's 30 s timeouts fall inside a 20 s push or not).
+        "b_latency_ms_by_push_second": _by_second(notes),
+        "seconds_from_worker_start_to_push": round(push_offset, 1),
         "drain_seconds": args.drain,
         "seconds": round(time.monotonic() - started, 1),
         "worker_cpu_seconds": round(worker_cpu, 2),
