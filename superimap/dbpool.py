@@ -24,6 +24,8 @@ from typing import TypeVar
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+from superimap import dboutage
+
 T = TypeVar("T")
 
 
@@ -63,11 +65,15 @@ class DbPool:
             self.queued -= 1
             self.latency_total += time.monotonic() - queued_at
             self.calls += 1
-            close_old_connections()
-            if self._writer is None or getattr(fn, "db_read_only", False):
-                return fn(*args, **kwargs)
-            with self._writer:
-                return fn(*args, **kwargs)
+            try:
+                close_old_connections()
+                if self._writer is None or getattr(fn, "db_read_only", False):
+                    return fn(*args, **kwargs)
+                with self._writer:
+                    return fn(*args, **kwargs)
+            except Exception as exc:
+                dboutage.lost(exc)  # one WARNING per outage; the caller still sees exc
+                raise
 
         return await loop.run_in_executor(self._executor, functools.partial(call))
 

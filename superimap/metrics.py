@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Min, Sum
+from django.db.models import Count, Max, Min, Sum
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
@@ -45,9 +45,14 @@ MAIL_SKIPPED = Counter(
     ["reason"],
     registry=None,
 )
+NODES_TAKEN_OVER = Counter(
+    "superimap_engine_nodes_taken_over",
+    "Dead engine nodes (lease over, or process gone) whose mailboxes this engine freed",
+    registry=None,
+)
 DB_QUEUE = Gauge("superimap_db_queue_length", "Calls waiting for a database thread", registry=None)
 DB_QUEUE.set_function(queued_total)
-ENGINE_METRICS = (EMAILS_PROCESSED, MAILBOX_SESSIONS, MAIL_SKIPPED)
+ENGINE_METRICS = (EMAILS_PROCESSED, MAILBOX_SESSIONS, MAIL_SKIPPED, NODES_TAKEN_OVER)
 WORKER_METRICS = (WEBHOOK_ATTEMPTS,)
 _exposed: set[int] = set()
 
@@ -136,6 +141,44 @@ class DatabaseCollector:
             "Mailbox sessions of all live engine nodes (their last heartbeat)",
             value=alive["sessions"] or 0,
         )
+        yield from _liveness(now)
+
+
+def _liveness(now):
+    """Heartbeat ages and what a dead part leaves behind (superimap/healthz.py)."""
+    from superimap import healthz
+    from superimap.delivery.models import WorkerNode
+    from superimap.engine.models import EngineNode
+
+    engines = GaugeMetricFamily(
+        "superimap_engine_node_heartbeat_age_seconds",
+        "Seconds since each engine node's last heartbeat (a dead node's row goes when "
+        "another node takes its mailboxes over)",
+        labels=["node"],
+    )
+    for node, last_seen in EngineNode.objects.values_list("node_id", "last_seen"):
+        engines.add_metric([node], (now - last_seen).total_seconds())
+    yield engines
+    workers = GaugeMetricFamily(
+        "superimap_worker_heartbeat_age_seconds",
+        "Seconds since the last heartbeat of the freshest webhook worker of each host",
+        labels=["host"],
+    )
+    for host, last_seen in (
+        WorkerNode.objects.order_by().values_list("host").annotate(last=Max("last_seen"))
+    ):
+        workers.add_metric([host], (now - last_seen).total_seconds())
+    yield workers
+    yield GaugeMetricFamily(
+        "superimap_oldest_due_delivery_seconds",
+        "Seconds the oldest due, unsent webhook delivery has waited past its due time",
+        value=healthz.oldest_due_age(now),
+    )
+    yield GaugeMetricFamily(
+        "superimap_mailboxes_unwatched",
+        "Connected mailboxes no live engine node holds (a dead engine, or none running)",
+        value=healthz.unwatched_count(now),
+    )
 
 
 _scrape_registry = CollectorRegistry()

@@ -60,6 +60,7 @@ async def serve(
     """Run the chosen services until SIGINT/SIGTERM; `on_listening` is called once the web
     server accepts connections (the start-up banner). `node_lock` holds the engine's node
     name for as long as the engine runs."""
+    from superimap import healthz
     from superimap.dbpool import DbPool
 
     stop = asyncio.Event()
@@ -76,6 +77,7 @@ async def serve(
         from superimap.delivery.worker import Worker
 
         worker_service = Worker(pool, node)
+        healthz.runs("worker", node)
         # Woken by engines in other processes too (delivery/wakeup.py), not only by polling.
         listener = WakeListener(worker_service.wake)
         await listener.start()
@@ -85,6 +87,7 @@ async def serve(
         from superimap.engine.supervisor import Engine
 
         sender = WakeSender(pool)
+        healthz.runs("engine", settings.ENGINE_NODE_NAME)
         engine_service = Engine(
             pool,
             settings.ENGINE_NODE_NAME,
@@ -106,6 +109,14 @@ async def serve(
             host,
             port,
         )
+    if worker or engine:
+        from superimap.summary import Summary
+
+        summary = Summary(pool, engine_service if engine else None, worker_service)
+        # Not among `tasks`: its end ends nothing; it stops with the others.
+        summarizer = asyncio.create_task(summary.run(stop), name="summary")
+    else:
+        summarizer = None
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
@@ -117,6 +128,8 @@ async def serve(
         if announcer is not None:
             announcer.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if summarizer is not None:
+            await asyncio.gather(summarizer, return_exceptions=True)
         if listener is not None:
             await listener.stop()
         if sender is not None:

@@ -95,6 +95,12 @@ WEBHOOK_SLOW_ENDPOINT_CONCURRENCY = env_int("WEBHOOK_SLOW_ENDPOINT_CONCURRENCY",
 WEBHOOK_LEASE_SECONDS = env_int("WEBHOOK_LEASE_SECONDS", WEBHOOK_TIMEOUT + 30, minimum=2)
 if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
     raise ConfigError("WEBHOOK_LEASE_SECONDS", "must be longer than WEBHOOK_TIMEOUT")
+# Workers renew a heartbeat every second; one silent this long is dead, and another worker
+# sends its claimed webhooks now (delivery/heartbeat.py) instead of after the lease.
+WEBHOOK_WORKER_ALIVE_SECONDS = env_int("WEBHOOK_WORKER_ALIVE_SECONDS", 5, minimum=3, maximum=600)
+# /healthz answers 503 when the oldest due, unsent webhook has waited longer than this.
+HEALTHZ_BACKLOG_SECONDS = env_int("HEALTHZ_BACKLOG_SECONDS", 300, minimum=10, maximum=86400)
+LOG_SUMMARY_SECONDS = env_int("LOG_SUMMARY_SECONDS", 60, minimum=1, maximum=3600)
 # How often a worker looks for due deliveries when nothing woke it (new deliveries wake it
 # at once: in-process, or through delivery/wakeup.py from an engine in another process).
 WEBHOOK_POLL_MS = env_int("WEBHOOK_POLL_MS", 500, minimum=10, maximum=60_000)

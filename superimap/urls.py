@@ -3,6 +3,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.generic import RedirectView
 
+from superimap import healthz as liveness
 from superimap.api.api import api
 from superimap.mailboxes import oauth as mailbox_oauth
 from superimap.mailboxes import views as mailbox_views
@@ -10,7 +11,9 @@ from superimap.metrics import metrics_view
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
+    """Every part's heartbeat; 503 when this box's engine or worker is dead (healthz.py)."""
+    status, body = liveness.report()
+    return JsonResponse(body, status=status)
 
 
 admin.site.site_header = "SuperIMAP"

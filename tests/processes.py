@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,3 +130,45 @@ def wait_until(predicate, timeout: float, what: str):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def answers(port: int, path: str = "/healthz") -> bool:
+    """True once something on ``port`` answers an HTTP GET of ``path`` (any status)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", path)
+        conn.getresponse().read()
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def web_server(tmp_path: Path, **extra: str) -> Iterator[dict]:
+    """A migrated SQLite database with a dashboard admin (`boss`) and a partner ("Web app"),
+    and a real `superimap web` process on a free port serving it until the block ends.
+
+    Yields port, base_url, password (boss's), api_key, env, procs and output() (the
+    process's log so far)."""
+    from superimap.testing import free_port
+
+    env = superimap_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", tmp_path, **extra)
+    run_cli(env, "migrate")
+    password = re.search(r"password: (\S+)", run_cli(env, "createadmin", "--username", "boss"))
+    api_key = re.search(r"API key: (\S+)", run_cli(env, "createpartner", "--name", "Web app"))
+    port = free_port()
+    with Processes(tmp_path) as procs:
+        proc = procs.start(env, "web", "--port", str(port))
+        wait_until(lambda: answers(port) or proc.poll() is not None, 30, "the web process")
+        assert proc.poll() is None, procs.output(proc)
+        yield {
+            "port": port,
+            "base_url": f"http://127.0.0.1:{port}",
+            "password": password.group(1),
+            "api_key": api_key.group(1),
+            "env": env,
+            "procs": procs,
+            "output": lambda: procs.output(proc),
+        }

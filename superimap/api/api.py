@@ -12,6 +12,7 @@ from ninja import NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import APIKeyHeader, APIKeyQuery
 
+from superimap import healthz
 from superimap.api import messages, service
 from superimap.api.errors import ApiError, error_response
 from superimap.api.partner import refuse_key_in_grace
@@ -194,7 +195,8 @@ def list_users(request, code: str, archived: bool = False):
     """Users of a connection; archived users only when archived=true."""
     connection = service.get_connection(request.auth, code)
     users = connection.users.filter(archived=archived).select_related("connection__provider")
-    return [service.user_out(u) for u in users]
+    live_nodes = healthz.live_engine_nodes()
+    return [service.user_out(u, live_nodes) for u in users]
 
 
 @api.post(

@@ -119,7 +119,7 @@ async def stream_message(
             502, "imap_tls_failed", f"IMAP certificate check failed: {exc.reason}"
         ) from None
     except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError) as exc:
-        log.info("mailbox %s: message route: %s: %s", config.user_id, type(exc).__name__, exc)
+        log.info("mailbox %s: message route: %s: %s", config.label, type(exc).__name__, exc)
         raise ApiError(
             502, "imap_unavailable", f"The IMAP server could not be read: {type(exc).__name__}"
         ) from None

@@ -290,7 +290,11 @@ class UserOut(Schema):
     folders: list[str] = Field(
         default_factory=list, description="The user's own folders ([]: its connection's)."
     )
-    status: str
+    status: str = Field(
+        description="The engine's status (new, connecting, idle, polling, syncing, backing_off, "
+        "auth_failed, tls_failed, stopped), or engine_down: the engine node watching it "
+        "stopped and no other has taken it over yet (it is not watched)."
+    )
     last_error: str
     last_email_at: datetime | None
     failing_since: datetime | None = Field(

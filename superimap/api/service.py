@@ -6,6 +6,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from superimap import healthz
 from superimap.api.errors import ApiError
 from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUpdate
 from superimap.delivery import replaylimit
@@ -58,7 +59,10 @@ def connection_out(connection: Connection) -> dict:
     }
 
 
-def user_out(user: MailboxUser) -> dict:
+def user_out(user: MailboxUser, live_nodes: set[str] | None = None) -> dict:
+    """``live_nodes``: healthz.live_engine_nodes(), read once for a list of users."""
+    if live_nodes is None:
+        live_nodes = healthz.live_engine_nodes()
     return {
         "tag": user.tag,
         "imap_provider_code": user.connection.provider.code,
@@ -69,7 +73,7 @@ def user_out(user: MailboxUser) -> dict:
         "archived": user.archived,
         "enable_tracer": user.enable_tracer,
         "folders": user.folders,
-        "status": user.status,
+        "status": healthz.shown_status(user, live_nodes),
         "last_error": user.last_error,
         "last_email_at": user.last_email_at,
         "failing_since": user.failing_since,

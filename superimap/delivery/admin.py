@@ -1,8 +1,10 @@
 from django.contrib import admin, messages
 from django.db import transaction
+from django.utils import timezone
 
+from superimap import healthz
 from superimap.delivery import replaylimit
-from superimap.delivery.models import Delivery, DeliveryAttempt
+from superimap.delivery.models import Delivery, DeliveryAttempt, WorkerNode
 from superimap.partners.models import Partner
 
 
@@ -108,3 +110,22 @@ def _retryable(rows):
 def _replayable(rows):
     """What Delivery.replay re-queues."""
     return rows.exclude(status=Delivery.Status.PENDING).filter(payload_purged_at__isnull=True)
+
+
+@admin.register(WorkerNode)
+class WorkerNodeAdmin(admin.ModelAdmin):
+    """Webhook worker heartbeats (delivery/heartbeat.py)."""
+
+    list_display = ["worker_id", "host", "pid", "version", "started_at", "heartbeat"]
+    readonly_fields = [f.name for f in WorkerNode._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="Heartbeat")
+    def heartbeat(self, worker: WorkerNode) -> str:
+        age = timezone.now() - worker.last_seen
+        if worker.released_at is not None:
+            return f"DEAD, claims handed back at {worker.released_at:%Y-%m-%d %H:%M:%S}"
+        state = "alive" if age <= healthz.worker_dead_after() else "DEAD"
+        return f"{state}, {age.total_seconds():.0f} s ago"

@@ -107,6 +107,10 @@ class Shares:
         else:
             self._slow.add(endpoint)
 
+    def dropped(self, delivery_id: int) -> None:
+        """A claim that was not sent: its slot is free, the endpoint not judged."""
+        self._open.pop(delivery_id, None)
+
     def room(self, rounds: int = 1) -> Room:
         room = Room(self.caps, rounds=rounds)
         slow = set(self._slow)

@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 
+from superimap.delivery.failurelog import endpoint_host
 from superimap.delivery.models import Delivery, EndpointHealth
 from superimap.partners.models import Partner
 
@@ -112,9 +113,8 @@ def _apply(row: EndpointHealth, verdicts, now: datetime) -> None:
                 row.state = EndpointHealth.State.FAILING
                 row.failing_since = now
                 log.warning(
-                    "webhook endpoint of partner %s for %s is failing after %d failures: %s",
-                    row.partner_id,
-                    row.kind,
+                    "%s is failing after %d failures: %s",
+                    _endpoint(row),
                     row.consecutive_failures,
                     row.last_error,
                 )
@@ -131,13 +131,20 @@ def _apply(row: EndpointHealth, verdicts, now: datetime) -> None:
             row.last_error = "410 Gone: URL disabled"
             row.last_failure_at = now
             log.warning(
-                "webhook endpoint of partner %s for %s answered 410 Gone: URL %s disabled; "
-                "set a new URL in the dashboard",
-                row.partner_id,
-                row.kind,
-                url,
+                "%s answered 410 Gone: URL disabled; set a new URL in the dashboard",
+                _endpoint(row, url),
             )
     row.save()
+
+
+def _endpoint(row: EndpointHealth, url: str = "") -> str:
+    """How log lines name an endpoint: ``My app new_mail webhook (partner 3)``, with the
+    URL's host when known (never its path or query: they may hold a token)."""
+    name = Partner.objects.filter(id=row.partner_id).values_list("name", flat=True).first()
+    label = f"{name or '?'} {row.kind} webhook (partner {row.partner_id})"
+    if url:
+        label += " at " + (endpoint_host(url))
+    return label
 
 
 def _hold_pending(row: EndpointHealth, until: datetime) -> None:
@@ -156,10 +163,8 @@ def _recovered(row: EndpointHealth, now: datetime) -> None:
     row.failing_since = None
     hours = settings.WEBHOOK_AUTO_REPLAY_HOURS
     log.warning(
-        "webhook endpoint of partner %s for %s recovered; re-queueing its failed deliveries "
-        "of the last %d hours",
-        row.partner_id,
-        row.kind,
+        "%s recovered; re-queueing its failed deliveries of the last %d hours",
+        _endpoint(row),
         hours,
     )
     if hours:

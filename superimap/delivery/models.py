@@ -228,3 +228,24 @@ class ReplayAllowance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.partner}: {self.tokens:.0f} replays left"
+
+
+class WorkerNode(models.Model):
+    """A webhook worker process's heartbeat (delivery/heartbeat.py): renewed every second,
+    so a worker whose row is stale is dead and its claimed deliveries are sent by another
+    worker in seconds, not after WEBHOOK_LEASE_SECONDS. ``released_at``: when a live
+    worker released the claims of this dead one (the row stays, for /healthz)."""
+
+    worker_id = models.CharField(max_length=100, unique=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    version = models.CharField(max_length=50)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["worker_id"]
+
+    def __str__(self) -> str:
+        return self.worker_id

@@ -412,8 +412,10 @@ def _archive_user_of(delivery_id: int) -> None:
         user.archive()
 
 
-def release_claims(node_id: str) -> int:
-    """On clean shutdown: hand back what this node claimed but did not send."""
-    return Delivery.objects.filter(claimed_by=node_id, status=Delivery.Status.PENDING).update(
-        claimed_by="", lease_until=None, attempts=F("attempts") - 1
-    )
+def release_claims(node_id: str, ids: list[int] | None = None) -> int:
+    """On clean shutdown (or for ``ids`` a worker chose not to send, delivery/heartbeat.py):
+    hand back what this node claimed but did not send."""
+    rows = Delivery.objects.filter(claimed_by=node_id, status=Delivery.Status.PENDING)
+    if ids is not None:
+        rows = rows.filter(id__in=ids)
+    return rows.update(claimed_by="", lease_until=None, attempts=F("attempts") - 1)

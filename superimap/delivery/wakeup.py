@@ -30,6 +30,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from superimap import dboutage
+
 log = logging.getLogger("superimap.worker")
 
 CHANNEL = "superimap_deliveries"
@@ -109,7 +111,8 @@ class WakeSender:
                 if not self._again:
                     return
         except Exception as exc:
-            log.warning("NOTIFY %s failed (workers poll instead): %s", CHANNEL, exc)
+            if not dboutage.lost(exc):
+                log.warning("NOTIFY %s failed (workers poll instead): %s", CHANNEL, exc)
         finally:
             self._in_flight = None
 
@@ -212,12 +215,19 @@ class WakeListener:
         import psycopg
 
         failures = 0
+        listened = False
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(_conninfo(), autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    log.info("worker listens for wake-ups on PostgreSQL channel %s", CHANNEL)
+                    log.log(
+                        logging.DEBUG if listened else logging.INFO,
+                        "worker listens for wake-ups on PostgreSQL channel %s",
+                        CHANNEL,
+                    )
+                    listened = True
+                    dboutage.back()
                     failures = 0
                     # Deliveries committed while we were not listening: look now.
                     self.wake()
@@ -228,12 +238,19 @@ class WakeListener:
                 raise
             except Exception as exc:
                 error = str(exc)
+                outage = dboutage.lost(exc)
             else:
                 error = "the connection closed"
+                dboutage.note(f"LISTEN {CHANNEL}: {error}")
+                outage = True
             delay = LISTEN_RETRY_SECONDS[min(failures, len(LISTEN_RETRY_SECONDS) - 1)]
             failures += 1
-            log.warning(
-                "LISTEN %s failed (polling meanwhile), again in %ss: %s", CHANNEL, delay, error
+            log.log(
+                logging.DEBUG if outage else logging.WARNING,
+                "LISTEN %s failed (polling meanwhile), again in %ss: %s",
+                CHANNEL,
+                delay,
+                error,
             )
             await asyncio.sleep(delay)
 

@@ -16,8 +16,10 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from superimap import dboutage
 from superimap.dbpool import DbPool
-from superimap.delivery import fairness, health, queue
+from superimap.delivery import fairness, health, heartbeat, queue
+from superimap.delivery.failurelog import FailureLog, endpoint_label
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
 from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
@@ -36,6 +38,7 @@ REPLAY_INTERVAL = 1.0
 PURGE_INTERVAL = 5.0
 PURGE_MAX_BATCHES = 20
 PURGE_PAUSE = 0.05
+OUTAGE_RETRY_SECONDS = 1.0
 
 
 class Worker:
@@ -79,6 +82,18 @@ class Worker:
         self.counts: dict[str, int] = {}
         self.allow_private = settings.WEBHOOK_ALLOW_PRIVATE
         self.purger = Purger()
+        # Liveness (delivery/heartbeat.py): when the last heartbeat that got through was
+        # sent (monotonic), and a number bumped when this worker learns it was found dead,
+        # so claims taken before that are not sent (another worker has them now).
+        self.alive = timedelta(seconds=settings.WEBHOOK_WORKER_ALIVE_SECONDS)
+        self.started_at = timezone.now()
+        self._beat_at: float | None = None
+        self._beating_since: float | None = None  # first beat of the current unbroken run
+        self._epoch = 0
+        self._unsent: list[int] = []
+        # Failed attempts: the first of an endpoint logged, the rest summed up per minute.
+        self.failure_log = FailureLog(every=settings.LOG_SUMMARY_SECONDS)
+        self._partner_names: dict[int, str] = {}
 
     def wake(self) -> None:
         """New deliveries were just committed: look now instead of at the next poll."""
@@ -95,6 +110,7 @@ class Worker:
         session = self._session()
         flusher = asyncio.create_task(self._flush_loop(stop))
         housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
+        heart = asyncio.create_task(self._heartbeat_loop(stop))
         tasks: set[asyncio.Task] = set()
         try:
             while not stop.is_set():
@@ -108,16 +124,17 @@ class Worker:
                     continue
                 try:
                     claimed = await self._claim(free)
-                except Exception:
+                except Exception as exc:
                     # A database hiccup must not end the worker (and the process with it).
-                    log.exception("worker %s could not claim deliveries", self.node_id)
+                    if not dboutage.lost(exc):
+                        log.exception("worker %s could not claim deliveries", self.node_id)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), CLAIM_ERROR_PAUSE)
                     continue
                 for item in claimed:
                     self._inflight += 1
                     self.shares.opened(item.id, item.partner_id, item.kind)
-                    task = asyncio.create_task(self._send(session, item))
+                    task = asyncio.create_task(self._send(session, item, self._epoch))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if not claimed:
@@ -131,7 +148,10 @@ class Worker:
             stop.set()
             await flusher
             await housekeeper
+            await heart
+            self.failure_log.flush(force=True)
             released = await self.pool.run(queue.release_claims, self.node_id)
+            await self.pool.run(heartbeat.leave, self.node_id)
             log.info(
                 "worker %s stopped: sent=%d released=%d %s",
                 self.node_id,
@@ -189,10 +209,12 @@ class Worker:
             purge = started - last_purge >= PURGE_INTERVAL
             try:
                 await self.housekeep(purge=purge)
-            except Exception:
-                log.exception("worker %s housekeeping failed", self.node_id)
+            except Exception as exc:
+                if not dboutage.lost(exc):
+                    log.exception("worker %s housekeeping failed", self.node_id)
             if purge:
                 last_purge = started
+            self.failure_log.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPLAY_INTERVAL)
 
@@ -249,25 +271,106 @@ class Worker:
         )
         result = await post(session, claimed.url, raw, headers)
         if not result.succeeded:
-            log.info(
-                "delivery %s attempt %d to partner webhook failed: %s",
+            self.failure_log.failed(
+                (claimed.partner_id, claimed.kind),
+                endpoint_label(
+                    await self._partner_name(claimed.partner_id), claimed.kind, claimed.url
+                ),
                 claimed.event_id,
                 claimed.attempt,
                 result.error or f"HTTP {result.status_code}",
             )
         return queue.Outcome(claimed, result, started_at)
 
-    async def _send(self, session, claimed: queue.Claimed) -> None:
+    async def _partner_name(self, partner_id: int) -> str:
+        """The partner's name for log lines (read once per partner and process)."""
+        name = self._partner_names.get(partner_id)
+        if name is None:
+            try:
+                name = await self.pool.run(_partner_name, partner_id)
+            except Exception:  # noqa: BLE001 - a log line must not fail a delivery
+                return f"partner {partner_id}"
+            self._partner_names[partner_id] = name
+        return name
+
+    def claims_valid(self) -> bool:
+        """Whether this worker's claims are still its own: its heartbeat got through
+        recently enough that no other worker can have found it dead."""
+        if self._beat_at is None:
+            return True  # no heartbeat row yet: nobody releases these claims early
+        limit = self.alive.total_seconds() - heartbeat.HEARTBEAT_EVERY
+        return time.monotonic() - self._beat_at < limit
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            sent_at = time.monotonic()
+            # Others are judged only after this worker's own beats went through for a full
+            # WEBHOOK_WORKER_ALIVE_SECONDS: after a database outage every row is stale, and
+            # the others need a beat to show they are alive.
+            judge = (
+                self._beating_since is not None
+                and sent_at - self._beating_since >= self.alive.total_seconds()
+            )
+            try:
+                # Real time, not self.clock: other processes compare it with theirs.
+                beat = await self.pool.run(
+                    heartbeat.beat, self.node_id, timezone.now(), self.alive, self.started_at, judge
+                )
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                self._beating_since = None
+                if not dboutage.lost(exc):
+                    log.warning("worker %s: heartbeat failed", self.node_id, exc_info=True)
+            else:
+                self._beat_at = sent_at
+                if self._beating_since is None:
+                    self._beating_since = sent_at
+                if beat.lapsed:
+                    self._epoch += 1
+                    self._unsent = []
+                    log.warning(
+                        "worker %s was found dead (no heartbeat for %ss): its claims went to "
+                        "other workers",
+                        self.node_id,
+                        settings.WEBHOOK_WORKER_ALIVE_SECONDS,
+                    )
+                elif self._unsent:
+                    await self._hand_back_unsent()
+                if beat.released:
+                    log.warning(
+                        "worker %s: workers %s stopped sending heartbeats; their claimed "
+                        "deliveries are due again",
+                        self.node_id,
+                        ", ".join(beat.released),
+                    )
+                    self.wake()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), heartbeat.HEARTBEAT_EVERY)
+
+    async def _hand_back_unsent(self) -> None:
+        """Claims this worker chose not to send while its heartbeat was stale: due again."""
+        unsent, self._unsent = self._unsent, []
+        try:
+            await self.pool.run(queue.release_claims, self.node_id, unsent)
+        except Exception as exc:  # noqa: BLE001 - their lease runs out instead
+            if not dboutage.lost(exc):
+                log.exception("worker %s could not hand back %d claims", self.node_id, len(unsent))
+
+    async def _send(self, session, claimed: queue.Claimed, epoch: int = 0) -> None:
         outcome = None
         try:
+            if epoch != self._epoch or not self.claims_valid():
+                # Found dead, or may be by now: another worker sends it. Not sent here.
+                if epoch == self._epoch:
+                    self._unsent.append(claimed.id)
+                return
             outcome = await self._attempt(session, claimed)
             self._outcomes.append(outcome)
             self._have_outcomes.set()
         finally:
             self._inflight -= 1
             self._finished_since_claim += 1
-            if outcome is None:
-                self.shares.closed(claimed.id, answered=False, seconds=0.0)
+            if outcome is None:  # not sent (found dead) or cancelled: says nothing of it
+                self.shares.dropped(claimed.id)
             else:
                 self._closed(outcome)
             self._wake.set()
@@ -294,7 +397,13 @@ class Worker:
             batch, self._outcomes = self._outcomes, []
             try:
                 await self._record(batch)
-            except Exception:
+            except Exception as exc:
+                if dboutage.lost(exc) and not stop.is_set():
+                    # Kept and recorded once the database is back: these were sent, and
+                    # sending them again after their lease would double them.
+                    self._outcomes = batch + self._outcomes
+                    await asyncio.sleep(OUTAGE_RETRY_SECONDS)
+                    continue
                 log.exception(
                     "worker %s could not record %d outcomes; their leases will expire",
                     self.node_id,
@@ -308,3 +417,10 @@ class Worker:
             key = str(status)  # plain text in logs and JSON, not the enum repr
             self.counts[key] = self.counts.get(key, 0) + count
             WEBHOOK_ATTEMPTS.labels(outcome=key).inc(count)
+
+
+def _partner_name(partner_id: int) -> str:
+    from superimap.partners.models import Partner
+
+    name = Partner.objects.filter(id=partner_id).values_list("name", flat=True).first()
+    return f"partner {partner_id}" if name is None else name

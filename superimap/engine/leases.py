@@ -6,6 +6,11 @@ the number of mailboxes held, and reads only what changed. A node whose heartbea
 older than the lease loses its row and its mailboxes in one transaction of whichever node
 sees it first; the dead node's sessions are fenced by ``owner_node`` (store._owned) and
 its process finds its heartbeat row gone at its next refresh.
+
+A node need not wait out the lease when its process is provably dead: its heartbeat row
+names the lock that keeps its name (engine/nodelock.py), and once that lock is free and
+the heartbeat (renewed every second by beat()) is ``lock_grace`` old, it is freed the same
+way.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from superimap import __version__
+from superimap.engine import nodelock
 from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser
 
@@ -89,6 +95,8 @@ class Claim:
     # Still ours in the database, but ranked to another live node: stop their sessions,
     # then release_mailboxes() them, so two nodes never watch one mailbox at once.
     handover: frozenset[int] = frozenset()
+    # Dead nodes whose mailboxes this call freed.
+    freed: tuple[str, ...] = ()
 
 
 def claim_mailboxes(
@@ -101,6 +109,8 @@ def claim_mailboxes(
     node_alive: timedelta = timedelta(seconds=30),
     sessions: int = 0,
     started_at: datetime | None = None,
+    name_lock: str = "",
+    lock_grace: timedelta | None = None,
 ) -> Claim:
     """Renew this node's lease (its heartbeat row), free dead nodes' mailboxes, release,
     hand over and claim, in one transaction.
@@ -111,18 +121,21 @@ def claim_mailboxes(
     mailboxes), every held row is read back, orphans are looked for, and the released
     rows are searched among all held ones; otherwise only among rows changed since
     ``since`` (every change that makes a mailbox unwatchable saves updated_at).
-    ``sessions`` and ``started_at``: published in the node's heartbeat row.
+    ``sessions``, ``started_at`` and ``name_lock`` (the kind of lock this node's process
+    holds its name with): published in the node's heartbeat row. ``lock_grace``: also free
+    the nodes whose name lock is free and whose heartbeat is older than this (None: only
+    by the lease; a caller whose own lock was not held steadily cannot judge).
     """
     now = timezone.now()
     rule = watchable(allow_loopback)
     with transaction.atomic():
         # First, so a node freeing this one (below, in its own transaction) either sees
         # the renewal or, holding the row lock, frees us first and we see the row gone.
-        lapsed = not _renew(node_id, now, capacity, sessions, started_at or now)
+        lapsed = not _renew(node_id, now, capacity, sessions, started_at or now, name_lock)
         full = known is None or since is None or lapsed
         if full:
             _free_orphans()
-        _free_dead_nodes(node_id, now - lease)
+        freed = _free_dead_nodes(node_id, now - lease, lock_grace and now - lock_grace)
         mine = MailboxUser.objects.filter(owner_node=node_id).order_by()
         changed = mine if full else mine.filter(updated_at__gte=since)
         released = list(changed.exclude(rule).values_list("id", flat=True))
@@ -172,7 +185,9 @@ def claim_mailboxes(
             versions = dict(mine.values_list("id", version))
             for user_id in handover:
                 versions.pop(user_id, None)
-            return Claim(versions, frozenset(), complete=True, as_of=now, handover=handover)
+            return Claim(
+                versions, frozenset(), complete=True, as_of=now, handover=handover, freed=freed
+            )
         versions = dict(changed.values_list("id", version))
         for start in range(0, len(claimed), ID_BATCH):
             # Claimed rows are ours unless another node raced us to them (PostgreSQL).
@@ -182,11 +197,23 @@ def claim_mailboxes(
         for user_id in handover:
             versions.pop(user_id, None)
         return Claim(
-            versions, frozenset(released) | handover, complete=False, as_of=now, handover=handover
+            versions,
+            frozenset(released) | handover,
+            complete=False,
+            as_of=now,
+            handover=handover,
+            freed=freed,
         )
 
 
-def _renew(node_id: str, now: datetime, capacity: int, sessions: int, started_at: datetime) -> bool:
+def _renew(
+    node_id: str,
+    now: datetime,
+    capacity: int,
+    sessions: int,
+    started_at: datetime,
+    name_lock: str = "",
+) -> bool:
     """Renew this node's heartbeat, its lease; False if the row was gone (re-created)."""
     fields = {
         "host": socket.gethostname(),
@@ -196,6 +223,7 @@ def _renew(node_id: str, now: datetime, capacity: int, sessions: int, started_at
         "last_seen": now,
         "capacity": capacity,
         "mailboxes_held": sessions,
+        "name_lock": name_lock,
     }
     if EngineNode.objects.filter(node_id=node_id).update(**fields):
         return True
@@ -203,18 +231,55 @@ def _renew(node_id: str, now: datetime, capacity: int, sessions: int, started_at
     return False
 
 
-def _free_dead_nodes(node_id: str, expired: datetime) -> None:
-    """Delete the heartbeat rows older than the lease and free their nodes' mailboxes.
+def beat(node_id: str, lease: timedelta, lock_grace: timedelta | None) -> tuple[bool, list[str]]:
+    """Between refreshes, every second, for a node with a name lock: renew the heartbeat
+    (last_seen only), and name the other nodes claim_mailboxes() would free now. Returns
+    (whether this node's row was there, those nodes); the engine refreshes at once when
+    its row was gone or a node died."""
+    now = timezone.now()
+    renewed = EngineNode.objects.filter(node_id=node_id).update(last_seen=now)
+    return bool(renewed), list(_dead(node_id, now - lease, lock_grace and now - lock_grace))
+
+
+def _dead(node_id: str, expired: datetime, unlocked_before: datetime | None) -> dict:
+    """{name: the last_seen it must be older than} of the nodes dead by the lease, or by a
+    free name lock and a heartbeat older than ``unlocked_before``."""
+    latest = max(expired, unlocked_before) if unlocked_before is not None else expired
+    rows = (
+        EngineNode.objects.exclude(node_id=node_id)
+        .filter(last_seen__lt=latest)
+        .values_list("node_id", "last_seen", "name_lock")
+    )
+    dead: dict[str, datetime] = {}
+    quiet = []
+    for name, last_seen, name_lock in rows:
+        if last_seen < expired:
+            dead[name] = expired
+        elif name_lock:
+            quiet.append((name, name_lock))
+    if quiet:
+        for name in nodelock.free_names(quiet, own=node_id):
+            dead[name] = unlocked_before
+    return dead
+
+
+def _free_dead_nodes(
+    node_id: str, expired: datetime, unlocked_before: datetime | None = None
+) -> tuple[str, ...]:
+    """Delete the heartbeat rows older than the lease, or of a process proven dead (_dead),
+    and free their nodes' mailboxes.
 
     The DELETE re-checks last_seen under the row lock (PostgreSQL re-evaluates its WHERE
     on the row's newest version), so a node that renewed in the meantime keeps its row.
     Django sends it as one DELETE … WHERE because nothing refers to EngineNode; a foreign
     key to it would make Django select the rows first and delete by id, losing the check."""
-    dead = EngineNode.objects.filter(last_seen__lt=expired).exclude(node_id=node_id)
-    for name in list(dead.values_list("node_id", flat=True)):
-        deleted, _ = EngineNode.objects.filter(node_id=name, last_seen__lt=expired).delete()
+    freed = []
+    for name, before in _dead(node_id, expired, unlocked_before).items():
+        deleted, _ = EngineNode.objects.filter(node_id=name, last_seen__lt=before).delete()
         if deleted:
             MailboxUser.objects.filter(owner_node=name).update(owner_node="")
+            freed.append(name)
+    return tuple(freed)
 
 
 def _free_orphans() -> None:

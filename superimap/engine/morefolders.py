@@ -65,7 +65,7 @@ class SecondaryFolders:
                 )
                 log.info(
                     "mailbox %s: baseline uid %d (uidvalidity %d, %s)",
-                    self.user_id,
+                    self.label,
                     watch.last_uid,
                     watch.uid_validity,
                     name,
@@ -79,7 +79,7 @@ class SecondaryFolders:
                 await self.conn.command(*self.conn.protocol.notify_set(list(self._secondary)))
                 self._notify = True
             except CommandFailed as exc:
-                log.info("mailbox %s: NOTIFY refused (%s); polling", self.user_id, exc)
+                log.info("mailbox %s: NOTIFY refused (%s); polling", self.label, exc)
         # The first poll at a random point of the period: mailboxes that connected together
         # (an engine start) do not all poll in the same second, every period.
         period = self._poll_every()
@@ -104,7 +104,7 @@ class SecondaryFolders:
         try:
             untagged, _ = await self.conn.command(*self.conn.protocol.status(name))
         except CommandFailed as exc:
-            log.warning("mailbox %s: STATUS %s refused: %s", self.user_id, name, exc)
+            log.warning("mailbox %s: STATUS %s refused: %s", self.label, name, exc)
             self._folder_warning = f"folder {name} not readable: {exc}"[:500]
             self._secondary.pop(name, None)
             return None
@@ -175,7 +175,7 @@ class SecondaryFolders:
             if uid_validity != watch.uid_validity:
                 log.warning(
                     "mailbox %s: UIDVALIDITY of %s changed %s -> %s; catching up by date",
-                    self.user_id,
+                    self.label,
                     name,
                     watch.uid_validity,
                     uid_validity,

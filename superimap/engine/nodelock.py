@@ -8,6 +8,10 @@ lock held for its whole life, released by the operating system (SQLite: an fcntl
 file in VAR_DIR) or by PostgreSQL (a session advisory lock) when the process dies, kill -9
 included. A second process with the same name stops at start with one line naming
 ENGINE_NODE_NAME.
+
+The same locks tell the other nodes that a process died (free_names()): its heartbeat row
+says which lock it held, and a free one proves the process gone, so the survivors take its
+mailboxes over in seconds instead of after ENGINE_LEASE_SECONDS (design.md 8).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import fcntl
 import hashlib
 import os
 import re
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
@@ -25,6 +31,9 @@ from superimap.config import ConfigError
 # Key space of our advisory locks: the first 8 bytes of sha256("superimap-engine-node:" +
 # name), as PostgreSQL's signed bigint.
 _PREFIX = "superimap-engine-node:"
+# A restarting process may find its lock file briefly held by another node's probe
+# (free_names()): it tries again for this long before calling the name taken.
+ACQUIRE_RETRY_SECONDS = 0.5
 
 
 class NodeLock:
@@ -35,6 +44,8 @@ class NodeLock:
         self._file: int | None = None
         self._connection = None
         self.description = ""
+        self.kind = ""  # "flock" or "advisory", published in the node's heartbeat row
+        self._since = 0.0  # monotonic: when the lock was (re)taken
 
     # --- acquiring ------------------------------------------------------------------------
 
@@ -47,12 +58,18 @@ class NodeLock:
         return self
 
     def _acquire_file(self) -> None:
-        path = Path(settings.VAR_DIR) / f"engine-node-{_file_safe(self.name)}.lock"
+        path = _lock_path(self.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        deadline = time.monotonic() + ACQUIRE_RETRY_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
             os.close(fd)
             raise ConfigError(
                 "ENGINE_NODE_NAME",
@@ -63,6 +80,8 @@ class NodeLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._file = fd
         self.description = f"lock file {path}"
+        self.kind = "flock"
+        self._since = time.monotonic()
 
     def _acquire_advisory(self) -> None:
         self._connection = _connect()
@@ -78,6 +97,8 @@ class NodeLock:
                 "advisory lock held); give each engine process its own name",
             )
         self.description = "PostgreSQL advisory lock"
+        self.kind = "advisory"
+        self._since = time.monotonic()
 
     # --- while running --------------------------------------------------------------------
 
@@ -105,6 +126,14 @@ class NodeLock:
             self._close_connection()
         return True
 
+    def steady(self, seconds: float) -> bool:
+        """Held without a break for ``seconds``. A PostgreSQL restart drops every advisory
+        lock at once: until the other live nodes have had a refresh to take theirs back, a
+        free lock proves nothing."""
+        if self.kind == "advisory" and self._connection is None:
+            return False
+        return bool(self.kind) and time.monotonic() - self._since >= seconds
+
     def release(self) -> None:
         if self._file is not None:
             os.close(self._file)  # closing the descriptor drops the flock
@@ -118,6 +147,59 @@ class NodeLock:
                 connection.close()
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
+
+
+def free_names(nodes: Iterable[tuple[str, str]], own: str) -> set[str]:
+    """Of ``nodes`` ((name, lock kind) from heartbeat rows), the names whose lock is
+    provably free: their process is dead. ``own``: this node's name; on PostgreSQL nothing
+    is judged unless its own advisory lock shows (else the server restarted, or this node's
+    lock connection broke, and every lock is free for a moment). Runs in a database thread
+    (PostgreSQL: Django's connection there)."""
+    nodes = list(nodes)
+    if _is_postgresql():
+        held = _held_advisory_keys()
+        if advisory_key(own) not in held:
+            return set()
+        return {n for n, kind in nodes if kind == "advisory" and advisory_key(n) not in held}
+    return {n for n, kind in nodes if kind == "flock" and _flock_free(n)}
+
+
+def _held_advisory_keys() -> set[int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        # A bigint advisory key shows as classid (high 32 bits) and objid (low), objsubid 1.
+        cursor.execute(
+            "SELECT classid::bigint, objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
+            "AND granted AND objsubid = 1 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        keys = set()
+        for high, low in cursor.fetchall():
+            key = (high << 32) | low
+            keys.add(key - (1 << 64) if key >= 1 << 63 else key)
+        return keys
+
+
+def _flock_free(name: str) -> bool:
+    """Whether no process holds ``name``'s lock file: taken shared for a moment and let go
+    (a process starting under that name meanwhile retries, ACQUIRE_RETRY_SECONDS). No file:
+    not known here (another VAR_DIR), so not free."""
+    try:
+        fd = os.open(_lock_path(name), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # drops the shared lock if it was taken
+    return True
+
+
+def _lock_path(name: str) -> Path:
+    return Path(settings.VAR_DIR) / f"engine-node-{_file_safe(name)}.lock"
 
 
 def advisory_key(name: str) -> int:

@@ -136,7 +136,7 @@ class AccessTokens:
             expires_in = float(body.get("expires_in", DEFAULT_EXPIRES_IN))
         except (TypeError, ValueError):
             expires_in = DEFAULT_EXPIRES_IN
-        log.info("mailbox %s: access token refreshed (expires in %ds)", config.user_id, expires_in)
+        log.info("mailbox %s: access token refreshed (expires in %ds)", config.label, expires_in)
         rotated = body.get("refresh_token")
         return token, max(0.0, expires_in), rotated if isinstance(rotated, str) else None
 
@@ -173,7 +173,7 @@ async def authenticate_xoauth2(
         return
     tokens.forget(config.user_id)
     if from_cache:
-        log.info("mailbox %s: cached access token refused; refreshing", config.user_id)
+        log.info("mailbox %s: cached access token refused; refreshing", config.label)
         token = await tokens.get(config)
         if _accepted(await _xoauth2(conn, config.username, token)):
             return

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 
+from superimap import dboutage
 from superimap.dbpool import DbPool
 from superimap.engine import groupwrite, store
 
@@ -119,7 +120,9 @@ def persist_group(jobs: list[tuple]) -> list[store.PersistResult | Exception]:
         try:
             with transaction.atomic():
                 return groupwrite.persist_jobs(jobs)
-        except Exception:  # noqa: BLE001 - retried job by job just below
+        except Exception as exc:  # noqa: BLE001 - retried job by job just below
+            if dboutage.is_connection_error(exc):
+                raise  # job by job would fail the same way; the sessions retry
             log.warning(
                 "group of %d batches failed as a whole; persisting them one by one",
                 len(jobs),

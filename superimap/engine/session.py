@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from superimap import dboutage
 from superimap.engine import folders, store
 from superimap.engine.connection import (
     CommandFailed,
@@ -164,6 +166,8 @@ class MailboxSession(SecondaryFolders):
     def __init__(self, engine, user_id: int, config: store.MailboxConfig | None = None) -> None:
         self.engine = engine
         self.user_id = user_id
+        # How log lines name the mailbox: partner/connection/tag once its config is read.
+        self.label = config.label if config is not None else store.mailbox_label(user_id)
         # Handed over by the supervisor (loaded in bulk) for the first connection; every
         # reconnect reads it again, so changed credentials and checkpoints are picked up.
         self._first_config = config
@@ -210,6 +214,7 @@ class MailboxSession(SecondaryFolders):
                 config = await self.engine.pool.run(store.mailbox_config, self.user_id)
             if config is None:
                 return
+            self.label = config.label
             status = Status.BACKING_OFF
             try:
                 await self._watch(config)
@@ -217,7 +222,7 @@ class MailboxSession(SecondaryFolders):
                     break
                 error = "session ended"
             except store.LeaseLost:
-                log.info("mailbox %s: lease lost or user gone, stopping", self.user_id)
+                log.info("mailbox %s: lease lost or user gone, stopping", self.label)
                 return
             except AuthFailed as exc:
                 status, error = Status.AUTH_FAILED, str(exc)
@@ -228,7 +233,8 @@ class MailboxSession(SecondaryFolders):
             except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
-                log.exception("mailbox %s: unexpected error", self.user_id)
+                if not dboutage.lost(exc):  # an outage is logged once per process
+                    log.exception("mailbox %s: unexpected error", self.label)
                 error = f"{type(exc).__name__}: {exc}"
             finally:
                 await self._disconnect()
@@ -238,8 +244,13 @@ class MailboxSession(SecondaryFolders):
             delay = self._count_failure(status)
             self._last_error = error[:500]
             self.engine.report(self.user_id, status, error[:500], self.failures)
-            log.info(
-                "mailbox %s: %s; retry %d in %.1fs", self.user_id, error[:200], self.failures, delay
+            log.log(
+                logging.DEBUG if dboutage.is_down() else logging.INFO,
+                "mailbox %s: %s; retry %d in %.1fs",
+                self.label,
+                error[:200],
+                self.failures,
+                delay,
             )
             await self._sleep(delay)
         if not needs_human:
@@ -298,11 +309,29 @@ class MailboxSession(SecondaryFolders):
             await self._sweep(config)
         await self._catch_up(config)
         await self._start_secondaries(config, names[1:])
-        if self.failures:
-            self.failures = 0
-            self._failure_kind, self._kind_failures, self._last_error = "", 0, ""
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
+        how = "IDLE" if idle else f"polling every {self.cfg.poll_interval:g}s"
+        if self.failures:
+            log.info(
+                "mailbox %s: recovered after %d failed attempt(s) (last: %s); watching %s by %s",
+                self.label,
+                self.failures,
+                self._last_error[:200],
+                ", ".join(names),
+                how,
+            )
+            self.failures = 0
+            self._failure_kind, self._kind_failures, self._last_error = "", 0, ""
+        else:
+            log.info(
+                "mailbox %s: connected to %s:%s; watching %s by %s",
+                self.label,
+                config.host,
+                config.port,
+                ", ".join(names),
+                how,
+            )
         while not self.stop_event.is_set():
             status = Status.IDLE if idle else Status.POLLING
             self.engine.report(self.user_id, status, self._folder_warning, 0)
@@ -320,7 +349,7 @@ class MailboxSession(SecondaryFolders):
         new_mail of this session is persisted."""
         engine = self.engine
         if await engine.pool.run(store.tell_connected, self.user_id, engine.node_id, token):
-            log.info("mailbox %s: first login with new credentials; user_connected", self.user_id)
+            log.info("mailbox %s: first login with new credentials; user_connected", self.label)
             if engine.on_new_deliveries:
                 engine.on_new_deliveries()
 
@@ -375,12 +404,12 @@ class MailboxSession(SecondaryFolders):
             )
             self.last_uid = baseline
             log.info(
-                "mailbox %s: baseline uid %d (uidvalidity %d)", self.user_id, baseline, uid_validity
+                "mailbox %s: baseline uid %d (uidvalidity %d)", self.label, baseline, uid_validity
             )
         elif config.uid_validity != uid_validity:
             log.warning(
                 "mailbox %s: UIDVALIDITY changed %s -> %s; catching up by date",
-                self.user_id,
+                self.label,
                 config.uid_validity,
                 uid_validity,
             )
@@ -445,12 +474,20 @@ class MailboxSession(SecondaryFolders):
         """Everything from UID 1: UIDs already delivered or skipped are not fetched again,
         so only mail never sent (e.g. older than the user) produces new_mail deliveries."""
         uids = sorted(await self._search("UID 1:*"))
-        log.info("mailbox %s: sweeping %d message(s)", self.user_id, len(uids))
+        log.info("mailbox %s: sweeping %d message(s)", self.label, len(uids))
         if uids:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
+        started = time.monotonic()
         await self._fetch_and_persist(config, uids, sweep=True)
         await self.engine.pool.run(
             store.finish_sweep, self.user_id, self.engine.node_id, config.sweep_requested_at
+        )
+        log.info(
+            "mailbox %s: sweep done: %d message(s) looked at in %.1fs (mail not sent before "
+            "goes out as new_mail)",
+            self.label,
+            len(uids),
+            time.monotonic() - started,
         )
 
     async def _catch_up_after_uidvalidity_change(
@@ -466,7 +503,7 @@ class MailboxSession(SecondaryFolders):
         uids = sorted(await self._search(f"SINCE {start.strftime('%d-%b-%Y')}"))
         log.info(
             "mailbox %s: %d message(s) since %s to check after the UIDVALIDITY change",
-            self.user_id,
+            self.label,
             len(uids),
             start.date(),
         )
@@ -509,7 +546,7 @@ class MailboxSession(SecondaryFolders):
                 sweep,
             )
             self.last_uid = max(self.last_uid or 0, max(m.uid for m in messages))
-            result.log_skips(self.user_id, self.uid_validity, config.folder)
+            result.log_skips(self.label, self.uid_validity, config.folder)
             self.engine.record_persisted(result)
             self._unpersisted[1].difference_update(batch)
 
@@ -565,7 +602,7 @@ class MailboxSession(SecondaryFolders):
             if not pending:
                 break
         for uid in pending:
-            log.warning("mailbox %s: uid %d present but never returned by FETCH", self.user_id, uid)
+            log.warning("mailbox %s: uid %d present but never returned by FETCH", self.label, uid)
             done[uid] = self._skipped(uid, meta, Reason.UNFETCHABLE)
         return [done[uid] for uid in uids]
 
@@ -612,7 +649,7 @@ class MailboxSession(SecondaryFolders):
                 raise CommandFailed("UID FETCH", tagged)
             log.info(
                 "mailbox %s: UID FETCH answered NO for some messages: %s",
-                self.user_id,
+                self.label,
                 tagged.text[:200],
             )
         if uid_set is not None:

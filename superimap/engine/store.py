@@ -86,6 +86,21 @@ class MailboxConfig:
     # MailboxUser.connect_pending as read: user_connected is owed once a login with these
     # credentials succeeds (tell_connected).
     connect_pending: str = ""
+    # The partner's name: with the provider code and the tag it names the mailbox in logs.
+    partner_name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The mailbox as the operator knows it: ``partner/connection/tag (id N)``."""
+        return mailbox_label(self.user_id, self.partner_name, self.provider_code, self.tag)
+
+
+def mailbox_label(user_id: int, partner: str = "", code: str = "", tag: str = "") -> str:
+    """``My app/PLAIN/alice (id 2)`` (``id 2`` alone while the names are not known yet).
+    Log lines carry it as data: the log formatters escape control characters in it."""
+    if not tag:
+        return f"id {user_id}"
+    return f"{partner}/{code}/{tag} (id {user_id})"
 
 
 @dataclass(frozen=True)
@@ -122,7 +137,7 @@ class PersistResult:
     # (uid, reason, message_id, size) of each skip, logged once the batch committed.
     skipped_rows: list[tuple[int, str, str, int]] = field(default_factory=list)
 
-    def log_skips(self, user_id: int, uid_validity: int, folder: str) -> None:
+    def log_skips(self, user_id: int | str, uid_validity: int, folder: str) -> None:
         """One INFO line per skip, for the operator (after the commit, so a rolled back
         batch that is fetched again does not log its skips twice)."""
         for uid, reason, message_id, size in self.skipped_rows:
@@ -155,7 +170,7 @@ def mailbox_configs(user_ids: list[int]) -> dict[int, MailboxConfig]:
     configs: dict[int, MailboxConfig] = {}
     for start in range(0, len(user_ids), CONFIG_BATCH):
         users = (
-            MailboxUser.objects.select_related("connection__provider")
+            MailboxUser.objects.select_related("connection__provider", "connection__partner")
             .order_by()
             .filter(id__in=user_ids[start : start + CONFIG_BATCH], archived=False)
         )
@@ -197,6 +212,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         idle_refresh=connection.effective_idle_refresh,
         folders=tuple(user.folders or connection.folders or ()),
         connect_pending=user.connect_pending,
+        partner_name=connection.partner.name,
     )
 
 

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from superimap import dboutage
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.gcfreeze import GcFreezer
@@ -28,6 +29,7 @@ from superimap.metrics import (
     ENGINE_METRICS,
     MAIL_SKIPPED,
     MAILBOX_SESSIONS,
+    NODES_TAKEN_OVER,
     expose,
 )
 from superimap.tracers.sender import TracerSender
@@ -39,6 +41,12 @@ FULL_READ_EVERY = 12  # refreshes between full read-backs of the held set (1 min
 # Changes are looked for from this long before the previous refresh: a row saved just
 # before that refresh may have committed after it (SQLite's busy timeout is 30 s).
 CHANGE_SLACK = timedelta(seconds=30)
+# Between refreshes, a node with a name lock renews its heartbeat this often and looks for
+# a node that died (engine/nodelock.py): its mailboxes are claimed at once.
+WATCH_EVERY = 1.0
+# A node whose name lock is free is dead once its heartbeat is also this much overdue (a
+# live node whose lock connection broke takes its lock back at its next beat).
+LOCK_GRACE_SECONDS = 2.0
 
 
 class Engine:
@@ -70,6 +78,7 @@ class Engine:
         self.refresh_interval = refresh_interval or float(settings.ENGINE_REFRESH_SECONDS)
         self.lease = lease or timedelta(seconds=settings.ENGINE_LEASE_SECONDS)
         self.node_alive = timedelta(seconds=settings.ENGINE_NODE_ALIVE_SECONDS)
+        self.lock_grace = timedelta(seconds=WATCH_EVERY + LOCK_GRACE_SECONDS)
         self.session_settings = session_settings or SessionSettings(
             idle_reissue=float(settings.IDLE_REISSUE_SECONDS),
             poll_interval=float(settings.POLL_INTERVAL),
@@ -81,6 +90,7 @@ class Engine:
         self.logins = login_limiter or LoginLimiter()
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
+        self._current: dict[int, str] = {}  # latest status per session, for the summary
         # The watching statuses (idle, polling, no failures) last written per running
         # session: a session reports one before every IDLE, i.e. after every new message,
         # and rewriting an unchanged row for each of them was thousands of UPDATEs per
@@ -107,6 +117,15 @@ class Engine:
 
     def report(self, user_id: int, status: str, error: str, failures: int) -> None:
         self._statuses[user_id] = (status, error, failures)
+        self._current[user_id] = status
+
+    def session_states(self) -> dict[str, int]:
+        """This engine's mailbox sessions by their latest status (the per-minute summary)."""
+        states: dict[str, int] = {}
+        for user_id in self.sessions:
+            status = str(self._current.get(user_id, "starting"))
+            states[status] = states.get(status, 0) + 1
+        return states
 
     def record_persisted(self, result: store.PersistResult) -> None:
         """After a batch committed: counters, and the worker woken for new deliveries."""
@@ -130,28 +149,60 @@ class Engine:
         tracers = asyncio.create_task(self.tracers.run(), name=f"tracers-{self.node_id}")
         try:
             while not stop.is_set():
-                if self.node_lock is not None and not await self.pool.run(
-                    self.node_lock.still_held
-                ):
-                    # Another process may run under this name now: stop before two do, and
-                    # leave the leases alone (they may be the other process's now).
-                    self._lock_lost = True
-                    raise RuntimeError(f"engine {self.node_id}: node name lock lost")
+                await self._check_lock()
                 try:
                     await self.refresh()
-                except Exception:  # noqa: BLE001 - the database may be briefly unavailable
-                    log.exception("engine %s: refresh failed; retrying", self.node_id)
+                except Exception as exc:  # noqa: BLE001 - the database may be briefly away
+                    if not dboutage.lost(exc):
+                        log.exception("engine %s: refresh failed; retrying", self.node_id)
                 if time.monotonic() - last_metrics >= METRICS_EVERY:
                     self.log_metrics()
                     last_metrics = time.monotonic()
-                try:
-                    await asyncio.wait_for(stop.wait(), self.refresh_interval)
-                except TimeoutError:
-                    pass
+                await self._until_next_refresh(stop)
         finally:
             tracers.cancel()
             await asyncio.gather(tracers, return_exceptions=True)
             await self.shutdown()
+
+    async def _check_lock(self) -> None:
+        if self.node_lock is not None and not await self.pool.run(self.node_lock.still_held):
+            # Another process may run under this name now: stop before two do, and leave
+            # the leases alone (they may be the other process's now).
+            self._lock_lost = True
+            raise RuntimeError(f"engine {self.node_id}: node name lock lost")
+
+    def _judge_locks(self) -> timedelta | None:
+        """The lock grace when this node may free others by their free name lock: only
+        with a name lock of its own, held without a break for a refresh and the grace
+        (after a PostgreSQL restart every node needs a beat to take its lock back)."""
+        lock = self.node_lock
+        steady = self.refresh_interval + LOCK_GRACE_SECONDS
+        if lock is not None and lock.steady(steady):
+            return self.lock_grace
+        return None
+
+    async def _until_next_refresh(self, stop: asyncio.Event) -> None:
+        """Wait a refresh interval. With a name lock, beat every second meanwhile (check
+        the lock, renew the heartbeat) and refresh at once when another node died (name
+        lock free, or lease over) or this node's row was freed."""
+        deadline = time.monotonic() + self.refresh_interval
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), min(left, WATCH_EVERY))
+                return
+            except TimeoutError:
+                pass
+            if self.node_lock is None:
+                continue
+            await self._check_lock()
+            try:
+                present, dead = await self.pool.run(
+                    leases.beat, self.node_id, self.lease, self._judge_locks()
+                )
+            except Exception:  # noqa: BLE001 - the refresh reports database trouble
+                continue
+            if dead or not present:
+                return
 
     async def refresh(self) -> None:
         full = self._held_as_of is None or self._refreshes % FULL_READ_EVERY == 0
@@ -166,7 +217,16 @@ class Engine:
             self.node_alive,
             len(self.sessions),
             self.started_at,
+            self.node_lock.kind if self.node_lock is not None else "",
+            self._judge_locks(),
         )
+        for name in claim.freed:
+            NODES_TAKEN_OVER.inc()
+            log.warning(
+                "engine %s: engine node %s is dead; its mailboxes are free to take over",
+                self.node_id,
+                name,
+            )
         # Only the mailboxes that changed are looked at (all of them after a full read):
         # an idle refresh costs the same at 10,000 sessions as at 10.
         touched, self._touched = self._touched, set()
@@ -233,6 +293,9 @@ class Engine:
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for user_id in user_ids:
+            if user_id not in self.sessions:
+                self._current.pop(user_id, None)
 
     async def flush_statuses(self) -> None:
         """Write the statuses reported since the last flush, except a watching status a
@@ -261,8 +324,9 @@ class Engine:
         try:
             await self.flush_statuses()
             await self.pool.run(leases.remove_node, self.node_id)
-        except Exception:  # noqa: BLE001 - leases expire by themselves
-            log.exception("engine %s: could not release leases", self.node_id)
+        except Exception as exc:  # noqa: BLE001 - leases expire by themselves
+            if not dboutage.lost(exc):
+                log.exception("engine %s: could not release leases", self.node_id)
         log.info("engine %s stopped: %d emails processed", self.node_id, self.emails_processed)
 
     def log_metrics(self) -> None:

@@ -1,7 +1,10 @@
 from django.contrib import admin, messages
+from django.db.models import Exists, OuterRef
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
+from superimap import healthz
 from superimap.admin_secrets import secret_form
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser, MailLog
@@ -45,7 +48,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "tag",
         "email",
         "connection",
-        "status",
+        "watch_status",
         "connected_at",
         "archived",
         "enable_tracer",
@@ -67,6 +70,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
     readonly_fields = [
         "connect_link",
         "disconnect_link",
+        "watch_status",
         "status",
         "last_error",
         "status_changed_at",
@@ -108,6 +112,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
             "Engine",
             {
                 "fields": [
+                    "watch_status",
                     "status",
                     "last_error",
                     "status_changed_at",
@@ -127,6 +132,25 @@ class MailboxUserAdmin(admin.ModelAdmin):
             },
         ),
     ]
+
+    def get_queryset(self, request):
+        from superimap.engine.models import EngineNode
+
+        live = EngineNode.objects.filter(
+            node_id=OuterRef("owner_node"),
+            last_seen__gte=timezone.now() - healthz.engine_dead_after(),
+        )
+        return super().get_queryset(request).annotate(owner_alive=Exists(live))
+
+    @admin.display(description="Status", ordering="status")
+    def watch_status(self, user):
+        """The stored status, or "engine_down" when the engine node holding the mailbox is
+        dead (healthz.shown_status)."""
+        alive = getattr(user, "owner_alive", False)
+        shown = healthz.shown_status(user, {user.owner_node} if alive else set())
+        if shown == healthz.ENGINE_DOWN:
+            return format_html('<strong style="color:#b00">{}</strong>', "engine down")
+        return user.get_status_display()
 
     @admin.display(description="Other folders (UIDVALIDITY/last UID)")
     def other_folders(self, user):

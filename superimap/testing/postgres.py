@@ -178,6 +178,21 @@ class PostgresServer:
                 shutil.rmtree(self.root, ignore_errors=True)
                 self.root = None
 
+    def restart(self, down_seconds: float = 0.0, while_down=None) -> None:
+        """Stop the server as ``pg_ctl restart`` does (fast shutdown: every client session
+        is ended), stay down ``down_seconds`` (calling ``while_down()`` first, if given),
+        and start it again on the same port."""
+        process = self._process
+        if process is None:
+            raise PostgresError("PostgresServer is not started")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+        started = time.monotonic()
+        if while_down is not None:
+            while_down()
+        time.sleep(max(0.0, down_seconds - (time.monotonic() - started)))
+        self._start_postgres()
+
     def _privileges(self) -> dict[str, Any]:
         """Popen arguments that run a program as the server user (PostgreSQL refuses root)."""
         if self._account is None:

@@ -24,7 +24,7 @@ import aiosmtplib
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import netguard
+from superimap import dboutage, netguard
 from superimap.engine import store
 from superimap.engine.connection import client_tls_context
 from superimap.mailboxes.models import MailboxUser
@@ -70,7 +70,7 @@ def pick_target(held: list[int], count: int) -> TracerTarget | None:
     if not candidates:
         return None
     user = (
-        MailboxUser.objects.select_related("connection__provider")
+        MailboxUser.objects.select_related("connection__provider", "connection__partner")
         .filter(id=random.choice(candidates))
         .first()
     )
@@ -128,8 +128,9 @@ class TracerSender:
                 await self.send_round()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a tracer round must never end the engine
-                log.exception("tracer round on %s failed", self.engine.node_id)
+            except Exception as exc:  # noqa: BLE001 - a tracer round must never end the engine
+                if not dboutage.lost(exc):
+                    log.exception("tracer round on %s failed", self.engine.node_id)
 
     async def send_round(self) -> TracerTarget | None:
         held = list(self.engine.sessions)

@@ -177,7 +177,8 @@ def test_a_nil_body_for_a_message_expunged_meanwhile_is_skipped_as_expunged(mail
     assert _skipped("expunged") == before + 1
     lines = [r.getMessage() for r in caplog.records if "skipped uid" in r.getMessage()]
     assert lines == [
-        f"mailbox {user.id}: skipped uid 2 (uidvalidity 7, INBOX) as expunged: "
+        f"mailbox {user.connection.partner.name}/{user.connection.provider.code}/{user.tag} "
+        f"(id {user.id}): skipped uid 2 (uidvalidity 7, INBOX) as expunged: "
         f"message_id=- size={row.size}"
     ]
 

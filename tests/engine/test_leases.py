@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from superimap.engine.leases import claim_mailboxes, remove_node
 from superimap.engine.models import EngineNode
+from superimap.engine.nodelock import NodeLock
 from superimap.mailboxes.models import MailboxUser
 from tests.engine.conftest import loopback_users
 
@@ -160,3 +161,38 @@ def test_an_idle_refresh_beside_another_node_does_not_rank_every_mailbox(users):
     ]
     # Only rows changed since the last refresh, and unowned ones: no scan of every mailbox.
     assert reads and all('"owner_node" =' in sql or '"updated_at" >=' in sql for sql in reads)
+
+
+GRACE = timedelta(seconds=3)
+
+
+def test_a_node_whose_name_lock_is_free_is_freed_before_the_lease(users, settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    lock = NodeLock("a").acquire()
+    claim("a", name_lock="flock")
+    age("a", 4)  # overdue by more than the grace, far from the 60 s lease
+    assert claim("b", lock_grace=GRACE).versions == {}  # its lock is held: alive
+    assert owners() == {"a": 30}
+    lock.release()  # what the kernel does when the process dies (kill -9 included)
+    taken = claim("b", lock_grace=GRACE)
+    assert len(taken.versions) == 30 and taken.freed == ("a",)
+    assert owners() == {"b": 30}
+
+
+def test_a_free_lock_with_a_fresh_heartbeat_is_not_death(users, settings, tmp_path):
+    """A live node whose lock connection broke takes the lock back at its next beat."""
+    settings.VAR_DIR = tmp_path
+    NodeLock("a").acquire().release()
+    claim("a", name_lock="flock")
+    age("a", 1)
+    assert claim("b", lock_grace=GRACE).versions == {}
+    assert claim("c").versions == {}  # without lock_grace: only the lease counts
+    assert owners() == {"a": 30}
+
+
+def test_a_node_without_a_name_lock_waits_for_the_lease(users, settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    claim("a")
+    age("a", 30)
+    assert claim("b", lock_grace=GRACE).versions == {}
+    assert owners() == {"a": 30}

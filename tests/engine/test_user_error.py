@@ -170,8 +170,12 @@ def test_the_first_auth_back_off_after_a_dropped_connection_is_the_first(mailbox
     retries = [
         (match.group(1), float(match.group(2)))
         for record in caplog.records
-        if (match := re.search(r"mailbox \d+: (.*); retry \d+ in ([\d.]+)s", record.getMessage()))
-        and f"mailbox {user.id}:" in record.getMessage()
+        if (
+            match := re.search(
+                r"mailbox .*?\(id \d+\): (.*); retry \d+ in ([\d.]+)s", record.getMessage()
+            )
+        )
+        and f"(id {user.id}):" in record.getMessage()
     ]
     assert len(retries) == 2, retries
     (dropped, first_delay), (refused, auth_delay) = retries

@@ -9,6 +9,7 @@ from django import template
 from django.db.models import Count
 from django.utils import timezone
 
+from superimap import healthz
 from superimap.delivery.health import failing_endpoints
 from superimap.delivery.models import Delivery
 from superimap.engine.models import EngineNode
@@ -42,7 +43,10 @@ def overview() -> dict:
         )
     )
     latencies = sorted((d - s).total_seconds() for s, d in tracers if d is not None)
+    _, health = healthz.report()
     return {
+        "health_problems": health["problems"],
+        "unwatched": healthz.unwatched_count(now),
         "mailboxes": [
             (label, statuses.get(value, 0)) for value, label in MailboxUser.Status.choices
         ],

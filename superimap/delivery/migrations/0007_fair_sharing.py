@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('delivery', '0005_ordering_retry_failures_and_purge_indexes'),
+        ('delivery', '0006_worker_heartbeats'),
         ('mailboxes', '0011_mailboxuser_connect_pending'),
         ('partners', '0012_partner_names_and_host_names'),
     ]
