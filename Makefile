@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench bench-engine bench-delivery bench-e2e system-deps clean
+.PHONY: run test lint bench bench-engine bench-delivery bench-e2e bench-fairness system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,3 +51,10 @@ BACKEND ?= sqlite
 bench-e2e: $(STAMP)
 	$(BIN)/python -m superimap.bench.e2e --out bench-results/e2e.json --rate $(RATE) \
 		--mailboxes $(MAILBOXES) --duration $(DURATION) --mode $(MODE) --backend $(BACKEND)
+
+# Partner B's push -> webhook latency while partner A's endpoint hangs (and without A).
+bench-fairness: $(STAMP)
+	$(BIN)/python -m superimap.bench.fairness --out bench-results/fairness.json \
+		--scenario without_a --runs 3
+	$(BIN)/python -m superimap.bench.fairness --out bench-results/fairness.json \
+		--scenario with_a --runs 3

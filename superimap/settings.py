@@ -85,6 +85,12 @@ if ENGINE_REFRESH_SECONDS * 2 > ENGINE_LEASE_SECONDS:
     raise ConfigError("ENGINE_LEASE_SECONDS", "must be at least twice ENGINE_REFRESH_SECONDS")
 WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 50, minimum=1, maximum=10000)
 WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 30, minimum=1, maximum=300)
+# Fair sharing (delivery/fairness.py), per worker: POSTs open at once per partner and per
+# endpoint (partner and kind); 0 means 60 % / 40 % of WEBHOOK_CONCURRENCY. A slow endpoint
+# (a POST open 5 s, or its last attempt took 5 s or got no answer) gets the third.
+WEBHOOK_PARTNER_CONCURRENCY = env_int("WEBHOOK_PARTNER_CONCURRENCY", 0, minimum=0)
+WEBHOOK_ENDPOINT_CONCURRENCY = env_int("WEBHOOK_ENDPOINT_CONCURRENCY", 0, minimum=0)
+WEBHOOK_SLOW_ENDPOINT_CONCURRENCY = env_int("WEBHOOK_SLOW_ENDPOINT_CONCURRENCY", 4, minimum=1)
 # A claimed delivery whose worker died is sent again once its lease is over.
 WEBHOOK_LEASE_SECONDS = env_int("WEBHOOK_LEASE_SECONDS", WEBHOOK_TIMEOUT + 30, minimum=2)
 if WEBHOOK_LEASE_SECONDS <= WEBHOOK_TIMEOUT:
@@ -110,6 +116,10 @@ WEBHOOK_FAILING_AFTER = env_int("WEBHOOK_FAILING_AFTER", 5, minimum=1, maximum=1
 # again, oldest first, at most WEBHOOK_AUTO_REPLAY_RATE per second (0 hours: off).
 WEBHOOK_AUTO_REPLAY_HOURS = env_int("WEBHOOK_AUTO_REPLAY_HOURS", 72, minimum=0, maximum=24 * 90)
 WEBHOOK_AUTO_REPLAY_RATE = env_int("WEBHOOK_AUTO_REPLAY_RATE", 50, minimum=1, maximum=10000)
+# Replay and retry (API and dashboard) re-queue at most this many deliveries of a partner
+# at once, refilled at this many per second (delivery/replaylimit.py): 429 + Retry-After.
+WEBHOOK_REPLAY_BURST = env_int("WEBHOOK_REPLAY_BURST", 1000, minimum=1, maximum=10_000_000)
+WEBHOOK_REPLAY_PER_SECOND = env_int("WEBHOOK_REPLAY_PER_SECOND", 20, minimum=1, maximum=100_000)
 # A 429's Retry-After is honoured up to this many seconds.
 WEBHOOK_RETRY_AFTER_MAX = env_int("WEBHOOK_RETRY_AFTER_MAX", 3600, minimum=1, maximum=86400)
 # Payload bodies of delivered new_mail webhooks are purged after this many days, failed

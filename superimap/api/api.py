@@ -32,6 +32,7 @@ from superimap.api.schemas import (
     UserOut,
     UserUpdate,
 )
+from superimap.delivery.replaylimit import ReplayLimited
 from superimap.partners.models import Partner
 
 
@@ -101,6 +102,15 @@ def _public_loc(loc) -> list:
     if len(loc) >= 2 and loc[0] == "body":
         del loc[1]
     return loc
+
+
+@api.exception_handler(ReplayLimited)
+def _replay_limited(request, exc: ReplayLimited):
+    if exc.retry_after is None:
+        return error_response(422, "replay_too_large", exc.message)
+    response = error_response(429, "replay_rate_limited", exc.message)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @api.exception_handler(ValidationError)
@@ -457,21 +467,36 @@ def list_deliveries(
 
 
 @api.post(
-    "/deliveries/{event_id}/retry", response={200: DeliveryOut, **WRITE_ERRORS}, tags=["deliveries"]
+    "/deliveries/{event_id}/retry",
+    response={200: DeliveryOut, **WRITE_ERRORS, 429: ErrorOut},
+    tags=["deliveries"],
 )
 def retry_delivery(request, event_id: uuid.UUID):
-    """Send a failed, skipped or cancelled delivery again now, with a fresh round of retries."""
+    """Send a failed, skipped or cancelled delivery again now, with a fresh round of retries.
+    Counts as one against the partner's replay limit (429 with Retry-After when spent)."""
     return service.retry_delivery(request.auth, event_id)
 
 
 @api.post(
     "/deliveries/replay",
-    response={200: ReplayOut, 400: ErrorOut, 401: ErrorOut, 413: ErrorOut, 422: ErrorOut},
+    response={
+        200: ReplayOut,
+        400: ErrorOut,
+        401: ErrorOut,
+        413: ErrorOut,
+        422: ErrorOut,
+        429: ErrorOut,
+    },
     tags=["deliveries"],
 )
 def replay_deliveries(request, body: ReplayIn):
     """Send the partner's deliveries created in [since, until) again, delivered ones too,
     with the same event_id (receivers dedupe on it), optionally only one event kind, user or
     status. Pending ones are queued already and left alone; deliveries whose payload was
-    purged by retention cannot be replayed (not_replayable). Returns how many were queued."""
+    purged by retention cannot be replayed (not_replayable). Returns how many were queued.
+
+    Rate limited per partner (WEBHOOK_REPLAY_BURST deliveries at once, refilled at
+    WEBHOOK_REPLAY_PER_SECOND): a replay that does not fit is refused whole with 429
+    `replay_rate_limited` and Retry-After; one larger than the burst with 422
+    `replay_too_large` (split the range)."""
     return service.replay_deliveries(request.auth, body)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from superimap import healthz
 from superimap.api.errors import ApiError
 from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUpdate
+from superimap.delivery import replaylimit
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.credentials import REFUSED, UNTRUSTED, check_login
 from superimap.mailboxes.links import make_link
@@ -412,7 +414,9 @@ def retry_delivery(partner: Partner, event_id) -> dict:
         raise ApiError(409, "already_delivered", "This delivery succeeded already.")
     if delivery.status == Delivery.Status.PENDING:
         raise ApiError(409, "pending", "This delivery is queued already.")
-    Delivery.retry_now(Delivery.objects.filter(id=delivery.id))
+    with transaction.atomic():
+        replaylimit.charge(partner.id, 1)
+        Delivery.retry_now(Delivery.objects.filter(id=delivery.id))
     delivery.refresh_from_db()
     return delivery_out(delivery)
 
@@ -466,5 +470,8 @@ def replay_deliveries(partner: Partner, body) -> dict:
         deliveries = deliveries.filter(user__tag=body.user_tag)
     if body.status:
         deliveries = deliveries.filter(status=body.status)
-    purged = deliveries.filter(payload_purged_at__isnull=False).count()
-    return {"queued": Delivery.replay(deliveries), "not_replayable": purged}
+    with transaction.atomic():
+        purged = deliveries.filter(payload_purged_at__isnull=False).count()
+        # Charged for what it would queue, before queueing: refused whole or done whole.
+        replaylimit.charge(partner.id, deliveries.filter(payload_purged_at__isnull=True).count())
+        return {"queued": Delivery.replay(deliveries), "not_replayable": purged}

@@ -1,12 +1,15 @@
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 from django.utils.html import format_html
 
 from superimap import healthz
 from superimap.console import CONSOLE_CSS
+from superimap.delivery import replaylimit
 from superimap.delivery.models import Delivery, DeliveryAttempt, EndpointHealth, WorkerNode
 from superimap.mailboxes.models import MailLog
+from superimap.partners.models import Partner
 
 
 def _subject_of():
@@ -129,16 +132,32 @@ class DeliveryAdmin(admin.ModelAdmin):
         seconds = (delivery.delivered_at - delivery.created_at).total_seconds()
         return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
+    def _per_partner(self, request, queryset, requeue, requeueable) -> int:
+        """Re-queue each partner's part of `queryset` within its replay limit, as the API
+        does (replaylimit.py): charged what `requeueable(rows)` holds, then `requeue(rows)`.
+        A partner over its limit gets nothing queued and an error line."""
+        total = 0
+        for partner_id in sorted(set(queryset.values_list("partner_id", flat=True))):
+            rows = queryset.filter(partner_id=partner_id)
+            try:
+                with transaction.atomic():
+                    replaylimit.charge(partner_id, requeueable(rows).count())
+                    total += requeue(rows)
+            except replaylimit.ReplayLimited as exc:
+                partner = Partner.objects.filter(id=partner_id).first()
+                self.message_user(request, f"{partner}: nothing queued. {exc}", messages.ERROR)
+        return total
+
     @admin.action(description="Retry now")
     def retry_now(self, request, queryset):
-        count = Delivery.retry_now(queryset)
+        count = self._per_partner(request, queryset, Delivery.retry_now, _retryable)
         self.message_user(request, f"{count} delivery(ies) queued for a retry.", messages.SUCCESS)
 
     @admin.action(description="Retry all failed deliveries of the selected deliveries' partners")
     def retry_all_failed_for_partner(self, request, queryset):
         partner_ids = set(queryset.values_list("partner_id", flat=True))
         failed = Delivery.objects.filter(partner_id__in=partner_ids, status=Delivery.Status.FAILED)
-        count = Delivery.retry_now(failed)
+        count = self._per_partner(request, failed, Delivery.retry_now, _retryable)
         self.message_user(
             request, f"{count} failed delivery(ies) queued for a retry.", messages.SUCCESS
         )
@@ -146,11 +165,21 @@ class DeliveryAdmin(admin.ModelAdmin):
     @admin.action(description="Replay: send again with the same event_id (delivered ones too)")
     def replay(self, request, queryset):
         purged = queryset.filter(payload_purged_at__isnull=False).count()
-        count = Delivery.replay(queryset)
+        count = self._per_partner(request, queryset, Delivery.replay, _replayable)
         message = f"{count} delivery(ies) queued to be sent again."
         if purged:
             message += f" {purged} had their payload purged by retention and cannot be replayed."
         self.message_user(request, message, messages.SUCCESS)
+
+
+def _retryable(rows):
+    """What Delivery.retry_now re-queues."""
+    return rows.exclude(status__in=[Delivery.Status.PENDING, Delivery.Status.DELIVERED])
+
+
+def _replayable(rows):
+    """What Delivery.replay re-queues."""
+    return rows.exclude(status=Delivery.Status.PENDING).filter(payload_purged_at__isnull=True)
 
 
 @admin.register(EndpointHealth)

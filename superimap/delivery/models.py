@@ -64,7 +64,12 @@ class Delivery(models.Model):
         ordering = ["-id"]
         verbose_name_plural = "deliveries"
         indexes = [
-            models.Index(fields=["status", "next_attempt_at"]),
+            # The claim walks due rows in this order; partner and kind let it skip a full
+            # partner's backlog on the index alone (fairness.py, design.md 5.1).
+            models.Index(
+                fields=["status", "next_attempt_at", "id", "partner", "kind"],
+                name="delivery_due_by_endpoint",
+            ),
             # Per-user order (queue.ORDER_GATE): is an earlier delivery of this user still
             # pending; has a later user_disconnected of this user gone out. Partial, so
             # small: pending rows, user_disconnected rows.
@@ -208,6 +213,21 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.delivery_id}"
+
+
+class ReplayAllowance(models.Model):
+    """A partner's token bucket for re-queueing finished deliveries (replay, retry): up to
+    WEBHOOK_REPLAY_BURST at once, refilled at WEBHOOK_REPLAY_PER_SECOND (replaylimit.py).
+    One row per partner, created at its first replay."""
+
+    partner = models.OneToOneField(
+        Partner, on_delete=models.CASCADE, related_name="replay_allowance"
+    )
+    tokens = models.FloatField()
+    refilled_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.partner}: {self.tokens:.0f} replays left"
 
 
 class WorkerNode(models.Model):

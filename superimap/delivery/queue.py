@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from superimap.delivery import health
+from superimap.delivery import fairness, health
 from superimap.delivery.http import PostResult
 from superimap.delivery.models import Delivery, DeliveryAttempt, EndpointHealth
 from superimap.fields import decrypt
@@ -189,14 +189,24 @@ def _signing(cursor, partner_ids: set[int], now: datetime) -> dict[int, _Signing
     return result
 
 
-def claim_due(node_id: str, limit: int, now: datetime, lease: timedelta) -> list[Claimed]:
+def claim_due(
+    node_id: str,
+    limit: int,
+    now: datetime,
+    lease: timedelta,
+    room: fairness.Room | None = None,
+) -> list[Claimed]:
     """Plain SQL (the ORM cost more than the queries): one SELECT of due rows, one of their
-    partners' signing settings, one of paused endpoints, one UPDATE that takes the rows."""
+    partners' signing settings, one of paused endpoints, one UPDATE that takes the rows.
+
+    With a `room` (the worker's fair shares), full partners and endpoints are skipped and
+    at most each one's room is taken (fairness.fair_rows: up to three SELECTs)."""
     due, _, paused_sql = _claim_sql(connection.vendor)
     with transaction.atomic(), connection.cursor() as cursor:
         db_now = _db_time(now)
-        cursor.execute(due, [Delivery.Status.PENDING.value, db_now, db_now, limit])
-        rows = _cancel_superseded(cursor, cursor.fetchall())
+        params = [Delivery.Status.PENDING.value, db_now, db_now]
+        rows = fairness.fair_rows(cursor, due, params, limit, room)
+        rows = _cancel_superseded(cursor, rows)
         if not rows:
             return []
         cursor.execute(paused_sql, [db_now])

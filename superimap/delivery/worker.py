@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from superimap import dboutage
 from superimap.dbpool import DbPool
-from superimap.delivery import health, heartbeat, queue
+from superimap.delivery import fairness, health, heartbeat, queue
 from superimap.delivery.failurelog import FailureLog, endpoint_label
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
@@ -68,6 +68,11 @@ class Worker:
         self.lease = lease
         self.poll_interval = poll_interval or settings.WEBHOOK_POLL_MS / 1000
         self.claim_at_least = max(1, self.concurrency // CLAIM_FRACTION)
+        # Fair sharing between partners (fairness.py): open POSTs per partner and endpoint.
+        self.shares = fairness.Shares(fairness.Caps.for_concurrency(self.concurrency))
+        self._work_arrived = False
+        self._finished_since_claim = 0
+        self._idle_poll = True  # a poll interval passed with nothing waking us
         self.clock = clock
         self._wake = asyncio.Event()
         self._outcomes: list[queue.Outcome] = []
@@ -92,6 +97,7 @@ class Worker:
 
     def wake(self) -> None:
         """New deliveries were just committed: look now instead of at the next poll."""
+        self._work_arrived = True
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -111,7 +117,7 @@ class Worker:
                 # Cleared before claiming: a send finishing during the claim wakes us again.
                 self._wake.clear()
                 free = self.concurrency - self._inflight
-                if self._inflight and free < self.claim_at_least:
+                if self._inflight and not self._claim_now(free):
                     # Claim in batches, not one row per finished send: a claim costs
                     # about as much for one row as for dozens.
                     await self._sleep(stop)
@@ -127,6 +133,7 @@ class Worker:
                     continue
                 for item in claimed:
                     self._inflight += 1
+                    self.shares.opened(item.id, item.partner_id, item.kind)
                     task = asyncio.create_task(self._send(session, item, self._epoch))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -161,7 +168,11 @@ class Worker:
         try:
             await self.housekeep()
             while claimed := await self._claim(self.concurrency):
+                for item in claimed:
+                    self.shares.opened(item.id, item.partner_id, item.kind)
                 outcomes = await asyncio.gather(*(self._attempt(session, c) for c in claimed))
+                for outcome in outcomes:
+                    self._closed(outcome)
                 await self._record(list(outcomes))
                 total += len(claimed)
         finally:
@@ -207,18 +218,43 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPLAY_INTERVAL)
 
+    def _claim_now(self, free: int) -> bool:
+        """While sends are in flight: claim when new work came in, when a batch of sends
+        finished (free slots alone do not say so: the full partners' rows are not
+        claimable), or when a poll interval passed (retries that came due)."""
+        if free <= 0:
+            return False
+        return (
+            self._work_arrived
+            or self._finished_since_claim >= self.claim_at_least
+            or self._idle_poll
+        )
+
     async def _claim(self, free: int) -> list[queue.Claimed]:
         if free <= 0:
             return []
+        # Looking past full partners' backlog costs a walk over it: only for new work.
+        news = self._work_arrived or self._idle_poll
+        self._work_arrived = self._idle_poll = False
+        self._finished_since_claim = 0
         return await self.pool.run(
-            queue.claim_due, self.node_id, min(free, CLAIM_BATCH), self.clock(), self.lease
+            queue.claim_due,
+            self.node_id,
+            min(free, CLAIM_BATCH),
+            self.clock(),
+            self.lease,
+            self.shares.room(fairness.CLAIM_ROUNDS if news else 1),
         )
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
-        await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+        )
         for waiter in waiters:
             waiter.cancel()
+        if not done:
+            self._idle_poll = True
 
     async def _attempt(self, session, claimed: queue.Claimed) -> queue.Outcome:
         started_at = self.clock()
@@ -320,6 +356,7 @@ class Worker:
                 log.exception("worker %s could not hand back %d claims", self.node_id, len(unsent))
 
     async def _send(self, session, claimed: queue.Claimed, epoch: int = 0) -> None:
+        outcome = None
         try:
             if epoch != self._epoch or not self.claims_valid():
                 # Found dead, or may be by now: another worker sends it. Not sent here.
@@ -331,7 +368,18 @@ class Worker:
             self._have_outcomes.set()
         finally:
             self._inflight -= 1
+            self._finished_since_claim += 1
+            if outcome is None:  # not sent (found dead) or cancelled: says nothing of it
+                self.shares.dropped(claimed.id)
+            else:
+                self._closed(outcome)
             self._wake.set()
+
+    def _closed(self, outcome: queue.Outcome) -> None:
+        result = outcome.result
+        # No URL (skipped) is not the endpoint's fault: only a missing answer makes it slow.
+        answered = result.status_code is not None or not outcome.claimed.url
+        self.shares.closed(outcome.claimed.id, answered, result.duration_ms / 1000)
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while True:

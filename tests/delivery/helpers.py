@@ -80,7 +80,7 @@ def make_partner(url: str | None, **extra) -> Partner:
             "user_connected_webhook": f"{url}/connected",
             "user_disconnected_webhook": f"{url}/disconnected",
         }
-    return Partner.objects.create(name="Hook app", **{**urls, **extra})
+    return Partner.objects.create(**{"name": "Hook app", **urls, **extra})
 
 
 def make_user(partner: Partner, **extra) -> MailboxUser:

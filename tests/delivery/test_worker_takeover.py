@@ -27,7 +27,15 @@ def test_a_killed_workers_claims_are_sent_by_the_live_worker_in_seconds(
 ):
     # 0.2 s per answer: the workers are mid-batch (20 in flight each) when one is killed.
     receiver = make_receiver(responses=lambda event: Hang(0.2))
-    env = superimap_env(database_url, tmp_path / "var", WEBHOOK_CONCURRENCY="20")
+    # One partner here: its fair share (fairness.py) is all 20 slots, so each worker has a
+    # full batch in flight.
+    env = superimap_env(
+        database_url,
+        tmp_path / "var",
+        WEBHOOK_CONCURRENCY="20",
+        WEBHOOK_PARTNER_CONCURRENCY="20",
+        WEBHOOK_ENDPOINT_CONCURRENCY="20",
+    )
     script = tmp_path / "insert.py"
     script.write_text(INSERT_SCRIPT)
     run_env = {**env, "RECEIVER_URL": receiver.url, "COUNT": str(COUNT)}
