@@ -16,12 +16,19 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import dboutage
+from superimap import dboutage, rollups
 from superimap.dbpool import DbPool
 from superimap.delivery import health, heartbeat, queue
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
-from superimap.metrics import WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
+from superimap.metrics import (
+    COMMIT_TO_DELIVERED,
+    RESPONSE_CLASSES,
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_RESPONSE,
+    WORKER_METRICS,
+    expose,
+)
 
 log = logging.getLogger("superimap.worker")
 
@@ -349,3 +356,24 @@ class Worker:
             key = str(status)  # plain text in logs and JSON, not the enum repr
             self.counts[key] = self.counts.get(key, 0) + count
             WEBHOOK_ATTEMPTS.labels(outcome=key).inc(count)
+        _observe(outcomes)
+
+
+def _observe(outcomes: list[queue.Outcome]) -> None:
+    """Latency histograms (/metrics) and this minute's rollup (superimap/rollups.py)."""
+    now = time.time()
+    commit_seconds = []
+    for outcome in outcomes:
+        result = outcome.result
+        if result.status_code is None:
+            label = "error"
+        else:
+            label = RESPONSE_CLASSES[min(max(result.status_code // 100 - 2, 0), 3)]
+        if outcome.claimed.url:
+            WEBHOOK_RESPONSE.labels(outcome=label).observe(result.duration_ms / 1000)
+        if result.succeeded and outcome.claimed.url:
+            seconds = max(0.0, now - outcome.claimed.created_at.timestamp())
+            commit_seconds.append(seconds)
+            COMMIT_TO_DELIVERED.labels(kind=outcome.claimed.kind).observe(seconds)
+    delivered = len(commit_seconds)
+    rollups.RECORDER.record_outcomes(delivered, len(outcomes) - delivered, commit_seconds)

@@ -121,6 +121,8 @@ class PersistResult:
     skips: Counter[str] = field(default_factory=Counter)  # reason -> count
     # (uid, reason, message_id, size) of each skip, logged once the batch committed.
     skipped_rows: list[tuple[int, str, str, int]] = field(default_factory=list)
+    # INTERNALDATE of each new mail that has one: push -> commit latency (rollups.py).
+    internal_dates: list[datetime] = field(default_factory=list)
 
     def log_skips(self, user_id: int, uid_validity: int, folder: str) -> None:
         """One INFO line per skip, for the operator (after the commit, so a rolled back
@@ -439,6 +441,8 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
         next_attempt_at=timezone.now(),
     )
     result.new += 1
+    if message.internal_date is not None:
+        result.internal_dates.append(message.internal_date)
 
 
 def _log_row(user, uid_validity, folder, message, reason, env, sha1, identity) -> MailLog:
