@@ -185,7 +185,7 @@ def window(name: str, now: datetime, minutes: int, step: int) -> Window:
 
 def _link(admin_model: str, **filters) -> str:
     query = {
-        key: value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else value
+        key: value.isoformat(timespec="seconds") if isinstance(value, datetime) else value
         for key, value in filters.items()
     }
     url = reverse(f"admin:{admin_model}_changelist")
