@@ -2,7 +2,7 @@
 
 The engine and the worker count what they do in memory (new mails, webhooks delivered and
 failed, latency histograms) and each process writes one MinuteRollup row per minute: the
-current minute's row is upserted every FLUSH_SECONDS with the totals so far (a retry after
+current minute's row is upserted every ROLLUP_FLUSH_SECONDS with the totals so far (a retry after
 a failed write writes the same totals again: nothing counted twice), earlier minutes once
 more when they end. The overview reads a day of these rows (1,440 per process) instead of
 computing rates and percentiles over the Delivery table at page load.
@@ -31,7 +31,6 @@ log = logging.getLogger("superimap.rollups")
 
 BOUNDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 BUCKETS = len(BOUNDS) + 1  # the last bucket: slower than BOUNDS[-1]
-FLUSH_SECONDS = 10.0
 KEEP_IN_MEMORY = 24 * 60  # minutes not yet written survive a day-long database outage
 RETENTION_EVERY = 3600.0
 
@@ -178,7 +177,7 @@ async def flush_once(pool, source: str, *, backlog: bool, recorder: Recorder = R
 
 
 async def flush_loop(pool, source: str, stop: asyncio.Event, *, backlog: bool) -> None:
-    """Write this process's rollups every FLUSH_SECONDS until ``stop``, once more after;
+    """Write this process's rollups every ROLLUP_FLUSH_SECONDS until ``stop``, once more after;
     ``backlog``: this process runs a worker, which measures the backlog once a minute."""
     from superimap import dboutage
 
@@ -196,4 +195,4 @@ async def flush_loop(pool, source: str, stop: asyncio.Event, *, backlog: bool) -
         if stopping:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), FLUSH_SECONDS)
+            await asyncio.wait_for(stop.wait(), settings.ROLLUP_FLUSH_SECONDS)
