@@ -9,8 +9,8 @@ from datetime import datetime
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 520, 150
-LEFT, RIGHT, TOP, BOTTOM = 52, 8, 20, 20
+WIDTH, HEIGHT = 440, 160
+LEFT, RIGHT, TOP, BOTTOM = 52, 8, 34, 20
 
 
 @dataclass
@@ -18,6 +18,7 @@ class Series:
     name: str
     values: list[float | None]  # one per point; None: no data for that point
     color: str
+    dashed: bool = False
 
 
 def _nice(top: float) -> float:
@@ -101,17 +102,21 @@ def line_chart(
             end.strftime("%H:%M"),
         ),
     ]
-    legend_x = LEFT
+    legend_x, legend_y = LEFT, 12
     for s in series:
+        width = 18 + 6.5 * len(s.name)
+        if legend_x + width > WIDTH:
+            legend_x, legend_y = LEFT, legend_y + 14
         parts.append(
             format_html(
-                '<text x="{}" y="13" font-size="12" fill="{}">&#9632; {}</text>',
-                legend_x,
+                '<text x="{}" y="{}" font-size="11" fill="{}">&#9632; {}</text>',
+                f"{legend_x:.0f}",
+                legend_y,
                 s.color,
                 s.name,
             )
         )
-        legend_x += 14 + 7 * len(s.name)
+        legend_x += width
         # A line per run of points with data: a gap where a minute has none.
         run: list[str] = []
         runs: list[list[str]] = []
@@ -134,9 +139,11 @@ def line_chart(
                 parts.append(
                     format_html(
                         '<polyline class="series" data-series="{}" fill="none" stroke="{}" '
-                        'stroke-width="1.5" points="{}"/>',
+                        'stroke-width="{}" stroke-dasharray="{}" points="{}"/>',
                         s.name,
                         s.color,
+                        "1.5" if s.dashed else "2",
+                        "4 3" if s.dashed else "none",
                         " ".join(run),
                     )
                 )
