@@ -2,8 +2,8 @@
 imap-client` and `superimap worker` (processes of their own), a receiver that checks both
 signatures, and `superimap web`; then the IMAP server goes away and the page says so.
 
-OVERVIEW_PUSH_SECONDS and OVERVIEW_PUSH_RATE (default 5 s at 10/s) push more; OVERVIEW_SCREENSHOTS=DIR saves the two
-screenshots the README shows (docs/screenshots/)."""
+OVERVIEW_PUSH_SECONDS and OVERVIEW_PUSH_RATE (default 5 s at 10/s) push more;
+OVERVIEW_SCREENSHOTS=DIR saves the two screenshots the README shows (docs/screenshots/)."""
 
 from __future__ import annotations
 
