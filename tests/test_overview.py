@@ -222,3 +222,20 @@ def test_the_worker_measures_the_backlog_once_a_minute(seeded_providers, user):
     row = MinuteRollup.objects.get(source="worker-c")
     assert row.backlog == 1
     assert row.backlog_oldest_seconds >= 29
+
+
+def test_push_time_is_the_exists_within_the_internaldate_second_else_the_internaldate():
+    from datetime import UTC, datetime
+
+    from superimap.engine.store import FetchedMessage
+
+    internal = datetime(2026, 12, 6, 21, 0, 0, tzinfo=UTC)
+    stamp = internal.timestamp()
+
+    def message(seen_at):
+        return FetchedMessage(uid=1, size=1, internal_date=internal, raw=b"x", seen_at=seen_at)
+
+    assert message(stamp + 0.42).pushed_at() == stamp + 0.42  # IDLE: EXISTS in that second
+    assert message(stamp + 90).pushed_at() == stamp  # caught up later: INTERNALDATE
+    assert message(None).pushed_at() == stamp
+    assert FetchedMessage(uid=1, size=1, internal_date=None, raw=b"x").pushed_at() is None

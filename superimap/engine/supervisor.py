@@ -126,7 +126,7 @@ class Engine:
         EMAILS_PROCESSED.inc(result.new + result.tracers)
         if result.new:
             now = time.time()
-            push = [max(0.0, now - d.timestamp()) for d in result.internal_dates]
+            push = [max(0.0, now - pushed) for pushed in result.pushed_at]
             for seconds in push:
                 PUSH_TO_COMMIT.observe(seconds)
             rollups.RECORDER.record_new_mails(result.new, push)
