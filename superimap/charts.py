@@ -9,7 +9,7 @@ from datetime import datetime
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 440, 160
+WIDTH, HEIGHT = 325, 160
 LEFT, RIGHT, TOP, BOTTOM = 52, 8, 34, 20
 
 
@@ -104,7 +104,7 @@ def line_chart(
     ]
     legend_x, legend_y = LEFT, 12
     for s in series:
-        width = 18 + 6.5 * len(s.name)
+        width = 18 + 6.8 * len(s.name)
         if legend_x + width > WIDTH:
             legend_x, legend_y = LEFT, legend_y + 14
         parts.append(
