@@ -359,6 +359,11 @@ class Worker:
         _observe(outcomes)
 
 
+# Labelled histogram children, looked up once: labels() takes a lock and builds a key.
+_RESPONSE = {label: WEBHOOK_RESPONSE.labels(outcome=label) for label in RESPONSE_CLASSES}
+_COMMIT: dict[str, object] = {}
+
+
 def _observe(outcomes: list[queue.Outcome]) -> None:
     """Latency histograms (/metrics) and this minute's rollup (superimap/rollups.py)."""
     now = time.time()
@@ -370,10 +375,14 @@ def _observe(outcomes: list[queue.Outcome]) -> None:
         else:
             label = RESPONSE_CLASSES[min(max(result.status_code // 100 - 2, 0), 3)]
         if outcome.claimed.url:
-            WEBHOOK_RESPONSE.labels(outcome=label).observe(result.duration_ms / 1000)
+            _RESPONSE[label].observe(result.duration_ms / 1000)
         if result.succeeded and outcome.claimed.url:
             seconds = max(0.0, now - outcome.claimed.created_at.timestamp())
             commit_seconds.append(seconds)
-            COMMIT_TO_DELIVERED.labels(kind=outcome.claimed.kind).observe(seconds)
+            kind = outcome.claimed.kind
+            child = _COMMIT.get(kind) or _COMMIT.setdefault(
+                kind, COMMIT_TO_DELIVERED.labels(kind=kind)
+            )
+            child.observe(seconds)
     delivered = len(commit_seconds)
     rollups.RECORDER.record_outcomes(delivered, len(outcomes) - delivered, commit_seconds)
