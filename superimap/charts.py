@@ -9,7 +9,7 @@ from datetime import datetime
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 325, 160
+WIDTH, HEIGHT = 312, 160
 LEFT, RIGHT, TOP, BOTTOM = 52, 8, 34, 20
 
 
