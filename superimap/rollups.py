@@ -9,9 +9,9 @@ computing rates and percentiles over the Delivery table at page load.
 
 Latencies go in histograms over BOUNDS (seconds), the same buckets as the Prometheus
 histograms, so several processes' minutes add up bucket by bucket and p50/p99 come from
-the sum. Push -> commit is measured by the engine from the message's INTERNALDATE (the
-IMAP server's arrival time, whole seconds) to the commit of its Delivery row; commit -> 2xx
-by the worker from the Delivery row's creation to the 2xx answer.
+the sum. Push -> commit is measured by the engine from the push (FetchedMessage.pushed_at:
+the EXISTS that announced the message, or its INTERNALDATE) to the commit of its Delivery
+row; commit -> 2xx by the worker from the Delivery row's creation to the 2xx answer.
 """
 
 from __future__ import annotations
