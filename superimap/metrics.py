@@ -22,11 +22,13 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
 
 from superimap.dbpool import queued_total
+from superimap.rollups import BOUNDS
 
 # Registered by the services that move them (expose()), so a process without an engine or a
 # worker (`superimap web` alone) does not show their counters as a misleading 0.
@@ -58,10 +60,39 @@ NODES_TAKEN_OVER = Counter(
     "Dead engine nodes (lease over, or process gone) whose mailboxes this engine freed",
     registry=None,
 )
+# Latency histograms (same buckets as the dashboard's rollups; no per-user or per-partner
+# labels, so the series stay bounded).
+PUSH_TO_COMMIT = Histogram(
+    "superimap_push_to_commit_seconds",
+    "New mail: the message's INTERNALDATE to the commit of its webhook delivery (engine)",
+    buckets=BOUNDS,
+    registry=None,
+)
+COMMIT_TO_DELIVERED = Histogram(
+    "superimap_commit_to_delivered_seconds",
+    "Webhook delivery: the commit of its row to the partner's 2xx (worker)",
+    ["kind"],
+    buckets=BOUNDS,
+    registry=None,
+)
+WEBHOOK_RESPONSE = Histogram(
+    "superimap_webhook_response_seconds",
+    "Time partner endpoints took to answer a webhook POST, by outcome class",
+    ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=None,
+)
+RESPONSE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 DB_QUEUE = Gauge("superimap_db_queue_length", "Calls waiting for a database thread", registry=None)
 DB_QUEUE.set_function(queued_total)
-ENGINE_METRICS = (EMAILS_PROCESSED, MAILBOX_SESSIONS, MAIL_SKIPPED, NODES_TAKEN_OVER)
-WORKER_METRICS = (WEBHOOK_ATTEMPTS,)
+ENGINE_METRICS = (
+    EMAILS_PROCESSED,
+    MAILBOX_SESSIONS,
+    MAIL_SKIPPED,
+    NODES_TAKEN_OVER,
+    PUSH_TO_COMMIT,
+)
+WORKER_METRICS = (WEBHOOK_ATTEMPTS, COMMIT_TO_DELIVERED, WEBHOOK_RESPONSE)
 _exposed: set[int] = set()
 
 

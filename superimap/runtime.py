@@ -96,6 +96,15 @@ async def serve(
             gc_freeze=True,
         )
         tasks.append(asyncio.create_task(engine_service.run(stop), name="engine"))
+    if engine or worker:
+        from superimap import rollups
+
+        # One MinuteRollup row per minute of this process (the overview's charts).
+        tasks.append(
+            asyncio.create_task(
+                rollups.flush_loop(pool, node, stop, backlog=worker), name="rollups"
+            )
+        )
     if web:
         from superimap.asgi import application
 

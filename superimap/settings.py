@@ -101,6 +101,11 @@ WEBHOOK_WORKER_ALIVE_SECONDS = env_int("WEBHOOK_WORKER_ALIVE_SECONDS", 5, minimu
 # /healthz answers 503 when the oldest due, unsent webhook has waited longer than this.
 HEALTHZ_BACKLOG_SECONDS = env_int("HEALTHZ_BACKLOG_SECONDS", 300, minimum=10, maximum=86400)
 LOG_SUMMARY_SECONDS = env_int("LOG_SUMMARY_SECONDS", 60, minimum=1, maximum=3600)
+# Per-minute rollups behind the dashboard's overview charts (superimap/rollups.py) are kept
+# this many days.
+ROLLUP_RETENTION_DAYS = env_int("ROLLUP_RETENTION_DAYS", 8, minimum=2, maximum=400)
+# How often each engine and worker process upserts its current minute's rollup row.
+ROLLUP_FLUSH_SECONDS = env_int("ROLLUP_FLUSH_SECONDS", 10, minimum=1, maximum=60)
 # How often a worker looks for due deliveries when nothing woke it (new deliveries wake it
 # at once: in-process, or through delivery/wakeup.py from an engine in another process).
 WEBHOOK_POLL_MS = env_int("WEBHOOK_POLL_MS", 500, minimum=10, maximum=60_000)

@@ -16,13 +16,21 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import dboutage
+from superimap import dboutage, rollups
 from superimap.dbpool import DbPool
 from superimap.delivery import fairness, health, heartbeat, queue
 from superimap.delivery.failurelog import FailureLog, endpoint_label
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
-from superimap.metrics import ATTEMPT_OUTCOMES, WEBHOOK_ATTEMPTS, WORKER_METRICS, expose
+from superimap.metrics import (
+    ATTEMPT_OUTCOMES,
+    COMMIT_TO_DELIVERED,
+    RESPONSE_CLASSES,
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_RESPONSE,
+    WORKER_METRICS,
+    expose,
+)
 
 log = logging.getLogger("superimap.worker")
 
@@ -418,6 +426,36 @@ class Worker:
             key = ATTEMPT_OUTCOMES.get(key, key)
             self.counts[key] = self.counts.get(key, 0) + count
             WEBHOOK_ATTEMPTS.labels(outcome=key).inc(count)
+        _observe(outcomes)
+
+
+# Labelled histogram children, looked up once: labels() takes a lock and builds a key.
+_RESPONSE = {label: WEBHOOK_RESPONSE.labels(outcome=label) for label in RESPONSE_CLASSES}
+_COMMIT: dict[str, object] = {}
+
+
+def _observe(outcomes: list[queue.Outcome]) -> None:
+    """Latency histograms (/metrics) and this minute's rollup (superimap/rollups.py)."""
+    now = time.time()
+    commit_seconds = []
+    for outcome in outcomes:
+        result = outcome.result
+        if result.status_code is None:
+            label = "error"
+        else:
+            label = RESPONSE_CLASSES[min(max(result.status_code // 100 - 2, 0), 3)]
+        if outcome.claimed.url:
+            _RESPONSE[label].observe(result.duration_ms / 1000)
+        if result.succeeded and outcome.claimed.url:
+            seconds = max(0.0, now - outcome.claimed.created_at.timestamp())
+            commit_seconds.append(seconds)
+            kind = outcome.claimed.kind
+            child = _COMMIT.get(kind) or _COMMIT.setdefault(
+                kind, COMMIT_TO_DELIVERED.labels(kind=kind)
+            )
+            child.observe(seconds)
+    delivered = len(commit_seconds)
+    rollups.RECORDER.record_outcomes(delivered, len(outcomes) - delivered, commit_seconds)
 
 
 def _partner_name(partner_id: int) -> str:

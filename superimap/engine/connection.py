@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+import time
 from collections import deque
 
 from django.conf import settings
@@ -93,6 +94,9 @@ class ImapConnection(asyncio.Protocol):
         self.exists_seen = 0
         # The message count of the last EXISTS (of the selected folder, or of a SELECT).
         self.exists_count: int | None = None
+        # When the last EXISTS arrived (time.time()): a new mail's push time, finer than its
+        # whole-second INTERNALDATE (rollups.py).
+        self.exists_at: float | None = None
         # A DONE that ends an IDLE, written together with the next command (owe_done()).
         self._owed: tuple[bytes, str] | None = None
         # The last ``* STATUS`` per mailbox, an answer to STATUS or a NOTIFY report (RFC
@@ -176,6 +180,7 @@ class ImapConnection(asyncio.Protocol):
             if isinstance(event, Exists):
                 self.exists_seen += 1
                 self.exists_count = event.count
+                self.exists_at = time.time()
             elif isinstance(event, MailboxStatus):
                 self.statuses[event.name] = event
         self._backlog.extend(events)

@@ -276,6 +276,8 @@ def _plan_job(
         _log_row(plan, user, uid_validity, folder, digest, "")
         _delivery_row(plan, user, uid_validity, folder, digest, result)
         result.new += 1
+        if (pushed := digest.message.pushed_at()) is not None:
+            result.pushed_at.append(pushed)
     _move_checkpoint(plan, user, uid_validity, folder, messages, bool(result.new))
     return result
 

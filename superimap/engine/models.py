@@ -22,3 +22,33 @@ class EngineNode(models.Model):
 
     def __str__(self) -> str:
         return self.node_id
+
+
+class MinuteRollup(models.Model):
+    """What one process (an engine, a worker, or both in one ``superimap up``) did in one
+    minute: written by the process from its in-memory counters (superimap/rollups.py), read
+    by the dashboard's overview, so its charts never scan the Delivery table.
+
+    Latencies are histograms over rollups.BOUNDS (a list of counts per bucket, the last one
+    for anything slower): buckets of several rows add up, and p50/p99 come from the sum."""
+
+    minute = models.DateTimeField()
+    source = models.CharField(max_length=120)
+    new_mails = models.PositiveIntegerField(default=0)
+    delivered = models.PositiveIntegerField(default=0)
+    failed_attempts = models.PositiveIntegerField(default=0)
+    push_to_commit = models.JSONField(default=list)
+    commit_to_delivered = models.JSONField(default=list)
+    # The delivery backlog as this process's worker saw it once in the minute (None: no
+    # worker here): due webhooks not sent, and how long the oldest has waited.
+    backlog = models.PositiveIntegerField(null=True)
+    backlog_oldest_seconds = models.FloatField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["minute", "source"], name="rollup_minute_source")
+        ]
+        indexes = [models.Index(fields=["minute"], name="rollup_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.minute:%Y-%m-%d %H:%M}"

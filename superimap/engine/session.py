@@ -597,6 +597,7 @@ class MailboxSession(SecondaryFolders):
                     raw=part if fits else None,
                     header=None if fits else part,
                     skip=Reason.BEFORE_BASELINE if m.uid in old else "",
+                    seen_at=self.conn.exists_at,
                 )
             pending = [uid for uid in pending if uid not in done]
             if not pending:

@@ -124,6 +124,19 @@ class FetchedMessage:
     raw: bytes | None  # None: not fetched (over MAX_EMAIL_SIZE, or skipped)
     header: bytes | None = None  # BODY[HEADER], when the whole message was not fetched
     skip: str = ""
+    # When the session last saw EXISTS (time.time()), for the push -> commit latency.
+    seen_at: float | None = None
+
+    def pushed_at(self) -> float | None:
+        """The best estimate of when the server got this message: INTERNALDATE has whole
+        seconds, so the EXISTS that announced it, if it came within that second (it does
+        in IDLE); else (found on a catch-up, after an outage) INTERNALDATE itself."""
+        if self.internal_date is None:
+            return None
+        stamp = self.internal_date.timestamp()
+        if self.seen_at is not None and stamp <= self.seen_at < stamp + 1:
+            return self.seen_at
+        return stamp
 
 
 @dataclass
@@ -136,6 +149,9 @@ class PersistResult:
     skips: Counter[str] = field(default_factory=Counter)  # reason -> count
     # (uid, reason, message_id, size) of each skip, logged once the batch committed.
     skipped_rows: list[tuple[int, str, str, int]] = field(default_factory=list)
+    # When each new mail was pushed (FetchedMessage.pushed_at), for the push -> commit
+    # latency (rollups.py).
+    pushed_at: list[float] = field(default_factory=list)
 
     def log_skips(self, user_id: int | str, uid_validity: int, folder: str) -> None:
         """One INFO line per skip, for the operator (after the commit, so a rolled back
@@ -455,6 +471,8 @@ def _persist_one(user, partner, has_url, uid_validity, folder, message, result) 
         next_attempt_at=timezone.now(),
     )
     result.new += 1
+    if (pushed := message.pushed_at()) is not None:
+        result.pushed_at.append(pushed)
 
 
 def _log_row(user, uid_validity, folder, message, reason, env, sha1, identity) -> MailLog:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import dboutage
+from superimap import dboutage, rollups
 from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.gcfreeze import GcFreezer
@@ -30,6 +30,7 @@ from superimap.metrics import (
     MAIL_SKIPPED,
     MAILBOX_SESSIONS,
     NODES_TAKEN_OVER,
+    PUSH_TO_COMMIT,
     expose,
 )
 from superimap.tracers.sender import TracerSender
@@ -133,6 +134,12 @@ class Engine:
         for reason, count in result.skips.items():
             MAIL_SKIPPED.labels(reason).inc(count)
         EMAILS_PROCESSED.inc(result.new + result.tracers)
+        if result.new:
+            now = time.time()
+            push = [max(0.0, now - pushed) for pushed in result.pushed_at]
+            for seconds in push:
+                PUSH_TO_COMMIT.observe(seconds)
+            rollups.RECORDER.record_new_mails(result.new, push)
         if result.new and self.on_new_deliveries:
             self.on_new_deliveries()
 

@@ -2,7 +2,8 @@ from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, F, OuterRef, Value
+from django.db.models.functions import Coalesce, NullIf
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -56,6 +57,31 @@ class StateFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ImapHostFilter(admin.SimpleListFilter):
+    """The IMAP server a mailbox connects to: the connection's own host, else its
+    provider's (the overview's failing-host banner links here)."""
+
+    title = "IMAP host"
+    parameter_name = "imap_host"
+
+    def lookups(self, request, model_admin):
+        hosts = set(
+            MailboxUser.objects.annotate(host=_host()).values_list("host", flat=True).distinct()
+        )
+        return [(host, host) for host in sorted(h for h in hosts if h)]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.annotate(host=_host()).filter(host=self.value())
+        return queryset
+
+
+def _host():
+    return Coalesce(
+        NullIf(F("connection__imap_host"), Value("")), F("connection__provider__imap_host")
+    )
+
+
 @admin.register(MailboxUser)
 class MailboxUserAdmin(admin.ModelAdmin):
     class Media:
@@ -75,7 +101,13 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "last_email_at",
         "mail_log_link",
     ]
-    list_filter = [StateFilter, "status", "connection__provider", "connection__partner"]
+    list_filter = [
+        StateFilter,
+        "status",
+        ImapHostFilter,
+        "connection__provider",
+        "connection__partner",
+    ]
     list_select_related = ["connection__partner", "connection__provider"]
     search_fields = ["tag", "email", "login_username"]
     raw_id_fields = ["connection"]

@@ -57,3 +57,33 @@ def test_it_counts_emails_and_sessions_of_a_running_engine(mailbox, dovecot):
     assert value(during, "superimap_mailboxes", status="idle") == 2
     assert value(during, "superimap_deliveries", status="pending") == 3
     assert value(during, "superimap_oldest_pending_delivery_seconds") > 0
+
+
+def test_it_measures_push_to_commit_into_metrics_and_the_rollup(mailbox, dovecot, monkeypatch):
+    from superimap import rollups
+
+    recorder = rollups.Recorder()
+    monkeypatch.setattr(rollups, "RECORDER", recorder)
+    user = mailbox()
+    before = scrape()
+
+    async def scenario():
+        async with RunningEngine():
+            await wait_for(lambda: _status(user.id) == "idle")
+            for i in range(2):
+                raw = make_message(f"timed {i}", "a@example.test", user.email, "x")
+                await asyncio.to_thread(dovecot.deliver, user.tag, raw)
+            await wait_for(lambda: _new_mail(user.id) == 2)
+            await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    after = scrape()
+
+    count = "superimap_push_to_commit_seconds_count"
+    assert value(after, count) - value(before, count) == 2
+    rows = recorder.take()
+    assert sum(values["new_mails"] for _, values in rows) == 2
+    # Dovecot's INTERNALDATE is the delivery time: both well under a minute before commit.
+    push = [sum(c) for c in zip(*(v["push_to_commit"] for _, v in rows), strict=True)]
+    assert sum(push) == 2
+    assert sum(push[: rollups.BOUNDS.index(60.0) + 1]) == 2
