@@ -1,7 +1,7 @@
 """One log line per minute per process: what it holds and what went through it.
 
     summary of the last 60 s: mailboxes 120 (idle 118, backing_off 2); mails in 57;
-    webhooks out 301 (delivered 290, to retry 11); backlog 12 due, oldest waiting 3.2 s
+    webhooks out 301 (delivered 290, retrying 11); backlog 12 due, oldest waiting 3.2 s
 
 The engine part (mailboxes by state, mails in) appears in a process that runs the engine,
 the webhook part (webhooks out by outcome, backlog of due webhooks) in one that runs a
@@ -24,7 +24,7 @@ from superimap import dboutage
 log = logging.getLogger("superimap.summary")
 
 # Worker outcomes are counted by the delivery's status after the attempt.
-OUTCOMES = {"pending": "to retry"}
+OUTCOMES = {"pending": "retrying"}  # as superimap_webhook_attempts_total names it
 
 
 def backlog() -> tuple[int, float]:

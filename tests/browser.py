@@ -69,12 +69,20 @@ def wait_for(driver: WebDriver, css: str, timeout: float = 15):
     )
 
 
+def submit(driver: WebDriver, button) -> None:
+    """Click a form's submit ``button`` and wait until the next page replaced this one (an
+    element looked up before that could still belong to the old page)."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    button.click()
+    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(page))
+
+
 def log_in(driver: WebDriver, base_url: str, username: str, password: str) -> None:
     """Through the dashboard's login form, as a person would; fails if it does not land."""
     driver.get(f"{base_url}/admin/login/?next=/admin/")
     wait_for(driver, "#id_username").send_keys(username)
     driver.find_element(By.ID, "id_password").send_keys(password)
-    driver.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
+    submit(driver, driver.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]"))
     WebDriverWait(driver, 15).until(lambda d: "/admin/login/" not in d.current_url)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from selenium.webdriver.common.by import By
 
-from tests.browser import blocked_by_csp, chromium, console, log_in, wait_for
+from tests.browser import blocked_by_csp, chromium, console, log_in, submit, wait_for
 from tests.processes import web_server
 
 
@@ -25,7 +25,7 @@ def test_a_wrong_password_stays_on_the_login_page_with_the_reason(tmp_path):
         driver.get(f"{web['base_url']}/admin/login/")
         wait_for(driver, "#id_username").send_keys("boss")
         driver.find_element(By.ID, "id_password").send_keys("not-the-password")
-        driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+        submit(driver, driver.find_element(By.CSS_SELECTOR, "input[type=submit]"))
         error = wait_for(driver, ".errornote")
         assert "correct username and password" in error.text
         assert "/admin/login/" in driver.current_url

@@ -12,7 +12,7 @@ import time
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from tests.browser import chromium, log_in, wait_for
+from tests.browser import chromium, log_in, submit, wait_for
 from tests.engine.conftest import ServerThread
 from tests.processes import CHAOS_USERS_SCRIPT, run_cli, web_server
 
@@ -67,7 +67,7 @@ def run_action(driver, action: str, row_value: str) -> str:
     box = driver.find_element(By.CSS_SELECTOR, f"input.action-select[value='{row_value}']")
     box.click()
     Select(driver.find_element(By.NAME, "action")).select_by_value(action)
-    driver.find_element(By.CSS_SELECTOR, "button[name=index]").click()
+    submit(driver, driver.find_element(By.CSS_SELECTOR, "button[name=index]"))
     return wait_for(driver, "ul.messagelist").text
 
 

@@ -86,7 +86,7 @@ def test_a_dead_endpoint_gets_one_line_then_a_summary_per_interval(tmp_path):
         for m in re.finditer(r"summary of the last \d+ s: webhooks out (\d+)", output)
     ]
     assert len(outs) >= 2, output
-    assert re.search(r"webhooks out \d+ \(to retry \d+\); backlog \d+ due, oldest", output), output
+    assert re.search(r"webhooks out \d+ \(retrying \d+\); backlog \d+ due, oldest", output), output
     assert sum(outs) <= attempts
     assert len(output.splitlines()) < 40, output
 

@@ -1,6 +1,7 @@
 """The chaos IMAP server: in-memory mailboxes, a mail generator and injected wire faults.
 
-Users are ``user{i}`` / ``pass{i}`` (XOAUTH2 token ``token-for-user{i}``). Every generated
+Users are ``user{i}`` / ``pass{i}`` (XOAUTH2: token ``token-for-user{i}``, as ``user{i}`` or
+``user{i}@any.domain``). Every generated
 message has a unique Message-ID recorded in ``generated`` so tests can check that each one
 was delivered exactly once. Faults only touch the wire, never the store, except
 UIDVALIDITY_CHANGE, which renumbers a mailbox but keeps its messages, and
@@ -654,7 +655,8 @@ def _check_sasl(server: ChaosImapServer, mechanism: str, decoded: str) -> str | 
         user, _, password = rest.partition("\0")
         return user if server.check_password(user, password) else None
     fields = dict(part.split("=", 1) for part in decoded.split("\x01") if "=" in part)
-    user = fields.get("user", "")
+    # Providers name the XOAUTH2 user by address: user1 or user1@any.domain is user1.
+    user = fields.get("user", "").split("@", 1)[0]
     valid = server.is_user(user) and fields.get("auth") == f"Bearer token-for-{user}"
     return user if valid else None
 

@@ -161,8 +161,8 @@ def test_an_oauth_user_is_told_after_its_xoauth2_login_and_a_refused_one_is_not(
                 ("good", oauth.issue_refresh_token("user1")),
                 ("bad", "refresh-revoked"),
             ):
-                email = "user1" if tag == "good" else "user2"
-                body = {"tag": tag, "email": email, "oauth_refresh_token": token}
+                login = "user1" if tag == "good" else "user2"
+                body = {"tag": tag, "email": f"{login}@chaos.test", "oauth_refresh_token": token}
                 r = await asyncio.to_thread(api.post, "/connections/LOOPBACK_OAUTH2/users", body)
                 assert r.status_code == 201, r.content
             good = await asyncio.to_thread(lambda: _user("good").id)
