@@ -154,21 +154,23 @@ def _generated_at(rfc822: str) -> float:
     return float(rfc822[start : rfc822.index("\r\n", start)])
 
 
-class Receiver:
-    def __init__(self, var_dir: Path, api_key: str, whsec: str) -> None:
-        env = {**os.environ, "BENCH_API_KEY": api_key, "BENCH_WHSEC": whsec}
+class ListeningProcess:
+    """A helper process of the benchmark (``python -m MODULE ARGS``) that prints ``listening
+    PORT`` when ready and then answers one line per command on stdin; ``quit`` ends it."""
+
+    def __init__(self, var_dir: Path, module: str, arg: str, log: str, env=None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "superimap.bench.e2e", "--receiver"],
+            [sys.executable, "-m", module, arg],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=open(var_dir / "receiver.log", "w"),  # noqa: SIM115 - lives as long
+            stderr=open(var_dir / log, "w"),  # noqa: SIM115 - lives as long
             text=True,
             bufsize=1,
             env=env,
         )
         line = self.process.stdout.readline().split()
         if line[:1] != ["listening"]:
-            raise RuntimeError(f"receiver did not start: {line}")
+            raise RuntimeError(f"{module} {arg} did not start: {line}")
         self.port = int(line[1])
         self.var_dir = var_dir
 
@@ -176,15 +178,6 @@ class Receiver:
         self.process.stdin.write(command + "\n")
         self.process.stdin.flush()
         return self.process.stdout.readline().strip()
-
-    def count(self) -> int:
-        return int(self.ask("count"))
-
-    def notes(self) -> list[tuple[int, float, float, bool]]:
-        path = self.var_dir / "arrivals.json"
-        if self.ask(f"dump {path}") != "dumped":
-            raise RuntimeError("receiver did not dump its notes")
-        return [tuple(note) for note in json.loads(path.read_text())]
 
     def stop(self) -> None:
         try:
@@ -194,6 +187,21 @@ class Receiver:
         except (OSError, subprocess.TimeoutExpired):
             self.process.kill()
             self.process.wait()
+
+
+class Receiver(ListeningProcess):
+    def __init__(self, var_dir: Path, api_key: str, whsec: str) -> None:
+        env = {**os.environ, "BENCH_API_KEY": api_key, "BENCH_WHSEC": whsec}
+        super().__init__(var_dir, "superimap.bench.e2e", "--receiver", "receiver.log", env)
+
+    def count(self) -> int:
+        return int(self.ask("count"))
+
+    def notes(self) -> list[tuple[int, float, float, bool]]:
+        path = self.var_dir / "arrivals.json"
+        if self.ask(f"dump {path}") != "dumped":
+            raise RuntimeError("receiver did not dump its notes")
+        return [tuple(note) for note in json.loads(path.read_text())]
 
 
 # --- the run --------------------------------------------------------------------------------

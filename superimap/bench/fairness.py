@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from superimap.bench.e2e import (
+    ListeningProcess,
     Receiver,
     _by_second,
     _cpu_seconds,
@@ -131,34 +132,12 @@ def _hang_main() -> int:
     return 0
 
 
-class HangingReceiver:
+class HangingReceiver(ListeningProcess):
     def __init__(self, var_dir: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "superimap.bench.fairness", "--hang"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(var_dir / "hang.log", "w"),  # noqa: SIM115 - lives as long
-            text=True,
-            bufsize=1,
-        )
-        line = self.process.stdout.readline().split()
-        if line[:1] != ["listening"]:
-            raise RuntimeError(f"hanging receiver did not start: {line}")
-        self.port = int(line[1])
+        super().__init__(var_dir, "superimap.bench.fairness", "--hang", "hang.log")
 
     def connections(self) -> int:
-        self.process.stdin.write("count\n")
-        self.process.stdin.flush()
-        return int(self.process.stdout.readline().split()[0])
-
-    def stop(self) -> None:
-        try:
-            self.process.stdin.write("quit\n")
-            self.process.stdin.flush()
-            self.process.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait()
+        return int(self.ask("count").split()[0])
 
 
 # --- one run --------------------------------------------------------------------------------
