@@ -14,6 +14,7 @@ from superimap.mailboxes.credentials import check_login
 from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Connection, ImapProvider
 from tests.api.helpers import assert_error
+from tests.configs import mailbox_config
 
 
 @pytest.fixture
@@ -212,26 +213,9 @@ def test_the_message_route_refuses_a_private_host_when_connecting(
 
 
 def test_tracer_smtp_refuses_a_private_host_when_connecting(listener, production_hosts):
-    from superimap.engine.store import MailboxConfig
     from superimap.tracers.sender import TracerSender, TracerTarget
 
-    config = MailboxConfig(
-        user_id=1,
-        tag="alice",
-        provider_code="PLAIN",
-        host="imap.example.com",
-        port=993,
-        tls="implicit",
-        insecure_tls=False,
-        auth_kind="password",
-        username="alice",
-        password="pw",
-        refresh_token="",
-        folder="INBOX",
-        uid_validity=None,
-        last_uid=None,
-        enable_tracer=True,
-    )
+    config = mailbox_config()
     target = TracerTarget(
         config=config,
         address="alice@example.com",

@@ -21,7 +21,6 @@ from django.test import Client
 
 from superimap.engine.connection import ImapConnection
 from superimap.engine.oauth import AccessTokens
-from superimap.engine.store import MailboxConfig
 from superimap.mailboxes import credentials
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
@@ -31,6 +30,7 @@ from superimap.partners.models import Connection, ImapProvider
 from superimap.testing import free_port
 from superimap.testing.oauth_server import LoopbackOAuthServer
 from superimap.tracers.sender import TracerSender, TracerTarget
+from tests.configs import mailbox_config
 from tests.delivery.helpers import ThreadedReceiver
 from tests.processes import Processes, query, superimap_env, wait_until
 from tests.rebinding import PUBLIC, rebinding
@@ -106,33 +106,12 @@ def test_test_webhook_still_reaches_local_receivers_where_the_operator_allows_th
 # --- OAuth endpoints ----------------------------------------------------------------------
 
 
-def _config(**fields) -> MailboxConfig:
-    base = MailboxConfig(
-        user_id=1,
-        tag="alice",
-        provider_code="PLAIN",
-        host="imap.example.com",
-        port=993,
-        tls="implicit",
-        insecure_tls=False,
-        auth_kind="password",
-        username="alice",
-        password="pw",
-        refresh_token="",
-        folder="INBOX",
-        uid_validity=None,
-        last_uid=None,
-        enable_tracer=True,
-    )
-    return dataclasses.replace(base, **fields)
-
-
 def test_the_engine_never_asks_an_internal_token_endpoint(production):
     async def scenario():
         async with LoopbackOAuthServer() as server:
             with rebinding() as dns:
                 name = dns.script("oauth.rebind.test", "127.0.0.1")
-                config = _config(
+                config = mailbox_config(
                     auth_kind="oauth2",
                     refresh_token=server.issue_refresh_token("alice"),
                     oauth_token_url=f"http://{name}:{server.port}/token",
@@ -269,7 +248,7 @@ def test_the_engine_never_connects_to_an_internal_server_through_rebinding(
 
 def _tracer_target(host: str, port: int) -> TracerTarget:
     return TracerTarget(
-        config=_config(),
+        config=mailbox_config(),
         address="alice@example.com",
         host=host,
         port=port,

@@ -21,6 +21,7 @@ from superimap.engine.session import SessionSettings, idle_period
 from superimap.engine.store import MailboxConfig
 from superimap.mailboxes.models import MailboxUser
 from superimap.testing.mail import make_message
+from tests.configs import mailbox_config
 from tests.engine.conftest import (
     FAST,
     LoopbackServer,
@@ -130,23 +131,7 @@ def test_without_idle_refresh_that_server_tells_nothing_until_the_reissue(mail_p
 
 
 def _config() -> MailboxConfig:
-    return MailboxConfig(
-        user_id=1,
-        tag="t",
-        provider_code="PLAIN",
-        host="h",
-        port=993,
-        tls="implicit",
-        insecure_tls=False,
-        auth_kind="password",
-        username="u",
-        password="p",
-        refresh_token="",
-        folder="INBOX",
-        uid_validity=None,
-        last_uid=None,
-        enable_tracer=False,
-    )
+    return mailbox_config(tag="t", host="h", username="u", password="p", enable_tracer=False)
 
 
 def test_the_idle_period_is_the_shorter_of_refresh_and_reissue() -> None:
