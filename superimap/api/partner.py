@@ -20,7 +20,7 @@ from superimap.api.errors import ApiError
 from superimap.api.schemas import NO_NUL, ErrorOut
 from superimap.delivery.http import make_session, post, render_request
 from superimap.delivery.payloads import sha1_hex
-from superimap.partners.models import DEFAULT_ROTATION_GRACE, NAME_TAKEN, Partner
+from superimap.partners.models import DEFAULT_ROTATION_GRACE, NAME_TAKEN, URL_FIELDS, Partner
 from superimap.validation import host_problem, url_host_problem
 
 router = Router(tags=["partner"])
@@ -96,15 +96,7 @@ class PartnerUpdate(Schema):
         description="A list of host names, or one comma-separated string (form bodies).",
     )
 
-    @field_validator(
-        "new_mail_webhook",
-        "user_connected_webhook",
-        "user_disconnected_webhook",
-        "user_error_webhook",
-        "user_recovered_webhook",
-        "success_url",
-        "failure_url",
-    )
+    @field_validator(*URL_FIELDS)
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value and (problem := url_host_problem(value.strip())):
