@@ -12,7 +12,11 @@ forever. This protocol:
 - answers 431 and closes when a request head (request line and headers) passes
   WEB_MAX_HEADER_BYTES: h11's max_incomplete_event_size (set to the same in
   runtime.web_config) bounds only a head still incomplete, and one that arrives in a
-  single read could be as large as the read.
+  single read could be as large as the read. The close lingers (as nginx's
+  lingering_close): the answer goes out with a FIN, what the client still sends is read and
+  dropped for up to LINGER_SECONDS or LINGER_BYTES, then the socket closes. Closing at once
+  with unread bytes would make the kernel send a reset, and a client still writing its head
+  would see a broken pipe instead of the 431.
 
 h11 is chosen explicitly: uvicorn would pick httptools when installed, which has no cap on
 header size.
@@ -50,6 +54,9 @@ HEAD_TOO_LARGE = _raw_answer(
     "431 Request Header Fields Too Large", "The request head is too large."
 )
 
+
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 256 * 1024
 
 BURST = 100
 TRIM_EVERY = 10.0
@@ -100,6 +107,8 @@ class GuardedH11Protocol(H11Protocol):
     head_timer: asyncio.TimerHandle | None = None
     head_seen = 0  # bytes of the current request head so far
     head_tail = b""  # its last 3 bytes, for an end (CR LF CR LF) split between reads
+    lingering: int | None = None  # bytes still to drop after a 431, or None
+    linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -111,10 +120,14 @@ class GuardedH11Protocol(H11Protocol):
         self._wait_for_head()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:
+            self.lingering -= len(data)
+            if self.lingering <= 0:
+                self.transport.close()
+            return
         if self.conn.their_state is h11.IDLE and not self._head_fits(data):
             self._stop_waiting()
-            self.transport.write(HEAD_TOO_LARGE)
-            self.transport.close()
+            self._answer_and_linger(HEAD_TOO_LARGE)
             return
         super().data_received(data)
         if self.head_timer is not None and self.conn.their_state is not h11.IDLE:
@@ -125,8 +138,17 @@ class GuardedH11Protocol(H11Protocol):
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._wait_for_head()
 
+    def eof_received(self) -> None:
+        if self.lingering is not None:
+            self.transport.close()
+            return
+        super().eof_received()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
+            self.linger_timer = None
         super().connection_lost(exc)
         memory_return.closed(len(self.connections), self.loop)
 
@@ -141,6 +163,15 @@ class GuardedH11Protocol(H11Protocol):
             self.head_tail = window[-3:]
             size = self.head_seen
         return size <= settings.WEB_MAX_HEADER_BYTES
+
+    def _answer_and_linger(self, answer: bytes) -> None:
+        self.transport.write(answer)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.lingering = LINGER_BYTES
+        self.linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def _wait_for_head(self) -> None:
         self._stop_waiting()
