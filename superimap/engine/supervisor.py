@@ -21,8 +21,8 @@ from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.gcfreeze import GcFreezer
 from superimap.engine.persister import GroupPersister
-from superimap.engine.ratelimit import LoginLimiter
 from superimap.engine.session import MailboxSession, SessionSettings
+from superimap.imapclient import LoginLimiter
 from superimap.mailboxes.models import MailLog
 from superimap.metrics import (
     EMAILS_PROCESSED,
