@@ -87,7 +87,7 @@ class Engine:
             max_email_size=settings.MAX_EMAIL_SIZE,
         )
         self.handshakes = asyncio.Semaphore(handshake_concurrency)
-        # Every login waits for a token per mailbox and per host (engine/ratelimit.py).
+        # Every login waits for a token per mailbox and per host (imapclient/ratelimit.py).
         self.logins = login_limiter or LoginLimiter()
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
