@@ -8,7 +8,7 @@ sockets and the waiting. It imports neither the engine nor the Django models.
 """
 
 from superimap.imapclient.account import Account, PasswordAccount, Server
-from superimap.imapclient.check import LoginCheck, check_login
+from superimap.imapclient.check import LoginCheck, check_password
 from superimap.imapclient.connection import ImapConnection, client_tls_context
 from superimap.imapclient.errors import (
     AuthFailed,
@@ -20,6 +20,7 @@ from superimap.imapclient.errors import (
 from superimap.imapclient.login import (
     authenticate,
     authenticate_xoauth2,
+    login,
     open_connection,
     refused_for_credentials,
 )
@@ -45,8 +46,9 @@ __all__ = [
     "TokenUnavailable",
     "authenticate",
     "authenticate_xoauth2",
-    "check_login",
+    "check_password",
     "client_tls_context",
+    "login",
     "open_connection",
     "open_message",
     "refused_for_credentials",

@@ -15,7 +15,7 @@ from superimap.imap import ImapError
 from superimap.imapclient.account import PasswordAccount
 from superimap.imapclient.connection import ImapConnection
 from superimap.imapclient.errors import AuthFailed, CommandFailed, ServerBye
-from superimap.imapclient.login import authenticate, open_connection
+from superimap.imapclient.login import login, open_connection
 from superimap.netguard import PrivateTargetRefused
 
 # A check reads no message: greeting, CAPABILITY and tagged answers only.
@@ -29,23 +29,17 @@ class LoginCheck(enum.Enum):
     UNTRUSTED = "untrusted"  # its TLS certificate did not verify
 
 
-async def check_login(account: PasswordAccount, timeout: float) -> LoginCheck:
-    """Connect, log in and log out; each wait bounded by ``timeout`` seconds."""
+async def check_password(account: PasswordAccount, timeout: float) -> LoginCheck:
+    """Connect (TLS as configured), CAPABILITY, LOGIN and LOGOUT: the engine's exchange;
+    each wait bounded by ``timeout`` seconds."""
     try:
         conn = await _connect(account, timeout)
     except ssl.SSLCertVerificationError:
         return LoginCheck.UNTRUSTED
-    except (
-        OSError,
-        PrivateTargetRefused,
-        UnicodeError,
-        ImapError,
-        ServerBye,
-        CommandFailed,
-    ):
+    except (OSError, PrivateTargetRefused, UnicodeError, ImapError, ServerBye, CommandFailed):
         return LoginCheck.UNREACHABLE
     try:
-        await authenticate(conn, account)
+        await login(conn, account.username, account.password)
     except (AuthFailed, CommandFailed, ServerBye, ImapError):
         # Any answer but OK, a BYE or a close: refused (the server got that far).
         return LoginCheck.REFUSED

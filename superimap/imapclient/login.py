@@ -67,14 +67,20 @@ async def authenticate(
             raise ValueError("an XOAUTH2 login needs an access-token cache")
         await authenticate_xoauth2(conn, account, tokens)
     else:
-        try:
-            await conn.command(*conn.protocol.login(account.username, account.password))
-        except CommandFailed as exc:
-            if refused_for_credentials(exc.response):
-                raise AuthFailed(f"login refused: {exc.response.text[:200]}") from None
-            raise
+        await login(conn, account.username, account.password)
     if not conn.protocol.capabilities or "IDLE" not in conn.protocol.capabilities:
         await conn.command(*conn.protocol.capability())
+
+
+async def login(conn: ImapConnection, username: str, password: str) -> None:
+    """LOGIN; AuthFailed when the server refuses these credentials, CommandFailed for a
+    refusal that is not about them (BAD, or a 'try later' code)."""
+    try:
+        await conn.command(*conn.protocol.login(username, password))
+    except CommandFailed as exc:
+        if refused_for_credentials(exc.response):
+            raise AuthFailed(f"login refused: {exc.response.text[:200]}") from None
+        raise
 
 
 async def authenticate_xoauth2(

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from superimap.imapclient import LoginCheck, PasswordAccount
-from superimap.imapclient import check_login as check_account
+from superimap.imapclient import LoginCheck, PasswordAccount, check_password
 from superimap.partners.models import Connection
 
 CHECK_TIMEOUT_SECONDS = 15
@@ -38,4 +37,4 @@ def check_login(connection: Connection, username: str, password: str) -> str | N
         insecure_tls=not verify,
         tls_ca=ca_pem,
     )
-    return MESSAGES[asyncio.run(check_account(account, CHECK_TIMEOUT_SECONDS))]
+    return MESSAGES[asyncio.run(check_password(account, CHECK_TIMEOUT_SECONDS))]
