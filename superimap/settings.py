@@ -144,7 +144,7 @@ WEBHOOK_PARSED_MAX_CHARS = env_int(
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", not PRODUCTION)
 # The loopback test provider skips TLS verification: off unless asked for (or under tests).
 ALLOW_LOOPBACK_IMAP = env_bool("ALLOW_LOOPBACK_IMAP", SUPERIMAP_ENV == "test")
-# Login rate limits (engine/ratelimit.py): token buckets per mailbox and per server host.
+# Login rate limits (imapclient/ratelimit.py): token buckets per mailbox and per server host.
 IMAP_LOGIN_BURST_PER_MAILBOX = env_int("IMAP_LOGIN_BURST_PER_MAILBOX", 5, minimum=1)
 IMAP_LOGIN_INTERVAL_PER_MAILBOX = env_int("IMAP_LOGIN_INTERVAL_PER_MAILBOX", 30, minimum=1)
 IMAP_LOGIN_BURST_PER_HOST = env_int("IMAP_LOGIN_BURST_PER_HOST", 500, minimum=1)

@@ -11,7 +11,7 @@ import aiohttp
 import httpx2
 import pytest
 
-from superimap.engine.connection import ImapConnection
+from superimap.imapclient import ImapConnection
 from superimap.netguard import (
     CheckedConnector,
     CheckedTransport,

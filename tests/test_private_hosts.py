@@ -9,7 +9,7 @@ import socket
 import pytest
 from django.core.exceptions import ValidationError
 
-from superimap.engine.connection import ImapConnection
+from superimap.imapclient import ImapConnection
 from superimap.mailboxes.credentials import check_login
 from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Connection, ImapProvider

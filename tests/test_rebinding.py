@@ -19,8 +19,7 @@ from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.test import Client
 
-from superimap.engine.connection import ImapConnection
-from superimap.engine.oauth import AccessTokens
+from superimap.imapclient import AccessTokens, ImapConnection
 from superimap.mailboxes import credentials
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser

@@ -1,10 +1,10 @@
 """The message route: one message's raw bytes streamed from the IMAP server on demand.
 
 GET /api/v1/connections/{code}/users/{tag}/messages/{uid_validity}/{uid} answers
-``message/rfc822``, read a slice at a time by superimap.engine.messages (never the whole
+``message/rfc822``, read a slice at a time by superimap.imapclient.messages (never the whole
 message in memory), or a JSON error: 404 when the user or the message is unknown (another
 partner's, expunged, or an old UIDVALIDITY), 409 when the user is archived or not connected,
-429 when the login limits (engine/ratelimit.py) say not now, 502 when the IMAP server
+429 when the login limits (imapclient/ratelimit.py) say not now, 502 when the IMAP server
 cannot be reached or refuses the stored credentials.
 """
 
@@ -22,12 +22,17 @@ from django.http import StreamingHttpResponse
 from superimap.api import service
 from superimap.api.errors import ApiError
 from superimap.engine import store
-from superimap.engine.connection import CommandFailed, ServerBye
-from superimap.engine.messages import MessageGone, open_message
-from superimap.engine.oauth import AccessTokens
-from superimap.engine.ratelimit import LoginLimiter
-from superimap.engine.session import AuthFailed
 from superimap.imap import ImapError
+from superimap.imapclient import (
+    AccessTokens,
+    Account,
+    AuthFailed,
+    CommandFailed,
+    LoginLimiter,
+    MessageGone,
+    ServerBye,
+    open_message,
+)
 from superimap.mailboxes.models import MailboxUser
 from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Partner
@@ -45,7 +50,7 @@ _limiter: LoginLimiter | None = None
 
 def logins() -> LoginLimiter:
     """The web process's login limits: every request here is an IMAP login, so without
-    them API calls could hammer one account or provider (engine/ratelimit.py)."""
+    them API calls could hammer one account or provider (imapclient/ratelimit.py)."""
     global _limiter
     if _limiter is None:
         _limiter = LoginLimiter()
@@ -67,7 +72,7 @@ def _web_tokens() -> AccessTokens:
     tokens = _tokens.get(loop)
     if tokens is None:
 
-        async def keep_rotated(config: store.MailboxConfig, refresh_token: str) -> None:
+        async def keep_rotated(config: Account, refresh_token: str) -> None:
             await sync_to_async(_save_rotated)(config.user_id, refresh_token)
 
         tokens = _tokens[loop] = AccessTokens(on_rotated=keep_rotated)
@@ -97,7 +102,15 @@ async def stream_message(
             f"Too many IMAP logins for this mailbox or its server; retry in {math.ceil(wait)} s.",
         )
     try:
-        message = await open_message(config, uid_validity, uid, _web_tokens(), folder)
+        # The folder the UID belongs to: new_mail's folder, by default the primary one.
+        message = await open_message(
+            config,
+            uid_validity,
+            uid,
+            _web_tokens(),
+            folder or config.checkpoint_folder,
+            missing_folder_is_gone=folder is not None,
+        )
     except MessageGone as exc:
         raise ApiError(
             404,

@@ -334,8 +334,8 @@ def _cpu_seconds() -> float:
 
 async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> dict:
     from superimap.dbpool import DbPool
-    from superimap.engine.ratelimit import LoginLimiter
     from superimap.engine.supervisor import Engine
+    from superimap.imapclient import LoginLimiter
     from superimap.mailboxes.models import MailboxUser
 
     Status = MailboxUser.Status

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from superimap.engine.connection import CommandFailed
 from superimap.imap import Event, MailboxListing
+from superimap.imapclient import CommandFailed
 
 ALL_MAIL_NAMES = ("[Gmail]/All Mail", "[Google Mail]/All Mail")
 UNSELECTABLE = frozenset({"\\NOSELECT", "\\NONEXISTENT"})

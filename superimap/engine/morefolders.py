@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from superimap.engine import store
-from superimap.engine.connection import CommandFailed, ServerBye
 from superimap.imap import MailboxStatus, TaggedResponse
+from superimap.imapclient import CommandFailed, ServerBye
 
 log = logging.getLogger("superimap.engine")
 

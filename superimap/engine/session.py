@@ -18,13 +18,8 @@ from django.utils import timezone
 
 from superimap import dboutage
 from superimap.engine import folders, store
-from superimap.engine.connection import (
-    CommandFailed,
-    ImapConnection,
-    ServerBye,
-    TlsCertificateFailed,
-)
 from superimap.engine.morefolders import FolderWatch, SecondaryFolders
+from superimap.engine.oauth import access_tokens
 from superimap.imap import (
     Bye,
     Continuation,
@@ -35,6 +30,15 @@ from superimap.imap import (
     SearchResult,
     TaggedResponse,
     UntaggedStatus,
+)
+from superimap.imapclient import (
+    AuthFailed,
+    CommandFailed,
+    ImapConnection,
+    ServerBye,
+    TlsCertificateFailed,
+    authenticate,
+    open_connection,
 )
 from superimap.mailboxes.models import MailboxUser, MailLog
 
@@ -54,23 +58,6 @@ FETCH_ROUNDS = 3
 # A NO with one of these codes means "not now" for the whole command: reconnect and retry.
 # Any other NO to a UID FETCH (EXPUNGEISSUED, no code...) is about some of its messages.
 RETRY_LATER_CODES = frozenset({"UNAVAILABLE", "INUSE", "LIMIT", "OVERQUOTA"})
-
-
-class AuthFailed(Exception):
-    pass
-
-
-# RFC 5530 codes that say "not now" rather than "not these credentials".
-TRANSIENT_CODES = frozenset({"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "OVERQUOTA"})
-
-
-def refused_for_credentials(response: TaggedResponse) -> bool:
-    """A NO to LOGIN/AUTHENTICATE that a human must fix; BAD and 'try later' codes are
-    transient and only back off like any other failure."""
-    if response.status != "NO":
-        return False
-    code = str(response.code[0]).upper() if response.code else ""
-    return code not in TRANSIENT_CODES
 
 
 @dataclass(frozen=True)
@@ -116,50 +103,6 @@ def backoff_delay(failures: int, auth: bool, cfg: SessionSettings) -> float:
     else:
         base = min(cfg.max_backoff, float(failures**3 - 1))
     return max(0.0, base * random.uniform(0.8, 1.2))
-
-
-async def open_connection(
-    config: store.MailboxConfig, *, timeout: float, max_literal_size: int
-) -> ImapConnection:
-    """Connect (implicit TLS or STARTTLS as configured) and read the greeting."""
-    conn = await ImapConnection.open(
-        config.host,
-        config.port,
-        implicit_tls=config.tls == "implicit",
-        insecure=config.insecure_tls,
-        timeout=timeout,
-        max_literal_size=max_literal_size,
-        ca_pem=config.tls_ca,
-    )
-    try:
-        if config.tls == "starttls":
-            await conn.start_tls(config.host, config.insecure_tls, config.tls_ca)
-    except BaseException:
-        conn.abort()
-        raise
-    return conn
-
-
-async def authenticate(
-    conn: ImapConnection, config: store.MailboxConfig, *, engine=None, tokens=None
-) -> None:
-    """LOGIN, or AUTHENTICATE XOAUTH2 with an access token from ``tokens`` (default: the
-    engine's cache); AuthFailed when the server refuses the credentials."""
-    if not conn.protocol.capabilities:
-        await conn.command(*conn.protocol.capability())
-    if config.auth_kind == "oauth2":
-        from superimap.engine.oauth import authenticate_xoauth2  # imports this module
-
-        await authenticate_xoauth2(engine, conn, config, tokens=tokens)
-    else:
-        try:
-            await conn.command(*conn.protocol.login(config.username, config.password))
-        except CommandFailed as exc:
-            if refused_for_credentials(exc.response):
-                raise AuthFailed(f"login refused: {exc.response.text[:200]}") from None
-            raise
-    if not conn.protocol.capabilities or "IDLE" not in conn.protocol.capabilities:
-        await conn.command(*conn.protocol.capability())
 
 
 class MailboxSession(SecondaryFolders):
@@ -298,7 +241,7 @@ class MailboxSession(SecondaryFolders):
                 timeout=self.cfg.command_timeout,
                 max_literal_size=self.cfg.max_email_size + 64 * 1024,
             )
-            await authenticate(self.conn, config, engine=self.engine)
+            await authenticate(self.conn, config, access_tokens(self.engine))
         if config.connect_pending:
             await self._tell_connected(config.connect_pending)
         names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)

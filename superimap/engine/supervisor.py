@@ -21,8 +21,8 @@ from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.gcfreeze import GcFreezer
 from superimap.engine.persister import GroupPersister
-from superimap.engine.ratelimit import LoginLimiter
 from superimap.engine.session import MailboxSession, SessionSettings
+from superimap.imapclient import LoginLimiter
 from superimap.mailboxes.models import MailLog
 from superimap.metrics import (
     EMAILS_PROCESSED,
@@ -87,7 +87,7 @@ class Engine:
             max_email_size=settings.MAX_EMAIL_SIZE,
         )
         self.handshakes = asyncio.Semaphore(handshake_concurrency)
-        # Every login waits for a token per mailbox and per host (engine/ratelimit.py).
+        # Every login waits for a token per mailbox and per host (imapclient/ratelimit.py).
         self.logins = login_limiter or LoginLimiter()
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}

@@ -46,7 +46,7 @@ def hash_api_key(api_key: str) -> str:
 
 def ca_bundle_problem(pem: str) -> str | None:
     """Why ``pem`` is no usable CA bundle (None if it is): it must hold certificates in PEM
-    that ssl loads, as the engine will (engine/connection.py client_tls_context)."""
+    that ssl loads, as the engine will (imapclient/connection.py client_tls_context)."""
     import ssl
 
     if "-----BEGIN CERTIFICATE-----" not in pem:

@@ -26,7 +26,8 @@ from django.utils import timezone
 
 from superimap import dboutage, netguard
 from superimap.engine import store
-from superimap.engine.connection import client_tls_context
+from superimap.engine.oauth import access_tokens
+from superimap.imapclient import client_tls_context
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import ImapProvider
 from superimap.tracers.models import TracerLog
@@ -181,8 +182,6 @@ class TracerSender:
             raise
         try:
             if config.auth_kind == ImapProvider.AuthKind.OAUTH2:
-                from superimap.engine.oauth import access_tokens  # oauth imports the engine
-
                 token = await access_tokens(self.engine).get(config)
                 await smtp.auth_xoauth2(config.username, token)
             else:

@@ -15,7 +15,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from superimap.delivery.payloads import message_url
-from superimap.engine.messages import CHUNK_BYTES
+from superimap.imapclient.messages import CHUNK_BYTES
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
 from superimap.testing.chaos_server import ChaosImapServer

@@ -7,7 +7,7 @@ import asyncio
 
 from django.db import close_old_connections
 
-from superimap.engine.ratelimit import LoginLimiter, TokenBucket
+from superimap.imapclient import LoginLimiter, TokenBucket
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
 from superimap.testing.chaos_server import ChaosImapServer

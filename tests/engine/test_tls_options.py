@@ -15,7 +15,7 @@ from django.utils import timezone
 from superimap.api.schemas import ConnectionUpdate
 from superimap.api.service import update_connection
 from superimap.delivery.models import Delivery
-from superimap.engine.connection import TlsCertificateFailed
+from superimap.imapclient import TlsCertificateFailed
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
 from superimap.testing.mail import make_message

@@ -13,7 +13,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from superimap.delivery.models import Delivery
-from superimap.engine.ratelimit import LoginLimiter
+from superimap.imapclient import LoginLimiter
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
 from superimap.testing import free_port

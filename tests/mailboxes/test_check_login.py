@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from superimap.mailboxes.credentials import UNREACHABLE, check_login
+from superimap.mailboxes.credentials import REFUSED, UNREACHABLE, UNTRUSTED, check_login
 from superimap.partners.models import Connection, ImapProvider
 from superimap.testing import free_port
 
@@ -35,3 +35,24 @@ def test_it_says_the_same_for_every_network_failure(connection):
     connection.imap_port = free_port()
     assert check_login(connection, "checker", "checker-pw") == UNREACHABLE
     assert "Error" not in UNREACHABLE
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+def test_it_says_when_the_certificate_is_not_trusted_and_trusts_the_connections_ca(
+    partner, dovecot, tls
+):
+    dovecot.add_user("checker", "checker-pw")
+    connection = Connection(
+        partner=partner,
+        provider=ImapProvider.objects.get(code="PLAIN"),  # verifies certificates
+        imap_host="127.0.0.1",
+        imap_port=dovecot.imaps_port if tls == "implicit" else dovecot.imap_port,
+        imap_tls=tls,
+    )
+    assert check_login(connection, "checker", "checker-pw") == UNTRUSTED
+    connection.imap_tls_ca = dovecot.cert_path.read_text()
+    assert check_login(connection, "checker", "checker-pw") is None
+    assert check_login(connection, "checker", "wrong") == REFUSED
+    connection.imap_tls_ca = ""
+    connection.imap_tls_verify = False
+    assert check_login(connection, "checker", "checker-pw") is None

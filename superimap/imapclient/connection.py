@@ -29,38 +29,7 @@ from superimap.imap import (
     RemoteProtocolError,
     TaggedResponse,
 )
-
-
-class ServerBye(Exception):
-    """The server said BYE (or closed) and the session must reconnect."""
-
-
-class CommandFailed(Exception):
-    """A command got NO or BAD."""
-
-    def __init__(self, command: str, response: TaggedResponse) -> None:
-        super().__init__(f"{command} answered {response.status}: {response.text[:200]}")
-        self.response = response
-
-
-class TlsCertificateFailed(ssl.SSLCertVerificationError):
-    """The server's certificate did not verify: a human must fix the connection's TLS
-    settings, so the session reports tls_failed instead of retrying at the normal pace.
-    Still an SSLCertVerificationError, with the fix in its message and ``reason``."""
-
-    def __init__(self, host: str, error: ssl.SSLCertVerificationError) -> None:
-        reason = getattr(error, "verify_message", None) or error.reason or str(error)
-        fix = (
-            "give the connection the server's CA certificate as imap_tls_ca (PEM), or, "
-            "insecure, set imap_tls_verify to false"
-        )
-        if "hostname" in reason.lower():
-            fix = f"set imap_host to a name the certificate is for, or {fix}"
-        message = f"TLS certificate of {host} not trusted ({reason}). Fix: {fix}"
-        super().__init__(message)
-        self.reason = message
-        self.verify_message = getattr(error, "verify_message", None)
-        self.verify_code = getattr(error, "verify_code", None)
+from superimap.imapclient.errors import CommandFailed, ServerBye, TlsCertificateFailed
 
 
 @functools.lru_cache(maxsize=256)

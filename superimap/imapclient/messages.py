@@ -2,7 +2,7 @@
 
 The API's message route (GET .../messages/{uid_validity}/{uid}) streams mail that new_mail
 did not carry (over MAX_EMAIL_SIZE) or that the partner wants again. It opens its own
-connection with the engine's connection and login code (password or XOAUTH2), EXAMINEs the
+connection with the one connection and login code (login.py: password or XOAUTH2), EXAMINEs the
 folder (read-only: nothing is marked \\Seen), and reads the message with partial fetches,
 ``UID FETCH uid BODY.PEEK[]<offset.length>``, CHUNK_BYTES each: the web process never holds
 more than one slice, however large the message.
@@ -15,11 +15,12 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from superimap.engine import store
-from superimap.engine.connection import CommandFailed, ImapConnection
-from superimap.engine.oauth import AccessTokens
-from superimap.engine.session import authenticate, open_connection
 from superimap.imap import Fetch, TaggedResponse, UntaggedStatus
+from superimap.imapclient.account import Account
+from superimap.imapclient.connection import ImapConnection
+from superimap.imapclient.errors import CommandFailed
+from superimap.imapclient.login import authenticate, open_connection
+from superimap.imapclient.tokens import AccessTokens
 
 log = logging.getLogger("superimap.messages")
 
@@ -96,23 +97,26 @@ def partial_body(event: Fetch, origin: int) -> bytes | None:
 
 
 async def open_message(
-    config: store.MailboxConfig,
+    config: Account,
     uid_validity: int,
     uid: int,
     tokens: AccessTokens,
-    folder: str | None = None,
+    folder: str,
+    *,
+    missing_folder_is_gone: bool,
 ) -> OpenMessage:
-    """Connect, log in and find the message; MessageGone if it is not there (any more)."""
+    """Connect, log in, EXAMINE ``folder`` and find the message; MessageGone if it is not
+    there (any more). ``missing_folder_is_gone``: the folder was named by the caller, so
+    its absence means no such message (the mailbox's own folder missing is a failure)."""
     conn = await open_connection(
         config, timeout=COMMAND_TIMEOUT, max_literal_size=CHUNK_BYTES + 64 * 1024
     )
     try:
-        await authenticate(conn, config, tokens=tokens)
-        # The folder the UID belongs to: new_mail's folder, by default the primary one.
+        await authenticate(conn, config, tokens)
         try:
-            current = await _examine(conn, folder or config.checkpoint_folder)
+            current = await _examine(conn, folder)
         except CommandFailed as exc:
-            if folder is None:
+            if not missing_folder_is_gone:
                 raise
             raise MessageGone(f"no folder {folder!r}: {exc}") from None
         if current != uid_validity:

@@ -12,7 +12,8 @@ account, or to one provider, faster than the operator allows:
 
 The API's message route logs in too, once per request, from the web process: it takes its
 tokens from a limiter of its own (the same limits, separate from the engine's) and answers
-429 instead of waiting.
+429 instead of waiting. Each process holds one LoginLimiter (the engine's supervisor, the
+web's api/messages.py); the hosted form's login check takes no token (as before).
 """
 
 from __future__ import annotations

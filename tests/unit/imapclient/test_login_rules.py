@@ -1,0 +1,119 @@
+"""The IMAP client's pure rules, without I/O: which refusals need a human, what a partial
+fetch carried, how the login buckets fill and drain, and what a failed certificate says."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from superimap.imap import Fetch, TaggedResponse
+from superimap.imapclient import (
+    LoginLimiter,
+    PasswordAccount,
+    TlsCertificateFailed,
+    TokenBucket,
+    refused_for_credentials,
+)
+from superimap.imapclient.messages import partial_body
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "needs_a_human"),
+    [
+        ("NO", None, True),  # a plain NO: wrong password
+        ("NO", ("AUTHENTICATIONFAILED",), True),
+        ("NO", ("AUTHORIZATIONFAILED",), True),
+        ("NO", ("EXPIRED",), True),
+        ("NO", ("UNAVAILABLE",), False),  # RFC 5530 "not now" codes
+        ("NO", ("unavailable",), False),
+        ("NO", ("SERVERBUG",), False),
+        ("NO", ("LIMIT",), False),
+        ("NO", ("INUSE",), False),
+        ("NO", ("OVERQUOTA",), False),
+        ("BAD", None, False),  # our fault or the server's, not the credentials'
+        ("BAD", ("AUTHENTICATIONFAILED",), False),
+        ("OK", None, False),
+    ],
+)
+def test_it_tells_refused_credentials_from_transient_refusals(status, code, needs_a_human):
+    response = TaggedResponse("A1", status, code, "text")
+    assert refused_for_credentials(response) is needs_a_human
+
+
+@pytest.mark.parametrize(
+    ("attributes", "body", "origin", "expected"),
+    [
+        ({"BODY[]<0>": b"abc"}, None, 0, b"abc"),
+        ({"BODY[]<1048576>": b"tail"}, None, 1048576, b"tail"),
+        ({"BODY[]<0>": "text"}, None, 0, b"text"),  # a quoted string, not a literal
+        ({"BODY[]<5>": None}, None, 5, b""),  # NIL: past the end
+        ({"BODY[]<0>": b"other"}, None, 5, None),  # another slice's answer
+        ({}, None, 0, None),  # nothing about the body
+        ({}, b"whole", 0, b"whole"),  # a server that ignores the range sends it all
+        ({}, b"whole", 5, None),  # ... which only answers the first slice
+        ({"BODY[]<0>": 17}, None, 0, None),  # not a body at all
+    ],
+)
+def test_it_reads_the_slice_a_partial_fetch_returned(attributes, body, origin, expected):
+    event = Fetch(seq=1, uid=9, body=body, attributes=attributes)
+    assert partial_body(event, origin) == expected
+
+
+def test_a_token_bucket_queues_callers_and_never_refills_past_its_burst():
+    bucket = TokenBucket(rate=2.0, burst=2, now=0.0)
+    # (now, seconds reserve() says to wait)
+    steps = [(0.0, 0.0), (0.0, 0.0), (0.0, 0.5), (0.0, 1.0), (1.0, 0.5), (100.0, 0.0)]
+    assert [bucket.reserve(now) for now, _ in steps] == [wait for _, wait in steps]
+    assert bucket.wait(100.0) == 0.0  # one token left after 100 s: the burst, minus one
+    assert not bucket.full(100.0)
+    assert bucket.full(100.5)
+
+
+def test_waiting_takes_no_token():
+    bucket = TokenBucket(rate=1.0, burst=1, now=0.0)
+    assert bucket.reserve(0.0) == 0.0
+    assert [bucket.wait(0.0), bucket.wait(0.0), bucket.wait(0.25)] == [1.0, 1.0, 0.75]
+    assert bucket.reserve(1.0) == 0.0
+
+
+def test_the_limiter_forgets_full_buckets_now_and_then():
+    clock = [0.0]
+    limiter = LoginLimiter(
+        mailbox_burst=1, mailbox_interval=1.0, host_burst=1, host_rate=1.0, clock=lambda: clock[0]
+    )
+    for user_id in range(1001):
+        limiter.mailbox_delay(user_id)
+    clock[0] = 5.0  # every one of those buckets full again
+    for user_id in range(2000, 2999):
+        limiter.mailbox_delay(user_id)
+    assert len(limiter.mailboxes) == 2000  # swept only when a new bucket meets 2,000
+    limiter.mailbox_delay(2999)
+    assert sorted(limiter.mailboxes) == list(range(2000, 3000))  # the full ones are gone
+
+
+@pytest.mark.parametrize(
+    ("verify_message", "names_imap_host"),
+    [
+        ("Hostname mismatch, certificate is not valid for 'mail.example'.", True),
+        ("self-signed certificate in certificate chain", False),
+        ("unable to get local issuer certificate", False),
+    ],
+)
+def test_a_failed_certificate_names_the_fix(verify_message, names_imap_host):
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_message = verify_message
+    error.verify_code = 62
+    failed = TlsCertificateFailed("mail.example", error)
+    assert isinstance(failed, ssl.SSLCertVerificationError)
+    prefix = f"TLS certificate of mail.example not trusted ({verify_message})"
+    assert failed.reason.startswith(prefix)
+    assert "imap_tls_ca" in failed.reason and "imap_tls_verify" in failed.reason
+    assert ("set imap_host" in failed.reason) is names_imap_host
+    assert failed.verify_code == 62
+
+
+def test_a_password_account_never_shows_its_password():
+    account = PasswordAccount("imap.example.com", 993, "implicit", "alice", "s3cret-pw")
+    assert "s3cret-pw" not in repr(account) and "s3cret-pw" not in str(account)
+    assert "alice" in repr(account)
