@@ -36,7 +36,7 @@ def record(answers: list[Answered], now: datetime, config: policy.Config) -> Non
     """Fold a batch of attempts into EndpointHealth rows (inside the caller's transaction)."""
     by_endpoint: dict[tuple[int, str], list[tuple[policy.Verdict, policy.Answer]]] = {}
     for partner_id, kind, verdict, answer in answers:
-        if policy.RULES[verdict].endpoint is not policy.Effect.NONE:
+        if policy.RULES[verdict].endpoint:  # no URL: nothing was sent, nothing learnt
             by_endpoint.setdefault((partner_id, kind), []).append((verdict, answer))
     if not by_endpoint:
         return

@@ -65,27 +65,34 @@ class Verdict(enum.Enum):
     FAILED = "failed"
 
 
-class Effect(enum.Enum):
-    """What an answer says about its endpoint."""
+class Effect(enum.Flag):
+    """What an answer says about its endpoint (none of these: nothing)."""
 
-    NONE = "none"
-    SUCCESS = "success"
-    FAILURE = "failure"
-    PAUSE = "pause"
-    PAUSE_AND_FAILURE = "pause_and_failure"
-    DISABLE = "disable"
+    SUCCESS = enum.auto()
+    FAILURE = enum.auto()
+    PAUSE = enum.auto()
+    DISABLE = enum.auto()
+
+
+NOTHING = Effect(0)
 
 
 @dataclass(frozen=True)
 class Rule:
     delivery: str
-    """The delivery's status after it ("pending" or "failed" for a retry: see `retries`)."""
-    retries: bool
-    """A real failure: uses a step of the schedule and one of the round's attempts."""
+    """The delivery's status after the answer (a retry: "failed" once the round is spent)."""
     endpoint: Effect
+    retries: bool = False
+    """A real failure: uses a step of the schedule and one of the round's attempts."""
+    free_wait: bool = False
+    """Waits like a retry but uses neither a step nor an attempt (a 429 in its free window)."""
+    error: str | None = None
+    """The delivery's last_error ({kind}: its kind); None: the answer's error or status."""
+    archives_user: bool = False
 
 
-# The table of the module docstring; `classify` picks the row.
+# The table of the module docstring: `classify` picks the row (a verdict), RULES says
+# what it does.
 STATUSES: Mapping[int, Verdict] = {
     403: Verdict.REFUSED,
     410: Verdict.GONE,
@@ -93,13 +100,20 @@ STATUSES: Mapping[int, Verdict] = {
 }
 SUCCESS_CODES = range(200, 207)
 RULES: Mapping[Verdict, Rule] = {
-    Verdict.SKIPPED: Rule("skipped", retries=False, endpoint=Effect.NONE),
-    Verdict.DELIVERED: Rule("delivered", retries=False, endpoint=Effect.SUCCESS),
-    Verdict.REFUSED: Rule("cancelled", retries=False, endpoint=Effect.SUCCESS),
-    Verdict.GONE: Rule("cancelled", retries=False, endpoint=Effect.DISABLE),
-    Verdict.RATE_LIMITED: Rule("pending", retries=False, endpoint=Effect.PAUSE),
-    Verdict.RATE_LIMITED_LONG: Rule("pending", retries=True, endpoint=Effect.PAUSE_AND_FAILURE),
-    Verdict.FAILED: Rule("pending", retries=True, endpoint=Effect.FAILURE),
+    Verdict.SKIPPED: Rule("skipped", NOTHING, error="partner has no {kind} webhook URL"),
+    Verdict.DELIVERED: Rule("delivered", Effect.SUCCESS, error=""),
+    Verdict.REFUSED: Rule(
+        "cancelled",
+        Effect.SUCCESS,
+        error="receiver answered 403 Forbidden: user archived",
+        archives_user=True,
+    ),
+    Verdict.GONE: Rule(
+        "cancelled", Effect.DISABLE, error="receiver answered 410 Gone: {kind} webhook URL disabled"
+    ),
+    Verdict.RATE_LIMITED: Rule("pending", Effect.PAUSE, free_wait=True),
+    Verdict.RATE_LIMITED_LONG: Rule("pending", Effect.PAUSE | Effect.FAILURE, retries=True),
+    Verdict.FAILED: Rule("pending", Effect.FAILURE, retries=True),
 }
 
 
@@ -216,20 +230,12 @@ def delivery_step(
     """Where one attempt (number `attempt`, after `failures` real failures this round)
     moves its delivery."""
     rule = RULES[verdict]
-    if verdict is Verdict.SKIPPED:
-        return DeliveryStep(rule.delivery, f"partner has no {kind} webhook URL")
-    if verdict is Verdict.DELIVERED:
-        return DeliveryStep(rule.delivery, "")
-    if verdict is Verdict.GONE:
-        error = f"receiver answered 410 Gone: {kind} webhook URL disabled"
-        return DeliveryStep(rule.delivery, error)
-    if verdict is Verdict.REFUSED:
-        error = "receiver answered 403 Forbidden: user archived"
-        return DeliveryStep(rule.delivery, error, archive_user=True)
-    error = error_text(answer)
-    if verdict is Verdict.RATE_LIMITED:
+    error = error_text(answer) if rule.error is None else rule.error.format(kind=kind)
+    if rule.free_wait:
         delay = retry_after_delay(answer.retry_after, failures, config, rng)
         return DeliveryStep(rule.delivery, error, delay, grants_attempt=True)
+    if not rule.retries:
+        return DeliveryStep(rule.delivery, error, archive_user=rule.archives_user)
     if attempt >= max_attempts:
         return DeliveryStep("failed", error, uses_step=True)
     delay = retry_delay(failures + 1, config, rng)
@@ -285,22 +291,22 @@ def endpoint_step(
 ) -> EndpointStep:
     """How one attempt's answer moves its endpoint."""
     effect = RULES[verdict].endpoint
-    if effect is Effect.SUCCESS:
+    if Effect.SUCCESS in effect:
         recovered = endpoint.state is State.FAILING
         replay = None
         if recovered and config.auto_replay_hours:
             replay = (now - timedelta(hours=config.auto_replay_hours), now)
         after = replace(endpoint, state=State.HEALTHY, consecutive_failures=0)
         return EndpointStep(after, succeeded=True, recovered=recovered, replay=replay)
-    if effect is Effect.DISABLE:
+    if Effect.DISABLE in effect:
         if endpoint.state is State.DISABLED:
             return EndpointStep(endpoint)
         after = replace(endpoint, state=State.DISABLED)
         return EndpointStep(after, failure=GONE_ERROR, disabled=True)
     step = EndpointStep(endpoint)
-    if effect in (Effect.FAILURE, Effect.PAUSE_AND_FAILURE):
+    if Effect.FAILURE in effect:
         step = _failed(step, answer, config)
-    if effect in (Effect.PAUSE, Effect.PAUSE_AND_FAILURE):
+    if Effect.PAUSE in effect:
         # The endpoint's pause uses no step of any delivery: the first one without Retry-After.
         until = now + retry_after_delay(answer.retry_after, 0, config, rng)
         paused_until = step.after.paused_until
@@ -325,4 +331,4 @@ def writes_nothing(verdicts: Iterable[Verdict], endpoint: Endpoint | None) -> bo
         endpoint.state is not State.HEALTHY or endpoint.consecutive_failures
     ):
         return False
-    return all(RULES[verdict].endpoint is Effect.SUCCESS for verdict in verdicts)
+    return all(RULES[verdict].endpoint == Effect.SUCCESS for verdict in verdicts)
