@@ -1,14 +1,12 @@
-"""Endpoint health per partner and webhook kind, and what follows from it.
+"""Endpoint health per partner and webhook kind: the EndpointHealth rows and what follows.
 
-Rules (per partner and kind, from each recorded attempt):
-- a 2xx (or 403, a deliberate answer) is a success: the failure count goes back to 0; if
-  the endpoint was `failing` it has recovered, and its failed deliveries of the last
-  WEBHOOK_AUTO_REPLAY_HOURS, plus pending ones waiting in back-off, are re-queued oldest
-  first at most WEBHOOK_AUTO_REPLAY_RATE per second (replay_step);
-- a timeout, connection error or other status is a failure; WEBHOOK_FAILING_AFTER in a
-  row mark the endpoint `failing` (dashboard banner, metric, one warning in the log);
-- 429 is not a failure: the endpoint is paused until Retry-After (capped at
-  WEBHOOK_RETRY_AFTER_MAX) and its pending deliveries wait until then;
+What each answer does to an endpoint (healthy, failing, disabled; paused by a 429) is
+decided in policy.py (its table); this module stores it and does the side effects:
+- a recovery (the first success of a `failing` endpoint) opens a replay window: its failed
+  deliveries of the last WEBHOOK_AUTO_REPLAY_HOURS, plus pending ones waiting in back-off,
+  are re-queued oldest first at most WEBHOOK_AUTO_REPLAY_RATE per second (replay_step);
+- becoming `failing` shows a dashboard banner and a metric and logs one warning;
+- a pause (429) holds the endpoint's pending deliveries until its end;
 - 410 Gone switches that kind's URL off (the partner's field is emptied, the old URL kept
   here), the endpoint is `disabled` and the operator is told (banner, log, metric). Later
   deliveries of that kind are `skipped` until a URL is set again.
@@ -18,54 +16,28 @@ Successful batches to healthy endpoints cost one SELECT and no writes.
 from __future__ import annotations
 
 import logging
-import random
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 
+from superimap.delivery import policy
 from superimap.delivery.failurelog import endpoint_host
 from superimap.delivery.models import Delivery, EndpointHealth
 from superimap.partners.models import Partner
 
 log = logging.getLogger("superimap.worker")
 
-SUCCESS, FAILURE, RATE_LIMITED, GONE = "success", "failure", "rate_limited", "gone"
+# One attempt as the health rows see it: (partner id, kind, verdict, the receiver's answer).
+Answered = tuple[int, str, policy.Verdict, policy.Answer]
 
 
-def classify(outcome) -> str | None:
-    result = outcome.result
-    if not outcome.claimed.url:
-        return None
-    if result.succeeded or result.status_code == 403:
-        return SUCCESS
-    if result.status_code == 410:
-        return GONE
-    if result.status_code == 429:
-        return RATE_LIMITED
-    return FAILURE
-
-
-def retry_after_delay(result, failures: int, rng: random.Random | None = None) -> timedelta:
-    """How long to wait after a 429/503: Retry-After if given (capped), else the step the
-    delivery's next failure would wait (`failures` so far in its round; not used up)."""
-    if result.retry_after is not None:
-        return timedelta(seconds=min(result.retry_after, settings.WEBHOOK_RETRY_AFTER_MAX))
-    from superimap.delivery.queue import retry_delay
-
-    return retry_delay(failures + 1, rng)
-
-
-def record(outcomes, now: datetime) -> None:
-    """Fold a batch of attempt outcomes into EndpointHealth rows (inside the caller's
-    transaction)."""
-    by_endpoint: dict[tuple[int, str], list] = {}
-    for outcome in outcomes:
-        verdict = classify(outcome)
-        if verdict is not None:
-            key = (outcome.claimed.partner_id, outcome.claimed.kind)
-            by_endpoint.setdefault(key, []).append((verdict, outcome))
+def record(answers: list[Answered], now: datetime, config: policy.Config) -> None:
+    """Fold a batch of attempts into EndpointHealth rows (inside the caller's transaction)."""
+    by_endpoint: dict[tuple[int, str], list[tuple[policy.Verdict, policy.Answer]]] = {}
+    for partner_id, kind, verdict, answer in answers:
+        if policy.RULES[verdict].endpoint:  # no URL: nothing was sent, nothing learnt
+            by_endpoint.setdefault((partner_id, kind), []).append((verdict, answer))
     if not by_endpoint:
         return
     partner_ids = sorted({partner_id for partner_id, _ in by_endpoint})
@@ -77,59 +49,55 @@ def record(outcomes, now: datetime) -> None:
             f"({', '.join(['%s'] * len(partner_ids))})",
             partner_ids,
         )
-        states = {(pid, kind): (state, failures) for pid, kind, state, failures in cursor}
+        states = {
+            (pid, kind): policy.Endpoint(policy.State(state), failures)
+            for pid, kind, state, failures in cursor
+        }
     for key, verdicts in by_endpoint.items():
-        kinds = {verdict for verdict, _ in verdicts}
-        state = states.get(key)
-        if kinds == {SUCCESS} and (state is None or state == (EndpointHealth.State.HEALTHY, 0)):
+        if policy.writes_nothing((verdict for verdict, _ in verdicts), states.get(key)):
             continue  # the common case: nothing to write
         row = EndpointHealth.objects.filter(partner_id=key[0], kind=key[1]).first()
         if row is None:
             # get_or_create: another worker may be creating the same row right now.
             row, _ = EndpointHealth.objects.get_or_create(partner_id=key[0], kind=key[1])
-        _apply(row, verdicts, now)
+        _apply(row, verdicts, now, config)
 
 
-def _apply(row: EndpointHealth, verdicts, now: datetime) -> None:
-    for verdict, outcome in verdicts:
-        result = outcome.result
-        if verdict == SUCCESS:
-            if row.state == EndpointHealth.State.FAILING:
-                _recovered(row, now)
-            elif row.state == EndpointHealth.State.DISABLED:
-                row.state = EndpointHealth.State.HEALTHY  # a new URL was set and works
-            row.consecutive_failures = 0
+def _apply(
+    row: EndpointHealth,
+    verdicts: list[tuple[policy.Verdict, policy.Answer]],
+    now: datetime,
+    config: policy.Config,
+) -> None:
+    for verdict, answer in verdicts:
+        before = policy.Endpoint(
+            policy.State(row.state), row.consecutive_failures, row.paused_until
+        )
+        step = policy.endpoint_step(before, verdict, answer, now, config)
+        row.state = step.after.state.value
+        row.consecutive_failures = step.after.consecutive_failures
+        row.paused_until = step.after.paused_until
+        if step.succeeded:
             row.last_success_at = now
-        elif verdict == FAILURE:
-            row.consecutive_failures += 1
+        if step.failure is not None:
             row.last_failure_at = now
-            row.last_error = (
-                result.error or (f"HTTP {result.status_code}" if result.status_code else "")
-            )[:1024]
-            if (
-                row.state == EndpointHealth.State.HEALTHY
-                and row.consecutive_failures >= settings.WEBHOOK_FAILING_AFTER
-            ):
-                row.state = EndpointHealth.State.FAILING
-                row.failing_since = now
-                log.warning(
-                    "%s is failing after %d failures: %s",
-                    _endpoint(row),
-                    row.consecutive_failures,
-                    row.last_error,
-                )
-        elif verdict == RATE_LIMITED:
-            until = now + retry_after_delay(result, 0)  # the endpoint's pause: no step used
-            if row.paused_until is None or until > row.paused_until:
-                row.paused_until = until
-                _hold_pending(row, until)
-        elif verdict == GONE and row.state != EndpointHealth.State.DISABLED:
+            row.last_error = step.failure
+        if step.recovered:
+            _recovered(row, step, config)
+        if step.became_failing:
+            row.failing_since = now
+            log.warning(
+                "%s is failing after %d failures: %s",
+                _endpoint(row),
+                row.consecutive_failures,
+                row.last_error,
+            )
+        if step.paused:
+            _hold_pending(row, step.after.paused_until)
+        if step.disabled:
             partner = Partner.objects.filter(id=row.partner_id).first()
             url = partner.disable_webhook(row.kind) if partner else ""
-            row.state = EndpointHealth.State.DISABLED
             row.disabled_url = url or row.disabled_url
-            row.last_error = "410 Gone: URL disabled"
-            row.last_failure_at = now
             log.warning(
                 "%s answered 410 Gone: URL disabled; set a new URL in the dashboard",
                 _endpoint(row, url),
@@ -158,18 +126,15 @@ def _hold_pending(row: EndpointHealth, until: datetime) -> None:
     ).update(next_attempt_at=until)
 
 
-def _recovered(row: EndpointHealth, now: datetime) -> None:
-    row.state = EndpointHealth.State.HEALTHY
+def _recovered(row: EndpointHealth, step: policy.EndpointStep, config: policy.Config) -> None:
     row.failing_since = None
-    hours = settings.WEBHOOK_AUTO_REPLAY_HOURS
     log.warning(
         "%s recovered; re-queueing its failed deliveries of the last %d hours",
         _endpoint(row),
-        hours,
+        config.auto_replay_hours,
     )
-    if hours:
-        row.replay_from = now - timedelta(hours=hours)
-        row.replay_until = now
+    if step.replay is not None:
+        row.replay_from, row.replay_until = step.replay
         row.replay_cursor = 0
 
 

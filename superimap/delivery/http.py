@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 
 from superimap import __version__
+from superimap.delivery import policy
 from superimap.delivery.payloads import (
     signed_body,
     spec_signature,
@@ -36,7 +37,7 @@ class PostResult:
 
     @property
     def succeeded(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code <= 206
+        return policy.succeeded(self.status_code)
 
 
 def make_session(

@@ -9,13 +9,14 @@ from django.db import models
 from django.db.models import F
 from django.utils import timezone
 
+from superimap.delivery import policy
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Partner
 
 
 def attempts_per_round() -> int:
     """The first send plus one retry per WEBHOOK_RETRY_SCHEDULE entry."""
-    return len(settings.WEBHOOK_RETRY_SCHEDULE) + 1
+    return policy.attempts_per_round(settings.WEBHOOK_RETRY_SCHEDULE)
 
 
 class Delivery(models.Model):

@@ -20,32 +20,12 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from superimap.delivery import fairness, health
+from superimap.delivery import fairness, health, policy
 from superimap.delivery.http import PostResult
 from superimap.delivery.models import Delivery, DeliveryAttempt, EndpointHealth
 from superimap.fields import decrypt
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Partner
-
-RETRY_JITTER = 0.2
-
-
-def retry_delay(failure: int, rng: random.Random | None = None) -> timedelta:
-    """Delay after real failure number `failure` (1-based) of the current round, from
-    WEBHOOK_RETRY_SCHEDULE (default 10 s, 1 min, 6 min, 36 min, 3.6 h, 21.6 h), ±20 %.
-    Counted in `Delivery.failures`, not in attempts: a 429 is not a failure and uses no step,
-    and a new round (manual retry, replay) starts over at the first step."""
-    rng = rng or random
-    schedule = settings.WEBHOOK_RETRY_SCHEDULE
-    seconds = schedule[min(max(failure, 1), len(schedule)) - 1]
-    return timedelta(seconds=seconds * rng.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER))
-
-
-def free_429_window() -> timedelta:
-    """A 429 does not use up a retry while the delivery is younger than this (twice the
-    schedule's span, at least a day), so a receiver answering 429 forever cannot keep a
-    delivery pending forever."""
-    return timedelta(seconds=max(2 * sum(settings.WEBHOOK_RETRY_SCHEDULE), 86400))
 
 
 @dataclass(frozen=True)
@@ -280,15 +260,34 @@ def record_outcomes(
         maxima = {id_: (most, failures) for id_, most, failures in cursor.fetchall()}
         attempts = []
         delivered: dict[tuple[int, int | None], list[int]] = {}
+        config = policy.Config.from_settings(settings)
+        answers: list[health.Answered] = []
         for outcome in outcomes:
-            if outcome.claimed.id not in maxima:
+            claimed, result = outcome.claimed, outcome.result
+            verdict = policy.classify(
+                result.status_code,
+                has_url=bool(claimed.url),
+                age=now - claimed.created_at,
+                config=config,
+            )
+            answers.append((claimed.partner_id, claimed.kind, verdict, result))
+            if claimed.id not in maxima:
                 continue  # deleted meanwhile (its partner was removed): nothing to record
-            result = outcome.result
-            if outcome.claimed.url and result.succeeded:
-                key = (outcome.claimed.attempt, result.status_code)
-                delivered.setdefault(key, []).append(outcome.claimed.id)
+            if verdict is policy.Verdict.DELIVERED:
+                key = (claimed.attempt, result.status_code)
+                delivered.setdefault(key, []).append(claimed.id)
             else:
-                status = _record_one(node_id, outcome, *maxima[outcome.claimed.id], now, rng)
+                step = policy.delivery_step(
+                    verdict,
+                    result,
+                    kind=claimed.kind,
+                    attempt=claimed.attempt,
+                    max_attempts=maxima[claimed.id][0],
+                    failures=maxima[claimed.id][1],
+                    config=config,
+                    rng=rng,
+                )
+                status = _record_one(node_id, outcome, step, now)
                 counts[status] = counts.get(status, 0) + 1
             attempts.append(
                 (
@@ -331,7 +330,7 @@ def record_outcomes(
                 f"VALUES {', '.join([row] * len(attempts))} ON CONFLICT DO NOTHING",
                 [value for attempt in attempts for value in attempt],
             )
-        health.record(outcomes, now)
+        health.record(answers, now, config)
     return counts
 
 
@@ -342,64 +341,29 @@ def _fenced(node_id: str, ids: list[int], attempt: int):
     )
 
 
-def _record_one(
-    node_id: str,
-    outcome: Outcome,
-    max_attempts: int,
-    failures: int,
-    now: datetime,
-    rng: random.Random | None,
-) -> str:
+def _record_one(node_id: str, outcome: Outcome, step: policy.DeliveryStep, now: datetime) -> str:
+    """Write what the policy decided for one attempt, fenced: returns the delivery's new
+    status, or "stale" when a newer claim owns the row."""
     claimed, result = outcome.claimed, outcome.result
-    fenced = _fenced(node_id, [claimed.id], claimed.attempt)
-    common = {
+    changes: dict = {
+        "status": step.status,
         "claimed_by": "",
         "lease_until": None,
         "last_status_code": result.status_code,
-        "last_error": (
-            result.error or (f"HTTP {result.status_code}" if result.status_code else "")
-        )[:1024],
+        "last_error": step.last_error,
     }
-    if not claimed.url:
-        status = Delivery.Status.SKIPPED
-        common["last_error"] = f"partner has no {claimed.kind} webhook URL"
-        updated = fenced.update(status=status, **common)
-    elif result.succeeded:
-        status = Delivery.Status.DELIVERED
-        common["last_error"] = ""
-        updated = fenced.update(status=status, delivered_at=now, **common)
-    elif result.status_code == 410:
-        status = Delivery.Status.CANCELLED
-        common["last_error"] = f"receiver answered 410 Gone: {claimed.kind} webhook URL disabled"
-        updated = fenced.update(status=status, **common)
-    elif result.status_code == 429 and now - claimed.created_at < free_429_window():
-        # Rate limited: wait as asked (or as long as the next failure would) without using
-        # up a retry or a step of the schedule.
-        status = Delivery.Status.PENDING
-        updated = fenced.update(
-            status=status,
-            next_attempt_at=now + health.retry_after_delay(result, failures, rng),
-            max_attempts=F("max_attempts") + 1,
-            **common,
-        )
-    elif result.status_code == 403:
-        status = Delivery.Status.CANCELLED
-        common["last_error"] = "receiver answered 403 Forbidden: user archived"
-        updated = fenced.update(status=status, **common)
-        if updated:
-            _archive_user_of(claimed.id)
-    elif claimed.attempt >= max_attempts:
-        status = Delivery.Status.FAILED
-        updated = fenced.update(status=status, failures=F("failures") + 1, **common)
-    else:
-        status = Delivery.Status.PENDING
-        delay = retry_delay(failures + 1, rng)
-        if result.retry_after is not None:  # 503 + Retry-After: not sooner than asked
-            delay = max(delay, health.retry_after_delay(result, failures + 1, rng))
-        updated = fenced.update(
-            status=status, next_attempt_at=now + delay, failures=F("failures") + 1, **common
-        )
-    return status if updated else "stale"
+    if step.status == Delivery.Status.DELIVERED:
+        changes["delivered_at"] = now
+    if step.delay is not None:
+        changes["next_attempt_at"] = now + step.delay
+    if step.uses_step:
+        changes["failures"] = F("failures") + 1
+    if step.grants_attempt:
+        changes["max_attempts"] = F("max_attempts") + 1
+    updated = _fenced(node_id, [claimed.id], claimed.attempt).update(**changes)
+    if updated and step.archive_user:
+        _archive_user_of(claimed.id)
+    return Delivery.Status(step.status) if updated else "stale"
 
 
 def _archive_user_of(delivery_id: int) -> None:

@@ -27,8 +27,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 from django.conf import settings
 from django.db import connection
+from psycopg.conninfo import make_conninfo
 
 from superimap import dboutage
 
@@ -212,8 +214,6 @@ class WakeListener:
     # PostgreSQL: LISTEN on a connection of our own, reconnecting after errors.
 
     async def _listen_postgresql(self) -> None:
-        import psycopg
-
         failures = 0
         listened = False
         while True:
@@ -256,8 +256,6 @@ class WakeListener:
 
 
 def _conninfo() -> str:
-    from psycopg.conninfo import make_conninfo
-
     db = settings.DATABASES["default"]
     params = {
         "dbname": db.get("NAME"),

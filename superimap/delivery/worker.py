@@ -31,6 +31,7 @@ from superimap.metrics import (
     WORKER_METRICS,
     expose,
 )
+from superimap.partners.models import Partner
 
 log = logging.getLogger("superimap.worker")
 
@@ -459,7 +460,5 @@ def _observe(outcomes: list[queue.Outcome]) -> None:
 
 
 def _partner_name(partner_id: int) -> str:
-    from superimap.partners.models import Partner
-
     name = Partner.objects.filter(id=partner_id).values_list("name", flat=True).first()
     return f"partner {partner_id}" if name is None else name

@@ -312,3 +312,45 @@ def test_a_new_round_starts_at_the_first_step(
     process()
     assert 8 <= wait_seconds(delivery, clock) <= 12  # not the second step (attempt 5)
     assert delivery.attempts == 5 and delivery.failures == 1
+
+
+def test_a_429_past_its_free_window_counts_against_the_endpoint_and_its_recovery_replays(
+    seeded_providers, make_receiver, process, clock, settings
+):
+    """A receiver that has answered 429 for longer than the free window is not taking its
+    mail: the delivery uses its retries (as before) and the endpoint counts the failures too,
+    so it shows as failing and its recovery re-queues what failed meanwhile (before, the
+    endpoint stayed healthy and the failed delivery waited for a manual retry)."""
+    settings.WEBHOOK_RETRY_SCHEDULE = [10]  # two attempts per round; free window: one day
+    settings.WEBHOOK_FAILING_AFTER = 2
+    limited = {"value": True}
+    receiver = make_receiver(
+        responses=lambda event: (
+            (429, "slow down", {"Retry-After": "60"}) if limited["value"] else (200, "")
+        )
+    )
+    partner = make_partner(receiver.url)
+    old = connected_event(partner, clock)
+    Delivery.objects.filter(id=old.id).update(created_at=clock() - timedelta(days=2))
+    process()
+    old.refresh_from_db()
+    assert old.status == Delivery.Status.PENDING and old.failures == 1  # a failure, not free
+    assert (old.next_attempt_at - clock()).total_seconds() == 60  # at least its Retry-After
+    health = health_of(partner)
+    assert health.consecutive_failures == 1 and health.state == EndpointHealth.State.HEALTHY
+    assert health.paused_until == clock() + timedelta(seconds=60)  # still honoured
+    clock.advance(60)
+    process()
+    old.refresh_from_db()
+    assert old.status == Delivery.Status.FAILED
+    assert health_of(partner).state == EndpointHealth.State.FAILING
+
+    limited["value"] = False
+    clock.advance(60)
+    connected_event(partner, clock)
+    process()  # the new event's 200: recovered, the auto-replay window opens
+    assert health_of(partner).state == EndpointHealth.State.HEALTHY
+    process()  # the replay step re-queues the failed delivery, then it is sent
+    old.refresh_from_db()
+    assert old.status == Delivery.Status.DELIVERED
+    assert delivered_event_ids(receiver)[str(old.event_id)] == 1
