@@ -24,7 +24,7 @@ from superimap.accounts.checks import (
     required_connection_problems,
     tls_problems,
 )
-from superimap.accounts.users import refuse
+from superimap.accounts.errors import refuse
 from superimap.changes import new_session_version
 from superimap.mailboxes.models import MailboxUser
 from superimap.netguard import PrivateTargetRefused, check_host

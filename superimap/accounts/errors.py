@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class Refused(Exception):
     """A change refused by a rule: the API answers ``status`` with ``code``; the dashboard
@@ -13,3 +15,10 @@ class Refused(Exception):
         self.code = code
         self.message = message
         self.field = field
+
+
+def refuse(problems: Iterable, status: int = 422) -> None:
+    """Raise the first of the accounts.checks problems as Refused (the API answers one at
+    a time)."""
+    for problem in problems:
+        raise Refused(status, problem.code, problem.message, problem.field)

@@ -19,7 +19,7 @@ from superimap.accounts.checks import (
     given_credential_problems,
     missing_credential_problems,
 )
-from superimap.accounts.errors import Refused
+from superimap.accounts.errors import Refused, refuse
 from superimap.changes import new_session_version
 from superimap.delivery.models import Delivery
 from superimap.delivery.outbox import enqueue_user_event
@@ -31,12 +31,6 @@ Status = MailboxUser.Status
 FAILING = (Status.AUTH_FAILED, Status.TLS_FAILED, Status.BACKING_OFF)
 # The fields an API body or the dashboard's form may give that log the user in.
 CREDENTIAL_FIELDS = ("login_username", *SECRETS)
-
-
-def refuse(problems: Iterable[Problem], status: int = 422) -> None:
-    """Raise the first problem as Refused (the API answers one at a time)."""
-    for problem in problems:
-        raise Refused(status, problem.code, problem.message, problem.field)
 
 
 def restart_session(user: MailboxUser) -> None:

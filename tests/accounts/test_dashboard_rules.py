@@ -11,6 +11,7 @@ from django.test import Client
 
 from superimap.accounts import connections as accounts_connections
 from superimap.accounts import users as accounts_users
+from superimap.accounts.errors import Refused
 from superimap.delivery.models import EndpointHealth
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
@@ -203,7 +204,7 @@ def test_an_archived_twin_is_not_restored_over_an_active_user(plain_connection):
     first = accounts_users.create_user(plain_connection, "alice", password="pw")
     accounts_users.archive_user(first)
     accounts_users.create_user(plain_connection, "alice", password="pw2")
-    with pytest.raises(accounts_users.Refused) as refused:
+    with pytest.raises(Refused) as refused:
         accounts_users.restore_user(first)
     assert (refused.value.status, refused.value.code) == (409, "duplicate")
     assert MailboxUser.objects.get(id=first.id).archived
