@@ -36,6 +36,10 @@ class TrackedFields:
         loaded = self.__dict__
         self._tracked = {name: loaded[name] for name in self.TRACKED if name in loaded}
 
+    def loaded_values(self) -> dict:
+        """The tracked fields' values as loaded from the database (or as last saved)."""
+        return dict(getattr(self, "_tracked", None) or {})
+
     def tracked_changed(self) -> bool:
         """True if a tracked field differs from its loaded value (always, for a new row)."""
         tracked = getattr(self, "_tracked", None)

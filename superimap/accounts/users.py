@@ -50,7 +50,7 @@ def save_user(user: MailboxUser, update_fields: Iterable[str] | None = None) -> 
 
 
 def create_user(connection: Connection, tag: str, **fields) -> MailboxUser:
-    """A new user (the dashboard's and the tests' way; the API's is create_from_fields)."""
+    """A new user from its fields (the API's create: api/service.py with apply_user_fields)."""
     user = MailboxUser(connection=connection, tag=tag, **fields)
     save_user(user)
     return user
@@ -119,7 +119,7 @@ def _after_credentials(user: MailboxUser, given: Mapping[str, object]) -> None:
 def given_credentials(user: MailboxUser) -> dict[str, object]:
     """The credential fields of ``user`` set to a new, non-empty value since it was loaded
     (the dashboard's form: empty secrets keep the stored ones, admin_secrets.py)."""
-    loaded = getattr(user, "_tracked", {}) if user.pk is not None else {}
+    loaded = user.loaded_values() if user.pk is not None else {}
     given = {}
     for name in CREDENTIAL_FIELDS:
         value = getattr(user, name)
@@ -140,10 +140,9 @@ def edited_user_problems(user: MailboxUser) -> list[Problem]:
 
 def save_edited_user(user: MailboxUser) -> None:
     """The dashboard's save: new credentials connect the user as through the API."""
-    refuse(edited_user_problems(user))
     given = given_credentials(user)
-    if any(given.get(name) for name in SECRETS):
-        _connected(user, fresh=False)
+    refuse(given_credential_problems(ProviderKind.of(user.connection.provider), given))
+    _after_credentials(user, given)
     save_user(user)
 
 

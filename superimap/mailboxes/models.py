@@ -13,7 +13,7 @@ from superimap.partners.models import Connection
 
 
 class MailboxUser(TrackedFields, models.Model):
-    # What the IMAP session logs in with: changing one of these restarts the session.
+    # What the IMAP session logs in with: changing one restarts the session (accounts/users.py).
     TRACKED = ("email", "login_username", "password", "oauth_refresh_token", "folders")
     CREDENTIALS = ("email", "login_username", "password", "oauth_refresh_token")
 

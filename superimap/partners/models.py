@@ -47,6 +47,7 @@ def hash_api_key(api_key: str) -> str:
 class ImapProvider(TrackedFields, models.Model):
     """How to reach one kind of mailbox. Seeded by a data migration."""
 
+    # What its users' IMAP sessions use: changing one restarts them (accounts/connections.py).
     TRACKED = ("imap_host", "imap_port", "imap_tls", "folder", "idle_refresh_seconds")
 
     class AuthKind(models.TextChoices):
@@ -240,9 +241,6 @@ class Partner(models.Model):
         hosts.discard("")
         return hosts
 
-    def webhook_fields(self) -> list[str]:
-        return [f.name for f in self._meta.get_fields() if f.name.endswith("_webhook")]
-
     def disable_webhook(self, kind: str) -> str:
         """Switch off the URL for `kind` (after a 410 Gone); returns the URL it had."""
         field = f"{kind}_webhook"
@@ -265,7 +263,7 @@ class Partner(models.Model):
 class Connection(TrackedFields, models.Model):
     """A partner's use of one provider, with the partner's OAuth client or server settings."""
 
-    # What its mailboxes' IMAP sessions use: changing one restarts them.
+    # What its mailboxes' IMAP sessions use: changing one restarts them (accounts/connections.py).
     TRACKED = (
         "imap_host",
         "imap_port",
