@@ -1,4 +1,6 @@
-"""Admin forms for encrypted fields: write-only, shown as "- encrypted -", never echoed back."""
+"""Admin forms for encrypted fields (write-only, shown as "- encrypted -", never echoed back),
+checked by the rules of superimap/accounts (the API's) once the form's values are on the
+instance."""
 
 from __future__ import annotations
 
@@ -46,3 +48,10 @@ def secret_form(model, secret_fields: tuple[str, ...]):
     SecretForm.Meta.model = model
     SecretForm.__name__ = f"{model.__name__}SecretForm"
     return SecretForm
+
+
+def show_problems(form: forms.ModelForm, problems) -> None:
+    """Each accounts.checks.Problem as a form error, on its field when the form has it."""
+    for problem in problems:
+        field = problem.field if problem.field in form.fields else None
+        form.add_error(field, problem.shown_on_form)

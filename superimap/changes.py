@@ -1,9 +1,10 @@
-"""Knowing which fields a save() changed, for the engine's restart-on-change rule.
+"""Knowing which fields a change touched, for the engine's restart-on-change rule.
 
 The engine restarts a mailbox's IMAP session only when something the session uses
 changed (credentials, host, port, TLS, folder): a restart is a new login, and providers
 throttle or lock accounts on login storms. Models remember the tracked fields' values as
-loaded and compare them on save().
+loaded; superimap/accounts compares them when it saves a change (saving a model itself
+restarts nothing).
 """
 
 from __future__ import annotations
@@ -23,17 +24,21 @@ class TrackedFields:
     @classmethod
     def from_db(cls, db, field_names, values):
         instance = super().from_db(db, field_names, values)
-        instance._remember_tracked()
+        instance.remember_tracked()
         return instance
 
     def refresh_from_db(self, *args, **kwargs) -> None:
         super().refresh_from_db(*args, **kwargs)
-        self._remember_tracked()
+        self.remember_tracked()
 
-    def _remember_tracked(self) -> None:
+    def remember_tracked(self) -> None:
         # Deferred fields (not loaded) are left out: they cannot have been changed unseen.
         loaded = self.__dict__
         self._tracked = {name: loaded[name] for name in self.TRACKED if name in loaded}
+
+    def loaded_values(self) -> dict:
+        """The tracked fields' values as loaded from the database (or as last saved)."""
+        return dict(getattr(self, "_tracked", None) or {})
 
     def tracked_changed(self) -> bool:
         """True if a tracked field differs from its loaded value (always, for a new row)."""

@@ -177,9 +177,9 @@ def _rotate_existing_partner(args) -> bool:
     is never stored in plain text anywhere, so getting new ones is how to get them again.
     Returns False if there is no such partner."""
     from django.db import transaction
-    from django.utils import timezone
 
-    from superimap.partners.models import Partner, new_api_key, new_webhook_secret
+    from superimap.accounts import partners
+    from superimap.partners.models import Partner
 
     with transaction.atomic():
         partner = Partner.objects.select_for_update().filter(name__iexact=args.name.strip())
@@ -187,16 +187,9 @@ def _rotate_existing_partner(args) -> bool:
         if partner is None:
             return False
         if args.webhook:
+            partners.set_all_webhooks(partner, args.webhook)
             _validate_webhook(partner, args.webhook)
-            for field in partner.webhook_fields():
-                setattr(partner, field, args.webhook)
-        partner.api_key = new_api_key()
-        partner.webhook_secret = new_webhook_secret()
-        partner.previous_api_key_hash = ""
-        partner.previous_api_key_until = timezone.now()
-        partner.previous_webhook_secret = ""
-        partner.previous_webhook_secret_until = timezone.now()
-        partner.save()
+        partners.replace_credentials(partner)
     what = f"partner {partner.name!r} (id {partner.id}) exists: new API key and webhook secret"
     _print_credentials(args, partner, f"{what}; the previous ones no longer work")
     return True
@@ -205,11 +198,13 @@ def _rotate_existing_partner(args) -> bool:
 def _validate_webhook(partner, webhook: str) -> None:
     from django.core.exceptions import ValidationError
 
+    from superimap.accounts import partners
+
     try:
         # The dashboard's rules (a URL whose host is a host name, at most 1,000 characters,
         # a name no other partner has, ignoring case), and webhooks are POSTed over HTTP:
         # http(s) only.
-        partner.full_clean(exclude=["api_key", "api_key_hash", "webhook_secret"])
+        partners.validate_partner(partner, exclude=["api_key", "api_key_hash", "webhook_secret"])
         if webhook and not webhook.lower().startswith(("http://", "https://")):
             raise ValidationError({"webhook": ["Enter an http:// or https:// URL."]})
     except ValidationError as exc:
@@ -237,20 +232,15 @@ def _print_credentials(args, partner, what: str) -> None:
 
 
 def cmd_createpartner(args) -> None:
+    from superimap.accounts import partners
     from superimap.partners.models import Partner
 
     if args.if_exists == "rotate" and _rotate_existing_partner(args):
         return
-    partner = Partner(
-        name=args.name.strip(),
-        new_mail_webhook=args.webhook or "",
-        user_connected_webhook=args.webhook or "",
-        user_disconnected_webhook=args.webhook or "",
-        user_error_webhook=args.webhook or "",
-        user_recovered_webhook=args.webhook or "",
-    )
+    partner = Partner(name=args.name.strip())
+    partners.set_all_webhooks(partner, args.webhook or "")
     _validate_webhook(partner, args.webhook or "")
-    partner.save()
+    partners.save_partner(partner)
     _print_credentials(args, partner, f"created partner {partner.name!r} (id {partner.id})")
 
 

@@ -7,6 +7,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from superimap.accounts import users as accounts_users
 from superimap.delivery.models import Delivery, EndpointHealth
 from superimap.mailboxes.models import MailboxUser, MailLog
 from tests.delivery.helpers import ThreadedReceiver
@@ -102,7 +103,7 @@ def test_the_mailbox_list_filters_failing_and_paused_mailboxes(admin, failing, p
     )
     r = admin.get("/admin/mailboxes/mailboxuser/?state=failing")
     assert {u.tag for u in r.context["cl"].result_list} == {"alice"}
-    failing.pause()
+    accounts_users.pause_user(failing)
     r = admin.get("/admin/mailboxes/mailboxuser/?state=paused")
     assert {u.tag for u in r.context["cl"].result_list} == {"alice"}
     assert "Paused" in r.content.decode()

@@ -8,6 +8,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
 
+from superimap.accounts.connections import validate_connection
+from superimap.accounts.partners import validate_partner
 from superimap.partners.models import Connection, ImapProvider, Partner
 from tests.api.helpers import assert_error
 
@@ -115,16 +117,16 @@ def test_the_dashboards_connection_form_shows_the_host_rule(partner, django_user
 def test_the_dashboard_refuses_imap_without_tls_unless_opted_in(partner):
     connection = _plain(partner, imap_host="imap.example.com", imap_tls="none")
     with pytest.raises(ValidationError) as error:
-        connection.full_clean()
+        validate_connection(connection)
     assert "imap_allow_plaintext" in " ".join(error.value.message_dict["imap_tls"])
     connection.imap_allow_plaintext = True
-    connection.full_clean()
+    validate_connection(connection)
 
 
 def test_the_dashboard_refuses_smtp_without_tls_outside_loopback(partner):
     connection = _plain(partner, imap_host="imap.example.com", smtp_tls="none")
     with pytest.raises(ValidationError) as error:
-        connection.full_clean()
+        validate_connection(connection)
     assert "smtp_tls" in error.value.message_dict
 
 
@@ -142,7 +144,7 @@ def test_webhook_and_callback_urls_need_a_host_name_in_the_api_and_dashboard(api
         assert_error(api.put("/partner", {field: url}), 422)
         setattr(partner, field, url)
         with pytest.raises(ValidationError) as error:
-            partner.full_clean()
+            validate_partner(partner)
         assert field in error.value.message_dict
         partner.refresh_from_db()
 
@@ -154,7 +156,7 @@ def test_allowed_redirect_hosts_are_host_names(api, partner):
     assert r.status_code == 200, r.content
     partner.allowed_redirect_hosts = "ok.example,user@evil.example"
     with pytest.raises(ValidationError) as error:
-        partner.full_clean()
+        validate_partner(partner)
     assert "allowed_redirect_hosts" in error.value.message_dict
 
 

@@ -143,8 +143,9 @@ def test_engine_lines_name_mailboxes_and_tell_connect_recovery_and_summary(tmp_p
             "the recovery line",
         )
         # A sweep, asked for as the API's sweep route does: its end is logged.
-        sweep = "from superimap.mailboxes.models import MailboxUser as U\n"
-        sweep += "U.objects.get(tag='user1').request_sweep()"
+        sweep = "from superimap.accounts.users import request_sweep\n"
+        sweep += "from superimap.mailboxes.models import MailboxUser as U\n"
+        sweep += "request_sweep(U.objects.get(tag='user1'))"
         run_cli(env, "manage", "shell", "-c", sweep)
         wait_until(
             lambda: "/LOOPBACK_PLAIN/user1 (id 2): sweep done:" in procs.output(engine),

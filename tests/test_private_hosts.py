@@ -9,6 +9,7 @@ import socket
 import pytest
 from django.core.exceptions import ValidationError
 
+from superimap.accounts.connections import validate_connection
 from superimap.imapclient import ImapConnection
 from superimap.mailboxes.credentials import check_login
 from superimap.netguard import PrivateTargetRefused
@@ -91,7 +92,7 @@ def test_the_dashboard_form_refuses_private_hosts_too(partner, production_hosts)
         partner=partner, provider=ImapProvider.objects.get(code="PLAIN"), imap_host="127.0.0.1"
     )
     with pytest.raises(ValidationError) as error:
-        connection.full_clean()
+        validate_connection(connection)
     assert "imap_host" in error.value.message_dict
 
 

@@ -15,6 +15,8 @@ from ninja.openapi.docs import Swagger
 from ninja.security import APIKeyHeader, APIKeyQuery
 
 from superimap import healthz
+from superimap.accounts import users as accounts_users
+from superimap.accounts.errors import Refused
 from superimap.api import messages, service
 from superimap.api.errors import ApiError, error_response
 from superimap.api.partner import refuse_key_in_grace
@@ -89,8 +91,8 @@ WRITE_ERRORS = {**ERRORS, 409: ErrorOut}
 SETTINGS_WRITE_ERRORS = {**WRITE_ERRORS, 403: ErrorOut}
 
 
-@api.exception_handler(ApiError)
-def _api_error(request, exc: ApiError):
+@api.exception_handler(Refused)
+def _api_error(request, exc: Refused):
     return error_response(exc.status, exc.code, exc.message)
 
 
@@ -275,9 +277,7 @@ api.patch(
 def archive_user(request, code: str, tag: str):
     """Archive a user: its mailbox is no longer watched. Restore it with PUT. An archived
     user stays as it is (204 again), as PUT with archived=true answers it."""
-    user = service.get_user(request.auth, code, tag)
-    if not user.archived:
-        user.archive()
+    accounts_users.archive_user(service.get_user(request.auth, code, tag))
     return Status(204, None)
 
 
@@ -291,7 +291,7 @@ def sweep_user(request, code: str, tag: str):
     mail older than the user); already-sent mail is not sent again. Done in the background;
     sweep_requested_at is cleared when the sweep is done. 409 if archived or not connected."""
     user = service.get_user(request.auth, code, tag)
-    service.sweep_user(user)
+    accounts_users.sweep_user(user)
     return Status(202, service.user_out(user))
 
 
@@ -308,7 +308,7 @@ def reconnect_user(request, code: str, tag: str):
     and log in again within a few seconds. No mail is sent again: the new session catches up
     from where the last one stopped. 409 if archived, not connected or paused."""
     user = service.get_user(request.auth, code, tag)
-    service.reconnect_user(user)
+    accounts_users.reconnect_user(user)
     return Status(202, service.user_out(user))
 
 
@@ -321,7 +321,7 @@ def pause_user(request, code: str, tag: str):
     """Pause: stop watching the mailbox (status paused) until resumed. No mail is lost: a
     resume catches up from the checkpoint. 409 if archived or not connected."""
     user = service.get_user(request.auth, code, tag)
-    service.pause_user(user)
+    accounts_users.pause_user(user)
     return service.user_out(user)
 
 
@@ -334,7 +334,7 @@ def resume_user(request, code: str, tag: str):
     """Resume a paused mailbox: the engine watches it again within a few seconds and sends
     the mail that arrived meanwhile. 409 if archived."""
     user = service.get_user(request.auth, code, tag)
-    service.resume_user(user)
+    accounts_users.resume_user(user)
     return service.user_out(user)
 
 

@@ -6,15 +6,12 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 
+from superimap.accounts.errors import Refused
 
-class ApiError(Exception):
-    """Raised by API views; rendered as a JSON error with the given status."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class ApiError(Refused):
+    """Raised by API views; rendered as a JSON error with the given status, as the
+    Refused of a state change (superimap/accounts) is."""
 
 
 def error_response(status: int, code: str, message: str, details=None) -> JsonResponse:

@@ -10,17 +10,16 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.utils import timezone
 from ninja import Router, Schema
 from pydantic import ConfigDict, Field, field_validator
 
+from superimap.accounts import partners
 from superimap.api.errors import ApiError
 from superimap.api.schemas import NO_NUL, ErrorOut
 from superimap.delivery.http import make_session, post, render_request
 from superimap.delivery.payloads import sha1_hex
-from superimap.partners.models import DEFAULT_ROTATION_GRACE, NAME_TAKEN, URL_FIELDS, Partner
+from superimap.partners.models import DEFAULT_ROTATION_GRACE, URL_FIELDS, Partner
 from superimap.validation import host_problem, url_host_problem
 
 router = Router(tags=["partner"])
@@ -172,7 +171,7 @@ def partner_out(partner: Partner) -> dict:
         "effective_redirect_hosts": sorted(partner.redirect_hosts()),
         "previous_api_key_valid_until": _while_valid(partner.previous_api_key_until),
         "previous_webhook_secret_valid_until": _while_valid(partner.previous_webhook_secret_until),
-        "warnings": partner.stale_url_warnings(),
+        "warnings": partners.stale_url_warnings(partner),
     }
 
 
@@ -189,26 +188,12 @@ def update_partner(request, body: PartnerUpdate):
     block the change; it is listed in `warnings`. 409 if another partner has the name
     (ignoring case); 403 key_in_grace with a rotated key."""
     refuse_key_in_grace(request)
-    partner: Partner = request.auth
     given = body.model_dump(exclude_unset=True)
-    for name, value in given.items():
-        if value is None:
-            continue
-        if name == "allowed_redirect_hosts":
-            value = ",".join(value)
-        setattr(partner, name, value.strip() if isinstance(value, str) else value)
-    try:
-        # URLs given or changed: a host name, http(s), and no internal address in production.
-        partner.clean(given=tuple(given))
-    except ValidationError as exc:
-        field, messages = next(iter(exc.message_dict.items()))
-        raise ApiError(422, "invalid_field", f"{field}: {' '.join(messages)}") from None
-    if not partner.name:
-        raise ApiError(422, "invalid_field", "name: must not be blank.")
-    if partner.name_taken():
-        raise ApiError(409, "name_taken", NAME_TAKEN)
-    partner.save()
-    return partner_out(partner)
+    if given.get("allowed_redirect_hosts") is not None:
+        given["allowed_redirect_hosts"] = ",".join(given["allowed_redirect_hosts"])
+    # URLs given or changed: a host name, http(s), and no internal address in production.
+    partners.update_partner(request.auth, given)
+    return partner_out(request.auth)
 
 
 @router.post("/partner/rotate-api-key", response={200: ApiKeyOut, **SETTINGS_ERRORS})
@@ -217,9 +202,8 @@ def rotate_api_key(request, body: RotateIn):
     so deployments can switch over; the body `signature` of webhooks uses the new key.
     Rotating again ends the grace of the key before. 403 key_in_grace with a rotated key."""
     refuse_key_in_grace(request)
-    with transaction.atomic():
-        partner = Partner.objects.select_for_update().get(pk=request.auth.pk)
-        key = partner.rotate_api_key(timedelta(seconds=body.grace_seconds))
+    partner = request.auth
+    key = partners.rotate_api_key(partner, timedelta(seconds=body.grace_seconds))
     return {"api_key": key, "previous_api_key_valid_until": partner.previous_api_key_until}
 
 
@@ -229,9 +213,8 @@ def rotate_secret(request, body: RotateIn):
     carries two signatures in `webhook-signature`, by the new and the previous secret.
     403 key_in_grace with a rotated key."""
     refuse_key_in_grace(request)
-    with transaction.atomic():
-        partner = Partner.objects.select_for_update().get(pk=request.auth.pk)
-        secret = partner.rotate_webhook_secret(timedelta(seconds=body.grace_seconds))
+    partner = request.auth
+    secret = partners.rotate_webhook_secret(partner, timedelta(seconds=body.grace_seconds))
     return {
         "webhook_secret": secret,
         "previous_webhook_secret_valid_until": partner.previous_webhook_secret_until,

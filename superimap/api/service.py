@@ -9,6 +9,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from superimap import healthz
+from superimap.accounts import connections
+from superimap.accounts import users as accounts_users
 from superimap.api.errors import ApiError
 from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUpdate
 from superimap.delivery import replaylimit
@@ -16,10 +18,9 @@ from superimap.delivery.models import Delivery
 from superimap.mailboxes.credentials import REFUSED, UNTRUSTED, check_login
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.partners.models import Connection, ImapProvider, Partner, ca_bundle_problem
+from superimap.partners.models import Connection, ImapProvider, Partner
 
 ENCRYPTED = "- encrypted -"
-SMTP_FIELDS = ("smtp_host", "smtp_port", "smtp_tls")  # host-per-connection providers only
 # Declared only to document the original's names; their values are moved onto ours.
 ALIAS_FIELDS = {
     "oauth2_client_id",
@@ -27,8 +28,6 @@ ALIAS_FIELDS = {
     "login_password",
     "oauth2_refresh_token",
 }
-# Self-hosted servers' TLS options: host-per-connection providers only.
-TLS_FIELDS = ("imap_tls_ca", "imap_tls_verify", "imap_allow_plaintext")
 
 
 def connection_out(connection: Connection) -> dict:
@@ -92,74 +91,23 @@ def _provider(code: str) -> ImapProvider:
     return provider
 
 
-def _apply_connection_fields(connection: Connection, body: ConnectionIn | ConnectionUpdate) -> None:
-    provider = connection.provider
+def _connection_fields(body: ConnectionIn | ConnectionUpdate) -> dict:
+    """The body's connection settings as given (not None)."""
     fields = body.model_dump(exclude_unset=True, exclude={"imap_provider_code", *ALIAS_FIELDS})
-    if fields.get("oauth_base_url") is not None and not (
-        provider.loopback_only and provider.auth_kind == ImapProvider.AuthKind.OAUTH2
-    ):
-        raise ApiError(422, "invalid_field", f"oauth_base_url does not apply to {provider.code}.")
-    if provider.auth_kind == ImapProvider.AuthKind.OAUTH2 and not provider.host_per_connection:
-        for name in ("imap_host", "imap_port", "imap_tls", *SMTP_FIELDS, *TLS_FIELDS):
-            if fields.get(name) is not None:
-                raise ApiError(422, "invalid_field", f"{name} is fixed for {provider.code}.")
-    elif not provider.host_per_connection:
-        for name in (
-            "imap_host",
-            "imap_port",
-            "imap_tls",
-            *SMTP_FIELDS,
-            *TLS_FIELDS,
-            "oauth_client_id",
-            "oauth_client_secret",
-        ):
-            if fields.get(name) is not None:
-                raise ApiError(422, "invalid_field", f"{name} does not apply to {provider.code}.")
-    if fields.get("imap_tls_ca"):
-        _check_ca_bundle(fields["imap_tls_ca"])
-    for name, value in fields.items():
-        if value is not None:
-            setattr(connection, name, value.strip() if isinstance(value, str) else value)
-    if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
-        if not connection.oauth_client_id or not connection.oauth_client_secret:
-            raise ApiError(
-                422,
-                "missing_field",
-                f"oauth_client_id and oauth_client_secret are required for {provider.code}.",
-            )
-        if not connection.oauth_url("token"):
-            raise ApiError(422, "missing_field", f"oauth_base_url is required for {provider.code}.")
-    if provider.host_per_connection:
-        if not connection.imap_host:
-            raise ApiError(422, "missing_field", f"imap_host is required for {provider.code}.")
-        for message in connection.private_host_problems().values():
-            raise ApiError(422, "private_host", message)
-        # The rules the dashboard applies too (Connection.clean), in one place.
-        for message in connection.tls_problems().values():
-            raise ApiError(422, "invalid_field", message)
-
-
-def _check_ca_bundle(pem: str) -> None:
-    """422 unless ``pem`` holds at least one certificate that ssl can load."""
-    if problem := ca_bundle_problem(pem):
-        raise ApiError(422, "invalid_field", f"imap_tls_ca {problem}.")
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def create_connection(partner: Partner, body: ConnectionIn) -> Connection:
     provider = _provider(body.imap_provider_code)
     if partner.connections.filter(provider=provider).exists():
         raise ApiError(409, "duplicate", f"A {provider.code} connection exists already.")
-    connection = Connection(partner=partner, provider=provider)
-    _apply_connection_fields(connection, body)
-    connection.save()
-    return connection
+    return connections.create_connection(partner, provider, _connection_fields(body))
 
 
 def update_connection(connection: Connection, body: ConnectionUpdate) -> None:
-    _apply_connection_fields(connection, body)
     # A changed server, TLS or OAuth setting (Connection.TRACKED) restarts its users'
     # sessions at once, so a tls_failed mailbox need not wait out its back-off.
-    connection.save()
+    connections.update_connection(connection, _connection_fields(body))
 
 
 def get_connection(partner: Partner, code: str) -> Connection:
@@ -204,52 +152,12 @@ def lock_user(user: MailboxUser) -> MailboxUser:
 
 
 def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
-    """Set the body's fields on the user. Credentials (a password or a refresh token)
-    connect the user as the hosted connect flow would; new ones owe user_connected, sent
-    once the engine's first login with them succeeds (design.md 4.9)."""
-    provider = user.connection.provider
+    """Set the body's fields on the user (accounts.users.apply_user_fields: credentials
+    connect it as the hosted pages would)."""
     fields = body.model_dump(
         exclude_unset=True, exclude={"tag", "archived", "verify", *ALIAS_FIELDS}
     )
-    if provider.auth_kind == ImapProvider.AuthKind.OAUTH2:
-        for name in ("password", "login_username"):
-            if fields.get(name):
-                raise ApiError(
-                    422,
-                    "invalid_field",
-                    f"{name} does not apply to {provider.code}; connect the user with connect_url.",
-                )
-    elif fields.get("oauth_refresh_token"):
-        raise ApiError(
-            422, "invalid_field", f"oauth_refresh_token does not apply to {provider.code}."
-        )
-    for name, value in fields.items():
-        if value is not None:
-            if isinstance(value, str) and name not in ("password", "oauth_refresh_token"):
-                value = value.strip()
-            setattr(user, name, value)
-    credentials = bool(fields.get("password") or fields.get("oauth_refresh_token"))
-    if fields.get("password") and not (user.login_username or user.email):
-        raise ApiError(422, "missing_field", "login_username or email is required with password.")
-    if fields.get("oauth_refresh_token") and not user.email:
-        raise ApiError(422, "missing_field", "email is required with oauth_refresh_token.")
-    if credentials:
-        user.connected_at = user.connected_at or timezone.now()
-        if user.credentials_changed():
-            user.owe_connected()
-        failing = user.status in (
-            MailboxUser.Status.AUTH_FAILED,
-            MailboxUser.Status.TLS_FAILED,
-            MailboxUser.Status.BACKING_OFF,
-        )
-        if user.tracked_changed() or failing:
-            # New credentials (or the same ones sent again after a failure) deserve a fresh
-            # start, not the old back-off; the same ones again on a working mailbox change
-            # nothing (no new login, no second user_connected).
-            user.restart_session()
-            user.status = MailboxUser.Status.NEW
-            user.last_error = ""
-            user.consecutive_failures = 0
+    accounts_users.apply_user_fields(user, {k: v for k, v in fields.items() if v is not None})
 
 
 def verify_login(connection: Connection, user: MailboxUser | None, body: UserIn | UserUpdate):
@@ -289,7 +197,7 @@ def create_user(connection: Connection, body: UserIn) -> MailboxUser:
     if body.archived:
         user.archived, user.archived_at = True, timezone.now()
         user.status = MailboxUser.Status.STOPPED
-    user.save()
+    accounts_users.save_user(user)
     user.connection = connection
     return user
 
@@ -298,58 +206,13 @@ def update_user(user: MailboxUser, body: UserUpdate) -> None:
     """Update a user; run inside a transaction. `archived` false restores an archived user,
     true archives it; without it the user stays as it is (the original's PUT semantics)."""
     if body.archived is False and user.archived:
-        active = user.connection.users.filter(tag=user.tag, archived=False).exclude(id=user.id)
-        if active.exists():  # not this user, restored meanwhile by a concurrent PUT
-            raise ApiError(409, "duplicate", f"An active user {user.tag!r} exists already.")
-        user.archived = False
-        user.archived_at = None
+        accounts_users.unarchive(user)  # 409 if another user of its tag was restored meanwhile
     elif body.archived is True and not user.archived:
         user.archived, user.archived_at = True, timezone.now()
     _apply_user_fields(user, body)
     if user.archived:
         user.status = MailboxUser.Status.STOPPED  # the engine writes no status for it now
-    user.save()
-
-
-def sweep_user(user: MailboxUser) -> None:
-    """Ask the engine to send new_mail for every message of the inbox not sent yet."""
-    if user.archived:
-        raise ApiError(409, "archived", f"User {user.tag!r} is archived; restore it with PUT.")
-    if not user.watchable:
-        raise ApiError(409, "not_connected", f"User {user.tag!r} is not connected.")
-    user.request_sweep()
-
-
-def _must_be_watchable(user: MailboxUser) -> None:
-    if user.archived:
-        raise ApiError(409, "archived", f"User {user.tag!r} is archived; restore it with PUT.")
-    if not user.watchable:
-        raise ApiError(409, "not_connected", f"User {user.tag!r} is not connected.")
-
-
-def reconnect_user(user: MailboxUser) -> None:
-    """Skip the back-off: the engine restarts the session within a refresh (a few seconds)
-    and logs in at once; nothing is sent again (the session catches up from the
-    checkpoint). Shared by the API and the dashboard."""
-    _must_be_watchable(user)
-    if user.paused_at is not None:
-        raise ApiError(409, "paused", f"User {user.tag!r} is paused; resume it instead.")
-    user.reconnect()
-
-
-def pause_user(user: MailboxUser) -> None:
-    """Stop watching the mailbox (no session) until it is resumed; idempotent."""
-    _must_be_watchable(user)
-    if user.paused_at is None:
-        user.pause()
-
-
-def resume_user(user: MailboxUser) -> None:
-    """Watch a paused mailbox again, catching up from its checkpoint; idempotent."""
-    if user.archived:
-        raise ApiError(409, "archived", f"User {user.tag!r} is archived; restore it with PUT.")
-    if user.paused_at is not None:
-        user.resume()
+    accounts_users.save_user(user)
 
 
 def delivery_out(delivery: Delivery) -> dict:

@@ -11,10 +11,11 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from superimap import healthz
-from superimap.admin_secrets import secret_form
-from superimap.api import service
-from superimap.api.errors import ApiError
+from superimap.accounts import users as accounts_users
+from superimap.accounts.errors import Refused
+from superimap.admin_secrets import secret_form, show_problems
 from superimap.console import CONSOLE_CSS
+from superimap.engine.models import EngineNode
 from superimap.engine.session import SessionSettings
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser, MailLog
@@ -82,12 +83,18 @@ def _host():
     )
 
 
+class MailboxUserForm(secret_form(MailboxUser, ("password", "oauth_refresh_token"))):
+    def _post_clean(self):
+        super()._post_clean()  # the form's values are on the instance now
+        show_problems(self, accounts_users.edited_user_problems(self.instance))
+
+
 @admin.register(MailboxUser)
 class MailboxUserAdmin(admin.ModelAdmin):
     class Media:
         css = CONSOLE_CSS
 
-    form = secret_form(MailboxUser, ("password", "oauth_refresh_token"))
+    form = MailboxUserForm
     list_display = [
         "tag",
         "email",
@@ -193,13 +200,16 @@ class MailboxUserAdmin(admin.ModelAdmin):
     ]
 
     def get_queryset(self, request):
-        from superimap.engine.models import EngineNode
-
         live = EngineNode.objects.filter(
             node_id=OuterRef("owner_node"),
             last_seen__gte=timezone.now() - healthz.engine_dead_after(),
         )
         return super().get_queryset(request).annotate(owner_alive=Exists(live))
+
+    def save_model(self, request, obj, form, change):
+        """New credentials connect the user as through the API (user_connected owed, the
+        session restarted); a changed folder restarts the session."""
+        accounts_users.save_edited_user(obj)
 
     @admin.display(description="Status", ordering="status")
     def watch_status(self, user):
@@ -212,9 +222,9 @@ class MailboxUserAdmin(admin.ModelAdmin):
         return user.get_status_display()
 
     OPERATIONS = {
-        "reconnect": (service.reconnect_user, "Reconnect requested for"),
-        "pause": (service.pause_user, "Paused"),
-        "resume": (service.resume_user, "Resumed"),
+        "reconnect": (accounts_users.reconnect_user, "Reconnect requested for"),
+        "pause": (accounts_users.pause_user, "Paused"),
+        "resume": (accounts_users.resume_user, "Resumed"),
     }
 
     def get_urls(self):
@@ -228,8 +238,8 @@ class MailboxUserAdmin(admin.ModelAdmin):
         return own + super().get_urls()
 
     def operate_view(self, request, user_id: int):
-        """The change page's buttons: one mailbox, the same service functions as the list's
-        actions and the API."""
+        """The change page's buttons: one mailbox, the same state changes as the list's
+        actions and the API (superimap/accounts)."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         user = get_object_or_404(MailboxUser.objects.select_related("connection"), pk=user_id)
@@ -317,13 +327,13 @@ class MailboxUserAdmin(admin.ModelAdmin):
         return format_html('<a href="{0}">{0}</a>', make_link(user.id, "disconnect"))
 
     def _each(self, request, queryset, act, verb: str) -> None:
-        """Run a service action (the API's) on each selected mailbox; say what happened."""
+        """Run a state change (the API's) on each selected mailbox; say what happened."""
         done, refused = 0, []
         for user in queryset.select_related("connection"):
             try:
                 act(user)
                 done += 1
-            except ApiError as exc:
+            except Refused as exc:
                 refused.append(f"{user.tag}: {exc.message}")
         self.message_user(request, f"{verb} {done} mailbox(es).", messages.SUCCESS)
         if refused:
@@ -331,21 +341,21 @@ class MailboxUserAdmin(admin.ModelAdmin):
 
     @admin.action(description="Reconnect now / retry login now (skip the back-off)")
     def reconnect_now(self, request, queryset):
-        self._each(request, queryset, service.reconnect_user, "Reconnect requested for")
+        self._each(request, queryset, accounts_users.reconnect_user, "Reconnect requested for")
 
     @admin.action(description="Pause selected mailboxes (no session until resumed)")
     def pause_mailboxes(self, request, queryset):
-        self._each(request, queryset, service.pause_user, "Paused")
+        self._each(request, queryset, accounts_users.pause_user, "Paused")
 
     @admin.action(description="Resume selected mailboxes (catch up from the checkpoint)")
     def resume_mailboxes(self, request, queryset):
-        self._each(request, queryset, service.resume_user, "Resumed")
+        self._each(request, queryset, accounts_users.resume_user, "Resumed")
 
     @admin.action(description="Archive selected users")
     def archive_users(self, request, queryset):
         count = 0
         for user in queryset.filter(archived=False):
-            user.archive()
+            accounts_users.archive_user(user)
             count += 1
         self.message_user(request, f"Archived {count} user(s).", messages.SUCCESS)
 
@@ -353,10 +363,11 @@ class MailboxUserAdmin(admin.ModelAdmin):
     def restore_users(self, request, queryset):
         restored, refused = 0, 0
         for user in queryset.filter(archived=True).select_related("connection"):
-            if user.connection.users.filter(tag=user.tag, archived=False).exists():
+            try:
+                accounts_users.restore_user(user)
+            except Refused:  # an active user has its tag
                 refused += 1
                 continue
-            user.restore()
             restored += 1
         self.message_user(request, f"Restored {restored} user(s).", messages.SUCCESS)
         if refused:
@@ -380,10 +391,11 @@ class MailboxUserAdmin(admin.ModelAdmin):
     def sweep_inboxes(self, request, queryset):
         count, skipped = 0, 0
         for user in queryset.select_related("connection"):
-            if not user.watchable:
+            try:
+                accounts_users.sweep_user(user)
+            except Refused:  # archived or not connected
                 skipped += 1
                 continue
-            user.request_sweep()
             count += 1
         self.message_user(request, f"Sweep requested for {count} user(s).", messages.SUCCESS)
         if skipped:

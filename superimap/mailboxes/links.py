@@ -18,6 +18,8 @@ from django.core import signing
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from superimap.mailboxes.models import UsedLink
+
 LINK_MAX_AGE_SECONDS = 30 * 60
 _SALT = "superimap.mailboxes.links"
 
@@ -46,8 +48,6 @@ def parse_link(token: str, action: str) -> Link | None:
     if not isinstance(nonce, str) or not nonce:
         # Links made before nonces existed: the token itself is the nonce.
         nonce = hashlib.sha256(token.encode()).hexdigest()[:32]
-    from superimap.mailboxes.models import UsedLink
-
     if UsedLink.objects.filter(nonce=nonce).exists():
         return None
     return Link(data["u"], nonce)
@@ -62,8 +62,6 @@ def read_link(token: str, action: str) -> int | None:
 def use_link(nonce: str) -> bool:
     """Record the link as used; False if it was used already (by a concurrent request).
     Call it inside the transaction that applies the link's change, and roll back on False."""
-    from superimap.mailboxes.models import UsedLink
-
     now = timezone.now()
     try:
         with transaction.atomic():

@@ -6,14 +6,14 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from superimap.changes import TrackedFields, new_session_version
+from superimap.changes import TrackedFields
 from superimap.fields import EncryptedTextField
 from superimap.partners.folders import validate_folders
 from superimap.partners.models import Connection
 
 
 class MailboxUser(TrackedFields, models.Model):
-    # What the IMAP session logs in with: changing one of these restarts the session.
+    # What the IMAP session logs in with: changing one restarts the session (accounts/users.py).
     TRACKED = ("email", "login_username", "password", "oauth_refresh_token", "folders")
     CREDENTIALS = ("email", "login_username", "password", "oauth_refresh_token")
 
@@ -111,21 +111,6 @@ class MailboxUser(TrackedFields, models.Model):
     def __str__(self) -> str:
         return self.tag
 
-    def save(self, *args, **kwargs):
-        update_fields = kwargs.get("update_fields")
-        if self.tracked_changed():
-            self.restart_session()
-        if update_fields is not None and getattr(self, "_restart", False):
-            kwargs["update_fields"] = {*update_fields, "session_version"}
-        super().save(*args, **kwargs)
-        self._restart = False
-        self._remember_tracked()
-
-    def restart_session(self) -> None:
-        """Make the engine restart this mailbox's IMAP session once this is saved."""
-        self.session_version = new_session_version()
-        self._restart = True
-
     def credentials_changed(self) -> bool:
         """True if a credential field differs from its loaded value (always, for a new row)."""
         tracked = getattr(self, "_tracked", None)
@@ -137,12 +122,6 @@ class MailboxUser(TrackedFields, models.Model):
             if name in tracked
         )
 
-    def owe_connected(self) -> None:
-        """New credentials: user_connected is sent once the engine's first login with them
-        succeeds (the session restarts to make that login)."""
-        self.connect_pending = new_session_version()
-        self.restart_session()
-
     @property
     def has_credentials(self) -> bool:
         return bool(self.password or self.oauth_refresh_token)
@@ -152,44 +131,12 @@ class MailboxUser(TrackedFields, models.Model):
         return not self.archived and self.connected_at is not None and self.has_credentials
 
     def archive(self) -> None:
+        """No longer watched: the row's own change, nothing else (the delivery worker archives
+        on a 403, below superimap/accounts; accounts.users.archive_user for everyone else)."""
         self.archived = True
         self.archived_at = timezone.now()
         self.status = self.Status.STOPPED  # the engine writes no status for it any more
         self.save(update_fields=["archived", "archived_at", "status", "updated_at"])
-
-    def request_sweep(self) -> None:
-        """Ask for a sweep; the engine restarts the session, which sweeps first."""
-        self.sweep_requested_at = timezone.now()
-        self.restart_session()
-        self.save(update_fields=["sweep_requested_at", "updated_at"])
-
-    def reconnect(self) -> None:
-        """Skip the back-off: the engine restarts the session at its next refresh (it
-        compares session_version) and the new session logs in at once. Nothing is sent
-        again: the new session catches up from the checkpoint."""
-        self.restart_session()
-        self.save(update_fields=["updated_at"])
-
-    def pause(self) -> None:
-        """Stop watching without archiving: the engine releases the mailbox at its next
-        refresh; the session's own last status report is not written (store.save_statuses)."""
-        self.paused_at = timezone.now()
-        self.status = self.Status.PAUSED
-        self.status_changed_at = self.paused_at
-        self.save(update_fields=["paused_at", "status", "status_changed_at", "updated_at"])
-
-    def resume(self) -> None:
-        """Watch again; the new session catches up from the checkpoint."""
-        self.paused_at = None
-        self.status = self.Status.NEW
-        self.status_changed_at = timezone.now()
-        self.restart_session()
-        self.save(update_fields=["paused_at", "status", "status_changed_at", "updated_at"])
-
-    def restore(self) -> None:
-        self.archived = False
-        self.archived_at = None
-        self.save(update_fields=["archived", "archived_at", "updated_at"])
 
 
 class MailLog(models.Model):

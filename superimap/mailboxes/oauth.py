@@ -28,10 +28,10 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
-from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from superimap import netguard
+from superimap.accounts import users as accounts_users
 from superimap.mailboxes.links import LINK_MAX_AGE_SECONDS, use_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
@@ -158,16 +158,8 @@ def callback(request: HttpRequest) -> HttpResponse:
         if entry.get("nonce") and not use_link(entry["nonce"]):
             message = "This connect link was used already. Start again from the application."
             return _page(request, None, message, 400)
-        user.email = email
-        user.login_username = ""
-        user.password = ""
-        user.oauth_refresh_token = refresh_token
-        user.connected_at = timezone.now()
-        user.status = MailboxUser.Status.NEW
-        user.last_error = ""
-        user.consecutive_failures = 0
-        user.owe_connected()  # sent once the engine's first XOAUTH2 login succeeds
-        user.save()
+        # user_connected: sent once the engine's first XOAUTH2 login succeeds.
+        accounts_users.connect_user(user, email=email, oauth_refresh_token=refresh_token)
     log.info("oauth connect of user %s succeeded", user.id)
     return _finish(request, user, entry["success"], "Your mailbox is connected.", ok=True)
 

@@ -9,11 +9,9 @@ from django import forms
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
-from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from superimap.delivery.models import Delivery
-from superimap.delivery.outbox import enqueue_user_event
+from superimap.accounts import users as accounts_users
 from superimap.mailboxes import oauth
 from superimap.mailboxes.credentials import check_login
 from superimap.mailboxes.links import Link, parse_link, use_link
@@ -123,17 +121,14 @@ def connect(request: HttpRequest, token: str) -> HttpResponse:
             with transaction.atomic():
                 if not use_link(link.nonce):  # a concurrent request used it first
                     return _invalid_link(request)
-                user.email = form.cleaned_data["email"]
-                user.login_username = username
-                user.password = form.cleaned_data["password"]
-                user.connected_at = timezone.now()
-                user.status = MailboxUser.Status.NEW
-                user.last_error = ""
-                user.consecutive_failures = 0
-                # Sent by the engine's first login with these credentials, as for the API
-                # (one rule; this check's login is the form's, not the engine's).
-                user.owe_connected()
-                user.save()
+                # user_connected: sent by the engine's first login with these credentials
+                # (this check's login is the form's, not the engine's).
+                accounts_users.connect_user(
+                    user,
+                    email=form.cleaned_data["email"],
+                    login_username=username,
+                    password=form.cleaned_data["password"],
+                )
             return _finish(request, user, "success", "Your mailbox is connected.")
     query = urlencode({k: v for k, v in request.GET.items() if k in ("success", "failure")})
     return render(request, "mailboxes/connect.html", {"user": user, "form": form, "query": query})
@@ -157,18 +152,5 @@ def disconnect(request: HttpRequest, token: str) -> HttpResponse:
     with transaction.atomic():
         if not use_link(link.nonce):  # a concurrent request used it first
             return _invalid_link(request)
-        # Locked and re-read: the engine's persist_batch locks the same row, so either its
-        # new_mail commits before this (and before user_disconnected) or it sees the user
-        # gone and discards its batch. Never a new_mail after user_disconnected.
-        locked = MailboxUser.objects.select_for_update().filter(id=user.id).first()
-        was_connected = locked is not None and locked.connected_at is not None
-        if locked is not None:
-            locked.password = ""
-            locked.oauth_refresh_token = ""
-            locked.connected_at = None
-            locked.connect_pending = ""  # its credentials are gone: nothing left to tell
-            locked.status = MailboxUser.Status.STOPPED
-            locked.save()
-        if was_connected:
-            enqueue_user_event(Delivery.Kind.USER_DISCONNECTED, user)
+        accounts_users.disconnect_user(user.id)
     return _finish(request, user, "success", "Your mailbox is disconnected.")

@@ -9,8 +9,13 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from superimap.admin_secrets import secret_form
+from superimap.accounts import connections, partners
+from superimap.accounts.checks import Problem
+from superimap.admin_secrets import secret_form, show_problems
+from superimap.api.errors import ApiError
+from superimap.api.partner import send_test_webhook
 from superimap.console import CONSOLE_CSS
+from superimap.delivery.models import EndpointHealth
 from superimap.partners.models import DEFAULT_ROTATION_GRACE, Connection, ImapProvider, Partner
 
 SHOWN_PREFIX = 6  # characters of a secret the dashboard shows after it was revealed once
@@ -41,11 +46,32 @@ def _reveal(request, partner: Partner, what: str, value: str) -> None:
 HTTPS_URLS = {models.URLField: {"assume_scheme": "https"}}
 
 
+class PartnerForm(secret_form(Partner, ())):
+    """The partner's fields, then the API's URL rules (accounts.partners)."""
+
+    def _post_clean(self):
+        super()._post_clean()  # the form's values are on the instance now
+        problems = partners.partner_problems(self.instance)
+        show_problems(self, [Problem(f, "invalid_field", m) for f, m in problems.items()])
+
+
+class ConnectionForm(secret_form(Connection, ("oauth_client_secret",))):
+    """The connection's fields, then every rule the API applies (accounts.connections)."""
+
+    def _post_clean(self):
+        super()._post_clean()
+        if not self.errors:
+            instance = self.instance
+            given = connections.set_fields(instance)
+            show_problems(self, connections.connection_problems(instance, given))
+
+
 @admin.register(Partner)
 class PartnerAdmin(admin.ModelAdmin):
     class Media:
         css = CONSOLE_CSS
 
+    form = PartnerForm
     formfield_overrides = HTTPS_URLS
     list_display = ["name", "connections_link", "new_mail_webhook", "created_at"]
     search_fields = ["name"]
@@ -86,9 +112,6 @@ class PartnerAdmin(admin.ModelAdmin):
     def test_webhook_view(self, request, partner_id: int):
         """The "Send test webhook" buttons: the API's test-webhook code path (a signed ping
         through the worker's checked connector), the outcome shown as a message."""
-        from superimap.api.errors import ApiError
-        from superimap.api.partner import send_test_webhook
-
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         partner = get_object_or_404(Partner, pk=partner_id)
@@ -124,8 +147,6 @@ class PartnerAdmin(admin.ModelAdmin):
     @admin.display(description="Endpoints")
     def endpoints(self, partner):
         """Each webhook URL's health (from the worker's attempts) and a test button."""
-        from superimap.delivery.models import EndpointHealth
-
         if partner.pk is None:
             return "-"
         health = {row.kind: row for row in EndpointHealth.objects.filter(partner=partner)}
@@ -168,33 +189,23 @@ class PartnerAdmin(admin.ModelAdmin):
         return secret_prefix(partner.webhook_secret, skip="whsec_")
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
+        partners.save_partner(obj)
         if not change:
             _reveal(request, obj, "API key", obj.api_key)
             _reveal(request, obj, "Webhook secret", obj.webhook_secret)
-        # A URL set again after a 410 Gone: the endpoint is no longer shown as disabled.
-        from superimap.delivery.models import EndpointHealth
-
-        for health in EndpointHealth.objects.filter(
-            partner=obj, state=EndpointHealth.State.DISABLED
-        ):
-            if obj.webhook_url(health.kind):
-                health.state = EndpointHealth.State.HEALTHY
-                health.consecutive_failures = 0
-                health.save(update_fields=["state", "consecutive_failures", "updated_at"])
 
     # The same grace period as the API's rotate routes: deployments switch over meanwhile;
     # the previous key may use data routes only (403 key_in_grace on settings routes).
     @admin.action(description="Rotate the API key (the old one works 24 h more, data routes only)")
     def rotate_api_key(self, request, queryset):
         for partner in queryset:
-            key = partner.rotate_api_key(DEFAULT_ROTATION_GRACE)
+            key = partners.rotate_api_key(partner, DEFAULT_ROTATION_GRACE)
             _reveal(request, partner, "New API key", key)
 
     @admin.action(description="Rotate the webhook secret (webhooks signed by both for 24 h)")
     def rotate_webhook_secret(self, request, queryset):
         for partner in queryset:
-            secret = partner.rotate_webhook_secret(DEFAULT_ROTATION_GRACE)
+            secret = partners.rotate_webhook_secret(partner, DEFAULT_ROTATION_GRACE)
             _reveal(request, partner, "New webhook secret", secret)
 
     @admin.display(description="Connections", ordering="connection_count")
@@ -205,14 +216,17 @@ class PartnerAdmin(admin.ModelAdmin):
 
 @admin.register(Connection)
 class ConnectionAdmin(admin.ModelAdmin):
+    form = ConnectionForm
     formfield_overrides = HTTPS_URLS
-    form = secret_form(Connection, ("oauth_client_secret",))
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ["__str__", "partner", "provider", "users_link", "security", "created_at"]
     list_filter = ["provider", "partner"]
     list_select_related = ["partner", "provider"]
     search_fields = ["partner__name", "provider__code"]
     readonly_fields = ["security"]
+
+    def save_model(self, request, obj, form, change):
+        """A changed server, TLS or OAuth setting restarts its users' sessions."""
+        connections.save_connection(obj)
 
     @admin.display(description="Security")
     def security(self, connection):
@@ -250,6 +264,10 @@ class ImapProviderAdmin(admin.ModelAdmin):
     ]
     list_filter = ["auth_kind", "loopback_only"]
     search_fields = ["code", "title"]
+
+    def save_model(self, request, obj, form, change):
+        """A changed server setting restarts the sessions of every user of the provider."""
+        connections.save_provider(obj)
 
     def has_add_permission(self, request):
         # Providers come with the install (migrations) and the API; adding one is not an

@@ -13,14 +13,14 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from superimap.changes import TrackedFields, new_session_version
+from superimap.changes import TrackedFields
 from superimap.fields import EncryptedTextField
 from superimap.partners.folders import validate_folders
-from superimap.validation import host_problem, url_host_problem, validate_host_name
+from superimap.validation import validate_host_name
 
 OAUTH_ENDPOINTS = ("authorize", "token", "revoke", "userinfo")
 # How long the previous API key or webhook secret keeps working after a rotation, by
-# default (API rotate routes, dashboard actions).
+# default (API rotate routes, dashboard actions: accounts/partners.py).
 DEFAULT_ROTATION_GRACE = timedelta(hours=24)
 
 
@@ -44,30 +44,10 @@ def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-def ca_bundle_problem(pem: str) -> str | None:
-    """Why ``pem`` is no usable CA bundle (None if it is): it must hold certificates in PEM
-    that ssl loads, as the engine will (imapclient/connection.py client_tls_context)."""
-    import ssl
-
-    if "-----BEGIN CERTIFICATE-----" not in pem:
-        return "must be PEM certificate(s) (-----BEGIN CERTIFICATE-----)"
-    try:
-        ssl.create_default_context(cadata=pem)
-    except (ssl.SSLError, ValueError) as exc:
-        return f"is not a valid PEM certificate bundle: {exc}"
-    return None
-
-
-def restart_sessions(users) -> None:
-    """Make the engine restart the IMAP sessions of these users (a queryset)."""
-    from django.utils import timezone
-
-    users.update(session_version=new_session_version(), updated_at=timezone.now())
-
-
 class ImapProvider(TrackedFields, models.Model):
     """How to reach one kind of mailbox. Seeded by a data migration."""
 
+    # What its users' IMAP sessions use: changing one restarts them (accounts/connections.py).
     TRACKED = ("imap_host", "imap_port", "imap_tls", "folder", "idle_refresh_seconds")
 
     class AuthKind(models.TextChoices):
@@ -106,15 +86,6 @@ class ImapProvider(TrackedFields, models.Model):
 
     def __str__(self) -> str:
         return self.code
-
-    def save(self, *args, **kwargs):
-        changed = self.pk is not None and self.tracked_changed()
-        super().save(*args, **kwargs)
-        self._remember_tracked()
-        if changed:
-            from superimap.mailboxes.models import MailboxUser
-
-            restart_sessions(MailboxUser.objects.filter(connection__provider=self))
 
     @property
     def host_per_connection(self) -> bool:
@@ -208,6 +179,8 @@ class Partner(models.Model):
         return self.name
 
     def save(self, *args, **kwargs):
+        # The row's own invariant, not a side effect: a partner always has a key and a
+        # secret, and api_key_hash is the key's (for_api_key looks it up by the hash).
         if not self.api_key:
             self.api_key = new_api_key()
         if not self.webhook_secret:
@@ -235,22 +208,6 @@ class Partner(models.Model):
         return (
             type(self).objects.filter(name__iexact=self.name.strip()).exclude(pk=self.pk).exists()
         )
-
-    def rotate_api_key(self, grace: timedelta) -> str:
-        """A new API key; the current one keeps working for `grace`. Returns the new key."""
-        self.previous_api_key_hash = self.api_key_hash
-        self.previous_api_key_until = timezone.now() + grace
-        self.api_key = new_api_key()
-        self.save()
-        return self.api_key
-
-    def rotate_webhook_secret(self, grace: timedelta) -> str:
-        """A new signing secret; webhooks carry signatures by both for `grace`."""
-        self.previous_webhook_secret = self.webhook_secret
-        self.previous_webhook_secret_until = timezone.now() + grace
-        self.webhook_secret = new_webhook_secret()
-        self.save()
-        return self.webhook_secret
 
     def signing_secrets(self) -> tuple[str, ...]:
         """The whsec_ secrets webhooks are signed with now: the current one first."""
@@ -284,9 +241,6 @@ class Partner(models.Model):
         hosts.discard("")
         return hosts
 
-    def webhook_fields(self) -> list[str]:
-        return [f.name for f in self._meta.get_fields() if f.name.endswith("_webhook")]
-
     def disable_webhook(self, kind: str) -> str:
         """Switch off the URL for `kind` (after a 410 Gone); returns the URL it had."""
         field = f"{kind}_webhook"
@@ -294,53 +248,6 @@ class Partner(models.Model):
         type(self).objects.filter(id=self.id).update(**{field: ""})
         setattr(self, field, "")
         return url
-
-    def url_problems(self, fields=URL_FIELDS) -> dict[str, str]:
-        """{field: why} for the URLs among ``fields`` that are refused now: a host that is
-        no host name (validation.host_problem), or a webhook URL that is not http(s) or, in
-        production, resolves to an internal address (or does not resolve)."""
-        from superimap.delivery.targets import WebhookTargetError, check_webhook_url
-
-        problems = {}
-        for field in fields:
-            url = getattr(self, field)
-            if not url:
-                continue
-            if problem := url_host_problem(url):
-                problems[field] = f"{problem}."
-            elif field.endswith("_webhook"):
-                try:
-                    check_webhook_url(url)
-                except WebhookTargetError as exc:
-                    problems[field] = str(exc)
-        return problems
-
-    def changed_url_fields(self) -> list[str]:
-        """The URL fields whose value differs from the saved row (all of them if new)."""
-        saved = None
-        if self.pk is not None:
-            saved = type(self).objects.filter(pk=self.pk).values(*URL_FIELDS).first()
-        return [f for f in URL_FIELDS if saved is None or saved[f] != getattr(self, f)]
-
-    def clean(self, given: tuple[str, ...] = ()) -> None:
-        """Checks the URLs being changed or ``given`` (the API's body); a URL saved earlier
-        that is refused now (a stale name, or one that resolves to a private address since)
-        does not block an unrelated change: the worker refuses it when it sends, and the API
-        reports it (stale_url_warnings())."""
-        from django.core.exceptions import ValidationError
-
-        changed = self.changed_url_fields()
-        fields = [f for f in URL_FIELDS if f in given or f in changed]
-        errors = self.url_problems(fields)
-        for host in self.allowed_redirect_hosts.split(","):
-            if host.strip() and (problem := host_problem(host.strip())):
-                errors["allowed_redirect_hosts"] = f"{host.strip()!r} {problem}."
-        if errors:
-            raise ValidationError(errors)
-
-    def stale_url_warnings(self) -> list[str]:
-        """What is wrong with the saved URLs, for the partner to fix (API answers)."""
-        return [f"{field}: {problem}" for field, problem in self.url_problems().items()]
 
     def redirect_allowed(self, url: str) -> bool:
         try:
@@ -356,7 +263,7 @@ class Partner(models.Model):
 class Connection(TrackedFields, models.Model):
     """A partner's use of one provider, with the partner's OAuth client or server settings."""
 
-    # What its mailboxes' IMAP sessions use: changing one restarts them.
+    # What its mailboxes' IMAP sessions use: changing one restarts them (accounts/connections.py).
     TRACKED = (
         "imap_host",
         "imap_port",
@@ -437,71 +344,6 @@ class Connection(TrackedFields, models.Model):
         if self.provider.host_per_connection:
             return f"inbox on {self.imap_host}"
         return f"{self.provider.brand} inbox"
-
-    def save(self, *args, **kwargs):
-        changed = self.pk is not None and self.tracked_changed()
-        super().save(*args, **kwargs)
-        self._remember_tracked()
-        if changed:
-            restart_sessions(self.users.all())
-
-    def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
-        if self.oauth_base_url and self.provider_id and not self.provider.loopback_only:
-            raise ValidationError(
-                {"oauth_base_url": "Only loopback test providers take an OAuth base URL."}
-            )
-        if self.imap_tls_ca and (problem := ca_bundle_problem(self.imap_tls_ca)):
-            raise ValidationError({"imap_tls_ca": f"The CA bundle {problem}."})
-        if self.provider_id:
-            # Host names themselves: the fields' validate_host_name (clean_fields).
-            problems = self.tls_problems() or self.private_host_problems()
-            if problems:
-                raise ValidationError(problems)
-
-    def tls_problems(self) -> dict[str, str]:
-        """{field: why} for a connection without TLS that was not opted into: IMAP without
-        TLS needs imap_allow_plaintext; SMTP without TLS is for loopback test providers."""
-        provider = self.provider
-        if not provider.host_per_connection or provider.loopback_only:
-            return {}
-        problems = {}
-        if self.imap_tls == ImapProvider.TlsMode.NONE and not self.imap_allow_plaintext:
-            problems["imap_tls"] = (
-                "imap_tls 'none' sends the password and mail unencrypted; "
-                "set imap_allow_plaintext to true to allow it."
-            )
-        if self.smtp_tls == ImapProvider.TlsMode.NONE:
-            problems["smtp_tls"] = "smtp_tls 'none' is only allowed for loopback test providers."
-        return problems
-
-    def private_host_problems(self) -> dict[str, str]:
-        """{field: message} for a partner-chosen host (imap_host, smtp_host) that resolves
-        to a private or reserved address, unless IMAP_ALLOW_PRIVATE_HOSTS. A name that does
-        not resolve now passes: the engine checks again before every connection."""
-
-        from superimap.netguard import PrivateTargetRefused, check_host
-
-        if settings.IMAP_ALLOW_PRIVATE_HOSTS or not self.provider.host_per_connection:
-            return {}
-        problems = {}
-        for field, (host, port, _tls) in (
-            ("imap_host", self.server()),
-            ("smtp_host", self.smtp_server()),
-        ):
-            if not host or host_problem(host):
-                continue
-            try:
-                check_host(host, port)
-            except PrivateTargetRefused:
-                problems[field] = (
-                    f"{field} must be a public mail server; it resolves to a private or "
-                    "reserved address."
-                )
-            except (OSError, UnicodeError):
-                pass
-        return problems
 
     def oauth_url(self, endpoint: str) -> str:
         """The provider's OAuth endpoint ("authorize", "token", "revoke" or "userinfo")."""

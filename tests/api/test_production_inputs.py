@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from superimap.accounts.partners import validate_partner
 from superimap.partners.models import Partner
 from tests.api.helpers import assert_error
 
@@ -89,8 +90,8 @@ def test_a_stale_saved_url_is_still_refused_when_given_again(api, stale_partner)
 
 def test_the_dashboard_saves_an_unrelated_change_next_to_a_stale_url(stale_partner):
     stale_partner.success_url = "https://app.example/welcome"
-    stale_partner.full_clean()
+    validate_partner(stale_partner)
     stale_partner.new_mail_webhook = "http://10.0.0.1/changed"
     with pytest.raises(Exception) as error:
-        stale_partner.full_clean()
+        validate_partner(stale_partner)
     assert "new_mail_webhook" in error.value.message_dict

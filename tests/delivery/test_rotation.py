@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from superimap.accounts import partners
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery
 from tests.delivery.helpers import make_partner, make_user
@@ -18,7 +19,7 @@ def test_it_signs_with_both_secrets_during_the_grace_period(
     receiver = make_receiver()
     partner = make_partner(receiver.url)
     old_secret = partner.webhook_secret
-    new_secret = partner.rotate_webhook_secret(timedelta(hours=1))
+    new_secret = partners.rotate_webhook_secret(partner, timedelta(hours=1))
     outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, make_user(partner))
 
     assert process() == 1
@@ -36,7 +37,7 @@ def test_it_signs_with_the_new_secret_only_after_the_grace_period(
     receiver = make_receiver()
     partner = make_partner(receiver.url)
     old_secret = partner.webhook_secret
-    new_secret = partner.rotate_webhook_secret(timedelta(seconds=0))
+    new_secret = partners.rotate_webhook_secret(partner, timedelta(seconds=0))
     outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, make_user(partner))
 
     assert process() == 1
@@ -62,8 +63,8 @@ def test_a_rotation_after_a_send_is_used_by_the_next_claim(
     assert process() == 1
     receiver.wait_for(1)
 
-    new_secret = partner.rotate_webhook_secret(timedelta(seconds=0))
-    receiver.receiver.api_key = partner.rotate_api_key(timedelta(seconds=0))
+    new_secret = partners.rotate_webhook_secret(partner, timedelta(seconds=0))
+    receiver.receiver.api_key = partners.rotate_api_key(partner, timedelta(seconds=0))
     outbox.enqueue_user_event(Delivery.Kind.USER_DISCONNECTED, user)
     assert process() == 1
     first, second = receiver.wait_for(2)

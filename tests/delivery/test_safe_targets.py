@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from django.core.exceptions import ValidationError
 
+from superimap.accounts.partners import validate_partner
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.targets import WebhookTargetError, check_webhook_url
@@ -72,10 +73,10 @@ def test_it_refuses_to_save_an_internal_url_in_production(db, settings):
     settings.WEBHOOK_ALLOW_PRIVATE = False
     partner = Partner(name="p", new_mail_webhook="http://169.254.169.254/hook")
     with pytest.raises(ValidationError) as error:
-        partner.full_clean()
+        validate_partner(partner)
     assert "new_mail_webhook" in error.value.message_dict
     partner.new_mail_webhook = "https://93.184.216.34/hook"
-    partner.full_clean(exclude=["api_key", "webhook_secret"])
+    validate_partner(partner, exclude=["api_key", "webhook_secret"])
 
 
 def test_the_dashboard_form_shows_the_refusal(admin_client, settings):

@@ -7,6 +7,8 @@ import asyncio
 
 from django.db import close_old_connections
 
+from superimap.accounts import connections as accounts_connections
+from superimap.accounts import users as accounts_users
 from superimap.imapclient import LoginLimiter, TokenBucket
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
@@ -69,7 +71,7 @@ def test_a_server_setting_change_restarts_the_sessions_of_the_connection(mail_pa
                     close_old_connections()
                     connection = Connection.objects.get(partner=mail_partner)
                     connection.imap_port = moved.port
-                    connection.save()
+                    accounts_connections.save_connection(connection)
 
                 await asyncio.to_thread(move)
                 await wait_for(lambda: moved.stats["logins"] == 2)
@@ -135,30 +137,30 @@ def test_the_limiter_has_documented_defaults(settings):
 
 
 def test_only_session_fields_move_the_session_version(plain_connection):
-    user = MailboxUser.objects.create(connection=plain_connection, tag="v", password="pw")
+    user = accounts_users.create_user(plain_connection, "v", password="pw")
     first = user.session_version
     assert first
     user.enable_tracer = True
     user.status = MailboxUser.Status.IDLE
-    user.save()
-    user.archive()
-    user.restore()
+    accounts_users.save_user(user)
+    accounts_users.archive_user(user)
+    accounts_users.restore_user(user)
     assert MailboxUser.objects.get(id=user.id).session_version == first
     # Changed elsewhere, then re-read: not a change made here.
     MailboxUser.objects.filter(id=user.id).update(password="")
     user.refresh_from_db()
-    user.save()
+    accounts_users.save_user(user)
     assert MailboxUser.objects.get(id=user.id).session_version == first
     user.password = "new-pw"
-    user.save()
+    accounts_users.save_user(user)
     second = MailboxUser.objects.get(id=user.id).session_version
     assert second != first
     plain_connection.refresh_from_db()
     plain_connection.smtp_host = "smtp.example.com"  # tracers only: no restart
-    plain_connection.save()
+    accounts_connections.save_connection(plain_connection)
     assert MailboxUser.objects.get(id=user.id).session_version == second
     plain_connection.imap_port = 143
-    plain_connection.save()
+    accounts_connections.save_connection(plain_connection)
     assert MailboxUser.objects.get(id=user.id).session_version != second
 
 

@@ -14,6 +14,7 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
+from superimap.accounts import users as accounts_users
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import message_url
 from superimap.engine.folders import match_folders
@@ -155,7 +156,7 @@ def _set_folders(user_id: int, folders: list[str]) -> None:
     close_old_connections()
     user = MailboxUser.objects.get(id=user_id)
     user.folders = folders
-    user.save()
+    accounts_users.save_user(user)
 
 
 def test_mail_that_arrived_while_the_engine_was_down_is_caught_up(mail_partner, folders_dovecot):

@@ -7,7 +7,7 @@ import asyncio
 
 from django.db import close_old_connections
 
-from superimap.api import service
+from superimap.accounts import users as accounts_users
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
 from superimap.testing.mail import make_message
@@ -43,7 +43,7 @@ def test_reconnect_now_skips_the_login_back_off(mailbox):
             )
             await asyncio.sleep(1.5)
             assert (await asyncio.to_thread(_user, user.id)).status == "auth_failed"
-            await asyncio.to_thread(_act, service.reconnect_user, user.id)
+            await asyncio.to_thread(_act, accounts_users.reconnect_user, user.id)
             await wait_for(lambda: _user(user.id).status == "idle", timeout=5)
 
     asyncio.run(scenario())
@@ -61,7 +61,7 @@ def test_reconnect_now_restarts_a_watching_session_and_sends_nothing_again(mailb
             msg = make_message("before", "a@example.test", user.email, "x")
             await asyncio.to_thread(dovecot.deliver, user.tag, msg)
             await wait_for(lambda: _subjects(user.id) == ["before"])
-            await asyncio.to_thread(_act, service.reconnect_user, user.id)
+            await asyncio.to_thread(_act, accounts_users.reconnect_user, user.id)
             await wait_for(
                 lambda: user.id in engine.sessions
                 and engine.sessions[user.id][0] is not first,
@@ -83,7 +83,7 @@ def test_pause_holds_no_session_and_resume_catches_up_without_loss(mailbox, dove
     async def scenario():
         async with RunningEngine(session_settings=FAST) as engine:
             await wait_for(lambda: _user(user.id).status == "idle")
-            await asyncio.to_thread(_act, service.pause_user, user.id)
+            await asyncio.to_thread(_act, accounts_users.pause_user, user.id)
             await wait_for(lambda: user.id not in engine.sessions, timeout=5)
             msg = make_message("while paused", "a@example.test", user.email, "x")
             await asyncio.to_thread(dovecot.deliver, user.tag, msg)
@@ -92,7 +92,7 @@ def test_pause_holds_no_session_and_resume_catches_up_without_loss(mailbox, dove
             assert user.id not in engine.sessions
             assert paused.status == "paused" and paused.owner_node == ""
             assert await asyncio.to_thread(_subjects, user.id) == []
-            await asyncio.to_thread(_act, service.resume_user, user.id)
+            await asyncio.to_thread(_act, accounts_users.resume_user, user.id)
             await wait_for(lambda: _subjects(user.id) == ["while paused"], timeout=5)
             await wait_for(lambda: _user(user.id).status == "idle")
 

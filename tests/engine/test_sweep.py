@@ -7,6 +7,7 @@ import asyncio
 from django.db import close_old_connections
 from django.utils import timezone
 
+from superimap.accounts import users as accounts_users
 from superimap.delivery.models import Delivery
 from superimap.engine import store
 from superimap.mailboxes.models import MailboxUser
@@ -27,7 +28,7 @@ def _subjects(user_id: int) -> list[str]:
 
 def _request_sweep(user_id: int) -> None:
     close_old_connections()
-    MailboxUser.objects.get(id=user_id).request_sweep()
+    accounts_users.request_sweep(MailboxUser.objects.get(id=user_id))
 
 
 def test_a_sweep_sends_the_mail_that_predates_the_user_once(mailbox, dovecot):
@@ -58,10 +59,10 @@ def test_finishing_a_sweep_keeps_a_newer_request_and_is_fenced_by_the_lease(mail
     user = MailboxUser.objects.create(
         connection=connection, tag="u", owner_node="n1", connected_at=timezone.now()
     )
-    user.request_sweep()
+    accounts_users.request_sweep(user)
     served = user.sweep_requested_at
     assert not store.finish_sweep(user.id, "other-node", served)
-    user.request_sweep()  # a newer request arrives while the sweep runs
+    accounts_users.request_sweep(user)  # a newer request arrives while the sweep runs
     assert not store.finish_sweep(user.id, "n1", served)
     assert _user(user.id).sweep_requested_at == user.sweep_requested_at
     assert store.finish_sweep(user.id, "n1", user.sweep_requested_at)
