@@ -54,7 +54,7 @@ MESSAGE = (
 
 
 def _envelope(raw: bytes) -> dict:
-    from superimap.engine.envelope import envelope, parse_headers
+    from superimap.sync.envelope import envelope, parse_headers
 
     return envelope(parse_headers(raw))
 
