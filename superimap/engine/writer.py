@@ -207,15 +207,32 @@ def _prefetch(prepared: list[Prepared], owners: dict[int, Owner]) -> Recorded:
     """What the planner needs to know, with one statement per kind for the whole group
     (each a network round trip on PostgreSQL): the UIDs that already have a row, the
     delivered-or-tracer rows sharing a sha1 or an identity with a message of the group,
-    and the checkpoints of the secondary folders the group writes to.
-
-    Dedup rows are kept only if delivered or tracer (DEDUP_AGAINST), filtered here so that
-    each OR term of the query stays a plain probe of its (user, sha1) or (user, identity)
-    index."""
+    and the checkpoints of the secondary folders the group writes to."""
     recorded = Recorded()
+    with connection.cursor() as cursor:
+        _recorded_rows(cursor, prepared, recorded)
+        _dedup_rows(cursor, prepared, recorded)
+        folders = {
+            (item.job.user_id, item.job.folder)
+            for item in prepared
+            if item.digests and item.job.folder != owners[item.job.user_id].checkpoint_folder
+        }
+        terms = ["(user_id = %s AND folder = %s)"] * len(folders)
+        params = [list(key) for key in sorted(folders)]
+        for sql_terms, sql_params in _statements(terms, params):
+            cursor.execute(
+                f"SELECT user_id, folder, uid_validity, last_uid FROM {FOLDERS} WHERE {sql_terms}",
+                sql_params,
+            )
+            for user_id, folder, uid_validity, last_uid in cursor.fetchall():
+                recorded.folders[(user_id, folder)] = (uid_validity, last_uid)
+    return recorded
+
+
+def _recorded_rows(cursor, prepared: list[Prepared], recorded: Recorded) -> None:
+    """The rows the group's UIDs already have. Rows written before folders were recorded
+    have folder "" and belong to the primary folder: they are found under ""."""
     terms, params = [], []
-    wanted: dict[int, tuple[set[str], set[str]]] = {}
-    folders: set[tuple[int, str]] = set()
     for item in prepared:
         job = item.job
         uids = [d.message.uid for d in item.digests]
@@ -226,50 +243,45 @@ def _prefetch(prepared: list[Prepared], owners: dict[int, Owner]) -> Recorded:
                 f" AND uid IN ({_in(part)}))"
             )
             params.append([job.user_id, job.folder, job.uid_validity, *part])
-        sha1s, identities = wanted.setdefault(job.user_id, (set(), set()))
+    for sql_terms, sql_params in _statements(terms, params):
+        cursor.execute(
+            "SELECT user_id, folder, uid_validity, uid, skipped_reason "
+            f"FROM {MAILLOG} WHERE {sql_terms}",
+            sql_params,
+        )
+        for user_id, folder, uid_validity, uid, reason in cursor.fetchall():
+            recorded.rows[(user_id, folder, uid_validity, uid)] = reason
+
+
+def _dedup_rows(cursor, prepared: list[Prepared], recorded: Recorded) -> None:
+    """The sha1s and identities of delivered or tracer rows the group's messages share.
+    Kept only if delivered or tracer (DEDUP_AGAINST), filtered here so that each OR term of
+    the query stays a plain probe of its (user, sha1) or (user, identity) index."""
+    wanted: dict[int, tuple[set[str], set[str]]] = {}
+    for item in prepared:
+        sha1s, identities = wanted.setdefault(item.job.user_id, (set(), set()))
         for d in item.digests:
             if d.sha1:
                 sha1s.add(d.sha1)
                 identities.add(d.identity)
-        if item.digests and job.folder != owners[job.user_id].checkpoint_folder:
-            folders.add((job.user_id, job.folder))
-    with connection.cursor() as cursor:
-        for sql_terms, sql_params in _statements(terms, params):
-            cursor.execute(
-                "SELECT user_id, folder, uid_validity, uid, skipped_reason "
-                f"FROM {MAILLOG} WHERE {sql_terms}",
-                sql_params,
-            )
-            for user_id, folder, uid_validity, uid, reason in cursor.fetchall():
-                recorded.rows[(user_id, folder, uid_validity, uid)] = reason
-        terms, params = [], []
-        for user_id, (sha1s, identities) in wanted.items():
-            for column, values in (("sha1", sorted(sha1s)), ("identity", sorted(identities))):
-                for start in range(0, len(values), IN_BATCH):
-                    part = values[start : start + IN_BATCH]
-                    terms.append(f"(user_id = %s AND {column} IN ({_in(part)}))")
-                    params.append([user_id, *part])
-        for sql_terms, sql_params in _statements(terms, params):
-            cursor.execute(
-                f"SELECT user_id, sha1, identity, skipped_reason FROM {MAILLOG} WHERE {sql_terms}",
-                sql_params,
-            )
-            for user_id, sha1, identity, reason in cursor.fetchall():
-                if reason in DEDUP_AGAINST:
-                    recorded.sha1s.setdefault(user_id, set()).add(sha1)
-                    recorded.identities.setdefault(user_id, set()).add(identity)
-        terms = ["(user_id = %s AND folder = %s)"] * len(folders)
-        params = [list(key) for key in sorted(folders)]
-        for sql_terms, sql_params in _statements(terms, params):
-            cursor.execute(
-                f"SELECT user_id, folder, uid_validity, last_uid FROM {FOLDERS} WHERE {sql_terms}",
-                sql_params,
-            )
-            for user_id, folder, uid_validity, last_uid in cursor.fetchall():
-                recorded.folders[(user_id, folder)] = (uid_validity, last_uid)
+    terms, params = [], []
+    for user_id, (sha1s, identities) in wanted.items():
+        for column, values in (("sha1", sorted(sha1s)), ("identity", sorted(identities))):
+            for start in range(0, len(values), IN_BATCH):
+                part = values[start : start + IN_BATCH]
+                terms.append(f"(user_id = %s AND {column} IN ({_in(part)}))")
+                params.append([user_id, *part])
+    for sql_terms, sql_params in _statements(terms, params):
+        cursor.execute(
+            f"SELECT user_id, sha1, identity, skipped_reason FROM {MAILLOG} WHERE {sql_terms}",
+            sql_params,
+        )
+        for user_id, sha1, identity, reason in cursor.fetchall():
+            if reason in DEDUP_AGAINST:
+                recorded.sha1s.setdefault(user_id, set()).add(sha1)
+                recorded.identities.setdefault(user_id, set()).add(identity)
     for known in (*recorded.sha1s.values(), *recorded.identities.values()):
         known.discard("")
-    return recorded
 
 
 def _statements(terms: list[str], params: list[list]) -> Iterator[tuple[str, list]]:
