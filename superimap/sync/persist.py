@@ -35,6 +35,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from superimap.sync.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
 
@@ -148,7 +149,7 @@ class Digest:
 
     message: FetchedMessage
     content: bytes | None
-    env: dict
+    env: dict[str, Any]  # sync/envelope.py envelope()
     sha1: str = ""
     identity: str = ""
     message_id: str = ""  # the Message-ID, or a stand-in made of the sha1
