@@ -227,7 +227,7 @@ def test_the_worker_measures_the_backlog_once_a_minute(seeded_providers, user):
 def test_push_time_is_the_exists_within_the_internaldate_second_else_the_internaldate():
     from datetime import UTC, datetime
 
-    from superimap.engine.store import FetchedMessage
+    from superimap.sync.persist import FetchedMessage
 
     internal = datetime(2026, 12, 6, 21, 0, 0, tzinfo=UTC)
     stamp = internal.timestamp()

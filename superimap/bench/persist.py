@@ -8,7 +8,7 @@ and --messages messages of ~1 KB, one per batch (what IDLE pushes hand the engin
 UID at a time). Measured as CPU time of this process (time.process_time: SQLite runs in
 it; a PostgreSQL server's own CPU is not included), so a busy machine slows the run but
 hardly changes the figure; wall time per message beside it (commits, fsync, round trips):
-- per_batch: ``store.persist_batch`` once per batch, each its own transaction (before
+- per_batch: ``writer.persist_batch`` once per batch, each its own transaction (before
   group commit);
 - group: ``persister.persist_group`` with --group batches per transaction, each in its own
   savepoint (engine/persister.py).
@@ -109,8 +109,8 @@ def _users(count: int) -> list[int]:
     ]
 
 
-def _batches(users: list[int], first: int, count: int) -> list[tuple]:
-    from superimap.engine.store import FetchedMessage
+def _batches(users: list[int], first: int, count: int) -> list:
+    from superimap.sync.persist import FetchedMessage, PersistJob
 
     words = "lorem ipsum dolor sit amet consectetur adipiscing elit " * 16
     batches = []
@@ -123,17 +123,17 @@ def _batches(users: list[int], first: int, count: int) -> list[tuple]:
         user_id = users[n % len(users)]
         uid = n // len(users) + 1
         message = FetchedMessage(uid=uid, size=len(raw), internal_date=None, raw=raw)
-        batches.append((user_id, "bench", 1, "INBOX", [message], False))
+        batches.append(PersistJob(user_id, "bench", 1, "INBOX", [message]))
     return batches
 
 
 def _per_batch(users: list[int], messages: int) -> dict:
-    from superimap.engine import store
+    from superimap.engine import writer
 
     batches = _batches(users, 0, messages)
     started, wall = time.process_time(), time.perf_counter()
-    for batch in batches:
-        store.persist_batch(*batch)
+    for b in batches:
+        writer.persist_batch(b.user_id, b.node_id, b.uid_validity, b.folder, b.messages)
     return _per_message(started, wall, messages)
 
 

@@ -41,6 +41,7 @@ from superimap.imapclient import (
     open_connection,
 )
 from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.sync.persist import FetchedMessage
 
 log = logging.getLogger("superimap.engine")
 Status = MailboxUser.Status
@@ -498,7 +499,7 @@ class MailboxSession(SecondaryFolders):
         uids: list[int],
         before: datetime | None = None,
         known: dict[int, Fetch] | None = None,
-    ) -> list[store.FetchedMessage]:
+    ) -> list[FetchedMessage]:
         """One FetchedMessage per UID of ``uids``, whatever the server answers.
 
         Servers answer a message expunged meanwhile with a NIL body, by leaving it out
@@ -507,7 +508,7 @@ class MailboxSession(SecondaryFolders):
         expunged; present, it is fetched again. Mail older than ``before`` is skipped as
         before_baseline after fetching its header only; mail over MAX_EMAIL_SIZE gets its
         header fetched and is sent truncated. ``known``: sizes and dates fetched already."""
-        done: dict[int, store.FetchedMessage] = {}
+        done: dict[int, FetchedMessage] = {}
         meta: dict[int, Fetch] = {uid: known[uid] for uid in uids if known and uid in known}
         pending = list(uids)
         for attempt in range(FETCH_ROUNDS):
@@ -533,7 +534,7 @@ class MailboxSession(SecondaryFolders):
                 if part is None:
                     continue
                 fits = m.uid not in old and self._fits(m)
-                done[m.uid] = store.FetchedMessage(
+                done[m.uid] = FetchedMessage(
                     uid=m.uid,
                     size=m.size or 0,
                     internal_date=m.internal_date,
@@ -565,9 +566,9 @@ class MailboxSession(SecondaryFolders):
         return [uid for uid in pending if uid in present]
 
     @staticmethod
-    def _skipped(uid: int, meta: dict[int, Fetch], reason: str) -> store.FetchedMessage:
+    def _skipped(uid: int, meta: dict[int, Fetch], reason: str) -> FetchedMessage:
         m = meta.get(uid)
-        return store.FetchedMessage(
+        return FetchedMessage(
             uid=uid,
             size=(m.size or 0) if m else 0,
             internal_date=m.internal_date if m else None,

@@ -1,39 +1,28 @@
 """The engine's database side (synchronous; always called through the DbPool).
 
-persist_batch() is design.md section 4 step 6: MailLog rows, Delivery rows and the new
-checkpoint in ONE transaction. A crash before commit means the mail is fetched again;
-after commit the worker owns it. The checkpoint update is fenced by the lease, so a node
-that lost a mailbox to another node cannot write it.
+Session configs, baselines, statuses and the lease fence (``_owned``). Persisting a batch
+(design.md section 4 step 6: MailLog rows, Delivery rows and the new checkpoint in ONE
+transaction, fenced by the lease) is planned by sync/persist.py and written by
+engine/writer.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from superimap.dbpool import read_only
 from superimap.delivery import outbox
-from superimap.delivery.content import with_content_options
 from superimap.delivery.models import Delivery
-from superimap.delivery.payloads import new_mail_payload, truncated_mail_payload
-from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
-from superimap.tracers.models import TracerLog
 
 log = logging.getLogger("superimap.engine")
 Reason = MailLog.Reason
-# Rows a new message is compared with for dedup: mail that was delivered (or a tracer).
-DEDUP_AGAINST = ("", Reason.TRACER)
-TRACER_SUBJECT = re.compile(r"^TRACER:\s*(\S+)\s*$")
 STATUS_BATCH = 500  # ids per UPDATE: well under every backend's parameter limit
 # user_error: at once for what needs a human, after this long for any other failure.
 NEEDS_HUMAN = frozenset({MailboxUser.Status.AUTH_FAILED, MailboxUser.Status.TLS_FAILED})
@@ -110,63 +99,6 @@ class FolderState:
     uid_validity: int
     last_uid: int
     last_internal_date: datetime | None = None
-
-
-@dataclass(frozen=True)
-class FetchedMessage:
-    """What the session learnt about one UID of a batch. Exactly one of: ``raw`` (the
-    whole message), ``header`` alone (over MAX_EMAIL_SIZE: sent truncated), or ``skip``
-    (a MailLog.Reason the session decided: expunged, before_baseline, unfetchable)."""
-
-    uid: int
-    size: int
-    internal_date: datetime | None
-    raw: bytes | None  # None: not fetched (over MAX_EMAIL_SIZE, or skipped)
-    header: bytes | None = None  # BODY[HEADER], when the whole message was not fetched
-    skip: str = ""
-    # When the session last saw EXISTS (time.time()), for the push -> commit latency.
-    seen_at: float | None = None
-
-    def pushed_at(self) -> float | None:
-        """The best estimate of when the server got this message: INTERNALDATE has whole
-        seconds, so the EXISTS that announced it, if it came within that second (it does
-        in IDLE); else (found on a catch-up, after an outage) INTERNALDATE itself."""
-        if self.internal_date is None:
-            return None
-        stamp = self.internal_date.timestamp()
-        if self.seen_at is not None and stamp <= self.seen_at < stamp + 1:
-            return self.seen_at
-        return stamp
-
-
-@dataclass
-class PersistResult:
-    new: int = 0
-    duplicates: int = 0
-    skipped: int = 0  # all skips, duplicates and tracers included
-    tracers: int = 0
-    truncated: int = 0
-    skips: Counter[str] = field(default_factory=Counter)  # reason -> count
-    # (uid, reason, message_id, size) of each skip, logged once the batch committed.
-    skipped_rows: list[tuple[int, str, str, int]] = field(default_factory=list)
-    # When each new mail was pushed (FetchedMessage.pushed_at), for the push -> commit
-    # latency (rollups.py).
-    pushed_at: list[float] = field(default_factory=list)
-
-    def log_skips(self, user_id: int | str, uid_validity: int, folder: str) -> None:
-        """One INFO line per skip, for the operator (after the commit, so a rolled back
-        batch that is fetched again does not log its skips twice)."""
-        for uid, reason, message_id, size in self.skipped_rows:
-            log.info(
-                "mailbox %s: skipped uid %d (uidvalidity %d, %s) as %s: message_id=%s size=%d",
-                user_id,
-                uid,
-                uid_validity,
-                folder,
-                reason,
-                message_id or "-",
-                size,
-            )
 
 
 @read_only
@@ -327,178 +259,6 @@ def finish_sweep(user_id: int, node_id: str, requested_at: datetime) -> bool:
     (another timestamp) stays. A queryset update leaves updated_at alone: no restart."""
     owned = _owned(user_id, node_id).filter(sweep_requested_at=requested_at)
     return bool(owned.update(sweep_requested_at=None))
-
-
-def persist_batch(
-    user_id: int,
-    node_id: str,
-    uid_validity: int,
-    folder: str,
-    messages: list[FetchedMessage],
-    sweep: bool = False,
-) -> PersistResult:
-    """Every message ends here in exactly one state: a MailLog row plus a new_mail
-    Delivery, or a MailLog row with a skip reason. A UID that already has a row is left
-    alone (a re-fetch after a crash, or a sweep); a sweep sends before_baseline mail."""
-    result = PersistResult()
-    if not messages:
-        return result
-    with transaction.atomic():
-        # FOR UPDATE (PostgreSQL; SQLite's IMMEDIATE transaction holds the write lock
-        # already): a disconnect or archive either commits first, and this finds no user and
-        # discards the batch, or waits for this commit, so its user_disconnected comes after
-        # every new_mail (docs/design.md 4.4).
-        user = (
-            _owned(user_id, node_id)
-            .select_for_update(of=("self",))
-            .select_related("connection__provider", "connection__partner")
-            .defer("password", "oauth_refresh_token")  # not needed; decrypting costs CPU
-            .first()
-        )
-        if user is None:
-            raise LeaseLost(user_id)
-        partner = user.connection.partner
-        has_url = bool(partner.new_mail_webhook)
-        uids = [m.uid for m in messages]
-        seen = dict(
-            MailLog.objects.filter(
-                _in_folder(folder), user=user, uid_validity=uid_validity, uid__in=uids
-            )
-            .values_list("uid", "skipped_reason")
-            .order_by()
-        )
-        for message in sorted(messages, key=lambda m: m.uid):
-            if message.uid in seen:
-                if not (sweep and seen[message.uid] == Reason.BEFORE_BASELINE and not message.skip):
-                    continue
-                MailLog.objects.filter(
-                    _in_folder(folder), user=user, uid_validity=uid_validity, uid=message.uid
-                ).delete()
-            _persist_one(user, partner, has_url, uid_validity, folder, message, result)
-        last = max(messages, key=lambda m: m.uid)
-        if folder == user.checkpoint_folder:
-            # After a UIDVALIDITY change the old last_uid means nothing in the new UID space.
-            previous = (user.last_uid or 0) if user.uid_validity == uid_validity else 0
-            fields = {"uid_validity": uid_validity, "last_uid": max(last.uid, previous)}
-            if last.internal_date:
-                fields["last_internal_date"] = last.internal_date
-        else:
-            _move_folder_checkpoint(user, folder, uid_validity, last)
-            fields = {}
-        if result.new:
-            fields["last_email_at"] = timezone.now()
-        if fields:
-            MailboxUser.objects.filter(id=user_id).update(**fields)
-    return result
-
-
-def _move_folder_checkpoint(user, folder: str, uid_validity: int, last: FetchedMessage) -> None:
-    row = FolderCheckpoint.objects.select_for_update().filter(user=user, folder=folder).first()
-    previous = row.last_uid if row is not None and row.uid_validity == uid_validity else 0
-    fields = {"uid_validity": uid_validity, "last_uid": max(last.uid, previous)}
-    if last.internal_date:
-        fields["last_internal_date"] = last.internal_date
-    FolderCheckpoint.objects.update_or_create(user=user, folder=folder, defaults=fields)
-
-
-def identity_of(message_id: str, size: int, date: str | None) -> str:
-    """Dedup key: the same Message-ID, size and Date header mean the same message."""
-    text = f"{message_id}\x00{size}\x00{(date or '').strip()}"
-    return hashlib.sha1(text.encode("utf-8", errors="replace")).hexdigest()
-
-
-def _persist_one(user, partner, has_url, uid_validity, folder, message, result) -> None:
-    content = message.raw if message.raw is not None else message.header
-    if message.skip or content is None:
-        env = envelope(parse_headers(content)) if content is not None else {}
-        reason = message.skip or Reason.UNFETCHABLE
-        _skip(user, uid_validity, folder, message, reason, env, "", "", result)
-        return
-    sha1 = sha1_of(content)
-    env = envelope(parse_headers(content))
-    message_id = message_id_or_digest(env, sha1)
-    size = message.size or len(content)
-    identity = identity_of(message_id, size, env.get("date"))
-    # (user, sha1) OR (user, identity): each side uses its own index (SQLite's MULTI-INDEX
-    # OR); "user AND (sha1 OR identity)" scanned all of the user's rows.
-    same = (
-        MailLog.objects.filter(Q(user=user, sha1=sha1) | Q(user=user, identity=identity))
-        .filter(skipped_reason__in=DEDUP_AGAINST)
-        .order_by()
-    )
-    if same.exists():
-        result.duplicates += 1
-        _skip(user, uid_validity, folder, message, Reason.DUPLICATE, env, sha1, identity, result)
-        return
-    tracer = TRACER_SUBJECT.match(env.get("subject") or "")
-    if tracer and user.enable_tracer:
-        TracerLog.objects.filter(tracer_uid=tracer.group(1), detected_at__isnull=True).update(
-            detected_at=timezone.now()
-        )
-        result.tracers += 1
-        _skip(user, uid_validity, folder, message, Reason.TRACER, env, sha1, identity, result)
-        return
-    _log_row(user, uid_validity, folder, message, "", env, sha1, identity)
-    common = {
-        "provider_code": user.connection.provider.code,
-        "user_tag": user.tag,
-        "envelope": env,
-        "uid": message.uid,
-        "uid_validity": uid_validity,
-        "folder": folder,
-        "internal_date": message.internal_date.isoformat() if message.internal_date else None,
-    }
-    if message.raw is None:
-        payload = truncated_mail_payload(header=content, size=size, **common)
-        result.truncated += 1
-    else:
-        payload = with_content_options(
-            new_mail_payload(raw=message.raw, size=size, **common),
-            message.raw,
-            include_rfc822=partner.include_rfc822,
-            include_parsed=partner.include_parsed,
-            max_chars=settings.WEBHOOK_PARSED_MAX_CHARS,
-        )
-    Delivery.objects.create(
-        kind=Delivery.Kind.NEW_MAIL,
-        partner=partner,
-        user=user,
-        message_id=message_id,
-        dedup_key=identity,
-        payload=payload,
-        status=Delivery.Status.PENDING if has_url else Delivery.Status.SKIPPED,
-        last_error="" if has_url else "partner has no new_mail webhook URL",
-        next_attempt_at=timezone.now(),
-    )
-    result.new += 1
-    if (pushed := message.pushed_at()) is not None:
-        result.pushed_at.append(pushed)
-
-
-def _log_row(user, uid_validity, folder, message, reason, env, sha1, identity) -> MailLog:
-    message_id = (env.get("message_id") or "").replace("\x00", "\ufffd").strip()
-    subject = (env.get("subject") or "").replace("\x00", "\ufffd")
-    return MailLog.objects.create(
-        user=user,
-        message_id=message_id[:998],
-        sha1=sha1,
-        identity=identity,
-        uid=message.uid,
-        uid_validity=uid_validity,
-        folder=folder[:255],
-        subject=subject[:998],
-        internal_date=message.internal_date,
-        size=message.size or len(message.raw or b""),
-        skipped_reason=reason,
-    )
-
-
-def _skip(user, uid_validity, folder, message, reason, env, sha1, identity, result) -> None:
-    """Record a skip where the partner (API) and the operator (dashboard, log) see it."""
-    row = _log_row(user, uid_validity, folder, message, reason, env, sha1, identity)
-    result.skipped += 1
-    result.skips[reason] += 1
-    result.skipped_rows.append((message.uid, reason, row.message_id, row.size))
 
 
 def tell_connected(user_id: int, node_id: str, token: str) -> bool:

@@ -33,6 +33,7 @@ from superimap.metrics import (
     PUSH_TO_COMMIT,
     expose,
 )
+from superimap.sync.persist import PersistResult
 from superimap.tracers.sender import TracerSender
 
 log = logging.getLogger("superimap.engine")
@@ -128,7 +129,7 @@ class Engine:
             states[status] = states.get(status, 0) + 1
         return states
 
-    def record_persisted(self, result: store.PersistResult) -> None:
+    def record_persisted(self, result: PersistResult) -> None:
         """After a batch committed: counters, and the worker woken for new deliveries."""
         self.emails_processed += result.new + result.tracers
         for reason, count in result.skips.items():

@@ -3,8 +3,9 @@
 Every TRACER_INTERVAL seconds each engine node picks a random tracer-enabled user among the
 mailboxes it watches, records NUM_TRACERS TracerLog rows and mails each of them to the user
 (``Subject: TRACER: <uid>``) through the provider's SMTP server. When the mail comes back in
-through IMAP, ``store.persist_batch`` sets ``detected_at`` and delivers no webhook. A tracer
-that could not be sent stays undetected: the dashboard counts it as a failure.
+through IMAP, the persist plan (sync/persist.py) sets ``detected_at`` and delivers no
+webhook. A tracer that could not be sent stays undetected: the dashboard counts it as a
+failure.
 
 The loop never ends the engine: every round's errors are logged (never credentials) and the
 next round runs as usual.

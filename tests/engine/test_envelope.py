@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
+from superimap.sync.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
 
 RAW = (
     b"Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\r\n"

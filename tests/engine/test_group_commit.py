@@ -1,5 +1,5 @@
 """Group commit (engine/persister.py): one transaction for many sessions' batches (written
-together by engine/groupwrite.py, or job by job in savepoints when that fails), each
+together by engine/writer.py, or job by job in savepoints when that fails), each
 session woken with its own result or exception."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 
 from superimap.dbpool import DbPool
 from superimap.delivery.models import Delivery
-from superimap.engine import groupwrite, store
+from superimap.engine import store, writer
 from superimap.engine.persister import GroupPersister, persist_group
-from superimap.engine.store import FetchedMessage
 from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.sync.persist import FetchedMessage, PersistJob
 from superimap.testing.mail import make_message
 from tests.engine.conftest import loopback_connection
 
@@ -33,12 +33,17 @@ def users(mail_partner) -> list[MailboxUser]:
     ]
 
 
-def batch(user: MailboxUser, *uids: int) -> tuple:
+def batch(user: MailboxUser, *uids: int) -> PersistJob:
     messages = []
     for uid in uids:
         raw = make_message(f"s{uid}", "a@x.test", "b@x.test", "body", f"<{user.tag}.{uid}@t>")
         messages.append(FetchedMessage(uid=uid, size=len(raw), internal_date=WHEN, raw=raw))
-    return (user.id, NODE, 9, "INBOX", messages, False)
+    return PersistJob(user.id, NODE, 9, "INBOX", messages)
+
+
+def persist_args(job: PersistJob) -> tuple:
+    """GroupPersister.persist's arguments for ``job``."""
+    return (job.user_id, job.node_id, job.uid_validity, job.folder, job.messages, job.sweep)
 
 
 def test_it_persists_every_batch_of_a_group(users):
@@ -59,19 +64,17 @@ def test_a_lost_lease_rolls_back_only_that_sessions_batch(users):
 
 
 def test_an_error_after_writing_rolls_back_that_batchs_rows_only(users, monkeypatch):
-    persist = store.persist_batch
+    write = writer.write_jobs
 
-    def failing_for_the_second_user(user_id, *args):
-        result = persist(user_id, *args)  # rows written inside its savepoint ...
-        if user_id == users[1].id:
+    def group_fails_then_second_user_fails(jobs):
+        if len(jobs) > 1:
+            raise RuntimeError("the group's INSERT failed")  # the jobs then go one by one
+        outcomes = write(jobs)  # rows written inside its savepoint ...
+        if jobs[0].user_id == users[1].id:
             raise RuntimeError("boom")  # ... and undone with it
-        return result
+        return outcomes
 
-    def group_path_fails(jobs):
-        raise RuntimeError("the group's INSERT failed")  # the jobs then go one by one
-
-    monkeypatch.setattr(groupwrite, "persist_jobs", group_path_fails)
-    monkeypatch.setattr(store, "persist_batch", failing_for_the_second_user)
+    monkeypatch.setattr(writer, "write_jobs", group_fails_then_second_user_fails)
     outcomes = persist_group([batch(users[0], 1), batch(users[1], 1, 2)])
     assert outcomes[0].new == 1
     assert isinstance(outcomes[1], RuntimeError)
@@ -89,7 +92,7 @@ def test_sessions_persisting_together_share_one_group_and_get_their_own_outcome(
         persister = GroupPersister(pool, window=0.05)
         try:
             outcomes = await asyncio.gather(
-                *(persister.persist(*batch(user, 1, 2)) for user in users),
+                *(persister.persist(*persist_args(batch(user, 1, 2))) for user in users),
                 return_exceptions=True,
             )
         finally:
@@ -110,7 +113,7 @@ def test_a_full_group_does_not_wait_for_the_window(users):
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            await asyncio.gather(persister.persist(*batch(users[0], 1, 2)))
+            await asyncio.gather(persister.persist(*persist_args(batch(users[0], 1, 2))))
         finally:
             pool.shutdown()
         return loop.time() - started

@@ -14,9 +14,9 @@ from dataclasses import replace
 from django.db import close_old_connections
 
 from superimap.delivery.models import Delivery
-from superimap.engine import session, store
-from superimap.engine.envelope import parse_headers
+from superimap.engine import session, writer
 from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.sync.envelope import parse_headers
 from superimap.testing.mail import make_message
 from tests.engine.conftest import FAST, RunningEngine, wait_for
 
@@ -47,13 +47,13 @@ def test_random_expunges_during_a_150_message_catch_up_lose_no_survivor(
     # Small batches and a slower database: the catch-up takes long enough for the expunges
     # (another client, via doveadm) to land between its SEARCH and its FETCHes.
     monkeypatch.setattr(session, "BATCH_SIZE", 10)
-    persist = store.persist_batch
+    persist = writer.write_jobs
 
     def slow_persist(*args):
         time.sleep(0.05)
         return persist(*args)
 
-    monkeypatch.setattr(store, "persist_batch", slow_persist)
+    monkeypatch.setattr(writer, "write_jobs", slow_persist)
     user = mailbox()
     for i in range(150):
         dovecot.deliver(user.tag, make_message(f"m{i + 1}", "a@example.test", user.email, "x"))

@@ -13,7 +13,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 from superimap.delivery.models import Delivery
 from superimap.delivery.outbox import enqueue_user_event
-from superimap.engine import store
+from superimap.engine import store, writer
+from superimap.sync.persist import FetchedMessage
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
 from superimap.testing.mail import make_message
@@ -27,13 +28,13 @@ user = MailboxUser.objects.create(
     connection=conn, tag="t", login_username="t", password="pw", connected_at=timezone.now(),
     owner_node="n1", uid_validity=7, last_uid=0)
 raw = make_message("late", "a@example.test", "b@example.test", "x")
-message = store.FetchedMessage(uid=1, size=len(raw), internal_date=timezone.now(), raw=raw)
+message = FetchedMessage(uid=1, size=len(raw), internal_date=timezone.now(), raw=raw)
 flipped, outcome = threading.Event(), {}
 
 def persist():
     flipped.wait()
     try:
-        outcome["persist"] = store.persist_batch(user.id, "n1", 7, "INBOX", [message]).new
+        outcome["persist"] = writer.persist_batch(user.id, "n1", 7, "INBOX", [message]).new
     except store.LeaseLost:
         outcome["persist"] = "lease_lost"
     finally:

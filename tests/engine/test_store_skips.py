@@ -9,9 +9,9 @@ import pytest
 
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import message_url, truncated_mail_payload
-from superimap.engine import store
-from superimap.engine.store import FetchedMessage
+from superimap.engine import store, writer
 from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.sync.persist import FetchedMessage, PersistResult
 from superimap.testing.mail import make_message
 from tests.engine.conftest import loopback_connection
 
@@ -31,8 +31,8 @@ def user(mail_partner) -> MailboxUser:
     )
 
 
-def persist(user, *messages: FetchedMessage, sweep: bool = False) -> store.PersistResult:
-    return store.persist_batch(user.id, NODE, 9, "INBOX", list(messages), sweep)
+def persist(user, *messages: FetchedMessage, sweep: bool = False) -> PersistResult:
+    return writer.persist_batch(user.id, NODE, 9, "INBOX", list(messages), sweep)
 
 
 def whole(uid: int, raw: bytes) -> FetchedMessage:

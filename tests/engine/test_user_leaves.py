@@ -12,9 +12,10 @@ from django.test import Client
 from django.utils import timezone
 
 from superimap.delivery.models import Delivery
-from superimap.engine import store
+from superimap.engine import store, writer
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
+from superimap.sync.persist import FetchedMessage
 from superimap.testing.mail import make_message
 from tests.engine.conftest import RunningEngine, wait_for
 
@@ -29,9 +30,9 @@ def _events(user_id: int) -> list[Delivery]:
     return list(Delivery.objects.filter(user_id=user_id).order_by("id"))
 
 
-def _message(uid: int) -> store.FetchedMessage:
+def _message(uid: int) -> FetchedMessage:
     raw = make_message(f"m{uid}", "a@example.test", "b@example.test", "body")
-    return store.FetchedMessage(uid=uid, size=len(raw), internal_date=timezone.now(), raw=raw)
+    return FetchedMessage(uid=uid, size=len(raw), internal_date=timezone.now(), raw=raw)
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def held_user(mailbox) -> MailboxUser:
 def test_it_discards_a_batch_for_a_disconnected_user(held_user):
     MailboxUser.objects.filter(id=held_user.id).update(connected_at=None)
     with pytest.raises(store.LeaseLost):
-        store.persist_batch(held_user.id, "n1", 7, "INBOX", [_message(1)])
+        writer.persist_batch(held_user.id, "n1", 7, "INBOX", [_message(1)])
     assert not Delivery.objects.filter(user=held_user).exists()
     assert MailboxUser.objects.get(id=held_user.id).last_uid == 0
 
@@ -52,7 +53,7 @@ def test_it_discards_a_batch_for_a_disconnected_user(held_user):
 def test_it_discards_a_batch_for_an_archived_user(held_user):
     held_user.archive()
     with pytest.raises(store.LeaseLost):
-        store.persist_batch(held_user.id, "n1", 7, "INBOX", [_message(1)])
+        writer.persist_batch(held_user.id, "n1", 7, "INBOX", [_message(1)])
     assert not Delivery.objects.filter(user=held_user).exists()
 
 

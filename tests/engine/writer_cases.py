@@ -1,7 +1,8 @@
-"""One group of persist jobs covering every shape a batch can have, written twice: by the
-set-based path (engine/groupwrite.py) and by store.persist_batch job by job. ``compare()``
-returns both outcomes, normalized; they must be equal. Used on SQLite in-process by
-test_groupwrite.py and on PostgreSQL through ``superimap manage shell``."""
+"""One group of persist jobs covering every shape a batch can have, written twice by the
+writer (engine/writer.py): as one group, and job by job in savepoints (the fallback of
+engine/persister.py), so the group's plan must equal the plans of its jobs one after the
+other. ``compare()`` returns both outcomes, normalized; they must be equal. Used on SQLite
+in-process by test_writer.py and on PostgreSQL through ``superimap manage shell``."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from datetime import UTC, datetime
 from django.db import transaction
 
 from superimap.delivery.models import Delivery
-from superimap.engine import groupwrite, store
+from superimap.engine import writer
 from superimap.engine.persister import persist_one_by_one
-from superimap.engine.store import FetchedMessage
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
 from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.sync.envelope import envelope, parse_headers
+from superimap.sync.persist import FetchedMessage, PersistJob, identity_of
 from superimap.testing.mail import make_message
 from superimap.tracers.models import TracerLog
 
@@ -65,7 +67,7 @@ def _users(label: str) -> dict[str, MailboxUser]:
     return users
 
 
-def _jobs(users: dict[str, MailboxUser]) -> list[tuple]:
+def _jobs(users: dict[str, MailboxUser]) -> list[PersistJob]:
     """The group, and the rows that were there before it."""
     u = users
     first = _raw("one", "<one@t>")
@@ -79,7 +81,7 @@ def _jobs(users: dict[str, MailboxUser]) -> list[tuple]:
         folder="INBOX",
         message_id="<known@t>",
         sha1="0" * 40,
-        identity=store.identity_of("<known@t>", len(known), _date(known)),
+        identity=identity_of("<known@t>", len(known), _date(known)),
         size=1,
     )
     # b: uid 2 recorded already (a re-fetch after a crash) in a row from before folders.
@@ -104,7 +106,7 @@ def _jobs(users: dict[str, MailboxUser]) -> list[tuple]:
     return [
         # a: two new, an exact copy of the first in the same batch, then a second batch of
         # the same user in the same group whose message copies the first again.
-        (
+        PersistJob(
             u["a"].id,
             NODE,
             9,
@@ -112,7 +114,7 @@ def _jobs(users: dict[str, MailboxUser]) -> list[tuple]:
             [_whole(2, _raw("two", "<two@t>")), _whole(1, first), _whole(3, first)],
             False,
         ),
-        (
+        PersistJob(
             u["a"].id,
             NODE,
             9,
@@ -121,7 +123,7 @@ def _jobs(users: dict[str, MailboxUser]) -> list[tuple]:
             False,
         ),
         # b: identity duplicate, a recorded UID, an expunged UID, an unfetchable UID.
-        (
+        PersistJob(
             u["b"].id,
             NODE,
             9,
@@ -136,7 +138,7 @@ def _jobs(users: dict[str, MailboxUser]) -> list[tuple]:
             False,
         ),
         # c: a tracer and a truncated (header only) message.
-        (
+        PersistJob(
             u["c"].id,
             NODE,
             9,
@@ -154,22 +156,22 @@ def _jobs(users: dict[str, MailboxUser]) -> list[tuple]:
             False,
         ),
         # d: no Message-ID, NUL in the subject, bytes that are not UTF-8.
-        (u["d"].id, NODE, 9, "INBOX", [_whole(8, no_id)], False),
+        PersistJob(u["d"].id, NODE, 9, "INBOX", [_whole(8, no_id)], False),
         # e: a secondary folder and the primary one in the same group; and a new folder.
-        (u["e"].id, NODE, 4, "Spam", [_whole(9, _raw("spam", "<spam@t>"))], False),
-        (u["e"].id, NODE, 9, "INBOX", [_whole(2, _raw("inbox", "<inbox@t>"))], False),
-        (u["e"].id, NODE, 3, "Archive", [_whole(1, _raw("arch", "<arch@t>"), None)], False),
-        (u["f"].id, NODE, 10, "INBOX", [_whole(3, _raw("new space", "<ns@t>"))], False),
-        (u["g"].id, NODE, 9, "INBOX", [_whole(1, _raw("lost", "<lost@t>"))], False),
-        (u["h"].id, NODE, 9, "INBOX", [_whole(3, _raw("swept", "<swept@t>"))], True),
-        (u["i"].id, NODE, 9, "INBOX", [_whole(1, _raw("quiet", "<quiet@t>"))], False),
-        (u["i"].id, NODE, 9, "INBOX", [], False),
+        PersistJob(u["e"].id, NODE, 4, "Spam", [_whole(9, _raw("spam", "<spam@t>"))], False),
+        PersistJob(u["e"].id, NODE, 9, "INBOX", [_whole(2, _raw("inbox", "<inbox@t>"))], False),
+        PersistJob(
+            u["e"].id, NODE, 3, "Archive", [_whole(1, _raw("arch", "<arch@t>"), None)], False
+        ),
+        PersistJob(u["f"].id, NODE, 10, "INBOX", [_whole(3, _raw("new space", "<ns@t>"))], False),
+        PersistJob(u["g"].id, NODE, 9, "INBOX", [_whole(1, _raw("lost", "<lost@t>"))], False),
+        PersistJob(u["h"].id, NODE, 9, "INBOX", [_whole(3, _raw("swept", "<swept@t>"))], True),
+        PersistJob(u["i"].id, NODE, 9, "INBOX", [_whole(1, _raw("quiet", "<quiet@t>"))], False),
+        PersistJob(u["i"].id, NODE, 9, "INBOX", [], False),
     ]
 
 
 def _date(raw: bytes) -> str:
-    from superimap.engine.envelope import envelope, parse_headers
-
     return envelope(parse_headers(raw)).get("date")
 
 
@@ -238,7 +240,7 @@ def compare() -> dict:
     fast_users = _users("1")
     jobs = _jobs(fast_users)
     with transaction.atomic():
-        fast = groupwrite.persist_jobs(jobs)
+        fast = writer.write_jobs(jobs)
     slow_users = _users("2")
     jobs = _jobs(slow_users)
     with transaction.atomic():

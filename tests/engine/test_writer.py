@@ -1,5 +1,6 @@
-"""The set-based write path (engine/groupwrite.py) writes exactly what store.persist_batch
-writes, on SQLite and PostgreSQL, and a group it cannot write falls back job by job."""
+"""The one writer of persist plans (engine/writer.py) on SQLite and PostgreSQL: a group
+writes exactly what its jobs write one by one, a group it cannot write falls back job by
+job, and a group costs a fixed number of statements."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ from django.db import connection
 from django.utils import timezone
 
 from superimap.delivery.models import Delivery
-from superimap.engine import groupwrite, store
+from superimap.engine import writer
 from superimap.engine.persister import persist_group
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.engine.groupwrite_cases import compare
+from superimap.sync import persist
+from superimap.sync.envelope import envelope, parse_headers
 from tests.engine.test_group_commit import batch, users  # noqa: F401 - fixture
+from tests.engine.writer_cases import compare
 from tests.processes import run_cli, superimap_env
 
 
 def test_the_insert_columns_are_every_column_of_the_tables():
     for model, columns in (
-        (MailLog, groupwrite.MAILLOG_COLUMNS),
-        (Delivery, groupwrite.DELIVERY_COLUMNS),
+        (MailLog, writer.MAILLOG_COLUMNS),
+        (Delivery, writer.DELIVERY_COLUMNS),
     ):
         concrete = {f.column for f in model._meta.concrete_fields if not f.primary_key}
         assert set(columns) == concrete, model.__name__
@@ -61,16 +64,16 @@ def _check(result: dict) -> None:
     assert ["e", "Spam", 4, 9, "2026-01-02 03:04:05+00:00"] in group["folders"]
 
 
-def test_the_group_path_writes_what_persist_batch_writes(seeded_providers):
+def test_a_group_writes_what_its_jobs_write_one_by_one(seeded_providers):
     assert connection.vendor == "sqlite"
     _check(compare())
 
 
-def test_the_group_path_writes_what_persist_batch_writes_on_postgresql(postgres_url, tmp_path):
+def test_a_group_writes_what_its_jobs_write_one_by_one_on_postgresql(postgres_url, tmp_path):
     env = superimap_env(postgres_url, tmp_path / "var")
     run_cli(env, "migrate")
     code = (
-        "import json; from tests.engine.groupwrite_cases import compare; "
+        "import json; from tests.engine.writer_cases import compare; "
         "from django.db import connection; assert connection.vendor == 'postgresql'; "
         "print('RESULT ' + json.dumps(compare()))"
     )
@@ -82,15 +85,13 @@ def test_a_group_that_fails_as_a_whole_is_written_job_by_job(users, caplog):  # 
     # A Delivery for users[1]'s message already exists without its MailLog row: the
     # group's one INSERT of every delivery fails; then only users[1]'s batch does.
     job = batch(users[1], 1)
-    raw = job[4][0].raw
-    from superimap.engine.envelope import envelope, parse_headers
-
+    raw = job.messages[0].raw
     env = envelope(parse_headers(raw))
     Delivery.objects.create(
         kind="new_mail",
         partner=users[1].connection.partner,
         user=users[1],
-        dedup_key=store.identity_of(env["message_id"], len(raw), env["date"]),
+        dedup_key=persist.identity_of(env["message_id"], len(raw), env["date"]),
         payload={},
         next_attempt_at=users[1].connected_at,
     )
@@ -128,3 +129,13 @@ def test_a_group_costs_a_fixed_number_of_statements_whatever_its_batches(mail_pa
 
     assert statements(group[:1], 1) == statements(group, 2)
     assert statements(group, 3) < len(group) / 2
+
+
+def test_the_planners_reasons_are_maillogs():
+    assert persist.DUPLICATE == MailLog.Reason.DUPLICATE
+    assert persist.TRACER == MailLog.Reason.TRACER
+    assert persist.UNFETCHABLE == MailLog.Reason.UNFETCHABLE
+    assert persist.BEFORE_BASELINE == MailLog.Reason.BEFORE_BASELINE
+    assert persist.DELIVERED == ""
+    assert persist.TEXT_MAX == MailLog._meta.get_field("subject").max_length
+    assert persist.FOLDER_MAX == MailLog._meta.get_field("folder").max_length

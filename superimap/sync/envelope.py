@@ -12,6 +12,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
+from typing import Any
 
 _ADDRESS_FIELDS = {
     "from": "From",
@@ -32,7 +33,7 @@ def parse_headers(raw: bytes) -> Message:
     return BytesHeaderParser(policy=compat32).parsebytes(head)
 
 
-def decode_text(value) -> str | None:
+def decode_text(value: object) -> str | None:
     if value is None:
         return None
     text = str(value)
@@ -42,7 +43,7 @@ def decode_text(value) -> str | None:
         return text.strip()
 
 
-def _addresses(headers: Message, name: str) -> list[dict] | None:
+def _addresses(headers: Message, name: str) -> list[dict[str, str | None]] | None:
     values = headers.get_all(name)
     if not values:
         return None
@@ -62,8 +63,9 @@ def _addresses(headers: Message, name: str) -> list[dict] | None:
     return result or None
 
 
-def envelope(headers: Message) -> dict:
-    result: dict = {
+def envelope(headers: Message) -> dict[str, Any]:
+    """The webhook's ``envelope``: text fields, and address fields as lists (or None)."""
+    result: dict[str, Any] = {
         "date": decode_text(headers.get("Date")),
         "subject": decode_text(headers.get("Subject")),
     }
@@ -77,7 +79,7 @@ def envelope(headers: Message) -> dict:
     return result
 
 
-def message_id_or_digest(envelope_data: dict, sha1: str) -> str:
+def message_id_or_digest(envelope_data: dict[str, Any], sha1: str) -> str:
     """The Message-ID, or a stable stand-in for messages that lack one."""
     # PostgreSQL text cannot hold NUL; a Message-ID with one is garbage anyway.
     message_id = (envelope_data.get("message_id") or "").replace("\x00", "\ufffd").strip()
