@@ -8,8 +8,8 @@ import secrets
 import shlex
 import sys
 
-from superimap.config import ConfigError, StartupError
 from superimap.helpformat import DefaultsHelpFormatter
+from superimap.platform.config import ConfigError, StartupError
 
 
 def _stop(exc: StartupError) -> SystemExit:
@@ -255,7 +255,7 @@ def cmd_createpartner(args) -> None:
 
 
 def cmd_rotate_keys(args) -> None:
-    from superimap.keys import reencrypt_all
+    from superimap.platform.keys import reencrypt_all
 
     total = reencrypt_all(progress=sys.stdout)
     print(f"Re-encrypted {total} rows with the first ENCRYPTION_KEY.")

@@ -46,8 +46,8 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, JsonResponse
 from django.http.cookie import parse_cookie
 
-from superimap.logs import escape_controls
-from superimap.security import add_security_headers
+from superimap.platform.logs import escape_controls
+from superimap.platform.security import add_security_headers
 
 log = logging.getLogger("superimap.frontdoor")
 

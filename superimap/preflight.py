@@ -21,7 +21,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from superimap.config import ConfigError, StartupError
+from superimap.platform.config import ConfigError, StartupError
 
 DATABASE_TIMEOUT_SECONDS = 5
 

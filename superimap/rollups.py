@@ -179,7 +179,7 @@ async def flush_once(pool, source: str, *, backlog: bool, recorder: Recorder = R
 async def flush_loop(pool, source: str, stop: asyncio.Event, *, backlog: bool) -> None:
     """Write this process's rollups every ROLLUP_FLUSH_SECONDS until ``stop``, once more after;
     ``backlog``: this process runs a worker, which measures the backlog once a minute."""
-    from superimap import dboutage
+    from superimap.platform import dboutage
 
     purged_at = 0.0
     while True:

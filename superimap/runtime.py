@@ -61,7 +61,7 @@ async def serve(
     name for as long as the engine runs. `sock`: the web port, bound already
     (preflight.bind_web); without it uvicorn binds host:port itself."""
     from superimap import healthz
-    from superimap.dbpool import DbPool
+    from superimap.platform.dbpool import DbPool
 
     stop = asyncio.Event()
     _install_signal_handlers(stop)
@@ -162,7 +162,7 @@ def _wake_all(worker_service, sender) -> Callable[[], None]:
 def _expose_metrics(web: bool) -> None:
     from prometheus_client import start_http_server
 
-    from superimap.metrics import port_registry
+    from superimap.platform.metrics import port_registry
 
     if settings.METRICS_PORT:
         # A port of its own on 127.0.0.1, no token: for an engine or worker on its own, and

@@ -19,7 +19,7 @@ from collections import Counter
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import dboutage
+from superimap.platform import dboutage
 
 log = logging.getLogger("superimap.summary")
 

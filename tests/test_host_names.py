@@ -1,6 +1,6 @@
 """Issue #15 item 7: imap_host, smtp_host, webhook and callback hosts are host names (an IP
-address or an RFC 1123 / IDNA name), by one rule (superimap.validation.host_problem) that the
-API, the dashboard and the CLI share; and the no-TLS rules hold in the dashboard too."""
+address or an RFC 1123 / IDNA name), by one rule (superimap.platform.validation.host_problem)
+that the API, the dashboard and the CLI share; and the no-TLS rules hold in the dashboard too."""
 
 from __future__ import annotations
 
@@ -46,14 +46,14 @@ HOST_NAMES = [
 
 @pytest.mark.parametrize("host", NOT_HOST_NAMES)
 def test_the_rule_refuses_what_is_no_host_name(host):
-    from superimap.validation import host_problem
+    from superimap.platform.validation import host_problem
 
     assert host_problem(host)
 
 
 @pytest.mark.parametrize("host", HOST_NAMES)
 def test_the_rule_accepts_ip_addresses_and_host_names(host):
-    from superimap.validation import host_problem
+    from superimap.platform.validation import host_problem
 
     assert host_problem(host) is None
 

@@ -11,10 +11,10 @@ import pytest
 from django.utils import timezone
 
 from superimap import rollups
-from superimap.dbpool import DbPool
 from superimap.engine.models import MinuteRollup
 from superimap.mailboxes.models import MailboxUser
 from superimap.overview import percentile
+from superimap.platform.dbpool import DbPool
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ from superimap.engine.ratelimit import LoginLimiter
 from superimap.engine.session import AuthFailed
 from superimap.imap import ImapError
 from superimap.mailboxes.models import MailboxUser
-from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Partner
+from superimap.platform.netguard import PrivateTargetRefused
 
 log = logging.getLogger("superimap.messages")
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 def _engine(rounds: int) -> float:
     from superimap import rollups
     from superimap.engine.store import FetchedMessage
-    from superimap.metrics import PUSH_TO_COMMIT
+    from superimap.platform.metrics import PUSH_TO_COMMIT
 
     recorder = rollups.Recorder()
     now = datetime.now(UTC).replace(microsecond=0)

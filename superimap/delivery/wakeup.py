@@ -30,7 +30,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-from superimap import dboutage
+from superimap.platform import dboutage
 
 log = logging.getLogger("superimap.worker")
 

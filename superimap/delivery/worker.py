@@ -16,13 +16,14 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import dboutage, rollups
-from superimap.dbpool import DbPool
+from superimap import rollups
 from superimap.delivery import fairness, health, heartbeat, queue
 from superimap.delivery.failurelog import FailureLog, endpoint_label
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
-from superimap.metrics import (
+from superimap.platform import dboutage
+from superimap.platform.dbpool import DbPool
+from superimap.platform.metrics import (
     ATTEMPT_OUTCOMES,
     COMMIT_TO_DELIVERED,
     RESPONSE_CLASSES,

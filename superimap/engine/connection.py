@@ -16,7 +16,6 @@ from collections import deque
 
 from django.conf import settings
 
-from superimap import netguard
 from superimap.imap import (
     Bye,
     ClientProtocol,
@@ -29,6 +28,7 @@ from superimap.imap import (
     RemoteProtocolError,
     TaggedResponse,
 )
+from superimap.platform import netguard
 
 
 class ServerBye(Exception):

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import aiohttp
 from django.conf import settings
 
-from superimap import netguard
 from superimap.engine import store
 from superimap.engine.connection import CommandFailed, ImapConnection, ServerBye
 from superimap.engine.session import AuthFailed, refused_for_credentials
 from superimap.engine.store import MailboxConfig
 from superimap.imap import Bye, Continuation, TaggedResponse
 from superimap.imap.protocol import xoauth2_initial_response
+from superimap.platform import netguard
 
 log = logging.getLogger("superimap.engine")
 

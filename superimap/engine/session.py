@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from superimap import dboutage
 from superimap.engine import folders, store
 from superimap.engine.connection import (
     CommandFailed,
@@ -37,6 +36,7 @@ from superimap.imap import (
     UntaggedStatus,
 )
 from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.platform import dboutage
 
 log = logging.getLogger("superimap.engine")
 Status = MailboxUser.Status

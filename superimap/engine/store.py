@@ -20,13 +20,13 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from superimap.dbpool import read_only
 from superimap.delivery import outbox
 from superimap.delivery.content import with_content_options
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import new_mail_payload, truncated_mail_payload
 from superimap.engine.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
+from superimap.platform.dbpool import read_only
 from superimap.tracers.models import TracerLog
 
 log = logging.getLogger("superimap.engine")

@@ -7,10 +7,10 @@ import ssl
 
 from django.conf import settings
 
-from superimap import netguard
 from superimap.engine.connection import client_tls_context
-from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Connection, ImapProvider
+from superimap.platform import netguard
+from superimap.platform.netguard import PrivateTargetRefused
 
 CHECK_TIMEOUT_SECONDS = 15
 # Shown to the end user for every network failure alike (refused, closed, timed out).

@@ -31,10 +31,10 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from superimap import netguard
 from superimap.mailboxes.links import LINK_MAX_AGE_SECONDS, use_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
+from superimap.platform import netguard
 
 log = logging.getLogger("superimap.oauth")
 

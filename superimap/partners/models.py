@@ -14,9 +14,9 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from superimap.changes import TrackedFields, new_session_version
-from superimap.fields import EncryptedTextField
 from superimap.partners.folders import validate_folders
-from superimap.validation import host_problem, url_host_problem, validate_host_name
+from superimap.platform.fields import EncryptedTextField
+from superimap.platform.validation import host_problem, url_host_problem, validate_host_name
 
 OAUTH_ENDPOINTS = ("authorize", "token", "revoke", "userinfo")
 # How long the previous API key or webhook secret keeps working after a rotation, by
@@ -481,7 +481,7 @@ class Connection(TrackedFields, models.Model):
         to a private or reserved address, unless IMAP_ALLOW_PRIVATE_HOSTS. A name that does
         not resolve now passes: the engine checks again before every connection."""
 
-        from superimap.netguard import PrivateTargetRefused, check_host
+        from superimap.platform.netguard import PrivateTargetRefused, check_host
 
         if settings.IMAP_ALLOW_PRIVATE_HOSTS or not self.provider.host_per_connection:
             return {}

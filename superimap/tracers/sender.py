@@ -24,11 +24,11 @@ import aiosmtplib
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import dboutage, netguard
 from superimap.engine import store
 from superimap.engine.connection import client_tls_context
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import ImapProvider
+from superimap.platform import dboutage, netguard
 from superimap.tracers.models import TracerLog
 
 log = logging.getLogger("superimap.tracers")

@@ -13,8 +13,8 @@ from django.core.exceptions import ValidationError
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.targets import WebhookTargetError, check_webhook_url
-from superimap.netguard import CheckedConnector, PrivateTargetRefused
 from superimap.partners.models import Partner
+from superimap.platform.netguard import CheckedConnector, PrivateTargetRefused
 from tests.delivery.helpers import make_partner, make_user
 from tests.rebinding import PUBLIC, rebinding
 

@@ -7,7 +7,7 @@ get " (2)", " (3)", ... so the constraint can be added without losing any partne
 import django.db.models.functions.text
 from django.db import migrations, models
 
-import superimap.validation
+import superimap.platform.validation
 
 NAME_MAX = 200
 
@@ -45,28 +45,28 @@ class Migration(migrations.Migration):
             model_name="connection",
             name="imap_host",
             field=models.CharField(
-                blank=True, max_length=255, validators=[superimap.validation.validate_host_name]
+                blank=True, max_length=255, validators=[superimap.platform.validation.validate_host_name]
             ),
         ),
         migrations.AlterField(
             model_name="connection",
             name="smtp_host",
             field=models.CharField(
-                blank=True, max_length=255, validators=[superimap.validation.validate_host_name]
+                blank=True, max_length=255, validators=[superimap.platform.validation.validate_host_name]
             ),
         ),
         migrations.AlterField(
             model_name="imapprovider",
             name="imap_host",
             field=models.CharField(
-                blank=True, max_length=255, validators=[superimap.validation.validate_host_name]
+                blank=True, max_length=255, validators=[superimap.platform.validation.validate_host_name]
             ),
         ),
         migrations.AlterField(
             model_name="imapprovider",
             name="smtp_host",
             field=models.CharField(
-                blank=True, max_length=255, validators=[superimap.validation.validate_host_name]
+                blank=True, max_length=255, validators=[superimap.platform.validation.validate_host_name]
             ),
         ),
         migrations.RunPython(rename_duplicate_names, migrations.RunPython.noop),

@@ -27,7 +27,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from superimap.dbpool import queued_total
+from superimap.platform.dbpool import queued_total
 from superimap.rollups import BOUNDS
 
 # Registered by the services that move them (expose()), so a process without an engine or a

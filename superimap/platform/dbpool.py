@@ -24,7 +24,7 @@ from typing import TypeVar
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from superimap import dboutage
+from superimap.platform import dboutage
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ def queued_total() -> int:
 
 class DbPool:
     def __init__(self, size: int | None = None) -> None:
-        from superimap.metrics import DB_QUEUE, expose  # metrics imports this module
+        from superimap.platform.metrics import DB_QUEUE, expose  # metrics imports this module
 
         _pools.add(self)
         expose([DB_QUEUE])

@@ -80,7 +80,7 @@ def _connected(sender, connection, **kwargs) -> None:
     back()
 
 
-connection_created.connect(_connected, dispatch_uid="superimap.dboutage")
+connection_created.connect(_connected, dispatch_uid="superimap.platform.dboutage")
 
 
 def is_down() -> bool:
