@@ -101,7 +101,7 @@ WEBHOOK_WORKER_ALIVE_SECONDS = env_int("WEBHOOK_WORKER_ALIVE_SECONDS", 5, minimu
 # /healthz answers 503 when the oldest due, unsent webhook has waited longer than this.
 HEALTHZ_BACKLOG_SECONDS = env_int("HEALTHZ_BACKLOG_SECONDS", 300, minimum=10, maximum=86400)
 LOG_SUMMARY_SECONDS = env_int("LOG_SUMMARY_SECONDS", 60, minimum=1, maximum=3600)
-# Per-minute rollups behind the dashboard's overview charts (superimap/rollups.py) are kept
+# Per-minute rollups behind the dashboard's overview charts (superimap/platform/rollups.py) are kept
 # this many days.
 ROLLUP_RETENTION_DAYS = env_int("ROLLUP_RETENTION_DAYS", 8, minimum=2, maximum=400)
 # How often each engine and worker process upserts its current minute's rollup row.
@@ -388,7 +388,7 @@ LOGGING = {
         },
         "json": {"()": "superimap.platform.logs.JsonFormatter"},
     },
-    "filters": {"short_client_errors": {"()": "superimap.frontdoor.ShortClientErrors"}},
+    "filters": {"short_client_errors": {"()": "superimap.platform.logs.ShortClientErrors"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",

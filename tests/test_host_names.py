@@ -162,11 +162,11 @@ def test_allowed_redirect_hosts_are_host_names(api, partner):
     "url", ["https://hooks\u202e.example/x", "https://a..b/x", "http://a_b.example/"]
 )
 def test_the_cli_refuses_a_webhook_whose_host_is_no_host_name(db, capsys, url):
-    from superimap import cli
+    from superimap import cli, commands
 
     args = cli.build_parser().parse_args(["createpartner", "--name", "App", "--webhook", url])
     with pytest.raises(SystemExit) as exit_:
-        cli.cmd_createpartner(args)
+        commands.cmd_createpartner(args)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("superimap: --webhook: ")

@@ -13,7 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 
-from superimap import cli
+from superimap import cli, commands
 from superimap.partners.models import Partner
 from tests.api.helpers import assert_error
 from tests.processes import ROOT, superimap_env
@@ -49,7 +49,7 @@ def test_the_dashboard_refuses_a_duplicate_name(partner, django_user_model):
 
 def test_the_cli_refuses_a_duplicate_name_in_one_line(partner, capsys):
     with pytest.raises(SystemExit) as exit_:
-        cli.cmd_createpartner(
+        commands.cmd_createpartner(
             cli.build_parser().parse_args(["createpartner", "--name", "Owner APP"])
         )
     assert exit_.value.code == 2

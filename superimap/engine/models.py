@@ -26,7 +26,7 @@ class EngineNode(models.Model):
 
 class MinuteRollup(models.Model):
     """What one process (an engine, a worker, or both in one ``superimap up``) did in one
-    minute: written by the process from its in-memory counters (superimap/rollups.py), read
+    minute: written by the process from its in-memory counters (superimap/platform/rollups.py), read
     by the dashboard's overview, so its charts never scan the Delivery table.
 
     Latencies are histograms over rollups.BOUNDS (a list of counts per bucket, the last one

@@ -16,14 +16,13 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import rollups
 from superimap.engine import leases, store
 from superimap.engine.gcfreeze import GcFreezer
 from superimap.engine.persister import GroupPersister
 from superimap.engine.ratelimit import LoginLimiter
 from superimap.engine.session import MailboxSession, SessionSettings
 from superimap.mailboxes.models import MailLog
-from superimap.platform import dboutage
+from superimap.platform import dboutage, rollups
 from superimap.platform.dbpool import DbPool
 from superimap.platform.metrics import (
     EMAILS_PROCESSED,

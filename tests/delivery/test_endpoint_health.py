@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, EndpointHealth
+from superimap.metricsview import DatabaseCollector
 from superimap.partners.models import Partner
-from superimap.platform.metrics import DatabaseCollector
 from tests.delivery.helpers import make_partner, make_user
 
 
