@@ -24,10 +24,12 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check superimap tests
+	$(BIN)/lint-imports
 	SUPERIMAP_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check superimap tests
+	$(BIN)/lint-imports
 
 bench: bench-engine bench-delivery
 
