@@ -18,6 +18,7 @@ class EngineNode(models.Model):
     name_lock = models.CharField(max_length=20, blank=True, default="")
 
     class Meta:
+        db_table = "engine_enginenode"
         ordering = ["node_id"]
 
     def __str__(self) -> str:
@@ -45,6 +46,7 @@ class MinuteRollup(models.Model):
     backlog_oldest_seconds = models.FloatField(null=True)
 
     class Meta:
+        db_table = "engine_minuterollup"
         constraints = [
             models.UniqueConstraint(fields=["minute", "source"], name="rollup_minute_source")
         ]
