@@ -42,7 +42,7 @@ bench-delivery: $(STAMP)
 	$(BIN)/python -m superimap.bench.delivery --out bench-results/delivery.json
 
 clean:
-	rm -rf $(VENV) var bench-results .pytest_cache .mypy_cache
+	rm -rf $(VENV) var bench-results .pytest_cache .mypy_cache .import_linter_cache .grimp_cache
 
 # End-to-end: chaos IMAP server -> engine -> worker -> verifying receiver, each its own process.
 # RATE, MAILBOXES, DURATION, MODE (separate|up), BACKEND (sqlite|postgres).
