@@ -24,10 +24,14 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check superimap tests
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	SUPERIMAP_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check superimap tests
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: bench-engine bench-delivery
 
@@ -38,7 +42,7 @@ bench-delivery: $(STAMP)
 	$(BIN)/python -m superimap.bench.delivery --out bench-results/delivery.json
 
 clean:
-	rm -rf $(VENV) var bench-results .pytest_cache
+	rm -rf $(VENV) var bench-results .pytest_cache .mypy_cache .import_linter_cache .grimp_cache
 
 # End-to-end: chaos IMAP server -> engine -> worker -> verifying receiver, each its own process.
 # RATE, MAILBOXES, DURATION, MODE (separate|up), BACKEND (sqlite|postgres).

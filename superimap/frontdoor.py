@@ -26,7 +26,7 @@ kept in memory and handed to Django only when complete. The allowance:
 
 A body must arrive within WEB_BODY_TIMEOUT seconds (408). The door's answers carry the
 headers Django's middleware would add (security.add_security_headers) and close the
-connection. Every refusal is logged as one short line, at most LOG_LINES_PER_MINUTE a
+connection. Every refusal is logged as one short line, at most LOG_LINES_PER_MINUTE (logs.py) a
 minute, with the path's control characters escaped.
 """
 
@@ -35,101 +35,39 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import threading
-import time
 from dataclasses import dataclass
+from importlib import import_module
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.cookie import parse_cookie
 
-from superimap.logs import escape_controls
-from superimap.security import add_security_headers
+from superimap.partners.models import Partner
+from superimap.platform.logs import RateLimitedLog, escape_controls
+from superimap.platform.security import add_security_headers
 
 log = logging.getLogger("superimap.frontdoor")
 
-LOG_LINES_PER_MINUTE = 20
 # API routes that anyone may call (the schema and its docs page).
 OPEN_API_PATHS = ("/api/v1/openapi.json", "/api/v1/docs")
 # Pages whose forms post a body; every other path takes none.
 ANONYMOUS_FORM_PATHS = ("/connect/", "/disconnect/")
 
 
-class RateLimitedLog:
-    """At most ``per_minute`` lines a minute; the next line after a pause says how many
-    were left out."""
-
-    def __init__(self, logger: logging.Logger, per_minute: int = LOG_LINES_PER_MINUTE) -> None:
-        self.logger = logger
-        self.per_minute = per_minute
-        self.window_start = 0.0
-        self.lines = 0
-        self.suppressed = 0
-        self.lock = threading.Lock()
-
-    def allow(self) -> tuple[bool, int]:
-        """(may log now, lines suppressed since the last logged one)."""
-        now = time.monotonic()
-        with self.lock:
-            if now - self.window_start >= 60:
-                self.window_start = now
-                self.lines = 0
-            if self.lines >= self.per_minute:
-                self.suppressed += 1
-                return False, 0
-            self.lines += 1
-            suppressed, self.suppressed = self.suppressed, 0
-            return True, suppressed
-
-    def warning(self, message: str, *args) -> None:
-        allowed, suppressed = self.allow()
-        if allowed:
-            if suppressed:
-                message += f" ({suppressed} similar lines suppressed)"
-            self.logger.warning(message, *args)
-
-
 _refusals = RateLimitedLog(log)
-
-
-class ShortClientErrors(logging.Filter):
-    """A logging filter for Django's request loggers: a 4xx is a client's mistake, worth
-    one line (no traceback), and at most LOG_LINES_PER_MINUTE of them a minute."""
-
-    _limit = RateLimitedLog(logging.getLogger("django.request"))
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        status = getattr(record, "status_code", None)
-        if not (record.name.startswith("django.") and isinstance(status, int)):
-            return True
-        if not 400 <= status < 500:
-            return True
-        record.exc_info = None
-        record.exc_text = None
-        record.stack_info = None
-        allowed, suppressed = self._limit.allow()
-        if allowed and suppressed:
-            record.msg = f"{record.msg} ({suppressed} similar lines suppressed)"
-        return allowed
 
 
 def _api_key_valid(key: str) -> bool:
     """The API's own lookup (superimap.api.api authenticates with it too)."""
-    from superimap.partners.models import Partner
-
     return Partner.for_api_key(key) is not None
 
 
 def _staff_session(session_key: str) -> bool:
     """Django's own lookup of the session's user (as AuthenticationMiddleware does)."""
-    from importlib import import_module
-
-    from django.contrib.auth import get_user
-    from django.http import HttpRequest
-
     request = HttpRequest()
     request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     user = get_user(request)

@@ -25,6 +25,9 @@ from django.db import DatabaseError
 from django.db.models import Min
 from django.utils import timezone
 
+from superimap.delivery.models import Delivery, WorkerNode
+from superimap.engine.leases import watchable
+from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser
 
 # A mailbox held by a dead node, or left unowned while its status still says it is watched.
@@ -50,8 +53,6 @@ def worker_dead_after() -> timedelta:
 
 
 def live_engine_nodes(now: datetime | None = None) -> set[str]:
-    from superimap.engine.models import EngineNode
-
     cutoff = (now or timezone.now()) - engine_dead_after()
     return set(EngineNode.objects.filter(last_seen__gte=cutoff).values_list("node_id", flat=True))
 
@@ -68,8 +69,6 @@ def shown_status(user: MailboxUser, live_nodes: set[str]) -> str:
 
 def unwatched_count(now: datetime | None = None) -> int:
     """Connected mailboxes no live engine node holds."""
-    from superimap.engine.leases import watchable
-
     live = live_engine_nodes(now)
     rows = MailboxUser.objects.filter(watchable(settings.ALLOW_LOOPBACK_IMAP))
     return rows.exclude(owner_node__in=live).count()
@@ -77,8 +76,6 @@ def unwatched_count(now: datetime | None = None) -> int:
 
 def oldest_due_age(now: datetime) -> float:
     """Seconds the oldest due, unsent webhook has waited past its due time (0: none)."""
-    from superimap.delivery.models import Delivery
-
     due = Delivery.objects.filter(
         status=Delivery.Status.PENDING, next_attempt_at__lte=now
     ).aggregate(oldest=Min("next_attempt_at"))["oldest"]
@@ -96,9 +93,6 @@ def report() -> tuple[int, dict]:
 
 
 def _report(now: datetime) -> dict:
-    from superimap.delivery.models import Delivery, WorkerNode
-    from superimap.engine.models import EngineNode
-
     host = socket.gethostname()
     problems: list[str] = []
     engine_limit = engine_dead_after().total_seconds()

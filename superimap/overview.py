@@ -1,7 +1,7 @@
 """The dashboard's front page (design.md 9.1): what an operator checks first.
 
 Rates and latencies come from the MinuteRollup rows the engines and workers write
-(superimap/rollups.py), at most a day of them; states come from small GROUP BYs over
+(superimap/platform/rollups.py), at most a day of them; states come from small GROUP BYs over
 mailboxes and endpoints and from the heartbeats (superimap/healthz.py). Nothing here reads
 the Delivery table beyond two indexed lookups (the due backlog), so the page costs the
 same with ten million delivery rows as with ten.
@@ -21,7 +21,10 @@ from django.utils import timezone
 
 from superimap import healthz
 from superimap.charts import Series, line_chart
-from superimap.rollups import BOUNDS
+from superimap.delivery.models import EndpointHealth, WorkerNode
+from superimap.engine.models import MinuteRollup
+from superimap.mailboxes.models import MailboxUser
+from superimap.platform.rollups import BOUNDS
 
 # A host is named in a banner when at least this many of its mailboxes are watched and
 # more than half of them fail.
@@ -75,8 +78,6 @@ class Window:
 
 
 def window(name: str, now: datetime, minutes: int, step: int) -> Window:
-    from superimap.engine.models import MinuteRollup
-
     current = now.replace(second=0, microsecond=0)
     points = minutes // step
     start = current - timedelta(minutes=points * step - 1)
@@ -195,8 +196,6 @@ def _link(admin_model: str, **filters) -> str:
 
 def mailbox_states() -> list[dict]:
     """Active mailboxes by status, with the commonest errors of the failing ones."""
-    from superimap.mailboxes.models import MailboxUser
-
     active = MailboxUser.objects.filter(archived=False)
     counts = dict(active.order_by().values_list("status").annotate(n=Count("id")))
     reasons: dict[str, list] = {}
@@ -226,8 +225,6 @@ def mailbox_states() -> list[dict]:
 
 def failing_hosts() -> list[dict]:
     """IMAP hosts where most watched mailboxes fail, with the commonest error."""
-    from superimap.mailboxes.models import MailboxUser
-
     rows = (
         MailboxUser.objects.filter(archived=False, connected_at__isnull=False)
         .annotate(
@@ -278,8 +275,6 @@ def failing_hosts() -> list[dict]:
 
 
 def endpoints() -> list[dict]:
-    from superimap.delivery.models import EndpointHealth
-
     counts = dict(EndpointHealth.objects.order_by().values_list("state").annotate(n=Count("id")))
     return [
         {"state": value, "label": label, "count": counts.get(value, 0)}
@@ -290,8 +285,6 @@ def endpoints() -> list[dict]:
 def dead_workers(now: datetime) -> list[dict]:
     """Workers that stopped sending heartbeats without leaving (crashed or stuck) in the
     last day; a worker that stopped cleanly released its row."""
-    from superimap.delivery.models import WorkerNode
-
     cutoff = now - healthz.worker_dead_after()
     rows = WorkerNode.objects.filter(
         released_at__isnull=True, last_seen__lt=cutoff, last_seen__gte=now - timedelta(days=1)

@@ -19,9 +19,10 @@ import socket
 import sqlite3
 from pathlib import Path
 
+import psycopg
 from django.conf import settings
 
-from superimap.config import ConfigError, StartupError
+from superimap.platform.config import ConfigError, StartupError
 
 DATABASE_TIMEOUT_SECONDS = 5
 
@@ -45,8 +46,6 @@ def check_database(timeout: int = DATABASE_TIMEOUT_SECONDS) -> str:
                 "DATABASE_URL", f"cannot open the SQLite file {name}: {exc}"
             ) from None
         return f"SQLite {name}"
-    import psycopg
-
     host = db.get("HOST") or "the local socket"
     where = f"{host}:{db.get('PORT') or 5432}" if db.get("HOST") else host
     try:

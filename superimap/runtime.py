@@ -11,9 +11,19 @@ import socket
 from collections.abc import Callable
 
 import uvicorn
+import uvloop
 from django.conf import settings
+from prometheus_client import start_http_server
 
-from superimap import __version__
+from superimap import __version__, healthz, rollupwriter
+from superimap.delivery.wakeup import WakeListener, WakeSender
+from superimap.delivery.worker import Worker
+from superimap.engine.nodelock import NodeLock
+from superimap.engine.supervisor import Engine
+from superimap.metricsview import port_registry
+from superimap.platform.dbpool import DbPool
+from superimap.summary import Summary
+from superimap.webserver import GuardedH11Protocol
 
 log = logging.getLogger("superimap")
 
@@ -60,9 +70,6 @@ async def serve(
     server accepts connections (the start-up banner). `node_lock` holds the engine's node
     name for as long as the engine runs. `sock`: the web port, bound already
     (preflight.bind_web); without it uvicorn binds host:port itself."""
-    from superimap import healthz
-    from superimap.dbpool import DbPool
-
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     pool = DbPool()
@@ -73,9 +80,6 @@ async def serve(
     worker_service = None
     listener = sender = None
     if worker:
-        from superimap.delivery.wakeup import WakeListener
-        from superimap.delivery.worker import Worker
-
         worker_service = Worker(pool, node)
         healthz.runs("worker", node)
         # Woken by engines in other processes too (delivery/wakeup.py), not only by polling.
@@ -83,9 +87,6 @@ async def serve(
         await listener.start()
         tasks.append(asyncio.create_task(worker_service.run(stop), name="worker"))
     if engine:
-        from superimap.delivery.wakeup import WakeSender
-        from superimap.engine.supervisor import Engine
-
         sender = WakeSender(pool)
         healthz.runs("engine", settings.ENGINE_NODE_NAME)
         engine_service = Engine(
@@ -97,15 +98,15 @@ async def serve(
         )
         tasks.append(asyncio.create_task(engine_service.run(stop), name="engine"))
     if engine or worker:
-        from superimap import rollups
-
         # One MinuteRollup row per minute of this process (the overview's charts).
         tasks.append(
             asyncio.create_task(
-                rollups.flush_loop(pool, node, stop, backlog=worker), name="rollups"
+                rollupwriter.flush_loop(pool, node, stop, backlog=worker), name="rollups"
             )
         )
     if web:
+        # The one import kept here: importing superimap.asgi builds the web application
+        # (Django's ASGI handler and its middleware), which only a web process needs.
         from superimap.asgi import application
 
         server = _Server(web_config(application, host, port))
@@ -119,8 +120,6 @@ async def serve(
             port,
         )
     if worker or engine:
-        from superimap.summary import Summary
-
         summary = Summary(pool, engine_service if engine else None, worker_service)
         # Not among `tasks`: its end ends nothing; it stops with the others.
         summarizer = asyncio.create_task(summary.run(stop), name="summary")
@@ -160,10 +159,6 @@ def _wake_all(worker_service, sender) -> Callable[[], None]:
 
 
 def _expose_metrics(web: bool) -> None:
-    from prometheus_client import start_http_server
-
-    from superimap.metrics import port_registry
-
     if settings.METRICS_PORT:
         # A port of its own on 127.0.0.1, no token: for an engine or worker on its own, and
         # for the web process in production without METRICS_TOKEN (its /metrics is off).
@@ -183,8 +178,6 @@ def web_config(application, host: str, port: int) -> uvicorn.Config:
     from TRUSTED_PROXIES (none by default): uvicorn's own default trusts 127.0.0.1, so any
     local client could pose as any address and dodge the per-IP login lockout. The HTTP
     protocol caps connections, request heads and the time to send one (webserver.py)."""
-    from superimap.webserver import GuardedH11Protocol
-
     trusted = settings.TRUSTED_PROXIES
     return uvicorn.Config(
         application,
@@ -218,20 +211,12 @@ async def _run_web(
 
 
 def run(**kwargs) -> None:
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio works too
-        runner = asyncio.run
     node_lock = None
     if kwargs.get("engine"):
-        from superimap.engine.nodelock import NodeLock
-
         # A StartupError (ENGINE_NODE_NAME taken) stops the process with one line (cli.main).
         node_lock = NodeLock(settings.ENGINE_NODE_NAME).acquire()
     try:
-        runner(serve(**kwargs, node_lock=node_lock))
+        uvloop.run(serve(**kwargs, node_lock=node_lock))
     finally:
         if node_lock is not None:
             node_lock.release()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import environ
 
-from superimap.config import (
+from superimap.platform.config import (
     ConfigError,
     dev_secrets,
     env_bool,
@@ -101,7 +101,7 @@ WEBHOOK_WORKER_ALIVE_SECONDS = env_int("WEBHOOK_WORKER_ALIVE_SECONDS", 5, minimu
 # /healthz answers 503 when the oldest due, unsent webhook has waited longer than this.
 HEALTHZ_BACKLOG_SECONDS = env_int("HEALTHZ_BACKLOG_SECONDS", 300, minimum=10, maximum=86400)
 LOG_SUMMARY_SECONDS = env_int("LOG_SUMMARY_SECONDS", 60, minimum=1, maximum=3600)
-# Per-minute rollups behind the dashboard's overview charts (superimap/rollups.py) are kept
+# Per-minute rollups behind the dashboard's overview charts (superimap/platform/rollups.py) are kept
 # this many days.
 ROLLUP_RETENTION_DAYS = env_int("ROLLUP_RETENTION_DAYS", 8, minimum=2, maximum=400)
 # How often each engine and worker process upserts its current minute's rollup row.
@@ -150,7 +150,7 @@ IMAP_LOGIN_INTERVAL_PER_MAILBOX = env_int("IMAP_LOGIN_INTERVAL_PER_MAILBOX", 30,
 IMAP_LOGIN_BURST_PER_HOST = env_int("IMAP_LOGIN_BURST_PER_HOST", 500, minimum=1)
 IMAP_LOGINS_PER_SECOND_PER_HOST = env_int("IMAP_LOGINS_PER_SECOND_PER_HOST", 50, minimum=1)
 # Partners choose PLAIN connections' imap_host/smtp_host: in production refuse hosts that
-# resolve to loopback, private, link-local or reserved addresses (superimap.netguard).
+# resolve to loopback, private, link-local or reserved addresses (superimap.platform.netguard).
 IMAP_ALLOW_PRIVATE_HOSTS = env_bool("IMAP_ALLOW_PRIVATE_HOSTS", not PRODUCTION)
 _listen = f"http://{env_str('HOST', '127.0.0.1')}:{env_str('PORT', '8000')}"
 PUBLIC_URL = env_str("PUBLIC_URL", _listen).rstrip("/")
@@ -191,7 +191,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "axes",
     # django-ninja's own copies of Swagger UI (static files, templates): the API docs load
-    # from this origin, as the CSP (superimap.security) requires, never from a CDN.
+    # from this origin, as the CSP (superimap.platform.security) requires, never from a CDN.
     "ninja",
     "superimap.partners",
     "superimap.mailboxes",
@@ -202,7 +202,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "superimap.security.ContentSecurityPolicyMiddleware",
+    "superimap.platform.security.ContentSecurityPolicyMiddleware",
     "superimap.api.errors.ApiJsonErrorsMiddleware",
     "superimap.api.errors.ApiBodyLimitMiddleware",
     "superimap.api.params.RailsParamsMiddleware",
@@ -383,12 +383,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "text": {
-            "()": "superimap.logs.TextFormatter",
+            "()": "superimap.platform.logs.TextFormatter",
             "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
         },
-        "json": {"()": "superimap.logs.JsonFormatter"},
+        "json": {"()": "superimap.platform.logs.JsonFormatter"},
     },
-    "filters": {"short_client_errors": {"()": "superimap.frontdoor.ShortClientErrors"}},
+    "filters": {"short_client_errors": {"()": "superimap.platform.logs.ShortClientErrors"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",

@@ -17,9 +17,11 @@ import time
 from collections import Counter
 
 from django.conf import settings
+from django.db.models import Count, Min
 from django.utils import timezone
 
-from superimap import dboutage
+from superimap.delivery.models import Delivery
+from superimap.platform import dboutage
 
 log = logging.getLogger("superimap.summary")
 
@@ -29,10 +31,6 @@ OUTCOMES = {"pending": "retrying"}  # as superimap_webhook_attempts_total names 
 
 def backlog() -> tuple[int, float]:
     """(due webhooks not sent yet, seconds the oldest of them has waited past its time)."""
-    from django.db.models import Count, Min
-
-    from superimap.delivery.models import Delivery
-
     now = timezone.now()
     row = Delivery.objects.filter(
         status=Delivery.Status.PENDING, next_attempt_at__lte=now

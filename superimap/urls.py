@@ -7,7 +7,7 @@ from superimap import healthz as liveness
 from superimap.api.api import api
 from superimap.mailboxes import oauth as mailbox_oauth
 from superimap.mailboxes import views as mailbox_views
-from superimap.metrics import metrics_view
+from superimap.metricsview import metrics_view
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

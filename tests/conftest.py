@@ -87,8 +87,7 @@ def seeded_providers(transactional_db) -> None:
     """transactional_db empties every table after each test; put the providers back."""
     from django.apps import apps
 
-    for migration in ("0002_seed_providers", "0003_loopback_oauth2"):
-        importlib.import_module(f"superimap.partners.migrations.{migration}").seed(apps, None)
+    importlib.import_module("superimap.partners.migrations.0001_initial").seed(apps, None)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Every kind of page that loads a script, in a real browser (Debian's Chromium): each
-loads what it asks for from this origin and the page's own CSP (superimap.security) blocks
+loads what it asks for from this origin and the page's own CSP (superimap.platform.security) blocks
 nothing. The README: "The OpenAPI schema is at `/api/v1/openapi.json`, with interactive
 docs at `/api/v1/docs`."."""
 

@@ -12,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 from django.contrib.auth import get_user_model
 
-from superimap.cli import ensure_default_admin
+from superimap.commands import ensure_default_admin
 from superimap.testing import free_port
 
 SUPERIMAP = str(Path(sys.executable).with_name("superimap"))
@@ -145,7 +145,7 @@ def test_it_prints_a_new_partners_key_and_secret_as_shell_exports(tmp_path):
 
 
 def test_it_ends_start_up_with_a_banner_naming_url_login_and_how_to_stop(db):
-    from superimap.cli import startup_banner
+    from superimap.commands import startup_banner
 
     first = startup_banner("127.0.0.1", 8123, "s3cret-pw", "web + engine + worker")
     assert "http://127.0.0.1:8123/admin/" in first

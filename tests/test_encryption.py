@@ -8,10 +8,10 @@ from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 
-from superimap.fields import DecryptionError
-from superimap.keys import encrypted_fields, reencrypt_all
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, Partner
+from superimap.platform.fields import DecryptionError
+from superimap.platform.keys import encrypted_fields, reencrypt_all
 from tests.conftest import ApiClient, database_file_bytes
 
 

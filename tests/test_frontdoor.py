@@ -488,7 +488,7 @@ def test_it_answers_400_to_a_bad_content_length(transactional_db):
 def test_django_4xx_log_lines_lose_their_traceback_and_are_rate_limited():
     import sys
 
-    from superimap.frontdoor import ShortClientErrors
+    from superimap.platform.logs import ShortClientErrors
 
     client_errors = ShortClientErrors()
     client_errors._limit = type(client_errors._limit)(logging.getLogger("t"), per_minute=5)

@@ -1,6 +1,6 @@
 """Issue #15 item 7: imap_host, smtp_host, webhook and callback hosts are host names (an IP
-address or an RFC 1123 / IDNA name), by one rule (superimap.validation.host_problem) that the
-API, the dashboard and the CLI share; and the no-TLS rules hold in the dashboard too."""
+address or an RFC 1123 / IDNA name), by one rule (superimap.platform.validation.host_problem)
+that the API, the dashboard and the CLI share; and the no-TLS rules hold in the dashboard too."""
 
 from __future__ import annotations
 
@@ -48,14 +48,14 @@ HOST_NAMES = [
 
 @pytest.mark.parametrize("host", NOT_HOST_NAMES)
 def test_the_rule_refuses_what_is_no_host_name(host):
-    from superimap.validation import host_problem
+    from superimap.platform.validation import host_problem
 
     assert host_problem(host)
 
 
 @pytest.mark.parametrize("host", HOST_NAMES)
 def test_the_rule_accepts_ip_addresses_and_host_names(host):
-    from superimap.validation import host_problem
+    from superimap.platform.validation import host_problem
 
     assert host_problem(host) is None
 
@@ -164,11 +164,11 @@ def test_allowed_redirect_hosts_are_host_names(api, partner):
     "url", ["https://hooks\u202e.example/x", "https://a..b/x", "http://a_b.example/"]
 )
 def test_the_cli_refuses_a_webhook_whose_host_is_no_host_name(db, capsys, url):
-    from superimap import cli
+    from superimap import cli, commands
 
     args = cli.build_parser().parse_args(["createpartner", "--name", "App", "--webhook", url])
     with pytest.raises(SystemExit) as exit_:
-        cli.cmd_createpartner(args)
+        commands.cmd_createpartner(args)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("superimap: --webhook: ")

@@ -6,7 +6,7 @@ import json
 import logging
 import re
 
-from superimap.logs import JsonFormatter, TextFormatter, escape_controls
+from superimap.platform.logs import JsonFormatter, TextFormatter, escape_controls
 
 FORGED = "/x\r\n2026-12-06 20:00:00,000 CRITICAL superimap forged\x1b[2K\u2028"
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -53,8 +53,8 @@ def test_the_json_formatter_writes_one_line():
 def test_the_configured_handlers_use_these_formatters():
     from django.conf import settings
 
-    assert settings.LOGGING["formatters"]["text"]["()"] == "superimap.logs.TextFormatter"
-    assert settings.LOGGING["formatters"]["json"]["()"] == "superimap.logs.JsonFormatter"
+    assert settings.LOGGING["formatters"]["text"]["()"] == "superimap.platform.logs.TextFormatter"
+    assert settings.LOGGING["formatters"]["json"]["()"] == "superimap.platform.logs.JsonFormatter"
 
 
 def test_every_handler_a_request_record_reaches_escapes_it():

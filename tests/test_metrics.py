@@ -34,7 +34,7 @@ def test_it_reports_calls_waiting_for_a_database_thread(transactional_db):
     import asyncio
     import threading
 
-    from superimap.dbpool import DbPool
+    from superimap.platform.dbpool import DbPool
     from superimap.testing.metrics import scrape, value
 
     release = threading.Event()
@@ -73,7 +73,8 @@ def test_it_refuses_metrics_on_the_web_port_in_production_without_a_token(client
 def test_the_metrics_port_serves_the_database_gauges_for_a_web_process(plain_connection):
     from prometheus_client import generate_latest
 
-    from superimap.metrics import WORKER_METRICS, expose, port_registry
+    from superimap.metricsview import port_registry
+    from superimap.platform.metrics import WORKER_METRICS, expose
 
     expose(WORKER_METRICS)  # what a worker process registers
 

@@ -1,4 +1,4 @@
-"""superimap.netguard: which addresses count as internal, and host checks by resolution."""
+"""superimap.platform.netguard: which addresses count as internal, and host checks by resolution."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from superimap.imapclient import ImapConnection
-from superimap.netguard import (
+from superimap.platform.netguard import (
     CheckedConnector,
     CheckedTransport,
     PrivateTargetRefused,

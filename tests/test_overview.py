@@ -10,11 +10,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from superimap import rollups
-from superimap.dbpool import DbPool
+from superimap import rollupwriter
 from superimap.engine.models import MinuteRollup
 from superimap.mailboxes.models import MailboxUser
 from superimap.overview import percentile
+from superimap.platform import rollups
+from superimap.platform.dbpool import DbPool
 
 
 @pytest.fixture
@@ -36,10 +37,10 @@ def test_it_computes_percentiles_from_merged_buckets():
 def test_it_upserts_one_row_per_minute_per_process_with_the_totals(db):
     recorder = rollups.Recorder()
     recorder.record_new_mails(2, [0.02, 0.3])
-    rollups.write("engine-a", recorder.take())
+    rollupwriter.write("engine-a", recorder.take())
     recorder.record_new_mails(1, [0.02])
     recorder.record_outcomes(1, 1, [0.2])
-    rollups.write("engine-a", recorder.take())
+    rollupwriter.write("engine-a", recorder.take())
 
     rows = list(MinuteRollup.objects.filter(source="engine-a"))
     if len(rows) == 2:  # the test straddled a minute: the two minutes add up the same
@@ -59,12 +60,14 @@ def test_it_keeps_the_counts_when_a_write_fails(seeded_providers):
     recorder = rollups.Recorder()
     recorder.record_outcomes(4, 0, [0.1] * 4)
     try:
-        asyncio.run(rollups.flush_once(FailingPool(), "worker-b", backlog=False, recorder=recorder))
+        asyncio.run(
+            rollupwriter.flush_once(FailingPool(), "worker-b", backlog=False, recorder=recorder)
+        )
     except RuntimeError:
         pass
     pool = DbPool(size=1)
     try:
-        asyncio.run(rollups.flush_once(pool, "worker-b", backlog=False, recorder=recorder))
+        asyncio.run(rollupwriter.flush_once(pool, "worker-b", backlog=False, recorder=recorder))
     finally:
         pool.shutdown()
     assert sum(r.delivered for r in MinuteRollup.objects.filter(source="worker-b")) == 4
@@ -75,7 +78,7 @@ def test_it_purges_rollups_past_their_retention(db, settings):
     now = timezone.now()
     MinuteRollup.objects.create(minute=now - timedelta(days=3), source="old")
     MinuteRollup.objects.create(minute=now - timedelta(hours=1), source="new")
-    assert rollups.purge(now) == 1
+    assert rollupwriter.purge(now) == 1
     assert list(MinuteRollup.objects.values_list("source", flat=True)) == ["new"]
 
 
@@ -197,7 +200,7 @@ def test_the_worker_measures_the_backlog_once_a_minute(seeded_providers, user):
         calls = 0
 
         async def run(self, fn, *args):
-            if fn is rollups.measure_backlog:
+            if fn is rollupwriter.measure_backlog:
                 Pool.calls += 1
             return await super().run(fn, *args)
 
@@ -215,7 +218,7 @@ def test_the_worker_measures_the_backlog_once_a_minute(seeded_providers, user):
     pool = Pool(size=1)
     try:
         for _ in range(3):
-            asyncio.run(rollups.flush_once(pool, "worker-c", backlog=True, recorder=recorder))
+            asyncio.run(rollupwriter.flush_once(pool, "worker-c", backlog=True, recorder=recorder))
     finally:
         pool.shutdown()
     assert Pool.calls == 1

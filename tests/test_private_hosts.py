@@ -12,8 +12,8 @@ from django.core.exceptions import ValidationError
 from superimap.accounts.connections import validate_connection
 from superimap.imapclient import ImapConnection
 from superimap.mailboxes.credentials import check_login
-from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Connection, ImapProvider
+from superimap.platform.netguard import PrivateTargetRefused
 from tests.api.helpers import assert_error
 from tests.configs import mailbox_config
 

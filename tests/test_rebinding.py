@@ -24,8 +24,8 @@ from superimap.mailboxes import credentials
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.mailboxes.oauth import ConnectFailed, exchange_code, revoke_refresh_token
-from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Connection, ImapProvider
+from superimap.platform.netguard import PrivateTargetRefused
 from superimap.testing import free_port
 from superimap.testing.oauth_server import LoopbackOAuthServer
 from superimap.tracers.sender import TracerSender, TracerTarget

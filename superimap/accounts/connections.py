@@ -27,9 +27,9 @@ from superimap.accounts.checks import (
 from superimap.accounts.errors import refuse
 from superimap.changes import new_session_version
 from superimap.mailboxes.models import MailboxUser
-from superimap.netguard import PrivateTargetRefused, check_host
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.validation import host_problem
+from superimap.platform.netguard import PrivateTargetRefused, check_host
+from superimap.platform.validation import host_problem
 
 # The settings the rules are about (accounts.checks).
 SETTINGS = (*SERVER_FIELDS, *OAUTH_CLIENT_FIELDS, "oauth_base_url")

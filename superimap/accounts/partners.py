@@ -20,7 +20,7 @@ from superimap.partners.models import (
     new_api_key,
     new_webhook_secret,
 )
-from superimap.validation import host_problem, url_host_problem
+from superimap.platform.validation import host_problem, url_host_problem
 
 
 def url_problems(partner: Partner, fields: Iterable[str] = URL_FIELDS) -> dict[str, str]:

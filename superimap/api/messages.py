@@ -34,8 +34,8 @@ from superimap.imapclient import (
     open_message,
 )
 from superimap.mailboxes.models import MailboxUser
-from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Partner
+from superimap.platform.netguard import PrivateTargetRefused
 
 log = logging.getLogger("superimap.messages")
 

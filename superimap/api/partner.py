@@ -20,7 +20,7 @@ from superimap.api.schemas import NO_NUL, ErrorOut
 from superimap.delivery.http import make_session, post, render_request
 from superimap.delivery.payloads import sha1_hex
 from superimap.partners.models import DEFAULT_ROTATION_GRACE, URL_FIELDS, Partner
-from superimap.validation import host_problem, url_host_problem
+from superimap.platform.validation import host_problem, url_host_problem
 
 router = Router(tags=["partner"])
 

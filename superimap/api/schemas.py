@@ -11,7 +11,7 @@ from ninja import Schema
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from superimap.partners.folders import FOLDER_FLAGS, MAX_FOLDERS, checked_folders
-from superimap.validation import host_problem, invisible_char_problem
+from superimap.platform.validation import host_problem, invisible_char_problem
 
 TlsMode = Literal["implicit", "starttls", "none"]
 # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.

@@ -132,8 +132,8 @@ async def _deliver(
 ) -> tuple[float, float, dict]:
     """Run the Worker until `count` more deliveries succeeded; `produce(worker)` may feed
     rows while it runs (the steady-rate phase)."""
-    from superimap.dbpool import DbPool
     from superimap.delivery.worker import Worker
+    from superimap.platform.dbpool import DbPool
 
     pool = DbPool()
     worker = Worker(pool, "bench", concurrency=concurrency, poll_interval=0.05)

@@ -333,10 +333,10 @@ def _cpu_seconds() -> float:
 
 
 async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> dict:
-    from superimap.dbpool import DbPool
     from superimap.engine.supervisor import Engine
     from superimap.imapclient import LoginLimiter
     from superimap.mailboxes.models import MailboxUser
+    from superimap.platform.dbpool import DbPool
 
     Status = MailboxUser.Status
     loop = asyncio.get_running_loop()

@@ -196,9 +196,9 @@ def _fill_deliveries(count: int, partner_id: int, user_ids: list[int]) -> None:
 def _fill_rollups_and_parts(partner_id: int) -> None:
     from django.utils import timezone
 
-    from superimap import rollups
     from superimap.delivery.models import EndpointHealth, WorkerNode
     from superimap.engine.models import EngineNode, MinuteRollup
+    from superimap.platform import rollups
 
     now = timezone.now()
     current = now.replace(second=0, microsecond=0)

@@ -91,9 +91,9 @@ def _sample(db_path: Path, started: float) -> dict:
 
 
 async def _soak(user, args, db_path: Path) -> tuple[list[dict], dict]:
-    from superimap.dbpool import DbPool
     from superimap.delivery.retention import Purger
     from superimap.delivery.worker import Worker
+    from superimap.platform.dbpool import DbPool
 
     pool = DbPool()
     worker = Worker(pool, "soak", poll_interval=0.05)

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _engine(rounds: int) -> float:
-    from superimap import rollups
-    from superimap.metrics import PUSH_TO_COMMIT
+    from superimap.platform import rollups
+    from superimap.platform.metrics import PUSH_TO_COMMIT
     from superimap.sync.persist import FetchedMessage
 
     recorder = rollups.Recorder()
@@ -68,9 +68,9 @@ def _engine(rounds: int) -> float:
 
 
 def _worker(rounds: int) -> float:
-    from superimap import rollups
     from superimap.delivery import queue, worker
     from superimap.delivery.http import PostResult
+    from superimap.platform import rollups
 
     claimed = queue.Claimed(
         id=1,

@@ -20,7 +20,7 @@ from superimap.delivery.payloads import (
     spec_signature,
     standard_webhook_signature,
 )
-from superimap.netguard import CheckedConnector, PrivateTargetRefused
+from superimap.platform.netguard import CheckedConnector, PrivateTargetRefused
 
 USER_AGENT = f"SuperIMAP/{__version__} (+webhooks)"
 EXCERPT_BYTES = 1024

@@ -62,6 +62,7 @@ class Delivery(models.Model):
     payload_purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "delivery_delivery"
         ordering = ["-id"]
         verbose_name_plural = "deliveries"
         indexes = [
@@ -186,6 +187,7 @@ class EndpointHealth(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "delivery_endpointhealth"
         ordering = ["partner_id", "kind"]
         verbose_name = "webhook endpoint"
         constraints = [
@@ -207,6 +209,7 @@ class DeliveryAttempt(models.Model):
     error = models.CharField(max_length=1024, blank=True)
 
     class Meta:
+        db_table = "delivery_deliveryattempt"
         ordering = ["delivery_id", "number"]
         constraints = [
             models.UniqueConstraint(fields=["delivery", "number"], name="one_row_per_attempt")
@@ -227,6 +230,9 @@ class ReplayAllowance(models.Model):
     tokens = models.FloatField()
     refilled_at = models.DateTimeField()
 
+    class Meta:
+        db_table = "delivery_replayallowance"
+
     def __str__(self) -> str:
         return f"{self.partner}: {self.tokens:.0f} replays left"
 
@@ -246,6 +252,7 @@ class WorkerNode(models.Model):
     released_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "delivery_workernode"
         ordering = ["worker_id"]
 
     def __str__(self) -> str:

@@ -23,9 +23,9 @@ from django.utils.dateparse import parse_datetime
 from superimap.delivery import fairness, health, policy
 from superimap.delivery.http import PostResult
 from superimap.delivery.models import Delivery, DeliveryAttempt, EndpointHealth
-from superimap.fields import decrypt
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Partner
+from superimap.platform.fields import decrypt
 
 
 @dataclass(frozen=True)

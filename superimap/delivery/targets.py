@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from superimap.netguard import PrivateTargetRefused, check_host
+from superimap.platform.netguard import PrivateTargetRefused, check_host
 
 
 class WebhookTargetError(ValueError):

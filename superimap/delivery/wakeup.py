@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db import connection
 from psycopg.conninfo import make_conninfo
 
-from superimap import dboutage
+from superimap.platform import dboutage
 
 log = logging.getLogger("superimap.worker")
 

@@ -16,13 +16,14 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import dboutage, rollups
-from superimap.dbpool import DbPool
 from superimap.delivery import fairness, health, heartbeat, queue
 from superimap.delivery.failurelog import FailureLog, endpoint_label
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
-from superimap.metrics import (
+from superimap.partners.models import Partner
+from superimap.platform import dboutage, rollups
+from superimap.platform.dbpool import DbPool
+from superimap.platform.metrics import (
     ATTEMPT_OUTCOMES,
     COMMIT_TO_DELIVERED,
     RESPONSE_CLASSES,
@@ -31,7 +32,6 @@ from superimap.metrics import (
     WORKER_METRICS,
     expose,
 )
-from superimap.partners.models import Partner
 
 log = logging.getLogger("superimap.worker")
 
@@ -436,7 +436,7 @@ _COMMIT: dict[str, object] = {}
 
 
 def _observe(outcomes: list[queue.Outcome]) -> None:
-    """Latency histograms (/metrics) and this minute's rollup (superimap/rollups.py)."""
+    """Latency histograms (/metrics) and this minute's rollup (superimap/platform/rollups.py)."""
     now = time.time()
     commit_seconds = []
     for outcome in outcomes:

@@ -18,6 +18,7 @@ class EngineNode(models.Model):
     name_lock = models.CharField(max_length=20, blank=True, default="")
 
     class Meta:
+        db_table = "engine_enginenode"
         ordering = ["node_id"]
 
     def __str__(self) -> str:
@@ -26,7 +27,7 @@ class EngineNode(models.Model):
 
 class MinuteRollup(models.Model):
     """What one process (an engine, a worker, or both in one ``superimap up``) did in one
-    minute: written by the process from its in-memory counters (superimap/rollups.py), read
+    minute: written by the process from its in-memory counters (superimap/platform/rollups.py), read
     by the dashboard's overview, so its charts never scan the Delivery table.
 
     Latencies are histograms over rollups.BOUNDS (a list of counts per bucket, the last one
@@ -45,6 +46,7 @@ class MinuteRollup(models.Model):
     backlog_oldest_seconds = models.FloatField(null=True)
 
     class Meta:
+        db_table = "engine_minuterollup"
         constraints = [
             models.UniqueConstraint(fields=["minute", "source"], name="rollup_minute_source")
         ]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from superimap.config import ConfigError
+from superimap.platform.config import ConfigError
 
 # Key space of our advisory locks: the first 8 bytes of sha256("superimap-engine-node:" +
 # name), as PostgreSQL's signed bigint.

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 
-from superimap import dboutage
-from superimap.dbpool import DbPool
 from superimap.engine import writer
+from superimap.platform import dboutage
+from superimap.platform.dbpool import DbPool
 from superimap.sync.persist import FetchedMessage, PersistJob, PersistResult
 
 log = logging.getLogger("superimap.engine")

@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from superimap import dboutage
 from superimap.engine import folders, store
 from superimap.engine.morefolders import FolderWatch, SecondaryFolders
 from superimap.engine.oauth import access_tokens
@@ -41,6 +40,7 @@ from superimap.imapclient import (
     open_connection,
 )
 from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.platform import dboutage
 from superimap.sync.persist import FetchedMessage
 
 log = logging.getLogger("superimap.engine")

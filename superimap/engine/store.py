@@ -16,10 +16,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from superimap.dbpool import read_only
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
+from superimap.platform.dbpool import read_only
 
 log = logging.getLogger("superimap.engine")
 Reason = MailLog.Reason

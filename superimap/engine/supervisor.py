@@ -16,15 +16,15 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import dboutage, rollups
-from superimap.dbpool import DbPool
 from superimap.engine import leases, store
 from superimap.engine.gcfreeze import GcFreezer
 from superimap.engine.persister import GroupPersister
 from superimap.engine.session import MailboxSession, SessionSettings
 from superimap.imapclient import LoginLimiter
 from superimap.mailboxes.models import MailLog
-from superimap.metrics import (
+from superimap.platform import dboutage, rollups
+from superimap.platform.dbpool import DbPool
+from superimap.platform.metrics import (
     EMAILS_PROCESSED,
     ENGINE_METRICS,
     MAIL_SKIPPED,

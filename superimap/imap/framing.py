@@ -197,8 +197,8 @@ def _tokens(frame: Frame, first_line: int, first_pos: int) -> Iterator[object]:
                 value, pos = _quoted(text, pos, end)
                 yield value
             else:
-                value, pos = _atom(text, pos, end)
-                yield value
+                atom, pos = _atom(text, pos, end)
+                yield atom
         if index < last:
             yield frame.literals[index]
 

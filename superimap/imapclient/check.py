@@ -16,7 +16,7 @@ from superimap.imapclient.account import PasswordAccount
 from superimap.imapclient.connection import ImapConnection
 from superimap.imapclient.errors import AuthFailed, CommandFailed, ServerBye
 from superimap.imapclient.login import login, open_connection
-from superimap.netguard import PrivateTargetRefused
+from superimap.platform.netguard import PrivateTargetRefused
 
 # A check reads no message: greeting, CAPABILITY and tagged answers only.
 CHECK_MAX_LITERAL = 64 * 1024

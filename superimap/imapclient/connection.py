@@ -16,7 +16,6 @@ from collections import deque
 
 from django.conf import settings
 
-from superimap import netguard
 from superimap.imap import (
     Bye,
     ClientProtocol,
@@ -30,6 +29,7 @@ from superimap.imap import (
     TaggedResponse,
 )
 from superimap.imapclient.errors import CommandFailed, ServerBye, TlsCertificateFailed
+from superimap.platform import netguard
 
 
 @functools.lru_cache(maxsize=256)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import aiohttp
 from django.conf import settings
 
-from superimap import netguard
 from superimap.imapclient.account import Account
 from superimap.imapclient.errors import AuthFailed, TokenUnavailable
+from superimap.platform import netguard
 
 log = logging.getLogger("superimap.engine")
 

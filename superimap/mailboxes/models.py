@@ -7,9 +7,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from superimap.changes import TrackedFields
-from superimap.fields import EncryptedTextField
 from superimap.partners.folders import validate_folders
 from superimap.partners.models import Connection
+from superimap.platform.fields import EncryptedTextField
 
 
 class MailboxUser(TrackedFields, models.Model):

@@ -30,11 +30,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from superimap import netguard
 from superimap.accounts import users as accounts_users
 from superimap.mailboxes.links import LINK_MAX_AGE_SECONDS, use_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
+from superimap.platform import netguard
 
 log = logging.getLogger("superimap.oauth")
 

@@ -14,9 +14,9 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from superimap.changes import TrackedFields
-from superimap.fields import EncryptedTextField
 from superimap.partners.folders import validate_folders
-from superimap.validation import validate_host_name
+from superimap.platform.fields import EncryptedTextField
+from superimap.platform.validation import validate_host_name
 
 OAUTH_ENDPOINTS = ("authorize", "token", "revoke", "userinfo")
 # How long the previous API key or webhook secret keeps working after a rotation, by

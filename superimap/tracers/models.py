@@ -12,6 +12,7 @@ class TracerLog(models.Model):
     detected_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "tracers_tracerlog"
         ordering = ["-sent_at"]
 
     def __str__(self) -> str:

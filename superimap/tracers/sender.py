@@ -25,12 +25,12 @@ import aiosmtplib
 from django.conf import settings
 from django.utils import timezone
 
-from superimap import dboutage, netguard
 from superimap.engine import store
 from superimap.engine.oauth import access_tokens
 from superimap.imapclient import client_tls_context
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import ImapProvider
+from superimap.platform import dboutage, netguard
 from superimap.tracers.models import TracerLog
 
 log = logging.getLogger("superimap.tracers")

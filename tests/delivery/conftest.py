@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from superimap.dbpool import DbPool
 from superimap.delivery.worker import Worker
+from superimap.platform.dbpool import DbPool
 from tests.delivery.helpers import Clock, ThreadedReceiver
 
 

@@ -38,7 +38,8 @@ def test_it_counts_webhook_attempts_by_outcome(seeded_providers, make_receiver, 
 def test_it_measures_latency_and_rolls_outcomes_up(
     seeded_providers, make_receiver, process, monkeypatch
 ):
-    from superimap import rollups
+    from superimap import rollupwriter
+    from superimap.platform import rollups
 
     recorder = rollups.Recorder()
     monkeypatch.setattr(rollups, "RECORDER", recorder)
@@ -64,7 +65,7 @@ def test_it_measures_latency_and_rolls_outcomes_up(
     assert sum(v["failed_attempts"] for _, v in rows) == 1
     assert sum(sum(v["commit_to_delivered"]) for _, v in rows) == 1
 
-    rollups.write("worker-a", rows)
+    rollupwriter.write("worker-a", rows)
     from superimap.engine.models import MinuteRollup
 
     stored = MinuteRollup.objects.get(source="worker-a")

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, EndpointHealth
-from superimap.metrics import DatabaseCollector
+from superimap.metricsview import DatabaseCollector
 from superimap.partners.models import Partner
 from tests.delivery.helpers import make_partner, make_user
 

@@ -10,10 +10,10 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from superimap.dbpool import DbPool
 from superimap.delivery import fairness, outbox, queue
 from superimap.delivery.models import Delivery
 from superimap.delivery.worker import Worker
+from superimap.platform.dbpool import DbPool
 from superimap.testing.webhook_receiver import HANG
 from tests.delivery.helpers import make_partner, make_user
 

@@ -11,10 +11,10 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from superimap.dbpool import DbPool
 from superimap.delivery import heartbeat, outbox, queue
 from superimap.delivery.models import Delivery, WorkerNode
 from superimap.delivery.worker import Worker
+from superimap.platform.dbpool import DbPool
 from tests.delivery.helpers import make_partner, make_user
 
 ALIVE = timedelta(seconds=5)

@@ -11,11 +11,11 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from superimap.dbpool import DbPool
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.retention import Purger
 from superimap.delivery.worker import Worker
+from superimap.platform.dbpool import DbPool
 from tests.delivery.helpers import make_partner, make_user
 
 BODY = "x" * 4000

@@ -14,8 +14,8 @@ from superimap.accounts.partners import validate_partner
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.targets import WebhookTargetError, check_webhook_url
-from superimap.netguard import CheckedConnector, PrivateTargetRefused
 from superimap.partners.models import Partner
+from superimap.platform.netguard import CheckedConnector, PrivateTargetRefused
 from tests.delivery.helpers import make_partner, make_user
 from tests.rebinding import PUBLIC, rebinding
 

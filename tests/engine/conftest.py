@@ -11,11 +11,11 @@ import time
 import pytest
 from django.utils import timezone
 
-from superimap.dbpool import DbPool
 from superimap.engine.session import SessionSettings
 from superimap.engine.supervisor import Engine
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.platform.dbpool import DbPool
 from superimap.testing.chaos_server import ChaosImapServer
 from superimap.testing.users import chaos_users
 

@@ -60,7 +60,7 @@ def test_it_counts_emails_and_sessions_of_a_running_engine(mailbox, dovecot):
 
 
 def test_it_measures_push_to_commit_into_metrics_and_the_rollup(mailbox, dovecot, monkeypatch):
-    from superimap import rollups
+    from superimap.platform import rollups
 
     recorder = rollups.Recorder()
     monkeypatch.setattr(rollups, "RECORDER", recorder)

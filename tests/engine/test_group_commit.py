@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from superimap.dbpool import DbPool
 from superimap.delivery.models import Delivery
 from superimap.engine import store, writer
 from superimap.engine.persister import GroupPersister, persist_group
 from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.platform.dbpool import DbPool
 from superimap.sync.persist import FetchedMessage, PersistJob
 from superimap.testing.mail import make_message
 from tests.engine.conftest import loopback_connection

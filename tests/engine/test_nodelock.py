@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from superimap.config import ConfigError
 from superimap.engine.nodelock import NodeLock, advisory_key
+from superimap.platform.config import ConfigError
 
 
 def test_a_second_holder_of_a_name_is_refused_until_the_first_releases(settings, tmp_path):

@@ -167,8 +167,8 @@ def test_a_session_that_ended_is_started_again_by_the_next_refresh(mailbox):
 def test_an_unchanged_watching_status_is_not_written_again(mail_partner):
     """A session reports idle before every IDLE, i.e. after every new message: only a
     change reaches the database (at 500 mails/s the rewrites held SQLite's writer)."""
-    from superimap.dbpool import DbPool
     from superimap.engine.supervisor import Engine
+    from superimap.platform.dbpool import DbPool
     from tests.engine.conftest import loopback_users
 
     loopback_users(mail_partner, 1, 1)

@@ -12,27 +12,20 @@ histograms, so several processes' minutes add up bucket by bucket and p50/p99 co
 the sum. Push -> commit is measured by the engine from the push (FetchedMessage.pushed_at:
 the EXISTS that announced the message, or its INTERNALDATE) to the commit of its Delivery
 row; commit -> 2xx by the worker from the Delivery row's creation to the 2xx answer.
+
+This module is the in-memory half (no Django: the engine and the worker count here); the
+rows are written and purged by superimap/rollupwriter.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
 from bisect import bisect_left
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
-
-from django.conf import settings
-from django.utils import timezone
-
-log = logging.getLogger("superimap.rollups")
 
 BOUNDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 BUCKETS = len(BOUNDS) + 1  # the last bucket: slower than BOUNDS[-1]
 KEEP_IN_MEMORY = 24 * 60  # minutes not yet written survive a day-long database outage
-RETENTION_EVERY = 3600.0
 
 
 class _Minute:
@@ -135,64 +128,3 @@ class Recorder:
 
 
 RECORDER = Recorder()
-
-
-def write(source: str, rows: list[tuple[int, dict]]) -> None:
-    """Upsert this process's rows (one per minute)."""
-    from superimap.engine.models import MinuteRollup
-
-    for key, values in rows:
-        minute = datetime.fromtimestamp(key * 60, UTC)
-        MinuteRollup.objects.update_or_create(minute=minute, source=source, defaults=values)
-
-
-def measure_backlog(now: datetime) -> tuple[int, float]:
-    """Due, unsent webhooks and the oldest one's wait (indexed: status, next_attempt_at)."""
-    from superimap import healthz
-    from superimap.delivery.models import Delivery
-
-    due = Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).count()
-    return due, healthz.oldest_due_age(now)
-
-
-def purge(now: datetime) -> int:
-    from superimap.engine.models import MinuteRollup
-
-    cutoff = now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)
-    deleted, _ = MinuteRollup.objects.filter(minute__lt=cutoff).delete()
-    return deleted
-
-
-async def flush_once(pool, source: str, *, backlog: bool, recorder: Recorder = RECORDER) -> None:
-    if backlog and recorder.needs_backlog():
-        recorder.record_backlog(*await pool.run(measure_backlog, timezone.now()))
-    rows = recorder.take()
-    if not rows:
-        return
-    try:
-        await pool.run(write, source, rows)
-    except BaseException:
-        recorder.put_back(rows)
-        raise
-
-
-async def flush_loop(pool, source: str, stop: asyncio.Event, *, backlog: bool) -> None:
-    """Write this process's rollups every ROLLUP_FLUSH_SECONDS until ``stop``, once more after;
-    ``backlog``: this process runs a worker, which measures the backlog once a minute."""
-    from superimap import dboutage
-
-    purged_at = 0.0
-    while True:
-        stopping = stop.is_set()
-        try:
-            await flush_once(pool, source, backlog=backlog and not stopping)
-            if time.monotonic() - purged_at > RETENTION_EVERY:
-                purged_at = time.monotonic()
-                await pool.run(purge, timezone.now())
-        except Exception as exc:  # noqa: BLE001 - counters are kept, the next flush retries
-            if not dboutage.lost(exc):
-                log.warning("could not write rollups of %s", source, exc_info=True)
-        if stopping:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.ROLLUP_FLUSH_SECONDS)

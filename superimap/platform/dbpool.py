@@ -24,7 +24,8 @@ from typing import TypeVar
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from superimap import dboutage
+from superimap.platform import dboutage
+from superimap.platform.metrics import DB_QUEUE, expose
 
 T = TypeVar("T")
 
@@ -43,10 +44,11 @@ def queued_total() -> int:
     return sum(pool.queued for pool in list(_pools))
 
 
+DB_QUEUE.set_function(queued_total)
+
+
 class DbPool:
     def __init__(self, size: int | None = None) -> None:
-        from superimap.metrics import DB_QUEUE, expose  # metrics imports this module
-
         _pools.add(self)
         expose([DB_QUEUE])
         self.size = size or settings.NUM_WORKER_THREADS

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from datetime import UTC, datetime
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
@@ -60,3 +62,61 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+LOG_LINES_PER_MINUTE = 20
+
+
+class RateLimitedLog:
+    """At most ``per_minute`` lines a minute; the next line after a pause says how many
+    were left out."""
+
+    def __init__(self, logger: logging.Logger, per_minute: int = LOG_LINES_PER_MINUTE) -> None:
+        self.logger = logger
+        self.per_minute = per_minute
+        self.window_start = 0.0
+        self.lines = 0
+        self.suppressed = 0
+        self.lock = threading.Lock()
+
+    def allow(self) -> tuple[bool, int]:
+        """(may log now, lines suppressed since the last logged one)."""
+        now = time.monotonic()
+        with self.lock:
+            if now - self.window_start >= 60:
+                self.window_start = now
+                self.lines = 0
+            if self.lines >= self.per_minute:
+                self.suppressed += 1
+                return False, 0
+            self.lines += 1
+            suppressed, self.suppressed = self.suppressed, 0
+            return True, suppressed
+
+    def warning(self, message: str, *args) -> None:
+        allowed, suppressed = self.allow()
+        if allowed:
+            if suppressed:
+                message += f" ({suppressed} similar lines suppressed)"
+            self.logger.warning(message, *args)
+
+
+class ShortClientErrors(logging.Filter):
+    """A logging filter for Django's request loggers: a 4xx is a client's mistake, worth
+    one line (no traceback), and at most LOG_LINES_PER_MINUTE of them a minute."""
+
+    _limit = RateLimitedLog(logging.getLogger("django.request"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if not (record.name.startswith("django.") and isinstance(status, int)):
+            return True
+        if not 400 <= status < 500:
+            return True
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        allowed, suppressed = self._limit.allow()
+        if allowed and suppressed:
+            record.msg = f"{record.msg} ({suppressed} similar lines suppressed)"
+        return allowed

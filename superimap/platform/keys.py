@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.apps import apps
 from django.db import transaction
 
-from superimap.fields import EncryptedTextField
+from superimap.platform.fields import EncryptedTextField
 
 BATCH = 500
 

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 
+import psycopg
 from django.db.backends.signals import connection_created
 
 log = logging.getLogger("superimap.database")
@@ -29,10 +30,6 @@ _down_since: float | None = None
 def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps: Django wraps psycopg's errors) says the database
     connection is lost or cannot be made, rather than that a statement failed."""
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        return False
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -80,7 +77,7 @@ def _connected(sender, connection, **kwargs) -> None:
     back()
 
 
-connection_created.connect(_connected, dispatch_uid="superimap.dboutage")
+connection_created.connect(_connected, dispatch_uid="superimap.platform.dboutage")
 
 
 def is_down() -> bool:
