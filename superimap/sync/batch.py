@@ -87,17 +87,17 @@ class CheckPresent:
 Request = FetchMeta | FetchBodies | CheckPresent
 
 
-def chunks_by_size(messages: Sequence[Fetch], limit: int) -> Iterator[list[Fetch]]:
-    """``messages`` in order, cut into runs of at most ``limit`` bytes (a message bigger
-    than ``limit`` is a run of its own)."""
-    chunk: list[Fetch] = []
+def chunks_by_size(sizes: Sequence[tuple[int, int | None]], limit: int) -> Iterator[list[int]]:
+    """The UIDs of ``sizes`` ((uid, size) pairs) in order, cut into runs of at most
+    ``limit`` bytes (a message bigger than ``limit`` is a run of its own; no size: 0)."""
+    chunk: list[int] = []
     total = 0
-    for message in messages:
-        size = message.size or 0
+    for uid, size in sizes:
+        size = size or 0
         if chunk and total + size > limit:
             yield chunk
             chunk, total = [], 0
-        chunk.append(message)
+        chunk.append(uid)
         total += size
     if chunk:
         yield chunk
@@ -146,27 +146,29 @@ class BatchFetch:
             self.done[uid] = self._skipped(uid, UNFETCHABLE)
 
     def _body_requests(self) -> Iterator[FetchBodies]:
-        ready = [self.meta[uid] for uid in self.pending if uid in self.meta]
-        old = {m.uid for m in ready if self._old(m)}
-        whole = [m for m in ready if m.uid not in old and self._fits(m)]
-        heads = [m for m in ready if m.uid not in old and not self._fits(m)]
-        heads += [m for m in ready if m.uid in old]
+        meta = self.meta
+        ready = [uid for uid in self.pending if uid in meta]
+        old = {uid for uid in ready if self._old(meta[uid])}
+        whole = [(uid, meta[uid].size) for uid in ready if uid not in old and self._fits(uid)]
+        heads = [(uid, meta[uid].size) for uid in ready if uid not in old and not self._fits(uid)]
+        heads += [(uid, meta[uid].size) for uid in ready if uid in old]
         self._parts = {}
-        for section, messages in ((WHOLE, whole), (HEADER, heads)):
-            for chunk in chunks_by_size(messages, self.chunk_bytes):
-                yield FetchBodies(tuple(m.uid for m in chunk), section)
-        for m in ready:
-            part = self._parts.get(m.uid)
+        for section, sizes in ((WHOLE, whole), (HEADER, heads)):
+            for chunk in chunks_by_size(sizes, self.chunk_bytes):
+                yield FetchBodies(tuple(chunk), section)
+        for uid in ready:
+            part = self._parts.get(uid)
             if part is None:
                 continue
-            fits = m.uid not in old and self._fits(m)
-            self.done[m.uid] = Outcome(
-                uid=m.uid,
+            m = meta[uid]
+            fits = uid not in old and self._fits(uid)
+            self.done[uid] = Outcome(
+                uid=uid,
                 size=m.size or 0,
                 internal_date=m.internal_date,
                 raw=part if fits else None,
                 header=None if fits else part,
-                skip=BEFORE_BASELINE if m.uid in old else "",
+                skip=BEFORE_BASELINE if uid in old else "",
                 seen_at=self._seen_at,
             )
 
@@ -177,7 +179,9 @@ class BatchFetch:
         for event in events:
             # Not an unsolicited FLAGS update for the same UID, if there is better.
             uid = event.uid
-            if uid in wanted and (uid not in self.meta or self.meta[uid].size is None):
+            if uid is None or uid not in wanted:
+                continue
+            if uid not in self.meta or self.meta[uid].size is None:
                 self.meta[uid] = event
 
     def bodies_answered(
@@ -187,7 +191,7 @@ class BatchFetch:
         wanted = set(request.uids)
         key = ANSWER_KEYS[request.section]
         for event in events:
-            if event.uid not in wanted:
+            if event.uid is None or event.uid not in wanted:
                 continue
             value = event.body if key == "BODY[]" else event.attributes.get(key)
             if isinstance(value, str):
@@ -214,8 +218,8 @@ class BatchFetch:
         date = message.internal_date
         return bool(self.before and date and date < self.before)
 
-    def _fits(self, message: Fetch) -> bool:
-        return (message.size or 0) <= self.max_size
+    def _fits(self, uid: int) -> bool:
+        return (self.meta[uid].size or 0) <= self.max_size
 
     def _skipped(self, uid: int, reason: str) -> Outcome:
         m = self.meta.get(uid)
