@@ -52,7 +52,6 @@ from superimap.sync.mailbox import (
     batches,
     code_value,
     fetch_answer,
-    fetches,
     highest_uid,
     range_meta,
     revalidation_window,
@@ -585,15 +584,15 @@ class MailboxSession:
             )
         return messages
 
-    async def _fetch_range(self, plan: CatchUp) -> list[Fetch]:
+    async def _fetch_range(self, plan: CatchUp) -> list:
         return await self._uid_fetch(plan.uid_range, META_ITEMS)
 
-    async def _fetch_items(self, uids, items: str) -> list[Fetch]:
+    async def _fetch_items(self, uids, items: str) -> list:
         return await self._uid_fetch(",".join(map(str, uids)), items)
 
-    async def _uid_fetch(self, uid_set: str, items: str) -> list[Fetch]:
-        """UID FETCH ``items`` of ``uid_set``: every FETCH response with a UID, in whatever
-        order they come (the machine picks those it asked for)."""
+    async def _uid_fetch(self, uid_set: str, items: str) -> list:
+        """UID FETCH ``items`` of ``uid_set``: the untagged responses, FETCH answers in
+        whatever order they come (the machine picks those it asked for)."""
         untagged, tagged = await self.conn.command(
             *self.conn.protocol.uid_fetch(uid_set, items),
             timeout=self.cfg.fetch_timeout,
@@ -609,7 +608,7 @@ class MailboxSession:
                 self.label,
                 tagged.text[:200],
             )
-        return fetches(untagged)
+        return untagged
 
     # --- the other folders (design.md 4.10) ----------------------------------------------
 

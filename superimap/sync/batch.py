@@ -17,8 +17,8 @@ driver (engine/session.py) sends each, hands the answer back (``meta_answered``,
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from superimap.imap import Fetch
 
@@ -38,8 +38,7 @@ BEFORE_BASELINE = "before_baseline"
 UNFETCHABLE = "unfetchable"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What one UID became. Exactly one of: ``raw`` (the whole message), ``header`` alone
     (over the size limit: sent truncated), or ``skip`` (a reason: expunged,
     before_baseline, unfetchable)."""
@@ -54,15 +53,13 @@ class Outcome:
     seen_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class FetchMeta:
+class FetchMeta(NamedTuple):
     """UID FETCH ``uids`` META_ITEMS: sizes and dates."""
 
     uids: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class FetchBodies:
+class FetchBodies(NamedTuple):
     """UID FETCH ``uids`` (UID ``section``), at most BODY_BYTES_PER_FETCH of mail."""
 
     uids: tuple[int, ...]
@@ -73,8 +70,7 @@ class FetchBodies:
         return f"(UID {self.section})"
 
 
-@dataclass(frozen=True, slots=True)
-class CheckPresent:
+class CheckPresent(NamedTuple):
     """NOOP (the server reports expunges), then UID SEARCH UID ``uids``."""
 
     uids: tuple[int, ...]
@@ -146,38 +142,51 @@ class BatchFetch:
             self.done[uid] = self._skipped(uid, UNFETCHABLE)
 
     def _body_requests(self) -> Iterator[FetchBodies]:
-        meta = self.meta
-        ready = [uid for uid in self.pending if uid in meta]
-        old = {uid for uid in ready if self._old(meta[uid])}
-        whole = [(uid, meta[uid].size) for uid in ready if uid not in old and self._fits(uid)]
-        heads = [(uid, meta[uid].size) for uid in ready if uid not in old and not self._fits(uid)]
-        heads += [(uid, meta[uid].size) for uid in ready if uid in old]
-        self._parts = {}
-        for section, sizes in ((WHOLE, whole), (HEADER, heads)):
-            for chunk in chunks_by_size(sizes, self.chunk_bytes):
-                yield FetchBodies(tuple(chunk), section)
-        for uid in ready:
-            part = self._parts.get(uid)
-            if part is None:
+        """This round's body FETCHes: whole messages first, then headers (over the size
+        limit, or older than ``before``); then what came back is recorded."""
+        meta, before, max_size = self.meta, self.before, self.max_size
+        whole: list[tuple[int, int | None]] = []
+        heads: list[tuple[int, int | None]] = []
+        olds: list[tuple[int, int | None]] = []
+        for uid in self.pending:
+            m = meta.get(uid)
+            if m is None:
                 continue
-            m = meta[uid]
-            fits = uid not in old and self._fits(uid)
-            self.done[uid] = Outcome(
-                uid=uid,
-                size=m.size or 0,
-                internal_date=m.internal_date,
-                raw=part if fits else None,
-                header=None if fits else part,
-                skip=BEFORE_BASELINE if uid in old else "",
-                seen_at=self._seen_at,
-            )
+            date = m.internal_date
+            if before and date and date < before:
+                olds.append((uid, m.size))
+            elif (m.size or 0) <= max_size:
+                whole.append((uid, m.size))
+            else:
+                heads.append((uid, m.size))
+        self._parts = {}
+        for chunk in chunks_by_size(whole, self.chunk_bytes):
+            yield FetchBodies(tuple(chunk), WHOLE)
+        for chunk in chunks_by_size(heads + olds, self.chunk_bytes):
+            yield FetchBodies(tuple(chunk), HEADER)
+        parts, seen_at = self._parts, self._seen_at
+        for kind, listed in ((WHOLE, whole), (HEADER, heads), (BEFORE_BASELINE, olds)):
+            for uid, _ in listed:
+                part = parts.get(uid)
+                if part is not None:
+                    self.done[uid] = self._outcome(meta[uid], uid, kind, part, seen_at)
+
+    @staticmethod
+    def _outcome(m: Fetch, uid: int, kind: str, part: bytes, seen_at: float | None) -> Outcome:
+        if kind == WHOLE:
+            return Outcome(uid, m.size or 0, m.internal_date, part, None, "", seen_at)
+        skip = BEFORE_BASELINE if kind == BEFORE_BASELINE else ""
+        return Outcome(uid, m.size or 0, m.internal_date, None, part, skip, seen_at)
 
     # --- what came back --------------------------------------------------------------------
 
-    def meta_answered(self, request: FetchMeta, events: Iterable[Fetch]) -> None:
+    def meta_answered(self, request: FetchMeta, events: Iterable[object]) -> None:
+        """The answers to ``request`` among ``events`` (the untagged responses)."""
         wanted = set(request.uids)
         for event in events:
             # Not an unsolicited FLAGS update for the same UID, if there is better.
+            if not isinstance(event, Fetch):
+                continue
             uid = event.uid
             if uid is None or uid not in wanted:
                 continue
@@ -185,19 +194,23 @@ class BatchFetch:
                 self.meta[uid] = event
 
     def bodies_answered(
-        self, request: FetchBodies, events: Iterable[Fetch], seen_at: float | None
+        self, request: FetchBodies, events: Iterable[object], seen_at: float | None
     ) -> None:
-        """The sections that came back; a NIL or missing one is left out (and retried)."""
+        """The sections that came back among ``events`` (the untagged responses); a NIL or
+        missing one is left out (and retried)."""
         wanted = set(request.uids)
         key = ANSWER_KEYS[request.section]
         for event in events:
-            if event.uid is None or event.uid not in wanted:
+            if not isinstance(event, Fetch):
+                continue
+            uid = event.uid
+            if uid is None or uid not in wanted:
                 continue
             value = event.body if key == "BODY[]" else event.attributes.get(key)
             if isinstance(value, str):
                 value = value.encode("utf-8")
             if isinstance(value, bytes):
-                self._parts[event.uid] = value
+                self._parts[uid] = value
         self._seen_at = seen_at
 
     def present(self, request: CheckPresent, found: Iterable[int]) -> None:
@@ -213,13 +226,6 @@ class BatchFetch:
     def outcomes(self) -> list[Outcome]:
         """One Outcome per UID, in the order given; call after requests() ran out."""
         return [self.done[uid] for uid in self.uids]
-
-    def _old(self, message: Fetch) -> bool:
-        date = message.internal_date
-        return bool(self.before and date and date < self.before)
-
-    def _fits(self, uid: int) -> bool:
-        return (self.meta[uid].size or 0) <= self.max_size
 
     def _skipped(self, uid: int, reason: str) -> Outcome:
         m = self.meta.get(uid)

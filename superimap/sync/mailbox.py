@@ -15,7 +15,7 @@ import enum
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from superimap.imap import Fetch, MailboxStatus, TaggedResponse, UntaggedStatus
 
@@ -42,8 +42,7 @@ class FetchAnswer(enum.Enum):
     RETRY_LATER = "retry_later"  # the whole command failed: reconnect and retry
 
 
-@dataclass(frozen=True, slots=True)
-class CatchUp:
+class CatchUp(NamedTuple):
     """How a catch-up learns the new UIDs: above ``last``, by a range FETCH of sizes and
     dates (``by_range``) or a UID SEARCH."""
 
