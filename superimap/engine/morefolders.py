@@ -100,8 +100,9 @@ class OtherFolders:
 
     def until_poll(self, period: float) -> float:
         """How long the next IDLE (or NOOP wait) lasts: polling is folded into it."""
-        next_poll = self.next_poll if self.cursors else None
-        return until_poll(period, next_poll, asyncio.get_running_loop().time())
+        if not self.cursors:
+            return period
+        return until_poll(period, self.next_poll, asyncio.get_running_loop().time())
 
     async def status(self, conn: ImapConnection, name: str) -> dict[str, int] | None:
         """STATUS (UIDNEXT UIDVALIDITY) of ``name``; None (and named in ``warning``) if the
