@@ -12,12 +12,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.utils import timezone
 
 from superimap.engine import folders, store
-from superimap.engine.morefolders import FolderWatch, SecondaryFolders
+from superimap.engine.morefolders import OtherFolders
 from superimap.engine.oauth import access_tokens
 from superimap.imap import (
     Bye,
@@ -28,7 +28,6 @@ from superimap.imap import (
     MailboxStatus,
     SearchResult,
     TaggedResponse,
-    UntaggedStatus,
 )
 from superimap.imapclient import (
     AuthFailed,
@@ -39,26 +38,33 @@ from superimap.imapclient import (
     authenticate,
     open_connection,
 )
-from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.mailboxes.models import MailboxUser
 from superimap.platform import dboutage
+from superimap.sync.batch import (
+    META_ITEMS,
+    UNFETCHABLE,
+    BatchFetch,
+    CheckPresent,
+    FetchMeta,
+)
+from superimap.sync.mailbox import (
+    BATCH_SIZE,
+    CatchUp,
+    FetchAnswer,
+    FolderCursor,
+    Start,
+    batches,
+    code_value,
+    fetch_answer,
+    highest_uid,
+    range_meta,
+    revalidation_window,
+    validity_changed,
+)
 from superimap.sync.persist import FetchedMessage
 
 log = logging.getLogger("superimap.engine")
 Status = MailboxUser.Status
-Reason = MailLog.Reason
-
-BATCH_SIZE = 100
-META_ITEMS = "(UID RFC822.SIZE INTERNALDATE)"
-BODY_BYTES_PER_FETCH = 8 * 1024 * 1024
-# After a UIDVALIDITY change, search by date from a day before the last mail persisted
-# (SINCE has day granularity and ignores time zones).
-SINCE_MARGIN = timedelta(days=1)
-# A UID the server does not return is re-checked (NOOP, UID SEARCH) and fetched again up
-# to this many times in all; still present but never returned: skipped as unfetchable.
-FETCH_ROUNDS = 3
-# A NO with one of these codes means "not now" for the whole command: reconnect and retry.
-# Any other NO to a UID FETCH (EXPUNGEISSUED, no code...) is about some of its messages.
-RETRY_LATER_CODES = frozenset({"UNAVAILABLE", "INUSE", "LIMIT", "OVERQUOTA"})
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,10 @@ def backoff_delay(failures: int, auth: bool, cfg: SessionSettings) -> float:
     return max(0.0, base * random.uniform(0.8, 1.2))
 
 
-class MailboxSession(SecondaryFolders):
+class MailboxSession:
+    """The I/O driver of one mailbox: it sends the IMAP commands, persists, and asks the
+    folder cursors (sync/mailbox.py) and the batch machine (sync/batch.py) what to do."""
+
     def __init__(self, engine, user_id: int, config: store.MailboxConfig | None = None) -> None:
         self.engine = engine
         self.user_id = user_id
@@ -124,22 +133,15 @@ class MailboxSession(SecondaryFolders):
         self._kind_failures = 0
         self._last_error = ""  # kept while reconnecting, so user_error can say what failed
         self.conn: ImapConnection | None = None
-        self.uid_validity: int | None = None
-        self.last_uid: int | None = None
+        # The primary folder's cursor, and the folder selected now (the primary, or a
+        # secondary one being visited): UIDVALIDITY changes are checked against it.
+        self.primary: FolderCursor | None = None
+        self.selected: FolderCursor | None = None
         self._sleeper: asyncio.Future | None = None
         self._exists_at_search = 0
-        # The folder's EXISTS count at the last catch-up of this selection (None: unknown).
-        self._count_at_search: int | None = None
-        # UIDs a SEARCH returned that are not persisted yet (uid_validity, uids): if the
-        # connection drops first and a later SEARCH no longer finds one, it was expunged
-        # meanwhile and is recorded so, not forgotten.
-        self._unpersisted: tuple[int | None, set[int]] = (None, set())
         self._idle_period = self.cfg.idle_reissue
         # Folders besides the primary one (design.md 4.10) and how their news is learnt.
-        self._secondary: dict[str, FolderWatch] = {}
-        self._notify = False
-        self._next_poll = 0.0
-        self._folder_warning = ""
+        self.others = OtherFolders(engine, user_id, self.label)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -159,29 +161,11 @@ class MailboxSession(SecondaryFolders):
             if config is None:
                 return
             self.label = config.label
-            status = Status.BACKING_OFF
             try:
-                await self._watch(config)
-                if self.stop_event.is_set():
-                    break
-                error = "session ended"
+                status, error = await self._watch_once(config)
             except store.LeaseLost:
                 log.info("mailbox %s: lease lost or user gone, stopping", self.label)
                 return
-            except AuthFailed as exc:
-                status, error = Status.AUTH_FAILED, str(exc)
-            except TlsCertificateFailed as exc:
-                # Needs a human like a refused login: the long back-off, and the message
-                # names the fix (imap_tls_ca or imap_tls_verify).
-                status, error = Status.TLS_FAILED, str(exc)
-            except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
-                if not dboutage.lost(exc):  # an outage is logged once per process
-                    log.exception("mailbox %s: unexpected error", self.label)
-                error = f"{type(exc).__name__}: {exc}"
-            finally:
-                await self._disconnect()
             if self.stop_event.is_set():
                 break
             needs_human = status != Status.BACKING_OFF
@@ -200,6 +184,30 @@ class MailboxSession(SecondaryFolders):
         if not needs_human:
             # An auth or certificate failure stays visible after shutdown: it needs a human.
             self.engine.report(self.user_id, Status.STOPPED, "", self.failures)
+
+    async def _watch_once(self, config: store.MailboxConfig) -> tuple[str, str]:
+        """One connection, to its end: the status to report and why it ended."""
+        status = Status.BACKING_OFF
+        try:
+            await self._watch(config)
+            error = "session ended"
+        except AuthFailed as exc:
+            status, error = Status.AUTH_FAILED, str(exc)
+        except TlsCertificateFailed as exc:
+            # Needs a human like a refused login: the long back-off, and the message
+            # names the fix (imap_tls_ca or imap_tls_verify).
+            status, error = Status.TLS_FAILED, str(exc)
+        except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except store.LeaseLost:
+            raise
+        except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
+            if not dboutage.lost(exc):  # an outage is logged once per process
+                log.exception("mailbox %s: unexpected error", self.label)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            await self._disconnect()
+        return status, error
 
     def _count_failure(self, status: str) -> float:
         """Count this failure once and return the back-off before the next try."""
@@ -246,15 +254,34 @@ class MailboxSession(SecondaryFolders):
         if config.connect_pending:
             await self._tell_connected(config.connect_pending)
         names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)
-        self._folder_warning = f"folders not found: {', '.join(missing)}" if missing else ""
+        warning = f"folders not found: {', '.join(missing)}" if missing else ""
         config = replace(config, folder=names[0])
         await self._select(config)
         if config.sweep_requested_at is not None:
             await self._sweep(config)
-        await self._catch_up(config)
-        await self._start_secondaries(config, names[1:])
+        await self._catch_up(self.primary)
+        previous = self.others
+        self.others = OtherFolders(self.engine, self.user_id, self.label, warning)
+        await self.others.start(self.conn, names[1:], previous)
+        await self._visit_folders_with_news()
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
+        self._log_watching(config, names, idle)
+        while not self.stop_event.is_set():
+            status = Status.IDLE if idle else Status.POLLING
+            self.engine.report(self.user_id, status, self.others.warning, 0)
+            if idle:
+                await self._idle()
+            else:
+                await self._poll()
+            if self.stop_event.is_set():
+                return
+            await self._catch_up(self.primary, steady=True)
+            if self.others.cursors:
+                await self.others.poll_if_due(self.conn)
+                await self._visit_folders_with_news()
+
+    def _log_watching(self, config: store.MailboxConfig, names: list[str], idle: bool) -> None:
         how = "IDLE" if idle else f"polling every {self.cfg.poll_interval:g}s"
         if self.failures:
             log.info(
@@ -276,17 +303,6 @@ class MailboxSession(SecondaryFolders):
                 ", ".join(names),
                 how,
             )
-        while not self.stop_event.is_set():
-            status = Status.IDLE if idle else Status.POLLING
-            self.engine.report(self.user_id, status, self._folder_warning, 0)
-            if idle:
-                await self._idle()
-            else:
-                await self._poll()
-            if self.stop_event.is_set():
-                return
-            await self._catch_up(config, steady=True)
-            await self._check_secondaries(config)
 
     async def _tell_connected(self, token: str) -> None:
         """The first login with new credentials succeeded: user_connected, before any
@@ -297,74 +313,95 @@ class MailboxSession(SecondaryFolders):
             if engine.on_new_deliveries:
                 engine.on_new_deliveries()
 
+    # --- selecting a folder -------------------------------------------------------------
+
     async def _select(self, config: store.MailboxConfig) -> None:
-        self._count_at_search = None  # counts of another connection or folder mean nothing
+        """SELECT the primary folder and start its cursor (resume, baseline, revalidate)."""
         untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
-        uid_validity = uid_next = None
-        for event in [*untagged, tagged]:
-            code = getattr(event, "code", None)
-            if code and code[0] == "UIDVALIDITY":
-                uid_validity = int(code[1])
-            elif code and code[0] == "UIDNEXT":
-                uid_next = int(code[1])
+        uid_validity = code_value([*untagged, tagged], "UIDVALIDITY")
+        uid_next = code_value([*untagged, tagged], "UIDNEXT")
         if uid_validity is None:
             raise CommandFailed("SELECT", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
-        self.uid_validity = uid_validity
-        if config.checkpoint_folder != config.folder:
-            # A folder watched before as a secondary one keeps its checkpoint.
-            known = await self.engine.pool.run(store.folder_states, self.user_id)
-            state = known.get(config.folder)
-            if state is not None:
-                config = replace(
-                    config,
-                    uid_validity=state.uid_validity,
-                    last_uid=state.last_uid,
-                    last_internal_date=state.last_internal_date,
-                )
-                await self.engine.pool.run(
-                    store.set_baseline,
-                    self.user_id,
-                    self.engine.node_id,
-                    state.uid_validity,
-                    state.last_uid,
-                    folder=config.folder,
-                )
-                config = replace(config, checkpoint_folder=config.folder)
-        if (
-            config.uid_validity is None
-            or config.last_uid is None
-            or config.checkpoint_folder != config.folder
-        ):
+        cursor = await self._primary_cursor(config)
+        cursor.carry_over(self.primary)
+        self.primary = self.selected = cursor
+        await self._start(cursor, uid_validity, uid_next)
+
+    async def _primary_cursor(self, config: store.MailboxConfig) -> FolderCursor:
+        """The checkpoint of the watched folder: the mailbox's own if it belongs to this
+        folder; else, for a folder watched before as a secondary one, that folder's, which
+        becomes the mailbox's; else none (a baseline)."""
+        if config.checkpoint_folder == config.folder:
+            return FolderCursor(
+                config.folder, config.uid_validity, config.last_uid, config.last_internal_date
+            )
+        state = (await self.engine.pool.run(store.folder_states, self.user_id)).get(config.folder)
+        if state is None:
+            return FolderCursor(config.folder)
+        await self.engine.pool.run(
+            store.set_baseline,
+            self.user_id,
+            self.engine.node_id,
+            state.uid_validity,
+            state.last_uid,
+            folder=config.folder,
+        )
+        return FolderCursor(
+            config.folder, state.uid_validity, state.last_uid, state.last_internal_date
+        )
+
+    async def _start(self, cursor: FolderCursor, uid_validity: int, uid_next: int | None) -> Start:
+        """``cursor``'s folder is selected: take a baseline or revalidate if the cursor says
+        so (sync.mailbox.FolderCursor.select)."""
+        old_validity = cursor.uid_validity
+        start = cursor.select(uid_validity)
+        if start is Start.RESUME:
+            return start
+        highest = highest_uid(uid_next)
+        if highest is None:
+            highest = max(await self._search("UID 1:*"), default=0)
+        if start is Start.BASELINE:
             # First connection (or a checkpoint of another folder): mail that predates the
             # user is not sent.
-            baseline = uid_next - 1 if uid_next else await self._highest_uid()
-            await self.engine.pool.run(
+            await self._save_checkpoint(cursor, highest)
+            cursor.baseline(highest)
+            log.info(
+                "mailbox %s: baseline uid %d (uidvalidity %d)",
+                self.label,
+                highest,
+                cursor.uid_validity,
+            )
+            return start
+        log.warning(
+            "mailbox %s: UIDVALIDITY of %s changed %s -> %s; catching up by date",
+            self.label,
+            cursor.folder,
+            old_validity,
+            uid_validity,
+        )
+        await self._revalidate(cursor, highest)
+        return start
+
+    async def _save_checkpoint(self, cursor: FolderCursor, last_uid: int) -> None:
+        engine = self.engine
+        if cursor.primary:
+            await engine.pool.run(
                 store.set_baseline,
                 self.user_id,
-                self.engine.node_id,
-                uid_validity,
-                baseline,
-                folder=config.folder,
+                engine.node_id,
+                cursor.uid_validity,
+                last_uid,
+                folder=cursor.folder,
             )
-            self.last_uid = baseline
-            log.info(
-                "mailbox %s: baseline uid %d (uidvalidity %d)", self.label, baseline, uid_validity
-            )
-        elif config.uid_validity != uid_validity:
-            log.warning(
-                "mailbox %s: UIDVALIDITY changed %s -> %s; catching up by date",
-                self.label,
-                config.uid_validity,
-                uid_validity,
-            )
-            highest = uid_next - 1 if uid_next else await self._highest_uid()
-            await self._catch_up_after_uidvalidity_change(config, highest)
         else:
-            self.last_uid = config.last_uid
-
-    async def _highest_uid(self) -> int:
-        uids = await self._search("UID 1:*")
-        return max(uids, default=0)
+            await engine.pool.run(
+                store.set_folder_baseline,
+                self.user_id,
+                engine.node_id,
+                cursor.folder,
+                cursor.uid_validity,
+                last_uid,
+            )
 
     async def _search(self, criteria: str) -> list[int]:
         untagged, _ = await self.conn.command(*self.conn.protocol.uid_search(criteria))
@@ -372,47 +409,25 @@ class MailboxSession(SecondaryFolders):
         return [uid for e in untagged if isinstance(e, SearchResult) for uid in e.ids]
 
     def _check_uidvalidity(self, events) -> None:
-        for event in events:
-            if isinstance(event, UntaggedStatus) and event.code and event.code[0] == "UIDVALIDITY":
-                if int(event.code[1]) != self.uid_validity:
-                    raise ServerBye("UIDVALIDITY changed during the session")
+        if validity_changed(events, self.selected.uid_validity if self.selected else None):
+            raise ServerBye("UIDVALIDITY changed during the session")
 
     # --- catching up --------------------------------------------------------------------
 
-    async def _catch_up(self, config: store.MailboxConfig, steady: bool = False) -> None:
-        """Fetch and persist what arrived since ``last_uid``.
-
-        ``steady``: called from the watch loop, after IDLE or a poll. If the folder's
-        EXISTS count grew by at most BATCH_SIZE since the last catch-up of this selection,
-        one ``UID FETCH last+1:* (UID RFC822.SIZE INTERNALDATE)`` finds the new UIDs AND
-        their sizes, instead of a UID SEARCH followed by that FETCH: one round trip fewer
-        per new message. After a (re)SELECT, or when many arrived, the UID SEARCH runs."""
+    async def _catch_up(self, cursor: FolderCursor, steady: bool = False) -> None:
+        """Fetch and persist what arrived in ``cursor``'s folder (selected) since its
+        checkpoint; ``steady``: from the watch loop (FolderCursor.plan_catch_up)."""
         self._exists_at_search = self.conn.exists_seen
-        count_before, self._count_at_search = self._count_at_search, self.conn.exists_count
-        last = self.last_uid or 0
+        plan = cursor.plan_catch_up(self.conn.exists_count, steady, BATCH_SIZE)
         meta: dict[int, Fetch] | None = None
-        if (
-            steady
-            and count_before is not None
-            and self._count_at_search is not None
-            and self._count_at_search - count_before <= BATCH_SIZE
-        ):
-            meta = {}
-            for event in await self._fetch_items([], META_ITEMS, uid_set=f"{last + 1}:*"):
-                if event.uid > last and (event.uid not in meta or meta[event.uid].size is None):
-                    meta[event.uid] = event
-            found = set(meta)
+        if plan.by_range:
+            meta = range_meta(plan, await self._fetch_range(plan))
+            uids = cursor.to_fetch(plan, meta)
         else:
-            found = {uid for uid in await self._search(f"UID {last + 1}:*") if uid > last}
-        validity, seen = self._unpersisted
-        if validity != self.uid_validity:
-            seen = set()
-        # Seen by an earlier session but gone now: _fetch_batch records them as expunged.
-        uids = sorted(found | {uid for uid in seen if uid > last})
-        self._unpersisted = (self.uid_validity, set(uids))
+            uids = cursor.to_fetch(plan, await self._search(plan.search))
         if uids:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
-        await self._fetch_and_persist(config, uids, meta=meta)
+        await self._fetch_and_persist(cursor, uids, meta=meta)
 
     async def _sweep(self, config: store.MailboxConfig) -> None:
         """Everything from UID 1: UIDs already delivered or skipped are not fetched again,
@@ -422,7 +437,7 @@ class MailboxSession(SecondaryFolders):
         if uids:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
         started = time.monotonic()
-        await self._fetch_and_persist(config, uids, sweep=True)
+        await self._fetch_and_persist(self.primary, uids, sweep=True)
         await self.engine.pool.run(
             store.finish_sweep, self.user_id, self.engine.node_id, config.sweep_requested_at
         )
@@ -434,34 +449,27 @@ class MailboxSession(SecondaryFolders):
             time.monotonic() - started,
         )
 
-    async def _catch_up_after_uidvalidity_change(
-        self, config: store.MailboxConfig, highest: int
-    ) -> None:
-        """The old UIDs mean nothing now: look at the mail since a day before the last one
-        persisted. What predates the user's baseline is skipped (before_baseline), what was
-        delivered already is a duplicate, the rest is new. ``highest`` was the last UID at
-        SELECT: mail arriving during this has a higher UID and the next catch-up gets it."""
+    async def _revalidate(self, cursor: FolderCursor, highest: int) -> None:
+        """The UIDVALIDITY changed: catch up by date (sync.mailbox.revalidation_window);
+        ``highest`` was the last UID at SELECT."""
         baseline = await self.engine.pool.run(store.baseline_moment, self.user_id)
-        now = timezone.now()
-        start = min(config.last_internal_date or baseline or now, now) - SINCE_MARGIN
-        uids = sorted(await self._search(f"SINCE {start.strftime('%d-%b-%Y')}"))
+        search, start, cutoff = revalidation_window(
+            cursor.last_internal_date, baseline, timezone.now()
+        )
+        uids = sorted(await self._search(search))
         log.info(
             "mailbox %s: %d message(s) since %s to check after the UIDVALIDITY change",
             self.label,
             len(uids),
             start.date(),
         )
-        self.last_uid = 0
-        # INTERNALDATE has whole seconds: a message of the baseline's second is new.
-        cutoff = baseline.replace(microsecond=0) if baseline else None
-        await self._fetch_and_persist(config, uids, before=cutoff, skip_recorded=True)
-        checkpoint = max(highest, self.last_uid)
-        await self._save_baseline(config, checkpoint)
-        self.last_uid = checkpoint
+        cursor.begin_revalidation()
+        await self._fetch_and_persist(cursor, uids, before=cutoff, skip_recorded=True)
+        await self._save_checkpoint(cursor, cursor.end_revalidation(highest))
 
     async def _fetch_and_persist(
         self,
-        config: store.MailboxConfig,
+        cursor: FolderCursor,
         uids: list[int],
         *,
         sweep: bool = False,
@@ -471,28 +479,22 @@ class MailboxSession(SecondaryFolders):
     ) -> None:
         """Fetch and persist ``uids`` batch by batch; each batch's UIDs all end in a state
         (persisted or skipped) before the checkpoint moves past them."""
-        for start in range(0, len(uids), BATCH_SIZE):
-            batch = uids[start : start + BATCH_SIZE]
+        folder, uid_validity = cursor.folder, cursor.uid_validity
+        for batch in batches(uids, BATCH_SIZE):
             if sweep or skip_recorded:
                 done = await self.engine.pool.run(
-                    store.recorded_uids, self.user_id, self.uid_validity, batch, config.folder
+                    store.recorded_uids, self.user_id, uid_validity, batch, folder
                 )
                 batch = [uid for uid in batch if uid not in done]
             if not batch:
                 continue
             messages = await self._fetch_batch(batch, before, meta)
             result = await self.engine.persister.persist(
-                self.user_id,
-                self.engine.node_id,
-                self.uid_validity,
-                config.folder,
-                messages,
-                sweep,
+                self.user_id, self.engine.node_id, uid_validity, folder, messages, sweep
             )
-            self.last_uid = max(self.last_uid or 0, max(m.uid for m in messages))
-            result.log_skips(self.label, self.uid_validity, config.folder)
+            cursor.persisted(batch)
+            result.log_skips(self.label, uid_validity, folder)
             self.engine.record_persisted(result)
-            self._unpersisted[1].difference_update(batch)
 
     async def _fetch_batch(
         self,
@@ -500,120 +502,93 @@ class MailboxSession(SecondaryFolders):
         before: datetime | None = None,
         known: dict[int, Fetch] | None = None,
     ) -> list[FetchedMessage]:
-        """One FetchedMessage per UID of ``uids``, whatever the server answers.
-
-        Servers answer a message expunged meanwhile with a NIL body, by leaving it out
-        (often with OK or NO [EXPUNGEISSUED]), and may answer in any order. A UID without
-        an answer is checked again (NOOP, then UID SEARCH): gone, it is skipped as
-        expunged; present, it is fetched again. Mail older than ``before`` is skipped as
-        before_baseline after fetching its header only; mail over MAX_EMAIL_SIZE gets its
-        header fetched and is sent truncated. ``known``: sizes and dates fetched already."""
-        done: dict[int, FetchedMessage] = {}
-        meta: dict[int, Fetch] = {uid: known[uid] for uid in uids if known and uid in known}
-        pending = list(uids)
-        for attempt in range(FETCH_ROUNDS):
-            if attempt:
-                pending = await self._still_present(pending, meta, done)
-                if not pending:
-                    break
-            missing = [uid for uid in pending if uid not in meta]
-            if missing:
-                for event in await self._fetch_items(missing, META_ITEMS):
-                    # Not an unsolicited FLAGS update for the same UID, if there is better.
-                    if event.uid not in meta or meta[event.uid].size is None:
-                        meta[event.uid] = event
-            ready = [meta[uid] for uid in pending if uid in meta]
-            old = {m.uid for m in ready if before and m.internal_date and m.internal_date < before}
-            whole = [m for m in ready if m.uid not in old and self._fits(m)]
-            heads = [m for m in ready if m.uid not in old and not self._fits(m)]
-            heads += [m for m in ready if m.uid in old]
-            parts = await self._fetch_parts(whole, "BODY.PEEK[]", "BODY[]")
-            parts.update(await self._fetch_parts(heads, "BODY.PEEK[HEADER]", "BODY[HEADER]"))
-            for m in ready:
-                part = parts.get(m.uid)
-                if part is None:
-                    continue
-                fits = m.uid not in old and self._fits(m)
-                done[m.uid] = FetchedMessage(
-                    uid=m.uid,
-                    size=m.size or 0,
-                    internal_date=m.internal_date,
-                    raw=part if fits else None,
-                    header=None if fits else part,
-                    skip=Reason.BEFORE_BASELINE if m.uid in old else "",
-                    seen_at=self.conn.exists_at,
+        """One FetchedMessage per UID of ``uids``, whatever the server answers: the batch
+        machine (sync/batch.py) decides, this sends its requests."""
+        machine = BatchFetch(uids, max_size=self.cfg.max_email_size, before=before, known=known)
+        for request in machine.requests():
+            if isinstance(request, CheckPresent):
+                untagged, _ = await self.conn.command(*self.conn.protocol.noop())
+                self._check_uidvalidity(untagged)
+                machine.present(request, await self._search(request.criteria))
+            elif isinstance(request, FetchMeta):
+                machine.meta_answered(request, await self._fetch_items(request.uids, META_ITEMS))
+            else:
+                events = await self._fetch_items(request.uids, request.items)
+                machine.bodies_answered(request, events, self.conn.exists_at)
+        messages = []
+        for o in machine.outcomes():
+            if o.skip == UNFETCHABLE:
+                log.warning(
+                    "mailbox %s: uid %d present but never returned by FETCH", self.label, o.uid
                 )
-            pending = [uid for uid in pending if uid not in done]
-            if not pending:
-                break
-        for uid in pending:
-            log.warning("mailbox %s: uid %d present but never returned by FETCH", self.label, uid)
-            done[uid] = self._skipped(uid, meta, Reason.UNFETCHABLE)
-        return [done[uid] for uid in uids]
+            messages.append(
+                FetchedMessage(
+                    o.uid, o.size, o.internal_date, o.raw, o.header, o.skip, o.seen_at
+                )
+            )
+        return messages
 
-    def _fits(self, message: Fetch) -> bool:
-        return (message.size or 0) <= self.cfg.max_email_size
+    async def _fetch_range(self, plan: CatchUp) -> list:
+        return await self._uid_fetch(plan.uid_range, META_ITEMS)
 
-    async def _still_present(self, pending, meta, done) -> list[int]:
-        """Of ``pending`` (UIDs the server did not return), those still in the folder; the
-        others are recorded as expunged in ``done``."""
-        untagged, _ = await self.conn.command(*self.conn.protocol.noop())
-        self._check_uidvalidity(untagged)
-        present = set(await self._search("UID " + ",".join(map(str, pending))))
-        for uid in pending:
-            if uid not in present:
-                done[uid] = self._skipped(uid, meta, Reason.EXPUNGED)
-        return [uid for uid in pending if uid in present]
+    async def _fetch_items(self, uids, items: str) -> list:
+        return await self._uid_fetch(",".join(map(str, uids)), items)
 
-    @staticmethod
-    def _skipped(uid: int, meta: dict[int, Fetch], reason: str) -> FetchedMessage:
-        m = meta.get(uid)
-        return FetchedMessage(
-            uid=uid,
-            size=(m.size or 0) if m else 0,
-            internal_date=m.internal_date if m else None,
-            raw=None,
-            skip=reason,
-        )
-
-    async def _fetch_items(
-        self, uids: list[int], items: str, uid_set: str | None = None
-    ) -> list[Fetch]:
-        """UID FETCH ``items`` of ``uids``: the FETCH responses for those UIDs, in whatever
-        order they come (a UID may also get an unsolicited FLAGS update of its own); UIDs
-        not asked for are ignored. With ``uid_set`` (a range) every answer is returned."""
+    async def _uid_fetch(self, uid_set: str, items: str) -> list:
+        """UID FETCH ``items`` of ``uid_set``: the untagged responses, FETCH answers in
+        whatever order they come (the machine picks those it asked for)."""
         untagged, tagged = await self.conn.command(
-            *self.conn.protocol.uid_fetch(uid_set or ",".join(map(str, uids)), items),
+            *self.conn.protocol.uid_fetch(uid_set, items),
             timeout=self.cfg.fetch_timeout,
             check=False,
         )
         self._check_uidvalidity(untagged)
-        if tagged.status != "OK":
-            code = str(tagged.code[0]).upper() if tagged.code else ""
-            if tagged.status != "NO" or code in RETRY_LATER_CODES:
-                raise CommandFailed("UID FETCH", tagged)
+        answer = fetch_answer(tagged)
+        if answer is FetchAnswer.RETRY_LATER:
+            raise CommandFailed("UID FETCH", tagged)
+        if answer is FetchAnswer.SOME_REFUSED:
             log.info(
                 "mailbox %s: UID FETCH answered NO for some messages: %s",
                 self.label,
                 tagged.text[:200],
             )
-        if uid_set is not None:
-            return [e for e in untagged if isinstance(e, Fetch) and e.uid is not None]
-        wanted = set(uids)
-        return [e for e in untagged if isinstance(e, Fetch) and e.uid in wanted]
+        return untagged
 
-    async def _fetch_parts(self, messages: list[Fetch], item: str, key: str) -> dict[int, bytes]:
-        """``item`` (a body section) of ``messages`` in chunks of at most
-        BODY_BYTES_PER_FETCH; a NIL or missing section is left out."""
-        parts: dict[int, bytes] = {}
-        for chunk in _chunks_by_size(messages, BODY_BYTES_PER_FETCH):
-            for event in await self._fetch_items([m.uid for m in chunk], f"(UID {item})"):
-                value = event.body if key == "BODY[]" else event.attributes.get(key)
-                if isinstance(value, str):
-                    value = value.encode("utf-8")
-                if isinstance(value, bytes):
-                    parts[event.uid] = value
-        return parts
+    # --- the other folders (design.md 4.10) ----------------------------------------------
+
+    async def _visit_folders_with_news(self) -> None:
+        due = self.others.with_news(self.conn)
+        while due:
+            try:
+                for cursor in due:
+                    await self._visit(cursor)
+            finally:
+                self.selected = self.primary
+            # Back to the primary folder; mail that arrived there meanwhile is caught up now.
+            untagged, tagged = await self.conn.command(
+                *self.conn.protocol.select(self.primary.folder)
+            )
+            if code_value([*untagged, tagged], "UIDVALIDITY") != self.primary.uid_validity:
+                raise ServerBye("UIDVALIDITY changed while another folder was read")
+            await self._catch_up(self.primary)
+            # Mail that reached a visited folder after its SEARCH came as EXISTS while it
+            # was selected, not as a NOTIFY report: ask once more.
+            for cursor in due:
+                await self.others.status(self.conn, cursor.folder)
+            due = self.others.with_news(self.conn)
+
+    async def _visit(self, cursor: FolderCursor) -> None:
+        """EXAMINE a secondary folder and catch it up exactly as the primary one (4.3)."""
+        untagged, tagged = await self.conn.command(
+            *self.conn.protocol.select(cursor.folder, readonly=True)
+        )
+        uid_validity = code_value([*untagged, tagged], "UIDVALIDITY")
+        uid_next = code_value([*untagged, tagged], "UIDNEXT")
+        if uid_validity is None:
+            raise CommandFailed("EXAMINE", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
+        self.selected = cursor
+        if await self._start(cursor, uid_validity, uid_next) is Start.RESUME:
+            await self._catch_up(cursor)
 
     # --- waiting for mail ---------------------------------------------------------------
 
@@ -630,7 +605,7 @@ class MailboxSession(SecondaryFolders):
                 break
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
-        await self._wait_for_news(self._until_poll(self._idle_period))
+        await self._wait_for_news(self.others.until_poll(self._idle_period))
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
@@ -638,7 +613,7 @@ class MailboxSession(SecondaryFolders):
             conn.owe_done(conn.protocol.done(), tag)  # goes out with the catch-up's command
 
     async def _poll(self) -> None:
-        await self._wait_for_news(self._until_poll(self.cfg.poll_interval))
+        await self._wait_for_news(self.others.until_poll(self.cfg.poll_interval))
         if self.stop_event.is_set():
             return
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())
@@ -651,7 +626,7 @@ class MailboxSession(SecondaryFolders):
         while not self.stop_event.is_set():
             if self.conn.exists_seen > self._exists_at_search:
                 return  # mail arrived since the last search (maybe with another response)
-            if self._secondary and not self.conn.statuses.keys().isdisjoint(self._secondary):
+            if self.others.reported(self.conn):
                 return  # a NOTIFY report came with another response
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -670,17 +645,3 @@ class MailboxSession(SecondaryFolders):
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _chunks_by_size(messages: list[Fetch], limit: int):
-    chunk: list[Fetch] = []
-    total = 0
-    for message in messages:
-        size = message.size or 0
-        if chunk and total + size > limit:
-            yield chunk
-            chunk, total = [], 0
-        chunk.append(message)
-        total += size
-    if chunk:
-        yield chunk
