@@ -92,6 +92,7 @@ class MailboxUser(TrackedFields, models.Model):
     owner_node = models.CharField(max_length=100, blank=True)
 
     class Meta:
+        db_table = "mailboxes_mailboxuser"
         ordering = ["connection_id", "tag", "id"]
         constraints = [
             models.UniqueConstraint(
@@ -166,6 +167,7 @@ class MailLog(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "mailboxes_maillog"
         ordering = ["-id"]
         constraints = [
             # Folders created in the same second share a UIDVALIDITY on Dovecot: a UID is
@@ -201,6 +203,7 @@ class FolderCheckpoint(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "mailboxes_foldercheckpoint"
         constraints = [
             models.UniqueConstraint(fields=["user", "folder"], name="one_checkpoint_per_folder")
         ]
@@ -214,6 +217,9 @@ class UsedLink(models.Model):
 
     nonce = models.CharField(max_length=64, unique=True)
     used_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "mailboxes_usedlink"
 
     def __str__(self) -> str:
         return self.nonce

@@ -82,6 +82,7 @@ class ImapProvider(TrackedFields, models.Model):
     loopback_only = models.BooleanField(default=False)
 
     class Meta:
+        db_table = "partners_imapprovider"
         ordering = ["code"]
 
     def __str__(self) -> str:
@@ -162,6 +163,7 @@ class Partner(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "partners_partner"
         ordering = ["name", "id"]
         constraints = [
             models.UniqueConstraint(
@@ -322,6 +324,7 @@ class Connection(TrackedFields, models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "partners_connection"
         ordering = ["partner_id", "provider__code"]
         constraints = [
             models.UniqueConstraint(

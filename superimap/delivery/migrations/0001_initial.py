@@ -118,36 +118,4 @@ class Migration(migrations.Migration):
                 'db_table': 'delivery_replayallowance',
             },
         ),
-        migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(fields=['status', 'next_attempt_at', 'id', 'partner', 'kind'], name='delivery_due_by_endpoint'),
-        ),
-        migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('status', 'pending')), fields=['user', 'id'], name='delivery_pending_by_user'),
-        ),
-        migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('kind', 'user_disconnected')), fields=['user', 'id'], name='delivery_disconnect_by_user'),
-        ),
-        migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('kind', 'new_mail'), ('payload_purged_at__isnull', True), ('status', 'delivered')), fields=['delivered_at'], name='delivery_delivered_payloads'),
-        ),
-        migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('kind', 'new_mail'), ('payload_purged_at__isnull', True), ('status', 'failed')), fields=['created_at'], name='delivery_failed_payloads'),
-        ),
-        migrations.AddConstraint(
-            model_name='delivery',
-            constraint=models.UniqueConstraint(condition=models.Q(('kind', 'new_mail'), models.Q(('dedup_key', ''), _negated=True)), fields=('user', 'dedup_key'), name='delivery_unique_new_mail_per_dedup_key'),
-        ),
-        migrations.AddConstraint(
-            model_name='deliveryattempt',
-            constraint=models.UniqueConstraint(fields=('delivery', 'number'), name='one_row_per_attempt'),
-        ),
-        migrations.AddConstraint(
-            model_name='endpointhealth',
-            constraint=models.UniqueConstraint(fields=('partner', 'kind'), name='one_health_per_endpoint'),
-        ),
     ]

@@ -103,36 +103,4 @@ class Migration(migrations.Migration):
                 'ordering': ['-id'],
             },
         ),
-        migrations.AddIndex(
-            model_name='mailboxuser',
-            index=models.Index(fields=['archived', 'connected_at'], name='mailboxes_m_archive_e35f08_idx'),
-        ),
-        migrations.AddIndex(
-            model_name='mailboxuser',
-            index=models.Index(fields=['owner_node', 'updated_at'], name='mailbox_owner_changed'),
-        ),
-        migrations.AddIndex(
-            model_name='mailboxuser',
-            index=models.Index(fields=['updated_at'], name='mailbox_changed'),
-        ),
-        migrations.AddConstraint(
-            model_name='mailboxuser',
-            constraint=models.UniqueConstraint(condition=models.Q(('archived', False)), fields=('connection', 'tag'), name='unique_active_tag_per_connection'),
-        ),
-        migrations.AddConstraint(
-            model_name='foldercheckpoint',
-            constraint=models.UniqueConstraint(fields=('user', 'folder'), name='one_checkpoint_per_folder'),
-        ),
-        migrations.AddIndex(
-            model_name='maillog',
-            index=models.Index(fields=['user', 'sha1'], name='mailboxes_m_user_id_25b18c_idx'),
-        ),
-        migrations.AddIndex(
-            model_name='maillog',
-            index=models.Index(fields=['user', 'identity'], name='maillog_user_identity'),
-        ),
-        migrations.AddConstraint(
-            model_name='maillog',
-            constraint=models.UniqueConstraint(fields=('user', 'folder', 'uid_validity', 'uid'), name='maillog_one_row_per_uid'),
-        ),
     ]
