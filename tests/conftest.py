@@ -94,7 +94,7 @@ def seeded_providers(transactional_db) -> None:
 @pytest.fixture(scope="session")
 def postgres_server():
     """A private PostgreSQL on 127.0.0.1 for multi-process tests (make test installs it)."""
-    from superimap.testing.postgres import PostgresServer
+    from devtools.testing.postgres import PostgresServer
 
     with PostgresServer() as server:
         yield server
@@ -120,7 +120,7 @@ def database_url(request, tmp_path) -> str:
 @pytest.fixture(scope="session")
 def dovecot():
     """One private Dovecot on 127.0.0.1 for the whole run (make test installs it)."""
-    from superimap.testing.dovecot import DovecotServer
+    from devtools.testing.dovecot import DovecotServer
 
     with DovecotServer() as server:
         yield server

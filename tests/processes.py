@@ -152,7 +152,7 @@ def web_server(tmp_path: Path, **extra: str) -> Iterator[dict]:
 
     Yields port, base_url, password (boss's), api_key, env, procs and output() (the
     process's log so far)."""
-    from superimap.testing import free_port
+    from devtools.testing import free_port
 
     env = superimap_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", tmp_path, **extra)
     run_cli(env, "migrate")

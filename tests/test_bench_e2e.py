@@ -1,8 +1,8 @@
-"""The end-to-end benchmark's per-second latency breakdown (superimap/bench/e2e.py)."""
+"""The end-to-end benchmark's per-second latency breakdown (devtools/bench/e2e.py)."""
 
 from __future__ import annotations
 
-from superimap.bench.e2e import _by_second
+from devtools.bench.e2e import _by_second
 
 
 def test_latency_is_grouped_by_the_second_each_message_was_pushed_in():

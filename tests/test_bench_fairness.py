@@ -1,9 +1,9 @@
-"""The fairness benchmark's summary (superimap/bench/fairness.py): medians per label,
+"""The fairness benchmark's summary (devtools/bench/fairness.py): medians per label,
 scenario and A's queue, with mails that never arrived sorting last."""
 
 from __future__ import annotations
 
-from superimap.bench.fairness import _percentile, summarize
+from devtools.bench.fairness import _percentile, summarize
 
 
 def result(label: str, scenario: str, a: int, p50, p99, missing: int = 0) -> dict:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
-from superimap.testing import free_port
+from devtools.testing import free_port
 from tests.browser import blocked_by_csp, chromium, console, log_in, submit, wait_for
 from tests.processes import ROOT, run_cli, web_server
 

@@ -12,8 +12,8 @@ import pytest
 from cryptography.fernet import Fernet
 from django.contrib.auth import get_user_model
 
+from devtools.testing import free_port
 from superimap.cli import ensure_default_admin
-from superimap.testing import free_port
 
 SUPERIMAP = str(Path(sys.executable).with_name("superimap"))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from superimap.testing import free_port
+from devtools.testing import free_port
 from tests.processes import ROOT, Processes, answers, query, run_cli, superimap_env, wait_until
 
 DOC = ROOT / "docs" / "deploy.md"

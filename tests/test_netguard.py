@@ -11,6 +11,7 @@ import aiohttp
 import httpx2
 import pytest
 
+from devtools.testing.dovecot import write_test_certificates
 from superimap.engine.connection import ImapConnection
 from superimap.netguard import (
     CheckedConnector,
@@ -23,7 +24,6 @@ from superimap.netguard import (
     resolve_checked,
     resolve_checked_async,
 )
-from superimap.testing.dovecot import write_test_certificates
 from tests.delivery.helpers import ThreadedReceiver
 from tests.rebinding import PUBLIC as REBINDING_PUBLIC
 from tests.rebinding import rebinding

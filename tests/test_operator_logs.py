@@ -9,7 +9,7 @@ import re
 import socket
 import time
 
-from superimap.testing import free_port
+from devtools.testing import free_port
 from tests.processes import Processes, query, run_cli, superimap_env, wait_until
 
 SUMMARY_SECONDS = 2

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from superimap.testing import free_port
+from devtools.testing import free_port
 from tests.processes import query
 
 ROOT = Path(__file__).resolve().parents[1]

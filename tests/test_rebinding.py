@@ -19,6 +19,8 @@ from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.test import Client
 
+from devtools.testing import free_port
+from devtools.testing.oauth_server import LoopbackOAuthServer
 from superimap.engine.connection import ImapConnection
 from superimap.engine.oauth import AccessTokens
 from superimap.mailboxes import credentials
@@ -27,8 +29,6 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.mailboxes.oauth import ConnectFailed, exchange_code, revoke_refresh_token
 from superimap.netguard import PrivateTargetRefused
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing import free_port
-from superimap.testing.oauth_server import LoopbackOAuthServer
 from superimap.tracers.sender import TracerSender, TracerTarget
 from tests.configs import mailbox_config
 from tests.delivery.helpers import ThreadedReceiver

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from superimap.testing import free_port
+from devtools.testing import free_port
 from tests.processes import ROOT, Processes, answers, wait_until
 
 SUPERIMAP = str(Path(sys.executable).with_name("superimap"))

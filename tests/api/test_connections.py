@@ -1,8 +1,8 @@
 import pytest
 
+from devtools.testing.dovecot import write_test_certificates
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing.dovecot import write_test_certificates
 from tests.api.helpers import assert_error
 from tests.conftest import ApiClient
 

@@ -14,13 +14,13 @@ from django.db import close_old_connections, connections
 from django.test import AsyncClient
 from django.utils import timezone
 
+from devtools.testing.chaos_server import ChaosImapServer
+from devtools.testing.mail import make_message
+from devtools.testing.oauth_server import LoopbackOAuthServer
 from superimap.delivery.payloads import message_url
 from superimap.engine.messages import CHUNK_BYTES
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing.chaos_server import ChaosImapServer
-from superimap.testing.mail import make_message
-from superimap.testing.oauth_server import LoopbackOAuthServer
 
 _names = itertools.count()
 

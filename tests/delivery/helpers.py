@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from devtools.testing.webhook_receiver import WebhookReceiver
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing.webhook_receiver import WebhookReceiver
 
 _tags = itertools.count()
 

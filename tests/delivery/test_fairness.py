@@ -10,11 +10,11 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from devtools.testing.webhook_receiver import HANG
 from superimap.dbpool import DbPool
 from superimap.delivery import fairness, outbox, queue
 from superimap.delivery.models import Delivery
 from superimap.delivery.worker import Worker
-from superimap.testing.webhook_receiver import HANG
 from tests.delivery.helpers import make_partner, make_user
 
 

@@ -16,8 +16,8 @@ import time
 import urllib.parse
 import urllib.request
 
-from superimap.testing import free_port
-from superimap.testing.webhook_receiver import Hang
+from devtools.testing import free_port
+from devtools.testing.webhook_receiver import Hang
 from tests.delivery.helpers import ThreadedReceiver
 from tests.engine.conftest import ServerThread
 from tests.processes import BASELINED, Processes, query, run_cli, superimap_env, wait_until

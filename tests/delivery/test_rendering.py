@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
+from devtools.testing.webhook_receiver import verify_spec_signature, verify_standard_webhook
 from superimap.delivery.http import render_request, render_stored_request
 from superimap.partners.models import new_webhook_secret
-from superimap.testing.webhook_receiver import verify_spec_signature, verify_standard_webhook
 
 API_KEY = "key-" + "k" * 36
 SECRETS = (new_webhook_secret(), new_webhook_secret())

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import re
 
+from devtools.testing.webhook_receiver import verify_spec_signature, verify_standard_webhook
 from superimap.delivery import examples
 from superimap.delivery.models import Delivery
-from superimap.testing.webhook_receiver import verify_spec_signature, verify_standard_webhook
 
 BLOCK = re.compile(r"### `(\w+)`.*?```http\n(.*?)```\n\n```json\n(.*?)```", re.S)
 

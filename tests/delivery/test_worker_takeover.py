@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter
 
-from superimap.testing.webhook_receiver import Hang
+from devtools.testing.webhook_receiver import Hang
 from tests.delivery.test_workers import INSERT_SCRIPT
 from tests.processes import ROOT, Processes, query, superimap_env, wait_until
 

@@ -17,11 +17,11 @@ import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 
+from devtools.testing.webhook_receiver import HANG, Hang
 from superimap.dbpool import DbPool
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.worker import Worker
-from superimap.testing.webhook_receiver import HANG, Hang
 from tests.delivery.helpers import make_partner, make_user
 from tests.processes import ROOT, Processes, superimap_env, wait_until
 

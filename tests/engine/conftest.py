@@ -11,13 +11,13 @@ import time
 import pytest
 from django.utils import timezone
 
+from devtools.testing.chaos_server import ChaosImapServer
+from devtools.testing.users import chaos_users
 from superimap.dbpool import DbPool
 from superimap.engine.session import SessionSettings
 from superimap.engine.supervisor import Engine
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing.chaos_server import ChaosImapServer
-from superimap.testing.users import chaos_users
 
 _names = itertools.count()
 

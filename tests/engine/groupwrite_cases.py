@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 
 from django.db import transaction
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine import groupwrite, store
 from superimap.engine.persister import persist_one_by_one
 from superimap.engine.store import FetchedMessage
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing.mail import make_message
 from superimap.tracers.models import TracerLog
 
 NODE = "n1"

@@ -7,10 +7,10 @@ import asyncio
 
 from django.db import close_old_connections
 
+from devtools.testing.webhook_receiver import WebhookReceiver
 from superimap.dbpool import DbPool
 from superimap.delivery.models import Delivery
 from superimap.delivery.worker import Worker
-from superimap.testing.webhook_receiver import WebhookReceiver
 from tests.delivery.test_content import NESTED, WINMAIL
 from tests.engine.conftest import RunningEngine, wait_for
 

@@ -13,16 +13,16 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
-from superimap.delivery.models import Delivery
-from superimap.engine.folders import pick_folder
-from superimap.imap import MailboxListing
-from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.dovecot import (
+from devtools.testing.dovecot import (
     GMAIL_LIKE_NAMESPACE,
     GMAIL_NAMES_WITHOUT_SPECIAL_USE,
     DovecotServer,
 )
-from superimap.testing.mail import make_message
+from devtools.testing.mail import make_message
+from superimap.delivery.models import Delivery
+from superimap.engine.folders import pick_folder
+from superimap.imap import MailboxListing
+from superimap.mailboxes.models import MailboxUser, MailLog
 from tests.api.test_message_route import _get, _path
 from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
 

@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from devtools.testing.mail import make_message
 from superimap.dbpool import DbPool
 from superimap.delivery.models import Delivery
 from superimap.engine import groupwrite, store
 from superimap.engine.persister import GroupPersister, persist_group
 from superimap.engine.store import FetchedMessage
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.mail import make_message
 from tests.engine.conftest import loopback_connection
 
 NODE = "n1"

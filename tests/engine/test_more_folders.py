@@ -14,13 +14,13 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.dovecot import MORE_FOLDERS_NAMESPACE, DovecotServer
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import message_url
 from superimap.engine.folders import match_folders
 from superimap.imap import MailboxListing
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
-from superimap.testing.dovecot import MORE_FOLDERS_NAMESPACE, DovecotServer
-from superimap.testing.mail import make_message
 from tests.api.test_message_route import _get, _path
 from tests.engine.conftest import FAST, RunningEngine, loopback_connection, wait_for
 

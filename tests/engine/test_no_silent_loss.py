@@ -13,11 +13,11 @@ from dataclasses import replace
 
 from django.db import close_old_connections
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine import session, store
 from superimap.engine.envelope import parse_headers
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.mail import make_message
 from tests.engine.conftest import FAST, RunningEngine, wait_for
 
 

@@ -10,7 +10,7 @@ import signal
 import time
 import urllib.request
 
-from superimap.testing import free_port
+from devtools.testing import free_port
 from tests.engine.conftest import ServerThread
 from tests.engine.test_postgres_failover import SessionSampler
 from tests.processes import CHAOS_USERS_SCRIPT, Processes, query, run_cli, superimap_env, wait_until

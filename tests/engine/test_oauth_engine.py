@@ -9,13 +9,13 @@ import dataclasses
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from devtools.testing import chaos_server
+from devtools.testing.chaos_server import ChaosImapServer
+from devtools.testing.oauth_server import LoopbackOAuthServer
 from superimap.delivery.models import Delivery
 from superimap.engine.oauth import access_tokens
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing import chaos_server
-from superimap.testing.chaos_server import ChaosImapServer
-from superimap.testing.oauth_server import LoopbackOAuthServer
 from tests.engine.conftest import FAST, RunningEngine, wait_for
 
 # Short back-off, so transient failures are retried within the test.

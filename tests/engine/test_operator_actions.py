@@ -7,10 +7,10 @@ import asyncio
 
 from django.db import close_old_connections
 
+from devtools.testing.mail import make_message
 from superimap.api import service
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.mail import make_message
 from tests.engine.conftest import FAST, RunningEngine, wait_for
 
 

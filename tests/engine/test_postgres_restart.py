@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from superimap.testing.postgres import PostgresError, PostgresServer
+from devtools.testing.postgres import PostgresError, PostgresServer
 from tests.delivery.helpers import ThreadedReceiver
 from tests.engine.conftest import ServerThread
 from tests.engine.test_node_takeover import idling

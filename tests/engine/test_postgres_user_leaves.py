@@ -16,7 +16,7 @@ from superimap.delivery.outbox import enqueue_user_event
 from superimap.engine import store
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing.mail import make_message
+from devtools.testing.mail import make_message
 
 partner = Partner.objects.create(
     name="p", new_mail_webhook="http://127.0.0.1:9/m", user_disconnected_webhook="http://127.0.0.1:9/d")

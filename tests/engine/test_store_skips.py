@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import message_url, truncated_mail_payload
 from superimap.engine import store
 from superimap.engine.store import FetchedMessage
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.mail import make_message
 from tests.engine.conftest import loopback_connection
 
 NODE = "n1"

@@ -9,10 +9,10 @@ from datetime import timedelta
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.mail import make_message
 from superimap.tracers.models import TracerLog
 from tests.engine.conftest import FAST, RunningEngine, wait_for
 

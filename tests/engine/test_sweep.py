@@ -7,10 +7,10 @@ import asyncio
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine import store
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.mail import make_message
 from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
 
 

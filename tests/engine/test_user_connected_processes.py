@@ -13,9 +13,9 @@ import pytest
 from django.conf import settings
 from django.db import close_old_connections
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.mail import make_message
 from tests.conftest import ApiClient
 from tests.delivery.helpers import ThreadedReceiver
 from tests.engine.conftest import loopback_connection

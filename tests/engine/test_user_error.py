@@ -12,11 +12,11 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing import free_port
 from superimap.delivery.models import Delivery
 from superimap.engine.ratelimit import LoginLimiter
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing import free_port
 from tests.engine.conftest import FAST, RunningEngine, wait_for
 
 # Retries every few tenths of a second, so "not per retry" is put to the test.

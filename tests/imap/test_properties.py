@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devtools.imap.server import ServerCommandParser, format_internaldate, literal, quoted
 from superimap.imap import (
     ClientProtocol,
     Exists,
@@ -18,7 +19,6 @@ from superimap.imap import (
     SearchResult,
     UntaggedStatus,
 )
-from superimap.imap.server import ServerCommandParser, format_internaldate, literal, quoted
 
 numbers = st.integers(min_value=0, max_value=2**32)
 words = st.from_regex(r"[A-Za-z0-9.,!?()-]{1,12}", fullmatch=True)

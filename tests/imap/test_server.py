@@ -6,9 +6,8 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from superimap.imap.errors import RemoteProtocolError
-from superimap.imap.mailstore import Mailbox, SearchError, in_set, parse_search_date
-from superimap.imap.server import (
+from devtools.imap.mailstore import Mailbox, SearchError, in_set, parse_search_date
+from devtools.imap.server import (
     LITERAL_CONTINUATION,
     BadCommand,
     Command,
@@ -17,6 +16,7 @@ from superimap.imap.server import (
     format_internaldate,
     tagged,
 )
+from superimap.imap.errors import RemoteProtocolError
 
 
 def events_of(parser: ServerCommandParser, data: bytes) -> list:

@@ -1,6 +1,6 @@
 """How long the dashboard's front page takes with a big database.
 
-    python -m superimap.bench.overview --deliveries 10000000 --mailboxes 10000 \\
+    python -m devtools.bench.overview --deliveries 10000000 --mailboxes 10000 \\
         --out docs/bench/overview.json [--postgres] [--renders 10]
 
 Fills a fresh database (SQLite in a temporary folder, or a private PostgreSQL) with
@@ -31,7 +31,7 @@ BATCH = 100_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superimap.bench.overview")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.overview")
     parser.add_argument("--deliveries", type=int, default=1_000_000)
     parser.add_argument("--mailboxes", type=int, default=10_000)
     parser.add_argument("--renders", type=int, default=10)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
         var_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overview-")))
         url = f"sqlite:///{var_dir / 'bench.sqlite3'}"
         if args.postgres:
-            from superimap.testing.postgres import PostgresServer
+            from devtools.testing.postgres import PostgresServer
 
             url = stack.enter_context(PostgresServer()).url
         os.environ.update(

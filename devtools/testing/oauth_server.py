@@ -273,7 +273,7 @@ def _unsigned_jwt(claims: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m superimap.testing.oauth_server --port 9100 --login user0``"""
+    """``python -m devtools.testing.oauth_server --port 9100 --login user0``"""
     import argparse
 
     parser = argparse.ArgumentParser(description="A loopback OAuth 2.0 server for local tests.")

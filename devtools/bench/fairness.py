@@ -1,10 +1,10 @@
 """Fairness benchmark: partner B's push -> webhook latency while partner A's endpoint hangs.
 
-    python -m superimap.bench.fairness --out docs/bench/fairness.json \\
+    python -m devtools.bench.fairness --out docs/bench/fairness.json \\
         [--scenario with_a|without_a] [--runs 3] [--label NAME] \\
         [--rate 50] [--duration 20] [--mailboxes 100] [--a-deliveries 1000]
 
-The real pipeline, every part in a process of its own on 127.0.0.1 (as superimap.bench.e2e):
+The real pipeline, every part in a process of its own on 127.0.0.1 (as devtools.bench.e2e):
 the chaos IMAP server holding partner B's mailboxes, ``superimap imap-client`` and
 ``superimap worker`` with their default settings (50 slots, 30 s timeout), B's receiver
 (e2e's, which checks both signatures and notes arrival times), and for partner A a
@@ -38,7 +38,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from superimap.bench.e2e import (
+from devtools.bench.e2e import (
     ListeningProcess,
     Receiver,
     _by_second,
@@ -49,11 +49,11 @@ from superimap.bench.e2e import (
     _stop_services,
     _wait_online,
 )
-from superimap.bench.engine import ChaosServerProcess, raise_open_files
+from devtools.bench.engine import ChaosServerProcess, raise_open_files
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superimap.bench.fairness")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.fairness")
     parser.add_argument("--out", type=Path, default=Path("bench-results/fairness.json"))
     parser.add_argument("--scenario", choices=["with_a", "without_a"], default="with_a")
     parser.add_argument("--runs", type=int, default=1)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         # One process per run: Django is set up once per process, on that run's database.
         rest = _without_option(sys.argv[1:] if argv is None else argv, "--runs")
         codes = [
-            subprocess.call([sys.executable, "-m", "superimap.bench.fairness", *rest])
+            subprocess.call([sys.executable, "-m", "devtools.bench.fairness", *rest])
             for _ in range(args.runs)
         ]
         return max(codes)
@@ -134,7 +134,7 @@ def _hang_main() -> int:
 
 class HangingReceiver(ListeningProcess):
     def __init__(self, var_dir: Path) -> None:
-        super().__init__(var_dir, "superimap.bench.fairness", "--hang", "hang.log")
+        super().__init__(var_dir, "devtools.bench.fairness", "--hang", "hang.log")
 
     def connections(self) -> int:
         return int(self.ask("count").split()[0])
@@ -184,8 +184,8 @@ def run(args: argparse.Namespace) -> dict:
 def _make_partners(mailboxes: int, imap_port: int, b_port: int, a_port: int, key, whsec):
     from django.db import connections
 
+    from devtools.testing.users import chaos_users
     from superimap.partners.models import Partner
-    from superimap.testing.users import chaos_users
 
     b = Partner.objects.create(
         name="B",
@@ -307,7 +307,7 @@ def _push_and_measure(
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "date": datetime.fromtimestamp(ended, UTC).isoformat(timespec="seconds"),
-        "command": "python -m superimap.bench.fairness "
+        "command": "python -m devtools.bench.fairness "
         f"--scenario {args.scenario} --rate {args.rate:g} --duration {args.duration:g} "
         f"--mailboxes {args.mailboxes} --a-deliveries {args.a_deliveries} "
         f"--drain {args.drain:g}" + (f" --label {args.label}" if args.label else ""),

@@ -14,7 +14,7 @@ so a test that needs the path sees it on every run.
 Every generated message also carries ``X-Chaos-Generated: <time.time()>`` so a benchmark
 can measure push-to-persist latency on the same clock.
 
-Run: ``python -m superimap.testing.chaos_server --port 1143 --users 100 --chaos``; add
+Run: ``python -m devtools.testing.chaos_server --port 1143 --users 100 --chaos``; add
 ``--tls-cert/--tls-key`` for implicit TLS (IMAPS) and ``--control`` to take commands on stdin
 (``push COUNT RATE``, ``stats``, ``quit``; see :func:`_control`), as the engine benchmark does.
 """
@@ -39,11 +39,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from superimap.helpformat import DefaultsHelpFormatter
-from superimap.imap.errors import RemoteProtocolError
-from superimap.imap.framing import Value
-from superimap.imap.mailstore import Mailbox, SearchError, StoredMessage, in_set
-from superimap.imap.server import (
+from devtools.imap.mailstore import Mailbox, SearchError, StoredMessage, in_set
+from devtools.imap.server import (
     BadCommand,
     Command,
     RawLine,
@@ -54,6 +51,9 @@ from superimap.imap.server import (
     untagged,
     untagged_data,
 )
+from superimap.helpformat import DefaultsHelpFormatter
+from superimap.imap.errors import RemoteProtocolError
+from superimap.imap.framing import Value
 
 log = logging.getLogger(__name__)
 

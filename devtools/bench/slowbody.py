@@ -1,11 +1,11 @@
 """Slow-body benchmark: outsiders pinning memory in the web front while mail flows.
 
-    python -m superimap.bench.slowbody --out docs/bench/slowbody.json \\
+    python -m devtools.bench.slowbody --out docs/bench/slowbody.json \\
         [--connections 1000] [--duration 30] [--body-seconds 20] [--framing chunked|length] \\
         [--mailboxes 20] [--rate 10]
 
 A real ``superimap up`` (SUPERIMAP_ENV=production, SQLite) watches --mailboxes mailboxes of
-the chaos IMAP server (its own process); a receiver (superimap.bench.e2e's, its own process)
+the chaos IMAP server (its own process); a receiver (devtools.bench.e2e's, its own process)
 checks both signatures of every webhook. Once the mailboxes are in IDLE and the web front
 has answered a few ordinary requests (so lazy imports are not counted), the attack starts:
 --connections connections at once, half to ``/admin/login/`` and half to ``/nonexistent``,
@@ -36,7 +36,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from superimap.bench.e2e import (
+from devtools.bench.e2e import (
     Receiver,
     _free_port,
     _make_mailboxes,
@@ -46,14 +46,14 @@ from superimap.bench.e2e import (
     _stop_services,
     _wait_online,
 )
-from superimap.bench.engine import ChaosServerProcess, raise_open_files
+from devtools.bench.engine import ChaosServerProcess, raise_open_files
 
 BODY = 1024 * 1024
 TARGETS = ("/admin/login/", "/nonexistent")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superimap.bench.slowbody")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.slowbody")
     parser.add_argument("--out", type=Path, default=Path("bench-results/slowbody.json"))
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of attack")
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> dict:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m superimap.bench.slowbody "
+        "command": "python -m devtools.bench.slowbody "
         f"--connections {args.connections} --duration {args.duration:g} "
         f"--body-seconds {args.body_seconds:g} --framing {args.framing} "
         f"--mailboxes {args.mailboxes} --rate {args.rate:g}",

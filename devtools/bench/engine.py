@@ -1,6 +1,6 @@
 """IMAP engine benchmark: memory per mailbox, idle CPU, time to online, push latency.
 
-    python -m superimap.bench.engine --out bench-results/engine.json \\
+    python -m devtools.bench.engine --out bench-results/engine.json \\
         [--mailboxes 1000,5000,20000] [--tls | --plain] [--pushes 2000] [--push-rate 200]
 
 Without --tls/--plain every mailbox count runs twice, plain and implicit TLS; the default is
@@ -135,7 +135,7 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
         command = [
             sys.executable,
             "-m",
-            "superimap.bench.engine",
+            "devtools.bench.engine",
             "--child",
             "--result",
             result_file.name,
@@ -185,7 +185,7 @@ def run_one(count: int, tls: bool, args: argparse.Namespace) -> dict:
         var_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="superimap-bench-")))
         database_url = f"sqlite:///{var_dir / 'bench.sqlite3'}"
         if args.postgres:
-            from superimap.testing.postgres import PostgresServer
+            from devtools.testing.postgres import PostgresServer
 
             database_url = stack.enter_context(PostgresServer()).url
         folders = FOLDER_NAMES[: int(args.folders)]
@@ -215,7 +215,7 @@ def raise_open_files(wanted: int) -> int:
 
 
 class ChaosServerProcess:
-    """superimap.testing.chaos_server in its own process, driven through stdin."""
+    """devtools.testing.chaos_server in its own process, driven through stdin."""
 
     def __init__(
         self,
@@ -228,7 +228,7 @@ class ChaosServerProcess:
         command = [
             sys.executable,
             "-m",
-            "superimap.testing.chaos_server",
+            "devtools.testing.chaos_server",
             "--port=0",
             f"--users={users}",
             "--emails-per-minute=0",
@@ -240,7 +240,7 @@ class ChaosServerProcess:
         if notify:
             command.append("--notify")
         if tls:
-            from superimap.testing.dovecot import write_test_certificates
+            from devtools.testing.dovecot import write_test_certificates
 
             certs = write_test_certificates(var_dir / "tls")
             command += [f"--tls-cert={certs.server_cert}", f"--tls-key={certs.server_key}"]
@@ -300,8 +300,8 @@ def _setup_django(var_dir: Path, database_url: str) -> None:
 def _make_mailboxes(
     count: int, port: int, tls: bool, idle_refresh: int = 0, folders: tuple[str, ...] = ()
 ) -> None:
+    from devtools.testing.users import chaos_users
     from superimap.partners.models import Partner
-    from superimap.testing.users import chaos_users
 
     partner = Partner.objects.create(name="Bench", new_mail_webhook="http://127.0.0.1:9/hook")
     # Connected an hour ago, as idle mailboxes are: the engine looks again at rows changed

@@ -1,11 +1,11 @@
 """End-to-end benchmark: IMAP push -> engine -> Delivery -> worker -> verified webhook.
 
-    python -m superimap.bench.e2e --out bench-results/e2e.json \\
+    python -m devtools.bench.e2e --out bench-results/e2e.json \\
         [--rate 100] [--mailboxes 1000] [--duration 20] [--mode separate|up] \\
         [--backend sqlite|postgres]
 
 Every part runs in a process of its own, on 127.0.0.1 only, as in production:
-- the chaos IMAP server (superimap.testing.chaos_server) holding N users;
+- the chaos IMAP server (devtools.testing.chaos_server) holding N users;
 - a receiver (this module with --receiver) that checks both signatures of every request
   (the payload's ``signature`` with the partner's API key and the Standard Webhooks headers
   with its ``whsec_`` secret) and notes the arrival time;
@@ -39,13 +39,13 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from superimap.bench.engine import ChaosServerProcess, raise_open_files
+from devtools.bench.engine import ChaosServerProcess, raise_open_files
 
 OPEN_FILES = 65536
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superimap.bench.e2e")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.e2e")
     parser.add_argument("--out", type=Path, default=Path("bench-results/e2e.json"))
     parser.add_argument("--rate", type=float, default=100.0, help="pushed messages per second")
     parser.add_argument("--mailboxes", type=int, default=1000)
@@ -78,7 +78,7 @@ def _receiver_main() -> int:
     the notes as JSON, ``quit`` stops."""
     import asyncio
 
-    from superimap.testing.webhook_receiver import WebhookReceiver
+    from devtools.testing.webhook_receiver import WebhookReceiver
 
     async def serve() -> None:
         notes: list[tuple[int, float, float, bool]] = []
@@ -192,7 +192,7 @@ class ListeningProcess:
 class Receiver(ListeningProcess):
     def __init__(self, var_dir: Path, api_key: str, whsec: str) -> None:
         env = {**os.environ, "BENCH_API_KEY": api_key, "BENCH_WHSEC": whsec}
-        super().__init__(var_dir, "superimap.bench.e2e", "--receiver", "receiver.log", env)
+        super().__init__(var_dir, "devtools.bench.e2e", "--receiver", "receiver.log", env)
 
     def count(self) -> int:
         return int(self.ask("count"))
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
         var_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="superimap-e2e-")))
         database_url = f"sqlite:///{var_dir / 'bench.sqlite3'}"
         if args.backend == "postgres":
-            from superimap.testing.postgres import PostgresServer
+            from devtools.testing.postgres import PostgresServer
 
             database_url = stack.enter_context(PostgresServer()).url
         env = _environment(var_dir, database_url, args.mailboxes)
@@ -262,8 +262,8 @@ def _setup_django() -> None:
 
 
 def _make_mailboxes(count: int, imap_port: int, hook_port: int, api_key: str, whsec: str):
+    from devtools.testing.users import chaos_users
     from superimap.partners.models import Partner
-    from superimap.testing.users import chaos_users
 
     partner = Partner.objects.create(
         name="Bench",
@@ -392,7 +392,7 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m superimap.bench.e2e "
+        "command": "python -m devtools.bench.e2e "
         f"--rate {args.rate:g} --mailboxes {args.mailboxes} --duration {args.duration:g} "
         f"--mode {args.mode} --backend {args.backend}",
     }

@@ -1,6 +1,6 @@
 """CPU per persisted message: one transaction per batch vs group commit.
 
-    python -m superimap.bench.persist --out bench-results/persist.json \\
+    python -m devtools.bench.persist --out bench-results/persist.json \\
         [--messages 2000] [--group 50] [--postgres | --database-url URL] [--profile]
 
 A fresh SQLite database in a temp VAR_DIR (or --database-url), N users owned by this node,
@@ -32,7 +32,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superimap.bench.persist")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.persist")
     parser.add_argument("--out", type=Path, default=Path("bench-results/persist.json"))
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--group", type=int, default=50, help="batches per group")
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="superimap-bench-persist-"))
         if args.postgres:
-            from superimap.testing.postgres import PostgresServer
+            from devtools.testing.postgres import PostgresServer
 
             args.database_url = stack.enter_context(PostgresServer()).url
         os.environ.update(
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": [round(x, 2) for x in load],
         "python": platform.python_version(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": f"python -m superimap.bench.persist --messages {args.messages} "
+        "command": f"python -m devtools.bench.persist --messages {args.messages} "
         f"--group {args.group}" + (" --postgres" if args.postgres else ""),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """What an idle engine pays per refresh: ``leases.claim_mailboxes`` with N held mailboxes.
 
-    python -m superimap.bench.leases [--mailboxes 1000,10000] [--refreshes 20] [--nodes 1]
+    python -m devtools.bench.leases [--mailboxes 1000,10000] [--refreshes 20] [--nodes 1]
 
 A fresh SQLite database, N watchable users held by one node (as after start-up; with
 --nodes K, split by rendezvous hashing among K live nodes, and the node measured holds
@@ -25,7 +25,7 @@ LEASE = timedelta(seconds=60)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superimap.bench.leases")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.leases")
     parser.add_argument("--mailboxes", default="1000,10000")
     parser.add_argument("--refreshes", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=1)
@@ -110,8 +110,8 @@ def _share(nodes: int) -> None:
 
 
 def _make_users(count: int) -> None:
+    from devtools.testing.users import chaos_users
     from superimap.partners.models import Partner
-    from superimap.testing.users import chaos_users
 
     partner = Partner.objects.create(name="Bench", new_mail_webhook="http://127.0.0.1:9/hook")
     # Connected an hour ago, as idle mailboxes are: a refresh looks again at rows changed

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from devtools.imap.server import fetch_response, format_internaldate, literal, quoted
 from superimap.imap.framing import Value
-from superimap.imap.server import fetch_response, format_internaldate, literal, quoted
 
 SEEN = "\\Seen"
 _SEARCH_DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})")

@@ -1,6 +1,6 @@
 """Webhook delivery throughput: the real Worker against a local receiver.
 
-    python -m superimap.bench.delivery --out bench-results/delivery.json [--count 5000]
+    python -m devtools.bench.delivery --out bench-results/delivery.json [--count 5000]
 
 A fresh SQLite database in a temp VAR_DIR (or --database-url) and two phases, each with
 the real Worker running until every delivery succeeded:
@@ -31,7 +31,7 @@ from pathlib import Path
 
 def _receiver_process(conn) -> None:
     """Child: serve 200s, note when each event_id arrived, hand the notes back on request."""
-    from superimap.testing.webhook_receiver import WebhookReceiver
+    from devtools.testing.webhook_receiver import WebhookReceiver
 
     async def main() -> None:
         arrivals: list[tuple[str, float]] = []
@@ -246,7 +246,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superimap.bench.delivery")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.delivery")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--count", type=int, default=5000, help="backlog phase size")
     parser.add_argument("--steady-count", type=int, default=5000, help="steady phase size")

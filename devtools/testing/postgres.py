@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from superimap.testing import free_port
+from devtools.testing import free_port
 
 START_TIMEOUT = 15
 SERVER_USER_WHEN_ROOT = "postgres"

@@ -1,6 +1,6 @@
 """What the overview's rollups and the latency histograms add per mail, in CPU.
 
-    python -m superimap.bench.rollupcost --out docs/bench/rollupcost.json
+    python -m devtools.bench.rollupcost --out docs/bench/rollupcost.json
 
 The engine and worker benchmarks (bench.engine, bench.delivery) measure about 0.3-1 ms of
 CPU per mail with a noise of 10 % or more on a shared machine, far more than what is
@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superimap.bench.rollupcost")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.rollupcost")
     parser.add_argument("--rounds", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=Path("bench-results/rollupcost.json"))
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Retention soak: does the SQLite file stop growing while mail keeps arriving?
 
-    python -m superimap.bench.retention --out bench-results/retention.json \
+    python -m devtools.bench.retention --out bench-results/retention.json \
         [--minutes 10] [--rate 50] [--retention-seconds 60] [--mail-kib 8]
 
 The real Worker delivers new_mail rows created at --rate per second to a receiver in its
@@ -24,7 +24,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from superimap.bench.delivery import _configure, _receiver_process, _setup
+from devtools.bench.delivery import _configure, _receiver_process, _setup
 
 
 def _insert_mail(user, first: int, count: int, body: str) -> None:
@@ -141,7 +141,7 @@ def _slope(samples: list[dict], key: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m superimap.bench.retention")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.retention")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--rate", type=int, default=50)
