@@ -14,8 +14,8 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
 from devtools.testing import free_port
-from tests.browser import blocked_by_csp, chromium, console, log_in, submit, wait_for
-from tests.processes import ROOT, run_cli, web_server
+from tests.helpers.browser import blocked_by_csp, chromium, console, log_in, submit, wait_for
+from tests.helpers.processes import ROOT, run_cli, web_server
 
 README = (ROOT / "README.md").read_text()
 

@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 
 from devtools.testing import free_port
-from tests.processes import ROOT, Processes, answers, query, run_cli, superimap_env, wait_until
+from tests.helpers.processes import (
+    ROOT,
+    Processes,
+    answers,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 DOC = ROOT / "docs" / "deploy.md"
 SUPERIMAP = str(Path(sys.executable).with_name("superimap"))

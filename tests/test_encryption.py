@@ -12,7 +12,8 @@ from superimap.fields import DecryptionError
 from superimap.keys import encrypted_fields, reencrypt_all
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, Partner
-from tests.conftest import ApiClient, database_file_bytes
+from tests.helpers.api import ApiClient
+from tests.helpers.database import database_file_bytes
 
 
 @pytest.fixture

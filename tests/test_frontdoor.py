@@ -19,7 +19,7 @@ from django.utils import timezone
 from superimap import frontdoor
 from superimap.asgi import application  # configures logging once, before caplog hooks in
 from superimap.partners.models import Connection, ImapProvider, Partner
-from tests.api.test_original_clients import REST_CLIENT_REQUESTS
+from tests.helpers.api import REST_CLIENT_REQUESTS
 
 CHUNK = 64 * 1024
 

@@ -11,8 +11,15 @@ import signal
 import time
 
 from devtools.testing import free_port
-from tests.engine.conftest import ServerThread
-from tests.processes import CHAOS_USERS_SCRIPT, Processes, query, run_cli, superimap_env, wait_until
+from tests.helpers.engine import ServerThread
+from tests.helpers.processes import (
+    CHAOS_USERS_SCRIPT,
+    Processes,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 USERS = 3
 API_KEY_SCRIPT = (

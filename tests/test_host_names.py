@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.test import Client
 
 from superimap.partners.models import Connection, ImapProvider, Partner
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 NOT_HOST_NAMES = [
     "imap.example.com\r\nX-Injected: 1",  # line break

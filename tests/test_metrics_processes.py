@@ -17,7 +17,7 @@ from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from tests.processes import Processes, superimap_env, wait_until
+from tests.helpers.processes import Processes, superimap_env, wait_until
 
 
 def _samples(url: str) -> dict[str, float]:

@@ -24,9 +24,9 @@ from superimap.netguard import (
     resolve_checked,
     resolve_checked_async,
 )
-from tests.delivery.helpers import ThreadedReceiver
-from tests.rebinding import PUBLIC as REBINDING_PUBLIC
-from tests.rebinding import rebinding
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.rebinding import PUBLIC as REBINDING_PUBLIC
+from tests.helpers.rebinding import rebinding
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import socket
 import time
 
 from devtools.testing import free_port
-from tests.processes import Processes, query, run_cli, superimap_env, wait_until
+from tests.helpers.processes import Processes, query, run_cli, superimap_env, wait_until
 
 SUMMARY_SECONDS = 2
 # Partner, connection, a user per tag, and COUNT new_mail deliveries per user, due now.

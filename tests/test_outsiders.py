@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 
 from devtools.bench.slowbody import tree_rss_mb
 from devtools.testing import free_port
-from tests.processes import Processes, superimap_env, wait_until
+from tests.helpers.processes import Processes, superimap_env, wait_until
 
 CHUNK = 16 * 1024
 BODY = 1024 * 1024

@@ -18,8 +18,8 @@ from selenium.webdriver.common.by import By
 
 from devtools.bench.e2e import Receiver
 from devtools.bench.engine import ChaosServerProcess
-from tests.browser import blocked_by_csp, chromium, console, log_in, wait_for
-from tests.processes import ROOT, wait_until, web_server
+from tests.helpers.browser import blocked_by_csp, chromium, console, log_in, wait_for
+from tests.helpers.processes import ROOT, wait_until, web_server
 
 MAILBOXES = 7
 RATE = float(os.environ.get("OVERVIEW_PUSH_RATE", "10"))
@@ -35,7 +35,7 @@ def _make_mailboxes(env: dict, imap_port: int, hook_port: int, api_key: str, whs
 
 
 def _all_idle(web: dict) -> bool:
-    from tests.processes import query
+    from tests.helpers.processes import query
 
     rows = query(web["env"]["DATABASE_URL"], "SELECT status FROM mailboxes_mailboxuser")
     return len(rows) == MAILBOXES and all(status == "idle" for (status,) in rows)

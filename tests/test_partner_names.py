@@ -15,8 +15,8 @@ from django.test import Client
 
 from superimap import cli
 from superimap.partners.models import Partner
-from tests.api.helpers import assert_error
-from tests.processes import ROOT, superimap_env
+from tests.helpers.api import assert_error
+from tests.helpers.processes import ROOT, superimap_env
 
 MIGRATION = "0012_partner_names_and_host_names"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from devtools.testing import free_port
-from tests.processes import query
+from tests.helpers.processes import query
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devtools.testing import free_port
-from tests.processes import ROOT, Processes, answers, wait_until
+from tests.helpers.processes import ROOT, Processes, answers, wait_until
 
 SUPERIMAP = str(Path(sys.executable).with_name("superimap"))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from devtools.testing import free_port
-from tests.processes import ROOT, Processes, answers, run_cli, superimap_env, wait_until
+from tests.helpers.processes import ROOT, Processes, answers, run_cli, superimap_env, wait_until
 
 DOC = ROOT / "docs" / "webhooks.md"
 LANGUAGES = {"python": "python3", "javascript": "node", "ruby": "ruby"}

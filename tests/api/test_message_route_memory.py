@@ -16,7 +16,7 @@ from devtools.testing import free_port
 from devtools.testing.mail import make_message
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from tests.processes import Processes, superimap_env, wait_until
+from tests.helpers.processes import Processes, superimap_env, wait_until
 
 MESSAGE_BYTES = 40 * 1024 * 1024
 MAX_RSS_GROWTH = 16 * 1024 * 1024

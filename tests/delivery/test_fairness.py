@@ -15,7 +15,7 @@ from superimap.dbpool import DbPool
 from superimap.delivery import fairness, outbox, queue
 from superimap.delivery.models import Delivery
 from superimap.delivery.worker import Worker
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 
 def queue_user_events(partner, count: int, kind=Delivery.Kind.USER_CONNECTED) -> list[Delivery]:

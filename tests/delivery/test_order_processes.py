@@ -18,9 +18,9 @@ import urllib.request
 
 from devtools.testing import free_port
 from devtools.testing.webhook_receiver import Hang
-from tests.delivery.helpers import ThreadedReceiver
-from tests.engine.conftest import ServerThread
-from tests.processes import BASELINED, Processes, query, run_cli, superimap_env, wait_until
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.engine import ServerThread
+from tests.helpers.processes import BASELINED, Processes, query, run_cli, superimap_env, wait_until
 
 USERS = 3
 LEAVER = "user0"

@@ -13,7 +13,7 @@ from devtools.testing.webhook_receiver import HANG
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.mailboxes.models import MailboxUser
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 SCHEDULE = [10, 60, 360, 2160, 12960, 77760]  # the default WEBHOOK_RETRY_SCHEDULE
 

@@ -16,7 +16,7 @@ from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.payloads import new_mail_payload
 from superimap.engine.envelope import envelope, parse_headers
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 UTF8_MAIL = (
     "From: =?utf-8?q?Ren=C3=A9e?= <renee@example.com>\r\n"

@@ -16,7 +16,7 @@ from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.retention import Purger
 from superimap.delivery.worker import Worker
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 BODY = "x" * 4000
 

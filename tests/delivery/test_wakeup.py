@@ -10,9 +10,9 @@ import socket
 import time
 
 from superimap.delivery.wakeup import SOCKET_SUFFIX, WakeListener, WakeSender, socket_dir
-from tests.delivery.helpers import ThreadedReceiver
-from tests.engine.conftest import ServerThread
-from tests.processes import (
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.engine import ServerThread
+from tests.helpers.processes import (
     BASELINED,
     CHAOS_USERS_SCRIPT,
     Processes,

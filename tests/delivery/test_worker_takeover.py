@@ -15,8 +15,8 @@ import uuid
 from collections import Counter
 
 from devtools.testing.webhook_receiver import Hang
-from tests.delivery.test_workers import INSERT_SCRIPT
-from tests.processes import ROOT, Processes, query, superimap_env, wait_until
+from tests.helpers.delivery import INSERT_SCRIPT
+from tests.helpers.processes import ROOT, Processes, query, superimap_env, wait_until
 
 COUNT = 300
 TAKEOVER_LIMIT = 10.0

@@ -16,7 +16,7 @@ from superimap.delivery.models import Delivery
 from superimap.engine.envelope import parse_headers
 from superimap.engine.session import SessionSettings
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.engine.conftest import RunningEngine, loopback_users, wait_for
+from tests.helpers.engine import RunningEngine, loopback_users, wait_for
 
 MAILBOXES = 200
 CHAOS_SECONDS = 60

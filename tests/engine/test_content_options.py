@@ -11,8 +11,8 @@ from devtools.testing.webhook_receiver import WebhookReceiver
 from superimap.dbpool import DbPool
 from superimap.delivery.models import Delivery
 from superimap.delivery.worker import Worker
-from tests.delivery.test_content import NESTED, WINMAIL
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
+from tests.helpers.messages import NESTED, WINMAIL
 
 
 def _new_mail(user_id: int) -> list[Delivery]:

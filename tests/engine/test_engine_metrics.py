@@ -10,7 +10,7 @@ from devtools.testing.mail import make_message
 from devtools.testing.metrics import scrape, value
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
 
 
 def _status(user_id: int) -> str:

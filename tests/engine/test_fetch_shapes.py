@@ -19,8 +19,8 @@ from devtools.imap.server import untagged_data
 from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.engine.conftest import LoopbackServer, RunningEngine, loopback_connection, wait_for
-from tests.engine.conftest import uid_set as uid_set_of
+from tests.helpers.engine import LoopbackServer, RunningEngine, loopback_connection, wait_for
+from tests.helpers.engine import uid_set as uid_set_of
 
 UIDVALIDITY = 7
 # on_fetch(server, uids, items) -> (untagged responses, tagged status text) or None to

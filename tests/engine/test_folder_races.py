@@ -22,7 +22,7 @@ from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine import morefolders
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.engine.conftest import FAST, RunningEngine, loopback_connection, wait_for
+from tests.helpers.engine import FAST, RunningEngine, loopback_connection, wait_for
 
 FOLDERS = ("INBOX", "B")
 # NOTIFY's safety-net poll comes only at the IDLE re-issue (60 s): within the test only a

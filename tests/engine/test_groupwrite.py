@@ -12,9 +12,8 @@ from superimap.delivery.models import Delivery
 from superimap.engine import groupwrite, store
 from superimap.engine.persister import persist_group
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.engine.groupwrite_cases import compare
-from tests.engine.test_group_commit import batch, users  # noqa: F401 - fixture
-from tests.processes import run_cli, superimap_env
+from tests.helpers.groupwrite import batch, compare
+from tests.helpers.processes import run_cli, superimap_env
 
 
 def test_the_insert_columns_are_every_column_of_the_tables():
@@ -70,7 +69,7 @@ def test_the_group_path_writes_what_persist_batch_writes_on_postgresql(postgres_
     env = superimap_env(postgres_url, tmp_path / "var")
     run_cli(env, "migrate")
     code = (
-        "import json; from tests.engine.groupwrite_cases import compare; "
+        "import json; from tests.helpers.groupwrite import compare; "
         "from django.db import connection; assert connection.vendor == 'postgresql'; "
         "print('RESULT ' + json.dumps(compare()))"
     )
@@ -78,7 +77,7 @@ def test_the_group_path_writes_what_persist_batch_writes_on_postgresql(postgres_
     _check(json.loads(out.split("RESULT ", 1)[1]))
 
 
-def test_a_group_that_fails_as_a_whole_is_written_job_by_job(users, caplog):  # noqa: F811
+def test_a_group_that_fails_as_a_whole_is_written_job_by_job(users, caplog):
     # A Delivery for users[1]'s message already exists without its MailLog row: the
     # group's one INSERT of every delivery fails; then only users[1]'s batch does.
     job = batch(users[1], 1)
@@ -110,7 +109,7 @@ def test_a_group_costs_a_fixed_number_of_statements_whatever_its_batches(mail_pa
     from django.db import connection as db
     from django.test.utils import CaptureQueriesContext
 
-    from tests.engine.conftest import loopback_connection
+    from tests.helpers.engine import loopback_connection
 
     link = loopback_connection(mail_partner, 1)
     group = [

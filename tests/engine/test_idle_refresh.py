@@ -21,8 +21,8 @@ from superimap.delivery.models import Delivery
 from superimap.engine.session import SessionSettings, idle_period
 from superimap.engine.store import MailboxConfig
 from superimap.mailboxes.models import MailboxUser
-from tests.configs import mailbox_config
-from tests.engine.conftest import (
+from tests.helpers.configs import mailbox_config
+from tests.helpers.engine import (
     FAST,
     LoopbackServer,
     RunningEngine,

@@ -11,8 +11,8 @@ from devtools.testing.chaos_server import ChaosImapServer
 from superimap.engine.ratelimit import LoginLimiter, TokenBucket
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
-from tests.conftest import ApiClient
-from tests.engine.conftest import RunningEngine, loopback_users, wait_for
+from tests.helpers.api import ApiClient
+from tests.helpers.engine import RunningEngine, loopback_users, wait_for
 
 USER = "/connections/LOOPBACK_PLAIN/users/user0"
 

@@ -18,7 +18,7 @@ from superimap.delivery.models import Delivery
 from superimap.engine import session, store
 from superimap.engine.envelope import parse_headers
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.engine.conftest import FAST, RunningEngine, wait_for
+from tests.helpers.engine import FAST, RunningEngine, wait_for
 
 
 def _user(user_id: int) -> MailboxUser:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.delivery.helpers import ThreadedReceiver
-from tests.engine.conftest import ServerThread
-from tests.engine.test_postgres_failover import SessionSampler
-from tests.processes import (
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.engine import ServerThread, SessionSampler
+from tests.helpers.processes import (
     BASELINED,
     CHAOS_USERS_SCRIPT,
     Processes,

@@ -11,21 +11,18 @@ import time
 import urllib.request
 
 from devtools.testing import free_port
-from tests.engine.conftest import ServerThread
-from tests.engine.test_postgres_failover import SessionSampler
-from tests.processes import CHAOS_USERS_SCRIPT, Processes, query, run_cli, superimap_env, wait_until
+from tests.helpers.engine import ServerThread, SessionSampler, idling
+from tests.helpers.processes import (
+    CHAOS_USERS_SCRIPT,
+    Processes,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 USERS = 20
 TAKEOVER_LIMIT = 10.0
-
-
-def idling(server) -> set[str]:
-    """Users with a live session in IDLE (called on the chaos server's loop)."""
-    return {
-        user
-        for user, sessions in server.sessions_by_user.items()
-        if any(s.idle_tag is not None and not s.closed for s in sessions)
-    }
 
 
 def test_a_killed_nodes_mailboxes_are_watched_by_the_survivor_in_seconds(database_url, tmp_path):

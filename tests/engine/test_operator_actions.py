@@ -11,7 +11,7 @@ from devtools.testing.mail import make_message
 from superimap.api import service
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from tests.engine.conftest import FAST, RunningEngine, wait_for
+from tests.helpers.engine import FAST, RunningEngine, wait_for
 
 
 def _user(user_id: int) -> MailboxUser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.processes import run_cli, superimap_env
+from tests.helpers.processes import run_cli, superimap_env
 
 SCENARIO = """
 import json, threading, time

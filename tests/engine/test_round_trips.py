@@ -12,7 +12,7 @@ from devtools.testing.chaos_server import ChaosImapServer
 from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.engine.conftest import LoopbackServer, RunningEngine, loopback_users, wait_for
+from tests.helpers.engine import LoopbackServer, RunningEngine, loopback_users, wait_for
 
 
 class RecordingProxy(LoopbackServer):

@@ -12,7 +12,7 @@ from django.utils import timezone
 from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from tests.engine.conftest import (
+from tests.helpers.engine import (
     FAST,
     LoopbackServer,
     RunningEngine,

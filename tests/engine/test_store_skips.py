@@ -13,7 +13,7 @@ from superimap.delivery.payloads import message_url, truncated_mail_payload
 from superimap.engine import store
 from superimap.engine.store import FetchedMessage
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.engine.conftest import loopback_connection
+from tests.helpers.engine import loopback_connection
 
 NODE = "n1"
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

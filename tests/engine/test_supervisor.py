@@ -14,7 +14,7 @@ from superimap.delivery.models import Delivery
 from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.tracers.models import TracerLog
-from tests.engine.conftest import FAST, RunningEngine, wait_for
+from tests.helpers.engine import FAST, RunningEngine, wait_for
 
 
 def _user(user_id: int) -> MailboxUser:
@@ -169,7 +169,7 @@ def test_an_unchanged_watching_status_is_not_written_again(mail_partner):
     change reaches the database (at 500 mails/s the rewrites held SQLite's writer)."""
     from superimap.dbpool import DbPool
     from superimap.engine.supervisor import Engine
-    from tests.engine.conftest import loopback_users
+    from tests.helpers.engine import loopback_users
 
     loopback_users(mail_partner, 1, 1)
     user = MailboxUser.objects.get()

@@ -11,7 +11,7 @@ from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine import store
 from superimap.mailboxes.models import MailboxUser
-from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
+from tests.helpers.engine import RunningEngine, loopback_connection, wait_for
 
 
 def _user(user_id: int) -> MailboxUser:

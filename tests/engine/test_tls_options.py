@@ -19,7 +19,7 @@ from superimap.delivery.models import Delivery
 from superimap.engine.connection import TlsCertificateFailed
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
 
 _names = itertools.count()
 

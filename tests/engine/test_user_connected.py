@@ -19,9 +19,8 @@ from superimap.delivery.models import Delivery
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from tests.conftest import ApiClient
-from tests.engine.conftest import loopback_connection, wait_for
-from tests.engine.test_user_error import fast_engine
+from tests.helpers.api import ApiClient
+from tests.helpers.engine import fast_engine, loopback_connection, wait_for
 
 _names = itertools.count()
 

@@ -16,7 +16,7 @@ from superimap.delivery.models import Delivery
 from superimap.engine import store
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
 
 
 def _status(user_id: int) -> str:

@@ -21,7 +21,8 @@ from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.mailboxes.oauth import email_from_userinfo, id_token_claims
 from superimap.partners.models import Connection, ImapProvider
-from tests.conftest import ApiClient, database_file_bytes
+from tests.helpers.api import ApiClient
+from tests.helpers.database import database_file_bytes
 
 
 @pytest.fixture

@@ -259,3 +259,12 @@ def _json(value):
     if isinstance(value, int | float | str | bool) or value is None:
         return value
     return str(value)
+
+
+def batch(user: MailboxUser, *uids: int) -> tuple:
+    """One persist job: these UIDs of `user`'s INBOX, fetched by NODE."""
+    messages = []
+    for uid in uids:
+        raw = make_message(f"s{uid}", "a@x.test", "b@x.test", "body", f"<{user.tag}.{uid}@t>")
+        messages.append(FetchedMessage(uid=uid, size=len(raw), internal_date=WHEN, raw=raw))
+    return (user.id, NODE, 9, "INBOX", messages, False)

@@ -3,7 +3,7 @@ Debian's chromedriver (packages chromium and chromium-driver, installed by
 scripts/install-system-deps.sh). Nothing is downloaded: the driver's path is given, so
 Selenium Manager never runs.
 
-`chromium()` opens a browser; `web_server()` (in tests/processes.py) runs a real
+`chromium()` opens a browser; `web_server()` (in tests/helpers/processes.py) runs a real
 `superimap web` for it to load. Console messages are kept, so a test can assert that the
 page's own CSP blocked nothing (`blocked_by_csp`)."""
 

@@ -1,4 +1,5 @@
-"""Helpers for delivery tests: a receiver on its own thread, partners, users, a clock."""
+"""Delivery test tools: a receiver on its own thread, partners, users, a clock, deliveries
+dated in the past, and a script that fills the outbox from a subprocess."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import asyncio
 import itertools
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta
 
 from django.utils import timezone
 
 from devtools.testing.webhook_receiver import WebhookReceiver
+from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
 
@@ -119,3 +122,65 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+T0 = timezone.now().replace(microsecond=0) - timedelta(days=2)
+
+
+def delivery_at(user, hours: float, status="delivered", kind="new_mail", **extra) -> Delivery:
+    delivery = Delivery.objects.create(
+        kind=kind,
+        partner=user.connection.partner,
+        user=user,
+        message_id=f"<{uuid.uuid4()}@example.com>" if kind == "new_mail" else "",
+        payload={"sha1": "x", "rfc822": "Subject: hi\r\n\r\nbody"},
+        status=status,
+        attempts=1,
+        max_attempts=7,
+        next_attempt_at=T0,
+        delivered_at=T0 if status == "delivered" else None,
+        **extra,
+    )
+    Delivery.objects.filter(id=delivery.id).update(created_at=T0 + timedelta(hours=hours))
+    return delivery
+
+
+def iso(hours: float) -> str:
+    return (T0 + timedelta(hours=hours)).isoformat()
+
+
+def replay(api, **body):
+    return api.post("/deliveries/replay", body)
+
+
+INSERT_SCRIPT = r"""
+import os
+from django.db import transaction
+from superimap.delivery import outbox
+from superimap.delivery.payloads import new_mail_payload
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider, Partner
+
+url = os.environ["RECEIVER_URL"]
+if os.environ["PHASE"] == "partner":
+    partner = Partner.objects.create(name="pg", new_mail_webhook=url + "/new-mail")
+    conn = Connection.objects.create(
+        partner=partner, provider=ImapProvider.objects.get(code="PLAIN"),
+        imap_host="imap.example.com", imap_port=993, imap_tls="implicit",
+    )
+    MailboxUser.objects.create(connection=conn, tag="pg", email="pg@x.test", password="pw")
+    print("partner", partner.api_key)
+else:
+    user = MailboxUser.objects.get(tag="pg")
+    with transaction.atomic():
+        for i in range(int(os.environ["COUNT"])):
+            # A NUL byte and invalid UTF-8: PostgreSQL's jsonb must still take the payload.
+            raw = b"Subject: m%d\r\nMessage-ID: <m%d@x>\r\n\r\nbody\x00\xff %d\r\n" % (i, i, i)
+            payload = new_mail_payload(
+                provider_code="PLAIN", user_tag=user.tag, raw=raw,
+                envelope={"subject": "m%d\x00" % i, "message_id": "<m%d@x>" % i},
+                uid=i + 1, uid_validity=1, folder="INBOX", internal_date=None,
+            )
+            outbox.enqueue("new_mail", user, payload, message_id="<m%d@x>" % i)
+    print("inserted")
+"""
