@@ -64,3 +64,14 @@ def test_the_check_finds_each_kind_of_import(tmp_path):
             "tests.engine.conftest",
         ]
     }
+
+
+def test_every_test_directory_is_a_package():
+    """Each directory of tests has an __init__.py: its modules are tests.<dir>.test_x, so two
+    directories may hold a test_x.py of the same name (pytest's default import mode)."""
+    missing = sorted(
+        str(path.parent.relative_to(TESTS))
+        for path in TESTS.rglob("*.py")
+        if "__pycache__" not in path.parts and not (path.parent / "__init__.py").exists()
+    )
+    assert missing == []
