@@ -13,6 +13,7 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
 from tests.helpers.api import ApiClient
 from tests.helpers.engine import loopback_connection
+from tests.helpers.processes import migrated_sqlite, run_cli, superimap_env
 
 
 @pytest.fixture
@@ -86,6 +87,37 @@ def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'superimap.sqlite3'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def migrated_sqlite_url(tmp_path) -> str:
+    """A SQLite file for this test as `superimap migrate` leaves it (a copy of a template)."""
+    return migrated_sqlite(tmp_path / "superimap.sqlite3")
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_server, tmp_path_factory) -> str:
+    """A PostgreSQL database `superimap migrate` made, once per run: the template of each
+    test's copy."""
+    url = postgres_server.create_database("migrated_template")
+    run_cli(superimap_env(url, tmp_path_factory.mktemp("migrated-postgres")), "migrate")
+    return "migrated_template"
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_server, migrated_postgres) -> str:
+    """A fresh database for this test, as `superimap migrate` leaves it (a template copy:
+    the same tables and seeded providers, without each test paying for the migrations)."""
+    name = f"test_{next(_databases)}"
+    return postgres_server.create_database(name, template=migrated_postgres)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_database_url(request, tmp_path) -> str:
+    """database_url as `superimap migrate` leaves it: a SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("migrated_sqlite_url")
+    return request.getfixturevalue("migrated_postgres_url")
 
 
 @pytest.fixture(scope="session")

@@ -79,10 +79,12 @@ class PostgresServer:
     def url_for(self, database: str) -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
-        """A new empty database on this server (one per test keeps tests apart); its URL."""
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database on this server (one per test keeps tests apart), empty or a copy
+        of `template` (which nobody may be connected to); its URL."""
         connection = ("-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user)
-        self._run("createdb", *connection, name)
+        copy = ("--template", template) if template else ()
+        self._run("createdb", *connection, *copy, name)
         return self.url_for(name)
 
     @property

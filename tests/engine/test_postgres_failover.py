@@ -8,6 +8,7 @@ import time
 from collections import Counter
 
 import psycopg
+import pytest
 
 from tests.helpers.engine import ServerThread, SessionSampler
 from tests.helpers.processes import (
@@ -19,6 +20,12 @@ from tests.helpers.processes import (
 )
 
 USERS = 20
+
+
+@pytest.fixture
+def postgres_url(migrated_postgres_url) -> str:
+    """Migrated already (a copy of one migrated template), not by each test."""
+    return migrated_postgres_url
 
 
 def test_nodes_share_mailboxes_and_a_killed_nodes_are_taken_over(postgres_url, tmp_path):
@@ -33,7 +40,6 @@ def test_nodes_share_mailboxes_and_a_killed_nodes_are_taken_over(postgres_url, t
             ENGINE_NODE_ALIVE_SECONDS="3",
         )
         setup_env = {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)}
-        run_cli(setup_env, "migrate")
         run_cli(setup_env, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
 
         with psycopg.connect(postgres_url, autocommit=True) as db:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers.processes import run_cli, superimap_env
 
 SCENARIO = """
@@ -56,9 +58,14 @@ print("RESULT " + json.dumps({"persist": outcome.get("persist"), "kinds": kinds}
 """
 
 
+@pytest.fixture
+def postgres_url(migrated_postgres_url) -> str:
+    """Migrated already (a copy of one migrated template), not by each test."""
+    return migrated_postgres_url
+
+
 def test_a_persist_racing_a_disconnect_discards_its_batch(postgres_url, tmp_path):
     env = superimap_env(postgres_url, tmp_path / "var")
-    run_cli(env, "migrate")
     out = run_cli(env, "manage", "shell", "-c", SCENARIO)
     result = json.loads(out.split("RESULT ", 1)[1])
     assert result == {"persist": "lease_lost", "kinds": ["user_disconnected"]}

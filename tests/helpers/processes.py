@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import http.client
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +68,23 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+@functools.cache
+def _migrated_sqlite_template() -> Path:
+    """A SQLite file `superimap migrate` made, once per test process."""
+    folder = Path(tempfile.mkdtemp(prefix="superimap-migrated-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    database = folder / "superimap.sqlite3"
+    run_cli(superimap_env(f"sqlite:///{database}", folder / "var"), "migrate")
+    return database
+
+
+def migrated_sqlite(path: Path) -> str:
+    """The URL of a SQLite file at `path` as `superimap migrate` leaves it: a copy of one
+    migrated template, so that each test does not pay for the migrations."""
+    shutil.copy(_migrated_sqlite_template(), path)  # its mode too
+    return f"sqlite:///{path}"
 
 
 def superimap_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
@@ -154,8 +175,7 @@ def web_server(tmp_path: Path, **extra: str) -> Iterator[dict]:
     process's log so far)."""
     from devtools.testing import free_port
 
-    env = superimap_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", tmp_path, **extra)
-    run_cli(env, "migrate")
+    env = superimap_env(migrated_sqlite(tmp_path / "db.sqlite3"), tmp_path, **extra)
     password = re.search(r"password: (\S+)", run_cli(env, "createadmin", "--username", "boss"))
     api_key = re.search(r"API key: (\S+)", run_cli(env, "createpartner", "--name", "Web app"))
     port = free_port()
