@@ -1,7 +1,8 @@
 """tests/unit/: pure code only. Every test here runs without sockets, threads, subprocesses
-or the database, and the whole directory in under 10 s; this conftest enforces the first
-part (a test that tries fails with UnitTestUsedIO) and reports the time at the end of the
-run. A test that needs I/O belongs in the directory of its area (tests/engine, ...), not here.
+or the database (an asyncio event loop may run, but connects nowhere), and the whole
+directory in under 10 s; this conftest enforces the first part (a test that tries fails with
+UnitTestUsedIO) and reports the time at the end of the run. A test that needs I/O belongs in
+the directory of its area (tests/engine, ...), not here.
 
 Layout: every directory under tests/ is a package (it has an __init__.py, so a module is
 tests.unit.<area>.test_x and two areas may both have a test_x.py); tests import shared
