@@ -23,23 +23,23 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 test: $(STAMP) system-deps
-	$(BIN)/ruff check superimap tests
+	$(BIN)/ruff check superimap devtools tests
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	SUPERIMAP_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check superimap tests
+	$(BIN)/ruff check superimap devtools tests
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 bench: bench-engine bench-delivery
 
 bench-engine: $(STAMP)
-	$(BIN)/python -m superimap.bench.engine --out bench-results/engine.json
+	$(BIN)/python -m devtools.bench.engine --out bench-results/engine.json
 
 bench-delivery: $(STAMP)
-	$(BIN)/python -m superimap.bench.delivery --out bench-results/delivery.json
+	$(BIN)/python -m devtools.bench.delivery --out bench-results/delivery.json
 
 clean:
 	rm -rf $(VENV) var bench-results .pytest_cache .mypy_cache .import_linter_cache .grimp_cache
@@ -53,12 +53,12 @@ MODE ?= separate
 BACKEND ?= sqlite
 
 bench-e2e: $(STAMP)
-	$(BIN)/python -m superimap.bench.e2e --out bench-results/e2e.json --rate $(RATE) \
+	$(BIN)/python -m devtools.bench.e2e --out bench-results/e2e.json --rate $(RATE) \
 		--mailboxes $(MAILBOXES) --duration $(DURATION) --mode $(MODE) --backend $(BACKEND)
 
 # Partner B's push -> webhook latency while partner A's endpoint hangs (and without A).
 bench-fairness: $(STAMP)
-	$(BIN)/python -m superimap.bench.fairness --out bench-results/fairness.json \
+	$(BIN)/python -m devtools.bench.fairness --out bench-results/fairness.json \
 		--scenario without_a --runs 3
-	$(BIN)/python -m superimap.bench.fairness --out bench-results/fairness.json \
+	$(BIN)/python -m devtools.bench.fairness --out bench-results/fairness.json \
 		--scenario with_a --runs 3

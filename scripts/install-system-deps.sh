@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the integration tests run for real: Dovecot (IMAP server),
 # PostgreSQL (multi-process tests) and Chromium with its driver (pages looked at in a real
-# browser, tests/browser.py), Node.js and Ruby (the signature verifiers of docs/webhooks.md
+# browser, tests/helpers/browser.py), Node.js and Ruby (the signature verifiers of docs/webhooks.md
 # run in tests/test_webhook_verifiers.py) and nginx (`nginx -t` on docs/deploy.md's proxy
 # configuration). Does nothing when they are there already.
 set -euo pipefail

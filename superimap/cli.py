@@ -8,9 +8,11 @@ models cannot be imported before, and `genkey` or `chaos-server` need no Django 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import django
 from cryptography.fernet import Fernet
@@ -44,16 +46,35 @@ def cmd_genkey(args) -> None:
 # service (and leave the shipped package).
 
 
-def cmd_chaos_server(args) -> None:
-    from superimap.testing import chaos_server
+# The repository this package runs from, when it is an editable install of a checkout.
+CHECKOUT = Path(__file__).resolve().parents[1]
 
-    chaos_server.main(args.rest)
+
+def devtool(command: str, module: str):
+    """A development tool from devtools/ (not part of the shipped package), taken from the
+    checkout this package runs from; without one, a one-line error saying where it is."""
+    checkout = CHECKOUT
+    if (checkout / "devtools" / "__init__.py").is_file() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("devtools"):
+            raise
+        raise StartupError(
+            f"`superimap {command}` is a development tool: it is in devtools/ of the source "
+            "repository, not in the installed package; run it from a checkout (make "
+            f".venv/.installed, then .venv/bin/superimap {command} or python -m {module})"
+        ) from None
+
+
+def cmd_chaos_server(args) -> None:
+    devtool("chaos-server", "devtools.testing.chaos_server").main(args.rest)
 
 
 def cmd_webhook_inspector(args) -> None:
-    from superimap.testing import webhook_receiver
-
-    raise SystemExit(webhook_receiver.main(args.rest))
+    inspector = devtool("webhook-inspector", "devtools.testing.webhook_receiver")
+    raise SystemExit(inspector.main(args.rest))
 
 
 def cmd_manage(args) -> None:

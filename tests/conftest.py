@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import json
-import subprocess
-import sys
+import time
 
 import pytest
-from django.db import connection
-from django.test import Client
+from django.utils import timezone
 
+from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
+from tests.helpers.api import ApiClient
+from tests.helpers.engine import loopback_connection
+from tests.helpers.processes import migrated_sqlite, run_cli, superimap_env
 
 
 @pytest.fixture
@@ -43,35 +44,6 @@ def plain_connection(partner) -> Connection:
     )
 
 
-class ApiClient:
-    """A Django test client that talks JSON with an API key."""
-
-    def __init__(self, api_key: str | None) -> None:
-        self.client = Client()
-        self.api_key = api_key
-
-    def _headers(self) -> dict:
-        return {"HTTP_X_API_KEY": self.api_key} if self.api_key else {}
-
-    def get(self, path: str, **params):
-        return self.client.get(f"/api/v1{path}", params, **self._headers())
-
-    def delete(self, path: str):
-        return self.client.delete(f"/api/v1{path}", **self._headers())
-
-    def post(self, path: str, body=None, raw: bytes | str | None = None):
-        data = raw if raw is not None else json.dumps(body or {})
-        return self.client.post(
-            f"/api/v1{path}", data, content_type="application/json", **self._headers()
-        )
-
-    def put(self, path: str, body=None, raw: bytes | str | None = None):
-        data = raw if raw is not None else json.dumps(body or {})
-        return self.client.put(
-            f"/api/v1{path}", data, content_type="application/json", **self._headers()
-        )
-
-
 @pytest.fixture
 def api(partner) -> ApiClient:
     return ApiClient(partner.api_key)
@@ -93,7 +65,7 @@ def seeded_providers(transactional_db) -> None:
 @pytest.fixture(scope="session")
 def postgres_server():
     """A private PostgreSQL on 127.0.0.1 for multi-process tests (make test installs it)."""
-    from superimap.testing.postgres import PostgresServer
+    from devtools.testing.postgres import PostgresServer
 
     with PostgresServer() as server:
         yield server
@@ -116,41 +88,44 @@ def database_url(request, tmp_path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+@pytest.fixture
+def migrated_sqlite_url(tmp_path) -> str:
+    """A SQLite file for this test as `superimap migrate` leaves it (a copy of a template)."""
+    return migrated_sqlite(tmp_path / "superimap.sqlite3")
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_server, tmp_path_factory) -> str:
+    """A PostgreSQL database `superimap migrate` made, once per run: the template of each
+    test's copy."""
+    url = postgres_server.create_database("migrated_template")
+    run_cli(superimap_env(url, tmp_path_factory.mktemp("migrated-postgres")), "migrate")
+    return "migrated_template"
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_server, migrated_postgres) -> str:
+    """A fresh database for this test, as `superimap migrate` leaves it (a template copy:
+    the same tables and seeded providers, without each test paying for the migrations)."""
+    name = f"test_{next(_databases)}"
+    return postgres_server.create_database(name, template=migrated_postgres)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_database_url(request, tmp_path) -> str:
+    """database_url as `superimap migrate` leaves it: a SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("migrated_sqlite_url")
+    return request.getfixturevalue("migrated_postgres_url")
+
+
 @pytest.fixture(scope="session")
 def dovecot():
     """One private Dovecot on 127.0.0.1 for the whole run (make test installs it)."""
-    from superimap.testing.dovecot import DovecotServer
+    from devtools.testing.dovecot import DovecotServer
 
     with DovecotServer() as server:
         yield server
-
-
-# Prints the bytes of every file named that exists.
-_CAT = """
-import sys
-for name in sys.argv[1:]:
-    try:
-        with open(name, "rb") as file:
-            sys.stdout.buffer.write(file.read())
-    except FileNotFoundError:
-        pass
-"""
-
-
-def database_file_bytes() -> bytes:
-    """The test SQLite database file and its WAL as they are on disk, read by a child process.
-
-    Never read here: closing any file descriptor of the database file drops every POSIX lock
-    this process holds on it, those of SQLite connections still open in other threads
-    included (sqlite.org/howtocorrupt.html, 2.2). A worker or engine subprocess closing its
-    connection then believes it is the last one and deletes the WAL and shared-memory files
-    under them, and later tests fail with "disk I/O error".
-    """
-    name = connection.settings_dict["NAME"]
-    files = [name, f"{name}-wal"]
-    return subprocess.run(
-        [sys.executable, "-c", _CAT, *files], capture_output=True, check=True
-    ).stdout
 
 
 @pytest.fixture
@@ -161,3 +136,34 @@ def production_mode(settings) -> None:
     settings.WEBHOOK_ALLOW_PRIVATE = False
     settings.IMAP_ALLOW_PRIVATE_HOSTS = False
     settings.ALLOW_LOOPBACK_IMAP = False
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def mail_partner(seeded_providers) -> Partner:
+    return Partner.objects.create(name="Mail app", new_mail_webhook="http://127.0.0.1:9/hook")
+
+
+@pytest.fixture
+def mailbox(mail_partner, dovecot):
+    """A fresh Dovecot user and a connected MailboxUser watching it over plain IMAP."""
+
+    def make(tls: str = "none", password: str | None = None) -> MailboxUser:
+        name = f"user{next(_names)}-{int(time.time() * 1000) % 100000}"
+        dovecot.add_user(name, "secret-pw")
+        port = dovecot.imaps_port if tls == "implicit" else dovecot.imap_port
+        connection = Connection.objects.filter(partner=mail_partner).first()
+        if connection is None:
+            connection = loopback_connection(mail_partner, port, tls)
+        return MailboxUser.objects.create(
+            connection=connection,
+            tag=name,
+            email=f"{name}@example.test",
+            login_username=name,
+            password=password or "secret-pw",
+            connected_at=timezone.now(),
+        )
+
+    return make

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from selenium.webdriver.common.by import By
 
-from tests.browser import blocked_by_csp, chromium, console, log_in, submit, wait_for
-from tests.processes import web_server
+from tests.helpers.browser import blocked_by_csp, chromium, console, log_in, submit, wait_for
+from tests.helpers.processes import web_server
 
 
 def test_an_operator_logs_in_and_the_dashboard_loads_everything_it_asks_for(tmp_path):

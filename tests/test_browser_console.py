@@ -12,9 +12,9 @@ import time
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from tests.browser import chromium, log_in, submit, wait_for
-from tests.engine.conftest import ServerThread
-from tests.processes import CHAOS_USERS_SCRIPT, run_cli, web_server
+from tests.helpers.browser import chromium, log_in, submit, wait_for
+from tests.helpers.engine import ServerThread
+from tests.helpers.processes import CHAOS_USERS_SCRIPT, run_cli, web_server
 
 MAILBOXES = "/admin/mailboxes/mailboxuser/"
 DELIVERIES = "/admin/delivery/delivery/"

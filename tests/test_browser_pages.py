@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
-from superimap.testing import free_port
-from tests.browser import blocked_by_csp, chromium, console, log_in, submit, wait_for
-from tests.processes import ROOT, run_cli, web_server
+from devtools.testing import free_port
+from tests.helpers.browser import blocked_by_csp, chromium, console, log_in, submit, wait_for
+from tests.helpers.processes import ROOT, run_cli, web_server
 
 README = (ROOT / "README.md").read_text()
 

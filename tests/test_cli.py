@@ -3,9 +3,7 @@
 import argparse
 import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,31 +11,12 @@ from cryptography.fernet import Fernet
 from django.contrib.auth import get_user_model
 
 from superimap.commands import ensure_default_admin
-from superimap.testing import free_port
-
-SUPERIMAP = str(Path(sys.executable).with_name("superimap"))
+from tests.helpers.cli import run
 
 
 @pytest.fixture(autouse=True)
 def fast_hasher(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    base = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp_path),
-        "VAR_DIR": str(tmp_path),
-        "PORT": str(free_port()),  # `check` tries the web port; others use 8000 here
-    }
-    return subprocess.run(
-        [SUPERIMAP, *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
 
 
 def test_it_creates_the_first_admin_once(db):

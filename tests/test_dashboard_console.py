@@ -10,7 +10,7 @@ from django.utils import timezone
 from superimap.accounts import users as accounts_users
 from superimap.delivery.models import Delivery, EndpointHealth
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.delivery.helpers import ThreadedReceiver
+from tests.helpers.delivery import ThreadedReceiver
 
 PASSWORD = "correct horse battery staple"
 EVENT = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"

@@ -19,8 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from superimap.testing import free_port
-from tests.processes import ROOT, Processes, answers, query, run_cli, superimap_env, wait_until
+from devtools.testing import free_port
+from tests.helpers.processes import (
+    ROOT,
+    Processes,
+    answers,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 DOC = ROOT / "docs" / "deploy.md"
 SUPERIMAP = str(Path(sys.executable).with_name("superimap"))

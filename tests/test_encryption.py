@@ -12,7 +12,8 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, Partner
 from superimap.platform.fields import DecryptionError
 from superimap.platform.keys import encrypted_fields, reencrypt_all
-from tests.conftest import ApiClient, database_file_bytes
+from tests.helpers.api import ApiClient
+from tests.helpers.database import database_file_bytes
 
 
 @pytest.fixture

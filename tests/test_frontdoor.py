@@ -20,7 +20,7 @@ from superimap import frontdoor
 from superimap.accounts import partners
 from superimap.asgi import application  # configures logging once, before caplog hooks in
 from superimap.partners.models import Connection, ImapProvider, Partner
-from tests.api.test_original_clients import REST_CLIENT_REQUESTS
+from tests.helpers.api import REST_CLIENT_REQUESTS
 
 CHUNK = 64 * 1024
 

@@ -10,14 +10,29 @@ import json
 import signal
 import time
 
-from superimap.testing import free_port
-from tests.engine.conftest import ServerThread
-from tests.processes import CHAOS_USERS_SCRIPT, Processes, query, run_cli, superimap_env, wait_until
+import pytest
+
+from devtools.testing import free_port
+from tests.helpers.engine import ServerThread
+from tests.helpers.processes import (
+    CHAOS_USERS_SCRIPT,
+    Processes,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 USERS = 3
 API_KEY_SCRIPT = (
     "from superimap.partners.models import Partner; print(Partner.objects.get().api_key)"
 )
+
+
+@pytest.fixture
+def database_url(migrated_database_url) -> str:
+    """Migrated already (a copy of one migrated template), not by each test."""
+    return migrated_database_url
 
 
 def get(port: int, path: str, api_key: str | None = None) -> tuple[int, str]:
@@ -35,7 +50,6 @@ def test_a_killed_engine_and_worker_are_seen_in_seconds(database_url, tmp_path):
         env = superimap_env(
             database_url, tmp_path / "var", ALLOW_LOOPBACK_IMAP="true", ENGINE_NODE_NAME="box"
         )
-        run_cli(env, "migrate")
         setup = {**env, "CHAOS_PORT": str(chaos.server.port), "USERS": str(USERS)}
         run_cli(setup, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
         api_key = run_cli(env, "manage", "shell", "-c", API_KEY_SCRIPT).split()[-1]

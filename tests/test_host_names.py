@@ -11,7 +11,7 @@ from django.test import Client
 from superimap.accounts.connections import validate_connection
 from superimap.accounts.partners import validate_partner
 from superimap.partners.models import Connection, ImapProvider, Partner
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 NOT_HOST_NAMES = [
     "imap.example.com\r\nX-Injected: 1",  # line break

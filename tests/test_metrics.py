@@ -34,8 +34,8 @@ def test_it_reports_calls_waiting_for_a_database_thread(transactional_db):
     import asyncio
     import threading
 
+    from devtools.testing.metrics import scrape, value
     from superimap.platform.dbpool import DbPool
-    from superimap.testing.metrics import scrape, value
 
     release = threading.Event()
     pool = DbPool(size=1)

@@ -12,12 +12,12 @@ from django.db import connection as db_connection
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.testing import free_port
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing import free_port
-from superimap.testing.mail import make_message
-from tests.processes import Processes, superimap_env, wait_until
+from tests.helpers.processes import Processes, superimap_env, wait_until
 
 
 def _samples(url: str) -> dict[str, float]:

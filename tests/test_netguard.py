@@ -11,6 +11,7 @@ import aiohttp
 import httpx2
 import pytest
 
+from devtools.testing.dovecot import write_test_certificates
 from superimap.imapclient import ImapConnection
 from superimap.platform.netguard import (
     CheckedConnector,
@@ -23,10 +24,9 @@ from superimap.platform.netguard import (
     resolve_checked,
     resolve_checked_async,
 )
-from superimap.testing.dovecot import write_test_certificates
-from tests.delivery.helpers import ThreadedReceiver
-from tests.rebinding import PUBLIC as REBINDING_PUBLIC
-from tests.rebinding import rebinding
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.rebinding import PUBLIC as REBINDING_PUBLIC
+from tests.helpers.rebinding import rebinding
 
 
 @pytest.fixture

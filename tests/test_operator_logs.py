@@ -9,8 +9,15 @@ import re
 import socket
 import time
 
-from superimap.testing import free_port
-from tests.processes import Processes, query, run_cli, superimap_env, wait_until
+from devtools.testing import free_port
+from tests.helpers.processes import (
+    Processes,
+    migrated_sqlite,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 SUMMARY_SECONDS = 2
 # Partner, connection, a user per tag, and COUNT new_mail deliveries per user, due now.
@@ -45,7 +52,7 @@ def dead_port() -> int:
 
 
 def test_a_dead_endpoint_gets_one_line_then_a_summary_per_interval(tmp_path):
-    database = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    database = migrated_sqlite(tmp_path / "db.sqlite3")
     env = superimap_env(
         database,
         tmp_path,
@@ -53,7 +60,6 @@ def test_a_dead_endpoint_gets_one_line_then_a_summary_per_interval(tmp_path):
         WEBHOOK_RETRY_SCHEDULE=",".join(["1"] * 40),
         WEBHOOK_AUTO_REPLAY_HOURS="0",
     )
-    run_cli(env, "migrate")
     hook = f"http://127.0.0.1:{dead_port()}/hook?token=s3cret"
     setup = dict(env, PARTNER="Dead app", HOOK=hook, CHAOS_PORT="1", USERS="4", COUNT="10")
     run_cli(setup, "manage", "shell", "-c", SETUP)
@@ -92,7 +98,7 @@ def test_a_dead_endpoint_gets_one_line_then_a_summary_per_interval(tmp_path):
 
 
 def test_engine_lines_name_mailboxes_and_tell_connect_recovery_and_summary(tmp_path):
-    database = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    database = migrated_sqlite(tmp_path / "db.sqlite3")
     env = superimap_env(
         database,
         tmp_path,
@@ -100,7 +106,6 @@ def test_engine_lines_name_mailboxes_and_tell_connect_recovery_and_summary(tmp_p
         ENGINE_NODE_NAME="logs-node",
         LOG_SUMMARY_SECONDS=str(SUMMARY_SECONDS),
     )
-    run_cli(env, "migrate")
     chaos_port = free_port()
     # A partner name with an escape sequence (set outside the API): escaped in the log.
     setup = dict(

@@ -1,6 +1,6 @@
 """Outsiders (no key, no account) against a real `superimap up` with SUPERIMAP_ENV=production:
 slow bodies cannot pin memory, idle connections are capped and timed out, request paths
-cannot forge log lines. (The full-size figure: python -m superimap.bench.slowbody.)"""
+cannot forge log lines. (The full-size figure: python -m devtools.bench.slowbody.)"""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import time
 import pytest
 from cryptography.fernet import Fernet
 
-from superimap.bench.slowbody import tree_rss_mb
-from superimap.testing import free_port
-from tests.processes import Processes, superimap_env, wait_until
+from devtools.bench.slowbody import tree_rss_mb
+from devtools.testing import free_port
+from tests.helpers.processes import Processes, superimap_env, wait_until
 
 CHUNK = 16 * 1024
 BODY = 1024 * 1024

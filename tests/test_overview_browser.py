@@ -16,10 +16,10 @@ from pathlib import Path
 
 from selenium.webdriver.common.by import By
 
-from superimap.bench.e2e import Receiver
-from superimap.bench.engine import ChaosServerProcess
-from tests.browser import blocked_by_csp, chromium, console, log_in, wait_for
-from tests.processes import ROOT, wait_until, web_server
+from devtools.bench.e2e import Receiver
+from devtools.bench.engine import ChaosServerProcess
+from tests.helpers.browser import blocked_by_csp, chromium, console, log_in, wait_for
+from tests.helpers.processes import ROOT, wait_until, web_server
 
 MAILBOXES = 7
 RATE = float(os.environ.get("OVERVIEW_PUSH_RATE", "10"))
@@ -28,14 +28,14 @@ RATE = float(os.environ.get("OVERVIEW_PUSH_RATE", "10"))
 def _make_mailboxes(env: dict, imap_port: int, hook_port: int, api_key: str, whsec: str):
     script = (
         "import django; django.setup()\n"
-        "from superimap.bench.e2e import _make_mailboxes\n"
+        "from devtools.bench.e2e import _make_mailboxes\n"
         f"_make_mailboxes({MAILBOXES}, {imap_port}, {hook_port}, {api_key!r}, {whsec!r})\n"
     )
     subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, check=True, timeout=60)
 
 
 def _all_idle(web: dict) -> bool:
-    from tests.processes import query
+    from tests.helpers.processes import query
 
     rows = query(web["env"]["DATABASE_URL"], "SELECT status FROM mailboxes_mailboxuser")
     return len(rows) == MAILBOXES and all(status == "idle" for (status,) in rows)

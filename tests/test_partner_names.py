@@ -13,8 +13,8 @@ from django.test import Client
 
 from superimap import cli, commands
 from superimap.partners.models import Partner
-from tests.api.helpers import assert_error
-from tests.processes import ROOT, superimap_env
+from tests.helpers.api import assert_error
+from tests.helpers.processes import ROOT, superimap_env
 
 
 def test_the_api_refuses_another_partners_name_in_any_case(outsider_api, partner, outsider):

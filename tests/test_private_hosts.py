@@ -14,34 +14,14 @@ from superimap.imapclient import ImapConnection
 from superimap.mailboxes.credentials import check_login
 from superimap.partners.models import Connection, ImapProvider
 from superimap.platform.netguard import PrivateTargetRefused
-from tests.api.helpers import assert_error
-from tests.configs import mailbox_config
+from tests.helpers.api import assert_error
+from tests.helpers.configs import mailbox_config
+from tests.helpers.listener import Listener
 
 
 @pytest.fixture
 def production_hosts(settings):
     settings.IMAP_ALLOW_PRIVATE_HOSTS = False
-
-
-class Listener:
-    """A real TCP listener on 127.0.0.1 that counts the connections it accepts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.3)
-        self.port = self.sock.getsockname()[1]
-
-    def accepted(self) -> int:
-        count = 0
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                return count
-            conn.close()
-            count += 1
 
 
 @pytest.fixture
@@ -160,7 +140,7 @@ def test_the_engine_reports_a_refused_host_without_any_network_detail(
 
     from superimap.mailboxes.models import MailboxUser
     from superimap.partners.models import Partner
-    from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
+    from tests.helpers.engine import RunningEngine, loopback_connection, wait_for
 
     mail_partner = Partner.objects.create(name="Mail app")
 
@@ -195,7 +175,7 @@ def test_the_message_route_refuses_a_private_host_when_connecting(
 
     from superimap.delivery.payloads import message_url
     from superimap.mailboxes.models import MailboxUser
-    from tests.engine.conftest import loopback_connection
+    from tests.helpers.engine import loopback_connection
 
     user = MailboxUser.objects.create(
         connection=loopback_connection(partner, listener.port),

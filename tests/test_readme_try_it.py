@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from superimap.testing import free_port
-from tests.processes import query
+from devtools.testing import free_port
+from tests.helpers.processes import query
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

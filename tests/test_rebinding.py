@@ -2,7 +2,7 @@
 that resolved to a public address when it was saved (or checked) resolves to 127.0.0.1 when
 the service connects. Every outbound connection made for a partner goes through
 netguard.resolve_checked() and to the address it checked, so none reaches the internal
-service (real local servers here, which count what they see). tests/rebinding.py scripts
+service (real local servers here, which count what they see). tests/helpers/rebinding.py scripts
 the lookups."""
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.test import Client
 
+from devtools.testing import free_port
+from devtools.testing.oauth_server import LoopbackOAuthServer
 from superimap.imapclient import AccessTokens, ImapConnection
 from superimap.mailboxes import credentials
 from superimap.mailboxes.links import make_link
@@ -26,15 +28,13 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.mailboxes.oauth import ConnectFailed, exchange_code, revoke_refresh_token
 from superimap.partners.models import Connection, ImapProvider
 from superimap.platform.netguard import PrivateTargetRefused
-from superimap.testing import free_port
-from superimap.testing.oauth_server import LoopbackOAuthServer
 from superimap.tracers.sender import TracerSender, TracerTarget
-from tests.configs import mailbox_config
-from tests.delivery.helpers import ThreadedReceiver
-from tests.processes import Processes, query, superimap_env, wait_until
-from tests.rebinding import PUBLIC, rebinding
-from tests.test_cli import run
-from tests.test_private_hosts import Listener
+from tests.helpers.cli import run
+from tests.helpers.configs import mailbox_config
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.listener import Listener
+from tests.helpers.processes import Processes, query, superimap_env, wait_until
+from tests.helpers.rebinding import PUBLIC, rebinding
 
 INTERNAL_BODY = "internal admin page: secret=hunter2"
 

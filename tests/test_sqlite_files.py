@@ -7,7 +7,7 @@ import stat
 import subprocess
 import sys
 
-from tests.processes import ROOT
+from tests.helpers.processes import ROOT
 
 SCRIPT = """
 import os, stat, django

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from superimap.testing import free_port
-from tests.processes import ROOT, Processes, answers, wait_until
+from devtools.testing import free_port
+from tests.helpers.processes import ROOT, Processes, answers, wait_until
 
 SUPERIMAP = str(Path(sys.executable).with_name("superimap"))
 

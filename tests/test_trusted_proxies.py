@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from superimap.runtime import web_config
-from tests.test_cli import run
+from tests.helpers.cli import run
 
 
 def client_seen(config, client: str, forwarded_for: str) -> tuple[str, str]:

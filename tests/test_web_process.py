@@ -14,8 +14,8 @@ import urllib.parse
 
 import pytest
 
-from tests.api.test_original_clients import REST_CLIENT_REQUESTS
-from tests.processes import web_server
+from tests.helpers.api import REST_CLIENT_REQUESTS
+from tests.helpers.processes import web_server
 
 CHUNK = b"x" * 65536
 

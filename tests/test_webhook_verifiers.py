@@ -20,8 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from superimap.testing import free_port
-from tests.processes import ROOT, Processes, answers, run_cli, superimap_env, wait_until
+from devtools.testing import free_port
+from tests.helpers.processes import (
+    ROOT,
+    Processes,
+    answers,
+    migrated_sqlite,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 DOC = ROOT / "docs" / "webhooks.md"
 LANGUAGES = {"python": "python3", "javascript": "node", "ruby": "ruby"}
@@ -122,8 +130,7 @@ def test_verifiers_accept_what_the_service_signs_and_refuse_changes(tmp_path, ve
     receiver_port = free_port()
     server = ThreadingHTTPServer(("127.0.0.1", receiver_port), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = superimap_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", tmp_path)
-    run_cli(env, "migrate")
+    env = superimap_env(migrated_sqlite(tmp_path / "db.sqlite3"), tmp_path)
     exported = run_cli(
         env,
         "createpartner",

@@ -15,7 +15,7 @@ from superimap.accounts.errors import Refused
 from superimap.delivery.models import EndpointHealth
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 
 @pytest.fixture(autouse=True)

@@ -1,18 +1,11 @@
 import pytest
 
+from devtools.testing.dovecot import write_test_certificates
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing.dovecot import write_test_certificates
-from tests.api.helpers import assert_error
-from tests.conftest import ApiClient
+from tests.helpers.api import GMAIL, ApiClient, assert_error
 
 PLAIN_HOST = {"imap_provider_code": "PLAIN", "imap_host": "mail.example.org"}
-
-GMAIL = {
-    "imap_provider_code": "GMAIL_OAUTH2",
-    "oauth_client_id": "client-id",
-    "oauth_client_secret": "oauth-secret-123",
-}
 
 
 def test_it_lists_connections_with_the_header_key(api, plain_connection):

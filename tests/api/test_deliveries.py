@@ -7,7 +7,7 @@ from django.utils.dateparse import parse_datetime
 
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.mailboxes.models import MailboxUser
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 
 @pytest.fixture

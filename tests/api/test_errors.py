@@ -3,7 +3,7 @@
 import pytest
 from django.conf import settings
 
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 
 def test_it_answers_400_json_for_malformed_json(api):

@@ -3,7 +3,7 @@
 import pytest
 
 from superimap.mailboxes.models import MailboxUser
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 USERS = "/connections/PLAIN/users"
 

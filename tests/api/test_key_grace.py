@@ -11,8 +11,7 @@ from django.test import Client
 from django.utils import timezone
 
 from superimap.partners.models import Partner
-from tests.api.helpers import assert_error
-from tests.conftest import ApiClient
+from tests.helpers.api import ApiClient, assert_error
 
 
 @pytest.fixture

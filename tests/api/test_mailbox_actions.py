@@ -9,7 +9,7 @@ from superimap.delivery.models import Delivery
 from superimap.engine import store
 from superimap.engine.leases import watchable
 from superimap.mailboxes.models import MailboxUser
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 ALICE = {"tag": "alice", "email": "alice@example.com", "password": "alice-pw-secret"}
 BASE = "/connections/PLAIN/users/alice"

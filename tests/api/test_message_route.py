@@ -9,18 +9,17 @@ import itertools
 import time
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connections
 from django.test import AsyncClient
 from django.utils import timezone
 
-from superimap.delivery.payloads import message_url
+from devtools.testing.chaos_server import ChaosImapServer
+from devtools.testing.mail import make_message
+from devtools.testing.oauth_server import LoopbackOAuthServer
 from superimap.imapclient.messages import CHUNK_BYTES
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing.chaos_server import ChaosImapServer
-from superimap.testing.mail import make_message
-from superimap.testing.oauth_server import LoopbackOAuthServer
+from tests.helpers.api import asgi_get, close_request_connections, message_path
 
 _names = itertools.count()
 
@@ -50,13 +49,6 @@ def dovecot_user(owner, dovecot):
     )
 
 
-async def _close_request_connections() -> None:
-    """Close the database connections the requests opened: Django runs the views' queries
-    in asgiref's one thread for sync code, which lives as long as this process, so they
-    would stay open through every later test."""
-    await sync_to_async(connections.close_all, thread_sensitive=True)()
-
-
 async def _in_thread(fn):
     """fn() in a thread of its own, closing the database connections it opened there."""
 
@@ -67,30 +59,6 @@ async def _in_thread(fn):
             connections.close_all()
 
     return await asyncio.to_thread(call)
-
-
-def _path(user: MailboxUser, uid_validity: int, uid: int) -> str:
-    url = message_url(user.connection.provider.code, user.tag, uid_validity, uid)
-    return url[url.index("/api/v1/") :]
-
-
-def _get(path: str, api_key: str | None) -> tuple[int, dict, bytes]:
-    """GET through Django's ASGI handler, reading the stream in this event loop."""
-
-    async def run():
-        headers = {"x-api-key": api_key} if api_key else {}
-        try:
-            response = await AsyncClient().get(path, headers=headers)
-            if response.streaming:
-                body = b"".join([part async for part in response.streaming_content])
-            else:
-                body = response.content
-        finally:
-            await _close_request_connections()
-        return response.status_code, response.headers, body
-
-    close_old_connections()
-    return asyncio.run(run())
 
 
 def _with_8bit_body(subject: str, size: int = 0) -> bytes:
@@ -105,7 +73,7 @@ def test_it_streams_a_small_message_byte_exact(dovecot_user, dovecot, owner):
     dovecot.deliver(dovecot_user.tag, raw)
     uid_validity = dovecot.uidvalidity(dovecot_user.tag)
 
-    status, headers, body = _get(_path(dovecot_user, uid_validity, 1), owner.api_key)
+    status, headers, body = asgi_get(message_path(dovecot_user, uid_validity, 1), owner.api_key)
 
     assert status == 200, body[:300]
     assert headers["Content-Type"] == "message/rfc822"
@@ -121,7 +89,7 @@ def test_it_streams_a_message_of_several_slices_byte_exact(dovecot_user, dovecot
     dovecot.deliver(dovecot_user.tag, raw)
     uid_validity = dovecot.uidvalidity(dovecot_user.tag)
 
-    status, _, body = _get(_path(dovecot_user, uid_validity, 2), owner.api_key)
+    status, _, body = asgi_get(message_path(dovecot_user, uid_validity, 2), owner.api_key)
 
     assert status == 200
     assert len(body) == len(raw) > 2 * CHUNK_BYTES
@@ -134,29 +102,29 @@ def test_it_answers_404_for_an_expunged_message_or_an_old_uidvalidity(dovecot_us
     uid_validity = dovecot.uidvalidity(dovecot_user.tag)
     dovecot.doveadm("expunge", "-u", dovecot_user.tag, "mailbox", "INBOX", "uid", "1")
 
-    status, headers, body = _get(_path(dovecot_user, uid_validity, 1), owner.api_key)
+    status, headers, body = asgi_get(message_path(dovecot_user, uid_validity, 1), owner.api_key)
     assert status == 404 and headers["Content-Type"] == "application/json"
     assert b'"message_not_found"' in body
-    status, _, body = _get(_path(dovecot_user, uid_validity + 1, 2), owner.api_key)
+    status, _, body = asgi_get(message_path(dovecot_user, uid_validity + 1, 2), owner.api_key)
     assert status == 404 and b'"message_not_found"' in body
-    status, _, body = _get(_path(dovecot_user, uid_validity, 2), owner.api_key)
+    status, _, body = asgi_get(message_path(dovecot_user, uid_validity, 2), owner.api_key)
     assert status == 200 and b"stays" in body
 
 
 def test_it_answers_409_for_an_archived_or_disconnected_user(dovecot_user, dovecot, owner):
     dovecot.deliver(dovecot_user.tag, _with_8bit_body("kept"))
-    path = _path(dovecot_user, dovecot.uidvalidity(dovecot_user.tag), 1)
+    path = message_path(dovecot_user, dovecot.uidvalidity(dovecot_user.tag), 1)
     MailboxUser.objects.filter(id=dovecot_user.id).update(connected_at=None)
-    status, _, body = _get(path, owner.api_key)
+    status, _, body = asgi_get(path, owner.api_key)
     assert status == 409 and b'"not_connected"' in body
     dovecot_user.archive()
-    status, _, body = _get(path, owner.api_key)
+    status, _, body = asgi_get(path, owner.api_key)
     assert status == 409 and b'"archived"' in body
 
 
 def test_it_answers_404_to_another_partner_and_401_without_a_key(dovecot_user, dovecot):
     dovecot.deliver(dovecot_user.tag, _with_8bit_body("private"))
-    path = _path(dovecot_user, dovecot.uidvalidity(dovecot_user.tag), 1)
+    path = message_path(dovecot_user, dovecot.uidvalidity(dovecot_user.tag), 1)
     outsider = Partner.objects.create(name="Outsider")
     # The outsider has a connection of the same provider: still not its user.
     Connection.objects.create(
@@ -166,26 +134,26 @@ def test_it_answers_404_to_another_partner_and_401_without_a_key(dovecot_user, d
         imap_port=dovecot.imap_port,
         imap_tls="none",
     )
-    status, _, body = _get(path, outsider.api_key)
+    status, _, body = asgi_get(path, outsider.api_key)
     assert status == 404 and b"private" not in body
-    status, _, body = _get(path, None)
+    status, _, body = asgi_get(path, None)
     assert status == 401 and b'"unauthorized"' in body
 
 
 def test_it_answers_502_when_the_server_refuses_the_stored_password(dovecot_user, dovecot, owner):
     dovecot.deliver(dovecot_user.tag, _with_8bit_body("locked"))
-    path = _path(dovecot_user, dovecot.uidvalidity(dovecot_user.tag), 1)
+    path = message_path(dovecot_user, dovecot.uidvalidity(dovecot_user.tag), 1)
     MailboxUser.objects.filter(id=dovecot_user.id).update(password="wrong")
-    status, headers, body = _get(path, owner.api_key)
+    status, headers, body = asgi_get(path, owner.api_key)
     assert status == 502 and headers["Content-Type"] == "application/json"
     assert b'"imap_auth_failed"' in body
 
 
 def test_it_validates_the_uid_and_uid_validity(dovecot_user, owner):
-    base = _path(dovecot_user, 1, 1).rsplit("/", 2)[0]
-    status, _, body = _get(f"{base}/abc/1", owner.api_key)
+    base = message_path(dovecot_user, 1, 1).rsplit("/", 2)[0]
+    status, _, body = asgi_get(f"{base}/abc/1", owner.api_key)
     assert status == 422 and b'"validation_error"' in body
-    status, _, body = _get(f"{base}/0/1", owner.api_key)
+    status, _, body = asgi_get(f"{base}/0/1", owner.api_key)
     assert status == 404
 
 
@@ -222,12 +190,12 @@ def test_it_streams_for_an_oauth2_user_over_xoauth2(owner):
 
             user = await _in_thread(make_user)
             response = await AsyncClient().get(
-                _path(user, uid_validity, uid), headers={"x-api-key": owner.api_key}
+                message_path(user, uid_validity, uid), headers={"x-api-key": owner.api_key}
             )
             body = b"".join([part async for part in response.streaming_content])
             return raw, response.status_code, body
         finally:
-            await _close_request_connections()
+            await close_request_connections()
             await oauth.stop()
             await imap.stop()
 
@@ -261,7 +229,7 @@ def test_a_response_never_read_still_closes_its_imap_connection(owner):
                 )
 
             user = await _in_thread(make_user)
-            path = _path(user, imap.mailbox("user0").uidvalidity, uid)
+            path = message_path(user, imap.mailbox("user0").uidvalidity, uid)
             response = await AsyncClient().get(path, headers={"x-api-key": owner.api_key})
             open_before = len(imap.sessions_by_user.get("user0", ()))
             response.close()
@@ -271,7 +239,7 @@ def test_a_response_never_read_still_closes_its_imap_connection(owner):
                 await asyncio.sleep(0.02)
             return response.status_code, open_before, len(imap.sessions_by_user.get("user0", ()))
         finally:
-            await _close_request_connections()
+            await close_request_connections()
             await imap.stop()
 
     close_old_connections()

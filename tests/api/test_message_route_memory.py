@@ -12,11 +12,11 @@ from django.conf import settings
 from django.db import connection as db_connection
 from django.utils import timezone
 
+from devtools.testing import free_port
+from devtools.testing.mail import make_message
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing import free_port
-from superimap.testing.mail import make_message
-from tests.processes import Processes, superimap_env, wait_until
+from tests.helpers.processes import Processes, superimap_env, wait_until
 
 MESSAGE_BYTES = 40 * 1024 * 1024
 MAX_RSS_GROWTH = 16 * 1024 * 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 
 @pytest.fixture
@@ -84,6 +84,6 @@ def test_it_hides_messages_from_another_partner(outsider_api, user):
 
 
 def test_it_needs_an_api_key(user):
-    from tests.conftest import ApiClient
+    from tests.helpers.api import ApiClient
 
     assert_error(ApiClient(None).get("/connections/PLAIN/users/alice/messages"), 401)

@@ -4,7 +4,6 @@ and the exact requests rest-client 2.1 makes for the original README's snippets.
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
 
 import pytest
 from django.test import Client
@@ -12,92 +11,7 @@ from django.test import Client
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from tests.api.helpers import assert_error
-
-# Captured from rest-client 2.1.0 (Debian's ruby-rest-client, Ruby 3.1) running the original
-# README's snippets against a socket; "$API_KEY$" is replaced by the partner's key. The
-# client sets `content_type: :json`, but rest-client sends a Ruby hash form-encoded and
-# overrides the Content-Type ("warning: Overriding "Content-Type" header ... due to payload").
-REST_CLIENT_REQUESTS = {
-    "create_user": (
-        "POST /api/v1/connections/GMAIL_OAUTH2/users HTTP/1.1\r\n"
-        "Accept: application/json\r\n"
-        "User-Agent: rest-client/2.1.0 (linux-gnu x86_64) ruby/3.1.2p20\r\n"
-        "X-Api-Key: $API_KEY$\r\n"
-        "Content-Type: application/x-www-form-urlencoded\r\n"
-        "Content-Length: 11\r\n"
-        "Accept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3\r\n"
-        "Host: 127.0.0.1:18765\r\n"
-        "\r\n"
-        "tag=MY_USER"
-    ),
-    "get_user": (
-        "GET /api/v1/connections/GMAIL_OAUTH2/users/MY_USER HTTP/1.1\r\n"
-        "Accept: application/json\r\n"
-        "User-Agent: rest-client/2.1.0 (linux-gnu x86_64) ruby/3.1.2p20\r\n"
-        "X-Api-Key: $API_KEY$\r\n"
-        "Content-Type: application/json\r\n"
-        "Accept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3\r\n"
-        "Host: 127.0.0.1:18765\r\n"
-        "\r\n"
-    ),
-    "list_connections": (
-        "GET /api/v1/connections HTTP/1.1\r\n"
-        "Accept: application/json\r\n"
-        "User-Agent: rest-client/2.1.0 (linux-gnu x86_64) ruby/3.1.2p20\r\n"
-        "X-Api-Key: $API_KEY$\r\n"
-        "Content-Type: application/json\r\n"
-        "Accept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3\r\n"
-        "Host: 127.0.0.1:18765\r\n"
-        "\r\n"
-    ),
-    "create_connection": (
-        "POST /api/v1/connections HTTP/1.1\r\n"
-        "Accept: application/json\r\n"
-        "User-Agent: rest-client/2.1.0 (linux-gnu x86_64) ruby/3.1.2p20\r\n"
-        "X-Api-Key: $API_KEY$\r\n"
-        "Content-Type: application/x-www-form-urlencoded\r\n"
-        "Content-Length: 74\r\n"
-        "Accept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3\r\n"
-        "Host: 127.0.0.1:18765\r\n"
-        "\r\n"
-        "imap_provider_code=GMAIL_OAUTH2&oauth2_client_id=id&oauth2_client_secret=s"
-    ),
-    "set_password": (
-        "PUT /api/v1/connections/PLAIN/users/MY_USER HTTP/1.1\r\n"
-        "Accept: application/json\r\n"
-        "User-Agent: rest-client/2.1.0 (linux-gnu x86_64) ruby/3.1.2p20\r\n"
-        "X-Api-Key: $API_KEY$\r\n"
-        "Content-Type: application/x-www-form-urlencoded\r\n"
-        "Content-Length: 59\r\n"
-        "Accept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3\r\n"
-        "Host: 127.0.0.1:18765\r\n"
-        "\r\n"
-        "login_username=me%40example.com&login_password=app-password"
-    ),
-    "restore": (
-        "PUT /api/v1/connections/PLAIN/users/MY_USER HTTP/1.1\r\n"
-        "Accept: application/json\r\n"
-        "User-Agent: rest-client/2.1.0 (linux-gnu x86_64) ruby/3.1.2p20\r\n"
-        "X-Api-Key: $API_KEY$\r\n"
-        "Content-Type: application/x-www-form-urlencoded\r\n"
-        "Content-Length: 14\r\n"
-        "Accept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3\r\n"
-        "Host: 127.0.0.1:18765\r\n"
-        "\r\n"
-        "archived=false"
-    ),
-    "delete_user": (
-        "DELETE /api/v1/connections/PLAIN/users/MY_USER HTTP/1.1\r\n"
-        "Accept: application/json\r\n"
-        "User-Agent: rest-client/2.1.0 (linux-gnu x86_64) ruby/3.1.2p20\r\n"
-        "X-Api-Key: $API_KEY$\r\n"
-        "Content-Type: application/json\r\n"
-        "Accept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3\r\n"
-        "Host: 127.0.0.1:18765\r\n"
-        "\r\n"
-    ),
-}
+from tests.helpers.api import REST_CLIENT_REQUESTS, assert_error, form, send
 
 
 def replay(name: str, api_key: str):
@@ -123,16 +37,6 @@ def gmail(partner) -> Connection:
         oauth_client_id="client-id",
         oauth_client_secret="client-secret",
     )
-
-
-def send(method: str, path: str, api_key: str, body: bytes = b"", content_type: str = ""):
-    return Client().generic(
-        method, f"/api/v1{path}", body, content_type=content_type, HTTP_X_API_KEY=api_key
-    )
-
-
-def form(params: dict) -> bytes:
-    return urlencode(params).encode()
 
 
 # The original README's snippets, as rest-client 2.1 sends them.

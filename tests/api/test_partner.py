@@ -8,11 +8,10 @@ import pytest
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from devtools.testing.webhook_receiver import describe, verify_spec_signature
 from superimap.partners.models import Partner
-from superimap.testing.webhook_receiver import describe, verify_spec_signature
-from tests.api.helpers import assert_error
-from tests.conftest import ApiClient
-from tests.delivery.helpers import ThreadedReceiver
+from tests.helpers.api import ApiClient, assert_error
+from tests.helpers.delivery import ThreadedReceiver
 
 
 @pytest.fixture

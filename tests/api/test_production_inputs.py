@@ -14,7 +14,7 @@ from cryptography.fernet import Fernet
 
 from superimap.accounts.partners import validate_partner
 from superimap.partners.models import Partner
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 SUPERIMAP = str(Path(sys.executable).with_name("superimap"))
 # Hosts the IDNA encoder refuses (getaddrinfo raised UnicodeError: a 500 and a traceback).

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
-
 import pytest
-from django.utils import timezone
 
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from tests.api.helpers import assert_error
-from tests.conftest import ApiClient
-
-T0 = timezone.now().replace(microsecond=0) - timedelta(days=2)
+from tests.helpers.api import ApiClient, assert_error
+from tests.helpers.delivery import T0, delivery_at, iso, replay
 
 
 @pytest.fixture
@@ -24,32 +18,6 @@ def alice(plain_connection) -> MailboxUser:
 @pytest.fixture
 def bob(plain_connection) -> MailboxUser:
     return MailboxUser.objects.create(connection=plain_connection, tag="bob")
-
-
-def delivery_at(user, hours: float, status="delivered", kind="new_mail", **extra) -> Delivery:
-    delivery = Delivery.objects.create(
-        kind=kind,
-        partner=user.connection.partner,
-        user=user,
-        message_id=f"<{uuid.uuid4()}@example.com>" if kind == "new_mail" else "",
-        payload={"sha1": "x", "rfc822": "Subject: hi\r\n\r\nbody"},
-        status=status,
-        attempts=1,
-        max_attempts=7,
-        next_attempt_at=T0,
-        delivered_at=T0 if status == "delivered" else None,
-        **extra,
-    )
-    Delivery.objects.filter(id=delivery.id).update(created_at=T0 + timedelta(hours=hours))
-    return delivery
-
-
-def iso(hours: float) -> str:
-    return (T0 + timedelta(hours=hours)).isoformat()
-
-
-def replay(api, **body):
-    return api.post("/deliveries/replay", body)
 
 
 def test_it_replays_a_time_range_with_the_same_event_ids(api, alice):

@@ -10,9 +10,8 @@ from django.test import Client
 
 from superimap.delivery.models import Delivery, ReplayAllowance
 from superimap.mailboxes.models import MailboxUser
-from tests.api.helpers import assert_error
-from tests.api.test_replay import delivery_at, iso, replay
-from tests.conftest import ApiClient
+from tests.helpers.api import ApiClient, assert_error
+from tests.helpers.delivery import delivery_at, iso, replay
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 import pytest
 
 from superimap.mailboxes.models import MailboxUser
-from tests.api.helpers import assert_error
+from tests.helpers.api import assert_error
 
 ALICE = {"tag": "alice", "email": "alice@example.com", "password": "alice-pw-secret"}
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from devtools.testing import free_port
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing import free_port
-from tests.api.helpers import assert_error
-from tests.api.test_original_clients import form, send
+from tests.helpers.api import assert_error, form, send
 
 USERS = "/connections/LOOPBACK_PLAIN/users"
 

@@ -9,7 +9,7 @@ import pytest
 
 from superimap.delivery.worker import Worker
 from superimap.platform.dbpool import DbPool
-from tests.delivery.helpers import Clock, ThreadedReceiver
+from tests.helpers.delivery import Clock, ThreadedReceiver
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from devtools.testing.metrics import scrape, value
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery
-from superimap.testing.metrics import scrape, value
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 ATTEMPTS = "superimap_webhook_attempts_total"
 

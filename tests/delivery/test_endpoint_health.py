@@ -12,7 +12,7 @@ from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, EndpointHealth
 from superimap.metricsview import DatabaseCollector
 from superimap.partners.models import Partner
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 
 def connected_event(partner, clock) -> Delivery:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from devtools.testing import free_port
 from superimap.delivery.http import make_session, post
-from superimap.testing import free_port
 
 
 async def _post(url: str) -> str:

@@ -10,12 +10,12 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from devtools.testing.webhook_receiver import HANG
 from superimap.delivery import fairness, outbox, queue
 from superimap.delivery.models import Delivery
 from superimap.delivery.worker import Worker
 from superimap.platform.dbpool import DbPool
-from superimap.testing.webhook_receiver import HANG
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 
 def queue_user_events(partner, count: int, kind=Delivery.Kind.USER_CONNECTED) -> list[Delivery]:

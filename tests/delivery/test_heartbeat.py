@@ -15,7 +15,7 @@ from superimap.delivery import heartbeat, outbox, queue
 from superimap.delivery.models import Delivery, WorkerNode
 from superimap.delivery.worker import Worker
 from superimap.platform.dbpool import DbPool
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 ALIVE = timedelta(seconds=5)
 

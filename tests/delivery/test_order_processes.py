@@ -16,11 +16,13 @@ import time
 import urllib.parse
 import urllib.request
 
-from superimap.testing import free_port
-from superimap.testing.webhook_receiver import Hang
-from tests.delivery.helpers import ThreadedReceiver
-from tests.engine.conftest import ServerThread
-from tests.processes import BASELINED, Processes, query, run_cli, superimap_env, wait_until
+import pytest
+
+from devtools.testing import free_port
+from devtools.testing.webhook_receiver import Hang
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.engine import ServerThread
+from tests.helpers.processes import BASELINED, Processes, query, run_cli, superimap_env, wait_until
 
 USERS = 3
 LEAVER = "user0"
@@ -50,6 +52,12 @@ from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
 print("LINK " + make_link(MailboxUser.objects.get(tag="%s").id, "disconnect"))
 """
+
+
+@pytest.fixture
+def database_url(migrated_database_url) -> str:
+    """Migrated already (a copy of one migrated template), not by each test."""
+    return migrated_database_url
 
 
 def reply(event) -> Hang | tuple[int, str]:
@@ -134,7 +142,6 @@ def _run(database_url, tmp_path, chaos, procs, receiver):
         PUBLIC_URL=f"http://127.0.0.1:{port}",
     )
     setup = {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS), "HOOK_URL": receiver.url}
-    run_cli(setup, "migrate")
     run_cli(setup, "manage", "shell", "-c", SETUP_SCRIPT)
     link = run_cli(env, "manage", "shell", "-c", LINK_SCRIPT % LEAVER).split("LINK ", 1)[1]
 

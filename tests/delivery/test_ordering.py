@@ -12,7 +12,7 @@ from django.utils import timezone
 from superimap.delivery import outbox, queue
 from superimap.delivery.http import PostResult
 from superimap.delivery.models import Delivery
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 LEASE = timedelta(seconds=60)
 LIFECYCLE = ["user_connected", "user_error", "user_recovered", "user_disconnected"]

@@ -9,11 +9,11 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from devtools.testing.webhook_receiver import HANG
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.webhook_receiver import HANG
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 SCHEDULE = [10, 60, 360, 2160, 12960, 77760]  # the default WEBHOOK_RETRY_SCHEDULE
 

@@ -11,12 +11,12 @@ import time
 import pytest
 from django.utils import timezone
 
+from devtools.testing.webhook_receiver import verify_spec_signature, verify_standard_webhook
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.payloads import new_mail_payload
 from superimap.sync.envelope import envelope, parse_headers
-from superimap.testing.webhook_receiver import verify_spec_signature, verify_standard_webhook
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 UTF8_MAIL = (
     "From: =?utf-8?q?Ren=C3=A9e?= <renee@example.com>\r\n"

@@ -16,7 +16,7 @@ from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.retention import Purger
 from superimap.delivery.worker import Worker
 from superimap.platform.dbpool import DbPool
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 BODY = "x" * 4000
 

@@ -10,7 +10,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from superimap.accounts import partners
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery
-from tests.delivery.helpers import make_partner, make_user
+from tests.helpers.delivery import make_partner, make_user
 
 
 def test_it_signs_with_both_secrets_during_the_grace_period(

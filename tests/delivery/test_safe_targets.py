@@ -16,8 +16,8 @@ from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.targets import WebhookTargetError, check_webhook_url
 from superimap.partners.models import Partner
 from superimap.platform.netguard import CheckedConnector, PrivateTargetRefused
-from tests.delivery.helpers import make_partner, make_user
-from tests.rebinding import PUBLIC, rebinding
+from tests.helpers.delivery import make_partner, make_user
+from tests.helpers.rebinding import PUBLIC, rebinding
 
 REFUSED = [
     "http://127.0.0.1/hook",

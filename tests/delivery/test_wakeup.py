@@ -9,10 +9,12 @@ import os
 import socket
 import time
 
+import pytest
+
 from superimap.delivery.wakeup import SOCKET_SUFFIX, WakeListener, WakeSender, socket_dir
-from tests.delivery.helpers import ThreadedReceiver
-from tests.engine.conftest import ServerThread
-from tests.processes import (
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.engine import ServerThread
+from tests.helpers.processes import (
     BASELINED,
     CHAOS_USERS_SCRIPT,
     Processes,
@@ -25,6 +27,12 @@ from tests.processes import (
 USERS = 3
 PUSHES = 6
 POLL_MS = 5000
+
+
+@pytest.fixture
+def database_url(migrated_database_url) -> str:
+    """Migrated already (a copy of one migrated template), not by each test."""
+    return migrated_database_url
 
 
 def test_it_posts_a_new_mail_well_before_the_workers_poll(database_url, tmp_path):
@@ -57,7 +65,6 @@ def _run(database_url, tmp_path, chaos, procs, receiver, arrivals):
         "USERS": str(USERS),
         "HOOK_URL": f"{receiver.url}/new-mail",
     }
-    run_cli(setup_env, "migrate")
     run_cli(setup_env, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
 
     worker = procs.start(env, "worker")

@@ -14,9 +14,9 @@ import time
 import uuid
 from collections import Counter
 
-from superimap.testing.webhook_receiver import Hang
-from tests.delivery.test_workers import INSERT_SCRIPT
-from tests.processes import ROOT, Processes, query, superimap_env, wait_until
+from devtools.testing.webhook_receiver import Hang
+from tests.helpers.delivery import INSERT_SCRIPT
+from tests.helpers.processes import ROOT, Processes, query, superimap_env, wait_until
 
 COUNT = 300
 TAKEOVER_LIMIT = 10.0

@@ -17,13 +17,13 @@ import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 
+from devtools.testing.webhook_receiver import HANG, Hang
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.worker import Worker
 from superimap.platform.dbpool import DbPool
-from superimap.testing.webhook_receiver import HANG, Hang
-from tests.delivery.helpers import make_partner, make_user
-from tests.processes import ROOT, Processes, superimap_env, wait_until
+from tests.helpers.delivery import INSERT_SCRIPT, make_partner, make_user
+from tests.helpers.processes import ROOT, Processes, superimap_env, wait_until
 
 
 def sent_counts(outputs: list[str]) -> list[int]:
@@ -109,39 +109,6 @@ def test_two_workers_on_sqlite_never_send_an_attempt_twice(seeded_providers, mak
     assert set(Delivery.objects.values_list("status", "attempts")) == {("delivered", 1)}
     assert DeliveryAttempt.objects.filter(number=1, status_code=200).count() == 300
     assert DeliveryAttempt.objects.count() == 300
-
-
-INSERT_SCRIPT = r"""
-import os
-from django.db import transaction
-from superimap.delivery import outbox
-from superimap.delivery.payloads import new_mail_payload
-from superimap.mailboxes.models import MailboxUser
-from superimap.partners.models import Connection, ImapProvider, Partner
-
-url = os.environ["RECEIVER_URL"]
-if os.environ["PHASE"] == "partner":
-    partner = Partner.objects.create(name="pg", new_mail_webhook=url + "/new-mail")
-    conn = Connection.objects.create(
-        partner=partner, provider=ImapProvider.objects.get(code="PLAIN"),
-        imap_host="imap.example.com", imap_port=993, imap_tls="implicit",
-    )
-    MailboxUser.objects.create(connection=conn, tag="pg", email="pg@x.test", password="pw")
-    print("partner", partner.api_key)
-else:
-    user = MailboxUser.objects.get(tag="pg")
-    with transaction.atomic():
-        for i in range(int(os.environ["COUNT"])):
-            # A NUL byte and invalid UTF-8: PostgreSQL's jsonb must still take the payload.
-            raw = b"Subject: m%d\r\nMessage-ID: <m%d@x>\r\n\r\nbody\x00\xff %d\r\n" % (i, i, i)
-            payload = new_mail_payload(
-                provider_code="PLAIN", user_tag=user.tag, raw=raw,
-                envelope={"subject": "m%d\x00" % i, "message_id": "<m%d@x>" % i},
-                uid=i + 1, uid_validity=1, folder="INBOX", internal_date=None,
-            )
-            outbox.enqueue("new_mail", user, payload, message_id="<m%d@x>" % i)
-    print("inserted")
-"""
 
 
 def test_two_worker_processes_on_postgresql_never_send_an_attempt_twice(

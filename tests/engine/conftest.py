@@ -1,178 +1,21 @@
-"""Fixtures for engine tests: a real Dovecot, mailbox users, and an engine runner."""
+"""Fixtures for engine tests (mail_partner, mailbox and dovecot are in tests/conftest.py;
+the tools in tests/helpers/engine.py)."""
 
 from __future__ import annotations
 
-import abc
-import asyncio
-import itertools
-import threading
-import time
-
 import pytest
-from django.utils import timezone
 
-from superimap.engine.session import SessionSettings
-from superimap.engine.supervisor import Engine
 from superimap.mailboxes.models import MailboxUser
-from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.platform.dbpool import DbPool
-from superimap.testing.chaos_server import ChaosImapServer
-from superimap.testing.users import chaos_users
-
-_names = itertools.count()
+from tests.helpers.engine import loopback_connection
+from tests.helpers.writer import NODE, WHEN
 
 
 @pytest.fixture
-def mail_partner(seeded_providers) -> Partner:
-    return Partner.objects.create(name="Mail app", new_mail_webhook="http://127.0.0.1:9/hook")
-
-
-def loopback_connection(partner: Partner, port: int, tls: str = "none") -> Connection:
-    return Connection.objects.create(
-        partner=partner,
-        provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN"),
-        imap_host="127.0.0.1",
-        imap_port=port,
-        imap_tls=tls,
-    )
-
-
-@pytest.fixture
-def mailbox(mail_partner, dovecot):
-    """A fresh Dovecot user and a connected MailboxUser watching it over plain IMAP."""
-
-    def make(tls: str = "none", password: str | None = None) -> MailboxUser:
-        name = f"user{next(_names)}-{int(time.time() * 1000) % 100000}"
-        dovecot.add_user(name, "secret-pw")
-        port = dovecot.imaps_port if tls == "implicit" else dovecot.imap_port
-        connection = Connection.objects.filter(partner=mail_partner).first()
-        if connection is None:
-            connection = loopback_connection(mail_partner, port, tls)
-        return MailboxUser.objects.create(
-            connection=connection,
-            tag=name,
-            email=f"{name}@example.test",
-            login_username=name,
-            password=password or "secret-pw",
-            connected_at=timezone.now(),
+def users(mail_partner) -> list[MailboxUser]:
+    connection = loopback_connection(mail_partner, 1)
+    return [
+        MailboxUser.objects.create(
+            connection=connection, tag=f"u{i}", owner_node=NODE, connected_at=WHEN
         )
-
-    return make
-
-
-def loopback_users(partner: Partner, port: int, count: int) -> None:
-    """`count` users of the chaos server (user{i} / pass{i}) on a loopback connection."""
-    chaos_users(partner, port, count)
-
-
-def answer_uid_command(writer, tag: str, command: str, mail: list[bytes]) -> None:
-    """A scripted server's answer to ``UID SEARCH UID n:*`` or ``UID FETCH`` (size and date,
-    or ``BODY.PEEK[]``) over ``mail``, where message i has UID i + 1."""
-    if command.startswith("UID SEARCH"):
-        first = int(command.split()[3].split(":")[0])
-        uids = " ".join(str(u) for u in range(first, len(mail) + 1))
-        writer.write(f"* SEARCH {uids}\r\n{tag} OK done\r\n".encode())
-        return
-    for uid in uid_set(command.split()[2], len(mail)):
-        raw = mail[uid - 1]
-        if "BODY.PEEK" in command:
-            head = f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n"
-            writer.write(head.encode() + raw + b")\r\n")
-        else:
-            writer.write(
-                f"* {uid} FETCH (UID {uid} RFC822.SIZE {len(raw)} "
-                f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
-            )
-    writer.write(f"{tag} OK fetched\r\n".encode())
-
-
-class LoopbackServer(abc.ABC):
-    """A TCP server on 127.0.0.1 (a free port) handing each connection to serve()."""
-
-    server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
-
-    @abc.abstractmethod
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Talk to one client."""
-
-
-def uid_set(text: str, largest: int) -> list[int]:
-    """The UIDs of an IMAP set ("3", "1,4", "5:*") among 1..largest; "n:*" with n above
-    the largest UID means the largest (RFC 3501 6.4.8), as real servers answer."""
-    uids: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.partition(":")
-        first = largest if low == "*" else int(low)
-        last = first if not high else largest if high == "*" else int(high)
-        first, last = min(first, last), max(first, last)
-        uids.update(u for u in range(first, last + 1) if 1 <= u <= largest)
-    return sorted(uids)
-
-
-class ServerThread:
-    """The chaos server on its own event loop in a thread, so engine subprocesses reach it."""
-
-    def __init__(self, users: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = ChaosImapServer(users=users, seed=3)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        return self
-
-    def call(self, fn, *args):
-        async def run():
-            return fn(*args)
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-FAST = SessionSettings(command_timeout=5, fetch_timeout=10, idle_reissue=60, poll_interval=0.5)
-
-
-class RunningEngine:
-    """An Engine on its own asyncio loop, for use inside `async` test bodies."""
-
-    def __init__(self, node_id: str = "test-node", **kwargs) -> None:
-        self.pool = DbPool(size=3)
-        kwargs.setdefault("session_settings", FAST)
-        kwargs.setdefault("refresh_interval", 0.2)
-        self.engine = Engine(self.pool, node_id, **kwargs)
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task | None = None
-
-    async def __aenter__(self) -> Engine:
-        self.task = asyncio.create_task(self.engine.run(self.stop))
-        return self.engine
-
-    async def __aexit__(self, *exc) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 30)
-        self.pool.shutdown()
-
-
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Poll a sync DB predicate (run in a thread) until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+        for i in range(3)
+    ]

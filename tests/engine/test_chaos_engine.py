@@ -10,13 +10,13 @@ from dataclasses import replace
 
 from django.db import close_old_connections
 
+from devtools.testing.chaos_server import ChaosImapServer, Fault
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine.session import SessionSettings
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.sync.envelope import parse_headers
-from superimap.testing.chaos_server import ChaosImapServer, Fault
-from superimap.testing.mail import make_message
-from tests.engine.conftest import RunningEngine, loopback_users, wait_for
+from tests.helpers.engine import RunningEngine, loopback_users, wait_for
 
 MAILBOXES = 200
 CHAOS_SECONDS = 60

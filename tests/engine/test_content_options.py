@@ -7,12 +7,12 @@ import asyncio
 
 from django.db import close_old_connections
 
+from devtools.testing.webhook_receiver import WebhookReceiver
 from superimap.delivery.models import Delivery
 from superimap.delivery.worker import Worker
 from superimap.platform.dbpool import DbPool
-from superimap.testing.webhook_receiver import WebhookReceiver
-from tests.delivery.test_content import NESTED, WINMAIL
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
+from tests.helpers.messages import NESTED, WINMAIL
 
 
 def _new_mail(user_id: int) -> list[Delivery]:

@@ -8,10 +8,10 @@ import time
 
 from django.db import close_old_connections
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.mail import make_message
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
 
 
 def _status(user_id: int) -> str:

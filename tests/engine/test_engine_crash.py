@@ -16,7 +16,7 @@ from django.db import close_old_connections
 
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from tests.engine.conftest import ServerThread, loopback_users
+from tests.helpers.engine import ServerThread, loopback_users
 
 USERS = 20
 BURST = 600

@@ -6,11 +6,11 @@ import asyncio
 
 from django.db import close_old_connections
 
+from devtools.testing.mail import make_message
+from devtools.testing.metrics import scrape, value
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.mail import make_message
-from superimap.testing.metrics import scrape, value
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
 
 
 def _status(user_id: int) -> str:

@@ -14,13 +14,13 @@ from django.db import close_old_connections
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
+from devtools.imap.mailstore import Mailbox
+from devtools.imap.server import untagged_data
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
-from superimap.imap.mailstore import Mailbox
-from superimap.imap.server import untagged_data
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.mail import make_message
-from tests.engine.conftest import LoopbackServer, RunningEngine, loopback_connection, wait_for
-from tests.engine.conftest import uid_set as uid_set_of
+from tests.helpers.engine import LoopbackServer, RunningEngine, loopback_connection, wait_for
+from tests.helpers.engine import uid_set as uid_set_of
 
 UIDVALIDITY = 7
 # on_fetch(server, uids, items) -> (untagged responses, tagged status text) or None to
@@ -29,7 +29,7 @@ FetchHook = Callable[["FolderServer", list[int], tuple[str, ...]], tuple[list[by
 
 
 class FolderServer(LoopbackServer):
-    """A tiny IMAP server over one in-memory folder (superimap.imap.mailstore)."""
+    """A tiny IMAP server over one in-memory folder (devtools.imap.mailstore)."""
 
     def __init__(self, count: int, on_fetch: FetchHook | None = None) -> None:
         self.box = Mailbox(UIDVALIDITY)

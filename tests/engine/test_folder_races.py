@@ -17,12 +17,12 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.chaos_server import ChaosImapServer, ImapSession, _text
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine import morefolders
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.chaos_server import ChaosImapServer, ImapSession, _text
-from superimap.testing.mail import make_message
-from tests.engine.conftest import FAST, RunningEngine, loopback_connection, wait_for
+from tests.helpers.engine import FAST, RunningEngine, loopback_connection, wait_for
 
 FOLDERS = ("INBOX", "B")
 # NOTIFY's safety-net poll comes only at the IDLE re-issue (60 s): within the test only a

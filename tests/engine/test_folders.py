@@ -13,18 +13,18 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
-from superimap.delivery.models import Delivery
-from superimap.engine.folders import pick_folder
-from superimap.imap import MailboxListing
-from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.dovecot import (
+from devtools.testing.dovecot import (
     GMAIL_LIKE_NAMESPACE,
     GMAIL_NAMES_WITHOUT_SPECIAL_USE,
     DovecotServer,
 )
-from superimap.testing.mail import make_message
-from tests.api.test_message_route import _get, _path
-from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
+from devtools.testing.mail import make_message
+from superimap.delivery.models import Delivery
+from superimap.engine.folders import pick_folder
+from superimap.imap import MailboxListing
+from superimap.mailboxes.models import MailboxUser, MailLog
+from tests.helpers.api import asgi_get, message_path
+from tests.helpers.engine import RunningEngine, loopback_connection, wait_for
 
 ALL_MAIL = "[Gmail]/All Mail"
 _names = itertools.count()
@@ -188,7 +188,7 @@ def test_the_message_route_reads_the_watched_folder(mail_partner, gmail_dovecot)
     gmail_dovecot.deliver(user.tag, make_message("inbox", "a@x.test", user.email, "other"))
     uid_validity = gmail_dovecot.uidvalidity(user.tag, ALL_MAIL)
 
-    status, _, body = _get(_path(user, uid_validity, 1), mail_partner.api_key)
+    status, _, body = asgi_get(message_path(user, uid_validity, 1), mail_partner.api_key)
 
     assert status == 200, body[:300]
     assert body == archived

@@ -5,45 +5,13 @@ session woken with its own result or exception."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
-
-import pytest
 
 from superimap.delivery.models import Delivery
 from superimap.engine import store, writer
 from superimap.engine.persister import GroupPersister, persist_group
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.platform.dbpool import DbPool
-from superimap.sync.persist import FetchedMessage, PersistJob
-from superimap.testing.mail import make_message
-from tests.engine.conftest import loopback_connection
-
-NODE = "n1"
-WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-@pytest.fixture
-def users(mail_partner) -> list[MailboxUser]:
-    connection = loopback_connection(mail_partner, 1)
-    return [
-        MailboxUser.objects.create(
-            connection=connection, tag=f"u{i}", owner_node=NODE, connected_at=WHEN
-        )
-        for i in range(3)
-    ]
-
-
-def batch(user: MailboxUser, *uids: int) -> PersistJob:
-    messages = []
-    for uid in uids:
-        raw = make_message(f"s{uid}", "a@x.test", "b@x.test", "body", f"<{user.tag}.{uid}@t>")
-        messages.append(FetchedMessage(uid=uid, size=len(raw), internal_date=WHEN, raw=raw))
-    return PersistJob(user.id, NODE, 9, "INBOX", messages)
-
-
-def persist_args(job: PersistJob) -> tuple:
-    """GroupPersister.persist's arguments for ``job``."""
-    return (job.user_id, job.node_id, job.uid_validity, job.folder, job.messages, job.sweep)
+from tests.helpers.writer import batch, persist_args
 
 
 def test_it_persists_every_batch_of_a_group(users):

@@ -16,13 +16,13 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine.session import SessionSettings, idle_period
 from superimap.engine.store import MailboxConfig
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.mail import make_message
-from tests.configs import mailbox_config
-from tests.engine.conftest import (
+from tests.helpers.configs import mailbox_config
+from tests.helpers.engine import (
     FAST,
     LoopbackServer,
     RunningEngine,

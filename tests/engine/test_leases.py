@@ -15,7 +15,7 @@ from superimap.engine.leases import claim_mailboxes, remove_node
 from superimap.engine.models import EngineNode
 from superimap.engine.nodelock import NodeLock
 from superimap.mailboxes.models import MailboxUser
-from tests.engine.conftest import loopback_users
+from tests.helpers.engine import loopback_users
 
 LEASE = timedelta(seconds=60)
 

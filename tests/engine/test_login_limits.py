@@ -7,14 +7,14 @@ import asyncio
 
 from django.db import close_old_connections
 
+from devtools.testing.chaos_server import ChaosImapServer
 from superimap.accounts import connections as accounts_connections
 from superimap.accounts import users as accounts_users
 from superimap.imapclient import LoginLimiter, TokenBucket
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection
-from superimap.testing.chaos_server import ChaosImapServer
-from tests.conftest import ApiClient
-from tests.engine.conftest import RunningEngine, loopback_users, wait_for
+from tests.helpers.api import ApiClient
+from tests.helpers.engine import RunningEngine, loopback_users, wait_for
 
 USER = "/connections/LOOPBACK_PLAIN/users/user0"
 
@@ -179,10 +179,10 @@ def test_the_message_route_answers_429_past_the_mailbox_login_limit(partner, mon
     from django.test import Client
     from django.utils import timezone
 
+    from devtools.testing import free_port
     from superimap.api import messages
     from superimap.delivery.payloads import message_url
     from superimap.partners.models import ImapProvider
-    from superimap.testing import free_port
 
     clock = [0.0]
     monkeypatch.setattr(messages, "_limiter", LoginLimiter(clock=lambda: clock[0]))

@@ -14,16 +14,16 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.dovecot import MORE_FOLDERS_NAMESPACE, DovecotServer
+from devtools.testing.mail import make_message
 from superimap.accounts import users as accounts_users
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import message_url
 from superimap.engine.folders import match_folders
 from superimap.imap import MailboxListing
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
-from superimap.testing.dovecot import MORE_FOLDERS_NAMESPACE, DovecotServer
-from superimap.testing.mail import make_message
-from tests.api.test_message_route import _get, _path
-from tests.engine.conftest import FAST, RunningEngine, loopback_connection, wait_for
+from tests.helpers.api import asgi_get, message_path
+from tests.helpers.engine import FAST, RunningEngine, loopback_connection, wait_for
 
 _names = itertools.count()
 # Polling every 0.5 s; NOTIFY off, as on a server without it.
@@ -224,8 +224,10 @@ def test_the_message_route_reads_the_folder_of_rfc822_url(mail_partner, folders_
     url = message_url(user.connection.provider.code, user.tag, uid_validity, 1, "Lists")
     assert url.endswith(f"/messages/{uid_validity}/1?folder=Lists")
 
-    status, _, body = _get(url[url.index("/api/v1/") :], mail_partner.api_key)
+    status, _, body = asgi_get(url[url.index("/api/v1/") :], mail_partner.api_key)
     assert status == 200, body[:300]
     assert body == in_lists
-    status, _, body = _get(_path(user, uid_validity, 1) + "?folder=Nope", mail_partner.api_key)
+    status, _, body = asgi_get(
+        message_path(user, uid_validity, 1) + "?folder=Nope", mail_partner.api_key
+    )
     assert status == 404 and b"message_not_found" in body

@@ -13,12 +13,12 @@ from dataclasses import replace
 
 from django.db import close_old_connections
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine import session, writer
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.sync.envelope import parse_headers
-from superimap.testing.mail import make_message
-from tests.engine.conftest import FAST, RunningEngine, wait_for
+from tests.helpers.engine import FAST, RunningEngine, wait_for
 
 
 def _user(user_id: int) -> MailboxUser:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.delivery.helpers import ThreadedReceiver
-from tests.engine.conftest import ServerThread
-from tests.engine.test_postgres_failover import SessionSampler
-from tests.processes import (
+import pytest
+
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.engine import ServerThread, SessionSampler
+from tests.helpers.processes import (
     BASELINED,
     CHAOS_USERS_SCRIPT,
     Processes,
@@ -23,6 +24,12 @@ from tests.processes import (
 
 USERS = 5
 OWNERS = "SELECT DISTINCT owner_node FROM mailboxes_mailboxuser"
+
+
+@pytest.fixture
+def database_url(migrated_database_url) -> str:
+    """Migrated already (a copy of one migrated template), not by each test."""
+    return migrated_database_url
 
 
 def test_a_restarted_node_takes_its_leases_back_at_once(database_url, tmp_path):
@@ -49,7 +56,6 @@ def _run(database_url, tmp_path, chaos, procs, receiver) -> None:
         "USERS": str(USERS),
         "HOOK_URL": f"{receiver.url}/new-mail",
     }
-    run_cli(setup_env, "migrate")
     run_cli(setup_env, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
 
     with SessionSampler(chaos) as sampler:

@@ -10,29 +10,33 @@ import signal
 import time
 import urllib.request
 
-from superimap.testing import free_port
-from tests.engine.conftest import ServerThread
-from tests.engine.test_postgres_failover import SessionSampler
-from tests.processes import CHAOS_USERS_SCRIPT, Processes, query, run_cli, superimap_env, wait_until
+import pytest
+
+from devtools.testing import free_port
+from tests.helpers.engine import ServerThread, SessionSampler, idling
+from tests.helpers.processes import (
+    CHAOS_USERS_SCRIPT,
+    Processes,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 USERS = 20
 TAKEOVER_LIMIT = 10.0
 
 
-def idling(server) -> set[str]:
-    """Users with a live session in IDLE (called on the chaos server's loop)."""
-    return {
-        user
-        for user, sessions in server.sessions_by_user.items()
-        if any(s.idle_tag is not None and not s.closed for s in sessions)
-    }
+@pytest.fixture
+def database_url(migrated_database_url) -> str:
+    """Migrated already (a copy of one migrated template), not by each test."""
+    return migrated_database_url
 
 
 def test_a_killed_nodes_mailboxes_are_watched_by_the_survivor_in_seconds(database_url, tmp_path):
     with ServerThread(USERS) as chaos, Processes(tmp_path) as procs:
         server = chaos.server
         env = superimap_env(database_url, tmp_path / "var", ALLOW_LOOPBACK_IMAP="true")
-        run_cli(env, "migrate")
         run_cli(
             {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)},
             "manage",
@@ -115,7 +119,6 @@ def test_mailboxes_moving_at_once_log_in_no_faster_than_the_host_limit(database_
             IMAP_LOGIN_BURST_PER_HOST=str(BURST),
             IMAP_LOGINS_PER_SECOND_PER_HOST=str(int(RATE)),
         )
-        run_cli(env, "migrate")
         setup = {**env, "CHAOS_PORT": str(server.port), "USERS": str(MANY)}
         run_cli(setup, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
 
@@ -163,7 +166,6 @@ def test_a_paused_node_keeps_its_mailboxes(database_url, tmp_path):
     with ServerThread(USERS) as chaos, Processes(tmp_path) as procs:
         server = chaos.server
         env = superimap_env(database_url, tmp_path / "var", ALLOW_LOOPBACK_IMAP="true")
-        run_cli(env, "migrate")
         setup = {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)}
         run_cli(setup, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
 

@@ -7,44 +7,17 @@ import asyncio
 import dataclasses
 
 from django.db import close_old_connections, connection
-from django.utils import timezone
 
+from devtools.testing import chaos_server
+from devtools.testing.chaos_server import ChaosImapServer
+from devtools.testing.oauth_server import LoopbackOAuthServer
 from superimap.delivery.models import Delivery
 from superimap.engine.oauth import access_tokens
 from superimap.mailboxes.models import MailboxUser
-from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing import chaos_server
-from superimap.testing.chaos_server import ChaosImapServer
-from superimap.testing.oauth_server import LoopbackOAuthServer
-from tests.engine.conftest import FAST, RunningEngine, wait_for
+from tests.helpers.engine import FAST, RunningEngine, oauth_user, wait_for
 
 # Short back-off, so transient failures are retried within the test.
 QUICK = dataclasses.replace(FAST, max_backoff=0.3)
-
-
-def _oauth_user(
-    partner: Partner, imap: ChaosImapServer, oauth: LoopbackOAuthServer, login: str, token: str
-) -> int:
-    connection = Connection.objects.filter(partner=partner).first()
-    if connection is None:
-        connection = Connection.objects.create(
-            partner=partner,
-            provider=ImapProvider.objects.get(code="LOOPBACK_OAUTH2"),
-            imap_host="127.0.0.1",
-            imap_port=imap.port,
-            imap_tls="none",
-            oauth_client_id=oauth.client_id,
-            oauth_client_secret=oauth.client_secret,
-            oauth_base_url=oauth.base_url,
-        )
-    user = MailboxUser.objects.create(
-        connection=connection,
-        tag=f"tag-{login}",
-        email=login,  # the chaos server's logins are user{i}; XOAUTH2 user= is the email
-        oauth_refresh_token=token,
-        connected_at=timezone.now(),
-    )
-    return user.id
 
 
 def _user(user_id: int) -> MailboxUser:
@@ -72,7 +45,7 @@ async def _stop(imap: ChaosImapServer, oauth: LoopbackOAuthServer) -> None:
 
 async def _add_user(partner, imap, oauth, login: str, token: str | None = None) -> int:
     token = token or oauth.issue_refresh_token(login)
-    return await asyncio.to_thread(_oauth_user, partner, imap, oauth, login, token)
+    return await asyncio.to_thread(oauth_user, partner, imap, oauth, login, token)
 
 
 async def _reconnect(imap: ChaosImapServer, login: str) -> None:

@@ -7,11 +7,11 @@ import asyncio
 
 from django.db import close_old_connections
 
+from devtools.testing.mail import make_message
 from superimap.accounts import users as accounts_users
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.mail import make_message
-from tests.engine.conftest import FAST, RunningEngine, wait_for
+from tests.helpers.engine import FAST, RunningEngine, wait_for
 
 
 def _user(user_id: int) -> MailboxUser:

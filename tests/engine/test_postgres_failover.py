@@ -4,43 +4,28 @@ losing or repeating mail."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
 import psycopg
+import pytest
 
-from tests.engine.conftest import ServerThread
-from tests.processes import CHAOS_USERS_SCRIPT, Processes, run_cli, superimap_env, wait_until
+from tests.helpers.engine import ServerThread, SessionSampler
+from tests.helpers.processes import (
+    CHAOS_USERS_SCRIPT,
+    Processes,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 USERS = 20
 
 
-class SessionSampler:
-    """Samples, from the chaos server's own loop, the most IMAP sessions any user had."""
-
-    def __init__(self, chaos: ServerThread) -> None:
-        self.chaos = chaos
-        self.most = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        sessions = self.chaos.server.sessions_by_user.values()
-        return max((len(s) for s in sessions), default=0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.most = max(self.most, self.chaos.call(self._sample))
-            time.sleep(0.05)
-
-    def __enter__(self) -> SessionSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
+@pytest.fixture
+def postgres_url(migrated_postgres_url) -> str:
+    """Migrated already (a copy of one migrated template), not by each test."""
+    return migrated_postgres_url
 
 
 def test_nodes_share_mailboxes_and_a_killed_nodes_are_taken_over(postgres_url, tmp_path):
@@ -55,7 +40,6 @@ def test_nodes_share_mailboxes_and_a_killed_nodes_are_taken_over(postgres_url, t
             ENGINE_NODE_ALIVE_SECONDS="3",
         )
         setup_env = {**env, "CHAOS_PORT": str(server.port), "USERS": str(USERS)}
-        run_cli(setup_env, "migrate")
         run_cli(setup_env, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
 
         with psycopg.connect(postgres_url, autocommit=True) as db:

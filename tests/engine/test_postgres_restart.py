@@ -12,11 +12,17 @@ from collections import Counter
 
 import pytest
 
-from superimap.testing.postgres import PostgresError, PostgresServer
-from tests.delivery.helpers import ThreadedReceiver
-from tests.engine.conftest import ServerThread
-from tests.engine.test_node_takeover import idling
-from tests.processes import CHAOS_USERS_SCRIPT, Processes, query, run_cli, superimap_env, wait_until
+from devtools.testing.postgres import PostgresError, PostgresServer
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.engine import ServerThread, idling
+from tests.helpers.processes import (
+    CHAOS_USERS_SCRIPT,
+    Processes,
+    query,
+    run_cli,
+    superimap_env,
+    wait_until,
+)
 
 USERS = 10
 OUTAGE = "database unavailable"

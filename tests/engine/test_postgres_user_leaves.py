@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from tests.processes import run_cli, superimap_env
+import pytest
+
+from tests.helpers.processes import run_cli, superimap_env
 
 SCENARIO = """
 import json, threading, time
@@ -17,7 +19,7 @@ from superimap.engine import store, writer
 from superimap.sync.persist import FetchedMessage
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.testing.mail import make_message
+from devtools.testing.mail import make_message
 
 partner = Partner.objects.create(
     name="p", new_mail_webhook="http://127.0.0.1:9/m", user_disconnected_webhook="http://127.0.0.1:9/d")
@@ -57,9 +59,14 @@ print("RESULT " + json.dumps({"persist": outcome.get("persist"), "kinds": kinds}
 """
 
 
+@pytest.fixture
+def postgres_url(migrated_postgres_url) -> str:
+    """Migrated already (a copy of one migrated template), not by each test."""
+    return migrated_postgres_url
+
+
 def test_a_persist_racing_a_disconnect_discards_its_batch(postgres_url, tmp_path):
     env = superimap_env(postgres_url, tmp_path / "var")
-    run_cli(env, "migrate")
     out = run_cli(env, "manage", "shell", "-c", SCENARIO)
     result = json.loads(out.split("RESULT ", 1)[1])
     assert result == {"persist": "lease_lost", "kinds": ["user_disconnected"]}

@@ -8,11 +8,11 @@ import asyncio
 
 from django.db import close_old_connections
 
+from devtools.testing.chaos_server import ChaosImapServer
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.chaos_server import ChaosImapServer
-from superimap.testing.mail import make_message
-from tests.engine.conftest import LoopbackServer, RunningEngine, loopback_users, wait_for
+from tests.helpers.engine import LoopbackServer, RunningEngine, loopback_users, wait_for
 
 
 class RecordingProxy(LoopbackServer):

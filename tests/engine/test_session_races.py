@@ -9,10 +9,10 @@ from dataclasses import replace
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.mail import make_message
-from tests.engine.conftest import (
+from tests.helpers.engine import (
     FAST,
     LoopbackServer,
     RunningEngine,

@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import message_url, truncated_mail_payload
 from superimap.engine import store, writer
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.sync.persist import FetchedMessage, PersistResult
-from superimap.testing.mail import make_message
-from tests.engine.conftest import loopback_connection
+from tests.helpers.engine import loopback_connection
 
 NODE = "n1"
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -9,12 +9,12 @@ from datetime import timedelta
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser, MailLog
-from superimap.testing.mail import make_message
 from superimap.tracers.models import TracerLog
-from tests.engine.conftest import FAST, RunningEngine, wait_for
+from tests.helpers.engine import FAST, RunningEngine, wait_for
 
 
 def _user(user_id: int) -> MailboxUser:
@@ -169,7 +169,7 @@ def test_an_unchanged_watching_status_is_not_written_again(mail_partner):
     change reaches the database (at 500 mails/s the rewrites held SQLite's writer)."""
     from superimap.engine.supervisor import Engine
     from superimap.platform.dbpool import DbPool
-    from tests.engine.conftest import loopback_users
+    from tests.helpers.engine import loopback_users
 
     loopback_users(mail_partner, 1, 1)
     user = MailboxUser.objects.get()

@@ -7,12 +7,12 @@ import asyncio
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.mail import make_message
 from superimap.accounts import users as accounts_users
 from superimap.delivery.models import Delivery
 from superimap.engine import store
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.mail import make_message
-from tests.engine.conftest import RunningEngine, loopback_connection, wait_for
+from tests.helpers.engine import RunningEngine, loopback_connection, wait_for
 
 
 def _user(user_id: int) -> MailboxUser:

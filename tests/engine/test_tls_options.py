@@ -12,14 +12,14 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing.mail import make_message
 from superimap.api.schemas import ConnectionUpdate
 from superimap.api.service import update_connection
 from superimap.delivery.models import Delivery
 from superimap.imapclient import TlsCertificateFailed
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing.mail import make_message
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
 
 _names = itertools.count()
 

@@ -12,16 +12,15 @@ import time
 from django.db import close_old_connections
 from django.test import Client
 
+from devtools.testing.chaos_server import ChaosImapServer
+from devtools.testing.mail import make_message
+from devtools.testing.oauth_server import LoopbackOAuthServer
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing.chaos_server import ChaosImapServer
-from superimap.testing.mail import make_message
-from superimap.testing.oauth_server import LoopbackOAuthServer
-from tests.conftest import ApiClient
-from tests.engine.conftest import loopback_connection, wait_for
-from tests.engine.test_user_error import fast_engine
+from tests.helpers.api import ApiClient
+from tests.helpers.engine import fast_engine, loopback_connection, wait_for
 
 _names = itertools.count()
 

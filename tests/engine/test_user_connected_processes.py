@@ -13,13 +13,13 @@ import pytest
 from django.conf import settings
 from django.db import close_old_connections
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing.mail import make_message
-from tests.conftest import ApiClient
-from tests.delivery.helpers import ThreadedReceiver
-from tests.engine.conftest import loopback_connection
-from tests.processes import Processes, superimap_env, wait_until
+from tests.helpers.api import ApiClient
+from tests.helpers.delivery import ThreadedReceiver
+from tests.helpers.engine import loopback_connection
+from tests.helpers.processes import Processes, superimap_env, wait_until
 
 KINDS = ("new_mail", "user_connected", "user_error", "user_recovered")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 from datetime import timedelta
@@ -12,23 +11,11 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
+from devtools.testing import free_port
 from superimap.delivery.models import Delivery
-from superimap.imapclient import LoginLimiter
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing import free_port
-from tests.engine.conftest import FAST, RunningEngine, wait_for
-
-# Retries every few tenths of a second, so "not per retry" is put to the test.
-RETRY_FAST = dataclasses.replace(FAST, max_backoff=0.3, max_auth_backoff=0.3)
-
-
-def fast_engine(**kwargs) -> RunningEngine:
-    """An engine that retries at RETRY_FAST's pace: the login limits (5 logins per mailbox,
-    then one per 30 s; tests/engine/test_login_limits.py) would hold it after 5 retries."""
-    return RunningEngine(
-        session_settings=RETRY_FAST, login_limiter=LoginLimiter(mailbox_burst=10_000), **kwargs
-    )
+from tests.helpers.engine import RunningEngine, fast_engine, wait_for
 
 
 def _user(user_id: int) -> MailboxUser:

@@ -11,13 +11,13 @@ from django.db import close_old_connections
 from django.test import Client
 from django.utils import timezone
 
+from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.engine import store, writer
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.sync.persist import FetchedMessage
-from superimap.testing.mail import make_message
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
 
 
 def _status(user_id: int) -> str:

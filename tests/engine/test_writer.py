@@ -15,9 +15,8 @@ from superimap.engine.persister import persist_group
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.sync import persist
 from superimap.sync.envelope import envelope, parse_headers
-from tests.engine.test_group_commit import batch, users  # noqa: F401 - fixture
-from tests.engine.writer_cases import compare
-from tests.processes import run_cli, superimap_env
+from tests.helpers.processes import run_cli, superimap_env
+from tests.helpers.writer import batch, compare
 
 
 def test_the_insert_columns_are_every_column_of_the_tables():
@@ -73,7 +72,7 @@ def test_a_group_writes_what_its_jobs_write_one_by_one_on_postgresql(postgres_ur
     env = superimap_env(postgres_url, tmp_path / "var")
     run_cli(env, "migrate")
     code = (
-        "import json; from tests.engine.writer_cases import compare; "
+        "import json; from tests.helpers.writer import compare; "
         "from django.db import connection; assert connection.vendor == 'postgresql'; "
         "print('RESULT ' + json.dumps(compare()))"
     )
@@ -111,7 +110,7 @@ def test_a_group_costs_a_fixed_number_of_statements_whatever_its_batches(mail_pa
     from django.db import connection as db
     from django.test.utils import CaptureQueriesContext
 
-    from tests.engine.conftest import loopback_connection
+    from tests.helpers.engine import loopback_connection
 
     link = loopback_connection(mail_partner, 1)
     group = [

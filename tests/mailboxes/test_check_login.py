@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from devtools.testing import free_port
 from superimap.mailboxes.credentials import REFUSED, UNREACHABLE, UNTRUSTED, check_login
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing import free_port
 
 
 @pytest.fixture

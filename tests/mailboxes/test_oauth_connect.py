@@ -15,13 +15,14 @@ from django.conf import settings
 from django.db import connection as db_connection
 from django.test import Client
 
+from devtools.testing.oauth_server import LoopbackOAuthServer
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser
 from superimap.mailboxes.oauth import email_from_userinfo, id_token_claims
 from superimap.partners.models import Connection, ImapProvider
-from superimap.testing.oauth_server import LoopbackOAuthServer
-from tests.conftest import ApiClient, database_file_bytes
+from tests.helpers.api import ApiClient
+from tests.helpers.database import database_file_bytes
 
 
 @pytest.fixture

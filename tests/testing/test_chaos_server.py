@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from devtools.testing.chaos_server import ChaosImapServer, Fault, main
 from superimap.imap import (
     Bye,
     ClientProtocol,
@@ -22,7 +23,6 @@ from superimap.imap import (
     TaggedResponse,
     UntaggedStatus,
 )
-from superimap.testing.chaos_server import ChaosImapServer, Fault, main
 
 TIMEOUT = 2.0
 MESSAGE = b"From: a@example.com\r\nSubject: hi\r\nMessage-ID: <m1@example.com>\r\n\r\nbody\r\n"

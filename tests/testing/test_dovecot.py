@@ -11,8 +11,8 @@ from email import message_from_bytes
 
 import pytest
 
-from superimap.testing.dovecot import DovecotServer
-from superimap.testing.mail import make_message
+from devtools.testing.dovecot import DovecotServer
+from devtools.testing.mail import make_message
 
 
 @pytest.fixture(scope="module")

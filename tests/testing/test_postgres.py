@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from superimap.testing.postgres import PostgresServer
+from devtools.testing.postgres import PostgresServer
 
 
 def test_it_serves_the_superimap_database() -> None:

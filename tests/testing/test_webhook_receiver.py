@@ -11,13 +11,16 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from superimap.testing.webhook_receiver import (
+from devtools.testing.webhook_receiver import (
     HANG,
     Hang,
     ReceivedRequest,
@@ -32,6 +35,8 @@ from superimap.testing.webhook_receiver import (
 API_KEY = "partner-api-key"
 KEY_BYTES = b"0123456789abcdef0123456789abcdef"
 WHSEC = "whsec_" + base64.b64encode(KEY_BYTES).decode()
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def signed_payload(subject: str = "Hello", timestamp: int | None = None) -> dict[str, Any]:
@@ -228,14 +233,12 @@ def test_main_has_a_help() -> None:
 
 
 def test_the_inspector_says_which_signature_it_cannot_check() -> None:
-    import subprocess
-    import sys
-
     proc = subprocess.Popen(
-        [sys.executable, "-m", "superimap.testing.webhook_receiver", "--port", "0"]
+        [sys.executable, "-m", "devtools.testing.webhook_receiver", "--port", "0"]
         + ["--api-key", "k"],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=ROOT,  # devtools/ is in the checkout, not in the installed package
     )
     try:
         assert proc.stdout.readline().startswith("Listening on http://127.0.0.1:")

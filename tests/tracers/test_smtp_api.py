@@ -1,7 +1,6 @@
 """SMTP settings of a connection over the API: host-per-connection providers only."""
 
-from tests.api.helpers import assert_error
-from tests.api.test_connections import GMAIL
+from tests.helpers.api import GMAIL, assert_error
 
 
 def test_plain_connections_take_smtp_settings(api):

@@ -7,7 +7,7 @@ import smtplib
 
 import pytest
 
-from superimap.testing.smtp_server import SmtpServer
+from devtools.testing.smtp_server import SmtpServer
 
 
 def _send(port: int, user: str, password: str, login: bool) -> None:

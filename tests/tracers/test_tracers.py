@@ -7,12 +7,12 @@ import logging
 
 from django.db import close_old_connections
 
+from devtools.testing import free_port
+from devtools.testing.smtp_server import SmtpServer
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
-from superimap.testing import free_port
-from superimap.testing.smtp_server import SmtpServer
 from superimap.tracers.models import TracerLog
-from tests.engine.conftest import RunningEngine, wait_for
+from tests.helpers.engine import RunningEngine, wait_for
 
 PASSWORD = "secret-pw"
 
@@ -105,7 +105,7 @@ def test_smtp_down_leaves_tracers_undetected_and_engine_running(mailbox, dovecot
             await wait_for(lambda: _status(user.id) == "idle")
             await wait_for(lambda: engine.tracers.rounds >= 2, timeout=10)
             # The engine still works: a normal mail is delivered.
-            from superimap.testing.mail import make_message
+            from devtools.testing.mail import make_message
 
             raw = make_message("Still here", "a@example.test", user.email, "body")
             await asyncio.to_thread(dovecot.deliver, user.tag, raw)
@@ -121,9 +121,9 @@ def test_smtp_down_leaves_tracers_undetected_and_engine_running(mailbox, dovecot
 
 
 def test_an_oauth_user_gets_tracers_over_xoauth2(mail_partner):
-    from superimap.testing.chaos_server import ChaosImapServer
-    from superimap.testing.oauth_server import LoopbackOAuthServer
-    from tests.engine.test_oauth_engine import _oauth_user
+    from devtools.testing.chaos_server import ChaosImapServer
+    from devtools.testing.oauth_server import LoopbackOAuthServer
+    from tests.helpers.engine import oauth_user
 
     def enable(user_id: int, smtp_port: int) -> None:
         MailboxUser.objects.filter(id=user_id).update(enable_tracer=True)
@@ -142,7 +142,7 @@ def test_an_oauth_user_gets_tracers_over_xoauth2(mail_partner):
             try:
                 token = oauth.issue_refresh_token("user1")
                 user_id = await asyncio.to_thread(
-                    _oauth_user, mail_partner, imap, oauth, "user1", token
+                    oauth_user, mail_partner, imap, oauth, "user1", token
                 )
                 await asyncio.to_thread(enable, user_id, smtp.port)
                 async with RunningEngine(tracer_interval=0.3, num_tracers=2) as engine:

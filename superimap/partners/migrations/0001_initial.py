@@ -10,7 +10,7 @@ from django.db import migrations, models
 
 
 # The IMAP providers a connection is made for. LOOPBACK_*: local test servers
-# (superimap.testing's chaos IMAP server and OAuth server); host and OAuth URLs are given
+# (devtools.testing's chaos IMAP server and OAuth server); host and OAuth URLs are given
 # per connection (Connection.imap_host, .oauth_base_url).
 PROVIDERS = [
     {

@@ -1,0 +1,1 @@
+"""Benchmarks (``python -m devtools.bench.<name> --out FILE``); see the Makefile."""

@@ -1,0 +1,363 @@
+"""Webhook delivery throughput: the real Worker against a local receiver.
+
+    python -m devtools.bench.delivery --out bench-results/delivery.json [--count 5000]
+
+A fresh SQLite database in a temp VAR_DIR (or --database-url) and two phases, each with
+the real Worker running until every delivery succeeded:
+- backlog: N pending new_mail deliveries (~2 KB payloads) inserted up front: throughput;
+  latency there includes the time a row waits in the queue.
+- steady: rows created at --rate per second while the worker runs: end-to-end latency
+  from Delivery.created_at to receipt.
+- bare: the backlog's requests (rendered and signed beforehand) POSTed by one bare aiohttp
+  session at the same concurrency to the same receiver: the ceiling the worker is compared
+  with (``worker_backlog_share``).
+The receiver runs in its own process so it does not share the worker's CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _receiver_process(conn) -> None:
+    """Child: serve 200s, note when each event_id arrived, hand the notes back on request."""
+    from devtools.testing.webhook_receiver import WebhookReceiver
+
+    async def main() -> None:
+        arrivals: list[tuple[str, float]] = []
+        receiver = WebhookReceiver()
+        receiver.on_request = lambda event: arrivals.append((event.json["event_id"], time.time()))
+        await receiver.start()
+        conn.send(receiver.port)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, conn.recv)  # "stop"
+        await receiver.stop()
+        conn.send(arrivals)
+
+    asyncio.run(main())
+
+
+def _configure(var_dir: Path, database_url: str | None, concurrency: int) -> None:
+    os.environ.update(
+        SUPERIMAP_ENV="test",
+        VAR_DIR=str(var_dir),
+        DATABASE_URL=database_url or f"sqlite:///{var_dir / 'bench.sqlite3'}",
+        WEBHOOK_CONCURRENCY=str(concurrency),
+        LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
+        DJANGO_SETTINGS_MODULE="superimap.settings",
+    )
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+def _setup(url: str):
+    from superimap.mailboxes.models import MailboxUser
+    from superimap.partners.models import Connection, ImapProvider, Partner
+
+    partner = Partner.objects.create(name="bench", new_mail_webhook=f"{url}/new-mail")
+    connection = Connection.objects.create(
+        partner=partner,
+        provider=ImapProvider.objects.get(code="PLAIN"),
+        imap_host="imap.example.com",
+        imap_port=993,
+        imap_tls="implicit",
+    )
+    return MailboxUser.objects.create(connection=connection, tag="bench", password="pw")
+
+
+def _insert(user, first: int, count: int) -> None:
+    from django.db import transaction
+    from django.utils import timezone
+
+    from superimap.delivery.models import Delivery
+    from superimap.delivery.payloads import new_mail_payload
+
+    partner = user.connection.partner
+    body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 28)[:1600]
+    batch: list[Delivery] = []
+    for i in range(first, first + count):
+        message_id = f"<bench-{i}@superimap.test>"
+        raw = (
+            f"From: Sender <s@example.com>\r\nTo: r@example.org\r\nSubject: bench {i}\r\n"
+            f"Message-ID: {message_id}\r\n\r\n{body}\r\n"
+        ).encode()
+        envelope = {
+            "date": "2025-06-02T10:00:00+00:00",
+            "subject": f"bench {i}",
+            "from": [{"name": "Sender", "route": None, "mailbox": "s", "host": "example.com"}],
+            "to": [{"name": None, "route": None, "mailbox": "r", "host": "example.org"}],
+            "message_id": message_id,
+        }
+        payload = new_mail_payload(
+            provider_code="PLAIN",
+            user_tag=user.tag,
+            raw=raw,
+            envelope=envelope,
+            uid=i + 1,
+            uid_validity=1,
+            folder="INBOX",
+            internal_date=None,
+        )
+        batch.append(
+            Delivery(
+                kind=Delivery.Kind.NEW_MAIL,
+                partner=partner,
+                user=user,
+                message_id=message_id,
+                payload=payload,
+                next_attempt_at=timezone.now(),
+            )
+        )
+        if len(batch) == 1000 or i == first + count - 1:
+            with transaction.atomic():
+                Delivery.objects.bulk_create(batch)
+            batch = []
+
+
+async def _deliver(
+    count: int, concurrency: int, produce=None, already: int = 0
+) -> tuple[float, float, dict]:
+    """Run the Worker until `count` more deliveries succeeded; `produce(worker)` may feed
+    rows while it runs (the steady-rate phase)."""
+    from superimap.delivery.worker import Worker
+    from superimap.platform.dbpool import DbPool
+
+    pool = DbPool()
+    worker = Worker(pool, "bench", concurrency=concurrency, poll_interval=0.05)
+    stop = asyncio.Event()
+    started = time.monotonic()
+    cpu_started = time.process_time()
+    task = asyncio.create_task(worker.run(stop))
+    producer = asyncio.create_task(produce(worker)) if produce else None
+    tty = sys.stdout.isatty()
+    ticks = 0
+    try:
+        # Checked often: at thousands a second a coarse check would add to the time measured.
+        while worker.counts.get("delivered", 0) < count and not task.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+            if ticks % 25:
+                continue
+            line = f"delivered {worker.counts.get('delivered', 0)}/{count}"
+            if tty:
+                print(f"\r{line}", end="", flush=True)
+            elif ticks % 100 == 0:
+                print(line, flush=True)
+        seconds = time.monotonic() - started
+        cpu_seconds = time.process_time() - cpu_started
+    finally:
+        if producer:
+            producer.cancel()
+        stop.set()
+        await task
+        pool.shutdown()
+    print()
+    return seconds, cpu_seconds, dict(worker.counts)
+
+
+async def _bare_posts(user, url: str, args) -> tuple[float, float]:
+    """Seconds (wall, CPU) a bare aiohttp client takes to POST the backlog's requests
+    (rendered and signed beforehand, outside the timing) at the same concurrency."""
+    import aiohttp
+    from asgiref.sync import sync_to_async
+
+    from superimap.delivery.http import render_request
+    from superimap.delivery.models import Delivery
+
+    partner = user.connection.partner
+
+    def rendered() -> list[tuple[bytes, dict]]:
+        rows = Delivery.objects.filter(kind="new_mail").order_by("id")[: args.count]
+        return [
+            render_request(
+                row.payload,
+                event_id=f"bare-{row.event_id}",
+                kind="new_mail",
+                api_key=partner.api_key,
+                webhook_secrets=(partner.webhook_secret,),
+                timestamp=int(time.time()),
+            )
+            for row in rows
+        ]
+
+    requests = await sync_to_async(rendered)()
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        queue = list(reversed(requests))
+
+        async def post_some() -> None:
+            while queue:
+                raw, headers = queue.pop()
+                async with session.post(f"{url}/new-mail", data=raw, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"receiver answered {r.status}")
+
+        started, cpu_started = time.monotonic(), time.process_time()
+        await asyncio.gather(*(post_some() for _ in range(args.concurrency)))
+        return time.monotonic() - started, time.process_time() - cpu_started
+
+
+def _steady_producer(user, first: int, count: int, rate: int):
+    """Insert `rate` rows per second in 20 small batches a second, waking the worker."""
+
+    async def produce(worker) -> None:
+        loop = asyncio.get_running_loop()
+        per_tick = max(1, rate // 20)
+        started = loop.time()
+        made = 0
+        while made < count:
+            n = min(per_tick, count - made)
+            await asyncio.to_thread(_insert_closing, user, first + made, n)
+            made += n
+            worker.wake()
+            await asyncio.sleep(max(0.0, started + made / rate - loop.time()))
+
+    return produce
+
+
+def _insert_closing(user, first: int, count: int) -> None:
+    from django.db import connection
+
+    try:
+        _insert(user, first, count)
+    finally:
+        connection.close()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.delivery")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--count", type=int, default=5000, help="backlog phase size")
+    parser.add_argument("--steady-count", type=int, default=5000, help="steady phase size")
+    parser.add_argument("--rate", type=int, default=500, help="steady phase rows per second")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--database-url", help="default: a fresh SQLite file in a temp dir")
+    args = parser.parse_args(argv)
+    load = [round(x, 2) for x in os.getloadavg()]
+
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    receiver = context.Process(target=_receiver_process, args=(child_end,), daemon=True)
+    receiver.start()
+    try:
+        port = parent_end.recv()
+        with tempfile.TemporaryDirectory(prefix="superimap-bench-") as tmp:
+            _configure(Path(tmp), args.database_url, args.concurrency)
+            from django.conf import settings
+            from django.db import connections
+
+            from superimap.delivery.models import Delivery
+
+            user = _setup(f"http://127.0.0.1:{port}")
+            print(f"backlog: inserting {args.count} deliveries ...", flush=True)
+            _insert(user, 0, args.count)
+            backlog = runner(_deliver(args.count, args.concurrency))
+            print(f"steady: {args.steady_count} deliveries at {args.rate}/s ...", flush=True)
+            produce = _steady_producer(user, args.count, args.steady_count, args.rate)
+            steady = runner(_deliver(args.steady_count, args.concurrency, produce))
+            print(f"bare: {args.count} posts with a bare aiohttp client ...", flush=True)
+            bare_seconds, bare_cpu = runner(_bare_posts(user, f"http://127.0.0.1:{port}", args))
+            parent_end.send("stop")
+            arrivals = dict(parent_end.recv())
+            rows = Delivery.objects.values_list("event_id", "message_id", "created_at")
+            phase_of = {}
+            created = {}
+            for event_id, message_id, created_at in rows:
+                number = int(message_id.split("-")[1].split("@")[0])
+                phase_of[str(event_id)] = "backlog" if number < args.count else "steady"
+                created[str(event_id)] = created_at.timestamp()
+            engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+            connections.close_all()
+    finally:
+        receiver.join(5)
+        if receiver.is_alive():
+            receiver.kill()
+
+    def latencies(phase: str) -> list[float]:
+        return [
+            (arrivals[k] - created[k]) * 1000
+            for k, p in phase_of.items()
+            if p == phase and k in arrivals
+        ]
+
+    common = {
+        "benchmark": "delivery",
+        "concurrency": args.concurrency,
+        "python": platform.python_version(),
+        "db_engine": engine,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": load,
+    }
+    results = []
+    for phase, count, (seconds, cpu_seconds, counts), note in [
+        ("backlog", args.count, backlog, "all rows inserted first: latency includes queueing"),
+        ("steady", args.steady_count, steady, f"rows created at {args.rate}/s while running"),
+    ]:
+        values = latencies(phase)
+        results.append(
+            {
+                **common,
+                "phase": phase,
+                "count": count,
+                "delivered": counts.get("delivered", 0),
+                "received": len(values),
+                "seconds": round(seconds, 3),
+                "deliveries_per_second": round(counts.get("delivered", 0) / seconds, 1),
+                "worker_process_cpu_ms_per_delivery": round(cpu_seconds * 1000 / count, 3),
+                "latency_ms_p50": round(_percentile(values, 0.50), 1),
+                "latency_ms_p99": round(_percentile(values, 0.99), 1),
+                "latency_ms_mean": round(statistics.fmean(values), 1) if values else 0.0,
+                "latency_note": f"Delivery.created_at to receipt; {note}",
+            }
+        )
+    backlog_rate = results[0]["deliveries_per_second"]
+    bare_rate = round(args.count / bare_seconds, 1)
+    results.append(
+        {
+            **common,
+            "phase": "bare_aiohttp",
+            "count": args.count,
+            "seconds": round(bare_seconds, 3),
+            "posts_per_second": bare_rate,
+            "client_cpu_ms_per_post": round(bare_cpu * 1000 / args.count, 3),
+            "worker_backlog_share": round(backlog_rate / bare_rate, 3),
+            "note": "the backlog's rendered requests POSTed by one aiohttp session at the "
+            "same concurrency to the same receiver: no database, no signing in the loop",
+        }
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    ok = all(r["delivered"] == r["count"] for r in results if "delivered" in r)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

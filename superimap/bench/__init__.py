@@ -1,1 +1,0 @@
-"""Benchmarks (``python -m superimap.bench.<name> --out FILE``); see the Makefile."""
