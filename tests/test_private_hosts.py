@@ -194,7 +194,7 @@ def test_the_message_route_refuses_a_private_host_when_connecting(
 
 
 def test_tracer_smtp_refuses_a_private_host_when_connecting(listener, production_hosts):
-    from superimap.tracers.sender import TracerSender, TracerTarget
+    from superimap.engine.tracers import TracerSender, TracerTarget
 
     config = mailbox_config()
     target = TracerTarget(

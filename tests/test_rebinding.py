@@ -21,6 +21,7 @@ from django.test import Client
 
 from devtools.testing import free_port
 from devtools.testing.oauth_server import LoopbackOAuthServer
+from superimap.engine.tracers import TracerSender, TracerTarget
 from superimap.imapclient import AccessTokens, ImapConnection
 from superimap.mailboxes import credentials
 from superimap.mailboxes.links import make_link
@@ -28,7 +29,6 @@ from superimap.mailboxes.models import MailboxUser
 from superimap.mailboxes.oauth import ConnectFailed, exchange_code, revoke_refresh_token
 from superimap.partners.models import Connection, ImapProvider
 from superimap.platform.netguard import PrivateTargetRefused
-from superimap.tracers.sender import TracerSender, TracerTarget
 from tests.helpers.cli import run
 from tests.helpers.configs import mailbox_config
 from tests.helpers.delivery import ThreadedReceiver

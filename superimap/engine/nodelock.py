@@ -24,7 +24,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import psycopg
 from django.conf import settings
+from django.db import connection
 
 from superimap.platform.config import ConfigError
 
@@ -167,8 +169,6 @@ def free_names(nodes: Iterable[tuple[str, str]], own: str) -> set[str]:
 
 
 def _held_advisory_keys() -> set[int]:
-    from django.db import connection
-
     with connection.cursor() as cursor:
         # A bigint advisory key shows as classid (high 32 bits) and objid (low), objsubid 1.
         cursor.execute(
@@ -221,8 +221,6 @@ def _is_postgresql() -> bool:
 
 def _connect():
     """A connection of its own (not Django's per-thread ones) that lives with the lock."""
-    import psycopg
-
     db = settings.DATABASES["default"]
     return psycopg.connect(
         dbname=db["NAME"],

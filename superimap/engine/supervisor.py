@@ -20,6 +20,7 @@ from superimap.engine import leases, store
 from superimap.engine.gcfreeze import GcFreezer
 from superimap.engine.persister import GroupPersister
 from superimap.engine.session import MailboxSession, SessionSettings
+from superimap.engine.tracers import TracerSender
 from superimap.imapclient import LoginLimiter
 from superimap.mailboxes.models import MailLog
 from superimap.platform import dboutage, rollups
@@ -34,7 +35,6 @@ from superimap.platform.metrics import (
     expose,
 )
 from superimap.sync.persist import PersistResult
-from superimap.tracers.sender import TracerSender
 
 log = logging.getLogger("superimap.engine")
 
