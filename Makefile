@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Test processes: the suite mostly waits on real servers, so three share two cores well.
+TEST_WORKERS ?= 3
 
 .PHONY: run test lint bench bench-engine bench-delivery bench-e2e bench-fairness system-deps clean
 
@@ -26,7 +28,7 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff check superimap devtools tests
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	SUPERIMAP_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
+	SUPERIMAP_ENV=test $(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check superimap devtools tests
