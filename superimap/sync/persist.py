@@ -21,9 +21,14 @@ messages in UID order, so earlier rows of the group count for later ones):
    tracer row of the same user is a duplicate;
 4. a tracer (``TRACER: <uid>`` subject, the user has tracers on) is recorded as such and
    marks the TracerLog detected;
-5. anything else is new mail: a MailLog row and a Delivery (pending, or skipped when the
-   partner has no new_mail URL), truncated when only the header was fetched;
-6. the checkpoint moves to the batch's highest UID, never backwards within one UID space:
+5. when the owner has filters (sync/filters.py: the user's, else the connection's), a
+   message that matches none is recorded as ``filtered`` (detail: the filters it was held
+   against); it does not count for dedup, so the same message in another folder a filter
+   selects is still delivered;
+6. anything else is new mail: a MailLog row and a Delivery (pending, or skipped when the
+   partner has no new_mail URL), truncated when only the header was fetched; with filters,
+   the row's detail names the filter that selected it;
+7. the checkpoint moves to the batch's highest UID, never backwards within one UID space:
    the user row for the primary folder, a FolderCheckpoint for any other.
 """
 
@@ -35,9 +40,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.message import Message
 from typing import Any
 
 from superimap.sync.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
+from superimap.sync.filters import Facts, Filter, first_match, no_match_detail
 
 log = logging.getLogger("superimap.engine")
 
@@ -47,12 +54,14 @@ DUPLICATE = "duplicate"
 TRACER = "tracer"
 UNFETCHABLE = "unfetchable"
 BEFORE_BASELINE = "before_baseline"
+FILTERED = "filtered"
 # Rows a new message is compared with for dedup: mail that was delivered (or a tracer).
 DEDUP_AGAINST = (DELIVERED, TRACER)
 TRACER_SUBJECT = re.compile(r"^TRACER:\s*(\S+)\s*$")
 # MailLog column lengths: longer values are cut.
 TEXT_MAX = 998  # message_id, subject (RFC 5322's line length)
 FOLDER_MAX = 255
+DETAIL_MAX = 255
 NO_WEBHOOK = "partner has no new_mail webhook URL"
 
 
@@ -141,6 +150,8 @@ class Owner:
     has_url: bool  # the partner has a new_mail webhook URL
     include_rfc822: bool
     include_parsed: bool
+    # The filters in force (sync/filters.py effective()); (): everything is delivered.
+    filters: tuple[Filter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +165,7 @@ class Digest:
     identity: str = ""
     message_id: str = ""  # the Message-ID, or a stand-in made of the sha1
     size: int = 0
+    headers: Message | None = None  # parsed once; filters read Delivered-To from it
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +205,7 @@ class LogRow:
     internal_date: datetime | None
     size: int
     skipped_reason: str
+    detail: str = ""  # filters: the filter that selected it, or those it matched none of
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,11 +281,12 @@ def digest(message: FetchedMessage) -> Digest:
         env = envelope(parse_headers(content)) if content is not None else {}
         return Digest(message, None, env)
     sha1 = sha1_of(content)
-    env = envelope(parse_headers(content))
+    headers = parse_headers(content)
+    env = envelope(headers)
     message_id = message_id_or_digest(env, sha1)
     size = message.size or len(content)
     identity = identity_of(message_id, size, env.get("date"))
-    return Digest(message, content, env, sha1, identity, message_id, size)
+    return Digest(message, content, env, sha1, identity, message_id, size, headers)
 
 
 def prepare(job: PersistJob) -> Prepared:
@@ -320,15 +334,25 @@ def _plan_job(
             result.duplicates += 1
             _skip(plan, owner, job, d, DUPLICATE, recorded, result)
             continue
-        sha1s.add(d.sha1)
-        identities.add(d.identity)
         tracer = TRACER_SUBJECT.match(d.env.get("subject") or "")
         if tracer and owner.enable_tracer:
+            sha1s.add(d.sha1)
+            identities.add(d.identity)
             plan.tracers.append(tracer.group(1))
             result.tracers += 1
             _skip(plan, owner, job, d, TRACER, recorded, result)
             continue
-        _log_row(plan, owner, job, d, DELIVERED, recorded)
+        detail = ""
+        if owner.filters:
+            selected = first_match(owner.filters, _facts(job, d))
+            if selected is None:
+                detail = no_match_detail(owner.filters)
+                _skip(plan, owner, job, d, FILTERED, recorded, result, detail)
+                continue
+            detail = f"filter {selected}"[:DETAIL_MAX]
+        sha1s.add(d.sha1)
+        identities.add(d.identity)
+        _log_row(plan, owner, job, d, DELIVERED, recorded, detail)
         truncated = message.raw is None
         plan.deliveries.append(
             DeliveryRow(
@@ -347,8 +371,19 @@ def _plan_job(
             result.pushed_at.append(pushed)
 
 
+def _facts(job: PersistJob, d: Digest) -> Facts:
+    message = d.message
+    return Facts(d.env, d.headers, job.folder, d.size, d.content, message.raw is not None)
+
+
 def _log_row(
-    plan: Plan, owner: Owner, job: PersistJob, d: Digest, reason: str, recorded: Recorded
+    plan: Plan,
+    owner: Owner,
+    job: PersistJob,
+    d: Digest,
+    reason: str,
+    recorded: Recorded,
+    detail: str = "",
 ) -> LogRow:
     message = d.message
     row = LogRow(
@@ -363,6 +398,7 @@ def _log_row(
         internal_date=message.internal_date,
         size=message.size or len(message.raw or b""),
         skipped_reason=reason,
+        detail=detail,
     )
     plan.log_rows.append(row)
     recorded.rows[(owner.id, job.folder, job.uid_validity, message.uid)] = reason
@@ -377,9 +413,10 @@ def _skip(
     reason: str,
     recorded: Recorded,
     result: PersistResult,
+    detail: str = "",
 ) -> None:
     """Record a skip where the partner (API) and the operator (dashboard, log) see it."""
-    row = _log_row(plan, owner, job, d, reason, recorded)
+    row = _log_row(plan, owner, job, d, reason, recorded, detail)
     result.skipped += 1
     result.skips[reason] += 1
     result.skipped_rows.append((row.uid, reason, row.message_id, row.size))

@@ -14,6 +14,7 @@ import pytest
 
 import superimap.sync
 from superimap.sync.envelope import sha1_of
+from superimap.sync.filters import parse_filters
 from superimap.sync.persist import (
     NO_WEBHOOK,
     FetchedMessage,
@@ -129,6 +130,11 @@ def known_identity(raw: bytes) -> Recorded:
 
 
 NEW = (1, {}, 0, 0, 0)
+SHOP = mail("invoice 12", "<shop@t>").replace(b"From: a@x.test", b"From: Bill <bill@Shop.test>")
+# Only mail from shop.test is delivered (a filter list selects what is sent).
+SHOP_ONLY = replace(OWNER, filters=parse_filters([{"name": "shop", "from": "@shop.test"}]))
+WORK_ONLY = replace(OWNER, filters=parse_filters([{"name": "work", "folder": "Work"}]))
+FILTERED_ONE = (0, {"filtered": 1}, 0, 0, 0)
 CP = (1, 9, 1, WHEN, True)  # user 1's checkpoint after a new message with UID 1
 
 # (id, jobs, owners (None: OWNER), recorded (None: nothing), expected summary keys)
@@ -388,6 +394,78 @@ CASES = [
         },
     ),
     (
+        "filters: mail no filter selects is recorded filtered, the rest delivered",
+        [job(whole(1, ONE), whole(2, SHOP))],
+        [SHOP_ONLY],
+        None,
+        {
+            "results": [(1, {"filtered": 1}, 0, 0, 0)],
+            "rows": [(1, "INBOX", 1, "filtered"), (1, "INBOX", 2, "")],
+            "deliveries": [(1, 2, "pending", False)],
+            "checkpoints": [(1, 9, 2, WHEN, True)],
+        },
+    ),
+    (
+        "filters: a batch all filtered moves the checkpoint, no mail arrived",
+        [job(whole(1, ONE), whole(2, mail("two", "<two@t>")))],
+        [SHOP_ONLY],
+        None,
+        {
+            "results": [(0, {"filtered": 2}, 0, 0, 0)],
+            "deliveries": [],
+            "checkpoints": [(1, 9, 2, WHEN, False)],
+        },
+    ),
+    (
+        "filters: a filtered message does not count for dedup (selected in another folder)",
+        [job(whole(1, ONE)), job(whole(1, ONE), folder="Work", uidv=4)],
+        [WORK_ONLY],
+        None,
+        {
+            "results": [FILTERED_ONE, NEW],
+            "rows": [(1, "INBOX", 1, "filtered"), (1, "Work", 1, "")],
+            "deliveries": [(1, 1, "pending", False)],
+        },
+    ),
+    (
+        "filters: a copy of delivered mail is a duplicate before any filter is asked",
+        [job(whole(1, ONE))],
+        [SHOP_ONLY],
+        known(ONE),
+        {"results": [(0, {"duplicate": 1}, 1, 0, 0)], "deliveries": []},
+    ),
+    (
+        "filters: a tracer is detected whatever the filters say",
+        [job(whole(1, TRACER))],
+        [replace(SHOP_ONLY, enable_tracer=True)],
+        None,
+        {"results": [(0, {"tracer": 1}, 0, 1, 0)], "tracers": ["tr-1"]},
+    ),
+    (
+        "filters: a session's skip stays that skip",
+        [job(gone(1), whole(2, SHOP))],
+        [SHOP_ONLY],
+        None,
+        {"results": [(1, {"expunged": 1}, 0, 0, 0)], "deliveries": [(1, 2, "pending", False)]},
+    ),
+    (
+        "filters: header-only mail is judged by its header (delivered truncated)",
+        [job(header_only(1, SHOP), header_only(2, ONE))],
+        [SHOP_ONLY],
+        None,
+        {
+            "results": [(1, {"filtered": 1}, 0, 0, 1)],
+            "deliveries": [(1, 1, "pending", True)],
+        },
+    ),
+    (
+        "filters: the user's empty list (set) delivers everything",
+        [job(whole(1, ONE))],
+        [replace(OWNER, filters=())],
+        None,
+        {"results": [NEW]},
+    ),
+    (
         "an empty batch plans nothing",
         [job()],
         None,
@@ -456,7 +534,23 @@ def test_the_rows_recorded_grow_with_the_plan():
     assert recorded.sha1s[1] == {sha1_of(ONE)}
 
 
-@pytest.mark.parametrize("module", ["persist.py", "envelope.py"])
+def test_a_filtered_row_names_the_filters_and_a_selected_one_its_filter():
+    owner = replace(
+        OWNER,
+        filters=parse_filters(
+            [{"name": "shop", "from": "@shop.test"}, {"name": "big", "min_size": 10**6}]
+        ),
+    )
+    plan = run([job(whole(1, ONE), whole(2, SHOP))], [owner])
+    assert [(r.skipped_reason, r.detail) for r in plan.log_rows] == [
+        ("filtered", "no filter matched (shop, big)"),
+        ("", "filter shop"),
+    ]
+    assert plan.results[0].skipped_rows == [(1, "filtered", "<one@t>", len(ONE))]
+    assert [r.detail for r in run([job(whole(1, ONE))]).log_rows] == [""]  # no filters
+
+
+@pytest.mark.parametrize("module", ["persist.py", "envelope.py", "filters.py"])
 def test_the_rules_import_no_io_and_nothing_above_sync(module):
     path = Path(superimap.sync.__file__).parent / module
     roots = set()
