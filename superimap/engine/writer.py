@@ -37,6 +37,7 @@ from superimap.engine.store import LeaseLost
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
 from superimap.partners.models import Connection, ImapProvider, Partner
 from superimap.sync import persist
+from superimap.sync.filters import effective
 from superimap.sync.persist import (
     DEDUP_AGAINST,
     DeliveryRow,
@@ -67,6 +68,7 @@ MAILLOG_COLUMNS = (
     "internal_date",
     "size",
     "skipped_reason",
+    "detail",
     "created_at",
 )
 DELIVERY_COLUMNS = (
@@ -172,7 +174,7 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
             cursor.execute(
                 f"""SELECT u.id, u.tag, u.enable_tracer, u.checkpoint_folder, u.uid_validity,
                     u.last_uid, p.code, pa.id, pa.new_mail_webhook, pa.include_rfc822,
-                    pa.include_parsed
+                    pa.include_parsed, u.filters, c.filters
                 FROM {USERS} u
                 JOIN {Connection._meta.db_table} c ON c.id = u.connection_id
                 JOIN {ImapProvider._meta.db_table} p ON p.id = c.provider_id
@@ -195,6 +197,7 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
                     has_url=bool(row[8]),
                     include_rfc822=bool(row[9]),
                     include_parsed=bool(row[10]),
+                    filters=effective(row[11], row[12]),
                 )
     return owners
 
@@ -322,6 +325,7 @@ def _execute(plan: Plan) -> None:
                         date(r.internal_date) if r.internal_date else None,
                         r.size,
                         r.skipped_reason,
+                        r.detail,
                         db_now,
                     )
                     for r in plan.log_rows

@@ -42,6 +42,9 @@ class MailboxUser(TrackedFields, models.Model):
     # Folders to watch (names or special-use flags, engine/folders.py); empty: the
     # connection's, else the one folder of design.md 4.5.
     folders = models.JSONField(default=list, blank=True, validators=[validate_folders])
+    # Filters before the webhook (sync/filters.py); None: the connection's. A list, even
+    # empty, wins over the connection's (empty: everything is delivered).
+    filters = models.JSONField(null=True, blank=True, default=None)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -150,6 +153,7 @@ class MailLog(models.Model):
         BEFORE_BASELINE = "before_baseline", "Older than the user's baseline"
         TRACER = "tracer", "Tracer email"
         UNFETCHABLE = "unfetchable", "The server refused to return it"
+        FILTERED = "filtered", "No filter of the user or connection selected it"
 
     user = models.ForeignKey(MailboxUser, on_delete=models.CASCADE, related_name="mail_logs")
     message_id = models.CharField(max_length=998, blank=True)
@@ -164,6 +168,8 @@ class MailLog(models.Model):
     size = models.PositiveIntegerField(default=0)
     # Empty: delivered as new_mail. Otherwise a Reason code (older rows: free text).
     skipped_reason = models.CharField(max_length=100, blank=True)
+    # Filters: the filter that selected it, or the filters a filtered one matched none of.
+    detail = models.CharField(max_length=255, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -310,6 +310,9 @@ class Connection(TrackedFields, models.Model):
     # Folders its users' sessions watch (names or special-use flags like "\\Junk"; the
     # first is watched by IDLE); empty: the one folder of design.md 4.5. A user's own wins.
     folders = models.JSONField(default=list, blank=True, validators=[validate_folders])
+    # Filters before the webhook for its users (sync/filters.py): only mail one of them
+    # selects is delivered; empty: everything. A user's own (set) win.
+    filters = models.JSONField(default=list, blank=True)
     # SMTP for tracer emails, likewise only for host-per-connection providers.
     smtp_host = models.CharField(max_length=255, blank=True, validators=[validate_host_name])
     smtp_port = models.PositiveIntegerField(null=True, blank=True)
