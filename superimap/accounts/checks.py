@@ -13,6 +13,8 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from superimap.sync.filters import FilterError, parse_filters
+
 OAUTH2 = "oauth2"
 TLS_NONE = "none"
 SMTP_FIELDS = ("smtp_host", "smtp_port", "smtp_tls")  # host-per-connection providers only
@@ -162,3 +164,13 @@ def missing_credential_problems(
         message = "email is required with oauth_refresh_token."
         problems.append(Problem("email", "missing_field", message))
     return problems
+
+
+def filters_problems(value: object, field: str = "filters") -> list[Problem]:
+    """A filter list as the API, the dashboard and the CLI give it (sync/filters.py: the
+    rules the engine applies): None and [] are fine (everything is delivered)."""
+    try:
+        parse_filters(value, field)
+    except FilterError as exc:
+        return [Problem(field, "invalid_field", str(exc), f"{exc.where} {exc.message}.")]
+    return []

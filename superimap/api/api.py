@@ -359,7 +359,7 @@ def list_messages(
 ):
     """Every message the engine saw in the user's folder, newest first, and what became of
     it: delivered as new_mail, or skipped with a reason (expunged, duplicate,
-    before_baseline, tracer, unfetchable). Filter with status= and reason=; page with the
+    before_baseline, tracer, unfetchable, filtered). Filter with status= and reason=; page with the
     next_cursor of the previous answer."""
     user = service.get_user(request.auth, code, tag)
     return service.list_messages(user, status=status, reason=reason, cursor=cursor, limit=limit)

@@ -10,6 +10,7 @@ from django.core.validators import validate_email
 from ninja import Schema
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from superimap.accounts.checks import filters_problems
 from superimap.partners.folders import FOLDER_FLAGS, MAX_FOLDERS, checked_folders
 from superimap.platform.validation import host_problem, invisible_char_problem
 
@@ -52,6 +53,64 @@ def folders_field() -> Any:
         description=FOLDERS_DESCRIPTION,
         json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": 1000}},
     )
+
+
+FILTERS_DESCRIPTION = (
+    "Filters before the webhook: only mail that matches at least one filter is delivered as "
+    "new_mail; the rest is recorded as skipped with reason filtered (GET .../messages?status="
+    "skipped). Within a filter every condition given must hold. [] : everything is delivered."
+)
+ADDRESSES = (
+    'An address ("ann@example.com", any case) or "@domain" (that exact domain), or a list '
+    "of them (any of them matches any address of the header)."
+)
+StringOrList = str | list[str]
+
+
+class FilterIn(Schema):
+    """One filter (sync/filters.py); at least one condition besides the name."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=100, description="Unique in the list.")
+    from_: StringOrList | None = Field(default=None, alias="from", description=ADDRESSES)
+    to: StringOrList | None = Field(default=None, description=ADDRESSES)
+    cc: StringOrList | None = Field(default=None, description=ADDRESSES)
+    delivered_to: StringOrList | None = Field(
+        default=None, description=ADDRESSES + " Read from the Delivered-To header."
+    )
+    subject_contains: StringOrList | None = Field(
+        default=None, description="Text the subject contains, any case (a list: any of them)."
+    )
+    folder: StringOrList | None = Field(
+        default=None, description="The watched folder it arrived in (a list: any of them)."
+    )
+    min_size: int | None = Field(default=None, ge=0, strict=True, description="Bytes, inclusive.")
+    max_size: int | None = Field(default=None, ge=0, strict=True, description="Bytes, inclusive.")
+    has_attachments: bool | None = Field(
+        default=None,
+        strict=True,
+        description="A part with a filename or disposition attachment (for mail over "
+        "MAX_EMAIL_SIZE, of which only the header is read: a multipart/mixed message).",
+    )
+
+
+def filters_field() -> Any:
+    return Field(default=None, max_length=50, description=FILTERS_DESCRIPTION)
+
+
+def stored_filters(value: list[FilterIn] | None) -> list[dict] | None:
+    """The filters as stored and shown: the given conditions under their JSON names."""
+    if value is None:
+        return None
+    return [f.model_dump(by_alias=True, exclude_none=True) for f in value]
+
+
+def checked_filters(value: list[FilterIn] | None) -> list[FilterIn] | None:
+    """accounts.checks.filters_problems: addresses, sizes, names (the engine's rules)."""
+    for problem in filters_problems(stored_filters(value)):
+        raise ValueError(problem.message)
+    return value
 
 
 def visible_tag(value: str) -> str:
@@ -146,6 +205,7 @@ class ConnectionUpdate(OriginalNames):
         "automatic (15 s for servers whose greeting names Cyrus or Courier, else off).",
     )
     folders: list[str] | None = folders_field()
+    filters: list[FilterIn] | None = filters_field()
     smtp_host: str | None = Field(
         default=None, max_length=255, pattern=NO_NUL, description=HOST_DESCRIPTION
     )
@@ -171,6 +231,11 @@ class ConnectionUpdate(OriginalNames):
     @classmethod
     def folders_are_names_or_flags(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else checked_folders(value)
+
+    @field_validator("filters")
+    @classmethod
+    def filters_check(cls, value: list[FilterIn] | None) -> list[FilterIn] | None:
+        return checked_filters(value)
 
     @field_validator("imap_host", "smtp_host")
     @classmethod
@@ -203,6 +268,7 @@ class ConnectionOut(Schema):
         description="IDLE re-issue period in seconds; 0: off; null: automatic by server.",
     )
     folders: list[str] = Field(default_factory=list, description=FOLDERS_DESCRIPTION)
+    filters: list[dict[str, Any]] = Field(default_factory=list, description=FILTERS_DESCRIPTION)
     warnings: list[str] = Field(
         default_factory=list, description="Insecure settings (no TLS, no verification)."
     )
@@ -248,6 +314,12 @@ class UserFields(OriginalNames):
         default=None, description="true archives the user, false restores it; unset keeps it."
     )
     folders: list[str] | None = folders_field()
+    filters: list[FilterIn] | None = Field(
+        default=None,
+        max_length=50,
+        description=FILTERS_DESCRIPTION + " The user's own win over its connection's; "
+        "null: the connection's.",
+    )
     verify: bool | None = Field(
         default=None,
         description="Password users: true logs in with the credentials during the call, "
@@ -264,6 +336,11 @@ class UserFields(OriginalNames):
     @classmethod
     def folders_are_names_or_flags(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else checked_folders(value)
+
+    @field_validator("filters")
+    @classmethod
+    def filters_check(cls, value: list[FilterIn] | None) -> list[FilterIn] | None:
+        return checked_filters(value)
 
     @field_validator("email")
     @classmethod
@@ -308,6 +385,14 @@ class UserOut(Schema):
     enable_tracer: bool
     folders: list[str] = Field(
         default_factory=list, description="The user's own folders ([]: its connection's)."
+    )
+    filters: list[dict[str, Any]] | None = Field(
+        default=None, description="The user's own filters (null: its connection's)."
+    )
+    filters_in_force: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The filters the engine applies: the user's when set, else its "
+        "connection's ([]: everything is delivered).",
     )
     status: str = Field(
         description="The engine's status (new, connecting, idle, polling, syncing, backing_off, "
@@ -364,7 +449,13 @@ class MessageOut(Schema):
     status: Literal["delivered", "skipped"]
     reason: str | None = Field(
         description="Why it was skipped: expunged, duplicate, before_baseline, tracer, "
-        "unfetchable (older rows may hold free text); null when delivered as new_mail."
+        "unfetchable, filtered (older rows may hold free text); null when delivered as "
+        "new_mail."
+    )
+    detail: str = Field(
+        default="",
+        description='With filters: the filter that selected it ("filter <name>"), or for a '
+        'filtered one "no filter matched (<names>)"; else empty.',
     )
     created_at: datetime
 

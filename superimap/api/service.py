@@ -12,7 +12,13 @@ from superimap import healthz
 from superimap.accounts import connections
 from superimap.accounts import users as accounts_users
 from superimap.api.errors import ApiError
-from superimap.api.schemas import ConnectionIn, ConnectionUpdate, UserIn, UserUpdate
+from superimap.api.schemas import (
+    ConnectionIn,
+    ConnectionUpdate,
+    UserIn,
+    UserUpdate,
+    stored_filters,
+)
 from superimap.delivery import replaylimit
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.credentials import REFUSED, UNTRUSTED, check_login
@@ -50,6 +56,7 @@ def connection_out(connection: Connection) -> dict:
         "imap_allow_plaintext": connection.imap_allow_plaintext,
         "idle_refresh_seconds": connection.effective_idle_refresh,
         "folders": connection.folders,
+        "filters": connection.filters or [],
         "warnings": connection.tls_warnings(),
         "smtp_host": smtp_host,
         "smtp_port": smtp_port,
@@ -74,6 +81,8 @@ def user_out(user: MailboxUser, live_nodes: set[str] | None = None) -> dict:
         "archived": user.archived,
         "enable_tracer": user.enable_tracer,
         "folders": user.folders,
+        "filters": user.filters,
+        "filters_in_force": user.connection.filters or [] if user.filters is None else user.filters,
         "status": healthz.shown_status(user, live_nodes),
         "last_error": user.last_error,
         "last_email_at": user.last_email_at,
@@ -94,6 +103,8 @@ def _provider(code: str) -> ImapProvider:
 def _connection_fields(body: ConnectionIn | ConnectionUpdate) -> dict:
     """The body's connection settings as given (not None)."""
     fields = body.model_dump(exclude_unset=True, exclude={"imap_provider_code", *ALIAS_FIELDS})
+    if body.filters is not None:
+        fields["filters"] = stored_filters(body.filters)
     return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -155,9 +166,13 @@ def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
     """Set the body's fields on the user (accounts.users.apply_user_fields: credentials
     connect it as the hosted pages would)."""
     fields = body.model_dump(
-        exclude_unset=True, exclude={"tag", "archived", "verify", *ALIAS_FIELDS}
+        exclude_unset=True, exclude={"tag", "archived", "verify", "filters", *ALIAS_FIELDS}
     )
     accounts_users.apply_user_fields(user, {k: v for k, v in fields.items() if v is not None})
+    if "filters" in body.model_fields_set:
+        # Read by the engine at each persist (the fence): no session restart. null: the
+        # connection's filters again.
+        user.filters = stored_filters(body.filters)
 
 
 def verify_login(connection: Connection, user: MailboxUser | None, body: UserIn | UserUpdate):
@@ -295,6 +310,7 @@ def message_out(row: MailLog) -> dict:
         "internal_date": row.internal_date,
         "status": row.status,
         "reason": row.skipped_reason or None,
+        "detail": row.detail,
         "created_at": row.created_at,
     }
 
