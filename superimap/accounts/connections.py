@@ -20,6 +20,7 @@ from superimap.accounts.checks import (
     SERVER_FIELDS,
     Problem,
     ProviderKind,
+    filters_problems,
     given_connection_problems,
     required_connection_problems,
     tls_problems,
@@ -101,10 +102,11 @@ def _settled_problems(connection: Connection) -> list[Problem]:
 def connection_problems(connection: Connection, given: Mapping[str, object]) -> list[Problem]:
     """Every rule the API applies, for a connection whose fields ``given`` are set on it
     already (the dashboard's form). Empty when it may be saved."""
+    filters = filters_problems(connection.filters)
     if connection.provider_id is None:
-        return []
+        return filters
     problems = given_connection_problems(ProviderKind.of(connection.provider), given)
-    return problems or _settled_problems(connection)
+    return filters or problems or _settled_problems(connection)
 
 
 def apply_connection_fields(connection: Connection, fields: Mapping[str, object]) -> None:

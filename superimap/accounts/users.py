@@ -16,6 +16,7 @@ from superimap.accounts.checks import (
     SECRETS,
     Problem,
     ProviderKind,
+    filters_problems,
     given_credential_problems,
     missing_credential_problems,
 )
@@ -130,12 +131,13 @@ def given_credentials(user: MailboxUser) -> dict[str, object]:
 
 def edited_user_problems(user: MailboxUser) -> list[Problem]:
     """What the API would refuse in the dashboard's edit of ``user`` (not saved yet)."""
+    filters = filters_problems(user.filters)
     if user.connection_id is None:
-        return []
+        return filters
     given = given_credentials(user)
     kind = ProviderKind.of(user.connection.provider)
     missing = missing_credential_problems(given, vars(user))
-    return [*given_credential_problems(kind, given), *missing]
+    return [*filters, *given_credential_problems(kind, given), *missing]
 
 
 def save_edited_user(user: MailboxUser) -> None:

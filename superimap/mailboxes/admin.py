@@ -161,6 +161,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
                     "tag",
                     "email",
                     "folders",
+                    "filters",
                     "enable_tracer",
                     "archived",
                     "archived_at",
@@ -449,6 +450,7 @@ class MailLogAdmin(admin.ModelAdmin):
         "internal_date",
         "status",
         "skipped_reason",
+        "detail",
         "created_at",
     ]
     list_filter = [MailStatusFilter, SkipReasonFilter]

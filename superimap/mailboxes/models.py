@@ -44,7 +44,14 @@ class MailboxUser(TrackedFields, models.Model):
     folders = models.JSONField(default=list, blank=True, validators=[validate_folders])
     # Filters before the webhook (sync/filters.py); None: the connection's. A list, even
     # empty, wins over the connection's (empty: everything is delivered).
-    filters = models.JSONField(null=True, blank=True, default=None)
+    filters = models.JSONField(
+        null=True,
+        blank=True,
+        default=None,
+        help_text='A JSON list of filters, e.g. [{"name": "shop", "from": ["@shop.example"], '
+        '"has_attachments": true}]: only mail one of them selects is delivered. Empty: the '
+        "connection's filters; [] delivers everything (README, Filters).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -58,6 +58,10 @@ class PartnerForm(secret_form(Partner, ())):
 class ConnectionForm(secret_form(Connection, ("oauth_client_secret",))):
     """The connection's fields, then every rule the API applies (accounts.connections)."""
 
+    def clean_filters(self):
+        # An emptied box means no filters (the column holds a list, never null).
+        return self.cleaned_data.get("filters") or []
+
     def _post_clean(self):
         super()._post_clean()
         if not self.errors:

@@ -312,7 +312,13 @@ class Connection(TrackedFields, models.Model):
     folders = models.JSONField(default=list, blank=True, validators=[validate_folders])
     # Filters before the webhook for its users (sync/filters.py): only mail one of them
     # selects is delivered; empty: everything. A user's own (set) win.
-    filters = models.JSONField(default=list, blank=True)
+    filters = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='A JSON list of filters, e.g. [{"name": "shop", "from": ["@shop.example"]}]: '
+        "only mail one of them selects is delivered; [] delivers everything. A user's own win "
+        "(README, Filters).",
+    )
     # SMTP for tracer emails, likewise only for host-per-connection providers.
     smtp_host = models.CharField(max_length=255, blank=True, validators=[validate_host_name])
     smtp_port = models.PositiveIntegerField(null=True, blank=True)
