@@ -1,8 +1,10 @@
-import os
-
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "superimap.settings")
+from superimap.platform import prepare
+
+# Run directly by uvicorn (`superimap.asgi:application`), this is the entry point: the files
+# first (secrets, VAR_DIR, the SQLite file 0600; platform/prepare.py), then Django.
+prepare.prepare()
 django_application = get_asgi_application()
 
 from superimap.frontdoor import FrontDoor  # noqa: E402 - needs the settings configured above

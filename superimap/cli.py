@@ -1,8 +1,9 @@
 """The `superimap` command. Thin: each subcommand calls into the apps.
 
 This module parses the command line and sets Django up; the subcommands that need Django
-are in superimap/commands.py, imported by _command() once django.setup() has run (the
-models cannot be imported before, and `genkey` or `chaos-server` need no Django at all).
+are in superimap/commands.py, imported by _command() once Django is set up, after
+superimap.platform.prepare made the files: secrets, VAR_DIR, the database (the models
+cannot be imported before, and `genkey` or `chaos-server` need no Django at all).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import django
 from cryptography.fernet import Fernet
 from django.core.management import execute_from_command_line
 
 from superimap import __version__, preflight
 from superimap.helpformat import DefaultsHelpFormatter
+from superimap.platform import prepare
 from superimap.platform.config import ConfigError, StartupError
 
 
@@ -31,9 +32,10 @@ def _stop(exc: StartupError) -> SystemExit:
 
 
 def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "superimap.settings")
+    """The files first (secrets, VAR_DIR, the SQLite file 0600: platform/prepare.py), then
+    Django."""
     try:
-        django.setup()
+        prepare.setup()
     except StartupError as exc:
         raise _stop(exc) from None
 

@@ -1,4 +1,8 @@
-"""Django settings, all from the environment (design.md section 10)."""
+"""Django settings, all from the environment (design.md section 10).
+
+Importing them reads only: the environment and, outside production, VAR_DIR/secrets.json
+if it exists. The files (VAR_DIR, the SQLite database 0600, STATIC_ROOT, the development
+secrets) are made by superimap.platform.prepare, which every entry point runs first."""
 
 from __future__ import annotations
 
@@ -14,37 +18,38 @@ import environ
 
 from superimap.platform.config import (
     ConfigError,
-    dev_secrets,
+    dev_secrets_path,
     env_bool,
     env_int,
     env_int_list,
     env_list,
     env_str,
+    read_dev_secrets,
+    superimap_env,
     validate_fernet_keys,
+    var_dir,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SUPERIMAP_ENV = env_str("SUPERIMAP_ENV", "development").lower()
-if SUPERIMAP_ENV not in {"development", "production", "test"}:
-    raise ConfigError(
-        "SUPERIMAP_ENV", f"must be development, production or test, got {SUPERIMAP_ENV!r}"
-    )
+SUPERIMAP_ENV = superimap_env()
 PRODUCTION = SUPERIMAP_ENV == "production"
+VAR_DIR = var_dir(SUPERIMAP_ENV)
 
-_default_var = BASE_DIR / "var" / ("test" if SUPERIMAP_ENV == "test" else "")
-VAR_DIR = Path(env_str("VAR_DIR", str(_default_var))).resolve()
-
-if PRODUCTION:
-    _secrets = {}
-else:
-    _secrets = dev_secrets(VAR_DIR)
+_secrets = {} if PRODUCTION else read_dev_secrets(VAR_DIR)
 
 
 def _required_secret(name: str) -> str:
     value = env_str(name) or _secrets.get(name, "")
-    if not value:
+    if not value and PRODUCTION:
         raise ConfigError(name, "is required when SUPERIMAP_ENV=production")
+    if not value:
+        raise ConfigError(
+            name,
+            f"is not set and {dev_secrets_path(VAR_DIR)} has none; start through `superimap` "
+            "(any command, e.g. `superimap check`, generates development keys there once) "
+            "or set it",
+        )
     return value
 
 
@@ -236,19 +241,6 @@ TEMPLATES = [
 ]
 
 
-def _private_sqlite_files(name: str) -> None:
-    """The database holds every email body: owner-only (0600). SQLite creates the -wal and
-    -shm files with the database file's mode, so creating that one 0600 is enough; files
-    made before this rule are tightened too."""
-    try:
-        os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o600))
-        for path in (name, f"{name}-wal", f"{name}-shm", f"{name}-journal"):
-            if os.path.exists(path) and os.stat(path).st_mode & 0o077:
-                os.chmod(path, 0o600)
-    except OSError as exc:
-        raise ConfigError("DATABASE_URL", f"cannot create {name}: {exc.strerror}") from None
-
-
 def _database(url: str) -> dict:
     try:
         with warnings.catch_warnings():
@@ -273,8 +265,6 @@ def _database(url: str) -> dict:
                     f"the folder of the SQLite file {name} does not exist; create it first "
                     "(only VAR_DIR is created automatically)",
                 )
-            folder.mkdir(parents=True, exist_ok=True)
-            _private_sqlite_files(name)
         config["OPTIONS"] = {
             # WAL lets readers go on while one writer commits; IMMEDIATE takes the write
             # lock at BEGIN so concurrent writers queue instead of failing mid-transaction.
@@ -330,8 +320,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STATIC_ROOT = VAR_DIR / "static"  # made by superimap.platform.prepare (WhiteNoise wants it)
 # WhiteNoise serves files through a sync iterator under ASGI; that is fine for admin assets.
 warnings.filterwarnings(
     "ignore", message="StreamingHttpResponse must consume synchronous iterators"

@@ -27,7 +27,7 @@ RATE = float(os.environ.get("OVERVIEW_PUSH_RATE", "10"))
 
 def _make_mailboxes(env: dict, imap_port: int, hook_port: int, api_key: str, whsec: str):
     script = (
-        "import django; django.setup()\n"
+        "from superimap.platform import prepare; prepare.setup()\n"
         "from devtools.bench.e2e import _make_mailboxes\n"
         f"_make_mailboxes({MAILBOXES}, {imap_port}, {hook_port}, {api_key!r}, {whsec!r})\n"
     )

@@ -10,8 +10,9 @@ import sys
 from tests.helpers.processes import ROOT
 
 SCRIPT = """
-import os, stat, django
-django.setup()
+import os, stat
+from superimap.platform import prepare
+prepare.setup()
 from django.db import connection
 with connection.cursor() as cursor:
     cursor.execute("CREATE TABLE IF NOT EXISTS t (x)")

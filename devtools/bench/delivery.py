@@ -56,10 +56,11 @@ def _configure(var_dir: Path, database_url: str | None, concurrency: int) -> Non
         LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
         DJANGO_SETTINGS_MODULE="superimap.settings",
     )
-    import django
     from django.core.management import call_command
 
-    django.setup()
+    from superimap.platform import prepare
+
+    prepare.setup()
     call_command("migrate", interactive=False, verbosity=0)
 
 

@@ -254,10 +254,11 @@ def _environment(var_dir: Path, database_url: str, mailboxes: int) -> dict[str, 
 
 
 def _setup_django() -> None:
-    import django
     from django.core.management import call_command
 
-    django.setup()
+    from superimap.platform import prepare
+
+    prepare.setup()
     call_command("migrate", interactive=False, verbosity=0)
 
 

@@ -285,9 +285,9 @@ def _setup_django(var_dir: Path, database_url: str) -> None:
         ALLOW_LOOPBACK_IMAP="true",
     )
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "superimap.settings")
-    import django
+    from superimap.platform import prepare
 
-    django.setup()
+    prepare.setup()
     import logging
 
     # Session chatter (one line per reconnect) would drown the progress lines.

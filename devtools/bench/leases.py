@@ -46,10 +46,11 @@ def _setup(tmp: Path) -> None:
         DJANGO_SETTINGS_MODULE="superimap.settings",
         LOG_LEVEL="WARNING",
     )
-    import django
     from django.core.management import call_command
 
-    django.setup()
+    from superimap.platform import prepare
+
+    prepare.setup()
     call_command("migrate", interactive=False, verbosity=0)
 
 

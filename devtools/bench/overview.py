@@ -64,10 +64,11 @@ def run(args: argparse.Namespace) -> dict:
             ALLOW_LOOPBACK_IMAP="true",
             LOG_LEVEL="WARNING",
         )
-        import django
         from django.core.management import call_command
 
-        django.setup()
+        from superimap.platform import prepare
+
+        prepare.setup()
         call_command("migrate", interactive=False, verbosity=0)
         started = time.monotonic()
         partner_id, user_ids = _fill_mailboxes(args.mailboxes)

@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             DJANGO_SETTINGS_MODULE="superimap.settings",
             LOG_LEVEL="WARNING",
         )
-        import django
         from django.core.management import call_command
         from django.db import connection
 
-        django.setup()
+        from superimap.platform import prepare
+
+        prepare.setup()
         call_command("migrate", interactive=False, verbosity=0)
         users = _users(args.group)
         per_batch = _per_batch(users, args.messages)

@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("SUPERIMAP_ENV", "test")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "superimap.settings")
-    import django
+    from superimap.platform import prepare
 
-    django.setup()
+    prepare.setup()
     result = {
         "benchmark": "rollupcost",
         "engine_us_per_new_mail": round(_engine(args.rounds), 2),

@@ -18,7 +18,6 @@ import re
 import sys
 from pathlib import Path
 
-import django
 from django.test import override_settings
 
 from superimap.delivery.content import with_content_options
@@ -31,6 +30,7 @@ from superimap.delivery.payloads import (
     user_event_payload,
     user_recovered_payload,
 )
+from superimap.platform import prepare
 from superimap.sync.envelope import envelope, parse_headers
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
@@ -175,7 +175,7 @@ def generated_part(text: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    django.setup()
+    prepare.setup()
     text = DOC.read_text()
     current = generated_part(text)
     if current is None:

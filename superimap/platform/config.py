@@ -102,14 +102,50 @@ def validate_fernet_keys(name: str, raw: str) -> list[str]:
     return keys
 
 
-def dev_secrets(var_dir: Path) -> dict[str, str]:
-    """Secrets for dev mode: generated once and kept in var/secrets.json (mode 0600)."""
-    path = var_dir / "secrets.json"
-    var_dir.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        data = json.loads(path.read_text())
-    else:
-        data = {}
+# The repository (or installed tree) holding the superimap package: var/ lives beside it.
+BASE_DIR = Path(__file__).resolve().parents[2]
+ENVIRONMENTS = ("development", "production", "test")
+
+
+def superimap_env() -> str:
+    """SUPERIMAP_ENV: development (default), production or test."""
+    value = env_str("SUPERIMAP_ENV", "development").lower()
+    if value not in ENVIRONMENTS:
+        raise ConfigError(
+            "SUPERIMAP_ENV", f"must be development, production or test, got {value!r}"
+        )
+    return value
+
+
+def var_dir(environment: str) -> Path:
+    """VAR_DIR, absolute: the database, the static files and the development secrets;
+    by default var/ of the checkout (var/test/ under tests)."""
+    default = BASE_DIR / "var" / ("test" if environment == "test" else "")
+    return Path(env_str("VAR_DIR", str(default))).resolve()
+
+
+DEV_SECRETS = ("ENCRYPTION_KEY", "SECRET_KEY_BASE")
+
+
+def dev_secrets_path(folder: Path) -> Path:
+    return folder / "secrets.json"
+
+
+def read_dev_secrets(folder: Path) -> dict[str, str]:
+    """The development secrets kept in VAR_DIR/secrets.json; {} when there is none yet.
+    Reads only: superimap.platform.prepare writes the file, at process start."""
+    path = dev_secrets_path(folder)
+    if not path.exists():
+        return {}
+    return dict(json.loads(path.read_text()))
+
+
+def write_dev_secrets(folder: Path) -> dict[str, str]:
+    """Secrets for dev mode: generated once and kept in VAR_DIR/secrets.json (mode 0600);
+    the keys already there are kept."""
+    path = dev_secrets_path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = read_dev_secrets(folder)
     changed = False
     if "ENCRYPTION_KEY" not in data:
         data["ENCRYPTION_KEY"] = Fernet.generate_key().decode()
