@@ -15,10 +15,9 @@ SHOP = [{"name": "shop", "from": ["@shop.example"], "has_attachments": True}]
 
 
 @pytest.fixture
-def admin(admin_user) -> Client:
-    client = Client()
-    client.force_login(admin_user, backend="django.contrib.auth.backends.ModelBackend")
-    return client
+def admin(admin_client) -> Client:
+    """pytest-django's logged-in superuser client."""
+    return admin_client
 
 
 @pytest.fixture
