@@ -25,6 +25,7 @@ from superimap.mailboxes.credentials import REFUSED, UNTRUSTED, check_login
 from superimap.mailboxes.links import make_link
 from superimap.mailboxes.models import MailboxUser, MailLog
 from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.sync.filters import in_force
 
 ENCRYPTED = "- encrypted -"
 # Declared only to document the original's names; their values are moved onto ours.
@@ -82,7 +83,7 @@ def user_out(user: MailboxUser, live_nodes: set[str] | None = None) -> dict:
         "enable_tracer": user.enable_tracer,
         "folders": user.folders,
         "filters": user.filters,
-        "filters_in_force": user.connection.filters or [] if user.filters is None else user.filters,
+        "filters_in_force": in_force(user.filters, user.connection.filters) or [],
         "status": healthz.shown_status(user, live_nodes),
         "last_error": user.last_error,
         "last_email_at": user.last_email_at,

@@ -311,9 +311,14 @@ def compile_filters(stored: object) -> tuple[Filter, ...]:
         return ()
 
 
-def effective(user_filters: object, connection_filters: object) -> tuple[Filter, ...]:
-    """The user's filters when set (even an empty list: deliver everything), else the
-    connection's."""
+def in_force(user_filters: object, connection_filters: object) -> object:
+    """Which stored list is in force: the user's when set (even an empty list: deliver
+    everything), else the connection's. The one place for "the user wins"."""
     if user_filters is not None and user_filters != "null":
-        return compile_filters(user_filters)
-    return compile_filters(connection_filters)
+        return user_filters
+    return connection_filters
+
+
+def effective(user_filters: object, connection_filters: object) -> tuple[Filter, ...]:
+    """The filters in force (in_force()), compiled."""
+    return compile_filters(in_force(user_filters, connection_filters))
