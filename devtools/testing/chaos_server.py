@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from devtools.imap.mailstore import Mailbox, SearchError, StoredMessage, in_set
+from devtools.imap.mailstore import Mailbox, SearchError, StoredMessage, in_set, render_flags
 from devtools.imap.server import (
     BadCommand,
     Command,
@@ -273,6 +273,23 @@ class ChaosImapServer:
             if session.selected and session.reported_exists >= (seq or 0):
                 session.reported_exists -= 1
                 session.write(untagged_data(f"{seq} EXPUNGE"))
+        return True
+
+    def set_flags(self, username: str, uid: int, flags: set[str], folder: str = "INBOX") -> bool:
+        """Replace a message's flags as another client would; sessions that have the folder
+        selected get an unsolicited FETCH (no MODSEQ: this server has no CONDSTORE)."""
+        mailbox = self.mailbox(username, folder)
+        seq = mailbox.seq_of(uid)
+        if seq is None:
+            return False
+        message = mailbox.messages[seq - 1]
+        message.flags = set(flags)
+        for session in self.sessions_by_user.get(username, ()):
+            if session.selected and session.selected_folder == folder:
+                if session.reported_exists >= seq:
+                    session.write(
+                        untagged_data(f"{seq} FETCH (FLAGS {render_flags(message.flags).decode()})")
+                    )
         return True
 
     def change_uidvalidity(self, username: str) -> None:

@@ -17,6 +17,7 @@ from datetime import datetime
 from django.utils import timezone
 
 from superimap.engine import folders, store
+from superimap.engine.changewatch import ChangeWatch
 from superimap.engine.morefolders import OtherFolders
 from superimap.engine.oauth import access_tokens
 from superimap.imap import (
@@ -142,6 +143,8 @@ class MailboxSession:
         self._idle_period = self.cfg.idle_reissue
         # Folders besides the primary one (design.md 4.10) and how their news is learnt.
         self.others = OtherFolders(engine, user_id, self.label)
+        # Change events (design.md 4.12): None unless the partner asked for them.
+        self.changes: ChangeWatch | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -253,6 +256,7 @@ class MailboxSession:
             await authenticate(self.conn, config, access_tokens(self.engine))
         if config.connect_pending:
             await self._tell_connected(config.connect_pending)
+        self.changes = await ChangeWatch.start(self.conn) if config.track_changes else None
         names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)
         warning = f"folders not found: {', '.join(missing)}" if missing else ""
         config = replace(config, folder=names[0])
@@ -260,6 +264,8 @@ class MailboxSession:
         if config.sweep_requested_at is not None:
             await self._sweep(config)
         await self._catch_up(self.primary)
+        if self.changes is not None:
+            await self.changes.check(self, self.primary)
         previous = self.others
         self.others = OtherFolders(self.engine, self.user_id, self.label, warning)
         await self.others.start(self.conn, names[1:], previous)
@@ -277,6 +283,8 @@ class MailboxSession:
             if self.stop_event.is_set():
                 return
             await self._catch_up(self.primary, steady=True)
+            if self.changes is not None and self.changes.wanted(self.conn):
+                await self.changes.check(self, self.primary)
             if self.others.cursors:
                 await self.others.poll_if_due(self.conn)
                 await self._visit_folders_with_news()
@@ -322,6 +330,8 @@ class MailboxSession:
         uid_next = code_value([*untagged, tagged], "UIDNEXT")
         if uid_validity is None:
             raise CommandFailed("SELECT", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
+        if self.changes is not None:
+            self.changes.selected(config.folder, [*untagged, tagged])
         cursor = await self._primary_cursor(config)
         cursor.carry_over(self.primary)
         self.primary = self.selected = cursor
@@ -493,6 +503,8 @@ class MailboxSession:
                 self.user_id, self.engine.node_id, uid_validity, folder, messages, sweep
             )
             cursor.persisted(batch)
+            if self.changes is not None and cursor is self.primary:
+                self.changes.persisted.extend(batch)
             result.log_skips(self.label, uid_validity, folder)
             self.engine.record_persisted(result)
 
@@ -522,9 +534,7 @@ class MailboxSession:
                     "mailbox %s: uid %d present but never returned by FETCH", self.label, o.uid
                 )
             messages.append(
-                FetchedMessage(
-                    o.uid, o.size, o.internal_date, o.raw, o.header, o.skip, o.seen_at
-                )
+                FetchedMessage(o.uid, o.size, o.internal_date, o.raw, o.header, o.skip, o.seen_at)
             )
         return messages
 
@@ -570,6 +580,8 @@ class MailboxSession:
             )
             if code_value([*untagged, tagged], "UIDVALIDITY") != self.primary.uid_validity:
                 raise ServerBye("UIDVALIDITY changed while another folder was read")
+            if self.changes is not None:
+                self.changes.selected(self.primary.folder, [*untagged, tagged])
             await self._catch_up(self.primary)
             # Mail that reached a visited folder after its SEARCH came as EXISTS while it
             # was selected, not as a NOTIFY report: ask once more.
@@ -587,8 +599,12 @@ class MailboxSession:
         if uid_validity is None:
             raise CommandFailed("EXAMINE", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
         self.selected = cursor
+        if self.changes is not None:
+            self.changes.selected(cursor.folder, [*untagged, tagged])
         if await self._start(cursor, uid_validity, uid_next) is Start.RESUME:
             await self._catch_up(cursor)
+            if self.changes is not None:
+                await self.changes.check(self, cursor)
 
     # --- waiting for mail ---------------------------------------------------------------
 
@@ -605,7 +621,7 @@ class MailboxSession:
                 break
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
-        await self._wait_for_news(self.others.until_poll(self._idle_period))
+        await self._wait_for_news(self._until_wake(self._idle_period))
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
@@ -613,11 +629,17 @@ class MailboxSession:
             conn.owe_done(conn.protocol.done(), tag)  # goes out with the catch-up's command
 
     async def _poll(self) -> None:
-        await self._wait_for_news(self.others.until_poll(self.cfg.poll_interval))
+        await self._wait_for_news(self._until_wake(self.cfg.poll_interval))
         if self.stop_event.is_set():
             return
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())
         self._check_uidvalidity(untagged)
+
+    def _until_wake(self, period: float) -> float:
+        seconds = self.others.until_poll(period)
+        if self.changes is not None:
+            seconds = min(seconds, self.changes.until_resync())
+        return seconds
 
     async def _wait_for_news(self, seconds: float) -> None:
         """Until EXISTS, the deadline or stop(); BYE and UIDVALIDITY changes raise."""
@@ -640,6 +662,8 @@ class MailboxSession:
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE while waiting")
             self._check_uidvalidity([event])
+            if self.changes is not None and self.changes.signal(event):
+                return  # a flag changed or a message left (design.md 4.12)
 
 
 def _resolve(future: asyncio.Future) -> None:

@@ -18,7 +18,13 @@ from django.utils import timezone
 
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery
-from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
+from superimap.mailboxes.models import (
+    FolderChanges,
+    FolderCheckpoint,
+    MailboxUser,
+    MailLog,
+    MessageState,
+)
 from superimap.platform.dbpool import read_only
 
 log = logging.getLogger("superimap.engine")
@@ -77,6 +83,8 @@ class MailboxConfig:
     connect_pending: str = ""
     # The partner's name: with the provider code and the tag it names the mailbox in logs.
     partner_name: str = ""
+    # The partner has a message_updated or message_deleted URL (design.md 4.12).
+    track_changes: bool = False
 
     @property
     def label(self) -> str:
@@ -161,6 +169,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         folders=tuple(user.folders or connection.folders or ()),
         connect_pending=user.connect_pending,
         partner_name=connection.partner.name,
+        track_changes=connection.partner.tracks_changes,
     )
 
 
@@ -373,3 +382,27 @@ def tell_transitions(updates: dict[int, tuple[str, str, int]], now: datetime) ->
         MailboxUser.objects.filter(id__in=ids, failing_since__isnull=False).update(
             failing_since=None
         )
+
+
+@read_only
+def changes_modseq(user_id: int, folder: str, uid_validity: int) -> int | None:
+    """The modseq up to which changes of ``folder`` were looked at (design.md 4.12)."""
+    row = (
+        FolderChanges.objects.filter(user_id=user_id, folder=folder)
+        .values_list("uid_validity", "modseq")
+        .first()
+    )
+    return row[1] if row is not None and row[0] == uid_validity else None
+
+
+@read_only
+def tracked_uids(user_id: int, folder: str, uid_validity: int, limit: int) -> list[int]:
+    """The UIDs of the last ``limit`` delivered messages of ``folder`` still there (as far
+    as known): what a bounded resync reads the flags of."""
+    return list(
+        MessageState.objects.filter(
+            user_id=user_id, folder=folder, uid_validity=uid_validity, gone=False
+        )
+        .order_by("-uid")
+        .values_list("uid", flat=True)[:limit]
+    )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -32,11 +33,23 @@ from django.utils import timezone
 
 from superimap.delivery.content import with_content_options
 from superimap.delivery.models import Delivery, attempts_per_round
-from superimap.delivery.payloads import new_mail_payload, truncated_mail_payload
+from superimap.delivery.payloads import (
+    message_change_payload,
+    new_mail_payload,
+    truncated_mail_payload,
+)
 from superimap.engine.store import LeaseLost
-from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
+from superimap.imap import Vanished
+from superimap.mailboxes.models import (
+    FolderChanges,
+    FolderCheckpoint,
+    MailboxUser,
+    MailLog,
+    MessageState,
+)
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.sync import persist
+from superimap.sync import changes, persist
+from superimap.sync.changes import Observed, Tracked
 from superimap.sync.filters import effective
 from superimap.sync.persist import (
     DEDUP_AGAINST,
@@ -435,3 +448,196 @@ def _payload(row: DeliveryRow) -> dict:
         include_parsed=owner.include_parsed,
         max_chars=settings.WEBHOOK_PARSED_MAX_CHARS,
     )
+
+
+# --- change events (design.md 4.12) ----------------------------------------------------
+
+
+@dataclass
+class ChangeJob:
+    """One look at a folder's changes: flags seen (``seen``), UIDs confirmed gone
+    (``gone``) or reported by VANISHED (``vanished``), and where the folder stands now."""
+
+    user_id: int
+    node_id: str
+    folder: str
+    uid_validity: int
+    seen: list[Observed]
+    gone: list[int] = field(default_factory=list)
+    vanished: list[Vanished] = field(default_factory=list)
+    modseq: int | None = None  # the next CHANGEDSINCE (None: leave it)
+    resynced: bool = False  # a bounded resync ran
+
+
+VANISHED_EXPAND = 5000  # UIDs of a VANISHED report looked up one by one; more: the folder
+
+
+def write_changes(job: ChangeJob) -> int:
+    """Record ``job`` in one transaction: first-seen states, the changed states and their
+    message_updated / message_deleted deliveries, the folder's modseq. Returns how many
+    deliveries were created; raises LeaseLost if this node may not write."""
+    with transaction.atomic():
+        owner = _fence([job.user_id], job.node_id).get(job.user_id)
+        if owner is None:
+            raise LeaseLost(job.user_id)
+        states = _states(job)
+        tracked = {
+            uid: Tracked(uid, s.flags, s.labels, s.changes, s.gone) for uid, s in states.items()
+        }
+        gone = set(job.gone) | set(changes.in_ranges(tracked, job.vanished))
+        found = changes.decide(tracked, job.seen, gone)
+        now = timezone.now()
+        _first_seen(job, tracked, now)
+        created = _change_deliveries(job, owner, states, found, now)
+        for change in found:
+            state = states[change.uid]
+            if change.kind == changes.DELETED:
+                state.gone = True
+            else:
+                state.flags, state.labels = change.new_flags, change.new_labels
+                state.changes = change.number
+            state.updated_at = now
+        seen = {o.uid: o for o in job.seen}
+        for state in states.values():
+            if state.uid in seen and seen[state.uid].modseq is not None:
+                state.modseq = seen[state.uid].modseq
+        MessageState.objects.bulk_update(
+            list(states.values()), ["flags", "labels", "changes", "gone", "modseq", "updated_at"]
+        )
+        if job.modseq is not None or job.resynced:
+            _folder_changes(job, now)
+    return created
+
+
+def _states(job: ChangeJob) -> dict[int, MessageState]:
+    rows = MessageState.objects.filter(
+        user_id=job.user_id, folder=job.folder, uid_validity=job.uid_validity
+    )
+    uids = {o.uid for o in job.seen} | set(job.gone)
+    reported = sum(v.size() for v in job.vanished)
+    found: dict[int, MessageState] = {}
+    if reported > VANISHED_EXPAND:
+        found.update(
+            (s.uid, s) for s in rows.filter(gone=False) if any(s.uid in v for v in job.vanished)
+        )
+    else:
+        uids |= {
+            uid for v in job.vanished for low, high in v.ranges for uid in range(low, high + 1)
+        }
+    ordered = sorted(uids)
+    for start in range(0, len(ordered), IN_BATCH):
+        found.update((s.uid, s) for s in rows.filter(uid__in=ordered[start : start + IN_BATCH]))
+    return found
+
+
+def _first_seen(job: ChangeJob, tracked: dict[int, Tracked], now) -> None:
+    """States for delivered messages seen for the first time (no event), with the
+    new_mail event id that delivered them."""
+    untracked = [o.uid for o in job.seen if o.uid not in tracked]
+    if not untracked:
+        return
+    logs = {}
+    for start in range(0, len(untracked), IN_BATCH):
+        logs.update(
+            (uid, (message_id, identity))
+            for uid, message_id, identity in MailLog.objects.filter(
+                user_id=job.user_id,
+                folder__in=(job.folder, ""),
+                uid_validity=job.uid_validity,
+                uid__in=untracked[start : start + IN_BATCH],
+                skipped_reason="",
+            ).values_list("uid", "message_id", "identity")
+        )
+    fresh = changes.first_seen(tracked, job.seen, logs)
+    if not fresh:
+        return
+    identities = sorted({logs[o.uid][1] for o in fresh if logs[o.uid][1]})
+    events: dict[str, uuid.UUID] = {}
+    for start in range(0, len(identities), IN_BATCH):
+        events.update(
+            Delivery.objects.filter(
+                user_id=job.user_id,
+                kind=Delivery.Kind.NEW_MAIL,
+                dedup_key__in=identities[start : start + IN_BATCH],
+            ).values_list("dedup_key", "event_id")
+        )
+    MessageState.objects.bulk_create(
+        [
+            MessageState(
+                user_id=job.user_id,
+                folder=job.folder,
+                uid_validity=job.uid_validity,
+                uid=o.uid,
+                message_id=logs[o.uid][0],
+                new_mail_event_id=events.get(logs[o.uid][1]),
+                flags=o.flags,
+                labels=o.labels,
+                modseq=o.modseq,
+                updated_at=now,
+            )
+            for o in fresh
+        ]
+    )
+
+
+def _change_deliveries(job: ChangeJob, owner: Owner, states, found, now) -> int:
+    """A Delivery per change whose kind has a URL; the event id is the change's own
+    (sync/changes.py event_id), so a replay cannot add a second one."""
+    if not found:
+        return 0
+    urls = (
+        Partner.objects.filter(id=owner.partner_id)
+        .values_list("message_updated_webhook", "message_deleted_webhook")
+        .first()
+    )
+    wanted = {changes.UPDATED: bool(urls and urls[0]), changes.DELETED: bool(urls and urls[1])}
+    rows = []
+    for change in found:
+        if not wanted[change.kind]:
+            continue
+        state = states[change.uid]
+        payload = message_change_payload(
+            kind=change.kind,
+            provider_code=owner.provider_code,
+            user_tag=owner.tag,
+            folder=job.folder,
+            uid=change.uid,
+            uid_validity=job.uid_validity,
+            message_id=state.message_id,
+            new_mail_event_id=str(state.new_mail_event_id) if state.new_mail_event_id else None,
+            old_flags=changes.split(change.old_flags),
+            new_flags=changes.split(change.new_flags),
+            old_labels=None if change.old_labels is None else changes.split(change.old_labels),
+            new_labels=None if change.new_labels is None else changes.split(change.new_labels),
+        )
+        rows.append(
+            Delivery(
+                event_id=changes.event_id(
+                    job.user_id,
+                    job.folder,
+                    job.uid_validity,
+                    change.uid,
+                    change.kind,
+                    change.number,
+                ),
+                kind=change.kind,
+                partner_id=owner.partner_id,
+                user_id=job.user_id,
+                message_id=state.message_id,
+                payload=payload,
+                next_attempt_at=now,
+            )
+        )
+    Delivery.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
+
+
+def _folder_changes(job: ChangeJob, now) -> None:
+    values = {"uid_validity": job.uid_validity}
+    if job.modseq is not None:
+        values["modseq"] = job.modseq
+    if job.resynced:
+        values["resync_at"] = now
+    updated = FolderChanges.objects.filter(user_id=job.user_id, folder=job.folder).update(**values)
+    if not updated:
+        FolderChanges.objects.create(user_id=job.user_id, folder=job.folder, **values)

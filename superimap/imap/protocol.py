@@ -36,7 +36,8 @@ class State(enum.Enum):
 _ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT"})
 ALLOWED_COMMANDS: dict[State, frozenset[str]] = {
     State.NOT_AUTHENTICATED: _ANY_STATE | {"LOGIN", "AUTHENTICATE", "STARTTLS"},
-    State.AUTHENTICATED: _ANY_STATE | {"SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY"},
+    State.AUTHENTICATED: _ANY_STATE
+    | {"SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY", "ENABLE"},
     State.SELECTED: _ANY_STATE
     | {"SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY", "UID SEARCH", "UID FETCH"},
     State.IDLING: frozenset(),  # only done()
@@ -228,6 +229,13 @@ class ClientProtocol:
         if mailboxes:
             arguments += b" (mailboxes (" + names + b") (MessageNew))"
         return self._command("NOTIFY", arguments)
+
+    def enable(self, *extensions: str) -> tuple[str, bytes]:
+        """RFC 5161 ENABLE, e.g. ``enable("QRESYNC")`` (RFC 7162): before SELECT."""
+        for name in extensions:
+            if not name.replace("=", "").replace("-", "").isalnum():
+                raise LocalProtocolError(f"invalid extension name {name!r}")
+        return self._command("ENABLE", " ".join(extensions).encode("ascii"))
 
     def uid_search(self, criteria: str) -> tuple[str, bytes]:
         _check_text(criteria)

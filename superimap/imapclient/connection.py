@@ -22,11 +22,14 @@ from superimap.imap import (
     Continuation,
     Event,
     Exists,
+    Expunge,
+    Fetch,
     Greeting,
     ImapError,
     MailboxStatus,
     RemoteProtocolError,
     TaggedResponse,
+    Vanished,
 )
 from superimap.imapclient.errors import CommandFailed, ServerBye, TlsCertificateFailed
 from superimap.platform import netguard
@@ -66,6 +69,9 @@ class ImapConnection(asyncio.Protocol):
         # When the last EXISTS arrived (time.time()): a new mail's push time, finer than its
         # whole-second INTERNALDATE (rollups.py).
         self.exists_at: float | None = None
+        # Counts FETCH responses with FLAGS, EXPUNGE and VANISHED wherever they arrive: the
+        # session's change events (engine/changewatch.py) look when it grew.
+        self.changes_seen = 0
         # A DONE that ends an IDLE, written together with the next command (owe_done()).
         self._owed: tuple[bytes, str] | None = None
         # The last ``* STATUS`` per mailbox, an answer to STATUS or a NOTIFY report (RFC
@@ -152,6 +158,10 @@ class ImapConnection(asyncio.Protocol):
                 self.exists_at = time.time()
             elif isinstance(event, MailboxStatus):
                 self.statuses[event.name] = event
+            elif isinstance(event, Expunge | Vanished) or (
+                isinstance(event, Fetch) and event.flags is not None
+            ):
+                self.changes_seen += 1
         self._backlog.extend(events)
         self._wake()
 
