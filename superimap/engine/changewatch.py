@@ -92,12 +92,13 @@ class ChangeWatch:
         primary = cursor is session.primary
         if self.mode != changes.RESYNC and highest is not None:
             await self._changed_since(session, cursor, highest, job, own)
-        if primary and (
-            self.mode == changes.RESYNC or highest is None or self.mode == changes.CONDSTORE
-        ):
-            if self.until_resync() <= 0 or self.expunged:
+        no_modseq = self.mode == changes.RESYNC or highest is None
+        if primary and (no_modseq or self.mode == changes.CONDSTORE):
+            # Without MODSEQ every signal means a look at the last N; with CONDSTORE alone
+            # only an EXPUNGE does (flags came with CHANGEDSINCE).
+            if self.until_resync() <= 0 or self.expunged or (no_modseq and self.due):
                 await self._resync(session, cursor, job, settings.CHANGES_RESYNC_MESSAGES, own)
-            elif self.persisted and (self.mode == changes.RESYNC or highest is None):
+            elif no_modseq and self.persisted:
                 await self._resync(session, cursor, job, 0, own)
         if primary:
             self.due = self.expunged = False
