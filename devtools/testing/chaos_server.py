@@ -243,6 +243,26 @@ class ChaosImapServer:
                 await asyncio.sleep(delay)
             self.generate_message()
 
+    async def flag_some(self, count: int, per_second: float) -> int:
+        """Add a keyword of its own (``$bench<n>``) to ``count`` random INBOX messages at a
+        steady rate, each one flag change another client makes; returns how many."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        users = [name for name in self._mailboxes if "\x00" not in name]
+        done = 0
+        for made in range(count):
+            delay = started + made / per_second - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            candidates = [u for u in users if self._mailboxes[u].messages]
+            if not candidates:
+                break
+            username = self.random.choice(candidates)
+            message = self.random.choice(self._mailboxes[username].messages)
+            self.set_flags(username, message.uid, message.flags | {f"$bench{made}"})
+            done += 1
+        return done
+
     # --- chaos --------------------------------------------------------------------------
 
     def inject_fault(self, username: str, kind: Fault | str) -> None:
@@ -828,6 +848,9 @@ async def _control(server: ChaosImapServer) -> None:
         await server.push(count, rate)
         print(f"pushed {count}", flush=True)
 
+    async def flag(count: int, rate: float) -> None:
+        print(f"flagged {await server.flag_some(count, rate)}", flush=True)
+
     while line := await reader.readline():
         words = line.decode().split()
         if not words:
@@ -836,6 +859,10 @@ async def _control(server: ChaosImapServer) -> None:
             break
         if words[0] == "push" and len(words) == 3:
             task = asyncio.create_task(push(int(words[1]), float(words[2])))
+            pushes.add(task)
+            task.add_done_callback(pushes.discard)
+        elif words[0] == "flag" and len(words) == 3:
+            task = asyncio.create_task(flag(int(words[1]), float(words[2])))
             pushes.add(task)
             task.add_done_callback(pushes.discard)
         elif words[0] == "stats":
