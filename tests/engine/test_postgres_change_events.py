@@ -47,7 +47,9 @@ made = [
     look([], [Vanished(((1, 3),), True)], modseq=6),      # gone
     look([], [Vanished(((1, 3),), True)], modseq=6),      # reported again
 ]
-rows = list(Delivery.objects.filter(user_id=user.id).order_by("id").values_list("kind", "event_id", "payload"))
+rows = list(
+    Delivery.objects.filter(user_id=user.id).order_by("id")
+    .values_list("kind", "event_id", "payload"))
 new_mail = str(rows[0][1])
 expected_id = str(changes.event_id(user.id, "INBOX", 7, 1, "message_updated", 1))
 state = MessageState.objects.get(user=user)
