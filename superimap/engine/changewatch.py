@@ -36,12 +36,13 @@ class ChangeWatch:
     def __init__(self, capabilities: frozenset[str]) -> None:
         self.mode = changes.change_mode(capabilities)
         self.gmail = "X-GM-EXT-1" in capabilities
-        # HIGHESTMODSEQ of each folder at its last SELECT/EXAMINE (absent: NOMODSEQ).
-        self.highest: dict[str, int] = {}
+        # HIGHESTMODSEQ of each folder at its last SELECT/EXAMINE (absent: NOMODSEQ); None
+        # until a folder has one (the servers without CONDSTORE never do).
+        self.highest: dict[str, int] | None = None
         self.due = False  # an unsolicited FETCH or EXPUNGE came: look now
         self.expunged = False  # an EXPUNGE without QRESYNC: resync for deletions
         self.resync_at = 0.0  # monotonic; 0: at the first look
-        self.persisted: list[int] = []  # UIDs persisted since the last look (resync mode)
+        self.persisted: list[int] = []  # UIDs persisted since the last look
         # conn.changes_seen as of the last look, less the answers to its own FETCH.
         self.counted = 0
 
@@ -55,10 +56,12 @@ class ChangeWatch:
 
     def selected(self, folder: str, events) -> None:
         modseq = code_value(events, "HIGHESTMODSEQ")
-        if modseq is None:
-            self.highest.pop(folder, None)
-        else:
+        if modseq is not None:
+            if self.highest is None:
+                self.highest = {}
             self.highest[folder] = modseq
+        elif self.highest is not None:
+            self.highest.pop(folder, None)
 
     def signal(self, event) -> bool:
         """Does ``event`` (while waiting) say a flag changed or a message left?"""
@@ -88,7 +91,7 @@ class ChangeWatch:
         counted = session.conn.changes_seen
         own = [0]  # FETCH answers with FLAGS to this look's own commands
         job = writer.ChangeJob(session.user_id, session.engine.node_id, folder, uid_validity, [])
-        highest = self.highest.get(folder)
+        highest = self.highest.get(folder) if self.highest is not None else None
         primary = cursor is session.primary
         if self.mode != changes.RESYNC and highest is not None:
             await self._changed_since(session, cursor, highest, job, own)
@@ -102,7 +105,7 @@ class ChangeWatch:
                 await self._resync(session, cursor, job, 0, own)
         if primary:
             self.due = self.expunged = False
-            self.persisted = []
+            self.persisted.clear()
             self.counted = counted + own[0]
         if not (job.seen or job.gone or job.vanished or job.modseq is not None or job.resynced):
             return 0
