@@ -268,7 +268,7 @@ class MailboxSession:
             await self.changes.check(self, self.primary)
         previous = self.others
         self.others = OtherFolders(self.engine, self.user_id, self.label, warning)
-        await self.others.start(self.conn, names[1:], previous)
+        await self.others.start(self.conn, names[1:], previous, self.changes is not None)
         await self._visit_folders_with_news()
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)

@@ -221,11 +221,13 @@ class ClientProtocol:
         _check_text(items)
         return self._command("STATUS", quote(encode_mailbox_name(mailbox)) + f" ({items})".encode())
 
-    def notify_set(self, mailboxes: list[str]) -> tuple[str, bytes]:
-        """RFC 5465: new mail and expunges of the selected mailbox as usual, and a
-        ``* STATUS`` report when mail arrives in one of ``mailboxes``."""
+    def notify_set(self, mailboxes: list[str], flag_changes: bool = False) -> tuple[str, bytes]:
+        """RFC 5465: new mail and expunges of the selected mailbox as usual (and flag
+        changes, which NOTIFY would otherwise silence), and a ``* STATUS`` report when
+        mail arrives in one of ``mailboxes``."""
         names = b" ".join(quote(encode_mailbox_name(name)) for name in mailboxes)
-        arguments = b"SET (selected (MessageNew MessageExpunge))"
+        events = b"MessageNew MessageExpunge" + (b" FlagChange" if flag_changes else b"")
+        arguments = b"SET (selected (" + events + b"))"
         if mailboxes:
             arguments += b" (mailboxes (" + names + b") (MessageNew))"
         return self._command("NOTIFY", arguments)

@@ -106,6 +106,9 @@ def test_a_move_between_watched_folders_is_deleted_plus_a_duplicate_skip(
             await wait_for(lambda: _status(user.id) == "idle")
             await asyncio.to_thread(_deliver, dovecot, user, "to move")
             await wait_for(lambda: _new_mail(user.id) and _tracked(user.id) == 1)
+            # With two folders the session uses NOTIFY, which must ask for FlagChange.
+            await asyncio.to_thread(dovecot.flags, user.tag, 1, "\\Seen")
+            await wait_for(lambda: _events(user.id, "message_updated"), timeout=10)
             await asyncio.to_thread(dovecot.move, user.tag, 1, "Archive")
             await wait_for(lambda: _events(user.id, "message_deleted"), timeout=10)
             await wait_for(
@@ -115,7 +118,7 @@ def test_a_move_between_watched_folders_is_deleted_plus_a_duplicate_skip(
 
     asyncio.run(scenario())
     assert len(_new_mail(user.id)) == 1
-    assert [e.kind for e in _events(user.id)] == ["message_deleted"]
+    assert [e.kind for e in _events(user.id)] == ["message_updated", "message_deleted"]
     archived = MailLog.objects.get(user=user, folder="Archive")
     assert archived.skipped_reason == MailLog.Reason.DUPLICATE
     _assert_count_identity(dovecot, user, {"INBOX": 1, "Archive": 1})

@@ -96,6 +96,7 @@ def test_the_resync_finds_pushed_silent_and_offline_changes(change_partner, sett
 
 USERS = 10
 PER_USER = 8
+BURST_SECONDS = 4.0  # changes keep coming while the engine is killed and restarted
 
 
 def _start_engine(log_path: Path) -> subprocess.Popen:
@@ -136,7 +137,7 @@ def _change_burst(chaos: ServerThread) -> None:
     for uid in range(1, PER_USER + 1):
         for user in range(USERS):
             chaos.call(chaos.server.set_flags, f"user{user}", uid, {SEEN})
-            time.sleep(0.01)
+            time.sleep(BURST_SECONDS / (USERS * PER_USER))
 
 
 def test_kill_9_in_a_burst_of_changes_loses_and_repeats_none(change_partner, tmp_path):

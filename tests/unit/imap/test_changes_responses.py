@@ -72,3 +72,16 @@ def test_enable_before_select() -> None:
     assert data == f"{tag} ENABLE QRESYNC\r\n".encode()
     with pytest.raises(LocalProtocolError):
         protocol.enable("QRESYNC\r\nA LOGOUT")
+
+
+def test_notify_asks_for_flag_changes_when_told() -> None:
+    protocol = ClientProtocol()
+    protocol.receive_data(b"* PREAUTH ready\r\n")
+    tag, data = protocol.notify_set(["Lists"], flag_changes=True)
+    assert (
+        data
+        == (
+            f"{tag} NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) "
+            '(mailboxes ("Lists") (MessageNew))\r\n'
+        ).encode()
+    )
