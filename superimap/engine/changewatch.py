@@ -42,7 +42,7 @@ class ChangeWatch:
         self.due = False  # an unsolicited FETCH or EXPUNGE came: look now
         self.expunged = False  # an EXPUNGE without QRESYNC: resync for deletions
         self.resync_at = 0.0  # monotonic; 0: at the first look
-        self.persisted: list[int] = []  # UIDs persisted since the last look
+        self.persisted: list[int] | None = None  # UIDs persisted since the last look
         # conn.changes_seen as of the last look, less the answers to its own FETCH.
         self.counted = 0
 
@@ -71,6 +71,11 @@ class ChangeWatch:
             self.due = True
             self.expunged = self.expunged or isinstance(event, Expunge)
         return self.due
+
+    def note_persisted(self, uids: list[int]) -> None:
+        if self.persisted is None:
+            self.persisted = []
+        self.persisted.extend(uids)
 
     def until_resync(self) -> float:
         if self.mode == changes.QRESYNC:
@@ -105,10 +110,10 @@ class ChangeWatch:
                 await self._resync(session, cursor, job, 0, own)
         if primary:
             self.due = self.expunged = False
-            self.persisted.clear()
+            self.persisted = None
             self.counted = counted + own[0]
-        if not (job.seen or job.gone or job.vanished or job.modseq is not None or job.resynced):
-            return 0
+        if not (job.seen or job.gone or job.vanished or job.modseq is not None):
+            return 0  # a resync that found nothing to read writes nothing
         made = await session.engine.pool.run(writer.write_changes, job)
         if made:
             log.info("mailbox %s: %d change event(s) in %s", session.label, made, folder)
@@ -139,7 +144,7 @@ class ChangeWatch:
     async def _resync(self, session, cursor: FolderCursor, job, last: int, own: list[int]) -> None:
         """The flags of the last ``last`` tracked messages and of those persisted since
         the last look; a UID left out is gone once UID SEARCH does not find it."""
-        uids = set(self.persisted)
+        uids = set(self.persisted or ())
         if last:
             uids.update(
                 await session.engine.pool.run(

@@ -504,7 +504,7 @@ class MailboxSession:
             )
             cursor.persisted(batch)
             if self.changes is not None and cursor is self.primary:
-                self.changes.persisted.extend(batch)
+                self.changes.note_persisted(batch)
             result.log_skips(self.label, uid_validity, folder)
             self.engine.record_persisted(result)
 
