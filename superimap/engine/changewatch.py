@@ -2,7 +2,7 @@
 
 Only a session whose partner has a message_updated or message_deleted URL has one; it
 holds a few numbers (the mode, each folder's HIGHESTMODSEQ at SELECT, when the next
-resync is due, UIDs persisted since the last look). What the engine knows of delivered
+resync is due). What the engine knows of delivered
 messages lives in the database (mailboxes.MessageState), not here.
 """
 
@@ -29,7 +29,6 @@ class ChangeWatch:
         "due",
         "expunged",
         "resync_at",
-        "persisted",
         "counted",
     )
 
@@ -42,7 +41,6 @@ class ChangeWatch:
         self.due = False  # an unsolicited FETCH or EXPUNGE came: look now
         self.expunged = False  # an EXPUNGE without QRESYNC: resync for deletions
         self.resync_at = 0.0  # monotonic; 0: at the first look
-        self.persisted: list[int] | None = None  # UIDs persisted since the last look
         # conn.changes_seen as of the last look, less the answers to its own FETCH.
         self.counted = 0
 
@@ -72,10 +70,16 @@ class ChangeWatch:
             self.expunged = self.expunged or isinstance(event, Expunge)
         return self.due
 
-    def note_persisted(self, uids: list[int]) -> None:
-        if self.persisted is None:
-            self.persisted = []
-        self.persisted.extend(uids)
+    @property
+    def items(self) -> str:
+        """What the body FETCH asks for besides the body: a delivered message's flags
+        (and modseq, labels) are recorded in the persist transaction (writer.py)."""
+        items = "FLAGS"
+        if self.mode != changes.RESYNC:
+            items += " MODSEQ"
+        if self.gmail:
+            items += " X-GM-LABELS"
+        return items
 
     def until_resync(self) -> float:
         if self.mode == changes.QRESYNC:
@@ -84,10 +88,10 @@ class ChangeWatch:
 
     def wanted(self, conn) -> bool:
         """Anything to look at after a catch-up: news (in IDLE, or amid other responses),
-        mail persisted, a resync due."""
+        or a resync due."""
         if conn.changes_seen > self.counted:
             self.due = True
-        return self.due or bool(self.persisted) or self.until_resync() <= 0
+        return self.due or self.until_resync() <= 0
 
     async def check(self, session, cursor: FolderCursor) -> int:
         """Look at the changes of ``cursor``'s folder (selected) and persist their events;
@@ -106,11 +110,8 @@ class ChangeWatch:
             # only an EXPUNGE does (flags came with CHANGEDSINCE).
             if self.until_resync() <= 0 or self.expunged or (no_modseq and self.due):
                 await self._resync(session, cursor, job, settings.CHANGES_RESYNC_MESSAGES, own)
-            elif no_modseq and self.persisted:
-                await self._resync(session, cursor, job, 0, own)
         if primary:
             self.due = self.expunged = False
-            self.persisted = None
             self.counted = counted + own[0]
         if not (job.seen or job.gone or job.vanished or job.modseq is not None):
             return 0  # a resync that found nothing to read writes nothing
@@ -142,17 +143,13 @@ class ChangeWatch:
         job.modseq = changes.next_modseq(since, job.seen, cursor.last_uid or 0)
 
     async def _resync(self, session, cursor: FolderCursor, job, last: int, own: list[int]) -> None:
-        """The flags of the last ``last`` tracked messages and of those persisted since
-        the last look; a UID left out is gone once UID SEARCH does not find it."""
-        uids = set(self.persisted or ())
-        if last:
-            uids.update(
-                await session.engine.pool.run(
-                    store.tracked_uids, session.user_id, cursor.folder, cursor.uid_validity, last
-                )
-            )
-            self.resync_at = time.monotonic() + settings.CHANGES_RESYNC_SECONDS
-            job.resynced = True
+        """The flags of the last ``last`` tracked messages; a UID left out is gone once UID
+        SEARCH does not find it."""
+        uids = await session.engine.pool.run(
+            store.tracked_uids, session.user_id, cursor.folder, cursor.uid_validity, last
+        )
+        self.resync_at = time.monotonic() + settings.CHANGES_RESYNC_SECONDS
+        job.resynced = True
         if not uids:
             return
         items = "(UID FLAGS X-GM-LABELS)" if self.gmail else "(UID FLAGS)"

@@ -503,8 +503,6 @@ class MailboxSession:
                 self.user_id, self.engine.node_id, uid_validity, folder, messages, sweep
             )
             cursor.persisted(batch)
-            if self.changes is not None and cursor is self.primary:
-                self.changes.note_persisted(batch)
             result.log_skips(self.label, uid_validity, folder)
             self.engine.record_persisted(result)
 
@@ -516,7 +514,13 @@ class MailboxSession:
     ) -> list[FetchedMessage]:
         """One FetchedMessage per UID of ``uids``, whatever the server answers: the batch
         machine (sync/batch.py) decides, this sends its requests."""
-        machine = BatchFetch(uids, max_size=self.cfg.max_email_size, before=before, known=known)
+        machine = BatchFetch(
+            uids,
+            max_size=self.cfg.max_email_size,
+            before=before,
+            known=known,
+            extra=self.changes.items if self.changes is not None else "",
+        )
         for request in machine.requests():
             if isinstance(request, CheckPresent):
                 untagged, _ = await self.conn.command(*self.conn.protocol.noop())
@@ -534,7 +538,17 @@ class MailboxSession:
                     "mailbox %s: uid %d present but never returned by FETCH", self.label, o.uid
                 )
             messages.append(
-                FetchedMessage(o.uid, o.size, o.internal_date, o.raw, o.header, o.skip, o.seen_at)
+                FetchedMessage(
+                    o.uid,
+                    o.size,
+                    o.internal_date,
+                    o.raw,
+                    o.header,
+                    o.skip,
+                    o.seen_at,
+                    o.flags,
+                    o.modseq,
+                )
             )
         return messages
 

@@ -187,7 +187,8 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
             cursor.execute(
                 f"""SELECT u.id, u.tag, u.enable_tracer, u.checkpoint_folder, u.uid_validity,
                     u.last_uid, p.code, pa.id, pa.new_mail_webhook, pa.include_rfc822,
-                    pa.include_parsed, u.filters, c.filters
+                    pa.include_parsed, u.filters, c.filters, pa.message_updated_webhook,
+                    pa.message_deleted_webhook
                 FROM {USERS} u
                 JOIN {Connection._meta.db_table} c ON c.id = u.connection_id
                 JOIN {ImapProvider._meta.db_table} p ON p.id = c.provider_id
@@ -211,6 +212,7 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
                     include_rfc822=bool(row[9]),
                     include_parsed=bool(row[10]),
                     filters=effective(row[11], row[12]),
+                    track_changes=bool(row[13] or row[14]),
                 )
     return owners
 
@@ -345,10 +347,12 @@ def _execute(plan: Plan) -> None:
                 ],
             )
         if plan.deliveries:
+            event_ids = [uuid.uuid4() for _ in plan.deliveries]
             cursor.executemany(
                 _insert_sql(Delivery._meta.db_table, DELIVERY_COLUMNS),
-                _delivery_rows(plan.deliveries, db_now),
+                _delivery_rows(plan.deliveries, db_now, event_ids),
             )
+            _track_delivered(cursor, plan.deliveries, event_ids, db_now)
         if plan.tracers:
             cursor.executemany(TRACER_SQL, [(db_now, tracer) for tracer in plan.tracers])
         inserts = [m for m in plan.folder_moves if m.insert]
@@ -396,14 +400,14 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table} ({names}) VALUES ({_in(list(columns))})"
 
 
-def _delivery_rows(rows: list[DeliveryRow], db_now) -> Iterator[tuple]:
+def _delivery_rows(rows: list[DeliveryRow], db_now, event_ids: list) -> Iterator[tuple]:
     json_field = Delivery._meta.get_field("payload")
     uuid_field = Delivery._meta.get_field("event_id")
     max_attempts = attempts_per_round()
     kind = str(Delivery.Kind.NEW_MAIL)
-    for row in rows:
+    for row, event_id in zip(rows, event_ids, strict=True):
         yield (
-            uuid_field.get_db_prep_save(uuid.uuid4(), connection),
+            uuid_field.get_db_prep_save(event_id, connection),
             kind,
             row.owner.partner_id,
             row.owner.id,
@@ -564,6 +568,32 @@ def _states(cursor, job: ChangeJob) -> dict[int, _State]:
     return {r[1]: _State(*r[:8], gone=bool(r[8])) for r in rows}
 
 
+def _track_delivered(cursor, rows: list[DeliveryRow], event_ids: list, db_now) -> None:
+    """In the persist transaction: a MessageState per new_mail of a partner with a change
+    URL, with the flags (and modseq) fetched with its body and its event id (4.12)."""
+    uuid_field = MessageState._meta.get_field("new_mail_event_id")
+    states = [
+        (
+            row.owner.id,
+            row.folder,
+            row.uid_validity,
+            row.digest.message.uid,
+            row.digest.message_id,
+            uuid_field.get_db_prep_save(event_id, connection),
+            changes.canonical(row.digest.message.flags),
+            None,
+            row.digest.message.modseq,
+            0,
+            False,
+            db_now,
+        )
+        for row, event_id in zip(rows, event_ids, strict=True)
+        if row.owner.track_changes and row.digest.message.flags is not None
+    ]
+    if states:
+        cursor.executemany(_insert_sql(STATES, STATE_COLUMNS) + " ON CONFLICT DO NOTHING", states)
+
+
 def _first_seen(cursor, job: ChangeJob, tracked: dict[int, Tracked], db_now) -> None:
     """States for delivered messages seen for the first time (no event), with the
     new_mail event id that delivered them."""
@@ -686,8 +716,12 @@ def _apply(cursor, job: ChangeJob, states: dict[int, _State], found, db_now) -> 
         state.dirty = True
     for o in job.seen:
         state = states.get(o.uid)
-        if state is not None and o.modseq is not None and o.modseq != state.modseq:
+        if state is None:
+            continue
+        if o.modseq is not None and o.modseq != state.modseq:
             state.modseq, state.dirty = o.modseq, True
+        if o.labels is not None and state.labels is None and not state.gone:
+            state.labels, state.dirty = o.labels, True  # recorded, not a change
     dirty = [s for s in states.values() if s.dirty]
     if dirty:
         cursor.executemany(

@@ -124,13 +124,15 @@ def decide(
     """The events of one look at a folder: a tracked message whose flags (or labels)
     differ from the stored ones is updated; a tracked message in ``gone`` is deleted (once:
     a gone one makes no event again). UIDs not tracked make none (not delivered, or
-    delivered before tracking began: ``first_seen``)."""
+    delivered before tracking began: ``first_seen``); nor do Gmail labels seen for the first
+    time."""
     changes: list[Change] = []
     for o in seen:
         t = tracked.get(o.uid)
         if t is None or t.gone:
             continue
-        labels_changed = o.labels is not None and o.labels != (t.labels or "")
+        # Labels never recorded (None) are recorded at this look, not a change.
+        labels_changed = o.labels is not None and t.labels is not None and o.labels != t.labels
         if o.flags != t.flags or labels_changed:
             changes.append(
                 Change(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from superimap.imap.events import Fetch, Vanished
 from superimap.sync import changes
+from superimap.sync.batch import BatchFetch, FetchBodies, FetchMeta
 from superimap.sync.changes import Change, Observed, Tracked
 
 
@@ -73,6 +76,8 @@ SEEN = Observed(5, "\\Seen", None, 9)
             [],
             [Change("message_updated", 5, 1, "", "", "\\Inbox", "\\Inbox Work")],
         ),
+        # labels never recorded (stored None): recorded, no event
+        ({5: Tracked(5, "", None, 0)}, [Observed(5, "", "\\Inbox", 4)], [], []),
         # no labels from the server: stored labels kept
         (
             {5: Tracked(5, "", "\\Inbox", 0)},
@@ -144,3 +149,24 @@ def test_uid_set(uids, text) -> None:
 def test_confirm_gone_and_in_ranges() -> None:
     assert changes.confirm_gone([1, 2, 3], [2]) == [1, 3]
     assert changes.in_ranges([1, 4, 9], [Vanished(((3, 5),)), Vanished(((9, 9),))]) == [4, 9]
+
+
+def test_the_body_fetch_brings_flags_and_modseq_when_asked() -> None:
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    machine = BatchFetch([7], max_size=1000, extra="FLAGS MODSEQ")
+    requests = machine.requests()
+    meta = next(requests)
+    assert isinstance(meta, FetchMeta)
+    machine.meta_answered(meta, [Fetch(1, uid=7, size=3, internal_date=when)])
+    bodies = next(requests)
+    assert isinstance(bodies, FetchBodies)
+    assert bodies.items == "(UID FLAGS MODSEQ BODY.PEEK[])"
+    answer = Fetch(1, uid=7, body=b"abc", flags=("\\Seen",), modseq=42)
+    machine.bodies_answered(bodies, [answer], None)
+    assert list(requests) == []
+    [outcome] = machine.outcomes()
+    assert (outcome.raw, outcome.flags, outcome.modseq) == (b"abc", ("\\Seen",), 42)
+
+
+def test_without_extra_items_the_body_fetch_is_unchanged() -> None:
+    assert FetchBodies((1,), "BODY.PEEK[]").items == "(UID BODY.PEEK[])"
