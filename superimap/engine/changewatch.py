@@ -165,4 +165,5 @@ class ChangeWatch:
 
 
 def _with_flags(events) -> int:
+    """The answers conn.changes_seen counted among this look's own (flags only)."""
     return sum(1 for e in events if isinstance(e, Fetch) and e.flags is not None)

@@ -158,9 +158,7 @@ class ImapConnection(asyncio.Protocol):
                 self.exists_at = time.time()
             elif isinstance(event, MailboxStatus):
                 self.statuses[event.name] = event
-            elif isinstance(event, Expunge | Vanished) or (
-                isinstance(event, Fetch) and event.flags is not None
-            ):
+            elif isinstance(event, Expunge | Vanished) or _flag_update(event):
                 self.changes_seen += 1
         self._backlog.extend(events)
         self._wake()
@@ -276,3 +274,15 @@ class ImapConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
+
+
+def _flag_update(event: Event) -> bool:
+    """A FETCH with FLAGS and no message data: a flag change (unsolicited, or the answer to
+    a flags-only FETCH), not the answer to a body or size FETCH that asked for FLAGS too."""
+    return (
+        isinstance(event, Fetch)
+        and event.flags is not None
+        and event.body is None
+        and event.size is None
+        and "BODY[HEADER]" not in event.attributes
+    )
