@@ -60,7 +60,18 @@ log = logging.getLogger(__name__)
 CAPABILITIES = "IMAP4rev1 IDLE LITERAL+ SASL-IR AUTH=PLAIN AUTH=XOAUTH2"
 _NOT_AUTHENTICATED = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "LOGIN", "AUTHENTICATE"})
 _AUTHENTICATED = frozenset(
-    {"CAPABILITY", "NOOP", "LOGOUT", "SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY"}
+    {
+        "CAPABILITY",
+        "NOOP",
+        "LOGOUT",
+        "SELECT",
+        "EXAMINE",
+        "IDLE",
+        "LIST",
+        "STATUS",
+        "NOTIFY",
+        "ENABLE",
+    }
 )
 _SELECTED = _AUTHENTICATED | {"UID SEARCH", "UID FETCH"}
 _TAGGED_GIBBERISH = (b"WHAT?! (((", b"\x00\xff\xfe\x01", b"OKAY [UIDNEXT x", b"{-1}")
@@ -107,6 +118,7 @@ class ChaosImapServer:
         faults: Sequence[Fault] | None = None,
         folders: Sequence[str] = ("INBOX",),
         notify: bool = False,
+        condstore: bool = False,
     ) -> None:
         self.host = host
         # Every user has these folders; generated mail goes to a random one of them. With
@@ -114,6 +126,9 @@ class ChaosImapServer:
         # other folders to a session that asked, as * STATUS.
         self.folders = tuple(folders)
         self.capabilities = CAPABILITIES + (" NOTIFY" if notify else "")
+        # CONDSTORE (RFC 7162) without QRESYNC, like Gmail: MODSEQ, CHANGEDSINCE, ENABLE.
+        if condstore:
+            self.capabilities += " ENABLE CONDSTORE"
         self.expunge_rate = expunge_rate
         self.expunges_owed = expunge_first
         self.faults = tuple(faults) if faults is not None else tuple(Fault)
@@ -304,12 +319,14 @@ class ChaosImapServer:
             return False
         message = mailbox.messages[seq - 1]
         message.flags = set(flags)
+        message.modseq = mailbox.next_modseq()
+        rendered = render_flags(message.flags).decode()
         for session in self.sessions_by_user.get(username, ()):
             if session.selected and session.selected_folder == folder:
                 if session.reported_exists >= seq:
-                    session.write(
-                        untagged_data(f"{seq} FETCH (FLAGS {render_flags(message.flags).decode()})")
-                    )
+                    # With CONDSTORE enabled an unsolicited FETCH carries MODSEQ (3.2.4).
+                    modseq = f" MODSEQ ({message.modseq})" if session.condstore else ""
+                    session.write(untagged_data(f"{seq} FETCH (FLAGS {rendered}{modseq})"))
         return True
 
     def change_uidvalidity(self, username: str) -> None:
@@ -341,6 +358,7 @@ class ImapSession(asyncio.Protocol):
         "sasl",
         "closed",
         "stalled",
+        "condstore",
     )
 
     def __init__(self, server: ChaosImapServer) -> None:
@@ -358,6 +376,7 @@ class ImapSession(asyncio.Protocol):
         self.sasl: tuple[str, str, bool] | None = None  # tag, mechanism, challenge failed
         self.closed = False
         self.stalled = False
+        self.condstore = False  # ENABLE CONDSTORE was sent
 
     # --- transport callbacks ------------------------------------------------------------
 
@@ -571,6 +590,13 @@ class ImapSession(asyncio.Protocol):
         self.write(untagged_data(self.status_of(folder)))
         self.write(tagged(command.tag, "OK", "STATUS completed"))
 
+    def cmd_enable(self, command: Command) -> None:
+        names = [_text(arg).upper() for arg in command.args]
+        if "CONDSTORE" in names and "CONDSTORE" in self.server.capabilities:
+            self.condstore = True
+            self.write(untagged_data("ENABLED CONDSTORE"))
+        self.write(tagged(command.tag, "OK", "ENABLE completed"))
+
     def cmd_notify(self, command: Command) -> None:
         if "NOTIFY" not in self.server.capabilities:
             self.write(tagged(command.tag, "BAD", "NOTIFY not supported"))
@@ -597,6 +623,8 @@ class ImapSession(asyncio.Protocol):
         self.write(untagged("OK", "UIDs valid", f"UIDVALIDITY {mailbox.uidvalidity}"))
         self.write(untagged("OK", "predicted next UID", f"UIDNEXT {mailbox.uidnext}"))
         self.write(untagged("OK", "limited", "PERMANENTFLAGS (\\Seen)"))
+        if "CONDSTORE" in self.server.capabilities:
+            self.write(untagged("OK", "modseq", f"HIGHESTMODSEQ {mailbox.highestmodseq}"))
         mode = "READ-ONLY" if self.readonly else "READ-WRITE"
         self.write(tagged(command.tag, "OK", f"{command.name} completed", mode))
 
@@ -613,16 +641,24 @@ class ImapSession(asyncio.Protocol):
 
     def cmd_uid_fetch(self, command: Command) -> None:
         assert self.username is not None
-        if len(command.args) != 2:
+        changed_since = None
+        if len(command.args) == 3 and "CONDSTORE" in self.server.capabilities:
+            modifier = command.args[2]
+            words = [_text(w).upper() for w in modifier] if isinstance(modifier, tuple) else []
+            if len(words) != 2 or words[0] != "CHANGEDSINCE" or not words[1].isdigit():
+                self.write(tagged(command.tag, "BAD", "unsupported FETCH modifier"))
+                return
+            changed_since = int(words[1])
+        elif len(command.args) != 2:
             self.write(tagged(command.tag, "BAD", "UID FETCH needs a set and items"))
             return
-        uid_set, items = command.args
+        uid_set, items = command.args[:2]
         names = items if isinstance(items, tuple) else (items,)
         wanted = tuple(_text(name).upper() for name in names)
         mailbox = self.server.mailbox(self.username, self.selected_folder)
         try:
             vanished, nil_answers = self.expunge_some(_text(uid_set), wanted)
-            responses = mailbox.uid_fetch(_text(uid_set), wanted, self.readonly)
+            responses = mailbox.uid_fetch(_text(uid_set), wanted, self.readonly, changed_since)
         except SearchError as error:
             self.write(tagged(command.tag, "BAD", str(error)))
             return
@@ -671,6 +707,7 @@ class ImapSession(asyncio.Protocol):
 
 _HANDLERS: dict[str, Callable[[ImapSession, Command], None]] = {
     "CAPABILITY": ImapSession.cmd_capability,
+    "ENABLE": ImapSession.cmd_enable,
     "NOOP": ImapSession.cmd_noop,
     "LOGOUT": ImapSession.cmd_logout,
     "LOGIN": ImapSession.cmd_login,

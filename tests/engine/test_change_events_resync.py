@@ -94,6 +94,46 @@ def test_the_resync_finds_pushed_silent_and_offline_changes(change_partner, sett
     assert delivered + MailLog.objects.filter(user=user).exclude(skipped_reason="").count() == 4
 
 
+def test_condstore_without_qresync_flags_by_changedsince_deletions_by_resync(
+    change_partner, settings
+):
+    settings.CHANGES_RESYNC_SECONDS = 3600  # only an EXPUNGE or a connect starts a resync
+    server = ChaosImapServer(users=1, seed=6, condstore=True)
+    assert "CONDSTORE" in server.capabilities and "QRESYNC" not in server.capabilities
+
+    async def online():
+        await server.start()
+        await asyncio.to_thread(loopback_users, change_partner, server.port, 1)
+        async with RunningEngine():
+            await wait_for(lambda: _status() == "idle")
+            for _ in range(3):
+                server.generate_message("user0")
+            await wait_for(lambda: _tracked() == 3)
+            # The modseq came with each body FETCH.
+            await wait_for(lambda: MessageState.objects.filter(modseq__isnull=False).count() == 3)
+            server.set_flags("user0", 1, {SEEN})  # * 1 FETCH (FLAGS (\Seen) MODSEQ (n))
+            await wait_for(lambda: _events("message_updated"), timeout=5)
+            server.expunge("user0", 2)
+            await wait_for(lambda: _events("message_deleted"), timeout=5)
+
+    async def restart():
+        async with RunningEngine():
+            await wait_for(lambda: len(_events("message_updated")) == 2, timeout=8)
+            await asyncio.sleep(1.0)
+        await server.stop()
+
+    async def scenario():
+        await online()
+        # While the engine is down: uid 3 flagged (a change with its modseq, not pushed).
+        server.set_flags("user0", 3, {"\\Flagged"})
+        await restart()
+
+    asyncio.run(scenario())
+    updated = [(e.payload["uid"], e.payload["new_flags"]) for e in _events("message_updated")]
+    assert updated == [(1, [SEEN]), (3, ["\\Flagged"])]
+    assert [e.payload["uid"] for e in _events("message_deleted")] == [2]
+
+
 USERS = 10
 PER_USER = 8
 BURST_SECONDS = 4.0  # changes keep coming while the engine is killed and restarted
