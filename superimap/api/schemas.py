@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar, Literal
 
@@ -384,11 +385,20 @@ def backfill_start(since: datetime | date | None, days: int | None) -> datetime 
     return since
 
 
+def date_or_moment(value: Any) -> Any:
+    """"2026-01-02" is a date (its midnight UTC), not a moment without a time zone."""
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        return date.fromisoformat(value)
+    return value
+
+
 class BackfillIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     since: datetime | date | None = Field(default=None, description=BACKFILL_SINCE)
     days: int | None = Field(default=None, ge=1, le=MAX_BACKFILL_DAYS, description=BACKFILL_DAYS)
+
+    _since = field_validator("since", mode="before")(date_or_moment)
 
     @model_validator(mode="after")
     def _one(self):
@@ -419,6 +429,8 @@ class UserIn(UserFields):
     backfill_days: int | None = Field(
         default=None, ge=1, le=MAX_BACKFILL_DAYS, description=BACKFILL_DAYS
     )
+
+    _backfill_since = field_validator("backfill_since", mode="before")(date_or_moment)
 
     @model_validator(mode="after")
     def _backfill(self):
