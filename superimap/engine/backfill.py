@@ -145,12 +145,13 @@ class BackfillRun:
 
 
 async def _window(session, state: store.Backfill) -> list[int]:
-    """The window's UIDs (sync.backfill.window)."""
-    search = rules.window_search(state.since, state.until_uid or 0)
-    if search is None:
-        return []
-    candidates = await session._search(search.candidates)
-    sure = await session._search(search.sure) if search.sure is not None else None
+    """The window's UIDs (sync.backfill.window), searched a chunk of UIDs at a time."""
+    candidates: list[int] = []
+    sure: list[int] | None = None
+    for search in rules.window_searches(state.since, state.until_uid or 0):
+        candidates += await session._search(search.candidates)
+        if search.sure is not None:
+            sure = (sure or []) + await session._search(search.sure)
     dates = {}
     for part in batches(rules.to_check(candidates, sure), DATES_PER_FETCH):
         for event in await session._fetch_items(part, "(UID INTERNALDATE)"):

@@ -28,6 +28,9 @@ DAY = timedelta(days=1)
 # rate: live mail found by the catch-up after each step waits at most one step.
 MAX_STEP = 100
 STEP_SECONDS = 0.25
+# UIDs per SEARCH: an answer of 5,000 UIDs of up to 10 digits stays under the 64 KiB line
+# limit of imap/framing.py.
+SEARCH_CHUNK = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +47,24 @@ def _imap_date(moment: datetime) -> str:
     return f"{moment.day:02d}-{months[moment.month - 1]}-{moment.year:04d}"
 
 
-def window_search(since: datetime | None, until_uid: int) -> WindowSearch | None:
-    """The searches of the window up to ``until_uid``; None: the folder was empty."""
-    if until_uid <= 0:
-        return None
-    uids = f"UID 1:{until_uid}"
-    if since is None:
-        return WindowSearch(uids, None)
-    return WindowSearch(
-        f"SINCE {_imap_date(since - DAY)} {uids}", f"SINCE {_imap_date(since + 2 * DAY)} {uids}"
-    )
+def window_searches(
+    since: datetime | None, until_uid: int, chunk: int = SEARCH_CHUNK
+) -> list[WindowSearch]:
+    """The searches of the window up to ``until_uid``, one per ``chunk`` UIDs so that no
+    answer line outgrows the framer's limit; [] for an empty folder."""
+    searches = []
+    for first in range(1, max(0, until_uid) + 1, chunk):
+        uids = f"UID {first}:{min(until_uid, first + chunk - 1)}"
+        if since is None:
+            searches.append(WindowSearch(uids, None))
+        else:
+            searches.append(
+                WindowSearch(
+                    f"SINCE {_imap_date(since - DAY)} {uids}",
+                    f"SINCE {_imap_date(since + 2 * DAY)} {uids}",
+                )
+            )
+    return searches
 
 
 def to_check(candidates: Iterable[int], sure: Iterable[int] | None) -> list[int]:

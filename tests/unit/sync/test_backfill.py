@@ -13,7 +13,7 @@ from superimap.sync.backfill import (
     step_size,
     to_check,
     window,
-    window_search,
+    window_searches,
 )
 
 SINCE = datetime(2026, 3, 10, 12, 30, 15, 500000, tzinfo=UTC)
@@ -74,21 +74,37 @@ def test_the_window(since, candidates, sure, dates, expected, checked):
 
 
 @pytest.mark.parametrize(
-    ("since", "until", "expected"),
+    ("since", "until", "chunk", "expected"),
     [
-        (SINCE, 0, None),
-        (None, 40, WindowSearch("UID 1:40", None)),
-        (SINCE, 40, WindowSearch("SINCE 09-Mar-2026 UID 1:40", "SINCE 12-Mar-2026 UID 1:40")),
+        (SINCE, 0, 5000, []),
+        (None, 40, 5000, [WindowSearch("UID 1:40", None)]),
+        (
+            SINCE,
+            40,
+            5000,
+            [WindowSearch("SINCE 09-Mar-2026 UID 1:40", "SINCE 12-Mar-2026 UID 1:40")],
+        ),
         (
             datetime(2026, 3, 31, 23, 0, tzinfo=UTC),
             7,
-            WindowSearch("SINCE 30-Mar-2026 UID 1:7", "SINCE 02-Apr-2026 UID 1:7"),
+            5000,
+            [WindowSearch("SINCE 30-Mar-2026 UID 1:7", "SINCE 02-Apr-2026 UID 1:7")],
+        ),
+        (
+            None,
+            25,
+            10,
+            [
+                WindowSearch("UID 1:10", None),
+                WindowSearch("UID 11:20", None),
+                WindowSearch("UID 21:25", None),
+            ],
         ),
     ],
-    ids=["empty folder", "all mail", "a moment", "across a month's end"],
+    ids=["empty folder", "all mail", "a moment", "across a month's end", "in chunks"],
 )
-def test_the_searches(since, until, expected):
-    assert window_search(since, until) == expected
+def test_the_searches(since, until, chunk, expected):
+    assert window_searches(since, until, chunk) == expected
 
 
 @pytest.mark.parametrize(
