@@ -54,6 +54,8 @@ def _users(label: str) -> dict[str, MailboxUser]:
             uid_validity=9,
             last_uid=0,
             enable_tracer=tag == "c",
+            # h: a backfill step moves this request's position and done count.
+            backfill_requested_at=WHEN if tag == "h" else None,
         )
         for tag in "abcdefgh"
     }
@@ -216,11 +218,20 @@ def _state(users: dict[str, MailboxUser], outcomes: list) -> dict:
             d.delivered_at,
             d.payload_purged_at,
             d.last_status_code,
+            d.backfill,
         )
         for d in Delivery.objects.filter(user_id__in=ids).select_related("partner")
     )
     checkpoints = sorted(
-        (ids[u.id], u.uid_validity, u.last_uid, str(u.last_internal_date), u.last_email_at is None)
+        (
+            ids[u.id],
+            u.uid_validity,
+            u.last_uid,
+            str(u.last_internal_date),
+            u.last_email_at is None,
+            u.backfill_position,
+            u.backfill_done,
+        )
         for u in MailboxUser.objects.filter(id__in=ids)
     )
     folders = sorted(
