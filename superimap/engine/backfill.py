@@ -49,6 +49,13 @@ class BackfillPacer:
         per_host = self._bucket(self.hosts, host.lower(), self.per_host, now)
         return max(mailbox.take(count, now), per_host.take(count, now))
 
+    def give_back(self, user_id: int, host: str, count: int) -> None:
+        """Messages taken but not fetched (sent before): a sweep over mail already sent
+        is not paced like new work."""
+        for bucket in (self.mailboxes.get(user_id), self.hosts.get(host.lower())):
+            if bucket is not None:
+                bucket.give_back(count)
+
     def _bucket(self, buckets: dict, key, rate: float, now: float) -> rules.Pace:
         bucket = buckets.get(key)
         if bucket is None:
@@ -119,6 +126,8 @@ class BackfillRun:
             store.recorded_uids, session.user_id, cursor.uid_validity, batch, cursor.folder
         )
         fetch = [uid for uid in batch if uid not in recorded]
+        if len(fetch) < len(batch):
+            engine.backfill_pacer.give_back(session.user_id, self.host, len(batch) - len(fetch))
         messages = await session._fetch_batch(fetch) if fetch else []
         step = rules.BackfillStep(self.state.requested_at, batch[-1], len(batch))
         result = await engine.persister.persist(

@@ -125,6 +125,10 @@ class Pace:
         self.tokens -= count
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def give_back(self, count: int) -> None:
+        """Return ``count`` taken but not used (messages recorded before: nothing fetched)."""
+        self.tokens = min(self.burst, self.tokens + count)
+
     def idle(self, now: float) -> bool:
         """Full again: the same as a new bucket."""
         return self.tokens + (now - self.stamp) * self.rate >= self.burst

@@ -129,3 +129,31 @@ def test_live_mail_is_not_held_behind_a_paced_backfill(mailbox, dovecot):
     assert seen["latency"] < 1.5, seen
     assert len(_mail(user.id)) == count + 1
     assert _user(user.id).backfill_done == count
+
+
+def test_a_sweep_over_mail_sent_before_is_not_paced_like_new_mail(mailbox, dovecot):
+    user = mailbox()
+    count = 20
+
+    async def scenario():
+        # 2 a second: 20 messages to fetch would take 10 s.
+        async with RunningEngine(backfill_pacer=BackfillPacer(per_mailbox=2, per_host=100)):
+            await wait_for(lambda: _user(user.id).status == "idle")
+            for i in range(count):
+                raw = make_message(f"live {i}", "a@example.test", user.email, "x", f"<l{i}@t>")
+                await asyncio.to_thread(dovecot.deliver, user.tag, raw)
+            await wait_for(lambda: len(_mail(user.id)) == count, timeout=20)
+            await asyncio.to_thread(_sweep, user.id)
+            started = time.monotonic()
+            await wait_for(lambda: _finished(user.id), timeout=20)
+            return time.monotonic() - started
+
+    seconds = asyncio.run(scenario())
+    done = _user(user.id)
+    assert (done.backfill_done, done.backfill_total) == (count, count)
+    assert len(_mail(user.id)) == count  # nothing sent again
+    assert seconds < 5, seconds
+
+
+def _sweep(user_id: int) -> None:
+    accounts_users.sweep_user(_user(user_id))

@@ -134,3 +134,13 @@ def test_the_pace_lets_a_burst_through_then_waits_its_rate():
     assert pace.idle(10.0)
     assert pace.take(5, 10.0) == 0.0  # refilled, never above the burst
     assert pace.take(1, 10.0) == pytest.approx(0.05)
+
+
+def test_what_was_not_used_goes_back_to_the_pace():
+    pace = Pace(rate=20, burst=5, now=0.0)
+    pace.take(5, 0.0)
+    assert pace.take(5, 0.0) == pytest.approx(0.25)
+    pace.give_back(5)  # the second five were sent before: nothing fetched
+    assert pace.take(5, 0.0) == pytest.approx(0.25)  # not 0.5
+    pace.give_back(100)
+    assert pace.tokens == 5  # never above the burst
