@@ -62,7 +62,9 @@ class BackfillPacer:
             if len(buckets) >= 1000:
                 for old in [k for k, b in buckets.items() if b.idle(now)]:
                     del buckets[old]
-            bucket = buckets[key] = rules.Pace(rate, float(self.step), now)
+            # A quarter second of the rate saved up at most (a mailbox: one step).
+            burst = max(float(self.step), rate * rules.STEP_SECONDS)
+            bucket = buckets[key] = rules.Pace(rate, burst, now)
         return bucket
 
 
