@@ -512,6 +512,9 @@ class DeliveryAttemptOut(Schema):
 class DeliveryOut(Schema):
     event_id: str
     kind: str
+    backfill: bool = Field(
+        default=False, description='A new_mail of a backfill ("backfill": true in its body).'
+    )
     status: str
     user_tag: str | None
     attempts: int

@@ -249,6 +249,7 @@ def delivery_out(delivery: Delivery) -> dict:
     return {
         "event_id": str(delivery.event_id),
         "kind": delivery.kind,
+        "backfill": delivery.backfill,
         "status": delivery.status,
         "user_tag": delivery.user.tag if delivery.user else None,
         "attempts": delivery.attempts,

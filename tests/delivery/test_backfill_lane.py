@@ -68,3 +68,10 @@ def test_each_lane_is_a_range_of_the_claims_index(db):
             main = [step for step in plan if "delivery_due_by_endpoint" in step]
             assert main and "backfill=? AND next_attempt_at<?" in main[0], plan
             assert not any("TEMP B-TREE" in step for step in plan), plan
+
+
+def test_the_deliveries_api_says_which_are_backfilled(seeded_providers, api, partner):
+    user = make_user(partner)
+    live, backfilled = mail(user, 1, backfill=False), mail(user, 2, backfill=True)
+    rows = {row["event_id"]: row["backfill"] for row in api.get("/deliveries").json()}
+    assert rows == {str(live.event_id): False, str(backfilled.event_id): True}
