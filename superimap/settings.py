@@ -154,6 +154,10 @@ IMAP_LOGIN_BURST_PER_MAILBOX = env_int("IMAP_LOGIN_BURST_PER_MAILBOX", 5, minimu
 IMAP_LOGIN_INTERVAL_PER_MAILBOX = env_int("IMAP_LOGIN_INTERVAL_PER_MAILBOX", 30, minimum=1)
 IMAP_LOGIN_BURST_PER_HOST = env_int("IMAP_LOGIN_BURST_PER_HOST", 500, minimum=1)
 IMAP_LOGINS_PER_SECOND_PER_HOST = env_int("IMAP_LOGINS_PER_SECOND_PER_HOST", 50, minimum=1)
+# A chosen backfill (design.md 4.12): existing mail sent as new_mail at most this many
+# messages a second per mailbox and per server host (engine/backfill.py).
+BACKFILL_RATE_PER_MAILBOX = env_int("BACKFILL_RATE_PER_MAILBOX", 20, minimum=1, maximum=10000)
+BACKFILL_RATE_PER_HOST = env_int("BACKFILL_RATE_PER_HOST", 200, minimum=1, maximum=100000)
 # Partners choose PLAIN connections' imap_host/smtp_host: in production refuse hosts that
 # resolve to loopback, private, link-local or reserved addresses (superimap.platform.netguard).
 IMAP_ALLOW_PRIVATE_HOSTS = env_bool("IMAP_ALLOW_PRIVATE_HOSTS", not PRODUCTION)

@@ -133,7 +133,7 @@ def _claim_sql(vendor: str) -> tuple[str, str, str]:
     due = (
         f"SELECT id, event_id, kind, attempts, {text}, {sha1}, partner_id, created_at, "
         f"{_superseded(d)} FROM {d} "
-        "WHERE status = %s AND next_attempt_at <= %s "
+        "WHERE status = %s AND backfill = %s AND next_attempt_at <= %s "
         "AND (lease_until IS NULL OR lease_until < %s) "
         f"AND {_order_gate(d)} "
         f"ORDER BY next_attempt_at, id LIMIT %s{lock}"
@@ -176,16 +176,23 @@ def claim_due(
     lease: timedelta,
     room: fairness.Room | None = None,
 ) -> list[Claimed]:
-    """Plain SQL (the ORM cost more than the queries): one SELECT of due rows, one of their
-    partners' signing settings, one of paused endpoints, one UPDATE that takes the rows.
+    """Plain SQL (the ORM cost more than the queries): one SELECT of due rows per lane (live;
+    then backfill, if the live rows did not fill the claim), one of their partners' signing
+    settings, one of paused endpoints, one UPDATE that takes the rows.
 
     With a `room` (the worker's fair shares), full partners and endpoints are skipped and
     at most each one's room is taken (fairness.fair_rows: up to three SELECTs)."""
     due, _, paused_sql = _claim_sql(connection.vendor)
     with transaction.atomic(), connection.cursor() as cursor:
         db_now = _db_time(now)
-        params = [Delivery.Status.PENDING.value, db_now, db_now]
-        rows = fairness.fair_rows(cursor, due, params, limit, room)
+        rows = []
+        # Live rows first; backfilled new_mail (design.md 4.12) only for the slots left, so
+        # live mail never waits behind a backfill's backlog.
+        for backfill in (False, True):
+            params = [Delivery.Status.PENDING.value, backfill, db_now, db_now]
+            rows += fairness.fair_rows(cursor, due, params, limit - len(rows), room)
+            if len(rows) >= limit:
+                break
         rows = _cancel_superseded(cursor, rows)
         if not rows:
             return []

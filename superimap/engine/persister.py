@@ -30,6 +30,7 @@ from django.db import transaction
 from superimap.engine import writer
 from superimap.platform import dboutage
 from superimap.platform.dbpool import DbPool
+from superimap.sync.backfill import BackfillStep
 from superimap.sync.persist import FetchedMessage, PersistJob, PersistResult
 
 log = logging.getLogger("superimap.engine")
@@ -62,10 +63,10 @@ class GroupPersister:
         uid_validity: int,
         folder: str,
         messages: list[FetchedMessage],
-        sweep: bool = False,
+        backfill: BackfillStep | None = None,
     ) -> PersistResult:
         """``writer.persist_batch(...)``, committed together with other sessions' batches."""
-        job = PersistJob(user_id, node_id, uid_validity, folder, messages, sweep)
+        job = PersistJob(user_id, node_id, uid_validity, folder, messages, backfill)
         waiting = _Waiting(job, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
         self._waiting_messages += len(messages)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from django.utils import timezone
 
 from superimap.engine import folders, store
+from superimap.engine.backfill import BackfillRun
 from superimap.engine.morefolders import OtherFolders
 from superimap.engine.oauth import access_tokens
 from superimap.imap import (
@@ -257,8 +257,6 @@ class MailboxSession:
         warning = f"folders not found: {', '.join(missing)}" if missing else ""
         config = replace(config, folder=names[0])
         await self._select(config)
-        if config.sweep_requested_at is not None:
-            await self._sweep(config)
         await self._catch_up(self.primary)
         previous = self.others
         self.others = OtherFolders(self.engine, self.user_id, self.label, warning)
@@ -267,15 +265,24 @@ class MailboxSession:
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
         self._log_watching(config, names, idle)
+        backfill = None
+        if config.backfill is not None:
+            backfill = await BackfillRun.start(self, config.host, config.backfill)
         while not self.stop_event.is_set():
-            status = Status.IDLE if idle else Status.POLLING
-            self.engine.report(self.user_id, status, self.others.warning, 0)
-            if idle:
-                await self._idle()
+            if backfill is not None and backfill.due_in() == 0:
+                # One paced step of the backfill (design.md 4.12), then live mail again.
+                if not await backfill.step():
+                    backfill = None
             else:
-                await self._poll()
-            if self.stop_event.is_set():
-                return
+                status = Status.IDLE if idle else Status.POLLING
+                self.engine.report(self.user_id, status, self.others.warning, 0)
+                wait = backfill.due_in() if backfill is not None else None
+                if idle:
+                    await self._idle(wait)
+                else:
+                    await self._poll(wait)
+                if self.stop_event.is_set():
+                    return
             await self._catch_up(self.primary, steady=True)
             if self.others.cursors:
                 await self.others.poll_if_due(self.conn)
@@ -429,26 +436,6 @@ class MailboxSession:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
         await self._fetch_and_persist(cursor, uids, meta=meta)
 
-    async def _sweep(self, config: store.MailboxConfig) -> None:
-        """Everything from UID 1: UIDs already delivered or skipped are not fetched again,
-        so only mail never sent (e.g. older than the user) produces new_mail deliveries."""
-        uids = sorted(await self._search("UID 1:*"))
-        log.info("mailbox %s: sweeping %d message(s)", self.label, len(uids))
-        if uids:
-            self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
-        started = time.monotonic()
-        await self._fetch_and_persist(self.primary, uids, sweep=True)
-        await self.engine.pool.run(
-            store.finish_sweep, self.user_id, self.engine.node_id, config.sweep_requested_at
-        )
-        log.info(
-            "mailbox %s: sweep done: %d message(s) looked at in %.1fs (mail not sent before "
-            "goes out as new_mail)",
-            self.label,
-            len(uids),
-            time.monotonic() - started,
-        )
-
     async def _revalidate(self, cursor: FolderCursor, highest: int) -> None:
         """The UIDVALIDITY changed: catch up by date (sync.mailbox.revalidation_window);
         ``highest`` was the last UID at SELECT."""
@@ -472,7 +459,6 @@ class MailboxSession:
         cursor: FolderCursor,
         uids: list[int],
         *,
-        sweep: bool = False,
         skip_recorded: bool = False,
         before: datetime | None = None,
         meta: dict[int, Fetch] | None = None,
@@ -481,7 +467,7 @@ class MailboxSession:
         (persisted or skipped) before the checkpoint moves past them."""
         folder, uid_validity = cursor.folder, cursor.uid_validity
         for batch in batches(uids, BATCH_SIZE):
-            if sweep or skip_recorded:
+            if skip_recorded:
                 done = await self.engine.pool.run(
                     store.recorded_uids, self.user_id, uid_validity, batch, folder
                 )
@@ -490,7 +476,7 @@ class MailboxSession:
                 continue
             messages = await self._fetch_batch(batch, before, meta)
             result = await self.engine.persister.persist(
-                self.user_id, self.engine.node_id, uid_validity, folder, messages, sweep
+                self.user_id, self.engine.node_id, uid_validity, folder, messages
             )
             cursor.persisted(batch)
             result.log_skips(self.label, uid_validity, folder)
@@ -592,7 +578,9 @@ class MailboxSession:
 
     # --- waiting for mail ---------------------------------------------------------------
 
-    async def _idle(self) -> None:
+    async def _idle(self, at_most: float | None = None) -> None:
+        """IDLE until news, the period's end, or ``at_most`` seconds (a backfill's next
+        step)."""
         conn = self.conn
         tag, data = conn.protocol.idle()
         await conn.send(data)
@@ -605,15 +593,17 @@ class MailboxSession:
                 break
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
-        await self._wait_for_news(self.others.until_poll(self._idle_period))
+        period = self._idle_period if at_most is None else min(self._idle_period, at_most)
+        await self._wait_for_news(self.others.until_poll(period))
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
         else:
             conn.owe_done(conn.protocol.done(), tag)  # goes out with the catch-up's command
 
-    async def _poll(self) -> None:
-        await self._wait_for_news(self.others.until_poll(self.cfg.poll_interval))
+    async def _poll(self, at_most: float | None = None) -> None:
+        period = self.cfg.poll_interval if at_most is None else min(self.cfg.poll_interval, at_most)
+        await self._wait_for_news(self.others.until_poll(period))
         if self.stop_event.is_set():
             return
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from superimap.engine import leases, store
+from superimap.engine.backfill import BackfillPacer
 from superimap.engine.gcfreeze import GcFreezer
 from superimap.engine.persister import GroupPersister
 from superimap.engine.session import MailboxSession, SessionSettings
@@ -67,6 +68,7 @@ class Engine:
         num_tracers: int | None = None,
         node_lock=None,
         login_limiter: LoginLimiter | None = None,
+        backfill_pacer: BackfillPacer | None = None,
         gc_freeze: bool = False,
     ) -> None:
         self.pool = pool
@@ -90,6 +92,8 @@ class Engine:
         self.handshakes = asyncio.Semaphore(handshake_concurrency)
         # Every login waits for a token per mailbox and per host (imapclient/ratelimit.py).
         self.logins = login_limiter or LoginLimiter()
+        # Backfills send at most so many messages a second per mailbox and host (4.12).
+        self.backfill_pacer = backfill_pacer or BackfillPacer()
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
         self._current: dict[int, str] = {}  # latest status per session, for the summary

@@ -12,8 +12,9 @@ SQL that runs on SQLite and PostgreSQL, because the ORM cost ~4 ms of CPU per me
    sha1 or same identity, delivered or tracer) and, if a job is for a secondary folder,
    one for those folders' checkpoints: the same few statements for 1 job or 30;
 3. the planner (sync/persist.py) decides every row;
-4. the rows a sweep replaces are deleted; every MailLog row goes in one executemany, every
-   Delivery row in another; tracers are marked detected; the checkpoints are updated.
+4. the rows a backfill replaces are deleted; every MailLog row goes in one executemany,
+   every Delivery row in another; tracers are marked detected; the checkpoints and backfill
+   positions are updated.
 
 It runs in the caller's transaction. The group commit (engine/persister.py) runs it for
 the whole group in a savepoint and, if a statement fails, once per job, each in a
@@ -37,6 +38,7 @@ from superimap.engine.store import LeaseLost
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
 from superimap.partners.models import Connection, ImapProvider, Partner
 from superimap.sync import persist
+from superimap.sync.backfill import BackfillStep
 from superimap.sync.filters import effective
 from superimap.sync.persist import (
     DEDUP_AGAINST,
@@ -91,6 +93,7 @@ DELIVERY_COLUMNS = (
     "created_at",
     "delivered_at",
     "payload_purged_at",
+    "backfill",
 )
 USERS = MailboxUser._meta.db_table
 MAILLOG = MailLog._meta.db_table
@@ -115,6 +118,12 @@ REPLACE_SQL = (
     f"DELETE FROM {MAILLOG} WHERE user_id = %s AND folder IN (%s, '') AND uid_validity = %s "
     "AND uid = %s"
 )
+# A backfill step (sync/backfill.py): its position and done count move with its rows, for
+# the request it served only.
+BACKFILL_SQL = (
+    f"UPDATE {USERS} SET backfill_position = %s, backfill_done = backfill_done + %s "
+    "WHERE id = %s AND backfill_requested_at = %s"
+)
 TRACER_SQL = (
     f"UPDATE {TracerLog._meta.db_table} SET detected_at = %s "
     "WHERE tracer_uid = %s AND detected_at IS NULL"
@@ -127,12 +136,13 @@ def persist_batch(
     uid_validity: int,
     folder: str,
     messages: list[FetchedMessage],
-    sweep: bool = False,
+    backfill: BackfillStep | None = None,
 ) -> PersistResult:
     """One batch in a transaction of its own; raises LeaseLost if this node may not write
     it (design.md 4.4)."""
     with transaction.atomic():
-        outcome = write_jobs([PersistJob(user_id, node_id, uid_validity, folder, messages, sweep)])
+        job = PersistJob(user_id, node_id, uid_validity, folder, messages, backfill)
+        outcome = write_jobs([job])
         if isinstance(outcome[0], Exception):
             raise outcome[0]
     return outcome[0]
@@ -370,6 +380,14 @@ def _execute(plan: Plan) -> None:
                     for c in plan.checkpoints
                 ],
             )
+        if plan.backfills:
+            cursor.executemany(
+                BACKFILL_SQL,
+                [
+                    (step.position, step.count, user_id, date(step.requested_at))
+                    for user_id, step in plan.backfills
+                ],
+            )
 
 
 def _date(move) -> object:
@@ -409,6 +427,7 @@ def _delivery_rows(rows: list[DeliveryRow], db_now) -> Iterator[tuple]:
             db_now,
             None,
             None,
+            row.backfill,
         )
 
 
@@ -427,11 +446,15 @@ def _payload(row: DeliveryRow) -> dict:
         "internal_date": message.internal_date.isoformat() if message.internal_date else None,
     }
     if row.truncated:
-        return truncated_mail_payload(header=d.content, size=d.size, **common)
-    return with_content_options(
-        new_mail_payload(raw=message.raw, size=d.size, **common),
-        message.raw,
-        include_rfc822=owner.include_rfc822,
-        include_parsed=owner.include_parsed,
-        max_chars=settings.WEBHOOK_PARSED_MAX_CHARS,
-    )
+        payload = truncated_mail_payload(header=d.content, size=d.size, **common)
+    else:
+        payload = with_content_options(
+            new_mail_payload(raw=message.raw, size=d.size, **common),
+            message.raw,
+            include_rfc822=owner.include_rfc822,
+            include_parsed=owner.include_parsed,
+            max_chars=settings.WEBHOOK_PARSED_MAX_CHARS,
+        )
+    if row.backfill:
+        payload["backfill"] = True  # existing mail of a chosen window (design.md 4.12)
+    return payload

@@ -59,6 +59,12 @@ def _check(result: dict) -> None:
     checkpoints = {row[0]: row[1:3] for row in group["users"]}
     assert checkpoints["a"] == [9, 5] and checkpoints["f"] == [10, 3]
     assert checkpoints["g"] == [9, 0]
+    # h's backfill step: its position and count move, its checkpoint does not; its mail is
+    # in the backfill lane.
+    users = {row[0]: row for row in group["users"]}
+    assert users["h"][1:3] == [9, 0] and users["h"][5:] == [3, 1]
+    assert [row[-1] for row in group["deliveries"] if row[0] == "h"] == [True]
+    assert not any(row[-1] for row in group["deliveries"] if row[0] != "h")
     assert ["e", "Archive", 3, 1, "None"] in group["folders"]
     assert ["e", "Spam", 4, 9, "2026-01-02 03:04:05+00:00"] in group["folders"]
 
