@@ -145,7 +145,8 @@ async def serve(
         for task in done:
             if task.exception() is not None:
                 failed.append(task.exception())
-                log.error("service %s failed: %r", task.get_name(), task.exception())
+                if not isinstance(task.exception(), children.ChildFailed):  # cli.main says it
+                    log.error("service %s failed: %r", task.get_name(), task.exception())
                 stop.set()
     finally:
         stop.set()
@@ -267,7 +268,13 @@ def child_plan(engines: int, workers: int, *, metrics_after: int) -> list[childr
     """The children of a supervising process: ``engines`` `imap-client` processes named
     after ENGINE_NODE_NAME (children.engine_names) and ``workers`` `worker` processes, each
     running alone in its process. With METRICS_PORT, child k (from 0) gets
-    METRICS_PORT + ``metrics_after`` + k."""
+    METRICS_PORT + ``metrics_after`` + k.
+
+    Each engine name is tried first (its lock taken and let go): a name held by a live
+    process (a second `superimap up` on another port) stops this one with one line naming
+    ENGINE_NODE_NAME and the holder's pid, before any child starts."""
+    for name in children.engine_names(settings.ENGINE_NODE_NAME, engines) if engines else []:
+        NodeLock(name).acquire().release()
     plan = []
     common = {"ENGINE_PROCESSES": "1", "WORKER_PROCESSES": "1"}
     for name in children.engine_names(settings.ENGINE_NODE_NAME, engines) if engines else []:

@@ -1,5 +1,5 @@
-"""Several engine processes per box (issue 20 item 1): `superimap imap-client --engines 3`
-starts three engine processes named box-1 .. box-3 that share the mailboxes; kill -9 of one
+"""Several engine processes per box (issue 20 item 1): `superimap imap-client --engines 2`
+starts two engine processes named box-1 and box-2 that share the mailboxes; kill -9 of one
 in the middle of a burst loses and repeats nothing (per mailbox: messages in the folder =
 deliveries + recorded skips), the parent starts it again under the same name, and a SIGTERM
 to the parent stops them all. Real processes, SQLite and PostgreSQL."""
@@ -24,10 +24,10 @@ from tests.helpers.processes import (
     wait_until,
 )
 
-USERS = 30
-BURST = 240
-BURST_SECONDS = 4.0
-NAMES = {"box-1", "box-2", "box-3"}
+USERS = 20
+BURST = 150
+BURST_SECONDS = 3.0
+NAMES = {"box-1", "box-2"}
 FAST = {
     "ALLOW_LOOPBACK_IMAP": "true",
     "ENGINE_REFRESH_SECONDS": "1",
@@ -69,7 +69,7 @@ SKIPPED = (
 )
 
 
-def test_it_delivers_each_mail_once_when_one_of_three_engine_processes_is_killed(
+def test_it_delivers_each_mail_once_when_one_of_two_engine_processes_is_killed(
     database_url, tmp_path
 ):
     with ServerThread(USERS) as chaos, Processes(tmp_path) as procs:
@@ -86,11 +86,11 @@ def test_it_delivers_each_mail_once_when_one_of_three_engine_processes_is_killed
             return len(chaos.call(lambda: idling(server))) == USERS
 
         with SessionSampler(chaos) as sampler:
-            parent = procs.start(env, "imap-client", "--engines", "3")
+            parent = procs.start(env, "imap-client", "--engines", "2")
             wait_until(
                 lambda: set(owners()) == NAMES and all_idle(),
                 60,
-                "three engine processes sharing the mailboxes, every one in IDLE",
+                "two engine processes sharing the mailboxes, every one in IDLE",
             )
             shares = owners()
             before = _pids(database_url)
@@ -115,7 +115,7 @@ def test_it_delivers_each_mail_once_when_one_of_three_engine_processes_is_killed
             wait_until(
                 lambda: set(owners()) == NAMES and all_idle(),
                 60,
-                "the three nodes sharing the mailboxes again",
+                "both nodes sharing the mailboxes again",
             )
             generated = Counter(chaos.call(lambda: dict(server.generated)).values())
 
@@ -136,7 +136,7 @@ def test_it_delivers_each_mail_once_when_one_of_three_engine_processes_is_killed
     assert parent.returncode == 0, output
     assert min(shares.values()) >= 3, shares
     assert "engine box-2 exited (killed by SIGKILL)" in output
-    assert after["box-1"] == before["box-1"] and after["box-3"] == before["box-3"]
+    assert after["box-1"] == before["box-1"]
     assert most_sessions == 1, "a mailbox was watched by two sessions at once"
     assert generated.total() == BURST
     for user in generated:
