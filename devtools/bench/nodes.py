@@ -277,6 +277,9 @@ class Bench:
             "join": {k: v for k, v in join.items() if k != "samples"},
             "leave": {k: v for k, v in leave.items() if k != "samples"},
             "takeover_issue14_seconds": "3.0-4.0 (10 mailboxes, docs/performance.md)",
+            # A live node freed by another (its heartbeat stalled past the lease) shows here
+            # besides the one killed on purpose.
+            "declared_dead_in_logs": self._deaths(),
         }
         return {
             "command": "python -m devtools.bench.nodes " + " ".join(sys.argv[1:]),
@@ -289,6 +292,13 @@ class Bench:
             "join": join,
             "leave": leave,
         }
+
+    def _deaths(self) -> list[str]:
+        lines = []
+        for name in sorted(self.nodes):
+            text = (self.tmp / f"{name}.log").read_text(errors="replace")
+            lines += [line[:160] for line in text.splitlines() if " is dead" in line]
+        return lines
 
     def _idle_statements(self) -> dict:
         """pg_stat_statements calls and pg_stat_database transactions over --idle-seconds,
