@@ -62,6 +62,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class Outage:
+    """Per mailbox, the longest time it was seen without IDLE (sampled every POLL s)."""
+
+    def __init__(self, everyone: set[tuple[int, str]]) -> None:
+        self.everyone = everyone
+        self.since: dict[tuple[int, str], float] = {}
+        self.longest: dict[tuple[int, str], float] = {}
+
+    def sample(self, elapsed: float, idle: set[tuple[int, str]]) -> None:
+        for user in self.everyone - idle:
+            self.since.setdefault(user, elapsed)
+        for user in [u for u in self.since if u in idle]:
+            gap = elapsed - self.since.pop(user)
+            self.longest[user] = max(self.longest.get(user, 0.0), gap)
+
+    def summary(self) -> dict:
+        gaps = sorted(self.longest.values())
+        if not gaps:
+            return {"mailboxes": 0}
+        return {
+            "mailboxes": len(gaps),
+            "p50_seconds": round(gaps[len(gaps) // 2], 2),
+            "p99_seconds": round(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))], 2),
+            "max_seconds": round(gaps[-1], 2),
+            "resolution_seconds": "about the sampling interval, " + str(POLL) + " s or more",
+        }
+
+
 class Bench:
     def __init__(self, stack: ExitStack, args: argparse.Namespace) -> None:
         from devtools.testing.postgres import PostgresServer
@@ -72,6 +100,7 @@ class Bench:
             PostgresServer(shared_preload_libraries="pg_stat_statements", max_connections="300")
         )
         self.servers: list[ChaosServerProcess] = []
+        self.users: list[int] = []  # users of each chaos server
         for k, start in enumerate(range(0, args.mailboxes, PER_SERVER)):
             folder = self.tmp / f"chaos-{k}"
             folder.mkdir()
@@ -79,6 +108,7 @@ class Bench:
             server = ChaosServerProcess(folder, users, tls=False)
             stack.callback(server.stop)
             self.servers.append(server)
+            self.users.append(users)
         self.nodes: dict[str, subprocess.Popen] = {}
         self.live: set[str] = set()
         stack.callback(self._stop_nodes)
@@ -158,6 +188,14 @@ class Bench:
             logins += stats.get("logins", 0)
         return idle, logins
 
+    def _idlers(self) -> set[tuple[int, str]]:
+        """(chaos server, user) of every user in IDLE."""
+        found = set()
+        for k, server in enumerate(self.servers):
+            server.send("idlers")
+            found.update((k, user) for user in json.loads(server.read_line()))
+        return found
+
     def _settle(self, names: set[str], takers: int) -> dict:
         """Poll until every mailbox is in IDLE and owned by one of ``names``, with owners
         unchanged for STABLE_SECONDS. ``takers``: nodes expected to log in, for the bound."""
@@ -167,9 +205,12 @@ class Bench:
         stable_since: float | None = None
         last: Counter | None = None
         first_drop = None
+        everyone = {(k, f"user{i}") for k, count in enumerate(self.users) for i in range(count)}
+        outage = Outage(everyone)
         while True:
             elapsed = time.monotonic() - started
             idle, logins = self._chaos()
+            outage.sample(elapsed, self._idlers())
             counts = Counter(self._owners().values())
             samples.append((round(elapsed, 2), idle, logins - logins_before))
             if idle < self.args.mailboxes and first_drop is None:
@@ -196,6 +237,7 @@ class Bench:
             else round(stable_since - first_drop, 2),
             "logins": samples[-1][2],
             "login_bound_held": self._bound_held(samples, takers),
+            "unwatched_per_mailbox": outage.summary(),
             "samples": samples,
         }
 
