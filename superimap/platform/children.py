@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 log = logging.getLogger("superimap")
 
@@ -87,7 +87,6 @@ class Child:
     starts: int = 0
     failures: int = 0  # consecutive failures at start
     restart_at: float | None = None
-    history: list[int] = field(default_factory=list)  # exit statuses, for tests and logs
 
 
 class Supervisor:
@@ -129,7 +128,6 @@ class Supervisor:
         """``child`` exited by itself with ``status``: schedule its restart, or raise."""
         self._close_pipe(child)
         child.proc = None
-        child.history.append(status)
         ran = time.monotonic() - child.started
         if ran >= STARTED_AFTER:
             child.failures = 0
