@@ -86,6 +86,15 @@ if not re.fullmatch(r"[A-Za-z0-9._:@-]{1,100}", ENGINE_NODE_NAME):
         "ENGINE_NODE_NAME",
         f"must be 1-100 letters, digits or . _ : @ -, got {ENGINE_NODE_NAME!r}",
     )
+# Engine processes per box (superimap up, imap-client): 0 = one per core; several are
+# named ENGINE_NODE_NAME-1, -2, ... (platform/children.py). Webhook worker processes too.
+ENGINE_PROCESSES = env_int("ENGINE_PROCESSES", 0, minimum=0, maximum=64)
+WORKER_PROCESSES = env_int("WORKER_PROCESSES", 1, minimum=1, maximum=64)
+if len(ENGINE_NODE_NAME) > 97 and ENGINE_PROCESSES != 1:
+    raise ConfigError(
+        "ENGINE_NODE_NAME",
+        "must be at most 97 characters with several engine processes (they add -1, -2, ...)",
+    )
 if ENGINE_REFRESH_SECONDS * 2 > ENGINE_LEASE_SECONDS:
     raise ConfigError("ENGINE_LEASE_SECONDS", "must be at least twice ENGINE_REFRESH_SECONDS")
 WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 50, minimum=1, maximum=10000)

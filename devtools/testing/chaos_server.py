@@ -705,7 +705,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--control",
         action="store_true",
         help="print 'listening HOST PORT', then obey stdin lines: "
-        "'push COUNT RATE' (messages/s; answers 'pushed COUNT'), 'stats' (one JSON line), 'quit'",
+        "'push COUNT RATE' (messages/s; answers 'pushed COUNT'), 'stats' (one JSON line; "
+        "'idle': users with a session in IDLE), 'idlers' (those users, a JSON list), 'quit'",
     )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument(
@@ -821,8 +822,12 @@ async def _control(server: ChaosImapServer) -> None:
             task = asyncio.create_task(push(int(words[1]), float(words[2])))
             pushes.add(task)
             task.add_done_callback(pushes.discard)
+        elif words[0] == "idlers":
+            idle = {s.username for s in server.sessions if s.idle_tag is not None and not s.closed}
+            print(json.dumps(sorted(idle)), flush=True)
         elif words[0] == "stats":
-            stats = {**server.stats, "sessions": len(server.sessions)}
+            idle = {s.username for s in server.sessions if s.idle_tag is not None and not s.closed}
+            stats = {**server.stats, "sessions": len(server.sessions), "idle": len(idle)}
             print(json.dumps({"generated": len(server.generated), **stats}), flush=True)
         else:
             print(f"error unknown command {line.decode().strip()!r}", flush=True)

@@ -216,6 +216,14 @@ class Engine:
             if dead or not present:
                 return
 
+    def _pacing(self) -> leases.Pacing:
+        """Watched sessions are handed over about as fast as one node logs in to one host
+        (leases.Pacing)."""
+        current = self._current
+        watching = frozenset(u for u in self.sessions if current.get(u) in store.WATCHING)
+        per_refresh = settings.IMAP_LOGINS_PER_SECOND_PER_HOST * self.refresh_interval
+        return leases.Pacing(watching, max(1, int(per_refresh)))
+
     async def refresh(self) -> None:
         full = self._held_as_of is None or self._refreshes % FULL_READ_EVERY == 0
         claim = await self.pool.run(
@@ -231,6 +239,7 @@ class Engine:
             self.started_at,
             self.node_lock.kind if self.node_lock is not None else "",
             self._judge_locks(),
+            self._pacing(),
         )
         for name in claim.freed:
             NODES_TAKEN_OVER.inc()
