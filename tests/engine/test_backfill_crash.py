@@ -36,6 +36,7 @@ def _start_engine(log_path: Path) -> subprocess.Popen:
         "ENGINE_REFRESH_SECONDS": "1",
         "ENGINE_NODE_ALIVE_SECONDS": "3",
         "BACKFILL_RATE_PER_MAILBOX": str(RATE),
+        "ENGINE_PROCESSES": "1",  # the engine itself is killed, not a supervising parent
     }
     with open(log_path, "ab") as log:
         return subprocess.Popen(
