@@ -276,7 +276,8 @@ class Engine:
         self._touched.update(u for u in waiting if u not in self.sessions)
         await self.flush_statuses()
         if self.gc_freezer is not None:
-            self.gc_freezer.tick()
+            freezer = self.gc_freezer
+            freezer.tick(settled=freezer.waiting and self._all_watching())
 
     def _start_session(self, user_id: int, version, config: store.MailboxConfig) -> None:
         session = MailboxSession(self, user_id, config)
@@ -285,6 +286,11 @@ class Engine:
         task.add_done_callback(lambda _, user_id=user_id: self._touched.add(user_id))
         self.sessions[user_id] = (session, task, version)
         MAILBOX_SESSIONS.inc()
+
+    def _all_watching(self) -> bool:
+        """Every running session's latest status is a watching one (IDLE, polling)."""
+        current = self._current
+        return all(current.get(user_id) in store.WATCHING for user_id in self.sessions)
 
     async def _stop_sessions(self, user_ids: list[int]) -> None:
         """Ask sessions to stop (DONE, LOGOUT); cancel those still running after 5 s."""
