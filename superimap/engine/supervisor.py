@@ -107,6 +107,8 @@ class Engine:
         self._touched: set[int] = set()
         self._refreshes = 0
         self.emails_processed = 0
+        self._wake_due = False  # on_new_deliveries() is scheduled for this turn (_wake_workers)
+        self.wakeups = 0
         for reason in MailLog.Reason.values:
             MAIL_SKIPPED.labels(reason)  # every reason shows in /metrics, at 0 until used
         self.started_at = timezone.now()
@@ -142,6 +144,22 @@ class Engine:
                 PUSH_TO_COMMIT.observe(seconds)
             rollups.RECORDER.record_new_mails(result.new, push)
         if result.new and self.on_new_deliveries:
+            self._wake_workers()
+
+    def _wake_workers(self) -> None:
+        """on_new_deliveries() once for every batch that committed in this turn of the
+        event loop: a group commit resumes all its sessions in one turn, and each used to
+        wake the workers (a directory scan and a datagram per worker, or a NOTIFY) for
+        rows the first wake-up covers already. No delay: the call comes right after them."""
+        if self._wake_due:
+            return
+        self._wake_due = True
+        asyncio.get_running_loop().call_soon(self._send_wake)
+
+    def _send_wake(self) -> None:
+        self._wake_due = False
+        self.wakeups += 1
+        if self.on_new_deliveries:
             self.on_new_deliveries()
 
     # --- the loop ---------------------------------------------------------------------------
