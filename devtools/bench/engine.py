@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="leave every session object in the collector's full scans (engine/gcfreeze.py)",
     )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=0,
+        help="the engine process's generation-0 GC threshold (0: as the engine leaves it)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -167,6 +173,8 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
             command.append("--no-gc-freeze")
         if args.postgres:
             command.append("--postgres")
+        if args.gc_threshold:
+            command.append(f"--gc-threshold={args.gc_threshold}")
         print(f"=== N={count} {'TLS' if tls else 'plain'} ===", flush=True)
         code = subprocess.call(command)
         if code != 0:
@@ -358,6 +366,8 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
 
     Status = MailboxUser.Status
     loop = asyncio.get_running_loop()
+    if args.gc_threshold:
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     pool = DbPool()
     engine = Engine(
         pool,
@@ -402,12 +412,18 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
 
         gc_pauses: list[float] = []
         gc_started = [0.0]
+        gc_ms = [0.0, 0.0, 0.0]  # time in collections of each generation during the pushes
+        gc_runs = [0, 0, 0]
 
         def on_gc(phase: str, info: dict) -> None:
             if phase == "start":
                 gc_started[0] = time.perf_counter()
-            elif info["generation"] == 2:
-                gc_pauses.append((time.perf_counter() - gc_started[0]) * 1000)
+                return
+            elapsed = (time.perf_counter() - gc_started[0]) * 1000
+            gc_ms[info["generation"]] += elapsed
+            gc_runs[info["generation"]] += 1
+            if info["generation"] == 2:
+                gc_pauses.append(elapsed)
 
         gc.callbacks.append(on_gc)
         frozen_at_push = gc.get_freeze_count()
@@ -462,6 +478,10 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         },
         "gc_full_collections_during_pushes": len(gc_pauses),
         "gc_full_pause_ms_max": round(max(gc_pauses, default=0.0), 1),
+        # Wall time in collections by generation (0, 1, 2) during the pushes, and their count.
+        "gc_ms_by_generation": [round(ms, 1) for ms in gc_ms],
+        "gc_collections_by_generation": gc_runs,
+        "gc_threshold": list(gc.get_threshold()),
         "handshake_concurrency": args.handshake_concurrency,
         "gc_freeze": not args.no_gc_freeze,
         "gc_frozen_objects_at_push": frozen_at_push,
