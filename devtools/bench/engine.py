@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         "--gc-threshold",
         type=int,
         default=0,
-        help="the engine process's generation-0 GC threshold (0: as the engine leaves it)",
+        help="the engine process's generation-0 GC threshold (0: the engine's own)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -366,8 +366,6 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
 
     Status = MailboxUser.Status
     loop = asyncio.get_running_loop()
-    if args.gc_threshold:
-        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     pool = DbPool()
     engine = Engine(
         pool,
@@ -378,6 +376,8 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         login_limiter=LoginLimiter(host_burst=count, host_rate=count),
         gc_freeze=not args.no_gc_freeze,
     )
+    if args.gc_threshold:  # after the engine set its own
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     statuses: dict[int, str] = {}
     report = engine.report
 

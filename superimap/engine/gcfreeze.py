@@ -28,6 +28,20 @@ log = logging.getLogger("superimap.engine")
 
 SETTLE_SECONDS = 30.0
 REFREEZE_SECONDS = 3600.0
+# Allocations between young collections (CPython's default: 700). A mail allocates a few
+# thousand objects that die young; at 700 the collector ran ~660 young and ~60 middle
+# collections in 10 s of 1,000 mails/s, 3.2-3.3 s of wall time on a loaded box, and
+# promoted enough to start 5 full ones; at 20,000: 12 and 1, 1.0-1.3 s, no full one
+# (bench.engine --gc-threshold, 2,000 mailboxes; CPU per mail 0.44-0.47 -> 0.41-0.42 ms).
+YOUNG_THRESHOLD = 20_000
+
+
+def tune_young_collections(threshold: int = YOUNG_THRESHOLD) -> tuple[int, ...]:
+    """Collect the youngest generation every ``threshold`` allocations (this process);
+    returns the thresholds before."""
+    previous = gc.get_threshold()
+    gc.set_threshold(threshold, *previous[1:])
+    return previous
 
 
 class GcFreezer:

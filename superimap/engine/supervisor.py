@@ -17,7 +17,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from superimap.engine import leases, store
-from superimap.engine.gcfreeze import GcFreezer
+from superimap.engine.gcfreeze import GcFreezer, tune_young_collections
 from superimap.engine.persister import GroupPersister
 from superimap.engine.session import MailboxSession, SessionSettings
 from superimap.engine.tracers import TracerSender
@@ -114,6 +114,8 @@ class Engine:
         self.started_at = timezone.now()
         # engine/gcfreeze.py; off for engines that share a process with other code (tests).
         self.gc_freezer = GcFreezer() if gc_freeze else None
+        if gc_freeze:
+            tune_young_collections()
         self.tracers = TracerSender(self, tracer_interval, num_tracers)
         expose(ENGINE_METRICS)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from superimap.engine.gcfreeze import GcFreezer
+from superimap.engine.gcfreeze import GcFreezer, tune_young_collections
 
 
 class Node:
@@ -61,3 +61,13 @@ def test_it_freezes_as_soon_as_every_session_is_watching():
         assert freezer.freezes == 1  # once per start-up, not per refresh
     finally:
         gc.unfreeze()
+
+
+def test_young_collections_are_tuned_and_the_old_thresholds_returned():
+    before = gc.get_threshold()
+    try:
+        previous = tune_young_collections(12345)
+        assert previous == before
+        assert gc.get_threshold() == (12345, *before[1:])
+    finally:
+        gc.set_threshold(*before)
