@@ -264,6 +264,8 @@ def _database(url: str) -> dict:
         raise ConfigError("DATABASE_URL", f"cannot be parsed: {exc}") from None
     engine = config.get("ENGINE", "")
     if engine == "django.db.backends.sqlite3":
+        # Django's backend plus a write gate between processes (platform/sqlite3/base.py).
+        config["ENGINE"] = "superimap.platform.sqlite3"
         name = config["NAME"]
         if name not in ("", ":memory:") and not Path(name).is_absolute():
             name = str((BASE_DIR / name).resolve())
