@@ -82,6 +82,10 @@ class Worker:
         self._work_arrived = False
         self._finished_since_claim = 0
         self._idle_poll = True  # a poll interval passed with nothing waking us
+        # The last claim took every due row there was (its SELECT came back short, none
+        # left for a full partner): a finished send then frees a slot but makes nothing
+        # claimable; new work, a poll or a claim that was cut short does.
+        self._drained = False
         self.clock = clock
         self._wake = asyncio.Event()
         self._outcomes: list[queue.Outcome] = []
@@ -126,7 +130,7 @@ class Worker:
                 # Cleared before claiming: a send finishing during the claim wakes us again.
                 self._wake.clear()
                 free = self.concurrency - self._inflight
-                if self._inflight and not self._claim_now(free):
+                if not self._claim_now(free):
                     # Claim in batches, not one row per finished send: a claim costs
                     # about as much for one row as for dozens.
                     await self._sleep(stop)
@@ -228,16 +232,18 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), REPLAY_INTERVAL)
 
     def _claim_now(self, free: int) -> bool:
-        """While sends are in flight: claim when new work came in, when a batch of sends
-        finished (free slots alone do not say so: the full partners' rows are not
-        claimable), or when a poll interval passed (retries that came due)."""
+        """Claim when new work came in, when a poll interval passed (retries that came
+        due), or, while sends are in flight, when a batch of them finished (free slots
+        alone do not say so: the full partners' rows are not claimable). After a claim that
+        drained the queue a finished send says nothing: at low rates that was a second,
+        empty claim per delivery."""
         if free <= 0:
             return False
-        return (
-            self._work_arrived
-            or self._finished_since_claim >= self.claim_at_least
-            or self._idle_poll
-        )
+        if self._work_arrived or self._idle_poll:
+            return True
+        if self._drained:
+            return False
+        return self._finished_since_claim >= self.claim_at_least or not self._inflight
 
     async def _claim(self, free: int) -> list[queue.Claimed]:
         if free <= 0:
@@ -246,14 +252,14 @@ class Worker:
         news = self._work_arrived or self._idle_poll
         self._work_arrived = self._idle_poll = False
         self._finished_since_claim = 0
-        return await self.pool.run(
-            queue.claim_due,
-            self.node_id,
-            min(free, CLAIM_BATCH),
-            self.clock(),
-            self.lease,
-            self.shares.room(fairness.CLAIM_ROUNDS if news else 1),
+        limit = min(free, CLAIM_BATCH)
+        room = self.shares.room(fairness.CLAIM_ROUNDS if news else 1)
+        self._drained = False  # until this claim says otherwise (it may fail)
+        claimed = await self.pool.run(
+            queue.claim_due, self.node_id, limit, self.clock(), self.lease, room
         )
+        self._drained = not room.more
+        return claimed
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
