@@ -124,6 +124,7 @@ class Worker:
         flusher = asyncio.create_task(self._flush_loop(stop))
         housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
         heart = asyncio.create_task(self._heartbeat_loop(stop))
+        stopping = asyncio.create_task(self._wake_on_stop(stop))
         tasks: set[asyncio.Task] = set()
         try:
             while not stop.is_set():
@@ -159,6 +160,7 @@ class Worker:
                     task.cancel()
             await session.close()
             stop.set()
+            await stopping
             await flusher
             await housekeeper
             await heart
@@ -262,14 +264,23 @@ class Worker:
         return claimed
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
-        done, _ = await asyncio.wait(
-            waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
-        )
-        for waiter in waiters:
-            waiter.cancel()
-        if not done:
-            self._idle_poll = True
+        """Until woken (new work, a finished send, stop: _wake_on_stop) or a poll interval
+        passed: one timer, no tasks; this runs after every claim."""
+        if stop.is_set():
+            return
+        timer = asyncio.get_running_loop().call_later(self.poll_interval, self._poll_elapsed)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
+
+    def _poll_elapsed(self) -> None:
+        self._idle_poll = True
+        self._wake.set()
+
+    async def _wake_on_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
 
     async def _attempt(self, session, claimed: queue.Claimed) -> queue.Outcome:
         started_at = self.clock()
@@ -388,7 +399,9 @@ class Worker:
                 self.shares.dropped(claimed.id)
             else:
                 self._closed(outcome)
-            self._wake.set()
+            # The main loop wakes only when it would claim: not once per finished send.
+            if self._claim_now(self.concurrency - self._inflight):
+                self._wake.set()
 
     def _closed(self, outcome: queue.Outcome) -> None:
         result = outcome.result
