@@ -86,12 +86,15 @@ class Worker:
         # left for a full partner): a finished send then frees a slot but makes nothing
         # claimable; new work, a poll or a claim that was cut short does.
         self._drained = False
+        self._finished_at = 0.0  # loop time of the last finished send (_poll_elapsed)
+        self._poll_timer: asyncio.TimerHandle | None = None
         self.clock = clock
         self._wake = asyncio.Event()
         self._outcomes: list[queue.Outcome] = []
         self._have_outcomes = asyncio.Event()
         self._inflight = 0
         self.sent = 0
+        self.claims = 0  # claim transactions, for tests and benchmarks
         self.counts: dict[str, int] = {}
         self.allow_private = settings.WEBHOOK_ALLOW_PRIVATE
         self.purger = Purger()
@@ -257,6 +260,7 @@ class Worker:
         limit = min(free, CLAIM_BATCH)
         room = self.shares.room(fairness.CLAIM_ROUNDS if news else 1)
         self._drained = False  # until this claim says otherwise (it may fail)
+        self.claims += 1
         claimed = await self.pool.run(
             queue.claim_due, self.node_id, limit, self.clock(), self.lease, room
         )
@@ -264,23 +268,33 @@ class Worker:
         return claimed
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        """Until woken (new work, a finished send, stop: _wake_on_stop) or a poll interval
-        passed: one timer, no tasks; this runs after every claim."""
+        """Until woken (new work, a send whose finish makes a claim worth it, stop:
+        _wake_on_stop) or a poll interval passed with no send finishing: one timer, no
+        tasks; this runs after every claim."""
         if stop.is_set():
             return
-        timer = asyncio.get_running_loop().call_later(self.poll_interval, self._poll_elapsed)
+        loop = asyncio.get_running_loop()
+        self._poll_timer = loop.call_later(self.poll_interval, self._poll_elapsed, loop)
         try:
             await self._wake.wait()
         finally:
-            timer.cancel()
+            self._poll_timer.cancel()
 
-    def _poll_elapsed(self) -> None:
+    def _poll_elapsed(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A send finished meanwhile: not idle (as when every finished send woke the loop
+        # and it slept afresh). Wait out the rest of the interval from that finish.
+        rest = self._finished_at + self.poll_interval - loop.time()
+        if rest > 0:
+            self._poll_timer = loop.call_later(rest, self._poll_elapsed, loop)
+            return
         self._idle_poll = True
         self._wake.set()
 
     async def _wake_on_stop(self, stop: asyncio.Event) -> None:
+        """The claim loop and the flush loop wait on events of their own: stop sets both."""
         await stop.wait()
         self._wake.set()
+        self._have_outcomes.set()
 
     async def _attempt(self, session, claimed: queue.Claimed) -> queue.Outcome:
         started_at = self.clock()
@@ -400,6 +414,7 @@ class Worker:
             else:
                 self._closed(outcome)
             # The main loop wakes only when it would claim: not once per finished send.
+            self._finished_at = asyncio.get_running_loop().time()
             if self._claim_now(self.concurrency - self._inflight):
                 self._wake.set()
 
