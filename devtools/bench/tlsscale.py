@@ -124,10 +124,15 @@ def run(args: argparse.Namespace) -> dict:
             children.append(child)
         before = [child.wait_ready() for child in children]
         _register_nodes(children, capacity)
+        pids = [child.process.pid for child in children], [s.process.pid for s in chaos]
+        cpu_before_ramp = [sum(map(_cpu_seconds, group)) for group in pids]
         started = time.time()
         for child in children:
             child.go()
         ramp = _wait_all_idle(children, count, started, args.ramp_timeout)
+        ramp_cpu = [
+            sum(map(_cpu_seconds, g)) - b for g, b in zip(pids, cpu_before_ramp, strict=True)
+        ]
         load_after_ramp = os.getloadavg()
         time.sleep(args.settle_seconds)  # status flush, gc freeze (30 s after the last start)
         idle_rss = [child.rss_kb() for child in children]
@@ -154,6 +159,12 @@ def run(args: argparse.Namespace) -> dict:
         "idle_seconds": args.idle_seconds,
         "idle_ramp_seconds": round(ramp["last"] - ramp["first"], 1),
         "online_seconds": round(ramp["last"] - started, 1),
+        # CPU from the engines' start to the last IDLE, per mailbox: the TLS handshake
+        # and login of each side (is the ramp CPU-bound on this box?).
+        "ramp_cpu_ms_per_mailbox": {
+            "engines": round(ramp_cpu[0] * 1000 / count, 2),
+            "chaos_servers": round(ramp_cpu[1] * 1000 / count, 2),
+        },
         "pushes": args.pushes,
         "push_rate": args.push_rate,
         "pushes_delivered": len(latencies),
@@ -205,9 +216,7 @@ def _make_mailboxes(chaos: list[ChaosServerProcess], shares: list[int]) -> None:
             name=f"Bench {i}", new_mail_webhook="http://127.0.0.1:9/hook"
         )
         # Connected an hour ago (the engine re-reads rows changed in its last 30 s).
-        chaos_users(
-            partner, server.port, share, idle_for=timedelta(hours=1), imap_tls="implicit"
-        )
+        chaos_users(partner, server.port, share, idle_for=timedelta(hours=1), imap_tls="implicit")
 
 
 def _register_nodes(children: list[EngineChild], capacity: int) -> None:
