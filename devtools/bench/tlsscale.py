@@ -7,8 +7,10 @@
 One process may hold RLIMIT_NOFILE files (20,000 on the box this was written on), so N
 mailboxes take ceil(N / 17,000) engine processes (distinct node names sharing one
 database: the node leases and rendezvous hashing split the mailboxes, design.md 8) and as
-many chaos IMAP servers (implicit TLS, an ECDSA P-256 test certificate, Python's default
-of two TLS 1.3 session tickets per connection), each serving its share of the users. The
+many chaos IMAP servers (implicit TLS 1.3, an ECDSA P-256 test certificate, Python's
+default of two session tickets per connection), each serving its share of the users. The
+connections verify the server's certificate against its CA (imap_tls_ca), as production
+connections verify theirs; --no-verify uses the loopback test provider, which does not. The
 database is a throwaway PostgreSQL (devtools/testing/postgres.py) unless --sqlite.
 
 The engines run as `superimap up` runs them (uvloop, gc freeze, the login limits of the
@@ -51,6 +53,8 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from django.utils import timezone
+
 from devtools.bench.engine import (
     ChaosServerProcess,
     _generated_at,
@@ -73,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engines", type=int, help=f"default: ceil(N / {PER_PROCESS})")
     parser.add_argument("--servers", type=int, help=f"default: ceil(N / {PER_PROCESS})")
     parser.add_argument("--sqlite", action="store_true", help="SQLite (WAL) not PostgreSQL")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="the loopback test provider (no certificate check) instead of a custom server "
+        "whose certificate is verified against its CA (imap_tls_ca)",
+    )
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--settle-seconds", type=float, default=15.0)
     parser.add_argument("--pushes", type=int, default=6000)
@@ -110,12 +120,13 @@ def run(args: argparse.Namespace) -> dict:
             database_url = stack.enter_context(PostgresServer()).url
         shares = [count // servers + (i < count % servers) for i in range(servers)]
         chaos = []
-        for share in shares:
-            server = ChaosServerProcess(var_dir, share, True)
+        for i, share in enumerate(shares):
+            (var_dir / f"chaos-{i}").mkdir()
+            server = ChaosServerProcess(var_dir / f"chaos-{i}", share, True)
             stack.callback(server.stop)
             chaos.append(server)
         env = _setup_django(var_dir, database_url)
-        _make_mailboxes(chaos, shares)
+        _make_mailboxes(chaos, shares, var_dir, not args.no_verify)
         print(f"{count} mailboxes on {servers} chaos server(s); {engines} engine(s)", flush=True)
         children = []
         for i in range(engines):
@@ -147,6 +158,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "mailboxes": count,
         "tls": True,
+        "tls_verified": not args.no_verify,
         "engines": engines,
         "chaos_servers": servers,
         "mailboxes_per_engine": held,
@@ -206,9 +218,12 @@ def _setup_django(var_dir: Path, database_url: str) -> dict[str, str]:
     return {**os.environ, **env}
 
 
-def _make_mailboxes(chaos: list[ChaosServerProcess], shares: list[int]) -> None:
+def _make_mailboxes(
+    chaos: list[ChaosServerProcess], shares: list[int], var_dir: Path, verify: bool
+) -> None:
     from devtools.testing.users import chaos_users
-    from superimap.partners.models import Partner
+    from superimap.mailboxes.models import MailboxUser
+    from superimap.partners.models import Connection, ImapProvider, Partner
 
     for i, (server, share) in enumerate(zip(chaos, shares, strict=True)):
         # One partner per server: a partner has one connection per provider.
@@ -216,12 +231,40 @@ def _make_mailboxes(chaos: list[ChaosServerProcess], shares: list[int]) -> None:
             name=f"Bench {i}", new_mail_webhook="http://127.0.0.1:9/hook"
         )
         # Connected an hour ago (the engine re-reads rows changed in its last 30 s).
-        chaos_users(partner, server.port, share, idle_for=timedelta(hours=1), imap_tls="implicit")
+        an_hour_ago = timezone.now() - timedelta(hours=1)
+        if not verify:  # the loopback test provider: no certificate check
+            chaos_users(
+                partner, server.port, share, idle_for=timedelta(hours=1), imap_tls="implicit"
+            )
+            continue
+        # A custom server whose certificate is checked against its own CA, as a
+        # connection with imap_tls_ca is (the chain and the name 127.0.0.1 verified).
+        connection = Connection.objects.create(
+            partner=partner,
+            provider=ImapProvider.objects.get(code="PLAIN"),
+            imap_host="127.0.0.1",
+            imap_port=server.port,
+            imap_tls="implicit",
+            imap_tls_ca=(var_dir / f"chaos-{i}" / "tls" / "ca.pem").read_text(),
+            imap_tls_verify=True,
+        )
+        MailboxUser.objects.bulk_create(
+            (
+                MailboxUser(
+                    connection=connection,
+                    tag=f"user{n}",
+                    login_username=f"user{n}",
+                    password=f"pass{n}",
+                    connected_at=an_hour_ago,
+                )
+                for n in range(share)
+            ),
+            batch_size=2000,
+        )
+        MailboxUser.objects.filter(connection=connection).update(updated_at=an_hour_ago)
 
 
 def _register_nodes(children: list[EngineChild], capacity: int) -> None:
-    from django.utils import timezone
-
     from superimap.engine.models import EngineNode
 
     now = timezone.now()
