@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the loopback test provider (no certificate check) instead of a custom server "
         "whose certificate is verified against its CA (imap_tls_ca)",
     )
+    parser.add_argument(
+        "--tls-tickets",
+        type=int,
+        default=2,
+        help="TLS 1.3 session tickets the servers send (Python's and OpenSSL's default: 2)",
+    )
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--settle-seconds", type=float, default=15.0)
     parser.add_argument("--pushes", type=int, default=6000)
@@ -122,7 +128,9 @@ def run(args: argparse.Namespace) -> dict:
         chaos = []
         for i, share in enumerate(shares):
             (var_dir / f"chaos-{i}").mkdir()
-            server = ChaosServerProcess(var_dir / f"chaos-{i}", share, True)
+            server = ChaosServerProcess(
+                var_dir / f"chaos-{i}", share, True, extra=(f"--tls-tickets={args.tls_tickets}",)
+            )
             stack.callback(server.stop)
             chaos.append(server)
         env = _setup_django(var_dir, database_url)
@@ -147,6 +155,7 @@ def run(args: argparse.Namespace) -> dict:
         load_after_ramp = os.getloadavg()
         time.sleep(args.settle_seconds)  # status flush, gc freeze (30 s after the last start)
         idle_rss = [child.rss_kb() for child in children]
+        chaos_rss = [_rss_kb(server.process.pid) for server in chaos]
         idle_cpu, chaos_cpu = _idle_cpu(children, chaos, args.idle_seconds)
         print(f"idle CPU {idle_cpu:.2f}% (engines), {chaos_cpu:.2f}% (chaos servers)", flush=True)
         latencies = _push(chaos, args.pushes, args.push_rate)
@@ -159,6 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         "mailboxes": count,
         "tls": True,
         "tls_verified": not args.no_verify,
+        "tls_session_tickets": args.tls_tickets,
         "engines": engines,
         "chaos_servers": servers,
         "mailboxes_per_engine": held,
@@ -166,6 +176,7 @@ def run(args: argparse.Namespace) -> dict:
         "rss_engines_before_mb": [round(kb / 1024, 1) for kb in before],
         "rss_engines_idle_mb": [round(kb / 1024, 1) for kb in idle_rss],
         "rss_engines_after_pushes_mb": [round(kb / 1024, 1) for kb in after_rss],
+        "rss_chaos_servers_idle_mb": [round(kb / 1024, 1) for kb in chaos_rss],
         "idle_cpu_percent": round(idle_cpu, 2),
         "chaos_idle_cpu_percent": round(chaos_cpu, 2),
         "idle_seconds": args.idle_seconds,
