@@ -45,6 +45,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,12 +103,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.engine_child:
         run_engine_child(args)
         return
+    # SIGTERM (and SIGINT, ignored in background jobs) unwind run(): the engines, the chaos
+    # servers and PostgreSQL are stopped on the way out.
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, _interrupted)
     result = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1))
+
+
+def _interrupted(number: int, frame: object) -> None:
+    raise SystemExit(f"interrupted by signal {number}")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -440,6 +449,7 @@ def run_engine_child(args: argparse.Namespace) -> None:
 
 
 async def _engine_main(args: argparse.Namespace) -> None:
+    from superimap.engine.nodelock import NodeLock
     from superimap.engine.supervisor import Engine
     from superimap.mailboxes.models import MailboxUser
     from superimap.platform.dbpool import DbPool
@@ -447,11 +457,16 @@ async def _engine_main(args: argparse.Namespace) -> None:
     status_file = Path(args.engine_child)
     idle = MailboxUser.Status.IDLE
     pool = DbPool()
+    # As `superimap up` runs an engine: its name held by a lock, so it beats every second
+    # between refreshes (a refresh of 100,000 mailboxes on a busy box can take longer than
+    # the 30 s after which a node without a fresh heartbeat no longer counts).
+    node_lock = await pool.run(NodeLock(args.node).acquire)
     engine = Engine(
         pool,
         args.node,
         capacity=args.capacity,
         handshake_concurrency=args.handshake_concurrency,
+        node_lock=node_lock,
         gc_freeze=True,
     )
     seen_idle: set[int] = set()
