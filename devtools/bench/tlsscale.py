@@ -145,11 +145,11 @@ def run(args: argparse.Namespace) -> dict:
         env = _setup_django(var_dir, database_url)
         _make_mailboxes(chaos, shares, var_dir, not args.no_verify)
         print(f"{count} mailboxes on {servers} chaos server(s); {engines} engine(s)", flush=True)
-        children = []
+        children: list[EngineChild] = []
+        # All at once: an engine stopped before the others would hand its mailboxes to them.
+        stack.callback(_stop_all, children)
         for i in range(engines):
-            child = EngineChild(var_dir, f"bench-node-{i}", capacity, args, env)
-            stack.callback(child.stop)
-            children.append(child)
+            children.append(EngineChild(var_dir, f"bench-node-{i}", capacity, args, env))
         before = [child.wait_ready() for child in children]
         _register_nodes(children, capacity)
         pids = [child.process.pid for child in children], [s.process.pid for s in chaos]
@@ -302,6 +302,13 @@ def _register_nodes(children: list[EngineChild], capacity: int) -> None:
         )
 
 
+def _stop_all(children: list[EngineChild]) -> None:
+    for child in children:
+        child.close_stdin()
+    for child in children:
+        child.stop()
+
+
 def _wait_all_idle(children, count: int, started: float, timeout: float) -> dict:
     while True:
         time.sleep(2.0)
@@ -423,9 +430,15 @@ class EngineChild:
     def rss_kb(self) -> int:
         return _rss_kb(self.process.pid)
 
+    def close_stdin(self) -> None:
+        try:
+            self.process.stdin.close()  # EOF: the engine stops
+        except OSError:
+            pass
+
     def stop(self) -> None:
         try:
-            self.process.stdin.close()
+            self.close_stdin()
             self.process.wait(90)
         except (OSError, subprocess.TimeoutExpired):
             self.process.kill()
