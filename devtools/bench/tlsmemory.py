@@ -69,9 +69,8 @@ async def measure(count: int, top: int) -> None:
             f"{(total - big) / count:,.0f} without the line(s) holding uvloop's read buffers"
         )
         for stat in stats[:top]:
-            print(
-                f"{stat.size_diff / count:10,.0f} B {stat.count_diff / count:6.2f} objects  {stat.traceback}"
-            )
+            per_mailbox = f"{stat.size_diff / count:10,.0f} B {stat.count_diff / count:6.2f}"
+            print(f"{per_mailbox} objects  {stat.traceback}")
 
 
 def main(argv: list[str] | None = None) -> None:
