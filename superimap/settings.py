@@ -23,6 +23,7 @@ from superimap.platform.config import (
     env_int,
     env_int_list,
     env_list,
+    env_login_limits,
     env_str,
     read_dev_secrets,
     superimap_env,
@@ -167,6 +168,9 @@ IMAP_LOGINS_PER_SECOND_PER_HOST = env_int("IMAP_LOGINS_PER_SECOND_PER_HOST", 50,
 # messages a second per mailbox and per server host (engine/backfill.py).
 BACKFILL_RATE_PER_MAILBOX = env_int("BACKFILL_RATE_PER_MAILBOX", 20, minimum=1, maximum=10000)
 BACKFILL_RATE_PER_HOST = env_int("BACKFILL_RATE_PER_HOST", 200, minimum=1, maximum=100000)
+# Per host (or "loopback", "private"): "host=burst/rate,..." over the built-in limits of
+# imapclient/ratelimit.py (loopback and private addresses: self-hosted servers, benches).
+IMAP_LOGIN_LIMITS = env_login_limits("IMAP_LOGIN_LIMITS")
 # Partners choose PLAIN connections' imap_host/smtp_host: in production refuse hosts that
 # resolve to loopback, private, link-local or reserved addresses (superimap.platform.netguard).
 IMAP_ALLOW_PRIVATE_HOSTS = env_bool("IMAP_ALLOW_PRIVATE_HOSTS", not PRODUCTION)

@@ -77,6 +77,13 @@ def test_a_bad_log_level_is_one_line_naming_it(tmp_path, command):
     assert_one_line(done, "LOG_LEVEL", "'LOUD'", "WARNING")
 
 
+@pytest.mark.parametrize("command", [["check"], ["up"]])
+def test_a_bad_imap_login_limits_is_one_line_naming_it(tmp_path, command):
+    env = env_for(tmp_path, IMAP_LOGIN_LIMITS="imap.gmail.com=500/50,imap.example.com=fast")
+    done, _ = run([SUPERIMAP, *command], env)
+    assert_one_line(done, "IMAP_LOGIN_LIMITS", "'imap.example.com=fast'", "host=burst/rate")
+
+
 @pytest.mark.parametrize("command", ["up", "web", "check"])
 def test_a_taken_port_is_one_line_naming_port_before_anything_is_announced(
     tmp_path, held_port, command

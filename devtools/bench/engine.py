@@ -233,6 +233,7 @@ class ChaosServerProcess:
         tls: bool,
         folders: tuple[str, ...] = ("INBOX",),
         notify: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> None:
         command = [
             sys.executable,
@@ -248,6 +249,7 @@ class ChaosServerProcess:
         ]
         if notify:
             command.append("--notify")
+        command += extra
         if tls:
             from devtools.testing.dovecot import write_test_certificates
 

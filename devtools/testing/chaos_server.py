@@ -702,6 +702,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tls-cert", help="PEM certificate (chain): serve implicit TLS")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     parser.add_argument(
+        "--tls-tickets",
+        type=int,
+        default=2,
+        help="TLS 1.3 session tickets sent per connection (each costs the client ~6 KiB)",
+    )
+    parser.add_argument(
         "--control",
         action="store_true",
         help="print 'listening HOST PORT', then obey stdin lines: "
@@ -739,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.tls_cert, args.tls_key)
+        context.num_tickets = args.tls_tickets
     server = ChaosImapServer(
         args.host,
         args.port,
