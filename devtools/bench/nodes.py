@@ -119,6 +119,8 @@ class Bench:
             "VAR_DIR": str(self.tmp / "var"),
             "ALLOW_LOOPBACK_IMAP": "true",
             "ENGINE_PROCESSES": "1",
+            # The chaos servers stand in for a provider: its default limits, not loopback's.
+            "IMAP_LOGIN_LIMITS": "loopback=500/50",
             "LOG_LEVEL": "WARNING",
             "DJANGO_SETTINGS_MODULE": "superimap.settings",
         }

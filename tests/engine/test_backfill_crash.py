@@ -37,6 +37,8 @@ def _start_engine(log_path: Path) -> subprocess.Popen:
         "ENGINE_NODE_ALIVE_SECONDS": "3",
         "BACKFILL_RATE_PER_MAILBOX": str(RATE),
         "ENGINE_PROCESSES": "1",  # the engine itself is killed, not a supervising parent
+        # Its own node name: tests running beside it start engines with the same VAR_DIR.
+        "ENGINE_NODE_NAME": f"backfill-crash-{os.getpid()}",
     }
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -52,11 +54,12 @@ def _user(user_id: int) -> MailboxUser:
     return MailboxUser.objects.get(id=user_id)
 
 
-def _wait(predicate, timeout: float) -> None:
+def _wait(predicate, timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            output = log_path.read_text() if log_path.exists() else "(no engine log)"
+            raise AssertionError(f"condition not met within {timeout}s; engine log:\n{output}")
         time.sleep(0.05)
 
 
@@ -70,14 +73,14 @@ def test_a_backfill_killed_midway_resumes_without_duplicates(mailbox, dovecot, t
     log_path = tmp_path / "engine.log"
     engine = _start_engine(log_path)
     try:
-        _wait(lambda: _user(user.id).backfill_done >= 10, 30)
+        _wait(lambda: _user(user.id).backfill_done >= 10, 30, log_path)
         engine.send_signal(signal.SIGKILL)
         engine.wait(10)
         killed = _user(user.id)
         assert killed.backfill_finished_at is None, "the backfill ended before the kill"
         assert killed.backfill_position is not None
         engine = _start_engine(log_path)
-        _wait(lambda: _user(user.id).backfill_finished_at is not None, 60)
+        _wait(lambda: _user(user.id).backfill_finished_at is not None, 60, log_path)
         time.sleep(1.0)  # anything sent twice would show up now
     finally:
         engine.kill()
