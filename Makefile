@@ -53,10 +53,13 @@ MAILBOXES ?= 1000
 DURATION ?= 20
 MODE ?= separate
 BACKEND ?= sqlite
+# Engine processes of the engine service (1: one process, as before issue 20; 0: one per core).
+ENGINES ?= 1
 
 bench-e2e: $(STAMP)
 	$(BIN)/python -m devtools.bench.e2e --out bench-results/e2e.json --rate $(RATE) \
-		--mailboxes $(MAILBOXES) --duration $(DURATION) --mode $(MODE) --backend $(BACKEND)
+		--mailboxes $(MAILBOXES) --duration $(DURATION) --mode $(MODE) --backend $(BACKEND) \
+		--engines $(ENGINES)
 
 # Partner B's push -> webhook latency while partner A's endpoint hangs (and without A).
 bench-fairness: $(STAMP)

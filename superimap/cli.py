@@ -21,6 +21,7 @@ from django.core.management import execute_from_command_line
 from superimap import __version__, preflight
 from superimap.helpformat import DefaultsHelpFormatter
 from superimap.platform import prepare
+from superimap.platform.children import ChildFailed
 from superimap.platform.config import ConfigError, StartupError
 
 
@@ -137,13 +138,42 @@ def build_parser() -> argparse.ArgumentParser:
             help="port the web server listens on ($PORT)",
         )
 
-    for name, text in [
-        ("up", "web + engine + worker in one process (migrates first)"),
-        ("web", "the API and dashboard"),
-    ]:
-        listen(add(name, text))
-    add("imap-client", "the IMAP engine: watch mailboxes")
-    add("worker", "deliver webhooks")
+    def engines(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--engines",
+            type=_count,
+            metavar="N",
+            help="engine processes (default: $ENGINE_PROCESSES, else one per core); several "
+            "are named ENGINE_NODE_NAME-1 ... -N",
+        )
+
+    def workers(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--workers",
+            type=_count,
+            metavar="N",
+            help="webhook worker processes (default: $WORKER_PROCESSES, 1)",
+        )
+
+    def child(p: argparse.ArgumentParser) -> None:
+        # Set by a supervising `superimap` for its children (platform/children.py).
+        p.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
+
+    p = add(
+        "up",
+        "web + engines + workers (migrates first): one process, or with several cores the "
+        "web and a supervisor of one engine process per core and the worker processes",
+    )
+    listen(p)
+    engines(p)
+    workers(p)
+    listen(add("web", "the API and dashboard"))
+    p = add("imap-client", "the IMAP engine: watch mailboxes (one process per core)")
+    engines(p)
+    child(p)
+    p = add("worker", "deliver webhooks")
+    workers(p)
+    child(p)
     add("migrate", "create or update the database tables")
     p = add("createadmin", "create or reset a dashboard admin")
     p.add_argument("--username", default="admin", help="the admin's user name")
@@ -194,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
 PASSTHROUGH = {"chaos-server", "webhook-inspector", "manage"}
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be 1 to 64, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in PASSTHROUGH:
@@ -209,6 +246,10 @@ def main(argv: list[str] | None = None) -> None:
         _command(args.command)(args)
     except StartupError as exc:
         raise _stop(exc) from None
+    except ChildFailed as exc:
+        if exc.status != 2:  # status 2: the child said why in one line already
+            print(f"superimap: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.status) from None
 
 
 if __name__ == "__main__":

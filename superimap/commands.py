@@ -9,6 +9,7 @@ import secrets
 import shlex
 import sys
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
@@ -17,6 +18,7 @@ from django.db import transaction
 from superimap import __version__, preflight, runtime
 from superimap.accounts import partners
 from superimap.partners.models import Partner
+from superimap.platform import children
 from superimap.platform.keys import reencrypt_all
 
 
@@ -68,7 +70,7 @@ def startup_banner(host: str, port: int, password: str | None, services: str) ->
     )
 
 
-def _serve_with_banner(args, sock, password: str | None, services: str, **which: bool) -> None:
+def _serve_with_banner(args, sock, password: str | None, services: str, **which) -> None:
     shown = []
 
     def show() -> None:
@@ -89,12 +91,42 @@ def _bind(args):
     return preflight.bind_web(args.host, args.port)
 
 
+def _counts(args) -> tuple[int, int]:
+    """Engine and worker processes asked for (--engines, --workers, else the settings)."""
+    engines = getattr(args, "engines", None)
+    workers = getattr(args, "workers", None)
+    return (
+        children.engine_processes(settings.ENGINE_PROCESSES if engines is None else engines),
+        settings.WORKER_PROCESSES if workers is None else workers,
+    )
+
+
+def _plural(count: int, what: str) -> str:
+    return f"{count} {what}{'' if count == 1 else 'es'}"
+
+
 def cmd_up(args) -> None:
     sock = _bind(args)
     _migrate()
     password = ensure_default_admin(out=None)
+    engines, workers = _counts(args)
+    if engines == 1 and workers == 1:
+        # One process, one event loop (a one-core box, or ENGINE_PROCESSES=1).
+        _serve_with_banner(
+            args, sock, password, "web + engine + worker", web=True, engine=True, worker=True
+        )
+        return
+    plan = runtime.child_plan(engines, workers, metrics_after=1)
+    services = f"web + {_plural(engines, 'engine process')} + {_plural(workers, 'worker process')}"
     _serve_with_banner(
-        args, sock, password, "web + engine + worker", web=True, engine=True, worker=True
+        args,
+        sock,
+        password,
+        services,
+        web=True,
+        engine=False,
+        worker=False,
+        supervisor=children.Supervisor(plan),
     )
 
 
@@ -105,11 +137,22 @@ def cmd_web(args) -> None:
 
 
 def cmd_imap_client(args) -> None:
-    runtime.run(web=False, engine=True, worker=False, host="", port=0)
+    engines, _ = _counts(args)
+    if engines == 1 or args.parent_fd is not None:
+        runtime.run(web=False, engine=True, worker=False, host="", port=0, parent_fd=args.parent_fd)
+        return
+    plan = runtime.child_plan(engines, 0, metrics_after=0)
+    supervisor = children.Supervisor(plan)
+    runtime.run(web=False, engine=False, worker=False, host="", port=0, supervisor=supervisor)
 
 
 def cmd_worker(args) -> None:
-    runtime.run(web=False, engine=False, worker=True, host="", port=0)
+    _, workers = _counts(args)
+    if workers == 1 or args.parent_fd is not None:
+        runtime.run(web=False, engine=False, worker=True, host="", port=0, parent_fd=args.parent_fd)
+        return
+    supervisor = children.Supervisor(runtime.child_plan(0, workers, metrics_after=0))
+    runtime.run(web=False, engine=False, worker=False, host="", port=0, supervisor=supervisor)
 
 
 def cmd_migrate(args) -> None:

@@ -6,7 +6,8 @@ workers their WorkerNode row every second. A part whose heartbeat is older than 
 is dead (or stuck, which is as bad): an engine node after three refreshes
 (3 x ENGINE_REFRESH_SECONDS), a worker after WEBHOOK_WORKER_ALIVE_SECONDS.
 
-/healthz answers 503 when this box's engine (the node named ENGINE_NODE_NAME) or this box's
+/healthz answers 503 when one of this box's engines (the node named ENGINE_NODE_NAME, or
+ENGINE_NODE_NAME-1 ... -N with several engine processes: platform/children.py) or this box's
 worker (the newest worker row of this host) is dead, when the part this process runs has
 no heartbeat after its start-up, when the oldest due webhook has waited longer than
 HEALTHZ_BACKLOG_SECONDS, or when the database does not answer. A dead node's row is
@@ -29,6 +30,7 @@ from superimap.delivery.models import Delivery, WorkerNode
 from superimap.engine.leases import watchable
 from superimap.engine.models import EngineNode
 from superimap.mailboxes.models import MailboxUser
+from superimap.platform import children
 
 # A mailbox held by a dead node, or left unowned while its status still says it is watched.
 ENGINE_DOWN = "engine_down"
@@ -97,6 +99,9 @@ def _report(now: datetime) -> dict:
     problems: list[str] = []
     engine_limit = engine_dead_after().total_seconds()
     engines = []
+    base = settings.ENGINE_NODE_NAME
+    count = children.engine_processes(settings.ENGINE_PROCESSES)
+    box_engines = {base, *children.engine_names(base, count)}
     for node in EngineNode.objects.order_by("node_id"):
         age = (now - node.last_seen).total_seconds()
         engines.append(
@@ -106,15 +111,15 @@ def _report(now: datetime) -> dict:
                 "heartbeat_age_seconds": round(age, 1),
                 "alive": age <= engine_limit,
                 "mailboxes": node.mailboxes_held,
-                "this_box": node.node_id == settings.ENGINE_NODE_NAME,
+                "this_box": node.node_id in box_engines,
             }
         )
     mine = [e for e in engines if e["this_box"]]
-    if mine and not mine[0]["alive"]:
-        problems.append(
-            f"engine {mine[0]['node']}: no heartbeat for {mine[0]['heartbeat_age_seconds']:.0f} s"
-        )
-    elif not mine and "engine" in _local and _past_start():
+    for engine in mine:
+        if not engine["alive"]:
+            age = engine["heartbeat_age_seconds"]
+            problems.append(f"engine {engine['node']}: no heartbeat for {age:.0f} s")
+    if not mine and "engine" in _local and _past_start():
         problems.append(f"engine {_local['engine']}: no heartbeat row (freed as dead?)")
 
     worker_limit = worker_dead_after().total_seconds()

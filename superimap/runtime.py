@@ -21,6 +21,7 @@ from superimap.delivery.worker import Worker
 from superimap.engine.nodelock import NodeLock
 from superimap.engine.supervisor import Engine
 from superimap.metricsview import port_registry
+from superimap.platform import children, fdlimit
 from superimap.platform.dbpool import DbPool
 from superimap.summary import Summary
 from superimap.webserver import GuardedH11Protocol
@@ -41,8 +42,12 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _install_signal_handlers(stop: asyncio.Event) -> None:
+def _install_signal_handlers(stop: asyncio.Event, parent_fd: int | None = None) -> None:
+    """SIGINT/SIGTERM stop, a second one exits at once; so does the parent's pipe closing
+    (`parent_fd`: this process is a supervised child, platform/children.py)."""
     loop = asyncio.get_running_loop()
+    if parent_fd is not None:
+        children.watch_parent(parent_fd, stop)
 
     def request_stop(signame: str) -> None:
         if stop.is_set():
@@ -65,17 +70,25 @@ async def serve(
     on_listening: Callable[[], None] | None = None,
     node_lock=None,
     sock: socket.socket | None = None,
+    supervisor: children.Supervisor | None = None,
+    parent_fd: int | None = None,
+    capacity: int | None = None,
 ) -> None:
     """Run the chosen services until SIGINT/SIGTERM; `on_listening` is called once the web
     server accepts connections (the start-up banner). `node_lock` holds the engine's node
     name for as long as the engine runs. `sock`: the web port, bound already
-    (preflight.bind_web); without it uvicorn binds host:port itself."""
+    (preflight.bind_web); without it uvicorn binds host:port itself. `supervisor`: child
+    engine and worker processes this one starts and watches (platform/children.py);
+    `parent_fd`: this process is such a child, and stops when that pipe closes.
+    `capacity`: mailboxes the engine may hold (its open-files limit)."""
     stop = asyncio.Event()
-    _install_signal_handlers(stop)
+    _install_signal_handlers(stop, parent_fd)
     pool = DbPool()
     node = node_id()
-    _expose_metrics(web)
+    _expose_metrics(web, supervisor is not None)
     tasks: list[asyncio.Task] = []
+    if supervisor is not None:
+        tasks.append(_supervise(supervisor, stop))
     announcer: asyncio.Task | None = None
     worker_service = None
     listener = sender = None
@@ -94,6 +107,7 @@ async def serve(
             settings.ENGINE_NODE_NAME,
             on_new_deliveries=_wake_all(worker_service, sender),
             node_lock=node_lock,
+            capacity=capacity,
             gc_freeze=True,
         )
         tasks.append(asyncio.create_task(engine_service.run(stop), name="engine"))
@@ -125,11 +139,14 @@ async def serve(
         summarizer = asyncio.create_task(summary.run(stop), name="summary")
     else:
         summarizer = None
+    failed: list[BaseException] = []
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             if task.exception() is not None:
-                log.error("service %s failed: %r", task.get_name(), task.exception())
+                failed.append(task.exception())
+                if not isinstance(task.exception(), children.ChildFailed):  # cli.main says it
+                    log.error("service %s failed: %r", task.get_name(), task.exception())
                 stop.set()
     finally:
         stop.set()
@@ -144,6 +161,22 @@ async def serve(
             sender.close()
         pool.shutdown()
         log.info("SuperIMAP stopped")
+    _raise_child_failure(failed)
+
+
+def _raise_child_failure(failed: list[BaseException]) -> None:
+    """A supervised child that keeps failing ends this process with its status (cli.main)."""
+    for exc in failed:
+        if isinstance(exc, children.ChildFailed):
+            raise exc
+
+
+def _supervise(supervisor: children.Supervisor, stop: asyncio.Event) -> asyncio.Task:
+    engines = [c.env["ENGINE_NODE_NAME"] for c in supervisor.children if "imap-client" in c.args]
+    if engines:
+        healthz.runs("engine", ", ".join(engines))
+    log.info("supervising %s", supervisor.describe())
+    return asyncio.create_task(supervisor.run(stop), name="children")
 
 
 def _wake_all(worker_service, sender) -> Callable[[], None]:
@@ -158,7 +191,9 @@ def _wake_all(worker_service, sender) -> Callable[[], None]:
     return wake
 
 
-def _expose_metrics(web: bool) -> None:
+def _expose_metrics(web: bool, supervising: bool = False) -> None:
+    if supervising and not web:
+        return  # METRICS_PORT is the children's (child_plan())
     if settings.METRICS_PORT:
         # A port of its own on 127.0.0.1, no token: for an engine or worker on its own, and
         # for the web process in production without METRICS_TOKEN (its /metrics is off).
@@ -211,15 +246,48 @@ async def _run_web(
 
 
 def run(**kwargs) -> None:
+    """Run serve() in this process. Raises children.ChildFailed when a supervised child
+    keeps failing (cli.main exits with its status)."""
+    limit = fdlimit.raise_soft_limit()
     node_lock = None
     if kwargs.get("engine"):
         # A StartupError (ENGINE_NODE_NAME taken) stops the process with one line (cli.main).
         node_lock = NodeLock(settings.ENGINE_NODE_NAME).acquire()
+        kwargs["capacity"] = limit.capacity(settings.MAX_USER_THREADS)
+        log.info(
+            "engine %s: %s", settings.ENGINE_NODE_NAME, limit.describe(settings.MAX_USER_THREADS)
+        )
     try:
         uvloop.run(serve(**kwargs, node_lock=node_lock))
     finally:
         if node_lock is not None:
             node_lock.release()
+
+
+def child_plan(engines: int, workers: int, *, metrics_after: int) -> list[children.Child]:
+    """The children of a supervising process: ``engines`` `imap-client` processes named
+    after ENGINE_NODE_NAME (children.engine_names) and ``workers`` `worker` processes, each
+    running alone in its process. With METRICS_PORT, child k (from 0) gets
+    METRICS_PORT + ``metrics_after`` + k.
+
+    Each engine name is tried first (its lock taken and let go): a name held by a live
+    process (a second `superimap up` on another port) stops this one with one line naming
+    ENGINE_NODE_NAME and the holder's pid, before any child starts."""
+    for name in children.engine_names(settings.ENGINE_NODE_NAME, engines) if engines else []:
+        NodeLock(name).acquire().release()
+    plan = []
+    common = {"ENGINE_PROCESSES": "1", "WORKER_PROCESSES": "1"}
+    for name in children.engine_names(settings.ENGINE_NODE_NAME, engines) if engines else []:
+        plan.append(
+            children.Child(f"engine {name}", ["imap-client"], {**common, "ENGINE_NODE_NAME": name})
+        )
+    for i in range(1, workers + 1):
+        label = f"worker {i}" if workers > 1 else "worker"
+        plan.append(children.Child(label, ["worker"], dict(common)))
+    if settings.METRICS_PORT:
+        for k, child in enumerate(plan):
+            child.env["METRICS_PORT"] = str(settings.METRICS_PORT + metrics_after + k)
+    return plan
 
 
 def database_label() -> str:

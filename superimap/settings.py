@@ -23,6 +23,7 @@ from superimap.platform.config import (
     env_int,
     env_int_list,
     env_list,
+    env_login_limits,
     env_str,
     read_dev_secrets,
     superimap_env,
@@ -72,7 +73,7 @@ FOLDER_POLL_SECONDS = env_int("FOLDER_POLL_SECONDS", 60, minimum=1, maximum=29 *
 IDLE_REISSUE_SECONDS = env_int("IDLE_REISSUE_SECONDS", 25 * 60, minimum=1, maximum=29 * 60)
 ENGINE_LEASE_SECONDS = env_int("ENGINE_LEASE_SECONDS", 60, minimum=2, maximum=3600)
 ENGINE_REFRESH_SECONDS = env_int("ENGINE_REFRESH_SECONDS", 5, minimum=1, maximum=60)
-# Change events (design.md 4.12) on servers without QRESYNC: the flags of this many of the
+# Change events (design.md 4.14) on servers without QRESYNC: the flags of this many of the
 # last delivered messages per folder are read again this often (and after an EXPUNGE).
 CHANGES_RESYNC_MESSAGES = env_int("CHANGES_RESYNC_MESSAGES", 200, minimum=1, maximum=10000)
 CHANGES_RESYNC_SECONDS = env_int("CHANGES_RESYNC_SECONDS", 900, minimum=1, maximum=86400)
@@ -89,6 +90,15 @@ if not re.fullmatch(r"[A-Za-z0-9._:@-]{1,100}", ENGINE_NODE_NAME):
     raise ConfigError(
         "ENGINE_NODE_NAME",
         f"must be 1-100 letters, digits or . _ : @ -, got {ENGINE_NODE_NAME!r}",
+    )
+# Engine processes per box (superimap up, imap-client): 0 = one per core; several are
+# named ENGINE_NODE_NAME-1, -2, ... (platform/children.py). Webhook worker processes too.
+ENGINE_PROCESSES = env_int("ENGINE_PROCESSES", 0, minimum=0, maximum=64)
+WORKER_PROCESSES = env_int("WORKER_PROCESSES", 1, minimum=1, maximum=64)
+if len(ENGINE_NODE_NAME) > 97 and ENGINE_PROCESSES != 1:
+    raise ConfigError(
+        "ENGINE_NODE_NAME",
+        "must be at most 97 characters with several engine processes (they add -1, -2, ...)",
     )
 if ENGINE_REFRESH_SECONDS * 2 > ENGINE_LEASE_SECONDS:
     raise ConfigError("ENGINE_LEASE_SECONDS", "must be at least twice ENGINE_REFRESH_SECONDS")
@@ -158,6 +168,13 @@ IMAP_LOGIN_BURST_PER_MAILBOX = env_int("IMAP_LOGIN_BURST_PER_MAILBOX", 5, minimu
 IMAP_LOGIN_INTERVAL_PER_MAILBOX = env_int("IMAP_LOGIN_INTERVAL_PER_MAILBOX", 30, minimum=1)
 IMAP_LOGIN_BURST_PER_HOST = env_int("IMAP_LOGIN_BURST_PER_HOST", 500, minimum=1)
 IMAP_LOGINS_PER_SECOND_PER_HOST = env_int("IMAP_LOGINS_PER_SECOND_PER_HOST", 50, minimum=1)
+# A chosen backfill (design.md 4.12): existing mail sent as new_mail at most this many
+# messages a second per mailbox and per server host (engine/backfill.py).
+BACKFILL_RATE_PER_MAILBOX = env_int("BACKFILL_RATE_PER_MAILBOX", 20, minimum=1, maximum=10000)
+BACKFILL_RATE_PER_HOST = env_int("BACKFILL_RATE_PER_HOST", 200, minimum=1, maximum=100000)
+# Per host (or "loopback", "private"): "host=burst/rate,..." over the built-in limits of
+# imapclient/ratelimit.py (loopback and private addresses: self-hosted servers, benches).
+IMAP_LOGIN_LIMITS = env_login_limits("IMAP_LOGIN_LIMITS")
 # Partners choose PLAIN connections' imap_host/smtp_host: in production refuse hosts that
 # resolve to loopback, private, link-local or reserved addresses (superimap.platform.netguard).
 IMAP_ALLOW_PRIVATE_HOSTS = env_bool("IMAP_ALLOW_PRIVATE_HOSTS", not PRODUCTION)
@@ -255,6 +272,8 @@ def _database(url: str) -> dict:
         raise ConfigError("DATABASE_URL", f"cannot be parsed: {exc}") from None
     engine = config.get("ENGINE", "")
     if engine == "django.db.backends.sqlite3":
+        # Django's backend plus a write gate between processes (platform/sqlite3/base.py).
+        config["ENGINE"] = "superimap.platform.sqlite3"
         name = config["NAME"]
         if name not in ("", ":memory:") and not Path(name).is_absolute():
             name = str((BASE_DIR / name).resolve())

@@ -148,12 +148,12 @@ def test_engine_lines_name_mailboxes_and_tell_connect_recovery_and_summary(tmp_p
             "the recovery line",
         )
         # A sweep, asked for as the API's sweep route does: its end is logged.
-        sweep = "from superimap.accounts.users import request_sweep\n"
+        sweep = "from superimap.accounts.users import sweep_user\n"
         sweep += "from superimap.mailboxes.models import MailboxUser as U\n"
-        sweep += "request_sweep(U.objects.get(tag='user1'))"
+        sweep += "sweep_user(U.objects.get(tag='user1'))"
         run_cli(env, "manage", "shell", "-c", sweep)
         wait_until(
-            lambda: "/LOOPBACK_PLAIN/user1 (id 2): sweep done:" in procs.output(engine),
+            lambda: "/LOOPBACK_PLAIN/user1 (id 2): backfill done:" in procs.output(engine),
             40,
             "the sweep line",
         )

@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of pushing")
     parser.add_argument("--mode", choices=["separate", "up"], default="separate")
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--engines",
+        type=int,
+        default=1,
+        help="engine processes (ENGINE_PROCESSES; 1 as before issue 20, 0 one per core); "
+        "CPU is counted over each service's process and its children",
+    )
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait after")
     parser.add_argument("--online-timeout", type=float, default=600.0)
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
@@ -220,6 +227,7 @@ def run(args: argparse.Namespace) -> dict:
 
             database_url = stack.enter_context(PostgresServer()).url
         env = _environment(var_dir, database_url, args.mailboxes)
+        env["ENGINE_PROCESSES"] = str(args.engines)
         os.environ.update(env)
         _setup_django()
         from superimap.partners.models import new_api_key, new_webhook_secret
@@ -247,6 +255,8 @@ def _environment(var_dir: Path, database_url: str, mailboxes: int) -> dict[str, 
         "LOG_LEVEL": "WARNING",
         "NUM_TRACERS": "0",
         "ENGINE_NODE_NAME": "bench-node",
+        # One engine process, as the figures before issue 20 (e2e: --engines).
+        "ENGINE_PROCESSES": "1",
         # Measures the pipeline, not the per-host login limit (50/s by default).
         "IMAP_LOGIN_BURST_PER_HOST": str(max(500, mailboxes)),
         "IMAP_LOGINS_PER_SECOND_PER_HOST": str(max(50, mailboxes)),
@@ -400,10 +410,31 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
 
 
 def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU of ``pid`` and of its live children (several engine processes per box)."""
+    total = 0.0
+    for member in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if parent == pid:
+                found.append(int(entry))
+    return found
 
 
 def _rss_mb(pid: int) -> float:

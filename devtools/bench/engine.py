@@ -21,7 +21,7 @@ VAR_DIR with N users, and runs the real Engine on uvloop as production does. It 
 --folders 1,3 watches that many folders per mailbox (INBOX, then Lists and Spam; design.md
 4.10), pushes going to a random one of them: --folder-mode notify has the server advertise
 NOTIFY, poll has it not, so the other folders are polled every --folder-poll seconds.
---changes on has the partner ask for message_updated / message_deleted (design.md 4.12;
+--changes on has the partner ask for message_updated / message_deleted (design.md 4.14;
 "off,on" runs both): then --flags changes (a keyword added to a random message, pushed
 as an unsolicited FETCH) at --flag-rate/s follow the pushes, and the result has
 flag_cpu_ms_per_change (engine CPU while they come, per change; measured with changes off
@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -100,6 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flags", type=int, default=0, help="flag changes after the pushes")
     parser.add_argument("--flag-rate", type=float, default=100.0, help="flag changes per second")
     parser.add_argument("--resync-seconds", type=int, default=900, help="CHANGES_RESYNC_SECONDS")
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=0,
+        help="the engine process's generation-0 GC threshold (0: the engine's own)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -189,6 +196,8 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
             command.append("--no-gc-freeze")
         if args.postgres:
             command.append("--postgres")
+        if args.gc_threshold:
+            command.append(f"--gc-threshold={args.gc_threshold}")
         print(f"=== N={count} {'TLS' if tls else 'plain'} changes {args.changes} ===", flush=True)
         code = subprocess.call(command)
         if code != 0:
@@ -250,6 +259,7 @@ class ChaosServerProcess:
         tls: bool,
         folders: tuple[str, ...] = ("INBOX",),
         notify: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> None:
         command = [
             sys.executable,
@@ -265,6 +275,7 @@ class ChaosServerProcess:
         ]
         if notify:
             command.append("--notify")
+        command += extra
         if tls:
             from devtools.testing.dovecot import write_test_certificates
 
@@ -360,11 +371,28 @@ def _rss_kb() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def _cpu_seconds() -> float:
-    with open("/proc/self/stat") as stat:
+def _cpu_seconds(stat_path: str = "/proc/self/stat") -> float:
+    with open(stat_path) as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds per thread of this process: the event loop ("loop", the main thread),
+    the database pool's threads ("db") and any other ("other")."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    main = threading.main_thread().native_id
+    totals = {"loop": 0.0, "db": 0.0, "other": 0.0}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            seconds = _cpu_seconds(f"/proc/self/task/{tid}/stat")
+        except OSError:
+            continue  # ended meanwhile
+        name = names.get(int(tid), "")
+        kind = "loop" if int(tid) == main else "db" if name.startswith("db") else "other"
+        totals[kind] += seconds
+    return totals
 
 
 async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> dict:
@@ -385,6 +413,8 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         login_limiter=LoginLimiter(host_burst=count, host_rate=count),
         gc_freeze=not args.no_gc_freeze,
     )
+    if args.gc_threshold:  # after the engine set its own
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     statuses: dict[int, str] = {}
     report = engine.report
 
@@ -419,26 +449,36 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
 
         gc_pauses: list[float] = []
         gc_started = [0.0]
+        gc_ms = [0.0, 0.0, 0.0]  # time in collections of each generation during the pushes
+        gc_runs = [0, 0, 0]
 
         def on_gc(phase: str, info: dict) -> None:
             if phase == "start":
                 gc_started[0] = time.perf_counter()
-            elif info["generation"] == 2:
-                gc_pauses.append((time.perf_counter() - gc_started[0]) * 1000)
+                return
+            elapsed = (time.perf_counter() - gc_started[0]) * 1000
+            gc_ms[info["generation"]] += elapsed
+            gc_runs[info["generation"]] += 1
+            if info["generation"] == 2:
+                gc_pauses.append(elapsed)
 
         gc.callbacks.append(on_gc)
         frozen_at_push = gc.get_freeze_count()
         profiler = cProfile.Profile() if args.profile else None
         cpu_before_pushes = _cpu_seconds()
+        threads_before = _thread_cpu_seconds()
         try:
             if profiler:
                 profiler.enable()
-            latencies, delivered = await _push(args, server, pool, count, loop)
+            await _push(args, server, pool, loop)
         finally:
             if profiler:
                 profiler.disable()
             gc.callbacks.remove(on_gc)
+        # Measured before the rows are read back: the benchmark's own work is not the engine's.
         push_cpu = _cpu_seconds() - cpu_before_pushes
+        threads_after = _thread_cpu_seconds()
+        latencies, delivered = await _latencies(pool)
         if profiler:
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
         rss_after_pushes = _rss_kb()
@@ -464,6 +504,11 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         "pushes_delivered": delivered,
         # Engine process CPU (all threads: event loop and DbPool) while pushing, per mail.
         "push_cpu_ms_per_mail": round(push_cpu * 1000 / max(delivered, 1), 2),
+        # The same by thread: the event loop (IMAP, sessions) and the database pool.
+        "push_cpu_ms_per_mail_by_thread": {
+            kind: round((threads_after[kind] - threads_before[kind]) * 1000 / max(delivered, 1), 3)
+            for kind in threads_before
+        },
         "latency_ms": {
             "p50": round(_percentile(latencies, 50), 1),
             "p99": round(_percentile(latencies, 99), 1),
@@ -471,6 +516,10 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         },
         "gc_full_collections_during_pushes": len(gc_pauses),
         "gc_full_pause_ms_max": round(max(gc_pauses, default=0.0), 1),
+        # Wall time in collections by generation (0, 1, 2) during the pushes, and their count.
+        "gc_ms_by_generation": [round(ms, 1) for ms in gc_ms],
+        "gc_collections_by_generation": gc_runs,
+        "gc_threshold": list(gc.get_threshold()),
         "handshake_concurrency": args.handshake_concurrency,
         "gc_freeze": not args.no_gc_freeze,
         "gc_frozen_objects_at_push": frozen_at_push,
@@ -516,7 +565,8 @@ async def _wait_online(count, statuses, idle, started, task) -> None:
             raise RuntimeError(f"only {tally.get(idle, 0)}/{count} mailboxes idle in time")
 
 
-async def _push(args, server, pool, count: int, loop) -> tuple[list[float], int]:
+async def _push(args, server, pool, loop) -> None:
+    """Has the server push --pushes messages; returns once every one has its Delivery row."""
     from superimap.delivery.models import Delivery
 
     expected = args.pushes
@@ -533,6 +583,11 @@ async def _push(args, server, pool, count: int, loop) -> tuple[list[float], int]
     answer = await loop.run_in_executor(None, server.read_line)
     if answer != f"pushed {expected}":
         raise RuntimeError(f"chaos server answered {answer!r}")
+
+
+async def _latencies(pool) -> tuple[list[float], int]:
+    """Push -> Delivery row latencies (ms) of every new_mail row, and their count."""
+    from superimap.delivery.models import Delivery
 
     def rows():
         return list(Delivery.objects.filter(kind="new_mail").values_list("created_at", "payload"))

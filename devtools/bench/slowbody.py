@@ -95,6 +95,7 @@ def environment(var_dir: Path, mailboxes: int) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         "NUM_TRACERS": "0",
         "ENGINE_NODE_NAME": "bench-node",
+        "ENGINE_PROCESSES": "1",
         "IMAP_LOGIN_BURST_PER_HOST": str(max(500, mailboxes)),
         "IMAP_LOGINS_PER_SECOND_PER_HOST": str(max(50, mailboxes)),
     }

@@ -776,10 +776,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tls-cert", help="PEM certificate (chain): serve implicit TLS")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     parser.add_argument(
+        "--tls-tickets",
+        type=int,
+        default=2,
+        help="TLS 1.3 session tickets sent per connection (each costs the client ~6 KiB)",
+    )
+    parser.add_argument(
         "--control",
         action="store_true",
         help="print 'listening HOST PORT', then obey stdin lines: "
-        "'push COUNT RATE' (messages/s; answers 'pushed COUNT'), 'stats' (one JSON line), 'quit'",
+        "'push COUNT RATE' (messages/s; answers 'pushed COUNT'), 'stats' (one JSON line; "
+        "'idle': users with a session in IDLE), 'idlers' (those users, a JSON list), 'quit'",
     )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument(
@@ -812,6 +819,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.tls_cert, args.tls_key)
+        context.num_tickets = args.tls_tickets
     server = ChaosImapServer(
         args.host,
         args.port,
@@ -902,8 +910,12 @@ async def _control(server: ChaosImapServer) -> None:
             task = asyncio.create_task(flag(int(words[1]), float(words[2])))
             pushes.add(task)
             task.add_done_callback(pushes.discard)
+        elif words[0] == "idlers":
+            idle = {s.username for s in server.sessions if s.idle_tag is not None and not s.closed}
+            print(json.dumps(sorted(idle)), flush=True)
         elif words[0] == "stats":
-            stats = {**server.stats, "sessions": len(server.sessions)}
+            idle = {s.username for s in server.sessions if s.idle_tag is not None and not s.closed}
+            stats = {**server.stats, "sessions": len(server.sessions), "idle": len(idle)}
             print(json.dumps({"generated": len(server.generated), **stats}), flush=True)
         else:
             print(f"error unknown command {line.decode().strip()!r}", flush=True)

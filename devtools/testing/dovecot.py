@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import grp
+import imaplib
 import ipaddress
 import os
 import pwd
@@ -474,6 +475,24 @@ class DovecotServer:
     def deliver(self, username: str, raw: bytes, mailbox: str = "INBOX") -> None:
         """Store ``raw`` in ``mailbox``; IDLE clients on it are told (EXISTS) promptly."""
         self.doveadm("save", "-u", username, "-m", mailbox, stdin=raw)
+
+    def append(
+        self,
+        username: str,
+        raw: bytes,
+        internal_date: datetime.datetime,
+        mailbox: str = "INBOX",
+    ) -> None:
+        """Store ``raw`` with this INTERNALDATE (mail that arrived back then), by IMAP APPEND
+        as the user (doveadm save dates it now)."""
+        client = imaplib.IMAP4(self.host, self.imap_port)
+        try:
+            client.login(username, self._passwords[username])
+            status, data = client.append(mailbox, "", imaplib.Time2Internaldate(internal_date), raw)
+            if status != "OK":
+                raise DovecotError(f"APPEND refused: {data!r}")
+        finally:
+            client.logout()
 
     def expunge(self, username: str, uid: int, mailbox: str = "INBOX") -> None:
         """Remove one message, as another mail client would."""

@@ -52,8 +52,10 @@ class PostgresServer:
     host = "127.0.0.1"
     user = "postgres"
 
-    def __init__(self, database: str = "superimap") -> None:
+    def __init__(self, database: str = "superimap", **settings: str) -> None:
+        """``settings``: more server settings (-c NAME=VALUE), e.g. shared_preload_libraries."""
         self.database = database
+        self.settings = settings
         self.bindir = find_bindir()
         self.root: Path | None = None
         self.port = 0
@@ -152,6 +154,7 @@ class PostgresServer:
             "fsync": "off",
             "synchronous_commit": "off",
             "full_page_writes": "off",
+            **self.settings,
         }
         return [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
 

@@ -91,7 +91,7 @@ def save_partner(partner: Partner) -> None:
     """Save; a webhook URL set again after a 410 Gone (which disabled its endpoint) is no
     longer shown as disabled. Change events switched on or off (the first change URL set,
     or the last cleared) restart the partner's sessions: only a session that starts with
-    them does their work (design.md 4.12)."""
+    them does their work (design.md 4.14)."""
     saved = None
     if partner.pk is not None:
         saved = Partner.objects.filter(pk=partner.pk).first()

@@ -1,14 +1,15 @@
 """Mailbox users: every change of their state and what it sets off.
 
 A change the engine's IMAP session must see (MailboxUser.TRACKED: credentials, folders; a
-sweep; a reconnect; a resume) gets a new session_version in the same write, and the engine
-restarts the session at its next refresh (design.md 4.8). New credentials also owe the
+backfill or sweep; a reconnect; a resume) gets a new session_version in the same write, and
+the engine restarts the session at its next refresh (design.md 4.8). New credentials also owe the
 partner user_connected, sent by the engine's first successful login with them (4.9).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 
 from django.utils import timezone
 
@@ -205,7 +206,7 @@ def restore_user(user: MailboxUser) -> None:
     save_user(user, ["archived", "archived_at"])
 
 
-# --- operator actions: sweep, reconnect, pause, resume --------------------------------------
+# --- operator actions: backfill (sweep), reconnect, pause, resume ----------------------------
 
 
 def _must_be_watchable(user: MailboxUser) -> None:
@@ -216,18 +217,46 @@ def _must_be_watchable(user: MailboxUser) -> None:
 
 
 def sweep_user(user: MailboxUser) -> None:
-    """Ask the engine to send new_mail for every message of the inbox not sent yet; 409 if
-    the user is archived or not connected."""
+    """A sweep is a backfill of all mail (design.md 4.12): every message of the primary
+    folder not sent yet goes out; 409 if the user is archived or not connected."""
+    backfill_user(user, None)
+
+
+def backfill_user(user: MailboxUser, since: datetime | None) -> None:
+    """Ask the engine to send the mail of the primary folder since ``since`` (None: all of
+    it) as new_mail with "backfill": true; 409 if archived or not connected. A running
+    backfill is replaced by the new request."""
     _must_be_watchable(user)
-    request_sweep(user)
+    request_backfill(user, since)
 
 
-def request_sweep(user: MailboxUser) -> None:
-    """The sweep request itself: the session restarts and sweeps first; the engine clears
-    sweep_requested_at when done (a newer request is kept: engine/store.py finish_sweep)."""
-    user.sweep_requested_at = timezone.now()
+def request_backfill(user: MailboxUser, since: datetime | None) -> None:
+    """The request itself: the session restarts, fixes the window and sends it paced; the
+    engine keeps the position and done count per batch and sets backfill_finished_at."""
+    set_backfill(user, since)
     restart_session(user)
-    save_user(user, ["sweep_requested_at", "session_version"])
+    save_user(user, [*BACKFILL_FIELDS, "session_version"])
+
+
+BACKFILL_FIELDS = (
+    "backfill_requested_at",
+    "backfill_since",
+    "backfill_uid_validity",
+    "backfill_until_uid",
+    "backfill_position",
+    "backfill_total",
+    "backfill_done",
+    "backfill_finished_at",
+)
+
+
+def set_backfill(user: MailboxUser, since: datetime | None) -> None:
+    """A new backfill request on ``user`` (not saved): the window is fixed by the engine."""
+    user.backfill_requested_at = timezone.now()
+    user.backfill_since = since
+    user.backfill_uid_validity = user.backfill_until_uid = user.backfill_position = None
+    user.backfill_total = user.backfill_done = 0
+    user.backfill_finished_at = None
 
 
 def reconnect_user(user: MailboxUser) -> None:

@@ -22,6 +22,7 @@ from superimap.api.errors import ApiError, error_response
 from superimap.api.partner import refuse_key_in_grace
 from superimap.api.partner import router as partner_router
 from superimap.api.schemas import (
+    BackfillIn,
     ConnectionIn,
     ConnectionOut,
     ConnectionUpdate,
@@ -288,14 +289,32 @@ def archive_user(request, code: str, tag: str):
 )
 def sweep_user(request, code: str, tag: str):
     """Sweep the user's inbox: send a new_mail webhook for every email not sent yet (such as
-    mail older than the user); already-sent mail is not sent again. Done in the background;
-    sweep_requested_at is cleared when the sweep is done. 409 if archived or not connected."""
+    mail older than the user); already-sent mail is not sent again. A backfill of all mail
+    (POST .../backfill): paced, with "backfill": true; sweep_requested_at is cleared when it
+    is done. 409 if archived or not connected."""
     user = service.get_user(request.auth, code, tag)
     accounts_users.sweep_user(user)
     return Status(202, service.user_out(user))
 
 
 ACTION_ERRORS = {401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
+
+
+@api.post(
+    "/connections/{code}/users/{tag}/backfill",
+    response={202: UserOut, **ACTION_ERRORS},
+    tags=["users"],
+)
+def backfill_user(request, code: str, tag: str, body: BackfillIn):
+    """Backfill: send the mail already in the user's primary folder since `since` (or of
+    the last `days` days) as new_mail with "backfill": true, oldest first, at most
+    BACKFILL_RATE_PER_MAILBOX a second, beside live mail (which is never held behind it).
+    Mail sent before is not sent again; filters apply. Progress (done / total) is the
+    user's `backfill`. A new request replaces a running one. 409 if archived or not
+    connected; 422 for neither or both of since and days, or a start in the future."""
+    user = service.get_user(request.auth, code, tag)
+    accounts_users.backfill_user(user, body.start())
+    return Status(202, service.user_out(user))
 
 
 @api.post(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar, Literal
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -355,9 +356,89 @@ class UserFields(OriginalNames):
         return value
 
 
+MAX_BACKFILL_DAYS = 36500
+BACKFILL_FIELDS = ("backfill_since", "backfill_days")  # UserIn's, not MailboxUser fields
+BACKFILL_SINCE = (
+    "Backfill (README, Backfill): the mail already in the primary folder since this moment "
+    "(ISO 8601 with a time zone, or a date: its midnight UTC) is sent as new_mail with "
+    '"backfill": true, oldest first, paced.'
+)
+BACKFILL_DAYS = "Backfill: the mail of the last this many days (1-36500), as since."
+
+
+def backfill_start(since: datetime | date | None, days: int | None) -> datetime | None:
+    """The moment a backfill window starts; at most one of ``since`` and ``days``. Raises
+    ValueError (a 422) for a time without a zone, both given, or a start in the future."""
+    if since is not None and days is not None:
+        raise ValueError("give since or days, not both")
+    now = datetime.now(UTC)
+    if days is not None:
+        return now - timedelta(days=days)
+    if since is None:
+        return None
+    if not isinstance(since, datetime):
+        since = datetime.combine(since, time(), tzinfo=UTC)
+    if since.tzinfo is None:
+        raise ValueError("since needs a time zone (e.g. 2026-01-01T00:00:00Z)")
+    if since > now:
+        raise ValueError("since is in the future")
+    return since
+
+
+def date_or_moment(value: Any) -> Any:
+    """"2026-01-02" is a date (its midnight UTC), not a moment without a time zone."""
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        return date.fromisoformat(value)
+    return value
+
+
+class BackfillIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime | date | None = Field(default=None, description=BACKFILL_SINCE)
+    days: int | None = Field(default=None, ge=1, le=MAX_BACKFILL_DAYS, description=BACKFILL_DAYS)
+
+    _since = field_validator("since", mode="before")(date_or_moment)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if self.since is None and self.days is None:
+            raise ValueError("give since or days (POST .../sweep backfills all mail)")
+        backfill_start(self.since, self.days)
+        return self
+
+    def start(self) -> datetime | None:
+        return backfill_start(self.since, self.days)
+
+
+class BackfillOut(Schema):
+    state: Literal["pending", "running", "done"] = Field(
+        description="pending (asked, the engine has not started it), running, done."
+    )
+    since: datetime | None = Field(description="The window's start; null: all mail (a sweep).")
+    requested_at: datetime
+    finished_at: datetime | None
+    done: int = Field(description="Messages of the window handled: delivered or skipped.")
+    total: int = Field(description="Messages in the window (0 until it is running).")
+
+
 class UserIn(UserFields):
     tag: str = Field(min_length=1, max_length=255, pattern=r"^[^/\s\x00]+$")
     enable_tracer: bool = False
+    backfill_since: datetime | date | None = Field(default=None, description=BACKFILL_SINCE)
+    backfill_days: int | None = Field(
+        default=None, ge=1, le=MAX_BACKFILL_DAYS, description=BACKFILL_DAYS
+    )
+
+    _backfill_since = field_validator("backfill_since", mode="before")(date_or_moment)
+
+    @model_validator(mode="after")
+    def _backfill(self):
+        backfill_start(self.backfill_since, self.backfill_days)
+        return self
+
+    def wants_backfill(self) -> bool:
+        return self.backfill_since is not None or self.backfill_days is not None
 
     @field_validator("tag")
     @classmethod
@@ -407,7 +488,11 @@ class UserOut(Schema):
         description="Since when the mailbox has been failing; cleared once it is watched again.",
     )
     sweep_requested_at: datetime | None = Field(
-        default=None, description="Set while a requested inbox sweep is pending."
+        default=None,
+        description="Set while a requested sweep (a backfill of all mail) is not done.",
+    )
+    backfill: BackfillOut | None = Field(
+        default=None, description="The last backfill asked for and its progress; null: none."
     )
     paused_at: datetime | None = Field(
         default=None, description="Set while the mailbox is paused (not watched)."
@@ -427,6 +512,9 @@ class DeliveryAttemptOut(Schema):
 class DeliveryOut(Schema):
     event_id: str
     kind: str
+    backfill: bool = Field(
+        default=False, description='A new_mail of a backfill ("backfill": true in its body).'
+    )
     status: str
     user_tag: str | None
     attempts: int

@@ -13,10 +13,12 @@ from superimap.accounts import connections
 from superimap.accounts import users as accounts_users
 from superimap.api.errors import ApiError
 from superimap.api.schemas import (
+    BACKFILL_FIELDS,
     ConnectionIn,
     ConnectionUpdate,
     UserIn,
     UserUpdate,
+    backfill_start,
     stored_filters,
 )
 from superimap.delivery import replaylimit
@@ -88,10 +90,18 @@ def user_out(user: MailboxUser, live_nodes: set[str] | None = None) -> dict:
         "last_error": user.last_error,
         "last_email_at": user.last_email_at,
         "failing_since": user.failing_since,
-        "sweep_requested_at": user.sweep_requested_at,
+        "sweep_requested_at": _sweep_pending(user),
+        "backfill": user.backfill_progress(),
         "paused_at": user.paused_at,
         "created_at": user.created_at,
     }
+
+
+def _sweep_pending(user: MailboxUser) -> datetime | None:
+    """A sweep is a backfill of all mail: when it was asked for, while it is not done."""
+    if user.backfill_since is None and user.backfill_finished_at is None:
+        return user.backfill_requested_at
+    return None
 
 
 def _provider(code: str) -> ImapProvider:
@@ -167,7 +177,8 @@ def _apply_user_fields(user: MailboxUser, body: UserIn | UserUpdate) -> None:
     """Set the body's fields on the user (accounts.users.apply_user_fields: credentials
     connect it as the hosted pages would)."""
     fields = body.model_dump(
-        exclude_unset=True, exclude={"tag", "archived", "verify", "filters", *ALIAS_FIELDS}
+        exclude_unset=True,
+        exclude={"tag", "archived", "verify", "filters", *BACKFILL_FIELDS, *ALIAS_FIELDS},
     )
     accounts_users.apply_user_fields(user, {k: v for k, v in fields.items() if v is not None})
     if "filters" in body.model_fields_set:
@@ -210,6 +221,9 @@ def create_user(connection: Connection, body: UserIn) -> MailboxUser:
         raise ApiError(409, "duplicate", f"User {body.tag!r} exists already in this connection.")
     user = MailboxUser(connection=connection, tag=body.tag)
     _apply_user_fields(user, body)
+    if body.wants_backfill():
+        # Run by the engine's first session (after its baseline), like a later request.
+        accounts_users.set_backfill(user, backfill_start(body.backfill_since, body.backfill_days))
     if body.archived:
         user.archived, user.archived_at = True, timezone.now()
         user.status = MailboxUser.Status.STOPPED
@@ -235,6 +249,7 @@ def delivery_out(delivery: Delivery) -> dict:
     return {
         "event_id": str(delivery.event_id),
         "kind": delivery.kind,
+        "backfill": delivery.backfill,
         "status": delivery.status,
         "user_tag": delivery.user.tag if delivery.user else None,
         "attempts": delivery.attempts,

@@ -62,16 +62,20 @@ class Delivery(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
     # Retention: when the payload body was dropped (WEBHOOK_RETENTION_DAYS); not replayable.
     payload_purged_at = models.DateTimeField(null=True, blank=True)
+    # A backfilled new_mail (design.md 4.12): claimed only when no live delivery is due
+    # (queue.py), so live mail never waits behind a backfill.
+    backfill = models.BooleanField(default=False)
 
     class Meta:
         db_table = "delivery_delivery"
         ordering = ["-id"]
         verbose_name_plural = "deliveries"
         indexes = [
-            # The claim walks due rows in this order; partner and kind let it skip a full
-            # partner's backlog on the index alone (fairness.py, design.md 5.1).
+            # The claim walks due rows in this order, one lane (live, then backfill) at a
+            # time; partner and kind let it skip a full partner's backlog on the index
+            # alone (fairness.py, design.md 5.1).
             models.Index(
-                fields=["status", "next_attempt_at", "id", "partner", "kind"],
+                fields=["status", "backfill", "next_attempt_at", "id", "partner", "kind"],
                 name="delivery_due_by_endpoint",
             ),
             # Per-user order (queue.ORDER_GATE): is an earlier delivery of this user still

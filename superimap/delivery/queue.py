@@ -65,10 +65,22 @@ def _db_time(value: datetime):
 
 def _aware(value) -> datetime:
     if isinstance(value, str):
-        value = parse_datetime(value)
+        # SQLite's text ("2025-06-02 10:00:00.123456"): fromisoformat is C, once per row.
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            value = parse_datetime(value)
     if timezone.is_naive(value):
         value = timezone.make_aware(value, UTC)
     return value
+
+
+def _event_id(value) -> str:
+    """A UUID as text with dashes: SQLite returns 32 hex digits, PostgreSQL a UUID."""
+    if isinstance(value, str) and len(value) == 32:
+        value = value.lower()
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    return str(uuid.UUID(str(value)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -133,7 +145,7 @@ def _claim_sql(vendor: str) -> tuple[str, str, str]:
     due = (
         f"SELECT id, event_id, kind, attempts, {text}, {sha1}, partner_id, created_at, "
         f"{_superseded(d)} FROM {d} "
-        "WHERE status = %s AND next_attempt_at <= %s "
+        "WHERE status = %s AND backfill = %s AND next_attempt_at <= %s "
         "AND (lease_until IS NULL OR lease_until < %s) "
         f"AND {_order_gate(d)} "
         f"ORDER BY next_attempt_at, id LIMIT %s{lock}"
@@ -176,16 +188,23 @@ def claim_due(
     lease: timedelta,
     room: fairness.Room | None = None,
 ) -> list[Claimed]:
-    """Plain SQL (the ORM cost more than the queries): one SELECT of due rows, one of their
-    partners' signing settings, one of paused endpoints, one UPDATE that takes the rows.
+    """Plain SQL (the ORM cost more than the queries): one SELECT of due rows per lane (live;
+    then backfill, if the live rows did not fill the claim), one of their partners' signing
+    settings, one of paused endpoints, one UPDATE that takes the rows.
 
     With a `room` (the worker's fair shares), full partners and endpoints are skipped and
     at most each one's room is taken (fairness.fair_rows: up to three SELECTs)."""
     due, _, paused_sql = _claim_sql(connection.vendor)
     with transaction.atomic(), connection.cursor() as cursor:
         db_now = _db_time(now)
-        params = [Delivery.Status.PENDING.value, db_now, db_now]
-        rows = fairness.fair_rows(cursor, due, params, limit, room)
+        rows = []
+        # Live rows first; backfilled new_mail (design.md 4.12) only for the slots left, so
+        # live mail never waits behind a backfill's backlog.
+        for backfill in (False, True):
+            params = [Delivery.Status.PENDING.value, backfill, db_now, db_now]
+            rows += fairness.fair_rows(cursor, due, params, limit - len(rows), room)
+            if len(rows) >= limit:
+                break
         rows = _cancel_superseded(cursor, rows)
         if not rows:
             return []
@@ -210,7 +229,7 @@ def claim_due(
         claimed.append(
             Claimed(
                 id=id_,
-                event_id=str(uuid.UUID(str(event_id))),
+                event_id=_event_id(event_id),
                 kind=kind,
                 attempt=attempts + 1,
                 url=partner.urls.get(kind, ""),
@@ -261,6 +280,7 @@ def record_outcomes(
         attempts = []
         delivered: dict[tuple[int, int | None], list[int]] = {}
         config = policy.Config.from_settings(settings)
+        db_time = connection.ops.adapt_datetimefield_value  # looked up once, used per row
         answers: list[health.Answered] = []
         for outcome in outcomes:
             claimed, result = outcome.claimed, outcome.result
@@ -293,7 +313,7 @@ def record_outcomes(
                 (
                     outcome.claimed.id,
                     outcome.claimed.attempt,
-                    _db_time(outcome.started_at),
+                    db_time(outcome.started_at),
                     result.duration_ms,
                     outcome.claimed.url,
                     result.status_code,

@@ -1,4 +1,4 @@
-"""Change events of one mailbox session (design.md 4.12): the I/O of sync/changes.py.
+"""Change events of one mailbox session (design.md 4.14): the I/O of sync/changes.py.
 
 Only a session whose partner has a message_updated or message_deleted URL has one; it
 holds a few numbers (the mode, each folder's HIGHESTMODSEQ at SELECT, when the next

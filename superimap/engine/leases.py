@@ -15,9 +15,9 @@ way.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +36,8 @@ ID_BATCH = 500  # ids per statement: well under every backend's parameter limit
 _ranked: tuple[tuple, dict[int, str]] | None = None
 # The live nodes each node id saw at its previous refresh (one id per process but in tests).
 _last_nodes: dict[str, dict[str, int]] = {}
+# Node ids whose last handover was cut short by pacing (the rest goes at the next refresh).
+_handover_left: set[str] = set()
 
 
 def alive_nodes(now: datetime, node_id: str, capacity: int, alive: timedelta) -> dict[str, int]:
@@ -55,13 +57,57 @@ def rendezvous_owners(user_ids: list[int], nodes: dict[str, int]) -> dict[int, s
     owners: dict[int, str] = {}
     names = sorted(nodes)
     for user_id in user_ids:
-        ranked = sorted(names, key=lambda n: zlib.crc32(f"{n}:{user_id}".encode()), reverse=True)
+        ranked = sorted(names, key=lambda n: (_score(n, user_id), n), reverse=True)
         for name in ranked:
             if load[name] < nodes[name]:
                 owners[user_id] = name
                 load[name] += 1
                 break
     return owners
+
+
+def _score(name: str, user_id: int) -> bytes:
+    """The rank of node ``name`` for ``user_id``: 8 bytes of BLAKE2b of "name:id". Not CRC32,
+    which is linear: node names that differ in one character (box-1, box-2, ...) and ids in
+    sequence ranked far from evenly (shares of -28 % to +25 % of equal among five such
+    nodes; issue 20 item 5, tests/unit/engine/test_rendezvous.py)."""
+    return hashlib.blake2b(f"{name}:{user_id}".encode(), digest_size=8).digest()
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How fast watched mailboxes are handed over to a node that joined (issue 20 item 5).
+
+    A joining node logs in to what it is handed no faster than the per-host login limit
+    allows (IMAP_LOGINS_PER_SECOND_PER_HOST); handed all at once, its share waited up to a
+    minute unwatched (3,359 mailboxes at 50 logins/s: devtools/bench/nodes.py). So the
+    nodes hand over, per refresh and between them, about as many watched mailboxes as it can
+    log in to meanwhile (``per_refresh`` per receiving node); sessions not watching yet
+    (still waiting for a login token, after a cold start) go at once: nothing to lose."""
+
+    watching: frozenset[int]
+    per_refresh: int
+
+
+def paced(
+    handover: frozenset[int], pacing: Pacing | None, senders: int, owners: dict[int, str]
+) -> frozenset[int]:
+    """Of ``handover``, the mailboxes to hand over now: those not watched, and of the watched
+    ones, per receiving node (``owners``: the node each ranks first), the lowest ids up to
+    this node's part of the pace (the receiver may get as much from each of ``senders``)."""
+    if pacing is None:
+        return handover
+    part = max(1, -(-pacing.per_refresh // max(1, senders)))
+    given: dict[str, int] = {}
+    now = []
+    for user_id in sorted(handover):
+        if user_id in pacing.watching:
+            receiver = owners.get(user_id, "")
+            if given.get(receiver, 0) >= part:
+                continue
+            given[receiver] = given.get(receiver, 0) + 1
+        now.append(user_id)
+    return frozenset(now)
 
 
 def _cached_owners(user_ids: list[int], nodes: dict[str, int]) -> dict[int, str]:
@@ -111,6 +157,7 @@ def claim_mailboxes(
     started_at: datetime | None = None,
     name_lock: str = "",
     lock_grace: timedelta | None = None,
+    pacing: Pacing | None = None,
 ) -> Claim:
     """Renew this node's lease (its heartbeat row), free dead nodes' mailboxes, release,
     hand over and claim, in one transaction.
@@ -124,7 +171,8 @@ def claim_mailboxes(
     ``sessions``, ``started_at`` and ``name_lock`` (the kind of lock this node's process
     holds its name with): published in the node's heartbeat row. ``lock_grace``: also free
     the nodes whose name lock is free and whose heartbeat is older than this (None: only
-    by the lease; a caller whose own lock was not held steadily cannot judge).
+    by the lease; a caller whose own lock was not held steadily cannot judge). ``pacing``:
+    hand watched mailboxes over a few at a time (Pacing).
     """
     now = timezone.now()
     rule = watchable(allow_loopback)
@@ -155,6 +203,7 @@ def claim_mailboxes(
             or unowned
             or released
             or nodes != _last_nodes.get(node_id)
+            or node_id in _handover_left
             or MailboxUser.objects.filter(updated_at__gte=since).exists()
         ):
             # Who ranks first changes only with the nodes or the watchable mailboxes; and
@@ -163,7 +212,11 @@ def claim_mailboxes(
             owners = _cached_owners(ids, nodes)
             desired = {user_id for user_id, owner in owners.items() if owner == node_id}
             held_now = mine.values_list("id", flat=True)
-            handover = frozenset(i for i in held_now if i not in desired and i in owners)
+            wanted = frozenset(i for i in held_now if i not in desired and i in owners)
+            handover = paced(wanted, pacing, len(nodes) - 1, owners)
+            _handover_left.discard(node_id)
+            if handover != wanted:
+                _handover_left.add(node_id)
         _last_nodes[node_id] = nodes
         free = capacity - held + len(handover)
         claimed: list[int] = []

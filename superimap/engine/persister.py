@@ -4,14 +4,16 @@ A session calls ``await engine.persister.persist(...)`` with the arguments of
 ``writer.persist_batch``. The persister collects the batches that arrive within
 ENGINE_GROUP_COMMIT_MS (or until ENGINE_GROUP_COMMIT_MESSAGES messages are waiting) and
 writes them in ONE database transaction with a few set-based statements
-(engine/writer.py, the plan of sync/persist.py). If one of those fails, the group falls
-back to running the same writer once per batch, inside a savepoint of its own: a batch
-that raises rolls back to its savepoint, only its own rows go, the others' stay. A batch
+(engine/writer.py, the plan of sync/persist.py). If one of those fails, that transaction
+is rolled back and the group falls back to running the same writer once per batch, each
+inside a savepoint of its own in a new transaction: a batch that raises rolls back to its
+savepoint, only its own rows go, the others' stay. A batch
 whose mailbox this node no longer owns gets LeaseLost either way. Every session is woken
 after the COMMIT with its own result or exception, so no session moves its checkpoint
-past a UID before the rows that record it are durable; if the COMMIT itself fails, every
-session of the group gets that error and fetches its batch again (design.md 4.3), exactly
-as when its own transaction failed.
+past a UID before the rows that record it are durable; if the one-by-one transaction
+fails as a whole (or the database connection is lost), every session of the group gets
+that error and fetches its batch again (design.md 4.3), exactly as when its own
+transaction failed.
 
 Only one group is in flight at a time: while it commits, the next one fills up, so groups
 grow with the load and the per-transaction cost (the SQLite writer lock, the fsync) is
@@ -30,6 +32,7 @@ from django.db import transaction
 from superimap.engine import writer
 from superimap.platform import dboutage
 from superimap.platform.dbpool import DbPool
+from superimap.sync.backfill import BackfillStep
 from superimap.sync.persist import FetchedMessage, PersistJob, PersistResult
 
 log = logging.getLogger("superimap.engine")
@@ -62,10 +65,10 @@ class GroupPersister:
         uid_validity: int,
         folder: str,
         messages: list[FetchedMessage],
-        sweep: bool = False,
+        backfill: BackfillStep | None = None,
     ) -> PersistResult:
         """``writer.persist_batch(...)``, committed together with other sessions' batches."""
-        job = PersistJob(user_id, node_id, uid_validity, folder, messages, sweep)
+        job = PersistJob(user_id, node_id, uid_validity, folder, messages, backfill)
         waiting = _Waiting(job, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
         self._waiting_messages += len(messages)
@@ -106,25 +109,27 @@ class GroupPersister:
 
 
 def persist_group(jobs: list[PersistJob]) -> list[PersistResult | Exception]:
-    """Each job's result or exception, all in one transaction. Raises only if the
+    """Each job's result or exception, committed. Raises only if the one-by-one
     transaction as a whole fails.
 
-    First the whole group through the writer (a few statements for the whole group)
-    inside a savepoint; if any of its statements fails, the savepoint is rolled back and
-    the writer runs once per job, in a savepoint of its own, so the job that caused the
-    error fails alone and the others are written."""
+    First the whole group through the writer (a few statements for the whole group) in
+    one transaction; if any of its statements (or its COMMIT) fails, that transaction is
+    rolled back and the writer runs once per job in a new one, each job in a savepoint of
+    its own, so the job that caused the error fails alone and the others are written. (Not
+    a savepoint around the group's writer: its SAVEPOINT and RELEASE were two statements
+    more per group for what the rollback does as well.)"""
+    try:
+        with transaction.atomic():
+            return writer.write_jobs(jobs)
+    except Exception as exc:  # noqa: BLE001 - retried job by job just below
+        if dboutage.is_connection_error(exc):
+            raise  # job by job would fail the same way; the sessions retry
+        log.warning(
+            "group of %d batches failed as a whole; persisting them one by one",
+            len(jobs),
+            exc_info=True,
+        )
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                return writer.write_jobs(jobs)
-        except Exception as exc:  # noqa: BLE001 - retried job by job just below
-            if dboutage.is_connection_error(exc):
-                raise  # job by job would fail the same way; the sessions retry
-            log.warning(
-                "group of %d batches failed as a whole; persisting them one by one",
-                len(jobs),
-                exc_info=True,
-            )
         return persist_one_by_one(jobs)
 
 

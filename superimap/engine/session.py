@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from django.utils import timezone
 
 from superimap.engine import folders, store
+from superimap.engine.backfill import BackfillRun
 from superimap.engine.changewatch import ChangeWatch
 from superimap.engine.morefolders import OtherFolders
 from superimap.engine.oauth import access_tokens
@@ -126,7 +126,7 @@ class MailboxSession:
         # reconnect reads it again, so changed credentials and checkpoints are picked up.
         self._first_config = config
         self.cfg: SessionSettings = engine.session_settings
-        self.stop_event = asyncio.Event()
+        self.stop_event = StopFlag()
         self.failures = 0
         # Back-off counts failures of one kind in a row: a dropped connection before a
         # refused login must not make the first auth back-off the second one (543 s).
@@ -143,7 +143,7 @@ class MailboxSession:
         self._idle_period = self.cfg.idle_reissue
         # Folders besides the primary one (design.md 4.10) and how their news is learnt.
         self.others = OtherFolders(engine, user_id, self.label)
-        # Change events (design.md 4.12): None unless the partner asked for them.
+        # Change events (design.md 4.14): None unless the partner asked for them.
         self.changes: ChangeWatch | None = None
 
     def stop(self) -> None:
@@ -261,8 +261,6 @@ class MailboxSession:
         warning = f"folders not found: {', '.join(missing)}" if missing else ""
         config = replace(config, folder=names[0])
         await self._select(config)
-        if config.sweep_requested_at is not None:
-            await self._sweep(config)
         await self._catch_up(self.primary)
         if self.changes is not None:
             await self.changes.check(self, self.primary)
@@ -273,15 +271,24 @@ class MailboxSession:
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
         self._log_watching(config, names, idle)
+        backfill = None
+        if config.backfill is not None:
+            backfill = await BackfillRun.start(self, config.host, config.backfill)
         while not self.stop_event.is_set():
-            status = Status.IDLE if idle else Status.POLLING
-            self.engine.report(self.user_id, status, self.others.warning, 0)
-            if idle:
-                await self._idle()
+            if backfill is not None and backfill.due_in() == 0:
+                # One paced step of the backfill (design.md 4.12), then live mail again.
+                if not await backfill.step():
+                    backfill = None
             else:
-                await self._poll()
-            if self.stop_event.is_set():
-                return
+                status = Status.IDLE if idle else Status.POLLING
+                self.engine.report(self.user_id, status, self.others.warning, 0)
+                wait = backfill.due_in() if backfill is not None else None
+                if idle:
+                    await self._idle(wait)
+                else:
+                    await self._poll(wait)
+                if self.stop_event.is_set():
+                    return
             await self._catch_up(self.primary, steady=True)
             if self.changes is not None and self.changes.wanted(self.conn):
                 await self.changes.check(self, self.primary)
@@ -439,26 +446,6 @@ class MailboxSession:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
         await self._fetch_and_persist(cursor, uids, meta=meta)
 
-    async def _sweep(self, config: store.MailboxConfig) -> None:
-        """Everything from UID 1: UIDs already delivered or skipped are not fetched again,
-        so only mail never sent (e.g. older than the user) produces new_mail deliveries."""
-        uids = sorted(await self._search("UID 1:*"))
-        log.info("mailbox %s: sweeping %d message(s)", self.label, len(uids))
-        if uids:
-            self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
-        started = time.monotonic()
-        await self._fetch_and_persist(self.primary, uids, sweep=True)
-        await self.engine.pool.run(
-            store.finish_sweep, self.user_id, self.engine.node_id, config.sweep_requested_at
-        )
-        log.info(
-            "mailbox %s: sweep done: %d message(s) looked at in %.1fs (mail not sent before "
-            "goes out as new_mail)",
-            self.label,
-            len(uids),
-            time.monotonic() - started,
-        )
-
     async def _revalidate(self, cursor: FolderCursor, highest: int) -> None:
         """The UIDVALIDITY changed: catch up by date (sync.mailbox.revalidation_window);
         ``highest`` was the last UID at SELECT."""
@@ -482,7 +469,6 @@ class MailboxSession:
         cursor: FolderCursor,
         uids: list[int],
         *,
-        sweep: bool = False,
         skip_recorded: bool = False,
         before: datetime | None = None,
         meta: dict[int, Fetch] | None = None,
@@ -491,7 +477,7 @@ class MailboxSession:
         (persisted or skipped) before the checkpoint moves past them."""
         folder, uid_validity = cursor.folder, cursor.uid_validity
         for batch in batches(uids, BATCH_SIZE):
-            if sweep or skip_recorded:
+            if skip_recorded:
                 done = await self.engine.pool.run(
                     store.recorded_uids, self.user_id, uid_validity, batch, folder
                 )
@@ -500,7 +486,7 @@ class MailboxSession:
                 continue
             messages = await self._fetch_batch(batch, before, meta)
             result = await self.engine.persister.persist(
-                self.user_id, self.engine.node_id, uid_validity, folder, messages, sweep
+                self.user_id, self.engine.node_id, uid_validity, folder, messages
             )
             cursor.persisted(batch)
             result.log_skips(self.label, uid_validity, folder)
@@ -622,7 +608,9 @@ class MailboxSession:
 
     # --- waiting for mail ---------------------------------------------------------------
 
-    async def _idle(self) -> None:
+    async def _idle(self, at_most: float | None = None) -> None:
+        """IDLE until news, the period's end, or ``at_most`` seconds (a backfill's next
+        step)."""
         conn = self.conn
         tag, data = conn.protocol.idle()
         await conn.send(data)
@@ -635,15 +623,17 @@ class MailboxSession:
                 break
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
-        await self._wait_for_news(self._until_wake(self._idle_period))
+        period = self._idle_period if at_most is None else min(self._idle_period, at_most)
+        await self._wait_for_news(self._until_wake(period))
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
         else:
             conn.owe_done(conn.protocol.done(), tag)  # goes out with the catch-up's command
 
-    async def _poll(self) -> None:
-        await self._wait_for_news(self._until_wake(self.cfg.poll_interval))
+    async def _poll(self, at_most: float | None = None) -> None:
+        period = self.cfg.poll_interval if at_most is None else min(self.cfg.poll_interval, at_most)
+        await self._wait_for_news(self._until_wake(period))
         if self.stop_event.is_set():
             return
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())
@@ -677,7 +667,23 @@ class MailboxSession:
                 raise ServerBye("server said BYE while waiting")
             self._check_uidvalidity([event])
             if self.changes is not None and self.changes.signal(event):
-                return  # a flag changed or a message left (design.md 4.12)
+                return  # a flag changed or a message left (design.md 4.14)
+
+
+class StopFlag:
+    """is_set() and set() of an asyncio.Event without its waiters' deque (~700 bytes a
+    session, design.md 4.12): nothing awaits it, stop() wakes the session's waits."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 def _resolve(future: asyncio.Future) -> None:

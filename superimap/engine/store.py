@@ -42,6 +42,34 @@ class LeaseLost(Exception):
 
 
 @dataclass(frozen=True)
+class Backfill:
+    """A user's backfill as stored (MailboxUser.backfill_*): ``until_uid`` None means the
+    window is not fixed yet (the session fixes it when it starts)."""
+
+    requested_at: datetime
+    since: datetime | None
+    uid_validity: int | None = None
+    until_uid: int | None = None
+    position: int | None = None
+    done: int = 0
+    total: int = 0
+
+
+def _backfill_of(user: MailboxUser) -> Backfill | None:
+    if user.backfill_requested_at is None or user.backfill_finished_at is not None:
+        return None
+    return Backfill(
+        user.backfill_requested_at,
+        user.backfill_since,
+        user.backfill_uid_validity,
+        user.backfill_until_uid,
+        user.backfill_position,
+        user.backfill_done,
+        user.backfill_total,
+    )
+
+
+@dataclass(frozen=True)
 class MailboxConfig:
     """What a mailbox session needs, read once per session (credentials decrypted)."""
 
@@ -64,8 +92,8 @@ class MailboxConfig:
     oauth_token_url: str = ""
     oauth_client_id: str = ""
     oauth_client_secret: str = ""
-    # A sweep was requested: catch up from UID 1 once (dedup keeps sent mail from repeating).
-    sweep_requested_at: datetime | None = None
+    # A backfill to run or continue (sync/backfill.py): None when there is none.
+    backfill: Backfill | None = None
     # INTERNALDATE of the last message persisted: where a date catch-up starts.
     last_internal_date: datetime | None = None
     # The folder uid_validity/last_uid belong to (engine/folders.py).
@@ -83,7 +111,7 @@ class MailboxConfig:
     connect_pending: str = ""
     # The partner's name: with the provider code and the tag it names the mailbox in logs.
     partner_name: str = ""
-    # The partner has a message_updated or message_deleted URL (design.md 4.12).
+    # The partner has a message_updated or message_deleted URL (design.md 4.14).
     track_changes: bool = False
 
     @property
@@ -161,7 +189,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         oauth_token_url=connection.oauth_url("token") if provider.auth_kind == "oauth2" else "",
         oauth_client_id=connection.oauth_client_id,
         oauth_client_secret=connection.oauth_client_secret,
-        sweep_requested_at=user.sweep_requested_at,
+        backfill=_backfill_of(user),
         last_internal_date=user.last_internal_date,
         checkpoint_folder=user.checkpoint_folder,
         tls_ca=tls_ca,
@@ -263,11 +291,28 @@ def recorded_uids(user_id: int, uid_validity: int, uids: list[int], folder: str)
     return set(rows.exclude(skipped_reason=Reason.BEFORE_BASELINE).values_list("uid", flat=True))
 
 
-def finish_sweep(user_id: int, node_id: str, requested_at: datetime) -> bool:
-    """Clear the sweep request this session served, fenced by the lease; a newer request
-    (another timestamp) stays. A queryset update leaves updated_at alone: no restart."""
-    owned = _owned(user_id, node_id).filter(sweep_requested_at=requested_at)
-    return bool(owned.update(sweep_requested_at=None))
+def start_backfill(user_id: int, node_id: str, backfill: Backfill) -> bool:
+    """Store the window of the backfill this session runs (its UID space, last UID,
+    position, done and total), fenced by the lease and by the request it serves. A
+    queryset update leaves updated_at alone: no restart."""
+    owned = _owned(user_id, node_id).filter(backfill_requested_at=backfill.requested_at)
+    return bool(
+        owned.update(
+            backfill_uid_validity=backfill.uid_validity,
+            backfill_until_uid=backfill.until_uid,
+            backfill_position=backfill.position,
+            backfill_done=backfill.done,
+            backfill_total=backfill.total,
+        )
+    )
+
+
+def finish_backfill(user_id: int, node_id: str, requested_at: datetime) -> bool:
+    """The backfill of this request is done (a newer request stays pending)."""
+    owned = _owned(user_id, node_id).filter(
+        backfill_requested_at=requested_at, backfill_finished_at__isnull=True
+    )
+    return bool(owned.update(backfill_finished_at=timezone.now()))
 
 
 def tell_connected(user_id: int, node_id: str, token: str) -> bool:
@@ -386,7 +431,7 @@ def tell_transitions(updates: dict[int, tuple[str, str, int]], now: datetime) ->
 
 @read_only
 def changes_modseq(user_id: int, folder: str, uid_validity: int) -> int | None:
-    """The modseq up to which changes of ``folder`` were looked at (design.md 4.12)."""
+    """The modseq up to which changes of ``folder`` were looked at (design.md 4.14)."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT uid_validity, modseq FROM {FolderChanges._meta.db_table} "

@@ -17,7 +17,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from superimap.engine import leases, store
-from superimap.engine.gcfreeze import GcFreezer
+from superimap.engine.backfill import BackfillPacer
+from superimap.engine.gcfreeze import GcFreezer, tune_young_collections
 from superimap.engine.persister import GroupPersister
 from superimap.engine.session import MailboxSession, SessionSettings
 from superimap.engine.tracers import TracerSender
@@ -67,6 +68,7 @@ class Engine:
         num_tracers: int | None = None,
         node_lock=None,
         login_limiter: LoginLimiter | None = None,
+        backfill_pacer: BackfillPacer | None = None,
         gc_freeze: bool = False,
     ) -> None:
         self.pool = pool
@@ -90,6 +92,8 @@ class Engine:
         self.handshakes = asyncio.Semaphore(handshake_concurrency)
         # Every login waits for a token per mailbox and per host (imapclient/ratelimit.py).
         self.logins = login_limiter or LoginLimiter()
+        # Backfills send at most so many messages a second per mailbox and host (4.12).
+        self.backfill_pacer = backfill_pacer or BackfillPacer()
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
         self._current: dict[int, str] = {}  # latest status per session, for the summary
@@ -107,11 +111,15 @@ class Engine:
         self._touched: set[int] = set()
         self._refreshes = 0
         self.emails_processed = 0
+        self._wake_due = False  # on_new_deliveries() is scheduled for this turn (_wake_workers)
+        self.wakeups = 0
         for reason in MailLog.Reason.values:
             MAIL_SKIPPED.labels(reason)  # every reason shows in /metrics, at 0 until used
         self.started_at = timezone.now()
         # engine/gcfreeze.py; off for engines that share a process with other code (tests).
         self.gc_freezer = GcFreezer() if gc_freeze else None
+        if gc_freeze:
+            tune_young_collections()
         self.tracers = TracerSender(self, tracer_interval, num_tracers)
         expose(ENGINE_METRICS)
 
@@ -142,6 +150,22 @@ class Engine:
                 PUSH_TO_COMMIT.observe(seconds)
             rollups.RECORDER.record_new_mails(result.new, push)
         if result.new and self.on_new_deliveries:
+            self._wake_workers()
+
+    def _wake_workers(self) -> None:
+        """on_new_deliveries() once for every batch that committed in this turn of the
+        event loop: a group commit resumes all its sessions in one turn, and each used to
+        wake the workers (a directory scan and a datagram per worker, or a NOTIFY) for
+        rows the first wake-up covers already. No delay: the call comes right after them."""
+        if self._wake_due:
+            return
+        self._wake_due = True
+        asyncio.get_running_loop().call_soon(self._send_wake)
+
+    def _send_wake(self) -> None:
+        self._wake_due = False
+        self.wakeups += 1
+        if self.on_new_deliveries:
             self.on_new_deliveries()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -212,6 +236,14 @@ class Engine:
             if dead or not present:
                 return
 
+    def _pacing(self) -> leases.Pacing:
+        """Watched sessions are handed over about as fast as one node logs in to one host
+        (leases.Pacing)."""
+        current = self._current
+        watching = frozenset(u for u in self.sessions if current.get(u) in store.WATCHING)
+        per_refresh = settings.IMAP_LOGINS_PER_SECOND_PER_HOST * self.refresh_interval
+        return leases.Pacing(watching, max(1, int(per_refresh)))
+
     async def refresh(self) -> None:
         full = self._held_as_of is None or self._refreshes % FULL_READ_EVERY == 0
         claim = await self.pool.run(
@@ -227,6 +259,7 @@ class Engine:
             self.started_at,
             self.node_lock.kind if self.node_lock is not None else "",
             self._judge_locks(),
+            self._pacing(),
         )
         for name in claim.freed:
             NODES_TAKEN_OVER.inc()
@@ -276,7 +309,8 @@ class Engine:
         self._touched.update(u for u in waiting if u not in self.sessions)
         await self.flush_statuses()
         if self.gc_freezer is not None:
-            self.gc_freezer.tick()
+            freezer = self.gc_freezer
+            freezer.tick(settled=freezer.waiting and self._all_watching())
 
     def _start_session(self, user_id: int, version, config: store.MailboxConfig) -> None:
         session = MailboxSession(self, user_id, config)
@@ -285,6 +319,11 @@ class Engine:
         task.add_done_callback(lambda _, user_id=user_id: self._touched.add(user_id))
         self.sessions[user_id] = (session, task, version)
         MAILBOX_SESSIONS.inc()
+
+    def _all_watching(self) -> bool:
+        """Every running session's latest status is a watching one (IDLE, polling)."""
+        current = self._current
+        return all(current.get(user_id) in store.WATCHING for user_id in self.sessions)
 
     async def _stop_sessions(self, user_ids: list[int]) -> None:
         """Ask sessions to stop (DONE, LOGOUT); cancel those still running after 5 s."""

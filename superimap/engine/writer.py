@@ -12,8 +12,9 @@ SQL that runs on SQLite and PostgreSQL, because the ORM cost ~4 ms of CPU per me
    sha1 or same identity, delivered or tracer) and, if a job is for a secondary folder,
    one for those folders' checkpoints: the same few statements for 1 job or 30;
 3. the planner (sync/persist.py) decides every row;
-4. the rows a sweep replaces are deleted; every MailLog row goes in one executemany, every
-   Delivery row in another; tracers are marked detected; the checkpoints are updated.
+4. the rows a backfill replaces are deleted; every MailLog row goes in one executemany,
+   every Delivery row in another; tracers are marked detected; the checkpoints and backfill
+   positions are updated.
 
 It runs in the caller's transaction. The group commit (engine/persister.py) runs it for
 the whole group in a savepoint and, if a statement fails, once per job, each in a
@@ -23,6 +24,8 @@ transaction of its own.
 
 from __future__ import annotations
 
+import functools
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +52,7 @@ from superimap.mailboxes.models import (
 )
 from superimap.partners.models import Connection, ImapProvider, Partner
 from superimap.sync import changes, persist
+from superimap.sync.backfill import BackfillStep
 from superimap.sync.changes import Observed, Tracked
 from superimap.sync.filters import effective
 from superimap.sync.persist import (
@@ -104,6 +108,7 @@ DELIVERY_COLUMNS = (
     "created_at",
     "delivered_at",
     "payload_purged_at",
+    "backfill",
 )
 USERS = MailboxUser._meta.db_table
 MAILLOG = MailLog._meta.db_table
@@ -128,6 +133,12 @@ REPLACE_SQL = (
     f"DELETE FROM {MAILLOG} WHERE user_id = %s AND folder IN (%s, '') AND uid_validity = %s "
     "AND uid = %s"
 )
+# A backfill step (sync/backfill.py): its position and done count move with its rows, for
+# the request it served only.
+BACKFILL_SQL = (
+    f"UPDATE {USERS} SET backfill_position = %s, backfill_done = backfill_done + %s "
+    "WHERE id = %s AND backfill_requested_at = %s"
+)
 TRACER_SQL = (
     f"UPDATE {TracerLog._meta.db_table} SET detected_at = %s "
     "WHERE tracer_uid = %s AND detected_at IS NULL"
@@ -140,12 +151,13 @@ def persist_batch(
     uid_validity: int,
     folder: str,
     messages: list[FetchedMessage],
-    sweep: bool = False,
+    backfill: BackfillStep | None = None,
 ) -> PersistResult:
     """One batch in a transaction of its own; raises LeaseLost if this node may not write
     it (design.md 4.4)."""
     with transaction.atomic():
-        outcome = write_jobs([PersistJob(user_id, node_id, uid_validity, folder, messages, sweep)])
+        job = PersistJob(user_id, node_id, uid_validity, folder, messages, backfill)
+        outcome = write_jobs([job])
         if isinstance(outcome[0], Exception):
             raise outcome[0]
     return outcome[0]
@@ -347,7 +359,7 @@ def _execute(plan: Plan) -> None:
                 ],
             )
         if plan.deliveries:
-            event_ids = [uuid.uuid4() for _ in plan.deliveries]
+            event_ids = _new_event_ids(len(plan.deliveries))
             cursor.executemany(
                 _insert_sql(Delivery._meta.db_table, DELIVERY_COLUMNS),
                 _delivery_rows(plan.deliveries, db_now, event_ids),
@@ -387,6 +399,14 @@ def _execute(plan: Plan) -> None:
                     for c in plan.checkpoints
                 ],
             )
+        if plan.backfills:
+            cursor.executemany(
+                BACKFILL_SQL,
+                [
+                    (step.position, step.count, user_id, date(step.requested_at))
+                    for user_id, step in plan.backfills
+                ],
+            )
 
 
 def _date(move) -> object:
@@ -396,24 +416,47 @@ def _date(move) -> object:
 
 
 def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    return _insert_sql_of(connection.vendor, table, columns)
+
+
+@functools.cache
+def _insert_sql_of(vendor: str, table: str, columns: tuple[str, ...]) -> str:
+    """The INSERT statement, made once per backend (quoting every column per group showed
+    in the profile)."""
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
     return f"INSERT INTO {table} ({names}) VALUES ({_in(list(columns))})"
 
 
-def _delivery_rows(rows: list[DeliveryRow], db_now, event_ids: list) -> Iterator[tuple]:
-    json_field = Delivery._meta.get_field("payload")
-    uuid_field = Delivery._meta.get_field("event_id")
+def _new_event_ids(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) event ids: uuid.uuid4() is os.urandom(16) per id, one
+    read for the group instead."""
+    entropy = os.urandom(16 * count)
+    return [uuid.UUID(bytes=entropy[16 * i : 16 * i + 16], version=4) for i in range(count)]
+
+
+def _uuid_value(value: uuid.UUID) -> object:
+    """What a UUIDField's get_db_prep_save() gives: the UUID, or its hex where the backend
+    has no uuid type."""
+    return value if connection.features.has_native_uuid_field else value.hex
+
+
+def _delivery_rows(rows: list[DeliveryRow], db_now, event_ids: list[uuid.UUID]) -> Iterator[tuple]:
+    # What the fields' get_db_prep_save() give for a dict and a UUID, without their layers
+    # per row: the backend's JSON adapter, a UUID or its hex where there is no uuid type.
+    adapt_json = connection.ops.adapt_json_value
+    encoder = Delivery._meta.get_field("payload").encoder
+    native_uuid = connection.features.has_native_uuid_field
     max_attempts = attempts_per_round()
     kind = str(Delivery.Kind.NEW_MAIL)
     for row, event_id in zip(rows, event_ids, strict=True):
         yield (
-            uuid_field.get_db_prep_save(event_id, connection),
+            event_id if native_uuid else event_id.hex,
             kind,
             row.owner.partner_id,
             row.owner.id,
             row.digest.message_id,
             row.digest.identity,
-            json_field.get_db_prep_save(_payload(row), connection),
+            adapt_json(_payload(row), encoder),
             row.status,
             0,
             max_attempts,
@@ -426,6 +469,7 @@ def _delivery_rows(rows: list[DeliveryRow], db_now, event_ids: list) -> Iterator
             db_now,
             None,
             None,
+            row.backfill,
         )
 
 
@@ -444,17 +488,21 @@ def _payload(row: DeliveryRow) -> dict:
         "internal_date": message.internal_date.isoformat() if message.internal_date else None,
     }
     if row.truncated:
-        return truncated_mail_payload(header=d.content, size=d.size, **common)
-    return with_content_options(
-        new_mail_payload(raw=message.raw, size=d.size, **common),
-        message.raw,
-        include_rfc822=owner.include_rfc822,
-        include_parsed=owner.include_parsed,
-        max_chars=settings.WEBHOOK_PARSED_MAX_CHARS,
-    )
+        payload = truncated_mail_payload(header=d.content, size=d.size, **common)
+    else:
+        payload = with_content_options(
+            new_mail_payload(raw=message.raw, size=d.size, **common),
+            message.raw,
+            include_rfc822=owner.include_rfc822,
+            include_parsed=owner.include_parsed,
+            max_chars=settings.WEBHOOK_PARSED_MAX_CHARS,
+        )
+    if row.backfill:
+        payload["backfill"] = True  # existing mail of a chosen window (design.md 4.12)
+    return payload
 
 
-# --- change events (design.md 4.12) ----------------------------------------------------
+# --- change events (design.md 4.14) ----------------------------------------------------
 # Plain SQL like the persist path above (the ORM cost ~3 ms of CPU per look here).
 
 
@@ -570,8 +618,7 @@ def _states(cursor, job: ChangeJob) -> dict[int, _State]:
 
 def _track_delivered(cursor, rows: list[DeliveryRow], event_ids: list, db_now) -> None:
     """In the persist transaction: a MessageState per new_mail of a partner with a change
-    URL, with the flags (and modseq) fetched with its body and its event id (4.12)."""
-    uuid_field = MessageState._meta.get_field("new_mail_event_id")
+    URL, with the flags (and modseq) fetched with its body and its event id (4.14)."""
     states = [
         (
             row.owner.id,
@@ -579,7 +626,7 @@ def _track_delivered(cursor, rows: list[DeliveryRow], event_ids: list, db_now) -
             row.uid_validity,
             row.digest.message.uid,
             row.digest.message_id,
-            uuid_field.get_db_prep_save(event_id, connection),
+            _uuid_value(event_id),
             changes.canonical(row.digest.message.flags),
             None,
             row.digest.message.modseq,
@@ -693,6 +740,7 @@ def _change_deliveries(cursor, job: ChangeJob, owner: Owner, states, found, db_n
                 db_now,
                 None,
                 None,
+                False,
             )
         )
     if rows:

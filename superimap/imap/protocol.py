@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import enum
 import re
+from collections.abc import Iterable
 
 from superimap.imap.errors import LocalProtocolError, RemoteProtocolError
 from superimap.imap.events import (
@@ -58,6 +59,24 @@ _AFTER_NO: dict[str, State] = {
 
 _UID_SET = re.compile(r"[0-9*:,]+")
 _FORBIDDEN_CHARS = ("\r", "\n", "\0")
+
+
+# Every connection to one server has the same capabilities: one frozenset (and one set of
+# its strings) for them all instead of ~1 KB per connection (design.md 4.12).
+_CAPABILITY_SETS: dict[frozenset[str], frozenset[str]] = {}
+_CAPABILITY_SETS_MAX = 256
+
+
+def shared_capabilities(names: Iterable[str]) -> frozenset[str]:
+    """``names`` as a frozenset equal to it, the same object for equal sets (up to
+    _CAPABILITY_SETS_MAX different sets are kept)."""
+    capabilities = frozenset(names)
+    shared = _CAPABILITY_SETS.get(capabilities)
+    if shared is not None:
+        return shared
+    if len(_CAPABILITY_SETS) < _CAPABILITY_SETS_MAX:
+        _CAPABILITY_SETS[capabilities] = capabilities
+    return capabilities
 
 
 class ClientProtocol:
@@ -122,7 +141,7 @@ class ClientProtocol:
             self._bye = True
             self.state = State.LOGOUT
         elif isinstance(event, Capability):
-            self.capabilities = event.names
+            self.capabilities = shared_capabilities(event.names)
         elif isinstance(event, UntaggedStatus):
             self._note_code(event.code)
         return event
@@ -169,7 +188,7 @@ class ClientProtocol:
 
     def _note_code(self, code: ResponseCode | None) -> None:
         if code and code[0] == "CAPABILITY":
-            self.capabilities = frozenset(code[1])
+            self.capabilities = shared_capabilities(code[1])
 
     # --- commands -----------------------------------------------------------------------
 

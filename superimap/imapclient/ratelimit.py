@@ -8,7 +8,13 @@ account, or to one provider, faster than the operator allows:
 - per mailbox: IMAP_LOGIN_BURST_PER_MAILBOX logins at once, then one every
   IMAP_LOGIN_INTERVAL_PER_MAILBOX seconds (defaults 5 and 30 s: at most 120 an hour);
 - per host: IMAP_LOGIN_BURST_PER_HOST at once, then IMAP_LOGINS_PER_SECOND_PER_HOST a
-  second (defaults 500 and 50/s: 20,000 mailboxes on one provider start in ~7 minutes).
+  second (defaults 500 and 50/s: 20,000 mailboxes on one provider start in ~7 minutes);
+  IMAP_LOGIN_LIMITS sets other limits for named hosts ("imap.example.com=2000/200,...").
+  Loopback and private addresses (a self-hosted server on the box or the LAN, the chaos
+  server of the benches) have limits of their own, LOOPBACK_LIMITS and PRIVATE_LIMITS,
+  which IMAP_LOGIN_LIMITS may change under the names "loopback" and "private". The host
+  is the connection's imap_host as written: a name that resolves to 127.0.0.1 is not
+  loopback here, "localhost" is.
 
 The API's message route logs in too, once per request, from the web process: it takes its
 tokens from a limiter of its own (the same limits, separate from the engine's) and answers
@@ -18,10 +24,31 @@ web's api/messages.py); the hosted form's login check takes no token (as before)
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from django.conf import settings
+
+# (burst, logins a second). Loopback: 100,000 mailboxes on one box start in under a minute
+# of login tokens (TLS handshakes are the limit then). Private (RFC 1918, ULA): a
+# self-hosted server on the LAN, 5,000 at once then 500/s.
+LOOPBACK_LIMITS = (20_000, 2_000.0)
+PRIVATE_LIMITS = (5_000, 500.0)
+
+
+def host_class(host: str) -> str:
+    """ "loopback", "private" or "" (anything else) for an imap_host as written."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return "loopback"
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return ""
+    if address.is_loopback:
+        return "loopback"
+    return "private" if address.is_private and not address.is_link_local else ""
 
 
 class TokenBucket:
@@ -59,6 +86,7 @@ class LoginLimiter:
         mailbox_interval: float | None = None,
         host_burst: int | None = None,
         host_rate: float | None = None,
+        host_limits: Mapping[str, tuple[int, float]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.mailbox_burst = mailbox_burst or settings.IMAP_LOGIN_BURST_PER_MAILBOX
@@ -66,6 +94,12 @@ class LoginLimiter:
         self.mailbox_rate = 1.0 / interval
         self.host_burst = host_burst or settings.IMAP_LOGIN_BURST_PER_HOST
         self.host_rate = float(host_rate or settings.IMAP_LOGINS_PER_SECOND_PER_HOST)
+        # Per host name, and for the classes "loopback" and "private" (host_class()).
+        self.host_limits = {
+            "loopback": LOOPBACK_LIMITS,
+            "private": PRIVATE_LIMITS,
+            **(settings.IMAP_LOGIN_LIMITS if host_limits is None else host_limits),
+        }
         self.clock = clock
         self.mailboxes: dict[int, TokenBucket] = {}
         self.hosts: dict[str, TokenBucket] = {}
@@ -92,8 +126,22 @@ class LoginLimiter:
     def mailbox_delay(self, user_id: int) -> float:
         return self._take(self.mailboxes, user_id, self.mailbox_rate, self.mailbox_burst)
 
+    def host_limit(self, host: str) -> tuple[int, float]:
+        """(burst, logins a second) for ``host``: its own, its class's, or the default."""
+        limit = self.host_limits.get(host) or self.host_limits.get(host_class(host))
+        return limit or (self.host_burst, self.host_rate)
+
+    def _host_bucket(self, host: str, now: float) -> TokenBucket:
+        host = host.lower()
+        bucket = self.hosts.get(host)
+        if bucket is None:
+            burst, rate = self.host_limit(host)
+            bucket = self._bucket(self.hosts, host, rate, burst, now)
+        return bucket
+
     def host_delay(self, host: str) -> float:
-        return self._take(self.hosts, host.lower(), self.host_rate, self.host_burst)
+        now = self.clock()
+        return self._host_bucket(host, now).reserve(now)
 
     def try_login(self, user_id: int, host: str) -> float:
         """For a caller that answers rather than waits (the API's message route): 0.0 and
@@ -102,7 +150,7 @@ class LoginLimiter:
         now = self.clock()
         buckets = [
             self._bucket(self.mailboxes, user_id, self.mailbox_rate, self.mailbox_burst, now),
-            self._bucket(self.hosts, host.lower(), self.host_rate, self.host_burst, now),
+            self._host_bucket(host, now),
         ]
         wait = max(bucket.wait(now) for bucket in buckets)
         if wait == 0.0:

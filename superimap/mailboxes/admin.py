@@ -146,7 +146,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
         "other_folders",
         "last_internal_date",
         "last_email_at",
-        "sweep_requested_at",
+        "backfill_progress",
         "paused_at",
         "owner_node",
         "archived_at",
@@ -191,7 +191,7 @@ class MailboxUserAdmin(admin.ModelAdmin):
                     "other_folders",
                     "last_internal_date",
                     "last_email_at",
-                    "sweep_requested_at",
+                    "backfill_progress",
                     "paused_at",
                     "owner_node",
                     "created_at",
@@ -309,6 +309,16 @@ class MailboxUserAdmin(admin.ModelAdmin):
         """The checkpoints of the folders watched besides the primary one (design.md 4.10)."""
         rows = user.folder_checkpoints.order_by("folder") if user.pk else []
         return ", ".join(str(row) for row in rows) or "-"
+
+    @admin.display(description="Backfill")
+    def backfill_progress(self, user):
+        """The backfill window and how far it got (design.md 4.12)."""
+        progress = user.backfill_progress() if user.pk else None
+        if progress is None:
+            return "-"
+        since = progress["since"]
+        window = f"since {since:%Y-%m-%d %H:%M} UTC" if since else "all mail"
+        return f"{progress['state']}: {progress['done']} / {progress['total']} ({window})"
 
     @admin.display(description="Mail log")
     def mail_log_link(self, user):

@@ -66,9 +66,20 @@ class MailboxUser(TrackedFields, models.Model):
     # When the first baseline was taken: mail with an INTERNALDATE before it predates the
     # user and is never new, also after a UIDVALIDITY change (docs/design.md 4.3).
     baseline_at = models.DateTimeField(null=True, blank=True)
-    # Set to ask the engine to "sweep" the inbox: send new_mail for every message not sent
-    # yet (e.g. older than the user); the engine clears it when the sweep is done.
-    sweep_requested_at = models.DateTimeField(null=True, blank=True)
+    # A chosen backfill window (design.md 4.12): the existing mail of the primary folder
+    # since ``backfill_since`` (None: all of it, a sweep) goes out as new_mail with
+    # "backfill": true, oldest first, paced. A request sets requested_at (and clears the
+    # rest); the engine sets the window (its UID space, last UID, total) when it starts,
+    # moves the position and the done count in each batch's transaction (a restart
+    # continues after the position) and sets finished_at at the end.
+    backfill_requested_at = models.DateTimeField(null=True, blank=True)
+    backfill_since = models.DateTimeField(null=True, blank=True)
+    backfill_uid_validity = models.BigIntegerField(null=True, blank=True)
+    backfill_until_uid = models.BigIntegerField(null=True, blank=True)
+    backfill_position = models.BigIntegerField(null=True, blank=True)
+    backfill_total = models.PositiveIntegerField(default=0)
+    backfill_done = models.PositiveIntegerField(default=0)
+    backfill_finished_at = models.DateTimeField(null=True, blank=True)
     # Set while an operator has paused the mailbox: no engine session holds it (engine/
     # leases.py watchable()); resume() clears it and the next session catches up from the
     # checkpoint, so no mail is lost.
@@ -86,7 +97,7 @@ class MailboxUser(TrackedFields, models.Model):
     error_notified_at = models.DateTimeField(null=True, blank=True)
 
     # Changes whenever the IMAP session must restart (docs/design.md 4.8): a tracked
-    # field, the connection's server settings, a requested sweep. The engine compares it,
+    # field, the connection's server settings, a requested backfill. The engine compares it,
     # not updated_at, so a no-op PUT does not cost a login.
     session_version = models.CharField(max_length=32, blank=True, default="", editable=False)
 
@@ -132,6 +143,26 @@ class MailboxUser(TrackedFields, models.Model):
             for name in self.CREDENTIALS
             if name in tracked
         )
+
+    def backfill_progress(self) -> dict | None:
+        """The backfill as the API and the dashboard show it; None if none was asked for.
+        state: "pending" (asked, not started), "running", "done"."""
+        if self.backfill_requested_at is None:
+            return None
+        if self.backfill_finished_at is not None:
+            state = "done"
+        elif self.backfill_until_uid is None:
+            state = "pending"
+        else:
+            state = "running"
+        return {
+            "state": state,
+            "since": self.backfill_since,
+            "requested_at": self.backfill_requested_at,
+            "finished_at": self.backfill_finished_at,
+            "done": self.backfill_done,
+            "total": self.backfill_total,
+        }
 
     @property
     def has_credentials(self) -> bool:
@@ -227,7 +258,7 @@ class FolderCheckpoint(models.Model):
 
 class MessageState(models.Model):
     """The flags of a delivered message as last seen, for message_updated and
-    message_deleted (design.md 4.12): written only while the partner has a change URL."""
+    message_deleted (design.md 4.14): written only while the partner has a change URL."""
 
     user = models.ForeignKey(MailboxUser, on_delete=models.CASCADE, related_name="+")
     folder = models.CharField(max_length=255)

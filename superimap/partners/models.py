@@ -140,7 +140,7 @@ class Partner(models.Model):
         blank=True,
         help_text="Told when a mailbox that was reported with user_error is watched again.",
     )
-    # Change events (design.md 4.12): opt-in; with neither set the engine does no extra work.
+    # Change events (design.md 4.14): opt-in; with neither set the engine does no extra work.
     message_updated_webhook = models.URLField(
         "message updated webhook",
         max_length=1000,

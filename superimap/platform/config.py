@@ -86,6 +86,33 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_login_limits(name: str) -> dict[str, tuple[int, float]]:
+    """Comma-separated ``host=burst/rate`` entries (``imap.gmail.com=500/50``): per host,
+    ``burst`` logins at once, then ``rate`` a second. ``host`` is lower-cased; the words
+    ``loopback`` and ``private`` stand for every loopback or private address."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return {}
+    limits: dict[str, tuple[int, float]] = {}
+    for item in (item.strip() for item in raw.split(",")):
+        if not item:
+            continue
+        host, _, value = item.rpartition("=")
+        burst, _, rate = value.partition("/")
+        try:
+            parsed = (int(burst.strip().replace("_", "")), float(rate.strip().replace("_", "")))
+        except ValueError:
+            parsed = (0, 0.0)
+        if not host.strip() or parsed[0] < 1 or not 0 < parsed[1] < float("inf"):
+            raise ConfigError(
+                name,
+                f"every entry must be host=burst/rate with burst >= 1 and rate > 0 "
+                f"(e.g. imap.gmail.com=500/50), got {item!r}",
+            )
+        limits[host.strip().lower()] = parsed
+    return limits
+
+
 def validate_fernet_keys(name: str, raw: str) -> list[str]:
     keys = [k.strip() for k in raw.split(",") if k.strip()]
     if not keys:

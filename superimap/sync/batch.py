@@ -51,7 +51,7 @@ class Outcome(NamedTuple):
     skip: str = ""
     # When the driver last saw EXISTS (time.time()) as the answer came in.
     seen_at: float | None = None
-    # FLAGS (and MODSEQ) with the body, when asked for (change events, design.md 4.12).
+    # FLAGS (and MODSEQ) with the body, when asked for (change events, design.md 4.14).
     flags: tuple[str, ...] | None = None
     modseq: int | None = None
 

@@ -1,4 +1,4 @@
-"""Message changes as events (design.md 4.12): what changed in a folder, as pure rules.
+"""Message changes as events (design.md 4.14): what changed in a folder, as pure rules.
 
 The driver (engine/session.py) learns the flags of delivered messages and the UIDs that
 left the folder in one of three ways, by what the server offers (``change_mode``):

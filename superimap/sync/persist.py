@@ -5,16 +5,17 @@ Every UID of a batch ends in exactly one state: a MailLog row plus a new_mail De
 a MailLog row with a skip reason. ``plan_group`` decides which, for a group of batches
 (jobs) at once, from the messages and what the database already holds (``Recorded``, read
 by the writer, engine/writer.py) about the users the jobs belong to (``Owner``, the fenced
-user row). It returns a ``Plan``: the rows to insert, the rows a sweep replaces, the
-tracers detected, the checkpoint moves, and each job's ``PersistResult``. The writer
+user row). It returns a ``Plan``: the rows to insert, the rows a backfill replaces, the
+tracers detected, the checkpoint and backfill moves, and each job's ``PersistResult``. The writer
 executes the plan in one transaction; no rule lives there.
 
 The rules, in the order they apply to each message (jobs in user id order, each job's
 messages in UID order, so earlier rows of the group count for later ones):
 
 1. a UID that already has a row in its folder (or in a row written before folders were
-   recorded, folder "") is left alone (a re-fetch after a crash), except in a sweep, where
-   a row skipped as before_baseline is replaced by what the message is now;
+   recorded, folder "") is left alone (a re-fetch after a crash), except in a backfill
+   (sync/backfill.py), where a row skipped as before_baseline is replaced by what the
+   message is now;
 2. a skip the session decided (expunged, before_baseline, ...) or a message without
    content is recorded as that skip (unfetchable when nothing says why);
 3. a message with the sha1 or the identity (Message-ID, size, Date) of a delivered or
@@ -27,9 +28,10 @@ messages in UID order, so earlier rows of the group count for later ones):
    selects is still delivered;
 6. anything else is new mail: a MailLog row and a Delivery (pending, or skipped when the
    partner has no new_mail URL), truncated when only the header was fetched; with filters,
-   the row's detail names the filter that selected it;
+   the row's detail names the filter that selected it; a backfill's is marked backfill;
 7. the checkpoint moves to the batch's highest UID, never backwards within one UID space:
-   the user row for the primary folder, a FolderCheckpoint for any other.
+   the user row for the primary folder, a FolderCheckpoint for any other; a backfill's
+   batch (mail under the checkpoint) moves its backfill position instead.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from datetime import datetime
 from email.message import Message
 from typing import Any
 
+from superimap.sync.backfill import BackfillStep
 from superimap.sync.envelope import envelope, message_id_or_digest, parse_headers, sha1_of
 from superimap.sync.filters import Facts, Filter, first_match, no_match_detail
 
@@ -79,7 +82,7 @@ class FetchedMessage:
     skip: str = ""
     # When the session last saw EXISTS (time.time()), for the push -> commit latency.
     seen_at: float | None = None
-    # FLAGS / MODSEQ fetched with the body when the partner wants change events (4.12).
+    # FLAGS / MODSEQ fetched with the body when the partner wants change events (4.14).
     flags: tuple[str, ...] | None = None
     modseq: int | None = None
 
@@ -128,14 +131,15 @@ class PersistResult:
 @dataclass(frozen=True, slots=True)
 class PersistJob:
     """One session's batch: its messages of one folder in one UID space. ``node_id`` is
-    the node whose lease fences the write; ``sweep`` lets it replace before_baseline rows."""
+    the node whose lease fences the write; a ``backfill`` step's rows are backfilled mail
+    (it may replace before_baseline rows and moves the backfill, not the checkpoint)."""
 
     user_id: int
     node_id: str
     uid_validity: int
     folder: str
     messages: list[FetchedMessage]
-    sweep: bool = False
+    backfill: BackfillStep | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +159,7 @@ class Owner:
     include_parsed: bool
     # The filters in force (sync/filters.py effective()); (): everything is delivered.
     filters: tuple[Filter, ...] = ()
-    # The partner has a change URL: a delivered message's flags are recorded (4.12).
+    # The partner has a change URL: a delivered message's flags are recorded (4.14).
     track_changes: bool = False
 
 
@@ -224,6 +228,7 @@ class DeliveryRow:
     truncated: bool  # only the header was fetched
     status: str  # "pending", or "skipped" when the partner has no new_mail URL
     last_error: str
+    backfill: bool = False  # "backfill": true in the payload, the claim's backfill lane
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +257,7 @@ class FolderMove:
 
 @dataclass(frozen=True, slots=True)
 class Replaced:
-    """Rows of a UID a sweep replaces (skipped as before_baseline)."""
+    """Rows of a UID a backfill replaces (skipped as before_baseline)."""
 
     user_id: int
     folder: str
@@ -263,7 +268,8 @@ class Replaced:
 @dataclass
 class Plan:
     """What a group writes, in this order: delete ``replaced``, insert ``log_rows`` and
-    ``deliveries``, mark ``tracers`` detected, apply ``folder_moves`` and ``checkpoints``."""
+    ``deliveries``, mark ``tracers`` detected, apply ``folder_moves``, ``checkpoints`` and
+    ``backfills`` (user id, step)."""
 
     results: list[PersistResult] = field(default_factory=list)  # one per job, in job order
     replaced: list[Replaced] = field(default_factory=list)
@@ -272,6 +278,7 @@ class Plan:
     tracers: list[str] = field(default_factory=list)  # TracerLog.tracer_uid
     checkpoints: list[CheckpointMove] = field(default_factory=list)
     folder_moves: list[FolderMove] = field(default_factory=list)
+    backfills: list[tuple[int, BackfillStep]] = field(default_factory=list)
 
 
 def identity_of(message_id: str, size: int, date: str | None) -> str:
@@ -311,6 +318,9 @@ def plan_group(prepared: list[Prepared], owners: dict[int, Owner], recorded: Rec
         result = PersistResult()
         if item.digests:
             _plan_job(plan, owner, item, recorded, result)
+        if item.job.backfill is not None:
+            plan.backfills.append((owner.id, item.job.backfill))
+        elif item.digests:
             _move_checkpoint(plan, owner, item, checkpoints, folders, bool(result.new))
         plan.results.append(result)
     return plan
@@ -328,7 +338,7 @@ def _plan_job(
         legacy = (owner.id, "", job.uid_validity, message.uid)
         reason = recorded.rows.get(key, recorded.rows.get(legacy))
         if reason is not None:
-            if not (job.sweep and reason == BEFORE_BASELINE and not message.skip):
+            if not (job.backfill and reason == BEFORE_BASELINE and not message.skip):
                 continue  # a row exists (a re-fetch after a crash): left alone
             plan.replaced.append(Replaced(owner.id, job.folder, job.uid_validity, message.uid))
             recorded.rows.pop(legacy, None)
@@ -368,11 +378,12 @@ def _plan_job(
                 truncated,
                 "pending" if owner.has_url else "skipped",
                 "" if owner.has_url else NO_WEBHOOK,
+                job.backfill is not None,
             )
         )
         result.truncated += truncated
         result.new += 1
-        if (pushed := message.pushed_at()) is not None:
+        if job.backfill is None and (pushed := message.pushed_at()) is not None:
             result.pushed_at.append(pushed)
 
 

@@ -228,20 +228,21 @@ def test_it_requests_a_sweep(api, alice):
     assert r.json()["tag"] == "alice"
     assert r.json()["sweep_requested_at"] is not None
     alice.refresh_from_db()
-    assert alice.sweep_requested_at is not None
+    assert alice.backfill_requested_at is not None and alice.backfill_since is None
+    assert r.json()["backfill"]["state"] == "pending"
 
 
 def test_it_refuses_to_sweep_an_archived_user(api, alice):
     api.delete("/connections/PLAIN/users/alice")
     assert_error(api.post("/connections/PLAIN/users/alice/sweep", {}), 409, "archived")
     alice.refresh_from_db()
-    assert alice.sweep_requested_at is None
+    assert alice.backfill_requested_at is None
 
 
 def test_it_refuses_to_sweep_a_user_that_is_not_connected(api, plain_connection):
     api.post("/connections/PLAIN/users", {"tag": "bob"})
     assert_error(api.post("/connections/PLAIN/users/bob/sweep", {}), 409, "not_connected")
-    assert MailboxUser.objects.get(tag="bob").sweep_requested_at is None
+    assert MailboxUser.objects.get(tag="bob").backfill_requested_at is None
 
 
 def test_it_answers_404_when_sweeping_an_unknown_user(api, plain_connection):
@@ -251,7 +252,7 @@ def test_it_answers_404_when_sweeping_an_unknown_user(api, plain_connection):
 def test_it_stops_another_partner_sweeping_a_user(outsider_api, alice):
     assert_error(outsider_api.post("/connections/PLAIN/users/alice/sweep", {}), 404)
     alice.refresh_from_db()
-    assert alice.sweep_requested_at is None
+    assert alice.backfill_requested_at is None
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ def test_the_claim_probes_use_the_partial_indexes():
         pytest.skip("SQLite's planner rule; PostgreSQL plans by statistics")
     due, _, _ = queue._claim_sql("sqlite")
     now = datetime(2026, 12, 7, tzinfo=UTC)
-    plan = _plan(due, [Delivery.Status.PENDING.value, now, now, 100])
+    plan = _plan(due, [Delivery.Status.PENDING.value, False, now, now, 100])
     probes = [step for step in plan if step.startswith("SEARCH e ")]
     assert len(probes) == 2, plan
     assert any("delivery_pending_by_user" in step for step in probes), plan

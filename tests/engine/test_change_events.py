@@ -1,4 +1,4 @@
-"""message_updated / message_deleted (design.md 4.12) against a real Dovecot (CONDSTORE
+"""message_updated / message_deleted (design.md 4.14) against a real Dovecot (CONDSTORE
 and QRESYNC on): flag changes, expunges, moves, and changes made while the engine was
 down, each one event with a stable event id; the count identity still holds."""
 

@@ -1,5 +1,5 @@
 """message_updated / message_deleted on a server without CONDSTORE or QRESYNC (our chaos
-server): the bounded resync (design.md 4.12) finds flag changes and deletions, pushed in
+server): the bounded resync (design.md 4.14) finds flag changes and deletions, pushed in
 IDLE, silent, or made while the engine was down; and kill -9 in the middle of a burst of
 changes loses and repeats none."""
 
@@ -146,6 +146,7 @@ def _start_engine(log_path: Path) -> subprocess.Popen:
         "DATABASE_URL": f"sqlite:///{django_settings.DATABASES['default']['NAME']}",
         "VAR_DIR": str(django_settings.VAR_DIR),
         "ALLOW_LOOPBACK_IMAP": "true",
+        "ENGINE_PROCESSES": "1",  # the engine itself is killed, not a supervising parent
         "ENGINE_LEASE_SECONDS": "2",
         "ENGINE_REFRESH_SECONDS": "1",
         "ENGINE_NODE_ALIVE_SECONDS": "3",

@@ -30,6 +30,7 @@ def _start_engine(log_path: Path, group_commit: tuple[int, int]) -> subprocess.P
         "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
         "VAR_DIR": str(settings.VAR_DIR),
         "ALLOW_LOOPBACK_IMAP": "true",
+        "ENGINE_PROCESSES": "1",  # the engine itself is killed, not a supervising parent
         "ENGINE_LEASE_SECONDS": "2",
         "ENGINE_REFRESH_SECONDS": "1",
         "ENGINE_NODE_ALIVE_SECONDS": "3",

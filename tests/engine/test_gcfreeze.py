@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from superimap.engine.gcfreeze import GcFreezer
+from superimap.engine.gcfreeze import GcFreezer, tune_young_collections
 
 
 class Node:
@@ -42,3 +42,32 @@ def test_it_freezes_after_the_sessions_settle_and_reclaims_frozen_cycles_hourly(
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_it_freezes_as_soon_as_every_session_is_watching():
+    now = [1000.0]
+    freezer = GcFreezer(settle=30, refreeze_every=3600, clock=lambda: now[0])
+    try:
+        gc.unfreeze()
+        freezer.sessions_started()
+        assert freezer.waiting
+        now[0] += 1
+        freezer.tick(settled=False)
+        assert gc.get_freeze_count() == 0  # some still connecting: wait
+        freezer.tick(settled=True)
+        assert freezer.freezes == 1 and gc.get_freeze_count() > 0
+        assert not freezer.waiting
+        freezer.tick(settled=True)
+        assert freezer.freezes == 1  # once per start-up, not per refresh
+    finally:
+        gc.unfreeze()
+
+
+def test_young_collections_are_tuned_and_the_old_thresholds_returned():
+    before = gc.get_threshold()
+    try:
+        previous = tune_young_collections(12345)
+        assert previous == before
+        assert gc.get_threshold() == (12345, *before[1:])
+    finally:
+        gc.set_threshold(*before)

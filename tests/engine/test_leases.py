@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from superimap.engine.leases import claim_mailboxes, remove_node
+from superimap.engine.leases import Pacing, claim_mailboxes, remove_node
 from superimap.engine.models import EngineNode
 from superimap.engine.nodelock import NodeLock
 from superimap.mailboxes.models import MailboxUser
@@ -136,6 +136,28 @@ def test_a_joining_node_gets_its_share_handed_over(users):
     taken = claim("b")
     assert set(taken.versions) == set(handing.handover)
     assert owners() == {"a": 30 - len(handing.handover), "b": len(handing.handover)}
+
+
+def test_watched_mailboxes_are_handed_over_at_the_pace_and_the_rest_later(users):
+    """With Pacing, a refresh hands over only its part of the pace of the watched
+    mailboxes; the next refreshes (nothing else changed) hand over the rest."""
+    first = claim("a")
+    claim("b")
+    pacing = Pacing(watching=frozenset(users), per_refresh=4)
+    handed: set[int] = set()
+    previous = first
+    for _ in range(30):
+        handing = claim("a", claimed=previous, pacing=pacing)
+        assert len(handing.handover) <= 4
+        assert not set(handing.versions) & handing.handover
+        MailboxUser.objects.filter(id__in=handing.handover).update(owner_node="")
+        handed |= handing.handover
+        previous = handing
+        if not handing.handover:
+            break
+    everything = claim("a", pacing=None)
+    assert handed and not everything.handover, "all of b's share went, 4 per refresh"
+    assert owners()["a"] == 30 - len(handed)
 
 
 def test_removing_a_node_frees_its_mailboxes_and_row(users):

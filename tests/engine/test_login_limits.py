@@ -101,7 +101,9 @@ def test_changing_credentials_in_a_loop_logs_in_no_faster_than_the_mailbox_bucke
 
 
 def test_many_mailboxes_on_one_host_log_in_no_faster_than_the_host_bucket(mail_partner):
-    limiter = LoginLimiter(host_burst=3, host_rate=0.01)
+    # The chaos server's 127.0.0.1 by its name (IMAP_LOGIN_LIMITS="127.0.0.1=3/0.01"); the
+    # default (host_burst) and the loopback class would let all 10 in.
+    limiter = LoginLimiter(host_burst=100, host_limits={"127.0.0.1": (3, 0.01)})
 
     async def scenario():
         async with ChaosImapServer(users=10) as server:
@@ -134,6 +136,18 @@ def test_the_limiter_has_documented_defaults(settings):
     assert limiter.mailbox_delay(8) == 0  # another mailbox has its own bucket
     assert [limiter.host_delay("IMAP.example.com") for _ in range(500)][-1] == 0
     assert limiter.host_delay("imap.example.com") == 1 / 50
+    assert limiter.host_limit("127.0.0.1") == (20_000, 2_000)  # loopback: benches, own box
+    assert limiter.host_limit("10.1.2.3") == (5_000, 500)  # private: a server on the LAN
+
+
+def test_imap_login_limits_sets_limits_per_host(settings):
+    settings.IMAP_LOGIN_LIMITS = {"imap.gmail.com": (2, 0.5), "loopback": (1, 1.0)}
+    clock = [0.0]
+    limiter = LoginLimiter(clock=lambda: clock[0])
+    assert [limiter.host_delay("imap.gmail.com") for _ in range(3)] == [0, 0, 2]
+    assert [limiter.host_delay("imap.example.com") for _ in range(3)] == [0, 0, 0]
+    assert [limiter.host_delay("localhost") for _ in range(2)] == [0, 1]
+    assert limiter.host_limit("10.0.0.1") == (5_000, 500)  # the built-in private limit stays
 
 
 def test_only_session_fields_move_the_session_version(plain_connection):

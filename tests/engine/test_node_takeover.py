@@ -118,6 +118,8 @@ def test_mailboxes_moving_at_once_log_in_no_faster_than_the_host_limit(database_
             ALLOW_LOOPBACK_IMAP="true",
             IMAP_LOGIN_BURST_PER_HOST=str(BURST),
             IMAP_LOGINS_PER_SECOND_PER_HOST=str(int(RATE)),
+            # The chaos server is on 127.0.0.1: loopback's own limit applies to it.
+            IMAP_LOGIN_LIMITS=f"loopback={BURST}/{int(RATE)}",
         )
         setup = {**env, "CHAOS_PORT": str(server.port), "USERS": str(MANY)}
         run_cli(setup, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)

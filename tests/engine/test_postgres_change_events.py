@@ -1,4 +1,4 @@
-"""On PostgreSQL, write_changes (design.md 4.12) records a first look without an event, a
+"""On PostgreSQL, write_changes (design.md 4.14) records a first look without an event, a
 change once with its stable id, and nothing for the same look again (a replay after a
 crash); a deletion once."""
 

@@ -1,5 +1,5 @@
 """persist_batch's rule at the database: every UID ends in exactly one state, dedup is on
-what is really the same message, and a sweep may still send mail skipped as older."""
+what is really the same message, and a backfill may still send mail skipped as older."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from superimap.delivery.models import Delivery
 from superimap.delivery.payloads import message_url, truncated_mail_payload
 from superimap.engine import store, writer
 from superimap.mailboxes.models import MailboxUser, MailLog
+from superimap.sync.backfill import BackfillStep
 from superimap.sync.persist import FetchedMessage, PersistResult
 from tests.helpers.engine import loopback_connection
 
@@ -31,8 +32,9 @@ def user(mail_partner) -> MailboxUser:
     )
 
 
-def persist(user, *messages: FetchedMessage, sweep: bool = False) -> PersistResult:
-    return writer.persist_batch(user.id, NODE, 9, "INBOX", list(messages), sweep)
+def persist(user, *messages: FetchedMessage, backfill: bool = False) -> PersistResult:
+    step = BackfillStep(WHEN, max(m.uid for m in messages), len(messages)) if backfill else None
+    return writer.persist_batch(user.id, NODE, 9, "INBOX", list(messages), step)
 
 
 def whole(uid: int, raw: bytes) -> FetchedMessage:
@@ -75,12 +77,12 @@ def test_a_skipped_message_is_no_dedup_reference(user):
     assert result.new == 1
 
 
-def test_a_sweep_sends_mail_skipped_as_before_baseline(user):
+def test_a_backfill_sends_mail_skipped_as_before_baseline(user):
     raw = make_message("old", "a@x.test", "b@x.test", "body", "<old@t>")
     persist(user, header_only(1, raw, skip="before_baseline"))
     assert store.recorded_uids(user.id, 9, [1], "INBOX") == set()
     assert persist(user, whole(1, raw)).new == 0  # a catch-up leaves it skipped
-    assert persist(user, whole(1, raw), sweep=True).new == 1
+    assert persist(user, whole(1, raw), backfill=True).new == 1
     row = MailLog.objects.get(user=user, uid=1)
     assert row.skipped_reason == "" and row.subject == "old"
     assert store.recorded_uids(user.id, 9, [1], "INBOX") == {1}

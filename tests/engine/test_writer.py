@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from django.db import connection
 from django.utils import timezone
 
@@ -59,6 +60,12 @@ def _check(result: dict) -> None:
     checkpoints = {row[0]: row[1:3] for row in group["users"]}
     assert checkpoints["a"] == [9, 5] and checkpoints["f"] == [10, 3]
     assert checkpoints["g"] == [9, 0]
+    # h's backfill step: its position and count move, its checkpoint does not; its mail is
+    # in the backfill lane.
+    users = {row[0]: row for row in group["users"]}
+    assert users["h"][1:3] == [9, 0] and users["h"][5:] == [3, 1]
+    assert [row[-1] for row in group["deliveries"] if row[0] == "h"] == [True]
+    assert not any(row[-1] for row in group["deliveries"] if row[0] != "h")
     assert ["e", "Archive", 3, 1, "None"] in group["folders"]
     assert ["e", "Spam", 4, 9, "2026-01-02 03:04:05+00:00"] in group["folders"]
 
@@ -128,6 +135,35 @@ def test_a_group_costs_a_fixed_number_of_statements_whatever_its_batches(mail_pa
 
     assert statements(group[:1], 1) == statements(group, 2)
     assert statements(group, 3) < len(group) / 2
+
+
+def test_the_dedup_query_probes_its_indexes_for_one_user_or_many(users):
+    """SQLite's plan of the real dedup statement, with its bound parameters: each term a
+    probe of the (user, sha1) or (user, identity) index, for the one-user group of every
+    persist at low rates as for a group of many; never all of a user's rows through the
+    plain user_id index (the same statement with literal values plans that way)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's planner rule; PostgreSQL plans by statistics")
+    for owners in (users[:1], users):
+        prepared = [persist.prepare(batch(user, 1)) for user in owners]
+        seen: list[tuple[str, list]] = []
+
+        def plan(execute, sql, params, many, context, seen=seen):
+            if "sha1 IN" in sql:
+                seen.append((sql, list(params)))
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(plan), connection.cursor() as cursor:
+            writer._dedup_rows(cursor, prepared, persist.Recorded())
+        ((sql, params),) = seen
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            steps = [row[-1] for row in cursor.fetchall() if row[-1].startswith("SEARCH")]
+        assert len(steps) == 2 * len(owners), steps
+        assert all(
+            "(user_id=? AND sha1=?)" in step or "(user_id=? AND identity=?)" in step
+            for step in steps
+        ), steps
 
 
 def test_the_planners_reasons_are_maillogs():

@@ -95,8 +95,10 @@ def superimap_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, s
         VAR_DIR=str(var_dir),
         LOG_LEVEL="INFO",
         DJANGO_SETTINGS_MODULE="superimap.settings",
-        **extra,
+        # One engine process per command, as before issue 20 (its tests ask for more).
+        ENGINE_PROCESSES="1",
     )
+    env.update(extra)
     return env
 
 

@@ -17,6 +17,7 @@ from superimap.engine import writer
 from superimap.engine.persister import persist_one_by_one
 from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
 from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.sync.backfill import BackfillStep
 from superimap.sync.envelope import envelope, parse_headers
 from superimap.sync.persist import FetchedMessage, PersistJob, identity_of
 from superimap.tracers.models import TracerLog
@@ -53,6 +54,8 @@ def _users(label: str) -> dict[str, MailboxUser]:
             uid_validity=9,
             last_uid=0,
             enable_tracer=tag == "c",
+            # h: a backfill step moves this request's position and done count.
+            backfill_requested_at=WHEN if tag == "h" else None,
         )
         for tag in "abcdefgh"
     }
@@ -92,7 +95,7 @@ def _jobs(users: dict[str, MailboxUser]) -> list[PersistJob]:
     MailboxUser.objects.filter(id=u["f"].id).update(last_uid=50)
     # g: this node lost it.
     MailboxUser.objects.filter(id=u["g"].id).update(owner_node="other")
-    # h: a sweep over a before_baseline row.
+    # h: a backfill over a before_baseline row.
     MailLog.objects.create(
         user=u["h"], uid=3, uid_validity=9, folder="INBOX", skipped_reason="before_baseline"
     )
@@ -112,7 +115,7 @@ def _jobs(users: dict[str, MailboxUser]) -> list[PersistJob]:
             9,
             "INBOX",
             [_whole(2, _raw("two", "<two@t>")), _whole(1, first), _whole(3, first)],
-            False,
+            None,
         ),
         PersistJob(
             u["a"].id,
@@ -120,7 +123,7 @@ def _jobs(users: dict[str, MailboxUser]) -> list[PersistJob]:
             9,
             "INBOX",
             [_whole(4, first, LATER), _whole(5, _raw("5", "<5@t>"))],
-            False,
+            None,
         ),
         # b: identity duplicate, a recorded UID, an expunged UID, an unfetchable UID.
         PersistJob(
@@ -135,7 +138,7 @@ def _jobs(users: dict[str, MailboxUser]) -> list[PersistJob]:
                 FetchedMessage(uid=4, size=10, internal_date=None, raw=None),
                 _whole(6, _raw("six", "<six@t>"), None),
             ],
-            False,
+            None,
         ),
         # c: a tracer and a truncated (header only) message.
         PersistJob(
@@ -153,21 +156,26 @@ def _jobs(users: dict[str, MailboxUser]) -> list[PersistJob]:
                     header=header.split(b"\r\n\r\n")[0] + b"\r\n\r\n",
                 ),
             ],
-            False,
+            None,
         ),
         # d: no Message-ID, NUL in the subject, bytes that are not UTF-8.
-        PersistJob(u["d"].id, NODE, 9, "INBOX", [_whole(8, no_id)], False),
+        PersistJob(u["d"].id, NODE, 9, "INBOX", [_whole(8, no_id)]),
         # e: a secondary folder and the primary one in the same group; and a new folder.
-        PersistJob(u["e"].id, NODE, 4, "Spam", [_whole(9, _raw("spam", "<spam@t>"))], False),
-        PersistJob(u["e"].id, NODE, 9, "INBOX", [_whole(2, _raw("inbox", "<inbox@t>"))], False),
+        PersistJob(u["e"].id, NODE, 4, "Spam", [_whole(9, _raw("spam", "<spam@t>"))]),
+        PersistJob(u["e"].id, NODE, 9, "INBOX", [_whole(2, _raw("inbox", "<inbox@t>"))]),
+        PersistJob(u["e"].id, NODE, 3, "Archive", [_whole(1, _raw("arch", "<arch@t>"), None)]),
+        PersistJob(u["f"].id, NODE, 10, "INBOX", [_whole(3, _raw("new space", "<ns@t>"))]),
+        PersistJob(u["g"].id, NODE, 9, "INBOX", [_whole(1, _raw("lost", "<lost@t>"))]),
         PersistJob(
-            u["e"].id, NODE, 3, "Archive", [_whole(1, _raw("arch", "<arch@t>"), None)], False
+            u["h"].id,
+            NODE,
+            9,
+            "INBOX",
+            [_whole(3, _raw("swept", "<swept@t>"))],
+            BackfillStep(WHEN, 3, 1),
         ),
-        PersistJob(u["f"].id, NODE, 10, "INBOX", [_whole(3, _raw("new space", "<ns@t>"))], False),
-        PersistJob(u["g"].id, NODE, 9, "INBOX", [_whole(1, _raw("lost", "<lost@t>"))], False),
-        PersistJob(u["h"].id, NODE, 9, "INBOX", [_whole(3, _raw("swept", "<swept@t>"))], True),
-        PersistJob(u["i"].id, NODE, 9, "INBOX", [_whole(1, _raw("quiet", "<quiet@t>"))], False),
-        PersistJob(u["i"].id, NODE, 9, "INBOX", [], False),
+        PersistJob(u["i"].id, NODE, 9, "INBOX", [_whole(1, _raw("quiet", "<quiet@t>"))]),
+        PersistJob(u["i"].id, NODE, 9, "INBOX", []),
     ]
 
 
@@ -210,11 +218,20 @@ def _state(users: dict[str, MailboxUser], outcomes: list) -> dict:
             d.delivered_at,
             d.payload_purged_at,
             d.last_status_code,
+            d.backfill,
         )
         for d in Delivery.objects.filter(user_id__in=ids).select_related("partner")
     )
     checkpoints = sorted(
-        (ids[u.id], u.uid_validity, u.last_uid, str(u.last_internal_date), u.last_email_at is None)
+        (
+            ids[u.id],
+            u.uid_validity,
+            u.last_uid,
+            str(u.last_internal_date),
+            u.last_email_at is None,
+            u.backfill_position,
+            u.backfill_done,
+        )
         for u in MailboxUser.objects.filter(id__in=ids)
     )
     folders = sorted(
@@ -273,4 +290,4 @@ def batch(user: MailboxUser, *uids: int) -> PersistJob:
 
 def persist_args(job: PersistJob) -> tuple:
     """GroupPersister.persist's arguments for ``job``."""
-    return (job.user_id, job.node_id, job.uid_validity, job.folder, job.messages, job.sweep)
+    return (job.user_id, job.node_id, job.uid_validity, job.folder, job.messages, job.backfill)

@@ -16,6 +16,8 @@ from superimap.imapclient import (
     refused_for_credentials,
 )
 from superimap.imapclient.messages import partial_body
+from superimap.imapclient.ratelimit import LOOPBACK_LIMITS, PRIVATE_LIMITS, host_class
+from superimap.platform.config import ConfigError, env_login_limits
 
 
 @pytest.mark.parametrize(
@@ -90,6 +92,95 @@ def test_the_limiter_forgets_full_buckets_now_and_then():
     assert len(limiter.mailboxes) == 2000  # swept only when a new bucket meets 2,000
     limiter.mailbox_delay(2999)
     assert sorted(limiter.mailboxes) == list(range(2000, 3000))  # the full ones are gone
+
+
+@pytest.mark.parametrize(
+    ("host", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.3.4.5", "loopback"),
+        ("::1", "loopback"),
+        ("[::1]", "loopback"),
+        ("localhost", "loopback"),
+        ("LocalHost", "loopback"),
+        ("imap.localhost", "loopback"),
+        ("10.0.0.7", "private"),
+        ("192.168.1.2", "private"),
+        ("172.16.0.1", "private"),
+        ("fd00::1", "private"),
+        ("169.254.1.1", ""),  # link-local: not a server of one's own
+        ("8.8.8.8", ""),
+        ("imap.gmail.com", ""),
+        ("localhost.example.com", ""),
+    ],
+)
+def test_it_tells_loopback_and_private_hosts_by_their_written_name(host, kind):
+    assert host_class(host) == kind
+
+
+def test_each_host_has_its_own_bucket_with_its_own_limit():
+    clock = [0.0]
+    limiter = LoginLimiter(
+        host_burst=3,
+        host_rate=1.0,
+        host_limits={"imap.gmail.com": (1, 0.5), "private": (2, 2.0)},
+        clock=lambda: clock[0],
+    )
+    # (host, the waits of four logins at once)
+    table = [
+        ("imap.gmail.com", [0, 2, 4, 6]),  # its own: 1 at once, then one per 2 s
+        ("IMAP.GMAIL.COM", [8, 10, 12, 14]),  # the same host, the same bucket
+        ("imap.example.com", [0, 0, 0, 1]),  # the default: 3, then 1/s
+        ("outlook.office365.com", [0, 0, 0, 1]),  # the default, a bucket of its own
+        ("10.0.0.2", [0, 0, 0.5, 1]),  # "private" as set
+        ("10.0.0.3", [0, 0, 0.5, 1]),  # per address, not for the class together
+        ("127.0.0.1", [0, 0, 0, 0]),  # loopback's built-in limit (not set here)
+    ]
+    for host, waits in table:
+        assert [limiter.host_delay(host) for _ in range(4)] == waits, host
+    assert limiter.host_limit("localhost") == LOOPBACK_LIMITS
+    assert LoginLimiter(host_limits={}).host_limit("192.168.0.9") == PRIVATE_LIMITS
+
+
+@pytest.mark.parametrize(
+    ("raw", "limits"),
+    [
+        ("", {}),
+        ("imap.gmail.com=500/50", {"imap.gmail.com": (500, 50.0)}),
+        (
+            " IMAP.Example.com = 2_000 / 0.5 , loopback=100000/5000,",
+            {"imap.example.com": (2000, 0.5), "loopback": (100000, 5000.0)},
+        ),
+        ("::1=10/1", {"::1": (10, 1.0)}),
+        ("a=1/1,a=2/2", {"a": (2, 2.0)}),  # the last one wins
+    ],
+)
+def test_imap_login_limits_reads_host_burst_rate_entries(monkeypatch, raw, limits):
+    monkeypatch.setenv("IMAP_LOGIN_LIMITS", raw)
+    assert env_login_limits("IMAP_LOGIN_LIMITS") == limits
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "imap.gmail.com",
+        "imap.gmail.com=500",
+        "=500/50",
+        "h=0/5",
+        "h=5/0",
+        "h=5/-1",
+        "h=x/1",
+        "h=5/nan",
+        "h=5/inf",
+        "h=1.5/2",
+    ],
+)
+def test_a_bad_imap_login_limits_entry_names_the_variable_and_the_entry(monkeypatch, raw):
+    monkeypatch.setenv("IMAP_LOGIN_LIMITS", f"ok.example=1/1,{raw}")
+    with pytest.raises(ConfigError) as caught:
+        env_login_limits("IMAP_LOGIN_LIMITS")
+    assert str(caught.value).startswith("IMAP_LOGIN_LIMITS: ")
+    assert repr(raw) in str(caught.value)
 
 
 @pytest.mark.parametrize(

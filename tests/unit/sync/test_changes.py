@@ -1,4 +1,4 @@
-"""sync/changes.py: which events a look at a folder makes (design.md 4.12)."""
+"""sync/changes.py: which events a look at a folder makes (design.md 4.14)."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import superimap.sync
+from superimap.sync.backfill import BackfillStep
 from superimap.sync.envelope import sha1_of
 from superimap.sync.filters import parse_filters
 from superimap.sync.persist import (
@@ -29,6 +30,7 @@ from superimap.sync.persist import (
 )
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+REQUESTED = datetime(2026, 2, 1, tzinfo=UTC)
 LATER = datetime(2026, 1, 3, 3, 4, 5, tzinfo=UTC)
 DATE = "Fri, 02 Jan 2026 03:04:05 +0000"
 
@@ -75,8 +77,18 @@ OWNER = Owner(
 )
 
 
-def job(*messages: FetchedMessage, user: int = 1, folder="INBOX", uidv=9, sweep=False):
-    return PersistJob(user, "n1", uidv, folder, list(messages), sweep)
+def job(
+    *messages: FetchedMessage,
+    user: int = 1,
+    folder="INBOX",
+    uidv=9,
+    backfill=False,
+    step: BackfillStep | None = None,
+):
+    """``backfill``: a backfill step over the messages (a sweep is a backfill of all mail)."""
+    if backfill:
+        step = BackfillStep(REQUESTED, max(m.uid for m in messages), len(messages))
+    return PersistJob(user, "n1", uidv, folder, list(messages), step)
 
 
 ONE = mail("one", "<one@t>")
@@ -112,6 +124,8 @@ def summary(plan: Plan) -> dict:
             (m.user_id, m.folder, m.uid_validity, m.last_uid, m.insert) for m in plan.folder_moves
         ],
         "replaced": [(r.user_id, r.folder, r.uid_validity, r.uid) for r in plan.replaced],
+        "backfills": [(user, step.position, step.count) for user, step in plan.backfills],
+        "lanes": [d.backfill for d in plan.deliveries],
     }
 
 
@@ -275,8 +289,8 @@ CASES = [
         },
     ),
     (
-        "a sweep replaces a before_baseline row with what the message is now",
-        [job(whole(3, ONE), sweep=True)],
+        "a backfill replaces a before_baseline row with what the message is now",
+        [job(whole(3, ONE), backfill=True)],
         None,
         delivered(("INBOX", 9, 3, "before_baseline")),
         {
@@ -287,29 +301,29 @@ CASES = [
         },
     ),
     (
-        "a sweep replaces a before_baseline row from before folders were recorded",
-        [job(whole(3, ONE), sweep=True)],
+        "a backfill replaces a before_baseline row from before folders were recorded",
+        [job(whole(3, ONE), backfill=True)],
         None,
         delivered(("", 9, 3, "before_baseline")),
         {"results": [NEW], "replaced": [(1, "INBOX", 9, 3)], "rows": [(1, "INBOX", 3, "")]},
     ),
     (
-        "a sweep leaves other rows alone, and a message still skipped",
-        [job(whole(1, ONE), gone(2, "before_baseline"), sweep=True)],
+        "a backfill leaves other rows alone, and a message still skipped",
+        [job(whole(1, ONE), gone(2, "before_baseline"), backfill=True)],
         None,
         delivered(("INBOX", 9, 1, "expunged"), ("INBOX", 9, 2, "before_baseline")),
         {"results": [(0, {}, 0, 0, 0)], "replaced": [], "rows": []},
     ),
     (
-        "without a sweep a before_baseline row stays",
+        "without a backfill a before_baseline row stays",
         [job(whole(3, ONE))],
         None,
         delivered(("INBOX", 9, 3, "before_baseline")),
         {"results": [(0, {}, 0, 0, 0)], "replaced": [], "rows": []},
     ),
     (
-        "a swept message that was delivered meanwhile is a duplicate",
-        [job(whole(3, ONE), sweep=True)],
+        "a backfilled message that was delivered meanwhile is a duplicate",
+        [job(whole(3, ONE), backfill=True)],
         None,
         Recorded(
             rows={(1, "INBOX", 9, 3): "before_baseline"},
@@ -466,6 +480,43 @@ CASES = [
         {"results": [NEW]},
     ),
     (
+        "a backfill step moves its position and done count, never the checkpoint",
+        [job(whole(3, ONE), whole(5, mail("two", "<two@t>")), backfill=True)],
+        [replace(OWNER, last_uid=50)],
+        None,
+        {
+            "results": [(2, {}, 0, 0, 0)],
+            "checkpoints": [],
+            "backfills": [(1, 5, 2)],
+            "lanes": [True, True],
+        },
+    ),
+    (
+        "a backfill step of UIDs all recorded before moves its position alone",
+        [job(step=BackfillStep(REQUESTED, 8, 4))],
+        None,
+        None,
+        {"results": [(0, {}, 0, 0, 0)], "rows": [], "backfills": [(1, 8, 4)], "checkpoints": []},
+    ),
+    (
+        "filters apply to backfilled mail: a filtered skip, counted in the step",
+        [job(whole(1, ONE), whole(2, SHOP), backfill=True)],
+        [SHOP_ONLY],
+        None,
+        {
+            "rows": [(1, "INBOX", 1, "filtered"), (1, "INBOX", 2, "")],
+            "lanes": [True],
+            "backfills": [(1, 2, 2)],
+        },
+    ),
+    (
+        "live mail is not in the backfill lane",
+        [job(whole(1, ONE))],
+        None,
+        None,
+        {"lanes": [False], "backfills": []},
+    ),
+    (
         "an empty batch plans nothing",
         [job()],
         None,
@@ -519,6 +570,11 @@ def test_the_push_moment_of_each_new_mail_is_kept():
     found = whole(2, mail("two", "<two@t>"))  # on a catch-up: its INTERNALDATE
     undated = whole(3, mail("three", "<three@t>"), None)
     assert run([job(pushed, found, undated)]).results[0].pushed_at == [seen, WHEN.timestamp()]
+
+
+def test_backfilled_mail_has_no_push_moment():
+    """Its INTERNALDATE is days old: the push -> commit latency counts live mail only."""
+    assert run([job(whole(1, ONE), backfill=True)]).results[0].pushed_at == []
 
 
 def test_a_delivery_without_a_url_says_why():

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('delivery', '0002_indexes'),
+        ('delivery', '0003_backfill_lane'),
     ]
 
     operations = [

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mailboxes', '0003_filters'),
+        ('mailboxes', '0004_backfill_backfill_state'),
     ]
 
     operations = [
