@@ -73,6 +73,10 @@ FOLDER_POLL_SECONDS = env_int("FOLDER_POLL_SECONDS", 60, minimum=1, maximum=29 *
 IDLE_REISSUE_SECONDS = env_int("IDLE_REISSUE_SECONDS", 25 * 60, minimum=1, maximum=29 * 60)
 ENGINE_LEASE_SECONDS = env_int("ENGINE_LEASE_SECONDS", 60, minimum=2, maximum=3600)
 ENGINE_REFRESH_SECONDS = env_int("ENGINE_REFRESH_SECONDS", 5, minimum=1, maximum=60)
+# Change events (design.md 4.14) on servers without QRESYNC: the flags of this many of the
+# last delivered messages per folder are read again this often (and after an EXPUNGE).
+CHANGES_RESYNC_MESSAGES = env_int("CHANGES_RESYNC_MESSAGES", 200, minimum=1, maximum=10000)
+CHANGES_RESYNC_SECONDS = env_int("CHANGES_RESYNC_SECONDS", 900, minimum=1, maximum=86400)
 # Group commit (engine/persister.py): batches arriving this close share one transaction.
 ENGINE_GROUP_COMMIT_MS = env_int("ENGINE_GROUP_COMMIT_MS", 2, minimum=0, maximum=1000)
 ENGINE_GROUP_COMMIT_MESSAGES = env_int(

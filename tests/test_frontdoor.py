@@ -353,9 +353,7 @@ def test_it_answers_the_original_readme_snippet_with_the_key_in_its_form_body(ke
 
 
 @pytest.mark.parametrize("path", ["/admin/login/", "/connect/any-token", "/disconnect/x"])
-def test_it_reads_at_most_the_anonymous_bound_of_a_form_without_a_session(
-    transactional_db, path
-):
+def test_it_reads_at_most_the_anonymous_bound_of_a_form_without_a_session(transactional_db, path):
     assert settings.ANONYMOUS_BODY_LIMIT < settings.API_BODY_LIMIT < settings.FORM_BODY_LIMIT
     call = Call(
         "POST", path, headers=[("transfer-encoding", "chunked")], body_size=16 * 1024 * 1024
@@ -437,9 +435,7 @@ def test_it_caps_the_memory_all_anonymous_bodies_hold_together(transactional_db,
             )
             for _ in range(8)
         ]
-        calls_done = [
-            asyncio.create_task(application(c.scope, c.receive, c.send)) for c in calls
-        ]
+        calls_done = [asyncio.create_task(application(c.scope, c.receive, c.send)) for c in calls]
         await asyncio.sleep(1.0)
         for task in calls_done:
             task.cancel()

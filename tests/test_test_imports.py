@@ -22,8 +22,7 @@ def tree_imports(path: Path) -> list[str]:
                 found.append("." * node.level + (node.module or ""))
             elif node.module and node.module.split(".")[0] == "tests":
                 found += [
-                    node.module if node.module != "tests" else f"tests.{a.name}"
-                    for a in node.names
+                    node.module if node.module != "tests" else f"tests.{a.name}" for a in node.names
                 ]
     return found
 

@@ -21,6 +21,12 @@ VAR_DIR with N users, and runs the real Engine on uvloop as production does. It 
 --folders 1,3 watches that many folders per mailbox (INBOX, then Lists and Spam; design.md
 4.10), pushes going to a random one of them: --folder-mode notify has the server advertise
 NOTIFY, poll has it not, so the other folders are polled every --folder-poll seconds.
+--changes on has the partner ask for message_updated / message_deleted (design.md 4.14;
+"off,on" runs both): then --flags changes (a keyword added to a random message, pushed
+as an unsolicited FETCH) at --flag-rate/s follow the pushes, and the result has
+flag_cpu_ms_per_change (engine CPU while they come, per change; measured with changes off
+too: the cost of ignoring them) and change_events. --resync-seconds sets
+CHANGES_RESYNC_SECONDS (the chaos server has no CONDSTORE: the bounded resync runs).
 Each result notes the load average when it started (the machine may be shared).
 """
 
@@ -91,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="leave every session object in the collector's full scans (engine/gcfreeze.py)",
     )
+    parser.add_argument("--changes", default="off", help="change events: off, on, or off,on")
+    parser.add_argument("--flags", type=int, default=0, help="flag changes after the pushes")
+    parser.add_argument("--flag-rate", type=float, default=100.0, help="flag changes per second")
+    parser.add_argument("--resync-seconds", type=int, default=900, help="CHANGES_RESYNC_SECONDS")
     parser.add_argument(
         "--gc-threshold",
         type=int,
@@ -110,9 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         folder_counts = folder_counts[:1]
     results = []
-    for count, folders in ((c, f) for c in counts for f in folder_counts):
+    change_modes = [m for m in args.changes.split(",") if m]
+    for count, folders, changes in (
+        (c, f, m) for c in counts for f in folder_counts for m in change_modes
+    ):
         for tls in modes:
-            result = _run_child(count, tls, replace_folders(args, folders))
+            child_args = argparse.Namespace(**{**vars(args), "changes": changes})
+            result = _run_child(count, tls, replace_folders(child_args, folders))
             if result is not None:
                 results.append(result)
                 out = Path(args.out)
@@ -125,9 +139,10 @@ def main(argv: list[str] | None = None) -> None:
             f"rss/mailbox={r['rss_per_mailbox_kb']} KiB total={r['rss_total_mb']} MB "
             f"idle cpu={r['idle_cpu_percent']}% online={r['online_seconds']}s "
             f"pushes={r['pushes_delivered']}/{r['pushes']} latency ms={r['latency_ms']} "
-            f"folders={r['folders']} ({r['folder_mode']})"
+            f"folders={r['folders']} ({r['folder_mode']}) changes={r['changes']} "
+            f"flag cpu ms/change={r['flag_cpu_ms_per_change']} events={r['change_events']}"
         )
-    if len(results) < len(counts) * len(modes) * len(folder_counts):
+    if len(results) < len(counts) * len(modes) * len(folder_counts) * len(change_modes):
         sys.exit(1)
 
 
@@ -164,6 +179,14 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
             args.folder_mode,
             "--folder-poll",
             str(args.folder_poll),
+            "--changes",
+            args.changes,
+            "--flags",
+            str(args.flags),
+            "--flag-rate",
+            str(args.flag_rate),
+            "--resync-seconds",
+            str(args.resync_seconds),
         ]
         if tls:
             command.append("--tls")
@@ -175,7 +198,7 @@ def _run_child(count: int, tls: bool, args: argparse.Namespace) -> dict | None:
             command.append("--postgres")
         if args.gc_threshold:
             command.append(f"--gc-threshold={args.gc_threshold}")
-        print(f"=== N={count} {'TLS' if tls else 'plain'} ===", flush=True)
+        print(f"=== N={count} {'TLS' if tls else 'plain'} changes {args.changes} ===", flush=True)
         code = subprocess.call(command)
         if code != 0:
             print(f"run N={count} tls={tls} failed with exit code {code}", file=sys.stderr)
@@ -203,8 +226,11 @@ def run_one(count: int, tls: bool, args: argparse.Namespace) -> dict:
         )
         try:
             os.environ["FOLDER_POLL_SECONDS"] = str(args.folder_poll)
+            os.environ["CHANGES_RESYNC_SECONDS"] = str(args.resync_seconds)
             _setup_django(var_dir, database_url)
-            _make_mailboxes(count, server.port, tls, args.idle_refresh, folders)
+            _make_mailboxes(
+                count, server.port, tls, args.idle_refresh, folders, args.changes == "on"
+            )
             import uvloop
 
             return uvloop.run(_measure(count, tls, args, server))
@@ -309,12 +335,21 @@ def _setup_django(var_dir: Path, database_url: str) -> None:
 
 
 def _make_mailboxes(
-    count: int, port: int, tls: bool, idle_refresh: int = 0, folders: tuple[str, ...] = ()
+    count: int,
+    port: int,
+    tls: bool,
+    idle_refresh: int = 0,
+    folders: tuple[str, ...] = (),
+    changes: bool = False,
 ) -> None:
     from devtools.testing.users import chaos_users
     from superimap.partners.models import Partner
 
     partner = Partner.objects.create(name="Bench", new_mail_webhook="http://127.0.0.1:9/hook")
+    if changes:
+        partner.message_updated_webhook = "http://127.0.0.1:9/updated"
+        partner.message_deleted_webhook = "http://127.0.0.1:9/deleted"
+        partner.save()
     # Connected an hour ago, as idle mailboxes are: the engine looks again at rows changed
     # in the last CHANGE_SLACK (30 s), which would be all of them right after the insert.
     chaos_users(
@@ -447,6 +482,7 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         if profiler:
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
         rss_after_pushes = _rss_kb()
+        flag_cpu, flagged, change_events = await _flag(args, server, pool, loop)
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
@@ -491,6 +527,13 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         "folders": int(args.folders),
         "folder_mode": args.folder_mode if int(args.folders) > 1 else "-",
         "folder_poll_seconds": args.folder_poll,
+        "changes": args.changes,
+        "flags": flagged,
+        "flag_rate": args.flag_rate,
+        "change_events": change_events,
+        # Engine CPU while the flag changes came (pushed as unsolicited FETCH), per change.
+        "flag_cpu_ms_per_change": round(flag_cpu * 1000 / max(flagged, 1), 3) if flagged else None,
+        "resync_seconds": args.resync_seconds,
         "load_average_at_start": [round(value, 2) for value in load_at_start],
         "db": "postgresql" if args.postgres else "sqlite",
         "python": platform.python_version(),
@@ -556,6 +599,29 @@ async def _latencies(pool) -> tuple[list[float], int]:
     if dump := os.environ.get("SUPERIMAP_BENCH_LATENCY_DUMP"):  # (generated, ms) for digging
         Path(dump).write_text(json.dumps(sorted(samples)))
     return [latency for _, latency in samples], len(samples)
+
+
+async def _flag(args, server, pool, loop) -> tuple[float, int, int]:
+    """--flags flag changes at --flag-rate/s; (engine CPU seconds, changes made, events)."""
+    from superimap.delivery.models import Delivery
+
+    if not args.flags:
+        return 0.0, 0, 0
+
+    def events() -> int:
+        return Delivery.objects.filter(kind="message_updated").count()
+
+    cpu_before = _cpu_seconds()
+    server.send(f"flag {args.flags} {args.flag_rate}")
+    answer = await loop.run_in_executor(None, server.read_line)
+    if not answer.startswith("flagged "):
+        raise RuntimeError(f"chaos server answered {answer!r}")
+    flagged = int(answer.split()[1])
+    await asyncio.sleep(2.0)  # the same settling time in both modes: the last looks commit
+    cpu = _cpu_seconds() - cpu_before
+    made = await pool.run(events)  # two changes of one message before a look: one event
+    print(f"{flagged} flag changes: {made} message_updated, {cpu:.2f}s CPU", flush=True)
+    return cpu, flagged, made
 
 
 def _generated_at(rfc822: str) -> float:

@@ -23,6 +23,7 @@ FETCH_ITEMS = frozenset(
         "RFC822",
         "BODY[HEADER]",
         "BODY.PEEK[HEADER]",
+        "MODSEQ",
     }
 )
 # A partial body fetch, BODY.PEEK[]<origin.length> (RFC 3501 6.4.5), answered BODY[]<origin>.
@@ -39,20 +40,27 @@ class StoredMessage:
     raw: bytes
     internal_date: datetime
     flags: set[str] = field(default_factory=set)
+    modseq: int = 0  # CONDSTORE (RFC 7162): the change number of its last change
 
 
 class Mailbox:
     """One user's INBOX. Sequence number = index + 1 (expunge() shifts the ones after)."""
 
-    __slots__ = ("uidvalidity", "uidnext", "messages")
+    __slots__ = ("uidvalidity", "uidnext", "messages", "highestmodseq")
 
     def __init__(self, uidvalidity: int) -> None:
         self.uidvalidity = uidvalidity
         self.uidnext = 1
         self.messages: list[StoredMessage] = []
+        self.highestmodseq = 1
+
+    def next_modseq(self) -> int:
+        """A change happened (CONDSTORE): its number."""
+        self.highestmodseq += 1
+        return self.highestmodseq
 
     def append(self, raw: bytes, internal_date: datetime) -> StoredMessage:
-        message = StoredMessage(self.uidnext, raw, internal_date)
+        message = StoredMessage(self.uidnext, raw, internal_date, modseq=self.next_modseq())
         self.uidnext += 1
         self.messages.append(message)
         return message
@@ -69,6 +77,7 @@ class Mailbox:
         for seq, message in enumerate(self.messages, start=1):
             if message.uid == uid:
                 del self.messages[seq - 1]
+                self.next_modseq()
                 return seq
         return None
 
@@ -102,14 +111,25 @@ class Mailbox:
                 raise SearchError(f"unsupported search key {key}")
         return [m.uid for m in matches]
 
-    def uid_fetch(self, uid_set: str, items: tuple[str, ...], readonly: bool) -> list[bytes]:
-        """Render FETCH responses; a non-PEEK body fetch sets \\Seen unless read-only."""
+    def uid_fetch(
+        self,
+        uid_set: str,
+        items: tuple[str, ...],
+        readonly: bool,
+        changed_since: int | None = None,
+    ) -> list[bytes]:
+        """Render FETCH responses; a non-PEEK body fetch sets \\Seen unless read-only; with
+        ``changed_since`` (CONDSTORE) only messages changed after it, with their MODSEQ."""
+        if changed_since is not None and "MODSEQ" not in items:
+            items = (*items, "MODSEQ")
         unknown = {i for i in items if i not in FETCH_ITEMS and not _PARTIAL_BODY.fullmatch(i)}
         if unknown:
             raise SearchError(f"unsupported fetch items {sorted(unknown)}")
         largest = self.largest_uid
         responses = []
         for seq, message in enumerate(self.messages, start=1):
+            if changed_since is not None and message.modseq <= changed_since:
+                continue
             if in_set(message.uid, uid_set, largest):
                 responses.append(self._fetch_one(seq, message, items, readonly))
         return responses
@@ -122,6 +142,8 @@ class Mailbox:
         flags_changed = bool(marks_seen) and SEEN not in message.flags
         if marks_seen:
             message.flags.add(SEEN)
+        if flags_changed:
+            message.modseq = self.next_modseq()
         for item in items:
             if item == "RFC822.SIZE":
                 rendered.append((item, b"%d" % len(message.raw)))
@@ -139,6 +161,8 @@ class Mailbox:
                 rendered.append((f"BODY[]<{origin}>", literal(part)))
         if "FLAGS" in items or flags_changed:
             rendered.append(("FLAGS", render_flags(message.flags)))
+        if "MODSEQ" in items:
+            rendered.append(("MODSEQ", b"(%d)" % message.modseq))
         return fetch_response(seq, rendered)
 
 

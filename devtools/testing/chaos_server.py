@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from devtools.imap.mailstore import Mailbox, SearchError, StoredMessage, in_set
+from devtools.imap.mailstore import Mailbox, SearchError, StoredMessage, in_set, render_flags
 from devtools.imap.server import (
     BadCommand,
     Command,
@@ -60,7 +60,18 @@ log = logging.getLogger(__name__)
 CAPABILITIES = "IMAP4rev1 IDLE LITERAL+ SASL-IR AUTH=PLAIN AUTH=XOAUTH2"
 _NOT_AUTHENTICATED = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "LOGIN", "AUTHENTICATE"})
 _AUTHENTICATED = frozenset(
-    {"CAPABILITY", "NOOP", "LOGOUT", "SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY"}
+    {
+        "CAPABILITY",
+        "NOOP",
+        "LOGOUT",
+        "SELECT",
+        "EXAMINE",
+        "IDLE",
+        "LIST",
+        "STATUS",
+        "NOTIFY",
+        "ENABLE",
+    }
 )
 _SELECTED = _AUTHENTICATED | {"UID SEARCH", "UID FETCH"}
 _TAGGED_GIBBERISH = (b"WHAT?! (((", b"\x00\xff\xfe\x01", b"OKAY [UIDNEXT x", b"{-1}")
@@ -107,6 +118,7 @@ class ChaosImapServer:
         faults: Sequence[Fault] | None = None,
         folders: Sequence[str] = ("INBOX",),
         notify: bool = False,
+        condstore: bool = False,
     ) -> None:
         self.host = host
         # Every user has these folders; generated mail goes to a random one of them. With
@@ -114,6 +126,9 @@ class ChaosImapServer:
         # other folders to a session that asked, as * STATUS.
         self.folders = tuple(folders)
         self.capabilities = CAPABILITIES + (" NOTIFY" if notify else "")
+        # CONDSTORE (RFC 7162) without QRESYNC, like Gmail: MODSEQ, CHANGEDSINCE, ENABLE.
+        if condstore:
+            self.capabilities += " ENABLE CONDSTORE"
         self.expunge_rate = expunge_rate
         self.expunges_owed = expunge_first
         self.faults = tuple(faults) if faults is not None else tuple(Fault)
@@ -243,6 +258,26 @@ class ChaosImapServer:
                 await asyncio.sleep(delay)
             self.generate_message()
 
+    async def flag_some(self, count: int, per_second: float) -> int:
+        """Add a keyword of its own (``$bench<n>``) to ``count`` random INBOX messages at a
+        steady rate, each one flag change another client makes; returns how many."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        users = [name for name in self._mailboxes if "\x00" not in name]
+        done = 0
+        for made in range(count):
+            delay = started + made / per_second - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            candidates = [u for u in users if self._mailboxes[u].messages]
+            if not candidates:
+                break
+            username = self.random.choice(candidates)
+            message = self.random.choice(self._mailboxes[username].messages)
+            self.set_flags(username, message.uid, message.flags | {f"$bench{made}"})
+            done += 1
+        return done
+
     # --- chaos --------------------------------------------------------------------------
 
     def inject_fault(self, username: str, kind: Fault | str) -> None:
@@ -275,6 +310,25 @@ class ChaosImapServer:
                 session.write(untagged_data(f"{seq} EXPUNGE"))
         return True
 
+    def set_flags(self, username: str, uid: int, flags: set[str], folder: str = "INBOX") -> bool:
+        """Replace a message's flags as another client would; sessions that have the folder
+        selected get an unsolicited FETCH (no MODSEQ: this server has no CONDSTORE)."""
+        mailbox = self.mailbox(username, folder)
+        seq = mailbox.seq_of(uid)
+        if seq is None:
+            return False
+        message = mailbox.messages[seq - 1]
+        message.flags = set(flags)
+        message.modseq = mailbox.next_modseq()
+        rendered = render_flags(message.flags).decode()
+        for session in self.sessions_by_user.get(username, ()):
+            if session.selected and session.selected_folder == folder:
+                if session.reported_exists >= seq:
+                    # With CONDSTORE enabled an unsolicited FETCH carries MODSEQ (3.2.4).
+                    modseq = f" MODSEQ ({message.modseq})" if session.condstore else ""
+                    session.write(untagged_data(f"{seq} FETCH (FLAGS {rendered}{modseq})"))
+        return True
+
     def change_uidvalidity(self, username: str) -> None:
         mailbox = self.mailbox(username)
         mailbox.renumber(mailbox.uidvalidity + 1 + self.random.randrange(1000))
@@ -304,6 +358,7 @@ class ImapSession(asyncio.Protocol):
         "sasl",
         "closed",
         "stalled",
+        "condstore",
     )
 
     def __init__(self, server: ChaosImapServer) -> None:
@@ -321,6 +376,7 @@ class ImapSession(asyncio.Protocol):
         self.sasl: tuple[str, str, bool] | None = None  # tag, mechanism, challenge failed
         self.closed = False
         self.stalled = False
+        self.condstore = False  # ENABLE CONDSTORE was sent
 
     # --- transport callbacks ------------------------------------------------------------
 
@@ -534,6 +590,13 @@ class ImapSession(asyncio.Protocol):
         self.write(untagged_data(self.status_of(folder)))
         self.write(tagged(command.tag, "OK", "STATUS completed"))
 
+    def cmd_enable(self, command: Command) -> None:
+        names = [_text(arg).upper() for arg in command.args]
+        if "CONDSTORE" in names and "CONDSTORE" in self.server.capabilities:
+            self.condstore = True
+            self.write(untagged_data("ENABLED CONDSTORE"))
+        self.write(tagged(command.tag, "OK", "ENABLE completed"))
+
     def cmd_notify(self, command: Command) -> None:
         if "NOTIFY" not in self.server.capabilities:
             self.write(tagged(command.tag, "BAD", "NOTIFY not supported"))
@@ -560,6 +623,8 @@ class ImapSession(asyncio.Protocol):
         self.write(untagged("OK", "UIDs valid", f"UIDVALIDITY {mailbox.uidvalidity}"))
         self.write(untagged("OK", "predicted next UID", f"UIDNEXT {mailbox.uidnext}"))
         self.write(untagged("OK", "limited", "PERMANENTFLAGS (\\Seen)"))
+        if "CONDSTORE" in self.server.capabilities:
+            self.write(untagged("OK", "modseq", f"HIGHESTMODSEQ {mailbox.highestmodseq}"))
         mode = "READ-ONLY" if self.readonly else "READ-WRITE"
         self.write(tagged(command.tag, "OK", f"{command.name} completed", mode))
 
@@ -576,16 +641,24 @@ class ImapSession(asyncio.Protocol):
 
     def cmd_uid_fetch(self, command: Command) -> None:
         assert self.username is not None
-        if len(command.args) != 2:
+        changed_since = None
+        if len(command.args) == 3 and "CONDSTORE" in self.server.capabilities:
+            modifier = command.args[2]
+            words = [_text(w).upper() for w in modifier] if isinstance(modifier, tuple) else []
+            if len(words) != 2 or words[0] != "CHANGEDSINCE" or not words[1].isdigit():
+                self.write(tagged(command.tag, "BAD", "unsupported FETCH modifier"))
+                return
+            changed_since = int(words[1])
+        elif len(command.args) != 2:
             self.write(tagged(command.tag, "BAD", "UID FETCH needs a set and items"))
             return
-        uid_set, items = command.args
+        uid_set, items = command.args[:2]
         names = items if isinstance(items, tuple) else (items,)
         wanted = tuple(_text(name).upper() for name in names)
         mailbox = self.server.mailbox(self.username, self.selected_folder)
         try:
             vanished, nil_answers = self.expunge_some(_text(uid_set), wanted)
-            responses = mailbox.uid_fetch(_text(uid_set), wanted, self.readonly)
+            responses = mailbox.uid_fetch(_text(uid_set), wanted, self.readonly, changed_since)
         except SearchError as error:
             self.write(tagged(command.tag, "BAD", str(error)))
             return
@@ -634,6 +707,7 @@ class ImapSession(asyncio.Protocol):
 
 _HANDLERS: dict[str, Callable[[ImapSession, Command], None]] = {
     "CAPABILITY": ImapSession.cmd_capability,
+    "ENABLE": ImapSession.cmd_enable,
     "NOOP": ImapSession.cmd_noop,
     "LOGOUT": ImapSession.cmd_logout,
     "LOGIN": ImapSession.cmd_login,
@@ -819,6 +893,9 @@ async def _control(server: ChaosImapServer) -> None:
         await server.push(count, rate)
         print(f"pushed {count}", flush=True)
 
+    async def flag(count: int, rate: float) -> None:
+        print(f"flagged {await server.flag_some(count, rate)}", flush=True)
+
     while line := await reader.readline():
         words = line.decode().split()
         if not words:
@@ -827,6 +904,10 @@ async def _control(server: ChaosImapServer) -> None:
             break
         if words[0] == "push" and len(words) == 3:
             task = asyncio.create_task(push(int(words[1]), float(words[2])))
+            pushes.add(task)
+            task.add_done_callback(pushes.discard)
+        elif words[0] == "flag" and len(words) == 3:
+            task = asyncio.create_task(flag(int(words[1]), float(words[2])))
             pushes.add(task)
             task.add_done_callback(pushes.discard)
         elif words[0] == "idlers":

@@ -498,6 +498,15 @@ class DovecotServer:
         """Remove one message, as another mail client would."""
         self.doveadm("expunge", "-u", username, "mailbox", mailbox, "uid", str(uid))
 
+    def flags(self, username: str, uid: int, flags: str, mailbox: str = "INBOX", op: str = "add"):
+        """``op`` (add, remove, replace) ``flags`` (space-separated) of one message, as
+        another mail client would; IDLE clients on it get an unsolicited FETCH."""
+        self.doveadm("flags", op, "-u", username, flags, "mailbox", mailbox, "uid", str(uid))
+
+    def move(self, username: str, uid: int, destination: str, mailbox: str = "INBOX") -> None:
+        """Move one message to ``destination`` (a new UID there; gone from ``mailbox``)."""
+        self.doveadm("move", "-u", username, destination, "mailbox", mailbox, "uid", str(uid))
+
     def uids(self, username: str, mailbox: str = "INBOX") -> list[int]:
         out = self.doveadm("-f", "tab", "fetch", "-u", username, "uid", "mailbox", mailbox)
         return sorted(int(row["uid"]) for row in _parse_tab(out))

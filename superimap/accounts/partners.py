@@ -10,9 +10,11 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from superimap.accounts.connections import restart_sessions
 from superimap.accounts.errors import Refused
 from superimap.delivery.models import EndpointHealth
 from superimap.delivery.targets import WebhookTargetError, check_webhook_url
+from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import (
     NAME_TAKEN,
     URL_FIELDS,
@@ -87,8 +89,15 @@ def stale_url_warnings(partner: Partner) -> list[str]:
 
 def save_partner(partner: Partner) -> None:
     """Save; a webhook URL set again after a 410 Gone (which disabled its endpoint) is no
-    longer shown as disabled."""
+    longer shown as disabled. Change events switched on or off (the first change URL set,
+    or the last cleared) restart the partner's sessions: only a session that starts with
+    them does their work (design.md 4.14)."""
+    saved = None
+    if partner.pk is not None:
+        saved = Partner.objects.filter(pk=partner.pk).first()
     partner.save()
+    if saved is not None and saved.tracks_changes != partner.tracks_changes:
+        restart_sessions(MailboxUser.objects.filter(connection__partner=partner))
     for health in EndpointHealth.objects.filter(
         partner=partner, state=EndpointHealth.State.DISABLED
     ):

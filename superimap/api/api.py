@@ -434,7 +434,13 @@ async def get_message(
 
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped", "cancelled"]
 DeliveryKind = Literal[
-    "new_mail", "user_connected", "user_disconnected", "user_error", "user_recovered"
+    "new_mail",
+    "user_connected",
+    "user_disconnected",
+    "user_error",
+    "user_recovered",
+    "message_updated",
+    "message_deleted",
 ]
 
 

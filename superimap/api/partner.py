@@ -25,7 +25,13 @@ from superimap.platform.validation import host_problem, url_host_problem
 router = Router(tags=["partner"])
 
 WebhookKind = Literal[
-    "new_mail", "user_connected", "user_disconnected", "user_error", "user_recovered"
+    "new_mail",
+    "user_connected",
+    "user_disconnected",
+    "user_error",
+    "user_recovered",
+    "message_updated",
+    "message_deleted",
 ]
 URL = r"^(https?://[^\s\x00]+)?$"
 DEFAULT_GRACE_SECONDS = int(DEFAULT_ROTATION_GRACE.total_seconds())
@@ -57,6 +63,8 @@ class PartnerOut(Schema):
     user_disconnected_webhook: str
     user_error_webhook: str
     user_recovered_webhook: str
+    message_updated_webhook: str
+    message_deleted_webhook: str
     success_url: str
     failure_url: str
     allowed_redirect_hosts: list[str] = Field(
@@ -88,6 +96,8 @@ class PartnerUpdate(Schema):
     user_disconnected_webhook: str | None = Field(default=None, max_length=1000, pattern=URL)
     user_error_webhook: str | None = Field(default=None, max_length=1000, pattern=URL)
     user_recovered_webhook: str | None = Field(default=None, max_length=1000, pattern=URL)
+    message_updated_webhook: str | None = Field(default=None, max_length=1000, pattern=URL)
+    message_deleted_webhook: str | None = Field(default=None, max_length=1000, pattern=URL)
     success_url: str | None = Field(default=None, max_length=1000, pattern=URL)
     failure_url: str | None = Field(default=None, max_length=1000, pattern=URL)
     allowed_redirect_hosts: list[str] | str | None = Field(

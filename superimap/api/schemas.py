@@ -561,7 +561,15 @@ class ReplayIn(Schema):
     since: datetime = Field(description="Deliveries created at or after this time (ISO 8601).")
     until: datetime = Field(description="... and before this time.")
     event: (
-        Literal["new_mail", "user_connected", "user_disconnected", "user_error", "user_recovered"]
+        Literal[
+            "new_mail",
+            "user_connected",
+            "user_disconnected",
+            "user_error",
+            "user_recovered",
+            "message_updated",
+            "message_deleted",
+        ]
         | None
     ) = None
     user_tag: str | None = Field(default=None, max_length=255, pattern=NO_NUL)

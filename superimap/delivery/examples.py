@@ -23,6 +23,7 @@ from django.test import override_settings
 from superimap.delivery.content import with_content_options
 from superimap.delivery.http import render_request
 from superimap.delivery.payloads import (
+    message_change_payload,
     new_mail_payload,
     sha1_hex,
     truncated_mail_payload,
@@ -75,6 +76,20 @@ def _mail(**extra) -> dict:
     )
 
 
+def _change() -> dict:
+    return dict(
+        provider_code=PROVIDER,
+        user_tag=TAG,
+        folder="INBOX",
+        uid=4242,
+        uid_validity=1,
+        message_id="<CAF=abc123@mail.gmail.com>",
+        new_mail_event_id="6f1c2b9e-8d4a-4e57-b0a3-2c9d7e1f4a68",
+        old_flags=[],
+        new_flags=["\\Flagged", "\\Seen"],
+    )
+
+
 def examples() -> list[tuple[str, str, dict]]:
     """(kind, when it is sent, payload as stored) for every kind the service sends."""
     new_mail = new_mail_payload(raw=MESSAGE, **_mail())
@@ -124,6 +139,18 @@ def examples() -> list[tuple[str, str, dict]]:
             user_recovered_payload(
                 provider_code=PROVIDER, user_tag=TAG, status="idle", failing_since=FAILING_SINCE
             ),
+        ),
+        (
+            "message_updated",
+            "the flags (or Gmail labels) of a delivered message changed (opt-in: only "
+            "with a `message_updated_webhook`)",
+            message_change_payload(kind="message_updated", **_change()),
+        ),
+        (
+            "message_deleted",
+            "a delivered message left a watched folder: expunged, or moved (opt-in: only "
+            "with a `message_deleted_webhook`)",
+            message_change_payload(kind="message_deleted", **_change()),
         ),
         (
             "ping",

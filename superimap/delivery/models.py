@@ -26,6 +26,8 @@ class Delivery(models.Model):
         USER_DISCONNECTED = "user_disconnected", "User disconnected"
         USER_ERROR = "user_error", "User error"
         USER_RECOVERED = "user_recovered", "User recovered"
+        MESSAGE_UPDATED = "message_updated", "Message updated"
+        MESSAGE_DELETED = "message_deleted", "Message deleted"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"

@@ -153,6 +153,47 @@ def user_recovered_payload(
     return payload
 
 
+def message_change_payload(
+    *,
+    kind: str,
+    provider_code: str,
+    user_tag: str,
+    folder: str,
+    uid: int,
+    uid_validity: int,
+    message_id: str,
+    new_mail_event_id: str | None,
+    old_flags: list[str],
+    new_flags: list[str],
+    old_labels: list[str] | None = None,
+    new_labels: list[str] | None = None,
+) -> dict:
+    """message_updated (flags or Gmail labels of a delivered message changed) or
+    message_deleted (it left the folder: ``new_flags`` are its last known ones). ``sha1``
+    (what the spec signature covers) is of the change: kind, mailbox, UID and flags."""
+    key = f"{kind}\x00{user_tag}\x00{folder}\x00{uid_validity}\x00{uid}\x00{' '.join(new_flags)}"
+    payload = {
+        "sha1": sha1_hex(key),
+        "imap_provider_code": provider_code,
+        "user_tag": user_tag,
+        "folder": folder,
+        "uid": uid,
+        "uid_validity": uid_validity,
+        "message_id": message_id,
+        "new_mail_event_id": new_mail_event_id,
+    }
+    if kind == "message_updated":
+        payload.update(old_flags=old_flags, new_flags=new_flags)
+    else:
+        payload.update(flags=old_flags)
+    if new_labels is not None or old_labels is not None:
+        if kind == "message_updated":
+            payload.update(old_labels=old_labels or [], new_labels=new_labels or [])
+        else:
+            payload.update(labels=old_labels or [])
+    return payload
+
+
 @functools.lru_cache(maxsize=256)
 def _keyed(key: bytes):
     """An HMAC-SHA256 keyed once: each signature copies it instead of keying again."""

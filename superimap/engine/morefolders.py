@@ -41,7 +41,11 @@ class OtherFolders:
         self.warning = warning
 
     async def start(
-        self, conn: ImapConnection, names: list[str], previous: OtherFolders | None
+        self,
+        conn: ImapConnection,
+        names: list[str],
+        previous: OtherFolders | None,
+        flag_changes: bool = False,
     ) -> None:
         """Checkpoints of the other folders: a folder new to the user gets a baseline at its
         UIDNEXT (no old mail); a known one is caught up if it moved. Then NOTIFY where the
@@ -78,14 +82,14 @@ class OtherFolders:
             # What a previous connection found but did not persist stays known.
             cursor.carry_over(previous.cursors.get(name) if previous else None)
             self.cursors[name] = cursor
-        await self._notify_or_poll(conn)
+        await self._notify_or_poll(conn, flag_changes)
 
-    async def _notify_or_poll(self, conn: ImapConnection) -> None:
+    async def _notify_or_poll(self, conn: ImapConnection, flag_changes: bool) -> None:
         settings = self.engine.session_settings
         self.notify = False
         if "NOTIFY" in conn.protocol.capabilities and settings.use_notify:
             try:
-                await conn.command(*conn.protocol.notify_set(list(self.cursors)))
+                await conn.command(*conn.protocol.notify_set(list(self.cursors), flag_changes))
                 self.notify = True
             except CommandFailed as exc:
                 log.info("mailbox %s: NOTIFY refused (%s); polling", self.label, exc)

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from superimap.engine import folders, store
 from superimap.engine.backfill import BackfillRun
+from superimap.engine.changewatch import ChangeWatch
 from superimap.engine.morefolders import OtherFolders
 from superimap.engine.oauth import access_tokens
 from superimap.imap import (
@@ -142,6 +143,8 @@ class MailboxSession:
         self._idle_period = self.cfg.idle_reissue
         # Folders besides the primary one (design.md 4.10) and how their news is learnt.
         self.others = OtherFolders(engine, user_id, self.label)
+        # Change events (design.md 4.14): None unless the partner asked for them.
+        self.changes: ChangeWatch | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -253,14 +256,17 @@ class MailboxSession:
             await authenticate(self.conn, config, access_tokens(self.engine))
         if config.connect_pending:
             await self._tell_connected(config.connect_pending)
+        self.changes = await ChangeWatch.start(self.conn) if config.track_changes else None
         names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)
         warning = f"folders not found: {', '.join(missing)}" if missing else ""
         config = replace(config, folder=names[0])
         await self._select(config)
         await self._catch_up(self.primary)
+        if self.changes is not None:
+            await self.changes.check(self, self.primary)
         previous = self.others
         self.others = OtherFolders(self.engine, self.user_id, self.label, warning)
-        await self.others.start(self.conn, names[1:], previous)
+        await self.others.start(self.conn, names[1:], previous, self.changes is not None)
         await self._visit_folders_with_news()
         idle = "IDLE" in self.conn.protocol.capabilities
         self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
@@ -284,6 +290,8 @@ class MailboxSession:
                 if self.stop_event.is_set():
                     return
             await self._catch_up(self.primary, steady=True)
+            if self.changes is not None and self.changes.wanted(self.conn):
+                await self.changes.check(self, self.primary)
             if self.others.cursors:
                 await self.others.poll_if_due(self.conn)
                 await self._visit_folders_with_news()
@@ -329,6 +337,8 @@ class MailboxSession:
         uid_next = code_value([*untagged, tagged], "UIDNEXT")
         if uid_validity is None:
             raise CommandFailed("SELECT", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
+        if self.changes is not None:
+            self.changes.selected(config.folder, [*untagged, tagged])
         cursor = await self._primary_cursor(config)
         cursor.carry_over(self.primary)
         self.primary = self.selected = cursor
@@ -490,7 +500,13 @@ class MailboxSession:
     ) -> list[FetchedMessage]:
         """One FetchedMessage per UID of ``uids``, whatever the server answers: the batch
         machine (sync/batch.py) decides, this sends its requests."""
-        machine = BatchFetch(uids, max_size=self.cfg.max_email_size, before=before, known=known)
+        machine = BatchFetch(
+            uids,
+            max_size=self.cfg.max_email_size,
+            before=before,
+            known=known,
+            extra=self.changes.items if self.changes is not None else "",
+        )
         for request in machine.requests():
             if isinstance(request, CheckPresent):
                 untagged, _ = await self.conn.command(*self.conn.protocol.noop())
@@ -509,7 +525,15 @@ class MailboxSession:
                 )
             messages.append(
                 FetchedMessage(
-                    o.uid, o.size, o.internal_date, o.raw, o.header, o.skip, o.seen_at
+                    o.uid,
+                    o.size,
+                    o.internal_date,
+                    o.raw,
+                    o.header,
+                    o.skip,
+                    o.seen_at,
+                    o.flags,
+                    o.modseq,
                 )
             )
         return messages
@@ -556,6 +580,8 @@ class MailboxSession:
             )
             if code_value([*untagged, tagged], "UIDVALIDITY") != self.primary.uid_validity:
                 raise ServerBye("UIDVALIDITY changed while another folder was read")
+            if self.changes is not None:
+                self.changes.selected(self.primary.folder, [*untagged, tagged])
             await self._catch_up(self.primary)
             # Mail that reached a visited folder after its SEARCH came as EXISTS while it
             # was selected, not as a NOTIFY report: ask once more.
@@ -573,8 +599,12 @@ class MailboxSession:
         if uid_validity is None:
             raise CommandFailed("EXAMINE", TaggedResponse("", "NO", None, "no UIDVALIDITY"))
         self.selected = cursor
+        if self.changes is not None:
+            self.changes.selected(cursor.folder, [*untagged, tagged])
         if await self._start(cursor, uid_validity, uid_next) is Start.RESUME:
             await self._catch_up(cursor)
+            if self.changes is not None:
+                await self.changes.check(self, cursor)
 
     # --- waiting for mail ---------------------------------------------------------------
 
@@ -594,7 +624,7 @@ class MailboxSession:
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE")
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
-        await self._wait_for_news(self.others.until_poll(period))
+        await self._wait_for_news(self._until_wake(period))
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
@@ -603,11 +633,17 @@ class MailboxSession:
 
     async def _poll(self, at_most: float | None = None) -> None:
         period = self.cfg.poll_interval if at_most is None else min(self.cfg.poll_interval, at_most)
-        await self._wait_for_news(self.others.until_poll(period))
+        await self._wait_for_news(self._until_wake(period))
         if self.stop_event.is_set():
             return
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())
         self._check_uidvalidity(untagged)
+
+    def _until_wake(self, period: float) -> float:
+        seconds = self.others.until_poll(period)
+        if self.changes is not None:
+            seconds = min(seconds, self.changes.until_resync())
+        return seconds
 
     async def _wait_for_news(self, seconds: float) -> None:
         """Until EXISTS, the deadline or stop(); BYE and UIDVALIDITY changes raise."""
@@ -630,6 +666,8 @@ class MailboxSession:
             if isinstance(event, Bye):
                 raise ServerBye("server said BYE while waiting")
             self._check_uidvalidity([event])
+            if self.changes is not None and self.changes.signal(event):
+                return  # a flag changed or a message left (design.md 4.14)
 
 
 class StopFlag:

@@ -12,13 +12,19 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery
-from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
+from superimap.mailboxes.models import (
+    FolderChanges,
+    FolderCheckpoint,
+    MailboxUser,
+    MailLog,
+    MessageState,
+)
 from superimap.platform.dbpool import read_only
 
 log = logging.getLogger("superimap.engine")
@@ -105,6 +111,8 @@ class MailboxConfig:
     connect_pending: str = ""
     # The partner's name: with the provider code and the tag it names the mailbox in logs.
     partner_name: str = ""
+    # The partner has a message_updated or message_deleted URL (design.md 4.14).
+    track_changes: bool = False
 
     @property
     def label(self) -> str:
@@ -189,6 +197,7 @@ def config_of(user: MailboxUser) -> MailboxConfig:
         folders=tuple(user.folders or connection.folders or ()),
         connect_pending=user.connect_pending,
         partner_name=connection.partner.name,
+        track_changes=connection.partner.tracks_changes,
     )
 
 
@@ -418,3 +427,30 @@ def tell_transitions(updates: dict[int, tuple[str, str, int]], now: datetime) ->
         MailboxUser.objects.filter(id__in=ids, failing_since__isnull=False).update(
             failing_since=None
         )
+
+
+@read_only
+def changes_modseq(user_id: int, folder: str, uid_validity: int) -> int | None:
+    """The modseq up to which changes of ``folder`` were looked at (design.md 4.14)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT uid_validity, modseq FROM {FolderChanges._meta.db_table} "
+            "WHERE user_id = %s AND folder = %s",
+            [user_id, folder],
+        )
+        row = cursor.fetchone()
+    return row[1] if row is not None and row[0] == uid_validity else None
+
+
+@read_only
+def tracked_uids(user_id: int, folder: str, uid_validity: int, limit: int) -> list[int]:
+    """The UIDs of the last ``limit`` delivered messages of ``folder`` still there (as far
+    as known): what a bounded resync reads the flags of. (Plain SQL: every session runs it
+    at connect, and the ORM's garbage showed in the RSS per idle mailbox.)"""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT uid FROM {MessageState._meta.db_table} WHERE user_id = %s AND folder = %s "
+            "AND uid_validity = %s AND gone = %s ORDER BY uid DESC LIMIT %s",
+            [user_id, folder, uid_validity, False, limit],
+        )
+        return [row[0] for row in cursor.fetchall()]

@@ -28,6 +28,7 @@ import functools
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -35,12 +36,24 @@ from django.utils import timezone
 
 from superimap.delivery.content import with_content_options
 from superimap.delivery.models import Delivery, attempts_per_round
-from superimap.delivery.payloads import new_mail_payload, truncated_mail_payload
+from superimap.delivery.payloads import (
+    message_change_payload,
+    new_mail_payload,
+    truncated_mail_payload,
+)
 from superimap.engine.store import LeaseLost
-from superimap.mailboxes.models import FolderCheckpoint, MailboxUser, MailLog
+from superimap.imap import Vanished
+from superimap.mailboxes.models import (
+    FolderChanges,
+    FolderCheckpoint,
+    MailboxUser,
+    MailLog,
+    MessageState,
+)
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.sync import persist
+from superimap.sync import changes, persist
 from superimap.sync.backfill import BackfillStep
+from superimap.sync.changes import Observed, Tracked
 from superimap.sync.filters import effective
 from superimap.sync.persist import (
     DEDUP_AGAINST,
@@ -186,7 +199,8 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
             cursor.execute(
                 f"""SELECT u.id, u.tag, u.enable_tracer, u.checkpoint_folder, u.uid_validity,
                     u.last_uid, p.code, pa.id, pa.new_mail_webhook, pa.include_rfc822,
-                    pa.include_parsed, u.filters, c.filters
+                    pa.include_parsed, u.filters, c.filters, pa.message_updated_webhook,
+                    pa.message_deleted_webhook
                 FROM {USERS} u
                 JOIN {Connection._meta.db_table} c ON c.id = u.connection_id
                 JOIN {ImapProvider._meta.db_table} p ON p.id = c.provider_id
@@ -210,6 +224,7 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
                     include_rfc822=bool(row[9]),
                     include_parsed=bool(row[10]),
                     filters=effective(row[11], row[12]),
+                    track_changes=bool(row[13] or row[14]),
                 )
     return owners
 
@@ -344,10 +359,12 @@ def _execute(plan: Plan) -> None:
                 ],
             )
         if plan.deliveries:
+            event_ids = _new_event_ids(len(plan.deliveries))
             cursor.executemany(
                 _insert_sql(Delivery._meta.db_table, DELIVERY_COLUMNS),
-                _delivery_rows(plan.deliveries, db_now),
+                _delivery_rows(plan.deliveries, db_now, event_ids),
             )
+            _track_delivered(cursor, plan.deliveries, event_ids, db_now)
         if plan.tracers:
             cursor.executemany(TRACER_SQL, [(db_now, tracer) for tracer in plan.tracers])
         inserts = [m for m in plan.folder_moves if m.insert]
@@ -410,7 +427,20 @@ def _insert_sql_of(vendor: str, table: str, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table} ({names}) VALUES ({_in(list(columns))})"
 
 
-def _delivery_rows(rows: list[DeliveryRow], db_now) -> Iterator[tuple]:
+def _new_event_ids(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) event ids: uuid.uuid4() is os.urandom(16) per id, one
+    read for the group instead."""
+    entropy = os.urandom(16 * count)
+    return [uuid.UUID(bytes=entropy[16 * i : 16 * i + 16], version=4) for i in range(count)]
+
+
+def _uuid_value(value: uuid.UUID) -> object:
+    """What a UUIDField's get_db_prep_save() gives: the UUID, or its hex where the backend
+    has no uuid type."""
+    return value if connection.features.has_native_uuid_field else value.hex
+
+
+def _delivery_rows(rows: list[DeliveryRow], db_now, event_ids: list[uuid.UUID]) -> Iterator[tuple]:
     # What the fields' get_db_prep_save() give for a dict and a UUID, without their layers
     # per row: the backend's JSON adapter, a UUID or its hex where there is no uuid type.
     adapt_json = connection.ops.adapt_json_value
@@ -418,10 +448,7 @@ def _delivery_rows(rows: list[DeliveryRow], db_now) -> Iterator[tuple]:
     native_uuid = connection.features.has_native_uuid_field
     max_attempts = attempts_per_round()
     kind = str(Delivery.Kind.NEW_MAIL)
-    # uuid.uuid4() is os.urandom(16) per id: one read for the group instead.
-    entropy = os.urandom(16 * len(rows))
-    for index, row in enumerate(rows):
-        event_id = uuid.UUID(bytes=entropy[16 * index : 16 * index + 16], version=4)
+    for row, event_id in zip(rows, event_ids, strict=True):
         yield (
             event_id if native_uuid else event_id.hex,
             kind,
@@ -473,3 +500,295 @@ def _payload(row: DeliveryRow) -> dict:
     if row.backfill:
         payload["backfill"] = True  # existing mail of a chosen window (design.md 4.12)
     return payload
+
+
+# --- change events (design.md 4.14) ----------------------------------------------------
+# Plain SQL like the persist path above (the ORM cost ~3 ms of CPU per look here).
+
+
+@dataclass
+class ChangeJob:
+    """One look at a folder's changes: flags seen (``seen``), UIDs confirmed gone
+    (``gone``) or reported by VANISHED (``vanished``), and where the folder stands now."""
+
+    user_id: int
+    node_id: str
+    folder: str
+    uid_validity: int
+    seen: list[Observed]
+    gone: list[int] = field(default_factory=list)
+    vanished: list[Vanished] = field(default_factory=list)
+    modseq: int | None = None  # the next CHANGEDSINCE (None: leave it)
+    resynced: bool = False  # a bounded resync ran
+
+
+@dataclass
+class _State:
+    """A MessageState row as read and as it will be written."""
+
+    id: int
+    uid: int
+    message_id: str
+    new_mail_event_id: object
+    flags: str
+    labels: str | None
+    modseq: int | None
+    changes: int
+    gone: bool
+    dirty: bool = False
+
+
+VANISHED_EXPAND = 5000  # UIDs of a VANISHED report looked up one by one; more: the folder
+STATES = MessageState._meta.db_table
+CHANGES = FolderChanges._meta.db_table
+STATE_COLUMNS = (
+    "user_id",
+    "folder",
+    "uid_validity",
+    "uid",
+    "message_id",
+    "new_mail_event_id",
+    "flags",
+    "labels",
+    "modseq",
+    "changes",
+    "gone",
+    "updated_at",
+)
+STATE_SELECT = (
+    "SELECT id, uid, message_id, new_mail_event_id, flags, labels, modseq, changes, gone "
+    f"FROM {STATES} WHERE user_id = %s AND folder = %s AND uid_validity = %s"
+)
+STATE_UPDATE_SQL = (
+    f"UPDATE {STATES} SET flags = %s, labels = %s, modseq = %s, changes = %s, gone = %s, "
+    "updated_at = %s WHERE id = %s"
+)
+# Delivered rows (a MailLog row without a skip reason) and the new_mail event that delivered
+# each, through the unique (user, dedup_key) of new_mail deliveries.
+DELIVERED_SQL = (
+    f"SELECT m.uid, m.message_id, d.event_id FROM {MAILLOG} m "
+    f"LEFT JOIN {Delivery._meta.db_table} d ON d.user_id = m.user_id "
+    "AND d.kind = 'new_mail' AND d.dedup_key = m.identity AND m.identity <> '' "
+    "WHERE m.user_id = %s AND m.folder IN (%s, '') AND m.uid_validity = %s "
+    "AND m.skipped_reason = '' AND m.uid IN ({uids})"
+)
+
+
+def write_changes(job: ChangeJob) -> int:
+    """Record ``job`` in one transaction: first-seen states, the changed states and their
+    message_updated / message_deleted deliveries, the folder's modseq. Returns how many
+    deliveries were created; raises LeaseLost if this node may not write."""
+    with transaction.atomic():
+        owner = _fence([job.user_id], job.node_id).get(job.user_id)
+        if owner is None:
+            raise LeaseLost(job.user_id)
+        db_now = connection.ops.adapt_datetimefield_value(timezone.now())
+        with connection.cursor() as cursor:
+            states = _states(cursor, job)
+            tracked = {
+                uid: Tracked(uid, s.flags, s.labels, s.changes, s.gone) for uid, s in states.items()
+            }
+            gone = set(job.gone) | set(changes.in_ranges(tracked, job.vanished))
+            found = changes.decide(tracked, job.seen, gone)
+            _first_seen(cursor, job, tracked, db_now)
+            created = _change_deliveries(cursor, job, owner, states, found, db_now)
+            _apply(cursor, job, states, found, db_now)
+            if job.modseq is not None or job.resynced:
+                _folder_changes(cursor, job, db_now)
+    return created
+
+
+def _states(cursor, job: ChangeJob) -> dict[int, _State]:
+    params = [job.user_id, job.folder, job.uid_validity]
+    rows = []
+    if sum(v.size() for v in job.vanished) > VANISHED_EXPAND:
+        cursor.execute(STATE_SELECT + " AND gone = %s", [*params, False])
+        rows = [r for r in cursor.fetchall() if any(r[1] in v for v in job.vanished)]
+        uids = {o.uid for o in job.seen} | set(job.gone)
+    else:
+        uids = {o.uid for o in job.seen} | set(job.gone)
+        uids |= {u for v in job.vanished for low, high in v.ranges for u in range(low, high + 1)}
+    ordered = sorted(uids)
+    for start in range(0, len(ordered), IN_BATCH):
+        part = ordered[start : start + IN_BATCH]
+        cursor.execute(STATE_SELECT + f" AND uid IN ({_in(part)})", [*params, *part])
+        rows.extend(cursor.fetchall())
+    return {r[1]: _State(*r[:8], gone=bool(r[8])) for r in rows}
+
+
+def _track_delivered(cursor, rows: list[DeliveryRow], event_ids: list, db_now) -> None:
+    """In the persist transaction: a MessageState per new_mail of a partner with a change
+    URL, with the flags (and modseq) fetched with its body and its event id (4.14)."""
+    states = [
+        (
+            row.owner.id,
+            row.folder,
+            row.uid_validity,
+            row.digest.message.uid,
+            row.digest.message_id,
+            _uuid_value(event_id),
+            changes.canonical(row.digest.message.flags),
+            None,
+            row.digest.message.modseq,
+            0,
+            False,
+            db_now,
+        )
+        for row, event_id in zip(rows, event_ids, strict=True)
+        if row.owner.track_changes and row.digest.message.flags is not None
+    ]
+    if states:
+        cursor.executemany(_insert_sql(STATES, STATE_COLUMNS) + " ON CONFLICT DO NOTHING", states)
+
+
+def _first_seen(cursor, job: ChangeJob, tracked: dict[int, Tracked], db_now) -> None:
+    """States for delivered messages seen for the first time (no event), with the
+    new_mail event id that delivered them."""
+    untracked = sorted({o.uid for o in job.seen if o.uid not in tracked})
+    delivered: dict[int, tuple[str, object]] = {}
+    for start in range(0, len(untracked), IN_BATCH):
+        part = untracked[start : start + IN_BATCH]
+        cursor.execute(
+            DELIVERED_SQL.format(uids=_in(part)),
+            [job.user_id, job.folder, job.uid_validity, *part],
+        )
+        for uid, message_id, event_id in cursor.fetchall():
+            delivered[uid] = (message_id, event_id)
+    fresh = changes.first_seen(tracked, job.seen, delivered)
+    if fresh:
+        cursor.executemany(
+            _insert_sql(STATES, STATE_COLUMNS),
+            [
+                (
+                    job.user_id,
+                    job.folder,
+                    job.uid_validity,
+                    o.uid,
+                    delivered[o.uid][0],
+                    delivered[o.uid][1],  # as stored in Delivery: the same column type
+                    o.flags,
+                    o.labels,
+                    o.modseq,
+                    0,
+                    False,
+                    db_now,
+                )
+                for o in fresh
+            ],
+        )
+
+
+def _event_text(value) -> str | None:
+    return None if value is None else str(uuid.UUID(str(value)))
+
+
+def _change_deliveries(cursor, job: ChangeJob, owner: Owner, states, found, db_now) -> int:
+    """A Delivery per change whose kind has a URL; the event id is the change's own
+    (sync/changes.py event_id), so a replay cannot add a second one."""
+    if not found:
+        return 0
+    cursor.execute(
+        "SELECT message_updated_webhook, message_deleted_webhook "
+        f"FROM {Partner._meta.db_table} WHERE id = %s",
+        [owner.partner_id],
+    )
+    urls = cursor.fetchone() or ("", "")
+    wanted = {changes.UPDATED: bool(urls[0]), changes.DELETED: bool(urls[1])}
+    json_field = Delivery._meta.get_field("payload")
+    uuid_field = Delivery._meta.get_field("event_id")
+    max_attempts = attempts_per_round()
+    rows = []
+    for change in found:
+        if not wanted[change.kind]:
+            continue
+        state = states[change.uid]
+        payload = message_change_payload(
+            kind=change.kind,
+            provider_code=owner.provider_code,
+            user_tag=owner.tag,
+            folder=job.folder,
+            uid=change.uid,
+            uid_validity=job.uid_validity,
+            message_id=state.message_id,
+            new_mail_event_id=_event_text(state.new_mail_event_id),
+            old_flags=changes.split(change.old_flags),
+            new_flags=changes.split(change.new_flags),
+            old_labels=None if change.old_labels is None else changes.split(change.old_labels),
+            new_labels=None if change.new_labels is None else changes.split(change.new_labels),
+        )
+        event_id = changes.event_id(
+            job.user_id, job.folder, job.uid_validity, change.uid, change.kind, change.number
+        )
+        rows.append(
+            (
+                uuid_field.get_db_prep_save(event_id, connection),
+                change.kind,
+                owner.partner_id,
+                job.user_id,
+                state.message_id,
+                "",
+                json_field.get_db_prep_save(payload, connection),
+                str(Delivery.Status.PENDING),
+                0,
+                max_attempts,
+                0,
+                db_now,
+                "",
+                None,
+                None,
+                "",
+                db_now,
+                None,
+                None,
+                False,
+            )
+        )
+    if rows:
+        sql = _insert_sql(Delivery._meta.db_table, DELIVERY_COLUMNS) + " ON CONFLICT DO NOTHING"
+        cursor.executemany(sql, rows)
+    return len(rows)
+
+
+def _apply(cursor, job: ChangeJob, states: dict[int, _State], found, db_now) -> None:
+    """The states' new flags, labels, update counts, gone marks and modseqs."""
+    for change in found:
+        state = states[change.uid]
+        if change.kind == changes.DELETED:
+            state.gone = True
+        else:
+            state.flags, state.labels, state.changes = (
+                change.new_flags,
+                change.new_labels,
+                change.number,
+            )
+        state.dirty = True
+    for o in job.seen:
+        state = states.get(o.uid)
+        if state is None:
+            continue
+        if o.modseq is not None and o.modseq != state.modseq:
+            state.modseq, state.dirty = o.modseq, True
+        if o.labels is not None and state.labels is None and not state.gone:
+            state.labels, state.dirty = o.labels, True  # recorded, not a change
+    dirty = [s for s in states.values() if s.dirty]
+    if dirty:
+        cursor.executemany(
+            STATE_UPDATE_SQL,
+            [(s.flags, s.labels, s.modseq, s.changes, s.gone, db_now, s.id) for s in dirty],
+        )
+
+
+def _folder_changes(cursor, job: ChangeJob, db_now) -> None:
+    """The folder's modseq (None: as it was) and, after a resync, its time."""
+    resync_at = db_now if job.resynced else None
+    cursor.execute(
+        f"UPDATE {CHANGES} SET uid_validity = %s, modseq = COALESCE(%s, modseq), "
+        "resync_at = COALESCE(%s, resync_at) WHERE user_id = %s AND folder = %s",
+        [job.uid_validity, job.modseq, resync_at, job.user_id, job.folder],
+    )
+    if cursor.rowcount == 0:
+        cursor.execute(
+            f"INSERT INTO {CHANGES} (user_id, folder, uid_validity, modseq, resync_at) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            [job.user_id, job.folder, job.uid_validity, job.modseq, resync_at],
+        )

@@ -18,6 +18,7 @@ from superimap.imap.events import (
     TaggedResponse,
     Unknown,
     UntaggedStatus,
+    Vanished,
 )
 from superimap.imap.protocol import ClientProtocol, State
 
@@ -43,4 +44,5 @@ __all__ = [
     "TaggedResponse",
     "Unknown",
     "UntaggedStatus",
+    "Vanished",
 ]

@@ -64,6 +64,22 @@ class Expunge:
 
 
 @dataclass(frozen=True)
+class Vanished:
+    """``* VANISHED [(EARLIER)] <uid set>`` (RFC 7162 3.2.10, QRESYNC enabled): UIDs
+    expunged, as ``(low, high)`` ranges so a large set costs no memory; ``earlier``: an
+    answer to CHANGEDSINCE ... VANISHED (or SELECT QRESYNC), not news of now."""
+
+    ranges: tuple[tuple[int, int], ...]
+    earlier: bool = False
+
+    def __contains__(self, uid: object) -> bool:
+        return any(low <= uid <= high for low, high in self.ranges)  # type: ignore[operator]
+
+    def size(self) -> int:
+        return sum(high - low + 1 for low, high in self.ranges)
+
+
+@dataclass(frozen=True)
 class Flags:
     flags: tuple[str, ...]
 
@@ -103,6 +119,8 @@ class Fetch:
     flags: tuple[str, ...] | None = None
     # Every attribute as parsed, keys upper-cased ("BODY.PEEK[]" is reported as "BODY[]").
     attributes: dict[str, Any] = field(default_factory=dict, hash=False)
+    # MODSEQ (n) of a CONDSTORE server (RFC 7162), when the answer has it.
+    modseq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,7 @@ Event = (
     | Exists
     | Recent
     | Expunge
+    | Vanished
     | Flags
     | SearchResult
     | MailboxListing

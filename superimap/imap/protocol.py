@@ -37,7 +37,8 @@ class State(enum.Enum):
 _ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT"})
 ALLOWED_COMMANDS: dict[State, frozenset[str]] = {
     State.NOT_AUTHENTICATED: _ANY_STATE | {"LOGIN", "AUTHENTICATE", "STARTTLS"},
-    State.AUTHENTICATED: _ANY_STATE | {"SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY"},
+    State.AUTHENTICATED: _ANY_STATE
+    | {"SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY", "ENABLE"},
     State.SELECTED: _ANY_STATE
     | {"SELECT", "EXAMINE", "IDLE", "LIST", "STATUS", "NOTIFY", "UID SEARCH", "UID FETCH"},
     State.IDLING: frozenset(),  # only done()
@@ -239,14 +240,23 @@ class ClientProtocol:
         _check_text(items)
         return self._command("STATUS", quote(encode_mailbox_name(mailbox)) + f" ({items})".encode())
 
-    def notify_set(self, mailboxes: list[str]) -> tuple[str, bytes]:
-        """RFC 5465: new mail and expunges of the selected mailbox as usual, and a
-        ``* STATUS`` report when mail arrives in one of ``mailboxes``."""
+    def notify_set(self, mailboxes: list[str], flag_changes: bool = False) -> tuple[str, bytes]:
+        """RFC 5465: new mail and expunges of the selected mailbox as usual (and flag
+        changes, which NOTIFY would otherwise silence), and a ``* STATUS`` report when
+        mail arrives in one of ``mailboxes``."""
         names = b" ".join(quote(encode_mailbox_name(name)) for name in mailboxes)
-        arguments = b"SET (selected (MessageNew MessageExpunge))"
+        events = b"MessageNew MessageExpunge" + (b" FlagChange" if flag_changes else b"")
+        arguments = b"SET (selected (" + events + b"))"
         if mailboxes:
             arguments += b" (mailboxes (" + names + b") (MessageNew))"
         return self._command("NOTIFY", arguments)
+
+    def enable(self, *extensions: str) -> tuple[str, bytes]:
+        """RFC 5161 ENABLE, e.g. ``enable("QRESYNC")`` (RFC 7162): before SELECT."""
+        for name in extensions:
+            if not name.replace("=", "").replace("-", "").isalnum():
+                raise LocalProtocolError(f"invalid extension name {name!r}")
+        return self._command("ENABLE", " ".join(extensions).encode("ascii"))
 
     def uid_search(self, criteria: str) -> tuple[str, bytes]:
         _check_text(criteria)

@@ -24,6 +24,7 @@ from superimap.imap.events import (
     TaggedResponse,
     Unknown,
     UntaggedStatus,
+    Vanished,
 )
 from superimap.imap.framing import Frame, Value, parse_values
 from superimap.imap.utf7 import decode_mailbox_name
@@ -116,7 +117,39 @@ def _untagged(frame: Frame, pos: int) -> Event:
         return _listing(parse_values(frame, 0, pos))
     if keyword == "STATUS":
         return _mailbox_status(parse_values(frame, 0, pos))
+    if keyword == "VANISHED":
+        return _vanished(parse_values(frame, 0, pos))
     return Unknown(frame.raw)
+
+
+MAX_SET_PARTS = 100_000  # ranges in one VANISHED response
+
+
+def _vanished(values: tuple[Value, ...]) -> Vanished:
+    """``[(EARLIER)] <uid set>``; the set as ranges (RFC 7162 3.2.10)."""
+    earlier = False
+    if values and isinstance(values[0], tuple):
+        if tuple(str(v).upper() for v in values[0]) != ("EARLIER",):
+            raise RemoteProtocolError("malformed VANISHED response")
+        earlier, values = True, values[1:]
+    if len(values) != 1:
+        raise RemoteProtocolError("malformed VANISHED response")
+    return Vanished(parse_uid_set(str(values[0])), earlier)
+
+
+def parse_uid_set(text: str) -> tuple[tuple[int, int], ...]:
+    """``1:3,7,9:8`` as ``((1, 3), (7, 7), (8, 9))``; no ``*`` (servers send numbers)."""
+    parts = text.split(",")
+    if len(parts) > MAX_SET_PARTS:
+        raise RemoteProtocolError("UID set too long")
+    ranges = []
+    for part in parts:
+        low, _, high = part.partition(":")
+        if not low.isdigit() or not (high.isdigit() or not high) or len(low) > 20:
+            raise RemoteProtocolError(f"malformed UID set {text[:80]!r}")
+        a, b = int(low), int(high or low)
+        ranges.append((min(a, b), max(a, b)))
+    return tuple(ranges)
 
 
 def _numbered(frame: Frame, number: int, pos: int) -> Event:
@@ -204,8 +237,18 @@ def _fetch(seq: int, values: tuple[Value, ...]) -> Fetch:
         internal_date=_internal_date(attributes.get("INTERNALDATE")),
         body=_body(attributes),
         flags=_strings(attributes["FLAGS"], "FLAGS") if "FLAGS" in attributes else None,
+        modseq=_modseq(attributes.get("MODSEQ")),
         attributes=attributes,
     )
+
+
+def _modseq(value: Value) -> int | None:
+    """``MODSEQ (n)``: the number; absent: None."""
+    if value is None:
+        return None
+    if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], int):
+        return value[0]
+    raise RemoteProtocolError("malformed MODSEQ in FETCH response")
 
 
 def _fetch_key(key: str) -> str:

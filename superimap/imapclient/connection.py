@@ -21,11 +21,14 @@ from superimap.imap import (
     Continuation,
     Event,
     Exists,
+    Expunge,
+    Fetch,
     Greeting,
     ImapError,
     MailboxStatus,
     RemoteProtocolError,
     TaggedResponse,
+    Vanished,
 )
 from superimap.imapclient.errors import CommandFailed, ServerBye, TlsCertificateFailed
 from superimap.platform import netguard
@@ -67,6 +70,9 @@ class ImapConnection(asyncio.Protocol):
         # When the last EXISTS arrived (time.time()): a new mail's push time, finer than its
         # whole-second INTERNALDATE (rollups.py).
         self.exists_at: float | None = None
+        # Counts FETCH responses with FLAGS, EXPUNGE and VANISHED wherever they arrive: the
+        # session's change events (engine/changewatch.py) look when it grew.
+        self.changes_seen = 0
         # A DONE that ends an IDLE, written together with the next command (owe_done()).
         self._owed: tuple[bytes, str] | None = None
         # The last ``* STATUS`` per mailbox, an answer to STATUS or a NOTIFY report (RFC
@@ -153,6 +159,8 @@ class ImapConnection(asyncio.Protocol):
                 self.exists_at = time.time()
             elif isinstance(event, MailboxStatus):
                 self.statuses[event.name] = event
+            elif isinstance(event, Expunge | Vanished) or _flag_update(event):
+                self.changes_seen += 1
         self._backlog.extend(events)
         self._wake()
 
@@ -267,3 +275,15 @@ class ImapConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
+
+
+def _flag_update(event: Event) -> bool:
+    """A FETCH with FLAGS and no message data: a flag change (unsolicited, or the answer to
+    a flags-only FETCH), not the answer to a body or size FETCH that asked for FLAGS too."""
+    return (
+        isinstance(event, Fetch)
+        and event.flags is not None
+        and event.body is None
+        and event.size is None
+        and "BODY[HEADER]" not in event.attributes
+    )

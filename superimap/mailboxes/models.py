@@ -256,6 +256,56 @@ class FolderCheckpoint(models.Model):
         return f"{self.folder} {self.uid_validity}/{self.last_uid}"
 
 
+class MessageState(models.Model):
+    """The flags of a delivered message as last seen, for message_updated and
+    message_deleted (design.md 4.14): written only while the partner has a change URL."""
+
+    user = models.ForeignKey(MailboxUser, on_delete=models.CASCADE, related_name="+")
+    folder = models.CharField(max_length=255)
+    uid_validity = models.BigIntegerField()
+    uid = models.BigIntegerField()
+    message_id = models.CharField(max_length=998, blank=True)
+    # The new_mail event that delivered it (None if that Delivery is gone).
+    new_mail_event_id = models.UUIDField(null=True, blank=True)
+    flags = models.TextField(blank=True)  # sync/changes.py canonical()
+    labels = models.TextField(null=True, blank=True)  # Gmail X-GM-LABELS; None: none
+    modseq = models.BigIntegerField(null=True, blank=True)
+    changes = models.PositiveIntegerField(default=0)  # message_updated events so far
+    gone = models.BooleanField(default=False)  # message_deleted was sent
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "mailboxes_messagestate"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "folder", "uid_validity", "uid"], name="one_state_per_uid"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.folder} {self.uid_validity}/{self.uid}: {self.flags}"
+
+
+class FolderChanges(models.Model):
+    """Where change events of one folder stand: the modseq up to which changes were
+    looked at (CONDSTORE/QRESYNC) and when the last bounded resync ran."""
+
+    user = models.ForeignKey(MailboxUser, on_delete=models.CASCADE, related_name="+")
+    folder = models.CharField(max_length=255)
+    uid_validity = models.BigIntegerField()
+    modseq = models.BigIntegerField(null=True, blank=True)
+    resync_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "mailboxes_folderchanges"
+        constraints = [
+            models.UniqueConstraint(fields=["user", "folder"], name="one_changes_row_per_folder")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.folder} {self.uid_validity} modseq {self.modseq}"
+
+
 class UsedLink(models.Model):
     """The nonce of a connect/disconnect link that did its job (links are single-use)."""
 

@@ -93,6 +93,8 @@ class PartnerAdmin(admin.ModelAdmin):
                     "user_disconnected_webhook",
                     "user_error_webhook",
                     "user_recovered_webhook",
+                    "message_updated_webhook",
+                    "message_deleted_webhook",
                 ]
             },
         ),

@@ -109,6 +109,8 @@ URL_FIELDS = (
     "user_disconnected_webhook",
     "user_error_webhook",
     "user_recovered_webhook",
+    "message_updated_webhook",
+    "message_deleted_webhook",
     "success_url",
     "failure_url",
 )
@@ -137,6 +139,19 @@ class Partner(models.Model):
         max_length=1000,
         blank=True,
         help_text="Told when a mailbox that was reported with user_error is watched again.",
+    )
+    # Change events (design.md 4.14): opt-in; with neither set the engine does no extra work.
+    message_updated_webhook = models.URLField(
+        "message updated webhook",
+        max_length=1000,
+        blank=True,
+        help_text="Told when the flags (or Gmail labels) of a delivered message change.",
+    )
+    message_deleted_webhook = models.URLField(
+        "message deleted webhook",
+        max_length=1000,
+        blank=True,
+        help_text="Told when a delivered message leaves a watched folder (expunged, moved).",
     )
     # new_mail content options: the raw message (the original's behaviour) and/or bodies
     # and attachment metadata parsed by SuperIMAP (superimap.delivery.content).
@@ -224,7 +239,14 @@ class Partner(models.Model):
         "user_disconnected",
         "user_error",
         "user_recovered",
+        "message_updated",
+        "message_deleted",
     )
+    CHANGE_KINDS = ("message_updated", "message_deleted")
+
+    @property
+    def tracks_changes(self) -> bool:
+        return bool(self.message_updated_webhook or self.message_deleted_webhook)
 
     def webhook_url(self, kind: str) -> str:
         """The URL of one event kind (its field is ``<kind>_webhook``); "" when not set."""

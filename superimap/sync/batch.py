@@ -51,6 +51,9 @@ class Outcome(NamedTuple):
     skip: str = ""
     # When the driver last saw EXISTS (time.time()) as the answer came in.
     seen_at: float | None = None
+    # FLAGS (and MODSEQ) with the body, when asked for (change events, design.md 4.14).
+    flags: tuple[str, ...] | None = None
+    modseq: int | None = None
 
 
 class FetchMeta(NamedTuple):
@@ -64,10 +67,12 @@ class FetchBodies(NamedTuple):
 
     uids: tuple[int, ...]
     section: str
+    extra: str = ""  # more items, e.g. "FLAGS MODSEQ" (change events)
 
     @property
     def items(self) -> str:
-        return f"(UID {self.section})"
+        extra = f" {self.extra}" if self.extra else ""
+        return f"(UID{extra} {self.section})"
 
 
 class CheckPresent(NamedTuple):
@@ -109,8 +114,12 @@ class BatchFetch:
         known: dict[int, Fetch] | None = None,
         rounds: int = FETCH_ROUNDS,
         chunk_bytes: int = BODY_BYTES_PER_FETCH,
+        extra: str = "",
     ) -> None:
         self.uids = list(uids)
+        self.extra = extra
+        # FLAGS and MODSEQ that came with the bodies (only when ``extra`` asks for them).
+        self._flags: dict[int, tuple[tuple[str, ...], int | None]] = {}
         self.max_size = max_size
         self.before = before
         self.rounds = rounds
@@ -161,15 +170,19 @@ class BatchFetch:
                 heads.append((uid, m.size))
         self._parts = {}
         for chunk in chunks_by_size(whole, self.chunk_bytes):
-            yield FetchBodies(tuple(chunk), WHOLE)
+            yield FetchBodies(tuple(chunk), WHOLE, self.extra)
         for chunk in chunks_by_size(heads + olds, self.chunk_bytes):
-            yield FetchBodies(tuple(chunk), HEADER)
+            yield FetchBodies(tuple(chunk), HEADER, self.extra)
         parts, seen_at = self._parts, self._seen_at
         for kind, listed in ((WHOLE, whole), (HEADER, heads), (BEFORE_BASELINE, olds)):
             for uid, _ in listed:
                 part = parts.get(uid)
                 if part is not None:
-                    self.done[uid] = self._outcome(meta[uid], uid, kind, part, seen_at)
+                    outcome = self._outcome(meta[uid], uid, kind, part, seen_at)
+                    if uid in self._flags:
+                        flags, modseq = self._flags[uid]
+                        outcome = outcome._replace(flags=flags, modseq=modseq)
+                    self.done[uid] = outcome
 
     @staticmethod
     def _outcome(m: Fetch, uid: int, kind: str, part: bytes, seen_at: float | None) -> Outcome:
@@ -211,6 +224,8 @@ class BatchFetch:
                 value = value.encode("utf-8")
             if isinstance(value, bytes):
                 self._parts[uid] = value
+            if self.extra and event.flags is not None:
+                self._flags[uid] = (event.flags, event.modseq)
         self._seen_at = seen_at
 
     def present(self, request: CheckPresent, found: Iterable[int]) -> None:

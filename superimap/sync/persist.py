@@ -82,6 +82,9 @@ class FetchedMessage:
     skip: str = ""
     # When the session last saw EXISTS (time.time()), for the push -> commit latency.
     seen_at: float | None = None
+    # FLAGS / MODSEQ fetched with the body when the partner wants change events (4.14).
+    flags: tuple[str, ...] | None = None
+    modseq: int | None = None
 
     def pushed_at(self) -> float | None:
         """The best estimate of when the server got this message: INTERNALDATE has whole
@@ -156,6 +159,8 @@ class Owner:
     include_parsed: bool
     # The filters in force (sync/filters.py effective()); (): everything is delivered.
     filters: tuple[Filter, ...] = ()
+    # The partner has a change URL: a delivered message's flags are recorded (4.14).
+    track_changes: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from devtools.testing.webhook_receiver import describe, verify_spec_signature
-from superimap.partners.models import Partner
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Connection, ImapProvider, Partner
 from tests.helpers.api import ApiClient, assert_error
 from tests.helpers.delivery import ThreadedReceiver
 
@@ -48,6 +49,29 @@ def test_it_updates_webhook_urls_callbacks_and_hosts(api, partner):
     assert partner.success_url == "https://app.example/ok"
     assert partner.allowed_redirect_hosts == "other.example,third.example"
     assert partner.user_connected_webhook == "http://127.0.0.1:9/connected"  # untouched
+
+
+def test_change_urls_are_set_and_switching_them_on_or_off_restarts_sessions(api, partner):
+    connection = Connection.objects.create(
+        partner=partner, provider=ImapProvider.objects.get(code="LOOPBACK_PLAIN")
+    )
+    user = MailboxUser.objects.create(connection=connection, tag="u", session_version="v0")
+    r = api.put("/partner", {"message_updated_webhook": "https://hooks.example/updated"})
+    assert r.status_code == 200, r.content
+    assert r.json()["message_updated_webhook"] == "https://hooks.example/updated"
+    assert r.json()["message_deleted_webhook"] == ""
+    user.refresh_from_db()
+    switched_on = user.session_version
+    assert switched_on != "v0"
+    # Another change URL while tracking is on already: no restart.
+    api.put("/partner", {"message_deleted_webhook": "https://hooks.example/deleted"})
+    user.refresh_from_db()
+    assert user.session_version == switched_on
+    api.put("/partner", {"message_updated_webhook": "", "message_deleted_webhook": ""})
+    user.refresh_from_db()
+    assert user.session_version != switched_on
+    r = api.put("/partner", {"message_deleted_webhook": "ftp://x.example/"})
+    assert r.status_code == 422
 
 
 def test_it_takes_allowed_hosts_as_a_comma_separated_form_field(api, partner):

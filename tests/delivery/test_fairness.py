@@ -47,9 +47,7 @@ def run_worker_until(worker: Worker, pool: DbPool, done, timeout: float, during=
     return asyncio.run(scenario())
 
 
-def test_a_hanging_partner_does_not_delay_another_partners_webhook(
-    seeded_providers, make_receiver
-):
+def test_a_hanging_partner_does_not_delay_another_partners_webhook(seeded_providers, make_receiver):
     # The incident: 60 users of partner A connected at once, A's endpoint accepts and never
     # answers, and partner B's webhook waited for A's timeout.
     hanging = make_receiver(responses=lambda event: HANG)

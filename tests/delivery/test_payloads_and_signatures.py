@@ -15,7 +15,10 @@ from devtools.testing.webhook_receiver import verify_spec_signature, verify_stan
 from superimap.delivery import outbox
 from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.payloads import new_mail_payload
+from superimap.engine import writer
+from superimap.sync.changes import Observed
 from superimap.sync.envelope import envelope, parse_headers
+from superimap.sync.persist import FetchedMessage
 from tests.helpers.delivery import make_partner, make_user
 
 UTF8_MAIL = (
@@ -195,3 +198,44 @@ def test_each_send_is_signed_with_a_fresh_timestamp(seeded_providers, make_recei
     assert second.json["timestamp"] > first.json["timestamp"]
     assert first.valid_spec_signature and second.valid_spec_signature
     assert first.valid_standard_signature and second.valid_standard_signature
+
+
+def test_change_events_are_signed_to_their_own_urls_in_order(
+    seeded_providers, make_receiver, process
+):
+    receiver = make_receiver()
+    partner = make_partner(
+        receiver.url,
+        message_updated_webhook=f"{receiver.url}/updated",
+        message_deleted_webhook=f"{receiver.url}/deleted",
+    )
+    receiver.receiver.api_key = partner.api_key
+    receiver.receiver.whsec_secret = partner.webhook_secret
+    user = make_user(partner, owner_node="n1", uid_validity=7)
+    message = FetchedMessage(1, len(UTF8_MAIL), timezone.now(), UTF8_MAIL)
+    writer.persist_batch(user.id, "n1", 7, "INBOX", [message])
+
+    def look(seen, gone=()):
+        return writer.write_changes(writer.ChangeJob(user.id, "n1", "INBOX", 7, seen, list(gone)))
+
+    assert look([Observed(1, "")]) == 0  # first seen: its flags at delivery
+    assert look([Observed(1, "\\Answered \\Seen")]) == 1
+    assert look([], gone=[1]) == 1
+    sent = 0
+    for _ in range(3):  # each event waits for the one before it (per-user order)
+        sent += process()
+    assert sent == 3
+    events = receiver.wait_for(3)
+    assert [e.path for e in events] == ["/new-mail", "/updated", "/deleted"]
+    deliveries = list(Delivery.objects.filter(user=user).order_by("id"))
+    new, updated, deleted = (
+        assert_signed(e, partner, d) for e, d in zip(events, deliveries, strict=True)
+    )
+    assert updated["event"] == "message_updated" and deleted["event"] == "message_deleted"
+    assert updated["old_flags"] == [] and updated["new_flags"] == ["\\Answered", "\\Seen"]
+    assert deleted["flags"] == ["\\Answered", "\\Seen"]
+    for body in (updated, deleted):
+        assert body["new_mail_event_id"] == new["event_id"]
+        assert body["message_id"] == "<m1@example.com>"
+        assert (body["uid"], body["uid_validity"], body["folder"]) == (1, 7, "INBOX")
+        assert body["user_tag"] == user.tag

@@ -63,8 +63,7 @@ def test_reconnect_now_restarts_a_watching_session_and_sends_nothing_again(mailb
             await wait_for(lambda: _subjects(user.id) == ["before"])
             await asyncio.to_thread(_act, accounts_users.reconnect_user, user.id)
             await wait_for(
-                lambda: user.id in engine.sessions
-                and engine.sessions[user.id][0] is not first,
+                lambda: user.id in engine.sessions and engine.sessions[user.id][0] is not first,
                 timeout=5,
             )
             await wait_for(lambda: _user(user.id).status == "idle")
