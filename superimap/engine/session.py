@@ -672,7 +672,7 @@ class MailboxSession:
 
 class StopFlag:
     """is_set() and set() of an asyncio.Event without its waiters' deque (~700 bytes a
-    session, design.md 4.12): nothing awaits it, stop() wakes the session's waits."""
+    session, design.md 4.13): nothing awaits it, stop() wakes the session's waits."""
 
     __slots__ = ("_set",)
 

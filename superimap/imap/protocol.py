@@ -62,7 +62,7 @@ _FORBIDDEN_CHARS = ("\r", "\n", "\0")
 
 
 # Every connection to one server has the same capabilities: one frozenset (and one set of
-# its strings) for them all instead of ~1 KB per connection (design.md 4.12).
+# its strings) for them all instead of ~1 KB per connection (design.md 4.13).
 _CAPABILITY_SETS: dict[frozenset[str], frozenset[str]] = {}
 _CAPABILITY_SETS_MAX = 256
 

@@ -57,7 +57,7 @@ class ImapConnection(asyncio.Protocol):
         self.timeout = timeout
         self.transport: asyncio.Transport | None = None
         # Events not taken yet: a list, not a deque (whose first block is ~600 bytes per
-        # connection); it is short and empty while the session waits (design.md 4.12).
+        # connection); it is short and empty while the session waits (design.md 4.13).
         self._backlog: list[Event] = []
         self._waiter: asyncio.Future | None = None
         self._error: BaseException | None = None
