@@ -151,6 +151,8 @@ def _start_engine(log_path: Path) -> subprocess.Popen:
         "ENGINE_REFRESH_SECONDS": "1",
         "ENGINE_NODE_ALIVE_SECONDS": "3",
         "CHANGES_RESYNC_SECONDS": "3600",  # only the start of a session looks again
+        # Its own node name: tests running beside it start engines with the same VAR_DIR.
+        "ENGINE_NODE_NAME": f"changes-kill-{os.getpid()}",
     }
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -161,11 +163,12 @@ def _start_engine(log_path: Path) -> subprocess.Popen:
         )
 
 
-def _wait(predicate, timeout: float) -> None:
+def _wait(predicate, timeout: float, log_path: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            output = log_path.read_text() if log_path and log_path.exists() else ""
+            raise AssertionError(f"condition not met within {timeout}s; engine log:\n{output}")
         time.sleep(0.1)
 
 
@@ -200,7 +203,7 @@ def test_kill_9_in_a_burst_of_changes_loses_and_repeats_none(change_partner, tmp
             killed_at = _count("message_updated")
             engine = _start_engine(log_path)
             burst.join(30)
-            _wait(lambda: _count("message_updated") >= USERS * PER_USER, 60)
+            _wait(lambda: _count("message_updated") >= USERS * PER_USER, 60, log_path)
             time.sleep(1.5)  # anything sent twice would show up now
         finally:
             engine.kill()

@@ -36,6 +36,8 @@ def _start_engine(log_path: Path, group_commit: tuple[int, int]) -> subprocess.P
         "ENGINE_NODE_ALIVE_SECONDS": "3",
         "ENGINE_GROUP_COMMIT_MS": str(group_commit[0]),
         "ENGINE_GROUP_COMMIT_MESSAGES": str(group_commit[1]),
+        # Its own node name: tests running beside it start engines with the same VAR_DIR.
+        "ENGINE_NODE_NAME": f"engine-crash-{os.getpid()}",
     }
     with open(log_path, "ab") as log:
         return subprocess.Popen(

@@ -5,6 +5,7 @@ the user's row, so the event is neither lost nor sent twice across the kills."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -58,6 +59,8 @@ def test_user_connected_survives_kill_9_once_and_only_after_the_login_succeeds(
         ENGINE_REFRESH_SECONDS="1",
         ENGINE_NODE_ALIVE_SECONDS="3",
         WEBHOOK_POLL_MS="200",
+        # Its own node name: tests running beside it start engines with the same VAR_DIR.
+        ENGINE_NODE_NAME=f"user-connected-{os.getpid()}",
     )
     body = {"tag": tag, "email": f"{tag}@example.test", "login_username": tag}
     r = ApiClient(mail_partner.api_key).post(
