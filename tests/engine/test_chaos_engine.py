@@ -82,8 +82,9 @@ def test_it_delivers_every_message_exactly_once_under_chaos(mail_partner):
     assert sum(server.fault_counts.values()) >= 20, server.fault_counts
     assert len(server.fault_counts) >= 5, server.fault_counts
     assert tasks_while_running <= MAILBOXES + 10
-    # No leaked sockets: every IMAP connection the engine opened is closed again.
-    assert _open_sockets() == sockets_before
+    # No leaked sockets: every IMAP connection the engine opened is closed again. (Fewer is
+    # fine: a socket an earlier test of this process left open may be collected meanwhile.)
+    assert _open_sockets() <= sockets_before
 
 
 SOAK_MAILBOXES = 40
