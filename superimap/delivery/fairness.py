@@ -59,9 +59,6 @@ class Room:
     slow: frozenset = frozenset()
     rounds: int = 1
     """How many SELECTs the claim may use (fair_rows)."""
-    more: bool = False
-    """Set by fair_rows: due rows may be left that the claim did not take (a full
-    partner's or endpoint's, or past its LIMIT)."""
 
     def endpoint_cap(self, endpoint: Endpoint) -> int:
         return self.caps.slow_endpoint if endpoint in self.slow else self.caps.endpoint
@@ -170,9 +167,7 @@ def fair_rows(cursor, due_sql: str, params: list, limit: int, room: Room | None)
             if room.take(row[6], row[2]):
                 taken.append(row)
             else:
-                skipped = room.more = True
-        if len(rows) >= limit:
-            room.more = True
+                skipped = True
         # Another look only helps when this one was cut short by rows that did not fit.
         if not skipped or len(rows) < limit or len(taken) >= limit:
             break

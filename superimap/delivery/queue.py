@@ -65,22 +65,10 @@ def _db_time(value: datetime):
 
 def _aware(value) -> datetime:
     if isinstance(value, str):
-        # SQLite's text ("2025-06-02 10:00:00.123456"): fromisoformat is C, once per row.
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            value = parse_datetime(value)
+        value = parse_datetime(value)
     if timezone.is_naive(value):
         value = timezone.make_aware(value, UTC)
     return value
-
-
-def _event_id(value) -> str:
-    """A UUID as text with dashes: SQLite returns 32 hex digits, PostgreSQL a UUID."""
-    if isinstance(value, str) and len(value) == 32:
-        value = value.lower()
-        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
-    return str(uuid.UUID(str(value)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -229,7 +217,7 @@ def claim_due(
         claimed.append(
             Claimed(
                 id=id_,
-                event_id=_event_id(event_id),
+                event_id=str(uuid.UUID(str(event_id))),
                 kind=kind,
                 attempt=attempts + 1,
                 url=partner.urls.get(kind, ""),
@@ -280,7 +268,6 @@ def record_outcomes(
         attempts = []
         delivered: dict[tuple[int, int | None], list[int]] = {}
         config = policy.Config.from_settings(settings)
-        db_time = connection.ops.adapt_datetimefield_value  # looked up once, used per row
         answers: list[health.Answered] = []
         for outcome in outcomes:
             claimed, result = outcome.claimed, outcome.result
@@ -313,7 +300,7 @@ def record_outcomes(
                 (
                     outcome.claimed.id,
                     outcome.claimed.attempt,
-                    db_time(outcome.started_at),
+                    _db_time(outcome.started_at),
                     result.duration_ms,
                     outcome.claimed.url,
                     result.status_code,

@@ -82,19 +82,12 @@ class Worker:
         self._work_arrived = False
         self._finished_since_claim = 0
         self._idle_poll = True  # a poll interval passed with nothing waking us
-        # The last claim took every due row there was (its SELECT came back short, none
-        # left for a full partner): a finished send then frees a slot but makes nothing
-        # claimable; new work, a poll or a claim that was cut short does.
-        self._drained = False
-        self._finished_at = 0.0  # loop time of the last finished send (_poll_elapsed)
-        self._poll_timer: asyncio.TimerHandle | None = None
         self.clock = clock
         self._wake = asyncio.Event()
         self._outcomes: list[queue.Outcome] = []
         self._have_outcomes = asyncio.Event()
         self._inflight = 0
         self.sent = 0
-        self.claims = 0  # claim transactions, for tests and benchmarks
         self.counts: dict[str, int] = {}
         self.allow_private = settings.WEBHOOK_ALLOW_PRIVATE
         self.purger = Purger()
@@ -127,14 +120,13 @@ class Worker:
         flusher = asyncio.create_task(self._flush_loop(stop))
         housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
         heart = asyncio.create_task(self._heartbeat_loop(stop))
-        stopping = asyncio.create_task(self._wake_on_stop(stop))
         tasks: set[asyncio.Task] = set()
         try:
             while not stop.is_set():
                 # Cleared before claiming: a send finishing during the claim wakes us again.
                 self._wake.clear()
                 free = self.concurrency - self._inflight
-                if not self._claim_now(free):
+                if self._inflight and not self._claim_now(free):
                     # Claim in batches, not one row per finished send: a claim costs
                     # about as much for one row as for dozens.
                     await self._sleep(stop)
@@ -163,7 +155,6 @@ class Worker:
                     task.cancel()
             await session.close()
             stop.set()
-            await stopping
             await flusher
             await housekeeper
             await heart
@@ -237,18 +228,16 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), REPLAY_INTERVAL)
 
     def _claim_now(self, free: int) -> bool:
-        """Claim when new work came in, when a poll interval passed (retries that came
-        due), or, while sends are in flight, when a batch of them finished (free slots
-        alone do not say so: the full partners' rows are not claimable). After a claim that
-        drained the queue a finished send says nothing: at low rates that was a second,
-        empty claim per delivery."""
+        """While sends are in flight: claim when new work came in, when a batch of sends
+        finished (free slots alone do not say so: the full partners' rows are not
+        claimable), or when a poll interval passed (retries that came due)."""
         if free <= 0:
             return False
-        if self._work_arrived or self._idle_poll:
-            return True
-        if self._drained:
-            return False
-        return self._finished_since_claim >= self.claim_at_least or not self._inflight
+        return (
+            self._work_arrived
+            or self._finished_since_claim >= self.claim_at_least
+            or self._idle_poll
+        )
 
     async def _claim(self, free: int) -> list[queue.Claimed]:
         if free <= 0:
@@ -257,44 +246,24 @@ class Worker:
         news = self._work_arrived or self._idle_poll
         self._work_arrived = self._idle_poll = False
         self._finished_since_claim = 0
-        limit = min(free, CLAIM_BATCH)
-        room = self.shares.room(fairness.CLAIM_ROUNDS if news else 1)
-        self._drained = False  # until this claim says otherwise (it may fail)
-        self.claims += 1
-        claimed = await self.pool.run(
-            queue.claim_due, self.node_id, limit, self.clock(), self.lease, room
+        return await self.pool.run(
+            queue.claim_due,
+            self.node_id,
+            min(free, CLAIM_BATCH),
+            self.clock(),
+            self.lease,
+            self.shares.room(fairness.CLAIM_ROUNDS if news else 1),
         )
-        self._drained = not room.more
-        return claimed
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        """Until woken (new work, a send whose finish makes a claim worth it, stop:
-        _wake_on_stop) or a poll interval passed with no send finishing: one timer, no
-        tasks; this runs after every claim."""
-        if stop.is_set():
-            return
-        loop = asyncio.get_running_loop()
-        self._poll_timer = loop.call_later(self.poll_interval, self._poll_elapsed, loop)
-        try:
-            await self._wake.wait()
-        finally:
-            self._poll_timer.cancel()
-
-    def _poll_elapsed(self, loop: asyncio.AbstractEventLoop) -> None:
-        # A send finished meanwhile: not idle (as when every finished send woke the loop
-        # and it slept afresh). Wait out the rest of the interval from that finish.
-        rest = self._finished_at + self.poll_interval - loop.time()
-        if rest > 0:
-            self._poll_timer = loop.call_later(rest, self._poll_elapsed, loop)
-            return
-        self._idle_poll = True
-        self._wake.set()
-
-    async def _wake_on_stop(self, stop: asyncio.Event) -> None:
-        """The claim loop and the flush loop wait on events of their own: stop sets both."""
-        await stop.wait()
-        self._wake.set()
-        self._have_outcomes.set()
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        done, _ = await asyncio.wait(
+            waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in waiters:
+            waiter.cancel()
+        if not done:
+            self._idle_poll = True
 
     async def _attempt(self, session, claimed: queue.Claimed) -> queue.Outcome:
         started_at = self.clock()
@@ -413,10 +382,7 @@ class Worker:
                 self.shares.dropped(claimed.id)
             else:
                 self._closed(outcome)
-            # The main loop wakes only when it would claim: not once per finished send.
-            self._finished_at = asyncio.get_running_loop().time()
-            if self._claim_now(self.concurrency - self._inflight):
-                self._wake.set()
+            self._wake.set()
 
     def _closed(self, outcome: queue.Outcome) -> None:
         result = outcome.result
