@@ -46,6 +46,7 @@ from devtools.bench.e2e import (
     _start_services,
     _stop_services,
     _wait_online,
+    serve_receiver,
 )
 from devtools.testing.dovecot import DovecotServer
 from devtools.testing.mail import make_message
@@ -82,48 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _receiver_main() -> int:
     """Serve 200s, verify both signatures, note (Message-ID, backfill, sent, arrived, ok)."""
-    import asyncio
 
-    import uvloop
+    def note(event, arrived: float) -> tuple:
+        body = event.json
+        ok = bool(event.valid_spec_signature and event.valid_standard_signature)
+        message_id = body["envelope"].get("message_id") or ""
+        return (message_id, bool(body.get("backfill")), _sent(body), arrived, ok)
 
-    from devtools.testing.webhook_receiver import WebhookReceiver
-
-    async def serve() -> None:
-        notes: list[tuple[str, bool, float | None, float, bool]] = []
-        receiver = WebhookReceiver(
-            api_key=os.environ["BENCH_API_KEY"], whsec_secret=os.environ["BENCH_WHSEC"]
-        )
-        receiver.received = _Discard()
-
-        def on_request(event) -> None:
-            arrived = time.time()
-            body = event.json
-            ok = bool(event.valid_spec_signature and event.valid_standard_signature)
-            message_id = body["envelope"].get("message_id") or ""
-            notes.append((message_id, bool(body.get("backfill")), _sent(body), arrived, ok))
-
-        receiver.on_request = on_request
-        await receiver.start()
-        print(f"listening {receiver.port}", flush=True)
-        loop = asyncio.get_running_loop()
-        while True:
-            words = (await loop.run_in_executor(None, sys.stdin.readline)).split()
-            if not words or words[0] == "quit":
-                break
-            if words[0] == "count":
-                print(len(notes), flush=True)
-            elif words[0] == "dump":
-                Path(words[1]).write_text(json.dumps(notes))
-                print("dumped", flush=True)
-        await receiver.stop()
-
-    uvloop.run(serve())
-    return 0
-
-
-class _Discard(list):
-    def append(self, item) -> None:
-        pass
+    return serve_receiver(note)
 
 
 def _sent(body: dict) -> float | None:

@@ -79,27 +79,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _receiver_main() -> int:
-    """Serve 200s, verify both signatures, note (message number, generated, arrived, ok).
+    """Serve 200s, verify both signatures, note (message number, generated, arrived, ok)."""
+
+    def note(event, arrived: float) -> tuple:
+        rfc822 = event.json["rfc822"]
+        ok = bool(event.valid_spec_signature and event.valid_standard_signature)
+        return (_message_number(rfc822), _generated_at(rfc822), arrived, ok)
+
+    return serve_receiver(note)
+
+
+def serve_receiver(note) -> int:
+    """A receiver process: serve 200s, verify both signatures, keep ``note(event, arrived)``
+    per request (and nothing else: 10,000s of bodies would skew RSS and GC).
 
     Driven on stdin: ``count`` answers the number of requests so far, ``dump PATH`` writes
     the notes as JSON, ``quit`` stops."""
     import asyncio
 
+    import uvloop
+
     from devtools.testing.webhook_receiver import WebhookReceiver
 
     async def serve() -> None:
-        notes: list[tuple[int, float, float, bool]] = []
+        notes: list[tuple] = []
         receiver = WebhookReceiver(
             api_key=os.environ["BENCH_API_KEY"], whsec_secret=os.environ["BENCH_WHSEC"]
         )
-        # Nothing kept per request but the note: 10,000s of bodies would skew RSS and GC.
         receiver.received = _Discard()
 
         def on_request(event) -> None:
-            arrived = time.time()
-            rfc822 = event.json["rfc822"]
-            ok = bool(event.valid_spec_signature and event.valid_standard_signature)
-            notes.append((_message_number(rfc822), _generated_at(rfc822), arrived, ok))
+            notes.append(note(event, time.time()))
 
         receiver.on_request = on_request
         await receiver.start()
@@ -115,8 +125,6 @@ def _receiver_main() -> int:
                 Path(words[1]).write_text(json.dumps(notes))
                 print("dumped", flush=True)
         await receiver.stop()
-
-    import uvloop
 
     uvloop.run(serve())
     return 0
