@@ -224,7 +224,8 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
                     include_rfc822=bool(row[9]),
                     include_parsed=bool(row[10]),
                     filters=effective(row[11], row[12]),
-                    track_changes=bool(row[13] or row[14]),
+                    updated_url=bool(row[13]),
+                    deleted_url=bool(row[14]),
                 )
     return owners
 
@@ -449,7 +450,7 @@ def _delivery_rows(rows: list[DeliveryRow], db_now, event_ids: list[uuid.UUID]) 
     max_attempts = attempts_per_round()
     kind = str(Delivery.Kind.NEW_MAIL)
     for row, event_id in zip(rows, event_ids, strict=True):
-        yield (
+        yield _delivery_row(
             event_id if native_uuid else event_id.hex,
             kind,
             row.owner.partner_id,
@@ -458,19 +459,51 @@ def _delivery_rows(rows: list[DeliveryRow], db_now, event_ids: list[uuid.UUID]) 
             row.digest.identity,
             adapt_json(_payload(row), encoder),
             row.status,
-            0,
-            max_attempts,
-            0,
-            db_now,
-            "",
-            None,
-            None,
             row.last_error,
-            db_now,
-            None,
-            None,
             row.backfill,
+            db_now,
+            max_attempts,
         )
+
+
+def _delivery_row(
+    event_id,
+    kind,
+    partner_id,
+    user_id,
+    message_id,
+    dedup_key,
+    payload,
+    status,
+    last_error,
+    backfill,
+    db_now,
+    max_attempts,
+) -> tuple:
+    """One Delivery row in DELIVERY_COLUMNS order, values as the database takes them: new
+    and never tried (attempts 0, no lease, no answer yet)."""
+    return (
+        event_id,
+        kind,
+        partner_id,
+        user_id,
+        message_id,
+        dedup_key,
+        payload,
+        status,
+        0,
+        max_attempts,
+        0,
+        db_now,
+        "",
+        None,
+        None,
+        last_error,
+        db_now,
+        None,
+        None,
+        backfill,
+    )
 
 
 def _payload(row: DeliveryRow) -> dict:
@@ -601,12 +634,11 @@ def write_changes(job: ChangeJob) -> int:
 def _states(cursor, job: ChangeJob) -> dict[int, _State]:
     params = [job.user_id, job.folder, job.uid_validity]
     rows = []
+    uids = {o.uid for o in job.seen} | set(job.gone)
     if sum(v.size() for v in job.vanished) > VANISHED_EXPAND:
         cursor.execute(STATE_SELECT + " AND gone = %s", [*params, False])
         rows = [r for r in cursor.fetchall() if any(r[1] in v for v in job.vanished)]
-        uids = {o.uid for o in job.seen} | set(job.gone)
     else:
-        uids = {o.uid for o in job.seen} | set(job.gone)
         uids |= {u for v in job.vanished for low, high in v.ranges for u in range(low, high + 1)}
     ordered = sorted(uids)
     for start in range(0, len(ordered), IN_BATCH):
@@ -687,15 +719,10 @@ def _change_deliveries(cursor, job: ChangeJob, owner: Owner, states, found, db_n
     (sync/changes.py event_id), so a replay cannot add a second one."""
     if not found:
         return 0
-    cursor.execute(
-        "SELECT message_updated_webhook, message_deleted_webhook "
-        f"FROM {Partner._meta.db_table} WHERE id = %s",
-        [owner.partner_id],
-    )
-    urls = cursor.fetchone() or ("", "")
-    wanted = {changes.UPDATED: bool(urls[0]), changes.DELETED: bool(urls[1])}
-    json_field = Delivery._meta.get_field("payload")
-    uuid_field = Delivery._meta.get_field("event_id")
+    # The fence read the partner's change URLs (Owner.updated_url / deleted_url).
+    wanted = {changes.UPDATED: owner.updated_url, changes.DELETED: owner.deleted_url}
+    adapt_json = connection.ops.adapt_json_value
+    encoder = Delivery._meta.get_field("payload").encoder
     max_attempts = attempts_per_round()
     rows = []
     for change in found:
@@ -720,27 +747,19 @@ def _change_deliveries(cursor, job: ChangeJob, owner: Owner, states, found, db_n
             job.user_id, job.folder, job.uid_validity, change.uid, change.kind, change.number
         )
         rows.append(
-            (
-                uuid_field.get_db_prep_save(event_id, connection),
+            _delivery_row(
+                _uuid_value(event_id),
                 change.kind,
                 owner.partner_id,
                 job.user_id,
                 state.message_id,
                 "",
-                json_field.get_db_prep_save(payload, connection),
+                adapt_json(payload, encoder),
                 str(Delivery.Status.PENDING),
-                0,
-                max_attempts,
-                0,
-                db_now,
                 "",
-                None,
-                None,
-                "",
-                db_now,
-                None,
-                None,
                 False,
+                db_now,
+                max_attempts,
             )
         )
     if rows:

@@ -159,8 +159,14 @@ class Owner:
     include_parsed: bool
     # The filters in force (sync/filters.py effective()); (): everything is delivered.
     filters: tuple[Filter, ...] = ()
-    # The partner has a change URL: a delivered message's flags are recorded (4.14).
-    track_changes: bool = False
+    # The partner's change URLs are set (design.md 4.14): which change events it gets.
+    updated_url: bool = False
+    deleted_url: bool = False
+
+    @property
+    def track_changes(self) -> bool:
+        """The partner has a change URL: a delivered message's flags are recorded (4.14)."""
+        return self.updated_url or self.deleted_url
 
 
 @dataclass(frozen=True, slots=True)
