@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -20,7 +21,8 @@ from superimap.delivery.payloads import (
     spec_signature,
     standard_webhook_signature,
 )
-from superimap.platform.netguard import CheckedConnector, PrivateTargetRefused
+from superimap.delivery.webclient import WebError, WebhookSession
+from superimap.platform.netguard import PrivateTargetRefused
 
 USER_AGENT = f"SuperIMAP/{__version__} (+webhooks)"
 EXCERPT_BYTES = 1024
@@ -41,18 +43,21 @@ class PostResult:
 
 
 def make_session(
-    concurrency: int, timeout_seconds: float, *, allow_private: bool
-) -> aiohttp.ClientSession:
+    concurrency: int,
+    timeout_seconds: float,
+    *,
+    allow_private: bool,
+    tls: ssl.SSLContext | None = None,
+) -> WebhookSession:
     """A session whose connections go to addresses netguard resolved and checked (unless
-    allow_private, WEBHOOK_ALLOW_PRIVATE): the test webhook and the worker alike."""
-    connector = CheckedConnector(
-        allow_private=allow_private, limit=concurrency, limit_per_host=concurrency
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout_seconds),
-        headers={"User-Agent": USER_AGENT},
-        json_serialize=json.dumps,
+    allow_private, WEBHOOK_ALLOW_PRIVATE): the test webhook and the worker alike. `tls`
+    replaces the system's CAs (tests with their own CA)."""
+    return WebhookSession(
+        concurrency,
+        timeout_seconds,
+        allow_private=allow_private,
+        user_agent=USER_AGENT,
+        tls=tls,
     )
 
 
@@ -126,35 +131,35 @@ def _headers(
 
 
 async def post(
-    session: aiohttp.ClientSession,
+    session: WebhookSession,
     url: str,
     raw: bytes,
     headers: dict,
 ) -> PostResult:
     started = time.monotonic()
     try:
-        async with session.post(url, data=raw, headers=headers, allow_redirects=False) as response:
-            excerpt = await _read_prefix(response, EXCERPT_BYTES)
-            retry_after = None
-            if response.status in (429, 503):
-                retry_after = parse_retry_after(response.headers.get("Retry-After", ""))
-            return PostResult(
-                status_code=response.status,
-                excerpt=excerpt.decode("utf-8", errors="replace"),
-                error="",
-                duration_ms=int((time.monotonic() - started) * 1000),
-                retry_after=retry_after,
-            )
+        answer = await session.post(url, raw, headers)
     except TimeoutError:
         error = "timed out"
     except PrivateTargetRefused as exc:
         error = f"refused: {exc}"[:1024]
-    except aiohttp.ClientError as exc:
-        error = describe_client_error(exc)[:1024]
+    except WebError as exc:
+        error = str(exc)[:1024]
     except (OSError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:1024]
     except asyncio.CancelledError:
         raise
+    else:
+        retry_after = None
+        if answer.status in (429, 503):
+            retry_after = parse_retry_after(answer.retry_after)
+        return PostResult(
+            status_code=answer.status,
+            excerpt=answer.excerpt.decode("utf-8", errors="replace"),
+            error="",
+            duration_ms=int((time.monotonic() - started) * 1000),
+            retry_after=retry_after,
+        )
     return PostResult(None, "", error, int((time.monotonic() - started) * 1000))
 
 
@@ -178,19 +183,6 @@ def describe_client_error(exc: aiohttp.ClientError) -> str:
 
 def _os_reason(error: OSError) -> str:
     return error.strerror or str(error) or type(error).__name__
-
-
-async def _read_prefix(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """Up to `limit` bytes of the body; one read() may return less than is on the way."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def parse_retry_after(value: str, now: float | None = None) -> float | None:
