@@ -8,6 +8,9 @@ the real Worker running until every delivery succeeded:
   latency there includes the time a row waits in the queue.
 - steady: rows created at --rate per second while the worker runs: end-to-end latency
   from Delivery.created_at to receipt.
+- low (with --low-count N): the same at --low-rate per second (20): the CPU a delivery
+  costs when each one comes alone (a wake-up, a claim and a record of its own).
+The worker's CPU is the process's, minus what the producer thread spent inserting rows.
 - bare: the backlog's requests (rendered and signed beforehand) POSTed by one bare aiohttp
   session at the same concurrency to the same receiver: the ceiling the worker is compared
   with (``worker_backlog_share``).
@@ -26,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 
@@ -128,9 +132,7 @@ def _insert(user, first: int, count: int) -> None:
             batch = []
 
 
-async def _deliver(
-    count: int, concurrency: int, produce=None, already: int = 0
-) -> tuple[float, float, dict]:
+async def _deliver(count: int, concurrency: int, produce=None) -> tuple[float, float, dict]:
     """Run the Worker until `count` more deliveries succeeded; `produce(worker)` may feed
     rows while it runs (the steady-rate phase)."""
     from superimap.delivery.worker import Worker
@@ -158,7 +160,8 @@ async def _deliver(
             elif ticks % 100 == 0:
                 print(line, flush=True)
         seconds = time.monotonic() - started
-        cpu_seconds = time.process_time() - cpu_started
+        # The producer's inserts run in this process too: not the worker's CPU.
+        cpu_seconds = time.process_time() - cpu_started - sum(_PRODUCER_CPU)
     finally:
         if producer:
             producer.cancel()
@@ -212,10 +215,14 @@ async def _bare_posts(user, url: str, args) -> tuple[float, float]:
         return time.monotonic() - started, time.process_time() - cpu_started
 
 
+_PRODUCER_CPU: list[float] = []
+
+
 def _steady_producer(user, first: int, count: int, rate: int):
     """Insert `rate` rows per second in 20 small batches a second, waking the worker."""
 
     async def produce(worker) -> None:
+        _PRODUCER_CPU.clear()
         loop = asyncio.get_running_loop()
         per_tick = max(1, rate // 20)
         started = loop.time()
@@ -233,10 +240,12 @@ def _steady_producer(user, first: int, count: int, rate: int):
 def _insert_closing(user, first: int, count: int) -> None:
     from django.db import connection
 
+    started = time.thread_time()
     try:
         _insert(user, first, count)
     finally:
         connection.close()
+        _PRODUCER_CPU.append(time.thread_time() - started)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -252,8 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=5000, help="backlog phase size")
     parser.add_argument("--steady-count", type=int, default=5000, help="steady phase size")
     parser.add_argument("--rate", type=int, default=500, help="steady phase rows per second")
+    parser.add_argument("--low-count", type=int, default=0, help="low-rate phase size")
+    parser.add_argument("--low-rate", type=int, default=20, help="low phase rows per second")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--database-url", help="default: a fresh SQLite file in a temp dir")
+    parser.add_argument(
+        "--postgres", action="store_true", help="a throwaway PostgreSQL (devtools/testing)"
+    )
     args = parser.parse_args(argv)
     load = [round(x, 2) for x in os.getloadavg()]
 
@@ -269,8 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     receiver.start()
     try:
         port = parent_end.recv()
-        with tempfile.TemporaryDirectory(prefix="superimap-bench-") as tmp:
-            _configure(Path(tmp), args.database_url, args.concurrency)
+        with ExitStack() as stack:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="superimap-bench-"))
+            database_url = args.database_url
+            if args.postgres:
+                from devtools.testing.postgres import PostgresServer
+
+                database_url = stack.enter_context(PostgresServer()).url
+            _configure(Path(tmp), database_url, args.concurrency)
             from django.conf import settings
             from django.db import connections
 
@@ -283,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"steady: {args.steady_count} deliveries at {args.rate}/s ...", flush=True)
             produce = _steady_producer(user, args.count, args.steady_count, args.rate)
             steady = runner(_deliver(args.steady_count, args.concurrency, produce))
+            low = None
+            if args.low_count:
+                print(f"low: {args.low_count} deliveries at {args.low_rate}/s ...", flush=True)
+                first = args.count + args.steady_count
+                produce = _steady_producer(user, first, args.low_count, args.low_rate)
+                low = runner(_deliver(args.low_count, args.concurrency, produce))
             print(f"bare: {args.count} posts with a bare aiohttp client ...", flush=True)
             bare_seconds, bare_cpu = runner(_bare_posts(user, f"http://127.0.0.1:{port}", args))
             parent_end.send("stop")
@@ -292,7 +318,13 @@ def main(argv: list[str] | None = None) -> int:
             created = {}
             for event_id, message_id, created_at in rows:
                 number = int(message_id.split("-")[1].split("@")[0])
-                phase_of[str(event_id)] = "backlog" if number < args.count else "steady"
+                phase_of[str(event_id)] = (
+                    "backlog"
+                    if number < args.count
+                    else "steady"
+                    if number < args.count + args.steady_count
+                    else "low"
+                )
                 created[str(event_id)] = created_at.timestamp()
             engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
             connections.close_all()
@@ -316,11 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "load_average_at_start": load,
     }
-    results = []
-    for phase, count, (seconds, cpu_seconds, counts), note in [
+    phases = [
         ("backlog", args.count, backlog, "all rows inserted first: latency includes queueing"),
         ("steady", args.steady_count, steady, f"rows created at {args.rate}/s while running"),
-    ]:
+    ]
+    if low is not None:
+        phases.append(("low", args.low_count, low, f"rows created at {args.low_rate}/s"))
+    results = []
+    for phase, count, (seconds, cpu_seconds, counts), note in phases:
         values = latencies(phase)
         results.append(
             {
