@@ -1,4 +1,5 @@
 """All outbound webhook HTTP goes through here: timeout, no redirects, User-Agent, signatures.
+The connections and the HTTP/1.1 exchange are delivery/webclient.py's.
 
 Secrets (API keys, webhook secrets) are used to sign and never logged.
 """
@@ -11,8 +12,6 @@ import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-
-import aiohttp
 
 from superimap import __version__
 from superimap.delivery import policy
@@ -161,28 +160,6 @@ async def post(
             retry_after=retry_after,
         )
     return PostResult(None, "", error, int((time.monotonic() - started) * 1000))
-
-
-def describe_client_error(exc: aiohttp.ClientError) -> str:
-    """An operator-readable reason for a failed POST (the dashboard's and the API's
-    last_error): what went wrong and with which host, then aiohttp's own words."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"DNS lookup failed for {exc.host}: {_os_reason(exc.os_error)}"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate check failed for {exc.host}:{exc.port}: {exc.certificate_error}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        where = f"{exc.host}:{exc.port}"
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return f"connection refused by {where} (nothing listening?)"
-        return f"could not connect to {where}: {_os_reason(exc.os_error)}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the receiver closed the connection without answering"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _os_reason(error: OSError) -> str:
-    return error.strerror or str(error) or type(error).__name__
 
 
 def parse_retry_after(value: str, now: float | None = None) -> float | None:

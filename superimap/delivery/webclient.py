@@ -109,17 +109,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        parser = self.parser
-        if parser is not None:
-            if exc is None or parser.received:
-                try:
-                    parser.eof()
-                except ResponseError as error:
-                    self._answer(error)
-                    return
-                self._answer(None)
-            else:
-                self._answer(ResponseError("the receiver closed the connection without answering"))
+        if self.parser is not None:
+            self.eof_received()  # a reset mid-answer reads as a close there
 
     def _answer(self, error: Exception | None) -> None:
         waiter = self.waiter
@@ -161,6 +152,7 @@ class WebhookSession:
         self._in_flight = 0
         self._waiters: deque[asyncio.Future] = deque()
         self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> WebhookSession:
         return self
@@ -174,6 +166,9 @@ class WebhookSession:
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._idle.values():
             for conn in idle:
                 if conn.transport is not None:
@@ -250,8 +245,26 @@ class WebhookSession:
             if keep and not self._closed:
                 conn.idle_since = loop.time()
                 self._idle.setdefault(target.origin, []).append(conn)
+                if self._sweeper is None:
+                    self._sweeper = loop.call_later(KEEPALIVE_SECONDS, self._sweep, loop)
             else:
                 conn.abort()
+
+    def _sweep(self, loop) -> None:
+        """Close connections idle for KEEPALIVE_SECONDS (origins no longer posted to too)."""
+        self._sweeper = None
+        now = loop.time()
+        for origin, idle in list(self._idle.items()):
+            fresh = [c for c in idle if not c.closed and now - c.idle_since < KEEPALIVE_SECONDS]
+            for conn in idle:
+                if conn not in fresh:
+                    conn.abort()
+            if fresh:
+                idle[:] = fresh
+            else:
+                del self._idle[origin]
+        if self._idle:
+            self._sweeper = loop.call_later(KEEPALIVE_SECONDS / 2, self._sweep, loop)
 
     def _reuse(self, loop, origin: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(origin)

@@ -14,7 +14,9 @@ checks every address and hands them to the adapters below, which connect to exac
 addresses; the host name is kept for TLS (SNI and the certificate check) and HTTP's Host:
 
 - connect() / connect_async(): a connected socket (imaplib, asyncio protocols, aiosmtplib);
-- CheckedConnector: an aiohttp connector (webhooks, the engine's OAuth token calls);
+- resolve_checked_async() itself: the webhook client (delivery/webclient.py) connects to
+  the addresses it returns;
+- CheckedConnector: an aiohttp connector (the engine's OAuth token calls);
 - CheckedTransport: an httpx2 transport (authlib's OAuth client in the hosted pages).
 
 The operator's switches (WEBHOOK_ALLOW_PRIVATE, IMAP_ALLOW_PRIVATE_HOSTS) reach here as

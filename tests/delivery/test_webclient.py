@@ -13,6 +13,7 @@ import time
 import pytest
 
 from devtools.testing.dovecot import write_test_certificates
+from superimap.delivery import webclient
 from superimap.delivery.http import USER_AGENT, make_session, post
 
 BODY = b'{"event":"new_mail"}'
@@ -261,3 +262,22 @@ def test_tls_is_verified_with_the_given_ca_and_refused_without_it(tmp_path):
     assert result.status_code is None
     assert result.error.startswith(f"TLS certificate check failed for localhost:{port}: ")
     assert "certificate verify failed" in result.error
+
+
+def test_idle_connections_are_closed_after_the_keep_alive_time(monkeypatch):
+    monkeypatch.setattr(webclient, "KEEPALIVE_SECONDS", 0.1)
+
+    async def scenario():
+        server = Scripted(_answers(OK))
+        port = await server.start()
+        try:
+            async with make_session(4, 5.0, allow_private=True) as session:
+                result = await post(session, f"http://127.0.0.1:{port}/", BODY, HEADERS)
+                assert session.idle_connections() == 1
+                await asyncio.sleep(0.3)
+                return server, result, session.idle_connections()
+        finally:
+            await server.stop()
+
+    server, result, idle = asyncio.run(scenario())
+    assert (result.status_code, idle, server.client_closed) == (200, 0, 1)
