@@ -8,7 +8,7 @@ aiohttp's CPU per request (devtools/bench/webclients.py measures both). What it 
   WEBHOOK_ALLOW_PRIVATE); the name is kept for TLS (SNI, certificate check) and Host:;
 - https with certificate verification (ssl.create_default_context(), as aiohttp's default);
 - one total timeout per request (connect, send and answer), TimeoutError when it passes;
-- no redirects (a 3xx is an answer like any other);
+- no redirects (a 3xx is an answer like any other); user:password@ in a URL is Basic auth;
 - a pool per origin (scheme, host, port): idle connections reused last-in first-out, closed
   after KEEPALIVE_SECONDS idle, when the receiver closes them, or after an answer with
   `Connection: close`, an HTTP/1.0 answer without keep-alive, or a body not read to its
@@ -23,11 +23,12 @@ PrivateTargetRefused.
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from superimap.delivery.http11 import EXCERPT_LIMIT, ResponseError, ResponseParser
 from superimap.platform.netguard import resolve_checked_async
@@ -335,6 +336,11 @@ class WebhookSession:
         if parts.query:
             path += "?" + quote(parts.query, safe=_PATH_SAFE + "?")
         head = f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode("ascii")
+        if parts.username is not None:
+            # user:password@ in the URL: Basic auth, as aiohttp sends it.
+            secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            token = base64.b64encode(secret.encode("latin-1")).decode("ascii")
+            head += f"Authorization: Basic {token}\r\n".encode("ascii")
         target = _Target((scheme, host, port), host, port, head)
         if len(self._targets) >= _URL_CACHE_SIZE:
             self._targets.clear()

@@ -6,6 +6,7 @@ private targets at connect. Each receiver here is a small asyncio server scripte
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import ssl
 import time
@@ -281,3 +282,22 @@ def test_idle_connections_are_closed_after_the_keep_alive_time(monkeypatch):
 
     server, result, idle = asyncio.run(scenario())
     assert (result.status_code, idle, server.client_closed) == (200, 0, 1)
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_the_path_is_quoted():
+    async def scenario():
+        server = Scripted(_answers(OK))
+        port = await server.start()
+        try:
+            async with make_session(1, 5.0, allow_private=True) as session:
+                url = f"http://hook%40user:p%3Ass@127.0.0.1:{port}/a b/%7Ex?q=1 2#frag"
+                return server, await post(session, url, BODY, HEADERS)
+        finally:
+            await server.stop()
+
+    server, result = asyncio.run(scenario())
+    assert result.status_code == 200
+    head = server.requests[0].decode()
+    assert head.startswith("POST /a%20b/%7Ex?q=1%202 HTTP/1.1\r\n")
+    token = base64.b64encode(b"hook@user:p:ss").decode()
+    assert f"\r\nAuthorization: Basic {token}\r\n" in head
