@@ -12,10 +12,18 @@ import ssl
 import time
 
 import pytest
+import uvloop
 
 from devtools.testing.dovecot import write_test_certificates
 from superimap.delivery import webclient
 from superimap.delivery.http import USER_AGENT, make_session, post
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Each test on asyncio's loop and on uvloop (the worker's)."""
+    return asyncio.run if request.param == "asyncio" else uvloop.run
+
 
 BODY = b'{"event":"new_mail"}'
 HEADERS = {"Content-Type": "application/json", "webhook-id": "e1"}
@@ -68,6 +76,8 @@ class Scripted:
                     return
                 if self.after == "hang":
                     await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # the server is stopping
         finally:
             self.open_now -= 1
             writer.close()
@@ -78,6 +88,13 @@ def _answers(*replies: bytes):
         return replies[min(number, len(replies)) - 1]
 
     return answer
+
+
+async def _until(condition, seconds: float = 3.0) -> None:
+    """Wait until condition() holds (the other side's view of a close takes a loop turn)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 async def _exchange(server: Scripted, count: int = 1, *, timeout=5.0, scheme="http", **kw):
@@ -93,9 +110,9 @@ async def _exchange(server: Scripted, count: int = 1, *, timeout=5.0, scheme="ht
         await server.stop()
 
 
-def test_posts_reuse_one_keep_alive_connection_and_send_what_aiohttp_sent():
+def test_posts_reuse_one_keep_alive_connection_and_send_what_aiohttp_sent(run):
     server = Scripted(_answers(OK))
-    port, results = asyncio.run(_exchange(server, 3))
+    port, results = run(_exchange(server, 3))
     assert [(r.status_code, r.excerpt, r.error) for r in results] == [(200, "ok", "")] * 3
     assert server.connections == 1
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
@@ -108,7 +125,7 @@ def test_posts_reuse_one_keep_alive_connection_and_send_what_aiohttp_sent():
     assert fields["webhook-id"] == "e1" and fields["Content-Type"] == "application/json"
 
 
-def test_a_keep_alive_connection_the_receiver_closed_is_not_reused():
+def test_a_keep_alive_connection_the_receiver_closed_is_not_reused(run):
     async def scenario():
         server = Scripted(_answers(OK), after="close")  # closes after each answer, unsaid
         port = await server.start()
@@ -124,27 +141,39 @@ def test_a_keep_alive_connection_the_receiver_closed_is_not_reused():
             await server.stop()
         return server, first, second
 
-    server, first, second = asyncio.run(scenario())
+    server, first, second = run(scenario())
     assert (first.status_code, second.status_code, second.error) == (200, 200, "")
     assert server.connections == 2
 
 
-def test_connection_close_and_http_1_0_answers_close_the_connection():
+def test_connection_close_and_http_1_0_answers_close_the_connection(run):
     replies = [
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.0 201 Created\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
         OK,
     ]
-    server = Scripted(_answers(*replies))  # keeps its side open: the client must close
-    _, results = asyncio.run(_exchange(server, 4))
+
+    async def scenario():
+        server = Scripted(_answers(*replies))  # keeps its side open: the client must close
+        port = await server.start()
+        try:
+            async with make_session(4, 5.0, allow_private=True) as session:
+                url = f"http://127.0.0.1:{port}/"
+                results = [await post(session, url, BODY, HEADERS) for _ in replies]
+                await _until(lambda: server.client_closed >= 2)
+                return server, results, server.client_closed
+        finally:
+            await server.stop()
+
+    server, results, closed = run(scenario())
     assert [r.status_code for r in results] == [200, 200, 201, 200]
     # close, 1.0 without keep-alive: new connections; 1.0 keep-alive: reused for the 4th.
     assert server.connections == 3
-    assert server.client_closed == 2
+    assert closed == 2
 
 
-def test_a_chunked_answer_arriving_in_pieces():
+def test_a_chunked_answer_arriving_in_pieces(run):
     async def answer(number: int, request: bytes):
         return None
 
@@ -169,45 +198,45 @@ def test_a_chunked_answer_arriving_in_pieces():
                     await asyncio.sleep(0.01)
             writer.close()
 
-    _, results = asyncio.run(_exchange(Trickle(answer), 2))
+    _, results = run(_exchange(Trickle(answer), 2))
     assert [(r.status_code, r.excerpt) for r in results] == [(400, "no, wrong signature\r\n")] * 2
 
 
-def test_1xx_answers_are_skipped_and_a_close_delimited_body_is_read_to_the_end():
+def test_1xx_answers_are_skipped_and_a_close_delimited_body_is_read_to_the_end(run):
     reply = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 503 Busy\r\nRetry-After: 7\r\n\r\nlater"
     server = Scripted(_answers(reply), after="close")
-    _, [result] = asyncio.run(_exchange(server))
+    _, [result] = run(_exchange(server))
     assert (result.status_code, result.excerpt, result.retry_after) == (503, "later", 7.0)
 
 
-def test_a_redirect_is_an_answer_not_followed():
+def test_a_redirect_is_an_answer_not_followed(run):
     reply = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/\r\n"
     server = Scripted(_answers(reply + b"Content-Length: 0\r\n\r\n"))
-    _, [result] = asyncio.run(_exchange(server))
+    _, [result] = run(_exchange(server))
     assert result.status_code == 307 and not result.succeeded
     assert len(server.requests) == 1
 
 
-def test_a_long_body_is_cut_at_a_kib_and_an_endless_header_is_an_error():
+def test_a_long_body_is_cut_at_a_kib_and_an_endless_header_is_an_error(run):
     long_body = b"HTTP/1.1 500 Oops\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000
     endless = b"HTTP/1.1 200 OK\r\nX-Junk: " + b"j" * 100000
-    _, results = asyncio.run(_exchange(Scripted(_answers(long_body, endless)), 2))
+    _, results = run(_exchange(Scripted(_answers(long_body, endless)), 2))
     assert (results[0].status_code, results[0].excerpt) == (500, "x" * 1024)
     assert results[1].status_code is None
     assert results[1].error == "the answer's header is over 32768 bytes"
 
 
-def test_the_timeout_covers_the_whole_request():
+def test_the_timeout_covers_the_whole_request(run):
     async def never(number: int, request: bytes):
         return None
 
     started = time.monotonic()
-    _, [result] = asyncio.run(_exchange(Scripted(never, after="hang"), timeout=0.3))
+    _, [result] = run(_exchange(Scripted(never, after="hang"), timeout=0.3))
     assert (result.status_code, result.error) == (None, "timed out")
     assert 0.25 < time.monotonic() - started < 3
 
 
-def test_no_more_connections_than_the_limit():
+def test_no_more_connections_than_the_limit(run):
     async def slow(number: int, request: bytes):
         await asyncio.sleep(0.05)
         return OK
@@ -225,13 +254,13 @@ def test_no_more_connections_than_the_limit():
             await server.stop()
         return server, results
 
-    server, results = asyncio.run(scenario())
+    server, results = run(scenario())
     assert [r.status_code for r in results] == [200] * 12
     assert server.most_open == 3 and server.connections == 3
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
-def test_private_targets_are_refused_at_connect(host):
+def test_private_targets_are_refused_at_connect(host, run):
     async def scenario():
         server = Scripted(_answers(OK))
         port = await server.start()
@@ -241,31 +270,31 @@ def test_private_targets_are_refused_at_connect(host):
         finally:
             await server.stop()
 
-    port, server, result = asyncio.run(scenario())
+    port, server, result = run(scenario())
     assert result.status_code is None
     shown = host.strip("[]")
     assert result.error == f"refused: {shown}:{port} resolves to a private or reserved address"
     assert server.connections == 0
 
 
-def test_tls_is_verified_with_the_given_ca_and_refused_without_it(tmp_path):
+def test_tls_is_verified_with_the_given_ca_and_refused_without_it(tmp_path, run):
     files = write_test_certificates(tmp_path / "tls")
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(files.server_cert, files.server_key)
     client_tls = ssl.create_default_context(cadata=files.ca_cert.read_text())
 
-    port, results = asyncio.run(
+    port, results = run(
         _exchange(Scripted(_answers(OK), tls=server_tls), 2, scheme="https", tls=client_tls)
     )
     assert [(r.status_code, r.excerpt) for r in results] == [(200, "ok")] * 2
 
-    port, [result] = asyncio.run(_exchange(Scripted(_answers(OK), tls=server_tls), scheme="https"))
+    port, [result] = run(_exchange(Scripted(_answers(OK), tls=server_tls), scheme="https"))
     assert result.status_code is None
     assert result.error.startswith(f"TLS certificate check failed for localhost:{port}: ")
     assert "certificate verify failed" in result.error
 
 
-def test_idle_connections_are_closed_after_the_keep_alive_time(monkeypatch):
+def test_idle_connections_are_closed_after_the_keep_alive_time(monkeypatch, run):
     monkeypatch.setattr(webclient, "KEEPALIVE_SECONDS", 0.1)
 
     async def scenario():
@@ -275,16 +304,16 @@ def test_idle_connections_are_closed_after_the_keep_alive_time(monkeypatch):
             async with make_session(4, 5.0, allow_private=True) as session:
                 result = await post(session, f"http://127.0.0.1:{port}/", BODY, HEADERS)
                 assert session.idle_connections() == 1
-                await asyncio.sleep(0.3)
+                await _until(lambda: server.client_closed == 1)
                 return server, result, session.idle_connections()
         finally:
             await server.stop()
 
-    server, result, idle = asyncio.run(scenario())
+    server, result, idle = run(scenario())
     assert (result.status_code, idle, server.client_closed) == (200, 0, 1)
 
 
-def test_credentials_in_the_url_are_sent_as_basic_auth_and_the_path_is_quoted():
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_the_path_is_quoted(run):
     async def scenario():
         server = Scripted(_answers(OK))
         port = await server.start()
@@ -295,7 +324,7 @@ def test_credentials_in_the_url_are_sent_as_basic_auth_and_the_path_is_quoted():
         finally:
             await server.stop()
 
-    server, result = asyncio.run(scenario())
+    server, result = run(scenario())
     assert result.status_code == 200
     head = server.requests[0].decode()
     assert head.startswith("POST /a%20b/%7Ex?q=1%202 HTTP/1.1\r\n")

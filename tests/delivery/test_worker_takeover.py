@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -26,7 +27,10 @@ def test_a_killed_workers_claims_are_sent_by_the_live_worker_in_seconds(
     database_url, make_receiver, tmp_path
 ):
     # 0.2 s per answer: the workers are mid-batch (20 in flight each) when one is killed.
-    receiver = make_receiver(responses=lambda event: Hang(0.2))
+    # 1 s until the test has seen the first worker mid-batch: on a loaded machine the whole
+    # batch could otherwise be over before the test looks (the workers need little CPU).
+    mid_batch_seen = threading.Event()
+    receiver = make_receiver(responses=lambda event: Hang(0.2 if mid_batch_seen.is_set() else 1.0))
     # One partner here: its fair share (fairness.py) is all 20 slots, so each worker has a
     # full batch in flight.
     env = superimap_env(
@@ -68,16 +72,15 @@ def test_a_killed_workers_claims_are_sent_by_the_live_worker_in_seconds(
         )
         run(*shell, PHASE="deliveries")
         doomed_id = f"{socket.gethostname()}:{doomed.pid}"
-        wait_until(
-            lambda: (
-                rows(f"SELECT count(*) FROM delivery_delivery WHERE claimed_by = '{doomed_id}'")[0][
-                    0
-                ]
-                >= 10
-            ),
-            30,
-            "the first worker to be mid-batch",
-        )
+
+        def doomed_mid_batch() -> bool:
+            sql = f"SELECT count(*) FROM delivery_delivery WHERE claimed_by = '{doomed_id}'"
+            if rows(sql)[0][0] >= 10:
+                mid_batch_seen.set()
+                return True
+            return False
+
+        wait_until(doomed_mid_batch, 30, "the first worker to be mid-batch")
         doomed.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         assert doomed.wait(10) == -signal.SIGKILL
