@@ -15,9 +15,9 @@ aiohttp's CPU per request (devtools/bench/webclients.py measures both). What it 
   end; at most `limit` requests in flight for the whole session (the worker's concurrency);
 - answers parsed by delivery/http11.py (1xx skipped, bounded header, 1 KiB excerpt).
 
-Failures come out as WebError with the operator-readable text http.post() records (the
-same words describe_client_error() gives for aiohttp's errors), TimeoutError, or
-PrivateTargetRefused.
+Failures come out as WebError with the operator-readable text http.post() records (issue
+17's words: DNS failure, certificate failure, connection refused, could not connect, closed
+without answering), TimeoutError, or PrivateTargetRefused.
 """
 
 from __future__ import annotations
