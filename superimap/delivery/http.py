@@ -15,6 +15,7 @@ from email.utils import parsedate_to_datetime
 
 from superimap import __version__
 from superimap.delivery import policy
+from superimap.delivery.http11 import EXCERPT_LIMIT
 from superimap.delivery.payloads import (
     signed_body,
     spec_signature,
@@ -24,7 +25,7 @@ from superimap.delivery.webclient import WebError, WebhookSession
 from superimap.platform.netguard import PrivateTargetRefused
 
 USER_AGENT = f"SuperIMAP/{__version__} (+webhooks)"
-EXCERPT_BYTES = 1024
+EXCERPT_BYTES = EXCERPT_LIMIT  # the excerpt of an answer kept in PostResult
 
 
 @dataclass(frozen=True)
