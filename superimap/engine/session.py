@@ -47,10 +47,11 @@ from superimap.sync.batch import (
     BatchFetch,
     CheckPresent,
     FetchMeta,
+    one_trip_count,
+    one_trip_items,
 )
 from superimap.sync.mailbox import (
     BATCH_SIZE,
-    CatchUp,
     FetchAnswer,
     FolderCursor,
     Start,
@@ -434,17 +435,33 @@ class MailboxSession:
     async def _catch_up(self, cursor: FolderCursor, steady: bool = False) -> None:
         """Fetch and persist what arrived in ``cursor``'s folder (selected) since its
         checkpoint; ``steady``: from the watch loop (FolderCursor.plan_catch_up)."""
-        self._exists_at_search = self.conn.exists_seen
-        plan = cursor.plan_catch_up(self.conn.exists_count, steady, BATCH_SIZE)
+        conn = self.conn
+        self._exists_at_search = conn.exists_seen
+        max_size = self.cfg.max_email_size
+        plan = cursor.plan_catch_up(
+            conn.exists_count,
+            steady,
+            BATCH_SIZE,
+            changes_seen=conn.changes_seen,
+            one_trip=one_trip_count(max_size),
+        )
         meta: dict[int, Fetch] | None = None
+        known_at = None
         if plan.by_range:
-            meta = range_meta(plan, await self._fetch_range(plan))
+            # A few new messages: their sizes, dates and bodies in one FETCH (plan.bodies).
+            items = one_trip_items(max_size, self._change_items()) if plan.bodies else META_ITEMS
+            meta = range_meta(plan, await self._uid_fetch(plan.uid_range, items))
+            known_at = conn.exists_at
             uids = cursor.to_fetch(plan, meta)
         else:
             uids = cursor.to_fetch(plan, await self._search(plan.search))
         if uids:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
-        await self._fetch_and_persist(cursor, uids, meta=meta)
+        await self._fetch_and_persist(cursor, uids, meta=meta, known_at=known_at)
+
+    def _change_items(self) -> str:
+        """FLAGS (and MODSEQ) with every body when the partner wants change events."""
+        return self.changes.items if self.changes is not None else ""
 
     async def _revalidate(self, cursor: FolderCursor, highest: int) -> None:
         """The UIDVALIDITY changed: catch up by date (sync.mailbox.revalidation_window);
@@ -472,6 +489,7 @@ class MailboxSession:
         skip_recorded: bool = False,
         before: datetime | None = None,
         meta: dict[int, Fetch] | None = None,
+        known_at: float | None = None,
     ) -> None:
         """Fetch and persist ``uids`` batch by batch; each batch's UIDs all end in a state
         (persisted or skipped) before the checkpoint moves past them."""
@@ -484,7 +502,7 @@ class MailboxSession:
                 batch = [uid for uid in batch if uid not in done]
             if not batch:
                 continue
-            messages = await self._fetch_batch(batch, before, meta)
+            messages = await self._fetch_batch(batch, before, meta, known_at)
             result = await self.engine.persister.persist(
                 self.user_id, self.engine.node_id, uid_validity, folder, messages
             )
@@ -497,6 +515,7 @@ class MailboxSession:
         uids: list[int],
         before: datetime | None = None,
         known: dict[int, Fetch] | None = None,
+        known_at: float | None = None,
     ) -> list[FetchedMessage]:
         """One FetchedMessage per UID of ``uids``, whatever the server answers: the batch
         machine (sync/batch.py) decides, this sends its requests."""
@@ -505,7 +524,8 @@ class MailboxSession:
             max_size=self.cfg.max_email_size,
             before=before,
             known=known,
-            extra=self.changes.items if self.changes is not None else "",
+            extra=self._change_items(),
+            known_at=known_at,
         )
         for request in machine.requests():
             if isinstance(request, CheckPresent):
@@ -537,9 +557,6 @@ class MailboxSession:
                 )
             )
         return messages
-
-    async def _fetch_range(self, plan: CatchUp) -> list:
-        return await self._uid_fetch(plan.uid_range, META_ITEMS)
 
     async def _fetch_items(self, uids, items: str) -> list:
         return await self._uid_fetch(",".join(map(str, uids)), items)
