@@ -22,7 +22,6 @@ from superimap.engine.morefolders import OtherFolders
 from superimap.engine.oauth import access_tokens
 from superimap.imap import (
     Bye,
-    Continuation,
     Exists,
     Fetch,
     ImapError,
@@ -142,6 +141,8 @@ class MailboxSession:
         self._sleeper: asyncio.Future | None = None
         self._exists_at_search = 0
         self._idle_period = self.cfg.idle_reissue
+        # The IDLE may go out behind the catch-up's FETCH (False once a server refused it).
+        self._ahead_ok = True
         # Folders besides the primary one (design.md 4.10) and how their news is learnt.
         self.others = OtherFolders(engine, user_id, self.label)
         # Change events (design.md 4.14): None unless the partner asked for them.
@@ -290,7 +291,15 @@ class MailboxSession:
                     await self._poll(wait)
                 if self.stop_event.is_set():
                     return
-            await self._catch_up(self.primary, steady=True)
+            # Nothing else to send after this catch-up: its FETCH may carry the next IDLE.
+            ahead = (
+                idle
+                and self._ahead_ok
+                and backfill is None
+                and self.changes is None
+                and not self.others.cursors
+            )
+            await self._catch_up(self.primary, steady=True, then_idle=ahead)
             if self.changes is not None and self.changes.wanted(self.conn):
                 await self.changes.check(self, self.primary)
             if self.others.cursors:
@@ -432,9 +441,13 @@ class MailboxSession:
 
     # --- catching up --------------------------------------------------------------------
 
-    async def _catch_up(self, cursor: FolderCursor, steady: bool = False) -> None:
+    async def _catch_up(
+        self, cursor: FolderCursor, steady: bool = False, then_idle: bool = False
+    ) -> None:
         """Fetch and persist what arrived in ``cursor``'s folder (selected) since its
-        checkpoint; ``steady``: from the watch loop (FolderCursor.plan_catch_up)."""
+        checkpoint; ``steady``: from the watch loop (FolderCursor.plan_catch_up);
+        ``then_idle``: a one-trip FETCH carries the IDLE that comes next (one write per
+        new message; a command the batch still needs ends it first)."""
         conn = self.conn
         self._exists_at_search = conn.exists_seen
         max_size = self.cfg.max_email_size
@@ -450,7 +463,8 @@ class MailboxSession:
         if plan.by_range:
             # A few new messages: their sizes, dates and bodies in one FETCH (plan.bodies).
             items = one_trip_items(max_size, self._change_items()) if plan.bodies else META_ITEMS
-            meta = range_meta(plan, await self._uid_fetch(plan.uid_range, items))
+            events = await self._uid_fetch(plan.uid_range, items, then_idle and plan.bodies)
+            meta = range_meta(plan, events)
             known_at = conn.exists_at
             uids = cursor.to_fetch(plan, meta)
         else:
@@ -528,6 +542,8 @@ class MailboxSession:
             known_at=known_at,
         )
         for request in machine.requests():
+            # More than the one-trip FETCH: end the IDLE written behind it (if any) first.
+            await self.conn.end_idle_ahead()
             if isinstance(request, CheckPresent):
                 untagged, _ = await self.conn.command(*self.conn.protocol.noop())
                 self._check_uidvalidity(untagged)
@@ -561,13 +577,14 @@ class MailboxSession:
     async def _fetch_items(self, uids, items: str) -> list:
         return await self._uid_fetch(",".join(map(str, uids)), items)
 
-    async def _uid_fetch(self, uid_set: str, items: str) -> list:
+    async def _uid_fetch(self, uid_set: str, items: str, then_idle: bool = False) -> list:
         """UID FETCH ``items`` of ``uid_set``: the untagged responses, FETCH answers in
         whatever order they come (the machine picks those it asked for)."""
         untagged, tagged = await self.conn.command(
             *self.conn.protocol.uid_fetch(uid_set, items),
             timeout=self.cfg.fetch_timeout,
             check=False,
+            then_idle=then_idle,
         )
         self._check_uidvalidity(untagged)
         answer = fetch_answer(tagged)
@@ -629,17 +646,18 @@ class MailboxSession:
         """IDLE until news, the period's end, or ``at_most`` seconds (a backfill's next
         step)."""
         conn = self.conn
-        tag, data = conn.protocol.idle()
-        await conn.send(data)
-        # Wait for the continuation (or a refusal).
-        while True:
-            event = await conn.next_event(self.cfg.command_timeout)
-            if isinstance(event, TaggedResponse) and event.tag == tag:
-                raise CommandFailed("IDLE", event)
-            if isinstance(event, Continuation):
-                break
-            if isinstance(event, Bye):
-                raise ServerBye("server said BYE")
+        timeout = self.cfg.command_timeout
+        tag = conn.take_idle_ahead()  # written behind the catch-up's FETCH
+        if tag is not None and await conn.idle_started(tag, timeout) is not None:
+            log.info("mailbox %s: IDLE behind a FETCH refused; sent alone now", self.label)
+            self._ahead_ok = False
+            tag = None
+        if tag is None:
+            tag, data = conn.protocol.idle()
+            await conn.send(data)
+            refused = await conn.idle_started(tag, timeout)
+            if refused is not None:
+                raise CommandFailed("IDLE", refused)
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
         await self._wait_for_news(self._until_wake(period))
         if self.stop_event.is_set():

@@ -1,7 +1,8 @@
 """Round trips per new message: after IDLE, the DONE goes out in the same write as the
 catch-up's UID FETCH of sizes, dates and (for a few new messages) the bodies up to the
-size limit, which replaces the UID SEARCH and the body FETCH; a message over the limit
-then gets its header fetched; many at once still get the UID SEARCH. Seen on the wire by
+size limit, which replaces the UID SEARCH and the body FETCH, and the next IDLE: one
+write per new message. A message over the limit then gets its header fetched (the IDLE
+ended first); many at once still get the UID SEARCH. Seen on the wire by
 a recording TCP proxy, against the chaos server and Dovecot."""
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _words(chunks: list[bytes]) -> list[str]:
     return [chunk.decode(errors="replace") for chunk in chunks]
 
 
-def test_a_new_message_costs_one_write_with_done_then_idle(mail_partner):
+def test_a_new_message_costs_one_write(mail_partner):
     async def scenario():
         server = ChaosImapServer(users=1, chaos=False, seed=3)
         await server.start()
@@ -96,12 +97,11 @@ def test_a_new_message_costs_one_write_with_done_then_idle(mail_partner):
 
     server, one, many = asyncio.run(scenario())
     words = _words(one)
-    # Two writes for one new message: DONE + UID FETCH of size, date and body; IDLE.
-    assert len(words) == 2, words
+    # One write for one new message: DONE + UID FETCH of size, date and body + IDLE.
+    assert len(words) == 1, words
     first = words[0]
     assert first.startswith("DONE\r\n") and ONE_TRIP.format(1, FAST.max_email_size + 1) in first
-    assert "UID SEARCH" not in "".join(words)
-    assert words[1].rstrip().endswith("IDLE")
+    assert "UID SEARCH" not in first and first.rstrip().endswith("IDLE")
     assert any("UID SEARCH" in chunk for chunk in _words(many))
     # Count, don't assume: every message in the folder is one delivery, no skips.
     delivered, rows = _counts()
@@ -149,9 +149,11 @@ def test_over_the_limit_the_header_follows_and_an_expunge_race_is_recorded(mail_
 
     server, writes = asyncio.run(scenario())
     words = _words(writes)
-    assert len(words) == 3, words  # DONE + the one-trip FETCH; the header; IDLE
-    assert ONE_TRIP.format(1, 4097) in words[0]
-    assert "BODY.PEEK[HEADER]" in words[1] and words[2].rstrip().endswith("IDLE")
+    # DONE + the one-trip FETCH + IDLE; DONE + the header FETCH; IDLE.
+    assert len(words) == 3, words
+    assert ONE_TRIP.format(1, 4097) in words[0] and words[0].rstrip().endswith("IDLE")
+    assert words[1].startswith("DONE\r\n") and "BODY.PEEK[HEADER]" in words[1]
+    assert words[2].rstrip().endswith("IDLE")
     payloads = {
         d.payload["envelope"]["subject"]: d.payload
         for d in Delivery.objects.filter(kind="new_mail")
@@ -194,7 +196,8 @@ def test_dovecot_answers_the_one_trip_fetch_whole_or_cut(mailbox, dovecot):
 
     small, one = asyncio.run(scenario())
     words = _words(one)
-    assert len(words) == 2 and ONE_TRIP.format(1, 4097) in words[0], words
+    assert len(words) == 1 and ONE_TRIP.format(1, 4097) in words[0], words
+    assert words[0].startswith("DONE\r\n") and words[0].rstrip().endswith("IDLE")
     payloads = {
         d.payload["envelope"]["subject"]: d.payload
         for d in Delivery.objects.filter(kind="new_mail")
