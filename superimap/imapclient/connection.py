@@ -291,7 +291,9 @@ class ImapConnection(asyncio.Protocol):
         events): None; or refused it: its tagged answer. Other events go to ``keep``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not (self.protocol.idle_accepted and not _continuation_in(self._backlog)):
+        while not (
+            self.protocol.idle_accepted and not (self._backlog and _continuation_in(self._backlog))
+        ):
             event = await self.next_event(max(0.0, deadline - loop.time()))
             if isinstance(event, TaggedResponse) and event.tag == tag:
                 return event
