@@ -166,6 +166,17 @@ class Mailbox:
         return fetch_response(seq, rendered)
 
 
+def body_answer_key(items: tuple[str, ...]) -> str | None:
+    """The key a body FETCH among ``items`` is answered under (``BODY[]`` or, for a
+    partial one, ``BODY[]<origin>``); None: no body asked for."""
+    for item in items:
+        if item in ("BODY[]", "BODY.PEEK[]"):
+            return "BODY[]"
+        if partial := _PARTIAL_BODY.fullmatch(item):
+            return f"BODY[]<{partial.group(1)}>"
+    return None
+
+
 def header_of(raw: bytes) -> bytes:
     """The header block, blank line included (what BODY[HEADER] returns)."""
     end = raw.find(b"\r\n\r\n")

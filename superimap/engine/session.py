@@ -22,7 +22,6 @@ from superimap.engine.morefolders import OtherFolders
 from superimap.engine.oauth import access_tokens
 from superimap.imap import (
     Bye,
-    Continuation,
     Exists,
     Fetch,
     ImapError,
@@ -47,10 +46,11 @@ from superimap.sync.batch import (
     BatchFetch,
     CheckPresent,
     FetchMeta,
+    one_trip_count,
+    one_trip_items,
 )
 from superimap.sync.mailbox import (
     BATCH_SIZE,
-    CatchUp,
     FetchAnswer,
     FolderCursor,
     Start,
@@ -141,6 +141,8 @@ class MailboxSession:
         self._sleeper: asyncio.Future | None = None
         self._exists_at_search = 0
         self._idle_period = self.cfg.idle_reissue
+        # The IDLE may go out behind the catch-up's FETCH (False once a server refused it).
+        self._ahead_ok = True
         # Folders besides the primary one (design.md 4.10) and how their news is learnt.
         self.others = OtherFolders(engine, user_id, self.label)
         # Change events (design.md 4.14): None unless the partner asked for them.
@@ -289,7 +291,15 @@ class MailboxSession:
                     await self._poll(wait)
                 if self.stop_event.is_set():
                     return
-            await self._catch_up(self.primary, steady=True)
+            # Nothing else to send after this catch-up: its FETCH may carry the next IDLE.
+            ahead = (
+                idle
+                and self._ahead_ok
+                and backfill is None
+                and self.changes is None
+                and not self.others.cursors
+            )
+            await self._catch_up(self.primary, steady=True, then_idle=ahead)
             if self.changes is not None and self.changes.wanted(self.conn):
                 await self.changes.check(self, self.primary)
             if self.others.cursors:
@@ -431,20 +441,41 @@ class MailboxSession:
 
     # --- catching up --------------------------------------------------------------------
 
-    async def _catch_up(self, cursor: FolderCursor, steady: bool = False) -> None:
+    async def _catch_up(
+        self, cursor: FolderCursor, steady: bool = False, then_idle: bool = False
+    ) -> None:
         """Fetch and persist what arrived in ``cursor``'s folder (selected) since its
-        checkpoint; ``steady``: from the watch loop (FolderCursor.plan_catch_up)."""
-        self._exists_at_search = self.conn.exists_seen
-        plan = cursor.plan_catch_up(self.conn.exists_count, steady, BATCH_SIZE)
+        checkpoint; ``steady``: from the watch loop (FolderCursor.plan_catch_up);
+        ``then_idle``: a one-trip FETCH carries the IDLE that comes next (one write per
+        new message; a command the batch still needs ends it first)."""
+        conn = self.conn
+        self._exists_at_search = conn.exists_seen
+        max_size = self.cfg.max_email_size
+        plan = cursor.plan_catch_up(
+            conn.exists_count,
+            steady,
+            BATCH_SIZE,
+            changes_seen=conn.changes_seen,
+            one_trip=one_trip_count(max_size),
+        )
         meta: dict[int, Fetch] | None = None
+        known_at = None
         if plan.by_range:
-            meta = range_meta(plan, await self._fetch_range(plan))
+            # A few new messages: their sizes, dates and bodies in one FETCH (plan.bodies).
+            items = one_trip_items(max_size, self._change_items()) if plan.bodies else META_ITEMS
+            events = await self._uid_fetch(plan.uid_range, items, then_idle and plan.bodies)
+            meta = range_meta(plan, events)
+            known_at = conn.exists_at
             uids = cursor.to_fetch(plan, meta)
         else:
             uids = cursor.to_fetch(plan, await self._search(plan.search))
         if uids:
             self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
-        await self._fetch_and_persist(cursor, uids, meta=meta)
+        await self._fetch_and_persist(cursor, uids, meta=meta, known_at=known_at)
+
+    def _change_items(self) -> str:
+        """FLAGS (and MODSEQ) with every body when the partner wants change events."""
+        return self.changes.items if self.changes is not None else ""
 
     async def _revalidate(self, cursor: FolderCursor, highest: int) -> None:
         """The UIDVALIDITY changed: catch up by date (sync.mailbox.revalidation_window);
@@ -472,6 +503,7 @@ class MailboxSession:
         skip_recorded: bool = False,
         before: datetime | None = None,
         meta: dict[int, Fetch] | None = None,
+        known_at: float | None = None,
     ) -> None:
         """Fetch and persist ``uids`` batch by batch; each batch's UIDs all end in a state
         (persisted or skipped) before the checkpoint moves past them."""
@@ -484,7 +516,7 @@ class MailboxSession:
                 batch = [uid for uid in batch if uid not in done]
             if not batch:
                 continue
-            messages = await self._fetch_batch(batch, before, meta)
+            messages = await self._fetch_batch(batch, before, meta, known_at)
             result = await self.engine.persister.persist(
                 self.user_id, self.engine.node_id, uid_validity, folder, messages
             )
@@ -497,6 +529,7 @@ class MailboxSession:
         uids: list[int],
         before: datetime | None = None,
         known: dict[int, Fetch] | None = None,
+        known_at: float | None = None,
     ) -> list[FetchedMessage]:
         """One FetchedMessage per UID of ``uids``, whatever the server answers: the batch
         machine (sync/batch.py) decides, this sends its requests."""
@@ -505,9 +538,12 @@ class MailboxSession:
             max_size=self.cfg.max_email_size,
             before=before,
             known=known,
-            extra=self.changes.items if self.changes is not None else "",
+            extra=self._change_items(),
+            known_at=known_at,
         )
         for request in machine.requests():
+            # More than the one-trip FETCH: end the IDLE written behind it (if any) first.
+            await self.conn.end_idle_ahead()
             if isinstance(request, CheckPresent):
                 untagged, _ = await self.conn.command(*self.conn.protocol.noop())
                 self._check_uidvalidity(untagged)
@@ -538,19 +574,17 @@ class MailboxSession:
             )
         return messages
 
-    async def _fetch_range(self, plan: CatchUp) -> list:
-        return await self._uid_fetch(plan.uid_range, META_ITEMS)
-
     async def _fetch_items(self, uids, items: str) -> list:
         return await self._uid_fetch(",".join(map(str, uids)), items)
 
-    async def _uid_fetch(self, uid_set: str, items: str) -> list:
+    async def _uid_fetch(self, uid_set: str, items: str, then_idle: bool = False) -> list:
         """UID FETCH ``items`` of ``uid_set``: the untagged responses, FETCH answers in
         whatever order they come (the machine picks those it asked for)."""
         untagged, tagged = await self.conn.command(
             *self.conn.protocol.uid_fetch(uid_set, items),
             timeout=self.cfg.fetch_timeout,
             check=False,
+            then_idle=then_idle,
         )
         self._check_uidvalidity(untagged)
         answer = fetch_answer(tagged)
@@ -612,17 +646,18 @@ class MailboxSession:
         """IDLE until news, the period's end, or ``at_most`` seconds (a backfill's next
         step)."""
         conn = self.conn
-        tag, data = conn.protocol.idle()
-        await conn.send(data)
-        # Wait for the continuation (or a refusal).
-        while True:
-            event = await conn.next_event(self.cfg.command_timeout)
-            if isinstance(event, TaggedResponse) and event.tag == tag:
-                raise CommandFailed("IDLE", event)
-            if isinstance(event, Continuation):
-                break
-            if isinstance(event, Bye):
-                raise ServerBye("server said BYE")
+        timeout = self.cfg.command_timeout
+        tag = conn.take_idle_ahead()  # written behind the catch-up's FETCH
+        if tag is not None and await conn.idle_started(tag, timeout) is not None:
+            log.info("mailbox %s: IDLE behind a FETCH refused; sent alone now", self.label)
+            self._ahead_ok = False
+            tag = None
+        if tag is None:
+            tag, data = conn.protocol.idle()
+            await conn.send(data)
+            refused = await conn.idle_started(tag, timeout)
+            if refused is not None:
+                raise CommandFailed("IDLE", refused)
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
         await self._wait_for_news(self._until_wake(period))
         if self.stop_event.is_set():

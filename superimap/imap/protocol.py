@@ -105,6 +105,11 @@ class ClientProtocol:
     def pending_tags(self) -> frozenset[str]:
         return frozenset(self._pending)
 
+    @property
+    def idle_accepted(self) -> bool:
+        """IDLE was sent and the server's continuation has come: done() may follow."""
+        return self.state is State.IDLING and self._idle_accepted
+
     # --- receiving ----------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:
@@ -182,9 +187,12 @@ class ClientProtocol:
             raise RemoteProtocolError("unexpected continuation request")
 
     def _end_idle(self, tag: str) -> None:
-        if self._idle_tag == tag and self.state is State.IDLING:
-            self.state = self._state_before_idle
-        self._idle_tag = None
+        # Only this IDLE's answer ends it: the OK of the one before may come after the
+        # next IDLE was written (an IDLE behind a command, the DONE in the same write).
+        if self._idle_tag == tag:
+            if self.state is State.IDLING:
+                self.state = self._state_before_idle
+            self._idle_tag = None
 
     def _note_code(self, code: ResponseCode | None) -> None:
         if code and code[0] == "CAPABILITY":

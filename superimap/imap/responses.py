@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 from superimap.imap.errors import RemoteProtocolError
@@ -278,6 +279,12 @@ def _internal_date(value: Value) -> datetime | None:
     """Parse ``"17-Jul-1996 02:44:25 -0700"``; an unparsable date is kept only raw."""
     if not isinstance(value, str):
         return None
+    return _parse_internal_date(value)
+
+
+# Mail arriving together shares its INTERNALDATE (whole seconds): parsed once.
+@lru_cache(maxsize=512)
+def _parse_internal_date(value: str) -> datetime | None:
     match = _INTERNALDATE.fullmatch(value)
     if match is None or match.group(2).upper() not in _MONTHS:
         return None

@@ -75,6 +75,9 @@ class ImapConnection(asyncio.Protocol):
         self.changes_seen = 0
         # A DONE that ends an IDLE, written together with the next command (owe_done()).
         self._owed: tuple[bytes, str] | None = None
+        # The tag of an IDLE written behind a command (command(then_idle=True)) that the
+        # session has not taken up yet (take_idle_ahead()).
+        self._idle_ahead: str | None = None
         # The last ``* STATUS`` per mailbox, an answer to STATUS or a NOTIFY report (RFC
         # 5465), wherever it arrived: the session reads news of its other folders here.
         self.statuses: dict[str, MailboxStatus] = {}
@@ -203,11 +206,14 @@ class ImapConnection(asyncio.Protocol):
                 raise self._error
             if interruptible and self._interrupted:
                 return None
-            self._waiter = loop.create_future()
+            # A timer handle that fails the future, not an asyncio.timeout context per
+            # wait (an object of ~0.7 KB and more CPU, on every wait of every mail).
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(deadline, _expire, waiter)
             try:
-                async with asyncio.timeout_at(deadline):
-                    await self._waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         return self._backlog.pop(0)
 
@@ -228,12 +234,27 @@ class ImapConnection(asyncio.Protocol):
         self.transport.write(data)
 
     async def command(
-        self, tag: str, data: bytes, timeout: float | None = None, check: bool = True
+        self,
+        tag: str,
+        data: bytes,
+        timeout: float | None = None,
+        check: bool = True,
+        then_idle: bool = False,
     ) -> tuple[list[Event], TaggedResponse]:
         """Send a command and collect untagged events until its tagged response (after
-        the tagged response of an IDLE whose DONE went out with it)."""
+        the tagged response of an IDLE whose DONE went out with it).
+
+        ``then_idle``: an IDLE goes out in the same write, behind the command; the session
+        takes it up (take_idle_ahead()) when it waits, or the next command ends it first."""
+        if self._idle_ahead is not None:  # a command built in spite of it (the protocol refuses)
+            await self.end_idle_ahead(timeout)
         owed = self._owed[1] if self._owed is not None else None
+        if then_idle:
+            idle_tag, idle = self.protocol.idle()
+            data += idle
         await self.send(data)
+        if then_idle:
+            self._idle_ahead = idle_tag
         before: list[Event] = []
         if owed is not None:
             before, _ = await self.collect(owed, timeout or self.timeout, name=b"* IDLE")
@@ -241,6 +262,46 @@ class ImapConnection(asyncio.Protocol):
             tag, timeout or self.timeout, check=check, name=data[:40]
         )
         return before + untagged, tagged
+
+    def take_idle_ahead(self) -> str | None:
+        """The tag of an IDLE written behind the last command, now the session's to wait
+        in (its continuation may have come already: protocol.idle_accepted)."""
+        tag, self._idle_ahead = self._idle_ahead, None
+        return tag
+
+    async def end_idle_ahead(self, timeout: float | None = None) -> None:
+        """Another command comes before the session waited in the IDLE written ahead (call
+        this before building it: the protocol allows only DONE while idling): once the
+        server accepted the IDLE, its DONE goes out with that command (owe_done()); a
+        server that refused it has ended it already. What came meanwhile stays for that
+        command's answer. Nothing to do without an IDLE ahead."""
+        tag, self._idle_ahead = self._idle_ahead, None
+        if tag is None:
+            return
+        events: list[Event] = []
+        refused = await self.idle_started(tag, timeout or self.timeout, events)
+        self._backlog[:0] = events
+        if refused is None:
+            self.owe_done(self.protocol.done(), tag)
+
+    async def idle_started(
+        self, tag: str, timeout: float, keep: list[Event] | None = None
+    ) -> TaggedResponse | None:
+        """Wait until the server accepted the IDLE ``tag`` (its continuation taken from the
+        events): None; or refused it: its tagged answer. Other events go to ``keep``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (
+            self.protocol.idle_accepted and not (self._backlog and _continuation_in(self._backlog))
+        ):
+            event = await self.next_event(max(0.0, deadline - loop.time()))
+            if isinstance(event, TaggedResponse) and event.tag == tag:
+                return event
+            if isinstance(event, Bye):
+                raise ServerBye("server said BYE")
+            if keep is not None and not isinstance(event, Continuation):
+                keep.append(event)
+        return None
 
     async def collect(
         self, tag: str, timeout: float, *, check: bool = True, name: bytes = b""
@@ -258,6 +319,8 @@ class ImapConnection(asyncio.Protocol):
             if isinstance(event, Bye):
                 raise ServerBye(f"server said BYE: {event.text[:200]}")
             if isinstance(event, Continuation):
+                if self._idle_ahead is not None:
+                    continue  # the IDLE written ahead was accepted (protocol.idle_accepted)
                 raise RemoteProtocolError("unexpected continuation request")
             untagged.append(event)
 
@@ -266,6 +329,7 @@ class ImapConnection(asyncio.Protocol):
     async def logout(self) -> None:
         """Polite goodbye; any failure just means we close harder."""
         try:
+            await self.end_idle_ahead(2.0)
             tag, data = self.protocol.logout()
             await self.send(data)
             await self.collect(tag, 2.0, check=False)
@@ -275,6 +339,15 @@ class ImapConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+def _continuation_in(events: list[Event]) -> bool:
+    return any(isinstance(event, Continuation) for event in events)
 
 
 def _flag_update(event: Event) -> bool:

@@ -11,7 +11,10 @@ driver (engine/session.py) sends each, hands the answer back (``meta_answered``,
   FETCH_ROUNDS times in all, then skipped as unfetchable;
 - mail older than ``before`` is skipped as before_baseline after fetching its header only;
 - mail over ``max_size`` gets its header fetched and is sent truncated;
-- a UID may also get an unsolicited FLAGS update of its own: the answer with a size wins.
+- a UID may also get an unsolicited FLAGS update of its own: the answer with a size wins;
+- bodies that came with the sizes (``known``: a one-trip catch-up's ``ONE_TRIP`` answer,
+  ``BODY[]<0>``, at most ``max_size + 1`` bytes each) are taken as they are when the message
+  is within the limit and arrived whole; any other is fetched as if none had come.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ WHOLE = "BODY.PEEK[]"
 HEADER = "BODY.PEEK[HEADER]"
 # The key each section's answer is reported under (imap/ upper-cases, drops .PEEK).
 ANSWER_KEYS = {WHOLE: "BODY[]", HEADER: "BODY[HEADER]"}
+# The answer to a partial body ``BODY.PEEK[]<0.n>``: the first n octets, or all if fewer.
+PARTIAL_KEY = "BODY[]<0>"
+# A one-trip catch-up fetches sizes, dates and bodies of at most this many new messages
+# at once (fewer where max_size is big: one_trip_count()).
+ONE_TRIP_MOST = 8
 
 # MailLog.Reason values the machine decides (mailboxes/models.py; sync/ imports no Django).
 EXPUNGED = "expunged"
@@ -88,6 +96,21 @@ class CheckPresent(NamedTuple):
 Request = FetchMeta | FetchBodies | CheckPresent
 
 
+def one_trip_items(max_size: int, extra: str = "") -> str:
+    """Sizes, dates and the first ``max_size + 1`` octets of each message in one FETCH: a
+    message within the limit arrives whole (fewer octets than asked for), a bigger one is
+    cut there and fetched as today (header only), so no answer exceeds the limit by more
+    than one octet."""
+    extra = f" {extra}" if extra else ""
+    return f"(UID RFC822.SIZE INTERNALDATE{extra} BODY.PEEK[]<0.{max_size + 1}>)"
+
+
+def one_trip_count(max_size: int, chunk_bytes: int = BODY_BYTES_PER_FETCH) -> int:
+    """How many new messages a one-trip catch-up may fetch: ONE_TRIP_MOST, fewer when
+    their bodies could exceed ``chunk_bytes`` together, at least one."""
+    return max(1, min(ONE_TRIP_MOST, chunk_bytes // (max_size + 1)))
+
+
 def chunks_by_size(sizes: Sequence[tuple[int, int | None]], limit: int) -> Iterator[list[int]]:
     """The UIDs of ``sizes`` ((uid, size) pairs) in order, cut into runs of at most
     ``limit`` bytes (a message bigger than ``limit`` is a run of its own; no size: 0)."""
@@ -115,6 +138,7 @@ class BatchFetch:
         rounds: int = FETCH_ROUNDS,
         chunk_bytes: int = BODY_BYTES_PER_FETCH,
         extra: str = "",
+        known_at: float | None = None,
     ) -> None:
         self.uids = list(uids)
         self.extra = extra
@@ -130,6 +154,24 @@ class BatchFetch:
         self.pending = list(self.uids)
         self._parts: dict[int, bytes] = {}
         self._seen_at: float | None = None
+        # Whole bodies that came with ``known`` (a one-trip catch-up), and when.
+        self._early = self._early_bodies()
+        self._early_at = known_at
+
+    def _early_bodies(self) -> dict[int, bytes]:
+        """The partial bodies of ``known`` that are whole messages within the limit: fewer
+        octets than the max_size + 1 asked for, of a message whose size is within it."""
+        early: dict[int, bytes] = {}
+        max_size = self.max_size
+        for uid, m in self.meta.items():
+            value = m.attributes.get(PARTIAL_KEY)
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            if isinstance(value, bytes) and len(value) <= max_size and (m.size or 0) <= max_size:
+                early[uid] = value
+                if self.extra and m.flags is not None:
+                    self._flags[uid] = (m.flags, m.modseq)
+        return early
 
     # --- what to send --------------------------------------------------------------------
 
@@ -169,6 +211,14 @@ class BatchFetch:
             else:
                 heads.append((uid, m.size))
         self._parts = {}
+        early, self._early = self._early, {}
+        if early:
+            for uid, _ in whole:
+                if uid in early:
+                    self.done[uid] = self._with_flags(
+                        uid, self._outcome(meta[uid], uid, WHOLE, early[uid], self._early_at)
+                    )
+            whole = [(uid, size) for uid, size in whole if uid not in early]
         for chunk in chunks_by_size(whole, self.chunk_bytes):
             yield FetchBodies(tuple(chunk), WHOLE, self.extra)
         for chunk in chunks_by_size(heads + olds, self.chunk_bytes):
@@ -178,11 +228,15 @@ class BatchFetch:
             for uid, _ in listed:
                 part = parts.get(uid)
                 if part is not None:
-                    outcome = self._outcome(meta[uid], uid, kind, part, seen_at)
-                    if uid in self._flags:
-                        flags, modseq = self._flags[uid]
-                        outcome = outcome._replace(flags=flags, modseq=modseq)
-                    self.done[uid] = outcome
+                    self.done[uid] = self._with_flags(
+                        uid, self._outcome(meta[uid], uid, kind, part, seen_at)
+                    )
+
+    def _with_flags(self, uid: int, outcome: Outcome) -> Outcome:
+        if uid in self._flags:
+            flags, modseq = self._flags[uid]
+            return outcome._replace(flags=flags, modseq=modseq)
+        return outcome
 
     @staticmethod
     def _outcome(m: Fetch, uid: int, kind: str, part: bytes, seen_at: float | None) -> Outcome:

@@ -44,10 +44,12 @@ class FetchAnswer(enum.Enum):
 
 class CatchUp(NamedTuple):
     """How a catch-up learns the new UIDs: above ``last``, by a range FETCH of sizes and
-    dates (``by_range``) or a UID SEARCH."""
+    dates (``by_range``) or a UID SEARCH; ``bodies``: the range FETCH brings the bodies
+    too (sync/batch.py one_trip_items)."""
 
     last: int
     by_range: bool
+    bodies: bool = False
 
     @property
     def uid_range(self) -> str:
@@ -72,8 +74,10 @@ class FolderCursor:
     # expunged meanwhile and is recorded so (batch.py), not forgotten.
     unpersisted_validity: int | None = None
     unpersisted: set[int] = field(default_factory=set)
-    # The folder's EXISTS count at the last catch-up of this selection (None: unknown).
+    # The folder's EXISTS count at the last catch-up of this selection (None: unknown),
+    # and the connection's count of expunges and flag changes then.
     count_at_search: int | None = None
+    changes_at_search: int | None = None
 
     def carry_over(self, previous: FolderCursor | None) -> None:
         """A new connection's cursor keeps what the previous one found but did not persist."""
@@ -88,7 +92,8 @@ class FolderCursor:
         baseline (no checkpoint), or revalidate (UIDVALIDITY changed)."""
         saved_validity, saved_last = self.uid_validity, self.last_uid
         self.uid_validity = uid_validity
-        self.count_at_search = None  # counts of another connection or folder mean nothing
+        # Counts of another connection or folder mean nothing.
+        self.count_at_search = self.changes_at_search = None
         if saved_validity is None or saved_last is None:
             return Start.BASELINE
         if saved_validity != uid_validity:
@@ -111,21 +116,41 @@ class FolderCursor:
     # --- catching up ---------------------------------------------------------------------
 
     def plan_catch_up(
-        self, exists_count: int | None, steady: bool, batch_size: int = BATCH_SIZE
+        self,
+        exists_count: int | None,
+        steady: bool,
+        batch_size: int = BATCH_SIZE,
+        *,
+        changes_seen: int | None = None,
+        one_trip: int = 0,
     ) -> CatchUp:
         """``steady``: from the watch loop, after IDLE or a poll. If the EXISTS count grew by
         at most ``batch_size`` since the last catch-up of this selection, one ``UID FETCH
         last+1:* (UID RFC822.SIZE INTERNALDATE)`` finds the new UIDs AND their sizes instead
         of a UID SEARCH and then that FETCH: one round trip fewer per new message. After a
-        (re)SELECT, or when many arrived, the UID SEARCH runs."""
+        (re)SELECT, or when many arrived, the UID SEARCH runs.
+
+        If it grew by 1 to ``one_trip`` and no expunge or flag change came since
+        (``changes_seen``, the connection's count, unchanged: so the growth is the number
+        of new messages), that FETCH brings their bodies too (``bodies``): one round trip
+        per new message. Grown by 0 (woken by something else), the range would answer the
+        last message, already persisted: no bodies."""
         count_before, self.count_at_search = self.count_at_search, exists_count
-        by_range = (
-            steady
-            and count_before is not None
-            and exists_count is not None
-            and exists_count - count_before <= batch_size
+        changes_before, self.changes_at_search = self.changes_at_search, changes_seen
+        grown = (
+            exists_count - count_before
+            if steady and count_before is not None and exists_count is not None
+            else None
         )
-        return CatchUp(self.last_uid or 0, by_range)
+        by_range = grown is not None and grown <= batch_size
+        bodies = (
+            by_range
+            and grown is not None
+            and 1 <= grown <= one_trip
+            and changes_seen is not None
+            and changes_seen == changes_before
+        )
+        return CatchUp(self.last_uid or 0, by_range, bodies)
 
     def to_fetch(self, plan: CatchUp, found: Iterable[int]) -> list[int]:
         """The UIDs to fetch: those found above the checkpoint, and those an earlier catch-up

@@ -1,10 +1,14 @@
 """Round trips per new message: after IDLE, the DONE goes out in the same write as the
-catch-up's UID FETCH of sizes, which replaces the UID SEARCH while few messages arrived;
-many at once still get the UID SEARCH. Seen on the wire by a recording TCP proxy."""
+catch-up's UID FETCH of sizes, dates and (for a few new messages) the bodies up to the
+size limit, which replaces the UID SEARCH and the body FETCH, and the next IDLE: one
+write per new message. A message over the limit then gets its header fetched (the IDLE
+ended first); many at once still get the UID SEARCH. Seen on the wire by
+a recording TCP proxy, against the chaos server and Dovecot."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from django.db import close_old_connections
 
@@ -12,7 +16,16 @@ from devtools.testing.chaos_server import ChaosImapServer
 from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser, MailLog
-from tests.helpers.engine import LoopbackServer, RunningEngine, loopback_users, wait_for
+from superimap.partners.models import Connection
+from tests.helpers.engine import (
+    FAST,
+    LoopbackServer,
+    RunningEngine,
+    loopback_users,
+    wait_for,
+)
+
+ONE_TRIP = "UID FETCH {}:* (UID RFC822.SIZE INTERNALDATE BODY.PEEK[]<0.{}>)"
 
 
 class RecordingProxy(LoopbackServer):
@@ -48,7 +61,11 @@ def _counts() -> tuple[int, int]:
     return Delivery.objects.filter(kind="new_mail").count(), MailLog.objects.count()
 
 
-def test_a_new_message_costs_done_with_fetch_then_body_then_idle(mail_partner):
+def _words(chunks: list[bytes]) -> list[str]:
+    return [chunk.decode(errors="replace") for chunk in chunks]
+
+
+def test_a_new_message_costs_one_write(mail_partner):
     async def scenario():
         server = ChaosImapServer(users=1, chaos=False, seed=3)
         await server.start()
@@ -79,14 +96,123 @@ def test_a_new_message_costs_done_with_fetch_then_body_then_idle(mail_partner):
         return server, one, many
 
     server, one, many = asyncio.run(scenario())
-    words = [chunk.decode(errors="replace") for chunk in one]
-    # Three writes for one new message: DONE + UID FETCH of sizes, the body, IDLE.
-    assert len(words) == 3, words
+    words = _words(one)
+    # One write for one new message: DONE + UID FETCH of size, date and body + IDLE.
+    assert len(words) == 1, words
     first = words[0]
-    assert first.startswith("DONE\r\n") and "UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE)" in first
-    assert "UID SEARCH" not in "".join(words)
-    assert "BODY.PEEK[]" in words[1] and words[2].rstrip().endswith("IDLE")
-    assert any("UID SEARCH" in chunk.decode(errors="replace") for chunk in many)
+    assert first.startswith("DONE\r\n") and ONE_TRIP.format(1, FAST.max_email_size + 1) in first
+    assert "UID SEARCH" not in first and first.rstrip().endswith("IDLE")
+    assert any("UID SEARCH" in chunk for chunk in _words(many))
     # Count, don't assume: every message in the folder is one delivery, no skips.
     delivered, rows = _counts()
     assert len(server.messages_of("user0")) == delivered == rows == 151
+    first_payload = Delivery.objects.filter(kind="new_mail").order_by("id").first().payload
+    assert first_payload["envelope"]["subject"] == "one" and "truncated" not in first_payload
+
+
+SMALL = replace(FAST, max_email_size=4096)
+
+
+def test_over_the_limit_the_header_follows_and_an_expunge_race_is_recorded(mail_partner):
+    """The one-trip FETCH cuts a big message at the limit + 1 octet: its header is fetched
+    next and it is sent truncated. A message expunged as the FETCH is answered (NIL) is
+    looked for again and recorded as expunged."""
+
+    async def scenario():
+        server = ChaosImapServer(users=1, chaos=False, seed=5)
+        await server.start()
+        proxy = RecordingProxy(server.port)
+        port = await proxy.start()
+        await asyncio.to_thread(loopback_users, mail_partner, port, 1)
+        try:
+            async with RunningEngine(session_settings=SMALL):
+                await wait_for(
+                    lambda: MailboxUser.objects.filter(status="idle").exists(), timeout=10
+                )
+                await asyncio.sleep(0.2)
+                mark = len(proxy.chunks)
+                big = make_message("big", "a@example.test", "user0@x", "x" * 20000, "<big@t>")
+                server.add_message("user0", big)
+                await wait_for(lambda: _counts()[0] == 1, timeout=10)
+                await asyncio.sleep(0.3)
+                writes = proxy.commands_since(mark)
+                server.expunges_owed = 1  # the next body FETCH expunges what it asks for
+                gone = make_message("gone", "a@example.test", "user0@x", "x", "<gone@t>")
+                server.add_message("user0", gone)
+                await wait_for(lambda: _counts()[1] == 2, timeout=10)
+                server.add_message("user0", make_message("after", "a@t", "user0@x", "y"))
+                await wait_for(lambda: _counts()[0] == 2, timeout=10)
+        finally:
+            await proxy.stop()
+            await server.stop()
+        return server, writes
+
+    server, writes = asyncio.run(scenario())
+    words = _words(writes)
+    # DONE + the one-trip FETCH + IDLE; DONE + the header FETCH; IDLE.
+    assert len(words) == 3, words
+    assert ONE_TRIP.format(1, 4097) in words[0] and words[0].rstrip().endswith("IDLE")
+    assert words[1].startswith("DONE\r\n") and "BODY.PEEK[HEADER]" in words[1]
+    assert words[2].rstrip().endswith("IDLE")
+    payloads = {
+        d.payload["envelope"]["subject"]: d.payload
+        for d in Delivery.objects.filter(kind="new_mail")
+    }
+    assert payloads["big"]["truncated"] is True and "rfc822" not in payloads["big"]
+    assert "rfc822" in payloads["after"] and "truncated" not in payloads["after"]
+    skipped = MailLog.objects.exclude(skipped_reason="").get()
+    assert skipped.skipped_reason == "expunged"
+    # Messages in the folder, and the one expunged, = deliveries + recorded skips.
+    delivered, rows = _counts()
+    assert len(server.messages_of("user0")) + len(server.expunged) == rows == 3
+    assert delivered == 2 and server.expunged == [("user0", "<gone@t>")]
+
+
+def test_dovecot_answers_the_one_trip_fetch_whole_or_cut(mailbox, dovecot):
+    """Real Dovecot: a message within the limit arrives whole with its size in one FETCH
+    (byte for byte), a bigger one is cut and then sent truncated from its header."""
+    user = mailbox()
+
+    async def scenario():
+        proxy = RecordingProxy(dovecot.imap_port)
+        port = await proxy.start()
+        await asyncio.to_thread(_point_at, user, port)
+        try:
+            async with RunningEngine(session_settings=SMALL):
+                await wait_for(lambda: _status(user) == "idle", timeout=10)
+                await asyncio.sleep(0.2)
+                mark = len(proxy.chunks)
+                small = make_message("small", "a@example.test", user.email, "s" * 3000)
+                await asyncio.to_thread(dovecot.deliver, user.tag, small)
+                await wait_for(lambda: _counts()[0] == 1, timeout=10)
+                await asyncio.sleep(0.3)
+                one = proxy.commands_since(mark)
+                big = make_message("big", "a@example.test", user.email, "b" * 9000)
+                await asyncio.to_thread(dovecot.deliver, user.tag, big)
+                await wait_for(lambda: _counts()[0] == 2, timeout=10)
+        finally:
+            await proxy.stop()
+        return small, one
+
+    small, one = asyncio.run(scenario())
+    words = _words(one)
+    assert len(words) == 1 and ONE_TRIP.format(1, 4097) in words[0], words
+    assert words[0].startswith("DONE\r\n") and words[0].rstrip().endswith("IDLE")
+    payloads = {
+        d.payload["envelope"]["subject"]: d.payload
+        for d in Delivery.objects.filter(kind="new_mail")
+    }
+    assert payloads["small"]["rfc822"].encode() == small
+    assert payloads["big"]["truncated"] is True and payloads["big"]["size"] > 4096
+    delivered, rows = _counts()
+    assert len(dovecot.message_flags(user.tag)) == delivered == rows == 2
+
+
+def _status(user: MailboxUser) -> str:
+    close_old_connections()
+    return MailboxUser.objects.get(id=user.id).status
+
+
+def _point_at(user: MailboxUser, port: int) -> None:
+    """Send the mailbox's connection through the proxy on ``port``."""
+    Connection.objects.filter(id=user.connection_id).update(imap_port=port)

@@ -38,23 +38,29 @@ def loopback_users(partner: Partner, port: int, count: int) -> None:
 
 
 def answer_uid_command(writer, tag: str, command: str, mail: list[bytes]) -> None:
-    """A scripted server's answer to ``UID SEARCH UID n:*`` or ``UID FETCH`` (size and date,
-    or ``BODY.PEEK[]``) over ``mail``, where message i has UID i + 1."""
+    """A scripted server's answer to ``UID SEARCH UID n:*`` or ``UID FETCH`` (of any of
+    size, date, ``BODY.PEEK[]`` and a partial ``BODY.PEEK[]<0.n>``) over ``mail``, where
+    message i has UID i + 1."""
     if command.startswith("UID SEARCH"):
         first = int(command.split()[3].split(":")[0])
         uids = " ".join(str(u) for u in range(first, len(mail) + 1))
         writer.write(f"* SEARCH {uids}\r\n{tag} OK done\r\n".encode())
         return
+    items = command.split(" ", 3)[3].strip("()").split()
     for uid in uid_set(command.split()[2], len(mail)):
         raw = mail[uid - 1]
-        if "BODY.PEEK" in command:
-            head = f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}\r\n"
-            writer.write(head.encode() + raw + b")\r\n")
-        else:
-            writer.write(
-                f"* {uid} FETCH (UID {uid} RFC822.SIZE {len(raw)} "
-                f'INTERNALDATE "01-Jan-2026 00:00:00 +0000")\r\n'.encode()
-            )
+        parts = [f"UID {uid}".encode()]
+        if "RFC822.SIZE" in items:
+            parts.append(b"RFC822.SIZE %d" % len(raw))
+        if "INTERNALDATE" in items:
+            parts.append(b'INTERNALDATE "01-Jan-2026 00:00:00 +0000"')
+        for item in items:
+            if item == "BODY.PEEK[]":
+                parts.append(b"BODY[] {%d}\r\n%s" % (len(raw), raw))
+            elif item.startswith("BODY.PEEK[]<0."):
+                part = raw[: int(item[len("BODY.PEEK[]<0.") : -1])]
+                parts.append(b"BODY[]<0> {%d}\r\n%s" % (len(part), part))
+        writer.write(b"* %d FETCH (%s)\r\n" % (uid, b" ".join(parts)))
     writer.write(f"{tag} OK fetched\r\n".encode())
 
 

@@ -358,6 +358,30 @@ def test_expunges_during_a_body_fetch_are_announced_and_recorded() -> None:
     run(scenario, expunge_rate=0.3)
 
 
+def test_a_one_trip_fetch_by_range_answers_an_expunged_message_nil() -> None:
+    """A partial body FETCH (a one-trip catch-up) takes part in expunge races; by a UID
+    range the victim is always answered NIL under the partial's key, so the client learns
+    its UID and records it."""
+
+    async def scenario(server: ChaosImapServer) -> None:
+        for _ in range(3):
+            server.add_message("user0", MESSAGE)
+        client = await Client.connect(server.port)
+        await client.login()
+        await client.send(client.protocol.select("INBOX"))
+        items = "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[]<0.1001>)"
+        events = await client.send(client.protocol.uid_fetch("2:*", items))
+        fetches = {e.uid: e for e in events if isinstance(e, Fetch)}
+        assert server.expunged == [("user0", "<m1@example.com>")]
+        assert fetches[2].attributes == {"UID": 2, "BODY[]<0>": None}
+        assert fetches[3].attributes["BODY[]<0>"] == MESSAGE[:1001]
+        assert fetches[3].size == len(MESSAGE)
+        assert events[-1].code == ("EXPUNGEISSUED",)
+        await client.close()
+
+    run(scenario, expunge_first=1)
+
+
 def test_it_injects_only_the_faults_asked_for() -> None:
     server = ChaosImapServer(users=1, seed=1, chaos=True, chaos_rate=1.0, faults=[Fault.NO])
     assert {server.pick_fault("user0") for _ in range(50)} == {Fault.NO}

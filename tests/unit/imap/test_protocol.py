@@ -233,6 +233,26 @@ def test_a_rejected_idle_returns_to_the_previous_state() -> None:
     assert protocol.state is State.SELECTED
 
 
+@pytest.mark.parametrize("answer", ["OK done", "BAD not behind a FETCH"])
+def test_an_idle_written_behind_a_command_ends_only_with_its_own_answer(answer) -> None:
+    """DONE, a FETCH and the next IDLE in one write: the first IDLE's OK comes while the
+    second is pending and must not end it; the second's own answer does."""
+    protocol = selected()
+    first, _ = protocol.idle()
+    protocol.receive_data(b"+ idling\r\n")
+    protocol.done()
+    fetch, _ = protocol.uid_fetch("5:*", "(UID BODY.PEEK[]<0.1001>)")
+    second, _ = protocol.idle()
+    protocol.receive_data(f"{first} OK idle done\r\n{fetch} OK fetched\r\n".encode())
+    assert protocol.state is State.IDLING and not protocol.idle_accepted
+    if answer.startswith("OK"):
+        protocol.receive_data(b"+ idling\r\n")
+        assert protocol.idle_accepted
+        protocol.done()
+    protocol.receive_data(f"{second} {answer}\r\n".encode())
+    assert protocol.state is State.SELECTED and not protocol.idle_accepted
+
+
 def test_a_failed_select_leaves_the_authenticated_state() -> None:
     protocol = selected()
     tag, _ = protocol.select("Nope")

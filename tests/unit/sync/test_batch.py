@@ -22,6 +22,8 @@ from superimap.sync.batch import (
     FetchBodies,
     FetchMeta,
     chunks_by_size,
+    one_trip_count,
+    one_trip_items,
 )
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -420,3 +422,88 @@ def test_chunks_by_size(sizes, limit, chunks) -> None:
     pairs = list(enumerate(sizes, 1))
     got = [[dict(pairs)[uid] for uid in chunk] for chunk in chunks_by_size(pairs, limit)]
     assert got == chunks
+
+
+# --- a one-trip catch-up: sizes, dates and the first LIMIT + 1 octets in one FETCH ------
+
+
+def one_trip(folder: Folder, uid: int, content: bytes | None = None, **more) -> Fetch:
+    """The answer to one_trip_items(LIMIT) for ``uid``: its size, date and partial body."""
+    content = body(uid) if content is None else content
+    part = None if content == b"NIL" else content[: LIMIT + 1]
+    m = folder.meta(uid)
+    return Fetch(uid, uid, m.size, m.internal_date, attributes={"BODY[]<0>": part}, **more)
+
+
+def test_the_one_trip_fetch_asks_for_one_octet_over_the_limit() -> None:
+    assert one_trip_items(LIMIT) == "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[]<0.1001>)"
+    assert one_trip_items(LIMIT, "FLAGS MODSEQ") == (
+        "(UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ BODY.PEEK[]<0.1001>)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_size", "count"),
+    [(1024, 8), (1024 * 1024, 7), (4 * 1024 * 1024, 1), (25 * 1024 * 1024, 1)],
+)
+def test_a_one_trip_brings_at_most_a_chunk_of_bodies(max_size, count) -> None:
+    assert one_trip_count(max_size, chunk_bytes=8 * 1024 * 1024) == count
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes", "contents", "expected", "requests"),
+    [
+        ("whole within the limit: nothing more", {1: 10, 2: 10}, {}, {1: "raw", 2: "raw"}, []),
+        (
+            "over the limit: cut, then its header as today",
+            {1: 10, 2: LIMIT + 5},
+            {2: b"x" * (LIMIT + 5)},
+            {1: "raw", 2: "header"},
+            ["FetchBodies"],
+        ),
+        (
+            "a size understated: more octets than the limit came, fetched whole again",
+            {1: 10},
+            {1: b"y" * (LIMIT + 1)},
+            {1: "raw"},
+            ["FetchBodies"],
+        ),
+        (
+            "a NIL body (expunged meanwhile): fetched again, then found gone",
+            {1: 10, 2: 10},
+            {2: b"NIL"},
+            {1: "raw", 2: EXPUNGED},
+            ["FetchBodies", "CheckPresent"],
+        ),
+    ],
+)
+def test_bodies_that_came_with_the_sizes_are_taken_when_whole(
+    name, sizes, contents, expected, requests
+) -> None:
+    folder = Folder(dict(sizes))
+    known = {uid: one_trip(folder, uid, contents.get(uid)) for uid in sizes}
+    if contents.get(2) == b"NIL":
+        del folder.sizes[2]  # gone from the folder: the body FETCH leaves it out
+    outcomes = run(sorted(sizes), normal, folder, known=known, known_at=77.0)
+    assert summary(outcomes) == expected
+    assert folder.log == requests
+    early = [o for o in outcomes if o.raw is not None and "FetchBodies" not in requests]
+    assert all((o.raw, o.seen_at) == (body(o.uid), 77.0) for o in early)
+    if name.startswith("over"):
+        assert outcomes[1].header == head(2)
+
+
+def test_a_body_that_came_early_keeps_its_flags_when_asked_for() -> None:
+    folder = Folder({1: 10})
+    known = {1: one_trip(folder, 1, flags=("\\Seen",), modseq=9)}
+    [outcome] = run([1], normal, folder, known=known, extra="FLAGS MODSEQ")
+    assert (outcome.raw, outcome.flags, outcome.modseq) == (body(1), ("\\Seen",), 9)
+    [outcome] = run([1], normal, Folder({1: 10}), known=known)
+    assert (outcome.raw, outcome.flags) == (body(1), None)
+
+
+def test_an_early_body_older_than_the_cutoff_is_before_baseline_after_its_header() -> None:
+    folder = Folder({1: 10}, {1: NOW - timedelta(days=2)})
+    outcomes = run([1], normal, folder, known={1: one_trip(folder, 1)}, before=NOW)
+    assert summary(outcomes) == {1: BEFORE_BASELINE}
+    assert folder.log == ["FetchBodies"]

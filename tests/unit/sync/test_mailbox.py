@@ -306,3 +306,40 @@ def test_until_poll(period, next_poll, now, wait) -> None:
 def test_poll_every() -> None:
     assert poll_every(notify=True, idle_reissue=1500.0, folder_poll=60.0) == 1500.0
     assert poll_every(notify=False, idle_reissue=1500.0, folder_poll=60.0) == 60.0
+
+
+@pytest.mark.parametrize(
+    ("steady", "count_before", "count_now", "changes", "bodies"),
+    [
+        (True, 5, 6, (3, 3), True),  # one new message: sizes and body in one FETCH
+        (True, 5, 9, (3, 3), True),  # four: one_trip allows them
+        (True, 5, 10, (3, 3), False),  # five: more than one_trip, sizes first
+        (True, 5, 5, (3, 3), False),  # none counted: the range would answer the last one
+        (True, 9, 3, (3, 3), False),
+        (True, 5, 6, (3, 4), False),  # an expunge or flag change came: the growth lies
+        (True, 5, 6, (None, 3), False),  # no count of changes before
+        (True, 5, 6, (3, None), False),
+        (False, 5, 6, (3, 3), False),  # after a (re)SELECT: SEARCH
+        (True, None, 6, (3, 3), False),
+    ],
+)
+def test_a_steady_catch_up_of_a_few_new_messages_fetches_their_bodies_too(
+    steady, count_before, count_now, changes, bodies
+) -> None:
+    before, now = changes
+    cursor = FolderCursor("INBOX", 7, 40, count_at_search=count_before, changes_at_search=before)
+    plan = cursor.plan_catch_up(count_now, steady, changes_seen=now, one_trip=4)
+    assert plan.bodies is bodies
+    assert not plan.bodies or plan.by_range
+    assert (cursor.count_at_search, cursor.changes_at_search) == (count_now, now)
+
+
+def test_no_bodies_come_with_the_range_unless_asked_for() -> None:
+    cursor = FolderCursor("INBOX", 7, 40, count_at_search=5, changes_at_search=0)
+    assert cursor.plan_catch_up(6, steady=True, changes_seen=0) == CatchUp(40, True, False)
+
+
+def test_a_select_forgets_the_counts_of_the_connection() -> None:
+    cursor = FolderCursor("INBOX", 7, 40, count_at_search=5, changes_at_search=2)
+    cursor.select(7)
+    assert (cursor.count_at_search, cursor.changes_at_search) == (None, None)
