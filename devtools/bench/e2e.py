@@ -386,7 +386,7 @@ class _PgSampler(threading.Thread):
         self.stop = threading.Event()
         self.samples = 0
         self.counts: dict[str, dict[str, int]] = {}
-        self.blocked: dict[str, int] = {}
+        self.blocked: dict[str, dict[str, int]] = {}
 
     def run(self) -> None:
         import psycopg
@@ -394,27 +394,34 @@ class _PgSampler(threading.Thread):
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self.stop.wait(0.05):
                 rows = conn.execute(
-                    "SELECT application_name, state, wait_event_type, wait_event, "
-                    "cardinality(pg_blocking_pids(pid)) > 0, left(query, 40) "
-                    "FROM pg_stat_activity WHERE application_name LIKE 'bench-%%' "
-                    "AND pid <> pg_backend_pid()"
+                    "SELECT a.application_name, a.state, a.wait_event_type, a.wait_event, "
+                    "left(a.query, 40), b.application_name, b.state, left(b.query, 40) "
+                    "FROM pg_stat_activity a LEFT JOIN pg_stat_activity b "
+                    "ON b.pid = (pg_blocking_pids(a.pid))[1] "
+                    "WHERE a.application_name LIKE 'bench-%%' AND a.pid <> pg_backend_pid()"
                 ).fetchall()
                 self.samples += 1
-                for app, state, wait_type, wait, blocked, query in rows:
+                for app, state, wait_type, wait, query, b_app, b_state, b_query in rows:
                     if state == "idle":
                         key = "idle"
                     else:
                         what = f"{wait_type}:{wait}" if wait_type else "cpu"
-                        key = f"{state} {what} | {' '.join(query.split()[:3])}"
+                        key = f"{state} {what} | {_words(query)}"
                     bucket = self.counts.setdefault(app, {})
                     bucket[key] = bucket.get(key, 0) + 1
-                    if blocked:
-                        self.blocked[app] = self.blocked.get(app, 0) + 1
+                    if b_app is not None:
+                        # Who holds the lock it waits for, and what that one is doing.
+                        key = f"{_words(query)} <- {b_app} {b_state} | {_words(b_query)}"
+                        bucket = self.blocked.setdefault(app, {})
+                        bucket[key] = bucket.get(key, 0) + 1
 
     def report(self) -> dict:
         return {
             "samples": self.samples,
-            "blocked_by_a_lock": self.blocked,
+            "blocked_by_a_lock": {
+                app: dict(sorted(keys.items(), key=lambda item: -item[1])[:8])
+                for app, keys in self.blocked.items()
+            },
             "by_service": {
                 app: dict(sorted(keys.items(), key=lambda item: -item[1])[:12])
                 for app, keys in self.counts.items()
@@ -542,6 +549,10 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         f"--rate {args.rate:g} --mailboxes {args.mailboxes} --duration {args.duration:g} "
         f"--mode {args.mode} --backend {args.backend}",
     }
+
+
+def _words(query: str | None) -> str:
+    return " ".join((query or "").split()[:4])
 
 
 STAGES = ("push_to_row", "row_to_attempt", "attempt_to_arrival")
