@@ -387,11 +387,13 @@ class _PgSampler(threading.Thread):
         self.samples = 0
         self.counts: dict[str, dict[str, int]] = {}
         self.blocked: dict[str, dict[str, int]] = {}
+        self.scans: dict[str, dict[str, int]] = {}
 
     def run(self) -> None:
         import psycopg
 
         with psycopg.connect(self.url, autocommit=True) as conn:
+            before = _table_scans(conn)
             while not self.stop.wait(0.05):
                 rows = conn.execute(
                     "SELECT a.application_name, a.state, a.wait_event_type, a.wait_event, "
@@ -414,10 +416,23 @@ class _PgSampler(threading.Thread):
                         key = f"{_words(query)} <- {b_app} {b_state} | {_words(b_query)}"
                         bucket = self.blocked.setdefault(app, {})
                         bucket[key] = bucket.get(key, 0) + 1
+            after = _table_scans(conn)
+            # Rows read by sequential scans during the push, per table: a plan that scans
+            # a table growing with the push costs more with every second of it.
+            self.scans = {
+                table: {
+                    "seq_scans": after[table][0] - before.get(table, (0, 0, 0))[0],
+                    "seq_rows_read": after[table][1] - before.get(table, (0, 0, 0))[1],
+                    "index_scans": after[table][2] - before.get(table, (0, 0, 0))[2],
+                }
+                for table in after
+                if after[table][1] - before.get(table, (0, 0, 0))[1] > 0
+            }
 
     def report(self) -> dict:
         return {
             "samples": self.samples,
+            "sequential_scans": self.scans,
             "blocked_by_a_lock": {
                 app: dict(sorted(keys.items(), key=lambda item: -item[1])[:8])
                 for app, keys in self.blocked.items()
@@ -549,6 +564,15 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         f"--rate {args.rate:g} --mailboxes {args.mailboxes} --duration {args.duration:g} "
         f"--mode {args.mode} --backend {args.backend}",
     }
+
+
+def _table_scans(conn) -> dict[str, tuple[int, int, int]]:
+    """Statistics can lag by up to PGSTAT_STAT_INTERVAL: over a push of seconds, close."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = conn.execute(
+        "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+    ).fetchall()
+    return {name: (seq, read, index) for name, seq, read, index in rows}
 
 
 def _words(query: str | None) -> str:
