@@ -61,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         help="engine processes (ENGINE_PROCESSES; 1 as before issue 20, 0 one per core); "
         "CPU is counted over each service's process and its children",
     )
+    parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting of the throwaway PostgreSQL (it runs with fsync, "
+        "synchronous_commit and full_page_writes off); e.g. --pg-setting fsync=on "
+        "--pg-setting synchronous_commit=on for a durable server as in production",
+    )
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait after")
     parser.add_argument("--online-timeout", type=float, default=600.0)
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
@@ -240,7 +249,8 @@ def run(args: argparse.Namespace) -> dict:
         if args.backend == "postgres":
             from devtools.testing.postgres import PostgresServer
 
-            database_url = stack.enter_context(PostgresServer()).url
+            settings = dict(setting.split("=", 1) for setting in args.pg_setting)
+            database_url = stack.enter_context(PostgresServer(**settings)).url
         env = _environment(var_dir, database_url, args.mailboxes)
         env["ENGINE_PROCESSES"] = str(args.engines)
         os.environ.update(env)
@@ -562,7 +572,8 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m devtools.bench.e2e "
         f"--rate {args.rate:g} --mailboxes {args.mailboxes} --duration {args.duration:g} "
-        f"--mode {args.mode} --backend {args.backend}",
+        f"--mode {args.mode} --backend {args.backend}"
+        + "".join(f" --pg-setting {setting}" for setting in args.pg_setting),
     }
 
 
