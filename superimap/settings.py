@@ -102,7 +102,7 @@ if len(ENGINE_NODE_NAME) > 97 and ENGINE_PROCESSES != 1:
     )
 if ENGINE_REFRESH_SECONDS * 2 > ENGINE_LEASE_SECONDS:
     raise ConfigError("ENGINE_LEASE_SECONDS", "must be at least twice ENGINE_REFRESH_SECONDS")
-WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 50, minimum=1, maximum=10000)
+WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 200, minimum=1, maximum=10000)
 WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 30, minimum=1, maximum=300)
 # Fair sharing (delivery/fairness.py), per worker: POSTs open at once per partner and per
 # endpoint (partner and kind); 0 means 60 % / 40 % of WEBHOOK_CONCURRENCY. A slow endpoint

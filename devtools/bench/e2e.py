@@ -34,7 +34,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="engine processes (ENGINE_PROCESSES; 1 as before issue 20, 0 one per core); "
         "CPU is counted over each service's process and its children",
+    )
+    parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting of the throwaway PostgreSQL (it runs with fsync, "
+        "synchronous_commit and full_page_writes off); e.g. --pg-setting fsync=on "
+        "--pg-setting synchronous_commit=on for a durable server as in production",
     )
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait after")
     parser.add_argument("--online-timeout", type=float, default=600.0)
@@ -84,7 +95,7 @@ def _receiver_main() -> int:
     def note(event, arrived: float) -> tuple:
         rfc822 = event.json["rfc822"]
         ok = bool(event.valid_spec_signature and event.valid_standard_signature)
-        return (_message_number(rfc822), _generated_at(rfc822), arrived, ok)
+        return (_message_number(rfc822), _generated_at(rfc822), arrived, ok, event.json["event_id"])
 
     return serve_receiver(note)
 
@@ -145,9 +156,9 @@ def _by_second(notes: list[tuple]) -> list[dict]:
     """p50/p99/max latency (ms) of the messages pushed in each second of the push."""
     if not notes:
         return []
-    first = min(generated for _, generated, _, _ in notes)
+    first = min(note[1] for note in notes)
     seconds: dict[int, list[float]] = {}
-    for _, generated, arrived, _ in notes:
+    for _, generated, arrived, *_ in notes:
         seconds.setdefault(int(generated - first), []).append((arrived - generated) * 1000)
     rows = []
     for second in sorted(seconds):
@@ -213,6 +224,11 @@ class Receiver(ListeningProcess):
         return int(self.ask("count"))
 
     def notes(self) -> list[tuple[int, float, float, bool]]:
+        """(message number, pushed at, arrived at, signatures ok) per request."""
+        return [note[:4] for note in self.notes_with_event_ids()]
+
+    def notes_with_event_ids(self) -> list[tuple[int, float, float, bool, str]]:
+        """The same, and the delivery's event_id (to find its row and first attempt)."""
         path = self.var_dir / "arrivals.json"
         if self.ask(f"dump {path}") != "dumped":
             raise RuntimeError("receiver did not dump its notes")
@@ -233,7 +249,8 @@ def run(args: argparse.Namespace) -> dict:
         if args.backend == "postgres":
             from devtools.testing.postgres import PostgresServer
 
-            database_url = stack.enter_context(PostgresServer()).url
+            settings = dict(setting.split("=", 1) for setting in args.pg_setting)
+            database_url = stack.enter_context(PostgresServer(**settings)).url
         env = _environment(var_dir, database_url, args.mailboxes)
         env["ENGINE_PROCESSES"] = str(args.engines)
         os.environ.update(env)
@@ -297,20 +314,144 @@ def _make_mailboxes(count: int, imap_port: int, hook_port: int, api_key: str, wh
 
 
 def _start_services(mode: str, var_dir: Path, env: dict) -> dict[str, subprocess.Popen]:
+    """Each service with a METRICS_PORT of its own (_scrape) and, on PostgreSQL, its name
+    as application_name (pg_stat_activity, _PgSampler)."""
     superimap = [sys.executable, "-m", "superimap.cli"]
     if mode == "up":
         commands = {"up": [*superimap, "up", "--host", "127.0.0.1", "--port", str(_free_port())]}
     else:
         commands = {"engine": [*superimap, "imap-client"], "worker": [*superimap, "worker"]}
-    return {
-        name: subprocess.Popen(
+    services = {}
+    for name, command in commands.items():
+        own = {"METRICS_PORT": str(_free_port())}
+        if env["DATABASE_URL"].startswith("postgres"):
+            separator = "&" if "?" in env["DATABASE_URL"] else "?"
+            own["DATABASE_URL"] = f"{env['DATABASE_URL']}{separator}application_name=bench-{name}"
+        services[name] = subprocess.Popen(
             command,
             stdout=open(var_dir / f"{name}.log", "w"),  # noqa: SIM115 - lives as long
             stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+            env={**os.environ, **env, **own},
         )
-        for name, command in commands.items()
-    }
+        services[name].metrics_port = int(own["METRICS_PORT"])
+    return services
+
+
+GATE_METRICS = (
+    "superimap_sqlite_gate_turns_total",
+    "superimap_sqlite_gate_waits_total",
+    "superimap_sqlite_gate_wait_seconds_total",
+    "superimap_sqlite_gate_held_seconds_total",
+)
+
+
+def _scrape(services: dict) -> dict[str, dict[str, float]]:
+    """The SQLite write gate's counters of each service (empty on PostgreSQL)."""
+    found: dict[str, dict[str, float]] = {}
+    for name, process in services.items():
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5
+            ) as response:
+                text = response.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            metric, _, value = line.partition(" ")
+            if metric in GATE_METRICS:
+                found.setdefault(name, {})[metric] = float(value)
+    return found
+
+
+def _gate_report(before: dict, after: dict, seconds: float) -> dict:
+    """Per service, over the push: waits, seconds waited, share of the push spent waiting
+    and holding the gate."""
+    report = {}
+    for name, values in after.items():
+        start = before.get(name, {})
+
+        def delta(metric: str, values=values, start=start) -> float:
+            return values.get(metric, 0.0) - start.get(metric, 0.0)
+
+        turns, waits, waited, held = (delta(metric) for metric in GATE_METRICS)
+        report[name] = {
+            "turns": int(turns),
+            "mean_held_ms": round(held * 1000 / turns, 2) if turns else None,
+            "waits": int(waits),
+            "waited_seconds": round(waited, 2),
+            "mean_wait_ms": round(waited * 1000 / waits, 2) if waits else None,
+            "waiting_share": round(waited / seconds, 3),
+            "held_share": round(held / seconds, 3),
+        }
+    return report
+
+
+class _PgSampler(threading.Thread):
+    """Every 50 ms during the push: what the engine's and the worker's backends are doing
+    (pg_stat_activity state and wait event, and lock waits), as counts of samples."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stop = threading.Event()
+        self.samples = 0
+        self.counts: dict[str, dict[str, int]] = {}
+        self.blocked: dict[str, dict[str, int]] = {}
+        self.scans: dict[str, dict[str, int]] = {}
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            before = _table_scans(conn)
+            while not self.stop.wait(0.05):
+                rows = conn.execute(
+                    "SELECT a.application_name, a.state, a.wait_event_type, a.wait_event, "
+                    "left(a.query, 40), b.application_name, b.state, left(b.query, 40) "
+                    "FROM pg_stat_activity a LEFT JOIN pg_stat_activity b "
+                    "ON b.pid = (pg_blocking_pids(a.pid))[1] "
+                    "WHERE a.application_name LIKE 'bench-%%' AND a.pid <> pg_backend_pid()"
+                ).fetchall()
+                self.samples += 1
+                for app, state, wait_type, wait, query, b_app, b_state, b_query in rows:
+                    if state == "idle":
+                        key = "idle"
+                    else:
+                        what = f"{wait_type}:{wait}" if wait_type else "cpu"
+                        key = f"{state} {what} | {_words(query)}"
+                    bucket = self.counts.setdefault(app, {})
+                    bucket[key] = bucket.get(key, 0) + 1
+                    if b_app is not None:
+                        # Who holds the lock it waits for, and what that one is doing.
+                        key = f"{_words(query)} <- {b_app} {b_state} | {_words(b_query)}"
+                        bucket = self.blocked.setdefault(app, {})
+                        bucket[key] = bucket.get(key, 0) + 1
+            after = _table_scans(conn)
+            # Rows read by sequential scans during the push, per table: a plan that scans
+            # a table growing with the push costs more with every second of it.
+            self.scans = {
+                table: {
+                    "seq_scans": after[table][0] - before.get(table, (0, 0, 0))[0],
+                    "seq_rows_read": after[table][1] - before.get(table, (0, 0, 0))[1],
+                    "index_scans": after[table][2] - before.get(table, (0, 0, 0))[2],
+                }
+                for table in after
+                if after[table][1] - before.get(table, (0, 0, 0))[1] > 0
+            }
+
+    def report(self) -> dict:
+        return {
+            "samples": self.samples,
+            "sequential_scans": self.scans,
+            "blocked_by_a_lock": {
+                app: dict(sorted(keys.items(), key=lambda item: -item[1])[:8])
+                for app, keys in self.blocked.items()
+            },
+            "by_service": {
+                app: dict(sorted(keys.items(), key=lambda item: -item[1])[:12])
+                for app, keys in self.counts.items()
+            },
+        }
 
 
 def _stop_services(services: dict[str, subprocess.Popen]) -> None:
@@ -359,12 +500,21 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
     pids.update({name: process.pid for name, process in services.items()})
     load_at_push = os.getloadavg()
     cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    gate_before = _scrape(services)
+    sampler = None
+    if args.backend == "postgres":
+        sampler = _PgSampler(os.environ["DATABASE_URL"])
+        sampler.start()
     print(f"pushing {expected} messages at {args.rate:g}/s", flush=True)
     started = time.monotonic()
     server.send(f"push {expected} {args.rate}")
     if server.read_line() != f"pushed {expected}":
         raise RuntimeError("the chaos server did not push")
     pushed_at = time.monotonic()
+    gate = _gate_report(gate_before, _scrape(services), pushed_at - started)
+    if sampler is not None:
+        sampler.stop.set()
+        sampler.join()
     received = receiver.count()
     progress = [(round(pushed_at - started, 1), received)]  # (seconds since push, arrived)
     while received < expected and time.monotonic() < pushed_at + args.drain:
@@ -376,10 +526,11 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
     seconds = time.monotonic() - started
     cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     rss = {name: _rss_mb(pid) for name, pid in pids.items()}
-    notes = receiver.notes()
-    numbers = [number for number, _, _, _ in notes]
+    notes = receiver.notes_with_event_ids()
+    numbers = [note[0] for note in notes]
     distinct = set(numbers)
-    latencies = sorted((arrived - generated) * 1000 for _, generated, arrived, _ in notes)
+    latencies = sorted((note[2] - note[1]) * 1000 for note in notes)
+    stages = _stages(notes)
     return {
         "benchmark": "e2e",
         "mode": args.mode,
@@ -390,7 +541,7 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         "received": len(notes),
         "lost": len(set(range(1, expected + 1)) - distinct),
         "duplicated": len(numbers) - len(distinct),
-        "invalid_signatures": sum(1 for *_, ok in notes if not ok),
+        "invalid_signatures": sum(1 for note in notes if not note[3]),
         "latency_ms": {
             "p50": _percentile(latencies, 0.50),
             "p99": _percentile(latencies, 0.99),
@@ -406,6 +557,14 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         "arrived_after_push": progress,
         # Where the slow ones were: latency by the second of the push they were pushed in.
         "latency_ms_by_push_second": _by_second(notes),
+        # Where the time went, per message (_stages): push -> Delivery row written, row ->
+        # first attempt started (waiting to be claimed), attempt -> arrived at the receiver.
+        "stages_ms": _stage_summary(stages),
+        "stages_ms_by_push_second": _stages_by_second(stages),
+        # During the push: the SQLite write gate (waits, share of the push), or what the
+        # PostgreSQL backends of the engine and the worker were doing.
+        "gate": gate,
+        "pg_activity": sampler.report() if sampler is not None else None,
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "load_average_at_push": [round(x, 2) for x in load_at_push],
         "python": platform.python_version(),
@@ -413,8 +572,72 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m devtools.bench.e2e "
         f"--rate {args.rate:g} --mailboxes {args.mailboxes} --duration {args.duration:g} "
-        f"--mode {args.mode} --backend {args.backend}",
+        f"--mode {args.mode} --backend {args.backend}"
+        + "".join(f" --pg-setting {setting}" for setting in args.pg_setting),
     }
+
+
+def _table_scans(conn) -> dict[str, tuple[int, int, int]]:
+    """Statistics can lag by up to PGSTAT_STAT_INTERVAL: over a push of seconds, close."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = conn.execute(
+        "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+    ).fetchall()
+    return {name: (seq, read, index) for name, seq, read, index in rows}
+
+
+def _words(query: str | None) -> str:
+    return " ".join((query or "").split()[:4])
+
+
+STAGES = ("push_to_row", "row_to_attempt", "attempt_to_arrival")
+
+
+def _stages(notes: list[tuple]) -> list[tuple[float, float, float, float]]:
+    """Per arrived message (first arrival): (pushed at, push -> Delivery row written, row ->
+    its first attempt started, attempt started -> arrived), seconds. The row's created_at is
+    taken in the engine's transaction just before the insert (its commit follows within the
+    group commit); the attempt's started_at when the worker begins the POST, right after
+    its claim. One clock: every process runs on this machine."""
+    from superimap.delivery.models import Delivery, DeliveryAttempt
+
+    rows = {
+        str(event_id): (id_, created_at.timestamp())
+        for event_id, id_, created_at in Delivery.objects.filter(kind="new_mail").values_list(
+            "event_id", "id", "created_at"
+        )
+    }
+    started = dict(
+        DeliveryAttempt.objects.filter(number=1).values_list("delivery_id", "started_at")
+    )
+    seen = set()
+    stages = []
+    for number, generated, arrived, _, event_id in sorted(notes, key=lambda note: note[2]):
+        row = rows.get(event_id)
+        if number in seen or row is None or row[0] not in started:
+            continue
+        seen.add(number)
+        created, attempt = row[1], started[row[0]].timestamp()
+        stages.append((generated, created - generated, attempt - created, arrived - attempt))
+    return stages
+
+
+def _stage_summary(stages: list[tuple]) -> dict:
+    summary = {"count": len(stages)}
+    for index, name in enumerate(STAGES, start=1):
+        values = sorted(stage[index] * 1000 for stage in stages)
+        summary[name] = {"p50": _percentile(values, 0.50), "p99": _percentile(values, 0.99)}
+    return summary
+
+
+def _stages_by_second(stages: list[tuple]) -> list[dict]:
+    if not stages:
+        return []
+    first = min(stage[0] for stage in stages)
+    seconds: dict[int, list[tuple]] = {}
+    for stage in stages:
+        seconds.setdefault(int(stage[0] - first), []).append(stage)
+    return [{"second": second, **_stage_summary(seconds[second])} for second in sorted(seconds)]
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -150,6 +150,16 @@ def _claim_sql(vendor: str) -> tuple[str, str, str]:
     return due, partners, paused
 
 
+# PostgreSQL: the due rows are read in the due index's order (next_attempt_at, id), never
+# all read and sorted. Without statistics that show a backlog (a table filled since its
+# last ANALYZE; a burst on a table of mostly delivered rows), the planner expected a few
+# pending rows and chose a bitmap scan and a sort: every claim read and sorted the whole
+# backlog with its payloads, a claim of 20 rows took ~50-100 ms once thousands were
+# pending, and the worker fell further behind the bigger the backlog grew (bench.e2e at
+# 1,000/s: ~200 deliveries/s). For this transaction only.
+WALK_THE_INDEX = "SET LOCAL enable_sort = off"
+
+
 def _in(ids) -> str:
     return ", ".join(["%s"] * len(ids))
 
@@ -176,6 +186,34 @@ def claim_due(
     lease: timedelta,
     room: fairness.Room | None = None,
 ) -> list[Claimed]:
+    """Claim due rows, in a transaction of their own (_claim_due)."""
+    with transaction.atomic():
+        return _claim_due(node_id, limit, now, lease, room)
+
+
+def record_and_claim(
+    node_id: str,
+    outcomes: list[Outcome],
+    now: datetime,
+    limit: int,
+    lease: timedelta,
+    room: fairness.Room | None = None,
+) -> tuple[dict[str, int], list[Claimed]]:
+    """record_outcomes and claim_due in ONE transaction: a busy worker's outcomes go with its
+    next claim, one turn at SQLite's write gate (and one COMMIT) instead of two. Each turn
+    may wait for a whole group commit of an engine process (design.md 8.1)."""
+    with transaction.atomic():
+        counts = _record_outcomes(node_id, outcomes, now) if outcomes else {}
+        return counts, _claim_due(node_id, limit, now, lease, room)
+
+
+def _claim_due(
+    node_id: str,
+    limit: int,
+    now: datetime,
+    lease: timedelta,
+    room: fairness.Room | None = None,
+) -> list[Claimed]:
     """Plain SQL (the ORM cost more than the queries): one SELECT of due rows per lane (live;
     then backfill, if the live rows did not fill the claim), one of their partners' signing
     settings, one of paused endpoints, one UPDATE that takes the rows.
@@ -183,7 +221,9 @@ def claim_due(
     With a `room` (the worker's fair shares), full partners and endpoints are skipped and
     at most each one's room is taken (fairness.fair_rows: up to three SELECTs)."""
     due, _, paused_sql = _claim_sql(connection.vendor)
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(WALK_THE_INDEX)
         db_now = _db_time(now)
         rows = []
         # Live rows first; backfilled new_mail (design.md 4.12) only for the slots left, so
@@ -253,13 +293,21 @@ def _hold_paused(cursor, rows: list, paused: dict) -> list:
 def record_outcomes(
     node_id: str, outcomes: list[Outcome], now: datetime, rng: random.Random | None = None
 ) -> dict[str, int]:
+    """Record outcomes, in a transaction of their own (_record_outcomes)."""
+    with transaction.atomic():
+        return _record_outcomes(node_id, outcomes, now, rng)
+
+
+def _record_outcomes(
+    node_id: str, outcomes: list[Outcome], now: datetime, rng: random.Random | None = None
+) -> dict[str, int]:
     """Store each attempt and move its delivery on. Returns counts by resulting status.
 
     The common case (2xx) is plain SQL: one SELECT, one fenced UPDATE per (attempt number,
     status code), one multi-row INSERT of the attempts; other outcomes go one by one."""
     counts: dict[str, int] = {}
     table = Delivery._meta.db_table
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         ids = [o.claimed.id for o in outcomes]
         cursor.execute(
             f"SELECT id, max_attempts, failures FROM {table} WHERE id IN ({_in(ids)})", ids

@@ -246,14 +246,33 @@ class Worker:
         news = self._work_arrived or self._idle_poll
         self._work_arrived = self._idle_poll = False
         self._finished_since_claim = 0
-        return await self.pool.run(
-            queue.claim_due,
-            self.node_id,
-            min(free, CLAIM_BATCH),
-            self.clock(),
-            self.lease,
-            self.shares.room(fairness.CLAIM_ROUNDS if news else 1),
-        )
+        room = self.shares.room(fairness.CLAIM_ROUNDS if news else 1)
+        limit = min(free, CLAIM_BATCH)
+        if not self._outcomes:
+            return await self.pool.run(
+                queue.claim_due, self.node_id, limit, self.clock(), self.lease, room
+            )
+        # Outcomes not recorded yet go in the claim's transaction (one turn at SQLite's
+        # write gate instead of two); the flush loop records the rest.
+        outcomes, self._outcomes = self._outcomes, []
+        try:
+            counts, claimed = await self.pool.run(
+                queue.record_and_claim,
+                self.node_id,
+                outcomes,
+                self.clock(),
+                limit,
+                self.lease,
+                room,
+            )
+        except BaseException:
+            # Back to the flush loop, which records them alone (or keeps them through an
+            # outage): they were sent, and their leases must not run out unrecorded.
+            self._outcomes = outcomes + self._outcomes
+            self._have_outcomes.set()
+            raise
+        self._recorded(outcomes, counts)
+        return claimed
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
@@ -404,6 +423,8 @@ class Worker:
             if len(self._outcomes) < self.concurrency // 2 and not stop.is_set():
                 await asyncio.sleep(RECORD_GATHER_SECONDS)
             batch, self._outcomes = self._outcomes, []
+            if not batch:
+                continue  # a claim took them meanwhile (record_and_claim)
             try:
                 await self._record(batch)
             except Exception as exc:
@@ -421,6 +442,9 @@ class Worker:
 
     async def _record(self, outcomes: list[queue.Outcome]) -> None:
         counts = await self.pool.run(queue.record_outcomes, self.node_id, outcomes, self.clock())
+        self._recorded(outcomes, counts)
+
+    def _recorded(self, outcomes: list[queue.Outcome], counts: dict[str, int]) -> None:
         self.sent += len(outcomes)
         for status, count in counts.items():
             key = str(status)  # plain text in logs and JSON, not the enum repr

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from superimap.platform import dboutage
-from superimap.platform.metrics import DB_QUEUE, expose
+from superimap.platform.metrics import DB_QUEUE, SQLITE_GATE_METRICS, expose
 
 T = TypeVar("T")
 
@@ -57,6 +57,8 @@ class DbPool:
         self.latency_total = 0.0
         self.calls = 0
         self._writer = threading.Lock() if connections["default"].vendor == "sqlite" else None
+        if self._writer is not None:
+            expose(SQLITE_GATE_METRICS)
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         loop = asyncio.get_running_loop()

@@ -68,6 +68,34 @@ WEBHOOK_RESPONSE = Histogram(
 RESPONSE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 # Its value is read from the database pools (dbpool.py sets the function).
 DB_QUEUE = Gauge("superimap_db_queue_length", "Calls waiting for a database thread", registry=None)
+# SQLite's write gate between processes (platform/sqlite3/base.py): how often and how long
+# this process's write transactions waited for another's turn, and how long it held it.
+SQLITE_GATE_WAITS = Counter(
+    "superimap_sqlite_gate_waits",
+    "SQLite write transactions of this process that found the write gate taken and waited",
+    registry=None,
+)
+SQLITE_GATE_WAIT_SECONDS = Counter(
+    "superimap_sqlite_gate_wait_seconds",
+    "Seconds this process's SQLite write transactions waited for the write gate",
+    registry=None,
+)
+SQLITE_GATE_TURNS = Counter(
+    "superimap_sqlite_gate_turns",
+    "SQLite write transactions of this process (turns at the write gate)",
+    registry=None,
+)
+SQLITE_GATE_HELD_SECONDS = Counter(
+    "superimap_sqlite_gate_held_seconds",
+    "Seconds this process held the SQLite write gate (BEGIN to COMMIT or ROLLBACK)",
+    registry=None,
+)
+SQLITE_GATE_METRICS = (
+    SQLITE_GATE_TURNS,
+    SQLITE_GATE_WAITS,
+    SQLITE_GATE_WAIT_SECONDS,
+    SQLITE_GATE_HELD_SECONDS,
+)
 ENGINE_METRICS = (
     EMAILS_PROCESSED,
     MAILBOX_SESSIONS,

@@ -1,4 +1,5 @@
-"""The claim's query plan on SQLite: its per-user probes use the small partial indexes.
+"""The claim's query plan. SQLite: its per-user probes use the small partial indexes.
+PostgreSQL: it walks the due index in order, whatever the statistics say.
 
 SQLite's planner, among indexes it rates equal, takes the one created last. When the
 squashed migrations created the plain user_id index after the partial ones, the probes
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from django.db import connection
 
@@ -36,3 +38,48 @@ def test_the_claim_probes_use_the_partial_indexes():
     assert any("delivery_pending_by_user" in step for step in probes), plan
     assert any("delivery_disconnect_by_user" in step for step in probes), plan
     assert any("delivery_due_by_endpoint" in step for step in plan), plan
+
+
+# A ~1 KB payload, as a new_mail carries (more, in fact): what a sort of the backlog reads.
+PAYLOAD = '{"sha1": "x", "text": "' + "lorem ipsum " * 90 + '"}'
+ROWS = 6000
+
+
+def _fill_without_statistics(db) -> None:
+    """ROWS pending deliveries in a table never analyzed, half of them delivered since: a
+    new database's first burst (bench.e2e's every run) before autovacuum's ANALYZE."""
+    db.execute("SET session_replication_role = replica")  # no partner rows needed (FKs)
+    db.execute(
+        "INSERT INTO delivery_delivery (event_id, kind, partner_id, message_id, dedup_key, "
+        "payload, status, attempts, max_attempts, failures, next_attempt_at, claimed_by, "
+        "last_error, created_at, backfill) "
+        "SELECT gen_random_uuid(), 'new_mail', 1, '', '', %s::jsonb, 'pending', 0, 6, 0, "
+        "now() - interval '1 minute', '', '', now(), false FROM generate_series(1, %s)",
+        [PAYLOAD, ROWS],
+    )
+    db.execute("UPDATE delivery_delivery SET status = 'delivered' WHERE id <= %s", [ROWS // 2])
+
+
+def _explain(db, due: str) -> str:
+    now = datetime.now(UTC)
+    rows = db.execute(f"EXPLAIN ANALYZE {due}", ["pending", False, now, now, 20]).fetchall()
+    return "\n".join(row[0] for row in rows)
+
+
+def test_the_postgresql_claim_walks_the_due_index_instead_of_sorting_the_backlog(
+    migrated_postgres_url,
+):
+    """Without statistics that show the backlog, PostgreSQL read and sorted the whole
+    backlog (payloads and all) for each claim of 20: claims of ~30-50 ms with 6,000
+    pending (2-4 ms walking the index), and the worker of bench.e2e at 1,000/s trickled
+    at ~200/s. The claim's transaction (queue.WALK_THE_INDEX) rules the sort out."""
+    due, _, _ = queue._claim_sql("postgresql")
+    with psycopg.connect(migrated_postgres_url, autocommit=True) as db:
+        _fill_without_statistics(db)
+        # The hazard is real: planned without statistics, the claim sorts the backlog.
+        assert "Sort" in _explain(db, due)
+        with db.transaction():
+            db.execute(queue.WALK_THE_INDEX)
+            plan = _explain(db, due)
+    assert "Sort" not in plan, plan
+    assert "Index Scan using delivery_due_by_endpoint" in plan, plan

@@ -222,7 +222,7 @@ def test_a_busy_worker_claims_in_batches_not_one_row_per_finished_send(
     from superimap.delivery import queue
 
     count, concurrency = 40, 8
-    real_claim = queue.claim_due
+    real_claim = queue._claim_due
     claims: list[int] = []
 
     def counting_claim(*args, **kwargs):
@@ -231,7 +231,8 @@ def test_a_busy_worker_claims_in_batches_not_one_row_per_finished_send(
             claims.append(len(claimed))
         return claimed
 
-    monkeypatch.setattr(queue, "claim_due", counting_claim)
+    # The claim alone (claim_due) or with outcomes (record_and_claim).
+    monkeypatch.setattr(queue, "_claim_due", counting_claim)
     # Staggered answers, so sends finish one at a time.
     delays = itertools.cycle([0.01, 0.025, 0.04, 0.055])
     receiver = make_receiver(responses=lambda event: Hang(next(delays)))
@@ -259,3 +260,55 @@ def test_a_busy_worker_claims_in_batches_not_one_row_per_finished_send(
     assert sum(claims) == count
     # A claim waits for a quarter of the slots (2 of 8); only the last may find one row due.
     assert claims[:-1].count(1) == 0, claims
+
+
+def test_a_busy_worker_records_outcomes_in_its_claims_transactions(
+    seeded_providers, make_receiver, monkeypatch
+):
+    """On SQLite each write transaction is a turn at the write gate, which may wait for a
+    whole group commit of an engine process: outcomes go with the next claim."""
+    from superimap.delivery import queue
+
+    count, concurrency = 40, 8
+    calls: Counter = Counter()
+    recorded: Counter = Counter()
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            if name != "claim_due":
+                recorded[name] += len(args[1])
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("claim_due", "record_outcomes", "record_and_claim"):
+        monkeypatch.setattr(queue, name, counted(name, getattr(queue, name)))
+    delays = itertools.cycle([0.01, 0.025, 0.04, 0.055])
+    receiver = make_receiver(responses=lambda event: Hang(next(delays)))
+    partner = make_partner(receiver.url)
+    for _ in range(count):
+        outbox.enqueue_user_event(Delivery.Kind.USER_CONNECTED, make_user(partner))
+
+    async def scenario() -> None:
+        pool = DbPool(size=2)
+        stop = asyncio.Event()
+        worker = Worker(pool, "node-r", concurrency=concurrency, poll_interval=0.05)
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            for _ in range(400):
+                if worker.counts.get("delivered", 0) == count or task.done():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+            pool.shutdown()
+
+    asyncio.run(scenario())
+    assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == count
+    assert DeliveryAttempt.objects.count() == count  # each recorded once
+    assert recorded["record_outcomes"] + recorded["record_and_claim"] == count
+    # Here 26-29 of 40 went with a claim, in 32-34 write transactions in all (main: none,
+    # in 51-53: 22 claims and 29-31 record batches).
+    assert recorded["record_and_claim"] >= count // 3, (calls, recorded)

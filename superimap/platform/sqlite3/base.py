@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 
 from django.db.backends.sqlite3 import base
+
+from superimap.platform.metrics import (
+    SQLITE_GATE_HELD_SECONDS,
+    SQLITE_GATE_TURNS,
+    SQLITE_GATE_WAIT_SECONDS,
+    SQLITE_GATE_WAITS,
+)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
     _gate_fd: int | None = None
     _gate_held = False
+    _gate_taken_at = 0.0
 
     def _gate_path(self) -> str | None:
         name = str(self.settings_dict.get("NAME") or "")
@@ -39,13 +48,24 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if path is None:
                 return
             self._gate_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._gate_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._gate_taken_at = time.monotonic()
+        except BlockingIOError:
+            # Another process's turn: wait, counted (superimap_sqlite_gate_wait_seconds).
+            asked = time.monotonic()
+            fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
+            self._gate_taken_at = time.monotonic()
+            SQLITE_GATE_WAITS.inc()
+            SQLITE_GATE_WAIT_SECONDS.inc(self._gate_taken_at - asked)
         self._gate_held = True
 
     def _release_gate(self) -> None:
         if self._gate_held:
             self._gate_held = False
             fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
+            SQLITE_GATE_TURNS.inc()
+            SQLITE_GATE_HELD_SECONDS.inc(time.monotonic() - self._gate_taken_at)
 
     def _start_transaction_under_autocommit(self) -> None:
         self._take_gate()
