@@ -59,9 +59,7 @@ def test_nodes_starting_together_log_in_once_per_mailbox_and_share_evenly(databa
             held = owners()
             return "" not in held.values() and len(chaos.call(lambda: idling(server))) == USERS
 
-        started = [
-            procs.start({**env, "ENGINE_NODE_NAME": name}, "imap-client") for name in NODES
-        ]
+        started = [procs.start({**env, "ENGINE_NODE_NAME": name}, "imap-client") for name in NODES]
         wait_until(settled, 120, "every mailbox owned and in IDLE")
         time.sleep(2.0)  # a handover would show now
         held = owners()
@@ -94,7 +92,8 @@ def test_a_frozen_node_is_freed_by_the_lease(migrated_sqlite_url, tmp_path):
         _setup(chaos, env, users)
 
         def owners() -> set[str]:
-            return {o for (o,) in query(database_url, "SELECT owner_node FROM mailboxes_mailboxuser")}
+            rows = query(database_url, "SELECT owner_node FROM mailboxes_mailboxuser")
+            return {owner for (owner,) in rows}
 
         frozen = procs.start({**env, "ENGINE_NODE_NAME": "node-a"}, "imap-client")
         other = procs.start({**env, "ENGINE_NODE_NAME": "node-b"}, "imap-client")
