@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from django.db import close_old_connections, connections
+from django.db import connections
 
 from superimap.engine import leases
 from superimap.platform import dboutage
@@ -101,7 +101,9 @@ class Heartbeat:
         if stalled:
             return
         try:
-            close_old_connections()
+            # No close_old_connections() per beat: with CONN_HEALTH_CHECKS it would add a
+            # SELECT 1 to every beat. A connection that broke fails the beat and is closed
+            # below; the next beat opens a new one.
             if not self.node_lock.still_held():
                 self.lock_lost = True
                 self._stop.set()
@@ -111,6 +113,7 @@ class Heartbeat:
         except Exception as exc:  # noqa: BLE001 - the refresh reports database trouble
             if not dboutage.lost(exc):
                 log.warning("engine %s: heartbeat failed: %s", self.node_id, exc)
+            connections.close_all()  # this thread's: the next beat connects again
             return
         self.beats += 1
         self.last_beat = time.monotonic()
