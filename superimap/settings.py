@@ -307,6 +307,12 @@ def _database(url: str) -> dict:
     elif engine == "django.db.backends.postgresql":
         config.setdefault("CONN_MAX_AGE", 60)
         config.setdefault("CONN_HEALTH_CHECKS", True)
+        # A transaction left open by a frozen process (SIGSTOP) holds its rows' locks until
+        # it ends; the other nodes could not free that node (design.md 8). PostgreSQL ends
+        # such a session after the lease: none of ours waits idle inside a transaction.
+        idle = ENGINE_LEASE_SECONDS * 1000
+        options = config.setdefault("OPTIONS", {})
+        options.setdefault("options", f"-c idle_in_transaction_session_timeout={idle}")
     else:
         raise ConfigError("DATABASE_URL", f"must be a sqlite:// or postgresql:// URL, got {url!r}")
     return config

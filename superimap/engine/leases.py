@@ -21,7 +21,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -370,11 +370,45 @@ def _free_dead_nodes(
     key to it would make Django select the rows first and delete by id, losing the check."""
     freed = []
     for name, before in _dead(node_id, expired, unlocked_before).items():
-        deleted, _ = EngineNode.objects.filter(node_id=name, last_seen__lt=before).delete()
+        try:
+            with transaction.atomic(), _LockWait(FREE_LOCK_WAIT):
+                deleted, _ = EngineNode.objects.filter(node_id=name, last_seen__lt=before).delete()
+                if deleted:
+                    MailboxUser.objects.filter(owner_node=name).update(owner_node="")
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            # A frozen node's open transaction holds its rows: freed once it ends
+            # (idle_in_transaction_session_timeout, settings.py); this refresh goes on.
+            continue
         if deleted:
-            MailboxUser.objects.filter(owner_node=name).update(owner_node="")
             freed.append(name)
     return tuple(freed)
+
+
+FREE_LOCK_WAIT = "1s"
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class _LockWait:
+    """PostgreSQL: wait at most ``limit`` for row locks inside the current transaction
+    (SET LOCAL, put back on exit); elsewhere nothing (SQLite has one writer)."""
+
+    def __init__(self, limit: str) -> None:
+        self.limit = limit
+        self.before: str | None = None
+
+    def __enter__(self) -> None:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_setting('lock_timeout')")
+                (self.before,) = cursor.fetchone()
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [self.limit])
+
+    def __exit__(self, *exc) -> None:
+        if self.before is not None and exc[0] is None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [self.before])
 
 
 def _free_orphans() -> None:
