@@ -84,6 +84,9 @@ ENGINE_GROUP_COMMIT_MESSAGES = env_int(
 )
 # Nodes with a heartbeat this recent share the mailboxes (spec "Scaling": 30 s).
 ENGINE_NODE_ALIVE_SECONDS = env_int("ENGINE_NODE_ALIVE_SECONDS", 30, minimum=2, maximum=600)
+# Cold start (design.md 8): a starting node claims no unowned mailbox until the live nodes
+# have not changed for this long (nodes starting together each claim only their share).
+ENGINE_JOIN_SECONDS = env_int("ENGINE_JOIN_SECONDS", 3, minimum=0, maximum=60)
 # A stable name: a restarted engine takes its own leases back at once (engine/nodelock.py).
 ENGINE_NODE_NAME = env_str("ENGINE_NODE_NAME", socket.gethostname())
 if not re.fullmatch(r"[A-Za-z0-9._:@-]{1,100}", ENGINE_NODE_NAME):
@@ -304,6 +307,12 @@ def _database(url: str) -> dict:
     elif engine == "django.db.backends.postgresql":
         config.setdefault("CONN_MAX_AGE", 60)
         config.setdefault("CONN_HEALTH_CHECKS", True)
+        # A transaction left open by a frozen process (SIGSTOP) holds its rows' locks until
+        # it ends; the other nodes could not free that node (design.md 8). PostgreSQL ends
+        # such a session after the lease: none of ours waits idle inside a transaction.
+        idle = ENGINE_LEASE_SECONDS * 1000
+        options = config.setdefault("OPTIONS", {})
+        options.setdefault("options", f"-c idle_in_transaction_session_timeout={idle}")
     else:
         raise ConfigError("DATABASE_URL", f"must be a sqlite:// or postgresql:// URL, got {url!r}")
     return config

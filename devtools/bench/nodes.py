@@ -9,7 +9,9 @@ nodes, each a `superimap imap-client` process of its own standing in for a box
 (ENGINE_PROCESSES=1, ENGINE_NODE_NAME=node-K, the default refresh, lease and login limits).
 It measures, in this order:
 
-- start: every mailbox in IDLE at the chaos servers; each node's share against an equal one;
+- start (a cold start: every node started at once, no mailbox owned): seconds until every
+  mailbox is in IDLE with owners settled, logins per mailbox (1.0: nobody logged in to a
+  mailbox it then handed over), each node's share against an equal one;
 - idle: PostgreSQL statements per idle mailbox per minute over ``--idle-seconds`` (the
   calls counted by pg_stat_statements, the bench's own left out; and transactions from
   pg_stat_database);
@@ -278,7 +280,11 @@ class Bench:
         deviation = max(abs(count - equal) / equal for count in shares.values())
         ids = sorted(owners)
         expected = leases.rendezvous_owners(ids, dict.fromkeys(names, 20_000))
-        print(f"start: {dict(shares)}, settled in {start['settled_after_seconds']} s", flush=True)
+        print(
+            f"start: {dict(shares)}, settled in {start['settled_after_seconds']} s, "
+            f"{start['logins']} logins",
+            flush=True,
+        )
 
         self.live = names
         idle = self._idle_statements()
@@ -316,6 +322,12 @@ class Bench:
             "largest_deviation_from_equal": round(deviation, 4),
             "within_10_percent": deviation <= 0.10,
             "start_matches_rendezvous": sum(owners[i] == expected[i] for i in ids),
+            "cold_start": {
+                "all_idle_after_seconds": start["settled_after_seconds"],
+                "logins": start["logins"],
+                "logins_per_mailbox": round(start["logins"] / self.args.mailboxes, 3),
+                "login_bound_held": start["login_bound_held"],
+            },
             "statements_per_idle_mailbox_per_minute": idle["statements_per_mailbox_per_minute"],
             "transactions_per_idle_mailbox_per_minute": idle["transactions_per_mailbox_per_minute"],
             "join": {k: v for k, v in join.items() if k != "samples"},

@@ -21,7 +21,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -158,6 +158,7 @@ def claim_mailboxes(
     name_lock: str = "",
     lock_grace: timedelta | None = None,
     pacing: Pacing | None = None,
+    take_unowned: bool = True,
 ) -> Claim:
     """Renew this node's lease (its heartbeat row), free dead nodes' mailboxes, release,
     hand over and claim, in one transaction.
@@ -172,7 +173,9 @@ def claim_mailboxes(
     holds its name with): published in the node's heartbeat row. ``lock_grace``: also free
     the nodes whose name lock is free and whose heartbeat is older than this (None: only
     by the lease; a caller whose own lock was not held steadily cannot judge). ``pacing``:
-    hand watched mailboxes over a few at a time (Pacing).
+    hand watched mailboxes over a few at a time (Pacing). ``take_unowned``: False while
+    the node is still joining (design.md 8, cold start): it keeps what it holds but claims
+    nothing yet.
     """
     now = timezone.now()
     rule = watchable(allow_loopback)
@@ -220,7 +223,7 @@ def claim_mailboxes(
         _last_nodes[node_id] = nodes
         free = capacity - held + len(handover)
         claimed: list[int] = []
-        if free > 0 and unowned:
+        if take_unowned and free > 0 and unowned:
             candidates = unowned if desired is None else [i for i in unowned if i in desired]
             candidates = candidates[:free]
             for start in range(0, len(candidates), ID_BATCH):
@@ -284,14 +287,43 @@ def _renew(
     return False
 
 
-def beat(node_id: str, lease: timedelta, lock_grace: timedelta | None) -> tuple[bool, list[str]]:
-    """Between refreshes, every second, for a node with a name lock: renew the heartbeat
-    (last_seen only), and name the other nodes claim_mailboxes() would free now. Returns
-    (whether this node's row was there, those nodes); the engine refreshes at once when
-    its row was gone or a node died."""
+@dataclass(frozen=True)
+class Beat:
+    """What one beat saw: whether this node's row was there (else another node freed it),
+    the other nodes claim_mailboxes() would free now, and the names of the live nodes
+    (heartbeat within ``node_alive``, this one included when its row was there)."""
+
+    present: bool
+    dead: tuple[str, ...]
+    live: frozenset[str]
+
+
+def beat(
+    node_id: str,
+    lease: timedelta,
+    lock_grace: timedelta | None,
+    node_alive: timedelta = timedelta(seconds=30),
+) -> Beat:
+    """Every second, for a node with a name lock, from its heartbeat thread
+    (engine/heartbeat.py): renew the heartbeat (last_seen only), and read every node's row
+    once (a handful of rows) to name the dead ones and the live ones. The engine refreshes
+    at once when its row was gone, a node died, or the live nodes changed."""
     now = timezone.now()
     renewed = EngineNode.objects.filter(node_id=node_id).update(last_seen=now)
-    return bool(renewed), list(_dead(node_id, now - lease, lock_grace and now - lock_grace))
+    rows = list(
+        EngineNode.objects.exclude(node_id=node_id).values_list("node_id", "last_seen", "name_lock")
+    )
+    dead = _dead_among(rows, node_id, now - lease, lock_grace and now - lock_grace)
+    live = {name for name, last_seen, _ in rows if last_seen >= now - node_alive}
+    if renewed:
+        live.add(node_id)
+    return Beat(bool(renewed), tuple(sorted(dead)), frozenset(live))
+
+
+def announce(node_id: str, capacity: int, started_at: datetime, name_lock: str) -> None:
+    """Write this node's heartbeat row before it claims anything, so the nodes starting
+    with it count it among the live ones from the first beat (design.md 8, cold start)."""
+    _renew(node_id, timezone.now(), capacity, 0, started_at, name_lock)
 
 
 def _dead(node_id: str, expired: datetime, unlocked_before: datetime | None) -> dict:
@@ -303,12 +335,22 @@ def _dead(node_id: str, expired: datetime, unlocked_before: datetime | None) -> 
         .filter(last_seen__lt=latest)
         .values_list("node_id", "last_seen", "name_lock")
     )
+    return _dead_among(list(rows), node_id, expired, unlocked_before)
+
+
+def _dead_among(
+    rows: list[tuple[str, datetime, str]],
+    node_id: str,
+    expired: datetime,
+    unlocked_before: datetime | None,
+) -> dict:
+    """_dead() of the heartbeat rows ``rows`` (node_id, last_seen, name_lock)."""
     dead: dict[str, datetime] = {}
     quiet = []
     for name, last_seen, name_lock in rows:
         if last_seen < expired:
             dead[name] = expired
-        elif name_lock:
+        elif name_lock and unlocked_before is not None and last_seen < unlocked_before:
             quiet.append((name, name_lock))
     if quiet:
         for name in nodelock.free_names(quiet, own=node_id):
@@ -328,11 +370,45 @@ def _free_dead_nodes(
     key to it would make Django select the rows first and delete by id, losing the check."""
     freed = []
     for name, before in _dead(node_id, expired, unlocked_before).items():
-        deleted, _ = EngineNode.objects.filter(node_id=name, last_seen__lt=before).delete()
+        try:
+            with transaction.atomic(), _LockWait(FREE_LOCK_WAIT):
+                deleted, _ = EngineNode.objects.filter(node_id=name, last_seen__lt=before).delete()
+                if deleted:
+                    MailboxUser.objects.filter(owner_node=name).update(owner_node="")
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            # A frozen node's open transaction holds its rows: freed once it ends
+            # (idle_in_transaction_session_timeout, settings.py); this refresh goes on.
+            continue
         if deleted:
-            MailboxUser.objects.filter(owner_node=name).update(owner_node="")
             freed.append(name)
     return tuple(freed)
+
+
+FREE_LOCK_WAIT = "1s"
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class _LockWait:
+    """PostgreSQL: wait at most ``limit`` for row locks inside the current transaction
+    (SET LOCAL, put back on exit); elsewhere nothing (SQLite has one writer)."""
+
+    def __init__(self, limit: str) -> None:
+        self.limit = limit
+        self.before: str | None = None
+
+    def __enter__(self) -> None:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_setting('lock_timeout')")
+                (self.before,) = cursor.fetchone()
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [self.limit])
+
+    def __exit__(self, *exc) -> None:
+        if self.before is not None and exc[0] is None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [self.before])
 
 
 def _free_orphans() -> None:

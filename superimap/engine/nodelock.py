@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -48,6 +49,8 @@ class NodeLock:
         self.description = ""
         self.kind = ""  # "flock" or "advisory", published in the node's heartbeat row
         self._since = 0.0  # monotonic: when the lock was (re)taken
+        # still_held() runs in the heartbeat thread and in a database thread of the refresh.
+        self._guard = threading.Lock()
 
     # --- acquiring ------------------------------------------------------------------------
 
@@ -111,6 +114,10 @@ class NodeLock:
         another process holds the name now). A broken connection is re-opened and the lock
         taken again; while the database is unreachable the lock counts as held (this
         engine cannot renew its leases then either, and they expire)."""
+        with self._guard:
+            return self._still_held()
+
+    def _still_held(self) -> bool:
         if not _is_postgresql():
             return self._file is not None
         if self._connection is not None:

@@ -19,6 +19,7 @@ from django.utils import timezone
 from superimap.engine import leases, store
 from superimap.engine.backfill import BackfillPacer
 from superimap.engine.gcfreeze import GcFreezer, tune_young_collections
+from superimap.engine.heartbeat import Heartbeat
 from superimap.engine.persister import GroupPersister
 from superimap.engine.session import MailboxSession, SessionSettings
 from superimap.engine.tracers import TracerSender
@@ -44,8 +45,9 @@ FULL_READ_EVERY = 12  # refreshes between full read-backs of the held set (1 min
 # Changes are looked for from this long before the previous refresh: a row saved just
 # before that refresh may have committed after it (SQLite's busy timeout is 30 s).
 CHANGE_SLACK = timedelta(seconds=30)
-# Between refreshes, a node with a name lock renews its heartbeat this often and looks for
-# a node that died (engine/nodelock.py): its mailboxes are claimed at once.
+# A node with a name lock renews its heartbeat this often, from a thread of its own
+# (engine/heartbeat.py), and looks for a node that died (engine/nodelock.py) or joined: the
+# engine refreshes at once then.
 WATCH_EVERY = 1.0
 # A node whose name lock is free is dead once its heartbeat is also this much overdue (a
 # live node whose lock connection broke takes its lock back at its next beat).
@@ -83,6 +85,12 @@ class Engine:
         self.lease = lease or timedelta(seconds=settings.ENGINE_LEASE_SECONDS)
         self.node_alive = timedelta(seconds=settings.ENGINE_NODE_ALIVE_SECONDS)
         self.lock_grace = timedelta(seconds=WATCH_EVERY + LOCK_GRACE_SECONDS)
+        # Cold start (design.md 8): a node with a name lock claims nothing unowned until the
+        # live nodes have stayed the same this long (at most ENGINE_NODE_ALIVE_SECONDS).
+        self.join_seconds = float(settings.ENGINE_JOIN_SECONDS)
+        self.heartbeat: Heartbeat | None = None
+        self._announced = 0.0  # monotonic: when this node's heartbeat row was written
+        self._news = asyncio.Event()  # set by the heartbeat: refresh now
         self.session_settings = session_settings or SessionSettings(
             idle_reissue=float(settings.IDLE_REISSUE_SECONDS),
             poll_interval=float(settings.POLL_INTERVAL),
@@ -179,7 +187,11 @@ class Engine:
         )
         last_metrics = time.monotonic()
         tracers = asyncio.create_task(self.tracers.run(), name=f"tracers-{self.node_id}")
+        ticker = None
         try:
+            if self.node_lock is not None:
+                await self._start_heartbeat()
+                ticker = asyncio.create_task(self._tick(), name=f"tick-{self.node_id}")
             while not stop.is_set():
                 await self._check_lock()
                 try:
@@ -192,16 +204,73 @@ class Engine:
                     last_metrics = time.monotonic()
                 await self._until_next_refresh(stop)
         finally:
-            tracers.cancel()
-            await asyncio.gather(tracers, return_exceptions=True)
+            for task in (tracers, ticker):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (tracers, ticker) if t), return_exceptions=True)
+            if self.heartbeat is not None:
+                await asyncio.to_thread(self.heartbeat.stop)
             await self.shutdown()
 
+    async def _start_heartbeat(self) -> None:
+        """Write this node's heartbeat row (the nodes starting with it count it from their
+        next beat), then beat from a thread of its own (engine/heartbeat.py)."""
+        lock = self.node_lock
+        while True:
+            try:
+                await self.pool.run(
+                    leases.announce, self.node_id, self.capacity, self.started_at, lock.kind
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 - the database may be briefly away
+                if not dboutage.lost(exc):
+                    log.exception("engine %s: could not announce itself; retrying", self.node_id)
+                await asyncio.sleep(WATCH_EVERY)
+        self._announced = time.monotonic()
+        self.heartbeat = Heartbeat(
+            self.node_id,
+            lease=self.lease,
+            node_alive=self.node_alive,
+            node_lock=lock,
+            judge=self._judge_locks,
+            loop=asyncio.get_running_loop(),
+            on_news=self._news.set,
+            every=WATCH_EVERY,
+        ).start()
+
+    async def _tick(self) -> None:
+        """Tell the heartbeat thread that the event loop runs (a wedged loop beats no more)."""
+        heartbeat = self.heartbeat
+        while heartbeat is not None:
+            heartbeat.loop_seen = time.monotonic()
+            await asyncio.sleep(WATCH_EVERY)
+
     async def _check_lock(self) -> None:
-        if self.node_lock is not None and not await self.pool.run(self.node_lock.still_held):
+        lost = self.heartbeat is not None and self.heartbeat.lock_lost
+        if lost or (
+            self.node_lock is not None and not await self.pool.run(self.node_lock.still_held)
+        ):
             # Another process may run under this name now: stop before two do, and leave
             # the leases alone (they may be the other process's now).
             self._lock_lost = True
             raise RuntimeError(f"engine {self.node_id}: node name lock lost")
+
+    def _join_left(self) -> float:
+        """Seconds until this node may claim unowned mailboxes (0: it may). A node with a
+        name lock waits until the live nodes (its heartbeat thread reads them every
+        second) have not changed for ENGINE_JOIN_SECONDS, and at most
+        ENGINE_NODE_ALIVE_SECONDS: nodes starting together each claim their own share
+        instead of the first one up claiming all and handing most of it over."""
+        heartbeat = self.heartbeat
+        if heartbeat is None or self.join_seconds <= 0:
+            return 0.0
+        now = time.monotonic()
+        if heartbeat.beats == 0:
+            quiet_left = self.join_seconds  # not one round of beats seen yet
+        else:
+            quiet_left = max(self._announced, heartbeat.live_changed) + self.join_seconds - now
+        cap_left = self._announced + self.node_alive.total_seconds() - now
+        return max(0.0, min(quiet_left, cap_left))
 
     def _judge_locks(self) -> timedelta | None:
         """The lock grace when this node may free others by their free name lock: only
@@ -214,26 +283,24 @@ class Engine:
         return None
 
     async def _until_next_refresh(self, stop: asyncio.Event) -> None:
-        """Wait a refresh interval. With a name lock, beat every second meanwhile (check
-        the lock, renew the heartbeat) and refresh at once when another node died (name
-        lock free, or lease over) or this node's row was freed."""
+        """Wait a refresh interval, or less: until the heartbeat thread has news (another
+        node died or joined, this node's row was freed, the name lock was lost) or this
+        node's join wait is over."""
         deadline = time.monotonic() + self.refresh_interval
+        joining = self._join_left() > 0
         while (left := deadline - time.monotonic()) > 0:
-            try:
-                await asyncio.wait_for(stop.wait(), min(left, WATCH_EVERY))
-                return
-            except TimeoutError:
-                pass
-            if self.node_lock is None:
-                continue
-            await self._check_lock()
-            try:
-                present, dead = await self.pool.run(
-                    leases.beat, self.node_id, self.lease, self._judge_locks()
-                )
-            except Exception:  # noqa: BLE001 - the refresh reports database trouble
-                continue
-            if dead or not present:
+            if joining:
+                join_left = self._join_left()
+                if join_left <= 0:
+                    return
+                left = min(left, join_left, WATCH_EVERY)
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._news.wait())]
+            done, pending = await asyncio.wait(
+                waits, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+            if done:
                 return
 
     def _pacing(self) -> leases.Pacing:
@@ -245,6 +312,7 @@ class Engine:
         return leases.Pacing(watching, max(1, int(per_refresh)))
 
     async def refresh(self) -> None:
+        self._news.clear()
         full = self._held_as_of is None or self._refreshes % FULL_READ_EVERY == 0
         claim = await self.pool.run(
             leases.claim_mailboxes,
@@ -260,6 +328,7 @@ class Engine:
             self.node_lock.kind if self.node_lock is not None else "",
             self._judge_locks(),
             self._pacing(),
+            self._join_left() <= 0,
         )
         for name in claim.freed:
             NODES_TAKEN_OVER.inc()

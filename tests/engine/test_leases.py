@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from superimap.engine.leases import Pacing, claim_mailboxes, remove_node
+from superimap.engine.leases import Pacing, announce, beat, claim_mailboxes, remove_node
 from superimap.engine.models import EngineNode
 from superimap.engine.nodelock import NodeLock
 from superimap.mailboxes.models import MailboxUser
@@ -218,3 +218,23 @@ def test_a_node_without_a_name_lock_waits_for_the_lease(users, settings, tmp_pat
     age("a", 30)
     assert claim("b", lock_grace=GRACE).versions == {}
     assert owners() == {"a": 30}
+
+
+def test_a_beat_names_the_live_and_the_dead_nodes(users):
+    claim("a")
+    claim("b")
+    claim("c")
+    age("c", 61)  # past the lease
+    seen = beat("a", LEASE, None, node_alive=timedelta(seconds=30))
+    assert seen.present and seen.dead == ("c",) and seen.live == {"a", "b"}
+    remove_node("a")
+    assert not beat("a", LEASE, None).present  # freed by another node: refresh at once
+
+
+def test_a_joining_node_keeps_what_it_holds_and_claims_nothing_unowned(users):
+    claim("a", capacity=10)
+    announce("b", 100, timezone.now(), "")
+    assert claim("b", take_unowned=False).versions == {}
+    assert owners() == {"a": 10, "": 20}
+    taken = claim("b")  # the join wait is over: its share of the unowned ones
+    assert len(taken.versions) > 0 and owners()["b"] == len(taken.versions)

@@ -1,0 +1,84 @@
+"""A node's heartbeat comes from a thread of its own (engine/heartbeat.py, issue 20 item 5):
+a node whose database threads and event loop are busy (starting thousands of sessions)
+still beats every second, and a node whose event loop is wedged stops beating, so its
+lease runs out as for a dead node. Real engine, database and name lock."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import timedelta
+
+from django.db import close_old_connections
+
+from superimap.engine.models import EngineNode
+from superimap.engine.nodelock import NodeLock
+from tests.helpers.engine import RunningEngine, wait_for
+
+LEASE = timedelta(seconds=4)  # the stall limit is half of it
+
+
+def _last_seen(node: str):
+    close_old_connections()
+    return EngineNode.objects.get(node_id=node).last_seen
+
+
+def _spin(seconds: float) -> None:
+    """Hold the event loop with CPU work, as a burst of session starts does."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        sum(range(1000))
+
+
+def test_a_node_whose_database_threads_and_loop_are_busy_still_beats(
+    mail_partner, settings, tmp_path
+):
+    settings.VAR_DIR = tmp_path
+    lock = NodeLock("busy").acquire()
+
+    async def scenario():
+        async with RunningEngine("busy", node_lock=lock, lease=LEASE) as engine:
+            await wait_for(lambda: engine.heartbeat is not None and engine.heartbeat.beats >= 1)
+            release = threading.Event()
+            # Every database thread of the engine taken for 5 s: a beat through the pool
+            # (as before) would wait all that time.
+            blockers = [
+                asyncio.ensure_future(engine.pool.run(release.wait, 10))
+                for _ in range(engine.pool.size)
+            ]
+            beats_before = engine.heartbeat.beats
+            seen = []
+            until = time.monotonic() + 5.0
+            while time.monotonic() < until:
+                _spin(0.2)
+                seen.append((time.monotonic(), await asyncio.to_thread(_last_seen, "busy")))
+                await asyncio.sleep(0.05)
+            release.set()
+            await asyncio.gather(*blockers)
+            return seen, engine.heartbeat.beats - beats_before
+
+    seen, beats = asyncio.run(scenario())
+    lock.release()
+    # Each sample's heartbeat is at most ~2 beats old: written on time whatever the pool did.
+    first = seen[0][1]
+    ages = [(when - seen[0][0]) - (last_seen - first).total_seconds() for when, last_seen in seen]
+    assert max(ages) < 2.5, ages
+    assert beats >= 3
+
+
+def test_a_wedged_event_loop_stops_the_heartbeat(mail_partner, settings, tmp_path, caplog):
+    settings.VAR_DIR = tmp_path
+    lock = NodeLock("wedged").acquire()
+
+    async def scenario():
+        async with RunningEngine("wedged", node_lock=lock, lease=LEASE) as engine:
+            await wait_for(lambda: engine.heartbeat is not None and engine.heartbeat.beats >= 1)
+            time.sleep(5.0)  # the loop runs nothing: past the stall limit (2 s)
+            return time.monotonic() - engine.heartbeat.last_beat
+
+    since_last_beat = asyncio.run(scenario())
+    lock.release()
+    # The beats stopped ~2 s into the 5 s wedge (the stall limit, plus up to a beat).
+    assert since_last_beat >= 1.5
+    assert "the event loop has not run for 2 s" in caplog.text
