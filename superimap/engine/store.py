@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import DateTimeField, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from superimap.delivery import outbox
@@ -216,7 +217,19 @@ def set_baseline(
     nothing older; ``folder`` names the folder the checkpoint now belongs to.
 
     The first baseline also sets ``baseline_at``: after a UIDVALIDITY change, mail with an
-    INTERNALDATE before it is older than the user (recorded as before_baseline)."""
+    INTERNALDATE before it is older than the user (recorded as before_baseline).
+
+    The checkpoint staying in its folder (every first connection of a mailbox watching
+    INBOX) is one fenced UPDATE in autocommit, not a transaction of four statements: at a
+    ramp of new mailboxes this was the largest part of the engine's CPU per mailbox after
+    the TLS handshake (design.md 4.13). Anything else (another folder, or the lease lost:
+    no row matched) takes the transaction below, which tells the two apart."""
+    owned = _owned(user_id, node_id)
+    if folder is not None:
+        owned = owned.filter(checkpoint_folder=folder)
+    first = Coalesce("baseline_at", Value(timezone.now()), output_field=DateTimeField())
+    if owned.update(uid_validity=uid_validity, last_uid=last_uid, baseline_at=first):
+        return
     with transaction.atomic():
         user = _owned(user_id, node_id).select_for_update(of=("self",)).first()
         if user is None:
