@@ -44,3 +44,28 @@ def test_a_fixed_threshold_keeps_read_buffers_in_their_own_mapping():
     # The operator's own setting wins (glibc read it at start): nothing is changed.
     assert _probe("fix", MALLOC_MMAP_THRESHOLD_="131072") == "False mapping"
     assert _probe("fix", MALLOC_MMAP_THRESHOLD_="4194304") == "False heap"
+
+
+TRIM = """
+import ctypes
+from superimap.platform import malloc
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+def resident_kb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+blocks = [libc.malloc(1000) for _ in range(40_000)]
+for block in blocks:
+    ctypes.memset(block, 1, 1000)
+for block in blocks[:-1]:  # the last keeps the heap's top: only a trim gives pages back
+    libc.free(block)
+before = resident_kb()
+print(malloc.trim(), before - resident_kb() > 20_000)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
+def test_trim_hands_free_heap_pages_back():
+    done = subprocess.run([sys.executable, "-c", TRIM], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]

@@ -1,4 +1,5 @@
-"""glibc's mmap threshold for the processes that hold many TLS connections (design.md 4.13).
+"""glibc's malloc, tuned for the processes that hold many TLS connections (design.md 4.13):
+its mmap threshold, and handing free pages back (trim(), after the engine's GC freeze).
 
 uvloop gives every TLS connection a 256 KiB read buffer, of which only the pages a read
 touched are resident. glibc raises its mmap threshold the first time a large block is
@@ -16,7 +17,7 @@ wins: then this does nothing. So does a libc that is not glibc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 
@@ -27,14 +28,33 @@ MMAP_THRESHOLD = 128 * 1024
 ENV = "MALLOC_MMAP_THRESHOLD_"
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The process's own symbols (libc among them on Linux): no library search."""
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def trim() -> bool:
+    """malloc_trim(0): hand the free pages of every arena back to the system. True if any
+    were (glibc only)."""
+    libc = _libc()
+    function = getattr(libc, "malloc_trim", None)
+    if function is None:
+        return False
+    function.argtypes = (ctypes.c_size_t,)
+    function.restype = ctypes.c_int
+    return bool(function(0))
+
+
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     """mallopt(M_MMAP_THRESHOLD, threshold) unless the environment sets it; True if set."""
     if ENV in os.environ:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False  # not glibc
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
