@@ -21,7 +21,7 @@ from superimap.delivery.worker import Worker
 from superimap.engine.nodelock import NodeLock
 from superimap.engine.supervisor import Engine
 from superimap.metricsview import port_registry
-from superimap.platform import children, fdlimit
+from superimap.platform import children, fdlimit, malloc
 from superimap.platform.dbpool import DbPool
 from superimap.summary import Summary
 from superimap.webserver import GuardedH11Protocol
@@ -251,6 +251,8 @@ def run(**kwargs) -> None:
     limit = fdlimit.raise_soft_limit()
     node_lock = None
     if kwargs.get("engine"):
+        # Before the connections: their read buffers in their own mappings (design.md 4.13).
+        malloc.fix_mmap_threshold()
         # A StartupError (ENGINE_NODE_NAME taken) stops the process with one line (cli.main).
         node_lock = NodeLock(settings.ENGINE_NODE_NAME).acquire()
         kwargs["capacity"] = limit.capacity(settings.MAX_USER_THREADS)

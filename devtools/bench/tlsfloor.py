@@ -11,7 +11,7 @@ connection (this process, handshakes included). Variants of the client context:
 create_default_context, system CAs loaded, verification off); ``no-ca`` a bare
 PROTOCOL_TLS_CLIENT context; ``tls12`` the default at most TLS 1.2; ``plain`` no TLS.
 ``--tls-tickets``: TLS 1.3 session tickets the server sends per connection.
-design.md 4.12 quotes it.
+design.md 4.13 quotes it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ and objects). The Python objects only: OpenSSL's and libuv's own allocations are
 traced, and uvloop's 256 KiB TLS read buffer per connection (PyMem_RawMalloc, the line of
 create_connection in imapclient/connection.py) counts whole although only its touched
 pages are resident; devtools/bench/tlsfloor.py measures a bare connection's RSS.
-design.md 4.12 quotes it.
+design.md 4.13 quotes it.
 """
 
 from __future__ import annotations

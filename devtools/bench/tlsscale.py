@@ -450,9 +450,10 @@ class EngineChild:
 
 def run_engine_child(args: argparse.Namespace) -> None:
     raise_open_files(65536)
-    from superimap.platform import prepare
+    from superimap.platform import malloc, prepare
 
     prepare.setup()
+    malloc.fix_mmap_threshold()  # as runtime.run() does for an engine (design.md 4.13)
     import logging
 
     logging.getLogger("superimap").setLevel(logging.WARNING)

@@ -262,8 +262,8 @@ class MailboxSession:
         names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)
         warning = f"folders not found: {', '.join(missing)}" if missing else ""
         config = replace(config, folder=names[0])
-        await self._select(config)
-        await self._catch_up(self.primary)
+        if await self._select(config):
+            await self._catch_up(self.primary)
         if self.changes is not None:
             await self.changes.check(self, self.primary)
         previous = self.others
@@ -340,9 +340,13 @@ class MailboxSession:
 
     # --- selecting a folder -------------------------------------------------------------
 
-    async def _select(self, config: store.MailboxConfig) -> None:
-        """SELECT the primary folder and start its cursor (resume, baseline, revalidate)."""
+    async def _select(self, config: store.MailboxConfig) -> bool:
+        """SELECT the primary folder and start its cursor (resume, baseline, revalidate).
+        False if the SELECT says nothing is past the checkpoint (no catch-up to run)."""
         untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
+        # EXISTS seen up to the SELECT's answer: one arriving later (while the checkpoint
+        # is read or written) still wakes the IDLE that follows (_wait_for_news).
+        seen, count = self.conn.exists_seen, self.conn.exists_count
         uid_validity = code_value([*untagged, tagged], "UIDVALIDITY")
         uid_next = code_value([*untagged, tagged], "UIDNEXT")
         if uid_validity is None:
@@ -353,6 +357,10 @@ class MailboxSession:
         cursor.carry_over(self.primary)
         self.primary = self.selected = cursor
         await self._start(cursor, uid_validity, uid_next)
+        if cursor.current_at_select(uid_next, count):
+            self._exists_at_search = seen
+            return False
+        return True
 
     async def _primary_cursor(self, config: store.MailboxConfig) -> FolderCursor:
         """The checkpoint of the watched folder: the mailbox's own if it belongs to this

@@ -216,7 +216,15 @@ def set_baseline(
     nothing older; ``folder`` names the folder the checkpoint now belongs to.
 
     The first baseline also sets ``baseline_at``: after a UIDVALIDITY change, mail with an
-    INTERNALDATE before it is older than the user (recorded as before_baseline)."""
+    INTERNALDATE before it is older than the user (recorded as before_baseline).
+
+    The checkpoint staying in its folder (every first connection of a mailbox watching
+    INBOX) is one fenced UPDATE in autocommit, not a transaction of four statements: at a
+    ramp of new mailboxes this was the largest part of the engine's CPU per mailbox after
+    the TLS handshake (design.md 4.13). Anything else (another folder, or the lease lost:
+    no row matched) takes the transaction below, which tells the two apart."""
+    if _baseline_in_place(user_id, node_id, uid_validity, last_uid, folder):
+        return
     with transaction.atomic():
         user = _owned(user_id, node_id).select_for_update(of=("self",)).first()
         if user is None:
@@ -239,6 +247,24 @@ def set_baseline(
             FolderCheckpoint.objects.filter(user=user, folder=folder).delete()
         _owned(user_id, node_id).update(**fields)
         _owned(user_id, node_id).filter(baseline_at__isnull=True).update(baseline_at=timezone.now())
+
+
+def _baseline_in_place(
+    user_id: int, node_id: str, uid_validity: int, last_uid: int, folder: str | None
+) -> bool:
+    """set_baseline's one statement; False if no row matched (another folder, or fenced).
+    Plain SQL: the ORM's compile of this UPDATE cost more CPU than its round trip."""
+    in_folder = " AND checkpoint_folder = %s" if folder is not None else ""
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {MailboxUser._meta.db_table} SET uid_validity = %s, last_uid = %s, "
+            "baseline_at = COALESCE(baseline_at, %s) WHERE id = %s AND owner_node = %s "
+            f"AND archived = %s AND connected_at IS NOT NULL{in_folder}",
+            [uid_validity, last_uid, now, user_id, node_id, False]
+            + ([folder] if folder is not None else []),
+        )
+        return cursor.rowcount == 1
 
 
 def set_folder_baseline(

@@ -1,7 +1,7 @@
 """The asyncio side of one IMAP connection: owns the transport, the timeouts and TLS.
 
 The protocol itself lives in superimap.imap (sans-IO); this module only moves bytes and
-waits. It is an asyncio.Protocol rather than a pair of streams so that an idle mailbox
+waits. It is an asyncio (buffered) protocol rather than a pair of streams so that an idle mailbox
 costs one parked future and no extra tasks: thousands of them sit in IDLE at once. Every
 wait has a deadline, so a stalled server can never hang a mailbox task.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+import threading
 import time
 
 from django.conf import settings
@@ -51,11 +52,32 @@ def client_tls_context(insecure: bool, ca_pem: str = "") -> ssl.SSLContext:
     return context
 
 
-class ImapConnection(asyncio.Protocol):
+# What a read hands the loop to fill: one buffer per thread (an event loop runs in one),
+# shared by every connection of that loop. A read fills it and buffer_updated() copies the
+# bytes out before the loop reads for any other connection.
+READ_BUFFER_SIZE = 256 * 1024
+_read_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    view = getattr(_read_buffers, "view", None)
+    if view is None:
+        view = _read_buffers.view = memoryview(bytearray(READ_BUFFER_SIZE))
+    return view
+
+
+class ImapConnection(asyncio.BufferedProtocol):
+    """A BufferedProtocol: the loop reads into the thread's shared buffer. As a plain
+    Protocol, uvloop's TLS transport allocated a 256 KiB bytes object for every read and
+    shrank it to what came (a malloc, and an mmap/munmap where glibc put it out of the
+    heap), and the shrunk blocks were left in the heap between the sessions' long-lived
+    objects (design.md 4.13)."""
+
     def __init__(self, protocol: ClientProtocol, timeout: float) -> None:
         self.protocol = protocol
         self.timeout = timeout
         self.transport: asyncio.Transport | None = None
+        self._buffer = _read_buffer()
         # Events not taken yet: a list, not a deque (whose first block is ~600 bytes per
         # connection); it is short and empty while the session waits (design.md 4.13).
         self._backlog: list[Event] = []
@@ -148,6 +170,12 @@ class ImapConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -115,6 +115,23 @@ class FolderCursor:
 
     # --- catching up ---------------------------------------------------------------------
 
+    def current_at_select(self, uid_next: int | None, exists_count: int | None) -> bool:
+        """Right after SELECT (and its baseline, if any): True if the SELECT's UIDNEXT says
+        no UID is past the checkpoint and no UID found before waits to be persisted, so the
+        catch-up's UID SEARCH would find nothing and is not sent: a first connection (or a
+        reconnect with nothing new) costs LOGIN, SELECT and IDLE. ``exists_count`` (the
+        SELECT's EXISTS) is kept as the catch-up would keep it, so the first new message
+        still gets the range FETCH. Without UIDNEXT: False (the SEARCH tells)."""
+        last = self.last_uid
+        if uid_next is None or last is None or uid_next - 1 > last:
+            return False
+        if self.unpersisted_validity == self.uid_validity and any(
+            uid > last for uid in self.unpersisted
+        ):
+            return False
+        self.count_at_search = exists_count
+        return True
+
     def plan_catch_up(
         self,
         exists_count: int | None,

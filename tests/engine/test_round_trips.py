@@ -216,3 +216,54 @@ def _status(user: MailboxUser) -> str:
 def _point_at(user: MailboxUser, port: int) -> None:
     """Send the mailbox's connection through the proxy on ``port``."""
     Connection.objects.filter(id=user.connection_id).update(imap_port=port)
+
+
+async def _until_idle(proxy: RecordingProxy, mark: int, timeout: float = 10.0) -> list[str]:
+    """The commands written since ``mark``, once the session has gone into IDLE."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        words = [chunk.decode(errors="replace") for chunk in proxy.commands_since(mark)]
+        if words and words[-1].rstrip().endswith("IDLE"):
+            return words
+        assert loop.time() < deadline, words
+        await asyncio.sleep(0.05)
+
+
+def test_a_connect_searches_only_when_the_select_says_mail_is_past_the_checkpoint(
+    mail_partner,
+):
+    """A first connection takes its baseline from the SELECT's UIDNEXT and goes into IDLE
+    without a UID SEARCH; a reconnect after mail arrived searches and delivers it; one with
+    nothing new does not search."""
+
+    async def scenario():
+        server = ChaosImapServer(users=1, chaos=False, seed=5)
+        await server.start()
+        proxy = RecordingProxy(server.port)
+        port = await proxy.start()
+        await asyncio.to_thread(loopback_users, mail_partner, port, 1)
+        runs = []
+        try:
+            for news in (False, True, False):
+                if news:
+                    raw = make_message("late", "a@example.test", "user0@x", "hi", "<late@t>")
+                    server.add_message("user0", raw)
+                mark = len(proxy.chunks)
+                async with RunningEngine():
+                    runs.append(await _until_idle(proxy, mark))
+                    if news:
+                        await wait_for(lambda: _counts()[0] == 1, timeout=10)
+        finally:
+            await proxy.stop()
+            await server.stop()
+        return server, runs
+
+    server, (first, late, quiet) = asyncio.run(scenario())
+    verbs = [" ".join(word.split()[1:2]) for word in first]
+    assert verbs == ["LOGIN", "LIST", "SELECT", "IDLE"], first
+    assert "UID SEARCH UID 1:*" in "".join(late), late
+    assert "UID SEARCH" not in "".join(quiet), quiet
+    assert quiet[-1].rstrip().endswith("IDLE")
+    delivered, rows = _counts()
+    assert len(server.messages_of("user0")) == delivered == rows == 1

@@ -108,6 +108,44 @@ def test_the_batch_size_bounds_the_range_catch_up() -> None:
 
 
 @pytest.mark.parametrize(
+    ("last", "uid_next", "unpersisted", "current"),
+    [
+        (40, 41, set(), True),  # nothing past the checkpoint: no UID SEARCH
+        (40, 42, set(), False),  # one new UID
+        (40, 30, set(), True),  # UIDNEXT below the checkpoint: nothing new either
+        (40, None, set(), False),  # no UIDNEXT: the SEARCH tells
+        (None, 41, set(), False),  # no checkpoint
+        (40, 41, {41}, False),  # found before a dropped connection, not persisted
+        (40, 41, {39}, True),  # persisted since (below the checkpoint)
+    ],
+)
+def test_a_select_with_nothing_past_the_checkpoint_needs_no_catch_up(
+    last, uid_next, unpersisted, current
+) -> None:
+    cursor = FolderCursor("INBOX", 7, last)
+    cursor.unpersisted, cursor.unpersisted_validity = set(unpersisted), 7
+    assert cursor.select(7) is (Start.RESUME if last is not None else Start.BASELINE)
+    assert cursor.current_at_select(uid_next, 12) is current
+    # As a catch-up would: the next steady one compares the EXISTS count with the SELECT's.
+    assert cursor.count_at_search == (12 if current else None)
+
+
+def test_unpersisted_uids_of_another_uidvalidity_do_not_count_at_select() -> None:
+    cursor = FolderCursor("INBOX", 7, 40)
+    cursor.unpersisted, cursor.unpersisted_validity = {41, 42}, 6
+    cursor.select(7)
+    assert cursor.current_at_select(41, 3)
+
+
+def test_a_baseline_from_uidnext_is_current() -> None:
+    cursor = FolderCursor("INBOX")
+    assert cursor.select(7) is Start.BASELINE
+    cursor.baseline(41)
+    assert cursor.current_at_select(42, 41)
+    assert cursor.plan_catch_up(42, steady=True) == CatchUp(41, True)
+
+
+@pytest.mark.parametrize(
     ("found", "unpersisted", "unpersisted_validity", "to_fetch"),
     [
         ([41, 42], set(), None, [41, 42]),
