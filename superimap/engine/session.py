@@ -347,6 +347,7 @@ class MailboxSession:
         # EXISTS seen up to the SELECT's answer: one arriving later (while the checkpoint
         # is read or written) still wakes the IDLE that follows (_wait_for_news).
         seen, count = self.conn.exists_seen, self.conn.exists_count
+        changes = self.conn.changes_seen
         uid_validity = code_value([*untagged, tagged], "UIDVALIDITY")
         uid_next = code_value([*untagged, tagged], "UIDNEXT")
         if uid_validity is None:
@@ -357,7 +358,7 @@ class MailboxSession:
         cursor.carry_over(self.primary)
         self.primary = self.selected = cursor
         await self._start(cursor, uid_validity, uid_next)
-        if cursor.current_at_select(uid_next, count):
+        if cursor.current_at_select(uid_next, count, changes):
             self._exists_at_search = seen
             return False
         return True

@@ -115,13 +115,16 @@ class FolderCursor:
 
     # --- catching up ---------------------------------------------------------------------
 
-    def current_at_select(self, uid_next: int | None, exists_count: int | None) -> bool:
+    def current_at_select(
+        self, uid_next: int | None, exists_count: int | None, changes_seen: int | None = None
+    ) -> bool:
         """Right after SELECT (and its baseline, if any): True if the SELECT's UIDNEXT says
         no UID is past the checkpoint and no UID found before waits to be persisted, so the
         catch-up's UID SEARCH would find nothing and is not sent: a first connection (or a
         reconnect with nothing new) costs LOGIN, SELECT and IDLE. ``exists_count`` (the
-        SELECT's EXISTS) is kept as the catch-up would keep it, so the first new message
-        still gets the range FETCH. Without UIDNEXT: False (the SEARCH tells)."""
+        SELECT's EXISTS) and ``changes_seen`` (the connection's count of expunges and flag
+        changes) are kept as the catch-up would keep them, so the first new message still
+        gets the one-trip range FETCH. Without UIDNEXT: False (the SEARCH tells)."""
         last = self.last_uid
         if uid_next is None or last is None or uid_next - 1 > last:
             return False
@@ -129,7 +132,7 @@ class FolderCursor:
             uid > last for uid in self.unpersisted
         ):
             return False
-        self.count_at_search = exists_count
+        self.count_at_search, self.changes_at_search = exists_count, changes_seen
         return True
 
     def plan_catch_up(

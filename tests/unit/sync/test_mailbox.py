@@ -145,6 +145,24 @@ def test_a_baseline_from_uidnext_is_current() -> None:
     assert cursor.plan_catch_up(42, steady=True) == CatchUp(41, True)
 
 
+def test_the_first_new_mail_after_a_current_select_comes_in_one_trip() -> None:
+    """No UID SEARCH after the SELECT, yet the SELECT's counts stand in for a catch-up's: the
+    first new message's FETCH brings its body; an expunge meanwhile (changes_seen moved)
+    takes the FETCH of sizes first."""
+    cursor = FolderCursor("INBOX", 7, 40)
+    cursor.select(7)
+    assert cursor.current_at_select(41, 12, changes_seen=3)
+    assert cursor.plan_catch_up(13, steady=True, changes_seen=3, one_trip=8) == CatchUp(
+        40, True, True
+    )
+    again = FolderCursor("INBOX", 7, 40)
+    again.select(7)
+    assert again.current_at_select(41, 12, changes_seen=3)
+    assert again.plan_catch_up(13, steady=True, changes_seen=4, one_trip=8) == CatchUp(
+        40, True, False
+    )
+
+
 @pytest.mark.parametrize(
     ("found", "unpersisted", "unpersisted_validity", "to_fetch"),
     [
