@@ -250,7 +250,8 @@ def run(args: argparse.Namespace) -> dict:
             from devtools.testing.postgres import PostgresServer
 
             settings = dict(setting.split("=", 1) for setting in args.pg_setting)
-            database_url = stack.enter_context(PostgresServer(**settings)).url
+            postgres = stack.enter_context(PostgresServer(**settings))
+            database_url, args.postgres_pid = postgres.url, postgres.pid
         env = _environment(var_dir, database_url, args.mailboxes)
         env["ENGINE_PROCESSES"] = str(args.engines)
         os.environ.update(env)
@@ -498,6 +499,9 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
     time.sleep(3.0)  # let the last status flushes settle
     pids = {"chaos_server": server.process.pid, "receiver": receiver.process.pid}
     pids.update({name: process.pid for name, process in services.items()})
+    if getattr(args, "postgres_pid", None):
+        # The server and its live backends: the database's CPU shares the box too.
+        pids["postgres"] = args.postgres_pid
     load_at_push = os.getloadavg()
     cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     gate_before = _scrape(services)

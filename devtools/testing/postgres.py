@@ -78,6 +78,11 @@ class PostgresServer:
     def url(self) -> str:
         return self.url_for(self.database)
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id (its children are the backends), None when stopped."""
+        return self._process.pid if self._process is not None else None
+
     def url_for(self, database: str) -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
 
