@@ -627,7 +627,15 @@ class _PgStatements:
             f"SELECT query, {', '.join(self.COLUMNS)} FROM pg_stat_statements "
             "WHERE query NOT ILIKE '%pg_stat%' ORDER BY total_exec_time DESC"
         )
-        report = []
+        report = [
+            {
+                "query": "(all statements)",
+                **{
+                    name: round(sum(float(row[k]) for row in rows) / max(1, messages), 4)
+                    for k, name in enumerate(self.COLUMNS, 1)
+                },
+            }
+        ]
         for row in rows[:top]:
             entry = {"query": " ".join(row[0].split())[:200]}
             for name, value in zip(self.COLUMNS, row[1:], strict=True):
