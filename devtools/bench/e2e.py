@@ -506,6 +506,7 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
     cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     gate_before = _scrape(services)
     sampler = None
+    statements = _PgStatements.start(args)
     if args.backend == "postgres":
         sampler = _PgSampler(os.environ["DATABASE_URL"])
         sampler.start()
@@ -529,6 +530,7 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
     time.sleep(1.0)  # duplicates that would follow the last message
     seconds = time.monotonic() - started
     cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    top_statements = statements.report(expected) if statements is not None else None
     rss = {name: _rss_mb(pid) for name, pid in pids.items()}
     notes = receiver.notes_with_event_ids()
     numbers = [note[0] for note in notes]
@@ -569,6 +571,9 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         # PostgreSQL backends of the engine and the worker were doing.
         "gate": gate,
         "pg_activity": sampler.report() if sampler is not None else None,
+        # With --pg-setting shared_preload_libraries=pg_stat_statements: the statements that
+        # cost the server most over the push and drain, per message pushed.
+        "pg_statements_per_message": top_statements,
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "load_average_at_push": [round(x, 2) for x in load_at_push],
         "python": platform.python_version(),
@@ -579,6 +584,64 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         f"--mode {args.mode} --backend {args.backend}"
         + "".join(f" --pg-setting {setting}" for setting in args.pg_setting),
     }
+
+
+class _PgStatements:
+    """pg_stat_statements over the push and drain (only if the server preloads it)."""
+
+    COLUMNS = (
+        "calls",
+        "total_exec_time",
+        "rows",
+        "shared_blks_hit",
+        "shared_blks_read",
+        "shared_blks_dirtied",
+        "shared_blks_written",
+        "wal_records",
+        "wal_bytes",
+    )
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @classmethod
+    def start(cls, args):
+        if args.backend != "postgres" or not any(
+            "pg_stat_statements" in setting for setting in args.pg_setting
+        ):
+            return None
+        statements = cls(os.environ["DATABASE_URL"])
+        statements._sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        statements._sql("SELECT pg_stat_statements_reset()")
+        return statements
+
+    def _sql(self, sql: str) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as db:
+            cursor = db.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    def report(self, messages: int, top: int = 15) -> list[dict]:
+        rows = self._sql(
+            f"SELECT query, {', '.join(self.COLUMNS)} FROM pg_stat_statements "
+            "WHERE query NOT ILIKE '%pg_stat%' ORDER BY total_exec_time DESC"
+        )
+        report = [
+            {
+                "query": "(all statements)",
+                **{
+                    name: round(sum(float(row[k]) for row in rows) / max(1, messages), 4)
+                    for k, name in enumerate(self.COLUMNS, 1)
+                },
+            }
+        ]
+        for row in rows[:top]:
+            entry = {"query": " ".join(row[0].split())[:200]}
+            for name, value in zip(self.COLUMNS, row[1:], strict=True):
+                entry[name] = round(float(value) / max(1, messages), 4)
+            report.append(entry)
+        return report
 
 
 def _table_scans(conn) -> dict[str, tuple[int, int, int]]:

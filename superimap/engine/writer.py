@@ -14,7 +14,9 @@ SQL that runs on SQLite and PostgreSQL, because the ORM cost ~4 ms of CPU per me
 3. the planner (sync/persist.py) decides every row;
 4. the rows a backfill replaces are deleted; every MailLog row goes in one executemany,
    every Delivery row in another; tracers are marked detected; the checkpoints and backfill
-   positions are updated.
+   positions are updated. On PostgreSQL the rows and checkpoints go in multi-row statements
+   instead (_insert_rows, _update_checkpoints): each statement of an executemany is parsed,
+   planned and run by the server on its own.
 
 It runs in the caller's transaction. The group commit (engine/persister.py) runs it for
 the whole group in a savepoint and, if a statement fails, once per job, each in a
@@ -120,6 +122,15 @@ CHECKPOINT_SQL = (
     f"UPDATE {USERS} SET uid_validity = COALESCE(%s, uid_validity), "
     "last_uid = COALESCE(%s, last_uid), last_internal_date = COALESCE(%s, last_internal_date), "
     "last_email_at = COALESCE(%s, last_email_at) WHERE id = %s"
+)
+CHECKPOINT_ROW = "(%s::bigint, %s::bigint, %s::timestamptz, %s::timestamptz, %s::bigint)"
+CHECKPOINT_MANY_SQL = (
+    f"UPDATE {USERS} AS u SET uid_validity = COALESCE(v.uid_validity, u.uid_validity), "
+    "last_uid = COALESCE(v.last_uid, u.last_uid), "
+    "last_internal_date = COALESCE(v.last_internal_date, u.last_internal_date), "
+    "last_email_at = COALESCE(v.last_email_at, u.last_email_at) "
+    "FROM (VALUES {values}) AS v(uid_validity, last_uid, last_internal_date, last_email_at, id) "
+    "WHERE u.id = v.id"
 )
 FOLDER_INSERT_SQL = (
     f"INSERT INTO {FOLDERS} (user_id, folder, uid_validity, last_uid, last_internal_date, "
@@ -338,8 +349,10 @@ def _execute(plan: Plan) -> None:
                 REPLACE_SQL, [(r.user_id, r.folder, r.uid_validity, r.uid) for r in plan.replaced]
             )
         if plan.log_rows:
-            cursor.executemany(
-                _insert_sql(MAILLOG, MAILLOG_COLUMNS),
+            _insert_rows(
+                cursor,
+                MAILLOG,
+                MAILLOG_COLUMNS,
                 [
                     (
                         r.user_id,
@@ -361,9 +374,11 @@ def _execute(plan: Plan) -> None:
             )
         if plan.deliveries:
             event_ids = _new_event_ids(len(plan.deliveries))
-            cursor.executemany(
-                _insert_sql(Delivery._meta.db_table, DELIVERY_COLUMNS),
-                _delivery_rows(plan.deliveries, db_now, event_ids),
+            _insert_rows(
+                cursor,
+                Delivery._meta.db_table,
+                DELIVERY_COLUMNS,
+                list(_delivery_rows(plan.deliveries, db_now, event_ids)),
             )
             _track_delivered(cursor, plan.deliveries, event_ids, db_now)
         if plan.tracers:
@@ -387,8 +402,8 @@ def _execute(plan: Plan) -> None:
                 ],
             )
         if plan.checkpoints:
-            cursor.executemany(
-                CHECKPOINT_SQL,
+            _update_checkpoints(
+                cursor,
                 [
                     (
                         c.uid_validity,
@@ -414,6 +429,43 @@ def _date(move) -> object:
     if move.last_internal_date is None:
         return None
     return connection.ops.adapt_datetimefield_value(move.last_internal_date)
+
+
+def _update_checkpoints(cursor, rows: list[tuple]) -> None:
+    """The users' checkpoints (CHECKPOINT_SQL's parameters, the user id last). PostgreSQL:
+    one UPDATE ... FROM (VALUES ...) per MAX_PARAMETERS when every user is there once (an
+    UPDATE joined twice to a row would apply only one of them), not one statement each."""
+    ids = [row[-1] for row in rows]
+    if connection.vendor != "postgresql" or len(set(ids)) != len(ids):
+        cursor.executemany(CHECKPOINT_SQL, rows)
+        return
+    per_statement = MAX_PARAMETERS // 5
+    for start in range(0, len(rows), per_statement):
+        part = rows[start : start + per_statement]
+        values = ", ".join([CHECKPOINT_ROW] * len(part))
+        cursor.execute(CHECKPOINT_MANY_SQL.format(values=values), [v for row in part for v in row])
+
+
+def _insert_rows(
+    cursor, table: str, columns: tuple[str, ...], rows: list, suffix: str = ""
+) -> None:
+    """INSERT ``rows``. PostgreSQL: multi-row VALUES, up to MAX_PARAMETERS per statement,
+    since each statement of an executemany is parsed, planned and run by the server on its
+    own (Django's client-side binding): one per row cost the server more than the rows'
+    own work (pgcpu notes). SQLite: executemany, one prepared statement for every row."""
+    sql = _insert_sql(table, columns)
+    if connection.vendor != "postgresql":
+        cursor.executemany(sql + suffix, rows)
+        return
+    row_sql = "(" + _in(list(columns)) + ")"
+    per_statement = max(1, MAX_PARAMETERS // len(columns))
+    for start in range(0, len(rows), per_statement):
+        part = rows[start : start + per_statement]
+        values = ", ".join([row_sql] * len(part))
+        cursor.execute(
+            f"{sql.rsplit(' VALUES ', 1)[0]} VALUES {values}{suffix}",
+            [value for row in part for value in row],
+        )
 
 
 def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
@@ -670,7 +722,7 @@ def _track_delivered(cursor, rows: list[DeliveryRow], event_ids: list, db_now) -
         if row.owner.track_changes and row.digest.message.flags is not None
     ]
     if states:
-        cursor.executemany(_insert_sql(STATES, STATE_COLUMNS) + " ON CONFLICT DO NOTHING", states)
+        _insert_rows(cursor, STATES, STATE_COLUMNS, states, " ON CONFLICT DO NOTHING")
 
 
 def _first_seen(cursor, job: ChangeJob, tracked: dict[int, Tracked], db_now) -> None:
