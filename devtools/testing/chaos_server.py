@@ -138,6 +138,9 @@ class ChaosImapServer:
             self.capabilities += " ENABLE CONDSTORE"
         self.expunge_rate = expunge_rate
         self.expunges_owed = expunge_first
+        # (username, uid): expunged when that user's next IDLE comes in, just before the
+        # "+ idling" continuation (expunge_at_next_idle).
+        self.expunge_at_idle: list[tuple[str, int]] = []
         self.faults = tuple(faults) if faults is not None else tuple(Fault)
         self.expunged: list[tuple[str, str]] = []
         self.ssl_context = ssl_context
@@ -316,6 +319,12 @@ class ChaosImapServer:
                 session.reported_exists -= 1
                 session.write(untagged_data(f"{seq} EXPUNGE"))
         return True
+
+    def expunge_at_next_idle(self, username: str, uid: int) -> None:
+        """Expunge ``uid`` when ``username``'s next IDLE arrives: the EXPUNGE reaches the
+        client before the IDLE's continuation, as it can from a real server when another
+        client expunges at that moment."""
+        self.expunge_at_idle.append((username, uid))
 
     def set_flags(self, username: str, uid: int, flags: set[str], folder: str = "INBOX") -> bool:
         """Replace a message's flags as another client would; sessions that have the folder
@@ -712,6 +721,10 @@ class ImapSession(asyncio.Protocol):
     def cmd_idle(self, command: Command) -> None:
         self.idle_tag = command.tag
         self.parser.expect_line()
+        server = self.server
+        for username, uid in [e for e in server.expunge_at_idle if e[0] == self.username]:
+            server.expunge_at_idle.remove((username, uid))
+            server.expunge(username, uid)
         self.write(continuation("idling"))
         self.sync_exists()
 

@@ -656,17 +656,21 @@ class MailboxSession:
         step)."""
         conn = self.conn
         timeout = self.cfg.command_timeout
+        # What the server says before the continuation (an EXPUNGE or a flag change made
+        # at that moment) is news for _wait_for_news, not something to drop.
+        before: list = []
         tag = conn.take_idle_ahead()  # written behind the catch-up's FETCH
-        if tag is not None and await conn.idle_started(tag, timeout) is not None:
+        if tag is not None and await conn.idle_started(tag, timeout, before) is not None:
             log.info("mailbox %s: IDLE behind a FETCH refused; sent alone now", self.label)
             self._ahead_ok = False
             tag = None
         if tag is None:
             tag, data = conn.protocol.idle()
             await conn.send(data)
-            refused = await conn.idle_started(tag, timeout)
+            refused = await conn.idle_started(tag, timeout, before)
             if refused is not None:
                 raise CommandFailed("IDLE", refused)
+        conn.put_back(before)
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
         await self._wait_for_news(self._until_wake(period))
         if self.stop_event.is_set():

@@ -312,6 +312,10 @@ class ImapConnection(asyncio.BufferedProtocol):
         if refused is None:
             self.owe_done(self.protocol.done(), tag)
 
+    def put_back(self, events: list[Event]) -> None:
+        """Events taken out of the stream (idle_started's ``keep``) are the next ones again."""
+        self._backlog[:0] = events
+
     async def idle_started(
         self, tag: str, timeout: float, keep: list[Event] | None = None
     ) -> TaggedResponse | None:

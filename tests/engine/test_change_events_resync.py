@@ -134,6 +134,40 @@ def test_condstore_without_qresync_flags_by_changedsince_deletions_by_resync(
     assert [e.payload["uid"] for e in _events("message_deleted")] == [2]
 
 
+def test_an_expunge_before_the_idle_continuation_is_not_dropped(change_partner, settings):
+    """Another client expunges as the engine goes back into IDLE: the EXPUNGE comes before
+    "+ idling". It is news all the same: message_deleted follows at once, not at the next
+    periodic resync (an hour away here)."""
+    settings.CHANGES_RESYNC_SECONDS = 3600
+    server = ChaosImapServer(users=1, seed=7, condstore=True)
+
+    async def scenario():
+        await server.start()
+        await asyncio.to_thread(loopback_users, change_partner, server.port, 1)
+        try:
+            async with RunningEngine():
+                await wait_for(lambda: _status() == "idle")
+                for _ in range(3):
+                    server.generate_message("user0")
+                await wait_for(lambda: _tracked() == 3)
+                await wait_for(
+                    lambda: MessageState.objects.filter(modseq__isnull=False).count() == 3
+                )
+                server.expunge_at_next_idle("user0", 2)
+                server.set_flags("user0", 1, {SEEN})  # out of IDLE and back in: the expunge
+                await wait_for(lambda: _events("message_updated"), timeout=5)
+                await wait_for(lambda: _events("message_deleted"), timeout=5)
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+    assert not server.expunge_at_idle
+    assert [e.payload["uid"] for e in _events("message_deleted")] == [2]
+    assert [e.payload["uid"] for e in _events("message_updated")] == [1]
+    # Count, don't assume: every message that arrived is one new_mail delivery.
+    assert len(_events("new_mail")) == 3 == len(server.messages_of("user0")) + 1
+
+
 USERS = 10
 PER_USER = 8
 BURST_SECONDS = 4.0  # changes keep coming while the engine is killed and restarted
