@@ -8,7 +8,11 @@ by the lease, even when frozen inside a transaction. Real processes, SQLite and 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
+import sqlite3
+import subprocess
 import time
 from collections import Counter
 
@@ -37,6 +41,41 @@ def database_url(migrated_database_url) -> str:
 def _setup(chaos: ServerThread, env: dict[str, str], users: int) -> None:
     setup = {**env, "CHAOS_PORT": str(chaos.server.port), "USERS": str(users)}
     run_cli(setup, "manage", "shell", "-c", CHAOS_USERS_SCRIPT)
+
+
+def _freeze_outside_the_sqlite_gate(proc: subprocess.Popen, database_url: str) -> None:
+    """SIGSTOP `proc`; on SQLite, not while it holds the write gate (design.md: a process
+    frozen inside a write stops every writer until it is thawed, SQLite's single writer; no
+    lease can free that). Frozen holding the gate, it is thawed and frozen again a moment
+    later: the test is about the lease freeing a frozen node, which it can only do outside."""
+    if not database_url.startswith("sqlite:///"):
+        proc.send_signal(signal.SIGSTOP)
+        return
+    path = database_url.removeprefix("sqlite:///")
+    gate = path + "-gate"
+    deadline = time.monotonic() + 10
+    while True:
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.05)  # the signal has landed
+        fd = os.open(gate, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:  # and not inside an autocommit write, which skips the gate
+                db = sqlite3.connect(path, timeout=0, isolation_level=None)
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute("ROLLBACK")
+                finally:
+                    db.close()
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+        except (BlockingIOError, sqlite3.OperationalError):
+            assert time.monotonic() < deadline, "the node never left the SQLite write gate"
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.1)
+        finally:
+            os.close(fd)
 
 
 def test_nodes_starting_together_log_in_once_per_mailbox_and_share_evenly(database_url, tmp_path):
@@ -97,7 +136,7 @@ def test_a_frozen_node_is_freed_by_the_lease(database_url, tmp_path):
         frozen = procs.start({**env, "ENGINE_NODE_NAME": "node-a"}, "imap-client")
         other = procs.start({**env, "ENGINE_NODE_NAME": "node-b"}, "imap-client")
         wait_until(lambda: owners() == {"node-a", "node-b"}, 60, "both nodes to share")
-        frozen.send_signal(signal.SIGSTOP)
+        _freeze_outside_the_sqlite_gate(frozen, database_url)
         stopped_at = time.monotonic()
         wait_until(lambda: owners() == {"node-b"}, 30, "node-b to free the frozen node")
         freed_after = time.monotonic() - stopped_at
