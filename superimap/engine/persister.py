@@ -122,7 +122,6 @@ class GroupPersister:
                 else:
                     waiting.future.set_result(outcome)
 
-
     def _wait(self) -> float:
         """Seconds the waiting batches wait for more before they are committed."""
         if not self.adaptive:
