@@ -104,7 +104,9 @@ class GroupPersister:
             group, self._waiting, self._waiting_messages = self._waiting, [], 0
             self._full.clear()
             try:
-                outcomes = await self.pool.run(persist_group, [waiting.job for waiting in group])
+                outcomes = await self.pool.run_pinned(
+                    persist_group, [waiting.job for waiting in group]
+                )
             except BaseException as exc:  # the COMMIT (or the transaction) failed: all redo
                 for waiting in group:
                     if not waiting.future.done():

@@ -5,6 +5,9 @@ session woken with its own result or exception."""
 from __future__ import annotations
 
 import asyncio
+import threading
+
+from django.db import connection
 
 from superimap.delivery.models import Delivery
 from superimap.engine import store, writer
@@ -150,3 +153,31 @@ def test_groups_grow_under_load_and_wait_at_most_the_window_from_their_oldest(us
         assert Delivery.objects.filter(user=user, kind="new_mail").count() == count // 3
         assert not MailLog.objects.filter(user=user).exclude(skipped_reason="").exists()
         assert MailboxUser.objects.get(id=user.id).last_uid == count // 3
+
+
+def test_group_commits_run_on_one_database_thread_and_connection(users):
+    """DbPool.run_pinned: every call on the same thread, so the group commit's connection
+    (and its page cache) is the same from one group to the next; the pool's other threads
+    stay free for the sessions' other calls."""
+
+    async def run() -> tuple[set, set, set]:
+        pool = DbPool(size=2)
+        persister = GroupPersister(pool, window=0.0)
+        try:
+            for uid in (1, 2, 3):
+                assert (await persister.persist(*persist_args(batch(users[0], uid)))).new == 1
+            pinned = await asyncio.gather(
+                *(
+                    pool.run_pinned(lambda: (threading.get_ident(), id(connection.connection)))
+                    for _ in range(8)
+                )
+            )
+            others = await asyncio.gather(*(pool.run(threading.get_ident) for _ in range(8)))
+        finally:
+            pool.shutdown()
+        return {t for t, _ in pinned}, {c for _, c in pinned}, set(others)
+
+    threads, connections, others = asyncio.run(run())
+    assert len(threads) == len(connections) == 1
+    assert not threads & others
+    assert Delivery.objects.filter(user=users[0], kind="new_mail").count() == 3
