@@ -77,8 +77,10 @@ ENGINE_REFRESH_SECONDS = env_int("ENGINE_REFRESH_SECONDS", 5, minimum=1, maximum
 # last delivered messages per folder are read again this often (and after an EXPUNGE).
 CHANGES_RESYNC_MESSAGES = env_int("CHANGES_RESYNC_MESSAGES", 200, minimum=1, maximum=10000)
 CHANGES_RESYNC_SECONDS = env_int("CHANGES_RESYNC_SECONDS", 900, minimum=1, maximum=86400)
-# Group commit (engine/persister.py): batches arriving this close share one transaction.
-ENGINE_GROUP_COMMIT_MS = env_int("ENGINE_GROUP_COMMIT_MS", 2, minimum=0, maximum=1000)
+# Group commit (engine/persister.py): the longest a batch waits for others to share its
+# transaction, counted from its arrival; only when two or more are expected meanwhile at the
+# recent rate (sync/groupcommit.py), so a lone mail or a low rate is committed at once.
+ENGINE_GROUP_COMMIT_MS = env_int("ENGINE_GROUP_COMMIT_MS", 10, minimum=0, maximum=1000)
 ENGINE_GROUP_COMMIT_MESSAGES = env_int(
     "ENGINE_GROUP_COMMIT_MESSAGES", 500, minimum=1, maximum=10000
 )

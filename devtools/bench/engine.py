@@ -469,6 +469,7 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         threads_before = _thread_cpu_seconds()
         server_stat = f"/proc/{server.process.pid}/stat"
         server_cpu_before = _cpu_seconds(server_stat)
+        groups_before = (engine.persister.groups, engine.persister.batches)
         try:
             if profiler:
                 profiler.enable()
@@ -481,6 +482,8 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         push_cpu = _cpu_seconds() - cpu_before_pushes
         threads_after = _thread_cpu_seconds()
         server_cpu = _cpu_seconds(server_stat) - server_cpu_before
+        groups = engine.persister.groups - groups_before[0]
+        batches = engine.persister.batches - groups_before[1]
         latencies, delivered = await _latencies(pool)
         if profiler:
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
@@ -514,6 +517,11 @@ async def _measure(count: int, tls: bool, args: argparse.Namespace, server) -> d
         },
         # The chaos server process's CPU in the same window, per mail (it shares the box).
         "server_cpu_ms_per_mail": round(server_cpu * 1000 / max(delivered, 1), 3),
+        # Group commits during the pushes (engine/persister.py) and batches per group.
+        "group_commits": groups,
+        "batches_per_group": round(batches / max(groups, 1), 2),
+        "group_commit_ms": round(engine.persister.window * 1000, 1),
+        "group_commit_adaptive": getattr(engine.persister, "adaptive", False),
         "latency_ms": {
             "p50": round(_percentile(latencies, 50), 1),
             "p99": round(_percentile(latencies, 99), 1),

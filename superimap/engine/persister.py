@@ -1,8 +1,7 @@
 """Group commit: the batches sessions persist within a few milliseconds share one transaction.
 
 A session calls ``await engine.persister.persist(...)`` with the arguments of
-``writer.persist_batch``. The persister collects the batches that arrive within
-ENGINE_GROUP_COMMIT_MS (or until ENGINE_GROUP_COMMIT_MESSAGES messages are waiting) and
+``writer.persist_batch``. The persister collects the batches that arrive together and
 writes them in ONE database transaction with a few set-based statements
 (engine/writer.py, the plan of sync/persist.py). If one of those fails, that transaction
 is rolled back and the group falls back to running the same writer once per batch, each
@@ -17,7 +16,11 @@ transaction failed.
 
 Only one group is in flight at a time: while it commits, the next one fills up, so groups
 grow with the load and the per-transaction cost (the SQLite writer lock, the fsync) is
-paid once per group instead of once per batch.
+paid once per group instead of once per batch. How long a group waits for more is the
+adaptive rule of sync/groupcommit.py: not at all when few batches are coming (a lone mail
+is committed at once), else up to ENGINE_GROUP_COMMIT_MS counted from its oldest batch's
+arrival, or until ENGINE_GROUP_COMMIT_MESSAGES messages wait. ``adaptive=False`` waits
+the whole window for every group (tests that need one group).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from superimap.engine import writer
 from superimap.platform import dboutage
 from superimap.platform.dbpool import DbPool
 from superimap.sync.backfill import BackfillStep
+from superimap.sync.groupcommit import ArrivalRate, commit_wait
 from superimap.sync.persist import FetchedMessage, PersistJob, PersistResult
 
 log = logging.getLogger("superimap.engine")
@@ -42,15 +46,22 @@ log = logging.getLogger("superimap.engine")
 class _Waiting:
     job: PersistJob
     future: asyncio.Future
+    arrived: float  # loop time
 
 
 class GroupPersister:
     def __init__(
-        self, pool: DbPool, window: float | None = None, max_messages: int | None = None
+        self,
+        pool: DbPool,
+        window: float | None = None,
+        max_messages: int | None = None,
+        adaptive: bool = True,
     ) -> None:
         self.pool = pool
         self.window = settings.ENGINE_GROUP_COMMIT_MS / 1000 if window is None else window
         self.max_messages = max_messages or settings.ENGINE_GROUP_COMMIT_MESSAGES
+        self.adaptive = adaptive
+        self.rate = ArrivalRate()
         self._waiting: list[_Waiting] = []
         self._waiting_messages = 0
         self._full = asyncio.Event()
@@ -69,7 +80,10 @@ class GroupPersister:
     ) -> PersistResult:
         """``writer.persist_batch(...)``, committed together with other sessions' batches."""
         job = PersistJob(user_id, node_id, uid_validity, folder, messages, backfill)
-        waiting = _Waiting(job, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.rate.arrived(now, self.window)
+        waiting = _Waiting(job, loop.create_future(), now)
         self._waiting.append(waiting)
         self._waiting_messages += len(messages)
         if self._waiting_messages >= self.max_messages:
@@ -81,15 +95,18 @@ class GroupPersister:
     async def _flush(self) -> None:
         """Commit groups until nobody waits."""
         while self._waiting:
-            if self._waiting_messages < self.max_messages and self.window > 0:
+            wait = self._wait()
+            if wait > 0:
                 try:
-                    await asyncio.wait_for(self._full.wait(), self.window)
+                    await asyncio.wait_for(self._full.wait(), wait)
                 except TimeoutError:
                     pass
             group, self._waiting, self._waiting_messages = self._waiting, [], 0
             self._full.clear()
             try:
-                outcomes = await self.pool.run(persist_group, [waiting.job for waiting in group])
+                outcomes = await self.pool.run_pinned(
+                    persist_group, [waiting.job for waiting in group]
+                )
             except BaseException as exc:  # the COMMIT (or the transaction) failed: all redo
                 for waiting in group:
                     if not waiting.future.done():
@@ -106,6 +123,19 @@ class GroupPersister:
                     waiting.future.set_exception(outcome)
                 else:
                     waiting.future.set_result(outcome)
+
+    def _wait(self) -> float:
+        """Seconds the waiting batches wait for more before they are committed."""
+        if not self.adaptive:
+            return self.window if self._waiting_messages < self.max_messages else 0.0
+        return commit_wait(
+            asyncio.get_running_loop().time(),
+            self._waiting[0].arrived,
+            self._waiting_messages,
+            self.rate.gap,
+            self.window,
+            self.max_messages,
+        )
 
 
 def persist_group(jobs: list[PersistJob]) -> list[PersistResult | Exception]:

@@ -5,6 +5,9 @@ session woken with its own result or exception."""
 from __future__ import annotations
 
 import asyncio
+import threading
+
+from django.db import connection
 
 from superimap.delivery.models import Delivery
 from superimap.engine import store, writer
@@ -87,3 +90,94 @@ def test_a_full_group_does_not_wait_for_the_window(users):
         return loop.time() - started
 
     assert asyncio.run(run()) < 5.0
+
+
+def test_a_lone_mail_and_a_low_rate_are_committed_without_the_window(users):
+    """The adaptive window (sync/groupcommit.py): the first batch, and one that comes long
+    after the one before, are committed at once although the window is 2 s."""
+
+    async def run() -> list[float]:
+        pool = DbPool(size=1)
+        persister = GroupPersister(pool, window=2.0)
+        loop = asyncio.get_running_loop()
+        took = []
+        try:
+            for uid in (1, 2):
+                if uid == 2:
+                    await asyncio.sleep(1.2)  # a gap of 1.2 s: under two expected in 2 s
+                started = loop.time()
+                result = await persister.persist(*persist_args(batch(users[0], uid)))
+                took.append(loop.time() - started)
+                assert result.new == 1
+        finally:
+            pool.shutdown()
+        return took
+
+    took = asyncio.run(run())
+    assert max(took) < 1.0, took  # not the 2 s window
+    assert Delivery.objects.filter(user=users[0], kind="new_mail").count() == 2
+    assert MailboxUser.objects.get(id=users[0].id).last_uid == 2
+
+
+def test_groups_grow_under_load_and_wait_at_most_the_window_from_their_oldest(users):
+    """60 batches, one every ~2 ms: after the first few they share groups, and no batch
+    waits much past the window (0.1 s) plus its commit. Every batch is written once."""
+    count, window = 60, 0.1
+
+    async def run() -> tuple[GroupPersister, list]:
+        pool = DbPool(size=1)
+        persister = GroupPersister(pool, window=window)
+        loop = asyncio.get_running_loop()
+
+        async def one(i: int) -> float:
+            started = loop.time()
+            result = await persister.persist(*persist_args(batch(users[i % 3], 1 + i // 3)))
+            assert result.new == 1
+            return loop.time() - started
+
+        try:
+            tasks = []
+            for i in range(count):
+                tasks.append(asyncio.create_task(one(i)))
+                await asyncio.sleep(0.002)
+            took = await asyncio.gather(*tasks)
+        finally:
+            pool.shutdown()
+        return persister, took
+
+    persister, took = asyncio.run(run())
+    assert persister.batches == count
+    assert persister.groups <= count // 4, persister.groups  # batches did share groups
+    assert max(took) < window + 1.5, max(took)  # the window, one commit in flight, its own
+    for user in users:  # count identity: every batch is one delivery, no skips
+        assert Delivery.objects.filter(user=user, kind="new_mail").count() == count // 3
+        assert not MailLog.objects.filter(user=user).exclude(skipped_reason="").exists()
+        assert MailboxUser.objects.get(id=user.id).last_uid == count // 3
+
+
+def test_group_commits_run_on_one_database_thread_and_connection(users):
+    """DbPool.run_pinned: every call on the same thread, so the group commit's connection
+    (and its page cache) is the same from one group to the next; the pool's other threads
+    stay free for the sessions' other calls."""
+
+    async def run() -> tuple[set, set, set]:
+        pool = DbPool(size=2)
+        persister = GroupPersister(pool, window=0.0)
+        try:
+            for uid in (1, 2, 3):
+                assert (await persister.persist(*persist_args(batch(users[0], uid)))).new == 1
+            pinned = await asyncio.gather(
+                *(
+                    pool.run_pinned(lambda: (threading.get_ident(), id(connection.connection)))
+                    for _ in range(8)
+                )
+            )
+            others = await asyncio.gather(*(pool.run(threading.get_ident) for _ in range(8)))
+        finally:
+            pool.shutdown()
+        return {t for t, _ in pinned}, {c for _, c in pinned}, set(others)
+
+    threads, connections, others = asyncio.run(run())
+    assert len(threads) == len(connections) == 1
+    assert not threads & others
+    assert Delivery.objects.filter(user=users[0], kind="new_mail").count() == 3

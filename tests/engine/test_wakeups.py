@@ -31,6 +31,7 @@ def test_one_wake_up_per_group_of_batches(mail_partner):
         try:
             async with RunningEngine(on_new_deliveries=lambda: calls.append(1)) as engine:
                 engine.persister.window = 0.5  # every mailbox's batch in one group
+                engine.persister.adaptive = False  # the whole window, even for the first
                 await wait_for(
                     lambda: MailboxUser.objects.filter(status="idle").count() == USERS,
                     timeout=15,

@@ -166,6 +166,33 @@ def test_the_dedup_query_probes_its_indexes_for_one_user_or_many(users):
         ), steps
 
 
+def test_the_recorded_rows_query_probes_the_uid_index_for_one_user_or_many(users):
+    """SQLite's plan of the real "already recorded" statement: two probes per batch, its
+    folder and "" (rows from before folders were recorded), each on the whole unique
+    (user, folder, uid_validity, uid) index; ``folder IN (%s, '')`` made an OR of 14
+    batches 30 times slower on 20,000 rows."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's planner rule; PostgreSQL plans by statistics")
+    for owners in (users[:1], users):
+        prepared = [persist.prepare(batch(user, 1)) for user in owners]
+        seen: list[tuple[str, list]] = []
+
+        def plan(execute, sql, params, many, context, seen=seen):
+            if "skipped_reason FROM" in sql and "uid IN" in sql:
+                seen.append((sql, list(params)))
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(plan), connection.cursor() as cursor:
+            writer._recorded_rows(cursor, prepared, persist.Recorded())
+        ((sql, params),) = seen
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            steps = [row[-1] for row in cursor.fetchall() if row[-1].startswith("SEARCH")]
+        assert len(steps) == 2 * len(owners), steps
+        whole = "(user_id=? AND folder=? AND uid_validity=? AND uid=?)"
+        assert all(whole in step for step in steps), steps
+
+
 def test_the_planners_reasons_are_maillogs():
     assert persist.DUPLICATE == MailLog.Reason.DUPLICATE
     assert persist.TRACER == MailLog.Reason.TRACER
