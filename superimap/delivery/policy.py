@@ -48,7 +48,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 RETRY_JITTER = 0.2
 DEFAULT_SCHEDULE = (10, 60, 360, 2160, 12960, 77760)
@@ -337,9 +337,8 @@ def writes_nothing(verdicts: Iterable[Verdict], endpoint: Endpoint | None) -> bo
 # --- When the worker claims (worker.py, design.md 5.1) ------------------------------------
 
 
-@dataclass(frozen=True)
-class ClaimState:
-    """What the worker knows between claims."""
+class ClaimState(NamedTuple):
+    """What the worker knows between claims (a tuple: built at every finished send)."""
 
     free: int
     """Sending slots not in use."""

@@ -22,7 +22,7 @@ from superimap.delivery.http import PostResult, make_session, post, render_store
 from superimap.delivery.retention import Purger
 from superimap.partners.models import Partner
 from superimap.platform import dboutage, rollups
-from superimap.platform.dbpool import DbPool
+from superimap.platform.dbpool import DbPool, DbThread
 from superimap.platform.metrics import (
     ATTEMPT_OUTCOMES,
     COMMIT_TO_DELIVERED,
@@ -73,7 +73,7 @@ class Worker:
     ) -> None:
         self.pool = pool
         # run(): claims and outcomes go through one database thread of their own (below).
-        self._queue_pool = pool
+        self._queue_pool: DbPool | DbThread = pool
         expose(WORKER_METRICS)
         self.node_id = node_id
         self.concurrency = concurrency or settings.WEBHOOK_CONCURRENCY
@@ -96,6 +96,8 @@ class Worker:
         self._drained = False  # the last claim took every due row it could see
         self._poll_at: float | None = None  # loop time of the sleeping claim loop's poll
         self._claimed_at = float("-inf")  # loop time the last claim returned
+        self._finished_at = float("-inf")  # time.monotonic() of the last finished send
+        self._poll_timer: asyncio.TimerHandle | None = None
         self.claims = 0
         self.clock = clock
         self._wake = asyncio.Event()
@@ -132,7 +134,7 @@ class Worker:
             self.timeout_seconds,
         )
         session = self._session()
-        self._queue_pool = DbPool(size=1)
+        self._queue_pool = DbThread()
         stopper = asyncio.create_task(self._wake_at_stop(stop))
         flusher = asyncio.create_task(self._flush_loop(stop))
         housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
@@ -327,15 +329,27 @@ class Worker:
         timer on the wake event, not a task per event waited on."""
         if stop.is_set():
             return
-        timer = asyncio.get_running_loop().call_later(self.poll_interval, self._poll_due)
-        self._poll_at = timer.when()
+        self._arm_poll(self.poll_interval)
         try:
             await self._wake.wait()
         finally:
-            timer.cancel()
+            if self._poll_timer is not None:
+                self._poll_timer.cancel()
+                self._poll_timer = None
             self._poll_at = None
 
+    def _arm_poll(self, delay: float) -> None:
+        self._poll_timer = asyncio.get_running_loop().call_later(delay, self._poll_due)
+        self._poll_at = self._poll_timer.when()
+
     def _poll_due(self) -> None:
+        # Idle means idle: a poll interval from the last finished send, not from the claim
+        # (sends finishing do not wake a loop that would not claim for them).
+        left = self._finished_at + self.poll_interval - time.monotonic()
+        if left > 0:
+            self._arm_poll(left)
+            return
+        self._poll_timer = None
         self._idle_poll = True
         self._wake.set()
 
@@ -452,6 +466,7 @@ class Worker:
         finally:
             self._inflight -= 1
             self._finished_since_claim += 1
+            self._finished_at = time.monotonic()
             if outcome is None:  # not sent (found dead) or cancelled: says nothing of it
                 self.shares.dropped(claimed.id)
                 self._have_outcomes.set()  # a stopping flush loop waits for the last send
