@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from superimap.delivery import fairness, health, heartbeat, policy, queue
@@ -72,8 +73,11 @@ class Worker:
         clock: Callable[[], datetime] = timezone.now,
     ) -> None:
         self.pool = pool
-        # run(): claims and outcomes go through one database thread of their own (below).
+        # run(): claims go through one database thread of their own (DbThread), and so do
+        # the flush loop's outcomes on SQLite, where they take turns with the claims at the
+        # write gate anyway; on PostgreSQL those go to the pool, beside the next claim.
         self._queue_pool: DbPool | DbThread = pool
+        self._record_pool: DbPool | DbThread = pool
         expose(WORKER_METRICS)
         self.node_id = node_id
         self.concurrency = concurrency or settings.WEBHOOK_CONCURRENCY
@@ -135,6 +139,8 @@ class Worker:
         )
         session = self._session()
         self._queue_pool = DbThread()
+        if connection.vendor == "sqlite":
+            self._record_pool = self._queue_pool
         stopper = asyncio.create_task(self._wake_at_stop(stop))
         flusher = asyncio.create_task(self._flush_loop(stop))
         housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
@@ -182,7 +188,7 @@ class Worker:
             await heart
             self.failure_log.flush(force=True)
             self._queue_pool.shutdown()
-            self._queue_pool = self.pool
+            self._queue_pool = self._record_pool = self.pool
             released = await self.pool.run(queue.release_claims, self.node_id)
             await self.pool.run(heartbeat.leave, self.node_id)
             log.info(
@@ -527,7 +533,7 @@ class Worker:
         return min(RECORD_LINGER_SECONDS, max(0.0, left) + RECORD_GATHER_SECONDS)
 
     async def _record(self, outcomes: list[queue.Outcome]) -> None:
-        counts = await self._queue_pool.run(
+        counts = await self._record_pool.run(
             queue.record_outcomes, self.node_id, outcomes, self.clock()
         )
         self._recorded(outcomes, counts)
