@@ -50,7 +50,7 @@ CLAIM_ERROR_PAUSE = 5.0
 # Wake-ups in a burst (an engine's group commits, a NOTIFY per batch) make one claim: a
 # wake-up claims at the earliest this long after the previous claim returned, and every
 # wake-up meanwhile goes with it. None is lost: it only waits for the next claim.
-WAKE_DEBOUNCE_SECONDS = 0.005
+WAKE_DEBOUNCE_SECONDS = 0.002
 # Housekeeping: auto-replay after a recovery every second (WEBHOOK_AUTO_REPLAY_RATE per
 # second); retention purge batches every few seconds, a pause between batches.
 REPLAY_INTERVAL = 1.0
