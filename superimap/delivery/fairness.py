@@ -59,6 +59,9 @@ class Room:
     slow: frozenset = frozenset()
     rounds: int = 1
     """How many SELECTs the claim may use (fair_rows)."""
+    more: bool = False
+    """Set by fair_rows: a SELECT hit its LIMIT or left rows of a full partner or endpoint
+    behind, so due rows may remain that this claim did not take."""
 
     def endpoint_cap(self, endpoint: Endpoint) -> int:
         return self.caps.slow_endpoint if endpoint in self.slow else self.caps.endpoint
@@ -157,6 +160,8 @@ def fair_rows(cursor, due_sql: str, params: list, limit: int, room: Room | None)
         # The full LIMIT each time: rows taken in an earlier look (not yet leased) come
         # back, and there are never more of them than rows still wanted are missing.
         sql, values = skipping(due_sql, [*params, limit], room)
+        if sql != due_sql:
+            room.more = True  # full partners' rows are not read, and may be due
         cursor.execute(sql, values)
         rows = cursor.fetchall()
         skipped = False
@@ -168,6 +173,8 @@ def fair_rows(cursor, due_sql: str, params: list, limit: int, room: Room | None)
                 taken.append(row)
             else:
                 skipped = True
+        if skipped or len(rows) >= limit:
+            room.more = True
         # Another look only helps when this one was cut short by rows that did not fit.
         if not skipped or len(rows) < limit or len(taken) >= limit:
             break

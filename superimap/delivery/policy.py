@@ -48,7 +48,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 RETRY_JITTER = 0.2
 DEFAULT_SCHEDULE = (10, 60, 360, 2160, 12960, 77760)
@@ -332,3 +332,40 @@ def writes_nothing(verdicts: Iterable[Verdict], endpoint: Endpoint | None) -> bo
     ):
         return False
     return all(RULES[verdict].endpoint == Effect.SUCCESS for verdict in verdicts)
+
+
+# --- When the worker claims (worker.py, design.md 5.1) ------------------------------------
+
+
+class ClaimState(NamedTuple):
+    """What the worker knows between claims (a tuple: built at every finished send)."""
+
+    free: int
+    """Sending slots not in use."""
+    inflight: int
+    work_arrived: bool
+    """A wake-up (new deliveries committed, claims released, re-queued) since the last claim."""
+    idle_poll: bool
+    """A poll interval passed with nothing waking the worker (retries may have come due)."""
+    drained: bool
+    """The last claim took every due row it could see: fewer rows than it asked for, none
+    left behind for a full partner or endpoint."""
+    finished_since_claim: int
+    claim_at_least: int
+    """While sends are in flight, claim once this many finished (a claim costs about as
+    much for one row as for dozens)."""
+
+
+def claim_now(state: ClaimState) -> bool:
+    """Claim when there is room and something may be due that the last claim did not take:
+    new work, a poll interval, or (the queue not drained) nothing in flight or a batch of
+    finished sends. A drained queue stays drained until a wake-up or the poll: a finished
+    send alone frees a slot, it makes no row due, so a low rate costs one claim per
+    delivery, not two (the second finding nothing)."""
+    if state.free <= 0:
+        return False
+    if state.work_arrived or state.idle_poll:
+        return True
+    if state.drained:
+        return False
+    return state.inflight == 0 or state.finished_since_claim >= state.claim_at_least

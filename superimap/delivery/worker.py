@@ -14,15 +14,16 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
-from superimap.delivery import fairness, health, heartbeat, queue
+from superimap.delivery import fairness, health, heartbeat, policy, queue
 from superimap.delivery.failurelog import FailureLog, endpoint_label
 from superimap.delivery.http import PostResult, make_session, post, render_stored_request
 from superimap.delivery.retention import Purger
 from superimap.partners.models import Partner
 from superimap.platform import dboutage, rollups
-from superimap.platform.dbpool import DbPool
+from superimap.platform.dbpool import DbPool, DbThread
 from superimap.platform.metrics import (
     ATTEMPT_OUTCOMES,
     COMMIT_TO_DELIVERED,
@@ -40,7 +41,16 @@ CLAIM_BATCH = 200
 CLAIM_FRACTION = 4
 # Outcomes are recorded in batches: after the first one arrives, wait this long for more.
 RECORD_GATHER_SECONDS = 0.01
+# A quiet worker (the last claim drained the queue) keeps outcomes for its next claim to
+# record them in the same transaction: until its next poll (which claims), at most this
+# long. At a low rate the next delivery's wake-up or the poll comes first: one transaction
+# per delivery instead of two. The lease covers the wait.
+RECORD_LINGER_SECONDS = 0.1
 CLAIM_ERROR_PAUSE = 5.0
+# Wake-ups in a burst (an engine's group commits, a NOTIFY per batch) make one claim: a
+# wake-up claims at the earliest this long after the previous claim returned, and every
+# wake-up meanwhile goes with it. None is lost: it only waits for the next claim.
+WAKE_DEBOUNCE_SECONDS = 0.002
 # Housekeeping: auto-replay after a recovery every second (WEBHOOK_AUTO_REPLAY_RATE per
 # second); retention purge batches every few seconds, a pause between batches.
 REPLAY_INTERVAL = 1.0
@@ -63,6 +73,11 @@ class Worker:
         clock: Callable[[], datetime] = timezone.now,
     ) -> None:
         self.pool = pool
+        # run(): claims go through one database thread of their own (DbThread), and so do
+        # the flush loop's outcomes on SQLite, where they take turns with the claims at the
+        # write gate anyway; on PostgreSQL those go to the pool, beside the next claim.
+        self._queue_pool: DbPool | DbThread = pool
+        self._record_pool: DbPool | DbThread = pool
         expose(WORKER_METRICS)
         self.node_id = node_id
         self.concurrency = concurrency or settings.WEBHOOK_CONCURRENCY
@@ -82,6 +97,12 @@ class Worker:
         self._work_arrived = False
         self._finished_since_claim = 0
         self._idle_poll = True  # a poll interval passed with nothing waking us
+        self._drained = False  # the last claim took every due row it could see
+        self._poll_at: float | None = None  # loop time of the sleeping claim loop's poll
+        self._claimed_at = float("-inf")  # loop time the last claim returned
+        self._finished_at = float("-inf")  # time.monotonic() of the last finished send
+        self._poll_timer: asyncio.TimerHandle | None = None
+        self.claims = 0
         self.clock = clock
         self._wake = asyncio.Event()
         self._outcomes: list[queue.Outcome] = []
@@ -117,6 +138,10 @@ class Worker:
             self.timeout_seconds,
         )
         session = self._session()
+        self._queue_pool = DbThread()
+        if connection.vendor == "sqlite":
+            self._record_pool = self._queue_pool
+        stopper = asyncio.create_task(self._wake_at_stop(stop))
         flusher = asyncio.create_task(self._flush_loop(stop))
         housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
         heart = asyncio.create_task(self._heartbeat_loop(stop))
@@ -126,11 +151,13 @@ class Worker:
                 # Cleared before claiming: a send finishing during the claim wakes us again.
                 self._wake.clear()
                 free = self.concurrency - self._inflight
-                if self._inflight and not self._claim_now(free):
+                if not self._claim_now(free):
                     # Claim in batches, not one row per finished send: a claim costs
-                    # about as much for one row as for dozens.
+                    # about as much for one row as for dozens; nor after a claim that
+                    # drained the queue, until something wakes us (policy.claim_now).
                     await self._sleep(stop)
                     continue
+                await self._debounce()
                 try:
                     claimed = await self._claim(free)
                 except Exception as exc:
@@ -155,10 +182,13 @@ class Worker:
                     task.cancel()
             await session.close()
             stop.set()
+            await stopper
             await flusher
             await housekeeper
             await heart
             self.failure_log.flush(force=True)
+            self._queue_pool.shutdown()
+            self._queue_pool = self._record_pool = self.pool
             released = await self.pool.run(queue.release_claims, self.node_id)
             await self.pool.run(heartbeat.leave, self.node_id)
             log.info(
@@ -228,16 +258,32 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), REPLAY_INTERVAL)
 
     def _claim_now(self, free: int) -> bool:
-        """While sends are in flight: claim when new work came in, when a batch of sends
-        finished (free slots alone do not say so: the full partners' rows are not
-        claimable), or when a poll interval passed (retries that came due)."""
-        if free <= 0:
-            return False
-        return (
-            self._work_arrived
-            or self._finished_since_claim >= self.claim_at_least
-            or self._idle_poll
+        return policy.claim_now(
+            policy.ClaimState(
+                free=free,
+                inflight=self._inflight,
+                work_arrived=self._work_arrived,
+                idle_poll=self._idle_poll,
+                drained=self._drained,
+                finished_since_claim=self._finished_since_claim,
+                claim_at_least=self.claim_at_least,
+            )
         )
+
+    async def _debounce(self) -> None:
+        """A claim for a wake-up alone waits until WAKE_DEBOUNCE_SECONDS after the last one:
+        wake-ups that come while a claim runs, or just after, share the next claim."""
+        if not self._work_arrived or self._idle_poll or not self._drained:
+            return
+        wait = self._claimed_at + WAKE_DEBOUNCE_SECONDS - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _wake_at_stop(self, stop: asyncio.Event) -> None:
+        """The claim loop and the flush loop wait on their own events: stop wakes both."""
+        await stop.wait()
+        self._wake.set()
+        self._have_outcomes.set()
 
     async def _claim(self, free: int) -> list[queue.Claimed]:
         if free <= 0:
@@ -248,15 +294,25 @@ class Worker:
         self._finished_since_claim = 0
         room = self.shares.room(fairness.CLAIM_ROUNDS if news else 1)
         limit = min(free, CLAIM_BATCH)
+        self._drained = False  # until this claim says so
+        self.claims += 1
+        try:
+            claimed = await self._claim_rows(limit, room)
+        finally:
+            self._claimed_at = asyncio.get_running_loop().time()
+        self._drained = len(claimed) < limit and not room.more
+        return claimed
+
+    async def _claim_rows(self, limit: int, room: fairness.Room) -> list[queue.Claimed]:
         if not self._outcomes:
-            return await self.pool.run(
+            return await self._queue_pool.run(
                 queue.claim_due, self.node_id, limit, self.clock(), self.lease, room
             )
         # Outcomes not recorded yet go in the claim's transaction (one turn at SQLite's
         # write gate instead of two); the flush loop records the rest.
         outcomes, self._outcomes = self._outcomes, []
         try:
-            counts, claimed = await self.pool.run(
+            counts, claimed = await self._queue_pool.run(
                 queue.record_and_claim,
                 self.node_id,
                 outcomes,
@@ -275,14 +331,33 @@ class Worker:
         return claimed
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
-        done, _ = await asyncio.wait(
-            waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
-        )
-        for waiter in waiters:
-            waiter.cancel()
-        if not done:
-            self._idle_poll = True
+        """Until a wake-up, a finished send worth a claim, stop, or a poll interval: one
+        timer on the wake event, not a task per event waited on."""
+        if stop.is_set():
+            return
+        self._arm_poll(self.poll_interval)
+        try:
+            await self._wake.wait()
+        finally:
+            if self._poll_timer is not None:
+                self._poll_timer.cancel()
+                self._poll_timer = None
+            self._poll_at = None
+
+    def _arm_poll(self, delay: float) -> None:
+        self._poll_timer = asyncio.get_running_loop().call_later(delay, self._poll_due)
+        self._poll_at = self._poll_timer.when()
+
+    def _poll_due(self) -> None:
+        # Idle means idle: a poll interval from the last finished send, not from the claim
+        # (sends finishing do not wake a loop that would not claim for them).
+        left = self._finished_at + self.poll_interval - time.monotonic()
+        if left > 0:
+            self._arm_poll(left)
+            return
+        self._poll_timer = None
+        self._idle_poll = True
+        self._wake.set()
 
     async def _attempt(self, session, claimed: queue.Claimed) -> queue.Outcome:
         started_at = self.clock()
@@ -397,11 +472,18 @@ class Worker:
         finally:
             self._inflight -= 1
             self._finished_since_claim += 1
+            self._finished_at = time.monotonic()
             if outcome is None:  # not sent (found dead) or cancelled: says nothing of it
                 self.shares.dropped(claimed.id)
+                self._have_outcomes.set()  # a stopping flush loop waits for the last send
             else:
                 self._closed(outcome)
-            self._wake.set()
+            if claimed.kind != "new_mail":
+                # A lifecycle event may hold back its user's next one (queue._order_gate):
+                # recorded, that one is due, and nothing else would wake us for it.
+                self._drained = False
+            if self._claim_now(self.concurrency - self._inflight):
+                self._wake.set()
 
     def _closed(self, outcome: queue.Outcome) -> None:
         result = outcome.result
@@ -415,13 +497,15 @@ class Worker:
                 if stop.is_set() and self._inflight == 0:
                     return
                 self._have_outcomes.clear()
-                try:
-                    await asyncio.wait_for(self._have_outcomes.wait(), timeout=self.poll_interval)
-                except TimeoutError:
-                    pass
+                await self._have_outcomes.wait()  # outcomes, or stop (_wake_at_stop)
                 continue
             if len(self._outcomes) < self.concurrency // 2 and not stop.is_set():
-                await asyncio.sleep(RECORD_GATHER_SECONDS)
+                if self._drained and not self._inflight:
+                    # Quiet: the next claim (a wake-up, the poll) records them with it.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self._linger())
+                else:
+                    await asyncio.sleep(RECORD_GATHER_SECONDS)
             batch, self._outcomes = self._outcomes, []
             if not batch:
                 continue  # a claim took them meanwhile (record_and_claim)
@@ -440,8 +524,18 @@ class Worker:
                     len(batch),
                 )
 
+    def _linger(self) -> float:
+        """How long a quiet worker's outcomes wait for its next claim: a little past the
+        sleeping claim loop's poll, at most RECORD_LINGER_SECONDS."""
+        if self._poll_at is None:
+            return RECORD_GATHER_SECONDS
+        left = self._poll_at - asyncio.get_running_loop().time()
+        return min(RECORD_LINGER_SECONDS, max(0.0, left) + RECORD_GATHER_SECONDS)
+
     async def _record(self, outcomes: list[queue.Outcome]) -> None:
-        counts = await self.pool.run(queue.record_outcomes, self.node_id, outcomes, self.clock())
+        counts = await self._record_pool.run(
+            queue.record_outcomes, self.node_id, outcomes, self.clock()
+        )
         self._recorded(outcomes, counts)
 
     def _recorded(self, outcomes: list[queue.Outcome], counts: dict[str, int]) -> None:

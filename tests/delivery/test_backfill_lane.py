@@ -59,11 +59,11 @@ def test_the_backfill_lane_keeps_the_fair_shares(seeded_providers, settings):
 def test_each_lane_is_a_range_of_the_claims_index(db):
     if connection.vendor != "sqlite":
         return
-    due, _, _ = queue._claim_sql("sqlite")
+    dues, _, _ = queue._claim_sql("sqlite")
     now = timezone.now()
     with connection.cursor() as cursor:
         for backfill in (False, True):
-            cursor.execute(f"EXPLAIN QUERY PLAN {due}", ["pending", backfill, now, now, 10])
+            cursor.execute(f"EXPLAIN QUERY PLAN {dues[backfill]}", [now, now, 10])
             plan = [row[-1] for row in cursor.fetchall()]
             main = [step for step in plan if "delivery_due_by_endpoint" in step]
             assert main and "backfill=? AND next_attempt_at<?" in main[0], plan

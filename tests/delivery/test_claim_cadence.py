@@ -1,0 +1,126 @@
+"""When a quiet worker claims (design.md 5.1, policy.claim_now): a lone delivery costs one
+claim, not a second one that finds nothing, and a burst of wake-ups through the real
+datagram sockets (delivery/wakeup.py) makes one claim per WAKE_DEBOUNCE_SECONDS, not one
+per wake-up. Real worker, real SQLite database, real receiver."""
+
+from __future__ import annotations
+
+import asyncio
+
+from superimap.delivery import outbox, queue
+from superimap.delivery import worker as worker_module
+from superimap.delivery.models import Delivery, DeliveryAttempt
+from superimap.delivery.wakeup import WakeListener, WakeSender
+from superimap.delivery.worker import Worker
+from superimap.platform.dbpool import DbPool
+from tests.helpers.delivery import make_partner, make_user
+
+LONE = 5
+WAKES = 40
+
+
+def _enqueue(user, n: int) -> None:
+    payload = {"sha1": f"sha-{n}", "user_tag": user.tag}
+    outbox.enqueue(Delivery.Kind.NEW_MAIL, user, payload, message_id=f"<{n}@cadence>")
+
+
+def _count_claims(monkeypatch) -> list[int]:
+    """Rows of each claim transaction (claim_due alone or in record_and_claim)."""
+    real = queue._claim_due
+    claims: list[int] = []
+
+    def counting(*args, **kwargs):
+        claimed = real(*args, **kwargs)
+        claims.append(len(claimed))
+        return claimed
+
+    monkeypatch.setattr(queue, "_claim_due", counting)
+    return claims
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_lone_deliveries_cost_one_claim_each(seeded_providers, make_receiver, monkeypatch):
+    claims = _count_claims(monkeypatch)
+    receiver = make_receiver()
+    user = make_user(make_partner(receiver.url))
+
+    async def scenario() -> list[int]:
+        pool = DbPool(size=2)
+        stop = asyncio.Event()
+        # A poll far away: every claim below is one the worker chose, none a poll's.
+        worker = Worker(pool, "node-lone", concurrency=8, poll_interval=30)
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await _until(lambda: len(claims) == 1)  # the first look, at start
+            for n in range(LONE):
+                await pool.run(_enqueue, user, n)
+                worker.wake()
+                await _until(lambda n=n: len(receiver.received) == n + 1)
+                await asyncio.sleep(0.05)  # room for a follow-up claim, were there one
+            return list(claims)
+        finally:
+            stop.set()
+            await task
+            pool.shutdown()
+
+    seen = asyncio.run(scenario())
+    # Main before this: 1 + 2 per delivery (the claim after each finished send found nothing).
+    assert seen == [0] + [1] * LONE, seen
+    # Every outcome recorded (with the next claim, or by the flush loop), each once.
+    assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == LONE
+    assert DeliveryAttempt.objects.count() == LONE
+
+
+def test_a_burst_of_wake_ups_makes_one_claim_per_debounce_interval(
+    seeded_providers, make_receiver, monkeypatch, settings, tmp_path
+):
+    settings.VAR_DIR = tmp_path
+    claims = _count_claims(monkeypatch)
+    receiver = make_receiver()
+    user = make_user(make_partner(receiver.url))
+
+    async def scenario() -> tuple[list[int], float, int]:
+        pool = DbPool(size=2)
+        stop = asyncio.Event()
+        worker = Worker(pool, "node-burst", concurrency=8, poll_interval=30)
+        listener = WakeListener(worker.wake)
+        await listener.start()
+        sender = WakeSender(pool=None)  # SQLite: one datagram per worker socket
+        task = asyncio.create_task(worker.run(stop))
+        loop = asyncio.get_running_loop()
+        try:
+            await _until(lambda: len(claims) == 1)
+            await pool.run(_enqueue, user, 1)
+            started = loop.time()
+            for _ in range(WAKES):  # an engine committing a batch every millisecond
+                sender.notify()
+                await asyncio.sleep(0.001)
+            burst = loop.time() - started
+            await _until(lambda: len(receiver.received) == 1)
+            await asyncio.sleep(0.05)
+            return list(claims), burst, listener.received
+        finally:
+            sender.close()
+            await listener.stop()
+            stop.set()
+            await task
+            pool.shutdown()
+
+    seen, burst, received = asyncio.run(scenario())
+    assert len(receiver.received) == 1
+    assert sum(seen) == 1, seen
+    assert received > 1  # the wake-ups did come one by one, not as one datagram batch
+    # Each wake-up claimed at once before this: 40 claims for 40 wake-ups in 67 ms (with
+    # the 2 ms debounce: ~20 in ~60 ms).
+    debounce = worker_module.WAKE_DEBOUNCE_SECONDS
+    assert debounce >= 0.002
+    most = burst / debounce + 2
+    assert len(seen) - 1 <= most, (seen, burst, received)
+    print(f"{received} wake-ups in {burst * 1000:.0f} ms: {len(seen) - 1} claims")
