@@ -42,6 +42,9 @@ log = logging.getLogger("superimap.engine")
 
 METRICS_EVERY = 60.0
 FULL_READ_EVERY = 12  # refreshes between full read-backs of the held set (1 min at 5 s)
+# Refreshes between re-rankings of every watchable mailbox and orphan searches when nothing
+# they depend on changed (leases.claim_mailboxes ``recheck``): 10 min at 5 s.
+RECHECK_EVERY = 10 * FULL_READ_EVERY
 # Changes are looked for from this long before the previous refresh: a row saved just
 # before that refresh may have committed after it (SQLite's busy timeout is 30 s).
 CHANGE_SLACK = timedelta(seconds=30)
@@ -105,6 +108,9 @@ class Engine:
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
         self._current: dict[int, str] = {}  # latest status per session, for the summary
+        # The ids in _current whose status is a watching one (_pacing reads them at every
+        # refresh: a set kept up to date, not a scan of every session).
+        self._watching: set[int] = set()
         # The watching statuses (idle, polling, no failures) last written per running
         # session: a session reports one before every IDLE, i.e. after every new message,
         # and rewriting an unchanged row for each of them was thousands of UPDATEs per
@@ -136,6 +142,10 @@ class Engine:
     def report(self, user_id: int, status: str, error: str, failures: int) -> None:
         self._statuses[user_id] = (status, error, failures)
         self._current[user_id] = status
+        if status in store.WATCHING:
+            self._watching.add(user_id)
+        else:
+            self._watching.discard(user_id)
 
     def session_states(self) -> dict[str, int]:
         """This engine's mailbox sessions by their latest status (the per-minute summary)."""
@@ -246,9 +256,18 @@ class Engine:
             await asyncio.sleep(WATCH_EVERY)
 
     async def _check_lock(self) -> None:
-        lost = self.heartbeat is not None and self.heartbeat.lock_lost
+        heartbeat = self.heartbeat
+        lost = heartbeat is not None and heartbeat.lock_lost
+        # The heartbeat thread proves the lock every second: a check of its own here was a
+        # database call (and a pg_locks query) per refresh for nothing (issue 20 item 4).
+        recent = (
+            heartbeat is not None
+            and time.monotonic() - heartbeat.lock_checked <= 2 * WATCH_EVERY + 1.0
+        )
         if lost or (
-            self.node_lock is not None and not await self.pool.run(self.node_lock.still_held)
+            self.node_lock is not None
+            and not recent
+            and not await self.pool.run(self.node_lock.still_held)
         ):
             # Another process may run under this name now: stop before two do, and leave
             # the leases alone (they may be the other process's now).
@@ -306,22 +325,21 @@ class Engine:
     def _pacing(self) -> leases.Pacing:
         """Watched sessions are handed over about as fast as one node logs in to one host
         (leases.Pacing)."""
-        current = self._current
-        watching = frozenset(u for u in self.sessions if current.get(u) in store.WATCHING)
+        watching = frozenset(self._watching.intersection(self.sessions))
         per_refresh = settings.IMAP_LOGINS_PER_SECOND_PER_HOST * self.refresh_interval
         return leases.Pacing(watching, max(1, int(per_refresh)))
 
     async def refresh(self) -> None:
         self._news.clear()
-        full = self._held_as_of is None or self._refreshes % FULL_READ_EVERY == 0
+        first = self._held_as_of is None
         claim = await self.pool.run(
             leases.claim_mailboxes,
             self.node_id,
             self.capacity,
             self.lease,
             settings.ALLOW_LOOPBACK_IMAP,
-            None if full else len(self._held),
-            None if full else self._held_as_of - CHANGE_SLACK,
+            None if first else len(self._held),
+            None if first else self._held_as_of - CHANGE_SLACK,
             self.node_alive,
             len(self.sessions),
             self.started_at,
@@ -329,6 +347,8 @@ class Engine:
             self._judge_locks(),
             self._pacing(),
             self._join_left() <= 0,
+            self._refreshes % FULL_READ_EVERY == 0,
+            self._refreshes % RECHECK_EVERY == 0,
         )
         for name in claim.freed:
             NODES_TAKEN_OVER.inc()
@@ -412,6 +432,7 @@ class Engine:
         for user_id in user_ids:
             if user_id not in self.sessions:
                 self._current.pop(user_id, None)
+                self._watching.discard(user_id)
 
     async def flush_statuses(self) -> None:
         """Write the statuses reported since the last flush, except a watching status a
