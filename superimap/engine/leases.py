@@ -127,6 +127,20 @@ def watchable(allow_loopback: bool) -> Q:
     return rule
 
 
+def unchanged_since(since: datetime, allow_loopback: bool) -> bool:
+    """No mailbox row saved since ``since`` and no watchable mailbox unowned: a delta
+    claim_mailboxes() would find nothing to release, claim, rank or report (the engine's
+    idle refresh, design.md 8: the heartbeat renews the lease and watches the nodes)."""
+    if MailboxUser.objects.filter(updated_at__gte=since).exists():
+        return False
+    return not MailboxUser.objects.filter(watchable(allow_loopback), owner_node="").exists()
+
+
+def handover_pending(node_id: str) -> bool:
+    """The last handover of ``node_id`` was cut short by pacing: the rest goes next time."""
+    return node_id in _handover_left
+
+
 @dataclass(frozen=True)
 class Claim:
     """What claim_mailboxes() changed. ``complete``: ``versions`` is everything this node
