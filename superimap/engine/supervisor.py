@@ -395,17 +395,7 @@ class Engine:
                 self.node_id,
                 name,
             )
-        # Only the mailboxes that changed are looked at (all of them after a full read):
-        # an idle refresh costs the same at 10,000 sessions as at 10.
-        touched, self._touched = self._touched, set()
-        if claim.complete:
-            self._held = claim.versions
-            touched |= set(self.sessions) | set(self._held)
-        else:
-            for user_id in claim.gone:
-                self._held.pop(user_id, None)
-            self._held.update(claim.versions)
-            touched |= claim.gone | set(claim.versions)
+        touched = self._take_held(claim)
         self._held_as_of = claim.as_of
         self._took_unowned = take_unowned
         self._must_claim = False
@@ -440,6 +430,25 @@ class Engine:
         if self.gc_freezer is not None:
             freezer = self.gc_freezer
             freezer.tick(settled=freezer.waiting and self._all_watching())
+
+    def _take_held(self, claim: leases.Claim) -> set[int]:
+        """Apply ``claim`` to what this node holds; the mailboxes to look at now. Only those
+        that changed (all of them after a read-back that differs): an idle refresh costs the
+        same at 10,000 sessions as at 10."""
+        touched, self._touched = self._touched, set()
+        if claim.complete:
+            # The read-back each minute: looked at one by one only if something differs
+            # (ended sessions and held ones not started are in _touched anyway); a loop over
+            # every session each minute was most of what an idle node of 17,000 did.
+            if claim.versions != self._held:
+                touched |= set(self.sessions) | set(claim.versions)
+            self._held = claim.versions
+        else:
+            for user_id in claim.gone:
+                self._held.pop(user_id, None)
+            self._held.update(claim.versions)
+            touched |= claim.gone | set(claim.versions)
+        return touched
 
     def _start_session(self, user_id: int, version, config: store.MailboxConfig) -> None:
         session = MailboxSession(self, user_id, config)
