@@ -284,7 +284,10 @@ class Engine:
         ENGINE_NODE_ALIVE_SECONDS: nodes starting together each claim their own share
         instead of the first one up claiming all and handing most of it over."""
         heartbeat = self.heartbeat
-        if heartbeat is None or self.join_seconds <= 0:
+        if heartbeat is None or self.join_seconds <= 0 or self._took_unowned:
+            # Once joined, a change of the live nodes (one more started, one died) does not
+            # stop this node claiming: its claims rank among the nodes live then. Waiting
+            # again held a recent joiner's share of a dead node back by the whole wait.
             return 0.0
         now = time.monotonic()
         if heartbeat.beats == 0:
