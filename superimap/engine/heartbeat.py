@@ -62,6 +62,7 @@ class Heartbeat:
         self.live: frozenset[str] = frozenset()  # live node names at the last beat
         self.live_changed = now  # monotonic: when ``live`` last changed
         self.lock_lost = False
+        self.lock_checked = 0.0  # monotonic: when the name lock was last found held
         self.beats = 0
         self.last_beat = 0.0  # monotonic: the last beat written
         self._stalled = False
@@ -104,17 +105,14 @@ class Heartbeat:
             # No close_old_connections() per beat: with CONN_HEALTH_CHECKS it would add a
             # SELECT 1 to every beat. A connection that broke fails the beat and is closed
             # below; the next beat opens a new one.
-            if not self.node_lock.still_held():
-                self.lock_lost = True
-                self._stop.set()
-                self._tell()
-                return
-            beat = leases.beat(self.node_id, self.lease, self.judge(), self.node_alive)
+            beat = self._beat()
         except Exception as exc:  # noqa: BLE001 - the refresh reports database trouble
             if not dboutage.lost(exc):
                 log.warning("engine %s: heartbeat failed: %s", self.node_id, exc)
             connections.close_all()  # this thread's: the next beat connects again
             return
+        if beat is None:
+            return  # the lock lost (told), or its database unreachable
         self.beats += 1
         self.last_beat = time.monotonic()
         changed = beat.live != self.live
@@ -123,6 +121,28 @@ class Heartbeat:
             self.live_changed = self.last_beat
         if changed or beat.dead or not beat.present:
             self._tell()
+
+    def _beat(self) -> leases.Beat | None:
+        """One beat, after making sure this process still holds its name (else lock_lost
+        and the loop told). PostgreSQL: one statement on the lock's own connection, which
+        proves the lock and beats at once (NodeLock.run_held); otherwise (a lock file) the
+        lock check costs nothing and the beat runs on the thread's Django connection."""
+        lock = self.node_lock
+        judge = self.judge()
+        if lock.kind == "advisory":
+            held, beat = lock.run_held(
+                lambda conn: leases.beat_on(conn, self.node_id, self.lease, judge, self.node_alive)
+            )
+        else:
+            held = lock.still_held()
+            beat = leases.beat(self.node_id, self.lease, judge, self.node_alive) if held else None
+        if not held:
+            self.lock_lost = True
+            self._stop.set()
+            self._tell()
+            return None
+        self.lock_checked = time.monotonic()
+        return beat
 
     def _tell(self) -> None:
         try:

@@ -127,6 +127,20 @@ def watchable(allow_loopback: bool) -> Q:
     return rule
 
 
+def unchanged_since(since: datetime, allow_loopback: bool) -> bool:
+    """No mailbox row saved since ``since`` and no watchable mailbox unowned: a delta
+    claim_mailboxes() would find nothing to release, claim, rank or report (the engine's
+    idle refresh, design.md 8: the heartbeat renews the lease and watches the nodes)."""
+    if MailboxUser.objects.filter(updated_at__gte=since).exists():
+        return False
+    return not MailboxUser.objects.filter(watchable(allow_loopback), owner_node="").exists()
+
+
+def handover_pending(node_id: str) -> bool:
+    """The last handover of ``node_id`` was cut short by pacing: the rest goes next time."""
+    return node_id in _handover_left
+
+
 @dataclass(frozen=True)
 class Claim:
     """What claim_mailboxes() changed. ``complete``: ``versions`` is everything this node
@@ -159,6 +173,8 @@ def claim_mailboxes(
     lock_grace: timedelta | None = None,
     pacing: Pacing | None = None,
     take_unowned: bool = True,
+    read_all: bool = False,
+    recheck: bool = True,
 ) -> Claim:
     """Renew this node's lease (its heartbeat row), free dead nodes' mailboxes, release,
     hand over and claim, in one transaction.
@@ -175,7 +191,12 @@ def claim_mailboxes(
     by the lease; a caller whose own lock was not held steadily cannot judge). ``pacing``:
     hand watched mailboxes over a few at a time (Pacing). ``take_unowned``: False while
     the node is still joining (design.md 8, cold start): it keeps what it holds but claims
-    nothing yet.
+    nothing yet. ``read_all``: read every held row back although ``known`` and ``since``
+    are given (the engine's periodic read-back); ``recheck``: also look for orphans and
+    rank every watchable mailbox again then, as a first call does. Without it the ranking
+    is redone only when something it depends on changed (the live nodes, a mailbox
+    row, unowned or released mailboxes): at 100,000 mailboxes the periodic re-rank read
+    every id in every node each minute, most of an idle node's CPU (issue 20 item 4).
     """
     now = timezone.now()
     rule = watchable(allow_loopback)
@@ -183,8 +204,10 @@ def claim_mailboxes(
         # First, so a node freeing this one (below, in its own transaction) either sees
         # the renewal or, holding the row lock, frees us first and we see the row gone.
         lapsed = not _renew(node_id, now, capacity, sessions, started_at or now, name_lock)
-        full = known is None or since is None or lapsed
-        if full:
+        fresh = known is None or since is None or lapsed
+        full = fresh or read_all
+        recheck = fresh or (full and recheck)
+        if recheck:
             _free_orphans()
         freed = _free_dead_nodes(node_id, now - lease, lock_grace and now - lock_grace)
         mine = MailboxUser.objects.filter(owner_node=node_id).order_by()
@@ -202,7 +225,7 @@ def claim_mailboxes(
         desired: set[int] | None = None
         handover: frozenset[int] = frozenset()
         if len(nodes) > 1 and (
-            full
+            recheck
             or unowned
             or released
             or nodes != _last_nodes.get(node_id)
@@ -307,17 +330,77 @@ def beat(
     """Every second, for a node with a name lock, from its heartbeat thread
     (engine/heartbeat.py): renew the heartbeat (last_seen only), and read every node's row
     once (a handful of rows) to name the dead ones and the live ones. The engine refreshes
-    at once when its row was gone, a node died, or the live nodes changed."""
+    at once when its row was gone, a node died, or the live nodes changed.
+
+    Plain SQL on the thread's Django connection: the ORM compiled both statements at every
+    beat, most of an idle engine's CPU (issue 20 item 4). On PostgreSQL the heartbeat uses
+    beat_on() on its name lock's connection instead (one round trip)."""
     now = timezone.now()
-    renewed = EngineNode.objects.filter(node_id=node_id).update(last_seen=now)
-    rows = list(
-        EngineNode.objects.exclude(node_id=node_id).values_list("node_id", "last_seen", "name_lock")
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE engine_enginenode SET last_seen = %s WHERE node_id = %s",
+            [connection.ops.adapt_datetimefield_value(now), node_id],
+        )
+        renewed = cursor.rowcount > 0
+        cursor.execute(
+            "SELECT node_id, last_seen, name_lock FROM engine_enginenode WHERE node_id <> %s",
+            [node_id],
+        )
+        rows = cursor.fetchall()
+    return _beat_of(rows, renewed, node_id, now, lease, lock_grace, node_alive)
+
+
+# One statement: renew this node's row and read the others' (a data-modifying CTE's rows
+# are not seen by the outer SELECT, so this node's own row comes back through ``mine``).
+_BEAT_STATEMENT = (
+    "WITH mine AS (UPDATE engine_enginenode SET last_seen = %s WHERE node_id = %s "
+    "RETURNING node_id) "
+    "SELECT node_id, last_seen, name_lock FROM engine_enginenode WHERE node_id <> %s "
+    "UNION ALL SELECT node_id, NULL, NULL FROM mine"
+)
+
+
+def beat_on(
+    lock_connection,
+    node_id: str,
+    lease: timedelta,
+    lock_grace: timedelta | None,
+    node_alive: timedelta = timedelta(seconds=30),
+) -> Beat:
+    """beat() in one statement on ``lock_connection``, the psycopg connection (autocommit)
+    that holds this node's PostgreSQL advisory lock (NodeLock.run_held): the statement
+    going through proves the lock held, so a beat is one round trip where the lock check,
+    the UPDATE and the SELECT were three."""
+    now = timezone.now()
+    rows = lock_connection.execute(_BEAT_STATEMENT, (now, node_id, node_id)).fetchall()
+    renewed = any(last_seen is None for _, last_seen, _ in rows)
+    others = [row for row in rows if row[1] is not None]
+    return _beat_of(others, renewed, node_id, now, lease, lock_grace, node_alive)
+
+
+def _beat_of(
+    rows: list,
+    renewed: bool,
+    node_id: str,
+    now: datetime,
+    lease: timedelta,
+    lock_grace: timedelta | None,
+    node_alive: timedelta,
+) -> Beat:
+    """The Beat of the other nodes' rows (node_id, last_seen, name_lock)."""
+    rows = [(name, _aware(last_seen), name_lock) for name, last_seen, name_lock in rows]
     dead = _dead_among(rows, node_id, now - lease, lock_grace and now - lock_grace)
     live = {name for name, last_seen, _ in rows if last_seen >= now - node_alive}
     if renewed:
         live.add(node_id)
-    return Beat(bool(renewed), tuple(sorted(dead)), frozenset(live))
+    return Beat(renewed, tuple(sorted(dead)), frozenset(live))
+
+
+def _aware(value) -> datetime:
+    """A timestamp read by plain SQL: SQLite gives a naive UTC datetime (or its text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def announce(node_id: str, capacity: int, started_at: datetime, name_lock: str) -> None:

@@ -22,14 +22,17 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psycopg
 from django.conf import settings
 from django.db import connection
 
 from superimap.platform.config import ConfigError
+
+T = TypeVar("T")
 
 # Key space of our advisory locks: the first 8 bytes of sha256("superimap-engine-node:" +
 # name), as PostgreSQL's signed bigint.
@@ -136,6 +139,32 @@ class NodeLock:
         except Exception:  # noqa: BLE001 - database still unreachable: not proven lost
             self._close_connection()
         return True
+
+    def run_held(self, fn: Callable[[Any], T]) -> tuple[bool, T | None]:
+        """``fn(connection)`` on the lock's own connection (PostgreSQL advisory locks only),
+        as ``(held, result)``: one round trip both proves the lock held (a session lock
+        lives as long as its connection) and does the work, where still_held() and a
+        statement on another connection took two (the heartbeat, engine/heartbeat.py).
+        A broken connection is re-opened and the lock taken again, as in still_held():
+        ``(False, None)`` when the name is taken meanwhile; ``(True, None)`` while the
+        database is unreachable (nothing done). An error of ``fn`` on a sound connection
+        is raised: the connection and the lock stay."""
+        with self._guard:
+            for _ in range(2):
+                connection = self._connection
+                if connection is None:
+                    if not self._still_held():
+                        return False, None
+                    if self._connection is None:  # unreachable: not proven lost
+                        return True, None
+                    continue
+                try:
+                    return True, fn(connection)
+                except Exception:
+                    if not (connection.closed or connection.broken):
+                        raise
+                    self._close_connection()
+            return True, None
 
     def steady(self, seconds: float) -> bool:
         """Held without a break for ``seconds``. A PostgreSQL restart drops every advisory

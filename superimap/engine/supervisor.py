@@ -42,6 +42,9 @@ log = logging.getLogger("superimap.engine")
 
 METRICS_EVERY = 60.0
 FULL_READ_EVERY = 12  # refreshes between full read-backs of the held set (1 min at 5 s)
+# Refreshes between re-rankings of every watchable mailbox and orphan searches when nothing
+# they depend on changed (leases.claim_mailboxes ``recheck``): 10 min at 5 s.
+RECHECK_EVERY = 10 * FULL_READ_EVERY
 # Changes are looked for from this long before the previous refresh: a row saved just
 # before that refresh may have committed after it (SQLite's busy timeout is 30 s).
 CHANGE_SLACK = timedelta(seconds=30)
@@ -105,6 +108,9 @@ class Engine:
         self.sessions: dict[int, tuple[MailboxSession, asyncio.Task, object]] = {}
         self._statuses: dict[int, tuple[str, str, int]] = {}
         self._current: dict[int, str] = {}  # latest status per session, for the summary
+        # The ids in _current whose status is a watching one (_pacing reads them at every
+        # refresh: a set kept up to date, not a scan of every session).
+        self._watching: set[int] = set()
         # The watching statuses (idle, polling, no failures) last written per running
         # session: a session reports one before every IDLE, i.e. after every new message,
         # and rewriting an unchanged row for each of them was thousands of UPDATEs per
@@ -118,6 +124,9 @@ class Engine:
         # sessions that ended, and held mailboxes not started yet.
         self._touched: set[int] = set()
         self._refreshes = 0
+        self._took_unowned = False  # the last claim could take unowned mailboxes
+        self._must_claim = False  # the heartbeat had news since the last claim
+        self.quiet_refreshes = 0  # refreshes that found nothing to claim (_quiet_refresh)
         self.emails_processed = 0
         self._wake_due = False  # on_new_deliveries() is scheduled for this turn (_wake_workers)
         self.wakeups = 0
@@ -136,6 +145,10 @@ class Engine:
     def report(self, user_id: int, status: str, error: str, failures: int) -> None:
         self._statuses[user_id] = (status, error, failures)
         self._current[user_id] = status
+        if status in store.WATCHING:
+            self._watching.add(user_id)
+        else:
+            self._watching.discard(user_id)
 
     def session_states(self) -> dict[str, int]:
         """This engine's mailbox sessions by their latest status (the per-minute summary)."""
@@ -246,9 +259,18 @@ class Engine:
             await asyncio.sleep(WATCH_EVERY)
 
     async def _check_lock(self) -> None:
-        lost = self.heartbeat is not None and self.heartbeat.lock_lost
+        heartbeat = self.heartbeat
+        lost = heartbeat is not None and heartbeat.lock_lost
+        # The heartbeat thread proves the lock every second: a check of its own here was a
+        # database call (and a pg_locks query) per refresh for nothing (issue 20 item 4).
+        recent = (
+            heartbeat is not None
+            and time.monotonic() - heartbeat.lock_checked <= 2 * WATCH_EVERY + 1.0
+        )
         if lost or (
-            self.node_lock is not None and not await self.pool.run(self.node_lock.still_held)
+            self.node_lock is not None
+            and not recent
+            and not await self.pool.run(self.node_lock.still_held)
         ):
             # Another process may run under this name now: stop before two do, and leave
             # the leases alone (they may be the other process's now).
@@ -262,7 +284,10 @@ class Engine:
         ENGINE_NODE_ALIVE_SECONDS: nodes starting together each claim their own share
         instead of the first one up claiming all and handing most of it over."""
         heartbeat = self.heartbeat
-        if heartbeat is None or self.join_seconds <= 0:
+        if heartbeat is None or self.join_seconds <= 0 or self._took_unowned:
+            # Once joined, a change of the live nodes (one more started, one died) does not
+            # stop this node claiming: its claims rank among the nodes live then. Waiting
+            # again held a recent joiner's share of a dead node back by the whole wait.
             return 0.0
         now = time.monotonic()
         if heartbeat.beats == 0:
@@ -306,29 +331,65 @@ class Engine:
     def _pacing(self) -> leases.Pacing:
         """Watched sessions are handed over about as fast as one node logs in to one host
         (leases.Pacing)."""
-        current = self._current
-        watching = frozenset(u for u in self.sessions if current.get(u) in store.WATCHING)
+        watching = frozenset(self._watching.intersection(self.sessions))
         per_refresh = settings.IMAP_LOGINS_PER_SECOND_PER_HOST * self.refresh_interval
         return leases.Pacing(watching, max(1, int(per_refresh)))
 
+    async def _quiet_refresh(self, news: bool) -> bool:
+        """Whether this refresh may skip claim_mailboxes(): with a heartbeat thread that
+        beats on time (it renews the lease, frees dead nodes and tells of joins, deaths and
+        a lost row: ``news``), nothing left from the last refresh, and no mailbox row
+        changed and none unowned since the last claim (one probe instead of the ~10
+        statements of a delta claim, every 5 s: issue 20 item 4). The read-back each
+        FULL_READ_EVERY refreshes always claims."""
+        heartbeat = self.heartbeat
+        as_of = self._held_as_of
+        if (
+            news
+            or heartbeat is None
+            or as_of is None
+            or self._refreshes % FULL_READ_EVERY == 0
+            or self._touched
+            or not self._took_unowned
+            or leases.handover_pending(self.node_id)
+            or time.monotonic() - heartbeat.last_beat > 2 * WATCH_EVERY + 1.0
+        ):
+            return False
+        return await self.pool.run(
+            leases.unchanged_since, as_of - CHANGE_SLACK, settings.ALLOW_LOOPBACK_IMAP
+        )
+
     async def refresh(self) -> None:
+        # The heartbeat's news holds until a claim went through (not lost with a failed one).
+        self._must_claim = self._must_claim or self._news.is_set()
         self._news.clear()
-        full = self._held_as_of is None or self._refreshes % FULL_READ_EVERY == 0
+        if await self._quiet_refresh(self._must_claim):
+            self._refreshes += 1
+            self.quiet_refreshes += 1
+            await self.flush_statuses()
+            if self.gc_freezer is not None:
+                freezer = self.gc_freezer
+                freezer.tick(settled=freezer.waiting and self._all_watching())
+            return
+        first = self._held_as_of is None
+        take_unowned = self._join_left() <= 0
         claim = await self.pool.run(
             leases.claim_mailboxes,
             self.node_id,
             self.capacity,
             self.lease,
             settings.ALLOW_LOOPBACK_IMAP,
-            None if full else len(self._held),
-            None if full else self._held_as_of - CHANGE_SLACK,
+            None if first else len(self._held),
+            None if first else self._held_as_of - CHANGE_SLACK,
             self.node_alive,
             len(self.sessions),
             self.started_at,
             self.node_lock.kind if self.node_lock is not None else "",
             self._judge_locks(),
             self._pacing(),
-            self._join_left() <= 0,
+            take_unowned,
+            self._refreshes % FULL_READ_EVERY == 0,
+            self._refreshes % RECHECK_EVERY == 0,
         )
         for name in claim.freed:
             NODES_TAKEN_OVER.inc()
@@ -337,18 +398,10 @@ class Engine:
                 self.node_id,
                 name,
             )
-        # Only the mailboxes that changed are looked at (all of them after a full read):
-        # an idle refresh costs the same at 10,000 sessions as at 10.
-        touched, self._touched = self._touched, set()
-        if claim.complete:
-            self._held = claim.versions
-            touched |= set(self.sessions) | set(self._held)
-        else:
-            for user_id in claim.gone:
-                self._held.pop(user_id, None)
-            self._held.update(claim.versions)
-            touched |= claim.gone | set(claim.versions)
+        touched = self._take_held(claim)
         self._held_as_of = claim.as_of
+        self._took_unowned = take_unowned
+        self._must_claim = False
         self._refreshes += 1
         held = self._held
         stale = []
@@ -381,6 +434,25 @@ class Engine:
             freezer = self.gc_freezer
             freezer.tick(settled=freezer.waiting and self._all_watching())
 
+    def _take_held(self, claim: leases.Claim) -> set[int]:
+        """Apply ``claim`` to what this node holds; the mailboxes to look at now. Only those
+        that changed (all of them after a read-back that differs): an idle refresh costs the
+        same at 10,000 sessions as at 10."""
+        touched, self._touched = self._touched, set()
+        if claim.complete:
+            # The read-back each minute: looked at one by one only if something differs
+            # (ended sessions and held ones not started are in _touched anyway); a loop over
+            # every session each minute was most of what an idle node of 17,000 did.
+            if claim.versions != self._held:
+                touched |= set(self.sessions) | set(claim.versions)
+            self._held = claim.versions
+        else:
+            for user_id in claim.gone:
+                self._held.pop(user_id, None)
+            self._held.update(claim.versions)
+            touched |= claim.gone | set(claim.versions)
+        return touched
+
     def _start_session(self, user_id: int, version, config: store.MailboxConfig) -> None:
         session = MailboxSession(self, user_id, config)
         task = asyncio.create_task(session.run(), name=f"mailbox-{user_id}")
@@ -412,6 +484,7 @@ class Engine:
         for user_id in user_ids:
             if user_id not in self.sessions:
                 self._current.pop(user_id, None)
+                self._watching.discard(user_id)
 
     async def flush_statuses(self) -> None:
         """Write the statuses reported since the last flush, except a watching status a

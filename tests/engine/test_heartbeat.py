@@ -14,7 +14,8 @@ from django.db import close_old_connections
 
 from superimap.engine.models import EngineNode
 from superimap.engine.nodelock import NodeLock
-from tests.helpers.engine import RunningEngine, wait_for
+from superimap.mailboxes.models import MailboxUser
+from tests.helpers.engine import RunningEngine, ServerThread, loopback_users, wait_for
 
 LEASE = timedelta(seconds=4)  # the stall limit is half of it
 
@@ -82,3 +83,36 @@ def test_a_wedged_event_loop_stops_the_heartbeat(mail_partner, settings, tmp_pat
     # The beats stopped ~2 s into the 5 s wedge (the stall limit, plus up to a beat).
     assert since_last_beat >= 1.5
     assert "the event loop has not run for 2 s" in caplog.text
+
+
+def test_an_idle_node_skips_its_claims_and_still_picks_up_a_new_mailbox(
+    mail_partner, settings, tmp_path
+):
+    """With the heartbeat beating, a refresh that finds no mailbox changed and none
+    unowned skips claim_mailboxes() (Engine._quiet_refresh); a mailbox connected
+    meanwhile is claimed and watched at the next refresh."""
+    settings.VAR_DIR = tmp_path
+    settings.ENGINE_JOIN_SECONDS = 0
+    lock = NodeLock("quiet").acquire()
+
+    async def scenario(port: int):
+        async with RunningEngine("quiet", node_lock=lock, lease=LEASE) as engine:
+            await wait_for(lambda: engine.quiet_refreshes >= 3)
+            claims = engine._refreshes - engine.quiet_refreshes
+            beats = engine.heartbeat.beats
+            await asyncio.to_thread(loopback_users, mail_partner, port, 1)
+            user = await asyncio.to_thread(lambda: MailboxUser.objects.get().id)
+            await wait_for(lambda: user in engine.sessions, timeout=5)
+            await wait_for(
+                lambda: MailboxUser.objects.get(id=user).status == MailboxUser.Status.IDLE
+            )
+            owner = await asyncio.to_thread(lambda: MailboxUser.objects.get(id=user).owner_node)
+            return claims, beats, owner
+
+    with ServerThread(1) as chaos:
+        claims, beats, owner = asyncio.run(scenario(chaos.server.port))
+    lock.release()
+    assert beats >= 1
+    # Only the first claim (and the read-backs) ran before the mailbox came: 0.2 s refreshes.
+    assert claims <= 2
+    assert owner == "quiet"

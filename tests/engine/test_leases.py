@@ -238,3 +238,38 @@ def test_a_joining_node_keeps_what_it_holds_and_claims_nothing_unowned(users):
     assert owners() == {"a": 10, "": 20}
     taken = claim("b")  # the join wait is over: its share of the unowned ones
     assert len(taken.versions) > 0 and owners()["b"] == len(taken.versions)
+
+
+def _scans_every_mailbox(queries) -> bool:
+    """A SELECT of mailboxes neither by owner nor by updated_at: every watchable one."""
+    return any(
+        q["sql"].startswith("SELECT")
+        and "mailboxes_mailboxuser" in q["sql"]
+        and '"owner_node" =' not in q["sql"]
+        and '"updated_at" >=' not in q["sql"]
+        for q in queries.captured_queries
+    )
+
+
+def test_a_periodic_read_back_ranks_every_mailbox_again_only_at_the_recheck(users):
+    """read_all (the engine's read-back each minute) returns every held row but ranks
+    nothing again when nothing changed; recheck (every 10 min) does, and hands over a
+    mailbox held against the ranking whose change the deltas missed."""
+    first = claim("a")
+    claim("b")
+    handing = claim("a", claimed=first)
+    MailboxUser.objects.filter(id__in=handing.handover).update(owner_node="")
+    claim("b")
+    settled = claim("a", claimed=handing)
+    held = set(MailboxUser.objects.filter(owner_node="a").values_list("id", flat=True))
+    # One of b's taken back behind the deltas' back (update() leaves updated_at alone).
+    stray = min(handing.handover)
+    MailboxUser.objects.filter(id=stray).update(owner_node="a")
+    with CaptureQueriesContext(connection) as queries:
+        again = claim("a", claimed=settled, read_all=True, recheck=False)
+    assert again.complete and set(again.versions) == held | {stray}
+    assert again.handover == frozenset() and not _scans_every_mailbox(queries)
+    with CaptureQueriesContext(connection) as queries:
+        checked = claim("a", claimed=again, read_all=True, recheck=True)
+    assert checked.complete and checked.handover == {stray}
+    assert set(checked.versions) == held and _scans_every_mailbox(queries)
