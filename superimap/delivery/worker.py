@@ -101,7 +101,7 @@ class Worker:
         self._poll_at: float | None = None  # loop time of the sleeping claim loop's poll
         self._claimed_at = float("-inf")  # loop time the last claim returned
         self._finished_at = float("-inf")  # time.monotonic() of the last finished send
-        self._poll_timer: asyncio.TimerHandle | None = None
+        self._poll_timer: asyncio.Handle | None = None
         self.claims = 0
         self.clock = clock
         self._wake = asyncio.Event()
@@ -345,8 +345,11 @@ class Worker:
             self._poll_at = None
 
     def _arm_poll(self, delay: float) -> None:
-        self._poll_timer = asyncio.get_running_loop().call_later(delay, self._poll_due)
-        self._poll_at = self._poll_timer.when()
+        # Not call_later(...).when(): uvloop answers a delay under 1 ms with a plain Handle
+        # (call_soon), which has no when().
+        loop = asyncio.get_running_loop()
+        self._poll_at = loop.time() + delay
+        self._poll_timer = loop.call_at(self._poll_at, self._poll_due)
 
     def _poll_due(self) -> None:
         # Idle means idle: a poll interval from the last finished send, not from the claim

@@ -6,6 +6,9 @@ per wake-up. Real worker, real SQLite database, real receiver."""
 from __future__ import annotations
 
 import asyncio
+import time
+
+import uvloop
 
 from superimap.delivery import outbox, queue
 from superimap.delivery import worker as worker_module
@@ -124,3 +127,29 @@ def test_a_burst_of_wake_ups_makes_one_claim_per_debounce_interval(
     most = burst / debounce + 2
     assert len(seen) - 1 <= most, (seen, burst, received)
     print(f"{received} wake-ups in {burst * 1000:.0f} ms: {len(seen) - 1} claims")
+
+
+def test_a_poll_due_in_under_a_millisecond_still_comes_under_uvloop(seeded_providers):
+    """uvloop answers call_later / call_at with a delay under 1 ms with a plain Handle (no
+    when()). The idle poll re-arms itself for what is left of the interval since the last
+    finished send, which can be that short: it raised in the loop's callback and the poll
+    never came (a fresh-clone CI run: tests/test_operator_logs.py, the worker process's log)."""
+
+    async def scenario() -> tuple[bool, list[dict]]:
+        errors: list[dict] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        pool = DbPool(size=1)
+        try:
+            worker = Worker(pool, "node-poll", concurrency=1, poll_interval=0.01)
+            # The last send finished just under the interval ago: 0.3 ms of it are left.
+            worker._finished_at = time.monotonic() - 0.01 + 0.0003
+            worker._poll_due()
+            await _until(worker._wake.is_set, 2.0)
+            return worker._idle_poll, errors
+        finally:
+            pool.shutdown()
+
+    idle_poll, errors = uvloop.run(scenario())
+    assert errors == []
+    assert idle_poll
