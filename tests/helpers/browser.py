@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -74,7 +75,22 @@ def submit(driver: WebDriver, button) -> None:
     element looked up before that could still belong to the old page)."""
     page = driver.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 15).until(lambda _driver: _replaced(page))
+
+
+def _replaced(element) -> bool:
+    """expected_conditions.staleness_of, plus chromedriver's other answer for an element of a
+    page being replaced: asked mid-navigation, it can say "Node with given id does not belong
+    to the document" (an unknown error, not a stale element; a fresh-clone CI run)."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def log_in(driver: WebDriver, base_url: str, username: str, password: str) -> None:
