@@ -77,7 +77,7 @@ class Framer:
         self._literal_total = 0
         self._literal_needed: int | None = None
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | memoryview) -> None:
         self._buffer += data
 
     @property

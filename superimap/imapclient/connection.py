@@ -82,6 +82,11 @@ class ImapConnection(asyncio.BufferedProtocol):
         # connection); it is short and empty while the session waits (design.md 4.13).
         self._backlog: list[Event] = []
         self._waiter: asyncio.Future | None = None
+        # The waiter's deadline (loop time) and the one timer that enforces it, kept from
+        # one wait to the next (next_event).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._error: BaseException | None = None
         self._interrupted = False
         # Counts EXISTS responses wherever they arrive (in IDLE, or amid another command's
@@ -175,9 +180,10 @@ class ImapConnection(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes].tobytes())
+        # The framer copies the bytes into its own buffer: no bytes object in between.
+        self.data_received(self._buffer[:nbytes])
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         try:
             events = self.protocol.receive_data(data)
         except ImapError as exc:
@@ -207,6 +213,7 @@ class ImapConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ServerBye("connection closed"))
         self._wake()
+        self._stop_timer()  # it would keep the closed connection until its deadline
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -234,16 +241,40 @@ class ImapConnection(asyncio.BufferedProtocol):
                 raise self._error
             if interruptible and self._interrupted:
                 return None
-            # A timer handle that fails the future, not an asyncio.timeout context per
-            # wait (an object of ~0.7 KB and more CPU, on every wait of every mail).
+            # One timer per connection, not a timer (or an asyncio.timeout context) per
+            # wait: each mail waits ~7 times, and the timer already armed is kept when it
+            # fires no later than this deadline (_check_deadline looks again then).
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_at(deadline, _expire, waiter)
+            self._deadline = deadline
+            if self._timer is None or self._timer_at > deadline:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(deadline, self._check_deadline)
+                self._timer_at = deadline
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
         return self._backlog.pop(0)
+
+    def _check_deadline(self) -> None:
+        """The timer fired: fail the waiter past its deadline, else arm for that one."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms a timer
+        loop = waiter.get_loop()
+        # uvloop keeps time in whole milliseconds: a timer may fire within 1 ms before.
+        if loop.time() >= self._deadline - 0.001:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+            self._timer_at = self._deadline
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def owe_done(self, done: bytes, idle_tag: str) -> None:
         """End an IDLE with the next write instead of a write of its own: the next
@@ -371,11 +402,6 @@ class ImapConnection(asyncio.BufferedProtocol):
     def abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
-
-
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 def _continuation_in(events: list[Event]) -> bool:
