@@ -89,6 +89,8 @@ class ImapConnection(asyncio.BufferedProtocol):
         self._timer_at = 0.0
         self._error: BaseException | None = None
         self._interrupted = False
+        # False while collect() waits: untagged responses alone do not wake it.
+        self._wake_untagged = True
         # Counts EXISTS responses wherever they arrive (in IDLE, or amid another command's
         # responses), so the session never misses news that came with something else.
         self.exists_seen = 0
@@ -189,6 +191,10 @@ class ImapConnection(asyncio.BufferedProtocol):
         except ImapError as exc:
             events = []
             self._fail(exc)
+        # Wake the waiter for what it may act on: any event, or only a tagged answer, BYE
+        # or continuation while collect() waits (it just gathers the untagged ones); not
+        # for a read that completed no response (a part of a literal).
+        wake = self._error is not None or (self._wake_untagged and bool(events))
         for event in events:
             if isinstance(event, Exists):
                 self.exists_seen += 1
@@ -198,8 +204,11 @@ class ImapConnection(asyncio.BufferedProtocol):
                 self.statuses[event.name] = event
             elif isinstance(event, Expunge | Vanished) or _flag_update(event):
                 self.changes_seen += 1
+            elif isinstance(event, TaggedResponse | Bye | Continuation):
+                wake = True
         self._backlog.extend(events)
-        self._wake()
+        if wake:
+            self._wake()
 
     def eof_received(self) -> bool:
         try:
@@ -232,8 +241,13 @@ class ImapConnection(asyncio.BufferedProtocol):
         self._interrupted = True
         self._wake()
 
-    async def next_event(self, timeout: float, interruptible: bool = False) -> Event | None:
-        """The next server event; None if interrupted; TimeoutError if none comes in time."""
+    async def next_event(
+        self, timeout: float, interruptible: bool = False, untagged_wakes: bool = True
+    ) -> Event | None:
+        """The next server event; None if interrupted; TimeoutError if none comes in time.
+        ``untagged_wakes=False`` (collect): while none is there, wait until a tagged
+        answer, BYE or continuation comes (the untagged ones before it are then there too:
+        one wake-up of the session for a FETCH answer and its OK that came apart)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not self._backlog:
@@ -251,10 +265,12 @@ class ImapConnection(asyncio.BufferedProtocol):
                     self._timer.cancel()
                 self._timer = loop.call_at(deadline, self._check_deadline)
                 self._timer_at = deadline
+            self._wake_untagged = untagged_wakes
             try:
                 await waiter
             finally:
                 self._waiter = None
+                self._wake_untagged = True
         return self._backlog.pop(0)
 
     def _check_deadline(self) -> None:
@@ -373,7 +389,7 @@ class ImapConnection(asyncio.BufferedProtocol):
         deadline = loop.time() + timeout
         untagged: list[Event] = []
         while True:
-            event = await self.next_event(max(0.0, deadline - loop.time()))
+            event = await self.next_event(max(0.0, deadline - loop.time()), untagged_wakes=False)
             if isinstance(event, TaggedResponse) and event.tag == tag:
                 if check and event.status != "OK":
                     command = name.decode("ascii", "replace").split(" ")[1:2]

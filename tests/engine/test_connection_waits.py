@@ -1,7 +1,9 @@
-"""ImapConnection keeps one deadline timer from one wait to the next (next_event): a wait
-with an earlier deadline than the armed timer still times out at its own deadline, a
-timer armed for an earlier wait does not cut a later, longer wait short, and a closed
-connection lets its timer go. Against a real loopback server under uvloop."""
+"""ImapConnection's waits (next_event). It keeps one deadline timer from one wait to the
+next: a wait with an earlier deadline than the armed timer still times out at its own
+deadline, a timer armed for an earlier wait does not cut a later, longer wait short, and a
+closed connection lets its timer go. A command's answer that comes apart (untagged
+responses, a literal in pieces, the tagged OK later; these do not wake collect()) is
+collected whole. Against a real loopback server under uvloop."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 import pytest
 import uvloop
 
+from superimap.imap import RemoteProtocolError
 from superimap.imapclient import ImapConnection
 from tests.helpers.engine import LoopbackServer
 
@@ -28,6 +31,17 @@ class SilentAfterLogin(LoopbackServer):
             tag, _, rest = line.decode().strip().partition(" ")
             if rest.upper().startswith("LOGIN"):
                 writer.write(f"{tag} OK in\r\n".encode())
+            elif rest.upper().startswith("SELECT"):
+                writer.write(f"{tag} OK [READ-WRITE] selected\r\n".encode())
+            elif rest.upper().startswith("UID FETCH"):
+                body = b"x" * 3000
+                writer.write(b"* 1 FETCH (UID 7 BODY[] {3000}\r\n" + body[:1000])
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(body[1000:] + b")\r\n* 2 FETCH (UID 8 FLAGS (\\Seen))\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(f"{tag} OK done\r\n".encode())
             elif rest.upper().startswith("NOOP"):
                 delay = (
                     self.noop_delays.pop(0) if len(self.noop_delays) > 1 else self.noop_delays[0]
@@ -37,10 +51,15 @@ class SilentAfterLogin(LoopbackServer):
         writer.close()
 
 
-async def _connected(server: LoopbackServer) -> ImapConnection:
+async def _connected(server: LoopbackServer, max_literal_size: int = 65536) -> ImapConnection:
     port = await server.start()
     conn = await ImapConnection.open(
-        "127.0.0.1", port, implicit_tls=False, insecure=True, timeout=5, max_literal_size=1024
+        "127.0.0.1",
+        port,
+        implicit_tls=False,
+        insecure=True,
+        timeout=5,
+        max_literal_size=max_literal_size,
     )
     await conn.command(*conn.protocol.login("u", "p"))
     return conn
@@ -108,3 +127,45 @@ def test_a_closed_connection_lets_its_timer_go(settings) -> None:
 
     armed, released = uvloop.run(scenario())
     assert armed and released
+
+
+def test_an_answer_that_comes_apart_is_collected_whole(settings) -> None:
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario():
+        server = SilentAfterLogin(60)
+        conn = await _connected(server)
+        try:
+            await conn.command(*conn.protocol.select("INBOX"))
+            return await conn.command(*conn.protocol.uid_fetch("7:8", "(BODY.PEEK[])"))
+        finally:
+            conn.abort()
+            await server.stop()
+
+    untagged, tagged = uvloop.run(scenario())
+    assert tagged.status == "OK"
+    assert [(e.uid, len(e.body or b""), e.flags) for e in untagged] == [
+        (7, 3000, None),
+        (8, 0, ("\\Seen",)),
+    ]
+
+
+def test_a_malformed_answer_fails_the_command_at_once(settings) -> None:
+    """A literal over the limit amid the answer (no tagged response yet): the command
+    fails with the protocol error right away, not at its timeout."""
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario() -> float:
+        server = SilentAfterLogin(60)
+        conn = await _connected(server, max_literal_size=1024)
+        try:
+            await conn.command(*conn.protocol.select("INBOX"))
+            started = time.monotonic()
+            with pytest.raises(RemoteProtocolError):
+                await conn.command(*conn.protocol.uid_fetch("7:8", "(BODY.PEEK[])"), timeout=30)
+            return time.monotonic() - started
+        finally:
+            conn.abort()
+            await server.stop()
+
+    assert uvloop.run(scenario()) < 5
