@@ -421,7 +421,10 @@ class ImapConnection(asyncio.BufferedProtocol):
 
 
 def _continuation_in(events: list[Event]) -> bool:
-    return any(isinstance(event, Continuation) for event in events)
+    for event in events:  # a loop, not any() over a generator: once or twice per mail
+        if isinstance(event, Continuation):
+            return True
+    return False
 
 
 def _flag_update(event: Event) -> bool:
