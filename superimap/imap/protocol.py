@@ -112,7 +112,7 @@ class ClientProtocol:
 
     # --- receiving ----------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | memoryview) -> list[Event]:
         """Feed bytes from the server (``b""`` at EOF) and return the complete events."""
         if self._broken is not None:
             raise RemoteProtocolError(f"connection already failed: {self._broken}")

@@ -52,7 +52,7 @@ def parse_response(frame: Frame) -> Event:
     """Parse a server response. Raises :class:`RemoteProtocolError` on garbage."""
     line = frame.lines[0]
     if line.startswith(b"+"):
-        return Continuation(_decode(frame.raw[1:]).strip())
+        return Continuation(_decode(_after(frame, 1)).strip())
     tag, pos = _word(line, 0)
     if tag == b"*":
         return _untagged(frame, pos)
@@ -67,7 +67,7 @@ def parse_response(frame: Frame) -> Event:
 
 def parse_resp_text(frame: Frame, pos: int) -> tuple[ResponseCode | None, str]:
     """Split ``[CODE args] text`` into a parsed code and the human text."""
-    text = _decode(frame.raw[pos:]).strip()
+    text = _decode(_after(frame, pos)).strip()
     if not text.startswith("["):
         return None, text
     close = text.find("]")
@@ -322,6 +322,12 @@ def _number(digits: bytes) -> int:
     if len(digits) > 20:
         raise RemoteProtocolError("number too long")
     return int(digits)
+
+
+def _after(frame: Frame, pos: int) -> bytes:
+    """The frame's bytes from ``pos`` of its first line on (the line endings are for
+    strip() to remove); a frame of one line is not joined first."""
+    return frame.lines[0][pos:] if len(frame.lines) == 1 else frame.raw[pos:]
 
 
 def _decode(data: bytes) -> str:

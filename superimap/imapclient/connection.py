@@ -82,8 +82,15 @@ class ImapConnection(asyncio.BufferedProtocol):
         # connection); it is short and empty while the session waits (design.md 4.13).
         self._backlog: list[Event] = []
         self._waiter: asyncio.Future | None = None
+        # The waiter's deadline (loop time) and the one timer that enforces it, kept from
+        # one wait to the next (next_event).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._error: BaseException | None = None
         self._interrupted = False
+        # False while collect() waits: untagged responses alone do not wake it.
+        self._wake_untagged = True
         # Counts EXISTS responses wherever they arrive (in IDLE, or amid another command's
         # responses), so the session never misses news that came with something else.
         self.exists_seen = 0
@@ -175,14 +182,19 @@ class ImapConnection(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes].tobytes())
+        # The framer copies the bytes into its own buffer: no bytes object in between.
+        self.data_received(self._buffer[:nbytes])
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         try:
             events = self.protocol.receive_data(data)
         except ImapError as exc:
             events = []
             self._fail(exc)
+        # Wake the waiter for what it may act on: any event, or only a tagged answer, BYE
+        # or continuation while collect() waits (it just gathers the untagged ones); not
+        # for a read that completed no response (a part of a literal).
+        wake = self._error is not None or (self._wake_untagged and bool(events))
         for event in events:
             if isinstance(event, Exists):
                 self.exists_seen += 1
@@ -192,8 +204,11 @@ class ImapConnection(asyncio.BufferedProtocol):
                 self.statuses[event.name] = event
             elif isinstance(event, Expunge | Vanished) or _flag_update(event):
                 self.changes_seen += 1
+            elif isinstance(event, TaggedResponse | Bye | Continuation):
+                wake = True
         self._backlog.extend(events)
-        self._wake()
+        if wake:
+            self._wake()
 
     def eof_received(self) -> bool:
         try:
@@ -207,6 +222,7 @@ class ImapConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ServerBye("connection closed"))
         self._wake()
+        self._stop_timer()  # it would keep the closed connection until its deadline
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -225,8 +241,13 @@ class ImapConnection(asyncio.BufferedProtocol):
         self._interrupted = True
         self._wake()
 
-    async def next_event(self, timeout: float, interruptible: bool = False) -> Event | None:
-        """The next server event; None if interrupted; TimeoutError if none comes in time."""
+    async def next_event(
+        self, timeout: float, interruptible: bool = False, untagged_wakes: bool = True
+    ) -> Event | None:
+        """The next server event; None if interrupted; TimeoutError if none comes in time.
+        ``untagged_wakes=False`` (collect): while none is there, wait until a tagged
+        answer, BYE or continuation comes (the untagged ones before it are then there too:
+        one wake-up of the session for a FETCH answer and its OK that came apart)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not self._backlog:
@@ -234,16 +255,42 @@ class ImapConnection(asyncio.BufferedProtocol):
                 raise self._error
             if interruptible and self._interrupted:
                 return None
-            # A timer handle that fails the future, not an asyncio.timeout context per
-            # wait (an object of ~0.7 KB and more CPU, on every wait of every mail).
+            # One timer per connection, not a timer (or an asyncio.timeout context) per
+            # wait: each mail waits ~7 times, and the timer already armed is kept when it
+            # fires no later than this deadline (_check_deadline looks again then).
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_at(deadline, _expire, waiter)
+            self._deadline = deadline
+            if self._timer is None or self._timer_at > deadline:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(deadline, self._check_deadline)
+                self._timer_at = deadline
+            self._wake_untagged = untagged_wakes
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
+                self._wake_untagged = True
         return self._backlog.pop(0)
+
+    def _check_deadline(self) -> None:
+        """The timer fired: fail the waiter past its deadline, else arm for that one."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms a timer
+        loop = waiter.get_loop()
+        # uvloop keeps time in whole milliseconds: a timer may fire within 1 ms before.
+        if loop.time() >= self._deadline - 0.001:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+            self._timer_at = self._deadline
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def owe_done(self, done: bytes, idle_tag: str) -> None:
         """End an IDLE with the next write instead of a write of its own: the next
@@ -342,7 +389,7 @@ class ImapConnection(asyncio.BufferedProtocol):
         deadline = loop.time() + timeout
         untagged: list[Event] = []
         while True:
-            event = await self.next_event(max(0.0, deadline - loop.time()))
+            event = await self.next_event(max(0.0, deadline - loop.time()), untagged_wakes=False)
             if isinstance(event, TaggedResponse) and event.tag == tag:
                 if check and event.status != "OK":
                     command = name.decode("ascii", "replace").split(" ")[1:2]
@@ -373,13 +420,11 @@ class ImapConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 def _continuation_in(events: list[Event]) -> bool:
-    return any(isinstance(event, Continuation) for event in events)
+    for event in events:  # a loop, not any() over a generator: once or twice per mail
+        if isinstance(event, Continuation):
+            return True
+    return False
 
 
 def _flag_update(event: Event) -> bool:

@@ -79,6 +79,13 @@ def test_it_calls_back_for_synchronizing_literals_only() -> None:
         (b"BODY[HEADER.FIELDS (FROM TO)]<0> x", ("BODY[HEADER.FIELDS (FROM TO)]<0>", "x")),
         (b"  (\\Seen   \\*)  ", (("\\Seen", "\\*"),)),
         (b"1:* 0042", ("1:*", 42)),
+        # quoted strings with and without escapes (one slice or the escape loop)
+        (b'"" "a b" "\\\\"', ("", "a b", "\\")),
+        (b'"caf\xc3\xa9" x"y"z', ("caf\u00e9", "x", "y", "z")),
+        # atoms: several bracket sections, parens and quotes inside them, digits after
+        (b'a[b c]d[e "(f"]g h', ('a[b c]d[e "(f"]g', "h")),
+        (b"[x]1 BODY[]<0> {5", ("[x]1", "BODY[]<0>", "{5")),
+        (b"x]y 123456789012345678901", ("x]y", "123456789012345678901")),
     ],
 )
 def test_it_parses_values(line: bytes, values: tuple) -> None:
@@ -94,7 +101,9 @@ def test_it_survives_deep_nesting_without_recursion() -> None:
     assert parse_values(Frame((b"(" * 50_000 + b")" * 50_000,)))
 
 
-@pytest.mark.parametrize("line", [b"(a", b"a)", b'"open', b"BODY[HEADER"])
+@pytest.mark.parametrize(
+    "line", [b"(a", b"a)", b'"open', b"BODY[HEADER", b'"open\\', b'"a\\"', b"a[b]c[d", b"x [y"]
+)
 def test_it_rejects_malformed_values(line: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         parse_values(Frame((line,)))

@@ -1,0 +1,171 @@
+"""ImapConnection's waits (next_event). It keeps one deadline timer from one wait to the
+next: a wait with an earlier deadline than the armed timer still times out at its own
+deadline, a timer armed for an earlier wait does not cut a later, longer wait short, and a
+closed connection lets its timer go. A command's answer that comes apart (untagged
+responses, a literal in pieces, the tagged OK later; these do not wake collect()) is
+collected whole. Against a real loopback server under uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import uvloop
+
+from superimap.imap import RemoteProtocolError
+from superimap.imapclient import ImapConnection
+from tests.helpers.engine import LoopbackServer
+
+
+class SilentAfterLogin(LoopbackServer):
+    """Greets and says OK to LOGIN; answers the n-th NOOP after ``noop_delays[n]`` seconds
+    (the last one for the rest); never answers anything else."""
+
+    def __init__(self, *noop_delays: float) -> None:
+        self.noop_delays = list(noop_delays)
+
+    async def serve(self, reader, writer) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
+        while line := await reader.readline():
+            tag, _, rest = line.decode().strip().partition(" ")
+            if rest.upper().startswith("LOGIN"):
+                writer.write(f"{tag} OK in\r\n".encode())
+            elif rest.upper().startswith("SELECT"):
+                writer.write(f"{tag} OK [READ-WRITE] selected\r\n".encode())
+            elif rest.upper().startswith("UID FETCH"):
+                body = b"x" * 3000
+                writer.write(b"* 1 FETCH (UID 7 BODY[] {3000}\r\n" + body[:1000])
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(body[1000:] + b")\r\n* 2 FETCH (UID 8 FLAGS (\\Seen))\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(f"{tag} OK done\r\n".encode())
+            elif rest.upper().startswith("NOOP"):
+                delay = (
+                    self.noop_delays.pop(0) if len(self.noop_delays) > 1 else self.noop_delays[0]
+                )
+                await asyncio.sleep(delay)
+                writer.write(f"{tag} OK done\r\n".encode())
+        writer.close()
+
+
+async def _connected(server: LoopbackServer, max_literal_size: int = 65536) -> ImapConnection:
+    port = await server.start()
+    conn = await ImapConnection.open(
+        "127.0.0.1",
+        port,
+        implicit_tls=False,
+        insecure=True,
+        timeout=5,
+        max_literal_size=max_literal_size,
+    )
+    await conn.command(*conn.protocol.login("u", "p"))
+    return conn
+
+
+def test_a_shorter_wait_after_a_long_one_times_out_at_its_own_deadline(settings) -> None:
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario() -> float:
+        server = SilentAfterLogin(60)
+        conn = await _connected(server)
+        try:
+            with pytest.raises(TimeoutError):  # arms the timer 30 s ahead
+                await asyncio.wait_for(conn.next_event(30), 0.05)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await conn.command(*conn.protocol.noop(), timeout=0.3)
+            return time.monotonic() - started
+        finally:
+            conn.abort()
+            await server.stop()
+
+    elapsed = uvloop.run(scenario())
+    assert 0.25 <= elapsed < 2.0
+
+
+def test_a_timer_armed_for_a_short_wait_does_not_cut_a_longer_one(settings) -> None:
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario() -> tuple[float, str, bool]:
+        server = SilentAfterLogin(0.05, 0.6)
+        conn = await _connected(server)
+        try:
+            # Answered in time: its timer (0.3 s ahead) stays armed for the next wait.
+            await conn.command(*conn.protocol.noop(), timeout=0.3)
+            kept = conn._timer is not None
+            started = time.monotonic()
+            # That timer fires during this wait: the wait goes on to its answer.
+            _, tagged = await conn.command(*conn.protocol.noop(), timeout=5)
+            return time.monotonic() - started, tagged.status, kept
+        finally:
+            conn.abort()
+            await server.stop()
+
+    elapsed, status, kept = uvloop.run(scenario())
+    assert kept
+    assert status == "OK"
+    assert elapsed >= 0.5
+
+
+def test_a_closed_connection_lets_its_timer_go(settings) -> None:
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario() -> tuple[bool, bool]:
+        server = SilentAfterLogin(60)
+        conn = await _connected(server)
+        waiting = asyncio.ensure_future(conn.next_event(600))
+        await asyncio.sleep(0.05)
+        armed = conn._timer is not None
+        conn.abort()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the connection's closing error
+            await waiting
+        await server.stop()
+        return armed, conn._timer is None
+
+    armed, released = uvloop.run(scenario())
+    assert armed and released
+
+
+def test_an_answer_that_comes_apart_is_collected_whole(settings) -> None:
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario():
+        server = SilentAfterLogin(60)
+        conn = await _connected(server)
+        try:
+            await conn.command(*conn.protocol.select("INBOX"))
+            return await conn.command(*conn.protocol.uid_fetch("7:8", "(BODY.PEEK[])"))
+        finally:
+            conn.abort()
+            await server.stop()
+
+    untagged, tagged = uvloop.run(scenario())
+    assert tagged.status == "OK"
+    assert [(e.uid, len(e.body or b""), e.flags) for e in untagged] == [
+        (7, 3000, None),
+        (8, 0, ("\\Seen",)),
+    ]
+
+
+def test_a_malformed_answer_fails_the_command_at_once(settings) -> None:
+    """A literal over the limit amid the answer (no tagged response yet): the command
+    fails with the protocol error right away, not at its timeout."""
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario() -> float:
+        server = SilentAfterLogin(60)
+        conn = await _connected(server, max_literal_size=1024)
+        try:
+            await conn.command(*conn.protocol.select("INBOX"))
+            started = time.monotonic()
+            with pytest.raises(RemoteProtocolError):
+                await conn.command(*conn.protocol.uid_fetch("7:8", "(BODY.PEEK[])"), timeout=30)
+            return time.monotonic() - started
+        finally:
+            conn.abort()
+            await server.stop()
+
+    assert uvloop.run(scenario()) < 5
