@@ -7,7 +7,8 @@ them); the event ids are the engine's (`writer._new_event_ids`). A table of --pr
 delivered rows, then --rows new_mail rows in groups of 20 as the engine writes them (one
 multi-row INSERT per transaction), claimed 20 per transaction as the worker's claim UPDATE
 does, and delivered 20 per transaction as its fenced outcome UPDATE does. Foreign-key
-checks are off (no partner or user rows needed), the same in every checkout.
+checks are off (no partner or user rows needed), the same in every checkout. With
+--side-table the payload goes to a table of its own (a what-if: the claim would join it).
 
 Per row and phase: CPU of the process doing the work (SQLite: this one; PostgreSQL: the
 backend) and what reached the write-ahead log: WAL frames (4 KB pages) on SQLite, WAL bytes
@@ -150,7 +151,10 @@ class _Postgres:
         return round(hot / updated, 3) if updated else None
 
 
-def _insert_groups(db, first: int, count: int) -> None:
+SIDE_TABLE = "CREATE TABLE bench_payload (delivery_id bigint PRIMARY KEY, payload text NOT NULL)"
+
+
+def _insert_groups(db, first: int, count: int, side_table: bool = False) -> None:
     from django.db import connection
 
     from superimap.engine.writer import _new_event_ids
@@ -166,11 +170,18 @@ def _insert_groups(db, first: int, count: int) -> None:
             range(start, start + GROUP), _new_event_ids(GROUP), strict=True
         ):
             user = 1 + (number * 7919) % USERS
-            params += [db.event_id(event_id), user, f"k{number}", PAYLOAD, stamp, stamp]
+            payload = "{}" if side_table else PAYLOAD
+            params += [db.event_id(event_id), user, f"k{number}", payload, stamp, stamp]
         db.begin()
-        db.execute(
-            f"INSERT INTO delivery_delivery ({COLUMNS}) VALUES {', '.join([row] * GROUP)}", params
+        ids = db.execute(
+            f"INSERT INTO delivery_delivery ({COLUMNS}) VALUES {', '.join([row] * GROUP)} "
+            "RETURNING id",
+            params,
         )
+        if side_table:
+            pairs = ", ".join([f"({db.mark}, {db.mark})"] * GROUP)
+            values = [value for (id_,) in ids for value in (id_, PAYLOAD)]
+            db.execute(f"INSERT INTO bench_payload (delivery_id, payload) VALUES {pairs}", values)
         db.commit()
 
 
@@ -182,8 +193,10 @@ def _update_groups(db, template: str, ids: list[int]) -> None:
         db.commit()
 
 
-def run(db, preload: int, rows: int) -> dict:
-    _insert_groups(db, 0, preload)
+def run(db, preload: int, rows: int, side_table: bool = False) -> dict:
+    if side_table:
+        db.execute(SIDE_TABLE)
+    _insert_groups(db, 0, preload, side_table)
     db.execute("UPDATE delivery_delivery SET status = 'delivered', attempts = 1")
     db.quiet()
     phases = {}
@@ -196,7 +209,7 @@ def run(db, preload: int, rows: int) -> dict:
             "wal_per_row": round((db.wal() - wal) / rows, 2),
         }
 
-    measure("insert", lambda: _insert_groups(db, preload, rows))
+    measure("insert", lambda: _insert_groups(db, preload, rows, side_table))
     ids = [r[0] for r in db.execute("SELECT id FROM delivery_delivery WHERE status = 'pending'")]
     measure("claim", lambda: _update_groups(db, CLAIM, ids))
     measure("outcome", lambda: _update_groups(db, OUTCOME, ids))
@@ -209,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preload", type=int, default=100_000, help="delivered rows first")
     parser.add_argument("--rows", type=int, default=10_000, help="rows measured")
     parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL")
+    parser.add_argument(
+        "--side-table",
+        action="store_true",
+        help="what-if: the payload in a table of its own (a second INSERT per row; the "
+        "Delivery row keeps '{}'), to size that lever",
+    )
     args = parser.parse_args(argv)
     load = [round(x, 2) for x in os.getloadavg()]
     with ExitStack() as stack:
@@ -222,18 +241,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _configure(tmp, f"sqlite:///{tmp}/db.sqlite3")
             db = _Sqlite(tmp / "db.sqlite3")
-        result = run(db, args.preload, args.rows)
+        result = run(db, args.preload, args.rows, args.side_table)
     result.update(
         benchmark="deliveryrow",
         backend="postgres" if args.postgres else "sqlite",
         wal_unit="bytes" if args.postgres else "4 KB frames",
+        side_table=args.side_table,
         preload=args.preload,
         rows=args.rows,
         load_average_at_start=load,
         python=platform.python_version(),
         date=datetime.now(UTC).isoformat(timespec="seconds"),
         command="python -m devtools.bench.deliveryrow "
-        f"--preload {args.preload} --rows {args.rows}" + (" --postgres" if args.postgres else ""),
+        f"--preload {args.preload} --rows {args.rows}"
+        + (" --postgres" if args.postgres else "")
+        + (" --side-table" if args.side_table else ""),
     )
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)

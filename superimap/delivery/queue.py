@@ -169,6 +169,27 @@ def _claim_sql(vendor: str) -> tuple[dict[bool, str], str, str]:
 WALK_THE_INDEX = "SET LOCAL enable_sort = off"
 
 
+# The fenced outcome UPDATE finds its rows by id (the primary key), never through an index
+# of pending rows. Its fence said `status = 'pending'`, and both databases used that term:
+# - SQLite (no statistics) searched the due index for status = 'pending' and filtered the
+#   ids: each UPDATE read the backlog's whole index range;
+# - PostgreSQL scanned the partial delivery_pending_by_user (whose condition the term
+#   matches) for the ids, as a bitmap or a whole-index scan. Its statistics count the live
+#   entries, but every row delivered since the last VACUUM left a dead entry there (a
+#   non-HOT UPDATE): 14.6 ms for 20 rows after 100,000 deliveries, 0.76 ms by id.
+# COALESCE(status, '') (status is NOT NULL: the same test) is a term no index of ours can
+# serve and that implies no partial index's condition. tests/delivery/test_claim_plan.py.
+@functools.lru_cache(maxsize=256)
+def _delivered_sql(count: int) -> str:
+    """The fenced UPDATE of ``count`` delivered rows (ids, attempt number, node)."""
+    return (
+        f"UPDATE {Delivery._meta.db_table} SET status = %s, delivered_at = %s, "
+        "claimed_by = '', lease_until = NULL, last_status_code = %s, last_error = '' "
+        f"WHERE id IN ({_in(range(count))}) AND attempts = %s AND claimed_by = %s "
+        f"AND COALESCE(status, '') = '{Delivery.Status.PENDING.value}'"  # literal: _claim_sql
+    )
+
+
 def _in(ids) -> str:
     return ", ".join(["%s"] * len(ids))
 
@@ -369,10 +390,7 @@ def _record_outcomes(
         # The common case in one UPDATE per (attempt number, status code), still fenced.
         for (attempt, status_code), ids in delivered.items():
             cursor.execute(
-                f"UPDATE {table} SET status = %s, delivered_at = %s, claimed_by = '', "
-                "lease_until = NULL, last_status_code = %s, last_error = '' "
-                f"WHERE id IN ({_in(ids)}) AND attempts = %s AND claimed_by = %s "
-                f"AND status = '{Delivery.Status.PENDING.value}'",  # a literal: _claim_sql
+                _delivered_sql(len(ids)),
                 [
                     Delivery.Status.DELIVERED.value,
                     _db_time(now),
