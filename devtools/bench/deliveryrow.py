@@ -6,8 +6,8 @@ The schema is the checkout's, built by its migrations (run it in two checkouts t
 them); the event ids are the engine's (`writer._new_event_ids`). A table of --preload
 delivered rows, then --rows new_mail rows in groups of 20 as the engine writes them (one
 multi-row INSERT per transaction), claimed 20 per transaction as the worker's claim UPDATE
-does, and delivered 20 per transaction as its fenced outcome UPDATE does. Foreign-key
-checks are off (no partner or user rows needed), the same in every checkout. With
+does, and delivered 20 per transaction by its fenced outcome UPDATE (the checkout's SQL).
+Foreign-key checks are off (no partner or user rows needed), the same in every checkout. With
 --side-table the payload goes to a table of its own (a what-if: the claim would join it).
 
 Per row and phase: CPU of the process doing the work (SQLite: this one; PostgreSQL: the
@@ -42,11 +42,21 @@ CLAIM = (
     "UPDATE delivery_delivery SET attempts = attempts + 1, claimed_by = 'bench', "
     "lease_until = {lease} WHERE id IN ({ids})"
 )
-OUTCOME = (
-    "UPDATE delivery_delivery SET status = 'delivered', delivered_at = {now}, claimed_by = '', "
-    "lease_until = NULL, last_status_code = 200, last_error = '' WHERE id IN ({ids}) "
-    "AND attempts = 1 AND claimed_by = 'bench' AND status = 'pending'"
+# The worker's fenced UPDATE of delivered rows as the checkout writes it (queue.py), or as
+# main wrote it before deliveryrow (the status term then used an index of pending rows).
+OUTCOME_BEFORE = (
+    "UPDATE delivery_delivery SET status = %s, delivered_at = %s, claimed_by = '', "
+    "lease_until = NULL, last_status_code = %s, last_error = '' WHERE id IN ({ids}) "
+    "AND attempts = %s AND claimed_by = %s AND status = 'pending'"
 )
+
+
+def _outcome_sql(count: int) -> str:
+    from superimap.delivery import queue
+
+    if hasattr(queue, "_delivered_sql"):
+        return queue._delivered_sql(count)
+    return OUTCOME_BEFORE.format(ids=", ".join(["%s"] * count))
 
 
 def _configure(var_dir: Path, database_url: str) -> None:
@@ -70,7 +80,7 @@ def _configure(var_dir: Path, database_url: str) -> None:
 
 class _Sqlite:
     mark = "?"
-    lease, now = "'2030-01-01 00:00:00'", "'2030-01-01 00:00:00'"
+    lease = "'2030-01-01 00:00:00'"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -108,7 +118,7 @@ class _Sqlite:
 
 class _Postgres:
     mark = "%s"
-    lease, now = "now() + interval '60 s'", "now()"
+    lease = "now() + interval '60 s'"
 
     def __init__(self, url: str) -> None:
         import psycopg
@@ -189,7 +199,19 @@ def _update_groups(db, template: str, ids: list[int]) -> None:
     for start in range(0, len(ids), GROUP):
         part = ids[start : start + GROUP]
         db.begin()
-        db.execute(template.format(lease=db.lease, now=db.now, ids=", ".join(map(str, part))))
+        db.execute(template.format(lease=db.lease, ids=", ".join(map(str, part))))
+        db.commit()
+
+
+def _outcome_groups(db, ids: list[int]) -> None:
+    from django.db import connection
+
+    now = connection.ops.adapt_datetimefield_value(datetime.now(UTC))
+    for start in range(0, len(ids), GROUP):
+        part = ids[start : start + GROUP]
+        sql = _outcome_sql(len(part)).replace("%s", db.mark)
+        db.begin()
+        db.execute(sql, ["delivered", now, 200, *part, 1, "bench"])
         db.commit()
 
 
@@ -212,7 +234,7 @@ def run(db, preload: int, rows: int, side_table: bool = False) -> dict:
     measure("insert", lambda: _insert_groups(db, preload, rows, side_table))
     ids = [r[0] for r in db.execute("SELECT id FROM delivery_delivery WHERE status = 'pending'")]
     measure("claim", lambda: _update_groups(db, CLAIM, ids))
-    measure("outcome", lambda: _update_groups(db, OUTCOME, ids))
+    measure("outcome", lambda: _outcome_groups(db, ids))
     return {"phases": phases, "hot_share": db.hot_share()}
 
 
