@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -417,9 +418,12 @@ def _record_outcomes(
 
 
 def _fenced(node_id: str, ids: list[int], attempt: int):
-    """Rows still claimed by this node for this attempt: a newer claim wins."""
-    return Delivery.objects.filter(
-        id__in=ids, attempts=attempt, claimed_by=node_id, status=Delivery.Status.PENDING
+    """Rows still claimed by this node for this attempt: a newer claim wins. The status
+    term as in _delivered_sql (COALESCE): found by id, not through an index of pending rows."""
+    return (
+        Delivery.objects.alias(fence_status=Coalesce("status", Value("")))
+        .filter(id__in=ids, attempts=attempt, claimed_by=node_id)
+        .filter(fence_status=Delivery.Status.PENDING)
     )
 
 

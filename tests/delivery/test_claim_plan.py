@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from superimap.delivery import queue
 
@@ -134,3 +135,17 @@ def test_the_sqlite_outcome_update_finds_its_rows_by_id():
     plain = sql.replace("COALESCE(status, '')", "status")
     hazard = _plan(plain, ["delivered", datetime(2026, 12, 7, tzinfo=UTC), 200, *range(20), 1, "n"])
     assert any("delivery_due_by_endpoint" in step for step in hazard), hazard
+
+
+@pytest.mark.django_db
+def test_the_other_outcomes_update_finds_its_rows_by_id_too():
+    """Retries and failures go one by one through the ORM (queue._fenced), with the same
+    COALESCE term as the delivered ones. SQLite took the rowid here before too (the status is
+    a bound parameter there); the term is for PostgreSQL, whose custom plans see the value."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's plan")
+    with CaptureQueriesContext(connection) as captured:
+        queue._fenced("n", [1, 2, 3], 1).update(status="failed", claimed_by="")
+    (update,) = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("UPDATE")]
+    assert "COALESCE" in update, update
+    assert _plan(update, []) == ["SEARCH delivery_delivery USING INTEGER PRIMARY KEY (rowid=?)"]
