@@ -507,6 +507,7 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
     gate_before = _scrape(services)
     sampler = None
     statements = _PgStatements.start(args)
+    tables = _PgTables(os.environ["DATABASE_URL"]) if args.backend == "postgres" else None
     if args.backend == "postgres":
         sampler = _PgSampler(os.environ["DATABASE_URL"])
         sampler.start()
@@ -531,6 +532,7 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
     seconds = time.monotonic() - started
     cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     top_statements = statements.report(expected) if statements is not None else None
+    table_report = tables.report(expected) if tables is not None else None
     rss = {name: _rss_mb(pid) for name, pid in pids.items()}
     notes = receiver.notes_with_event_ids()
     numbers = [note[0] for note in notes]
@@ -574,6 +576,10 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         # With --pg-setting shared_preload_libraries=pg_stat_statements: the statements that
         # cost the server most over the push and drain, per message pushed.
         "pg_statements_per_message": top_statements,
+        # PostgreSQL, over the push and drain: rows inserted / updated / HOT-updated per
+        # message by table, scans per message by index (an index no query scans only costs),
+        # the index sizes after, and WAL bytes per message (_PgTables).
+        "pg_tables_per_message": table_report,
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "load_average_at_push": [round(x, 2) for x in load_at_push],
         "python": platform.python_version(),
@@ -642,6 +648,65 @@ class _PgStatements:
                 entry[name] = round(float(value) / max(1, messages), 4)
             report.append(entry)
         return report
+
+
+class _PgTables:
+    """pg_stat_user_tables / _indexes deltas and WAL written, over the push and drain.
+    Statistics are flushed by each backend at most once a second (up to 10 s when idle):
+    close over a drain of seconds, not exact."""
+
+    TABLES = ("delivery_delivery", "mailboxes_maillog", "delivery_deliveryattempt")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.before = self._snapshot()
+
+    def _snapshot(self) -> dict:
+        import psycopg
+
+        names = ", ".join(f"'{name}'" for name in self.TABLES)
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute("SELECT pg_stat_clear_snapshot()")
+            tables = db.execute(
+                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del "
+                f"FROM pg_stat_user_tables WHERE relname IN ({names})"
+            ).fetchall()
+            indexes = db.execute(
+                "SELECT relname, indexrelname, idx_scan, pg_relation_size(indexrelid) "
+                f"FROM pg_stat_user_indexes WHERE relname IN ({names})"
+            ).fetchall()
+            wal = db.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
+        return {
+            "tables": {row[0]: row[1:] for row in tables},
+            "indexes": {(row[0], row[1]): row[2:] for row in indexes},
+            "wal": float(wal),
+        }
+
+    def report(self, messages: int) -> dict:
+        after, before, n = self._snapshot(), self.before, max(1, messages)
+        tables = {}
+        for name, values in sorted(after["tables"].items()):
+            old = before["tables"].get(name, (0, 0, 0, 0))
+            ins, upd, hot, deleted = (a - b for a, b in zip(values, old, strict=True))
+            tables[name] = {
+                "inserted": round(ins / n, 3),
+                "updated": round(upd / n, 3),
+                "hot_updated": round(hot / n, 3),
+                "hot_share": round(hot / upd, 3) if upd else None,
+                "deleted": round(deleted / n, 3),
+            }
+        indexes = {}
+        for (table, name), (scans, size) in sorted(after["indexes"].items()):
+            old_scans = before["indexes"].get((table, name), (0, 0))[0]
+            indexes[name] = {
+                "scans": round((scans - old_scans) / n, 4),
+                "size_kb": round(size / 1024),
+            }
+        return {
+            "tables": tables,
+            "indexes": indexes,
+            "wal_bytes": round((after["wal"] - before["wal"]) / n),
+        }
 
 
 def _table_scans(conn) -> dict[str, tuple[int, int, int]]:

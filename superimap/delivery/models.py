@@ -53,7 +53,9 @@ class Delivery(models.Model):
     max_attempts = models.PositiveIntegerField(default=attempts_per_round)
     # Real failures in this round (429s are not failures): the retry schedule's step.
     failures = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(db_index=True)
+    # Not indexed alone: every query of it also says status = 'pending' and goes through
+    # delivery_due_by_endpoint (design.md 5.11).
+    next_attempt_at = models.DateTimeField()
     claimed_by = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     last_status_code = models.IntegerField(null=True, blank=True)
@@ -205,7 +207,10 @@ class EndpointHealth(models.Model):
 
 
 class DeliveryAttempt(models.Model):
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    # No index of its own: the unique (delivery, number) leads with it (design.md 5.11).
+    delivery = models.ForeignKey(
+        Delivery, on_delete=models.CASCADE, related_name="attempt_log", db_index=False
+    )
     number = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     duration_ms = models.PositiveIntegerField(default=0)
