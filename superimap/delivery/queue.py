@@ -63,6 +63,15 @@ def _db_time(value: datetime):
     return connection.ops.adapt_datetimefield_value(value)
 
 
+def _event_id(value) -> str:
+    """The event id as its UUID text: SQLite stores 32 hex digits (formatted here, not
+    through uuid.UUID), PostgreSQL returns a UUID."""
+    if isinstance(value, str) and len(value) == 32:
+        value = value.lower()
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    return str(uuid.UUID(str(value)))
+
+
 def _aware(value) -> datetime:
     if isinstance(value, str):
         value = parse_datetime(value)
@@ -267,7 +276,7 @@ def _claim_due(
         claimed.append(
             Claimed(
                 id=id_,
-                event_id=str(uuid.UUID(str(event_id))),
+                event_id=_event_id(event_id),
                 kind=kind,
                 attempt=attempts + 1,
                 url=partner.urls.get(kind, ""),
@@ -317,6 +326,8 @@ def _record_outcomes(
     status code), one multi-row INSERT of the attempts; other outcomes go one by one."""
     counts: dict[str, int] = {}
     table = Delivery._meta.db_table
+    # Looked up once: each `connection.` goes through Django's per-thread connection proxy.
+    db_time = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
         ids = [o.claimed.id for o in outcomes]
         cursor.execute(
@@ -358,7 +369,7 @@ def _record_outcomes(
                 (
                     outcome.claimed.id,
                     outcome.claimed.attempt,
-                    _db_time(outcome.started_at),
+                    db_time(outcome.started_at),
                     result.duration_ms,
                     outcome.claimed.url,
                     result.status_code,
@@ -375,7 +386,7 @@ def _record_outcomes(
                 f"AND status = '{Delivery.Status.PENDING.value}'",  # a literal: _claim_sql
                 [
                     Delivery.Status.DELIVERED.value,
-                    _db_time(now),
+                    db_time(now),
                     status_code,
                     *ids,
                     attempt,
