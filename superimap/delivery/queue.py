@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from superimap.delivery import fairness, health, policy
@@ -73,10 +72,15 @@ def _event_id(value) -> str:
 
 
 def _aware(value) -> datetime:
+    """A stored datetime (SQLite: text in UTC; PostgreSQL: aware) as an aware one. Parsed
+    with fromisoformat first (what parse_datetime tries first too), then parse_datetime."""
     if isinstance(value, str):
-        value = parse_datetime(value)
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value, UTC)
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            value = parse_datetime(value)
+    if value.utcoffset() is None:
+        value = value.replace(tzinfo=UTC)
     return value
 
 
@@ -242,7 +246,8 @@ def _claim_due(
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(WALK_THE_INDEX)
-        db_now = _db_time(now)
+        db_time = connection.ops.adapt_datetimefield_value  # once, not through the proxy
+        db_now = db_time(now)
         rows = []
         # Live rows first; backfilled new_mail (design.md 4.12) only for the slots left, so
         # live mail never waits behind a backfill's backlog.
@@ -268,7 +273,7 @@ def _claim_due(
         cursor.execute(
             f"UPDATE {Delivery._meta.db_table} SET attempts = attempts + 1, claimed_by = %s, "
             f"lease_until = %s WHERE id IN ({_in(ids)})",
-            [node_id, _db_time(now + lease), *ids],
+            [node_id, db_time(now + lease), *ids],
         )
     claimed = []
     for id_, event_id, kind, attempts, payload, sha1, partner_id, created_at in rows:
