@@ -37,11 +37,11 @@ from superimap.platform.metrics import (
 log = logging.getLogger("superimap.worker")
 
 CLAIM_BATCH = 200
-# While sends are in flight, claim again once this fraction of the slots is free: half,
-# not a quarter (issue 20, workercpu): claims of ~25 rows at concurrency 50 instead of ~12,
-# half the claim+record transactions per delivery at a backlog (bench.delivery backlog
-# 0.286-0.300 -> 0.246-0.253 ms of CPU per delivery, 2 runs each).
-CLAIM_FRACTION = 2
+# While sends are in flight, claim again once this fraction of the slots is free. Not a
+# half (tried, issue 20 workercpu: 0.29 -> 0.25 ms of CPU per delivery at a backlog): with
+# one endpoint its cap (40 % of the slots) is below half, so the worker claimed only with
+# nothing in flight, and one hanging POST held every claim until its timeout.
+CLAIM_FRACTION = 4
 # Outcomes are recorded in batches: after the first one arrives, wait this long for more.
 RECORD_GATHER_SECONDS = 0.01
 # A quiet worker (the last claim drained the queue) keeps outcomes for its next claim to
