@@ -18,7 +18,6 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from superimap.delivery import fairness, health, policy
@@ -64,11 +63,25 @@ def _db_time(value: datetime):
     return connection.ops.adapt_datetimefield_value(value)
 
 
+def _event_id(value) -> str:
+    """The event id as its UUID text: SQLite stores 32 hex digits (formatted here, not
+    through uuid.UUID), PostgreSQL returns a UUID."""
+    if isinstance(value, str) and len(value) == 32:
+        value = value.lower()
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    return str(uuid.UUID(str(value)))
+
+
 def _aware(value) -> datetime:
+    """A stored datetime (SQLite: text in UTC; PostgreSQL: aware) as an aware one. Parsed
+    with fromisoformat first (what parse_datetime tries first too), then parse_datetime."""
     if isinstance(value, str):
-        value = parse_datetime(value)
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value, UTC)
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            value = parse_datetime(value)
+    if value.utcoffset() is None:
+        value = value.replace(tzinfo=UTC)
     return value
 
 
@@ -255,7 +268,8 @@ def _claim_due(
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(WALK_THE_INDEX)
-        db_now = _db_time(now)
+        db_time = connection.ops.adapt_datetimefield_value  # once, not through the proxy
+        db_now = db_time(now)
         rows = []
         # Live rows first; backfilled new_mail (design.md 4.12) only for the slots left, so
         # live mail never waits behind a backfill's backlog.
@@ -281,7 +295,7 @@ def _claim_due(
         cursor.execute(
             f"UPDATE {Delivery._meta.db_table} SET attempts = attempts + 1, claimed_by = %s, "
             f"lease_until = %s WHERE id IN ({_in(ids)})",
-            [node_id, _db_time(now + lease), *ids],
+            [node_id, db_time(now + lease), *ids],
         )
     claimed = []
     for id_, event_id, kind, attempts, payload, sha1, partner_id, created_at in rows:
@@ -289,7 +303,7 @@ def _claim_due(
         claimed.append(
             Claimed(
                 id=id_,
-                event_id=str(uuid.UUID(str(event_id))),
+                event_id=_event_id(event_id),
                 kind=kind,
                 attempt=attempts + 1,
                 url=partner.urls.get(kind, ""),
@@ -339,6 +353,8 @@ def _record_outcomes(
     status code), one multi-row INSERT of the attempts; other outcomes go one by one."""
     counts: dict[str, int] = {}
     table = Delivery._meta.db_table
+    # Looked up once: each `connection.` goes through Django's per-thread connection proxy.
+    db_time = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
         ids = [o.claimed.id for o in outcomes]
         cursor.execute(
@@ -380,7 +396,7 @@ def _record_outcomes(
                 (
                     outcome.claimed.id,
                     outcome.claimed.attempt,
-                    _db_time(outcome.started_at),
+                    db_time(outcome.started_at),
                     result.duration_ms,
                     outcome.claimed.url,
                     result.status_code,
@@ -394,7 +410,7 @@ def _record_outcomes(
                 _delivered_sql(len(ids)),
                 [
                     Delivery.Status.DELIVERED.value,
-                    _db_time(now),
+                    db_time(now),
                     status_code,
                     *ids,
                     attempt,

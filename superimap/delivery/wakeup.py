@@ -11,7 +11,8 @@ poll (WEBHOOK_POLL_MS), which adds up to that much to push -> webhook latency.
   worker is woken already). A socket left by a killed worker refuses the byte and is
   removed.
 
-Both are best effort: a lost wake-up costs at most one poll interval, never a delivery.
+Both are best effort: a lost wake-up costs at most one poll interval (a quiet worker's poll
+backs off to 1 s, worker.IDLE_POLL_MAX_SECONDS), never a delivery.
 """
 
 from __future__ import annotations

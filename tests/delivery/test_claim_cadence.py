@@ -153,3 +153,56 @@ def test_a_poll_due_in_under_a_millisecond_still_comes_under_uvloop(seeded_provi
     idle_poll, errors = uvloop.run(scenario())
     assert errors == []
     assert idle_poll
+
+
+def test_a_quiet_worker_polls_less_and_still_finds_a_row_whose_wake_up_was_lost(
+    seeded_providers, make_receiver, monkeypatch
+):
+    """Polls that find nothing double the time to the next one, up to IDLE_POLL_MAX_SECONDS
+    (scaled down here); a row committed with no wake-up is still claimed within that bound,
+    and the poll that found it brings the poll interval back."""
+    poll, most = 0.02, 0.32
+    monkeypatch.setattr(worker_module, "IDLE_POLL_MAX_SECONDS", most)
+    real = queue._claim_due
+    claims: list[tuple[float, int]] = []
+
+    def counting(*args, **kwargs):
+        claimed = real(*args, **kwargs)
+        claims.append((time.monotonic(), len(claimed)))
+        return claimed
+
+    monkeypatch.setattr(queue, "_claim_due", counting)
+    receiver = make_receiver()
+    user = make_user(make_partner(receiver.url))
+    idle = 1.2
+
+    async def scenario() -> tuple[float, float, float]:
+        pool = DbPool(size=2)
+        stop = asyncio.Event()
+        worker = Worker(pool, "node-quiet", concurrency=8, poll_interval=poll)
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await _until(lambda: len(claims) == 1)
+            await asyncio.sleep(idle)
+            await pool.run(_enqueue, user, 1)  # committed, and no wake-up: it was lost
+            committed = time.monotonic()
+            await _until(lambda: len(receiver.received) == 1)
+            found = time.monotonic() - committed
+            await _until(lambda: len(claims) >= 2 and claims[-1][1] == 0 and claims[-2][1] == 1)
+            return found, claims[-1][0] - claims[-2][0], worker._poll_delay
+        finally:
+            stop.set()
+            await task
+            pool.shutdown()
+
+    found, gap_after, _ = asyncio.run(scenario())
+    quiet = [t for t, n in claims if n == 0]
+    polls_idle = sum(1 for t in quiet if t <= claims[0][0] + idle)
+    # Every 20 ms before: ~60 polls in 1.2 s; now 20, 40, 80, 160, 320, 320 ... ms: ~7.
+    assert polls_idle <= 12, polls_idle
+    assert found <= most + 0.3, found
+    # The poll that found the row brought the interval back: the next one ~20 ms after the
+    # send, not 320.
+    assert gap_after < most / 2, gap_after
+    assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 1
+    print(f"{polls_idle} polls in {idle} s idle; lost wake-up found after {found * 1000:.0f} ms")
