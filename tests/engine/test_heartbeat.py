@@ -127,6 +127,7 @@ PG_IDLE_SCENARIO = """
 import asyncio, json, time
 from datetime import timedelta
 from django.conf import settings
+from django.db import connection
 from superimap.engine.nodelock import NodeLock
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Partner
@@ -134,6 +135,10 @@ from tests.helpers.engine import RunningEngine, ServerThread, loopback_users, wa
 
 settings.ENGINE_JOIN_SECONDS = 0
 partner = Partner.objects.create(name="p", new_mail_webhook="http://127.0.0.1:9/hook")
+
+def probe_now(engine):
+    connection.ensure_connection()
+    return engine.heartbeat.probe.unchanged_on(connection.connection, engine._probe_since())
 lock = NodeLock("pg-quiet").acquire()
 
 async def scenario(port):
@@ -149,7 +154,9 @@ async def scenario(port):
             "pool_calls": pool.calls - calls,
             "probes": heartbeat.probes - probes,
         }
+        window["probe_before"] = await asyncio.to_thread(probe_now, engine)
         await asyncio.to_thread(loopback_users, partner, port, 1)
+        window["probe_after"] = await asyncio.to_thread(probe_now, engine)
         user = await asyncio.to_thread(lambda: MailboxUser.objects.get().id)
         connected = time.monotonic()
         await wait_for(lambda: user in engine.sessions, timeout=10)
@@ -171,6 +178,8 @@ def test_on_postgresql_an_idle_refresh_asks_the_database_nothing(migrated_postgr
     out = run_cli(env, "manage", "shell", "-c", PG_IDLE_SCENARIO)
     result = json.loads(out.split("RESULT ", 1)[1])
     assert result["quiet"] >= 5 and result["probes"] >= 1, result
+    # The probe's statement itself: nothing changed, then a new watchable unowned row.
+    assert result["probe_before"] is True and result["probe_after"] is False, result
     # One pool call per claim (the read-backs); none for the quiet refreshes.
     assert result["pool_calls"] == result["claims"], result
     # The heartbeat's probe (every beat at 0.2 s refreshes) finds the new row at once.
