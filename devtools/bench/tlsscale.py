@@ -25,7 +25,9 @@ It writes one JSON result:
   their VmRSS before the engines started (Django loaded, database connected), summed over
   the processes and divided by N, in KiB;
 - idle_cpu_percent: the engine processes' CPU (all threads) over --idle-seconds with no
-  mail, in % of one core, summed (the chaos servers' own in chaos_idle_cpu_percent);
+  mail, in % of one core, summed (the chaos servers' own in chaos_idle_cpu_percent); the
+  engine children stop writing their status file (the bench's own wake-up each second)
+  for the window;
 - idle_ramp_seconds: first mailbox in IDLE to last (time.time() in each engine at the
   session's first IDLE report); online_seconds: engines started to last IDLE;
 - latency_ms: the chaos servers push --pushes messages at --push-rate/s in all (each an
@@ -336,11 +338,16 @@ def _wait_all_idle(children, count: int, started: float, timeout: float) -> dict
 def _idle_cpu(children, chaos, seconds: float) -> tuple[float, float]:
     engines = [child.process.pid for child in children]
     servers = [server.process.pid for server in chaos]
+    for child in children:
+        child.send("quiet")  # no status file writes (the bench's own) during the window
+    time.sleep(1.0)  # each child's last write is over
     cpu_before = [_cpu_seconds(pid) for pid in engines + servers]
     wall = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - wall
     spent = [_cpu_seconds(pid) - b for pid, b in zip(engines + servers, cpu_before, strict=True)]
+    for child in children:
+        child.send("status")
     return (
         sum(spent[: len(engines)]) / wall * 100,
         sum(spent[len(engines) :]) / wall * 100,
@@ -424,7 +431,10 @@ class EngineChild:
         return status["rss_before_kb"]
 
     def go(self) -> None:
-        self.process.stdin.write("go\n")
+        self.send("go")
+
+    def send(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
 
     def rss_kb(self) -> int:
@@ -508,10 +518,22 @@ async def _engine_main(args: argparse.Namespace) -> None:
         return
     stop = asyncio.Event()
     task = asyncio.create_task(engine.run(stop))
-    eof = asyncio.create_task(stdin.read())  # EOF: stop
-    while not eof.done() and not task.done():
-        await asyncio.wait([eof, task], timeout=STATUS_EVERY)
-        _write_state(status_file, state, engine)
+    # Lines from the parent: "quiet" (the idle window: no status writes, so the bench's own
+    # wake-up each second is not counted as the engine's idle CPU), "status" (write them
+    # again); EOF: stop.
+    quiet = False
+    line = asyncio.create_task(stdin.readline())
+    while not task.done():
+        await asyncio.wait([line, task], timeout=None if quiet else STATUS_EVERY)
+        if line.done():
+            command = line.result().strip()
+            if not command:  # EOF
+                break
+            quiet = command == b"quiet"
+            line = asyncio.create_task(stdin.readline())
+        if not quiet:
+            _write_state(status_file, state, engine)
+    line.cancel()
     stop.set()
     await asyncio.wait_for(task, 60)
     pool.shutdown()

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import connections
 
@@ -28,6 +28,9 @@ from superimap.engine import leases
 from superimap.platform import dboutage
 
 log = logging.getLogger("superimap.engine")
+
+# The event loop's "I run" ticks per stall limit (5 s at the default 60 s lease).
+TICKS_PER_STALL = 6
 
 
 class Heartbeat:
@@ -47,6 +50,9 @@ class Heartbeat:
         loop,
         on_news: Callable[[], None],
         every: float = 1.0,
+        probe: leases.ChangeProbe | None = None,
+        probe_since: Callable[[], datetime | None] | None = None,
+        probe_every: float = 5.0,
     ) -> None:
         self.node_id = node_id
         self.lease = lease
@@ -57,6 +63,10 @@ class Heartbeat:
         self.on_news = on_news
         self.every = every
         self.stall_limit = lease.total_seconds() / 2
+        # How often the event loop says it runs (Engine._tick): well inside the stall limit,
+        # and no more often than that needs. Every second it was a wake-up of the loop for
+        # nothing, and an idle wake-up is dear on a virtual machine (design.md 8, "Idle cost").
+        self.tick_every = self.stall_limit / TICKS_PER_STALL
         now = time.monotonic()
         self.loop_seen = now  # set by the event loop (Engine._tick) while it runs
         self.live: frozenset[str] = frozenset()  # live node names at the last beat
@@ -66,6 +76,17 @@ class Heartbeat:
         self.beats = 0
         self.last_beat = 0.0  # monotonic: the last beat written
         self._stalled = False
+        # The change probe (leases.ChangeProbe, PostgreSQL) run after a beat once every
+        # ``probe_every`` seconds with the ``since`` the engine gives (probe_since(); None:
+        # not yet): ``unchanged`` is that since when the last probe found nothing changed
+        # (else None), ``probed_at`` when (monotonic). The engine's idle refresh reads them
+        # instead of asking the database itself (Engine._quiet_refresh).
+        self.probe = probe
+        self.probe_since = probe_since
+        self.probe_beats = max(1, round(probe_every / every))
+        self.unchanged: datetime | None = None
+        self.probed_at = 0.0
+        self.probes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{node_id}", daemon=True)
 
@@ -130,9 +151,8 @@ class Heartbeat:
         lock = self.node_lock
         judge = self.judge()
         if lock.kind == "advisory":
-            held, beat = lock.run_held(
-                lambda conn: leases.beat_on(conn, self.node_id, self.lease, judge, self.node_alive)
-            )
+            since = self._probe_due()
+            held, beat = lock.run_held(lambda conn: self._beat_and_probe(conn, judge, since))
         else:
             held = lock.still_held()
             beat = leases.beat(self.node_id, self.lease, judge, self.node_alive) if held else None
@@ -142,6 +162,30 @@ class Heartbeat:
             self._tell()
             return None
         self.lock_checked = time.monotonic()
+        return beat
+
+    def _probe_due(self) -> datetime | None:
+        """The since to probe with in this beat, or None (no probe due, or none yet)."""
+        if self.probe is None or self.probe_since is None or self.beats % self.probe_beats:
+            return None
+        return self.probe_since()
+
+    def _beat_and_probe(self, conn, judge: timedelta | None, since: datetime | None):
+        beat = leases.beat_on(conn, self.node_id, self.lease, judge, self.node_alive)
+        if since is not None and self.probe is not None:
+            try:
+                unchanged = self.probe.unchanged_on(conn, since)
+            except Exception as exc:  # noqa: BLE001 - the beat went through; the refresh claims
+                log.debug("engine %s: change probe failed: %s", self.node_id, exc)
+                unchanged = False
+            was_quiet = self.unchanged is not None
+            self.unchanged = since if unchanged else None
+            self.probed_at = time.monotonic()
+            self.probes += 1
+            if was_quiet and not unchanged:
+                # The first change after a quiet spell: the engine refreshes now rather than
+                # at its next refresh after the next probe.
+                self._tell()
         return beat
 
     def _tell(self) -> None:

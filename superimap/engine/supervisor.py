@@ -240,6 +240,10 @@ class Engine:
                     log.exception("engine %s: could not announce itself; retrying", self.node_id)
                 await asyncio.sleep(WATCH_EVERY)
         self._announced = time.monotonic()
+        probe = None
+        if lock.kind == "advisory":
+            # Compiled in a database thread (it has a Django connection); run by the heartbeat.
+            probe = await self.pool.run(leases.ChangeProbe, settings.ALLOW_LOOPBACK_IMAP)
         self.heartbeat = Heartbeat(
             self.node_id,
             lease=self.lease,
@@ -249,14 +253,23 @@ class Engine:
             loop=asyncio.get_running_loop(),
             on_news=self._news.set,
             every=WATCH_EVERY,
+            probe=probe,
+            probe_since=self._probe_since,
+            probe_every=self.refresh_interval,
         ).start()
+
+    def _probe_since(self) -> datetime | None:
+        """What the heartbeat's change probe looks back to: the last claim, less the slack
+        (called from the heartbeat thread)."""
+        as_of = self._held_as_of
+        return None if as_of is None else as_of - CHANGE_SLACK
 
     async def _tick(self) -> None:
         """Tell the heartbeat thread that the event loop runs (a wedged loop beats no more)."""
         heartbeat = self.heartbeat
         while heartbeat is not None:
             heartbeat.loop_seen = time.monotonic()
-            await asyncio.sleep(WATCH_EVERY)
+            await asyncio.sleep(heartbeat.tick_every)
 
     async def _check_lock(self) -> None:
         heartbeat = self.heartbeat
@@ -355,9 +368,20 @@ class Engine:
             or time.monotonic() - heartbeat.last_beat > 2 * WATCH_EVERY + 1.0
         ):
             return False
-        return await self.pool.run(
-            leases.unchanged_since, as_of - CHANGE_SLACK, settings.ALLOW_LOOPBACK_IMAP
-        )
+        since = as_of - CHANGE_SLACK
+        if heartbeat.probe is not None:
+            # PostgreSQL: the heartbeat thread probed in one of its beats (no database call
+            # here, no database thread woken). Its answer holds for a since at most this
+            # one (a longer look back) and a probe at most a refresh and a beat old; a
+            # change it finds after a quiet spell brings the refresh at once (news).
+            unchanged = heartbeat.unchanged
+            return (
+                unchanged is not None
+                and unchanged <= since
+                and time.monotonic() - heartbeat.probed_at
+                <= self.refresh_interval + 2 * WATCH_EVERY + 1.0
+            )
+        return await self.pool.run(leases.unchanged_since, since, settings.ALLOW_LOOPBACK_IMAP)
 
     async def refresh(self) -> None:
         # The heartbeat's news holds until a claim went through (not lost with a failed one).

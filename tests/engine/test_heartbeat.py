@@ -6,6 +6,7 @@ lease runs out as for a dead node. Real engine, database and name lock."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from datetime import timedelta
@@ -16,6 +17,7 @@ from superimap.engine.models import EngineNode
 from superimap.engine.nodelock import NodeLock
 from superimap.mailboxes.models import MailboxUser
 from tests.helpers.engine import RunningEngine, ServerThread, loopback_users, wait_for
+from tests.helpers.processes import run_cli, superimap_env
 
 LEASE = timedelta(seconds=4)  # the stall limit is half of it
 
@@ -116,3 +118,70 @@ def test_an_idle_node_skips_its_claims_and_still_picks_up_a_new_mailbox(
     # Only the first claim (and the read-backs) ran before the mailbox came: 0.2 s refreshes.
     assert claims <= 2
     assert owner == "quiet"
+
+
+# The same on PostgreSQL, in a process of its own (as tests/engine/test_postgres_*.py): the
+# heartbeat thread probes for changes on its name lock's connection, so an idle refresh
+# makes no database call at all, and a mailbox connected meanwhile is still picked up.
+PG_IDLE_SCENARIO = """
+import asyncio, json, time
+from datetime import timedelta
+from django.conf import settings
+from django.db import connection
+from superimap.engine.nodelock import NodeLock
+from superimap.mailboxes.models import MailboxUser
+from superimap.partners.models import Partner
+from tests.helpers.engine import RunningEngine, ServerThread, loopback_users, wait_for
+
+settings.ENGINE_JOIN_SECONDS = 0
+partner = Partner.objects.create(name="p", new_mail_webhook="http://127.0.0.1:9/hook")
+
+def probe_now(engine):
+    connection.ensure_connection()
+    return engine.heartbeat.probe.unchanged_on(connection.connection, engine._probe_since())
+lock = NodeLock("pg-quiet").acquire()
+
+async def scenario(port):
+    async with RunningEngine("pg-quiet", node_lock=lock, lease=timedelta(seconds=4)) as engine:
+        await wait_for(lambda: engine.quiet_refreshes >= 2)
+        heartbeat, pool = engine.heartbeat, engine.pool
+        quiet, claims = engine.quiet_refreshes, engine._refreshes - engine.quiet_refreshes
+        calls, probes = pool.calls, heartbeat.probes
+        await wait_for(lambda: engine.quiet_refreshes >= quiet + 5)
+        window = {
+            "quiet": engine.quiet_refreshes - quiet,
+            "claims": engine._refreshes - engine.quiet_refreshes - claims,
+            "pool_calls": pool.calls - calls,
+            "probes": heartbeat.probes - probes,
+        }
+        window["probe_before"] = await asyncio.to_thread(probe_now, engine)
+        await asyncio.to_thread(loopback_users, partner, port, 1)
+        window["probe_after"] = await asyncio.to_thread(probe_now, engine)
+        user = await asyncio.to_thread(lambda: MailboxUser.objects.get().id)
+        connected = time.monotonic()
+        await wait_for(lambda: user in engine.sessions, timeout=10)
+        window["picked_up_seconds"] = time.monotonic() - connected
+        await wait_for(lambda: MailboxUser.objects.get(id=user).status == "idle")
+        row = await asyncio.to_thread(lambda: MailboxUser.objects.get(id=user))
+        window["owner"] = row.owner_node
+        return window
+
+with ServerThread(1) as chaos:
+    result = asyncio.run(scenario(chaos.server.port))
+lock.release()
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_on_postgresql_an_idle_refresh_asks_the_database_nothing(migrated_postgres_url, tmp_path):
+    env = superimap_env(migrated_postgres_url, tmp_path / "var")
+    out = run_cli(env, "manage", "shell", "-c", PG_IDLE_SCENARIO)
+    result = json.loads(out.split("RESULT ", 1)[1])
+    assert result["quiet"] >= 5 and result["probes"] >= 1, result
+    # The probe's statement itself: nothing changed, then a new watchable unowned row.
+    assert result["probe_before"] is True and result["probe_after"] is False, result
+    # One pool call per claim (the read-backs); none for the quiet refreshes.
+    assert result["pool_calls"] == result["claims"], result
+    # The heartbeat's probe (every beat at 0.2 s refreshes) finds the new row at once.
+    assert result["picked_up_seconds"] < 5.0, result
+    assert result["owner"] == "pg-quiet", result
