@@ -524,7 +524,13 @@ async def _engine_main(args: argparse.Namespace) -> None:
     quiet = False
     line = asyncio.create_task(stdin.readline())
     while not task.done():
-        await asyncio.wait([line, task], timeout=None if quiet else STATUS_EVERY)
+        # FIRST_COMPLETED: asyncio.wait's default waits for both, so with no timeout (quiet)
+        # the next line, EOF included, was never read and the child had to be killed.
+        await asyncio.wait(
+            [line, task],
+            timeout=None if quiet else STATUS_EVERY,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         if line.done():
             command = line.result().strip()
             if not command:  # EOF
