@@ -113,6 +113,10 @@ class Worker:
         self._finished_at = float("-inf")  # time.monotonic() of the last finished send
         self._poll_timer: asyncio.Handle | None = None
         self._linger_timer: asyncio.Handle | None = None  # the flush loop's, while quiet
+        # Set once the claim loop has ended and its sends are over: only then may a stopping
+        # flush loop end (a claim in flight at the stop still sends its rows, and their
+        # outcomes must be recorded: they were sent).
+        self._claims_over = False
         self.claims = 0
         self.clock = clock
         self._wake = asyncio.Event()
@@ -192,6 +196,8 @@ class Worker:
                 for task in tasks:
                     task.cancel()
             await session.close()
+            self._claims_over = True
+            self._have_outcomes.set()
             stop.set()
             await stopper
             await flusher
@@ -519,7 +525,7 @@ class Worker:
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while True:
             if not self._outcomes:
-                if stop.is_set() and self._inflight == 0:
+                if stop.is_set() and self._claims_over and self._inflight == 0:
                     return
                 self._have_outcomes.clear()
                 await self._have_outcomes.wait()  # outcomes, or stop (_wake_at_stop)
