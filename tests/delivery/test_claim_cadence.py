@@ -206,3 +206,48 @@ def test_a_quiet_worker_polls_less_and_still_finds_a_row_whose_wake_up_was_lost(
     assert gap_after < most / 2, gap_after
     assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 1
     print(f"{polls_idle} polls in {idle} s idle; lost wake-up found after {found * 1000:.0f} ms")
+
+
+def test_rows_claimed_as_the_worker_stops_are_sent_and_recorded(
+    seeded_providers, make_receiver, monkeypatch
+):
+    """SIGTERM while a claim is in the database: the claim still returns rows and the worker
+    sends them, so their outcomes must be recorded before it ends (the flush loop once ended
+    as soon as stop was set with nothing in flight, and these attempts were sent but never
+    recorded: sent again after their lease)."""
+    receiver = make_receiver()
+    user = make_user(make_partner(receiver.url))
+    real = queue._claim_due
+    state: dict = {}
+
+    def stopping_claim(*args, **kwargs):
+        claimed = real(*args, **kwargs)
+        if claimed and "stopped" not in state:
+            # The stop comes while this claim is still in the database thread; the loop
+            # runs its callbacks (the flush loop's wake-up) before the claim returns.
+            state["stopped"] = True
+            state["loop"].call_soon_threadsafe(state["stop"].set)
+            time.sleep(0.2)
+        return claimed
+
+    monkeypatch.setattr(queue, "_claim_due", stopping_claim)
+
+    async def scenario() -> None:
+        pool = DbPool(size=2)
+        stop = asyncio.Event()
+        state["loop"], state["stop"] = asyncio.get_running_loop(), stop
+        worker = Worker(pool, "node-stopping", concurrency=8, poll_interval=30)
+        for n in range(LONE):
+            await pool.run(_enqueue, user, n)
+        try:
+            await asyncio.wait_for(worker.run(stop), 20)
+        finally:
+            pool.shutdown()
+
+    asyncio.run(scenario())
+    assert state.get("stopped"), "no claim found rows"
+    sent = len(receiver.received)
+    assert sent >= 1, sent  # the stopping claim's rows (the endpoint's cap of the slots)
+    # Every row sent is recorded: an attempt row each, and delivered.
+    assert DeliveryAttempt.objects.count() == sent
+    assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == sent
