@@ -132,9 +132,19 @@ def unchanged_since(since: datetime, allow_loopback: bool) -> bool:
     """No mailbox row saved since ``since`` and no watchable mailbox unowned: a delta
     claim_mailboxes() would find nothing to release, claim, rank or report (the engine's
     idle refresh, design.md 8: the heartbeat renews the lease and watches the nodes)."""
-    if MailboxUser.objects.filter(updated_at__gte=since).exists():
+    changed, unowned = _change_queries(since, allow_loopback)
+    if changed.exists():
         return False
-    return not MailboxUser.objects.filter(watchable(allow_loopback), owner_node="").exists()
+    return not unowned.exists()
+
+
+def _change_queries(since: datetime, allow_loopback: bool):
+    """What unchanged_since() and ChangeProbe ask: a mailbox row saved since ``since``; a
+    watchable mailbox unowned."""
+    return (
+        MailboxUser.objects.filter(updated_at__gte=since),
+        MailboxUser.objects.filter(watchable(allow_loopback), owner_node=""),
+    )
 
 
 # A placeholder for ``since`` while ChangeProbe compiles its statement (found in the params).
@@ -150,9 +160,8 @@ class ChangeProbe:
 
     def __init__(self, allow_loopback: bool) -> None:
         self.allow_loopback = allow_loopback
-        changed = MailboxUser.objects.filter(updated_at__gte=_SINCE_MARK).values("pk")[:1]
-        unowned = MailboxUser.objects.filter(watchable(allow_loopback), owner_node="")
-        sql1, params1 = changed.query.sql_with_params()
+        changed, unowned = _change_queries(_SINCE_MARK, allow_loopback)
+        sql1, params1 = changed.values("pk")[:1].query.sql_with_params()
         sql2, params2 = unowned.values("pk")[:1].query.sql_with_params()
         self.sql = f"SELECT (EXISTS ({sql1})) OR (EXISTS ({sql2}))"
         self.params = [*params1, *params2]
