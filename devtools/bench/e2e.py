@@ -597,6 +597,7 @@ class _PgStatements:
 
     COLUMNS = (
         "calls",
+        "total_plan_time",  # 0 unless --pg-setting pg_stat_statements.track_planning=on
         "total_exec_time",
         "rows",
         "shared_blks_hit",
@@ -631,7 +632,7 @@ class _PgStatements:
     def report(self, messages: int, top: int = 15) -> list[dict]:
         rows = self._sql(
             f"SELECT query, {', '.join(self.COLUMNS)} FROM pg_stat_statements "
-            "WHERE query NOT ILIKE '%pg_stat%' ORDER BY total_exec_time DESC"
+            "WHERE query NOT ILIKE '%pg_stat%' ORDER BY total_plan_time + total_exec_time DESC"
         )
         report = [
             {
@@ -706,6 +707,42 @@ class _PgTables:
             "tables": tables,
             "indexes": indexes,
             "wal_bytes": round((after["wal"] - before["wal"]) / n),
+            "sizes_kb": self._sizes(),
+            "payloads": self._payloads(),
+        }
+
+    def _sql(self, sql: str) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as db:
+            return db.execute(sql).fetchall()
+
+    def _sizes(self) -> dict:
+        """Each table's heap and TOAST table, after the run (KB)."""
+        names = ", ".join(f"'{name}'" for name in self.TABLES)
+        rows = self._sql(
+            "SELECT relname, pg_relation_size(oid), "
+            "CASE WHEN reltoastrelid = 0 THEN 0 ELSE pg_relation_size(reltoastrelid) END "
+            f"FROM pg_class WHERE relname IN ({names})"
+        )
+        return {
+            name: {"heap": round(heap / 1024), "toast": round(toast / 1024)}
+            for name, heap, toast in sorted(rows)
+        }
+
+    def _payloads(self) -> dict:
+        """How Delivery's payloads are stored: bytes as JSON text, bytes stored (in the row
+        or its TOAST table: sizes_kb tells which), and the share compressed."""
+        text, stored, compressed, count = self._sql(
+            "SELECT avg(octet_length(payload::text)), avg(pg_column_size(payload)), "
+            "avg((pg_column_compression(payload) IS NOT NULL)::int), count(*) "
+            "FROM delivery_delivery"
+        )[0]
+        return {
+            "rows": count,
+            "json_bytes": round(float(text or 0)),
+            "stored_bytes": round(float(stored or 0)),
+            "compressed_share": round(float(compressed or 0), 3),
         }
 
 
