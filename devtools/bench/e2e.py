@@ -175,6 +175,25 @@ def _by_second(notes: list[tuple]) -> list[dict]:
     return rows
 
 
+def _timeline(stages: list[tuple], step: float = 0.5) -> dict[str, list[int]]:
+    """Per ``step`` seconds from the first push: messages pushed, Delivery rows written (the
+    engine), first attempts started (the worker's claims) and arrivals. A stall shows as a
+    run of zeros in one column while the one before it goes on."""
+    if not stages:
+        return {}
+    first = min(stage[0] for stage in stages)
+    names = ("pushed", "rows", "attempts", "arrived")
+    counts: dict[str, dict[int, int]] = {name: {} for name in names}
+    for pushed, to_row, to_attempt, to_arrival in stages:
+        moment = pushed
+        for name, delta in zip(names, (0.0, to_row, to_attempt, to_arrival), strict=True):
+            moment += delta
+            slot = int((moment - first) / step)
+            counts[name][slot] = counts[name].get(slot, 0) + 1
+    last = max(max(column) for column in counts.values())
+    return {name: [counts[name].get(slot, 0) for slot in range(last + 1)] for name in names}
+
+
 def _generated_at(rfc822: str) -> float:
     start = rfc822.index("X-Chaos-Generated: ") + len("X-Chaos-Generated: ")
     return float(rfc822[start : rfc822.index("\r\n", start)])
@@ -565,6 +584,7 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         "arrived_after_push": progress,
         # Where the slow ones were: latency by the second of the push they were pushed in.
         "latency_ms_by_push_second": _by_second(notes),
+        "per_half_second": _timeline(stages),
         # Where the time went, per message (_stages): push -> Delivery row written, row ->
         # first attempt started (waiting to be claimed), attempt -> arrived at the receiver.
         "stages_ms": _stage_summary(stages),
