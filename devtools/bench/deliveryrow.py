@@ -9,6 +9,10 @@ multi-row INSERT per transaction), claimed 20 per transaction as the worker's cl
 does, and delivered 20 per transaction by its fenced outcome UPDATE (the checkout's SQL).
 Foreign-key checks are off (no partner or user rows needed), the same in every checkout. With
 --side-table the payload goes to a table of its own (a what-if: the claim would join it).
+--payload-bytes N: a new_mail payload of ~N bytes of JSON (an rfc822 of random words, as the
+chaos server's mails; bench.e2e's are ~1,900) instead of the ~1 KB default; PostgreSQL
+compresses and TOASTs a row above ~2 KB. --pg-alter SQL (what-if, repeatable): a statement
+run after the migrations, e.g. another storage setting of the payload column.
 
 Per row and phase: CPU of the process doing the work (SQLite: this one; PostgreSQL: the
 backend) and what reached the write-ahead log: WAL frames (4 KB pages) on SQLite, WAL bytes
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import sqlite3
 import tempfile
 import time
@@ -115,6 +120,9 @@ class _Sqlite:
     def hot_share(self) -> float | None:
         return None
 
+    def sizes_kb(self) -> dict:
+        return {"file": round(self.path.stat().st_size / 1024)}
+
 
 class _Postgres:
     mark = "%s"
@@ -160,8 +168,39 @@ class _Postgres:
         )[0]
         return round(hot / updated, 3) if updated else None
 
+    def sizes_kb(self) -> dict:
+        heap, toast = self.execute(
+            "SELECT pg_relation_size(oid), pg_relation_size(reltoastrelid) FROM pg_class "
+            "WHERE relname = 'delivery_delivery'"
+        )[0]
+        return {"heap": round(heap / 1024), "toast": round(toast / 1024)}
+
 
 SIDE_TABLE = "CREATE TABLE bench_payload (delivery_id bigint PRIMARY KEY, payload text NOT NULL)"
+
+
+WORDS = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
+
+
+def mail_payload(size: int) -> str:
+    """A new_mail payload of about ``size`` bytes of JSON: its rfc822 is random words, as
+    the chaos server's mails (they compress about 2:1)."""
+    words = random.Random(size)
+    head = {
+        "sha1": "x" * 40,
+        "imap_provider_code": "PLAIN",
+        "user_tag": "user17",
+        "envelope": {"subject": "chaos message 1", "from": [{"address": "a@example.test"}]},
+        "size": size,
+        "uid": 1,
+        "uid_validity": 1,
+        "folder": "INBOX",
+        "internal_date": "2026-12-07T18:00:00+00:00",
+    }
+    text = ""
+    while len(json.dumps({**head, "rfc822": text})) < size:
+        text += " " + words.choice(WORDS)
+    return json.dumps({**head, "rfc822": text})
 
 
 def _insert_groups(db, first: int, count: int, side_table: bool = False) -> None:
@@ -215,7 +254,27 @@ def _outcome_groups(db, ids: list[int]) -> None:
         db.commit()
 
 
-def run(db, preload: int, rows: int, side_table: bool = False) -> dict:
+def _read_groups(db, ids: list[int], side_table: bool) -> None:
+    """What the claim's SELECT reads of each row: the payload as JSON text (PostgreSQL:
+    payload::text, detoasted and decompressed if it was stored so)."""
+    if isinstance(db, _Postgres):
+        sql = "SELECT id, payload::text FROM delivery_delivery WHERE id IN ({ids})"
+        if side_table:
+            sql = "SELECT delivery_id, payload FROM bench_payload WHERE delivery_id IN ({ids})"
+    else:
+        sql = "SELECT id, payload FROM delivery_delivery WHERE id IN ({ids})"
+        if side_table:
+            sql = "SELECT delivery_id, payload FROM bench_payload WHERE delivery_id IN ({ids})"
+    for start in range(0, len(ids), GROUP):
+        part = ids[start : start + GROUP]
+        db.begin()
+        db.execute(sql.format(ids=", ".join(map(str, part))))
+        db.commit()
+
+
+def run(db, preload: int, rows: int, side_table: bool = False, alter: tuple = ()) -> dict:
+    for statement in alter:
+        db.execute(statement)
     if side_table:
         db.execute(SIDE_TABLE)
     _insert_groups(db, 0, preload, side_table)
@@ -233,9 +292,10 @@ def run(db, preload: int, rows: int, side_table: bool = False) -> dict:
 
     measure("insert", lambda: _insert_groups(db, preload, rows, side_table))
     ids = [r[0] for r in db.execute("SELECT id FROM delivery_delivery WHERE status = 'pending'")]
+    measure("read", lambda: _read_groups(db, ids, side_table))
     measure("claim", lambda: _update_groups(db, CLAIM, ids))
     measure("outcome", lambda: _outcome_groups(db, ids))
-    return {"phases": phases, "hot_share": db.hot_share()}
+    return {"phases": phases, "hot_share": db.hot_share(), "sizes_kb": db.sizes_kb()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +310,24 @@ def main(argv: list[str] | None = None) -> int:
         help="what-if: the payload in a table of its own (a second INSERT per row; the "
         "Delivery row keeps '{}'), to size that lever",
     )
+    parser.add_argument(
+        "--payload-bytes",
+        type=int,
+        default=0,
+        help="a new_mail payload of ~N bytes of JSON (bench.e2e's: ~1,900); 0: ~1 KB",
+    )
+    parser.add_argument(
+        "--pg-alter",
+        action="append",
+        default=[],
+        metavar="SQL",
+        help="what-if: a statement run after the migrations (PostgreSQL), e.g. "
+        "'ALTER TABLE delivery_delivery SET (toast_tuple_target = 128)'",
+    )
     args = parser.parse_args(argv)
+    global PAYLOAD
+    if args.payload_bytes:
+        PAYLOAD = mail_payload(args.payload_bytes)
     load = [round(x, 2) for x in os.getloadavg()]
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="superimap-bench-")))
@@ -263,12 +340,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _configure(tmp, f"sqlite:///{tmp}/db.sqlite3")
             db = _Sqlite(tmp / "db.sqlite3")
-        result = run(db, args.preload, args.rows, args.side_table)
+        result = run(db, args.preload, args.rows, args.side_table, tuple(args.pg_alter))
     result.update(
         benchmark="deliveryrow",
         backend="postgres" if args.postgres else "sqlite",
         wal_unit="bytes" if args.postgres else "4 KB frames",
         side_table=args.side_table,
+        payload_json_bytes=len(PAYLOAD),
+        pg_alter=args.pg_alter,
         preload=args.preload,
         rows=args.rows,
         load_average_at_start=load,
@@ -277,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         command="python -m devtools.bench.deliveryrow "
         f"--preload {args.preload} --rows {args.rows}"
         + (" --postgres" if args.postgres else "")
-        + (" --side-table" if args.side_table else ""),
+        + (" --side-table" if args.side_table else "")
+        + (f" --payload-bytes {args.payload_bytes}" if args.payload_bytes else "")
+        + "".join(f" --pg-alter '{sql}'" for sql in args.pg_alter),
     )
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -175,6 +175,25 @@ def _by_second(notes: list[tuple]) -> list[dict]:
     return rows
 
 
+def _timeline(stages: list[tuple], step: float = 0.5) -> dict[str, list[int]]:
+    """Per ``step`` seconds from the first push: messages pushed, Delivery rows written (the
+    engine), first attempts started (the worker's claims) and arrivals. A stall shows as a
+    run of zeros in one column while the one before it goes on."""
+    if not stages:
+        return {}
+    first = min(stage[0] for stage in stages)
+    names = ("pushed", "rows", "attempts", "arrived")
+    counts: dict[str, dict[int, int]] = {name: {} for name in names}
+    for pushed, to_row, to_attempt, to_arrival in stages:
+        moment = pushed
+        for name, delta in zip(names, (0.0, to_row, to_attempt, to_arrival), strict=True):
+            moment += delta
+            slot = int((moment - first) / step)
+            counts[name][slot] = counts[name].get(slot, 0) + 1
+    last = max(max(column) for column in counts.values())
+    return {name: [counts[name].get(slot, 0) for slot in range(last + 1)] for name in names}
+
+
 def _generated_at(rfc822: str) -> float:
     start = rfc822.index("X-Chaos-Generated: ") + len("X-Chaos-Generated: ")
     return float(rfc822[start : rfc822.index("\r\n", start)])
@@ -565,6 +584,7 @@ def _push_and_measure(args, server, receiver, services, load_at_start, online) -
         "arrived_after_push": progress,
         # Where the slow ones were: latency by the second of the push they were pushed in.
         "latency_ms_by_push_second": _by_second(notes),
+        "per_half_second": _timeline(stages),
         # Where the time went, per message (_stages): push -> Delivery row written, row ->
         # first attempt started (waiting to be claimed), attempt -> arrived at the receiver.
         "stages_ms": _stage_summary(stages),
@@ -597,6 +617,7 @@ class _PgStatements:
 
     COLUMNS = (
         "calls",
+        "total_plan_time",  # 0 unless --pg-setting pg_stat_statements.track_planning=on
         "total_exec_time",
         "rows",
         "shared_blks_hit",
@@ -631,7 +652,7 @@ class _PgStatements:
     def report(self, messages: int, top: int = 15) -> list[dict]:
         rows = self._sql(
             f"SELECT query, {', '.join(self.COLUMNS)} FROM pg_stat_statements "
-            "WHERE query NOT ILIKE '%pg_stat%' ORDER BY total_exec_time DESC"
+            "WHERE query NOT ILIKE '%pg_stat%' ORDER BY total_plan_time + total_exec_time DESC"
         )
         report = [
             {
@@ -706,6 +727,42 @@ class _PgTables:
             "tables": tables,
             "indexes": indexes,
             "wal_bytes": round((after["wal"] - before["wal"]) / n),
+            "sizes_kb": self._sizes(),
+            "payloads": self._payloads(),
+        }
+
+    def _sql(self, sql: str) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as db:
+            return db.execute(sql).fetchall()
+
+    def _sizes(self) -> dict:
+        """Each table's heap and TOAST table, after the run (KB)."""
+        names = ", ".join(f"'{name}'" for name in self.TABLES)
+        rows = self._sql(
+            "SELECT relname, pg_relation_size(oid), "
+            "CASE WHEN reltoastrelid = 0 THEN 0 ELSE pg_relation_size(reltoastrelid) END "
+            f"FROM pg_class WHERE relname IN ({names})"
+        )
+        return {
+            name: {"heap": round(heap / 1024), "toast": round(toast / 1024)}
+            for name, heap, toast in sorted(rows)
+        }
+
+    def _payloads(self) -> dict:
+        """How Delivery's payloads are stored: bytes as JSON text, bytes stored (in the row
+        or its TOAST table: sizes_kb tells which), and the share compressed."""
+        text, stored, compressed, count = self._sql(
+            "SELECT avg(octet_length(payload::text)), avg(pg_column_size(payload)), "
+            "avg((pg_column_compression(payload) IS NOT NULL)::int), count(*) "
+            "FROM delivery_delivery"
+        )[0]
+        return {
+            "rows": count,
+            "json_bytes": round(float(text or 0)),
+            "stored_bytes": round(float(stored or 0)),
+            "compressed_share": round(float(compressed or 0), 3),
         }
 
 

@@ -379,12 +379,20 @@ def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
 
     In the same transaction, the partner is told of transitions (user_error, user_recovered):
     see tell_transitions().
+
+    PostgreSQL: the rows are locked first, in user id order, the order the group commit
+    takes them in (writer._fence). One UPDATE per status locks its rows in its own order:
+    a flush that held one user and waited for another while a group commit held the second
+    and waited for the first was a deadlock, broken after deadlock_timeout (1 s) by failing
+    one of them; in bench.e2e at 1,000 mails/s on PostgreSQL every arrival stopped for
+    seconds (design.md 5.11).
     """
     now = timezone.now()
     groups: dict[tuple[str, str, int], list[int]] = {}
     for user_id, (status, error, failures) in updates.items():
         groups.setdefault((status, error[:500], failures), []).append(user_id)
     with transaction.atomic():
+        _lock_in_id_order(list(updates))
         for (status, error, failures), user_ids in groups.items():
             for start in range(0, len(user_ids), STATUS_BATCH):
                 MailboxUser.objects.filter(
@@ -399,6 +407,15 @@ def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
                     status_changed_at=now,
                 )
         tell_transitions(updates, now)
+
+
+def _lock_in_id_order(user_ids: list[int]) -> None:
+    """Lock these users' rows in id order (PostgreSQL; SQLite's write lock is whole)."""
+    if not connection.features.has_select_for_update:
+        return
+    for ids in _batches(sorted(user_ids)):
+        rows = MailboxUser.objects.filter(id__in=ids).order_by("id").select_for_update()
+        list(rows.values_list("id", flat=True))
 
 
 def _batches(ids: list[int]):
