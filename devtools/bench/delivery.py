@@ -159,7 +159,7 @@ async def _deliver(count: int, concurrency: int, produce=None) -> tuple[float, f
     tty = sys.stdout.isatty()
     # The end is an event set where the worker counts its outcomes, not a check every
     # 10-50 ms: those wake-ups were this process's CPU, counted as the worker's (at 20/s
-    # one per delivery; 300 at 20/s, 3 runs each: 2.04/2.01/1.97 -> 1.95/1.73/2.05 ms per
+    # one per delivery; 300 at 20/s, 3 runs each: 1.97/2.04/2.01 -> 1.95/1.73/2.05 ms per
     # delivery, within the noise of a shared machine; workercpu2).
     done = asyncio.Event()
     recorded = worker._recorded
