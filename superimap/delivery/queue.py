@@ -9,7 +9,9 @@ cannot overwrite the newer attempt's outcome.
 from __future__ import annotations
 
 import functools
+import json
 import random
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -85,6 +87,27 @@ def _aware(value) -> datetime:
     return value
 
 
+# A stored payload (json.dumps of a dict whose first key is sha1, as payloads.py builds
+# them) starts with its sha1: a key right after the opening brace is a top-level one.
+_LEADING_SHA1 = re.compile(r'\{\s*"sha1"\s*:\s*"([0-9a-f]{40})"')
+
+
+def _sha1(payload: str):
+    """The payload's top-level "sha1" as json_extract(payload, '$.sha1') gives it: the
+    string (None when absent: such a row is signed from its decoded payload). Other JSON
+    values as json_extract gives them too, though no payload of ours holds one."""
+    match = _LEADING_SHA1.match(payload)
+    if match is not None:
+        return match.group(1)
+    if '"sha1"' not in payload:
+        return None  # JSON text holds a key as written: no "sha1", no such key
+    data = json.loads(payload)
+    value = data.get("sha1") if isinstance(data, dict) else None
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return int(value) if isinstance(value, bool) else value
+
+
 @functools.lru_cache(maxsize=4096)
 def _decrypted(token: str) -> str:
     """Secrets are decrypted once per stored ciphertext, not once per claim: a rotation
@@ -148,7 +171,9 @@ def _claim_sql(vendor: str) -> tuple[dict[bool, str], str, str]:
     if vendor == "postgresql":
         text, sha1, lock = "payload::text", "payload->>'sha1'", " FOR UPDATE SKIP LOCKED"
     else:  # SQLite: the IMMEDIATE transaction holds the write lock
-        text, sha1, lock = "payload", "json_extract(payload, '$.sha1')", ""
+        # sha1 is read from the text in Python, for the rows kept (_sha1): json_extract
+        # parsed every row's whole payload, the rows the claim skips too.
+        text, sha1, lock = "payload", "NULL", ""
     pending = Delivery.Status.PENDING.value
     due = {
         backfill: (
@@ -299,6 +324,8 @@ def _claim_due(
         )
     claimed = []
     for id_, event_id, kind, attempts, payload, sha1, partner_id, created_at in rows:
+        if sha1 is None and payload is not None:
+            sha1 = _sha1(payload)
         partner = signing[partner_id]
         claimed.append(
             Claimed(

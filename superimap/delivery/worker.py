@@ -47,7 +47,9 @@ RECORD_GATHER_SECONDS = 0.01
 # A quiet worker (the last claim drained the queue) keeps outcomes for its next claim to
 # record them in the same transaction: until its next poll (which claims), at most this
 # long. At a low rate the next delivery's wake-up or the poll comes first: one transaction
-# per delivery instead of two. The lease covers the wait.
+# per delivery instead of two. A busy one (sends in flight, the queue not drained) keeps
+# them for the claim its finishing sends bring, at most this long too: at a backlog one
+# transaction per claim, not a lone record between two claims. The lease covers the wait.
 RECORD_LINGER_SECONDS = 0.1
 CLAIM_ERROR_PAUSE = 5.0
 # A quiet worker relies on wake-ups (wakeup.py) and polls less: each poll that found nothing
@@ -113,6 +115,7 @@ class Worker:
         self._finished_at = float("-inf")  # time.monotonic() of the last finished send
         self._poll_timer: asyncio.Handle | None = None
         self._linger_timer: asyncio.Handle | None = None  # the flush loop's, while quiet
+        self._taken: asyncio.Future | None = None  # the busy flush loop's (_busy_wait)
         # Set once the claim loop has ended and its sends are over: only then may a stopping
         # flush loop end (a claim in flight at the stop still sends its rows, and their
         # outcomes must be recorded: they were sent).
@@ -301,6 +304,8 @@ class Worker:
         await stop.wait()
         self._wake.set()
         self._have_outcomes.set()
+        if self._taken is not None:
+            _resolve(self._taken, True)
 
     async def _claim(self, free: int) -> list[queue.Claimed]:
         if free <= 0:
@@ -335,6 +340,8 @@ class Worker:
         # Outcomes not recorded yet go in the claim's transaction (one turn at SQLite's
         # write gate instead of two); the flush loop records the rest.
         outcomes, self._outcomes = self._outcomes, []
+        if self._taken is not None:
+            _resolve(self._taken, False)  # the busy flush loop's wait: taken
         if self._linger_timer is not None:
             # The lingering flush loop has nothing left to wait for: no wake-up for it.
             self._linger_timer.cancel()
@@ -535,6 +542,11 @@ class Worker:
                     # Quiet: the next claim (a wake-up, the poll) records them with it.
                     if not await self._linger_wait():
                         continue  # a claim took them, and new outcomes came since
+                elif self._inflight and not self._drained:
+                    # Busy: a claim comes as the sends in flight finish (at the latest
+                    # when the last one does) and records them with it.
+                    if not await self._busy_wait():
+                        continue  # a claim took them
                 else:
                     await asyncio.sleep(RECORD_GATHER_SECONDS)
             batch, self._outcomes = self._outcomes, []
@@ -569,6 +581,19 @@ class Worker:
             if timer is not None:
                 timer.cancel()
         return timer is not None
+
+    async def _busy_wait(self) -> bool:
+        """Until a claim takes the outcomes (False), or stop or RECORD_LINGER_SECONDS
+        (True: the flush loop records them alone). New outcomes do not end the wait: they
+        go with the same claim."""
+        loop = asyncio.get_running_loop()
+        taken = self._taken = loop.create_future()
+        timer = loop.call_later(RECORD_LINGER_SECONDS, _resolve, taken, True)
+        try:
+            return await taken
+        finally:
+            timer.cancel()
+            self._taken = None
 
     def _linger(self) -> float:
         """How long a quiet worker's outcomes wait for its next claim: a little past the
@@ -621,6 +646,11 @@ def _observe(outcomes: list[queue.Outcome]) -> None:
             child.observe(seconds)
     delivered = len(commit_seconds)
     rollups.RECORDER.record_outcomes(delivered, len(outcomes) - delivered, commit_seconds)
+
+
+def _resolve(future: asyncio.Future, value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _partner_name(partner_id: int) -> str:
