@@ -64,7 +64,8 @@ class GroupPersister:
         self.rate = ArrivalRate()
         self._waiting: list[_Waiting] = []
         self._waiting_messages = 0
-        self._full = asyncio.Event()
+        # While the flusher waits for more batches: set (resolved) when the group is full.
+        self._full: asyncio.Future | None = None
         self._flusher: asyncio.Task | None = None
         self.groups = 0
         self.batches = 0
@@ -86,23 +87,28 @@ class GroupPersister:
         waiting = _Waiting(job, loop.create_future(), now)
         self._waiting.append(waiting)
         self._waiting_messages += len(messages)
-        if self._waiting_messages >= self.max_messages:
-            self._full.set()
+        if self._waiting_messages >= self.max_messages and self._full is not None:
+            _resolve(self._full)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="group-commit")
         return await waiting.future
 
     async def _flush(self) -> None:
         """Commit groups until nobody waits."""
+        loop = asyncio.get_running_loop()
         while self._waiting:
             wait = self._wait()
             if wait > 0:
+                # Until the window ends or the group is full: a future and a timer, not
+                # wait_for (a task per group, and one more loop turn to cancel it).
+                self._full = loop.create_future()
+                timer = loop.call_later(wait, _resolve, self._full)
                 try:
-                    await asyncio.wait_for(self._full.wait(), wait)
-                except TimeoutError:
-                    pass
+                    await self._full
+                finally:
+                    timer.cancel()
+                    self._full = None
             group, self._waiting, self._waiting_messages = self._waiting, [], 0
-            self._full.clear()
             try:
                 outcomes = await self.pool.run_pinned(
                     persist_group, [waiting.job for waiting in group]
@@ -136,6 +142,11 @@ class GroupPersister:
             self.window,
             self.max_messages,
         )
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def persist_group(jobs: list[PersistJob]) -> list[PersistResult | Exception]:

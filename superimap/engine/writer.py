@@ -205,6 +205,10 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
     this commit, so its user_disconnected comes after every new_mail (design.md 4.4)."""
     owners: dict[int, Owner] = {}
     lock = " FOR UPDATE OF u" if connection.features.has_select_for_update_of else ""
+    # SQLite (no statistics) would rather walk the (archived, connected_at) index, i.e. every
+    # connected user, than look the ids up: 0.36 ms a group at 2,000 users, 1.3 ms at
+    # 10,000, against 0.18 ms. NOT INDEXED leaves it the rowid lookups of the IN list.
+    by_id = " NOT INDEXED" if connection.vendor == "sqlite" else ""
     with connection.cursor() as cursor:
         for start in range(0, len(user_ids), IN_BATCH):
             ids = user_ids[start : start + IN_BATCH]
@@ -213,7 +217,7 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
                     u.last_uid, p.code, pa.id, pa.new_mail_webhook, pa.include_rfc822,
                     pa.include_parsed, u.filters, c.filters, pa.message_updated_webhook,
                     pa.message_deleted_webhook
-                FROM {USERS} u
+                FROM {USERS} u{by_id}
                 JOIN {Connection._meta.db_table} c ON c.id = u.connection_id
                 JOIN {ImapProvider._meta.db_table} p ON p.id = c.provider_id
                 JOIN {Partner._meta.db_table} pa ON pa.id = c.partner_id

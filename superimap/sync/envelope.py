@@ -24,15 +24,18 @@ _ADDRESS_FIELDS = {
     "cc": "Cc",
     "bcc": "Bcc",
 }
+_ADDRESS_KEYS = tuple((key, header.lower()) for key, header in _ADDRESS_FIELDS.items())
 _ENVELOPE_FIELDS = frozenset(
     [*(name.lower() for name in _ADDRESS_FIELDS.values()), "date", "subject"]
     + ["in-reply-to", "message-id"]
 )
 HEADER_LIMIT = 256 * 1024
 ADDRESS_CACHE = 4096  # address fields whose parse is kept (_parsed_addresses)
-# A field's first line as the stdlib parser takes it (email.feedparser.headerRE): a name of
-# printable characters but the colon, then a colon.
-_FIELD = re.compile(r"[\041-\071\073-\176]+:")
+# A whole field as the stdlib parser takes it: a name of printable characters but the colon
+# (email.feedparser.headerRE), a colon, the blanks after it, then the rest of the first line
+# and every continuation line (one that starts with a space or a tab), up to the LF that
+# ends it (or the end of the head).
+_WHOLE_FIELD = re.compile(r"([\041-\071\073-\176]+):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)")
 
 
 def parse_headers(raw: bytes) -> Message:
@@ -55,33 +58,23 @@ def _simple_headers(head: bytes) -> Message | None:
     text = head.decode("ascii", "surrogateescape")
     if "\r" in text and text.count("\r") != text.count("\r\n"):
         return None  # a bare CR ends a line for the stdlib parser
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the head ended with its line's LF
-    last = len(lines) - 1
-    fields: list[tuple[str, str]] = []
-    name = ""
-    parts: list[str] = []
-    for index, line in enumerate(lines):
-        if index < last:
-            line += "\n"
-        if line[:1] in (" ", "\t") and line:
-            if not name:
-                return None  # a continuation first: the parser notes a defect
-            parts.append(line)
-            continue
-        match = _FIELD.match(line)
-        if match is None or line.startswith("From "):
-            return None
-        if name:
-            fields.append((name, "".join(parts).rstrip("\r\n")))
-        name = line[: match.end() - 1]
-        parts = [line[match.end() :].lstrip(" \t")]
-    if name:
-        fields.append((name, "".join(parts).rstrip("\r\n")))
     message: Message = Message(policy=compat32)
-    for name, value in fields:
-        message.set_raw(name, value)
+    end = len(text)
+    if text.endswith("\n"):
+        end -= 1  # the head ended with its line's LF
+        if end == 0 or text[end - 1] == "\n":
+            return None  # an empty line before that LF
+    position = 0
+    while position < end:
+        # One field: its first line and its continuations, each match taking the LF that
+        # ends it (a Unix "From " line has no colon after its first word: not a field).
+        field = _WHOLE_FIELD.match(text, position, end)
+        if field is None:
+            return None
+        # compat32's header_source_parse: the value's leading blanks go, and the line
+        # ends at its end (a folded value keeps its inner line breaks).
+        message.set_raw(field[1], field[2].rstrip("\r\n"))
+        position = field.end()
     message.set_payload("")
     return message
 
@@ -102,7 +95,7 @@ def decode_text(value: object) -> str | None:
 def _addresses(values: list[Any] | None) -> list[dict[str, str | None]] | None:
     if not values:
         return None
-    parsed = _parsed_addresses(tuple(str(v) for v in values))
+    parsed = _parsed_addresses(tuple(map(str, values)))
     return [{"name": n, "route": None, "mailbox": m, "host": h} for n, m, h in parsed] or None
 
 
@@ -124,11 +117,16 @@ def _fields(headers: Message) -> dict[str, list[Any]]:
     """The values of the fields the envelope reads, by lower-case name, in order: what
     ``headers.get_all(name)`` returns, in one pass over the fields instead of one each."""
     fetch = headers.policy.header_fetch_parse
+    # compat32 (parse_headers) makes a Header of a value with surrogates (8-bit bytes) and
+    # returns any other as it is: an ASCII value needs no call.
+    as_is = headers.policy is compat32
     found: dict[str, list[Any]] = {}
     for name, value in headers.raw_items():
         key = name.lower()
         if key in _ENVELOPE_FIELDS:
-            found.setdefault(key, []).append(fetch(name, value))
+            if not (as_is and isinstance(value, str) and value.isascii()):
+                value = fetch(name, value)
+            found.setdefault(key, []).append(value)
     return found
 
 
@@ -139,8 +137,8 @@ def envelope(headers: Message) -> dict[str, Any]:
         "date": decode_text(_first(fields, "date")),
         "subject": decode_text(_first(fields, "subject")),
     }
-    for key, header in _ADDRESS_FIELDS.items():
-        result[key] = _addresses(fields.get(header.lower()))
+    for key, name in _ADDRESS_KEYS:
+        result[key] = _addresses(fields.get(name))
     # IMAP semantics: Sender and Reply-To default to From.
     result["sender"] = result["sender"] or result["from"]
     result["reply_to"] = result["reply_to"] or result["from"]

@@ -97,6 +97,9 @@ SIMPLE_HEADS = [
     b"X-8bit: caf\xc3\xa9\r\nX-Nul: a\x00b\r\nX-Latin: \xe9t\xe9",
     b"Content-Type: multipart/mixed;\r\n boundary=x",
     b"A:b\r\nA: second\r\nFrom: =?utf-8?q?J=C3=B6rg?= <j@x>",
+    b"Subject: x\n",
+    b"X-Blank:   \r\n folded after blanks\r\nX-Tail: x\r\n \r\n",
+    b"X-Tabs:\t \t value\r\n\t\r\nTo: a@b\r\n",
 ]
 LEFT_TO_THE_STDLIB = [
     b" leading continuation\r\nSubject: x",
@@ -107,6 +110,9 @@ LEFT_TO_THE_STDLIB = [
     b"Subject: bare\rCR",
     b"Subject: x\r\n\r\nTo: after a blank line",
     b"\xe9t\xe9: 8-bit name",
+    b"\n",
+    b"Subject: x\n\n",
+    b"Subject: x\r\n\r\n",
 ]
 
 
