@@ -257,10 +257,16 @@ class ImapConnection(asyncio.BufferedProtocol):
                 return None
             # One timer per connection, not a timer (or an asyncio.timeout context) per
             # wait: each mail waits ~7 times, and the timer already armed is kept when it
-            # fires no later than this deadline (_check_deadline looks again then).
+            # fires no later than this deadline (_check_deadline looks again then). It is
+            # replaced when it would fire in the first half of this wait: an IDLE (25 min)
+            # after a command (30 s) would otherwise be woken 30 s in only to re-arm.
             waiter = self._waiter = loop.create_future()
             self._deadline = deadline
-            if self._timer is None or self._timer_at > deadline:
+            if (
+                self._timer is None
+                or self._timer_at > deadline
+                or self._timer_at < deadline - timeout / 2
+            ):
                 if self._timer is not None:
                     self._timer.cancel()
                 self._timer = loop.call_at(deadline, self._check_deadline)

@@ -90,15 +90,18 @@ def test_a_timer_armed_for_a_short_wait_does_not_cut_a_longer_one(settings) -> N
     settings.IMAP_ALLOW_PRIVATE_HOSTS = True
 
     async def scenario() -> tuple[float, str, bool]:
-        server = SilentAfterLogin(0.05, 0.6)
+        server = SilentAfterLogin(0.05, 1.2)
         conn = await _connected(server)
         try:
-            # Answered in time: its timer (0.3 s ahead) stays armed for the next wait.
-            await conn.command(*conn.protocol.noop(), timeout=0.3)
+            # Answered in time: its timer (1 s ahead) stays armed for the next wait, which
+            # keeps it (it fires in the second half of that wait's 1.8 s).
+            await conn.command(*conn.protocol.noop(), timeout=1.0)
             kept = conn._timer is not None
+            armed_at = conn._timer_at
             started = time.monotonic()
             # That timer fires during this wait: the wait goes on to its answer.
-            _, tagged = await conn.command(*conn.protocol.noop(), timeout=5)
+            _, tagged = await conn.command(*conn.protocol.noop(), timeout=1.8)
+            assert conn._timer is None or conn._timer_at != armed_at
             return time.monotonic() - started, tagged.status, kept
         finally:
             conn.abort()
@@ -107,7 +110,32 @@ def test_a_timer_armed_for_a_short_wait_does_not_cut_a_longer_one(settings) -> N
     elapsed, status, kept = uvloop.run(scenario())
     assert kept
     assert status == "OK"
-    assert elapsed >= 0.5
+    assert elapsed >= 1.1
+
+
+def test_a_long_wait_after_a_command_replaces_the_commands_timer(settings) -> None:
+    """An IDLE's wait (minutes) after a command's (seconds) arms its own deadline: the
+    command's timer would wake the loop seconds in only to arm the IDLE's."""
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario() -> tuple[float, float]:
+        server = SilentAfterLogin(0.05)
+        conn = await _connected(server)
+        try:
+            await conn.command(*conn.protocol.noop(), timeout=30)
+            command_timer = conn._timer_at - asyncio.get_running_loop().time()
+            waiting = asyncio.ensure_future(conn.next_event(600))
+            await asyncio.sleep(0.05)
+            idle_timer = conn._timer_at - asyncio.get_running_loop().time()
+            waiting.cancel()
+            return command_timer, idle_timer
+        finally:
+            conn.abort()
+            await server.stop()
+
+    command_timer, idle_timer = uvloop.run(scenario())
+    assert 25 < command_timer <= 30
+    assert 590 < idle_timer <= 600
 
 
 def test_a_closed_connection_lets_its_timer_go(settings) -> None:
