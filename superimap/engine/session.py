@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -86,6 +87,12 @@ class SessionSettings:
 # without idled, Courier without enhanced IDLE. Told apart by their greeting.
 SLOW_IDLE_GREETINGS = ("cyrus imap", "courier-imap")
 SLOW_IDLE_REFRESH = 15.0
+# An IDLE's period ends on a multiple of this many seconds of the loop's clock, at most this
+# much before its full length (idle_wait): the re-issues of the sessions whose periods end
+# in one step then run in one wake-up of the event loop, and their answers come back
+# together, where each was a wake-up of its own for a timer and then for each answer (11
+# re-issues a second in an engine of 17,000 mailboxes; design.md 8, "Idle cost").
+IDLE_GRID = 1.0
 
 
 def idle_period(config: store.MailboxConfig, cfg: SessionSettings, greeting: str = "") -> float:
@@ -102,6 +109,14 @@ def idle_period(config: store.MailboxConfig, cfg: SessionSettings, greeting: str
     if refresh > 0:
         return min(float(refresh), cfg.idle_reissue)
     return cfg.idle_reissue
+
+
+def idle_wait(now: float, seconds: float, grid: float = IDLE_GRID) -> float:
+    """``seconds`` from ``now`` cut back to the last multiple of ``grid`` before then (never
+    longer); waits shorter than two grid steps are left as they are."""
+    if seconds < 2 * grid:
+        return seconds
+    return math.floor((now + seconds) / grid) * grid - now
 
 
 def backoff_delay(failures: int, auth: bool, cfg: SessionSettings) -> float:
@@ -678,7 +693,8 @@ class MailboxSession:
                 raise CommandFailed("IDLE", refused)
         conn.put_back(before)
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
-        await self._wait_for_news(self._until_wake(period))
+        loop = asyncio.get_running_loop()
+        await self._wait_for_news(idle_wait(loop.time(), self._until_wake(period)))
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
