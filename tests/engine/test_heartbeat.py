@@ -87,6 +87,36 @@ def test_a_wedged_event_loop_stops_the_heartbeat(mail_partner, settings, tmp_pat
     assert "the event loop has not run for 2 s" in caplog.text
 
 
+def test_between_refreshes_the_refresh_wait_is_the_liveness_tick(mail_partner, settings, tmp_path):
+    """The event loop's liveness tick (read by the stall check) comes from the refresh's
+    own wait between refreshes, so an idle engine has one timer every 5 s, not two: a tick
+    task runs only while a refresh works (the busy test above: a refresh that waits 5 s on
+    the database is not taken for a wedged loop), and the loop is never seen as stalled."""
+    settings.VAR_DIR = tmp_path
+    lock = NodeLock("ticks").acquire()
+    lease = timedelta(seconds=12)  # a 6 s stall limit: a tick every 1 s, the refresh's
+
+    async def scenario():
+        async with RunningEngine(
+            "ticks", node_lock=lock, lease=lease, refresh_interval=1.0
+        ) as engine:
+            await wait_for(lambda: engine.heartbeat is not None and engine.heartbeat.beats >= 1)
+            heartbeat = engine.heartbeat
+            assert heartbeat.tick_every == 1.0
+            ages, ticking = [], 0
+            for _ in range(40):
+                await asyncio.sleep(0.1)
+                ages.append(time.monotonic() - heartbeat.loop_seen)
+                ticking += any(t.get_name() == "tick-ticks" for t in asyncio.all_tasks())
+            return ages, ticking, heartbeat
+
+    ages, ticking, heartbeat = asyncio.run(scenario())
+    lock.release()
+    assert max(ages) < 1.5, ages  # a tick (1 s) and scheduling
+    assert ticking < 20, ticking  # present only while a refresh runs (it was always there)
+    assert not heartbeat._stalled
+
+
 def test_an_idle_node_skips_its_claims_and_still_picks_up_a_new_mailbox(
     mail_partner, settings, tmp_path
 ):
