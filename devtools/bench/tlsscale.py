@@ -388,6 +388,7 @@ def _idle_cpu(children, chaos, seconds: float) -> tuple[float, float, list[dict]
                 "threads": _thread_rates(names[i], threads_before[i], threads_after[i], wall),
                 "reports": reports,
                 "reissues_per_second": round(reports.get("idle", 0) / wall, 2),
+                "counted": {k: v for k, v in window.items() if k != "reports"},
             }
         )
     return (
@@ -636,11 +637,18 @@ async def _engine_main(args: argparse.Namespace) -> None:
             if quiet:  # the window starts: count its reports, name the threads
                 reports.clear()
                 counting = True
+                counters = _engine_counters(engine)
                 state["threads"] = {str(t.native_id): t.name for t in threading.enumerate()}
                 _write_state(status_file, state, engine)
             elif counting:
                 counting = False
-                state["window"] = {"reports": dict(reports)}
+                state["window"] = {
+                    "reports": dict(reports),
+                    **{
+                        name: value - counters[name]
+                        for name, value in _engine_counters(engine).items()
+                    },
+                }
             line = asyncio.create_task(stdin.readline())
         if not quiet:
             _write_state(status_file, state, engine)
@@ -648,6 +656,19 @@ async def _engine_main(args: argparse.Namespace) -> None:
     stop.set()
     await asyncio.wait_for(task, 60)
     pool.shutdown()
+
+
+def _engine_counters(engine) -> dict[str, int]:
+    """What the engine did, counted: database pool calls, refreshes (claims and quiet ones),
+    beats and change probes of its heartbeat."""
+    heartbeat = engine.heartbeat
+    return {
+        "pool_calls": engine.pool.calls,
+        "refreshes": engine._refreshes,
+        "quiet_refreshes": engine.quiet_refreshes,
+        "beats": heartbeat.beats if heartbeat is not None else 0,
+        "probes": heartbeat.probes if heartbeat is not None else 0,
+    }
 
 
 def _write_state(path: Path, state: dict, engine) -> None:
