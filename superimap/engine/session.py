@@ -87,14 +87,12 @@ class SessionSettings:
 # without idled, Courier without enhanced IDLE. Told apart by their greeting.
 SLOW_IDLE_GREETINGS = ("cyrus imap", "courier-imap")
 SLOW_IDLE_REFRESH = 15.0
-# An IDLE's period ends on a multiple of IDLE_GRID seconds of the loop's clock (of 1 s for
-# periods under IDLE_GRID_FROM), at most that much before its full length (idle_wait): the
-# re-issues of the sessions whose periods end in one step then run in one wake-up of the
-# event loop, and their answers come back together, where each was a wake-up of its own
-# for a timer and then for each answer (11 re-issues a second in an engine of 17,000
-# mailboxes; design.md 8, "Idle cost").
-IDLE_GRID = 5.0
-IDLE_GRID_FROM = 100.0
+# An IDLE's period ends on a multiple of this many seconds of the loop's clock, at most this
+# much before its full length (idle_wait): the re-issues of the sessions whose periods end
+# in one step then run in one wake-up of the event loop, and their answers come back
+# together, where each was a wake-up of its own for a timer and then for each answer (11
+# re-issues a second in an engine of 17,000 mailboxes; design.md 8, "Idle cost").
+IDLE_GRID = 1.0
 
 
 def idle_period(config: store.MailboxConfig, cfg: SessionSettings, greeting: str = "") -> float:
@@ -113,11 +111,9 @@ def idle_period(config: store.MailboxConfig, cfg: SessionSettings, greeting: str
     return cfg.idle_reissue
 
 
-def idle_wait(now: float, seconds: float) -> float:
-    """``seconds`` from ``now`` cut back to the last multiple of the grid (IDLE_GRID, or 1 s
-    under IDLE_GRID_FROM) before then: never longer, at most 5 % shorter; waits under 2 s
-    are left as they are."""
-    grid = IDLE_GRID if seconds >= IDLE_GRID_FROM else 1.0
+def idle_wait(now: float, seconds: float, grid: float = IDLE_GRID) -> float:
+    """``seconds`` from ``now`` cut back to the last multiple of ``grid`` before then (never
+    longer); waits shorter than two grid steps are left as they are."""
     if seconds < 2 * grid:
         return seconds
     return math.floor((now + seconds) / grid) * grid - now
