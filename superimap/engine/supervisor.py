@@ -41,7 +41,11 @@ from superimap.sync.persist import PersistResult
 log = logging.getLogger("superimap.engine")
 
 METRICS_EVERY = 60.0
-FULL_READ_EVERY = 12  # refreshes between full read-backs of the held set (1 min at 5 s)
+# Refreshes between full read-backs of the held set (1 min at 5 s) after a refresh that
+# claimed; when every refresh since the last read-back was a quiet one (nothing changed,
+# Engine._quiet_refresh), only every RECHECK_EVERY: the read-back of 17,000 held rows was
+# ~40 ms of a database thread each minute, most of an idle engine's database CPU.
+FULL_READ_EVERY = 12
 # Refreshes between re-rankings of every watchable mailbox and orphan searches when nothing
 # they depend on changed (leases.claim_mailboxes ``recheck``): 10 min at 5 s.
 RECHECK_EVERY = 10 * FULL_READ_EVERY
@@ -124,6 +128,7 @@ class Engine:
         # sessions that ended, and held mailboxes not started yet.
         self._touched: set[int] = set()
         self._refreshes = 0
+        self._claimed_since_read_back = False  # a delta claim since the last read-back
         self._took_unowned = False  # the last claim could take unowned mailboxes
         self._must_claim = False  # the heartbeat had news since the last claim
         self.quiet_refreshes = 0  # refreshes that found nothing to claim (_quiet_refresh)
@@ -367,20 +372,27 @@ class Engine:
         per_refresh = settings.IMAP_LOGINS_PER_SECOND_PER_HOST * self.refresh_interval
         return leases.Pacing(watching, max(1, int(per_refresh)))
 
-    async def _quiet_refresh(self, news: bool) -> bool:
+    def _read_back_due(self) -> bool:
+        """This refresh reads every held row back (see FULL_READ_EVERY)."""
+        refreshes = self._refreshes
+        if refreshes % FULL_READ_EVERY:
+            return False
+        return refreshes % RECHECK_EVERY == 0 or self._claimed_since_read_back
+
+    async def _quiet_refresh(self, news: bool, read_back: bool) -> bool:
         """Whether this refresh may skip claim_mailboxes(): with a heartbeat thread that
         beats on time (it renews the lease, frees dead nodes and tells of joins, deaths and
         a lost row: ``news``), nothing left from the last refresh, and no mailbox row
         changed and none unowned since the last claim (one probe instead of the ~10
-        statements of a delta claim, every 5 s: issue 20 item 4). The read-back each
-        FULL_READ_EVERY refreshes always claims."""
+        statements of a delta claim, every 5 s: issue 20 item 4). A read-back
+        (``read_back``, _read_back_due) always claims."""
         heartbeat = self.heartbeat
         as_of = self._held_as_of
         if (
             news
             or heartbeat is None
             or as_of is None
-            or self._refreshes % FULL_READ_EVERY == 0
+            or read_back
             or self._touched
             or not self._took_unowned
             or leases.handover_pending(self.node_id)
@@ -406,7 +418,8 @@ class Engine:
         # The heartbeat's news holds until a claim went through (not lost with a failed one).
         self._must_claim = self._must_claim or self._news.is_set()
         self._news.clear()
-        if await self._quiet_refresh(self._must_claim):
+        read_back = self._read_back_due()
+        if await self._quiet_refresh(self._must_claim, read_back):
             self._refreshes += 1
             self.quiet_refreshes += 1
             await self.flush_statuses()
@@ -431,9 +444,10 @@ class Engine:
             self._judge_locks(),
             self._pacing(),
             take_unowned,
-            self._refreshes % FULL_READ_EVERY == 0,
+            read_back,
             self._refreshes % RECHECK_EVERY == 0,
         )
+        self._claimed_since_read_back = not claim.complete
         for name in claim.freed:
             NODES_TAKEN_OVER.inc()
             log.warning(
