@@ -27,7 +27,19 @@ It writes one JSON result:
 - idle_cpu_percent: the engine processes' CPU (all threads) over --idle-seconds with no
   mail, in % of one core, summed (the chaos servers' own in chaos_idle_cpu_percent); the
   engine children stop writing their status file (the bench's own wake-up each second)
-  for the window;
+  for the window. Per engine in idle_engines: its CPU, and each thread's CPU (ms/s) and
+  voluntary context switches (wake-ups/s) from /proc/PID/task/TID/schedstat and status,
+  named by the child (main = the event loop, heartbeat-*, the database threads); and the
+  sessions' status reports in the window (idle: IDLE re-issues and re-connects' IDLEs;
+  connecting: re-connects);
+- IDLE re-issues: a session ends its IDLE and issues it again every IDLE_REISSUE_SECONDS
+  (25 min), so a steady engine of N mailboxes re-issues N / 1,500 a second (67/s at
+  100,000). Left alone, every session's first IDLE starts during the ramp and the first
+  re-issue comes 25 min later: a window shortly after the ramp would see none and hide
+  that cost. So each session's FIRST IDLE period is drawn uniformly from (0, period]
+  (--no-reissue-spread: the real period, as before): from the ramp on, re-issues come at
+  the steady rate, and the window counts them at the rate a real cycle produces (the
+  measured rate is reissues_per_second, against the expected N / period);
 - idle_ramp_seconds: first mailbox in IDLE to last (time.time() in each engine at the
   session's first IDLE report); online_seconds: engines started to last IDLE;
 - latency_ms: the chaos servers push --pushes messages at --push-rate/s in all (each an
@@ -47,10 +59,12 @@ import json
 import math
 import os
 import platform
+import random
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -97,6 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pushes", type=int, default=6000)
     parser.add_argument("--push-rate", type=float, default=200.0)
     parser.add_argument("--handshake-concurrency", type=int, default=50)
+    parser.add_argument(
+        "--no-reissue-spread",
+        dest="reissue_spread",
+        action="store_false",
+        help="each session's first IDLE lasts the full period (the window sees no re-issue)",
+    )
     parser.add_argument("--ramp-timeout", type=float, default=900.0)
     parser.add_argument("--engine-child", help=argparse.SUPPRESS)  # status file
     parser.add_argument("--node", help=argparse.SUPPRESS)
@@ -167,7 +187,7 @@ def run(args: argparse.Namespace) -> dict:
         time.sleep(args.settle_seconds)  # status flush, gc freeze (30 s after the last start)
         idle_rss = [child.rss_kb() for child in children]
         chaos_rss = [_rss_kb(server.process.pid) for server in chaos]
-        idle_cpu, chaos_cpu = _idle_cpu(children, chaos, args.idle_seconds)
+        idle_cpu, chaos_cpu, idle_engines = _idle_cpu(children, chaos, args.idle_seconds)
         print(f"idle CPU {idle_cpu:.2f}% (engines), {chaos_cpu:.2f}% (chaos servers)", flush=True)
         latencies = _push(chaos, args.pushes, args.push_rate)
         load_after_pushes = os.getloadavg()
@@ -191,6 +211,11 @@ def run(args: argparse.Namespace) -> dict:
         "idle_cpu_percent": round(idle_cpu, 2),
         "chaos_idle_cpu_percent": round(chaos_cpu, 2),
         "idle_seconds": args.idle_seconds,
+        "idle_engines": idle_engines,
+        "idle_reissue_spread": args.reissue_spread,
+        "idle_reissue_seconds": _reissue_seconds(),
+        "reissues_per_second": round(sum(e["reissues_per_second"] for e in idle_engines), 2),
+        "reissues_per_second_expected": round(count / _reissue_seconds(), 2),
         "idle_ramp_seconds": round(ramp["last"] - ramp["first"], 1),
         "online_seconds": round(ramp["last"] - started, 1),
         # CPU from the engines' start to the last IDLE, per mailbox: the TLS handshake
@@ -335,23 +360,81 @@ def _wait_all_idle(children, count: int, started: float, timeout: float) -> dict
             raise RuntimeError(f"only {idle}/{count} mailboxes idle after {timeout:.0f}s")
 
 
-def _idle_cpu(children, chaos, seconds: float) -> tuple[float, float]:
+def _idle_cpu(children, chaos, seconds: float) -> tuple[float, float, list[dict]]:
     engines = [child.process.pid for child in children]
     servers = [server.process.pid for server in chaos]
     for child in children:
         child.send("quiet")  # no status file writes (the bench's own) during the window
     time.sleep(1.0)  # each child's last write is over
+    names = [child.status().get("threads", {}) for child in children]
+    threads_before = [_thread_stats(pid) for pid in engines]
     cpu_before = [_cpu_seconds(pid) for pid in engines + servers]
     wall = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - wall
     spent = [_cpu_seconds(pid) - b for pid, b in zip(engines + servers, cpu_before, strict=True)]
+    threads_after = [_thread_stats(pid) for pid in engines]
     for child in children:
         child.send("status")
+    time.sleep(1.5)  # each child writes its window's reports
+    per_engine = []
+    for i, child in enumerate(children):
+        window = child.status().get("window", {})
+        reports = window.get("reports", {})
+        per_engine.append(
+            {
+                "node": child.node,
+                "cpu_percent": round(spent[i] / wall * 100, 3),
+                "threads": _thread_rates(names[i], threads_before[i], threads_after[i], wall),
+                "reports": reports,
+                "reissues_per_second": round(reports.get("idle", 0) / wall, 2),
+                "counted": {k: v for k, v in window.items() if k != "reports"},
+            }
+        )
     return (
         sum(spent[: len(engines)]) / wall * 100,
         sum(spent[len(engines) :]) / wall * 100,
+        per_engine,
     )
+
+
+def _thread_stats(pid: int) -> dict[str, tuple[int, int]]:
+    """{tid: (nanoseconds on CPU, voluntary context switches)} of every thread of ``pid``."""
+    stats = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as schedstat:
+                ran = int(schedstat.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/status") as status:
+                text = status.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        switches = int(text.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+        stats[tid] = (ran, switches)
+    return stats
+
+
+def _thread_rates(names: dict, before: dict, after: dict, wall: float) -> list[dict]:
+    """Each thread that ran in the window: CPU in ms/s and wake-ups (voluntary switches)/s."""
+    rows = []
+    for tid, (ran, switches) in after.items():
+        ran0, switches0 = before.get(tid, (0, 0))
+        if ran == ran0 and switches == switches0:
+            continue
+        rows.append(
+            {
+                "thread": names.get(tid, tid),
+                "cpu_ms_per_s": round((ran - ran0) / wall / 1e6, 3),
+                "wakeups_per_s": round((switches - switches0) / wall, 2),
+            }
+        )
+    return sorted(rows, key=lambda row: -row["cpu_ms_per_s"])
+
+
+def _reissue_seconds() -> float:
+    from django.conf import settings
+
+    return float(settings.IDLE_REISSUE_SECONDS)
 
 
 def _push(chaos: list[ChaosServerProcess], pushes: int, rate: float) -> list[float]:
@@ -407,6 +490,7 @@ class EngineChild:
             f"--node={node}",
             f"--capacity={capacity}",
             f"--handshake-concurrency={args.handshake_concurrency}",
+            *([] if args.reissue_spread else ["--no-reissue-spread"]),
         ]
         self.process = subprocess.Popen(
             command,
@@ -496,14 +580,28 @@ async def _engine_main(args: argparse.Namespace) -> None:
     seen_idle: set[int] = set()
     state: dict = {"node": args.node, "idle": 0, "first_idle": None, "last_idle": None}
     report = engine.report
+    # Sessions whose first IDLE period was shortened (the module docstring: re-issues at
+    # the steady rate from the ramp on), the period to give back at their next IDLE.
+    spread: dict[int, float] = {}
+    reports: dict[str, int] = {}  # status reports by status, counted in the idle window
+    counting = False
 
     def watched_report(user_id: int, status: str, error: str, failures: int) -> None:
+        if counting:
+            reports[status] = reports.get(status, 0) + 1
+        if status == idle and user_id in spread:
+            engine.sessions[user_id][0]._idle_period = spread.pop(user_id)
         if status == idle and user_id not in seen_idle:
             seen_idle.add(user_id)
             now = time.time()
             state["first_idle"] = state["first_idle"] or now
             state["last_idle"] = now
             state["idle"] = len(seen_idle)
+            running = engine.sessions.get(user_id)
+            if args.reissue_spread and running is not None:
+                session = running[0]
+                spread[user_id] = session._idle_period
+                session._idle_period *= 1.0 - random.random()  # (0, period]
         report(user_id, status, error, failures)
 
     engine.report = watched_report  # type: ignore[method-assign]
@@ -536,6 +634,21 @@ async def _engine_main(args: argparse.Namespace) -> None:
             if not command:  # EOF
                 break
             quiet = command == b"quiet"
+            if quiet:  # the window starts: count its reports, name the threads
+                reports.clear()
+                counting = True
+                counters = _engine_counters(engine)
+                state["threads"] = {str(t.native_id): t.name for t in threading.enumerate()}
+                _write_state(status_file, state, engine)
+            elif counting:
+                counting = False
+                state["window"] = {
+                    "reports": dict(reports),
+                    **{
+                        name: value - counters[name]
+                        for name, value in _engine_counters(engine).items()
+                    },
+                }
             line = asyncio.create_task(stdin.readline())
         if not quiet:
             _write_state(status_file, state, engine)
@@ -543,6 +656,19 @@ async def _engine_main(args: argparse.Namespace) -> None:
     stop.set()
     await asyncio.wait_for(task, 60)
     pool.shutdown()
+
+
+def _engine_counters(engine) -> dict[str, int]:
+    """What the engine did, counted: database pool calls, refreshes (claims and quiet ones),
+    beats and change probes of its heartbeat."""
+    heartbeat = engine.heartbeat
+    return {
+        "pool_calls": engine.pool.calls,
+        "refreshes": engine._refreshes,
+        "quiet_refreshes": engine.quiet_refreshes,
+        "beats": heartbeat.beats if heartbeat is not None else 0,
+        "probes": heartbeat.probes if heartbeat is not None else 0,
+    }
 
 
 def _write_state(path: Path, state: dict, engine) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -86,6 +87,12 @@ class SessionSettings:
 # without idled, Courier without enhanced IDLE. Told apart by their greeting.
 SLOW_IDLE_GREETINGS = ("cyrus imap", "courier-imap")
 SLOW_IDLE_REFRESH = 15.0
+# An IDLE's period ends on a multiple of this many seconds of the loop's clock, at most this
+# much before its full length (idle_wait): the re-issues of the sessions whose periods end
+# in one step then run in one wake-up of the event loop, and their answers come back
+# together, where each was a wake-up of its own for a timer and then for each answer (11
+# re-issues a second in an engine of 17,000 mailboxes; design.md 8, "Idle cost").
+IDLE_GRID = 1.0
 
 
 def idle_period(config: store.MailboxConfig, cfg: SessionSettings, greeting: str = "") -> float:
@@ -102,6 +109,14 @@ def idle_period(config: store.MailboxConfig, cfg: SessionSettings, greeting: str
     if refresh > 0:
         return min(float(refresh), cfg.idle_reissue)
     return cfg.idle_reissue
+
+
+def idle_wait(now: float, seconds: float, grid: float = IDLE_GRID) -> float:
+    """``seconds`` from ``now`` cut back to the last multiple of ``grid`` before then (never
+    longer); waits shorter than two grid steps are left as they are."""
+    if seconds < 2 * grid:
+        return seconds
+    return math.floor((now + seconds) / grid) * grid - now
 
 
 def backoff_delay(failures: int, auth: bool, cfg: SessionSettings) -> float:
@@ -460,6 +475,11 @@ class MailboxSession:
         conn = self.conn
         self._exists_at_search = conn.exists_seen
         max_size = self.cfg.max_email_size
+        # No EXISTS since the last catch-up (an IDLE that ended by its period, every 25
+        # min per mailbox: 67/s at 100,000): the range FETCH is the check for mail the
+        # server did not announce, and the next IDLE may go out behind it too (one write
+        # and one answer per re-issue, not two: design.md 8, "Idle cost").
+        nothing_new = cursor.count_at_search == conn.exists_count
         plan = cursor.plan_catch_up(
             conn.exists_count,
             steady,
@@ -472,7 +492,8 @@ class MailboxSession:
         if plan.by_range:
             # A few new messages: their sizes, dates and bodies in one FETCH (plan.bodies).
             items = one_trip_items(max_size, self._change_items()) if plan.bodies else META_ITEMS
-            events = await self._uid_fetch(plan.uid_range, items, then_idle and plan.bodies)
+            ahead = then_idle and (plan.bodies or nothing_new)
+            events = await self._uid_fetch(plan.uid_range, items, ahead)
             meta = range_meta(plan, events)
             known_at = conn.exists_at
             uids = cursor.to_fetch(plan, meta)
@@ -672,7 +693,8 @@ class MailboxSession:
                 raise CommandFailed("IDLE", refused)
         conn.put_back(before)
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
-        await self._wait_for_news(self._until_wake(period))
+        loop = asyncio.get_running_loop()
+        await self._wait_for_news(idle_wait(loop.time(), self._until_wake(period)))
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)

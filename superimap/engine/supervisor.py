@@ -41,7 +41,11 @@ from superimap.sync.persist import PersistResult
 log = logging.getLogger("superimap.engine")
 
 METRICS_EVERY = 60.0
-FULL_READ_EVERY = 12  # refreshes between full read-backs of the held set (1 min at 5 s)
+# Refreshes between full read-backs of the held set (1 min at 5 s) after a refresh that
+# claimed; when every refresh since the last read-back was a quiet one (nothing changed,
+# Engine._quiet_refresh), only every RECHECK_EVERY: the read-back of 17,000 held rows was
+# ~40 ms of a database thread each minute, most of an idle engine's database CPU.
+FULL_READ_EVERY = 12
 # Refreshes between re-rankings of every watchable mailbox and orphan searches when nothing
 # they depend on changed (leases.claim_mailboxes ``recheck``): 10 min at 5 s.
 RECHECK_EVERY = 10 * FULL_READ_EVERY
@@ -124,6 +128,7 @@ class Engine:
         # sessions that ended, and held mailboxes not started yet.
         self._touched: set[int] = set()
         self._refreshes = 0
+        self._claimed_since_read_back = False  # a delta claim since the last read-back
         self._took_unowned = False  # the last claim could take unowned mailboxes
         self._must_claim = False  # the heartbeat had news since the last claim
         self.quiet_refreshes = 0  # refreshes that found nothing to claim (_quiet_refresh)
@@ -200,27 +205,32 @@ class Engine:
         )
         last_metrics = time.monotonic()
         tracers = asyncio.create_task(self.tracers.run(), name=f"tracers-{self.node_id}")
-        ticker = None
         try:
             if self.node_lock is not None:
                 await self._start_heartbeat()
-                ticker = asyncio.create_task(self._tick(), name=f"tick-{self.node_id}")
             while not stop.is_set():
-                await self._check_lock()
+                # The liveness tick runs while the refresh works (it may wait long on the
+                # database); between refreshes the wait itself tells the heartbeat the loop
+                # runs, in the refresh's own wake-up (_until_next_refresh): one timer every
+                # 5 s, not two (issue 20 item 4).
+                ticker = self._ticking()
                 try:
-                    await self.refresh()
-                except Exception as exc:  # noqa: BLE001 - the database may be briefly away
-                    if not dboutage.lost(exc):
-                        log.exception("engine %s: refresh failed; retrying", self.node_id)
-                if time.monotonic() - last_metrics >= METRICS_EVERY:
-                    self.log_metrics()
-                    last_metrics = time.monotonic()
+                    await self._check_lock()
+                    try:
+                        await self.refresh()
+                    except Exception as exc:  # noqa: BLE001 - the database may be briefly away
+                        if not dboutage.lost(exc):
+                            log.exception("engine %s: refresh failed; retrying", self.node_id)
+                    if time.monotonic() - last_metrics >= METRICS_EVERY:
+                        self.log_metrics()
+                        last_metrics = time.monotonic()
+                finally:
+                    if ticker is not None:
+                        ticker.cancel()
                 await self._until_next_refresh(stop)
         finally:
-            for task in (tracers, ticker):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (tracers, ticker) if t), return_exceptions=True)
+            tracers.cancel()
+            await asyncio.gather(tracers, return_exceptions=True)
             if self.heartbeat is not None:
                 await asyncio.to_thread(self.heartbeat.stop)
             await self.shutdown()
@@ -264,12 +274,20 @@ class Engine:
         as_of = self._held_as_of
         return None if as_of is None else as_of - CHANGE_SLACK
 
-    async def _tick(self) -> None:
-        """Tell the heartbeat thread that the event loop runs (a wedged loop beats no more)."""
+    def _ticking(self) -> asyncio.Task | None:
+        """Tell the heartbeat thread that the event loop runs (a wedged loop beats no more),
+        now and every tick until the task is cancelled; None without a heartbeat."""
         heartbeat = self.heartbeat
-        while heartbeat is not None:
-            heartbeat.loop_seen = time.monotonic()
+        if heartbeat is None:
+            return None
+        heartbeat.loop_seen = time.monotonic()
+        return asyncio.create_task(self._tick(heartbeat), name=f"tick-{self.node_id}")
+
+    @staticmethod
+    async def _tick(heartbeat: Heartbeat) -> None:
+        while True:
             await asyncio.sleep(heartbeat.tick_every)
+            heartbeat.loop_seen = time.monotonic()
 
     async def _check_lock(self) -> None:
         heartbeat = self.heartbeat
@@ -326,7 +344,13 @@ class Engine:
         node's join wait is over."""
         deadline = time.monotonic() + self.refresh_interval
         joining = self._join_left() > 0
+        heartbeat = self.heartbeat
         while (left := deadline - time.monotonic()) > 0:
+            if heartbeat is not None:
+                # The loop runs: the liveness tick, in this wait's own wake-ups (no more
+                # than a tick apart; at the default lease a tick is the refresh interval).
+                heartbeat.loop_seen = time.monotonic()
+                left = min(left, heartbeat.tick_every)
             if joining:
                 join_left = self._join_left()
                 if join_left <= 0:
@@ -348,20 +372,27 @@ class Engine:
         per_refresh = settings.IMAP_LOGINS_PER_SECOND_PER_HOST * self.refresh_interval
         return leases.Pacing(watching, max(1, int(per_refresh)))
 
-    async def _quiet_refresh(self, news: bool) -> bool:
+    def _read_back_due(self) -> bool:
+        """This refresh reads every held row back (see FULL_READ_EVERY)."""
+        refreshes = self._refreshes
+        if refreshes % FULL_READ_EVERY:
+            return False
+        return refreshes % RECHECK_EVERY == 0 or self._claimed_since_read_back
+
+    async def _quiet_refresh(self, news: bool, read_back: bool) -> bool:
         """Whether this refresh may skip claim_mailboxes(): with a heartbeat thread that
         beats on time (it renews the lease, frees dead nodes and tells of joins, deaths and
         a lost row: ``news``), nothing left from the last refresh, and no mailbox row
         changed and none unowned since the last claim (one probe instead of the ~10
-        statements of a delta claim, every 5 s: issue 20 item 4). The read-back each
-        FULL_READ_EVERY refreshes always claims."""
+        statements of a delta claim, every 5 s: issue 20 item 4). A read-back
+        (``read_back``, _read_back_due) always claims."""
         heartbeat = self.heartbeat
         as_of = self._held_as_of
         if (
             news
             or heartbeat is None
             or as_of is None
-            or self._refreshes % FULL_READ_EVERY == 0
+            or read_back
             or self._touched
             or not self._took_unowned
             or leases.handover_pending(self.node_id)
@@ -387,7 +418,8 @@ class Engine:
         # The heartbeat's news holds until a claim went through (not lost with a failed one).
         self._must_claim = self._must_claim or self._news.is_set()
         self._news.clear()
-        if await self._quiet_refresh(self._must_claim):
+        read_back = self._read_back_due()
+        if await self._quiet_refresh(self._must_claim, read_back):
             self._refreshes += 1
             self.quiet_refreshes += 1
             await self.flush_statuses()
@@ -412,9 +444,10 @@ class Engine:
             self._judge_locks(),
             self._pacing(),
             take_unowned,
-            self._refreshes % FULL_READ_EVERY == 0,
+            read_back,
             self._refreshes % RECHECK_EVERY == 0,
         )
+        self._claimed_since_read_back = not claim.complete
         for name in claim.freed:
             NODES_TAKEN_OVER.inc()
             log.warning(

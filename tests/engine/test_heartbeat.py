@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from django.db import close_old_connections
 
+from superimap.engine import leases, supervisor
 from superimap.engine.models import EngineNode
 from superimap.engine.nodelock import NodeLock
 from superimap.mailboxes.models import MailboxUser
@@ -87,6 +88,36 @@ def test_a_wedged_event_loop_stops_the_heartbeat(mail_partner, settings, tmp_pat
     assert "the event loop has not run for 2 s" in caplog.text
 
 
+def test_between_refreshes_the_refresh_wait_is_the_liveness_tick(mail_partner, settings, tmp_path):
+    """The event loop's liveness tick (read by the stall check) comes from the refresh's
+    own wait between refreshes, so an idle engine has one timer every 5 s, not two: a tick
+    task runs only while a refresh works (the busy test above: a refresh that waits 5 s on
+    the database is not taken for a wedged loop), and the loop is never seen as stalled."""
+    settings.VAR_DIR = tmp_path
+    lock = NodeLock("ticks").acquire()
+    lease = timedelta(seconds=12)  # a 6 s stall limit: a tick every 1 s, the refresh's
+
+    async def scenario():
+        async with RunningEngine(
+            "ticks", node_lock=lock, lease=lease, refresh_interval=1.0
+        ) as engine:
+            await wait_for(lambda: engine.heartbeat is not None and engine.heartbeat.beats >= 1)
+            heartbeat = engine.heartbeat
+            assert heartbeat.tick_every == 1.0
+            ages, ticking = [], 0
+            for _ in range(40):
+                await asyncio.sleep(0.1)
+                ages.append(time.monotonic() - heartbeat.loop_seen)
+                ticking += any(t.get_name() == "tick-ticks" for t in asyncio.all_tasks())
+            return ages, ticking, heartbeat
+
+    ages, ticking, heartbeat = asyncio.run(scenario())
+    lock.release()
+    assert max(ages) < 1.5, ages  # a tick (1 s) and scheduling
+    assert ticking < 20, ticking  # present only while a refresh runs (it was always there)
+    assert not heartbeat._stalled
+
+
 def test_an_idle_node_skips_its_claims_and_still_picks_up_a_new_mailbox(
     mail_partner, settings, tmp_path
 ):
@@ -118,6 +149,49 @@ def test_an_idle_node_skips_its_claims_and_still_picks_up_a_new_mailbox(
     # Only the first claim (and the read-backs) ran before the mailbox came: 0.2 s refreshes.
     assert claims <= 2
     assert owner == "quiet"
+
+
+def test_a_quiet_node_reads_its_mailboxes_back_only_at_each_recheck(
+    mail_partner, settings, tmp_path, monkeypatch
+):
+    """The read-back of every held row (each FULL_READ_EVERY refreshes) comes only every
+    RECHECK_EVERY refreshes while every refresh since the last one was quiet; after a
+    refresh that claimed (a mailbox connected), the next FULL_READ_EVERY mark reads back."""
+    settings.VAR_DIR = tmp_path
+    settings.ENGINE_JOIN_SECONDS = 0
+    monkeypatch.setattr(supervisor, "FULL_READ_EVERY", 2)
+    monkeypatch.setattr(supervisor, "RECHECK_EVERY", 12)
+    lock = NodeLock("readback").acquire()
+    complete: list[tuple[bool, bool]] = []  # (read_all asked, read back) of every claim
+    claim_mailboxes = leases.claim_mailboxes
+
+    def recording(*args):
+        claim = claim_mailboxes(*args)
+        complete.append((args[-2], claim.complete))
+        return claim
+
+    monkeypatch.setattr(leases, "claim_mailboxes", recording)
+
+    async def scenario(port: int):
+        async with RunningEngine("readback", node_lock=lock, lease=LEASE) as engine:
+            await wait_for(lambda: engine._refreshes >= 25, timeout=20)
+            quiet = list(complete)
+            await asyncio.to_thread(loopback_users, mail_partner, port, 1)
+            user = await asyncio.to_thread(lambda: MailboxUser.objects.get().id)
+            await wait_for(lambda: user in engine.sessions, timeout=5)
+            mark = len(complete)
+            await wait_for(lambda: any(full for _, full in complete[mark:]), timeout=5)
+            return quiet, complete[mark - 1 :]
+
+    with ServerThread(1) as chaos:
+        quiet, after = asyncio.run(scenario(chaos.server.port))
+    lock.release()
+    # 25 quiet refreshes: the first claim and the read-backs at 0, 12, 24 only (there
+    # were 12 read-backs at FULL_READ_EVERY = 2 before).
+    assert [full for _, full in quiet].count(True) <= 3, quiet
+    assert len(quiet) <= 4, quiet
+    # The claim that took the new mailbox was a delta; a read-back followed at once.
+    assert after[0][1] is False and after[-1][1] is True, after
 
 
 # The same on PostgreSQL, in a process of its own (as tests/engine/test_postgres_*.py): the

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from devtools.testing.mail import make_message
 from superimap.delivery.models import Delivery
-from superimap.engine.session import SessionSettings, idle_period
+from superimap.engine.session import SessionSettings, idle_period, idle_wait
 from superimap.engine.store import MailboxConfig
 from superimap.mailboxes.models import MailboxUser
 from tests.helpers.configs import mailbox_config
@@ -156,3 +156,23 @@ def test_the_idle_period_is_the_shorter_of_refresh_and_reissue() -> None:
 def test_automatic_idle_refresh_knows_the_slow_servers(greeting, idle_refresh, expected) -> None:
     config = replace(_config(), idle_refresh=idle_refresh)
     assert idle_period(config, SessionSettings(idle_reissue=1500), greeting) == expected
+
+
+@pytest.mark.parametrize(
+    ("now", "seconds", "expected"),
+    [
+        (100.3, 1500.0, 1499.7),  # ends at 1600.0, 0.3 s early: never later than the period
+        (100.0, 1500.0, 1500.0),  # already on the grid
+        (100.999, 15.0, 14.001),  # the slow servers' 15 s: at 115.0
+        (100.5, 1.9, 1.9),  # under two steps: as asked (a short wait is not cut to nothing)
+        (100.5, 0.2, 0.2),
+    ],
+)
+def test_idle_periods_end_on_the_whole_second_so_reissues_share_a_wake_up(
+    now, seconds, expected
+) -> None:
+    waited = idle_wait(now, seconds)
+    assert waited == pytest.approx(expected)
+    assert seconds - 1.0 < waited <= seconds
+    if seconds >= 2.0:
+        assert (now + waited) % 1.0 == pytest.approx(0.0, abs=1e-6)

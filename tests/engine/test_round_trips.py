@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from django.db import close_old_connections
 
@@ -265,5 +266,46 @@ def test_a_connect_searches_only_when_the_select_says_mail_is_past_the_checkpoin
     assert "UID SEARCH UID 1:*" in "".join(late), late
     assert "UID SEARCH" not in "".join(quiet), quiet
     assert quiet[-1].rstrip().endswith("IDLE")
+    delivered, rows = _counts()
+    assert len(server.messages_of("user0")) == delivered == rows == 1
+
+
+def test_an_idle_ended_by_its_period_is_issued_again_in_one_write(mail_partner):
+    """The IDLE re-issue (every IDLE_REISSUE_SECONDS per mailbox, 67/s at 100,000): its
+    DONE, the range FETCH that looks for mail the server did not announce, and the next
+    IDLE go out in one write; mail the server never announced is still found by it."""
+
+    async def scenario():
+        server = ChaosImapServer(users=1, chaos=False, seed=5)
+        await server.start()
+        proxy = RecordingProxy(server.port)
+        port = await proxy.start()
+        await asyncio.to_thread(loopback_users, mail_partner, port, 1)
+        try:
+            async with RunningEngine(session_settings=replace(FAST, idle_reissue=0.5)):
+                await wait_for(
+                    lambda: MailboxUser.objects.filter(status="idle").exists(), timeout=10
+                )
+                await asyncio.sleep(0.2)
+                mark = len(proxy.chunks)
+                await asyncio.sleep(1.3)  # two periods end, nothing arrives
+                quiet = proxy.commands_since(mark)
+                # Into the folder without an EXISTS to the session: the re-issue's FETCH
+                # finds it.
+                raw = make_message("silent", "a@example.test", "user0@x", "hi", "<s@t>")
+                server.mailbox("user0", "INBOX").append(raw, datetime.now(UTC))
+                await wait_for(lambda: _counts()[0] == 1, timeout=10)
+        finally:
+            await proxy.stop()
+            await server.stop()
+        return server, quiet
+
+    server, quiet = asyncio.run(scenario())
+    words = _words(quiet)
+    assert len(words) >= 2, words
+    for chunk in words:
+        assert chunk.startswith("DONE\r\n"), words
+        assert "UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE)" in chunk, words
+        assert chunk.rstrip().endswith("IDLE"), words
     delivered, rows = _counts()
     assert len(server.messages_of("user0")) == delivered == rows == 1
