@@ -385,7 +385,7 @@ def save_statuses(updates: dict[int, tuple[str, str, int]]) -> None:
     a flush that held one user and waited for another while a group commit held the second
     and waited for the first was a deadlock, broken after deadlock_timeout (1 s) by failing
     one of them; in bench.e2e at 1,000 mails/s on PostgreSQL every arrival stopped for
-    seconds (design.md 5.11).
+    seconds (design.md 4.11).
     """
     now = timezone.now()
     groups: dict[tuple[str, str, int], list[int]] = {}
