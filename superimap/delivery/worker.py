@@ -42,14 +42,16 @@ CLAIM_BATCH = 200
 # one endpoint its cap (40 % of the slots) is below half, so the worker claimed only with
 # nothing in flight, and one hanging POST held every claim until its timeout.
 CLAIM_FRACTION = 4
-# Outcomes are recorded in batches: after the first one arrives, wait this long for more.
+# A quiet worker's outcomes wait this long past its next poll for the claim it makes (or
+# this long, with no poll armed); the flush loop then records them alone.
 RECORD_GATHER_SECONDS = 0.01
 # A quiet worker (the last claim drained the queue) keeps outcomes for its next claim to
 # record them in the same transaction: until its next poll (which claims), at most this
 # long. At a low rate the next delivery's wake-up or the poll comes first: one transaction
-# per delivery instead of two. A busy one (sends in flight, the queue not drained) keeps
-# them for the claim its finishing sends bring, at most this long too: at a backlog one
-# transaction per claim, not a lone record between two claims. The lease covers the wait.
+# per delivery instead of two. A busy one (sends in flight) keeps them for its next claim,
+# at most this long too: the one its finishing sends bring at a backlog, the next wake-up's
+# at a steady rate. One transaction per claim, not a lone record between two claims. The
+# lease covers the wait.
 RECORD_LINGER_SECONDS = 0.1
 CLAIM_ERROR_PAUSE = 5.0
 # A quiet worker relies on wake-ups (wakeup.py) and polls less: each poll that found nothing
@@ -542,13 +544,11 @@ class Worker:
                     # Quiet: the next claim (a wake-up, the poll) records them with it.
                     if not await self._linger_wait():
                         continue  # a claim took them, and new outcomes came since
-                elif self._inflight and not self._drained:
-                    # Busy: a claim comes as the sends in flight finish (at the latest
-                    # when the last one does) and records them with it.
-                    if not await self._busy_wait():
-                        continue  # a claim took them
-                else:
-                    await asyncio.sleep(RECORD_GATHER_SECONDS)
+                elif not await self._busy_wait():
+                    # Busy: a claim comes as the sends in flight finish (at the latest when
+                    # the last one does), or with the next wake-up once the queue drained
+                    # (rows come in while sends are out): it records them with it.
+                    continue  # a claim took them
             batch, self._outcomes = self._outcomes, []
             if not batch:
                 continue  # a claim took them meanwhile (record_and_claim)
