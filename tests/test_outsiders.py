@@ -119,7 +119,13 @@ def test_slow_bodies_without_credentials_do_not_pin_memory(start_up):
     # (main read all of it, then redirected to https).
     assert max(peak) - before < 24, (before, max(peak), after)
     assert after - before < 16, (before, max(peak), after)
-    assert {status for status, _ in results} == {"413"}, results[:5]
+    # "none": the connection ended (a reset after the server's lingering close, up to 2 s or
+    # 256 KiB, had dropped what still came) before this client, one of 200 in one loop on a
+    # loaded box, read the 413: refused all the same, as max(sent) < BODY shows. Never a hang
+    # (slow_post would raise). Seen in 1 of 200 under the full suite's load.
+    statuses = [status for status, _ in results]
+    assert set(statuses) <= {"413", "none"}, results[:5]
+    assert statuses.count("none") <= 10, [r for r in results if r[0] != "413"]
     assert max(sent for _, sent in results) < BODY
     assert get(port, "/healthz") == 200
     assert proc.poll() is None and "Traceback" not in output()
