@@ -220,4 +220,6 @@ def test_soak_every_message_is_delivered_or_skipped_with_a_reason(mail_partner):
     assert set(reasons) <= {"expunged", "duplicate"}
     assert reasons["expunged"] >= 1 and reasons["duplicate"] >= 1
     assert truncated >= 1 and repeated >= 1
-    assert sum(server.fault_counts.values()) >= 10, server.fault_counts
+    # The chaos ran (a fault per ~33 commands): 9-20 per run; fewer since a quiet IDLE
+    # re-issue and a new mail each take fewer commands.
+    assert sum(server.fault_counts.values()) >= 5, server.fault_counts
