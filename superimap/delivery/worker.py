@@ -24,6 +24,7 @@ from superimap.delivery.retention import Purger
 from superimap.partners.models import Partner
 from superimap.platform import dboutage, rollups
 from superimap.platform.dbpool import DbPool, DbThread
+from superimap.platform.futures import resolve
 from superimap.platform.metrics import (
     ATTEMPT_OUTCOMES,
     COMMIT_TO_DELIVERED,
@@ -307,7 +308,7 @@ class Worker:
         self._wake.set()
         self._have_outcomes.set()
         if self._taken is not None:
-            _resolve(self._taken, True)
+            resolve(self._taken, True)
 
     async def _claim(self, free: int) -> list[queue.Claimed]:
         if free <= 0:
@@ -343,7 +344,7 @@ class Worker:
         # write gate instead of two); the flush loop records the rest.
         outcomes, self._outcomes = self._outcomes, []
         if self._taken is not None:
-            _resolve(self._taken, False)  # the busy flush loop's wait: taken
+            resolve(self._taken, False)  # the busy flush loop's wait: taken
         if self._linger_timer is not None:
             # The lingering flush loop has nothing left to wait for: no wake-up for it.
             self._linger_timer.cancel()
@@ -588,7 +589,7 @@ class Worker:
         go with the same claim."""
         loop = asyncio.get_running_loop()
         taken = self._taken = loop.create_future()
-        timer = loop.call_later(RECORD_LINGER_SECONDS, _resolve, taken, True)
+        timer = loop.call_later(RECORD_LINGER_SECONDS, resolve, taken, True)
         try:
             return await taken
         finally:
@@ -646,11 +647,6 @@ def _observe(outcomes: list[queue.Outcome]) -> None:
             child.observe(seconds)
     delivered = len(commit_seconds)
     rollups.RECORDER.record_outcomes(delivered, len(outcomes) - delivered, commit_seconds)
-
-
-def _resolve(future: asyncio.Future, value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 def _partner_name(partner_id: int) -> str:

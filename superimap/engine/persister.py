@@ -35,6 +35,7 @@ from django.db import transaction
 from superimap.engine import writer
 from superimap.platform import dboutage
 from superimap.platform.dbpool import DbPool
+from superimap.platform.futures import resolve
 from superimap.sync.backfill import BackfillStep
 from superimap.sync.groupcommit import ArrivalRate, commit_wait
 from superimap.sync.persist import FetchedMessage, PersistJob, PersistResult
@@ -88,7 +89,7 @@ class GroupPersister:
         self._waiting.append(waiting)
         self._waiting_messages += len(messages)
         if self._waiting_messages >= self.max_messages and self._full is not None:
-            _resolve(self._full)
+            resolve(self._full)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="group-commit")
         return await waiting.future
@@ -102,7 +103,7 @@ class GroupPersister:
                 # Until the window ends or the group is full: a future and a timer, not
                 # wait_for (a task per group, and one more loop turn to cancel it).
                 self._full = loop.create_future()
-                timer = loop.call_later(wait, _resolve, self._full)
+                timer = loop.call_later(wait, resolve, self._full)
                 try:
                     await self._full
                 finally:
@@ -142,11 +143,6 @@ class GroupPersister:
             self.window,
             self.max_messages,
         )
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def persist_group(jobs: list[PersistJob]) -> list[PersistResult | Exception]:

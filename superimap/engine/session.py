@@ -41,6 +41,7 @@ from superimap.imapclient import (
 )
 from superimap.mailboxes.models import MailboxUser
 from superimap.platform import dboutage
+from superimap.platform.futures import resolve
 from superimap.sync.batch import (
     META_ITEMS,
     UNFETCHABLE,
@@ -241,7 +242,7 @@ class MailboxSession:
         """Back-off that stop() can cut short, without a task of its own."""
         loop = asyncio.get_running_loop()
         self._sleeper = loop.create_future()
-        handle = loop.call_later(seconds, _resolve, self._sleeper)
+        handle = loop.call_later(seconds, resolve, self._sleeper)
         try:
             await self._sleeper
         finally:
@@ -754,8 +755,3 @@ class StopFlag:
 
     def is_set(self) -> bool:
         return self._set
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from superimap.platform import dboutage
+from superimap.platform.futures import resolve
 from superimap.platform.metrics import DB_QUEUE, SQLITE_GATE_METRICS, expose
 
 T = TypeVar("T")
@@ -152,7 +153,7 @@ class DbThread:
                     dboutage.lost(exc)  # one WARNING per outage; the caller still sees exc
                 _hand_over(loop, future, _set_exception, exc)
             else:
-                _hand_over(loop, future, _set_result, result)
+                _hand_over(loop, future, resolve, result)
 
     def shutdown(self) -> None:
         self._calls.put(None)
@@ -162,11 +163,6 @@ class DbThread:
 def _hand_over(loop, future, setter, value) -> None:
     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
         loop.call_soon_threadsafe(setter, future, value)
-
-
-def _set_result(future: asyncio.Future, value) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
