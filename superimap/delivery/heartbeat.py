@@ -19,7 +19,7 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from superimap import __version__
 from superimap.delivery.models import Delivery, WorkerNode
@@ -42,11 +42,22 @@ def beat(
     worker_id: str, now: datetime, alive: timedelta, started_at: datetime, judge: bool = True
 ) -> Beat:
     """Renew this worker's heartbeat; with ``judge``, release the claims of workers dead for
-    ``alive`` (a worker that was itself cut off from the database does not judge yet)."""
-    with transaction.atomic():
-        mine = WorkerNode.objects.filter(worker_id=worker_id)
+    ``alive`` (a worker that was itself cut off from the database does not judge yet).
+
+    The common beat (its row renewed, nobody dead) is three plain statements: through the
+    ORM the same beat took ~0.5 ms of CPU, ~1.8 ms after the second's sleep, every second
+    of every worker (issue 20, workercpu3). The rare steps (a lapsed or missing row, a dead
+    worker to release) stay in the ORM."""
+    table = WorkerNode._meta.db_table
+    db_time = connection.ops.adapt_datetimefield_value
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_seen = %s WHERE worker_id = %s AND released_at IS NULL",
+            [db_time(now), worker_id],
+        )
         lapsed = False
-        if not mine.filter(released_at__isnull=True).update(last_seen=now):
+        if not cursor.rowcount:
+            mine = WorkerNode.objects.filter(worker_id=worker_id)
             lapsed = bool(mine.update(last_seen=now, released_at=None))
             if not lapsed:
                 WorkerNode.objects.create(
@@ -60,11 +71,12 @@ def beat(
         if not judge:
             return Beat([], lapsed)
         cutoff = now - alive
-        dead = list(
-            WorkerNode.objects.filter(last_seen__lt=cutoff, released_at__isnull=True)
-            .exclude(worker_id=worker_id)
-            .values_list("worker_id", flat=True)
+        cursor.execute(
+            f"SELECT worker_id FROM {table} WHERE last_seen < %s AND released_at IS NULL "
+            "AND worker_id <> %s ORDER BY worker_id",
+            [db_time(cutoff), worker_id],
         )
+        dead = [name for (name,) in cursor.fetchall()]
         released = []
         for name in dead:
             # Re-checked under the row lock: a worker that renewed meanwhile keeps its claims.
@@ -73,7 +85,9 @@ def beat(
             ).update(released_at=now):
                 release_dead_claims(name)
                 released.append(name)
-        WorkerNode.objects.filter(released_at__lt=now - DEAD_ROW_RETENTION).delete()
+        cursor.execute(
+            f"DELETE FROM {table} WHERE released_at < %s", [db_time(now - DEAD_ROW_RETENTION)]
+        )
     return Beat(released, lapsed)
 
 

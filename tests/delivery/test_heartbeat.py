@@ -107,3 +107,38 @@ def test_a_worker_whose_heartbeat_is_stale_sends_nothing_and_hands_back(
     assert sorted(worker._unsent) == sorted(r.id for r in rows)
     assert queue.release_claims("me:1", worker._unsent) == 2
     assert set(Delivery.objects.values_list("claimed_by", "attempts")) == {("", 0)}
+
+
+def test_it_removes_rows_released_more_than_a_day_ago_and_keeps_the_rest(seeded_providers):
+    """The beat's plain-SQL DELETE (heartbeat.beat): a dead worker's row stays for /healthz
+    until DEAD_ROW_RETENTION after its release, a live one is never removed."""
+    now = timezone.now()
+    for name, released in (
+        ("gone:1", now - heartbeat.DEAD_ROW_RETENTION - timedelta(seconds=1)),
+        ("recent:2", now - heartbeat.DEAD_ROW_RETENTION + timedelta(seconds=60)),
+        ("alive:3", None),
+    ):
+        WorkerNode.objects.create(
+            worker_id=name,
+            host="h",
+            pid=1,
+            version="v",
+            started_at=now,
+            last_seen=now,
+            released_at=released,
+        )
+    assert heartbeat.beat("live:4", now, ALIVE, now).released == []
+    assert set(WorkerNode.objects.values_list("worker_id", flat=True)) == {
+        "recent:2",
+        "alive:3",
+        "live:4",
+    }
+
+
+def test_a_beat_renews_only_its_own_row(seeded_providers):
+    now = timezone.now()
+    beat("me:1", age=3)
+    beat("other:2", age=3)
+    assert heartbeat.beat("me:1", now, ALIVE, now) == heartbeat.Beat([], False)
+    seen = dict(WorkerNode.objects.values_list("worker_id", "last_seen"))
+    assert seen["me:1"] == now and seen["other:2"] < now - timedelta(seconds=2)
