@@ -522,9 +522,9 @@ class MailboxSession:
             uids = cursor.to_fetch(plan, meta)
         else:
             uids = cursor.to_fetch(plan, await self._search(plan.search))
-        if uids:
+        if uids:  # none after most IDLE re-issues: no coroutine for nothing
             self._report(Status.SYNCING, "", self.failures)
-        await self._fetch_and_persist(cursor, uids, meta=meta, known_at=known_at)
+            await self._fetch_and_persist(cursor, uids, meta=meta, known_at=known_at)
 
     def _change_items(self) -> str:
         """FLAGS (and MODSEQ) with every body when the partner wants change events."""
@@ -717,8 +717,7 @@ class MailboxSession:
         conn.put_back(before)
         self.engine.idles += 1
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
-        loop = asyncio.get_running_loop()
-        await self._wait_for_news(idle_wait(loop.time(), self._until_wake(period)))
+        await self._wait_for_news(idle_wait(conn.loop.time(), self._until_wake(period)))
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
@@ -741,7 +740,7 @@ class MailboxSession:
 
     async def _wait_for_news(self, seconds: float) -> None:
         """Until EXISTS, the deadline or stop(); BYE and UIDVALIDITY changes raise."""
-        loop = asyncio.get_running_loop()
+        loop = self.conn.loop
         deadline = loop.time() + seconds
         while not self.stop_event.is_set():
             if self.conn.exists_seen > self._exists_at_search:
