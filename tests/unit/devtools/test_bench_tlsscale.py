@@ -1,32 +1,25 @@
 """bench.tlsscale's spread of the first IDLE periods (re-issues at the steady rate from the
-ramp on): the first IDLE is shortened, the period is given back when it ends, and the next
-IDLE is the session's own method again (a re-issue reports no status to hook)."""
+ramp on): the period read by a session's shortened first IDLE is given back right after,
+so its next IDLE lasts the full period (a re-issue reports no status to hook)."""
 
 from __future__ import annotations
 
-import asyncio
+from types import SimpleNamespace
 
-from devtools.bench.tlsscale import _spread_first_period
-
-
-class IdlingSession:
-    """What the helper touches of a MailboxSession: the period and the IDLE wait."""
-
-    def __init__(self, period: float) -> None:
-        self._idle_period = period
-        self.waited: list[float] = []
-
-    async def _idle(self, at_most: float | None = None) -> None:
-        self.waited.append(self._idle_period)
+from devtools.bench.tlsscale import _give_back_periods
+from superimap.engine.session import MailboxSession
 
 
-def test_the_first_idle_is_shortened_and_the_period_given_back_after_it() -> None:
-    session = IdlingSession(1680.0)
-    _spread_first_period(session)
-    assert 0 < session._idle_period <= 1680.0
-    asyncio.run(session._idle())
-    asyncio.run(session._idle())
-    first, second = session.waited
-    assert 0 < first <= 1680.0 and second == 1680.0
-    assert session._idle_period == 1680.0
-    assert "_idle" not in vars(session)  # the wrapper left: the class's method again
+def test_the_full_period_is_given_back_once_the_first_idle_read_its_own(monkeypatch) -> None:
+    monkeypatch.setattr(MailboxSession, "_until_wake", MailboxSession._until_wake)  # undone
+    spread = {7: 1680.0}
+    _give_back_periods(spread)
+    session = SimpleNamespace(
+        user_id=7,
+        _idle_period=42.0,  # the shortened first period
+        others=SimpleNamespace(until_poll=lambda period: period),
+        changes=None,
+    )
+    assert MailboxSession._until_wake(session, session._idle_period) == 42.0
+    assert session._idle_period == 1680.0 and spread == {}
+    assert MailboxSession._until_wake(session, session._idle_period) == 1680.0
