@@ -20,6 +20,7 @@ from superimap.platform.config import (
     ConfigError,
     dev_secrets_path,
     env_bool,
+    env_idle_periods,
     env_int,
     env_int_list,
     env_list,
@@ -70,7 +71,11 @@ NUM_TRACERS = env_int("NUM_TRACERS", 3, minimum=0)
 POLL_INTERVAL = env_int("POLL_INTERVAL", 60, minimum=1)
 # Secondary folders of servers without NOTIFY: STATUS this often (design.md 4.10).
 FOLDER_POLL_SECONDS = env_int("FOLDER_POLL_SECONDS", 60, minimum=1, maximum=29 * 60)
-IDLE_REISSUE_SECONDS = env_int("IDLE_REISSUE_SECONDS", 25 * 60, minimum=1, maximum=29 * 60)
+# How long one IDLE lasts before it is re-issued (design.md 4.7): RFC 2177 advises at most
+# 29 min (RFC 3501's autologout timer is at least 30); 28 leaves a minute for a busy loop.
+# IMAP_IDLE_SECONDS sets it per IMAP host ("imap.gmx.net=600,...").
+IDLE_REISSUE_SECONDS = env_int("IDLE_REISSUE_SECONDS", 28 * 60, minimum=1, maximum=29 * 60)
+IMAP_IDLE_SECONDS = env_idle_periods("IMAP_IDLE_SECONDS", maximum=29 * 60)
 ENGINE_LEASE_SECONDS = env_int("ENGINE_LEASE_SECONDS", 60, minimum=2, maximum=3600)
 ENGINE_REFRESH_SECONDS = env_int("ENGINE_REFRESH_SECONDS", 5, minimum=1, maximum=60)
 # Change events (design.md 4.14) on servers without QRESYNC: the flags of this many of the

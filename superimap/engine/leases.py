@@ -156,23 +156,32 @@ class ChangeProbe:
     Django connection: compiling needs the backend) and run by the heartbeat thread on its
     name lock's psycopg connection (PostgreSQL) every refresh interval, in the same wake-up
     as a beat: the idle refresh then needs no database call of its own (design.md 8,
-    "Idle cost")."""
+    "Idle cost"). Like the beat it goes straight to libpq: the constant parameters are
+    bound into the statement once (psycopg's client-side binding), ``since`` is its one
+    ``$1`` (epoch seconds), so a probe builds no cursor and adapts nothing."""
 
     def __init__(self, allow_loopback: bool) -> None:
         self.allow_loopback = allow_loopback
         changed, unowned = _change_queries(_SINCE_MARK, allow_loopback)
         sql1, params1 = changed.values("pk")[:1].query.sql_with_params()
         sql2, params2 = unowned.values("pk")[:1].query.sql_with_params()
-        self.sql = f"SELECT (EXISTS ({sql1})) OR (EXISTS ({sql2}))"
-        self.params = [*params1, *params2]
-        self.since_at = self.params.index(connection.ops.adapt_datetimefield_value(_SINCE_MARK))
+        sql = f"SELECT (EXISTS ({sql1})) OR (EXISTS ({sql2}))"
+        mark = connection.ops.adapt_datetimefield_value(_SINCE_MARK)
+        connection.ensure_connection()
+        bind = psycopg.ClientCursor(connection.connection).mogrify
+        bound, mark_literal = bind(sql, [*params1, *params2]), bind("%s", [mark])
+        if bound.count(mark_literal) != 1:
+            raise RuntimeError(f"change probe: {mark_literal} not once in {bound}")
+        self.sql = bound.replace(mark_literal, "to_timestamp($1::float8)").encode()
 
     def unchanged_on(self, psycopg_connection, since: datetime) -> bool:
-        """unchanged_since(since) on a psycopg connection (PostgreSQL)."""
-        params = list(self.params)
-        params[self.since_at] = since
-        (changed,) = psycopg_connection.execute(self.sql, params).fetchone()
-        return not changed
+        """unchanged_since(since) on a psycopg connection (PostgreSQL, autocommit)."""
+        pgconn = psycopg_connection.pgconn
+        result = pgconn.exec_params(self.sql, [repr(since.timestamp()).encode()])
+        if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+            message = (result.error_message or pgconn.error_message).decode(errors="replace")
+            raise psycopg.OperationalError(f"change probe: {message.strip()}")
+        return result.get_value(0, 0) == b"f"
 
 
 def handover_pending(node_id: str) -> bool:

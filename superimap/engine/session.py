@@ -11,7 +11,8 @@ import asyncio
 import logging
 import math
 import random
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from django.utils import timezone
@@ -74,7 +75,9 @@ Status = MailboxUser.Status
 class SessionSettings:
     command_timeout: float = 30.0
     fetch_timeout: float = 120.0
-    idle_reissue: float = 25 * 60
+    idle_reissue: float = 28 * 60
+    # IMAP_IDLE_SECONDS: the IDLE period of named hosts (lower-cased), instead of idle_reissue.
+    idle_by_host: Mapping[str, float] = field(default_factory=dict)
     poll_interval: float = 60.0
     max_email_size: int = 1024 * 1024
     max_backoff: float = 300.0
@@ -97,19 +100,21 @@ IDLE_GRID = 1.0
 
 
 def idle_period(config: store.MailboxConfig, cfg: SessionSettings, greeting: str = "") -> float:
-    """How long one IDLE lasts: IDLE_REISSUE_SECONDS, or idle_refresh_seconds when shorter.
+    """How long one IDLE lasts: the host's period (IMAP_IDLE_SECONDS, by imap_host as
+    written, lower-cased), else IDLE_REISSUE_SECONDS; or idle_refresh_seconds when shorter.
 
     The connection's setting wins, then the provider's; neither set (None) means automatic:
     SLOW_IDLE_REFRESH for servers whose greeting names Cyrus or Courier, which only check
     the mailbox when IDLE is issued again, so a short period bounds their push latency
     (the catch-up SEARCH after each DONE finds what the IDLE did not tell); 0 is off."""
+    reissue = float(cfg.idle_by_host.get(config.host.lower(), cfg.idle_reissue))
     refresh = config.idle_refresh
     if refresh is None:
         slow = any(name in greeting.lower() for name in SLOW_IDLE_GREETINGS)
         refresh = SLOW_IDLE_REFRESH if slow else 0
     if refresh > 0:
-        return min(float(refresh), cfg.idle_reissue)
-    return cfg.idle_reissue
+        return min(float(refresh), reissue)
+    return reissue
 
 
 def idle_wait(now: float, seconds: float, grid: float = IDLE_GRID) -> float:
@@ -149,6 +154,9 @@ class MailboxSession:
         self._failure_kind = ""
         self._kind_failures = 0
         self._last_error = ""  # kept while reconnecting, so user_error can say what failed
+        # The last (status, error, failures) this session reported: the watch loop reports
+        # its watching status again only when it differs, not at every IDLE re-issue.
+        self._reported: tuple[str, str, int] | None = None
         self.conn: ImapConnection | None = None
         # The primary folder's cursor, and the folder selected now (the primary, or a
         # secondary one being visited): UIDVALIDITY changes are checked against it.
@@ -192,7 +200,7 @@ class MailboxSession:
             needs_human = status != Status.BACKING_OFF
             delay = self._count_failure(status)
             self._last_error = error[:500]
-            self.engine.report(self.user_id, status, error[:500], self.failures)
+            self._report(status, error[:500], self.failures)
             log.log(
                 logging.DEBUG if dboutage.is_down() else logging.INFO,
                 "mailbox %s: %s; retry %d in %.1fs",
@@ -204,7 +212,7 @@ class MailboxSession:
             await self._sleep(delay)
         if not needs_human:
             # An auth or certificate failure stays visible after shutdown: it needs a human.
-            self.engine.report(self.user_id, Status.STOPPED, "", self.failures)
+            self._report(Status.STOPPED, "", self.failures)
 
     async def _watch_once(self, config: store.MailboxConfig) -> tuple[str, str]:
         """One connection, to its end: the status to report and why it ended."""
@@ -229,6 +237,10 @@ class MailboxSession:
         finally:
             await self._disconnect()
         return status, error
+
+    def _report(self, status: str, error: str, failures: int) -> None:
+        self._reported = (status, error, failures)
+        self.engine.report(self.user_id, status, error, failures)
 
     def _count_failure(self, status: str) -> float:
         """Count this failure once and return the back-off before the next try."""
@@ -261,7 +273,7 @@ class MailboxSession:
 
     async def _watch(self, config: store.MailboxConfig) -> None:
         error = self._last_error if self.failures else ""
-        self.engine.report(self.user_id, Status.CONNECTING, error, self.failures)
+        self._report(Status.CONNECTING, error, self.failures)
         await self.engine.logins.wait_turn(self.user_id, config.host, self._sleep)
         if self.stop_event.is_set():
             return
@@ -299,7 +311,17 @@ class MailboxSession:
                     backfill = None
             else:
                 status = Status.IDLE if idle else Status.POLLING
-                self.engine.report(self.user_id, status, self.others.warning, 0)
+                reported = self._reported
+                if (
+                    reported is None
+                    or reported[0] is not status
+                    or reported[1] != self.others.warning
+                    or reported[2]
+                ):
+                    # Not again after an IDLE that ended by its period (a re-issue, every
+                    # 28 min per mailbox): nothing changed, and each report touched the
+                    # engine's tables of every session (design.md 8, "Idle cost").
+                    self._report(status, self.others.warning, 0)
                 wait = backfill.due_in() if backfill is not None else None
                 if idle:
                     await self._idle(wait)
@@ -500,9 +522,9 @@ class MailboxSession:
             uids = cursor.to_fetch(plan, meta)
         else:
             uids = cursor.to_fetch(plan, await self._search(plan.search))
-        if uids:
-            self.engine.report(self.user_id, Status.SYNCING, "", self.failures)
-        await self._fetch_and_persist(cursor, uids, meta=meta, known_at=known_at)
+        if uids:  # none after most IDLE re-issues: no coroutine for nothing
+            self._report(Status.SYNCING, "", self.failures)
+            await self._fetch_and_persist(cursor, uids, meta=meta, known_at=known_at)
 
     def _change_items(self) -> str:
         """FLAGS (and MODSEQ) with every body when the partner wants change events."""
@@ -693,9 +715,9 @@ class MailboxSession:
             if refused is not None:
                 raise CommandFailed("IDLE", refused)
         conn.put_back(before)
+        self.engine.idles += 1
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
-        loop = asyncio.get_running_loop()
-        await self._wait_for_news(idle_wait(loop.time(), self._until_wake(period)))
+        await self._wait_for_news(idle_wait(conn.loop.time(), self._until_wake(period)))
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
@@ -718,7 +740,7 @@ class MailboxSession:
 
     async def _wait_for_news(self, seconds: float) -> None:
         """Until EXISTS, the deadline or stop(); BYE and UIDVALIDITY changes raise."""
-        loop = asyncio.get_running_loop()
+        loop = self.conn.loop
         deadline = loop.time() + seconds
         while not self.stop_event.is_set():
             if self.conn.exists_seen > self._exists_at_search:

@@ -100,6 +100,7 @@ class Engine:
         self._news = asyncio.Event()  # set by the heartbeat: refresh now
         self.session_settings = session_settings or SessionSettings(
             idle_reissue=float(settings.IDLE_REISSUE_SECONDS),
+            idle_by_host=settings.IMAP_IDLE_SECONDS,
             poll_interval=float(settings.POLL_INTERVAL),
             folder_poll=float(settings.FOLDER_POLL_SECONDS),
             max_email_size=settings.MAX_EMAIL_SIZE,
@@ -135,6 +136,9 @@ class Engine:
         self.emails_processed = 0
         self._wake_due = False  # on_new_deliveries() is scheduled for this turn (_wake_workers)
         self.wakeups = 0
+        # IDLEs the sessions waited in (first ones and re-issues): a counter, as a status
+        # report is not made again at a re-issue (devtools/bench/tlsscale.py counts them).
+        self.idles = 0
         for reason in MailLog.Reason.values:
             MAIL_SKIPPED.labels(reason)  # every reason shows in /metrics, at 0 until used
         self.started_at = timezone.now()
@@ -556,7 +560,14 @@ class Engine:
             if not (_quiet(value) and self._written.get(user_id) == value)
         }
         if batch:
-            await self.pool.run(store.save_statuses, batch)
+            try:
+                await self.pool.run(store.save_statuses, batch)
+            except BaseException:
+                # Written at the next flush, unless reported again meanwhile: a session
+                # does not report an unchanged watching status again (not at each re-issue).
+                for user_id, value in batch.items():
+                    self._statuses.setdefault(user_id, value)
+                raise
         for user_id, value in batch.items():
             if _quiet(value) and user_id in self.sessions:
                 self._written[user_id] = value

@@ -76,6 +76,10 @@ class ImapConnection(asyncio.BufferedProtocol):
     def __init__(self, protocol: ClientProtocol, timeout: float) -> None:
         self.protocol = protocol
         self.timeout = timeout
+        # The loop this connection runs in (built by its factory, in the loop): the waits
+        # read it here, where asyncio.get_running_loop() is a getpid() system call each
+        # time (CPython's check for a fork), ~8 per IDLE re-issue.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._buffer = _read_buffer()
         # Events not taken yet: a list, not a deque (whose first block is ~600 bytes per
@@ -248,7 +252,7 @@ class ImapConnection(asyncio.BufferedProtocol):
         ``untagged_wakes=False`` (collect): while none is there, wait until a tagged
         answer, BYE or continuation comes (the untagged ones before it are then there too:
         one wake-up of the session for a FETCH answer and its OK that came apart)."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = loop.time() + timeout
         while not self._backlog:
             if self._error is not None:
@@ -374,7 +378,7 @@ class ImapConnection(asyncio.BufferedProtocol):
     ) -> TaggedResponse | None:
         """Wait until the server accepted the IDLE ``tag`` (its continuation taken from the
         events): None; or refused it: its tagged answer. Other events go to ``keep``."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = loop.time() + timeout
         while not (
             self.protocol.idle_accepted and not (self._backlog and _continuation_in(self._backlog))
@@ -391,7 +395,7 @@ class ImapConnection(asyncio.BufferedProtocol):
     async def collect(
         self, tag: str, timeout: float, *, check: bool = True, name: bytes = b""
     ) -> tuple[list[Event], TaggedResponse]:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = loop.time() + timeout
         untagged: list[Event] = []
         while True:

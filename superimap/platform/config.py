@@ -113,6 +113,31 @@ def env_login_limits(name: str) -> dict[str, tuple[int, float]]:
     return limits
 
 
+def env_idle_periods(name: str, maximum: int) -> dict[str, int]:
+    """Comma-separated ``host=seconds`` entries (``imap.gmx.net=600``): how long one IDLE
+    lasts on that IMAP host, 1 to ``maximum`` seconds. ``host`` is lower-cased."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return {}
+    periods: dict[str, int] = {}
+    for item in (item.strip() for item in raw.split(",")):
+        if not item:
+            continue
+        host, _, value = item.rpartition("=")
+        try:
+            seconds = int(value.strip().replace("_", ""))
+        except ValueError:
+            seconds = 0
+        if not host.strip() or not 1 <= seconds <= maximum:
+            raise ConfigError(
+                name,
+                f"every entry must be host=seconds with 1 <= seconds <= {maximum} "
+                f"(e.g. imap.gmx.net=600), got {item!r}",
+            )
+        periods[host.strip().lower()] = seconds
+    return periods
+
+
 def validate_fernet_keys(name: str, raw: str) -> list[str]:
     keys = [k.strip() for k in raw.split(",") if k.strip()]
     if not keys:

@@ -21,6 +21,7 @@ from superimap.delivery.models import Delivery
 from superimap.engine.session import SessionSettings, idle_period, idle_wait
 from superimap.engine.store import MailboxConfig
 from superimap.mailboxes.models import MailboxUser
+from superimap.platform.config import ConfigError, env_idle_periods
 from tests.helpers.configs import mailbox_config
 from tests.helpers.engine import (
     FAST,
@@ -83,6 +84,46 @@ def _status(user_id: int) -> str:
     return MailboxUser.objects.get(id=user_id).status
 
 
+def _idles_in(partner, idle_by_host: dict[str, float], seconds: float) -> int:
+    """IDLE commands the server saw in ``seconds`` after the session's first one."""
+    server = CheckOnIdleServer()
+
+    async def scenario() -> int:
+        port = await server.start()
+
+        def make_user() -> MailboxUser:
+            return MailboxUser.objects.create(
+                connection=loopback_connection(partner, port),
+                tag="periods",
+                login_username="u",
+                password="p",
+                connected_at=timezone.now(),
+            )
+
+        user = await asyncio.to_thread(make_user)
+        settings = replace(FAST, idle_reissue=60, idle_by_host=idle_by_host)
+        try:
+            async with RunningEngine(session_settings=settings):
+                await wait_for(lambda: _status(user.id) == "idle")
+                first = server.idles
+                await asyncio.sleep(seconds)
+                return server.idles - first
+        finally:
+            await server.stop()
+
+    return asyncio.run(scenario())
+
+
+def test_a_host_named_in_imap_idle_seconds_gets_its_own_idle_period(mail_partner):
+    # IMAP_IDLE_SECONDS (engine settings' idle_by_host) by imap_host: the loopback
+    # connections' 127.0.0.1 re-issues every 0.5 s here, where the default is 60 s.
+    assert _idles_in(mail_partner, {"127.0.0.1": 0.5}, 2.0) >= 3
+
+
+def test_a_host_not_named_keeps_the_default_idle_period(mail_partner):
+    assert _idles_in(mail_partner, {"imap.example.org": 0.5}, 2.0) == 0
+
+
 def _seconds_to_see_mail(partner, idle_refresh: int | None, wait: float) -> float | None:
     """Deliver one message while the engine idles; seconds until its webhook row, or None."""
     server = CheckOnIdleServer()
@@ -140,6 +181,42 @@ def test_the_idle_period_is_the_shorter_of_refresh_and_reissue() -> None:
     assert idle_period(replace(config, idle_refresh=0), settings) == 1500
     assert idle_period(replace(config, idle_refresh=30), settings) == 30
     assert idle_period(replace(config, idle_refresh=3000), settings) == 1500
+
+
+def test_the_host_period_replaces_the_default_and_refresh_may_shorten_it() -> None:
+    config = replace(_config(), host="IMAP.Example.ORG", idle_refresh=0)
+    periods = {"imap.example.org": 1740.0, "imap.gmx.net": 600.0}
+    settings = SessionSettings(idle_reissue=1680, idle_by_host=periods)
+    assert idle_period(config, settings) == 1740  # longer than the default: as named
+    assert idle_period(replace(config, host="imap.gmx.net"), settings) == 600
+    assert idle_period(replace(config, host="other.example"), settings) == 1680
+    assert idle_period(replace(config, idle_refresh=30), settings) == 30
+    assert idle_period(replace(config, idle_refresh=1800), settings) == 1740
+
+
+@pytest.mark.parametrize(
+    ("raw", "periods"),
+    [
+        ("", {}),
+        (
+            " IMAP.GMX.net = 600 , imap.example.org=1_740,",
+            {"imap.gmx.net": 600, "imap.example.org": 1740},
+        ),
+        ("a=60,a=120", {"a": 120}),  # the last one wins
+    ],
+)
+def test_imap_idle_seconds_reads_host_seconds_entries(monkeypatch, raw, periods) -> None:
+    monkeypatch.setenv("IMAP_IDLE_SECONDS", raw)
+    assert env_idle_periods("IMAP_IDLE_SECONDS", maximum=1740) == periods
+
+
+@pytest.mark.parametrize("raw", ["imap.gmx.net", "=600", "h=0", "h=1741", "h=x", "h=1.5"])
+def test_a_bad_imap_idle_seconds_entry_names_the_variable_and_the_entry(monkeypatch, raw) -> None:
+    monkeypatch.setenv("IMAP_IDLE_SECONDS", f"ok.example=60,{raw}")
+    with pytest.raises(ConfigError) as caught:
+        env_idle_periods("IMAP_IDLE_SECONDS", maximum=1740)
+    assert str(caught.value).startswith("IMAP_IDLE_SECONDS: ")
+    assert repr(raw) in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -309,3 +309,50 @@ def test_an_idle_ended_by_its_period_is_issued_again_in_one_write(mail_partner):
         assert chunk.rstrip().endswith("IDLE"), words
     delivered, rows = _counts()
     assert len(server.messages_of("user0")) == delivered == rows == 1
+
+
+def test_an_idle_reissue_reports_no_status_and_mail_after_it_still_does(mail_partner):
+    """A re-issue changes nothing the engine keeps per session: the session reports its
+    IDLE status once, not again at every re-issue (each report touched the engine's
+    tables of every session: design.md 8, "Idle cost"); the IDLEs are counted. Mail
+    found by a re-issue's FETCH is reported (syncing, then idle) as before."""
+
+    async def scenario():
+        server = ChaosImapServer(users=1, chaos=False, seed=6)
+        await server.start()
+        await asyncio.to_thread(loopback_users, mail_partner, server.port, 1)
+        reports: list[str] = []
+        try:
+            running = RunningEngine(session_settings=replace(FAST, idle_reissue=0.5))
+            engine = running.engine
+            report = engine.report
+
+            def counted(user_id, status, error, failures):
+                reports.append(str(status))
+                report(user_id, status, error, failures)
+
+            engine.report = counted
+            async with running:
+                await wait_for(
+                    lambda: MailboxUser.objects.filter(status="idle").exists(), timeout=10
+                )
+                await asyncio.sleep(0.2)
+                mark, idles = len(reports), engine.idles
+                await asyncio.sleep(1.6)  # three periods end, nothing arrives
+                quiet, reissues = reports[mark:], engine.idles - idles
+                raw = make_message("silent", "a@example.test", "user0@x", "hi", "<r@t>")
+                server.mailbox("user0", "INBOX").append(raw, datetime.now(UTC))
+                await wait_for(lambda: _counts()[0] == 1, timeout=10)
+                await asyncio.sleep(0.3)
+                after_mail = reports[mark + len(quiet) :]
+                await wait_for(
+                    lambda: MailboxUser.objects.filter(status="idle").exists(), timeout=10
+                )
+        finally:
+            await server.stop()
+        return quiet, reissues, after_mail
+
+    quiet, reissues, after_mail = asyncio.run(scenario())
+    assert reissues >= 2, reissues
+    assert quiet == [], quiet
+    assert after_mail == ["syncing", "idle"], after_mail

@@ -201,3 +201,54 @@ def test_an_unchanged_watching_status_is_not_written_again(mail_partner):
     assert first is not None and unchanged == first
     assert failing > first and recovered > failing
     assert _user(user.id).status == "idle"
+
+
+def test_a_status_whose_write_failed_is_written_at_the_next_flush(mail_partner):
+    """A session reports an unchanged watching status only once (not at each IDLE
+    re-issue), so a flush that failed (the database away) keeps what it could not write
+    for the next one, unless the session reported again meanwhile."""
+    from unittest import mock
+
+    from django.db import OperationalError
+
+    from superimap.engine import store
+    from superimap.engine.supervisor import Engine
+    from superimap.platform.dbpool import DbPool
+    from tests.helpers.engine import loopback_users
+
+    loopback_users(mail_partner, 1, 2)
+    first, second = MailboxUser.objects.order_by("id")
+    save = store.save_statuses
+    calls = []
+
+    def save_once_failing(statuses):
+        calls.append(dict(statuses))
+        if len(calls) == 1:
+            raise OperationalError("the database went away")
+        return save(statuses)
+
+    async def scenario() -> None:
+        pool = DbPool(size=1)
+        engine = Engine(pool, "n1")
+        engine.sessions[first.id] = (None, None, "v1")
+        engine.sessions[second.id] = (None, None, "v1")
+        try:
+            with mock.patch.object(
+                store, "save_statuses", autospec=True, side_effect=save_once_failing
+            ):
+                engine.report(first.id, "idle", "", 0)
+                engine.report(second.id, "idle", "", 0)
+                try:
+                    await engine.flush_statuses()
+                except OperationalError:
+                    pass
+                engine.report(second.id, "connecting", "dropped", 1)  # newer: it wins
+                await engine.flush_statuses()
+        finally:
+            pool.shutdown()
+
+    asyncio.run(scenario())
+    assert len(calls) == 2
+    assert calls[1] == {first.id: ("idle", "", 0), second.id: ("connecting", "dropped", 1)}
+    assert _user(first.id).status == "idle"
+    assert _user(second.id).status == "connecting"
