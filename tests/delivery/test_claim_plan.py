@@ -85,9 +85,27 @@ def test_the_postgresql_claim_walks_the_due_index_instead_of_sorting_the_backlog
     assert "Index Scan using delivery_due_by_endpoint" in plan, plan
 
 
+def test_the_prepared_claim_walks_the_due_index_too(migrated_postgres_url):
+    """The worker's claim is a prepared statement (platform/statements.py): after five runs
+    PostgreSQL may keep one generic plan for every later claim, planned without the values.
+    That plan walks the due index as the custom ones do."""
+    due = queue._claim_sql("postgresql")[0][False]
+    with psycopg.connect(migrated_postgres_url, autocommit=True) as db:
+        _fill_without_statistics(db)
+        with db.transaction():
+            db.execute(queue.WALK_THE_INDEX)
+            db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            text = due.replace("%s", "$1", 2).replace("LIMIT %s", "LIMIT $2")
+            db.execute(f"PREPARE claim (timestamptz, bigint) AS {text}")
+            rows = db.execute("EXPLAIN ANALYZE EXECUTE claim (now(), 20)").fetchall()
+            plan = "\n".join(row[0] for row in rows)
+    assert "Sort" not in plan, plan
+    assert "Index Scan using delivery_due_by_endpoint" in plan, plan
+
+
 def _explain_delivered(db, ids: list[int]) -> str:
-    sql = queue._delivered_sql(len(ids))
-    params = ["delivered", datetime.now(UTC), 200, *ids, 1, "node"]
+    sql = queue._delivered_sql("id = ANY(%s)")  # its text on PostgreSQL (statements.any_of)
+    params = ["delivered", datetime.now(UTC), 200, ids, 1, "node"]
     return "\n".join(row[0] for row in db.execute(f"EXPLAIN ANALYZE {sql}", params).fetchall())
 
 
@@ -115,9 +133,9 @@ def test_the_postgresql_outcome_update_finds_its_rows_by_id(migrated_postgres_ur
     indexes = [line for line in plan.splitlines() if "Index Scan" in line]
     assert indexes and all("delivery_delivery_pkey" in line for line in indexes), plan
     # The hazard is real: the same UPDATE with the plain term reads the partial index.
-    plain = queue._delivered_sql(len(ids)).replace("COALESCE(status, '')", "status")
+    plain = queue._delivered_sql("id = ANY(%s)").replace("COALESCE(status, '')", "status")
     with psycopg.connect(migrated_postgres_url, autocommit=True) as db, db.transaction():
-        params = ["delivered", datetime.now(UTC), 200, *ids, 1, "node"]
+        params = ["delivered", datetime.now(UTC), 200, ids, 1, "node"]
         rows = db.execute(f"EXPLAIN {plain}", params).fetchall()
         raise psycopg.Rollback
     assert "delivery_pending_by_user" in "\n".join(row[0] for row in rows)
@@ -129,7 +147,7 @@ def test_the_sqlite_outcome_update_finds_its_rows_by_id():
     filtered the ids: each outcome UPDATE read the backlog's whole range."""
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's plan")
-    sql = queue._delivered_sql(20)
+    sql = queue._delivered_sql("id IN (" + ", ".join(["%s"] * 20) + ")")  # SQLite's text
     plan = _plan(sql, ["delivered", datetime(2026, 12, 7, tzinfo=UTC), 200, *range(20), 1, "n"])
     assert plan == ["SEARCH delivery_delivery USING INTEGER PRIMARY KEY (rowid=?)"], plan
     plain = sql.replace("COALESCE(status, '')", "status")

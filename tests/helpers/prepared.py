@@ -1,0 +1,36 @@
+"""What PostgreSQL has prepared on the engine's and the worker's connection after a few
+group commits and claims (platform/statements.py). Run on PostgreSQL through ``superimap
+manage shell`` by tests/engine/test_postgres_prepared.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.db import connection, transaction
+
+from superimap.delivery import queue
+from superimap.engine import writer
+from superimap.platform.statements import PREPARE_THRESHOLD
+from tests.helpers.writer import _users, batch
+
+GROUPS = PREPARE_THRESHOLD + 2
+
+
+def prepared_statements() -> dict:
+    """Each group two users, one new message each (a new UID, so every statement runs);
+    then as many empty claims. Returns the prepared texts and what the groups wrote."""
+    users = _users("prepared")
+    for n in range(1, GROUPS + 1):
+        with transaction.atomic():
+            outcomes = writer.write_jobs([batch(users["a"], n), batch(users["b"], n)])
+        assert all(not isinstance(outcome, Exception) for outcome in outcomes), outcomes
+    later = datetime.now(UTC) + timedelta(days=1)  # every delivery is due: claim them
+    claimed = 0
+    for _ in range(GROUPS):
+        claimed += len(queue.claim_due("w1", 1, later, timedelta(minutes=5)))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        statements = [" ".join(row[0].split()) for row in cursor.fetchall()]
+        cursor.execute("SELECT count(*) FROM mailboxes_maillog")
+        rows = cursor.fetchone()[0]
+    return {"statements": statements, "maillog_rows": rows, "claimed": claimed}
