@@ -1,6 +1,6 @@
 """Cursors for the hot plain-SQL paths (the engine's group commit, the worker's claim and
 record): on PostgreSQL their statements are prepared once per connection and then only
-bound and run (design.md 8.1).
+bound and run (design.md 5.10, "Prepared statements").
 
 Django's psycopg 3 backend binds parameters on the client (ClientCursor: the values are
 quoted into the text, sent as one simple query) and turns psycopg's prepared statements off
@@ -10,13 +10,13 @@ as a quoted literal. ``statement_cursor()`` gives the same Django cursor wrapper
 wrapped, queries logged in DEBUG) around a server-binding psycopg cursor: the values go as
 parameters, and a statement text seen PREPARE_THRESHOLD times on the connection is
 prepared (psycopg's cache, up to 100 per connection; an executemany prepares at once). The
-callers keep their texts stable on PostgreSQL (``= ANY(%s)`` with an array, unnest() of
+callers keep their texts stable on PostgreSQL (``= ANY(%s::bigint[])``, unnest() of
 arrays for many rows): one text per statement, whatever the number of rows.
 
 Only these cursors prepare: Django's own (the ORM, the admin) stay client-side, so a
 statement text never depends on the values' types outside these paths. Behind a
-connection pooler in transaction mode, use PgBouncer 1.21+ with max_prepared_statements
-(README "Configuration"). SQLite: Django's cursor (sqlite3 caches its prepared
+connection pooler in transaction mode, use PgBouncer 1.21+ with max_prepared_statements.
+SQLite: Django's cursor (sqlite3 caches its prepared
 statements by text already).
 """
 
@@ -59,8 +59,8 @@ def any_of(column: str, values, sql_type: str = "bigint") -> tuple[str, list]:
     array (one text for any count), SQLite ``column IN (%s, ...)``.
 
     The cast is the column's type: psycopg sends a list of ints as the smallest array type
-    that holds them, numeric[] too, and ``bigint = numeric`` cannot use the column's index
-    (every prepared claim UPDATE read the whole table, ~3 ms)."""
+    that holds them (int2[], int4[], int8[]), and each type is a prepared statement of its
+    own."""
     if connection.vendor == "postgresql":
         return f"{column} = ANY(%s::{sql_type}[])", [list(values)]
     values = list(values)

@@ -10,10 +10,9 @@ from django.db import connection, transaction
 
 from superimap.delivery import queue
 from superimap.engine import writer
-from superimap.platform.statements import PREPARE_THRESHOLD
 from tests.helpers.writer import _users, batch
 
-GROUPS = PREPARE_THRESHOLD + 2
+GROUPS = 7  # more than statements.PREPARE_THRESHOLD (5) runs of each statement
 
 
 def prepared_statements() -> dict:
