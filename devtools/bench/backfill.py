@@ -156,26 +156,18 @@ def run(args: argparse.Namespace) -> dict:
         during = pusher.push_for(
             args.rate,
             args.timeout,
-            lambda: time.monotonic() - running_at >= args.live_seconds and _finished(user_ids[0]),
+            lambda: time.monotonic() - running_at >= args.live_seconds
+            and _finished(user_ids[0]),
         )
         backfill_seconds = _wait_finished(user_ids[0], args.timeout) - started
         _wait_arrived(receiver, appended + len(without) + len(during), 120)
         time.sleep(1.0)  # duplicates that would follow
         notes = receiver.notes()
-    return _report(
-        args,
-        notes,
-        without,
-        during,
-        appended,
-        backfill_seconds,
-        names,
-        {
-            "start": load_at_start,
-            "without": load_without,
-            "with": load_with,
-        },
-    )
+    return _report(args, notes, without, during, appended, backfill_seconds, names, {
+        "start": load_at_start,
+        "without": load_without,
+        "with": load_with,
+    })
 
 
 def _append_old(dovecot: DovecotServer, name: str, count: int) -> int:
@@ -185,13 +177,8 @@ def _append_old(dovecot: DovecotServer, name: str, count: int) -> int:
     start = datetime.now(UTC) - timedelta(days=30)
     step = timedelta(days=29) / max(1, count)
     for i in range(count):
-        raw = make_message(
-            f"old {i}",
-            "a@bench.test",
-            f"{name}@bench.test",
-            "old mail " * 20,
-            f"<old{i}@bench.test>",
-        )
+        raw = make_message(f"old {i}", "a@bench.test", f"{name}@bench.test", "old mail " * 20,
+                           f"<old{i}@bench.test>")
         when = imaplib.Time2Internaldate(start + step * i)
         client.append("INBOX", "", when, raw)
     client.logout()
@@ -347,7 +334,9 @@ def _report(args, notes, without, during, appended, backfill_seconds, names, loa
         "live_latency_ms_without_backfill": _latency(notes, without),
         "live_latency_ms_with_backfill": _latency(notes, during),
         "live_latency_ms_with_backfill_same_mailbox": _latency(notes, during, lambda i: i == 0),
-        "live_latency_ms_with_backfill_other_mailboxes": _latency(notes, during, lambda i: i != 0),
+        "live_latency_ms_with_backfill_other_mailboxes": _latency(
+            notes, during, lambda i: i != 0
+        ),
         "backfill_seconds": round(backfill_seconds, 1),
         "backfill_messages_per_second": round(appended / backfill_seconds, 1),
         "backfilled_arrived": len(set(backfilled) & old),

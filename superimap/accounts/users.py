@@ -294,3 +294,4 @@ def resume_user(user: MailboxUser) -> None:
     user.status_changed_at = timezone.now()
     restart_session(user)
     save_user(user, ["paused_at", "status", "status_changed_at", "session_version"])
+

@@ -386,7 +386,7 @@ def backfill_start(since: datetime | date | None, days: int | None) -> datetime 
 
 
 def date_or_moment(value: Any) -> Any:
-    """ "2026-01-02" is a date (its midnight UTC), not a moment without a time zone."""
+    """"2026-01-02" is a date (its midnight UTC), not a moment without a time zone."""
     if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         return date.fromisoformat(value)
     return value

@@ -103,8 +103,11 @@ def test_the_prepared_claim_walks_the_due_index_too(migrated_postgres_url):
     assert "Index Scan using delivery_due_by_endpoint" in plan, plan
 
 
+PG_BY_ID = "id = ANY(%s::bigint[])"  # the ids' term on PostgreSQL (statements.any_of)
+
+
 def _explain_delivered(db, ids: list[int]) -> str:
-    sql = queue._delivered_sql("id = ANY(%s)")  # its text on PostgreSQL (statements.any_of)
+    sql = queue._delivered_sql(PG_BY_ID)
     params = ["delivered", datetime.now(UTC), 200, ids, 1, "node"]
     return "\n".join(row[0] for row in db.execute(f"EXPLAIN ANALYZE {sql}", params).fetchall())
 
@@ -133,7 +136,7 @@ def test_the_postgresql_outcome_update_finds_its_rows_by_id(migrated_postgres_ur
     indexes = [line for line in plan.splitlines() if "Index Scan" in line]
     assert indexes and all("delivery_delivery_pkey" in line for line in indexes), plan
     # The hazard is real: the same UPDATE with the plain term reads the partial index.
-    plain = queue._delivered_sql("id = ANY(%s)").replace("COALESCE(status, '')", "status")
+    plain = queue._delivered_sql(PG_BY_ID).replace("COALESCE(status, '')", "status")
     with psycopg.connect(migrated_postgres_url, autocommit=True) as db, db.transaction():
         params = ["delivered", datetime.now(UTC), 200, ids, 1, "node"]
         rows = db.execute(f"EXPLAIN {plain}", params).fetchall()

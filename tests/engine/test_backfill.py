@@ -37,7 +37,9 @@ def _finished_of(user: MailboxUser) -> bool:
     return user.backfill_finished_at is not None
 
 
-def test_a_backfill_sends_exactly_its_window_oldest_first_with_the_count_identity(mailbox, dovecot):
+def test_a_backfill_sends_exactly_its_window_oldest_first_with_the_count_identity(
+    mailbox, dovecot
+):
     user = mailbox()
     user.filters = [{"name": "no ads", "subject_contains": ["report", "note", "copy", "live"]}]
     user.save(update_fields=["filters"])

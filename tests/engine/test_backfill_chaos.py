@@ -81,7 +81,9 @@ def test_every_window_is_sent_once_under_wire_faults(mail_partner, caplog):
                 await wait_for(_all_finished, timeout=60, interval=0.2)
                 server.chaos = False
                 live = set(server.generated)
-                await wait_for(lambda: live <= set(_ids(backfill=False)), timeout=30, interval=0.2)
+                await wait_for(
+                    lambda: live <= set(_ids(backfill=False)), timeout=30, interval=0.2
+                )
                 await asyncio.sleep(1.0)  # anything sent twice would show up now
         finally:
             await server.stop()
