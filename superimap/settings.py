@@ -314,7 +314,14 @@ def _database(url: str) -> dict:
         # such a session after the lease: none of ours waits idle inside a transaction.
         idle = ENGINE_LEASE_SECONDS * 1000
         options = config.setdefault("OPTIONS", {})
-        options.setdefault("options", f"-c idle_in_transaction_session_timeout={idle}")
+        # The hot statements are prepared (platform/statements.py), but planned at each run
+        # with their values: a generic plan made while a table was nearly empty (the first
+        # claims after a start) was a sequential scan kept while the table grew, until the
+        # next ANALYZE (bench.e2e at 500/s: the claim's UPDATE by id 9x slower per row).
+        options.setdefault(
+            "options",
+            f"-c idle_in_transaction_session_timeout={idle} -c plan_cache_mode=force_custom_plan",
+        )
     else:
         raise ConfigError("DATABASE_URL", f"must be a sqlite:// or postgresql:// URL, got {url!r}")
     return config

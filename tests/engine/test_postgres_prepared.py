@@ -1,6 +1,6 @@
 """PostgreSQL prepares the group commit's and the claim's statements once per connection
 (platform/statements.py): Django binds on the client and prepares nothing by default, so
-the server parsed and planned each of them at every group and claim."""
+the server parsed each of them at every group and claim."""
 
 from __future__ import annotations
 
@@ -34,3 +34,7 @@ def test_it_prepares_the_group_commit_and_the_claim(postgres_url, tmp_path):
     assert prepared("UPDATE delivery_delivery SET attempts = attempts + 1"), statements
     # One text per statement whatever the number of rows: nothing prepared twice.
     assert len(statements) == len(set(statements)), statements
+    # Planned at each run with its values (settings.py: plan_cache_mode), never with a
+    # generic plan made while a table was nearly empty.
+    assert result["plan_cache_mode"] == "force_custom_plan", result
+    assert result["generic"] == [], result["generic"]

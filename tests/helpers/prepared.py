@@ -17,7 +17,8 @@ GROUPS = 7  # more than statements.PREPARE_THRESHOLD (5) runs of each statement
 
 def prepared_statements() -> dict:
     """Each group two users, one new message each (a new UID, so every statement runs);
-    then as many empty claims. Returns the prepared texts and what the groups wrote."""
+    then as many claims. Returns the prepared texts, those run with a generic plan, and what
+    the groups wrote."""
     users = _users("prepared")
     for n in range(1, GROUPS + 1):
         with transaction.atomic():
@@ -28,8 +29,17 @@ def prepared_statements() -> dict:
     for _ in range(GROUPS):
         claimed += len(queue.claim_due("w1", 1, later, timedelta(minutes=5)))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT statement FROM pg_prepared_statements")
-        statements = [" ".join(row[0].split()) for row in cursor.fetchall()]
+        cursor.execute("SELECT statement, generic_plans FROM pg_prepared_statements")
+        plans = [(" ".join(text.split()), generic) for text, generic in cursor.fetchall()]
         cursor.execute("SELECT count(*) FROM mailboxes_maillog")
         rows = cursor.fetchone()[0]
-    return {"statements": statements, "maillog_rows": rows, "claimed": claimed}
+        cursor.execute("SHOW plan_cache_mode")
+        mode = cursor.fetchone()[0]
+    return {
+        "statements": [text for text, _ in plans],
+        # A utility statement (the claim's SET LOCAL) has no plan and counts as generic.
+        "generic": [text for text, generic in plans if generic and not text.startswith("SET ")],
+        "plan_cache_mode": mode,
+        "maillog_rows": rows,
+        "claimed": claimed,
+    }
