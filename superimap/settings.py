@@ -315,9 +315,9 @@ def _database(url: str) -> dict:
         idle = ENGINE_LEASE_SECONDS * 1000
         options = config.setdefault("OPTIONS", {})
         # The hot statements are prepared (platform/statements.py), but planned at each run
-        # with their values: a generic plan made while a table was nearly empty (the first
-        # claims after a start) was a sequential scan kept while the table grew, until the
-        # next ANALYZE (bench.e2e at 500/s: the claim's UPDATE by id 9x slower per row).
+        # with their values: generic plans, made on the statistics of tables still nearly
+        # empty and kept while they grew until the next ANALYZE, made the statements by id
+        # 20x slower a call (bench.e2e at 500/s; performance.md, pgprep).
         options.setdefault(
             "options",
             f"-c idle_in_transaction_session_timeout={idle} -c plan_cache_mode=force_custom_plan",

@@ -4,14 +4,17 @@ bound and run (design.md 5.10, "Prepared statements").
 
 Django's psycopg 3 backend binds parameters on the client (ClientCursor: the values are
 quoted into the text, sent as one simple query) and turns psycopg's prepared statements off
-(``prepare_threshold=None``, for connection poolers), so PostgreSQL parsed, analysed and
-planned every statement anew, 4-5 per group commit and per claim, and lexed every payload
-as a quoted literal. ``statement_cursor()`` gives the same Django cursor wrapper (errors
+(``prepare_threshold=None``, for connection poolers), so PostgreSQL parsed and analysed
+every statement anew, 4-5 per group commit and per claim, and lexed every payload as a
+quoted literal. ``statement_cursor()`` gives the same Django cursor wrapper (errors
 wrapped, queries logged in DEBUG) around a server-binding psycopg cursor: the values go as
 parameters, and a statement text seen PREPARE_THRESHOLD times on the connection is
 prepared (psycopg's cache, up to 100 per connection; an executemany prepares at once). The
 callers keep their texts stable on PostgreSQL (``= ANY(%s::bigint[])``, unnest() of
 arrays for many rows): one text per statement, whatever the number of rows.
+
+Each run is planned with its values all the same (settings.py: plan_cache_mode): a
+generic plan made on a nearly empty table's statistics would outlive the table's growth.
 
 Only these cursors prepare: Django's own (the ORM, the admin) stay client-side, so a
 statement text never depends on the values' types outside these paths. Behind a

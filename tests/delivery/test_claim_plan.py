@@ -85,24 +85,6 @@ def test_the_postgresql_claim_walks_the_due_index_instead_of_sorting_the_backlog
     assert "Index Scan using delivery_due_by_endpoint" in plan, plan
 
 
-def test_the_prepared_claim_walks_the_due_index_too(migrated_postgres_url):
-    """The worker's claim is a prepared statement (platform/statements.py): after five runs
-    PostgreSQL may keep one generic plan for every later claim, planned without the values.
-    That plan walks the due index as the custom ones do."""
-    due = queue._claim_sql("postgresql")[0][False]
-    with psycopg.connect(migrated_postgres_url, autocommit=True) as db:
-        _fill_without_statistics(db)
-        with db.transaction():
-            db.execute(queue.WALK_THE_INDEX)
-            db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            text = due.replace("%s", "$1", 2).replace("LIMIT %s", "LIMIT $2")
-            db.execute(f"PREPARE claim (timestamptz, bigint) AS {text}")
-            rows = db.execute("EXPLAIN ANALYZE EXECUTE claim (now(), 20)").fetchall()
-            plan = "\n".join(row[0] for row in rows)
-    assert "Sort" not in plan, plan
-    assert "Index Scan using delivery_due_by_endpoint" in plan, plan
-
-
 PG_BY_ID = "id = ANY(%s::bigint[])"  # the ids' term on PostgreSQL (statements.any_of)
 
 
