@@ -314,14 +314,7 @@ def _database(url: str) -> dict:
         # such a session after the lease: none of ours waits idle inside a transaction.
         idle = ENGINE_LEASE_SECONDS * 1000
         options = config.setdefault("OPTIONS", {})
-        # The hot statements are prepared (platform/statements.py), but planned at each run
-        # with their values: generic plans, made on the statistics of tables still nearly
-        # empty and kept while they grew until the next ANALYZE, made the statements by id
-        # 20x slower a call (bench.e2e at 500/s; performance.md, pgprep).
-        options.setdefault(
-            "options",
-            f"-c idle_in_transaction_session_timeout={idle} -c plan_cache_mode=force_custom_plan",
-        )
+        options.setdefault("options", f"-c idle_in_transaction_session_timeout={idle}")
     else:
         raise ConfigError("DATABASE_URL", f"must be a sqlite:// or postgresql:// URL, got {url!r}")
     return config

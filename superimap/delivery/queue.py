@@ -28,13 +28,6 @@ from superimap.delivery.models import Delivery, DeliveryAttempt, EndpointHealth
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Partner
 from superimap.platform.fields import decrypt
-from superimap.platform.statements import (
-    any_of,
-    arrays,
-    column_types,
-    statement_cursor,
-    unnest_insert,
-)
 
 
 @dataclass(frozen=True)
@@ -155,11 +148,10 @@ def _cancel_superseded(cursor, rows: list) -> list:
     """Cancel the rows whose last column (_superseded) is true; the others, without it."""
     cancelled = [row[0] for row in rows if row[-1]]
     if cancelled:
-        by_id, ids = any_of("id", cancelled)
         cursor.execute(
             f"UPDATE {Delivery._meta.db_table} SET status = %s, last_error = %s, "
-            f"claimed_by = '', lease_until = NULL WHERE {by_id}",
-            [Delivery.Status.CANCELLED.value, SUPERSEDED_ERROR, *ids],
+            f"claimed_by = '', lease_until = NULL WHERE id IN ({_in(cancelled)})",
+            [Delivery.Status.CANCELLED.value, SUPERSEDED_ERROR, *cancelled],
         )
     return [row[:-1] for row in rows if not row[-1]]
 
@@ -197,7 +189,7 @@ def _claim_sql(vendor: str) -> tuple[dict[bool, str], str, str]:
     urls = ", ".join(f"{kind}_webhook" for kind in Partner.WEBHOOK_KINDS)
     partners = (
         "SELECT id, api_key, webhook_secret, previous_webhook_secret, "
-        f"previous_webhook_secret_until, {urls} FROM {p} WHERE "
+        f"previous_webhook_secret_until, {urls} FROM {p} WHERE id IN (%s)"
     )
     paused = (
         f"SELECT partner_id, kind, paused_until FROM {EndpointHealth._meta.db_table} "
@@ -227,20 +219,24 @@ WALK_THE_INDEX = "SET LOCAL enable_sort = off"
 # COALESCE(status, '') (status is NOT NULL: the same test) is a term no index of ours can
 # serve and that implies no partial index's condition. tests/delivery/test_claim_plan.py.
 @functools.lru_cache(maxsize=256)
-def _delivered_sql(by_id: str) -> str:
-    """The fenced UPDATE of delivered rows (``by_id``'s ids, attempt number, node)."""
+def _delivered_sql(count: int) -> str:
+    """The fenced UPDATE of ``count`` delivered rows (ids, attempt number, node)."""
     return (
         f"UPDATE {Delivery._meta.db_table} SET status = %s, delivered_at = %s, "
         "claimed_by = '', lease_until = NULL, last_status_code = %s, last_error = '' "
-        f"WHERE {by_id} AND attempts = %s AND claimed_by = %s "
+        f"WHERE id IN ({_in(range(count))}) AND attempts = %s AND claimed_by = %s "
         f"AND COALESCE(status, '') = '{Delivery.Status.PENDING.value}'"  # literal: _claim_sql
     )
 
 
+def _in(ids) -> str:
+    return ", ".join(["%s"] * len(ids))
+
+
 def _signing(cursor, partner_ids: set[int], now: datetime) -> dict[int, _Signing]:
     _, sql, _ = _claim_sql(connection.vendor)
-    by_id, ids = any_of("id", sorted(partner_ids))
-    cursor.execute(sql + by_id, ids)
+    ids = sorted(partner_ids)
+    cursor.execute(sql % _in(ids), ids)
     result = {}
     for partner_id, api_key, secret, previous, until, *urls in cursor.fetchall():
         secrets = (_decrypted(secret),)
@@ -294,7 +290,7 @@ def _claim_due(
     With a `room` (the worker's fair shares), full partners and endpoints are skipped and
     at most each one's room is taken (fairness.fair_rows: up to three SELECTs)."""
     due, _, paused_sql = _claim_sql(connection.vendor)
-    with statement_cursor() as cursor:
+    with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(WALK_THE_INDEX)
         db_time = connection.ops.adapt_datetimefield_value  # once, not through the proxy
@@ -318,12 +314,12 @@ def _claim_due(
             if not rows:
                 return []
         signing = _signing(cursor, {row[6] for row in rows}, now)
-        by_id, ids = any_of("id", [row[0] for row in rows])
+        ids = [row[0] for row in rows]
         # One UPDATE for the batch: the rows are ours until commit (row locks on
         # PostgreSQL, the write lock on SQLite), so attempts + 1 is what we read + 1.
         cursor.execute(
             f"UPDATE {Delivery._meta.db_table} SET attempts = attempts + 1, claimed_by = %s, "
-            f"lease_until = %s WHERE {by_id}",
+            f"lease_until = %s WHERE id IN ({_in(ids)})",
             [node_id, db_time(now + lease), *ids],
         )
     claimed = []
@@ -359,10 +355,9 @@ def _hold_paused(cursor, rows: list, paused: dict) -> list:
             ready.append(row)
         else:
             held.setdefault(until, []).append(row[0])
-    for until, held_ids in held.items():
-        by_id, ids = any_of("id", held_ids)
+    for until, ids in held.items():
         cursor.execute(
-            f"UPDATE {Delivery._meta.db_table} SET next_attempt_at = %s WHERE {by_id}",
+            f"UPDATE {Delivery._meta.db_table} SET next_attempt_at = %s WHERE id IN ({_in(ids)})",
             [_db_time(until), *ids],
         )
     return ready
@@ -387,9 +382,11 @@ def _record_outcomes(
     table = Delivery._meta.db_table
     # Looked up once: each `connection.` goes through Django's per-thread connection proxy.
     db_time = connection.ops.adapt_datetimefield_value
-    with statement_cursor() as cursor:
-        by_id, ids = any_of("id", [o.claimed.id for o in outcomes])
-        cursor.execute(f"SELECT id, max_attempts, failures FROM {table} WHERE {by_id}", ids)
+    with connection.cursor() as cursor:
+        ids = [o.claimed.id for o in outcomes]
+        cursor.execute(
+            f"SELECT id, max_attempts, failures FROM {table} WHERE id IN ({_in(ids)})", ids
+        )
         maxima = {id_: (most, failures) for id_, most, failures in cursor.fetchall()}
         attempts = []
         delivered: dict[tuple[int, int | None], list[int]] = {}
@@ -435,10 +432,9 @@ def _record_outcomes(
                 )
             )
         # The common case in one UPDATE per (attempt number, status code), still fenced.
-        for (attempt, status_code), delivered_ids in delivered.items():
-            by_id, ids = any_of("id", delivered_ids)
+        for (attempt, status_code), ids in delivered.items():
             cursor.execute(
-                _delivered_sql(by_id),
+                _delivered_sql(len(ids)),
                 [
                     Delivery.Status.DELIVERED.value,
                     db_time(now),
@@ -450,46 +446,18 @@ def _record_outcomes(
             )
             updated = cursor.rowcount
             counts[Delivery.Status.DELIVERED] = counts.get(Delivery.Status.DELIVERED, 0) + updated
-            if updated < len(delivered_ids):
-                counts["stale"] = counts.get("stale", 0) + len(delivered_ids) - updated
+            if updated < len(ids):
+                counts["stale"] = counts.get("stale", 0) + len(ids) - updated
         if attempts:
-            _insert_attempts(cursor, attempts)
+            row = "(%s, %s, %s, %s, %s, %s, %s, %s)"
+            cursor.execute(
+                f"INSERT INTO {DeliveryAttempt._meta.db_table} (delivery_id, number, "
+                "started_at, duration_ms, url, status_code, response_excerpt, error) "
+                f"VALUES {', '.join([row] * len(attempts))} ON CONFLICT DO NOTHING",
+                [value for attempt in attempts for value in attempt],
+            )
         health.record(answers, now, config)
     return counts
-
-
-ATTEMPT_COLUMNS = (
-    "delivery_id",
-    "number",
-    "started_at",
-    "duration_ms",
-    "url",
-    "status_code",
-    "response_excerpt",
-    "error",
-)
-
-
-def _insert_attempts(cursor, attempts: list[tuple]) -> None:
-    """The attempts (ATTEMPT_COLUMNS) in one INSERT: PostgreSQL one text for any count
-    (unnest of one array per column), SQLite multi-row VALUES."""
-    table = DeliveryAttempt._meta.db_table
-    if connection.vendor == "postgresql":
-        cursor.execute(_attempts_unnest_sql(), arrays(attempts))
-        return
-    row = "(" + ", ".join(["%s"] * len(ATTEMPT_COLUMNS)) + ")"
-    cursor.execute(
-        f"INSERT INTO {table} ({', '.join(ATTEMPT_COLUMNS)}) "
-        f"VALUES {', '.join([row] * len(attempts))} ON CONFLICT DO NOTHING",
-        [value for attempt in attempts for value in attempt],
-    )
-
-
-@functools.cache
-def _attempts_unnest_sql() -> str:
-    table = DeliveryAttempt._meta.db_table
-    types = column_types(DeliveryAttempt, ATTEMPT_COLUMNS)
-    return unnest_insert(table, ATTEMPT_COLUMNS, types) + " ON CONFLICT DO NOTHING"
 
 
 def _fenced(node_id: str, ids: list[int], attempt: int):

@@ -54,13 +54,6 @@ from superimap.mailboxes.models import (
     MessageState,
 )
 from superimap.partners.models import Connection, ImapProvider, Partner
-from superimap.platform.statements import (
-    any_of,
-    arrays,
-    column_types,
-    statement_cursor,
-    unnest_insert,
-)
 from superimap.sync import changes, eventids, persist
 from superimap.sync.backfill import BackfillStep
 from superimap.sync.changes import Observed, Tracked
@@ -131,13 +124,13 @@ CHECKPOINT_SQL = (
     "last_uid = COALESCE(%s, last_uid), last_internal_date = COALESCE(%s, last_internal_date), "
     "last_email_at = COALESCE(%s, last_email_at) WHERE id = %s"
 )
+CHECKPOINT_ROW = "(%s::bigint, %s::bigint, %s::timestamptz, %s::timestamptz, %s::bigint)"
 CHECKPOINT_MANY_SQL = (
     f"UPDATE {USERS} AS u SET uid_validity = COALESCE(v.uid_validity, u.uid_validity), "
     "last_uid = COALESCE(v.last_uid, u.last_uid), "
     "last_internal_date = COALESCE(v.last_internal_date, u.last_internal_date), "
     "last_email_at = COALESCE(v.last_email_at, u.last_email_at) "
-    "FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], "
-    "%s::bigint[]) AS v(uid_validity, last_uid, last_internal_date, last_email_at, id) "
+    "FROM (VALUES {values}) AS v(uid_validity, last_uid, last_internal_date, last_email_at, id) "
     "WHERE u.id = v.id"
 )
 FOLDER_INSERT_SQL = (
@@ -216,9 +209,9 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
     # connected user, than look the ids up: 0.36 ms a group at 2,000 users, 1.3 ms at
     # 10,000, against 0.18 ms. NOT INDEXED leaves it the rowid lookups of the IN list.
     by_id = " NOT INDEXED" if connection.vendor == "sqlite" else ""
-    with statement_cursor() as cursor:
+    with connection.cursor() as cursor:
         for start in range(0, len(user_ids), IN_BATCH):
-            id_term, ids = any_of("u.id", user_ids[start : start + IN_BATCH])
+            ids = user_ids[start : start + IN_BATCH]
             cursor.execute(
                 f"""SELECT u.id, u.tag, u.enable_tracer, u.checkpoint_folder, u.uid_validity,
                     u.last_uid, p.code, pa.id, pa.new_mail_webhook, pa.include_rfc822,
@@ -228,7 +221,7 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
                 JOIN {Connection._meta.db_table} c ON c.id = u.connection_id
                 JOIN {ImapProvider._meta.db_table} p ON p.id = c.provider_id
                 JOIN {Partner._meta.db_table} pa ON pa.id = c.partner_id
-                WHERE {id_term} AND u.owner_node = %s
+                WHERE u.id IN ({_in(ids)}) AND u.owner_node = %s
                     AND u.archived = %s AND u.connected_at IS NOT NULL
                 ORDER BY u.id{lock}""",
                 [*ids, node_id, False],
@@ -263,13 +256,9 @@ def _prefetch(prepared: list[Prepared], owners: dict[int, Owner]) -> Recorded:
     delivered-or-tracer rows sharing a sha1 or an identity with a message of the group,
     and the checkpoints of the secondary folders the group writes to."""
     recorded = Recorded()
-    with statement_cursor() as cursor:
-        if connection.vendor == "postgresql":
-            _recorded_rows_pg(cursor, prepared, recorded)
-            _dedup_rows_pg(cursor, prepared, recorded)
-        else:
-            _recorded_rows(cursor, prepared, recorded)
-            _dedup_rows(cursor, prepared, recorded)
+    with connection.cursor() as cursor:
+        _recorded_rows(cursor, prepared, recorded)
+        _dedup_rows(cursor, prepared, recorded)
         folders = {
             (item.job.user_id, item.job.folder)
             for item in prepared
@@ -337,72 +326,10 @@ def _dedup_rows(cursor, prepared: list[Prepared], recorded: Recorded) -> None:
             f"SELECT user_id, sha1, identity, skipped_reason FROM {MAILLOG} WHERE {sql_terms}",
             sql_params,
         )
-        _keep_dedup(cursor.fetchall(), recorded)
-
-
-# PostgreSQL: the same lookups as _recorded_rows and _dedup_rows, each one statement of
-# one text for any group (a join with unnest() of the keys' arrays), so that it is prepared
-# once per connection (platform/statements.py) instead of parsed and planned per group.
-RECORDED_PG_SQL = (
-    "SELECT m.user_id, m.folder, m.uid_validity, m.uid, m.skipped_reason "
-    f"FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[]) "
-    "AS k(user_id, folder, uid_validity, uid) "
-    f"JOIN {MAILLOG} m ON m.user_id = k.user_id AND m.folder = k.folder "
-    "AND m.uid_validity = k.uid_validity AND m.uid = k.uid"
-)
-DEDUP_PG_SQL = (
-    "SELECT m.user_id, m.sha1, m.identity, m.skipped_reason "
-    f"FROM unnest(%s::bigint[], %s::text[]) AS k(user_id, sha1) "
-    f"JOIN {MAILLOG} m ON m.user_id = k.user_id AND m.sha1 = k.sha1 "
-    "UNION ALL SELECT m.user_id, m.sha1, m.identity, m.skipped_reason "
-    f"FROM unnest(%s::bigint[], %s::text[]) AS k(user_id, identity) "
-    f"JOIN {MAILLOG} m ON m.user_id = k.user_id AND m.identity = k.identity"
-)
-
-
-def _recorded_rows_pg(cursor, prepared: list[Prepared], recorded: Recorded) -> None:
-    """_recorded_rows in one statement: each UID under its folder and under ""."""
-    keys = set()
-    for item in prepared:
-        job = item.job
-        for d in item.digests:
-            keys.add((job.user_id, job.folder, job.uid_validity, d.message.uid))
-            keys.add((job.user_id, "", job.uid_validity, d.message.uid))
-    if not keys:
-        return
-    cursor.execute(RECORDED_PG_SQL, arrays(sorted(keys)))
-    for user_id, folder, uid_validity, uid, reason in cursor.fetchall():
-        recorded.rows[(user_id, folder, uid_validity, uid)] = reason
-
-
-def _dedup_rows_pg(cursor, prepared: list[Prepared], recorded: Recorded) -> None:
-    """_dedup_rows in one statement."""
-    sha1s, identities = set(), set()
-    for item in prepared:
-        for d in item.digests:
-            if d.sha1:
-                sha1s.add((item.job.user_id, d.sha1))
-                identities.add((item.job.user_id, d.identity))
-    if not sha1s:
-        return
-    by_sha1, by_identity = sorted(sha1s), sorted(identities)
-    cursor.execute(
-        DEDUP_PG_SQL,
-        [
-            [user_id for user_id, _ in by_sha1],
-            [sha1 for _, sha1 in by_sha1],
-            [user_id for user_id, _ in by_identity],
-            [identity for _, identity in by_identity],
-        ],
-    )
-    _keep_dedup(cursor.fetchall(), recorded)
-
-
-def _keep_dedup(rows, recorded: Recorded) -> None:
-    for user_id, sha1, identity, reason in rows:
-        if reason in DEDUP_AGAINST:
-            recorded.sha1s.setdefault(user_id, set()).add(sha1)
-            recorded.identities.setdefault(user_id, set()).add(identity)
+        for user_id, sha1, identity, reason in cursor.fetchall():
+            if reason in DEDUP_AGAINST:
+                recorded.sha1s.setdefault(user_id, set()).add(sha1)
+                recorded.identities.setdefault(user_id, set()).add(identity)
     for known in (*recorded.sha1s.values(), *recorded.identities.values()):
         known.discard("")
 
@@ -424,7 +351,7 @@ def _execute(plan: Plan) -> None:
     now = timezone.now()
     db_now = connection.ops.adapt_datetimefield_value(now)
     date = connection.ops.adapt_datetimefield_value
-    with statement_cursor() as cursor:
+    with connection.cursor() as cursor:
         if plan.replaced:
             cursor.executemany(
                 REPLACE_SQL, [(r.user_id, r.folder, r.uid_validity, r.uid) for r in plan.replaced]
@@ -520,7 +447,11 @@ def _update_checkpoints(cursor, rows: list[tuple]) -> None:
     if connection.vendor != "postgresql" or len(set(ids)) != len(ids):
         cursor.executemany(CHECKPOINT_SQL, rows)
         return
-    cursor.execute(CHECKPOINT_MANY_SQL, arrays(rows))
+    per_statement = MAX_PARAMETERS // 5
+    for start in range(0, len(rows), per_statement):
+        part = rows[start : start + per_statement]
+        values = ", ".join([CHECKPOINT_ROW] * len(part))
+        cursor.execute(CHECKPOINT_MANY_SQL.format(values=values), [v for row in part for v in row])
 
 
 def _insert_rows(
@@ -530,18 +461,19 @@ def _insert_rows(
     since each statement of an executemany is parsed, planned and run by the server on its
     own (Django's client-side binding): one per row cost the server more than the rows'
     own work (pgcpu notes). SQLite: executemany, one prepared statement for every row."""
+    sql = _insert_sql(table, columns)
     if connection.vendor != "postgresql":
-        cursor.executemany(_insert_sql(table, columns) + suffix, rows)
+        cursor.executemany(sql + suffix, rows)
         return
-    cursor.execute(_unnest_sql(table, columns) + suffix, arrays(rows))
-
-
-@functools.cache
-def _unnest_sql(table: str, columns: tuple[str, ...]) -> str:
-    """PostgreSQL's INSERT of many rows: one array per column (statements.unnest_insert)."""
-    model = {m._meta.db_table: m for m in (MailLog, Delivery, MessageState)}[table]
-    names = tuple(connection.ops.quote_name(c) for c in columns)
-    return unnest_insert(table, names, column_types(model, columns))
+    row_sql = "(" + _in(list(columns)) + ")"
+    per_statement = max(1, MAX_PARAMETERS // len(columns))
+    for start in range(0, len(rows), per_statement):
+        part = rows[start : start + per_statement]
+        values = ", ".join([row_sql] * len(part))
+        cursor.execute(
+            f"{sql.rsplit(' VALUES ', 1)[0]} VALUES {values}{suffix}",
+            [value for row in part for value in row],
+        )
 
 
 def _insert_sql(table: str, columns: tuple[str, ...]) -> str:

@@ -85,12 +85,9 @@ def test_the_postgresql_claim_walks_the_due_index_instead_of_sorting_the_backlog
     assert "Index Scan using delivery_due_by_endpoint" in plan, plan
 
 
-PG_BY_ID = "id = ANY(%s::bigint[])"  # the ids' term on PostgreSQL (statements.any_of)
-
-
 def _explain_delivered(db, ids: list[int]) -> str:
-    sql = queue._delivered_sql(PG_BY_ID)
-    params = ["delivered", datetime.now(UTC), 200, ids, 1, "node"]
+    sql = queue._delivered_sql(len(ids))
+    params = ["delivered", datetime.now(UTC), 200, *ids, 1, "node"]
     return "\n".join(row[0] for row in db.execute(f"EXPLAIN ANALYZE {sql}", params).fetchall())
 
 
@@ -118,9 +115,9 @@ def test_the_postgresql_outcome_update_finds_its_rows_by_id(migrated_postgres_ur
     indexes = [line for line in plan.splitlines() if "Index Scan" in line]
     assert indexes and all("delivery_delivery_pkey" in line for line in indexes), plan
     # The hazard is real: the same UPDATE with the plain term reads the partial index.
-    plain = queue._delivered_sql(PG_BY_ID).replace("COALESCE(status, '')", "status")
+    plain = queue._delivered_sql(len(ids)).replace("COALESCE(status, '')", "status")
     with psycopg.connect(migrated_postgres_url, autocommit=True) as db, db.transaction():
-        params = ["delivered", datetime.now(UTC), 200, ids, 1, "node"]
+        params = ["delivered", datetime.now(UTC), 200, *ids, 1, "node"]
         rows = db.execute(f"EXPLAIN {plain}", params).fetchall()
         raise psycopg.Rollback
     assert "delivery_pending_by_user" in "\n".join(row[0] for row in rows)
@@ -132,7 +129,7 @@ def test_the_sqlite_outcome_update_finds_its_rows_by_id():
     filtered the ids: each outcome UPDATE read the backlog's whole range."""
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's plan")
-    sql = queue._delivered_sql("id IN (" + ", ".join(["%s"] * 20) + ")")  # SQLite's text
+    sql = queue._delivered_sql(20)
     plan = _plan(sql, ["delivered", datetime(2026, 12, 7, tzinfo=UTC), 200, *range(20), 1, "n"])
     assert plan == ["SEARCH delivery_delivery USING INTEGER PRIMARY KEY (rowid=?)"], plan
     plain = sql.replace("COALESCE(status, '')", "status")
