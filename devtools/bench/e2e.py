@@ -668,6 +668,20 @@ class _PgStatements:
             for name, value in zip(self.COLUMNS, row[1:], strict=True):
                 entry[name] = round(float(value) / max(1, messages), 4)
             report.append(entry)
+        # The same statement with IN lists or VALUES of other lengths is another entry of
+        # pg_stat_statements: summed here by the statement's first 60 characters.
+        families: dict[str, list[float]] = {}
+        for row in rows:
+            key = " ".join(row[0].split())[:60]
+            sums = families.setdefault(key, [0.0] * (len(self.COLUMNS) + 1))
+            sums[0] += 1
+            for k, value in enumerate(row[1:], 1):
+                sums[k] += float(value)
+        for key, sums in sorted(families.items(), key=lambda item: -item[1][2] - item[1][3])[:top]:
+            entry = {"family": key, "texts": int(sums[0])}
+            for k, name in enumerate(self.COLUMNS, 1):
+                entry[name] = round(sums[k] / max(1, messages), 4)
+            report.append(entry)
         return report
 
 
