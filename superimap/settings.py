@@ -82,12 +82,12 @@ ENGINE_REFRESH_SECONDS = env_int("ENGINE_REFRESH_SECONDS", 5, minimum=1, maximum
 # last delivered messages per folder are read again this often (and after an EXPUNGE).
 CHANGES_RESYNC_MESSAGES = env_int("CHANGES_RESYNC_MESSAGES", 200, minimum=1, maximum=10000)
 CHANGES_RESYNC_SECONDS = env_int("CHANGES_RESYNC_SECONDS", 900, minimum=1, maximum=86400)
-# Group commit (engine/persister.py): the longest a batch waits for others to share its
-# transaction, counted from its arrival; only when two or more are expected meanwhile at the
-# recent rate (sync/groupcommit.py), so a lone mail or a low rate is committed at once.
 # SQLite: WAL pages between two checkpoints (each connection's PRAGMA wal_autocheckpoint;
 # ~40 MiB of WAL at 4 KiB pages). The engine's group commit pays for the copy (design.md 4.4).
 SQLITE_WAL_AUTOCHECKPOINT = env_int("SQLITE_WAL_AUTOCHECKPOINT", 10000, minimum=0, maximum=1000000)
+# Group commit (engine/persister.py): the longest a batch waits for others to share its
+# transaction, counted from its arrival; only when two or more are expected meanwhile at the
+# recent rate (sync/groupcommit.py), so a lone mail or a low rate is committed at once.
 ENGINE_GROUP_COMMIT_MS = env_int("ENGINE_GROUP_COMMIT_MS", 10, minimum=0, maximum=1000)
 ENGINE_GROUP_COMMIT_MESSAGES = env_int(
     "ENGINE_GROUP_COMMIT_MESSAGES", 500, minimum=1, maximum=10000
