@@ -86,55 +86,57 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def _host_entries(name: str) -> list[tuple[str, str, str]]:
+    """The comma-separated ``host=value`` entries of ``name`` as (entry, host lower-cased,
+    value); none when unset or empty. The callers check the values and say what is wrong."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return []
+    entries = []
+    for item in (item.strip() for item in raw.split(",")):
+        if item:
+            host, _, value = item.rpartition("=")
+            entries.append((item, host.strip().lower(), value.strip()))
+    return entries
+
+
 def env_login_limits(name: str) -> dict[str, tuple[int, float]]:
     """Comma-separated ``host=burst/rate`` entries (``imap.gmail.com=500/50``): per host,
     ``burst`` logins at once, then ``rate`` a second. ``host`` is lower-cased; the words
     ``loopback`` and ``private`` stand for every loopback or private address."""
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return {}
     limits: dict[str, tuple[int, float]] = {}
-    for item in (item.strip() for item in raw.split(",")):
-        if not item:
-            continue
-        host, _, value = item.rpartition("=")
+    for item, host, value in _host_entries(name):
         burst, _, rate = value.partition("/")
         try:
             parsed = (int(burst.strip().replace("_", "")), float(rate.strip().replace("_", "")))
         except ValueError:
             parsed = (0, 0.0)
-        if not host.strip() or parsed[0] < 1 or not 0 < parsed[1] < float("inf"):
+        if not host or parsed[0] < 1 or not 0 < parsed[1] < float("inf"):
             raise ConfigError(
                 name,
                 f"every entry must be host=burst/rate with burst >= 1 and rate > 0 "
                 f"(e.g. imap.gmail.com=500/50), got {item!r}",
             )
-        limits[host.strip().lower()] = parsed
+        limits[host] = parsed
     return limits
 
 
 def env_idle_periods(name: str, maximum: int) -> dict[str, int]:
     """Comma-separated ``host=seconds`` entries (``imap.gmx.net=600``): how long one IDLE
     lasts on that IMAP host, 1 to ``maximum`` seconds. ``host`` is lower-cased."""
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return {}
     periods: dict[str, int] = {}
-    for item in (item.strip() for item in raw.split(",")):
-        if not item:
-            continue
-        host, _, value = item.rpartition("=")
+    for item, host, value in _host_entries(name):
         try:
-            seconds = int(value.strip().replace("_", ""))
+            seconds = int(value.replace("_", ""))
         except ValueError:
             seconds = 0
-        if not host.strip() or not 1 <= seconds <= maximum:
+        if not host or not 1 <= seconds <= maximum:
             raise ConfigError(
                 name,
                 f"every entry must be host=seconds with 1 <= seconds <= {maximum} "
                 f"(e.g. imap.gmx.net=600), got {item!r}",
             )
-        periods[host.strip().lower()] = seconds
+        periods[host] = seconds
     return periods
 
 
