@@ -314,7 +314,7 @@ class MailboxSession:
                 reported = self._reported
                 if (
                     reported is None
-                    or reported[0] is not status
+                    or reported[0] != status
                     or reported[1] != self.others.warning
                     or reported[2]
                 ):
