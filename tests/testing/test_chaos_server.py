@@ -187,7 +187,11 @@ def test_it_pushes_exists_to_idling_clients() -> None:
 
 def test_it_generates_each_message_once_with_a_unique_message_id() -> None:
     async def scenario(server: ChaosImapServer) -> None:
-        await asyncio.sleep(0.3)
+        # 6,000 a minute: ~30 in 0.3 s on an idle box; under the full suite's load the
+        # generator's timer runs late (a CI run saw 9 after 0.3 s), so wait for 10, bounded.
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(server.generated) < 10 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
         assert len(server.generated) >= 10
         delivered: Counter[str] = Counter()
         for user in ("user0", "user1", "user2"):
