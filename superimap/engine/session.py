@@ -311,13 +311,7 @@ class MailboxSession:
                     backfill = None
             else:
                 status = Status.IDLE if idle else Status.POLLING
-                reported = self._reported
-                if (
-                    reported is None
-                    or reported[0] != status
-                    or reported[1] != self.others.warning
-                    or reported[2]
-                ):
+                if self._reported != (status, self.others.warning, 0):
                     # Not again after an IDLE that ended by its period (a re-issue, every
                     # 28 min per mailbox): nothing changed, and each report touched the
                     # engine's tables of every session (design.md 8, "Idle cost").
