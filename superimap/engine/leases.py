@@ -176,12 +176,22 @@ class ChangeProbe:
 
     def unchanged_on(self, psycopg_connection, since: datetime) -> bool:
         """unchanged_since(since) on a psycopg connection (PostgreSQL, autocommit)."""
-        pgconn = psycopg_connection.pgconn
-        result = pgconn.exec_params(self.sql, [repr(since.timestamp()).encode()])
-        if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
-            message = (result.error_message or pgconn.error_message).decode(errors="replace")
-            raise psycopg.OperationalError(f"change probe: {message.strip()}")
+        result = _pq_rows(
+            psycopg_connection, self.sql, [repr(since.timestamp()).encode()], "change probe"
+        )
         return result.get_value(0, 0) == b"f"
+
+
+def _pq_rows(psycopg_connection, sql: bytes, params: list[bytes], what: str):
+    """Run ``sql`` straight through libpq on a psycopg connection (autocommit): its result
+    rows, or psycopg.OperationalError naming ``what``. The heartbeat's beat and change probe
+    run this way, not through a cursor (beat_on says why)."""
+    pgconn = psycopg_connection.pgconn
+    result = pgconn.exec_params(sql, params)
+    if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+        message = (result.error_message or pgconn.error_message).decode(errors="replace")
+        raise psycopg.OperationalError(f"{what}: {message.strip()}")
+    return result
 
 
 def handover_pending(node_id: str) -> bool:
@@ -426,11 +436,9 @@ def beat_on(
     beat once a second after a second of sleep finds that code cold: 0.45-0.65 ms of CPU
     per beat where execute() took 0.84-1.58 ms on this box (design.md 8, "Idle cost")."""
     now = timezone.now()
-    pgconn = lock_connection.pgconn
-    result = pgconn.exec_params(_BEAT_PQ, [repr(now.timestamp()).encode(), node_id.encode()])
-    if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
-        message = (result.error_message or pgconn.error_message).decode(errors="replace")
-        raise psycopg.OperationalError(f"heartbeat: {message.strip()}")
+    result = _pq_rows(
+        lock_connection, _BEAT_PQ, [repr(now.timestamp()).encode(), node_id.encode()], "heartbeat"
+    )
     renewed = False
     others = []
     for row in range(result.ntuples):
