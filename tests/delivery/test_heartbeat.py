@@ -118,15 +118,8 @@ def test_it_removes_rows_released_more_than_a_day_ago_and_keeps_the_rest(seeded_
         ("recent:2", now - heartbeat.DEAD_ROW_RETENTION + timedelta(seconds=60)),
         ("alive:3", None),
     ):
-        WorkerNode.objects.create(
-            worker_id=name,
-            host="h",
-            pid=1,
-            version="v",
-            started_at=now,
-            last_seen=now,
-            released_at=released,
-        )
+        beat(name, judge=False)  # its row, alive
+        WorkerNode.objects.filter(worker_id=name).update(released_at=released)
     assert heartbeat.beat("live:4", now, ALIVE, now).released == []
     assert set(WorkerNode.objects.values_list("worker_id", flat=True)) == {
         "recent:2",
