@@ -325,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--side-table",
         action="store_true",
-        help="what-if: the payload in a table of its own (a second INSERT per row; the "
-        "Delivery row keeps '{}'), to size that lever",
+        help="what-if on a checkout before delivery 0007: the payload in a table of its own "
+        "(a second INSERT per row; the Delivery row keeps '{}'); a checkout with "
+        "DeliveryPayload always writes it there",
     )
     parser.add_argument(
         "--payload-bytes",
