@@ -474,21 +474,24 @@ def _insert_rows(
 def _insert_deliveries(cursor, rows: list[tuple], payloads: list) -> None:
     """Delivery ``rows`` (DELIVERY_COLUMNS), then ``payloads[i]`` as the DeliveryPayload of
     ``rows[i]``, keyed by the ids the INSERT gave. PostgreSQL: multi-row INSERTs RETURNING
-    the ids in VALUES order. SQLite: one executemany; the transaction holds the write lock
-    and the primary key is AUTOINCREMENT, so the rows got the ids up to last_insert_rowid()."""
+    each id with its event id (RETURNING's order is not promised). SQLite: one executemany;
+    the transaction holds the write lock and the primary key is AUTOINCREMENT, so the rows
+    got the ids up to last_insert_rowid(), in order."""
     table = Delivery._meta.db_table
     if connection.vendor == "postgresql":
         sql = _insert_sql(table, DELIVERY_COLUMNS).rsplit(" VALUES ", 1)[0]
         row_sql = "(" + _in(list(DELIVERY_COLUMNS)) + ")"
-        ids: list[int] = []
+        by_event: dict = {}
         per_statement = MAX_PARAMETERS // len(DELIVERY_COLUMNS)
         for start in range(0, len(rows), per_statement):
             part = rows[start : start + per_statement]
             values = ", ".join([row_sql] * len(part))
             cursor.execute(
-                f"{sql} VALUES {values} RETURNING id", [value for row in part for value in row]
+                f"{sql} VALUES {values} RETURNING event_id, id",
+                [value for row in part for value in row],
             )
-            ids += [id_ for (id_,) in cursor.fetchall()]
+            by_event.update(cursor.fetchall())
+        ids = [by_event[row[0]] for row in rows]  # event_id is DELIVERY_COLUMNS' first
     else:
         cursor.executemany(_insert_sql(table, DELIVERY_COLUMNS), rows)
         cursor.execute("SELECT last_insert_rowid()")
