@@ -473,35 +473,50 @@ def _insert_rows(
 
 def _insert_deliveries(cursor, rows: list[tuple], payloads: list) -> None:
     """Delivery ``rows`` (DELIVERY_COLUMNS), then ``payloads[i]`` as the DeliveryPayload of
-    ``rows[i]``, keyed by the ids the INSERT gave. PostgreSQL: multi-row INSERTs RETURNING
-    each id with its event id (RETURNING's order is not promised). SQLite: one executemany;
-    the transaction holds the write lock and the primary key is AUTOINCREMENT, so the rows
-    got the ids up to last_insert_rowid(), in order."""
-    table = Delivery._meta.db_table
+    ``rows[i]``, keyed by the ids the INSERT gave. PostgreSQL: one statement per
+    MAX_PARAMETERS, the Delivery INSERT in a WITH whose RETURNING gives each id with its
+    event id, joined to the payloads by event id (RETURNING's order is not promised; one
+    statement, nothing fetched). SQLite: one executemany; the transaction holds the write
+    lock and the primary key is AUTOINCREMENT, so the rows got the ids up to
+    last_insert_rowid(), in order, and a second executemany inserts the payloads."""
     if connection.vendor == "postgresql":
-        sql = _insert_sql(table, DELIVERY_COLUMNS).rsplit(" VALUES ", 1)[0]
-        row_sql = "(" + _in(list(DELIVERY_COLUMNS)) + ")"
-        by_event: dict = {}
-        per_statement = MAX_PARAMETERS // len(DELIVERY_COLUMNS)
+        per_statement = MAX_PARAMETERS // (len(DELIVERY_COLUMNS) + 2)
         for start in range(0, len(rows), per_statement):
             part = rows[start : start + per_statement]
-            values = ", ".join([row_sql] * len(part))
             cursor.execute(
-                f"{sql} VALUES {values} RETURNING event_id, id",
-                [value for row in part for value in row],
+                _payload_cte_sql(len(part)),
+                [value for row in part for value in row]
+                + [
+                    value
+                    for row, payload in zip(
+                        part, payloads[start : start + per_statement], strict=True
+                    )
+                    for value in (row[0], payload)
+                ],
             )
-            by_event.update(cursor.fetchall())
-        ids = [by_event[row[0]] for row in rows]  # event_id is DELIVERY_COLUMNS' first
-    else:
-        cursor.executemany(_insert_sql(table, DELIVERY_COLUMNS), rows)
-        cursor.execute("SELECT last_insert_rowid()")
-        (last,) = cursor.fetchone()
-        ids = list(range(last - len(rows) + 1, last + 1))
-    _insert_rows(
-        cursor,
-        DeliveryPayload._meta.db_table,
-        PAYLOAD_COLUMNS,
+        return
+    cursor.executemany(_insert_sql(Delivery._meta.db_table, DELIVERY_COLUMNS), rows)
+    cursor.execute("SELECT last_insert_rowid()")
+    (last,) = cursor.fetchone()
+    ids = range(last - len(rows) + 1, last + 1)
+    cursor.executemany(
+        _insert_sql(DeliveryPayload._meta.db_table, PAYLOAD_COLUMNS),
         list(zip(ids, payloads, strict=True)),
+    )
+
+
+@functools.cache
+def _payload_cte_sql(count: int) -> str:
+    """PostgreSQL: ``count`` Delivery rows and their payloads in one statement."""
+    insert = _insert_sql_of("postgresql", Delivery._meta.db_table, DELIVERY_COLUMNS)
+    head = insert.rsplit(" VALUES ", 1)[0]
+    row = "(" + _in(list(DELIVERY_COLUMNS)) + ")"
+    pairs = ", ".join(["(%s::uuid, %s::jsonb)"] * count)
+    return (
+        f"WITH d AS ({head} VALUES {', '.join([row] * count)} RETURNING id, event_id) "
+        f"INSERT INTO {DeliveryPayload._meta.db_table} (delivery_id, payload) "
+        f"SELECT d.id, v.payload FROM d JOIN (VALUES {pairs}) AS v(event_id, payload) "
+        "USING (event_id)"
     )
 
 
