@@ -293,7 +293,8 @@ def _claim_due(
 ) -> list[Claimed]:
     """Plain SQL (the ORM cost more than the queries): one SELECT of due rows per lane (live;
     then backfill, if the live rows did not fill the claim), one of their partners' signing
-    settings, one of paused endpoints, one UPDATE that takes the rows.
+    settings, one of paused endpoints, one of the kept rows' payloads (DeliveryPayload, by id),
+    one UPDATE that takes the rows.
 
     With a `room` (the worker's fair shares), full partners and endpoints are skipped and
     at most each one's room is taken (fairness.fair_rows: up to three SELECTs)."""
