@@ -390,7 +390,7 @@ def _execute(plan: Plan) -> None:
     """The plan's statements, in its order."""
     now = timezone.now()
     db_now = connection.ops.adapt_datetimefield_value(now)
-    date = connection.ops.adapt_datetimefield_value
+    date = _adapter_of_group()
     with connection.cursor() as cursor:
         if plan.replaced:
             cursor.executemany(
@@ -471,6 +471,25 @@ def _execute(plan: Plan) -> None:
                     for user_id, step in plan.backfills
                 ],
             )
+
+
+def _adapter_of_group():
+    """The backend's datetime adapter, each value adapted once per group: the mail of a
+    group arrived within milliseconds and shares its INTERNALDATE's second (the parsed
+    datetime is one object, imap/responses.py), and each MailLog row and checkpoint adapted
+    it again (~3 us a value on SQLite: Django's settings lookups, make_naive, str)."""
+    adapt = connection.ops.adapt_datetimefield_value
+    adapted: dict = {}
+
+    def date(value):
+        # Equal aware datetimes (one instant, whatever the offset) adapt to the same value.
+        try:
+            return adapted[value]
+        except KeyError:
+            result = adapted[value] = adapt(value)
+            return result
+
+    return date
 
 
 def _date(move) -> object:
