@@ -17,8 +17,11 @@ worker's). A phase ends on an event set when the worker has counted its deliveri
 workercpu2; before, a check every 10 ms, 50 ms in the produced phases, whose wake-ups were
 counted as the worker's CPU).
 - bare: the backlog's requests (rendered and signed beforehand) POSTed by one bare aiohttp
-  session at the same concurrency to the same receiver: the ceiling the worker is compared
-  with (``worker_backlog_share``).
+  session to the same receiver, twice: with --concurrency POSTs open (``worker_backlog_share``,
+  as before), and with as many open as the worker may have to this one endpoint
+  (``fairness.Caps``: WEBHOOK_ENDPOINT_CONCURRENCY, 40 % of the slots by default; every
+  backlog row goes to one endpoint), the like-for-like ceiling
+  (``worker_backlog_share_same_open``).
 The receiver runs in its own process so it does not share the worker's CPU.
 """
 
@@ -191,9 +194,9 @@ async def _deliver(count: int, concurrency: int, produce=None) -> tuple[float, f
     return seconds, cpu_seconds, dict(worker.counts)
 
 
-async def _bare_posts(user, url: str, args) -> tuple[float, float]:
+async def _bare_posts(user, url: str, args, concurrency: int) -> tuple[float, float]:
     """Seconds (wall, CPU) a bare aiohttp client takes to POST the backlog's requests
-    (rendered and signed beforehand, outside the timing) at the same concurrency."""
+    (rendered and signed beforehand, outside the timing) with ``concurrency`` open."""
     import aiohttp
     from asgiref.sync import sync_to_async
 
@@ -217,7 +220,7 @@ async def _bare_posts(user, url: str, args) -> tuple[float, float]:
         ]
 
     requests = await sync_to_async(rendered)()
-    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         queue = list(reversed(requests))
 
@@ -230,7 +233,7 @@ async def _bare_posts(user, url: str, args) -> tuple[float, float]:
                         raise RuntimeError(f"receiver answered {r.status}")
 
         started, cpu_started = time.monotonic(), time.process_time()
-        await asyncio.gather(*(post_some() for _ in range(args.concurrency)))
+        await asyncio.gather(*(post_some() for _ in range(concurrency)))
         return time.monotonic() - started, time.process_time() - cpu_started
 
 
@@ -352,8 +355,14 @@ def main(argv: list[str] | None = None) -> int:
                 first = args.count + args.steady_count
                 produce = _steady_producer(user, first, args.low_count, args.low_rate)
                 low = runner(_deliver(args.low_count, args.concurrency, produce))
-            print(f"bare: {args.count} posts with a bare aiohttp client ...", flush=True)
-            bare_seconds, bare_cpu = runner(_bare_posts(user, f"http://127.0.0.1:{port}", args))
+            from superimap.delivery.fairness import Caps
+
+            endpoint_cap = Caps.for_concurrency(args.concurrency).endpoint
+            bare = {}
+            for open_posts in (args.concurrency, endpoint_cap):
+                print(f"bare: {args.count} posts, {open_posts} open, bare aiohttp ...", flush=True)
+                url = f"http://127.0.0.1:{port}"
+                bare[open_posts] = runner(_bare_posts(user, url, args, open_posts))
             parent_end.send("stop")
             arrivals = dict(parent_end.recv())
             rows = Delivery.objects.values_list("event_id", "message_id", "created_at")
@@ -418,20 +427,32 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     backlog_rate = results[0]["deliveries_per_second"]
-    bare_rate = round(args.count / bare_seconds, 1)
-    results.append(
-        {
-            **common,
-            "phase": "bare_aiohttp",
-            "count": args.count,
-            "seconds": round(bare_seconds, 3),
-            "posts_per_second": bare_rate,
-            "client_cpu_ms_per_post": round(bare_cpu * 1000 / args.count, 3),
-            "worker_backlog_share": round(backlog_rate / bare_rate, 3),
-            "note": "the backlog's rendered requests POSTed by one aiohttp session at the "
-            "same concurrency to the same receiver: no database, no signing in the loop",
-        }
-    )
+    for open_posts, (bare_seconds, bare_cpu) in bare.items():
+        bare_rate = round(args.count / bare_seconds, 1)
+        same = open_posts == endpoint_cap
+        share = "worker_backlog_share_same_open" if same else "worker_backlog_share"
+        results.append(
+            {
+                **common,
+                "phase": "bare_aiohttp_endpoint_cap" if same else "bare_aiohttp",
+                "count": args.count,
+                "open_posts": open_posts,
+                "seconds": round(bare_seconds, 3),
+                "posts_per_second": bare_rate,
+                "client_cpu_ms_per_post": round(bare_cpu * 1000 / args.count, 3),
+                share: round(backlog_rate / bare_rate, 3),
+                "note": (
+                    "the backlog's rendered requests POSTed by one aiohttp session to the same "
+                    "receiver, no database, no signing in the loop, with "
+                    + (
+                        "as many POSTs open as the worker may have to this endpoint"
+                        if same
+                        else "the worker's concurrency open (the worker may have fewer "
+                        "open to one endpoint)"
+                    )
+                ),
+            }
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -158,7 +158,72 @@ def parse_values(frame: Frame, line: int = 0, pos: int = 0) -> tuple[Value, ...]
     ``str``, literals ``bytes`` and parenthesized lists tuples. Bracketed sections stay
     part of their atom: ``BODY[HEADER.FIELDS (FROM)]<0>`` is one ``str``.
     The parser is iterative, so deep nesting cannot exhaust the stack.
+
+    Each line segment is first cut into tokens by one regex call (_scan_values); a
+    segment it cannot cut whole (a quoted string with escapes, an unterminated section or
+    string, a stray character) and unbalanced parentheses go the token by token way
+    (parse_values_by_token), which also raises the errors.
     """
+    values = _scan_values(frame, line, pos)
+    if values is not None:
+        return values
+    return parse_values_by_token(frame, line, pos)
+
+
+# A token with the spaces before it: '(', ')', a quoted string without escapes, or an atom
+# with its bracketed sections, as _tokens reads them. Group 1 the spaces, group 2 the token.
+_TOKEN = re.compile(rb'( *)(\(|\)|"[^"\\]*"|(?:[^ ()"\[]|\[[^\]]*\])+)')
+
+
+def _scan_values(frame: Frame, first_line: int, first_pos: int) -> tuple[Value, ...] | None:
+    """parse_values' values when every segment of ``frame`` is plain tokens (_TOKEN) back
+    to back, else None. One ``findall`` per segment instead of a generator step and an
+    atom call per token: the FETCH answer of each new message."""
+    lines = frame.lines
+    last = len(lines) - 1
+    stack: list[list[Value]] = []
+    top: list[Value] = []
+    for index in range(first_line, last + 1):
+        text = lines[index]
+        pos = first_pos if index == first_line else 0
+        end = len(text)
+        if index < last:
+            marker = _LITERAL_MARKER.search(text)
+            end = marker.start() if marker else end
+        taken = pos
+        for spaces, token in _TOKEN.findall(text, pos, end):
+            taken += len(spaces) + len(token)
+            first = token[0]
+            if first == 0x28:  # (
+                stack.append(top)
+                top = []
+            elif first == 0x29:  # )
+                if not stack:
+                    return None
+                closed = tuple(top)
+                top = stack.pop()
+                top.append(closed)
+            elif first == 0x22:  # "
+                top.append(token[1:-1].decode("utf-8", "replace"))
+            elif token.isdigit() and len(token) <= _MAX_NUMBER_DIGITS:
+                top.append(int(token))
+            elif token.upper() == b"NIL":
+                top.append(None)
+            else:
+                top.append(token.decode("utf-8", "replace"))
+        # findall skips what no token reads: then the tokens and their spaces do not cover
+        # the segment up to its trailing spaces.
+        if taken != end and text[taken:end].strip(b" "):
+            return None
+        if index < last:
+            top.append(frame.literals[index])
+    if stack:
+        return None
+    return tuple(top)
+
+
+def parse_values_by_token(frame: Frame, line: int = 0, pos: int = 0) -> tuple[Value, ...]:
+    """parse_values token by token (_tokens): any frame, and its errors."""
     stack: list[list[Value]] = [[]]
     for token in _tokens(frame, line, pos):
         if token is _OPEN:

@@ -1,9 +1,17 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from superimap.imap.errors import RemoteProtocolError
-from superimap.imap.framing import Frame, Framer, parse_values
+from superimap.imap.errors import ImapError, RemoteProtocolError
+from superimap.imap.framing import (
+    Frame,
+    Framer,
+    _scan_values,
+    parse_values,
+    parse_values_by_token,
+)
 
 
 def frames_of(framer: Framer, data: bytes) -> list[Frame]:
@@ -107,3 +115,69 @@ def test_it_survives_deep_nesting_without_recursion() -> None:
 def test_it_rejects_malformed_values(line: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         parse_values(Frame((line,)))
+
+
+# The bytes that decide how values are read, and a few that do not.
+_PIECES = [
+    b" ",
+    b"  ",
+    b"(",
+    b")",
+    b'"',
+    b"\\",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"NIL",
+    b"nil",
+    b"12",
+    b"0",
+    b"a",
+    b"BODY[]<0>",
+    b"\xc3\xa9",
+    b"\xff",
+    b"\t",
+    b"9" * 21,
+]
+_segments = st.lists(st.sampled_from(_PIECES), max_size=14).map(b"".join)
+
+
+@given(st.lists(_segments, min_size=1, max_size=3), st.integers(0, 3))
+def test_the_one_call_scan_reads_what_the_token_by_token_parser_reads(segments, pos) -> None:
+    """parse_values takes a frame from _scan_values when it reads it whole, else from
+    parse_values_by_token (which also raises): the same values either way."""
+    lines = tuple(s + b" {3}" for s in segments[:-1]) + (segments[-1],)
+    frame = Frame(lines, (b"x\r\n",) * (len(lines) - 1))
+    try:
+        expected: object = parse_values_by_token(frame, 0, pos)
+    except ImapError as exc:
+        expected = type(exc)
+    scanned = _scan_values(frame, 0, pos)
+    if scanned is not None:
+        assert scanned == expected
+    try:
+        assert parse_values(frame, 0, pos) == expected
+    except ImapError as exc:
+        assert type(exc) is expected
+
+
+def test_the_scan_reads_a_one_trip_fetch_answer_and_leaves_escapes_to_the_tokens() -> None:
+    line = b'(UID 7 RFC822.SIZE 12 INTERNALDATE "08-Dec-2026 00:00:00 +0000" BODY[]<0> {12}'
+    frame = Frame((line, b")"), (b"Subject: x\r\n",))
+    expected = (
+        (
+            "UID",
+            7,
+            "RFC822.SIZE",
+            12,
+            "INTERNALDATE",
+            "08-Dec-2026 00:00:00 +0000",
+            "BODY[]<0>",
+            b"Subject: x\r\n",
+        ),
+    )
+    assert _scan_values(frame, 0, 0) == expected == parse_values_by_token(frame, 0, 0)
+    escaped = Frame((b'("a\\"b" c)',))
+    assert _scan_values(escaped, 0, 0) is None
+    assert parse_values(escaped) == (('a"b', "c"),)
