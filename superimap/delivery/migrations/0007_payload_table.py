@@ -14,6 +14,9 @@
 # (payload_purged_at set, payload {}) get no row: a missing row reads as {}. Then the
 # column is dropped: ALTER TABLE ... DROP COLUMN on both databases (Django does not rebuild
 # the SQLite table for it, so the indexes keep their order, tests/delivery/test_claim_plan.py).
+# SQLite rewrites each row without the column (its freed pages are reused; VACUUM shrinks the
+# file); PostgreSQL only marks the column dropped: the old values' space (0006's TOAST table)
+# is given back by a rewrite of delivery_delivery (VACUUM FULL, pg_repack), reused otherwise.
 # Not reversible.
 
 import time
