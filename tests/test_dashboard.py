@@ -297,6 +297,14 @@ def test_it_shows_the_delivery_change_page(admin, user):
     assert admin.get(f"/admin/delivery/delivery/{delivery.id}/change/").status_code == 200
 
 
+def test_the_delivery_change_page_shows_the_stored_payload_as_json(admin, user):
+    delivery = make_delivery(user, "failed")
+    delivery.payload = {"user_tag": "Zoë", "email": None}
+    delivery.save()
+    page = admin.get(f"/admin/delivery/delivery/{delivery.id}/change/").content.decode()
+    assert "{&quot;user_tag&quot;: &quot;Zoë&quot;, &quot;email&quot;: null}" in page
+
+
 def test_it_shows_the_overview_on_the_dashboard_index(admin_client, plain_connection):
     from superimap.delivery.models import Delivery
     from superimap.mailboxes.models import MailboxUser

@@ -7,8 +7,9 @@ them); the event ids are the engine's (`writer._new_event_ids`). A table of --pr
 delivered rows, then --rows new_mail rows in groups of 20 as the engine writes them (one
 multi-row INSERT per transaction), claimed 20 per transaction as the worker's claim UPDATE
 does, and delivered 20 per transaction by its fenced outcome UPDATE (the checkout's SQL).
-Foreign-key checks are off (no partner or user rows needed), the same in every checkout. With
---side-table the payload goes to a table of its own (a what-if: the claim would join it).
+Foreign-key checks are off (no partner or user rows needed), the same in every checkout. A
+checkout with DeliveryPayload (delivery 0007) writes the payload to delivery_payload; on an
+older one --side-table puts it in a table of its own (the what-if that sized that change).
 --payload-bytes N: a new_mail payload of ~N bytes of JSON (an rfc822 of random words, as the
 chaos server's mails; bench.e2e's are ~1,900) instead of the ~1 KB default; PostgreSQL
 compresses and TOASTs a row above ~2 KB. --pg-alter SQL (what-if, repeatable): a statement
@@ -43,6 +44,8 @@ COLUMNS = (
     "event_id, kind, partner_id, user_id, message_id, dedup_key, payload, status, attempts, "
     "max_attempts, failures, next_attempt_at, claimed_by, last_error, created_at, backfill"
 )
+# The checkout's table of payloads (None: the payload is Delivery's column); set by run().
+PAYLOADS: str | None = None
 CLAIM = (
     "UPDATE delivery_delivery SET attempts = attempts + 1, claimed_by = 'bench', "
     "lease_until = {lease} WHERE id IN ({ids})"
@@ -169,11 +172,16 @@ class _Postgres:
         return round(hot / updated, 3) if updated else None
 
     def sizes_kb(self) -> dict:
-        heap, toast = self.execute(
-            "SELECT pg_relation_size(oid), pg_relation_size(reltoastrelid) FROM pg_class "
-            "WHERE relname = 'delivery_delivery'"
-        )[0]
-        return {"heap": round(heap / 1024), "toast": round(toast / 1024)}
+        sizes = {}
+        for table in ("delivery_delivery", PAYLOADS):
+            if table:
+                heap, toast = self.execute(
+                    "SELECT pg_relation_size(oid), pg_relation_size(reltoastrelid) "
+                    "FROM pg_class WHERE relname = %s",
+                    [table],
+                )[0]
+                sizes[table] = {"heap": round(heap / 1024), "toast": round(toast / 1024)}
+        return sizes
 
 
 SIDE_TABLE = "CREATE TABLE bench_payload (delivery_id bigint PRIMARY KEY, payload text NOT NULL)"
@@ -203,14 +211,17 @@ def mail_payload(size: int) -> str:
     return json.dumps({**head, "rfc822": text})
 
 
-def _insert_groups(db, first: int, count: int, side_table: bool = False) -> None:
+def _insert_groups(db, first: int, count: int) -> None:
     from django.db import connection
 
     from superimap.engine.writer import _new_event_ids
 
+    in_row = PAYLOADS != "delivery_payload"  # the checkout has the column
+    columns = COLUMNS if in_row else COLUMNS.replace(" payload,", "")
     row = (
-        f"({db.mark}, 'new_mail', 1, {db.mark}, '', {db.mark}, {db.mark}, 'pending', 0, 6, 0, "
-        f"{db.mark}, '', '', {db.mark}, FALSE)"
+        f"({db.mark}, 'new_mail', 1, {db.mark}, '', {db.mark}, "
+        + (f"{db.mark}, " if in_row else "")
+        + f"'pending', 0, 6, 0, {db.mark}, '', '', {db.mark}, FALSE)"
     )
     for start in range(first, first + count, GROUP):
         stamp = connection.ops.adapt_datetimefield_value(datetime.now(UTC))
@@ -219,18 +230,18 @@ def _insert_groups(db, first: int, count: int, side_table: bool = False) -> None
             range(start, start + GROUP), _new_event_ids(GROUP), strict=True
         ):
             user = 1 + (number * 7919) % USERS
-            payload = "{}" if side_table else PAYLOAD
-            params += [db.event_id(event_id), user, f"k{number}", payload, stamp, stamp]
+            payload = [] if not in_row else ["{}" if PAYLOADS else PAYLOAD]
+            params += [db.event_id(event_id), user, f"k{number}", *payload, stamp, stamp]
         db.begin()
         ids = db.execute(
-            f"INSERT INTO delivery_delivery ({COLUMNS}) VALUES {', '.join([row] * GROUP)} "
+            f"INSERT INTO delivery_delivery ({columns}) VALUES {', '.join([row] * GROUP)} "
             "RETURNING id",
             params,
         )
-        if side_table:
+        if PAYLOADS:
             pairs = ", ".join([f"({db.mark}, {db.mark})"] * GROUP)
             values = [value for (id_,) in ids for value in (id_, PAYLOAD)]
-            db.execute(f"INSERT INTO bench_payload (delivery_id, payload) VALUES {pairs}", values)
+            db.execute(f"INSERT INTO {PAYLOADS} (delivery_id, payload) VALUES {pairs}", values)
         db.commit()
 
 
@@ -254,17 +265,13 @@ def _outcome_groups(db, ids: list[int]) -> None:
         db.commit()
 
 
-def _read_groups(db, ids: list[int], side_table: bool) -> None:
-    """What the claim's SELECT reads of each row: the payload as JSON text (PostgreSQL:
+def _read_groups(db, ids: list[int]) -> None:
+    """What the claim reads of each row: the payload as JSON text (PostgreSQL:
     payload::text, detoasted and decompressed if it was stored so)."""
-    if isinstance(db, _Postgres):
-        sql = "SELECT id, payload::text FROM delivery_delivery WHERE id IN ({ids})"
-        if side_table:
-            sql = "SELECT delivery_id, payload FROM bench_payload WHERE delivery_id IN ({ids})"
-    else:
-        sql = "SELECT id, payload FROM delivery_delivery WHERE id IN ({ids})"
-        if side_table:
-            sql = "SELECT delivery_id, payload FROM bench_payload WHERE delivery_id IN ({ids})"
+    text = "payload::text" if isinstance(db, _Postgres) else "payload"
+    sql = f"SELECT id, {text} FROM delivery_delivery WHERE id IN ({{ids}})"
+    if PAYLOADS:
+        sql = f"SELECT delivery_id, {text} FROM {PAYLOADS} WHERE delivery_id IN ({{ids}})"
     for start in range(0, len(ids), GROUP):
         part = ids[start : start + GROUP]
         db.begin()
@@ -273,11 +280,17 @@ def _read_groups(db, ids: list[int], side_table: bool) -> None:
 
 
 def run(db, preload: int, rows: int, side_table: bool = False, alter: tuple = ()) -> dict:
+    from superimap.delivery import models
+
+    global PAYLOADS
     for statement in alter:
         db.execute(statement)
-    if side_table:
+    if hasattr(models, "DeliveryPayload"):
+        PAYLOADS = "delivery_payload"
+    elif side_table:
         db.execute(SIDE_TABLE)
-    _insert_groups(db, 0, preload, side_table)
+        PAYLOADS = "bench_payload"
+    _insert_groups(db, 0, preload)
     db.execute("UPDATE delivery_delivery SET status = 'delivered', attempts = 1")
     db.quiet()
     phases = {}
@@ -290,12 +303,17 @@ def run(db, preload: int, rows: int, side_table: bool = False, alter: tuple = ()
             "wal_per_row": round((db.wal() - wal) / rows, 2),
         }
 
-    measure("insert", lambda: _insert_groups(db, preload, rows, side_table))
+    measure("insert", lambda: _insert_groups(db, preload, rows))
     ids = [r[0] for r in db.execute("SELECT id FROM delivery_delivery WHERE status = 'pending'")]
-    measure("read", lambda: _read_groups(db, ids, side_table))
+    measure("read", lambda: _read_groups(db, ids))
     measure("claim", lambda: _update_groups(db, CLAIM, ids))
     measure("outcome", lambda: _outcome_groups(db, ids))
-    return {"phases": phases, "hot_share": db.hot_share(), "sizes_kb": db.sizes_kb()}
+    return {
+        "phases": phases,
+        "hot_share": db.hot_share(),
+        "sizes_kb": db.sizes_kb(),
+        "payload_table": PAYLOADS,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--side-table",
         action="store_true",
-        help="what-if: the payload in a table of its own (a second INSERT per row; the "
-        "Delivery row keeps '{}'), to size that lever",
+        help="what-if on a checkout before delivery 0007: the payload in a table of its own "
+        "(a second INSERT per row; the Delivery row keeps '{}'); a checkout with "
+        "DeliveryPayload always writes it there",
     )
     parser.add_argument(
         "--payload-bytes",

@@ -690,7 +690,12 @@ class _PgTables:
     Statistics are flushed by each backend at most once a second (up to 10 s when idle):
     close over a drain of seconds, not exact."""
 
-    TABLES = ("delivery_delivery", "mailboxes_maillog", "delivery_deliveryattempt")
+    TABLES = (
+        "delivery_delivery",
+        "delivery_payload",
+        "mailboxes_maillog",
+        "delivery_deliveryattempt",
+    )
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -765,12 +770,12 @@ class _PgTables:
         }
 
     def _payloads(self) -> dict:
-        """How Delivery's payloads are stored: bytes as JSON text, bytes stored (in the row
-        or its TOAST table: sizes_kb tells which), and the share compressed."""
+        """How Delivery's payloads (DeliveryPayload) are stored: bytes as JSON text, bytes
+        stored (in the row or its TOAST table: sizes_kb tells which), the share compressed."""
         text, stored, compressed, count = self._sql(
             "SELECT avg(octet_length(payload::text)), avg(pg_column_size(payload)), "
             "avg((pg_column_compression(payload) IS NOT NULL)::int), count(*) "
-            "FROM delivery_delivery"
+            "FROM delivery_payload"
         )[0]
         return {
             "rows": count,

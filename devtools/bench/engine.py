@@ -652,7 +652,11 @@ async def _latencies(pool) -> tuple[list[float], int]:
     from superimap.delivery.models import Delivery
 
     def rows():
-        return list(Delivery.objects.filter(kind="new_mail").values_list("created_at", "payload"))
+        return list(
+            Delivery.objects.filter(kind="new_mail").values_list(
+                "created_at", "stored_payload__payload"
+            )
+        )
 
     samples = []
     for created_at, payload in await pool.run(rows):

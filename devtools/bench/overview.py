@@ -142,11 +142,11 @@ def _fill_deliveries(count: int, partner_id: int, user_ids: list[int]) -> None:
 
     table = Delivery._meta.db_table
     columns = (
-        "event_id, kind, partner_id, user_id, message_id, dedup_key, payload, status, "
+        "event_id, kind, partner_id, user_id, message_id, dedup_key, status, "
         "attempts, max_attempts, failures, next_attempt_at, claimed_by, last_status_code, "
         "last_error, created_at, delivered_at"
     )
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * 17)})"
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * 16)})"
     adapt = connection.ops.adapt_datetimefield_value
     now = datetime.now(UTC)
     span = timedelta(days=30).total_seconds()
@@ -174,7 +174,6 @@ def _fill_deliveries(count: int, partner_id: int, user_ids: list[int]) -> None:
                     user_ids[i % len(user_ids)],
                     f"<m{i}@bench.test>",
                     "",
-                    "{}",
                     status,
                     1,
                     8,

@@ -457,7 +457,9 @@ def _push(chaos: list[ChaosServerProcess], pushes: int, rate: float) -> list[flo
         answer = server.read_line()
         if answer != f"pushed {share}":
             raise RuntimeError(f"chaos server answered {answer!r}")
-    rows = Delivery.objects.filter(kind="new_mail").values_list("created_at", "payload")
+    rows = Delivery.objects.filter(kind="new_mail").values_list(
+        "created_at", "stored_payload__payload"
+    )
     return [
         (created_at.timestamp() - _generated_at(payload["rfc822"])) * 1000
         for created_at, payload in rows.iterator(chunk_size=1000)

@@ -1,3 +1,5 @@
+import json
+
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Subquery
@@ -103,6 +105,11 @@ class DeliveryAdmin(admin.ModelAdmin):
             )
             results = results | queryset.filter(Exists(by_subject))
         return results, duplicates
+
+    @admin.display(description="Payload")
+    def payload(self, delivery):
+        """As stored (DeliveryPayload), JSON as the admin showed the column; {} once purged."""
+        return json.dumps(delivery.payload, ensure_ascii=False)
 
     @admin.display(description="Event", ordering="event_id")
     def short_event_id(self, delivery):

@@ -150,7 +150,7 @@ def fair_rows(cursor, due_sql: str, params: list, limit: int, room: Room | None)
     """Due rows for one claim: without a room, the plain SELECT; with one, up to
     `room.rounds` SELECTs that skip what is full and keep only what fits.
 
-    Row columns used: [2] kind, [6] partner_id (as queue._claim_sql selects them)."""
+    Row columns used: [2] kind, [4] partner_id (as queue._claim_sql selects them)."""
     if room is None:
         cursor.execute(due_sql, [*params, limit])
         return cursor.fetchall()
@@ -169,7 +169,7 @@ def fair_rows(cursor, due_sql: str, params: list, limit: int, room: Room | None)
             if row[0] in seen or len(taken) >= limit:
                 continue
             seen.add(row[0])
-            if room.take(row[6], row[2]):
+            if room.take(row[4], row[2]):
                 taken.append(row)
             else:
                 skipped = True

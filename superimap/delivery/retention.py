@@ -3,7 +3,8 @@
 Delivered deliveries lose their payload WEBHOOK_RETENTION_DAYS after delivery (and so
 after creation), failed ones WEBHOOK_FAILED_RETENTION_DAYS after creation; the rows, their
 status and every attempt stay. User events are a few hundred bytes and are kept. Each batch
-is one short UPDATE by primary key, so the queue's writers wait milliseconds at most; SQLite
+is one short UPDATE by primary key (payload_purged_at) and one DELETE of the payloads'
+rows (DeliveryPayload), so the queue's writers wait milliseconds at most; SQLite
 reuses the freed pages, so the database file stops growing once the oldest payloads go.
 
 No cursor and no memory between steps: each step reads a partial index that holds exactly
@@ -21,7 +22,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 
-from superimap.delivery.models import Delivery
+from superimap.delivery.models import Delivery, DeliveryPayload
 
 PURGE_BATCH = 500
 
@@ -43,6 +44,26 @@ def _purgeable_sql(vendor: str) -> dict[str, str]:
             f"AND payload_purged_at IS NULL AND {column} < %s ORDER BY {column} LIMIT %s"
         )
     return found
+
+
+def _purge(ids: list[int], status: str, now: datetime) -> int:
+    """Mark the rows purged and delete their DeliveryPayload rows, in one transaction."""
+    marks = ", ".join(["%s"] * len(ids))
+    with transaction.atomic(), connection.cursor() as cursor:
+        # status again: a row replayed since the SELECT keeps its payload.
+        cursor.execute(
+            f"UPDATE {Delivery._meta.db_table} SET payload_purged_at = %s "
+            f"WHERE id IN ({marks}) AND status = %s RETURNING id",
+            [connection.ops.adapt_datetimefield_value(now), *ids, status],
+        )
+        purged = [row_id for (row_id,) in cursor.fetchall()]
+        if purged:
+            cursor.execute(
+                f"DELETE FROM {DeliveryPayload._meta.db_table} "
+                f"WHERE delivery_id IN ({', '.join(['%s'] * len(purged))})",
+                purged,
+            )
+    return len(purged)
 
 
 class Purger:
@@ -79,11 +100,7 @@ class Purger:
                 cursor.execute(sql, [cutoff, self.batch])
                 ids = [row_id for (row_id,) in cursor.fetchall()]
             if ids:
-                with transaction.atomic():
-                    # status again: a row replayed since the SELECT keeps its payload.
-                    purged += Delivery.objects.filter(id__in=ids, status=status).update(
-                        payload={}, payload_purged_at=now
-                    )
+                purged += _purge(ids, status, now)
         return purged
 
     def purge(self, now: datetime, **kwargs) -> int:

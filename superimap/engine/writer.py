@@ -38,7 +38,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from superimap.delivery.content import with_content_options
-from superimap.delivery.models import Delivery, attempts_per_round
+from superimap.delivery.models import Delivery, DeliveryPayload, attempts_per_round
 from superimap.delivery.payloads import (
     message_change_payload,
     new_mail_payload,
@@ -98,7 +98,6 @@ DELIVERY_COLUMNS = (
     "user_id",
     "message_id",
     "dedup_key",
-    "payload",
     "status",
     "attempts",
     "max_attempts",
@@ -113,6 +112,7 @@ DELIVERY_COLUMNS = (
     "payload_purged_at",
     "backfill",
 )
+PAYLOAD_COLUMNS = ("delivery_id", "payload")  # DeliveryPayload's, one row per Delivery
 USERS = MailboxUser._meta.db_table
 MAILLOG = MailLog._meta.db_table
 FOLDERS = FolderCheckpoint._meta.db_table
@@ -422,12 +422,7 @@ def _execute(plan: Plan) -> None:
             )
         if plan.deliveries:
             event_ids = _new_event_ids(len(plan.deliveries))
-            _insert_rows(
-                cursor,
-                Delivery._meta.db_table,
-                DELIVERY_COLUMNS,
-                list(_delivery_rows(plan.deliveries, db_now, event_ids)),
-            )
+            _insert_deliveries(cursor, *_delivery_rows(plan.deliveries, db_now, event_ids))
             _track_delivered(cursor, plan.deliveries, event_ids, db_now)
         if plan.tracers:
             cursor.executemany(TRACER_SQL, [(db_now, tracer) for tracer in plan.tracers])
@@ -535,6 +530,55 @@ def _insert_rows(
         )
 
 
+def _insert_deliveries(cursor, rows: list[tuple], payloads: list) -> None:
+    """Delivery ``rows`` (DELIVERY_COLUMNS), then ``payloads[i]`` as the DeliveryPayload of
+    ``rows[i]``, keyed by the ids the INSERT gave. PostgreSQL: one statement per
+    MAX_PARAMETERS, the Delivery INSERT in a WITH whose RETURNING gives each id with its
+    event id, joined to the payloads by event id (RETURNING's order is not promised; one
+    statement, nothing fetched). SQLite: one executemany; the transaction holds the write
+    lock and the primary key is AUTOINCREMENT, so the rows got the ids up to
+    last_insert_rowid(), in order, and a second executemany inserts the payloads."""
+    if connection.vendor == "postgresql":
+        per_statement = MAX_PARAMETERS // (len(DELIVERY_COLUMNS) + 2)
+        for start in range(0, len(rows), per_statement):
+            part = rows[start : start + per_statement]
+            cursor.execute(
+                _payload_cte_sql(len(part)),
+                [value for row in part for value in row]
+                + [
+                    value
+                    for row, payload in zip(
+                        part, payloads[start : start + per_statement], strict=True
+                    )
+                    for value in (row[0], payload)
+                ],
+            )
+        return
+    cursor.executemany(_insert_sql(Delivery._meta.db_table, DELIVERY_COLUMNS), rows)
+    cursor.execute("SELECT last_insert_rowid()")
+    (last,) = cursor.fetchone()
+    ids = range(last - len(rows) + 1, last + 1)
+    cursor.executemany(
+        _insert_sql(DeliveryPayload._meta.db_table, PAYLOAD_COLUMNS),
+        list(zip(ids, payloads, strict=True)),
+    )
+
+
+@functools.cache
+def _payload_cte_sql(count: int) -> str:
+    """PostgreSQL: ``count`` Delivery rows and their payloads in one statement."""
+    insert = _insert_sql_of("postgresql", Delivery._meta.db_table, DELIVERY_COLUMNS)
+    head = insert.rsplit(" VALUES ", 1)[0]
+    row = "(" + _in(list(DELIVERY_COLUMNS)) + ")"
+    pairs = ", ".join(["(%s::uuid, %s::jsonb)"] * count)
+    return (
+        f"WITH d AS ({head} VALUES {', '.join([row] * count)} RETURNING id, event_id) "
+        f"INSERT INTO {DeliveryPayload._meta.db_table} (delivery_id, payload) "
+        f"SELECT d.id, v.payload FROM d JOIN (VALUES {pairs}) AS v(event_id, payload) "
+        "USING (event_id)"
+    )
+
+
 def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
     return _insert_sql_of(connection.vendor, table, columns)
 
@@ -560,29 +604,37 @@ def _uuid_value(value: uuid.UUID) -> object:
     return value if connection.features.has_native_uuid_field else value.hex
 
 
-def _delivery_rows(rows: list[DeliveryRow], db_now, event_ids: list[uuid.UUID]) -> Iterator[tuple]:
+def _delivery_rows(
+    rows: list[DeliveryRow], db_now, event_ids: list[uuid.UUID]
+) -> tuple[list[tuple], list]:
+    """The Delivery rows and their payloads, in the same order."""
     # What the fields' get_db_prep_save() give for a dict and a UUID, without their layers
     # per row: the backend's JSON adapter, a UUID or its hex where there is no uuid type.
     adapt_json = connection.ops.adapt_json_value
-    encoder = Delivery._meta.get_field("payload").encoder
+    encoder = DeliveryPayload._meta.get_field("payload").encoder
     native_uuid = connection.features.has_native_uuid_field
     max_attempts = attempts_per_round()
     kind = str(Delivery.Kind.NEW_MAIL)
+    deliveries = []
+    payloads = []
     for row, event_id in zip(rows, event_ids, strict=True):
-        yield _delivery_row(
-            event_id if native_uuid else event_id.hex,
-            kind,
-            row.owner.partner_id,
-            row.owner.id,
-            row.digest.message_id,
-            row.digest.identity,
-            adapt_json(_payload(row), encoder),
-            row.status,
-            row.last_error,
-            row.backfill,
-            db_now,
-            max_attempts,
+        payloads.append(adapt_json(_payload(row), encoder))
+        deliveries.append(
+            _delivery_row(
+                event_id if native_uuid else event_id.hex,
+                kind,
+                row.owner.partner_id,
+                row.owner.id,
+                row.digest.message_id,
+                row.digest.identity,
+                row.status,
+                row.last_error,
+                row.backfill,
+                db_now,
+                max_attempts,
+            )
         )
+    return deliveries, payloads
 
 
 def _delivery_row(
@@ -592,7 +644,6 @@ def _delivery_row(
     user_id,
     message_id,
     dedup_key,
-    payload,
     status,
     last_error,
     backfill,
@@ -608,7 +659,6 @@ def _delivery_row(
         user_id,
         message_id,
         dedup_key,
-        payload,
         status,
         0,
         max_attempts,
@@ -833,6 +883,12 @@ def _event_text(value) -> str | None:
     return None if value is None else str(uuid.UUID(str(value)))
 
 
+CHANGE_PAYLOAD_SQL = (
+    f"INSERT INTO {DeliveryPayload._meta.db_table} (delivery_id, payload) "
+    f"SELECT id, %s FROM {Delivery._meta.db_table} WHERE event_id = %s ON CONFLICT DO NOTHING"
+)
+
+
 def _change_deliveries(cursor, job: ChangeJob, owner: Owner, states, found, db_now) -> int:
     """A Delivery per change whose kind has a URL; the event id is the change's own
     (sync/changes.py event_id), so a replay cannot add a second one."""
@@ -841,9 +897,10 @@ def _change_deliveries(cursor, job: ChangeJob, owner: Owner, states, found, db_n
     # The fence read the partner's change URLs (Owner.updated_url / deleted_url).
     wanted = {changes.UPDATED: owner.updated_url, changes.DELETED: owner.deleted_url}
     adapt_json = connection.ops.adapt_json_value
-    encoder = Delivery._meta.get_field("payload").encoder
+    encoder = DeliveryPayload._meta.get_field("payload").encoder
     max_attempts = attempts_per_round()
     rows = []
+    payloads = []
     for change in found:
         if not wanted[change.kind]:
             continue
@@ -873,7 +930,6 @@ def _change_deliveries(cursor, job: ChangeJob, owner: Owner, states, found, db_n
                 job.user_id,
                 state.message_id,
                 "",
-                adapt_json(payload, encoder),
                 str(Delivery.Status.PENDING),
                 "",
                 False,
@@ -881,9 +937,12 @@ def _change_deliveries(cursor, job: ChangeJob, owner: Owner, states, found, db_n
                 max_attempts,
             )
         )
+        payloads.append((adapt_json(payload, encoder), rows[-1][0]))
     if rows:
         sql = _insert_sql(Delivery._meta.db_table, DELIVERY_COLUMNS) + " ON CONFLICT DO NOTHING"
         cursor.executemany(sql, rows)
+        # By event id: a change delivered before (a replayed batch) keeps its row and payload.
+        cursor.executemany(CHANGE_PAYLOAD_SQL, payloads)
     return len(rows)
 
 

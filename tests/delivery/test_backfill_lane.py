@@ -59,7 +59,7 @@ def test_the_backfill_lane_keeps_the_fair_shares(seeded_providers, settings):
 def test_each_lane_is_a_range_of_the_claims_index(db):
     if connection.vendor != "sqlite":
         return
-    dues, _, _ = queue._claim_sql("sqlite")
+    dues, _, _, _ = queue._claim_sql("sqlite")
     now = timezone.now()
     with connection.cursor() as cursor:
         for backfill in (False, True):

@@ -108,7 +108,8 @@ def test_live_mail_is_not_held_behind_a_paced_backfill(mailbox, dovecot):
 
     def live_row():
         close_old_connections()
-        return Delivery.objects.filter(user_id=user.id, message_id="<live@t>").first()
+        rows = Delivery.objects.filter(user_id=user.id, message_id="<live@t>")
+        return rows.select_related("stored_payload").first()  # payload read here, not async
 
     async def scenario():
         # 4 a second: the backfill takes ~4 s; the live message arrives ~1 s into it.

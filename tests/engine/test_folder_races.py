@@ -114,7 +114,9 @@ def _counts(user: MailboxUser, server: RacingServer) -> None:
         uids = {m.uid for m in server.mailbox("user0", folder).messages}
         rows = MailLog.objects.filter(user=user, folder=folder)
         assert sorted(rows.values_list("uid", flat=True)) == sorted(uids), folder
-        delivered = Delivery.objects.filter(user=user, kind="new_mail", payload__folder=folder)
+        delivered = Delivery.objects.filter(
+            user=user, kind="new_mail", stored_payload__payload__folder=folder
+        )
         assert delivered.count() == rows.filter(skipped_reason="").count(), folder
 
 

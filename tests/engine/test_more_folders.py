@@ -68,7 +68,9 @@ def _assert_counts(server: DovecotServer, user: MailboxUser, folder: str, baseli
     """Messages in the folder after its baseline = new_mail + skips recorded there."""
     rows = MailLog.objects.filter(user=user, folder=folder)
     assert len(server.uids(user.tag, folder)) - baseline == rows.count()
-    delivered = Delivery.objects.filter(user=user, kind="new_mail", payload__folder=folder)
+    delivered = Delivery.objects.filter(
+        user=user, kind="new_mail", stored_payload__payload__folder=folder
+    )
     assert rows.filter(skipped_reason="").count() == delivered.count()
 
 

@@ -49,7 +49,7 @@ made = [
 ]
 rows = list(
     Delivery.objects.filter(user_id=user.id).order_by("id")
-    .values_list("kind", "event_id", "payload"))
+    .values_list("kind", "event_id", "stored_payload__payload"))
 new_mail = str(rows[0][1])
 expected_id = str(changes.event_id(user.id, "INBOX", 7, 1, "message_updated", 1))
 state = MessageState.objects.get(user=user)
