@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from superimap.platform.sqltext import marks
+
 SLOW_AFTER_SECONDS = 5.0
 # A claim that skipped rows of endpoints it just filled may look again without them, at
 # most this many times in all. Each look is one more SELECT in the same transaction, and it
@@ -136,7 +138,7 @@ def skipping(due_sql: str, params: list, room: Room) -> tuple[str, list]:
         return due_sql, params
     conditions, values = [], []
     if partners:
-        conditions.append(f"partner_id NOT IN ({', '.join(['%s'] * len(partners))})")
+        conditions.append(f"partner_id NOT IN ({marks(partners)})")
         values.extend(partners)
     for partner_id, kind in endpoints:
         conditions.append("NOT (partner_id = %s AND kind = %s)")

@@ -25,6 +25,7 @@ from superimap.delivery import policy
 from superimap.delivery.failurelog import endpoint_host
 from superimap.delivery.models import Delivery, EndpointHealth
 from superimap.partners.models import Partner
+from superimap.platform.sqltext import marks
 
 log = logging.getLogger("superimap.worker")
 
@@ -46,7 +47,7 @@ def record(answers: list[Answered], now: datetime, config: policy.Config) -> Non
         cursor.execute(
             "SELECT partner_id, kind, state, consecutive_failures FROM "
             f"{EndpointHealth._meta.db_table} WHERE partner_id IN "
-            f"({', '.join(['%s'] * len(partner_ids))})",
+            f"({marks(partner_ids)})",
             partner_ids,
         )
         states = {

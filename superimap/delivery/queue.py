@@ -28,6 +28,7 @@ from superimap.delivery.models import Delivery, DeliveryAttempt, DeliveryPayload
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Partner
 from superimap.platform.fields import decrypt
+from superimap.platform.sqltext import marks
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _cancel_superseded(cursor, rows: list) -> list:
     if cancelled:
         cursor.execute(
             f"UPDATE {Delivery._meta.db_table} SET status = %s, last_error = %s, "
-            f"claimed_by = '', lease_until = NULL WHERE id IN ({_in(cancelled)})",
+            f"claimed_by = '', lease_until = NULL WHERE id IN ({marks(cancelled)})",
             [Delivery.Status.CANCELLED.value, SUPERSEDED_ERROR, *cancelled],
         )
     return [row[:-1] for row in rows if not row[-1]]
@@ -243,19 +244,15 @@ def _delivered_sql(count: int) -> str:
     return (
         f"UPDATE {Delivery._meta.db_table} SET status = %s, delivered_at = %s, "
         "claimed_by = '', lease_until = NULL, last_status_code = %s, last_error = '' "
-        f"WHERE id IN ({_in(range(count))}) AND attempts = %s AND claimed_by = %s "
+        f"WHERE id IN ({marks(range(count))}) AND attempts = %s AND claimed_by = %s "
         f"AND COALESCE(status, '') = '{Delivery.Status.PENDING.value}'"  # literal: _claim_sql
     )
-
-
-def _in(ids) -> str:
-    return ", ".join(["%s"] * len(ids))
 
 
 def _signing(cursor, partner_ids: set[int], now: datetime) -> dict[int, _Signing]:
     _, sql, _, _ = _claim_sql(connection.vendor)
     ids = sorted(partner_ids)
-    cursor.execute(sql % _in(ids), ids)
+    cursor.execute(sql % marks(ids), ids)
     result = {}
     for partner_id, api_key, secret, previous, until, *urls in cursor.fetchall():
         secrets = (_decrypted(secret),)
@@ -338,10 +335,10 @@ def _claim_due(
         # One UPDATE for the batch: the rows are ours until commit (row locks on
         # PostgreSQL, the write lock on SQLite), so attempts + 1 is what we read + 1.
         update, select = take_sql
-        marks = _in(ids)
-        cursor.execute(update % marks, [node_id, db_time(now + lease), *ids])
+        in_ids = marks(ids)
+        cursor.execute(update % in_ids, [node_id, db_time(now + lease), *ids])
         if select is not None:
-            cursor.execute(select % marks, ids)
+            cursor.execute(select % in_ids, ids)
         # A purged payload has no row: {} as retention left it (design.md 5.5).
         stored = {id_: (text, sha1) for id_, text, sha1 in cursor.fetchall() if text is not None}
     claimed = []
@@ -380,7 +377,7 @@ def _hold_paused(cursor, rows: list, paused: dict) -> list:
             held.setdefault(until, []).append(row[0])
     for until, ids in held.items():
         cursor.execute(
-            f"UPDATE {Delivery._meta.db_table} SET next_attempt_at = %s WHERE id IN ({_in(ids)})",
+            f"UPDATE {Delivery._meta.db_table} SET next_attempt_at = %s WHERE id IN ({marks(ids)})",
             [_db_time(until), *ids],
         )
     return ready
@@ -408,7 +405,7 @@ def _record_outcomes(
     with connection.cursor() as cursor:
         ids = [o.claimed.id for o in outcomes]
         cursor.execute(
-            f"SELECT id, max_attempts, failures FROM {table} WHERE id IN ({_in(ids)})", ids
+            f"SELECT id, max_attempts, failures FROM {table} WHERE id IN ({marks(ids)})", ids
         )
         maxima = {id_: (most, failures) for id_, most, failures in cursor.fetchall()}
         attempts = []

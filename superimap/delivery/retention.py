@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from superimap.delivery.models import Delivery, DeliveryPayload
+from superimap.platform.sqltext import marks
 
 PURGE_BATCH = 500
 
@@ -48,19 +49,18 @@ def _purgeable_sql(vendor: str) -> dict[str, str]:
 
 def _purge(ids: list[int], status: str, now: datetime) -> int:
     """Mark the rows purged and delete their DeliveryPayload rows, in one transaction."""
-    marks = ", ".join(["%s"] * len(ids))
     with transaction.atomic(), connection.cursor() as cursor:
         # status again: a row replayed since the SELECT keeps its payload.
         cursor.execute(
             f"UPDATE {Delivery._meta.db_table} SET payload_purged_at = %s "
-            f"WHERE id IN ({marks}) AND status = %s RETURNING id",
+            f"WHERE id IN ({marks(ids)}) AND status = %s RETURNING id",
             [connection.ops.adapt_datetimefield_value(now), *ids, status],
         )
         purged = [row_id for (row_id,) in cursor.fetchall()]
         if purged:
             cursor.execute(
                 f"DELETE FROM {DeliveryPayload._meta.db_table} "
-                f"WHERE delivery_id IN ({', '.join(['%s'] * len(purged))})",
+                f"WHERE delivery_id IN ({marks(purged)})",
                 purged,
             )
     return len(purged)

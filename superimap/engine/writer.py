@@ -54,6 +54,7 @@ from superimap.mailboxes.models import (
     MessageState,
 )
 from superimap.partners.models import Connection, ImapProvider, Partner
+from superimap.platform.sqltext import marks
 from superimap.sync import changes, eventids, persist
 from superimap.sync.backfill import BackfillStep
 from superimap.sync.changes import Observed, Tracked
@@ -223,7 +224,7 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
                 JOIN {Connection._meta.db_table} c ON c.id = u.connection_id
                 JOIN {ImapProvider._meta.db_table} p ON p.id = c.provider_id
                 JOIN {Partner._meta.db_table} pa ON pa.id = c.partner_id
-                WHERE u.id IN ({_in(ids)}) AND u.owner_node = %s
+                WHERE u.id IN ({marks(ids)}) AND u.owner_node = %s
                     AND u.archived = %s AND u.connected_at IS NOT NULL
                 ORDER BY u.id{lock}""",
                 [*ids, node_id, False],
@@ -246,10 +247,6 @@ def _fence(user_ids: list[int], node_id: str) -> dict[int, Owner]:
                     deleted_url=bool(row[14]),
                 )
     return owners
-
-
-def _in(values: list) -> str:
-    return ", ".join(["%s"] * len(values))
 
 
 def _prefetch(prepared: list[Prepared], owners: dict[int, Owner]) -> Recorded:
@@ -290,7 +287,7 @@ def _recorded_rows(cursor, prepared: list[Prepared], recorded: Recorded) -> None
         uids = [d.message.uid for d in item.digests]
         for start in range(0, len(uids), IN_BATCH):
             part = uids[start : start + IN_BATCH]
-            uid_in = f" AND uid IN ({_in(part)}))"
+            uid_in = f" AND uid IN ({marks(part)}))"
             terms.append("(user_id = %s AND folder = %s AND uid_validity = %s" + uid_in)
             params.append([job.user_id, job.folder, job.uid_validity, *part])
             terms.append("(user_id = %s AND folder = '' AND uid_validity = %s" + uid_in)
@@ -321,7 +318,7 @@ def _dedup_rows(cursor, prepared: list[Prepared], recorded: Recorded) -> None:
         for column, values in (("sha1", sorted(sha1s)), ("identity", sorted(identities))):
             for start in range(0, len(values), IN_BATCH):
                 part = values[start : start + IN_BATCH]
-                terms.append(f"(user_id = %s AND {column} IN ({_in(part)}))")
+                terms.append(f"(user_id = %s AND {column} IN ({marks(part)}))")
                 params.append([user_id, *part])
     for sql_terms, sql_params in _statements(terms, params):
         cursor.execute(
@@ -519,7 +516,7 @@ def _insert_rows(
     if connection.vendor != "postgresql":
         cursor.executemany(sql + suffix, rows)
         return
-    row_sql = "(" + _in(list(columns)) + ")"
+    row_sql = "(" + marks(list(columns)) + ")"
     per_statement = max(1, MAX_PARAMETERS // len(columns))
     for start in range(0, len(rows), per_statement):
         part = rows[start : start + per_statement]
@@ -569,7 +566,7 @@ def _payload_cte_sql(count: int) -> str:
     """PostgreSQL: ``count`` Delivery rows and their payloads in one statement."""
     insert = _insert_sql_of("postgresql", Delivery._meta.db_table, DELIVERY_COLUMNS)
     head = insert.rsplit(" VALUES ", 1)[0]
-    row = "(" + _in(list(DELIVERY_COLUMNS)) + ")"
+    row = "(" + marks(list(DELIVERY_COLUMNS)) + ")"
     pairs = ", ".join(["(%s::uuid, %s::jsonb)"] * count)
     return (
         f"WITH d AS ({head} VALUES {', '.join([row] * count)} RETURNING id, event_id) "
@@ -588,7 +585,7 @@ def _insert_sql_of(vendor: str, table: str, columns: tuple[str, ...]) -> str:
     """The INSERT statement, made once per backend (quoting every column per group showed
     in the profile)."""
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
-    return f"INSERT INTO {table} ({names}) VALUES ({_in(list(columns))})"
+    return f"INSERT INTO {table} ({names}) VALUES ({marks(list(columns))})"
 
 
 def _new_event_ids(count: int) -> list[uuid.UUID]:
@@ -812,7 +809,7 @@ def _states(cursor, job: ChangeJob) -> dict[int, _State]:
     ordered = sorted(uids)
     for start in range(0, len(ordered), IN_BATCH):
         part = ordered[start : start + IN_BATCH]
-        cursor.execute(STATE_SELECT + f" AND uid IN ({_in(part)})", [*params, *part])
+        cursor.execute(STATE_SELECT + f" AND uid IN ({marks(part)})", [*params, *part])
         rows.extend(cursor.fetchall())
     return {r[1]: _State(*r[:8], gone=bool(r[8])) for r in rows}
 
@@ -850,7 +847,7 @@ def _first_seen(cursor, job: ChangeJob, tracked: dict[int, Tracked], db_now) -> 
     for start in range(0, len(untracked), IN_BATCH):
         part = untracked[start : start + IN_BATCH]
         cursor.execute(
-            DELIVERED_SQL.format(uids=_in(part)),
+            DELIVERED_SQL.format(uids=marks(part)),
             [job.user_id, job.folder, job.uid_validity, *part],
         )
         for uid, message_id, event_id in cursor.fetchall():
