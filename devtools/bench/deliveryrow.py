@@ -7,9 +7,10 @@ them); the event ids are the engine's (`writer._new_event_ids`). A table of --pr
 delivered rows, then --rows new_mail rows in groups of 20 as the engine writes them (one
 multi-row INSERT per transaction), claimed 20 per transaction as the worker's claim UPDATE
 does, and delivered 20 per transaction by its fenced outcome UPDATE (the checkout's SQL).
-Foreign-key checks are off (no partner or user rows needed), the same in every checkout. A
-checkout with DeliveryPayload (delivery 0007) writes the payload to delivery_payload; on an
-older one --side-table puts it in a table of its own (the what-if that sized that change).
+Foreign-key checks are off (no partner or user rows needed), the same in every checkout. The
+payload goes to its own table, delivery_payload (delivery 0007), as the engine writes it; a
+checkout before 0007 had it in the Delivery row, and its copy of this bench a --side-table
+what-if that sized the change.
 --payload-bytes N: a new_mail payload of ~N bytes of JSON (an rfc822 of random words, as the
 chaos server's mails; bench.e2e's are ~1,900) instead of the ~1 KB default; PostgreSQL
 compresses and TOASTs a row above ~2 KB. --pg-alter SQL (what-if, repeatable): a statement
@@ -41,11 +42,10 @@ PAYLOAD = json.dumps(
     {"sha1": "x" * 40, "subject": "s" * 60, "from": "a@example.com", "text": "lorem ipsum " * 70}
 )
 COLUMNS = (
-    "event_id, kind, partner_id, user_id, message_id, dedup_key, payload, status, attempts, "
+    "event_id, kind, partner_id, user_id, message_id, dedup_key, status, attempts, "
     "max_attempts, failures, next_attempt_at, claimed_by, last_error, created_at, backfill"
 )
-# The checkout's table of payloads (None: the payload is Delivery's column); set by run().
-PAYLOADS: str | None = None
+PAYLOADS = "delivery_payload"  # DeliveryPayload's table
 CLAIM = (
     "UPDATE delivery_delivery SET attempts = attempts + 1, claimed_by = 'bench', "
     "lease_until = {lease} WHERE id IN ({ids})"
@@ -174,17 +174,13 @@ class _Postgres:
     def sizes_kb(self) -> dict:
         sizes = {}
         for table in ("delivery_delivery", PAYLOADS):
-            if table:
-                heap, toast = self.execute(
-                    "SELECT pg_relation_size(oid), pg_relation_size(reltoastrelid) "
-                    "FROM pg_class WHERE relname = %s",
-                    [table],
-                )[0]
-                sizes[table] = {"heap": round(heap / 1024), "toast": round(toast / 1024)}
+            heap, toast = self.execute(
+                "SELECT pg_relation_size(oid), pg_relation_size(reltoastrelid) "
+                "FROM pg_class WHERE relname = %s",
+                [table],
+            )[0]
+            sizes[table] = {"heap": round(heap / 1024), "toast": round(toast / 1024)}
         return sizes
-
-
-SIDE_TABLE = "CREATE TABLE bench_payload (delivery_id bigint PRIMARY KEY, payload text NOT NULL)"
 
 
 WORDS = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
@@ -216,12 +212,9 @@ def _insert_groups(db, first: int, count: int) -> None:
 
     from superimap.engine.writer import _new_event_ids
 
-    in_row = PAYLOADS != "delivery_payload"  # the checkout has the column
-    columns = COLUMNS if in_row else COLUMNS.replace(" payload,", "")
     row = (
-        f"({db.mark}, 'new_mail', 1, {db.mark}, '', {db.mark}, "
-        + (f"{db.mark}, " if in_row else "")
-        + f"'pending', 0, 6, 0, {db.mark}, '', '', {db.mark}, FALSE)"
+        f"({db.mark}, 'new_mail', 1, {db.mark}, '', {db.mark}, 'pending', 0, 6, 0, "
+        f"{db.mark}, '', '', {db.mark}, FALSE)"
     )
     for start in range(first, first + count, GROUP):
         stamp = connection.ops.adapt_datetimefield_value(datetime.now(UTC))
@@ -230,18 +223,16 @@ def _insert_groups(db, first: int, count: int) -> None:
             range(start, start + GROUP), _new_event_ids(GROUP), strict=True
         ):
             user = 1 + (number * 7919) % USERS
-            payload = [] if not in_row else ["{}" if PAYLOADS else PAYLOAD]
-            params += [db.event_id(event_id), user, f"k{number}", *payload, stamp, stamp]
+            params += [db.event_id(event_id), user, f"k{number}", stamp, stamp]
         db.begin()
         ids = db.execute(
-            f"INSERT INTO delivery_delivery ({columns}) VALUES {', '.join([row] * GROUP)} "
+            f"INSERT INTO delivery_delivery ({COLUMNS}) VALUES {', '.join([row] * GROUP)} "
             "RETURNING id",
             params,
         )
-        if PAYLOADS:
-            pairs = ", ".join([f"({db.mark}, {db.mark})"] * GROUP)
-            values = [value for (id_,) in ids for value in (id_, PAYLOAD)]
-            db.execute(f"INSERT INTO {PAYLOADS} (delivery_id, payload) VALUES {pairs}", values)
+        pairs = ", ".join([f"({db.mark}, {db.mark})"] * GROUP)
+        values = [value for (id_,) in ids for value in (id_, PAYLOAD)]
+        db.execute(f"INSERT INTO {PAYLOADS} (delivery_id, payload) VALUES {pairs}", values)
         db.commit()
 
 
@@ -269,9 +260,7 @@ def _read_groups(db, ids: list[int]) -> None:
     """What the claim reads of each row: the payload as JSON text (PostgreSQL:
     payload::text, detoasted and decompressed if it was stored so)."""
     text = "payload::text" if isinstance(db, _Postgres) else "payload"
-    sql = f"SELECT id, {text} FROM delivery_delivery WHERE id IN ({{ids}})"
-    if PAYLOADS:
-        sql = f"SELECT delivery_id, {text} FROM {PAYLOADS} WHERE delivery_id IN ({{ids}})"
+    sql = f"SELECT delivery_id, {text} FROM {PAYLOADS} WHERE delivery_id IN ({{ids}})"
     for start in range(0, len(ids), GROUP):
         part = ids[start : start + GROUP]
         db.begin()
@@ -279,17 +268,9 @@ def _read_groups(db, ids: list[int]) -> None:
         db.commit()
 
 
-def run(db, preload: int, rows: int, side_table: bool = False, alter: tuple = ()) -> dict:
-    from superimap.delivery import models
-
-    global PAYLOADS
+def run(db, preload: int, rows: int, alter: tuple = ()) -> dict:
     for statement in alter:
         db.execute(statement)
-    if hasattr(models, "DeliveryPayload"):
-        PAYLOADS = "delivery_payload"
-    elif side_table:
-        db.execute(SIDE_TABLE)
-        PAYLOADS = "bench_payload"
     _insert_groups(db, 0, preload)
     db.execute("UPDATE delivery_delivery SET status = 'delivered', attempts = 1")
     db.quiet()
@@ -323,13 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000, help="rows measured")
     parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL")
     parser.add_argument(
-        "--side-table",
-        action="store_true",
-        help="what-if on a checkout before delivery 0007: the payload in a table of its own "
-        "(a second INSERT per row; the Delivery row keeps '{}'); a checkout with "
-        "DeliveryPayload always writes it there",
-    )
-    parser.add_argument(
         "--payload-bytes",
         type=int,
         default=0,
@@ -359,12 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _configure(tmp, f"sqlite:///{tmp}/db.sqlite3")
             db = _Sqlite(tmp / "db.sqlite3")
-        result = run(db, args.preload, args.rows, args.side_table, tuple(args.pg_alter))
+        result = run(db, args.preload, args.rows, tuple(args.pg_alter))
     result.update(
         benchmark="deliveryrow",
         backend="postgres" if args.postgres else "sqlite",
         wal_unit="bytes" if args.postgres else "4 KB frames",
-        side_table=args.side_table,
         payload_json_bytes=len(PAYLOAD),
         pg_alter=args.pg_alter,
         preload=args.preload,
@@ -375,7 +348,6 @@ def main(argv: list[str] | None = None) -> int:
         command="python -m devtools.bench.deliveryrow "
         f"--preload {args.preload} --rows {args.rows}"
         + (" --postgres" if args.postgres else "")
-        + (" --side-table" if args.side_table else "")
         + (f" --payload-bytes {args.payload_bytes}" if args.payload_bytes else "")
         + "".join(f" --pg-alter '{sql}'" for sql in args.pg_alter),
     )
