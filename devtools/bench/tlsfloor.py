@@ -14,7 +14,7 @@ PROTOCOL_TLS_CLIENT context; ``tls12`` the default at most TLS 1.2; ``plain`` no
 ``--tls-tickets``: TLS 1.3 session tickets the server sends per connection.
 ``--transport``: ``memorybio`` (the engine's way, imapclient/tls.py): a plain TCP transport
 and a buffered protocol that reads the ciphertext into one shared buffer and runs TLS over
-an SSLObject and two MemoryBIOs, fed 16 KiB at a time; ``uvloop-ssl``: the loop's TLS
+an SSLObject and two MemoryBIOs, fed 4 KiB at a time; ``uvloop-ssl``: the loop's TLS
 transport (``create_connection(ssl=...)``, what the engine used before). design.md 4.13
 quotes it.
 """

@@ -7,8 +7,12 @@ Dovecot; the connection tests under uvloop, as the engine runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import ssl
+import subprocess
+import threading
 import time
 
 import pytest
@@ -87,7 +91,7 @@ def test_implicit_tls_runs_over_a_plain_transport(certificates) -> None:
 
 def test_a_big_literal_over_tls_is_read_intact(certificates) -> None:
     """A message of ~1.5 MB: ~100 TLS records, read by the loop in pieces of up to 256 KiB,
-    each fed to the TLS layer 16 KiB at a time."""
+    each fed to the TLS layer 4 KiB at a time."""
     body = "".join(
         f"line {i:07d} of a big message, with some text to fill it\n" for i in range(25000)
     )
@@ -285,3 +289,126 @@ def test_a_handshake_that_never_ends_times_out_and_a_closed_one_is_a_reset(
         assert isinstance(error, ConnectionResetError)
     else:
         assert isinstance(error, TimeoutError) and 0.4 < elapsed < 2.0
+
+
+class HoldingProxy(LoopbackServer):
+    """Forwards 127.0.0.1 TCP to ``port``. Once ``arm()``ed, the next bytes from the client
+    make it hold what the server sends until ``release()``."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.armed = False
+        self.held: list[bytes] | None = None
+        self.to_client: asyncio.StreamWriter | None = None
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for data in held:
+            self.to_client.write(data)
+
+    async def serve(self, client_reader, client_writer) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.to_client = client_writer
+
+        async def upstream() -> None:
+            while data := await client_reader.read(65536):
+                if self.armed:
+                    self.armed, self.held = False, []
+                writer.write(data)
+            writer.close()
+
+        async def downstream() -> None:
+            while data := await reader.read(65536):
+                if self.held is not None:
+                    self.held.append(data)
+                else:
+                    client_writer.write(data)
+            client_writer.close()
+
+        with contextlib.suppress(asyncio.CancelledError):  # the loop ends first
+            await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+
+
+def test_a_write_during_a_tls12_renegotiation_waits_for_it(certificates) -> None:
+    """openssl s_server renegotiates (TLS 1.2, its 'r' command; -nbio, or it may sit in a
+    blocking read and miss the command): the client answers the
+    HelloRequest with a ClientHello, the proxy holds the server's answer, and a command
+    written meanwhile (SSLObject.write: SSLWantReadError) goes out once the handshake is
+    done, in order with one written after it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            *("openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-naccept", "1"),
+            *("-cert", str(certificates.server_cert), "-key", str(certificates.server_key)),
+            *("-tls1_2", "-crlf", "-no_ign_eof", "-msg", "-nbio"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    received: list[bytes] = []
+    threading.Thread(target=lambda: received.extend(server.stdout), daemon=True).start()
+
+    def tell(line: bytes) -> None:
+        server.stdin.write(line + b"\n")
+        server.stdin.flush()
+
+    def got(text: bytes) -> bool:
+        return any(text in line for line in received)
+
+    async def until(check, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, [r for r in received if r[:1] != b" "]
+            await asyncio.sleep(0.02)
+
+    async def scenario():
+        await until(lambda: got(b"ACCEPT"))
+        proxy = HoldingProxy(port)
+        proxy_port = await proxy.start()
+        tell(b"* OK [CAPABILITY IMAP4rev1] ready")
+        conn = await ImapConnection.open(
+            "127.0.0.1",
+            proxy_port,
+            implicit_tls=True,
+            insecure=True,
+            timeout=5,
+            max_literal_size=65536,
+        )
+        try:
+            proxy.arm()
+            tell(b"r")
+            await until(lambda: got(b"HelloRequest"))
+            await until(lambda: proxy.held)  # the ClientHello went, the answer is held
+            first, second = conn.protocol.noop(), conn.protocol.noop()
+            await conn.send(first[1])
+            await conn.send(second[1])
+            await asyncio.sleep(0.3)
+            early = got(first[1].strip())
+            proxy.release()
+            await until(lambda: got(second[1].strip()))
+            tell(f"{first[0]} OK done".encode())
+            tell(f"{second[0]} OK done".encode())
+            _, answer = await conn.collect(second[0], 5)
+            return early, first[1].strip(), second[1].strip(), answer
+        finally:
+            conn.abort()
+            await proxy.stop()
+
+    try:
+        early, first, second, answer = uvloop.run(scenario())
+    finally:
+        server.kill()
+        server.wait()
+    lines = [line.strip() for line in received]
+    assert not early
+    assert lines.index(first) < lines.index(second)
+    # s_server's -msg: the first handshake and the renegotiation, each to its Finished.
+    assert sum(line.endswith(b"], ServerHello") for line in lines) == 2
+    assert sum(line.startswith(b"<<<") and b"Finished" in line for line in lines) == 2
+    assert answer.status == "OK"
