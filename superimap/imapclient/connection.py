@@ -267,6 +267,8 @@ class ImapConnection(asyncio.BufferedProtocol):
             self.data_received(view[:count])
             if self._error is not None:
                 return False
+            if tls.drained():
+                return True
 
     def _tls_write(self, tls: TlsLayer, data: bytes) -> None:
         if tls.pending is not None:

@@ -56,3 +56,8 @@ class TlsLayer:
         # Plaintext that SSLObject.write() refused with SSLWantReadError (a TLS 1.2
         # renegotiation waits for the server): written, in order, once records come.
         self.pending: list[bytes] | None = None
+
+    def drained(self) -> bool:
+        """Nothing left to read: no ciphertext in the BIO, no plaintext in OpenSSL. Another
+        read() could only raise SSLWantReadError (an exception per read of a mail)."""
+        return not self.incoming.pending and not self.sslobj.pending()
