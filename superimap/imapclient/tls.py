@@ -18,9 +18,9 @@ import threading
 # Ciphertext goes into the incoming BIO at most this much at a time, the plaintext read
 # out after each piece: a BIO keeps the largest size it ever held, so a 256 KiB read
 # written whole would leave each connection that once read one (a big message) with a
-# 256 KiB block. After one 1 MB FETCH per connection: 39.9 KiB of RSS per connection
-# with 4 KiB pieces, 46.5 with 8, 57.9 with 16, ~150 whole (idle before: ~44); the same
-# CPU within noise (design.md 4.13).
+# 256 KiB block. After one 1 MB FETCH per connection: 39.6-40.2 KiB of RSS per
+# connection with 4 KiB pieces, 46.5-46.8 with 8, 57.2-58.0 with 16 (idle before: ~44);
+# after 300 KB 151.5 whole; the same CPU within noise (design.md 4.13).
 FEED_SIZE = 4 * 1024
 
 # Plaintext comes out into one buffer per thread (an event loop runs in one): the
