@@ -334,10 +334,10 @@ class HoldingProxy(LoopbackServer):
 
 def test_a_write_during_a_tls12_renegotiation_waits_for_it(certificates) -> None:
     """openssl s_server renegotiates (TLS 1.2, its 'r' command; -nbio, or it may sit in a
-    blocking read and miss the command): the client answers the
-    HelloRequest with a ClientHello, the proxy holds the server's answer, and a command
-    written meanwhile (SSLObject.write: SSLWantReadError) goes out once the handshake is
-    done, in order with one written after it."""
+    blocking read and miss the command): the client answers the HelloRequest with a
+    ClientHello, the proxy holds the server's answer, and a command written meanwhile
+    (SSLObject.write: SSLWantReadError) goes out once the handshake is done, in order with
+    one written after it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
