@@ -12,8 +12,8 @@ timeout, and everyone else's webhooks waited behind it. So, per worker:
   fill the claim's LIMIT) and takes at most each one's room from the rows it reads, so
   one claim serves every partner with due rows, oldest first within each;
 - a busy worker's claim may also take a few rows *ahead* (`Room.ahead`, issue 20
-  workerpipe): past an endpoint's cap, up to twice it (not a slow endpoint's, nor one
-  with a POST open for AHEAD_STALLED_SECONDS), rows the
+  workerpipe): past an endpoint's cap, up to twice it (not for a partner with a slow
+  endpoint, or one with a POST open for AHEAD_STALLED_SECONDS), rows the
   worker holds, leased, and sends as that endpoint's POSTs finish. The caps hold for the
   POSTs open; the rows held count as open for the next claim's room.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from django.conf import settings
 
@@ -68,13 +69,14 @@ class Room:
     endpoint_open: Counter = field(default_factory=Counter)
     slow: frozenset = frozenset()
     stalled: frozenset = frozenset()
-    """Endpoints with a POST open longer than AHEAD_STALLED_SECONDS: nothing ahead."""
+    """Endpoints with a POST open longer than AHEAD_STALLED_SECONDS: nothing ahead for their
+    partner, nor for a partner with a slow endpoint."""
     rounds: int = 1
     """How many SELECTs the claim may use (fair_rows)."""
     ahead: int = 0
-    """How many rows the claim may take past the caps of endpoints that are neither slow nor
-    stalled (up to twice an endpoint's cap, a partner's cap plus an endpoint's): held by the
-    worker until a POST of theirs finishes."""
+    """How many rows the claim may take past the caps of partners with no slow or stalled
+    endpoint (up to twice an endpoint's cap, a partner's cap plus an endpoint's): held by
+    the worker until a POST of theirs finishes."""
     more: bool = False
     """Set by fair_rows: a SELECT hit its LIMIT or left rows of a full partner or endpoint
     behind, so due rows may remain that this claim did not take."""
@@ -102,15 +104,25 @@ class Room:
         self.endpoint_open[endpoint] += 1
         return True
 
+    @cached_property
+    def _troubled(self) -> frozenset:
+        """Partners with a slow or stalled endpoint: none of their endpoints goes ahead (so a
+        partner at its cap with a hanging endpoint stays skipped in the claim's SQL)."""
+        return frozenset(endpoint[0] for endpoint in self.slow | self.stalled)
+
     def _may_go_ahead(self, endpoint: Endpoint) -> bool:
-        return endpoint not in self.slow and endpoint not in self.stalled
+        return endpoint[0] not in self._troubled
 
     def full(self) -> tuple[list[int], list[Endpoint]]:
         """Partners and endpoints that can take nothing more: the claim's SQL skips them.
         With rows left to take ahead, those at their cap may take more (not slow or stalled
         ones)."""
         ahead = self.caps.endpoint if self.ahead > 0 else 0
-        partners = sorted(p for p, n in self.partner_open.items() if n >= self.caps.partner + ahead)
+        partners = sorted(
+            p
+            for p, n in self.partner_open.items()
+            if n >= self.caps.partner + (0 if p in self._troubled else ahead)
+        )
         blocked = set(partners)
         endpoints = sorted(
             e

@@ -239,3 +239,31 @@ def test_shares_fit_a_held_row_only_under_the_sending_caps():
     shares.closed(2, answered=False, seconds=10.0)  # no answer: slow, cap 1
     shares.opened(4, *new_mail)
     assert not shares.fits(new_mail)
+
+
+def test_a_partner_at_its_cap_with_a_stalled_endpoint_is_skipped_though_rows_may_go_ahead(
+    seeded_providers,
+):
+    # A hangs: its share is open and a POST has been open for a second. Rows ahead must not
+    # reopen A's backlog to the claim's SQL (its due rows are of a kind with nothing open):
+    # A's 300 older rows would fill the LIMIT and B, with rows due, would get nothing.
+    a = make_partner("http://a.example.test", name="A")
+    b = make_partner("http://b.example.test", name="B")
+    queue_user_events(a, 300)
+    queue_user_events(b, 3)
+    clock = [100.0]
+    shares = fairness.Shares(
+        fairness.Caps(partner=10, endpoint=8, slow_endpoint=2), clock=lambda: clock[0]
+    )
+    for number in range(10):  # none to user_connected, the kind of A's due rows
+        kind = Delivery.Kind.NEW_MAIL if number < 8 else Delivery.Kind.USER_DISCONNECTED
+        shares.opened(-1 - number, a.id, kind)
+    clock[0] += fairness.AHEAD_STALLED_SECONDS
+    room = shares.room()
+    room.ahead = 25
+    now = timezone.now() + timedelta(seconds=1)
+
+    claimed = queue.claim_due("node", 3 + 25, now, timedelta(seconds=60), room)
+
+    assert {c.partner_id for c in claimed} == {b.id}
+    assert len(claimed) == 3
