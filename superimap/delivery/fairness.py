@@ -10,7 +10,12 @@ timeout, and everyone else's webhooks waited behind it. So, per worker:
   long or got no answer: timeout, connection error) gets WEBHOOK_SLOW_ENDPOINT_CONCURRENCY;
 - a claim skips endpoints and partners that are full (in SQL, so their backlog does not
   fill the claim's LIMIT) and takes at most each one's room from the rows it reads, so
-  one claim serves every partner with due rows, oldest first within each.
+  one claim serves every partner with due rows, oldest first within each;
+- a busy worker's claim may also take a few rows *ahead* (`Room.ahead`, issue 20
+  workerpipe): past an endpoint's cap, up to twice it (not for a partner with a slow
+  endpoint, or one with a POST open for AHEAD_STALLED_SECONDS), rows the
+  worker holds, leased, and sends as that endpoint's POSTs finish. The caps hold for the
+  POSTs open; the rows held count as open for the next claim's room.
 
 `Shares` is the worker's count of open POSTs; `Room` is what one claim may still take.
 """
@@ -20,12 +25,16 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from django.conf import settings
 
 from superimap.platform.sqltext import marks
 
 SLOW_AFTER_SECONDS = 5.0
+# An endpoint with a POST open this long takes no rows ahead (Room.ahead): they would wait
+# for it, and the worker hands back rows it could not send within about as long.
+AHEAD_STALLED_SECONDS = 1.0
 # A claim that skipped rows of endpoints it just filled may look again without them, at
 # most this many times in all. Each look is one more SELECT in the same transaction, and it
 # walks past the skipped backlog, so the worker allows it only when new work came in or a
@@ -59,8 +68,15 @@ class Room:
     partner_open: Counter = field(default_factory=Counter)
     endpoint_open: Counter = field(default_factory=Counter)
     slow: frozenset = frozenset()
+    stalled: frozenset = frozenset()
+    """Endpoints with a POST open longer than AHEAD_STALLED_SECONDS: nothing ahead for their
+    partner, nor for a partner with a slow endpoint."""
     rounds: int = 1
     """How many SELECTs the claim may use (fair_rows)."""
+    ahead: int = 0
+    """How many rows the claim may take past the caps of partners with no slow or stalled
+    endpoint (up to twice an endpoint's cap, a partner's cap plus an endpoint's): held by
+    the worker until a POST of theirs finishes."""
     more: bool = False
     """Set by fair_rows: a SELECT hit its LIMIT or left rows of a full partner or endpoint
     behind, so due rows may remain that this claim did not take."""
@@ -70,22 +86,49 @@ class Room:
 
     def take(self, partner_id: int, kind: str) -> bool:
         endpoint = (partner_id, kind)
-        if self.partner_open[partner_id] >= self.caps.partner:
-            return False
-        if self.endpoint_open[endpoint] >= self.endpoint_cap(endpoint):
+        partner_open = self.partner_open[partner_id]
+        endpoint_open = self.endpoint_open[endpoint]
+        cap = self.endpoint_cap(endpoint)
+        if partner_open < self.caps.partner and endpoint_open < cap:
+            pass  # its share
+        elif (
+            self.ahead > 0
+            and self._may_go_ahead(endpoint)
+            and partner_open < self.caps.partner + cap
+            and endpoint_open < 2 * cap
+        ):
+            self.ahead -= 1  # ahead: held until a POST of the endpoint finishes
+        else:
             return False
         self.partner_open[partner_id] += 1
         self.endpoint_open[endpoint] += 1
         return True
 
+    @cached_property
+    def _troubled(self) -> frozenset:
+        """Partners with a slow or stalled endpoint: none of their endpoints goes ahead (so a
+        partner at its cap with a hanging endpoint stays skipped in the claim's SQL)."""
+        return frozenset(endpoint[0] for endpoint in self.slow | self.stalled)
+
+    def _may_go_ahead(self, endpoint: Endpoint) -> bool:
+        return endpoint[0] not in self._troubled
+
     def full(self) -> tuple[list[int], list[Endpoint]]:
-        """Partners and endpoints that can take nothing more: the claim's SQL skips them."""
-        partners = sorted(p for p, n in self.partner_open.items() if n >= self.caps.partner)
+        """Partners and endpoints that can take nothing more: the claim's SQL skips them.
+        With rows left to take ahead, those at their cap may take more (not slow or stalled
+        ones)."""
+        ahead = self.caps.endpoint if self.ahead > 0 else 0
+        partners = sorted(
+            p
+            for p, n in self.partner_open.items()
+            if n >= self.caps.partner + (0 if p in self._troubled else ahead)
+        )
         blocked = set(partners)
         endpoints = sorted(
             e
             for e, n in self.endpoint_open.items()
-            if e[0] not in blocked and n >= self.endpoint_cap(e)
+            if e[0] not in blocked
+            and n >= self.endpoint_cap(e) * (2 if ahead and self._may_go_ahead(e) else 1)
         )
         return partners, endpoints
 
@@ -98,15 +141,19 @@ class Shares:
         self.clock = clock
         self._open: dict[int, tuple[Endpoint, float]] = {}  # delivery id -> (endpoint, start)
         self._slow: set[Endpoint] = set()  # by their last finished attempt
+        self._partner_n: Counter = Counter()  # open POSTs per partner and endpoint
+        self._endpoint_n: Counter = Counter()
 
     def opened(self, delivery_id: int, partner_id: int, kind: str) -> None:
-        self._open[delivery_id] = ((partner_id, kind), self.clock())
+        endpoint = (partner_id, kind)
+        self._open[delivery_id] = (endpoint, self.clock())
+        self._partner_n[partner_id] += 1
+        self._endpoint_n[endpoint] += 1
 
     def closed(self, delivery_id: int, answered: bool, seconds: float) -> None:
-        entry = self._open.pop(delivery_id, None)
-        if entry is None:
+        endpoint = self._pop(delivery_id)
+        if endpoint is None:
             return
-        endpoint = entry[0]
         if answered and seconds < SLOW_AFTER_SECONDS:
             self._slow.discard(endpoint)
         else:
@@ -114,18 +161,39 @@ class Shares:
 
     def dropped(self, delivery_id: int) -> None:
         """A claim that was not sent: its slot is free, the endpoint not judged."""
-        self._open.pop(delivery_id, None)
+        self._pop(delivery_id)
+
+    def _pop(self, delivery_id: int) -> Endpoint | None:
+        entry = self._open.pop(delivery_id, None)
+        if entry is None:
+            return None
+        endpoint = entry[0]
+        self._partner_n[endpoint[0]] -= 1
+        self._endpoint_n[endpoint] -= 1
+        return endpoint
+
+    def fits(self, endpoint: Endpoint) -> bool:
+        """Whether one more POST to the endpoint may open now (a row held ahead): under its
+        partner's cap and its own (the slow one's, when its last attempt was slow)."""
+        cap = self.caps.slow_endpoint if endpoint in self._slow else self.caps.endpoint
+        return self._endpoint_n[endpoint] < cap and self._partner_n[endpoint[0]] < self.caps.partner
 
     def room(self, rounds: int = 1) -> Room:
         room = Room(self.caps, rounds=rounds)
         slow = set(self._slow)
-        stale = self.clock() - SLOW_AFTER_SECONDS
+        stalled = set()
+        now = self.clock()
+        stale = now - SLOW_AFTER_SECONDS
+        late = now - AHEAD_STALLED_SECONDS
         for endpoint, started in self._open.values():
             room.partner_open[endpoint[0]] += 1
             room.endpoint_open[endpoint] += 1
-            if started <= stale:
-                slow.add(endpoint)
+            if started <= late:
+                stalled.add(endpoint)
+                if started <= stale:
+                    slow.add(endpoint)
         room.slow = frozenset(slow)
+        room.stalled = frozenset(stalled)
         return room
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -55,6 +56,16 @@ RECORD_GATHER_SECONDS = 0.01
 # lease covers the wait.
 RECORD_LINGER_SECONDS = 0.1
 CLAIM_ERROR_PAUSE = 5.0
+# A busy worker's claim takes up to this fraction of the slots past the endpoints' caps
+# (fairness.Room.ahead), rows it holds and sends as the endpoints' POSTs finish: while the
+# next claim runs, the finishing POSTs are followed by new ones instead of leaving the
+# endpoint's pipe to run dry (issue 20 workerpipe: one endpoint at a backlog had 8.3 POSTs
+# open on average of its 20, and ~1 at the end of each claim).
+AHEAD_FRACTION = 2
+# A row held ahead that could not be sent within this long (its endpoint turned slow, the
+# POSTs ahead of it hang) is handed back, unsent: due again for any worker, long before its
+# lease (the request timeout and 30 s, at least) could run out.
+HOLD_MAX_SECONDS = 1.0
 # A quiet worker relies on wake-ups (wakeup.py) and polls less: each poll that found nothing
 # doubles the time to the next one, up to this (or the poll interval, if longer); a poll
 # that finds a row (a lost wake-up, a retry or a pause that came due) brings the poll
@@ -107,6 +118,15 @@ class Worker:
         self.poll_max = max(self.poll_interval, IDLE_POLL_MAX_SECONDS)
         self._poll_delay = self.poll_interval  # the next idle poll: backs off to poll_max
         self.claim_at_least = max(1, self.concurrency // CLAIM_FRACTION)
+        # Rows claimed ahead, by endpoint, in claim order: (claimed, epoch, held since).
+        # None when the lease leaves little room past the request timeout for the wait.
+        margin = self.lease.total_seconds() - self.timeout_seconds
+        self.ahead = self.concurrency // AHEAD_FRACTION if margin >= 5 * HOLD_MAX_SECONDS else 0
+        self._held: dict[fairness.Endpoint, deque] = {}
+        self._held_n = 0
+        self._send_session = None
+        self._tasks: set[asyncio.Task] = set()
+        self._sending = True  # False once the claim loop ended: held rows stay unsent
         # Fair sharing between partners (fairness.py): open POSTs per partner and endpoint.
         self.shares = fairness.Shares(fairness.Caps.for_concurrency(self.concurrency))
         self._work_arrived = False
@@ -158,7 +178,7 @@ class Worker:
             self.concurrency,
             self.timeout_seconds,
         )
-        session = self._session()
+        session = self._send_session = self._session()
         self._queue_pool = DbThread()
         if connection.vendor == "sqlite":
             self._record_pool = self._queue_pool
@@ -166,7 +186,7 @@ class Worker:
         flusher = asyncio.create_task(self._flush_loop(stop))
         housekeeper = asyncio.create_task(self._housekeeping_loop(stop))
         heart = asyncio.create_task(self._heartbeat_loop(stop))
-        tasks: set[asyncio.Task] = set()
+        tasks = self._tasks
         try:
             while not stop.is_set():
                 # Cleared before claiming: a send finishing during the claim wakes us again.
@@ -188,15 +208,15 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), CLAIM_ERROR_PAUSE)
                     continue
-                for item in claimed:
-                    self._inflight += 1
-                    self.shares.opened(item.id, item.partner_id, item.kind)
-                    task = asyncio.create_task(self._send(session, item, self._epoch))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                self._hold(claimed)
+                self._dispatch()
                 if not claimed:
                     await self._sleep(stop)
         finally:
+            # Rows still held are not sent: released below with the other unsent claims.
+            self._sending = False
+            self._held.clear()
+            self._held_n = 0
             if tasks:
                 await asyncio.wait(tasks, timeout=5)
                 for task in tasks:
@@ -229,7 +249,7 @@ class Worker:
         total = 0
         try:
             await self.housekeep()
-            while claimed := await self._claim(self.concurrency):
+            while claimed := await self._claim(self.concurrency, ahead=False):
                 for item in claimed:
                     self.shares.opened(item.id, item.partner_id, item.kind)
                 outcomes = await asyncio.gather(*(self._attempt(session, c) for c in claimed))
@@ -277,6 +297,7 @@ class Worker:
             if purge:
                 last_purge = started
             self.failure_log.flush()
+            await self._hand_back_held()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPLAY_INTERVAL)
 
@@ -310,7 +331,68 @@ class Worker:
         if self._taken is not None:
             resolve(self._taken, True)
 
-    async def _claim(self, free: int) -> list[queue.Claimed]:
+    def _hold(self, claimed: list[queue.Claimed]) -> None:
+        """Claimed rows wait here, by endpoint, until _dispatch opens their POSTs."""
+        now = time.monotonic()
+        epoch = self._epoch
+        for item in claimed:
+            endpoint = (item.partner_id, item.kind)
+            held = self._held.get(endpoint)
+            if held is None:
+                held = self._held[endpoint] = deque()
+            held.append((item, epoch, now))
+        self._held_n += len(claimed)
+
+    def _dispatch(self) -> None:
+        """Open a POST for each held row whose endpoint and partner are under their caps
+        (fairness.Shares.fits), oldest first, while slots are free. A claim's own share
+        always fits; rows taken ahead wait for the endpoint's POSTs to finish."""
+        if not self._held_n or not self._sending:
+            return
+        session = self._send_session
+        for endpoint in list(self._held):
+            held = self._held[endpoint]
+            while held and self._inflight < self.concurrency and self.shares.fits(endpoint):
+                item, epoch, _ = held.popleft()
+                self._held_n -= 1
+                self._inflight += 1
+                self.shares.opened(item.id, item.partner_id, item.kind)
+                task = asyncio.create_task(self._send(session, item, epoch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if not held:
+                del self._held[endpoint]
+
+    async def _hand_back_held(self) -> None:
+        """Rows held ahead for longer than HOLD_MAX_SECONDS: released, unsent (due again)."""
+        if not self._held_n:
+            return
+        stale = time.monotonic() - HOLD_MAX_SECONDS
+        ids = []
+        for endpoint in list(self._held):
+            held = self._held[endpoint]
+            while held and held[0][2] <= stale:
+                ids.append(held.popleft()[0].id)
+            if not held:
+                del self._held[endpoint]
+        if not ids:
+            return
+        self._held_n -= len(ids)
+        self._drained = False  # due again: the next claim may take them
+        log.info("worker %s hands back %d rows held ahead", self.node_id, len(ids))
+        try:
+            await self.pool.run(queue.release_claims, self.node_id, ids)
+        except Exception as exc:  # noqa: BLE001 - their lease runs out instead
+            if not dboutage.lost(exc):
+                log.exception("worker %s could not hand back %d claims", self.node_id, len(ids))
+
+    def _held_room(self, room: fairness.Room) -> None:
+        """Rows held count as open in the claim's room: they will be."""
+        for (partner_id, kind), held in self._held.items():
+            room.partner_open[partner_id] += len(held)
+            room.endpoint_open[(partner_id, kind)] += len(held)
+
+    async def _claim(self, free: int, ahead: bool = True) -> list[queue.Claimed]:
         if free <= 0:
             return []
         # Looking past full partners' backlog costs a walk over it: only for new work.
@@ -319,7 +401,10 @@ class Worker:
         self._work_arrived = self._idle_poll = False
         self._finished_since_claim = 0
         room = self.shares.room(fairness.CLAIM_ROUNDS if news else 1)
-        limit = min(free, CLAIM_BATCH)
+        if ahead:
+            self._held_room(room)
+            room.ahead = max(0, self.ahead - self._held_n)
+        limit = min(free + room.ahead, CLAIM_BATCH)
         self._drained = False  # until this claim says so
         self.claims += 1
         try:
@@ -471,6 +556,8 @@ class Worker:
                 if beat.lapsed:
                     self._epoch += 1
                     self._unsent = []
+                    self._held.clear()  # another worker's now
+                    self._held_n = 0
                     log.warning(
                         "worker %s was found dead (no heartbeat for %ss): its claims went to "
                         "other workers",
@@ -519,6 +606,7 @@ class Worker:
                 self._have_outcomes.set()  # a stopping flush loop waits for the last send
             else:
                 self._closed(outcome)
+            self._dispatch()
             if claimed.kind != "new_mail":
                 # A lifecycle event may hold back its user's next one (queue._order_gate):
                 # recorded, that one is due, and nothing else would wake us for it.

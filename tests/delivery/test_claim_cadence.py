@@ -261,12 +261,14 @@ def test_a_busy_workers_outcome_waits_for_no_hanging_post(
     """A busy worker (sends in flight, the queue not drained) keeps its outcomes for the
     claim its finishing sends bring (design.md 5.13), but at most RECORD_LINGER_SECONDS: a
     POST that hangs, which holds that claim back, does not hold the outcomes of the others.
-    One endpoint at its cap of 2 (rows left behind: not drained), claims after 2 finished
-    sends: the first answer is recorded alone, long before the hanging one is answered."""
+    One endpoint at its cap of 2, the claim takes 2 more ahead (held until a POST of the
+    endpoint finishes), claims after 2 finished sends: the first answer opens the third
+    POST, which hangs too, so the fourth row waits and no claim comes; the first answer is
+    recorded alone, long before the hanging ones are answered."""
     settings.WEBHOOK_PARTNER_CONCURRENCY = 2
     settings.WEBHOOK_ENDPOINT_CONCURRENCY = 2
     claims = _count_claims(monkeypatch)
-    answers = iter([(200, "OK"), Hang(HANG_SECONDS)])
+    answers = iter([(200, "OK"), Hang(HANG_SECONDS), Hang(HANG_SECONDS)])
     receiver = make_receiver(responses=lambda event: next(answers, (200, "OK")))
     user = make_user(make_partner(receiver.url))
     for n in range(4):
@@ -278,11 +280,11 @@ def test_a_busy_workers_outcome_waits_for_no_hanging_post(
         worker = Worker(pool, "node-busy", concurrency=8, poll_interval=30)
         task = asyncio.create_task(worker.run(stop))
         try:
-            await _until(lambda: len(receiver.received) == 2)  # one answered, one hanging
+            await _until(lambda: len(receiver.received) == 3)  # one answered, two hanging
             sent = time.monotonic()
             await _until(lambda: worker.counts.get("delivered", 0) == 1)
             recorded = time.monotonic() - sent
-            assert claims == [2], claims  # no claim since: the hanging POST holds it back
+            assert claims == [2 + 2], claims  # no claim since: the hanging POSTs hold it back
             await _until(lambda: worker.counts.get("delivered", 0) == 4)
             return recorded
         finally:

@@ -158,3 +158,112 @@ def test_a_slow_endpoint_is_held_to_the_slow_share():
     shares.opened(2, 7, "new_mail")
     shares.closed(2, answered=True, seconds=0.05)  # a quick answer: back to the full share
     assert shares.room().endpoint_cap((7, "new_mail")) == 20
+
+
+def test_rows_taken_ahead_go_past_the_endpoint_cap_but_not_into_another_partners_share(
+    seeded_providers,
+):
+    # A busy worker's claim may take rows ahead (issue 20, workerpipe): past A's endpoint
+    # cap, held and sent as A's POSTs finish. B's due rows behind A's older backlog are
+    # taken all the same: the ahead rows come on top of the shares.
+    a = make_partner("http://a.example.test", name="A")
+    b = make_partner("http://b.example.test", name="B")
+    queue_user_events(a, 300)
+    b_ids = {d.id for d in queue_user_events(b, 5)}
+    caps = fairness.Caps(partner=30, endpoint=20, slow_endpoint=4)
+    room = fairness.Shares(caps).room(fairness.CLAIM_ROUNDS)
+    room.ahead = 12
+    now = timezone.now() + timedelta(seconds=1)
+
+    claimed = queue.claim_due("node", 50 + 12, now, timedelta(seconds=60), room)
+
+    by_partner: dict[int, list[int]] = {}
+    for item in claimed:
+        by_partner.setdefault(item.partner_id, []).append(item.id)
+    assert set(by_partner[b.id]) == b_ids
+    assert len(by_partner[a.id]) == caps.endpoint + 12
+    assert room.ahead == 0
+
+
+def test_ahead_stops_at_twice_the_cap_and_skips_slow_endpoints():
+    caps = fairness.Caps(partner=30, endpoint=20, slow_endpoint=4)
+    clock = [100.0]
+    shares = fairness.Shares(caps, clock=lambda: clock[0])
+    for number in range(20):  # new_mail at its cap
+        shares.opened(number, 7, "new_mail")
+    shares.opened(99, 7, "user_connected")
+    clock[0] += fairness.SLOW_AFTER_SECONDS  # every POST above open this long: slow
+    room = shares.room()
+    room.ahead = 100
+    # Slow endpoints: their (slow) cap only, nothing ahead; the SQL skips them.
+    assert not room.take(7, "new_mail")
+    assert room.full() == ([], [(7, "new_mail")])
+
+    # A POST open for a second (not slow yet): the cap as before, but nothing ahead.
+    shares = fairness.Shares(caps, clock=lambda: clock[0])
+    shares.opened(1, 7, "new_mail")
+    clock[0] += fairness.AHEAD_STALLED_SECONDS
+    room = shares.room()
+    room.ahead = 100
+    assert [room.take(7, "new_mail") for _ in range(20)] == [True] * 19 + [False]
+
+    room = fairness.Shares(caps).room()
+    room.ahead = 100
+    taken = [room.take(8, "new_mail") for _ in range(45)]
+    assert taken == [True] * 40 + [False] * 5  # the cap, then as many again ahead
+    assert room.ahead == 80
+    assert room.full() == ([], [(8, "new_mail")])
+    # A partner's other endpoint: ahead up to its partner cap plus an endpoint's.
+    assert [room.take(8, "user_connected") for _ in range(11)] == [True] * 10 + [False]
+    assert room.full() == ([8], [])
+
+    room = fairness.Shares(caps).room()
+    room.ahead = 3
+    assert [room.take(9, "new_mail") for _ in range(24)] == [True] * 23 + [False]
+    assert room.full() == ([], [(9, "new_mail")])  # no ahead left: at its cap is full
+
+
+def test_shares_fit_a_held_row_only_under_the_sending_caps():
+    caps = fairness.Caps(partner=3, endpoint=2, slow_endpoint=1)
+    shares = fairness.Shares(caps)
+    new_mail, connected = (7, "new_mail"), (7, "user_connected")
+    shares.opened(1, *new_mail)
+    assert shares.fits(new_mail)
+    shares.opened(2, *new_mail)
+    assert not shares.fits(new_mail)  # the endpoint's cap
+    shares.opened(3, *connected)
+    assert not shares.fits(connected)  # the partner's cap
+    shares.closed(1, answered=True, seconds=0.01)
+    assert shares.fits(new_mail) and shares.fits(connected)
+    shares.dropped(3)
+    shares.closed(2, answered=False, seconds=10.0)  # no answer: slow, cap 1
+    shares.opened(4, *new_mail)
+    assert not shares.fits(new_mail)
+
+
+def test_a_partner_at_its_cap_with_a_stalled_endpoint_is_skipped_though_rows_may_go_ahead(
+    seeded_providers,
+):
+    # A hangs: its share is open and a POST has been open for a second. Rows ahead must not
+    # reopen A's backlog to the claim's SQL (its due rows are of a kind with nothing open):
+    # A's 300 older rows would fill the LIMIT and B, with rows due, would get nothing.
+    a = make_partner("http://a.example.test", name="A")
+    b = make_partner("http://b.example.test", name="B")
+    queue_user_events(a, 300)
+    queue_user_events(b, 3)
+    clock = [100.0]
+    shares = fairness.Shares(
+        fairness.Caps(partner=10, endpoint=8, slow_endpoint=2), clock=lambda: clock[0]
+    )
+    for number in range(10):  # none to user_connected, the kind of A's due rows
+        kind = Delivery.Kind.NEW_MAIL if number < 8 else Delivery.Kind.USER_DISCONNECTED
+        shares.opened(-1 - number, a.id, kind)
+    clock[0] += fairness.AHEAD_STALLED_SECONDS
+    room = shares.room()
+    room.ahead = 25
+    now = timezone.now() + timedelta(seconds=1)
+
+    claimed = queue.claim_due("node", 3 + 25, now, timedelta(seconds=60), room)
+
+    assert {c.partner_id for c in claimed} == {b.id}
+    assert len(claimed) == 3
