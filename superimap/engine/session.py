@@ -143,9 +143,11 @@ class MailboxSession:
         self.user_id = user_id
         # How log lines name the mailbox: partner/connection/tag once its config is read.
         self.label = config.label if config is not None else store.mailbox_label(user_id)
-        # Handed over by the supervisor (loaded in bulk) for the first connection; every
-        # reconnect reads it again, so changed credentials and checkpoints are picked up.
-        self._first_config = config
+        # The config of the next connection: handed over by the supervisor (loaded in bulk)
+        # for the first one; every reconnect reads it again, so changed credentials and
+        # checkpoints are picked up. _connect() takes it: no frame of a waiting session
+        # holds a config (~1.6 KB with its strings, design.md 4.13).
+        self._config = config
         self.cfg: SessionSettings = engine.session_settings
         self.stop_event = StopFlag()
         self.failures = 0
@@ -172,6 +174,10 @@ class MailboxSession:
         # Change events (design.md 4.14): None unless the partner asked for them.
         self.changes: ChangeWatch | None = None
 
+    def ended(self, _task: asyncio.Task) -> None:
+        """The done callback of the session's task (supervisor._start_session)."""
+        self.engine.session_ended(self.user_id)
+
     def stop(self) -> None:
         self.stop_event.set()
         if self.conn is not None:
@@ -184,14 +190,13 @@ class MailboxSession:
     async def run(self) -> None:
         needs_human = False
         while not self.stop_event.is_set():
-            config, self._first_config = self._first_config, None
-            if config is None:
-                config = await self.engine.pool.run(store.mailbox_config, self.user_id)
-            if config is None:
-                return
-            self.label = config.label
+            if self._config is None:
+                self._config = await self.engine.pool.run(store.mailbox_config, self.user_id)
+                if self._config is None:
+                    return
+            self.label = self._config.label
             try:
-                status, error = await self._watch_once(config)
+                status, error = await self._watch_once()
             except store.LeaseLost:
                 log.info("mailbox %s: lease lost or user gone, stopping", self.label)
                 return
@@ -214,11 +219,11 @@ class MailboxSession:
             # An auth or certificate failure stays visible after shutdown: it needs a human.
             self._report(Status.STOPPED, "", self.failures)
 
-    async def _watch_once(self, config: store.MailboxConfig) -> tuple[str, str]:
+    async def _watch_once(self) -> tuple[str, str]:
         """One connection, to its end: the status to report and why it ended."""
         status = Status.BACKING_OFF
         try:
-            await self._watch(config)
+            await self._watch()
             error = "session ended"
         except AuthFailed as exc:
             status, error = Status.AUTH_FAILED, str(exc)
@@ -271,39 +276,11 @@ class MailboxSession:
 
     # --- one session --------------------------------------------------------------------
 
-    async def _watch(self, config: store.MailboxConfig) -> None:
-        error = self._last_error if self.failures else ""
-        self._report(Status.CONNECTING, error, self.failures)
-        await self.engine.logins.wait_turn(self.user_id, config.host, self._sleep)
-        if self.stop_event.is_set():
+    async def _watch(self) -> None:
+        started = await self._connect()
+        if started is None:
             return
-        async with self.engine.handshakes:
-            self.conn = await open_connection(
-                config,
-                timeout=self.cfg.command_timeout,
-                max_literal_size=self.cfg.max_email_size + 64 * 1024,
-            )
-            await authenticate(self.conn, config, access_tokens(self.engine))
-        if config.connect_pending:
-            await self._tell_connected(config.connect_pending)
-        self.changes = await ChangeWatch.start(self.conn) if config.track_changes else None
-        names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)
-        warning = f"folders not found: {', '.join(missing)}" if missing else ""
-        config = replace(config, folder=names[0])
-        if await self._select(config):
-            await self._catch_up(self.primary)
-        if self.changes is not None:
-            await self.changes.check(self, self.primary)
-        previous = self.others
-        self.others = OtherFolders(self.engine, self.user_id, self.label, warning)
-        await self.others.start(self.conn, names[1:], previous, self.changes is not None)
-        await self._visit_folders_with_news()
-        idle = "IDLE" in self.conn.protocol.capabilities
-        self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
-        self._log_watching(config, names, idle)
-        backfill = None
-        if config.backfill is not None:
-            backfill = await BackfillRun.start(self, config.host, config.backfill)
+        idle, backfill = started
         while not self.stop_event.is_set():
             if backfill is not None and backfill.due_in() == 0:
                 # One paced step of the backfill (design.md 4.12), then live mail again.
@@ -337,6 +314,46 @@ class MailboxSession:
             if self.others.cursors:
                 await self.others.poll_if_due(self.conn)
                 await self._visit_folders_with_news()
+
+    async def _connect(self) -> tuple[bool, BackfillRun | None] | None:
+        """Connect, log in, select, catch up, with the config read for this connection (taken
+        from self._config: its locals, and so the config, are gone once the session waits):
+        whether the server has IDLE, and the backfill to run; None if stopped meanwhile."""
+        config, self._config = self._config, None
+        assert config is not None  # read by run()
+        error = self._last_error if self.failures else ""
+        self._report(Status.CONNECTING, error, self.failures)
+        await self.engine.logins.wait_turn(self.user_id, config.host, self._sleep)
+        if self.stop_event.is_set():
+            return None
+        async with self.engine.handshakes:
+            self.conn = await open_connection(
+                config,
+                timeout=self.cfg.command_timeout,
+                max_literal_size=self.cfg.max_email_size + 64 * 1024,
+            )
+            await authenticate(self.conn, config, access_tokens(self.engine))
+        if config.connect_pending:
+            await self._tell_connected(config.connect_pending)
+        self.changes = await ChangeWatch.start(self.conn) if config.track_changes else None
+        names, missing = await folders.resolve_folders(self.conn, config.folders, config.folder)
+        warning = f"folders not found: {', '.join(missing)}" if missing else ""
+        config = replace(config, folder=names[0])
+        if await self._select(config):
+            await self._catch_up(self.primary)
+        if self.changes is not None:
+            await self.changes.check(self, self.primary)
+        previous = self.others
+        self.others = OtherFolders(self.engine, self.user_id, self.label, warning)
+        await self.others.start(self.conn, names[1:], previous, self.changes is not None)
+        await self._visit_folders_with_news()
+        idle = "IDLE" in self.conn.protocol.capabilities
+        self._idle_period = idle_period(config, self.cfg, self.conn.greeting_text)
+        self._log_watching(config, names, idle)
+        backfill = None
+        if config.backfill is not None:
+            backfill = await BackfillRun.start(self, config.host, config.backfill)
+        return idle, backfill
 
     def _log_watching(self, config: store.MailboxConfig, names: list[str], idle: bool) -> None:
         how = "IDLE" if idle else f"polling every {self.cfg.poll_interval:g}s"
