@@ -195,11 +195,29 @@ class MailboxSession:
                 if self._config is None:
                     return
             self.label = self._config.label
+            # One connection, to its end: the status to report and why it ended. Here, not
+            # in a coroutine of its own: one frame fewer while the session waits (4.13).
+            status = Status.BACKING_OFF
             try:
-                status, error = await self._watch_once()
+                await self._watch()
+                error = "session ended"
+            except AuthFailed as exc:
+                status, error = Status.AUTH_FAILED, str(exc)
+            except TlsCertificateFailed as exc:
+                # Needs a human like a refused login: the long back-off, and the message
+                # names the fix (imap_tls_ca or imap_tls_verify).
+                status, error = Status.TLS_FAILED, str(exc)
+            except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
             except store.LeaseLost:
                 log.info("mailbox %s: lease lost or user gone, stopping", self.label)
-                return
+                return  # once disconnected (finally)
+            except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
+                if not dboutage.lost(exc):  # an outage is logged once per process
+                    log.exception("mailbox %s: unexpected error", self.label)
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                await self._disconnect()
             if self.stop_event.is_set():
                 break
             needs_human = status != Status.BACKING_OFF
@@ -218,30 +236,6 @@ class MailboxSession:
         if not needs_human:
             # An auth or certificate failure stays visible after shutdown: it needs a human.
             self._report(Status.STOPPED, "", self.failures)
-
-    async def _watch_once(self) -> tuple[str, str]:
-        """One connection, to its end: the status to report and why it ended."""
-        status = Status.BACKING_OFF
-        try:
-            await self._watch()
-            error = "session ended"
-        except AuthFailed as exc:
-            status, error = Status.AUTH_FAILED, str(exc)
-        except TlsCertificateFailed as exc:
-            # Needs a human like a refused login: the long back-off, and the message
-            # names the fix (imap_tls_ca or imap_tls_verify).
-            status, error = Status.TLS_FAILED, str(exc)
-        except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        except store.LeaseLost:
-            raise
-        except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
-            if not dboutage.lost(exc):  # an outage is logged once per process
-                log.exception("mailbox %s: unexpected error", self.label)
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            await self._disconnect()
-        return status, error
 
     def _report(self, status: str, error: str, failures: int) -> None:
         self._reported = (status, error, failures)
@@ -294,10 +288,16 @@ class MailboxSession:
                     # engine's tables of every session (design.md 8, "Idle cost").
                     self._report(status, self.others.warning, 0)
                 wait = backfill.due_in() if backfill is not None else None
+                # The wait itself from this frame, not from a coroutine of the IDLE's or the
+                # poll's: one frame fewer while the session waits (design.md 4.13).
                 if idle:
-                    await self._idle(wait)
+                    tag = await self._start_idle()
+                    await self._wait_for_news(self._idle_wait(wait))
+                    await self._end_idle(tag)
                 else:
-                    await self._poll(wait)
+                    await self._wait_for_news(self._until_wake(self._poll_period(wait)))
+                    if not self.stop_event.is_set():
+                        await self._poll()
                 if self.stop_event.is_set():
                     return
             # Nothing else to send after this catch-up: its FETCH may carry the next IDLE.
@@ -706,9 +706,9 @@ class MailboxSession:
 
     # --- waiting for mail ---------------------------------------------------------------
 
-    async def _idle(self, at_most: float | None = None) -> None:
-        """IDLE until news, the period's end, or ``at_most`` seconds (a backfill's next
-        step)."""
+    async def _start_idle(self) -> str:
+        """Start an IDLE (the one written behind the catch-up's FETCH, or one now): its
+        tag. The watch loop waits (_idle_wait, _wait_for_news), then _end_idle()."""
         conn = self.conn
         timeout = self.cfg.command_timeout
         # What the server says before the continuation (an EXPUNGE or a flag change made
@@ -727,19 +727,28 @@ class MailboxSession:
                 raise CommandFailed("IDLE", refused)
         conn.put_back(before)
         self.engine.idles += 1
+        return tag
+
+    def _idle_wait(self, at_most: float | None) -> float:
+        """How long an IDLE waits for news: its period, or ``at_most`` seconds (a
+        backfill's next step) if sooner, ending on the grid (idle_wait)."""
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
-        await self._wait_for_news(idle_wait(conn.loop.time(), self._until_wake(period)))
+        return idle_wait(self.conn.loop.time(), self._until_wake(period))
+
+    async def _end_idle(self, tag: str) -> None:
+        """DONE: now if the session stops, else with the catch-up's command (owe_done)."""
+        conn = self.conn
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
         else:
             conn.owe_done(conn.protocol.done(), tag)  # goes out with the catch-up's command
 
-    async def _poll(self, at_most: float | None = None) -> None:
-        period = self.cfg.poll_interval if at_most is None else min(self.cfg.poll_interval, at_most)
-        await self._wait_for_news(self._until_wake(period))
-        if self.stop_event.is_set():
-            return
+    def _poll_period(self, at_most: float | None) -> float:
+        return self.cfg.poll_interval if at_most is None else min(self.cfg.poll_interval, at_most)
+
+    async def _poll(self) -> None:
+        """A poll after its wait: NOOP (its untagged answers bring EXISTS)."""
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())
         self._check_uidvalidity(untagged)
 
