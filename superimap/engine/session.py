@@ -238,7 +238,7 @@ class MailboxSession:
             self._report(Status.STOPPED, "", self.failures)
 
     def _report(self, status: str, error: str, failures: int) -> None:
-        self._reported = (status, error, failures)
+        self._reported = store.status_value(status, error, failures)
         self.engine.report(self.user_id, status, error, failures)
 
     def _count_failure(self, status: str) -> float:
@@ -271,10 +271,7 @@ class MailboxSession:
     # --- one session --------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        started = await self._connect()
-        if started is None:
-            return
-        idle, backfill = started
+        idle, backfill = await self._connect()
         while not self.stop_event.is_set():
             if backfill is not None and backfill.due_in() == 0:
                 # One paced step of the backfill (design.md 4.12), then live mail again.
@@ -315,17 +312,18 @@ class MailboxSession:
                 await self.others.poll_if_due(self.conn)
                 await self._visit_folders_with_news()
 
-    async def _connect(self) -> tuple[bool, BackfillRun | None] | None:
+    async def _connect(self) -> tuple[bool, BackfillRun | None]:
         """Connect, log in, select, catch up, with the config read for this connection (taken
         from self._config: its locals, and so the config, are gone once the session waits):
-        whether the server has IDLE, and the backfill to run; None if stopped meanwhile."""
+        whether the server has IDLE, and the backfill to run (False, None if stopped before
+        its turn to log in: nothing to watch)."""
         config, self._config = self._config, None
         assert config is not None  # read by run()
         error = self._last_error if self.failures else ""
         self._report(Status.CONNECTING, error, self.failures)
         await self.engine.logins.wait_turn(self.user_id, config.host, self._sleep)
         if self.stop_event.is_set():
-            return None
+            return False, None
         async with self.engine.handshakes:
             self.conn = await open_connection(
                 config,

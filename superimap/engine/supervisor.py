@@ -160,7 +160,7 @@ class Engine:
         self._touched.add(user_id)
 
     def report(self, user_id: int, status: str, error: str, failures: int) -> None:
-        self._statuses[user_id] = (status, error, failures)
+        self._statuses[user_id] = store.status_value(status, error, failures)
         self._current[user_id] = status
         if status in store.WATCHING:
             self._watching.add(user_id)

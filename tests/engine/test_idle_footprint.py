@@ -2,7 +2,8 @@
 them. Against the chaos server under uvloop, once every session is in IDLE: no config
 (read for the connection and dropped after it), the wait awaited from the watch loop (no
 coroutine of the session in between), no timer of the connection's own (the IDLE's
-deadline is a whole second, whose timer is shared), no empty set of unpersisted UIDs."""
+deadline is a whole second, whose timer is shared), no empty set of unpersisted UIDs, and
+one status tuple shared by every session (and the engine) reporting the same clean status."""
 
 from __future__ import annotations
 
@@ -56,12 +57,15 @@ def test_it_holds_only_what_the_wait_needs_while_idle(mail_partner, settings) ->
                     [_chain(task) for _, task in sessions],
                     [(s.conn._timer, s.conn.shared_deadline > 0) for s, _ in sessions],
                     [s.primary.unpersisted is NO_UIDS for s, _ in sessions],
+                    {id(s._reported) for s, _ in sessions},
+                    {id(engine._written.get(s.user_id, s._reported)) for s, _ in sessions},
                 )
         finally:
             await server.stop()
 
-    configs, chains, timers, shared_sets = uvloop.run(scenario())
+    configs, chains, timers, shared_sets, reported, written = uvloop.run(scenario())
     assert configs == 0
     assert chains == [["run", "_watch", "_wait_for_news", "next_event"]] * MAILBOXES
     assert timers == [(None, True)] * MAILBOXES
     assert shared_sets == [True] * MAILBOXES
+    assert len(reported) == 1 and written == reported
