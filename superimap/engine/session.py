@@ -24,6 +24,7 @@ from superimap.engine.morefolders import OtherFolders
 from superimap.engine.oauth import access_tokens
 from superimap.imap import (
     Bye,
+    Event,
     Exists,
     Fetch,
     ImapError,
@@ -285,16 +286,26 @@ class MailboxSession:
                     # engine's tables of every session (design.md 8, "Idle cost").
                     self._report(status, self.others.warning, 0)
                 wait = backfill.due_in() if backfill is not None else None
-                # The wait itself from this frame, not from a coroutine of the IDLE's or the
-                # poll's: one frame fewer while the session waits (design.md 4.13).
                 if idle:
                     tag = await self._start_idle()
-                    await self._wait_for_news(self._idle_wait(wait))
-                    await self._end_idle(tag)
+                    seconds = self._idle_wait(wait)
                 else:
-                    await self._wait_for_news(self._until_wake(self._poll_period(wait)))
-                    if not self.stop_event.is_set():
-                        await self._poll()
+                    seconds = self._until_wake(self._poll_period(wait))
+                # Until news, the deadline or stop(), awaited from this frame: no coroutine
+                # of the IDLE's, the poll's or the wait's own while the session waits, each
+                # ~260 bytes a mailbox (design.md 4.13).
+                deadline = self.conn.loop.time() + seconds
+                while (remaining := self._left_to_wait(deadline)) > 0:
+                    try:
+                        event = await self.conn.next_event(remaining, interruptible=True)
+                    except TimeoutError:
+                        break
+                    if self._is_news(event):
+                        break
+                if idle:
+                    await self._end_idle(tag)
+                elif not self.stop_event.is_set():
+                    await self._poll()
                 if self.stop_event.is_set():
                     return
             # Nothing else to send after this catch-up: its FETCH may carry the next IDLE.
@@ -392,7 +403,7 @@ class MailboxSession:
         False if the SELECT says nothing is past the checkpoint (no catch-up to run)."""
         untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
         # EXISTS seen up to the SELECT's answer: one arriving later (while the checkpoint
-        # is read or written) still wakes the IDLE that follows (_wait_for_news).
+        # is read or written) still wakes the IDLE that follows (_left_to_wait).
         seen, count = self.conn.exists_seen, self.conn.exists_count
         changes = self.conn.changes_seen
         uid_validity = code_value([*untagged, tagged], "UIDVALIDITY")
@@ -706,11 +717,11 @@ class MailboxSession:
 
     async def _start_idle(self) -> str:
         """Start an IDLE (the one written behind the catch-up's FETCH, or one now): its
-        tag. The watch loop waits (_idle_wait, _wait_for_news), then _end_idle()."""
+        tag. The watch loop waits (_idle_wait, _left_to_wait), then _end_idle()."""
         conn = self.conn
         timeout = self.cfg.command_timeout
         # What the server says before the continuation (an EXPUNGE or a flag change made
-        # at that moment) is news for _wait_for_news, not something to drop.
+        # at that moment) is news for the wait (_left_to_wait), not something to drop.
         before: list = []
         tag = conn.take_idle_ahead()  # written behind the catch-up's FETCH
         if tag is not None and await conn.idle_started(tag, timeout, before) is not None:
@@ -756,29 +767,28 @@ class MailboxSession:
             seconds = min(seconds, self.changes.until_resync())
         return seconds
 
-    async def _wait_for_news(self, seconds: float) -> None:
-        """Until EXISTS, the deadline or stop(); BYE and UIDVALIDITY changes raise."""
-        loop = self.conn.loop
-        deadline = loop.time() + seconds
-        while not self.stop_event.is_set():
-            if self.conn.exists_seen > self._exists_at_search:
-                return  # mail arrived since the last search (maybe with another response)
-            if self.others.reported(self.conn):
-                return  # a NOTIFY report came with another response
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                event = await self.conn.next_event(remaining, interruptible=True)
-            except TimeoutError:
-                return
-            if event is None or isinstance(event, Exists | MailboxStatus):
-                return  # new mail here, or (NOTIFY) in another folder
-            if isinstance(event, Bye):
-                raise ServerBye("server said BYE while waiting")
-            self._check_uidvalidity([event])
-            if self.changes is not None and self.changes.signal(event):
-                return  # a flag changed or a message left (design.md 4.14)
+    def _left_to_wait(self, deadline: float) -> float:
+        """Seconds left to wait for news until ``deadline`` (loop time); none once stop()
+        was called, mail arrived since the last search (maybe with another response) or a
+        NOTIFY report came with another response."""
+        if (
+            self.stop_event.is_set()
+            or self.conn.exists_seen > self._exists_at_search
+            or self.others.reported(self.conn)
+        ):
+            return 0.0
+        return deadline - self.conn.loop.time()
+
+    def _is_news(self, event: Event | None) -> bool:
+        """Whether ``event`` (None: interrupted) ends the wait for news: new mail here or
+        (NOTIFY) in another folder, a flag changed or a message left (design.md 4.14). BYE
+        and UIDVALIDITY changes raise."""
+        if event is None or isinstance(event, Exists | MailboxStatus):
+            return True
+        if isinstance(event, Bye):
+            raise ServerBye("server said BYE while waiting")
+        self._check_uidvalidity([event])
+        return self.changes is not None and self.changes.signal(event)
 
 
 class StopFlag:
