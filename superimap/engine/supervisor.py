@@ -235,6 +235,7 @@ class Engine:
                             log.exception("engine %s: refresh failed; retrying", self.node_id)
                     if time.monotonic() - last_metrics >= METRICS_EVERY:
                         self.log_metrics()
+                        self.logins.forget_full()
                         last_metrics = time.monotonic()
                 finally:
                     if ticker is not None:
