@@ -2,9 +2,9 @@
 them. Against the chaos server under uvloop, once every session is in IDLE: no config
 (read for the connection and dropped after it), the wait awaited from the watch loop (the
 task waits in run, _watch and next_event only), no timer of the connection's own (the
-IDLE's deadline is a whole second, whose timer is shared), no empty set of unpersisted
-UIDs, and one status tuple shared by every session (and the engine) reporting the same
-clean status."""
+IDLE's deadline is a whole second, whose timer is shared), no framer lists between
+frames, no empty set of unpersisted UIDs, and one status tuple shared by every session
+(and the engine) reporting the same clean status."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def test_it_holds_only_what_the_wait_needs_while_idle(mail_partner, settings) ->
                     configs,
                     [_chain(task) for _, task in sessions],
                     [(s.conn._timer, s.conn.shared_deadline > 0) for s, _ in sessions],
+                    [s.conn.protocol._framer._lines for s, _ in sessions],
                     [s.primary.unpersisted is NO_UIDS for s, _ in sessions],
                     {id(s._reported) for s, _ in sessions},
                     {id(engine._written.get(s.user_id, s._reported)) for s, _ in sessions},
@@ -64,9 +65,10 @@ def test_it_holds_only_what_the_wait_needs_while_idle(mail_partner, settings) ->
         finally:
             await server.stop()
 
-    configs, chains, timers, shared_sets, reported, written = uvloop.run(scenario())
+    configs, chains, timers, frames, shared_sets, reported, written = uvloop.run(scenario())
     assert configs == 0
     assert chains == [["run", "_watch", "next_event"]] * MAILBOXES
     assert timers == [(None, True)] * MAILBOXES
+    assert frames == [None] * MAILBOXES  # no frame's lists between frames
     assert shared_sets == [True] * MAILBOXES
     assert len(reported) == 1 and written == reported
