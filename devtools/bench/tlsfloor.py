@@ -2,6 +2,7 @@
 
     python -m devtools.bench.tlsfloor [--connections 3000] [--loop uvloop|asyncio]
         [--variant default|no-ca|tls12|plain] [--tls-tickets 2]
+        [--transport memorybio|uvloop-ssl]
 
 Opens N connections to one chaos IMAP server (a process of its own, implicit TLS, an ECDSA
 P-256 certificate) with a protocol that only reads (the greeting), 50 handshakes at a time,
@@ -11,7 +12,11 @@ connection (this process, handshakes included). Variants of the client context:
 create_default_context, system CAs loaded, verification off); ``no-ca`` a bare
 PROTOCOL_TLS_CLIENT context; ``tls12`` the default at most TLS 1.2; ``plain`` no TLS.
 ``--tls-tickets``: TLS 1.3 session tickets the server sends per connection.
-design.md 4.13 quotes it.
+``--transport``: ``memorybio`` (the engine's way, imapclient/tls.py): a plain TCP transport
+and a buffered protocol that reads the ciphertext into one shared buffer and runs TLS over
+an SSLObject and two MemoryBIOs, fed 4 KiB at a time; ``uvloop-ssl``: the loop's TLS
+transport (``create_connection(ssl=...)``, what the engine used before). design.md 4.13
+quotes it.
 """
 
 from __future__ import annotations
@@ -25,11 +30,52 @@ import time
 from pathlib import Path
 
 from devtools.bench.engine import ChaosServerProcess, _rss_kb, raise_open_files
+from superimap.imapclient.tls import FEED_SIZE, TlsLayer, plain_buffer
 
 
 class ReadOnly(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         pass
+
+
+_SHARED = memoryview(bytearray(256 * 1024))  # the loop reads every connection into it
+
+
+class ReadOnlyMemoryBio(asyncio.BufferedProtocol):
+    """TLS over MemoryBIOs as ImapConnection runs it (the same TlsLayer, the same feed
+    size and plaintext buffer), reading and dropping the plaintext."""
+
+    def __init__(self, context: ssl.SSLContext, done: asyncio.Future) -> None:
+        self.tls = TlsLayer(context, "localhost", done)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        self.transport = transport
+        self.step()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _SHARED
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = _SHARED[:nbytes]
+        for start in range(0, nbytes, FEED_SIZE):
+            self.tls.incoming.write(data[start : start + FEED_SIZE])
+            self.step()
+
+    def step(self) -> None:
+        tls = self.tls
+        try:
+            if tls.handshake is not None:
+                tls.sslobj.do_handshake()
+                waiter, tls.handshake = tls.handshake, None
+                waiter.set_result(None)
+            view = plain_buffer()
+            while tls.sslobj.read(len(view), view):
+                pass
+        except ssl.SSLWantReadError:
+            pass
+        if tls.outgoing.pending and self.transport is not None:
+            self.transport.write(tls.outgoing.read())
 
 
 def client_context(variant: str) -> ssl.SSLContext | None:
@@ -46,13 +92,20 @@ def client_context(variant: str) -> ssl.SSLContext | None:
     return context
 
 
-async def measure(port: int, count: int, variant: str) -> tuple[float, float]:
+async def measure(port: int, count: int, variant: str, transport: str) -> tuple[float, float]:
     loop = asyncio.get_running_loop()
     context = client_context(variant)
     handshakes = asyncio.Semaphore(50)
 
     async def one():
         async with handshakes:
+            if transport == "memorybio" and context is not None:
+                done = loop.create_future()
+                opened = await loop.create_connection(
+                    lambda: ReadOnlyMemoryBio(context, done), "127.0.0.1", port
+                )
+                await done
+                return opened
             return await loop.create_connection(
                 ReadOnly,
                 "127.0.0.1",
@@ -79,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--variant", choices=["default", "no-ca", "tls12", "plain"])
     parser.add_argument("--tls-tickets", type=int, default=2)
+    parser.add_argument("--transport", choices=["memorybio", "uvloop-ssl"], default="memorybio")
     args = parser.parse_args(argv)
     variant = args.variant or "default"
     raise_open_files(65536)
@@ -90,13 +144,18 @@ def main(argv: list[str] | None = None) -> None:
             if args.loop == "uvloop":
                 import uvloop
 
-                rss, cpu = uvloop.run(measure(server.port, args.connections, variant))
+                rss, cpu = uvloop.run(
+                    measure(server.port, args.connections, variant, args.transport)
+                )
             else:
-                rss, cpu = asyncio.run(measure(server.port, args.connections, variant))
+                rss, cpu = asyncio.run(
+                    measure(server.port, args.connections, variant, args.transport)
+                )
         finally:
             server.stop()
     print(
-        f"{args.loop} {variant} tickets={args.tls_tickets} N={args.connections}: "
+        f"{args.loop} {args.transport} {variant} tickets={args.tls_tickets} "
+        f"N={args.connections}: "
         f"{rss:.1f} KiB and {cpu:.2f} ms of CPU per connection (OpenSSL {ssl.OPENSSL_VERSION})"
     )
 

@@ -45,7 +45,9 @@ It writes one JSON result:
   session's first IDLE report); online_seconds: engines started to last IDLE;
 - latency_ms: the chaos servers push --pushes messages at --push-rate/s in all (each an
   equal share) to random users while all N are held; latency is Delivery.created_at
-  minus the message's X-Chaos-Generated, as in devtools/bench/engine.py.
+  minus the message's X-Chaos-Generated, as in devtools/bench/engine.py;
+  push_cpu_ms_per_mail: the engines' CPU from the first push until all landed (checked
+  every 2 s, so ~2 s of idle CPU is in it too), per mail delivered.
 
 Every figure depends on what else runs on the box: the result notes the load average
 at the start, after the ramp and after the pushes.
@@ -190,7 +192,9 @@ def run(args: argparse.Namespace) -> dict:
         chaos_rss = [_rss_kb(server.process.pid) for server in chaos]
         idle_cpu, chaos_cpu, idle_engines = _idle_cpu(children, chaos, args.idle_seconds)
         print(f"idle CPU {idle_cpu:.2f}% (engines), {chaos_cpu:.2f}% (chaos servers)", flush=True)
+        cpu_before_pushes = sum(map(_cpu_seconds, pids[0]))
         latencies = _push(chaos, args.pushes, args.push_rate)
+        push_cpu = sum(map(_cpu_seconds, pids[0])) - cpu_before_pushes
         load_after_pushes = os.getloadavg()
         after_rss = [child.rss_kb() for child in children]
         held = [child.status().get("sessions", 0) for child in children]
@@ -228,6 +232,7 @@ def run(args: argparse.Namespace) -> dict:
         "pushes": args.pushes,
         "push_rate": args.push_rate,
         "pushes_delivered": len(latencies),
+        "push_cpu_ms_per_mail": round(push_cpu * 1000 / max(1, len(latencies)), 3),
         "latency_ms": {
             "p50": round(_percentile(latencies, 50), 1),
             "p99": round(_percentile(latencies, 99), 1),

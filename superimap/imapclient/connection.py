@@ -33,6 +33,7 @@ from superimap.imap import (
 )
 from superimap.imapclient.deadlines import shared_deadlines, whole_second
 from superimap.imapclient.errors import CommandFailed, ServerBye, TlsCertificateFailed
+from superimap.imapclient.tls import FEED_SIZE, TlsLayer, plain_buffer
 from superimap.platform import netguard
 
 
@@ -72,7 +73,11 @@ class ImapConnection(asyncio.BufferedProtocol):
     Protocol, uvloop's TLS transport allocated a 256 KiB bytes object for every read and
     shrank it to what came (a malloc, and an mmap/munmap where glibc put it out of the
     heap), and the shrunk blocks were left in the heap between the sessions' long-lived
-    objects (design.md 4.13)."""
+    objects (design.md 4.13).
+
+    TLS is the connection's own (tls.py): the transport is plain TCP, the ciphertext read
+    into the shared buffer goes through an SSLObject over MemoryBIOs, and so do the
+    writes. uvloop's TLS transport kept a 256 KiB buffer and its objects per connection."""
 
     def __init__(self, protocol: ClientProtocol, timeout: float) -> None:
         self.protocol = protocol
@@ -83,6 +88,7 @@ class ImapConnection(asyncio.BufferedProtocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._buffer = _read_buffer()
+        self._tls: TlsLayer | None = None  # once TLS starts (implicit, or after STARTTLS)
         # Events not taken yet: a list, not a deque (whose first block is ~600 bytes per
         # connection); it is short and empty while the session waits (design.md 4.13).
         self._backlog: list[Event] = []
@@ -144,17 +150,20 @@ class ImapConnection(asyncio.BufferedProtocol):
             )
             try:
                 _, connection = await loop.create_connection(
-                    lambda: cls(protocol, timeout),
-                    sock=sock,
-                    ssl=context,
-                    server_hostname=host if context else None,
+                    lambda: cls(protocol, timeout), sock=sock
                 )
-            except ssl.SSLCertVerificationError as exc:
-                sock.close()
-                raise TlsCertificateFailed(host, exc) from exc
             except BaseException:
                 sock.close()
                 raise
+            if context is not None:
+                try:
+                    await connection._handshake(context, host)
+                except ssl.SSLCertVerificationError as exc:
+                    connection.abort()
+                    raise TlsCertificateFailed(host, exc) from exc
+                except BaseException:
+                    connection.abort()
+                    raise
         try:
             greeting = await connection.next_event(timeout)
             if isinstance(greeting, Bye):
@@ -168,17 +177,30 @@ class ImapConnection(asyncio.BufferedProtocol):
         return connection
 
     async def start_tls(self, host: str, insecure: bool, ca_pem: str = "") -> None:
-        """STARTTLS: ask, then upgrade the transport in place."""
+        """STARTTLS: ask, then TLS over the same transport from the next byte on."""
         await self.command(*self.protocol.starttls())
-        loop = asyncio.get_running_loop()
         context = client_tls_context(insecure, ca_pem)
         try:
             async with asyncio.timeout(self.timeout):
-                self.transport = await loop.start_tls(
-                    self.transport, self, context, server_hostname=host
-                )
+                await self._handshake(context, host)
         except ssl.SSLCertVerificationError as exc:
             raise TlsCertificateFailed(host, exc) from exc
+
+    async def _handshake(self, context: ssl.SSLContext, host: str) -> None:
+        """Start TLS on the transport and wait until the handshake is done. A failed one
+        raises its SSLError (SSLCertVerificationError for a certificate), a connection
+        closed meanwhile ConnectionResetError."""
+        if self._error is not None:
+            raise self._error
+        waiter = self.loop.create_future()
+        tls = self._tls = TlsLayer(context, host, waiter)
+        try:
+            self._tls_handshake(tls)  # the ClientHello
+        except ssl.SSLError as exc:
+            self._fail(exc)
+            raise
+        self._tls_flush(tls)
+        await waiter
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -190,7 +212,93 @@ class ImapConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         # The framer copies the bytes into its own buffer: no bytes object in between.
-        self.data_received(self._buffer[:nbytes])
+        if self._tls is None:
+            self.data_received(self._buffer[:nbytes])
+        else:
+            self._tls_received(self._tls, self._buffer[:nbytes])
+
+    # --- TLS (tls.py) -----------------------------------------------------------------------
+
+    def _tls_received(self, tls: TlsLayer, data: memoryview) -> None:
+        """Ciphertext in: on with the handshake, plaintext out to data_received(); a
+        close_notify is the server's EOF; any other TLS error fails the connection like a
+        reset (the session reconnects)."""
+        try:
+            for start in range(0, len(data), FEED_SIZE):
+                tls.incoming.write(data[start : start + FEED_SIZE])
+                if tls.handshake is not None and not self._tls_handshake(tls):
+                    continue
+                if not self._tls_read(tls) or self._error is not None:
+                    break
+            else:
+                if tls.pending is not None:
+                    self._tls_retry(tls)
+        except ssl.SSLError as exc:
+            self._tls_flush(tls)  # the alert that tells the server why, if any
+            self._fail(exc)
+            self._wake()
+            return
+        self._tls_flush(tls)
+
+    def _tls_handshake(self, tls: TlsLayer) -> bool:
+        """One step of the handshake; True once it is done. SSLError propagates."""
+        try:
+            tls.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        waiter, tls.handshake = tls.handshake, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    def _tls_read(self, tls: TlsLayer) -> bool:
+        """Hand what plaintext there is to data_received(); False at the server's
+        close_notify (then handled as eof_received())."""
+        view = plain_buffer()
+        size = len(view)
+        read = tls.sslobj.read
+        while True:
+            try:
+                count = read(size, view)
+            except ssl.SSLWantReadError:
+                return True
+            except ssl.SSLZeroReturnError:
+                count = 0
+            if not count:
+                self.eof_received()
+                return False
+            self.data_received(view[:count])
+            if self._error is not None:
+                return False
+            if tls.drained():
+                return True
+
+    def _tls_write(self, tls: TlsLayer, data: bytes) -> None:
+        if tls.pending is not None:
+            tls.pending.append(data)  # behind what waits already, in order
+            return
+        try:
+            tls.sslobj.write(data)
+        except ssl.SSLWantReadError:
+            tls.pending = [data]
+        self._tls_flush(tls)
+
+    def _tls_retry(self, tls: TlsLayer) -> None:
+        """Writes that waited for the server (a renegotiation), in order, while it lets."""
+        pending = tls.pending
+        while pending:
+            try:
+                tls.sslobj.write(pending[0])
+            except ssl.SSLWantReadError:
+                return
+            pending.pop(0)
+        tls.pending = None
+
+    def _tls_flush(self, tls: TlsLayer) -> None:
+        if tls.outgoing.pending and self.transport is not None:
+            data = tls.outgoing.read()
+            if not self.transport.is_closing():
+                self.transport.write(data)
 
     def data_received(self, data: bytes | memoryview) -> None:
         try:
@@ -218,6 +326,8 @@ class ImapConnection(asyncio.BufferedProtocol):
             self._wake()
 
     def eof_received(self) -> bool:
+        if self._tls is not None and self._tls.handshake is not None:
+            self._fail(ConnectionResetError("connection closed during the TLS handshake"))
         try:
             self.protocol.receive_data(b"")
             self._fail(ServerBye("connection closed by the server"))
@@ -227,6 +337,8 @@ class ImapConnection(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and self._tls is not None and self._tls.handshake is not None:
+            exc = ConnectionResetError("connection closed during the TLS handshake")
         self._fail(exc or ServerBye("connection closed"))
         self._wake()
         self._stop_timer()  # it would keep the closed connection until its deadline
@@ -234,6 +346,10 @@ class ImapConnection(asyncio.BufferedProtocol):
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
+        if self._tls is not None and self._tls.handshake is not None:
+            waiter, self._tls.handshake = self._tls.handshake, None
+            if not waiter.done():
+                waiter.set_exception(self._error)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
@@ -344,7 +460,14 @@ class ImapConnection(asyncio.BufferedProtocol):
         if self._owed is not None:
             data = self._owed[0] + data
             self._owed = None
-        self.transport.write(data)
+        if self._tls is None:
+            self.transport.write(data)
+        else:
+            try:
+                self._tls_write(self._tls, data)
+            except ssl.SSLError as exc:
+                self._fail(exc)
+                raise
 
     async def command(
         self,
