@@ -1,11 +1,12 @@
 """Where an engine's memory per TLS mailbox goes: a tracemalloc diff per mailbox.
 
-    python -m devtools.bench.tlsmemory [--mailboxes 2000] [--top 30]
+    python -m devtools.bench.tlsmemory [--mailboxes 2000] [--top 30] [--frames 1]
 
 Starts the chaos IMAP server (its own process, implicit TLS) and the real Engine on uvloop
 with N loopback TLS mailboxes on SQLite, snapshots tracemalloc before the engine starts and
 once every mailbox is in IDLE, and prints the growth per mailbox by file and by line (bytes
-and objects). The Python objects only: OpenSSL's and libuv's own allocations are not
+and objects; with --frames N > 1 also by the N innermost frames: who called what
+allocated). The Python objects only: OpenSSL's and libuv's own allocations are not
 traced, and uvloop's 256 KiB TLS read buffer per connection (PyMem_RawMalloc, the line of
 create_connection in imapclient/connection.py) counts whole although only its touched
 pages are resident; devtools/bench/tlsfloor.py measures a bare connection's RSS.
@@ -31,7 +32,7 @@ from devtools.bench.engine import (
 UVLOOP_READ_BUFFER = 256 * 1024
 
 
-async def measure(count: int, top: int) -> None:
+async def measure(count: int, top: int, frames: int = 1) -> None:
     from superimap.engine.supervisor import Engine
     from superimap.imapclient import LoginLimiter
     from superimap.platform.dbpool import DbPool
@@ -45,7 +46,7 @@ async def measure(count: int, top: int) -> None:
     )
     await pool.run(lambda: None)
     gc.collect()
-    tracemalloc.start()
+    tracemalloc.start(frames)
     before = tracemalloc.take_snapshot()
     stop = asyncio.Event()
     task = asyncio.create_task(engine.run(stop))
@@ -58,7 +59,7 @@ async def measure(count: int, top: int) -> None:
     stop.set()
     await asyncio.wait_for(task, 60)
     pool.shutdown()
-    for key in ("filename", "lineno"):
+    for key in ("filename", "lineno") + (("traceback",) if frames > 1 else ()):
         stats = after.compare_to(before, key)
         total = sum(stat.size_diff for stat in stats)
         big = sum(
@@ -70,13 +71,22 @@ async def measure(count: int, top: int) -> None:
         )
         for stat in stats[:top]:
             per_mailbox = f"{stat.size_diff / count:10,.0f} B {stat.count_diff / count:6.2f}"
-            print(f"{per_mailbox} objects  {stat.traceback}")
+            where = (
+                stat.traceback
+                if key != "traceback"
+                else " <- ".join(
+                    f"{frame.filename.rsplit('/', 2)[-1]}:{frame.lineno}"
+                    for frame in reversed(stat.traceback)
+                )
+            )
+            print(f"{per_mailbox} objects  {where}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="tracemalloc growth per idle TLS mailbox.")
     parser.add_argument("--mailboxes", type=int, default=2000)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--frames", type=int, default=1, help="frames kept per allocation")
     args = parser.parse_args(argv)
     raise_open_files(65536)
     with tempfile.TemporaryDirectory(prefix="tlsmemory-") as directory:
@@ -87,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             _make_mailboxes(args.mailboxes, server.port, True)
             import uvloop
 
-            uvloop.run(measure(args.mailboxes, args.top))
+            uvloop.run(measure(args.mailboxes, args.top, args.frames))
         finally:
             server.stop()
 

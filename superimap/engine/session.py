@@ -24,6 +24,7 @@ from superimap.engine.morefolders import OtherFolders
 from superimap.engine.oauth import access_tokens
 from superimap.imap import (
     Bye,
+    Event,
     Exists,
     Fetch,
     ImapError,
@@ -143,9 +144,11 @@ class MailboxSession:
         self.user_id = user_id
         # How log lines name the mailbox: partner/connection/tag once its config is read.
         self.label = config.label if config is not None else store.mailbox_label(user_id)
-        # Handed over by the supervisor (loaded in bulk) for the first connection; every
-        # reconnect reads it again, so changed credentials and checkpoints are picked up.
-        self._first_config = config
+        # The config of the next connection: handed over by the supervisor (loaded in bulk)
+        # for the first one; every reconnect reads it again, so changed credentials and
+        # checkpoints are picked up. _connect() takes it: no frame of a waiting session
+        # holds a config (~1.6 KB with its strings, design.md 4.13).
+        self._config = config
         self.cfg: SessionSettings = engine.session_settings
         self.stop_event = StopFlag()
         self.failures = 0
@@ -172,6 +175,10 @@ class MailboxSession:
         # Change events (design.md 4.14): None unless the partner asked for them.
         self.changes: ChangeWatch | None = None
 
+    def ended(self, _task: asyncio.Task) -> None:
+        """The done callback of the session's task (supervisor._start_session)."""
+        self.engine.session_ended(self.user_id)
+
     def stop(self) -> None:
         self.stop_event.set()
         if self.conn is not None:
@@ -184,17 +191,34 @@ class MailboxSession:
     async def run(self) -> None:
         needs_human = False
         while not self.stop_event.is_set():
-            config, self._first_config = self._first_config, None
-            if config is None:
-                config = await self.engine.pool.run(store.mailbox_config, self.user_id)
-            if config is None:
-                return
-            self.label = config.label
+            if self._config is None:
+                self._config = await self.engine.pool.run(store.mailbox_config, self.user_id)
+                if self._config is None:
+                    return
+            self.label = self._config.label
+            # One connection, to its end: the status to report and why it ended. Here, not
+            # in a coroutine of its own: one frame fewer while the session waits (4.13).
+            status = Status.BACKING_OFF
             try:
-                status, error = await self._watch_once(config)
+                await self._watch()
+                error = "session ended"
+            except AuthFailed as exc:
+                status, error = Status.AUTH_FAILED, str(exc)
+            except TlsCertificateFailed as exc:
+                # Needs a human like a refused login: the long back-off, and the message
+                # names the fix (imap_tls_ca or imap_tls_verify).
+                status, error = Status.TLS_FAILED, str(exc)
+            except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
             except store.LeaseLost:
                 log.info("mailbox %s: lease lost or user gone, stopping", self.label)
-                return
+                return  # once disconnected (finally)
+            except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
+                if not dboutage.lost(exc):  # an outage is logged once per process
+                    log.exception("mailbox %s: unexpected error", self.label)
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                await self._disconnect()
             if self.stop_event.is_set():
                 break
             needs_human = status != Status.BACKING_OFF
@@ -214,32 +238,8 @@ class MailboxSession:
             # An auth or certificate failure stays visible after shutdown: it needs a human.
             self._report(Status.STOPPED, "", self.failures)
 
-    async def _watch_once(self, config: store.MailboxConfig) -> tuple[str, str]:
-        """One connection, to its end: the status to report and why it ended."""
-        status = Status.BACKING_OFF
-        try:
-            await self._watch(config)
-            error = "session ended"
-        except AuthFailed as exc:
-            status, error = Status.AUTH_FAILED, str(exc)
-        except TlsCertificateFailed as exc:
-            # Needs a human like a refused login: the long back-off, and the message
-            # names the fix (imap_tls_ca or imap_tls_verify).
-            status, error = Status.TLS_FAILED, str(exc)
-        except (ImapError, ServerBye, CommandFailed, OSError, TimeoutError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        except store.LeaseLost:
-            raise
-        except Exception as exc:  # noqa: BLE001 - crash-only: log, back off, reconnect
-            if not dboutage.lost(exc):  # an outage is logged once per process
-                log.exception("mailbox %s: unexpected error", self.label)
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            await self._disconnect()
-        return status, error
-
     def _report(self, status: str, error: str, failures: int) -> None:
-        self._reported = (status, error, failures)
+        self._reported = store.status_value(status, error, failures)
         self.engine.report(self.user_id, status, error, failures)
 
     def _count_failure(self, status: str) -> float:
@@ -271,12 +271,70 @@ class MailboxSession:
 
     # --- one session --------------------------------------------------------------------
 
-    async def _watch(self, config: store.MailboxConfig) -> None:
+    async def _watch(self) -> None:
+        idle, backfill = await self._connect()
+        while not self.stop_event.is_set():
+            if backfill is not None and backfill.due_in() == 0:
+                # One paced step of the backfill (design.md 4.12), then live mail again.
+                if not await backfill.step():
+                    backfill = None
+            else:
+                status = Status.IDLE if idle else Status.POLLING
+                if self._reported != (status, self.others.warning, 0):
+                    # Not again after an IDLE that ended by its period (a re-issue, every
+                    # 28 min per mailbox): nothing changed, and each report touched the
+                    # engine's tables of every session (design.md 8, "Idle cost").
+                    self._report(status, self.others.warning, 0)
+                wait = backfill.due_in() if backfill is not None else None
+                if idle:
+                    tag = await self._start_idle()
+                    seconds = self._idle_wait(wait)
+                else:
+                    seconds = self._until_wake(self._poll_period(wait))
+                # Until news, the deadline or stop(), awaited from this frame: no coroutine
+                # of the IDLE's, the poll's or the wait's own while the session waits, each
+                # ~260 bytes a mailbox (design.md 4.13).
+                deadline = self.conn.loop.time() + seconds
+                while (remaining := self._left_to_wait(deadline)) > 0:
+                    try:
+                        event = await self.conn.next_event(remaining, interruptible=True)
+                    except TimeoutError:
+                        break
+                    if self._is_news(event):
+                        break
+                if idle:
+                    await self._end_idle(tag)
+                elif not self.stop_event.is_set():
+                    await self._poll()
+                if self.stop_event.is_set():
+                    return
+            # Nothing else to send after this catch-up: its FETCH may carry the next IDLE.
+            ahead = (
+                idle
+                and self._ahead_ok
+                and backfill is None
+                and self.changes is None
+                and not self.others.cursors
+            )
+            await self._catch_up(self.primary, steady=True, then_idle=ahead)
+            if self.changes is not None and self.changes.wanted(self.conn):
+                await self.changes.check(self, self.primary)
+            if self.others.cursors:
+                await self.others.poll_if_due(self.conn)
+                await self._visit_folders_with_news()
+
+    async def _connect(self) -> tuple[bool, BackfillRun | None]:
+        """Connect, log in, select, catch up, with the config read for this connection (taken
+        from self._config: its locals, and so the config, are gone once the session waits):
+        whether the server has IDLE, and the backfill to run (False, None if stopped before
+        its turn to log in: nothing to watch)."""
+        config, self._config = self._config, None
+        assert config is not None  # read by run()
         error = self._last_error if self.failures else ""
         self._report(Status.CONNECTING, error, self.failures)
         await self.engine.logins.wait_turn(self.user_id, config.host, self._sleep)
         if self.stop_event.is_set():
-            return
+            return False, None
         async with self.engine.handshakes:
             self.conn = await open_connection(
                 config,
@@ -304,39 +362,7 @@ class MailboxSession:
         backfill = None
         if config.backfill is not None:
             backfill = await BackfillRun.start(self, config.host, config.backfill)
-        while not self.stop_event.is_set():
-            if backfill is not None and backfill.due_in() == 0:
-                # One paced step of the backfill (design.md 4.12), then live mail again.
-                if not await backfill.step():
-                    backfill = None
-            else:
-                status = Status.IDLE if idle else Status.POLLING
-                if self._reported != (status, self.others.warning, 0):
-                    # Not again after an IDLE that ended by its period (a re-issue, every
-                    # 28 min per mailbox): nothing changed, and each report touched the
-                    # engine's tables of every session (design.md 8, "Idle cost").
-                    self._report(status, self.others.warning, 0)
-                wait = backfill.due_in() if backfill is not None else None
-                if idle:
-                    await self._idle(wait)
-                else:
-                    await self._poll(wait)
-                if self.stop_event.is_set():
-                    return
-            # Nothing else to send after this catch-up: its FETCH may carry the next IDLE.
-            ahead = (
-                idle
-                and self._ahead_ok
-                and backfill is None
-                and self.changes is None
-                and not self.others.cursors
-            )
-            await self._catch_up(self.primary, steady=True, then_idle=ahead)
-            if self.changes is not None and self.changes.wanted(self.conn):
-                await self.changes.check(self, self.primary)
-            if self.others.cursors:
-                await self.others.poll_if_due(self.conn)
-                await self._visit_folders_with_news()
+        return idle, backfill
 
     def _log_watching(self, config: store.MailboxConfig, names: list[str], idle: bool) -> None:
         how = "IDLE" if idle else f"polling every {self.cfg.poll_interval:g}s"
@@ -377,7 +403,7 @@ class MailboxSession:
         False if the SELECT says nothing is past the checkpoint (no catch-up to run)."""
         untagged, tagged = await self.conn.command(*self.conn.protocol.select(config.folder))
         # EXISTS seen up to the SELECT's answer: one arriving later (while the checkpoint
-        # is read or written) still wakes the IDLE that follows (_wait_for_news).
+        # is read or written) still wakes the IDLE that follows (_left_to_wait).
         seen, count = self.conn.exists_seen, self.conn.exists_count
         changes = self.conn.changes_seen
         uid_validity = code_value([*untagged, tagged], "UIDVALIDITY")
@@ -689,13 +715,13 @@ class MailboxSession:
 
     # --- waiting for mail ---------------------------------------------------------------
 
-    async def _idle(self, at_most: float | None = None) -> None:
-        """IDLE until news, the period's end, or ``at_most`` seconds (a backfill's next
-        step)."""
+    async def _start_idle(self) -> str:
+        """Start an IDLE (the one written behind the catch-up's FETCH, or one now): its
+        tag. The watch loop waits (_idle_wait, _left_to_wait), then _end_idle()."""
         conn = self.conn
         timeout = self.cfg.command_timeout
         # What the server says before the continuation (an EXPUNGE or a flag change made
-        # at that moment) is news for _wait_for_news, not something to drop.
+        # at that moment) is news for the wait (_left_to_wait), not something to drop.
         before: list = []
         tag = conn.take_idle_ahead()  # written behind the catch-up's FETCH
         if tag is not None and await conn.idle_started(tag, timeout, before) is not None:
@@ -710,19 +736,28 @@ class MailboxSession:
                 raise CommandFailed("IDLE", refused)
         conn.put_back(before)
         self.engine.idles += 1
+        return tag
+
+    def _idle_wait(self, at_most: float | None) -> float:
+        """How long an IDLE waits for news: its period, or ``at_most`` seconds (a
+        backfill's next step) if sooner, ending on the grid (idle_wait)."""
         period = self._idle_period if at_most is None else min(self._idle_period, at_most)
-        await self._wait_for_news(idle_wait(conn.loop.time(), self._until_wake(period)))
+        return idle_wait(self.conn.loop.time(), self._until_wake(period))
+
+    async def _end_idle(self, tag: str) -> None:
+        """DONE: now if the session stops, else with the catch-up's command (owe_done)."""
+        conn = self.conn
         if self.stop_event.is_set():
             await conn.send(conn.protocol.done())
             await conn.collect(tag, self.cfg.command_timeout)
         else:
             conn.owe_done(conn.protocol.done(), tag)  # goes out with the catch-up's command
 
-    async def _poll(self, at_most: float | None = None) -> None:
-        period = self.cfg.poll_interval if at_most is None else min(self.cfg.poll_interval, at_most)
-        await self._wait_for_news(self._until_wake(period))
-        if self.stop_event.is_set():
-            return
+    def _poll_period(self, at_most: float | None) -> float:
+        return self.cfg.poll_interval if at_most is None else min(self.cfg.poll_interval, at_most)
+
+    async def _poll(self) -> None:
+        """A poll after its wait: NOOP (its untagged answers bring EXISTS)."""
         untagged, _ = await self.conn.command(*self.conn.protocol.noop())
         self._check_uidvalidity(untagged)
 
@@ -732,29 +767,28 @@ class MailboxSession:
             seconds = min(seconds, self.changes.until_resync())
         return seconds
 
-    async def _wait_for_news(self, seconds: float) -> None:
-        """Until EXISTS, the deadline or stop(); BYE and UIDVALIDITY changes raise."""
-        loop = self.conn.loop
-        deadline = loop.time() + seconds
-        while not self.stop_event.is_set():
-            if self.conn.exists_seen > self._exists_at_search:
-                return  # mail arrived since the last search (maybe with another response)
-            if self.others.reported(self.conn):
-                return  # a NOTIFY report came with another response
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                event = await self.conn.next_event(remaining, interruptible=True)
-            except TimeoutError:
-                return
-            if event is None or isinstance(event, Exists | MailboxStatus):
-                return  # new mail here, or (NOTIFY) in another folder
-            if isinstance(event, Bye):
-                raise ServerBye("server said BYE while waiting")
-            self._check_uidvalidity([event])
-            if self.changes is not None and self.changes.signal(event):
-                return  # a flag changed or a message left (design.md 4.14)
+    def _left_to_wait(self, deadline: float) -> float:
+        """Seconds left to wait for news until ``deadline`` (loop time); none once stop()
+        was called, mail arrived since the last search (maybe with another response) or a
+        NOTIFY report came with another response."""
+        if (
+            self.stop_event.is_set()
+            or self.conn.exists_seen > self._exists_at_search
+            or self.others.reported(self.conn)
+        ):
+            return 0.0
+        return deadline - self.conn.loop.time()
+
+    def _is_news(self, event: Event | None) -> bool:
+        """Whether ``event`` (None: interrupted) ends the wait for news: new mail here or
+        (NOTIFY) in another folder, a flag changed or a message left (design.md 4.14). BYE
+        and UIDVALIDITY changes raise."""
+        if event is None or isinstance(event, Exists | MailboxStatus):
+            return True
+        if isinstance(event, Bye):
+            raise ServerBye("server said BYE while waiting")
+        self._check_uidvalidity([event])
+        return self.changes is not None and self.changes.signal(event)
 
 
 class StopFlag:

@@ -35,6 +35,17 @@ NEEDS_HUMAN = frozenset({MailboxUser.Status.AUTH_FAILED, MailboxUser.Status.TLS_
 WATCHING = frozenset({MailboxUser.Status.IDLE, MailboxUser.Status.POLLING})
 USER_ERROR_AFTER = timedelta(minutes=15)
 CONFIG_BATCH = 500  # ids per config SELECT, likewise
+_CLEAN_STATUSES: dict[tuple[str, str, int], tuple[str, str, int]] = {}
+
+
+def status_value(status: str, error: str, failures: int) -> tuple[str, str, int]:
+    """A session's report as the engine keeps it: one shared tuple per status without an
+    error or failures (every idle session's ("idle", "", 0), held by the session and by the
+    engine's tables), not two tuples per session (design.md 4.13)."""
+    value = (status, error, failures)
+    if error or failures:
+        return value
+    return _CLEAN_STATUSES.setdefault(value, value)
 
 
 class LeaseLost(Exception):

@@ -71,8 +71,11 @@ class Framer:
         self._on_sync_literal = on_sync_literal
         self._buffer = bytearray()
         self._scanned = 0  # bytes of the buffer already searched for a line end
-        self._lines: list[bytes] = []
-        self._literals: list[bytes] = []
+        # The lines and literals of a frame with literals, while it comes in; None between
+        # frames and for a frame of one line (most are): no two lists per connection while
+        # it waits (design.md 4.13).
+        self._lines: list[bytes] | None = None
+        self._literals: list[bytes] | None = None
         self._line_total = 0
         self._literal_total = 0
         self._literal_needed: int | None = None
@@ -94,15 +97,22 @@ class Framer:
             line = self._take_line()
             if line is None:
                 return None
-            self._lines.append(line)
             marker = literal_marker(line)
-            if marker is None:
-                return self._finish_frame()
+            if self._lines is None:
+                if marker is None:
+                    self._line_total = 0
+                    return Frame((line,))
+                self._lines, self._literals = [line], []
+            else:
+                self._lines.append(line)
+                if marker is None:
+                    return self._finish_frame(self._lines)
             self._announce_literal(*marker)
 
     def _take_literal(self, size: int) -> bool:
         if len(self._buffer) < size:
             return False
+        assert self._literals is not None  # a literal follows the line that announced it
         self._literals.append(bytes(self._buffer[:size]))
         del self._buffer[:size]
         self._literal_needed = None
@@ -134,10 +144,9 @@ class Framer:
         if synchronizing and self._on_sync_literal is not None:
             self._on_sync_literal(size)
 
-    def _finish_frame(self) -> Frame:
-        frame = Frame(tuple(self._lines), tuple(self._literals))
-        self._lines = []
-        self._literals = []
+    def _finish_frame(self, lines: list[bytes]) -> Frame:
+        frame = Frame(tuple(lines), tuple(self._literals or ()))
+        self._lines = self._literals = None
         self._line_total = 0
         self._literal_total = 0
         return frame

@@ -31,6 +31,7 @@ from superimap.imap import (
     TaggedResponse,
     Vanished,
 )
+from superimap.imapclient.deadlines import shared_deadlines, whole_second
 from superimap.imapclient.errors import CommandFailed, ServerBye, TlsCertificateFailed
 from superimap.imapclient.tls import FEED_SIZE, TlsLayer, plain_buffer
 from superimap.platform import netguard
@@ -93,10 +94,12 @@ class ImapConnection(asyncio.BufferedProtocol):
         self._backlog: list[Event] = []
         self._waiter: asyncio.Future | None = None
         # The waiter's deadline (loop time) and the one timer that enforces it, kept from
-        # one wait to the next (next_event).
+        # one wait to the next (next_event); or, for a deadline on a whole second (an
+        # IDLE's), that second, whose timer every connection waiting for it shares.
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self.shared_deadline = 0
         self._error: BaseException | None = None
         self._interrupted = False
         # False while collect() waits: untagged responses alone do not wake it.
@@ -375,14 +378,25 @@ class ImapConnection(asyncio.BufferedProtocol):
                 raise self._error
             if interruptible and self._interrupted:
                 return None
-            # One timer per connection, not a timer (or an asyncio.timeout context) per
-            # wait: each mail waits ~7 times, and the timer already armed is kept when it
-            # fires no later than this deadline (_check_deadline looks again then). It is
-            # replaced when it would fire in the first half of this wait: an IDLE (25 min)
-            # after a command (30 s) would otherwise be woken 30 s in only to re-arm.
             waiter = self._waiter = loop.create_future()
             self._deadline = deadline
-            if (
+            second = whole_second(deadline)
+            # A wait until a whole second (an IDLE's: engine/session.py idle_wait) takes
+            # that second's timer, shared by every connection of the loop waiting for it
+            # (imapclient/deadlines.py), and holds no timer of its own (design.md 4.13).
+            # Any other: one timer per connection, not a timer (or an asyncio.timeout
+            # context) per wait: each mail waits ~7 times, and the timer already armed is
+            # kept when it fires no later than this deadline (_check_deadline looks again
+            # then). It is replaced when it would fire in the first half of this wait: an
+            # IDLE (25 min) after a command (30 s) would otherwise be woken 30 s in only to
+            # re-arm.
+            if second:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                if self.shared_deadline != second:
+                    shared_deadlines(loop).add(second, self)
+            elif (
                 self._timer is None
                 or self._timer_at > deadline
                 or self._timer_at < deadline - timeout / 2
@@ -413,7 +427,21 @@ class ImapConnection(asyncio.BufferedProtocol):
             self._timer = loop.call_at(self._deadline, self._check_deadline)
             self._timer_at = self._deadline
 
+    def deadline_due(self) -> None:
+        """The shared timer of the second this connection waited for fired: fail the
+        waiter if that is still its deadline (a wait with a timer of its own, started
+        since, is left to it)."""
+        waiter = self._waiter
+        second = whole_second(self._deadline)
+        if waiter is None or waiter.done() or not second:
+            return
+        if self.loop.time() >= self._deadline - 0.001:
+            waiter.set_exception(TimeoutError())
+        else:
+            shared_deadlines(self.loop).add(second, self)
+
     def _stop_timer(self) -> None:
+        self.shared_deadline = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -60,6 +60,11 @@ class CatchUp(NamedTuple):
         return f"UID {self.last + 1}:*"
 
 
+# What a cursor holds while no UID waits to be persisted (nearly always): one shared empty
+# set, not a set per session (216 bytes even empty; design.md 4.13).
+NO_UIDS: frozenset[int] = frozenset()
+
+
 @dataclass
 class FolderCursor:
     """One watched folder while its session runs."""
@@ -71,9 +76,10 @@ class FolderCursor:
     primary: bool = True
     # UIDs a catch-up found that are not persisted yet, and the UIDVALIDITY they belong
     # to: if the connection drops first and a later catch-up no longer finds one, it was
-    # expunged meanwhile and is recorded so (batch.py), not forgotten.
+    # expunged meanwhile and is recorded so (batch.py), not forgotten. Replaced, never
+    # changed in place: NO_UIDS when there are none.
     unpersisted_validity: int | None = None
-    unpersisted: set[int] = field(default_factory=set)
+    unpersisted: frozenset[int] = NO_UIDS
     # The folder's EXISTS count at the last catch-up of this selection (None: unknown),
     # and the connection's count of expunges and flag changes then.
     count_at_search: int | None = None
@@ -176,15 +182,16 @@ class FolderCursor:
         """The UIDs to fetch: those found above the checkpoint, and those an earlier catch-up
         found but did not persist (gone now: batch.py records them as expunged)."""
         last = plan.last
-        seen = self.unpersisted if self.unpersisted_validity == self.uid_validity else set()
+        seen = self.unpersisted if self.unpersisted_validity == self.uid_validity else NO_UIDS
         uids = sorted({uid for uid in found if uid > last} | {uid for uid in seen if uid > last})
-        self.unpersisted_validity, self.unpersisted = self.uid_validity, set(uids)
+        self.unpersisted_validity = self.uid_validity
+        self.unpersisted = frozenset(uids) if uids else NO_UIDS
         return uids
 
     def persisted(self, batch: Sequence[int]) -> None:
         """Every UID of ``batch`` is recorded: the checkpoint moves past them."""
         self.last_uid = max(self.last_uid or 0, max(batch))
-        self.unpersisted.difference_update(batch)
+        self.unpersisted = self.unpersisted.difference(batch) or NO_UIDS
 
     # --- a secondary folder --------------------------------------------------------------
 

@@ -8,13 +8,17 @@ collected whole. Against a real loopback server under uvloop."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import math
 import time
+import weakref
 
 import pytest
 import uvloop
 
 from superimap.imap import RemoteProtocolError
 from superimap.imapclient import ImapConnection
+from superimap.imapclient.deadlines import shared_deadlines
 from tests.helpers.engine import LoopbackServer
 
 
@@ -197,3 +201,91 @@ def test_a_malformed_answer_fails_the_command_at_once(settings) -> None:
             await server.stop()
 
     assert uvloop.run(scenario()) < 5
+
+
+def _until_next_second(extra: int = 1) -> tuple[int, float]:
+    """A whole second of the loop's clock ``extra`` seconds ahead, and the wait until it
+    (an IDLE's wait ends on one: engine/session.py idle_wait)."""
+    now = asyncio.get_running_loop().time()
+    second = math.ceil(now) + extra
+    return second, second - now
+
+
+def test_waits_until_one_whole_second_share_one_timer(settings) -> None:
+    """Connections whose wait ends on the same second share that second's timer and hold
+    none of their own (imapclient/deadlines.py); each times out then, not before."""
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario() -> tuple[list[float], int, bool, int]:
+        loop = asyncio.get_running_loop()
+        server = SilentAfterLogin(60)
+        conns = [await _connected(server) for _ in range(3)]
+        try:
+            second, _ = _until_next_second()
+            waits = [asyncio.ensure_future(c.next_event(second - loop.time())) for c in conns]
+            await asyncio.sleep(0.05)
+            own_timers = any(c._timer is not None for c in conns)
+            seconds = len(shared_deadlines(loop))
+            ended = []
+            for waiting in waits:
+                with pytest.raises(TimeoutError):
+                    await waiting
+                ended.append(loop.time() - second)
+            return ended, seconds, own_timers, len(shared_deadlines(loop))
+        finally:
+            for conn in conns:
+                conn.abort()
+            await server.stop()
+
+    ended, seconds, own_timers, seconds_after = uvloop.run(scenario())
+    assert seconds == 1 and not own_timers
+    assert all(-0.002 <= late < 0.5 for late in ended)
+    assert seconds_after == 0
+
+
+def test_a_wait_that_moved_on_is_not_cut_by_the_second_it_left(settings) -> None:
+    """A wait until a whole second ends early; the next one (a command's, with a timer of
+    its own) still runs when that second comes, and is answered."""
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario() -> str:
+        loop = asyncio.get_running_loop()
+        server = SilentAfterLogin(2.5)
+        conn = await _connected(server)
+        try:
+            second, _ = _until_next_second()  # at most 2 s ahead
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(conn.next_event(second - loop.time()), 0.05)
+            _, tagged = await conn.command(*conn.protocol.noop(), timeout=3.5)
+            assert loop.time() > second
+            return tagged.status
+        finally:
+            conn.abort()
+            await server.stop()
+
+    assert uvloop.run(scenario()) == "OK"
+
+
+def test_a_closed_connection_is_not_kept_for_its_second(settings) -> None:
+    settings.IMAP_ALLOW_PRIVATE_HOSTS = True
+
+    async def scenario() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        server = SilentAfterLogin(60)
+        conn = await _connected(server)
+        second, _ = _until_next_second(5)
+        waiting = asyncio.ensure_future(conn.next_event(second - loop.time()))
+        await asyncio.sleep(0.05)
+        shared = conn.shared_deadline == second and conn._timer is None
+        conn.abort()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the connection's closing error
+            await waiting
+        await server.stop()
+        await asyncio.sleep(0.05)  # the transport lets its protocol go
+        gone = weakref.ref(conn)
+        del conn, waiting
+        gc.collect()
+        return shared, gone() is None and loop.time() < second
+
+    shared, released = uvloop.run(scenario())
+    assert shared and released

@@ -94,6 +94,28 @@ def test_the_limiter_forgets_full_buckets_now_and_then():
     assert sorted(limiter.mailboxes) == list(range(2000, 3000))  # the full ones are gone
 
 
+def test_the_limiter_forgets_the_buckets_full_again_when_asked():
+    """What the engine does once a minute: an idle mailbox keeps no bucket once its last
+    login's token is back; one still refilling (or with logins queued) keeps it."""
+    clock = [0.0]
+    limiter = LoginLimiter(
+        mailbox_burst=2, mailbox_interval=30.0, host_burst=9, host_rate=1.0, clock=lambda: clock[0]
+    )
+    limiter.mailbox_delay(1)
+    clock[0] = 20.0
+    limiter.mailbox_delay(2)
+    limiter.mailbox_delay(2)
+    limiter.forget_full()
+    assert sorted(limiter.mailboxes) == [1, 2]  # 1 refills at 30 s
+    clock[0] = 31.0
+    limiter.forget_full()
+    assert sorted(limiter.mailboxes) == [2]  # 2 took both tokens at 20 s: full at 80 s
+    assert limiter.mailbox_delay(2) == pytest.approx(19.0)  # as if never forgotten
+    assert limiter.mailbox_delay(1) == 0.0
+    limiter.mailbox_delay(1)
+    assert limiter.mailbox_delay(1) == pytest.approx(30.0)  # a forgotten one starts full
+
+
 @pytest.mark.parametrize(
     ("host", "kind"),
     [
