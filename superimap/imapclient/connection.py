@@ -33,7 +33,7 @@ from superimap.imap import (
 )
 from superimap.imapclient.deadlines import shared_deadlines, whole_second
 from superimap.imapclient.errors import CommandFailed, ServerBye, TlsCertificateFailed
-from superimap.imapclient.tls import FEED_SIZE, TlsLayer, plain_buffer
+from superimap.imapclient.tls import FEED_SIZE, TlsLayer, plain_buffer, thread_buffer
 from superimap.platform import netguard
 
 
@@ -62,10 +62,7 @@ _read_buffers = threading.local()
 
 
 def _read_buffer() -> memoryview:
-    view = getattr(_read_buffers, "view", None)
-    if view is None:
-        view = _read_buffers.view = memoryview(bytearray(READ_BUFFER_SIZE))
-    return view
+    return thread_buffer(_read_buffers, READ_BUFFER_SIZE)
 
 
 class ImapConnection(asyncio.BufferedProtocol):

@@ -30,11 +30,16 @@ PLAIN_BUFFER_SIZE = 16 * 1024
 _plain_buffers = threading.local()
 
 
-def plain_buffer() -> memoryview:
-    view = getattr(_plain_buffers, "view", None)
+def thread_buffer(store: threading.local, size: int) -> memoryview:
+    """The calling thread's buffer of ``size`` bytes kept in ``store``, made on first use."""
+    view = getattr(store, "view", None)
     if view is None:
-        view = _plain_buffers.view = memoryview(bytearray(PLAIN_BUFFER_SIZE))
+        view = store.view = memoryview(bytearray(size))
     return view
+
+
+def plain_buffer() -> memoryview:
+    return thread_buffer(_plain_buffers, PLAIN_BUFFER_SIZE)
 
 
 class TlsLayer:

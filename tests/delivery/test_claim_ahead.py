@@ -9,31 +9,18 @@ import asyncio
 import time
 
 from devtools.testing.webhook_receiver import Hang
-from superimap.delivery import fairness, outbox, queue
+from superimap.delivery import fairness, outbox
 from superimap.delivery import worker as worker_module
 from superimap.delivery.models import Delivery
 from superimap.delivery.worker import Worker
 from superimap.platform.dbpool import DbPool
-from tests.helpers.delivery import make_partner, make_user
+from tests.helpers.delivery import count_claims, make_partner, make_user
 
 
 def _enqueue(user, count: int) -> None:
     for n in range(count):
         payload = {"sha1": f"sha-{n}", "user_tag": user.tag}
         outbox.enqueue(Delivery.Kind.NEW_MAIL, user, payload, message_id=f"<{n}@ahead>")
-
-
-def _count_claims(monkeypatch) -> list[int]:
-    real = queue._claim_due
-    claims: list[int] = []
-
-    def counting(*args, **kwargs):
-        claimed = real(*args, **kwargs)
-        claims.append(len(claimed))
-        return claimed
-
-    monkeypatch.setattr(queue, "_claim_due", counting)
-    return claims
 
 
 async def _until(predicate, timeout: float = 20.0) -> None:
@@ -48,7 +35,7 @@ def test_a_backlog_to_one_endpoint_is_claimed_ahead_and_sent_within_its_cap(
 ):
     settings.WEBHOOK_PARTNER_CONCURRENCY = 4
     settings.WEBHOOK_ENDPOINT_CONCURRENCY = 4
-    claims = _count_claims(monkeypatch)
+    claims = count_claims(monkeypatch)
     receiver = make_receiver(responses=lambda event: Hang(0.01))
     user = make_user(make_partner(receiver.url))
     _enqueue(user, 60)
@@ -94,7 +81,7 @@ def test_rows_held_behind_hanging_posts_are_handed_back_unsent(
     monkeypatch.setattr(worker_module, "HOLD_MAX_SECONDS", 0.3)
     monkeypatch.setattr(fairness, "AHEAD_STALLED_SECONDS", 0.3)
     monkeypatch.setattr(worker_module, "REPLAY_INTERVAL", 0.2)
-    claims = _count_claims(monkeypatch)
+    claims = count_claims(monkeypatch)
     receiver = make_receiver(responses=lambda event: Hang(3.0))
     user = make_user(make_partner(receiver.url))
     _enqueue(user, 4)

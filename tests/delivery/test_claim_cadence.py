@@ -17,7 +17,7 @@ from superimap.delivery.models import Delivery, DeliveryAttempt
 from superimap.delivery.wakeup import WakeListener, WakeSender
 from superimap.delivery.worker import Worker
 from superimap.platform.dbpool import DbPool
-from tests.helpers.delivery import make_partner, make_user
+from tests.helpers.delivery import count_claims, make_partner, make_user
 
 LONE = 5
 WAKES = 40
@@ -29,20 +29,6 @@ def _enqueue(user, n: int) -> None:
     outbox.enqueue(Delivery.Kind.NEW_MAIL, user, payload, message_id=f"<{n}@cadence>")
 
 
-def _count_claims(monkeypatch) -> list[int]:
-    """Rows of each claim transaction (claim_due alone or in record_and_claim)."""
-    real = queue._claim_due
-    claims: list[int] = []
-
-    def counting(*args, **kwargs):
-        claimed = real(*args, **kwargs)
-        claims.append(len(claimed))
-        return claimed
-
-    monkeypatch.setattr(queue, "_claim_due", counting)
-    return claims
-
-
 async def _until(predicate, timeout: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -52,7 +38,7 @@ async def _until(predicate, timeout: float = 10.0) -> None:
 
 
 def test_lone_deliveries_cost_one_claim_each(seeded_providers, make_receiver, monkeypatch):
-    claims = _count_claims(monkeypatch)
+    claims = count_claims(monkeypatch)
     receiver = make_receiver()
     user = make_user(make_partner(receiver.url))
 
@@ -87,7 +73,7 @@ def test_a_burst_of_wake_ups_makes_one_claim_per_debounce_interval(
     seeded_providers, make_receiver, monkeypatch, settings, tmp_path
 ):
     settings.VAR_DIR = tmp_path
-    claims = _count_claims(monkeypatch)
+    claims = count_claims(monkeypatch)
     receiver = make_receiver()
     user = make_user(make_partner(receiver.url))
 
@@ -267,7 +253,7 @@ def test_a_busy_workers_outcome_waits_for_no_hanging_post(
     recorded alone, long before the hanging ones are answered."""
     settings.WEBHOOK_PARTNER_CONCURRENCY = 2
     settings.WEBHOOK_ENDPOINT_CONCURRENCY = 2
-    claims = _count_claims(monkeypatch)
+    claims = count_claims(monkeypatch)
     answers = iter([(200, "OK"), Hang(HANG_SECONDS), Hang(HANG_SECONDS)])
     receiver = make_receiver(responses=lambda event: next(answers, (200, "OK")))
     user = make_user(make_partner(receiver.url))

@@ -184,3 +184,20 @@ else:
             outbox.enqueue("new_mail", user, payload, message_id="<m%d@x>" % i)
     print("inserted")
 """
+
+
+def count_claims(monkeypatch) -> list[int]:
+    """The rows of each claim transaction (claim_due alone or in record_and_claim), in
+    order: the list fills as the worker claims."""
+    from superimap.delivery import queue
+
+    real = queue._claim_due
+    claims: list[int] = []
+
+    def counting(*args, **kwargs):
+        claimed = real(*args, **kwargs)
+        claims.append(len(claimed))
+        return claimed
+
+    monkeypatch.setattr(queue, "_claim_due", counting)
+    return claims
