@@ -119,17 +119,18 @@ class LoginLimiter:
 
     @staticmethod
     def _forget_full(buckets: dict, now: float) -> None:
-        """A full bucket is the same as no bucket: drop them now and then."""
-        for key in [k for k, b in buckets.items() if b.full(now)]:
-            del buckets[key]
+        """A full bucket is the same as no bucket: drop them now and then. Cleared and
+        filled again, so the dict's table shrinks too (deleting keys never shrinks it)."""
+        kept = {k: b for k, b in buckets.items() if not b.full(now)}
+        buckets.clear()
+        buckets.update(kept)
 
     def forget_full(self) -> None:
-        """Forget the mailboxes whose bucket is full again (the same as no bucket): one
-        login fills it IMAP_LOGIN_INTERVAL_PER_MAILBOX seconds later, and it was kept, ~200
-        bytes with its slot, for as long as the mailbox stayed connected (design.md 4.13).
-        A new dict, so its table shrinks too. The engine calls it once a minute."""
-        now = self.clock()
-        self.mailboxes = {k: b for k, b in self.mailboxes.items() if not b.full(now)}
+        """Forget the mailboxes whose bucket is full again: one login fills it
+        IMAP_LOGIN_INTERVAL_PER_MAILBOX seconds later, and it was kept, ~200 bytes with its
+        slot, for as long as the mailbox stayed connected (design.md 4.13). The engine calls
+        it once a minute."""
+        self._forget_full(self.mailboxes, self.clock())
 
     def mailbox_delay(self, user_id: int) -> float:
         return self._take(self.mailboxes, user_id, self.mailbox_rate, self.mailbox_burst)
