@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from django.db import connection
+
 from devtools.testing.webhook_receiver import Hang
 from superimap.delivery import fairness, outbox
 from superimap.delivery import worker as worker_module
@@ -115,8 +117,6 @@ def test_rows_held_behind_hanging_posts_are_handed_back_unsent(
 
 
 def _rows() -> list[tuple]:
-    from django.db import connection
-
     try:
         return list(Delivery.objects.order_by("id").values_list("id", "claimed_by", "attempts"))
     finally:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from devtools.testing.webhook_receiver import WebhookReceiver
+from superimap.delivery import queue
 from superimap.delivery.models import Delivery
 from superimap.mailboxes.models import MailboxUser
 from superimap.partners.models import Connection, ImapProvider, Partner
@@ -189,8 +190,6 @@ else:
 def count_claims(monkeypatch) -> list[int]:
     """The rows of each claim transaction (claim_due alone or in record_and_claim), in
     order: the list fills as the worker claims."""
-    from superimap.delivery import queue
-
     real = queue._claim_due
     claims: list[int] = []
 
