@@ -97,8 +97,16 @@ def test_rows_held_behind_hanging_posts_are_handed_back_unsent(
         try:
             await _until(lambda: len(receiver.received) == 2)
             await _until(lambda: worker._held_n == 0, timeout=2.0)
+            # The worker forgets its held rows, then commits their release: read the rows
+            # once that commit is in (or after 2 s, for the assertions below to say why).
+            deadline = time.monotonic() + 2.0
+            while True:
+                state["rows"] = await asyncio.to_thread(_rows)
+                released = [row for row in state["rows"] if row[1] == ""]
+                if len(released) >= 2 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
             state["claimed"] = list(claims)
-            state["rows"] = await asyncio.to_thread(_rows)
             state["received"] = len(receiver.received)
             await _until(lambda: worker.counts.get("delivered", 0) == 4)
         finally:
